@@ -1,0 +1,3 @@
+"""meterbox: offline consumption-based and floating software licensing."""
+
+__version__ = "0.1.0"
