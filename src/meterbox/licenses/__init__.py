@@ -1,1 +1,72 @@
-"""meterbox.licenses."""
+"""Signed documents exchanged between vendor and site: licenses, top-ups, receipts.
+
+All three share one envelope (Ed25519 over the exact payload bytes, see
+docs/spec/license.md) and are verified against a :class:`VendorPublicBundle`.
+Each is an immutable dataclass, valid by construction, with ``sign(signer) -> bytes``
+and ``from_bytes(data, bundle)``; :func:`open_document` verifies any of them.
+Errors raised: :class:`meterbox.errors.FormatError` (bytes that do not parse, unknown
+version) and :class:`meterbox.errors.VerificationError` (signature or key problems).
+"""
+
+from __future__ import annotations
+
+from meterbox.errors import FormatError
+from meterbox.licenses._bundle import (
+    BUNDLE_FORMAT,
+    VendorPublicBundle,
+    VendorPublicKey,
+    derive_key_id,
+)
+from meterbox.licenses._envelope import DOCUMENT_MAX_BYTES, DocumentSigner, peek_format
+from meterbox.licenses._license import (
+    DEFAULT_LEASE_SECONDS,
+    LICENSE_FORMAT,
+    CryptolensSection,
+    DataObject,
+    Feature,
+    License,
+    Meter,
+)
+from meterbox.licenses._receipt import RECEIPT_FORMAT, Receipt
+from meterbox.licenses._topup import TOPUP_FORMAT, Topup
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "DEFAULT_LEASE_SECONDS",
+    "DOCUMENT_MAX_BYTES",
+    "LICENSE_FORMAT",
+    "RECEIPT_FORMAT",
+    "TOPUP_FORMAT",
+    "CryptolensSection",
+    "DataObject",
+    "DocumentSigner",
+    "Feature",
+    "License",
+    "Meter",
+    "Receipt",
+    "Topup",
+    "VendorPublicBundle",
+    "VendorPublicKey",
+    "derive_key_id",
+    "open_document",
+]
+
+
+def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | Receipt:
+    """Verify a license, top-up or receipt file, whichever it is."""
+    fmt = peek_format(data)
+    name = fmt.split("/")[0]
+    for cls, expected in (
+        (License, LICENSE_FORMAT),
+        (Topup, TOPUP_FORMAT),
+        (Receipt, RECEIPT_FORMAT),
+    ):
+        if name == expected.split("/")[0]:
+            # from_bytes re-checks the version and everything else from the start.
+            return cls.from_bytes(data, bundle)
+    raise FormatError(
+        "file is not a meterbox signed document",
+        expected=f"format {LICENSE_FORMAT}, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
+        found=repr(fmt),
+        hint="import license, top-up or receipt files written by `meterbox vendor`",
+    )
