@@ -1,0 +1,353 @@
+"""asyncio client: :class:`AsyncClient` and :class:`AsyncSeat`, the same core driven with await.
+
+Seat renewal runs in one task per seat; the optional background flusher in one task
+started by ``async with AsyncClient(...)``. The spool is local SQLite; its short
+fsynced transactions run on the event loop thread (about a millisecond each), which
+keeps the ordering lock a plain :class:`asyncio.Lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from meterbox.client import _exit
+from meterbox.client._core import (
+    Balance,
+    ClientConfig,
+    FlushResult,
+    Lease,
+    Lost,
+    NowFn,
+    Outcome,
+    RandFn,
+    RecordResult,
+    Renewed,
+    Reply,
+    Request,
+    RetryPolicy,
+    Unreachable,
+    UsageEvent,
+    balances_request,
+    checkout_request,
+    classify_renewal,
+    decode_body,
+    expect_ok,
+    failover_order,
+    fails_over,
+    heartbeat_request,
+    parse_balances,
+    parse_lease,
+    parse_released,
+    release_request,
+    renewal_interval,
+    retry_interval,
+)
+from meterbox.client._flows import flush_flow, record_flow
+from meterbox.client._spool import Spool
+from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
+
+log = logging.getLogger("meterbox.client")
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`meterbox.client.Client`; same arguments, awaitable methods."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str] | None = None,
+        *,
+        spool: str | Path | Spool | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        renew_fraction: float = 1 / 3,
+        flush_interval: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: NowFn = time.time,
+        rand: RandFn = random.random,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = ClientConfig.build(
+            url,
+            spool=None if isinstance(spool, Spool) else spool,
+            client_id=client_id,
+            hostname=hostname,
+            timeout=timeout,
+            retry=retry,
+            renew_fraction=renew_fraction,
+            flush_interval=flush_interval,
+            environ=os.environ if environ is None else environ,
+            home=Path.home(),
+        )
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._clock = clock
+        self._rand = rand
+        self._spool: Spool | None = spool if isinstance(spool, Spool) else None
+        self._owns_spool = not isinstance(spool, Spool)
+        self._flow_lock = asyncio.Lock()
+        self._seats: dict[int, AsyncSeat] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- transport
+
+    async def _attempt(self, url: str, req: Request) -> Outcome:
+        try:
+            resp = await self._http.request(req.method, url + req.path, json=req.body)
+        except httpx.TransportError as exc:
+            return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
+        return Reply(url, resp.status_code, decode_body(resp.content))
+
+    async def _send(self, req: Request, prefer: str | None = None) -> Outcome:
+        outcome: Outcome = Unreachable("", "no server configured")
+        for url in failover_order(self.config.urls, prefer):
+            outcome = await self._attempt(url, req)
+            if not fails_over(outcome):
+                return outcome
+        return outcome
+
+    async def _call(self, req: Request, prefer: str | None = None) -> Reply:
+        return expect_ok(await self._send(req, prefer), self.config.urls)
+
+    async def _drive(self, flow: Generator[Request, object, T]) -> T:
+        try:
+            req = next(flow)
+            while True:
+                req = flow.send(await self._send(req))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    @property
+    def spool(self) -> Spool:
+        """The usage spool, opened on first use so seat-only programs create no file."""
+        if self._spool is None:
+            self._spool = Spool(self.config.spool_path)
+        return self._spool
+
+    # -- seats
+
+    async def checkout(self, feature: str) -> Lease:
+        """Check out one seat; the caller must heartbeat and release it. Prefer :meth:`seat`."""
+        lease, _ = await self._checkout_at(feature)
+        return lease
+
+    async def _checkout_at(self, feature: str) -> tuple[Lease, str]:
+        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+        reply = await self._call(req)
+        return parse_lease(reply), reply.url
+
+    async def heartbeat(self, lease_id: str, *, prefer: str | None = None) -> Lease:
+        return parse_lease(await self._call(heartbeat_request(lease_id), prefer))
+
+    async def release(self, lease_id: str, *, prefer: str | None = None) -> bool:
+        return parse_released(await self._call(release_request(lease_id), prefer))
+
+    def seat(
+        self, feature: str, *, on_lost: Callable[[MeterboxError], None] | None = None
+    ) -> AsyncSeat:
+        """A seat for ``feature``: ``async with client.seat("cad") as seat:``."""
+        return AsyncSeat(self, feature, on_lost)
+
+    # -- usage
+
+    async def record(
+        self, meter: str, amount: int = 1, *, idempotency_key: str | None = None
+    ) -> RecordResult:
+        """Record usage; see :meth:`meterbox.client.Client.record`."""
+        event = UsageEvent(
+            meter, amount, self.config.client_id, idempotency_key or uuid.uuid4().hex
+        )
+        async with self._flow_lock:
+            return await self._drive(
+                record_flow(self.spool, self.config.retry, self._clock, self._rand, event)
+            )
+
+    async def flush(self, *, force: bool = True) -> FlushResult:
+        async with self._flow_lock:
+            return await self._drive(
+                flush_flow(self.spool, self.config.retry, self._clock, self._rand, force=force)
+            )
+
+    async def balances(self) -> list[Balance]:
+        return parse_balances(await self._call(balances_request()))
+
+    async def balance(self, meter: str) -> Balance:
+        balances = await self.balances()
+        for b in balances:
+            if b.meter == meter:
+                return b
+        raise BadRequestError(
+            "The server has no such meter",
+            expected=f"meter {meter!r} among the installed licenses",
+            found=", ".join(b.meter for b in balances) or "no meters",
+            hint="Check the meter name against GET /v1/usage/balances",
+        )
+
+    async def _flush_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush(force=False)
+            except MeterboxError as exc:
+                log.warning("background flush failed: %s", exc)
+
+    # -- lifecycle
+
+    async def aclose(self) -> None:
+        """Release held seats, stop the flusher, close the spool and connections."""
+        for seat in list(self._seats.values()):
+            await seat.release()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self._spool is not None and self._owns_spool:
+            self._spool.close()
+            self._spool = None
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        if self.config.flush_interval is not None and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(self.config.flush_interval))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncSeat:
+    """One floating seat renewed by an asyncio task; see :class:`meterbox.client.Seat`."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        feature: str,
+        on_lost: Callable[[MeterboxError], None] | None,
+    ) -> None:
+        self.feature = feature
+        self._client = client
+        self._on_lost = on_lost
+        self._lease: Lease | None = None
+        self._server: str | None = None
+        self._lost: MeterboxError | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def lease(self) -> Lease:
+        if self._lease is None:
+            raise BadRequestError(
+                "The seat is not checked out",
+                expected="a seat inside its 'async with' block",
+                found="no lease",
+                hint="Use 'async with client.seat(feature) as seat:'",
+            )
+        return self._lease
+
+    @property
+    def lease_id(self) -> str:
+        return self.lease.lease_id
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.lease.expires_at
+
+    @property
+    def overdraft(self) -> bool:
+        return self.lease.overdraft
+
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None
+
+    @property
+    def lost_error(self) -> MeterboxError | None:
+        return self._lost
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    async def acquire(self) -> AsyncSeat:
+        self._lease, self._server = await self._client._checkout_at(self.feature)
+        self._client._seats[id(self)] = self
+        _exit.hold(self)
+        self._task = asyncio.create_task(self._renew_loop())
+        return self
+
+    async def release(self) -> bool:
+        """Stop renewing and release the lease. Safe to call twice."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        lease = self._lease
+        if lease is None or self._client._seats.pop(id(self), None) is None:
+            return False
+        _exit.drop(self)
+        if self._lost is not None:
+            return False
+        try:
+            return await self._client.release(lease.lease_id, prefer=self._server)
+        except (ServerUnreachableError, LeaseLost) as exc:
+            log.warning("seat %s not released: %s", lease.lease_id, exc)
+            return False
+
+    def release_at_exit(self) -> None:
+        # The event loop is gone at interpreter exit, so release with a blocking call.
+        if self._lease is not None and self._lost is None:
+            _exit.release_blocking(self._client.config.urls, self._server, self._lease.lease_id)
+
+    async def __aenter__(self) -> AsyncSeat:
+        return await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+        if exc_type is None:
+            self.check()
+
+    async def _renew_loop(self) -> None:
+        lease = self.lease
+        fraction = self._client.config.renew_fraction
+        delay = renewal_interval(lease.lease_seconds, fraction)
+        while True:
+            await asyncio.sleep(delay)
+            step = classify_renewal(
+                await self._client._send(heartbeat_request(lease.lease_id), self._server)
+            )
+            if isinstance(step, Renewed):
+                lease = self._lease = step.lease
+                delay = renewal_interval(lease.lease_seconds, fraction)
+            elif isinstance(step, Lost):
+                self._lost = step.error
+                log.warning("seat %s lost: %s", lease.lease_id, step.error)
+                if self._on_lost is not None:
+                    self._on_lost(step.error)
+                return
+            else:
+                log.info("heartbeat for %s failed, retrying: %s", lease.lease_id, step.reason)
+                delay = retry_interval(lease.lease_seconds, fraction)

@@ -1,0 +1,733 @@
+"""Sans-I/O core of the client: requests out, outcomes in, values or errors back.
+
+Nothing here opens a socket, a file or a thread, reads a clock or draws a random
+number on its own: callers pass ``now`` and ``rand``. The sync and async clients
+are thin drivers around these functions, so both speak docs/api.md identically.
+
+Invariants:
+
+- every request body is built here and only here, and carries exactly the fields
+  docs/api.md names (the server refuses unknown fields);
+- every server answer is classified by :func:`classify_delivery` /
+  :func:`error_from_reply` into *delivered*, *transient* (retry later, spool) or
+  *rejected* (raise or dead-letter); a reply that fits none of these is a
+  :class:`ProtocolError`, never silently accepted;
+- a 503 or a transport failure is transient; any other 4xx is permanent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from meterbox.client.errors import (
+    BadRequestError,
+    ConfigError,
+    IdempotencyConflictError,
+    LeaseLost,
+    LicenseExpired,
+    MeterboxError,
+    NoSeatAvailable,
+    ProtocolError,
+    QuotaExceeded,
+    ReportOverdue,
+    ServerUnreachableError,
+    UnauthorizedError,
+    UnknownFeature,
+    UnknownMeter,
+)
+
+#: Longest idempotency key the server accepts (docs/api.md, POST /v1/usage).
+MAX_IDEMPOTENCY_KEY = 128
+#: Environment variable naming the server URL(s), comma-separated for failover.
+ENV_URL = "METERBOX_URL"
+#: Environment variable naming the spool file.
+ENV_SPOOL = "METERBOX_SPOOL"
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, independent of any transport."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    body: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The server answered. ``body`` is the decoded JSON, or None if it was not JSON."""
+
+    url: str
+    status: int
+    body: object
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """No answer: connection refused, reset, DNS failure or timeout."""
+
+    url: str
+    reason: str
+
+
+Outcome = Reply | Unreachable
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A seat lease as the server granted it (docs/api.md, POST /v1/seats/checkout)."""
+
+    lease_id: str
+    feature: str
+    client_id: str
+    expires_at: datetime
+    lease_seconds: float
+    overdraft: bool
+    renewed: bool
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """One usage event. The idempotency key is fixed at creation and never changes."""
+
+    meter: str
+    amount: int
+    client_id: str
+    idempotency_key: str
+
+    def __post_init__(self) -> None:
+        validate_usage(self.meter, self.amount, self.idempotency_key)
+
+
+@dataclass(frozen=True)
+class UsageReceipt:
+    """The server's answer to POST /v1/usage, sent once the record is durable."""
+
+    meter: str
+    amount: int
+    seq: int
+    used: int
+    limit: int | None
+    remaining: int | None
+    flagged: bool
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """What :meth:`Client.record` did with one event.
+
+    ``spooled`` is True when the server could not be reached and the event waits in
+    the local spool; ``receipt`` is then None. Otherwise the server applied it.
+    """
+
+    idempotency_key: str
+    spooled: bool
+    receipt: UsageReceipt | None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A spooled event the server refused for good, kept with the reason."""
+
+    id: int
+    event: UsageEvent
+    reason: str
+    code: str
+    failed_at: float
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """Counts from one pass over the spool.
+
+    ``pending`` is what is still waiting; ``dead_letters`` lists the events moved to
+    the dead-letter table during this pass; ``stopped`` says why the pass ended
+    early (None when the spool was drained).
+    """
+
+    delivered: int
+    pending: int
+    dead_letters: tuple[DeadLetter, ...]
+    stopped: str | None
+
+    @property
+    def dead_lettered(self) -> int:
+        return len(self.dead_letters)
+
+
+@dataclass(frozen=True)
+class Balance:
+    """One meter's balance (docs/api.md, GET /v1/usage/balances)."""
+
+    meter: str
+    limit: int | None
+    period: str | None
+    period_start: str | None
+    used: int
+    remaining: int | None
+    over_limit: bool
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for spooled events.
+
+    ``max_attempts`` bounds transient failures per event; past it the event goes to
+    the dead-letter table (reason ``retry budget exhausted``) instead of blocking the
+    spool forever. None means never give up. The default of 1000 attempts with a
+    60 s cap is roughly 8 hours of continuous outage.
+    """
+
+    base_seconds: float = 0.5
+    cap_seconds: float = 60.0
+    max_attempts: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if not (self.base_seconds > 0 and self.cap_seconds >= self.base_seconds):
+            raise ConfigError(
+                "Retry policy is not usable",
+                expected="0 < base_seconds <= cap_seconds",
+                found=f"base_seconds={self.base_seconds}, cap_seconds={self.cap_seconds}",
+                hint="Pass positive delays with the cap at least the base",
+            )
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigError(
+                "Retry policy is not usable",
+                expected="max_attempts >= 1 or None",
+                found=f"max_attempts={self.max_attempts}",
+                hint="Use None to retry forever",
+            )
+
+    def delay(self, attempts: int, rand: float) -> float:
+        """Seconds to wait after the ``attempts``-th failure; ``rand`` is uniform in [0, 1).
+
+        Equal jitter: half the exponential step is fixed, half random, so a crowd of
+        clients spreads out but no client retries immediately.
+        """
+        step = min(self.cap_seconds, self.base_seconds * math.pow(2.0, max(0, attempts - 1)))
+        return step / 2.0 + rand * step / 2.0
+
+
+# ----------------------------------------------------------------- configuration
+
+
+def resolve_urls(url: str | Sequence[str] | None, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The servers to try, in order: the explicit argument, else ``METERBOX_URL``.
+
+    A string may hold several URLs separated by commas.
+    """
+    raw: list[str]
+    if url is None:
+        env = environ.get(ENV_URL, "")
+        raw = env.split(",")
+        source = f"${ENV_URL}={env!r}"
+    elif isinstance(url, str):
+        raw = url.split(",")
+        source = repr(url)
+    else:
+        raw = list(url)
+        source = repr(list(url))
+    urls = tuple(u.strip().rstrip("/") for u in raw if u.strip())
+    if not urls:
+        raise ConfigError(
+            "No meterbox server URL is configured",
+            expected=f"a URL such as http://127.0.0.1:8400 passed as url= or set in ${ENV_URL}",
+            found=source,
+            hint=f"Pass url=... or export {ENV_URL}",
+        )
+    for u in urls:
+        if not (u.startswith(("http://", "https://")) and len(u) > len("https://")):
+            raise ConfigError(
+                "Server URL is not an HTTP URL",
+                expected="http://host:port or https://host:port",
+                found=repr(u),
+                hint="Include the scheme, e.g. http://127.0.0.1:8400",
+            )
+    return urls
+
+
+def default_spool_path(environ: Mapping[str, str], home: Path) -> Path:
+    """``$METERBOX_SPOOL``, else ``$XDG_DATA_HOME/meterbox/spool.db``, else under ``home``."""
+    explicit = environ.get(ENV_SPOOL)
+    if explicit:
+        return Path(explicit)
+    data_home = environ.get("XDG_DATA_HOME")
+    base = Path(data_home) if data_home else home / ".local" / "share"
+    return base / "meterbox" / "spool.db"
+
+
+def default_client_id(hostname: str | None = None, pid: int | None = None) -> str:
+    """``host/pid-N``: one seat per process, as docs/api.md's example suggests."""
+    host = hostname if hostname is not None else socket.gethostname()
+    return f"{host}/pid-{pid if pid is not None else os.getpid()}"
+
+
+def failover_order(urls: Sequence[str], prefer: str | None) -> list[str]:
+    """Servers in configured order, with ``prefer`` (the lease's server) tried first."""
+    if prefer is not None and prefer in urls:
+        return [prefer, *[u for u in urls if u != prefer]]
+    return list(urls)
+
+
+def fails_over(outcome: Outcome) -> bool:
+    """Whether to try the next server: no answer, or 503 (ledger cannot accept records)."""
+    return isinstance(outcome, Unreachable) or outcome.status == 503
+
+
+# ----------------------------------------------------------------- requests
+
+
+def validate_usage(meter: str, amount: int, idempotency_key: str | None) -> None:
+    """Refuse locally what the server would refuse with 400, before it reaches the spool."""
+    if not isinstance(meter, str) or not meter:
+        raise BadRequestError(
+            "Meter name is not usable",
+            expected="a non-empty string",
+            found=repr(meter),
+            hint="Pass the meter name from the license, e.g. 'solver-runs'",
+        )
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise BadRequestError(
+            "Usage amount is not usable",
+            expected="a positive integer",
+            found=repr(amount),
+            hint="Record whole units; scale fractional quantities to an integer unit",
+        )
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY):
+        raise BadRequestError(
+            "Idempotency key is not usable",
+            expected=f"1 to {MAX_IDEMPOTENCY_KEY} characters",
+            found=f"{len(idempotency_key)} characters",
+            hint="Omit the key to have one generated",
+        )
+
+
+def checkout_request(feature: str, client_id: str, hostname: str | None) -> Request:
+    if not feature:
+        raise BadRequestError(
+            "Feature name is empty",
+            expected="a feature name from the license, e.g. 'cad'",
+            found="''",
+            hint="Pass the feature to check out",
+        )
+    body: dict[str, object] = {"feature": feature, "client_id": client_id}
+    if hostname is not None:
+        body["hostname"] = hostname
+    return Request("POST", "/v1/seats/checkout", body)
+
+
+def heartbeat_request(lease_id: str) -> Request:
+    return Request("POST", "/v1/seats/heartbeat", {"lease_id": lease_id})
+
+
+def release_request(lease_id: str) -> Request:
+    return Request("POST", "/v1/seats/release", {"lease_id": lease_id})
+
+
+def usage_request(event: UsageEvent) -> Request:
+    return Request(
+        "POST",
+        "/v1/usage",
+        {
+            "meter": event.meter,
+            "amount": event.amount,
+            "client_id": event.client_id,
+            "idempotency_key": event.idempotency_key,
+        },
+    )
+
+
+def balances_request() -> Request:
+    return Request("GET", "/v1/usage/balances")
+
+
+def decode_body(content: bytes) -> object:
+    """The JSON body, or None when the body is empty or not JSON (a proxy's HTML page)."""
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------- parsing
+
+
+def _field(
+    obj: Mapping[str, object], name: str, kind: type | tuple[type, ...], what: str
+) -> object:
+    value = obj.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(
+            f"Server answer to {what} has a bad {name!r} field",
+            expected=f"{name!r} of type {getattr(kind, '__name__', kind)}",
+            found=repr(value),
+            hint="Check that the server speaks meterbox API v1 (docs/api.md)",
+        )
+    return value
+
+
+def _int(obj: Mapping[str, object], name: str, what: str) -> int:
+    value = _field(obj, name, int, what)
+    assert isinstance(value, int)
+    return value
+
+
+def _opt_int(obj: Mapping[str, object], name: str, what: str) -> int | None:
+    if obj.get(name) is None:
+        return None
+    return _int(obj, name, what)
+
+
+def _object(reply: Reply, what: str) -> Mapping[str, object]:
+    if not isinstance(reply.body, dict):
+        raise ProtocolError(
+            f"Server answer to {what} is not a JSON object",
+            expected="a JSON object as in docs/api.md",
+            found=f"HTTP {reply.status} with body {str(reply.body)[:80]!r}",
+            hint=f"Check that {reply.url} is a meterbox server, not a proxy or another service",
+        )
+    return reply.body
+
+
+def parse_timestamp(value: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolError(
+            "Server sent a timestamp that does not parse",
+            expected="ISO-8601 UTC, e.g. 2026-01-01T00:00:00Z",
+            found=repr(value),
+            hint="Check that the server speaks meterbox API v1",
+        ) from None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def parse_lease(reply: Reply) -> Lease:
+    what = "a seat request"
+    obj = _object(reply, what)
+    seconds = _field(obj, "lease_seconds", (int, float), what)
+    assert isinstance(seconds, int | float)
+    if seconds <= 0:
+        raise ProtocolError(
+            "Server granted a lease with no duration",
+            expected="lease_seconds > 0",
+            found=repr(seconds),
+            hint="Check the license's lease setting on the server",
+        )
+    return Lease(
+        lease_id=str(_field(obj, "lease_id", str, what)),
+        feature=str(_field(obj, "feature", str, what)),
+        client_id=str(_field(obj, "client_id", str, what)),
+        expires_at=parse_timestamp(str(_field(obj, "expires_at", str, what))),
+        lease_seconds=float(seconds),
+        overdraft=bool(_field(obj, "overdraft", bool, what)),
+        renewed=bool(obj.get("renewed", False)),
+    )
+
+
+def parse_released(reply: Reply) -> bool:
+    return bool(_field(_object(reply, "a release"), "released", bool, "a release"))
+
+
+def parse_receipt(reply: Reply) -> UsageReceipt:
+    what = "a usage record"
+    obj = _object(reply, what)
+    return UsageReceipt(
+        meter=str(_field(obj, "meter", str, what)),
+        amount=_int(obj, "amount", what),
+        seq=_int(obj, "seq", what),
+        used=_int(obj, "used", what),
+        limit=_opt_int(obj, "limit", what),
+        remaining=_opt_int(obj, "remaining", what),
+        flagged=bool(obj.get("flagged", False)),
+        replayed=bool(obj.get("replayed", False)),
+    )
+
+
+def parse_balances(reply: Reply) -> list[Balance]:
+    what = "a balance query"
+    meters = _field(_object(reply, what), "meters", list, what)
+    assert isinstance(meters, list)
+    out: list[Balance] = []
+    for item in meters:
+        if not isinstance(item, dict):
+            raise ProtocolError(
+                "Server balance entry is not an object",
+                expected="a JSON object per meter",
+                found=repr(item)[:80],
+                hint="Check that the server speaks meterbox API v1",
+            )
+        period = item.get("period")
+        start = item.get("period_start")
+        out.append(
+            Balance(
+                meter=str(_field(item, "meter", str, what)),
+                limit=_opt_int(item, "limit", what),
+                period=None if period is None else str(period),
+                period_start=None if start is None else str(start),
+                used=_int(item, "used", what),
+                remaining=_opt_int(item, "remaining", what),
+                over_limit=bool(item.get("over_limit", False)),
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------- errors
+
+_BY_CODE: dict[str, type[MeterboxError]] = {
+    "bad_request": BadRequestError,
+    "too_large": BadRequestError,
+    "unauthorized": UnauthorizedError,
+    "report_overdue": ReportOverdue,
+    "license_expired": LicenseExpired,
+    "quota_exceeded": QuotaExceeded,
+    "unknown_feature": UnknownFeature,
+    "unknown_meter": UnknownMeter,
+    "lease_not_found": LeaseLost,
+    "no_seat": NoSeatAvailable,
+    "idempotency_conflict": IdempotencyConflictError,
+    "unavailable": ServerUnreachableError,
+}
+
+
+def error_code(reply: Reply) -> str | None:
+    body = reply.body
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("code"), str):
+            return str(err["code"])
+    return None
+
+
+def error_from_reply(reply: Reply) -> MeterboxError:
+    """The exception a non-2xx reply stands for, keeping the server's own message."""
+    code = error_code(reply)
+    message = ""
+    if isinstance(reply.body, dict) and isinstance(reply.body.get("error"), dict):
+        message = str(reply.body["error"].get("message", ""))
+    cls = _BY_CODE.get(code or "")
+    if cls is None:
+        if reply.status == 503:
+            cls = ServerUnreachableError
+        elif 400 <= reply.status < 500:
+            cls = BadRequestError
+        else:
+            return ProtocolError(
+                f"Server at {reply.url} answered HTTP {reply.status}",
+                expected="a 2xx answer or an error body with a code from docs/api.md",
+                found=f"code {code!r}, body {str(reply.body)[:120]!r}",
+                hint="Look at the server log; spooled usage will be retried",
+            )
+    # The server's message already says what was expected and found, so it is kept
+    # whole as the problem statement instead of being re-worded here.
+    return cls(message or f"Server at {reply.url} refused the request with HTTP {reply.status}")
+
+
+def unreachable_error(outcome: Unreachable | Reply, tried: Sequence[str]) -> ServerUnreachableError:
+    found = (
+        outcome.reason
+        if isinstance(outcome, Unreachable)
+        else f"HTTP {outcome.status} from {outcome.url}"
+    )
+    return ServerUnreachableError(
+        "No meterbox server answered",
+        expected=f"an answer from one of {', '.join(tried)}",
+        found=found,
+        hint="Check that the server runs and the URL is right; usage is spooled meanwhile",
+    )
+
+
+# ----------------------------------------------------------------- delivery decisions
+
+
+@dataclass(frozen=True)
+class Delivered:
+    receipt: UsageReceipt
+
+
+@dataclass(frozen=True)
+class Transient:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    error: MeterboxError
+
+
+Delivery = Delivered | Transient | Rejected
+
+
+def classify_delivery(outcome: Outcome) -> Delivery:
+    """What a usage POST's outcome means for the event.
+
+    Transient: no answer, any 5xx (the record may or may not be durable; resending
+    with the same idempotency key is safe), or a 2xx whose body does not parse
+    (same reasoning). Rejected: any 4xx, which resending cannot change.
+    """
+    if isinstance(outcome, Unreachable):
+        return Transient(outcome.reason)
+    if 200 <= outcome.status < 300:
+        try:
+            return Delivered(parse_receipt(outcome))
+        except ProtocolError as exc:
+            return Transient(str(exc))
+    if outcome.status >= 500:
+        return Transient(f"HTTP {outcome.status} from {outcome.url}")
+    return Rejected(error_from_reply(outcome))
+
+
+def expect_ok(outcome: Outcome, tried: Sequence[str]) -> Reply:
+    """The reply if it is a 2xx; otherwise the matching exception is raised."""
+    if isinstance(outcome, Unreachable):
+        raise unreachable_error(outcome, tried)
+    if 200 <= outcome.status < 300:
+        return outcome
+    raise error_from_reply(outcome)
+
+
+# ----------------------------------------------------------------- seat renewal
+
+
+@dataclass(frozen=True)
+class Renewed:
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class RenewLater:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    error: MeterboxError
+
+
+RenewalStep = Renewed | RenewLater | Lost
+
+
+def renewal_interval(lease_seconds: float, fraction: float) -> float:
+    """Seconds between heartbeats: a fraction of the lease, measured on the local clock.
+
+    The lease length, not ``expires_at``, drives the schedule, so a server whose wall
+    clock differs from ours cannot make us renew too late.
+    """
+    return max(0.05, lease_seconds * fraction)
+
+
+def retry_interval(lease_seconds: float, fraction: float) -> float:
+    """Seconds before retrying a heartbeat that got no answer: a few tries per interval."""
+    return max(0.05, renewal_interval(lease_seconds, fraction) / 4.0)
+
+
+def classify_renewal(outcome: Outcome) -> RenewalStep:
+    if isinstance(outcome, Unreachable):
+        return RenewLater(outcome.reason)
+    if 200 <= outcome.status < 300:
+        try:
+            return Renewed(parse_lease(outcome))
+        except ProtocolError as exc:
+            return RenewLater(str(exc))
+    if outcome.status >= 500:
+        return RenewLater(f"HTTP {outcome.status} from {outcome.url}")
+    err = error_from_reply(outcome)
+    if isinstance(err, LeaseLost):
+        return Lost(
+            LeaseLost(
+                "The seat's lease is gone from the server",
+                expected="the lease to be renewed by a heartbeat",
+                found=f"{err.problem}",
+                hint="Check out the seat again; the server may have restarted without "
+                "state or the lease expired while the server was unreachable",
+            )
+        )
+    return Lost(err)
+
+
+def parse_deadline(lease: Lease) -> float:
+    """The lease end as a POSIX timestamp (server clock)."""
+    return lease.expires_at.timestamp()
+
+
+NowFn = Callable[[], float]
+RandFn = Callable[[], float]
+
+
+# ----------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything a client needs besides its transport, checked once at construction."""
+
+    urls: tuple[str, ...]
+    spool_path: Path
+    client_id: str
+    hostname: str | None
+    timeout: float
+    retry: RetryPolicy
+    renew_fraction: float
+    flush_interval: float | None
+
+    @classmethod
+    def build(
+        cls,
+        url: str | Sequence[str] | None,
+        *,
+        spool: str | Path | None,
+        client_id: str | None,
+        hostname: str | None,
+        timeout: float,
+        retry: RetryPolicy | None,
+        renew_fraction: float,
+        flush_interval: float | None,
+        environ: Mapping[str, str],
+        home: Path,
+    ) -> ClientConfig:
+        if not 0.05 <= renew_fraction <= 0.9:
+            raise ConfigError(
+                "Renewal fraction is not usable",
+                expected="a fraction of the lease between 0.05 and 0.9 (default 1/3)",
+                found=repr(renew_fraction),
+                hint="Renew well before the lease ends so one lost heartbeat is harmless",
+            )
+        if timeout <= 0:
+            raise ConfigError(
+                "Timeout is not usable",
+                expected="a positive number of seconds",
+                found=repr(timeout),
+                hint="Use e.g. timeout=5.0",
+            )
+        if flush_interval is not None and flush_interval <= 0:
+            raise ConfigError(
+                "Flush interval is not usable",
+                expected="a positive number of seconds, or None for no background flusher",
+                found=repr(flush_interval),
+                hint="Use e.g. flush_interval=10.0",
+            )
+        return cls(
+            urls=resolve_urls(url, environ),
+            spool_path=Path(spool) if spool is not None else default_spool_path(environ, home),
+            client_id=client_id or default_client_id(),
+            hostname=hostname,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            renew_fraction=renew_fraction,
+            flush_interval=flush_interval,
+        )

@@ -1,0 +1,378 @@
+"""Blocking client: :class:`Client` and :class:`Seat`, a thin driver of the sans-I/O core.
+
+Threads: seat renewal runs in one daemon thread per seat; the optional background
+flusher in one daemon thread per client. Usage flows hold ``_flow_lock`` so
+concurrent ``record`` calls and the flusher never send spooled events out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from meterbox.client import _exit
+from meterbox.client._core import (
+    Balance,
+    ClientConfig,
+    FlushResult,
+    Lease,
+    Lost,
+    NowFn,
+    Outcome,
+    RandFn,
+    RecordResult,
+    Renewed,
+    Reply,
+    Request,
+    RetryPolicy,
+    Unreachable,
+    UsageEvent,
+    balances_request,
+    checkout_request,
+    classify_renewal,
+    decode_body,
+    expect_ok,
+    failover_order,
+    fails_over,
+    heartbeat_request,
+    parse_balances,
+    parse_lease,
+    parse_released,
+    release_request,
+    renewal_interval,
+    retry_interval,
+)
+from meterbox.client._flows import flush_flow, record_flow
+from meterbox.client._spool import Spool
+from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
+
+log = logging.getLogger("meterbox.client")
+T = TypeVar("T")
+
+
+class Client:
+    """Seats and usage against one meterbox server, or several tried in order.
+
+    >>> client = Client("http://127.0.0.1:8400")            # doctest: +SKIP
+    >>> with client.seat("cad") as seat: ...                  # doctest: +SKIP
+    >>> client.record("solver-runs", 3)                       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str] | None = None,
+        *,
+        spool: str | Path | Spool | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        renew_fraction: float = 1 / 3,
+        flush_interval: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        clock: NowFn = time.time,
+        rand: RandFn = random.random,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = ClientConfig.build(
+            url,
+            spool=None if isinstance(spool, Spool) else spool,
+            client_id=client_id,
+            hostname=hostname,
+            timeout=timeout,
+            retry=retry,
+            renew_fraction=renew_fraction,
+            flush_interval=flush_interval,
+            environ=os.environ if environ is None else environ,
+            home=Path.home(),
+        )
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._clock = clock
+        self._rand = rand
+        self._spool: Spool | None = spool if isinstance(spool, Spool) else None
+        self._owns_spool = not isinstance(spool, Spool)
+        self._flow_lock = threading.RLock()
+        self._seats: dict[int, Seat] = {}
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if flush_interval is not None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, args=(flush_interval,), name="meterbox-flush", daemon=True
+            )
+            self._flusher.start()
+
+    # -- transport
+
+    def _attempt(self, url: str, req: Request) -> Outcome:
+        try:
+            resp = self._http.request(req.method, url + req.path, json=req.body)
+        except httpx.TransportError as exc:
+            return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
+        return Reply(url, resp.status_code, decode_body(resp.content))
+
+    def _send(self, req: Request, prefer: str | None = None) -> Outcome:
+        outcome: Outcome = Unreachable("", "no server configured")
+        for url in failover_order(self.config.urls, prefer):
+            outcome = self._attempt(url, req)
+            if not fails_over(outcome):
+                return outcome
+        return outcome
+
+    def _call(self, req: Request, prefer: str | None = None) -> Reply:
+        return expect_ok(self._send(req, prefer), self.config.urls)
+
+    def _drive(self, flow: Generator[Request, object, T]) -> T:
+        try:
+            req = next(flow)
+            while True:
+                req = flow.send(self._send(req))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    # -- spool
+
+    @property
+    def spool(self) -> Spool:
+        """The usage spool, opened on first use so seat-only programs create no file."""
+        with self._flow_lock:
+            if self._spool is None:
+                self._spool = Spool(self.config.spool_path)
+            return self._spool
+
+    # -- seats
+
+    def checkout(self, feature: str) -> Lease:
+        """Check out one seat; the caller must heartbeat and release it. Prefer :meth:`seat`."""
+        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+        return parse_lease(self._call(req))
+
+    def _checkout_at(self, feature: str) -> tuple[Lease, str]:
+        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+        reply = self._call(req)
+        return parse_lease(reply), reply.url
+
+    def heartbeat(self, lease_id: str, *, prefer: str | None = None) -> Lease:
+        """Renew a lease; raises :class:`LeaseLost` if the server no longer has it."""
+        return parse_lease(self._call(heartbeat_request(lease_id), prefer))
+
+    def release(self, lease_id: str, *, prefer: str | None = None) -> bool:
+        """Release a lease; False if it was already gone (releasing is idempotent)."""
+        return parse_released(self._call(release_request(lease_id), prefer))
+
+    def seat(self, feature: str, *, on_lost: Callable[[MeterboxError], None] | None = None) -> Seat:
+        """A seat for ``feature``, checked out by ``with`` and renewed in the background."""
+        return Seat(self, feature, on_lost)
+
+    # -- usage
+
+    def record(
+        self, meter: str, amount: int = 1, *, idempotency_key: str | None = None
+    ) -> RecordResult:
+        """Record usage; spools it (``spooled=True``) if no server can take it now.
+
+        Raises QuotaExceeded, UnknownMeter, BadRequestError and other refusals; those events
+        are not spooled. The idempotency key is generated here once per event.
+        """
+        event = UsageEvent(
+            meter, amount, self.config.client_id, idempotency_key or uuid.uuid4().hex
+        )
+        with self._flow_lock:
+            return self._drive(
+                record_flow(self.spool, self.config.retry, self._clock, self._rand, event)
+            )
+
+    def flush(self, *, force: bool = True) -> FlushResult:
+        """Deliver spooled events now (``force`` ignores the backoff schedule)."""
+        with self._flow_lock:
+            return self._drive(
+                flush_flow(self.spool, self.config.retry, self._clock, self._rand, force=force)
+            )
+
+    def balances(self) -> list[Balance]:
+        return parse_balances(self._call(balances_request()))
+
+    def balance(self, meter: str) -> Balance:
+        for b in self.balances():
+            if b.meter == meter:
+                return b
+        raise BadRequestError(
+            "The server has no such meter",
+            expected=f"meter {meter!r} among the installed licenses",
+            found=", ".join(b.meter for b in self.balances()) or "no meters",
+            hint="Check the meter name against GET /v1/usage/balances",
+        )
+
+    def _flush_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.flush(force=False)
+            except MeterboxError as exc:
+                log.warning("background flush failed: %s", exc)
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Release held seats, stop background threads, close the spool and connections."""
+        for seat in list(self._seats.values()):
+            seat.release()
+        self._closed.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._flow_lock:
+            if self._spool is not None and self._owns_spool:
+                self._spool.close()
+                self._spool = None
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Seat:
+    """One floating seat: checked out on ``with``, renewed in a thread, released on exit.
+
+    ``lost`` turns True when a renewal finds the lease gone; :meth:`check` then raises
+    :class:`LeaseLost`, and so does leaving the ``with`` block normally.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        feature: str,
+        on_lost: Callable[[MeterboxError], None] | None,
+    ) -> None:
+        self.feature = feature
+        self._client = client
+        self._on_lost = on_lost
+        self._lease: Lease | None = None
+        self._server: str | None = None
+        self._lost: MeterboxError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = threading.Lock()
+
+    # -- state
+
+    @property
+    def lease(self) -> Lease:
+        if self._lease is None:
+            raise BadRequestError(
+                "The seat is not checked out",
+                expected="a seat inside its 'with' block",
+                found="no lease",
+                hint="Use 'with client.seat(feature) as seat:'",
+            )
+        return self._lease
+
+    @property
+    def lease_id(self) -> str:
+        return self.lease.lease_id
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.lease.expires_at
+
+    @property
+    def overdraft(self) -> bool:
+        return self.lease.overdraft
+
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None
+
+    @property
+    def lost_error(self) -> MeterboxError | None:
+        return self._lost
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` (or the refusal met on renewal) if the seat is lost."""
+        if self._lost is not None:
+            raise self._lost
+
+    # -- lifecycle
+
+    def acquire(self) -> Seat:
+        self._lease, self._server = self._client._checkout_at(self.feature)
+        self._client._seats[id(self)] = self
+        _exit.hold(self)
+        self._thread = threading.Thread(
+            target=self._renew_loop, name=f"meterbox-seat-{self.feature}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def release(self) -> bool:
+        """Stop renewing and release the lease. Safe to call twice."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._state:
+            lease = self._lease
+            if lease is None or self._client._seats.pop(id(self), None) is None:
+                return False
+        _exit.drop(self)
+        if self._lost is not None:
+            return False
+        try:
+            return self._client.release(lease.lease_id, prefer=self._server)
+        except (ServerUnreachableError, LeaseLost) as exc:
+            # The lease runs out by itself; refusing to exit over it helps nobody.
+            log.warning("seat %s not released: %s", lease.lease_id, exc)
+            return False
+
+    def release_at_exit(self) -> None:
+        self.release()
+
+    def __enter__(self) -> Seat:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+        if exc_type is None:
+            self.check()
+
+    def _renew_loop(self) -> None:
+        lease = self.lease
+        fraction = self._client.config.renew_fraction
+        delay = renewal_interval(lease.lease_seconds, fraction)
+        while not self._stop.wait(delay):
+            outcome = self._client._send(heartbeat_request(lease.lease_id), self._server)
+            if self._stop.is_set():
+                return
+            step = classify_renewal(outcome)
+            if isinstance(step, Renewed):
+                lease = self._lease = step.lease
+                delay = renewal_interval(lease.lease_seconds, fraction)
+            elif isinstance(step, Lost):
+                self._lost = step.error
+                log.warning("seat %s lost: %s", lease.lease_id, step.error)
+                if self._on_lost is not None:
+                    self._on_lost(step.error)
+                return
+            else:
+                log.info("heartbeat for %s failed, retrying: %s", lease.lease_id, step.reason)
+                delay = retry_interval(lease.lease_seconds, fraction)
