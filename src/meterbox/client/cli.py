@@ -1,7 +1,178 @@
-"""`meterbox client` commands."""
+"""`meterbox client` commands, for shell scripts.
+
+Exit codes (stable, documented in docs/client.md):
+
+- 0: done (also: usage recorded into the spool while the server was unreachable);
+- 1: the license refused (no seat, quota used up, report overdue, expired, unknown
+  feature or meter), or ``flush`` moved events to the dead-letter table;
+- 2: bad input (arguments, URL, spool path, a request the server calls malformed);
+- 3: no server answered as docs/api.md says (unreachable, 503, or a foreign answer).
+
+Results go to stdout as JSON (``checkout`` prints only the lease id unless
+``--json``); messages go to stderr.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
 import typer
 
+from meterbox.client._sync import Client
+from meterbox.client.errors import (
+    ProtocolError,
+    ServerUnreachableError,
+)
+from meterbox.errors import LicenseDenied, MeterboxError
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+EXIT_OK = 0
+EXIT_DENIED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 3
+
+T = TypeVar("T")
+
+UrlOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--url",
+        help="Server URL; repeat for failover. Default: $METERBOX_URL (comma-separated).",
+    ),
+]
+SpoolOpt = Annotated[
+    Path | None,
+    typer.Option("--spool", help="Spool file. Default: $METERBOX_SPOOL or the user data dir."),
+]
+ClientIdOpt = Annotated[
+    str | None, typer.Option("--client-id", help="Client identity. Default: host/pid-N.")
+]
+
+
+def make_client(urls: list[str] | None, spool: Path | None, client_id: str | None) -> Client:
+    """Build the client for one command (tests replace this to inject a transport)."""
+    return Client(urls or None, spool=spool, client_id=client_id)
+
+
+def _exit_code(exc: MeterboxError) -> int:
+    if isinstance(exc, LicenseDenied):
+        return EXIT_DENIED
+    if isinstance(exc, ServerUnreachableError | ProtocolError):
+        return EXIT_UNREACHABLE
+    return EXIT_BAD_INPUT
+
+
+def _run(urls: list[str] | None, spool: Path | None, client_id: str | None,
+         action: Callable[[Client], T]) -> T:  # fmt: skip
+    try:
+        with make_client(urls, spool, client_id) as client:
+            return action(client)
+    except MeterboxError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(_exit_code(exc)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _print(value: Any) -> None:
+    typer.echo(json.dumps(_jsonable(value), sort_keys=True))
+
+
+@app.command()
+def checkout(
+    feature: Annotated[str, typer.Argument(help="Feature to check out, e.g. cad.")],
+    url: UrlOpt = None,
+    client_id: ClientIdOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole lease.")] = False,
+) -> None:
+    """Check out a seat and print its lease id. Heartbeat or release it yourself."""
+    lease = _run(url, None, client_id, lambda c: c.checkout(feature))
+    if as_json:
+        _print(asdict(lease))
+    else:
+        typer.echo(lease.lease_id)
+    typer.echo(f"lease expires in {lease.lease_seconds:g} s unless renewed", err=True)
+
+
+@app.command()
+def heartbeat(
+    lease_id: Annotated[str, typer.Argument(help="Lease id printed by checkout.")],
+    url: UrlOpt = None,
+) -> None:
+    """Renew a lease. Exit 1 if the lease is gone."""
+    lease = _run(url, None, None, lambda c: c.heartbeat(lease_id))
+    _print(asdict(lease))
+
+
+@app.command()
+def release(
+    lease_id: Annotated[str, typer.Argument(help="Lease id printed by checkout.")],
+    url: UrlOpt = None,
+) -> None:
+    """Release a lease (releasing twice is fine)."""
+    released = _run(url, None, None, lambda c: c.release(lease_id))
+    _print({"released": released})
+
+
+@app.command()
+def record(  # noqa: PLR0917 - typer maps each parameter to an argument or option
+    meter: Annotated[str, typer.Argument(help="Meter name, e.g. solver-runs.")],
+    amount: Annotated[int, typer.Argument(help="Units to record (positive integer).")] = 1,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Idempotency key; pass the same key when retrying a script."),
+    ] = None,
+    url: UrlOpt = None,
+    spool: SpoolOpt = None,
+    client_id: ClientIdOpt = None,
+) -> None:
+    """Record usage; if the server is unreachable, spool it and still exit 0."""
+    result = _run(url, spool, client_id, lambda c: c.record(meter, amount, idempotency_key=key))
+    if result.spooled:
+        typer.echo(
+            "server unreachable: usage spooled; it is delivered by a later record "
+            "or by 'meterbox client flush'",
+            err=True,
+        )
+    _print(asdict(result))
+
+
+@app.command()
+def balance(
+    meter: Annotated[str | None, typer.Argument(help="One meter; default all.")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Print meter balances as JSON."""
+    if meter is None:
+        _print([asdict(b) for b in _run(url, None, None, lambda c: c.balances())])
+    else:
+        _print(asdict(_run(url, None, None, lambda c: c.balance(meter))))
+
+
+@app.command()
+def flush(url: UrlOpt = None, spool: SpoolOpt = None) -> None:
+    """Deliver spooled usage now. Exit 3 if events remain because no server answered."""
+    result = _run(url, spool, None, lambda c: c.flush())
+    _print(
+        {
+            "delivered": result.delivered,
+            "pending": result.pending,
+            "dead_lettered": result.dead_lettered,
+            "dead_letters": [{"key": d.event.idempotency_key, "reason": d.reason}
+                             for d in result.dead_letters],
+            "stopped": result.stopped,
+        }
+    )  # fmt: skip
+    if result.dead_letters:
+        typer.echo(f"{result.dead_lettered} event(s) refused and kept as dead letters", err=True)
+        raise typer.Exit(EXIT_DENIED)
+    if result.pending:
+        typer.echo(f"{result.pending} event(s) still spooled: {result.stopped}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
