@@ -9,7 +9,8 @@
     meterbox.errors.MeterboxError
     ├── IdempotencyConflictError    an idempotency key was reused for a different request
     ├── TopupAlreadyAppliedError    the same top-up file was imported a second time
-    └── UnavailableError           the event sink (ledger) cannot accept records right now
+    ├── UnavailableError           the event sink (ledger) cannot accept records right now
+    └── UnauthorizedError          an admin request without the right bearer token
 
 Every class carries a stable ``code``; :data:`HTTP_STATUS` maps codes to the HTTP
 status documented in ``docs/api.md``.
@@ -40,6 +41,10 @@ class TopupAlreadyAppliedError(StateError):
 
 class UnavailableError(MeterboxError):
     code = "unavailable"
+
+
+class UnauthorizedError(MeterboxError):
+    code = "unauthorized"
 
 
 #: HTTP status for each error code the server can answer with.

@@ -31,7 +31,7 @@ from meterbox.errors import NoSeatAvailable
 from ._batch import GroupCommitter
 from ._clock import DEFAULT_STEP_THRESHOLD, LicenseClock
 from ._meters import IdemEntry, Topup, UsageResult, fingerprint
-from ._seats import Lease, SeatDecision
+from ._seats import Lease, SeatDecision, hour_of
 from .engine import Engine, ReceiptInfo, UsageDecision
 from .errors import UnavailableError
 from .policy import LicensePolicy
@@ -207,7 +207,8 @@ class LicenseService:
                 denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
             else:
                 denial = None
-                peak = self.engine.seats.note_peak(feature, now)
+                hour = hour_of(now)
+                peak = (feature, hour, self.engine.seats.peaks.get((feature, hour), 0))
                 task = self._write_seat(decision)
         if denial is not None:
             seq = await self._durable(denied)
