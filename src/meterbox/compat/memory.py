@@ -87,7 +87,7 @@ class InMemoryBackend:
                     "no floating seat is free",
                     expected=f"fewer than {limit} live seats plus {max_overdraft} overdraft",
                     found=f"{len(seats)} live seats",
-                    hint="wait for a lease to expire or deactivate a machine",
+                    hint="Wait for a lease to expire or deactivate a machine",
                 )
             machine = ActivatedMachine(
                 machine_code=machine_code,
@@ -139,11 +139,11 @@ class InMemoryBackend:
             )
             if crossed:
                 raise BoundExceeded(
-                    f"data object {target.id} ({target.name!r}) would cross its bound",
+                    f"Data object {target.id} ({target.name!r}) would cross its bound",
                     expected=f"a value {'at most' if delta >= 0 else 'at least'} {bound}",
                     found=f"{target.int_value} {'+' if delta >= 0 else '-'} {abs(delta)}"
                     f" = {new_value}",
-                    hint="nothing was changed; ask for a smaller change or a different Bound",
+                    hint="Nothing was changed; ask for a smaller change or a different Bound",
                 )
             updated = dataclasses.replace(target, int_value=new_value)
             objects[target.id] = updated
@@ -160,17 +160,17 @@ def _find_object(objects: dict[int, DataObject], object_id: int, name: str) -> D
         if found is not None:
             return found
         raise UnknownDataObject(
-            f"the license has no data object with Id={object_id}",
+            f"The license has no data object with Id={object_id}",
             expected=f"one of the ids {sorted(objects)}",
             found=str(object_id),
-            hint="list the data objects with ListDataObjectsToKey",
+            hint="List the data objects with ListDataObjectsToKey",
         )
     matches = [o for o in objects.values() if o.name == name]
     if len(matches) == 1:
         return matches[0]
     raise UnknownDataObject(
-        f"the license has {'no' if not matches else 'more than one'} data object named {name!r}",
+        f"The license has {'no' if not matches else 'more than one'} data object named {name!r}",
         expected="an Id, or a Name that matches exactly one data object",
         found=f"{len(matches)} matches",
-        hint="pass the Id of the data object",
+        hint="Pass the Id of the data object",
     )

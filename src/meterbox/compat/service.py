@@ -119,7 +119,7 @@ class CryptolensService:
                 "Unable to find the license key",
                 expected=f"a license on this server with ProductId={product_id} and this key",
                 found="none",
-                hint="check ProductId and the key, or install the license file on the server",
+                hint="Check ProductId and the key, or install the license file on the server",
             )
         return view
 
@@ -150,7 +150,7 @@ class CryptolensService:
             "License server error: SignMethod=1 is needed to sign the license offline",
             expected="SignMethod=1 (StringSign)",
             found=f"SignMethod={form.raw('SignMethod') or 'absent'}",
-            hint="set SignMethod to StringSign in the client",
+            hint="Set SignMethod to StringSign in the client",
         )
 
     async def _activate(self, form: Form, ip: str) -> Reply:
@@ -169,7 +169,7 @@ class CryptolensService:
                 "The license key is blocked",
                 expected="an unblocked license",
                 found="Block=true",
-                hint="the vendor must issue an unblocked license",
+                hint="The vendor must issue an unblocked license",
             )
         if floating:
             overdraft = min(requested_overdraft, view.max_overdraft)

@@ -1,0 +1,166 @@
+"""Generate the Cryptolens-compatibility test vectors in tests/vectors/cryptolens/.
+
+Fixed inputs: the RSA-2048 key in ``signing-key.xml`` (checked in; created
+once with ``--new-key``), a fixed clock and fixed licenses. RSASSA-PKCS1-v1_5
+is deterministic, so every run produces identical files; the test
+``tests/unit/test_cryptolens_vectors.py`` regenerates them and fails on any drift.
+
+Usage: ``.venv/bin/python scripts/gen_vectors_cryptolens.py [--new-key]``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from pathlib import Path
+
+from meterbox.compat import (
+    CryptolensLicenseView,
+    CryptolensService,
+    CryptolensSigner,
+    CustomerView,
+    DataObject,
+)
+from meterbox.compat.memory import InMemoryBackend
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "cryptolens"
+KEY_FILE = "signing-key.xml"
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
+VERSION = 1
+
+LICENSES = [
+    (
+        CryptolensLicenseView(
+            license_id="lic-vector-floating",
+            product_id=3349,
+            key="MBXV-FLOAT-0001",
+            id=1001,
+            created=NOW - 10 * 86_400,
+            expires=NOW + 355 * 86_400,
+            features=(True, False, False, True, False, False, False, False),
+            notes="vector",
+            customer=CustomerView(12, "Ada Lovelace", "ada@example.org", "Analytical Ltd", NOW),
+            max_no_of_machines=2,
+            max_overdraft=1,
+        ),
+        [DataObject(7, "usage", "", 3), DataObject(8, "exports", "csv", 0)],
+    ),
+    (
+        CryptolensLicenseView(
+            license_id="lic-vector-node",
+            product_id=3349,
+            key="MBXV-NODE-0001",
+            id=1002,
+            created=NOW - 86_400,
+            max_no_of_machines=1,
+            allowed_machines=("a1b2c3",),
+        ),
+        [],
+    ),
+]
+
+#: (file name, path, form body) run in order against one backend.
+CASES = [
+    (
+        "activate-floating.json",
+        "/api/key/activate",
+        "token=t&ProductId=3349&key=MBXV-FLOAT-0001&MachineCode=m-1&FieldsToReturn=0"
+        "&metadata=False&FloatingTimeInterval=100&MaxOverdraft=0&FriendlyName=bob"
+        "&ModelVersion=3&Sign=True&SignMethod=1",
+    ),
+    (
+        "activate-floating-metadata.json",
+        "/api//key/activate/",
+        "token=t&v=1&ProductId=3349&Key=MBXV-FLOAT-0001&MachineCode=m-2&metadata=True"
+        "&FloatingTimeInterval=100&MaxOverdraft=0&FriendlyName=None&Sign=True"
+        "&SignMethod=StringSign&modelversion=3",
+    ),
+    (
+        "activate-overdraft.json",
+        "/api/key/activate",
+        "ProductId=3349&key=MBXV-FLOAT-0001&MachineCode=m-3&FloatingTimeInterval=100"
+        "&MaxOverdraft=4&Sign=True&SignMethod=1",
+    ),
+    (
+        "activate-limit-reached.json",
+        "/api/key/activate",
+        "ProductId=3349&key=MBXV-FLOAT-0001&MachineCode=m-4&FloatingTimeInterval=100"
+        "&MaxOverdraft=4&Sign=True&SignMethod=1",
+    ),
+    (
+        "activate-sign-method-0.json",
+        "/api/key/activate",
+        "ProductId=3349&key=MBXV-FLOAT-0001&MachineCode=m-4&FloatingTimeInterval=100",
+    ),
+    (
+        "increment.json",
+        "/api//data/IncrementIntValueToKey/",
+        "token=t&ProductId=3349&Key=MBXV-FLOAT-0001&Id=7&Name=&IntValue=5"
+        "&EnableBound=False&Bound=0",
+    ),
+    (
+        "increment-bound-exceeded.json",
+        "/api//data/IncrementIntValueToKey/",
+        "ProductId=3349&Key=MBXV-FLOAT-0001&Id=7&IntValue=5&EnableBound=True&Bound=10",
+    ),
+    (
+        "list-data-objects.json",
+        "/api//data/ListDataObjectsToKey/",
+        "token=t&ProductId=3349&Key=MBXV-FLOAT-0001&Contains=",
+    ),
+    (
+        "getkey.json",
+        "/api/key/getkey",
+        "token=t&ProductId=3349&key=MBXV-FLOAT-0001&FieldsToReturn=0&metadata=False"
+        "&FloatingTimeInterval=0&Sign=True&ModelVersion=3&SignMethod=1",
+    ),
+    (
+        "activate-node-locked.json",
+        "/api/key/activate",
+        "ProductId=3349&key=MBXV-NODE-0001&MachineCode=a1b2c3&Sign=True&SignMethod=1",
+    ),
+    ("unknown-method.json", "/api/key/createkey", "ProductId=3349"),
+]
+
+
+def generate(out: Path = OUT) -> dict[str, bytes]:
+    """Every vector file name and its exact bytes."""
+    signer = CryptolensSigner.from_xml((out / KEY_FILE).read_text())
+    backend = InMemoryBackend(LICENSES, lambda: NOW)
+    service = CryptolensService(backend, signer, lambda: NOW)
+    files: dict[str, bytes] = {
+        "public-key.xml": (signer.public_key_xml() + "\n").encode(),
+    }
+    for name, path, body in CASES:
+        reply = asyncio.run(service.handle("POST", path, body.encode(), "", "192.0.2.10"))
+        vector: dict[str, object] = {
+            "version": VERSION,
+            "now": NOW,
+            "client_ip": "192.0.2.10",
+            "path": path,
+            "body": body,
+            "reply": reply,
+        }
+        if "licenseKey" in reply:
+            vector["license_key_json"] = json.loads(base64.b64decode(reply["licenseKey"]))
+        files[name] = (json.dumps(vector, indent=2, ensure_ascii=False) + "\n").encode()
+    return files
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    if "--new-key" in sys.argv:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (OUT / KEY_FILE).write_text(CryptolensSigner(key).private_key_xml() + "\n")
+    for name, data in generate().items():
+        (OUT / name).write_bytes(data)
+        print(f"wrote {OUT / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
