@@ -216,7 +216,10 @@ class RetryPolicy:
         Equal jitter: half the exponential step is fixed, half random, so a crowd of
         clients spreads out but no client retries immediately.
         """
-        step = min(self.cap_seconds, self.base_seconds * math.pow(2.0, max(0, attempts - 1)))
+        # The exponent is clamped so a long outage (thousands of attempts) cannot
+        # overflow a float before the cap applies.
+        exponent = min(max(0, attempts - 1), 64)
+        step = min(self.cap_seconds, self.base_seconds * math.pow(2.0, exponent))
         return step / 2.0 + rand * step / 2.0
 
 

@@ -102,7 +102,7 @@ class Spool:
                     found=f"version {row[0]} in {self.path}",
                     hint="Use the meterbox version that wrote it to flush it, or another path",
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise SpoolError(
                 "Cannot open the usage spool",
                 expected="a writable SQLite file",
