@@ -1,0 +1,61 @@
+"""Map a meterbox :class:`~meterbox.licenses.License` onto the Cryptolens view.
+
+The license's ``cryptolens`` section names the product id, key, flags, notes,
+allowed machines and data objects; the floating feature it names supplies
+``MaxNoOfMachines`` (its seats) and the overdraft cap (its overdraft). The
+backend adapter calls :func:`view_from_license` and :func:`initial_data_objects`
+so that every deployment maps licenses identically.
+"""
+
+from __future__ import annotations
+
+from meterbox.compat.backend import (
+    NEVER_EXPIRES,
+    CryptolensLicenseView,
+    CustomerView,
+    DataObject,
+    numeric_license_id,
+)
+from meterbox.errors import ConfigError
+from meterbox.licenses import License
+
+__all__ = ["initial_data_objects", "view_from_license"]
+
+
+def view_from_license(license: License) -> CryptolensLicenseView:  # noqa: A002 - domain name
+    section = license.cryptolens
+    if section is None:
+        raise ConfigError(
+            f"license {license.license_id} has no cryptolens section",
+            expected="a license issued with Cryptolens compatibility",
+            found="no cryptolens section",
+            hint="reissue the license with a cryptolens product id and key",
+        )
+    feature = license.features.get(section.feature) if section.feature else None
+    created = int(license.issued.timestamp())
+    return CryptolensLicenseView(
+        license_id=license.license_id,
+        product_id=section.product_id,
+        key=section.key,
+        id=numeric_license_id(license.license_id),
+        created=created,
+        expires=NEVER_EXPIRES if license.expires is None else int(license.expires.timestamp()),
+        features=section.flags,
+        notes=section.notes,
+        customer=CustomerView(
+            id=0, name=license.customer, email="", company_name=license.customer, created=created
+        ),
+        max_no_of_machines=feature.seats if feature else len(section.allowed_machines),
+        max_overdraft=feature.overdraft if feature else 0,
+        allowed_machines=section.allowed_machines,
+    )
+
+
+def initial_data_objects(license: License) -> list[DataObject]:  # noqa: A002 - domain name
+    """The data objects as issued; the backend then tracks their values in meters."""
+    if license.cryptolens is None:
+        return []
+    return [
+        DataObject(o.id, o.name, o.string_value, o.int_value)
+        for o in sorted(license.cryptolens.data_objects, key=lambda o: o.id)
+    ]
