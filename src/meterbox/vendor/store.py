@@ -188,6 +188,27 @@ receipts_table = sa.Table(
 )
 
 
+def _raw_copy(table: sa.Table) -> sa.Table:
+    """The same table with plain BIGINT times, for bulk inserts of pre-converted rows.
+
+    Converting times once while building the parameter dicts and skipping SQLAlchemy's
+    per-row bind processing roughly halves the cost of a million-row insert.
+    """
+    columns = [
+        sa.Column(c.name, sa.BigInteger if isinstance(c.type, UTCMicros) else c.type, key=c.key)
+        for c in table.columns
+    ]
+    pk = [c.name for c in table.primary_key.columns]
+    return sa.Table(table.name, _raw_metadata, *columns, sa.PrimaryKeyConstraint(*pk))
+
+
+_raw_metadata = sa.MetaData()
+_usage_raw = _raw_copy(usage_table)
+_seat_events_raw = _raw_copy(seat_events_table)
+_USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)
+_SEAT_COLUMNS: Final = tuple(c.name for c in seat_events_table.columns)
+
+
 @dataclass(frozen=True)
 class LicenseRow:
     license_id: str
@@ -303,8 +324,8 @@ def normalise_url(url: str | None, home: Path | None) -> str:
     )
 
 
-def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
+def _chunks(rows: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    batch: list[tuple[Any, ...]] = []
     for row in rows:
         batch.append(row)
         if len(batch) >= size:
@@ -476,8 +497,17 @@ class VendorStore:
             "status": report.status,
             "findings": json.dumps(list(report.findings), sort_keys=True),
         }
-        stmt = self._insert(reports_table).values(**values).on_conflict_do_nothing()
-        return self._run(stmt, conn) == 1
+        stmt = (
+            self._insert(reports_table)
+            .values(**values)
+            .on_conflict_do_nothing()
+            .returning(reports_table.c.report_digest)
+        )
+        # RETURNING, not rowcount: psycopg reports no row count for a skipped conflict.
+        if conn is not None:
+            return conn.execute(stmt).first() is not None
+        with self.engine.begin() as own:
+            return own.execute(stmt).first() is not None
 
     def get_report(self, report_digest: str) -> ReportRow | None:
         with self.engine.connect() as conn:
@@ -517,40 +547,40 @@ class VendorStore:
 
         Returns the number of rows actually inserted.
         """
-        dicts = (
-            {
-                "instance_id": r.instance_id,
-                "seq": r.seq,
-                "license_id": r.license_id,
-                "meter": r.meter,
-                "ts": r.ts,
-                "amount": r.amount,
-                "client_id": r.client_id,
-                "kind": r.kind,
-                "report_digest": r.report_digest,
-            }
+        tuples = (
+            (
+                r.instance_id,
+                r.seq,
+                r.license_id,
+                r.meter,
+                to_micros(r.ts),
+                r.amount,
+                r.client_id,
+                r.kind,
+                r.report_digest,
+            )
             for r in rows
         )
-        return self._bulk(usage_table, dicts, conn)
+        return self._bulk(_usage_raw, _USAGE_COLUMNS, tuples, conn)
 
     def insert_seat_events(
         self, rows: Iterable[SeatEventRow], conn: Connection | None = None
     ) -> int:
-        dicts = (
-            {
-                "instance_id": r.instance_id,
-                "seq": r.seq,
-                "license_id": r.license_id,
-                "feature": r.feature,
-                "ts": r.ts,
-                "kind": r.kind,
-                "client_id": r.client_id,
-                "lease_id": r.lease_id,
-                "report_digest": r.report_digest,
-            }
+        tuples = (
+            (
+                r.instance_id,
+                r.seq,
+                r.license_id,
+                r.feature,
+                to_micros(r.ts),
+                r.kind,
+                r.client_id,
+                r.lease_id,
+                r.report_digest,
+            )
             for r in rows
         )
-        return self._bulk(seat_events_table, dicts, conn)
+        return self._bulk(_seat_events_raw, _SEAT_COLUMNS, tuples, conn)
 
     def insert_findings(self, rows: Iterable[FindingRow], conn: Connection | None = None) -> int:
         dicts = [
@@ -641,29 +671,44 @@ class VendorStore:
             return _rowcount(own.execute(stmt, rows))
 
     def _bulk(
-        self, table: sa.Table, rows: Iterable[dict[str, Any]], conn: Connection | None
+        self,
+        table: sa.Table,
+        columns: tuple[str, ...],
+        rows: Iterable[tuple[Any, ...]],
+        conn: Connection | None,
     ) -> int:
-        stmt = self._insert(table).on_conflict_do_nothing()
         if conn is not None:
-            return self._bulk_in(conn, stmt, table, rows)
+            return self._bulk_in(conn, table, columns, rows)
         # One transaction for the whole call: one commit (one fsync) per ingest, not per row.
         with self.engine.begin() as own:
-            return self._bulk_in(own, stmt, table, rows)
+            return self._bulk_in(own, table, columns, rows)
 
     def _bulk_in(
-        self, conn: Connection, stmt: Any, table: sa.Table, rows: Iterable[dict[str, Any]]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: tuple[str, ...],
+        rows: Iterable[tuple[Any, ...]],
     ) -> int:
         total = 0
         if self.engine.dialect.name == "postgresql":
             # psycopg batches executemany into multi-row VALUES and reports no row count;
             # RETURNING the key of each inserted row is the exact count of new rows.
-            counted = stmt.returning(table.c.seq)
+            stmt = self._insert(table).on_conflict_do_nothing().returning(table.c.seq)
             for batch in _chunks(rows, BATCH_ROWS):
-                total += len(conn.execute(counted, batch).all())
+                params = [dict(zip(columns, row, strict=True)) for row in batch]
+                total += len(conn.execute(stmt, params).all())
         else:
-            # sqlite3's executemany sums the changes of every row: skipped rows add 0.
+            # Straight to sqlite3's executemany: SQLAlchemy's per-row parameter handling
+            # would be half the cost of a million-row ingest. The statement is built from
+            # the table definition only, never from data.
+            sql = (
+                f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
+                f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
+            )
             for batch in _chunks(rows, BATCH_ROWS):
-                total += _rowcount(conn.execute(stmt, batch))
+                # sqlite3's executemany sums the changes of every row: skipped rows add 0.
+                total += _rowcount(conn.exec_driver_sql(sql, batch))
         return total
 
     def begin(self) -> AbstractContextManager[Connection]:
