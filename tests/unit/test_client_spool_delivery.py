@@ -240,6 +240,22 @@ def test_retry_budget_exhausted_moves_event_to_dead_letters(
         assert "3 attempts" in result.dead_letters[0].reason
 
 
+def test_event_older_than_the_idempotency_window_is_dead_lettered_not_resent(
+    server: FakeServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    with make_client(server, tmp_path / "s.db", clock) as c:
+        server.mode = "down"
+        c.record("runs", 1)
+        server.mode = "up"
+        clock.t += 7 * 24 * 3600
+        before = server.requests
+        result = c.flush()
+        assert server.requests == before
+        assert [d.code for d in result.dead_letters] == ["too_old"]
+        assert "idempotency key" in result.dead_letters[0].reason
+    assert server.applied == []
+
+
 def test_retry_state_survives_reopening_the_spool(
     server: FakeServer, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -187,12 +187,16 @@ class RetryPolicy:
     ``max_attempts`` bounds transient failures per event; past it the event goes to
     the dead-letter table (reason ``retry budget exhausted``) instead of blocking the
     spool forever. None means never give up. The default of 1000 attempts with a
-    60 s cap is roughly 8 hours of continuous outage.
+    60 s cap is roughly 8 hours of continuous outage. ``max_age_seconds`` bounds how
+    long an event may wait at all (see docs/adr/0005-client-spool.md).
     """
 
     base_seconds: float = 0.5
     cap_seconds: float = 60.0
     max_attempts: int | None = 1000
+    #: Events older than this are dead-lettered instead of sent: the server forgets
+    #: idempotency keys after 7 days, so a resend past that could count a unit twice.
+    max_age_seconds: float | None = 6 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if not (self.base_seconds > 0 and self.cap_seconds >= self.base_seconds):

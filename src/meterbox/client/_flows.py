@@ -71,6 +71,18 @@ def _drain(
                 f"{head.attempts + 1} (last error: {head.last_error})"
             )
             return out
+        if policy.max_age_seconds is not None and t - head.created_at > policy.max_age_seconds:
+            # Past the server's idempotency window a resend might be applied twice, and
+            # the first send might have been applied: only a person can tell. Keep it.
+            reason = (
+                f"waited {(t - head.created_at) / 3600:.1f} h, longer than "
+                f"{policy.max_age_seconds / 3600:.1f} h; the server may have forgotten its "
+                "idempotency key, so it was not resent. Check the server's usage before "
+                "requeueing it"
+            )
+            spool.dead_letter(head.id, "too_old", reason, t)
+            out.dead_letters.append(DeadLetter(head.id, head.event, reason, "too_old", t))
+            continue
         outcome = yield usage_request(head.event)
         decision = classify_delivery(outcome)  # type: ignore[arg-type]
         if isinstance(decision, Delivered):
