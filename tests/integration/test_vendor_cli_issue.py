@@ -1,0 +1,201 @@
+"""`meterbox vendor` init, issue, topup and licenses, in-process and as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import meterbox
+from meterbox.cli import app
+from meterbox.licenses import License, Topup, VendorPublicBundle
+from meterbox.vendor.store import VendorStore
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, ["vendor", *args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    code, out = _run("init", "--home", str(tmp_path / "v"))
+    assert code == 0, out
+    return tmp_path / "v"
+
+
+def _bundle(home: Path) -> VendorPublicBundle:
+    return VendorPublicBundle.from_bytes((home / "vendor.pub").read_bytes())
+
+
+def test_issue_writes_a_verifiable_license_and_records_it(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "acme.lic"
+    code, text = _run(
+        "issue", "--home", str(home), "--customer", "ACME", "--product", "Solver",
+        "--seats", "cad=5+2", "--seats", "viewer=10", "--lease", "120",
+        "--meter", "runs=1000/month", "--meter", "exports=unlimited",
+        "--meter-overlimit", "runs=allow", "--expires", "2999-01-01",
+        "--report-every", "30", "--grace", "7", "--site", "site-1",
+        "--cryptolens-product-id", "77", "--cryptolens-feature", "cad",
+        "--cryptolens-data-object", "1:usagecount:runs", "--cryptolens-machine", "M-1",
+        "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    lic = License.from_bytes(out.read_bytes(), _bundle(home))
+    assert lic.license_id in text
+    assert (lic.features["cad"].seats, lic.features["cad"].overdraft) == (5, 2)
+    assert lic.features["viewer"].lease_seconds == 120
+    assert lic.meters["runs"].period == "month"
+    assert lic.meters["runs"].over_limit == "allow"
+    assert lic.meters["exports"].limit is None
+    assert lic.expires is not None
+    assert lic.expires.isoformat() == "2999-01-01T00:00:00+00:00"
+    assert (lic.report_every_days, lic.grace_days, lic.site_fingerprint) == (30, 7, "site-1")
+    assert lic.cryptolens is not None
+    assert lic.cryptolens.product_id == 77
+    assert lic.cryptolens.data_objects[0].meter == "runs"
+    assert lic.cryptolens.allowed_machines == ("M-1",)
+    with VendorStore.open(home=home) as db:
+        row = db.get_license(lic.license_id)
+    assert row is not None
+    assert row.document == out.read_bytes()
+
+
+def test_topup_and_listing(home: Path, tmp_path: Path) -> None:
+    lic_file = tmp_path / "l.lic"
+    args = ["--customer", "Beta", "--product", "P", "--meter", "runs=10", "-o", str(lic_file)]
+    assert _run("issue", "--home", str(home), *args)[0] == 0
+    lic = License.from_bytes(lic_file.read_bytes(), _bundle(home))
+    top_file = tmp_path / "t.top"
+    code, text = _run(
+        "topup", "--home", str(home), "--license", lic.license_id, "--meter", "runs=500",
+        "-o", str(top_file),
+    )  # fmt: skip
+    assert code == 0, text
+    topup = Topup.from_bytes(top_file.read_bytes(), _bundle(home))
+    assert (topup.license_id, topup.meter, topup.units) == (lic.license_id, "runs", 500)
+    code, text = _run("licenses", "--home", str(home))
+    assert code == 0, text
+    assert lic.license_id in text
+    assert "(+500)" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--seats", "cad=five"], "FEATURE=SEATS"),
+        (["--meter", "runs=0"], "LIMIT > 0"),
+        (["--meter", "runs=5", "--meter-overlimit", "other=allow"], "declared with --meter"),
+        (["--seats", "cad=1", "--expires", "2025-02-30"], "YYYY-MM-DD"),
+        (["--seats", "cad=1", "--expires", "2001-01-01"], "in the future"),
+        (["--seats", "cad=1", "--lease", "1"], "seconds"),
+        (["--seats", "cad=1", "--cryptolens-machine", "M"], "without a product id"),
+        (
+            ["--meter", "r=5", "--cryptolens-product-id", "1", "--cryptolens-data-object", "x"],
+            "ID:NAME:METER",
+        ),
+        (["--seats", "cad=1", "--seats", "cad=2"], "each feature once"),
+        ([], "at least one --seats or --meter"),
+    ],
+)
+def test_unusable_flags_exit_2_with_expected_and_found(
+    home: Path, tmp_path: Path, flags: list[str], needle: str
+) -> None:
+    out = tmp_path / "x.lic"
+    code, text = _run(
+        "issue", "--home", str(home), "--customer", "C", "--product", "P", *flags, "-o", str(out)
+    )
+    assert code == 2, text
+    assert needle in text
+    assert "Expected" in text
+    assert "Found" in text
+    assert not out.exists()
+
+
+def test_init_twice_refuses_and_exits_4(home: Path) -> None:
+    code, text = _run("init", "--home", str(home))
+    assert code == 4
+    assert "rotate-key" in text
+
+
+def test_issue_refuses_to_overwrite_output(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "l.lic"
+    out.write_bytes(b"precious")
+    code, text = _run("issue", "--home", str(home), "--customer", "C", "--product", "P",
+                      "--seats", "a=1", "-o", str(out))  # fmt: skip
+    assert code == 4, text
+    assert out.read_bytes() == b"precious"
+
+
+def test_topup_for_unknown_license_or_meter_exits_2(home: Path, tmp_path: Path) -> None:
+    code, text = _run("topup", "--home", str(home), "--license", "lic_nope", "--meter", "r=1",
+                      "-o", str(tmp_path / "t"))  # fmt: skip
+    assert code == 2
+    assert "does not hold" in text
+    lic_file = tmp_path / "l.lic"
+    _run("issue", "--home", str(home), "--customer", "C", "--product", "P", "--meter", "r=5",
+         "-o", str(lic_file))  # fmt: skip
+    lic = License.from_bytes(lic_file.read_bytes(), _bundle(home))
+    code, text = _run("topup", "--home", str(home), "--license", lic.license_id,
+                      "--meter", "other=1", "-o", str(tmp_path / "t"))  # fmt: skip
+    assert code == 2
+    assert "a meter of this license: r" in text
+
+
+def test_rotate_key_then_issue_uses_new_key_and_old_license_still_lists(
+    home: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "a.lic"
+    _run("issue", "--home", str(home), "--customer", "C", "--product", "P", "--seats", "a=1",
+         "-o", str(first))  # fmt: skip
+    code, text = _run("rotate-key", "--home", str(home))
+    assert code == 0, text
+    second = tmp_path / "b.lic"
+    _run("issue", "--home", str(home), "--customer", "C", "--product", "P", "--seats", "a=1",
+         "-o", str(second))  # fmt: skip
+    bundle = _bundle(home)
+    old = License.from_bytes(first.read_bytes(), bundle)
+    new = License.from_bytes(second.read_bytes(), bundle)
+    assert old.vendor_key_id != new.vendor_key_id == bundle.current_id.hex()
+    code, text = _run("licenses", "--home", str(home))
+    assert code == 0
+    assert old.license_id in text
+    assert new.license_id in text
+
+
+def test_store_on_postgres(home: Path, tmp_path: Path, fresh_postgres_url: str) -> None:
+    out = tmp_path / "l.lic"
+    url = fresh_postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    code, text = _run("issue", "--home", str(home), "--store", url, "--customer", "PG",
+                      "--product", "P", "--seats", "a=1", "-o", str(out))  # fmt: skip
+    assert code == 0, text
+    code, text = _run("licenses", "--home", str(home), "--store", url)
+    assert code == 0
+    assert "PG" in text
+    assert not (home / "vendor.db").exists()
+
+
+def test_real_process_init_and_issue(tmp_path: Path) -> None:
+    src = Path(meterbox.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    home = tmp_path / "v"
+    base = [sys.executable, "-c", "from meterbox.cli import main; main()", "vendor"]
+    init = subprocess.run([*base, "init", "--home", str(home)], env=env, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    bad = subprocess.run([*base, "issue", "--home", str(home), "--customer", "C", "--product",
+                          "P", "--meter", "r=-1", "-o", str(tmp_path / "x")], env=env,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert bad.returncode == 2
+    assert "--meter is not usable" in bad.stderr
+    ok = subprocess.run([*base, "issue", "--home", str(home), "--customer", "C", "--product",
+                         "P", "--meter", "r=5", "-o", str(tmp_path / "l.lic")], env=env,
+                        capture_output=True, text=True, check=False)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    License.from_bytes((tmp_path / "l.lic").read_bytes(), _bundle(home))
