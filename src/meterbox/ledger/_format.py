@@ -1,0 +1,228 @@
+"""Byte layout of ledger records (docs/spec/ledger.md, version 1). Pure: no I/O.
+
+A record on disk is a *frame*: a big-endian ``u16`` body length, then the body::
+
+    u8  version (1) | u8 type | u32 epoch | u64 seq | i64 wall_ms | u64 mono_ms | sealed
+
+The 30-byte body header is authenticated (AEAD associated data, or HPKE info for
+epoch records). ``sealed`` is AES-256-GCM of the msgpack payload for every record
+type except EPOCH, whose ``sealed`` carries the epoch's plaintext parameters and
+the HPKE-sealed chain key. The chain hash ``h_i = SHA-256(h_{i-1} || frame_i)``
+is never stored per record; it is recomputed, and checkpoints, reports and
+receipts commit to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from meterbox.crypto import HASH_LEN, KEY_ID_LEN, TAG_LEN, sha256
+from meterbox.errors import FormatError
+
+VERSION: Final = 1
+HEADER = struct.Struct(">BBIQqQ")
+HEADER_LEN: Final = HEADER.size  # 30
+LEN_PREFIX = struct.Struct(">H")
+LEN_PREFIX_LEN: Final = LEN_PREFIX.size
+MAX_BODY_LEN: Final = 0xFFFF
+MAX_PAYLOAD_LEN: Final = MAX_BODY_LEN - HEADER_LEN - TAG_LEN
+
+INSTANCE_ID_LEN: Final = 16
+BOOT_ID_LEN: Final = 16
+SALT_LEN: Final = 16
+HPKE_SEALED_LEN: Final = 32 + 32 + TAG_LEN  # enc || AES-256-GCM(chain key)
+EPOCH_PLAIN = struct.Struct(f">{INSTANCE_ID_LEN}s{BOOT_ID_LEN}s{KEY_ID_LEN}s{SALT_LEN}s")
+EPOCH_BODY_LEN: Final = HEADER_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN
+
+#: The chain hash before the first record of a ledger.
+GENESIS_DOMAIN: Final = b"meterbox-ledger/1 genesis\x00"
+
+FILE_MAGIC: Final = b"MBXL"
+FILE_HEADER = struct.Struct(f">4sB{INSTANCE_ID_LEN}sQ{HASH_LEN}s")
+FILE_HEADER_LEN: Final = FILE_HEADER.size
+
+
+class RecordType(enum.IntEnum):
+    """Record types. Values are part of the format: never renumber, only add."""
+
+    EPOCH = 1
+    GENESIS = 2
+    BOOT = 3
+    SHUTDOWN = 4
+    HEARTBEAT = 5
+    CLOCK_STEP = 6
+    CHECKPOINT = 7
+    RECOVERY = 8
+    USAGE = 9
+    USAGE_DECREMENT = 10
+    SEAT_CHECKOUT = 11
+    SEAT_RENEW = 12
+    SEAT_RELEASE = 13
+    SEAT_EXPIRE = 14
+    SEAT_DENIED = 15
+    RECEIPT_IMPORTED = 16
+    TOPUP_IMPORTED = 17
+    LICENSE_INSTALLED = 18
+    USAGE_DENIED = 19
+
+    @property
+    def kind(self) -> str:
+        """Dotted lower-case name used by the server and the vendor store."""
+        return _KINDS[self]
+
+    @classmethod
+    def from_kind(cls, kind: str) -> RecordType:
+        try:
+            return _BY_KIND[kind]
+        except KeyError:
+            raise FormatError(
+                "unknown ledger record kind",
+                expected="one of " + ", ".join(sorted(_BY_KIND)),
+                found=repr(kind),
+            ) from None
+
+
+_KINDS: Final = {
+    t: t.name.lower().replace("seat_", "seat.").replace("usage_", "usage.").replace("_", ".")
+    for t in RecordType
+}
+_BY_KIND: Final = {v: k for k, v in _KINDS.items()}
+#: Types a server may append; the rest are written by the ledger itself.
+INTERNAL_TYPES: Final = frozenset(
+    {RecordType.EPOCH, RecordType.GENESIS, RecordType.CHECKPOINT, RecordType.RECOVERY}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    type: int
+    epoch: int
+    seq: int
+    wall_ms: int
+    mono_ms: int
+
+    def pack(self) -> bytes:
+        return HEADER.pack(
+            self.version, self.type, self.epoch, self.seq, self.wall_ms, self.mono_ms
+        )
+
+    @classmethod
+    def unpack(cls, body: bytes) -> Header:
+        if len(body) < HEADER_LEN:
+            raise FormatError(
+                "ledger record is shorter than its header",
+                expected=f"at least {HEADER_LEN} bytes",
+                found=f"{len(body)} bytes",
+            )
+        return cls(*HEADER.unpack_from(body))
+
+
+@dataclass(frozen=True, slots=True)
+class EpochPlain:
+    """The plaintext part of an EPOCH record, bound into the HPKE info."""
+
+    instance_id: bytes
+    boot_id: bytes
+    vendor_key_id: bytes
+    salt: bytes
+
+    def pack(self) -> bytes:
+        return EPOCH_PLAIN.pack(self.instance_id, self.boot_id, self.vendor_key_id, self.salt)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> EpochPlain:
+        return cls(*EPOCH_PLAIN.unpack_from(data))
+
+
+def frame(body: bytes) -> bytes:
+    if len(body) > MAX_BODY_LEN:
+        raise FormatError(
+            "ledger record is too large",
+            expected=f"a body of at most {MAX_BODY_LEN} bytes",
+            found=f"{len(body)} bytes",
+            hint="keep record payloads small; large data does not belong in the ledger",
+        )
+    return LEN_PREFIX.pack(len(body)) + body
+
+
+def chain(prev_hash: bytes, frame_bytes: bytes) -> bytes:
+    return sha256(prev_hash, frame_bytes)
+
+
+def genesis_hash(instance_id: bytes) -> bytes:
+    return sha256(GENESIS_DOMAIN, instance_id)
+
+
+def nonce(epoch: int, seq: int) -> bytes:
+    return struct.pack(">IQ", epoch, seq)
+
+
+def pack_payload(payload: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(payload, use_bin_type=True)
+    if len(data) > MAX_PAYLOAD_LEN:
+        raise FormatError(
+            "ledger record payload is too large",
+            expected=f"at most {MAX_PAYLOAD_LEN} bytes of msgpack",
+            found=f"{len(data)} bytes",
+        )
+    return data
+
+
+def unpack_payload(data: bytes) -> dict[str, Any]:
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_BODY_LEN)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise FormatError(
+            "ledger record payload is not valid msgpack",
+            expected="a msgpack map",
+            found=type(exc).__name__,
+        ) from None
+    if not isinstance(value, dict):
+        raise FormatError(
+            "ledger record payload is not a map",
+            expected="a msgpack map",
+            found=type(value).__name__,
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """Start of a ledger file: where its first frame sits in the chain."""
+
+    instance_id: bytes
+    base_seq: int
+    base_hash: bytes
+
+    def pack(self) -> bytes:
+        return FILE_HEADER.pack(
+            FILE_MAGIC, VERSION, self.instance_id, self.base_seq, self.base_hash
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> FileHeader:
+        if len(data) < FILE_HEADER_LEN:
+            raise FormatError(
+                "ledger file is shorter than its header",
+                expected=f"{FILE_HEADER_LEN} bytes",
+                found=f"{len(data)} bytes",
+            )
+        magic, version, instance_id, base_seq, base_hash = FILE_HEADER.unpack_from(data)
+        if magic != FILE_MAGIC:
+            raise FormatError(
+                "not a meterbox ledger file", expected=repr(FILE_MAGIC), found=repr(magic)
+            )
+        if version != VERSION:
+            raise FormatError(
+                "unknown ledger file version",
+                expected=f"version {VERSION}",
+                found=f"version {version}",
+                hint="upgrade meterbox to read this ledger",
+            )
+        return cls(instance_id, base_seq, base_hash)

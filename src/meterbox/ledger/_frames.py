@@ -1,0 +1,162 @@
+"""Splitting a byte stream into frames, and opening single records. Pure.
+
+Used by the writer's crash recovery (with the server's own chain key) and by the
+vendor's report verification (with chain keys opened by HPKE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from meterbox.crypto import aead_open
+from meterbox.errors import FormatError
+from meterbox.ledger._format import (
+    EPOCH_BODY_LEN,
+    EPOCH_PLAIN,
+    HEADER_LEN,
+    LEN_PREFIX,
+    LEN_PREFIX_LEN,
+    VERSION,
+    EpochPlain,
+    Header,
+    RecordType,
+    nonce,
+    unpack_payload,
+)
+
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    offset: int
+    data: bytes  # length prefix included
+
+    @property
+    def body(self) -> bytes:
+        return self.data[LEN_PREFIX_LEN:]
+
+
+class FrameReader:
+    """Yields complete frames from ``stream``, up to ``limit`` bytes.
+
+    When the stream ends inside a frame, iteration stops and ``torn_at`` holds the
+    offset of that incomplete frame; ``torn_bytes`` how many bytes it had.
+    """
+
+    def __init__(self, stream: BinaryIO, *, start_offset: int = 0, limit: int | None = None):
+        self._stream = stream
+        self._offset = start_offset
+        self._remaining = limit
+        self._buf = bytearray()
+        self.torn_at: int | None = None
+        self.torn_bytes = 0
+        self.consumed = 0
+
+    def _fill(self, need: int) -> bool:
+        while len(self._buf) < need:
+            want = _READ_CHUNK
+            if self._remaining is not None:
+                want = min(want, self._remaining)
+                if want <= 0:
+                    return False
+            chunk = self._stream.read(want)
+            if not chunk:
+                return False
+            if self._remaining is not None:
+                self._remaining -= len(chunk)
+            self._buf += chunk
+        return True
+
+    def __iter__(self) -> Iterator[RawFrame]:
+        pos = 0
+        while True:
+            if len(self._buf) - pos < LEN_PREFIX_LEN:
+                del self._buf[:pos]
+                pos = 0
+                if not self._fill(LEN_PREFIX_LEN):
+                    break
+            (body_len,) = LEN_PREFIX.unpack_from(self._buf, pos)
+            total = LEN_PREFIX_LEN + body_len
+            if len(self._buf) - pos < total:
+                del self._buf[:pos]
+                pos = 0
+                if not self._fill(total):
+                    break
+            data = bytes(self._buf[pos : pos + total])
+            pos += total
+            yield RawFrame(self._offset, data)
+            self._offset += total
+            self.consumed += total
+        if self._buf:
+            self.torn_at = self._offset
+            self.torn_bytes = len(self._buf)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One opened ledger record."""
+
+    seq: int
+    type: RecordType
+    epoch: int
+    wall_ms: int
+    mono_ms: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    header: Header
+    plain: EpochPlain
+    bound: bytes
+    sealed: bytes
+
+
+def parse_header(body: bytes) -> Header:
+    header = Header.unpack(body)
+    if header.version != VERSION:
+        raise FormatError(
+            "unknown ledger record version",
+            expected=f"version {VERSION}",
+            found=f"version {header.version}",
+            hint="upgrade meterbox to read this ledger",
+        )
+    try:
+        RecordType(header.type)
+    except ValueError:
+        raise FormatError(
+            "unknown ledger record type",
+            expected="a type listed in docs/spec/ledger.md",
+            found=f"type {header.type}",
+        ) from None
+    return header
+
+
+def parse_epoch(body: bytes, header: Header) -> EpochRecord:
+    if len(body) != EPOCH_BODY_LEN:
+        raise FormatError(
+            "ledger epoch record has the wrong length",
+            expected=f"{EPOCH_BODY_LEN} bytes",
+            found=f"{len(body)} bytes",
+        )
+    split = HEADER_LEN + EPOCH_PLAIN.size
+    plain = EpochPlain.unpack(body[HEADER_LEN:split])
+    return EpochRecord(header, plain, body[:split], body[split:])
+
+
+def open_record(body: bytes, header: Header, key: bytes) -> Record:
+    """Authenticate and decrypt a non-epoch record; raises VerificationError or FormatError."""
+    plaintext = aead_open(
+        key, nonce(header.epoch, header.seq), body[HEADER_LEN:], body[:HEADER_LEN]
+    )
+    return Record(
+        header.seq,
+        RecordType(header.type),
+        header.epoch,
+        header.wall_ms,
+        header.mono_ms,
+        unpack_payload(plaintext),
+    )

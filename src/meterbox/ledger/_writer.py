@@ -1,0 +1,725 @@
+"""LedgerWriter: the durable, group-committing shell around :class:`Sealer`.
+
+Files in the ledger directory:
+
+- ``ledger.mbl``  file header, then frames (docs/spec/ledger.md)
+- ``chain.key``   the current epoch number and chain key (0600); replaced, never appended
+- ``instance.key`` the instance's Ed25519 signing key for reports (0600)
+- ``ledger.meta`` instance id, vendor key id and vendor ledger public key
+- ``ledger.lock`` held with flock by the one writer process
+
+Durability: a record is acknowledged (its future resolves) only after the batch
+holding it has been written and fdatasync'ed. One committer thread drains every
+record queued meanwhile into one write and one sync (group commit).
+
+Epoch roll order: the new EPOCH frame is made durable first, then ``chain.key``
+is replaced. A crash in between leaves the old key on disk, from which the new
+one is one ratchet step away, so recovery can still authenticate the tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from meterbox.clock import Clock
+from meterbox.crypto import (
+    KEY_LEN,
+    ed25519_private_from_raw,
+    ed25519_raw_private,
+    random_bytes,
+    x25519_public_from_raw,
+    x25519_raw_public,
+)
+from meterbox.errors import FormatError, MeterboxError, StateError, VerificationError
+from meterbox.ledger._files import check_private_dir, fsync_dir, write_private_atomic
+from meterbox.ledger._format import (
+    FILE_HEADER_LEN,
+    INSTANCE_ID_LEN,
+    INTERNAL_TYPES,
+    FileHeader,
+    RecordType,
+    chain,
+    genesis_hash,
+)
+from meterbox.ledger._frames import FrameReader, open_record, parse_epoch, parse_header
+from meterbox.ledger._keys import ratchet, record_key
+from meterbox.ledger._seal import Head, Sealer
+
+LEDGER_FILE: Final = "ledger.mbl"
+CHAIN_KEY_FILE: Final = "chain.key"
+INSTANCE_KEY_FILE: Final = "instance.key"
+META_FILE: Final = "ledger.meta"
+LOCK_FILE: Final = "ledger.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """Limits and intervals of the writer; defaults are documented in docs/spec/ledger.md."""
+
+    max_batch_records: int = 4096
+    max_batch_bytes: int = 1 << 20
+    epoch_max_records: int = 65_536
+    epoch_max_ms: int = 3_600_000
+    checkpoint_every: int = 4096
+    clock_step_threshold_ms: int = 300_000
+    #: A torn tail longer than this is not a torn write: recovery refuses to cut it.
+    max_torn_bytes: int = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    seq: int
+    head: Head
+    wall_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening the ledger had to repair."""
+
+    cut_offset: int
+    cut_bytes: int
+    last_good_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStart:
+    seq: int
+    offset: int
+    prev_hash: bytes
+
+
+_STOP: Final = object()
+
+
+class LedgerWriter:
+    """Appends sealed records durably. Thread-safe; one instance per ledger directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        sealer: Sealer,
+        instance_key: Ed25519PrivateKey,
+        fd: int,
+        lock_file: IO[bytes],
+        file_header: FileHeader,
+        end_offset: int,
+        epochs: list[EpochStart],
+        clock: Clock,
+        config: LedgerConfig,
+    ) -> None:
+        self.directory = directory
+        self._sealer = sealer
+        self.instance_key = instance_key
+        self._fd = fd
+        self._lock_file = lock_file
+        self.file_header = file_header
+        self._end = end_offset
+        self._epochs = epochs
+        self._clock = clock
+        self.config = config
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._io_lock = threading.Lock()
+        self._durable_head = sealer.head
+        self._since_checkpoint = 0
+        self._epoch_started_mono = clock.mono_ms()
+        self._clock_offset = clock.wall_ms() - clock.mono_ms()
+        self._broken: MeterboxError | None = None
+        self.recovery: Recovery | None = None
+        self._thread = threading.Thread(target=self._commit_loop, name="ledger-commit", daemon=True)
+
+    # ----------------------------------------------------------------- creation
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        *,
+        vendor_ledger_key: X25519PublicKey,
+        vendor_key_id: bytes,
+        clock: Clock,
+        genesis: dict[str, Any] | None = None,
+        instance_id: bytes | None = None,
+        config: LedgerConfig | None = None,
+        random: Callable[[int], bytes] = random_bytes,
+    ) -> LedgerWriter:
+        """Create a new ledger: instance identity, chain key, epoch 0 and the GENESIS record."""
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(directory)
+        if (directory / LEDGER_FILE).exists():
+            raise StateError(
+                f"a ledger already exists in {directory}",
+                expected="an empty directory for a new ledger",
+                found=str(directory / LEDGER_FILE),
+                hint="open the existing ledger instead, or choose another directory",
+            )
+        instance_id = instance_id if instance_id is not None else random(INSTANCE_ID_LEN)
+        chain_key = random(KEY_LEN)
+        instance_key = ed25519_private_from_raw(random(KEY_LEN))
+        write_private_atomic(directory / INSTANCE_KEY_FILE, ed25519_raw_private(instance_key))
+        meta = {
+            "v": 1,
+            "instance_id": instance_id,
+            "vendor_key_id": vendor_key_id,
+            "vendor_ledger_key": x25519_raw_public(vendor_ledger_key),
+        }
+        write_private_atomic(directory / META_FILE, msgpack.packb(meta, use_bin_type=True))
+        header = FileHeader(instance_id, 0, genesis_hash(instance_id))
+        sealer = Sealer(
+            instance_id=instance_id,
+            vendor_key=vendor_ledger_key,
+            vendor_key_id=vendor_key_id,
+            chain_key=chain_key,
+            epoch=0,
+            next_seq=0,
+            head_hash=header.base_hash,
+            random=random,
+        )
+        epoch_frame = sealer.begin_epoch(
+            boot_id=clock.boot_id(), wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms(), first=True
+        )
+        from meterbox.crypto import ed25519_raw_public
+
+        genesis_payload = {"ik": ed25519_raw_public(instance_key.public_key()), **(genesis or {})}
+        genesis_frame = sealer.seal(
+            RecordType.GENESIS, genesis_payload, wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms()
+        )
+        path = directory / LEDGER_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, header.pack() + epoch_frame + genesis_frame)
+        os.fsync(fd)
+        fsync_dir(directory)
+        _write_chain_key(directory, sealer.epoch, sealer.chain_key)
+        lock = _lock(directory)
+        writer = cls(
+            directory,
+            sealer=sealer,
+            instance_key=instance_key,
+            fd=fd,
+            lock_file=lock,
+            file_header=header,
+            end_offset=FILE_HEADER_LEN + len(epoch_frame) + len(genesis_frame),
+            epochs=[EpochStart(0, FILE_HEADER_LEN, header.base_hash)],
+            clock=clock,
+            config=config or LedgerConfig(),
+        )
+        writer._thread.start()
+        return writer
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        clock: Clock,
+        config: LedgerConfig | None = None,
+        random: Callable[[int], bytes] = random_bytes,
+        force_recover: bool = False,
+        boot_payload: dict[str, Any] | None = None,
+    ) -> LedgerWriter:
+        """Open an existing ledger: cut a torn tail (recording it), start a new epoch, write BOOT."""
+        config = config or LedgerConfig()
+        check_private_dir(directory)
+        lock = _lock(directory)
+        try:
+            meta = _read_meta(directory)
+            epoch_no, chain_key = _read_chain_key(directory)
+            instance_key = ed25519_private_from_raw((directory / INSTANCE_KEY_FILE).read_bytes())
+            path = directory / LEDGER_FILE
+            fd = os.open(path, os.O_RDWR)
+        except BaseException:
+            lock.close()
+            raise
+        try:
+            scan = _scan(fd, epoch_no, chain_key)
+            if scan.header.instance_id != meta["instance_id"]:
+                raise StateError(
+                    "ledger file belongs to another instance",
+                    expected=meta["instance_id"].hex(),
+                    found=scan.header.instance_id.hex(),
+                    hint="restore the matching ledger.mbl or chain.key",
+                )
+            recovery = None
+            file_size = os.fstat(fd).st_size
+            if scan.good_end < file_size:
+                cut = file_size - scan.good_end
+                if cut > config.max_torn_bytes and not force_recover:
+                    raise StateError(
+                        "ledger is damaged before its tail",
+                        expected=f"at most {config.max_torn_bytes} unsynced bytes at the end",
+                        found=f"{cut} bytes after offset {scan.good_end} that do not verify"
+                        + (f" ({scan.problem})" if scan.problem else ""),
+                        hint="keep a copy of the directory, then run 'meterbox server run "
+                        "--force-recover'; the cut is recorded and reported to the vendor",
+                    )
+                os.ftruncate(fd, scan.good_end)
+                os.fsync(fd)
+                recovery = Recovery(scan.good_end, cut, scan.next_seq - 1)
+            last_epoch = scan.last_epoch
+            if last_epoch == epoch_no + 1:
+                chain_key = ratchet(chain_key)
+            elif last_epoch != epoch_no:
+                raise StateError(
+                    "chain key does not match the ledger",
+                    expected=f"a key for epoch {last_epoch} or {last_epoch - 1}",
+                    found=f"a key for epoch {epoch_no}",
+                    hint="chain.key was restored from another time; the ledger cannot continue",
+                )
+            sealer = Sealer(
+                instance_id=meta["instance_id"],
+                vendor_key=x25519_public_from_raw(meta["vendor_ledger_key"]),
+                vendor_key_id=meta["vendor_key_id"],
+                chain_key=chain_key,
+                epoch=last_epoch,
+                next_seq=scan.next_seq,
+                head_hash=scan.head_hash,
+                random=random,
+            )
+            writer = cls(
+                directory,
+                sealer=sealer,
+                instance_key=instance_key,
+                fd=fd,
+                lock_file=lock,
+                file_header=scan.header,
+                end_offset=scan.good_end,
+                epochs=scan.epochs,
+                clock=clock,
+                config=config,
+            )
+        except BaseException:
+            os.close(fd)
+            lock.close()
+            raise
+        writer.recovery = recovery
+        writer._roll_epoch()
+        if recovery is not None:
+            writer._write_now(
+                RecordType.RECOVERY,
+                {"o": recovery.cut_offset, "n": recovery.cut_bytes, "s": recovery.last_good_seq},
+            )
+        writer._write_now(RecordType.BOOT, boot_payload or {})
+        writer._thread.start()
+        return writer
+
+    # ------------------------------------------------------------------ appends
+    @property
+    def head(self) -> Head:
+        """The last durable head."""
+        return self._durable_head
+
+    @property
+    def instance_id(self) -> bytes:
+        return self.file_header.instance_id
+
+    @property
+    def epoch(self) -> int:
+        return self._sealer.epoch
+
+    def submit(self, rtype: RecordType | str, payload: dict[str, Any]) -> Future[Appended]:
+        """Queue a record; the future resolves once it is durable, or fails."""
+        if isinstance(rtype, str):
+            rtype = RecordType.from_kind(rtype)
+        if rtype in INTERNAL_TYPES:
+            raise FormatError(
+                "this record type is written by the ledger itself",
+                expected="a server event type",
+                found=rtype.name,
+            )
+        fut: Future[Appended] = Future()
+        if self._broken is not None:
+            fut.set_exception(self._broken)
+            return fut
+        self._queue.put((rtype, payload, fut))
+        return fut
+
+    def append(self, rtype: RecordType | str, payload: dict[str, Any]) -> Appended:
+        return self.submit(rtype, payload).result()
+
+    def close(self, shutdown_payload: dict[str, Any] | None = None) -> None:
+        """Write SHUTDOWN, sync, stop the committer and release the lock."""
+        if self._thread.is_alive():
+            if self._broken is None:
+                self.submit(RecordType.SHUTDOWN, shutdown_payload or {})
+            self._queue.put(_STOP)
+            self._thread.join()
+        os.close(self._fd)
+        self._lock_file.close()
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ committer loop
+    def _commit_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.config.max_batch_records:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[RecordType, dict[str, Any], Future[Appended]]]) -> None:
+        with self._io_lock:
+            if self._broken is not None:
+                for _, _, fut in batch:
+                    fut.set_exception(self._broken)
+                return
+            try:
+                self._maybe_roll()
+                saved = _SealerState.save(self._sealer)
+                frames: list[bytes] = []
+                done: list[tuple[Future[Appended], Appended]] = []
+                frames.extend(self._clock_step_frames())
+                for rtype, payload, fut in batch:
+                    wall = self._clock.wall_ms()
+                    try:
+                        data = self._sealer.seal(
+                            rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms()
+                        )
+                    except (FormatError, TypeError, ValueError) as exc:
+                        fut.set_exception(
+                            exc
+                            if isinstance(exc, FormatError)
+                            else FormatError(
+                                "ledger payload cannot be encoded",
+                                expected="a map of strings, integers, bytes and lists",
+                                found=str(exc),
+                            )
+                        )
+                        continue
+                    frames.append(data)
+                    head = self._sealer.head
+                    done.append((fut, Appended(head.seq, head, wall)))
+                    self._since_checkpoint += 1
+                if self._since_checkpoint >= self.config.checkpoint_every:
+                    frames.append(self._checkpoint_frame())
+                self._write_frames(frames, saved)
+            except MeterboxError as exc:
+                self._broken = exc
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+            for fut, appended in done:
+                fut.set_result(appended)
+
+    def _write_frames(self, frames: list[bytes], saved: _SealerState) -> None:
+        if not frames:
+            return
+        data = b"".join(frames)
+        try:
+            os.pwrite(self._fd, data, self._end)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            # Undo: the file must end at the last durable frame and the sealer must
+            # not believe in records that never reached the disk.
+            saved.restore(self._sealer)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)
+            raise StateError(
+                "the ledger cannot be written",
+                expected="a writable, non-full disk",
+                found=f"{exc.strerror or exc}",
+                hint="free disk space or fix permissions, then restart the server",
+            ) from exc
+        self._end += len(data)
+        self._durable_head = self._sealer.head
+
+    def _write_now(self, rtype: RecordType, payload: dict[str, Any]) -> Appended:
+        """Seal and sync one record synchronously (used before the thread starts)."""
+        saved = _SealerState.save(self._sealer)
+        wall = self._clock.wall_ms()
+        data = self._sealer.seal(rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms())
+        self._write_frames([data], saved)
+        return Appended(self._sealer.head.seq, self._sealer.head, wall)
+
+    def _maybe_roll(self) -> None:
+        age = self._clock.mono_ms() - self._epoch_started_mono
+        if (
+            self._sealer.records_in_epoch >= self.config.epoch_max_records
+            or age >= self.config.epoch_max_ms
+        ):
+            self._roll_epoch()
+
+    def _roll_epoch(self) -> None:
+        """Start the next epoch: EPOCH frame durable first, then the new chain key."""
+        saved = _SealerState.save(self._sealer)
+        first = not self._epochs and self._sealer.next_seq == 0
+        prev_hash, offset, seq = self._sealer.head_hash, self._end, self._sealer.next_seq
+        data = self._sealer.begin_epoch(
+            boot_id=self._clock.boot_id(),
+            wall_ms=self._clock.wall_ms(),
+            mono_ms=self._clock.mono_ms(),
+            first=first,
+        )
+        self._write_frames([data], saved)
+        _write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
+        self._epochs.append(EpochStart(seq, offset, prev_hash))
+        self._epoch_started_mono = self._clock.mono_ms()
+
+    def _clock_step_frames(self) -> Iterator[bytes]:
+        wall, mono = self._clock.wall_ms(), self._clock.mono_ms()
+        offset = wall - mono
+        delta = offset - self._clock_offset
+        if abs(delta) >= self.config.clock_step_threshold_ms:
+            self._clock_offset = offset
+            yield self._sealer.seal(
+                RecordType.CLOCK_STEP,
+                {"d": delta, "w": wall, "m": mono},
+                wall_ms=wall,
+                mono_ms=mono,
+            )
+
+    def _checkpoint_frame(self) -> bytes:
+        head = self._sealer.head
+        self._since_checkpoint = 0
+        return self._sealer.seal(
+            RecordType.CHECKPOINT,
+            {"s": head.seq, "h": head.hash, "e": self._sealer.epoch},
+            wall_ms=self._clock.wall_ms(),
+            mono_ms=self._clock.mono_ms(),
+        )
+
+    # ------------------------------------------------------- reading, compaction
+    def durable_region(self) -> tuple[FileHeader, int, Head]:
+        """The file header, the durable end offset and head, consistent with each other."""
+        with self._io_lock:
+            return self.file_header, self._end, self._durable_head
+
+    def read_durable(self, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the durable frames; holds the I/O lock so compaction cannot interleave."""
+        with self._io_lock:
+            pos, end = FILE_HEADER_LEN, self._end
+            while pos < end:
+                data = os.pread(self._fd, min(chunk, end - pos), pos)
+                if not data:
+                    break
+                pos += len(data)
+                yield data
+
+    def compact(self, acknowledged: Head) -> int:
+        """Drop records the vendor has acknowledged; returns the bytes removed.
+
+        Keeps everything from the start of the epoch that holds ``acknowledged.seq + 1``
+        so the next report opens with an EPOCH record. Verifies first that
+        ``acknowledged`` is a point of this very ledger.
+        """
+        with self._io_lock:
+            if acknowledged.seq > self._durable_head.seq:
+                raise VerificationError(
+                    "receipt acknowledges records this ledger does not have",
+                    expected=f"a head at or before seq {self._durable_head.seq}",
+                    found=f"seq {acknowledged.seq}",
+                    hint="this receipt was made for another server or a later state",
+                )
+            self._check_point(acknowledged)
+            keep = [e for e in self._epochs if e.seq <= acknowledged.seq + 1]
+            if not keep:
+                return 0
+            start = keep[-1]
+            if start.offset <= FILE_HEADER_LEN:
+                return 0
+            new_header = FileHeader(self.file_header.instance_id, start.seq, start.prev_hash)
+            path = self.directory / LEDGER_FILE
+            tmp = path.with_name(LEDGER_FILE + ".compact")
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(out, new_header.pack())
+                pos = start.offset
+                while pos < self._end:
+                    data = os.pread(self._fd, min(1 << 20, self._end - pos), pos)
+                    os.write(out, data)
+                    pos += len(data)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(tmp, path)
+            fsync_dir(self.directory)
+            removed = start.offset - FILE_HEADER_LEN
+            os.close(self._fd)
+            self._fd = os.open(path, os.O_RDWR)
+            self._end -= removed
+            self.file_header = new_header
+            self._epochs = [
+                EpochStart(e.seq, e.offset - removed, e.prev_hash)
+                for e in self._epochs
+                if e.seq >= start.seq
+            ]
+            return removed
+
+    def _check_point(self, point: Head) -> None:
+        """Recompute the chain hash at ``point.seq`` and compare (caller holds the lock)."""
+        base = self.file_header
+        if point.seq < base.base_seq - 1:
+            return  # already compacted away; nothing left to compare against
+        h, seq, pos = base.base_hash, base.base_seq - 1, FILE_HEADER_LEN
+        while seq < point.seq:
+            prefix = os.pread(self._fd, 2, pos)
+            length = 2 + int.from_bytes(prefix, "big")
+            h = chain(h, os.pread(self._fd, length, pos))
+            pos += length
+            seq += 1
+        if h != point.hash:
+            raise VerificationError(
+                "receipt does not match this ledger",
+                expected=f"chain hash {h.hex()} at seq {point.seq}",
+                found=point.hash.hex(),
+                hint="the receipt was issued for another server instance or a forked ledger",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _SealerState:
+    epoch: int
+    chain_key: bytes
+    next_seq: int
+    head_hash: bytes
+    records_in_epoch: int
+
+    @classmethod
+    def save(cls, s: Sealer) -> _SealerState:
+        return cls(s.epoch, s.chain_key, s.next_seq, s.head_hash, s.records_in_epoch)
+
+    def restore(self, s: Sealer) -> None:
+        s.epoch, s.chain_key, s.next_seq = self.epoch, self.chain_key, self.next_seq
+        s.head_hash, s.records_in_epoch = self.head_hash, self.records_in_epoch
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    header: FileHeader
+    good_end: int
+    next_seq: int
+    head_hash: bytes
+    last_epoch: int
+    epochs: list[EpochStart]
+    problem: str | None
+
+
+def _scan(fd: int, key_epoch: int, chain_key: bytes) -> _Scan:
+    """Walk the ledger file; authenticate what our key reaches; find where it stops being good."""
+    with os.fdopen(os.dup(fd), "rb") as stream:
+        header = FileHeader.unpack(stream.read(FILE_HEADER_LEN))
+        reader = FrameReader(stream, start_offset=FILE_HEADER_LEN)
+        next_seq, head = header.base_seq, header.base_hash
+        good_end, last_epoch = FILE_HEADER_LEN, -1
+        epochs: list[EpochStart] = []
+        keys: dict[int, bytes] = {}
+        problem: str | None = None
+        for raw in reader:
+            try:
+                hdr = parse_header(raw.body)
+                if hdr.seq != next_seq:
+                    raise FormatError("sequence break", expected=str(next_seq), found=str(hdr.seq))
+                if hdr.type == RecordType.EPOCH:
+                    ep = parse_epoch(raw.body, hdr)
+                    if hdr.epoch in (key_epoch, key_epoch + 1):
+                        ck = chain_key if hdr.epoch == key_epoch else ratchet(chain_key)
+                        keys[hdr.epoch] = record_key(ck, ep.plain.salt)
+                    epochs.append(EpochStart(hdr.seq, raw.offset, head))
+                    last_epoch = hdr.epoch
+                elif hdr.epoch in keys:
+                    open_record(raw.body, hdr, keys[hdr.epoch])
+                elif hdr.epoch >= key_epoch:
+                    raise FormatError(
+                        "record in an epoch with no EPOCH record",
+                        expected="an EPOCH record first",
+                        found=f"epoch {hdr.epoch}",
+                    )
+            except MeterboxError as exc:
+                problem = f"at offset {raw.offset}: {exc.problem}"
+                break
+            head = chain(head, raw.data)
+            next_seq += 1
+            good_end = raw.offset + len(raw.data)
+        if last_epoch < 0:
+            raise StateError(
+                "ledger file has no epoch record",
+                expected="an EPOCH record at the start of the ledger",
+                found="none",
+            )
+        return _Scan(header, good_end, next_seq, head, last_epoch, epochs, problem)
+
+
+def _lock(directory: Path) -> IO[bytes]:
+    f = open(directory / LOCK_FILE, "ab")  # noqa: SIM115 - held for the writer's lifetime
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise StateError(
+            f"the ledger in {directory} is in use by another process",
+            expected="one server per data directory",
+            found="a lock held on ledger.lock",
+            hint="stop the other server first",
+        ) from None
+    return f
+
+
+def _write_chain_key(directory: Path, epoch: int, chain_key: bytes) -> None:
+    write_private_atomic(
+        directory / CHAIN_KEY_FILE, msgpack.packb({"e": epoch, "k": chain_key}, use_bin_type=True)
+    )
+
+
+def _read_chain_key(directory: Path) -> tuple[int, bytes]:
+    try:
+        data = msgpack.unpackb((directory / CHAIN_KEY_FILE).read_bytes(), raw=False)
+        epoch, key = int(data["e"]), bytes(data["k"])
+    except FileNotFoundError:
+        raise StateError(
+            "the ledger's chain key is missing",
+            expected=f"{directory / CHAIN_KEY_FILE}",
+            found="no such file",
+            hint="restore it from the same backup as the ledger; without it the ledger cannot grow",
+        ) from None
+    except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
+        raise StateError(
+            "the ledger's chain key file is damaged",
+            expected="a msgpack map with e and k",
+            found=type(exc).__name__,
+        ) from None
+    if len(key) != KEY_LEN:
+        raise StateError("chain key has the wrong length", expected="32 bytes", found=str(len(key)))
+    return epoch, key
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        meta: dict[str, Any] = msgpack.unpackb((directory / META_FILE).read_bytes(), raw=False)
+    except FileNotFoundError:
+        raise StateError(
+            f"no ledger in {directory}",
+            expected=f"{directory / META_FILE}",
+            found="no such file",
+            hint="run 'meterbox server init' first",
+        ) from None
+    return meta

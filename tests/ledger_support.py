@@ -1,0 +1,92 @@
+"""Shared builders for ledger and report tests: real files, fixed keys, a manual clock."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meterbox.clock import ManualClock
+from meterbox.crypto import key_id, x25519_raw_public
+from meterbox.ledger import (
+    Known,
+    LedgerConfig,
+    LedgerWriter,
+    RecordType,
+    ReportResult,
+    ReportVerifier,
+    export_report,
+)
+
+VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+VENDOR_ID = key_id(x25519_raw_public(VENDOR.public_key()))
+OTHER_VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+OTHER_VENDOR_ID = key_id(x25519_raw_public(OTHER_VENDOR.public_key()))
+
+
+def counter_random(seed: int = 7) -> Any:
+    """Deterministic 'randomness' for reproducible ledgers."""
+    state = {"n": seed}
+
+    def rnd(n: int) -> bytes:
+        state["n"] += 1
+        out = b""
+        i = 0
+        while len(out) < n:
+            out += (state["n"] * 1_000_003 + i).to_bytes(8, "big")
+            i += 1
+        return out[:n]
+
+    return rnd
+
+
+@dataclass
+class Built:
+    writer: LedgerWriter
+    clock: ManualClock
+    directory: Path
+
+
+def make_ledger(
+    directory: Path,
+    *,
+    config: LedgerConfig | None = None,
+    vendor: X25519PrivateKey = VENDOR,
+    clock: ManualClock | None = None,
+    seed: int = 7,
+) -> Built:
+    clock = clock or ManualClock()
+    writer = LedgerWriter.create(
+        directory,
+        vendor_ledger_key=vendor.public_key(),
+        vendor_key_id=key_id(x25519_raw_public(vendor.public_key())),
+        clock=clock,
+        genesis={"l": ["lic_test"]},
+        config=config,
+        random=counter_random(seed),
+    )
+    return Built(writer, clock, directory)
+
+
+def usage(i: int) -> dict[str, Any]:
+    return {"m": "solver", "a": i % 7 + 1, "c": f"client-{i % 5}", "k": f"{i:032x}"}
+
+
+def add_usage(built: Built, n: int, step_ms: int = 1000) -> None:
+    for i in range(n):
+        built.clock.advance(step_ms)
+        built.writer.append(RecordType.USAGE, usage(i))
+
+
+def export(built: Built) -> bytes:
+    buf = io.BytesIO()
+    export_report(built.writer, buf, clock=built.clock, licenses=[b"license"], acked=None)
+    return buf.getvalue()
+
+
+def verify(data: bytes, known: Known | None = None, vendor_keys: Any = None) -> ReportResult:
+    keys = vendor_keys if vendor_keys is not None else {VENDOR_ID: VENDOR}
+    return ReportVerifier(keys, known=known).verify(io.BytesIO(data))
