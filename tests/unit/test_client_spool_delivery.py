@@ -158,6 +158,23 @@ def test_record_during_backoff_does_not_contact_the_server(
         assert len(server.applied) == 3
 
 
+def test_background_flusher_delivers_without_further_calls(
+    server: FakeServer, clock: FakeClock, tmp_path: Path
+) -> None:
+    import time
+
+    with make_client(server, tmp_path / "s.db", clock, flush_interval=0.02) as c:
+        server.mode = "down"
+        assert c.record("runs", 2).spooled
+        server.mode = "up"
+        clock.t += 3600  # past the backoff of the spooled event
+        deadline = time.monotonic() + 5
+        while server.used != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.used == 2
+        assert c.spool.pending_count() == 0
+
+
 def test_lost_reply_is_resent_under_the_same_key_and_applied_once(
     server: FakeServer, clock: FakeClock, tmp_path: Path
 ) -> None:

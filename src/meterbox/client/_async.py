@@ -304,8 +304,8 @@ class AsyncSeat:
         if lease is None or self._client._seats.pop(id(self), None) is None:
             return False
         _exit.drop(self)
-        if self._lost is not None:
-            return False
+        if isinstance(self._lost, LeaseLost):
+            return False  # nothing left to release on the server
         try:
             return await self._client.release(lease.lease_id, prefer=self._server)
         except (ServerUnreachableError, LeaseLost) as exc:
