@@ -166,3 +166,10 @@ def test_bundle_refuses_current_not_in_list() -> None:
     raw["current"] = "11" * 8
     with pytest.raises(FormatError, match="current key"):
         VendorPublicBundle.from_bytes(json.dumps(raw).encode())
+
+
+def test_public_api_is_exactly_all() -> None:
+    import meterbox.licenses as pkg
+
+    public = {n for n in dir(pkg) if not n.startswith("_")} - {"annotations"}
+    assert public == set(pkg.__all__)

@@ -10,14 +10,15 @@ version) and :class:`meterbox.errors.VerificationError` (signature or key proble
 
 from __future__ import annotations
 
-from meterbox.errors import FormatError
+from meterbox.errors import FormatError as _FormatError
 from meterbox.licenses._bundle import (
     BUNDLE_FORMAT,
     VendorPublicBundle,
     VendorPublicKey,
     derive_key_id,
 )
-from meterbox.licenses._envelope import DOCUMENT_MAX_BYTES, DocumentSigner, peek_format
+from meterbox.licenses._envelope import DOCUMENT_MAX_BYTES, DocumentSigner
+from meterbox.licenses._envelope import peek_format as _peek_format
 from meterbox.licenses._license import (
     DEFAULT_LEASE_SECONDS,
     LICENSE_FORMAT,
@@ -54,7 +55,7 @@ __all__ = [
 
 def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | Receipt:
     """Verify a license, top-up or receipt file, whichever it is."""
-    fmt = peek_format(data)
+    fmt = _peek_format(data)
     name = fmt.split("/")[0]
     for cls, expected in (
         (License, LICENSE_FORMAT),
@@ -64,9 +65,9 @@ def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | 
         if name == expected.split("/")[0]:
             # from_bytes re-checks the version and everything else from the start.
             return cls.from_bytes(data, bundle)
-    raise FormatError(
+    raise _FormatError(
         "file is not a meterbox signed document",
         expected=f"format {LICENSE_FORMAT}, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
         found=repr(fmt),
-        hint="import license, top-up or receipt files written by `meterbox vendor`",
+        hint="Import license, top-up or receipt files written by `meterbox vendor`",
     )

@@ -74,7 +74,7 @@ class VendorPublicKey:
                 "vendor key id does not match its keys",
                 expected=expected.hex(),
                 found=self.key_id.hex(),
-                hint="the bundle was edited; copy vendor.pub again from the vendor",
+                hint="The bundle was edited; copy vendor.pub again from the vendor",
             )
 
     @property
@@ -143,7 +143,7 @@ class VendorPublicBundle:
             "document names a vendor key this bundle does not hold",
             expected="one of " + ", ".join(k.key_id.hex() for k in self.keys),
             found=key_id.hex(),
-            hint="install the vendor's current vendor.pub, or ask the vendor to re-issue",
+            hint="Install the vendor's current vendor.pub, or ask the vendor to re-issue",
         )
 
     def with_key(self, key: VendorPublicKey, *, make_current: bool = True) -> VendorPublicBundle:
@@ -166,7 +166,7 @@ class VendorPublicBundle:
                 "vendor bundle is too large",
                 expected=f"at most {BUNDLE_MAX_BYTES} bytes",
                 found=f"{len(data)} bytes",
-                hint="pass the vendor.pub file written by `meterbox vendor init`",
+                hint="Pass the vendor.pub file written by `meterbox vendor init`",
             )
         f = Fields(strict_loads(data, "vendor bundle"), "vendor bundle")
         fmt = f.raw("format")
@@ -175,7 +175,7 @@ class VendorPublicBundle:
                 "file is not a meterbox vendor bundle of a known version",
                 expected=repr(BUNDLE_FORMAT),
                 found=repr(fmt)[:80],
-                hint="pass the vendor.pub file written by `meterbox vendor init`",
+                hint="Pass the vendor.pub file written by `meterbox vendor init`",
             )
         current = bytes.fromhex(f.hex("current", nbytes=crypto.KEY_ID_LEN))
         keys = tuple(VendorPublicKey.from_json(k) for k in f.array("keys"))

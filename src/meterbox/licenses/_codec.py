@@ -55,7 +55,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 "JSON object has a duplicate key",
                 expected="each key at most once",
                 found=f"{key!r} twice",
-                hint="the file was edited or produced by a foreign tool; re-issue it",
+                hint="The file was edited or produced by a foreign tool; re-issue it",
             )
         out[key] = value
     return out
@@ -70,7 +70,7 @@ def strict_loads(data: bytes, what: str) -> Any:
             f"{what} is not UTF-8 text",
             expected="UTF-8 encoded JSON",
             found=f"an invalid byte at offset {exc.start}",
-            hint="check that the file was copied in binary mode",
+            hint="Check that the file was copied in binary mode",
         ) from None
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
@@ -79,7 +79,7 @@ def strict_loads(data: bytes, what: str) -> Any:
             f"{what} is not valid JSON",
             expected="a complete JSON document",
             found=f"{exc.msg} at line {exc.lineno} column {exc.colno}",
-            hint="the file may be truncated or edited; copy it again from the vendor",
+            hint="The file may be truncated or edited; copy it again from the vendor",
         ) from None
     except RecursionError:
         raise FormatError(
@@ -305,7 +305,7 @@ class Fields:
                 f"{self._what} has unknown fields",
                 expected="only the fields defined by its format version",
                 found=extra[:200],
-                hint="a newer format needs a newer meterbox",
+                hint="A newer format needs a newer meterbox",
             )
 
 

@@ -99,7 +99,7 @@ def _check_size(data: bytes) -> None:
             "signed document is too large",
             expected=f"at most {DOCUMENT_MAX_BYTES} bytes",
             found=f"{len(data)} bytes",
-            hint="this is not a meterbox license, top-up or receipt file",
+            hint="This is not a meterbox license, top-up or receipt file",
         )
 
 
@@ -128,14 +128,14 @@ def unseal(data: bytes, expected_format: str, bundle: VendorPublicBundle) -> Ope
             f"file is not a {want_name} document",
             expected=repr(expected_format),
             found=repr(found_fmt),
-            hint="check which file you passed",
+            hint="Check which file you passed",
         )
     if version != want_version:
         raise FormatError(
             f"{want_name} document has an unknown format version",
             expected=f"version {want_version}",
             found=f"version {version}",
-            hint="a newer format needs a newer meterbox",
+            hint="A newer format needs a newer meterbox",
         )
 
     payload_bytes = _b64_exact(payload_b64, "document payload")
@@ -158,7 +158,7 @@ def unseal(data: bytes, expected_format: str, bundle: VendorPublicBundle) -> Ope
             "signed document is not in canonical form",
             expected="the exact bytes the vendor tool wrote (one JSON line, newline-terminated)",
             found="reformatted or edited text",
-            hint="copy the original file in binary mode; do not open and re-save it",
+            hint="Copy the original file in binary mode; do not open and re-save it",
         )
     if len(signature) != _SIGNATURE_LEN:
         raise FormatError(

@@ -276,7 +276,7 @@ class License:
                 "license grants nothing",
                 expected="at least one feature or meter",
                 found="neither",
-                hint="pass --seats or --meter when issuing",
+                hint="Pass --seats or --meter when issuing",
             )
         if self.expires is not None:
             expires = check_utc(self.expires, "expires")
@@ -392,6 +392,6 @@ class License:
                 "license payload names a different key than the one that signed it",
                 expected=opened.key_id.hex(),
                 found=lic.vendor_key_id,
-                hint="the file was assembled from parts of different documents",
+                hint="The file was assembled from parts of different documents",
             )
         return lic

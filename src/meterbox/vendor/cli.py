@@ -127,7 +127,10 @@ def parse_seats(value: str, lease_seconds: int) -> tuple[str, Feature]:
     m = _SEATS_RE.fullmatch(value)
     if m is None:
         raise _bad(
-            "--seats", "FEATURE=SEATS or FEATURE=SEATS+OVERDRAFT", value, "e.g. --seats cad=5+1"
+            "--seats",
+            "FEATURE=SEATS or FEATURE=SEATS+OVERDRAFT",
+            value,
+            "For example --seats cad=5+1",
         )
     try:
         feature = Feature(int(m[2]), int(m[3] or 0), lease_seconds)
@@ -145,7 +148,7 @@ def parse_meter(value: str) -> tuple[str, int | None, str]:
             "--meter",
             "NAME=LIMIT, NAME=LIMIT/month or NAME=unlimited with LIMIT > 0",
             value,
-            "e.g. --meter solver-runs=1000/month",
+            "For example --meter solver-runs=1000/month",
         )
     limit = None if m[2] == "unlimited" else int(m[2])
     return m[1], limit, m[3] or "total"
@@ -158,7 +161,7 @@ def parse_overlimit(value: str) -> tuple[str, str]:
             "--meter-overlimit",
             "NAME=allow or NAME=refuse",
             value,
-            "e.g. --meter-overlimit runs=allow",
+            "For example --meter-overlimit runs=allow",
         )
     return m[1], m[2]
 
@@ -166,7 +169,9 @@ def parse_overlimit(value: str) -> tuple[str, str]:
 def parse_units(value: str) -> tuple[str, int]:
     m = _UNITS_RE.fullmatch(value)
     if m is None or int(m[2]) == 0:
-        raise _bad("--meter", "NAME=UNITS with UNITS > 0", value, "e.g. --meter solver-runs=500")
+        raise _bad(
+            "--meter", "NAME=UNITS with UNITS > 0", value, "For example --meter solver-runs=500"
+        )
     return m[1], int(m[2])
 
 
@@ -181,7 +186,7 @@ def parse_date(value: str) -> datetime:
         "--expires",
         "a date YYYY-MM-DD (the license ends at 00:00 UTC that day)",
         value,
-        "e.g. --expires 2027-01-01",
+        "For example --expires 2027-01-01",
     )
 
 
@@ -192,7 +197,7 @@ def parse_data_object(value: str) -> DataObject:
             "--cryptolens-data-object",
             "ID:NAME:METER with a positive integer ID",
             value,
-            "e.g. --cryptolens-data-object 1:usagecount:solver-runs",
+            "For example --cryptolens-data-object 1:usagecount:solver-runs",
         )
     try:
         return DataObject(int(m[1]), m[2], m[3])
@@ -220,14 +225,14 @@ def _check_output(path: Path, force: bool) -> None:
             "output file already exists",
             expected="a new file path",
             found=str(path),
-            hint="choose another -o path, or pass --force to replace it",
+            hint="Choose another -o path, or pass --force to replace it",
         )
     if not path.parent.is_dir():
         raise ConfigError(
             "output directory does not exist",
             expected="an existing directory",
             found=str(path.parent),
-            hint="create it first",
+            hint="Create it first",
         )
 
 
@@ -324,14 +329,14 @@ def issue_command(
                 "license would grant nothing",
                 expected="at least one --seats or --meter",
                 found="neither",
-                hint="e.g. --seats cad=5 or --meter solver-runs=1000/month",
+                hint="For example --seats cad=5 or --meter solver-runs=1000/month",
             )
         features: dict[str, Feature] = {}
         for value in seats or []:
             name, feature = parse_seats(value, lease)
             if name in features:
                 raise _bad(
-                    "--seats", "each feature once", value, f"merge the --seats flags for {name!r}"
+                    "--seats", "each feature once", value, f"Merge the --seats flags for {name!r}"
                 )
             features[name] = feature
         meter_specs: dict[str, tuple[int | None, str]] = {}
@@ -339,7 +344,7 @@ def issue_command(
             name, limit, period = parse_meter(value)
             if name in meter_specs:
                 raise _bad(
-                    "--meter", "each meter once", value, f"merge the --meter flags for {name!r}"
+                    "--meter", "each meter once", value, f"Merge the --meter flags for {name!r}"
                 )
             meter_specs[name] = (limit, period)
         over: dict[str, str] = {}
@@ -350,7 +355,7 @@ def issue_command(
                     "--meter-overlimit",
                     "a meter declared with --meter: " + (", ".join(meter_specs) or "(none)"),
                     value,
-                    "declare the meter first",
+                    "Declare the meter first",
                 )
             over[name] = policy
         meters = {
@@ -361,22 +366,22 @@ def issue_command(
         if expires is not None:
             expires_at = parse_date(expires)
             if expires_at <= now:
-                raise _bad("--expires", "a date in the future", expires, "pick a later date")
+                raise _bad("--expires", "a date in the future", expires, "Pick a later date")
         if report_every is not None and report_every < 1:
             raise _bad(
                 "--report-every",
                 "a number of days >= 1",
                 str(report_every),
-                "e.g. --report-every 30",
+                "For example --report-every 30",
             )
         if grace < 0:
-            raise _bad("--grace", "a number of days >= 0", str(grace), "e.g. --grace 7")
+            raise _bad("--grace", "a number of days >= 0", str(grace), "For example --grace 7")
         if not MIN_LEASE_SECONDS <= lease <= MAX_LEASE_SECONDS:
             raise _bad(
                 "--lease",
                 f"{MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS} seconds",
                 str(lease),
-                "the default is 60",
+                "The default is 60",
             )
         cryptolens = _cryptolens_section(
             product_id=cryptolens_product_id,
@@ -436,7 +441,7 @@ def _cryptolens_section(
                 "Cryptolens options given without a product id",
                 expected="--cryptolens-product-id N with the other --cryptolens-* flags",
                 found="no --cryptolens-product-id",
-                hint="add --cryptolens-product-id, or drop the --cryptolens-* flags",
+                hint="Add --cryptolens-product-id, or drop the --cryptolens-* flags",
             )
         return None
     if product_id < 1:
@@ -444,7 +449,7 @@ def _cryptolens_section(
             "--cryptolens-product-id",
             "a positive integer",
             str(product_id),
-            "use the product id from Cryptolens",
+            "Use the product id from Cryptolens",
         )
     if feature is None and len(features) == 1:
         feature = next(iter(features))
@@ -453,7 +458,7 @@ def _cryptolens_section(
             "--cryptolens-feature",
             "a feature given with --seats: " + (", ".join(features) or "(none)"),
             feature,
-            "name the floating feature that backs MaxNoOfMachines",
+            "Name the floating feature that backs MaxNoOfMachines",
         )
     objects = [parse_data_object(v) for v in data_objects]
     for obj in objects:
@@ -462,7 +467,7 @@ def _cryptolens_section(
                 "--cryptolens-data-object",
                 "a meter declared with --meter: " + (", ".join(meters) or "(none)"),
                 f"{obj.id}:{obj.name}:{obj.meter}",
-                "declare the meter first",
+                "Declare the meter first",
             )
     try:
         return CryptolensSection(
@@ -502,7 +507,7 @@ def topup_command(
                     "--license names a license this vendor store does not hold",
                     expected="an id listed by `meterbox vendor licenses`",
                     found=repr(license_id),
-                    hint="check the id, or pass the --store the license was issued into",
+                    hint="Check the id, or pass the --store the license was issued into",
                 )
             lic = License.from_bytes(row.document, keys.bundle)
             if name not in lic.meters:
@@ -510,7 +515,7 @@ def topup_command(
                     "--meter",
                     "a meter of this license: " + (", ".join(lic.meters) or "(none)"),
                     meter,
-                    "top-ups add to existing meters",
+                    "Top-ups add to existing meters",
                 )
             topup = Topup(
                 new_id("top_"), license_id, name, units, datetime.now(UTC).replace(microsecond=0)

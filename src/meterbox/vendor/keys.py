@@ -98,7 +98,7 @@ def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             "refusing to overwrite an existing file",
             expected="a path that does not exist yet",
             found=str(path),
-            hint="choose another output path or move the existing file away",
+            hint="Choose another output path or move the existing file away",
         ) from None
     try:
         view = memoryview(data)
@@ -183,7 +183,7 @@ class VendorKeyPair:
                 f"{what} holds keys that do not match its key id",
                 expected=key_hex,
                 found=pair.key_id.hex(),
-                hint="the key file was edited or damaged; restore it from backup",
+                hint="The key file was edited or damaged; restore it from backup",
             )
         return pair
 
@@ -203,14 +203,14 @@ class VendorKeys:
                     "a key in vendor.pub has no private key file",
                     expected=f"{KEYS_DIR}/{key.key_id.hex()}.key",
                     found="no such file",
-                    hint="restore the keys directory from backup",
+                    hint="Restore the keys directory from backup",
                 )
             if pair.public != key:
                 raise StateError(
                     "private key does not match vendor.pub",
                     expected=f"the key pair published as {key.key_id.hex()}",
                     found="a different key pair",
-                    hint="restore vendor.pub and the keys directory from the same backup",
+                    hint="Restore vendor.pub and the keys directory from the same backup",
                 )
 
     @property
@@ -286,7 +286,7 @@ def init(
             "vendor keys already exist in this home directory",
             expected="an empty or new directory",
             found=str(existing if existing.exists() else keys_dir),
-            hint="use `meterbox vendor rotate-key` to add a key; never overwrite keys "
+            hint="Use `meterbox vendor rotate-key` to add a key; never overwrite keys "
             "that signed licenses in use",
         )
     home.mkdir(mode=0o700, parents=True, exist_ok=True)

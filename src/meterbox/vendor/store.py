@@ -308,7 +308,7 @@ def normalise_url(url: str | None, home: Path | None) -> str:
                 "no vendor store given",
                 expected="--home DIR or --store URL",
                 found="neither",
-                hint="pass --home with the directory created by `meterbox vendor init`",
+                hint="Pass --home with the directory created by `meterbox vendor init`",
             )
         return f"sqlite:///{Path(home).resolve() / DB_FILE}"
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
@@ -320,7 +320,7 @@ def normalise_url(url: str | None, home: Path | None) -> str:
         "store URL is not supported",
         expected="postgresql://user@host/db, postgresql+psycopg://... or sqlite:///path",
         found=repr(url.split("@")[-1] if "@" in url else url)[:120],
-        hint="leave --store out to use vendor.db in the home directory",
+        hint="Leave --store out to use vendor.db in the home directory",
     )
 
 
@@ -357,7 +357,7 @@ class VendorStore:
                 "cannot open the vendor store",
                 expected="a reachable, writable database",
                 found=str(exc.orig).strip().splitlines()[0][:200],
-                hint="check the --store URL or the permissions of the home directory",
+                hint="Check the --store URL or the permissions of the home directory",
             ) from None
         return store
 
@@ -385,7 +385,7 @@ class VendorStore:
                     "vendor store has an unknown schema version",
                     expected=f"version {SCHEMA_VERSION}",
                     found=f"version {version}",
-                    hint="this database was written by a newer meterbox; upgrade meterbox",
+                    hint="This database was written by a newer meterbox; upgrade meterbox",
                 )
 
     # -- licenses and top-ups ------------------------------------------------------
@@ -408,7 +408,7 @@ class VendorStore:
                 "license id already exists in the vendor store",
                 expected="a new license id",
                 found=lic.license_id,
-                hint="issue the license again; ids are random and should not repeat",
+                hint="Issue the license again; ids are random and should not repeat",
             ) from None
 
     def get_license(self, license_id: str) -> LicenseRow | None:
@@ -433,7 +433,7 @@ class VendorStore:
                 "top-up names a license the vendor store does not hold",
                 expected="a license issued from this store",
                 found=topup.license_id,
-                hint="list licenses with `meterbox vendor licenses`",
+                hint="List licenses with `meterbox vendor licenses`",
             )
         row = {
             "topup_id": topup.topup_id,
