@@ -230,7 +230,7 @@ class LedgerWriter:
         force_recover: bool = False,
         boot_payload: dict[str, Any] | None = None,
     ) -> LedgerWriter:
-        """Open an existing ledger: cut a torn tail (recording it), start a new epoch, write BOOT."""
+        """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT."""
         config = config or LedgerConfig()
         check_private_dir(directory)
         lock = _lock(directory)

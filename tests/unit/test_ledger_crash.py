@@ -1,0 +1,137 @@
+"""Crash safety: acknowledged records survive kill -9; a torn tail is cut and recorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ledger_support import add_usage, export, make_ledger, verify
+from meterbox.clock import ManualClock
+from meterbox.errors import StateError
+from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier
+from meterbox.ledger import findings as F
+
+
+def test_torn_tail_is_cut_and_recorded(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "l")
+    add_usage(built, 4)
+    head = built.writer.head
+    built.writer.close()
+    with open(built.directory / "ledger.mbl", "ab") as f:
+        f.write(b"\x00\x60" + b"\xaa" * 20)  # a frame whose body never fully reached the disk
+    writer = LedgerWriter.open(built.directory, clock=built.clock)
+    assert writer.recovery is not None
+    assert writer.recovery.cut_bytes == 22
+    assert writer.recovery.last_good_seq == head.seq + 1  # the SHUTDOWN record survived
+    built.writer = writer
+    result = verify(export(built))
+    assert F.LEDGER_RECOVERED in result.codes
+    assert not result.critical
+    writer.close()
+
+
+def test_garbage_frame_at_tail_is_cut(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "l")
+    add_usage(built, 2)
+    built.writer.close()
+    with open(built.directory / "ledger.mbl", "ab") as f:
+        f.write(b"\x00\x30" + b"\x01" * 0x30)  # complete length, content that does not verify
+    writer = LedgerWriter.open(built.directory, clock=built.clock)
+    assert writer.recovery is not None and writer.recovery.cut_bytes == 0x32
+    writer.close()
+
+
+def test_damage_far_before_the_tail_is_refused_not_cut(tmp_path: Path) -> None:
+    from meterbox.ledger import LedgerConfig
+
+    built = make_ledger(tmp_path / "l", config=LedgerConfig(max_torn_bytes=64))
+    add_usage(built, 30)
+    built.writer.close()
+    path = built.directory / "ledger.mbl"
+    data = bytearray(path.read_bytes())
+    data[400] ^= 0xFF
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="damaged before its tail"):
+        LedgerWriter.open(
+            built.directory, clock=built.clock, config=LedgerConfig(max_torn_bytes=64)
+        )
+    assert path.read_bytes() == before  # nothing was cut
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from meterbox.clock import SystemClock
+    from meterbox.ledger import LedgerWriter, RecordType
+    w = LedgerWriter.open(Path(sys.argv[1]), clock=SystemClock())
+    i = 0
+    while True:
+        futs = [w.submit(RecordType.USAGE, {"m": "m", "a": 1, "k": f"{i}-{j}"}) for j in range(50)]
+        for f in futs:
+            a = f.result()
+            sys.stdout.write(f"{a.seq}\\n")
+        sys.stdout.flush()
+        i += 1
+    """
+)
+
+
+def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "l")
+    built.writer.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(built.directory)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    acked = []
+    for line in proc.stdout:
+        acked.append(int(line))
+        if len(acked) >= 3000:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for line in proc.stdout:  # whatever was acknowledged before the kill landed
+        if line.strip():
+            acked.append(int(line))
+    writer = LedgerWriter.open(built.directory, clock=ManualClock())
+    assert writer.head.seq > max(acked)
+    built.writer = writer
+    result = ReportVerifier({}, known=None)
+    del result
+    report = verify(export(built))
+    assert not report.critical, report.findings
+    writer.close()
+
+
+def test_two_writers_on_one_directory_are_refused(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "l")
+    with pytest.raises(StateError, match="in use by another process"):
+        LedgerWriter.open(built.directory, clock=built.clock)
+    built.writer.close()
+
+
+def test_clock_step_is_recorded(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "l")
+    built.clock.step_wall(-3_600_000)  # the admin sets the clock back an hour
+    built.writer.append(RecordType.HEARTBEAT, {})
+    seen = []
+    from io import BytesIO
+
+    v = ReportVerifier(
+        {__import__("ledger_support").VENDOR_ID: __import__("ledger_support").VENDOR}
+    )
+    for record, _ in v.records(BytesIO(export(built))):
+        seen.append((record.type, record.payload))
+    steps = [p for t, p in seen if t == RecordType.CLOCK_STEP]
+    assert steps and steps[0]["d"] == -3_600_000
+    built.writer.close()
