@@ -277,14 +277,14 @@ def issue_command(
     product: Annotated[str, typer.Option(help="Product name.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="License file to write.")],
     seats: Annotated[
-        list[str] | None, typer.Option("--seats", help="FEATURE=N[+OVERDRAFT], repeatable.")
+        list[str] | None, typer.Option("--seats", help="FEATURE=N or FEATURE=N+OVERDRAFT, repeatable.")
     ] = None,
     lease: Annotated[
         int, typer.Option("--lease", help="Lease length in seconds for every feature.")
     ] = DEFAULT_LEASE_SECONDS,
     meter: Annotated[
         list[str] | None,
-        typer.Option("--meter", help="NAME=LIMIT[/month] or NAME=unlimited, repeatable."),
+        typer.Option("--meter", help="NAME=LIMIT, NAME=LIMIT/month or NAME=unlimited, repeatable."),
     ] = None,
     meter_overlimit: Annotated[
         list[str] | None,

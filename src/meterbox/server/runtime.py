@@ -1,0 +1,53 @@
+"""Assembles a runnable server: instance + HTTP app + Cryptolens-compatible API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp
+
+from meterbox.clock import Clock
+
+from .app import Limits, create_app
+from .instance import ServerInstance, read_admin_token
+from .service import LicenseService, Settings
+
+
+@dataclass
+class BuiltApp:
+    app: ASGIApp
+    instance: ServerInstance
+
+    def close(self) -> None:
+        self.instance.close()
+
+
+def build_app(
+    data: Path,
+    *,
+    clock: Clock | None = None,
+    settings: Settings | None = None,
+    limits: Limits | None = None,
+    force_recover: bool = False,
+) -> BuiltApp:
+    instance = ServerInstance.open(
+        data, clock=clock, settings=settings, force_recover=force_recover
+    )
+
+    async def export_handler(_: LicenseService) -> bytes:
+        return instance.export_bytes()
+
+    async def import_handler(_: LicenseService, blob: bytes) -> Mapping[str, Any]:
+        return await instance.import_bytes(blob)
+
+    app: ASGIApp = create_app(
+        instance.service,
+        admin_token=read_admin_token(data),
+        limits=limits or Limits(),
+        export_report=export_handler,
+        import_file=import_handler,
+    )
+    return BuiltApp(app, instance)
