@@ -1,0 +1,5 @@
+"""`python -m meterbox` runs the `meterbox` command."""
+
+from meterbox.cli import main
+
+main()
