@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,7 +49,7 @@ from ._meters import (
 )
 from ._seats import Lease, SeatBook, SeatDecision
 from .errors import LeaseNotFound, UnknownMeter
-from .policy import FeaturePolicy, LicensePolicy, MeterPolicy
+from .policy import MAX_LEASE_SECONDS, FeaturePolicy, LicensePolicy, MeterPolicy
 
 _FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -203,6 +203,53 @@ class Engine:
             feature, client_id, now, sources=sources, rng=self.rng, hostname=hostname
         )
 
+    def checkout_on(
+        self,
+        license_id: str,
+        feature: str,
+        client_id: str,
+        now: datetime,
+        *,
+        lease_seconds: int | None = None,
+        overdraft_cap: int | None = None,
+        hostname: str | None = None,
+    ) -> SeatDecision:
+        """Check out (or renew) a seat of ``feature`` from one named license only.
+
+        For callers that address a single license, such as the Cryptolens-compatible
+        API (a Cryptolens key names one license). ``lease_seconds`` replaces the
+        feature's lease length for this lease, clamped to 1..``MAX_LEASE_SECONDS``;
+        ``overdraft_cap`` lowers (never raises) the license's overdraft seats for this
+        checkout. A live lease of this client on this license is renewed instead.
+        """
+        lic = self.licenses.get(license_id)
+        if lic is None or feature not in lic.features:
+            raise UnknownFeature(
+                f"License {license_id!r} does not offer feature {feature!r}",
+                expected="an installed license that grants the feature",
+                found="no such license" if lic is None else "the license lacks it",
+                hint="Install the license, or check the feature the license names",
+            )
+        err = self.blocked(lic, now)
+        if err is not None:
+            raise err
+        policy = lic.features[feature]
+        length = min(max(lease_seconds or policy.lease_seconds, 1), MAX_LEASE_SECONDS)
+        for held in self.seats.live(feature, now):
+            if held.client_id == client_id and held.license_id == license_id:
+                decision = self.seats.renew(replace(held, lease_seconds=length), now)
+                # Undo must restore the lease exactly as it was, lease length included.
+                return replace(decision, previous=held)
+        cap = (
+            policy.overdraft
+            if overdraft_cap is None
+            else min(max(overdraft_cap, 0), policy.overdraft)
+        )
+        source = FeaturePolicy(seats=policy.seats, overdraft=cap, lease_seconds=length)
+        return self.seats.checkout(
+            feature, client_id, now, sources=[(license_id, source)], rng=self.rng, hostname=hostname
+        )
+
     def heartbeat(self, lease_id: str, now: datetime) -> SeatDecision:
         lease = self.seats.leases.get(lease_id)
         if lease is None or not lease.live(now):
@@ -254,8 +301,13 @@ class Engine:
         now: datetime,
         *,
         decrement: bool = False,
+        license_id: str | None = None,
     ) -> UsageDecision:
-        """Charge (or give back, ``decrement=True``) ``amount`` units of ``meter``."""
+        """Charge (or give back, ``decrement=True``) ``amount`` units of ``meter``.
+
+        With ``license_id``, only that license's meter is charged or given back (for
+        callers that address one license, like the Cryptolens-compatible API).
+        """
         if amount <= 0:
             raise ConfigError(
                 "Usage amount must be positive", expected="an integer >= 1", found=str(amount)
@@ -268,6 +320,8 @@ class Engine:
             if replayed is not None:
                 return UsageDecision(result=replayed, delta=0, replay=True)
         sources = self.meter_sources(meter, now)
+        if license_id is not None:
+            sources = self._only_license(license_id, meter, sources, now)
         if decrement:
             before = {
                 lid: self.meters.used(lid, meter, period_key(p.period, now)) for lid, p in sources
@@ -292,6 +346,28 @@ class Engine:
             sources=sources,
         )
         return UsageDecision(result=result, delta=amount, replay=False)
+
+    def _only_license(
+        self,
+        license_id: str,
+        meter: str,
+        sources: list[tuple[str, MeterPolicy]],
+        now: datetime,
+    ) -> list[tuple[str, MeterPolicy]]:
+        mine = [s for s in sources if s[0] == license_id]
+        if mine:
+            return mine
+        lic = self.licenses.get(license_id)
+        if lic is None or meter not in lic.meters:
+            raise UnknownMeter(
+                f"License {license_id!r} does not offer meter {meter!r}",
+                expected="an installed license with that meter",
+                found="no such license" if lic is None else "the license lacks it",
+                hint="Install the license, or check the meter the license names",
+            )
+        err = self.blocked(lic, now)
+        assert err is not None  # offered and not among the usable sources: so blocked
+        raise err
 
     def complete_usage(self, decision: UsageDecision, seq: int) -> UsageResult:
         return self.meters.complete(decision.result, seq)

@@ -217,6 +217,47 @@ class LicenseService:
             raise denial
         return await self._finish_seat(decision, task, now, peak)
 
+    async def checkout_on(
+        self,
+        license_id: str,
+        feature: str,
+        client_id: str,
+        *,
+        lease_seconds: int | None = None,
+        overdraft_cap: int | None = None,
+        hostname: str | None = None,
+    ) -> SeatDecision:
+        """:meth:`checkout` from one named license, with its own lease length and overdraft cap.
+
+        Recorded, persisted and undone exactly like :meth:`checkout` (see
+        :meth:`Engine.checkout_on` for the rules).
+        """
+        async with self._lock:
+            now = self.now()
+            try:
+                decision = self.engine.checkout_on(
+                    license_id,
+                    feature,
+                    client_id,
+                    now,
+                    lease_seconds=lease_seconds,
+                    overdraft_cap=overdraft_cap,
+                    hostname=hostname,
+                )
+            except NoSeatAvailable as exc:
+                denial: NoSeatAvailable | None = exc
+                denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
+            else:
+                denial = None
+                hour = hour_of(now)
+                peak = (feature, hour, self.engine.seats.peaks.get((feature, hour), 0))
+                task = self._write_seat(decision)
+        if denial is not None:
+            seq = await self._durable(denied)
+            await self._save([DenialAdd(feature)], seq, now)
+            raise denial
+        return await self._finish_seat(decision, task, now, peak)
+
     def _write_seat(self, d: SeatDecision) -> asyncio.Future[int] | None:
         lease = d.lease
         if d.renewed:
@@ -289,12 +330,19 @@ class LicenseService:
         idempotency_key: str | None = None,
         *,
         decrement: bool = False,
+        license_id: str | None = None,
     ) -> UsageResult:
         kind = "usage.decrement" if decrement else "usage"
         async with self._lock:
             now = self.now()
             decision = self.engine.record_usage(
-                meter, amount, client_id, idempotency_key, now, decrement=decrement
+                meter,
+                amount,
+                client_id,
+                idempotency_key,
+                now,
+                decrement=decrement,
+                license_id=license_id,
             )
             if decision.replay:
                 waiter = self._inflight.get(idempotency_key or "")
