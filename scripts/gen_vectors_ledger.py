@@ -1,0 +1,711 @@
+"""Generate the sealed-ledger and report test vectors in tests/vectors/ledger/.
+
+Every byte is reproducible: the vendor keys are fixed, the ledger's randomness
+(instance id, chain key, instance signing key, epoch salts) comes from a counter,
+time comes from :class:`meterbox.clock.ManualClock`, and Ed25519 signatures are
+deterministic. Two things are not injectable through the public API and are
+pinned here for the duration of the run only:
+
+- HPKE's ephemeral key. ``cryptography`` draws it from the OS inside
+  ``Suite.encrypt``; the generator swaps in an RFC 9180 base-mode sealer for the
+  same suite (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM) whose
+  ephemeral secret is a hash of its inputs. Its output is ordinary HPKE: the
+  verifier opens it with ``cryptography``'s own ``Suite.decrypt``, so the vectors
+  also pin interoperability of the epoch format.
+- The ``software`` field of the report header, so a version bump does not churn
+  the vectors.
+
+Layout written under ``--out`` (default tests/vectors/ledger/):
+
+- ``vendor_key.json``           the fixed vendor X25519 keys (TEST KEYS, never use them)
+- ``valid/<name>.report``       reports that verify with no findings
+- ``valid/<name>.json``         the records, head and chain state they verify to
+- ``valid/minimal.mbl``         the ledger file behind ``minimal.report`` (docs/spec/ledger.md)
+- ``invalid/<name>.report``     reports that verify with findings
+- ``invalid/<name>.json``       the exact findings (code, severity, seq) expected
+
+The generator checks every vector against the real verifier before writing and
+stops if a vector does not produce the codes declared for it here.
+
+Usage: python scripts/gen_vectors_ledger.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import msgpack  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: E402
+
+from meterbox.clock import ManualClock  # noqa: E402
+from meterbox.crypto import (  # noqa: E402
+    KEY_LEN,
+    key_id,
+    x25519_raw_private,
+    x25519_raw_public,
+)
+from meterbox.ledger import (  # noqa: E402
+    Head,
+    Known,
+    LedgerConfig,
+    LedgerWriter,
+    Record,
+    RecordType,
+    ReportResult,
+    ReportVerifier,
+    _keys,
+    _report,
+    export_report,
+)
+from meterbox.ledger._format import LEN_PREFIX, chain  # noqa: E402
+from meterbox.ledger._report import SIGNATURE_DOMAIN  # noqa: E402
+from meterbox.ledger._seal import Sealer  # noqa: E402
+
+#: TEST KEYS. Published in the repository: never use them for anything real.
+VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(32)))
+VENDOR_ID = key_id(x25519_raw_public(VENDOR.public_key()))
+OTHER_VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+OTHER_VENDOR_ID = key_id(x25519_raw_public(OTHER_VENDOR.public_key()))
+
+LICENSE_ID = "lic_00112233445566aa"
+#: Stands in for the license files a server puts in its report header.
+LICENSE_BYTES = b"placeholder for the bytes of lic_00112233445566aa.lic"
+SOFTWARE_VERSION = "vectors"
+_U32 = struct.Struct(">I")
+
+
+# --------------------------------------------------------------- determinism
+def counter_random(seed: int) -> Callable[[int], bytes]:
+    """Deterministic 'randomness' (the same construction as tests/ledger_support.py)."""
+    state = {"n": seed}
+
+    def rnd(n: int) -> bytes:
+        state["n"] += 1
+        out = b""
+        i = 0
+        while len(out) < n:
+            out += (state["n"] * 1_000_003 + i).to_bytes(8, "big")
+            i += 1
+        return out[:n]
+
+    return rnd
+
+
+# RFC 9180 identifiers of the suite meterbox uses.
+_KEM_SUITE = b"KEM" + (0x0020).to_bytes(2, "big")
+_HPKE_SUITE = b"HPKE" + (0x0020).to_bytes(2, "big") + (0x0001).to_bytes(2, "big")
+_HPKE_SUITE += (0x0002).to_bytes(2, "big")
+
+
+def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    return hmac.new(salt, b"HPKE-v1" + suite + label + ikm, hashlib.sha256).digest()
+
+
+def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+    full = length.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info
+    return HKDFExpand(hashes.SHA256(), length, full).derive(prk)
+
+
+def deterministic_hpke_seal(public_key: X25519PublicKey, plaintext: bytes, info: bytes) -> bytes:
+    """RFC 9180 single-shot base-mode seal with an ephemeral key derived from the inputs."""
+    pk_r = x25519_raw_public(public_key)
+    sk_e = X25519PrivateKey.from_private_bytes(
+        hashlib.sha256(b"meterbox vectors hpke ephemeral\x00" + pk_r + info + plaintext).digest()
+    )
+    enc = x25519_raw_public(sk_e.public_key())
+    dh = sk_e.exchange(public_key)
+    eae_prk = _labeled_extract(_KEM_SUITE, b"", b"eae_prk", dh)
+    shared = _labeled_expand(_KEM_SUITE, eae_prk, b"shared_secret", enc + pk_r, 32)
+    psk_id_hash = _labeled_extract(_HPKE_SUITE, b"", b"psk_id_hash", b"")
+    info_hash = _labeled_extract(_HPKE_SUITE, b"", b"info_hash", info)
+    context = b"\x00" + psk_id_hash + info_hash
+    secret = _labeled_extract(_HPKE_SUITE, shared, b"secret", b"")
+    key = _labeled_expand(_HPKE_SUITE, secret, b"key", context, 32)
+    base_nonce = _labeled_expand(_HPKE_SUITE, secret, b"base_nonce", context, 12)
+    return enc + AESGCM(key).encrypt(base_nonce, plaintext, b"")
+
+
+@contextlib.contextmanager
+def pinned() -> Iterator[None]:
+    """Pin HPKE's ephemeral key and the report's software string, then restore them."""
+    saved_seal, saved_version = _keys.__dict__["hpke_seal"], _report.__dict__["__version__"]
+    # setattr, not assignment: these are module globals looked up at call time.
+    setattr(_keys, "hpke_seal", deterministic_hpke_seal)  # noqa: B010
+    setattr(_report, "__version__", SOFTWARE_VERSION)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(_keys, "hpke_seal", saved_seal)  # noqa: B010
+        setattr(_report, "__version__", saved_version)  # noqa: B010
+
+
+# ----------------------------------------------------------------- ledgers
+@dataclass
+class Ledger:
+    writer: LedgerWriter
+    clock: ManualClock
+    directory: Path
+    #: (seq, type, payload) of every record the generator itself appended.
+    appended: list[tuple[int, RecordType, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, rtype: RecordType, payload: dict[str, Any], step_ms: int = 1000) -> None:
+        self.clock.advance(step_ms)
+        done = self.writer.append(rtype, payload)
+        self.appended.append((done.seq, rtype, payload))
+
+    def usage(self, n: int, start: int = 0) -> None:
+        for i in range(start, start + n):
+            self.add(
+                RecordType.USAGE,
+                {
+                    "m": "solver-runs",
+                    "a": i % 7 + 1,
+                    "c": f"ws-{i % 3}",
+                    "l": LICENSE_ID,
+                    "k": f"req-{i:04d}",
+                },
+            )
+
+    def export(self, acked: Head | None = None) -> bytes:
+        buf = io.BytesIO()
+        export_report(self.writer, buf, clock=self.clock, licenses=[LICENSE_BYTES], acked=acked)
+        return buf.getvalue()
+
+    def reopen(self, seed: int, *, boot: bytes | None = None) -> None:
+        if boot is not None:
+            self.clock.reboot(boot)
+        self.writer = LedgerWriter.open(
+            self.directory, clock=self.clock, config=self.writer.config, random=counter_random(seed)
+        )
+
+
+def new_ledger(
+    directory: Path,
+    seed: int,
+    *,
+    vendor: X25519PrivateKey = VENDOR,
+    config: LedgerConfig | None = None,
+) -> Ledger:
+    clock = ManualClock()
+    writer = LedgerWriter.create(
+        directory,
+        vendor_ledger_key=vendor.public_key(),
+        vendor_key_id=key_id(x25519_raw_public(vendor.public_key())),
+        clock=clock,
+        genesis={"l": [LICENSE_ID]},
+        config=config,
+        random=counter_random(seed),
+    )
+    return Ledger(writer, clock, directory)
+
+
+# ------------------------------------------------------------ report surgery
+@dataclass
+class Parts:
+    prefix_len: int
+    header: dict[str, Any]
+    frames: list[bytes]
+    trailer: dict[str, Any]
+
+
+def split(data: bytes) -> Parts:
+    (hlen,) = _U32.unpack_from(data, 5)
+    header = msgpack.unpackb(data[9 : 9 + hlen], raw=False)
+    pos = 9 + hlen
+    end = pos + header["frames_len"]
+    frames = []
+    while pos < end:
+        (n,) = LEN_PREFIX.unpack_from(data, pos)
+        frames.append(data[pos : pos + 2 + n])
+        pos += 2 + n
+    (tlen,) = _U32.unpack_from(data, pos + 4)
+    trailer = msgpack.unpackb(data[pos + 8 : pos + 8 + tlen], raw=False)
+    return Parts(9 + hlen, header, frames, trailer)
+
+
+def frame_start(data: bytes, index: int) -> int:
+    parts = split(data)
+    return parts.prefix_len + sum(len(f) for f in parts.frames[:index])
+
+
+def resign(parts: Parts, key: Ed25519PrivateKey, *, fix_trailer: bool = True) -> bytes:
+    """Rebuild and re-sign a report, as a customer holding the instance key could."""
+    header = dict(parts.header)
+    body = b"".join(parts.frames)
+    header["frames_len"] = len(body)
+    trailer = dict(parts.trailer)
+    if fix_trailer:
+        h = header["base_hash"]
+        for f in parts.frames:
+            h = chain(h, f)
+        trailer["head_hash"] = h
+        trailer["head_seq"] = struct.unpack_from(">Q", parts.frames[-1], 2 + 6)[0]
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    tpacked: bytes = msgpack.packb(trailer, use_bin_type=True)
+    out = b"MBXR\x01" + _U32.pack(len(packed)) + packed + body + b"MBXT"
+    out += _U32.pack(len(tpacked)) + tpacked
+    return out + key.sign(SIGNATURE_DOMAIN + hashlib.sha256(out).digest())
+
+
+# --------------------------------------------------------------- verifying
+def verify(data: bytes, known: Known | None) -> tuple[ReportResult, list[tuple[Record, bool]]]:
+    verifier = ReportVerifier({VENDOR_ID: VENDOR}, known=known)
+    records = list(verifier.records(io.BytesIO(data)))
+    return verifier.result, records
+
+
+def known_from(result: ReportResult) -> Known:
+    assert result.head is not None
+    return Known(head=result.head, chain=result.chain, instance_key=result.instance_key)
+
+
+def json_safe(value: Any) -> Any:
+    """Payload values as JSON: bytes become {"bytes": hex}; maps and lists recurse."""
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def known_json(known: Known | None) -> dict[str, Any] | None:
+    if known is None:
+        return None
+    return {
+        "head": known.head.to_dict(),
+        "chain": None
+        if known.chain is None
+        else {"epoch": known.chain.epoch, "key": known.chain.key.hex()},
+        "instance_key": None if known.instance_key is None else known.instance_key.hex(),
+    }
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
+
+
+class Vectors:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def valid(
+        self,
+        name: str,
+        description: str,
+        data: bytes,
+        ledger: Ledger,
+        known: Known | None = None,
+    ) -> ReportResult:
+        result, records = verify(data, known)
+        if result.findings:
+            raise SystemExit(f"valid vector {name} has findings: {result.findings}")
+        # Every record this generator appended comes back, with its seq and payload.
+        by_seq = {r.seq: r for r, _ in records}
+        for seq, rtype, payload in ledger.appended:
+            if seq < result.base_seq:
+                continue
+            got = by_seq.get(seq)
+            if got is None or got.type is not rtype or got.payload != payload:
+                raise SystemExit(f"valid vector {name}: record {seq} did not round-trip: {got}")
+        assert result.head is not None and result.chain is not None
+        self.files[f"valid/{name}.report"] = data
+        self.files[f"valid/{name}.json"] = _dump(
+            {
+                "description": description,
+                "report": f"{name}.report",
+                "known": known_json(known),
+                "findings": [],
+                "instance_id": result.instance_id.hex(),
+                "instance_key": result.instance_key.hex(),
+                "vendor_key_id": result.vendor_key_id.hex(),
+                "base_seq": result.base_seq,
+                "frames": result.records,
+                "records": [
+                    {
+                        "seq": r.seq,
+                        "epoch": r.epoch,
+                        "type": r.type.name,
+                        "wall_ms": r.wall_ms,
+                        "mono_ms": r.mono_ms,
+                        "payload": json_safe(r.payload),
+                        "acked": acked,
+                    }
+                    for r, acked in records
+                ],
+                "head": result.head.to_dict(),
+                "chain": {"epoch": result.chain.epoch, "key": result.chain.key.hex()},
+                "digest": hashlib.sha256(data).hexdigest(),
+            }
+        )
+        return result
+
+    def invalid(
+        self,
+        name: str,
+        description: str,
+        data: bytes,
+        codes: set[str],
+        known: Known | None = None,
+    ) -> None:
+        result, _ = verify(data, known)
+        if result.codes != codes:
+            raise SystemExit(
+                f"invalid vector {name}: expected codes {sorted(codes)}, "
+                f"the verifier found {sorted(result.codes)}: {result.findings}"
+            )
+        self.files[f"invalid/{name}.report"] = data
+        self.files[f"invalid/{name}.json"] = _dump(
+            {
+                "description": description,
+                "report": f"{name}.report",
+                "known": known_json(known),
+                "codes": sorted(codes),
+                "critical": result.critical,
+                "findings": [
+                    {"code": f.code, "severity": f.severity, "seq": f.seq} for f in result.findings
+                ],
+            }
+        )
+
+
+# ----------------------------------------------------------------- vectors
+def build() -> dict[str, bytes]:
+    with pinned(), tempfile.TemporaryDirectory() as tmp:
+        return _build(Path(tmp))
+
+
+def _build(tmp: Path) -> dict[str, bytes]:
+    from meterbox.ledger import findings as F
+
+    v = Vectors()
+    v.files["vendor_key.json"] = _dump(
+        {
+            "warning": "TEST KEYS ONLY: published in the repository; never use them for "
+            "anything real",
+            "vendor": {
+                "key_id": VENDOR_ID.hex(),
+                "x25519_private": x25519_raw_private(VENDOR).hex(),
+                "x25519_public": x25519_raw_public(VENDOR.public_key()).hex(),
+            },
+            "other_vendor": {
+                "key_id": OTHER_VENDOR_ID.hex(),
+                "x25519_private": x25519_raw_private(OTHER_VENDOR).hex(),
+                "x25519_public": x25519_raw_public(OTHER_VENDOR.public_key()).hex(),
+            },
+            "verify_with": "vendor (a map {key_id: private key} holding only it)",
+        }
+    )
+
+    # minimal: the example of docs/spec/ledger.md and docs/spec/report.md.
+    m = new_ledger(tmp / "minimal", seed=7)
+    m.add(
+        RecordType.USAGE,
+        {"m": "solver-runs", "a": 5, "c": "ws-17", "l": LICENSE_ID, "k": "req-0001"},
+    )
+    m.add(
+        RecordType.SEAT_CHECKOUT,
+        {"i": "lease-1", "f": "cad", "c": "ws-17", "l": LICENSE_ID, "e": 1_767_225_662},
+    )
+    v.files["valid/minimal.mbl"] = (m.directory / "ledger.mbl").read_bytes()
+    v.valid(
+        "minimal",
+        "EPOCH, GENESIS, one USAGE and one SEAT_CHECKOUT: the example of the specs",
+        m.export(),
+        m,
+    )
+    m.writer.close()
+
+    # full: every record type a server writes, epoch rolls, checkpoints, a clock
+    # step, a clean shutdown, a reboot and a BOOT.
+    config = LedgerConfig(epoch_max_records=6, checkpoint_every=5)
+    f = new_ledger(tmp / "full", seed=11, config=config)
+    f.add(RecordType.LICENSE_INSTALLED, {"l": LICENSE_ID})
+    f.usage(3)
+    f.add(RecordType.SEAT_CHECKOUT, {"i": "lease-1", "f": "cad", "c": "ws-1", "l": LICENSE_ID})
+    f.add(RecordType.SEAT_RENEW, {"i": "lease-1", "e": 1_767_225_700})
+    f.add(RecordType.SEAT_DENIED, {"f": "cad", "c": "ws-2"})
+    f.add(RecordType.SEAT_RELEASE, {"i": "lease-1"})
+    f.add(RecordType.SEAT_CHECKOUT, {"i": "lease-2", "f": "cad", "c": "ws-2", "l": LICENSE_ID})
+    f.add(RecordType.SEAT_EXPIRE, {"i": "lease-2"}, step_ms=90_000)
+    f.add(RecordType.USAGE_DECREMENT, {"m": "solver-runs", "a": 2, "c": "ws-1", "l": LICENSE_ID})
+    f.add(RecordType.USAGE_DENIED, {"m": "solver-runs", "a": 5000, "c": "ws-1", "l": LICENSE_ID})
+    f.add(RecordType.HEARTBEAT, {})
+    f.clock.step_wall(-3_600_000)  # the admin sets the wall clock back one hour
+    f.add(RecordType.HEARTBEAT, {})
+    f.add(RecordType.TOPUP_IMPORTED, {"t": "top_00112233445566cc", "m": "solver-runs", "a": 500})
+    f.add(RecordType.RECEIPT_IMPORTED, {"r": "rcpt_00112233445566dd", "s": 3})
+    f.writer.close()
+    f.reopen(seed=111, boot=b"\x02" * 16)
+    f.usage(2, start=3)
+    full = v.valid(
+        "full",
+        "every server record type, epoch rolls, checkpoints, a CLOCK_STEP, SHUTDOWN, "
+        "a reboot and BOOT",
+        f.export(),
+        f,
+    )
+    # continued: after the receipt for 'full' the server compacts what it covers
+    # (down to an epoch boundary) and keeps going; the next report starts at
+    # base_seq > 0 and is anchored on what 'full' acknowledged.
+    assert full.head is not None
+    removed = f.writer.compact(full.head)
+    assert removed > 0, "compaction removed nothing"
+    f.usage(4, start=5)
+    known_full = known_from(full)
+    continued = f.export(acked=full.head)
+    v.valid(
+        "continued",
+        "the next report of the 'full' ledger after compaction (base_seq > 0), verified "
+        "against what 'full' acknowledged",
+        continued,
+        f,
+        known_full,
+    )
+    v.invalid(
+        "continued-unanchored",
+        "the 'continued' report verified with no acknowledged state: a warning only",
+        continued,
+        {F.LEDGER_UNANCHORED},
+    )
+    f.writer.close()
+
+    # usage: six usage records; the source of the tampered vectors below.
+    u = new_ledger(tmp / "usage", seed=7)
+    u.usage(6)
+    base = u.export()
+    v.valid("usage", "EPOCH, GENESIS and six USAGE records (seq 0..7)", base, u)
+    key = u.writer.instance_key
+    parts = split(base)
+
+    flipped = bytearray(base)
+    flipped[frame_start(base, 3) + 2 + 30 + 1] ^= 0x01
+    v.invalid(
+        "flipped-byte",
+        "one bit of record 3's ciphertext flipped; the file is not re-signed",
+        bytes(flipped),
+        {F.RECORD_UNAUTHENTIC, F.REPORT_SIGNATURE_INVALID, F.LEDGER_HEAD_MISMATCH},
+    )
+    v.invalid(
+        "deleted-record",
+        "record 4 removed; trailer and signature rebuilt with the instance key",
+        resign(Parts(0, parts.header, parts.frames[:4] + parts.frames[5:], parts.trailer), key),
+        {F.RECORD_MISSING},
+    )
+    v.invalid(
+        "duplicated-record",
+        "record 4 appears twice; trailer and signature rebuilt with the instance key",
+        resign(Parts(0, parts.header, parts.frames[:5] + parts.frames[4:], parts.trailer), key),
+        {F.RECORD_DUPLICATE},
+    )
+    swapped = list(parts.frames)
+    swapped[3], swapped[4] = swapped[4], swapped[3]
+    v.invalid(
+        "swapped-records",
+        "records 3 and 4 swapped; trailer and signature rebuilt with the instance key",
+        resign(Parts(0, parts.header, swapped, parts.trailer), key),
+        {F.RECORD_OUT_OF_ORDER},
+    )
+    v.invalid(
+        "truncated-file",
+        "the file cut in the middle of record 5",
+        base[: frame_start(base, 5) + 20],
+        {F.REPORT_TRUNCATED},
+    )
+    v.invalid(
+        "truncated-resigned",
+        "the last two records removed, frames_len fixed and re-signed, but the trailer "
+        "still claims the original head",
+        resign(Parts(0, parts.header, parts.frames[:-2], parts.trailer), key, fix_trailer=False),
+        {F.LEDGER_TRUNCATED},
+    )
+
+    # Another instance of the same vendor; its first epoch rolls at seq 8, right
+    # after the last record of 'usage', so its second epoch lines up for a splice.
+    other = new_ledger(tmp / "other", seed=2, config=LedgerConfig(epoch_max_records=7))
+    other.usage(10)
+    other_parts = split(other.export())
+    v.invalid(
+        "spliced-record",
+        "record 4 replaced by record 4 of another ledger of the same vendor; re-signed",
+        resign(
+            Parts(
+                0,
+                parts.header,
+                parts.frames[:4] + [other_parts.frames[4]] + parts.frames[5:],
+                parts.trailer,
+            ),
+            key,
+        ),
+        {F.RECORD_UNAUTHENTIC},
+    )
+    other_epoch1 = [fr for fr in other_parts.frames if struct.unpack_from(">Q", fr, 8)[0] >= 8]
+    assert other_epoch1[0][3] == RecordType.EPOCH
+    v.invalid(
+        "spliced-epoch",
+        "another ledger's epoch 1 (seq 8 on) appended after record 7; re-signed",
+        resign(Parts(0, parts.header, parts.frames + other_epoch1, parts.trailer), key),
+        {F.EPOCH_FOREIGN},
+    )
+    other.writer.close()
+
+    head = u.writer.head
+    forger = Sealer(
+        instance_id=u.writer.instance_id,
+        vendor_key=VENDOR.public_key(),
+        vendor_key_id=VENDOR_ID,
+        chain_key=b"\x42" * KEY_LEN,
+        epoch=u.writer.epoch + 1,
+        next_seq=head.seq + 1,
+        head_hash=head.hash,
+        random=counter_random(4242),
+    )
+    forged = [forger.begin_epoch(boot_id=b"\x01" * 16, wall_ms=1, mono_ms=1, first=True)]
+    forged.append(
+        forger.seal(
+            RecordType.USAGE,
+            {"m": "solver-runs", "a": -1_000_000, "c": "ws-0", "l": LICENSE_ID},
+            wall_ms=2,
+            mono_ms=2,
+        )
+    )
+    v.invalid(
+        "forged-epoch",
+        "an epoch 1 made with only the vendor's public key and a chain key of the "
+        "forger's choosing, appended with one USAGE record; re-signed",
+        resign(Parts(0, parts.header, parts.frames + forged, parts.trailer), key),
+        {F.EPOCH_FORGED},
+    )
+
+    bad_version = bytearray(base)
+    bad_version[4] = 2
+    v.invalid(
+        "unknown-report-version",
+        "report version byte set to 2",
+        bytes(bad_version),
+        {F.REPORT_UNKNOWN_VERSION},
+    )
+    record_version = bytearray(parts.frames[3])
+    record_version[2] = 9
+    v.invalid(
+        "unknown-record-version",
+        "record 3's version byte set to 9; re-signed",
+        resign(
+            Parts(
+                0,
+                parts.header,
+                parts.frames[:3] + [bytes(record_version)] + parts.frames[4:],
+                parts.trailer,
+            ),
+            key,
+        ),
+        {F.RECORD_UNKNOWN_VERSION, F.RECORD_MISSING},
+    )
+
+    # rollback: an old report submitted after the vendor acknowledged a newer one.
+    u.usage(3, start=6)
+    later = verify(u.export(), None)[0]
+    v.invalid(
+        "rollback-replayed-old-report",
+        "the 'usage' report verified against a later acknowledged head (seq 10)",
+        base,
+        {F.LEDGER_ROLLBACK},
+        known_from(later),
+    )
+    u.writer.close()
+
+    o = new_ledger(tmp / "othervendor", seed=5, vendor=OTHER_VENDOR)
+    o.usage(2)
+    v.invalid(
+        "other-vendor",
+        "a ledger sealed to another vendor's key (other_vendor in vendor_key.json)",
+        o.export(),
+        {F.REPORT_WRONG_VENDOR_KEY},
+    )
+    o.writer.close()
+
+    # fork: a snapshot of the data directory is taken; the vendor later acknowledges
+    # a head past it; the customer restores the snapshot and keeps going, so the
+    # record at the acknowledged seq differs from the acknowledged one.
+    k = new_ledger(tmp / "fork", seed=9)
+    k.usage(3)
+    snapshot = tmp / "fork-snapshot"
+    shutil.copytree(k.directory, snapshot)
+    k.usage(5, start=3)
+    acked = verify(k.export(), None)[0]
+    k.writer.close()
+    restored = Ledger(k.writer, k.clock, snapshot)
+    restored.reopen(seed=92)
+    restored.usage(20, start=100)
+    v.invalid(
+        "fork-restored-snapshot",
+        "a snapshot older than the acknowledged head restored and extended past it",
+        restored.export(),
+        {F.LEDGER_FORK},
+        known_from(acked),
+    )
+    restored.writer.close()
+
+    # recovered: a torn tail is cut on restart and recorded; a warning only.
+    t = new_ledger(tmp / "torn", seed=13)
+    t.usage(2)
+    t.writer.close()
+    with open(t.directory / "ledger.mbl", "ab") as fh:
+        fh.write(b"\x00\x60" + b"\xaa" * 20)  # a frame whose body never reached the disk
+    t.reopen(seed=131)
+    t.usage(1, start=2)
+    v.invalid(
+        "recovered-torn-tail",
+        "22 bytes of torn tail cut on restart; the RECOVERY record is reported",
+        t.export(),
+        {F.LEDGER_RECOVERED},
+    )
+    t.writer.close()
+    return dict(sorted(v.files.items()))
+
+
+def write(out: Path) -> None:
+    files = build()
+    for sub in ("valid", "invalid"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    for name, data in files.items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "vectors" / "ledger")
+    args = parser.parse_args()
+    write(args.out)
+    print(f"wrote ledger vectors to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
