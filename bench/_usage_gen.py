@@ -211,7 +211,12 @@ class Sim:
                     self.leases.append(lease)
                     self.write(
                         RecordType.SEAT_CHECKOUT,
-                        {"i": lease, "f": "cad", "c": f"host-{self.n_lease % 37}", "l": self.license_id},
+                        {
+                            "i": lease,
+                            "f": "cad",
+                            "c": f"host-{self.n_lease % 37}",
+                            "l": self.license_id,
+                        },
                     )
                 elif self.leases:
                     lease = self.leases.pop(int(self.rng.integers(len(self.leases))))

@@ -126,9 +126,7 @@ def evaluate(
                     n += 1
                     run_root = root / f"r{n}"
                     run_root.mkdir()
-                    out = run_history(
-                        run_root, prof, seed * 1000 + ci, weeks=weeks, attack=attack
-                    )
+                    out = run_history(run_root, prof, seed * 1000 + ci, weeks=weeks, attack=attack)
                     score_outcome(out, tally)
                     if progress:
                         print(f"seed {seed} {prof.name} {attack or 'clean'}", file=sys.stderr)

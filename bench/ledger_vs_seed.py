@@ -24,11 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 sys.path.insert(0, str(Path(__file__).parent))
-from seed_scheme import SeedUsageFile, decode_all  # noqa: E402
-
-from meterbox.clock import SystemClock  # noqa: E402
-from meterbox.crypto import key_id, x25519_raw_public  # noqa: E402
-from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier, export_report  # noqa: E402
+from meterbox.clock import SystemClock
+from meterbox.crypto import key_id, x25519_raw_public
+from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier, export_report
+from seed_scheme import SeedUsageFile, decode_all
 
 UPDATE = {"solver-runs": 3}
 PAYLOAD = {
