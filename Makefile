@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit env clean bench
+.PHONY: demo test lint types unit env clean bench sysdeps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,11 @@ types: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint types unit
+# System packages (PostgreSQL server, Debian chromium) for the integration and browser tests.
+sysdeps:
+	bash scripts/install-system-deps.sh
+
+test: sysdeps lint types unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
