@@ -277,7 +277,8 @@ def issue_command(
     product: Annotated[str, typer.Option(help="Product name.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="License file to write.")],
     seats: Annotated[
-        list[str] | None, typer.Option("--seats", help="FEATURE=N or FEATURE=N+OVERDRAFT, repeatable.")
+        list[str] | None,
+        typer.Option("--seats", help="FEATURE=N or FEATURE=N+OVERDRAFT, repeatable."),
     ] = None,
     lease: Annotated[
         int, typer.Option("--lease", help="Lease length in seconds for every feature.")
