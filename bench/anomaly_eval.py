@@ -29,9 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _usage_gen import ATTACKS, Outcome, profiles, run_history  # noqa: E402
-
-from meterbox.vendor.anomaly import Anomaly, InstanceHistory, detect  # noqa: E402
+from _usage_gen import ATTACKS, Outcome, profiles, run_history
+from meterbox.vendor.anomaly import Anomaly, InstanceHistory, detect
 
 HELD_OUT_SEED_BASE = 1000
 

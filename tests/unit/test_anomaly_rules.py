@@ -1,0 +1,316 @@
+"""Every rule detector: one case that must fire and one that must not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from meterbox.vendor.anomaly import Event, InstanceHistory, ReportView, Thresholds
+from meterbox.vendor.anomaly import _rules as R
+
+T0 = 1_767_571_200_000  # Monday 00:00 UTC
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+TH = Thresholds()
+
+
+class Builder:
+    """Writes events as a steady server would: heartbeats every 10 minutes."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.wall = T0
+        self.mono = 1_000
+        self.events: list[Event] = []
+
+    def add(self, kind: str, **kw: object) -> Event:
+        e = Event(self.seq, kind, self.wall, self.mono, **kw)  # type: ignore[arg-type]
+        self.seq += 1
+        self.events.append(e)
+        return e
+
+    def run(self, ms: int, *, seats: int = 0, usage_every: int = 0) -> None:
+        """Let ``ms`` pass with heartbeats; usage every ``usage_every`` ms if set."""
+        end = self.wall + ms
+        nxt_use = self.wall + usage_every if usage_every else None
+        while self.wall < end:
+            step = 10 * MIN
+            if nxt_use is not None and nxt_use < self.wall + step:
+                step = max(1, nxt_use - self.wall)
+            self.tick(min(step, end - self.wall))
+            if nxt_use is not None and self.wall >= nxt_use:
+                self.add("usage", amount=5)
+                nxt_use += usage_every
+            else:
+                self.add("heartbeat", in_use=seats)
+
+    def tick(self, ms: int) -> None:
+        self.wall += ms
+        self.mono += ms
+
+    def report(self, received: int | None = None, created: int | None = None) -> ReportView:
+        evs, self.events = tuple(self.events), []
+        rec = received if received is not None else self.wall + 30 * MIN
+        return ReportView(
+            f"r{evs[0].seq if evs else 0}",
+            created if created is not None else self.wall,
+            rec,
+            evs[0].seq if evs else 0,
+            evs[-1].seq if evs else 0,
+            evs,
+        )
+
+
+def history(reports: Iterable[ReportView], every: int | None = None) -> InstanceHistory:
+    return InstanceHistory("inst-a", "lic-1", "acme", every, 0, tuple(reports))
+
+
+def week_with_seats(b: Builder, *, usage_every: int = 15 * MIN, seats: int = 2) -> ReportView:
+    """A week where ``seats`` leases stay open and usage flows steadily."""
+    for i in range(seats):
+        b.add("seat.checkout", lease=f"w{b.seq}-{i}")
+    b.run(7 * DAY, seats=seats, usage_every=usage_every)
+    leases = [e.lease for e in b.events if e.kind == "seat.checkout"]
+    for lease in leases:
+        b.add("seat.release", lease=lease)
+    return b.report()
+
+
+def codes(found: list[R.Anomaly]) -> set[str]:
+    return {a.code for a in found}
+
+
+# ------------------------------------------------------------ heartbeat gaps
+def test_silence_of_a_running_server_is_a_heartbeat_gap() -> None:
+    b = Builder()
+    b.add("seat.checkout", lease="x")
+    b.run(2 * HOUR, seats=1)
+    b.tick(3 * HOUR)  # nothing written for three hours, same boot
+    b.add("heartbeat", in_use=1)
+    found = R.heartbeat_gaps(history([b.report()]), TH)
+    assert codes(found) == {R.HEARTBEAT_GAP}
+    assert "3.0 hours" in found[0].message
+
+
+def test_clean_shutdown_and_steady_heartbeats_are_not_gaps() -> None:
+    b = Builder()
+    b.add("seat.checkout", lease="x")
+    b.run(2 * HOUR, seats=1)
+    b.add("shutdown")
+    b.tick(5 * HOUR)
+    b.mono = 1_000
+    b.add("boot")
+    b.run(HOUR, seats=0)
+    assert R.heartbeat_gaps(history([b.report()]), TH) == []
+
+
+def test_restart_without_shutdown_while_seats_are_out_is_unclean_downtime() -> None:
+    b = Builder()
+    b.add("seat.checkout", lease="x")
+    b.run(HOUR, seats=1)
+    b.tick(2 * DAY)
+    b.mono = 1_000
+    b.add("boot")
+    assert codes(R.heartbeat_gaps(history([b.report()]), TH)) == {R.CRASH_GAP}
+
+
+def test_short_crash_or_crash_with_no_seats_is_not_unclean_downtime() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.tick(2 * DAY)
+    b.mono = 1_000
+    b.add("boot")
+    b.add("seat.checkout", lease="x")
+    b.tick(5 * MIN)
+    b.mono = 1_000
+    b.add("boot")
+    assert R.heartbeat_gaps(history([b.report()]), TH) == []
+
+
+def test_gap_across_the_report_boundary_is_seen() -> None:
+    b = Builder()
+    b.run(HOUR)
+    first = b.report()
+    b.tick(4 * HOUR)
+    b.add("heartbeat", in_use=0)
+    assert codes(R.heartbeat_gaps(history([first, b.report()]), TH)) == {R.HEARTBEAT_GAP}
+
+
+# ------------------------------------------------------------- usage stopped
+def test_seats_out_without_usage_for_a_day_is_usage_stopped() -> None:
+    b = Builder()
+    past = [week_with_seats(b) for _ in range(3)]
+    b.add("seat.checkout", lease="y")
+    b.add("seat.checkout", lease="z")
+    b.run(DAY, seats=2)  # heartbeats only
+    b.run(6 * DAY, seats=2, usage_every=15 * MIN)
+    found = R.usage_stopped(history([*past, b.report()]), TH)
+    assert codes(found) == {R.USAGE_STOPPED}
+
+
+def test_usage_flowing_with_seats_out_is_not_usage_stopped() -> None:
+    b = Builder()
+    reports = [week_with_seats(b) for _ in range(4)]
+    assert R.usage_stopped(history(reports), TH) == []
+
+
+def test_usage_stopped_needs_history() -> None:
+    b = Builder()
+    b.add("seat.checkout", lease="y")
+    b.run(3 * DAY, seats=1)
+    assert R.usage_stopped(history([b.report()]), TH) == []
+
+
+# --------------------------------------------------------------- clock steps
+def test_recorded_clock_step_back_is_reported() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.wall -= 3 * DAY
+    b.add("clock.step", value_ms=-3 * DAY)
+    found = R.clock_steps(history([b.report()]), TH)
+    assert codes(found) == {R.CLOCK_STEPPED}
+    assert "back by 3.0 days" in found[0].message
+
+
+def test_no_clock_step_record_no_clock_step_finding() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.add("clock.step", value_ms=-1000)  # below the threshold: NTP slew territory
+    assert R.clock_steps(history([b.report()]), TH) == []
+
+
+def test_wall_and_monotonic_drifting_apart_without_step_record_is_divergence() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.wall += 2 * HOUR  # wall moved, monotonic did not, and nothing recorded it
+    b.add("heartbeat")
+    assert codes(R.clock_divergence(history([b.report()]), TH)) == {R.CLOCK_DIVERGENCE}
+
+
+def test_divergence_explained_by_a_step_record_or_a_boot_is_not_reported() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.wall += 2 * HOUR
+    b.add("clock.step", value_ms=2 * HOUR)
+    b.run(HOUR)
+    b.wall += DAY
+    b.mono = 1_000
+    b.add("boot")
+    b.run(HOUR)
+    assert R.clock_divergence(history([b.report()]), TH) == []
+
+
+def test_monotonic_time_going_back_without_a_boot_is_reported() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.mono -= 10 * MIN
+    b.add("heartbeat")
+    assert codes(R.clock_divergence(history([b.report()]), TH)) == {R.MONO_BACKWARDS}
+
+
+def test_restart_with_clock_behind_the_last_record_is_clock_back_across_boot() -> None:
+    b = Builder()
+    b.run(DAY)
+    first = b.report()
+    b.add("shutdown")
+    b.wall -= 10 * DAY
+    b.mono = 1_000
+    b.add("boot")
+    found = R.clock_back_across_boot(history([first, b.report()]), TH)
+    assert codes(found) == {R.CLOCK_BACK_ACROSS_BOOT}
+
+
+def test_restart_with_clock_later_than_before_is_fine() -> None:
+    b = Builder()
+    b.run(DAY)
+    b.add("shutdown")
+    b.wall += HOUR
+    b.mono = 1_000
+    b.add("boot")
+    assert R.clock_back_across_boot(history([b.report()]), TH) == []
+
+
+def test_report_dated_after_the_vendor_received_it_is_clock_ahead() -> None:
+    b = Builder()
+    b.run(HOUR)
+    report = b.report(received=b.wall - 2 * DAY)
+    assert codes(R.clock_vs_vendor(history([report]), TH)) == {R.CLOCK_AHEAD_OF_VENDOR}
+
+
+def test_records_older_than_an_imported_receipt_are_clock_behind() -> None:
+    b = Builder()
+    b.run(HOUR)
+    vendor_time = b.wall + 5 * DAY  # the receipt says the vendor saw day 5 ...
+    b.add("receipt.imported", value_ms=vendor_time)  # ... but the local clock says day 0
+    assert codes(R.clock_vs_vendor(history([b.report()]), TH)) == {R.CLOCK_BEHIND_VENDOR}
+
+
+def test_times_consistent_with_the_vendor_are_fine() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.add("receipt.imported", value_ms=b.wall - HOUR)
+    b.run(HOUR)
+    assert R.clock_vs_vendor(history([b.report()]), TH) == []
+
+
+# ------------------------------------------------------------- report timing
+def test_report_after_the_interval_is_late() -> None:
+    b = Builder()
+    b.run(HOUR)
+    first = b.report()
+    b.run(10 * DAY)
+    found = R.report_late(history([first, b.report()], every=7 * DAY), TH)
+    assert codes(found) == {R.REPORT_LATE}
+
+
+def test_report_within_the_interval_is_not_late_nor_without_an_interval() -> None:
+    b = Builder()
+    b.run(HOUR)
+    first = b.report()
+    b.run(6 * DAY)
+    second = b.report()
+    assert R.report_late(history([first, second], every=7 * DAY), TH) == []
+    assert R.report_late(history([first, second]), TH) == []
+
+
+# ----------------------------------------------------------------- usage rate
+def test_half_the_usage_per_seat_hour_is_out_of_line() -> None:
+    b = Builder()
+    past = [week_with_seats(b, usage_every=m * MIN) for m in (15, 14, 16, 15)]
+    now = week_with_seats(b, usage_every=30 * MIN)
+    found = R.usage_rate(history([*past, now]), TH)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "lower" in found[0].message
+
+
+def test_usage_rate_within_history_is_fine() -> None:
+    b = Builder()
+    reports = [week_with_seats(b, usage_every=m * MIN) for m in (15, 14, 16, 15, 16)]
+    assert R.usage_rate(history(reports), TH) == []
+
+
+# ---------------------------------------------------------------------- clones
+def test_second_instance_reporting_at_the_same_time_is_a_clone() -> None:
+    a, c = Builder(), Builder()
+    a.run(DAY)
+    c.run(DAY)
+    mine = history([a.report()])
+    other = InstanceHistory("inst-b", "lic-1", "acme", None, 0, (c.report(),))
+    assert codes(R.clones(mine, [other], TH)) == {R.CLONE}
+
+
+def test_instance_of_another_license_or_an_earlier_replaced_server_is_no_clone() -> None:
+    old, new = Builder(), Builder()
+    old.run(DAY)
+    old_h = InstanceHistory("inst-old", "lic-1", "acme", None, 0, (old.report(),))
+    new.wall += 10 * DAY
+    new.run(DAY)
+    mine = history([new.report()])
+    other_license = InstanceHistory("inst-c", "lic-2", "acme", None, 0, mine.reports)
+    assert R.clones(mine, [old_h, other_license], TH) == []
+
+
+def test_run_rules_collects_every_rule_and_is_quiet_on_a_steady_history() -> None:
+    b = Builder()
+    reports = [week_with_seats(b) for _ in range(5)]
+    assert R.run_rules(history(reports, every=7 * DAY)) == []
