@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from meterbox.clock import Clock
 
 from .app import Limits, create_app
+from .cryptolens import mount_cryptolens
 from .instance import ServerInstance, read_admin_token
 from .service import LicenseService, Settings
 
@@ -50,4 +51,10 @@ def build_app(
         export_report=export_handler,
         import_file=import_handler,
     )
+    try:
+        # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.
+        app = mount_cryptolens(app, instance)
+    except BaseException:
+        instance.close()
+        raise
     return BuiltApp(app, instance)
