@@ -1,0 +1,215 @@
+"""Billing core: exact units, prepaid, overage and hourly seat peaks from plain rows."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meterbox.errors import ConfigError
+from meterbox.vendor.billing import (
+    HOUR_MS,
+    FindingIn,
+    LicenseTerms,
+    MeterTerms,
+    Period,
+    SeatEventIn,
+    TopupIn,
+    build_statement,
+    meter_lines,
+)
+
+JAN = Period(2026, 1)
+T = JAN.start_ms
+ACME = LicenseTerms(
+    "lic_a",
+    "ACME",
+    {
+        "runs": MeterTerms(1000, "month"),
+        "exports": MeterTerms(50, "total"),
+        "views": MeterTerms(None, "total"),
+    },
+)
+
+
+def _line(lines: list, meter: str):  # type: ignore[no-untyped-def]
+    return next(x for x in lines if x.meter == meter)
+
+
+def test_period_bounds_and_parsing() -> None:
+    assert Period.parse("2026-12").end_ms == Period(2027, 1).start_ms
+    assert JAN.end_ms - JAN.start_ms == 31 * 24 * HOUR_MS
+    for bad in ("2026-13", "2026-1", "26-01", "2026-00", "x"):
+        with pytest.raises(ConfigError):
+            Period.parse(bad)
+
+
+def test_monthly_meter_overage_is_exact() -> None:
+    lines = meter_lines(JAN, [ACME], {("lic_a", "runs"): 1234}, {}, [])
+    runs = _line(lines, "runs")
+    assert (runs.used, runs.prepaid, runs.overage) == (1234, 1000, 234)
+
+
+def test_monthly_meter_topup_in_period_raises_prepaid() -> None:
+    topups = [
+        TopupIn("lic_a", "runs", 200, T + 5),
+        TopupIn("lic_a", "runs", 999, T - 5),  # last month's top-up does not count
+    ]
+    runs = _line(meter_lines(JAN, [ACME], {("lic_a", "runs"): 1234}, {}, topups), "runs")
+    assert (runs.prepaid, runs.overage) == (1200, 34)
+
+
+def test_total_meter_bills_only_overage_accrued_in_the_period() -> None:
+    topups = [TopupIn("lic_a", "exports", 10, T - 1000)]
+    lines = meter_lines(JAN, [ACME], {("lic_a", "exports"): 30}, {("lic_a", "exports"): 40}, topups)
+    ex = _line(lines, "exports")
+    # prepaid 60; 40 used before (no overage yet), 70 to date: 10 over, all of it new.
+    assert (ex.used, ex.prepaid, ex.used_to_date, ex.overage_to_date, ex.overage) == (
+        30,
+        60,
+        70,
+        10,
+        10,
+    )
+    feb = meter_lines(
+        Period(2026, 2), [ACME], {("lic_a", "exports"): 5}, {("lic_a", "exports"): 70}, topups
+    )
+    assert (_line(feb, "exports").overage, _line(feb, "exports").overage_to_date) == (5, 15)
+
+
+def test_unlimited_meter_and_decrements() -> None:
+    lines = meter_lines(JAN, [ACME], {("lic_a", "views"): 10**15, ("lic_a", "runs"): -5}, {}, [])
+    assert (_line(lines, "views").prepaid, _line(lines, "views").overage) == (None, 0)
+    assert (_line(lines, "runs").used, _line(lines, "runs").overage) == (-5, 0)
+
+
+def test_meter_used_but_not_licensed_is_all_overage() -> None:
+    lines = meter_lines(JAN, [ACME], {("lic_a", "ghost"): 7}, {}, [])
+    assert (_line(lines, "ghost").prepaid, _line(lines, "ghost").overage) == (0, 7)
+
+
+def _seat(inst: str, seq: int, ts: int, kind: str, lease: str, feature: str = "cad") -> SeatEventIn:
+    return SeatEventIn(inst, seq, "lic_a", feature, ts, kind, lease)
+
+
+def test_peak_seats_per_hour_across_instances_and_carried_leases() -> None:
+    h = HOUR_MS
+    events = [
+        _seat("i1", 1, T + 10, "checkout", "a"),
+        _seat("i1", 2, T + 20, "checkout", "b"),
+        _seat("i1", 3, T + 30, "release", "a"),
+        _seat("i2", 1, T + 25, "checkout", "c"),  # peak 3 at T+25
+        _seat("i2", 2, T + 2 * h + 5, "expire", "c"),
+        _seat("i1", 4, T + 3 * h, "renew", "b"),
+        _seat("i1", 5, T + 3 * h + 1, "release", "b"),
+        _seat("i1", 6, T + 3 * h + 2, "denied", "-"),
+    ]
+    st_ = build_statement(JAN, [ACME], {}, {}, [], events)
+    assert [(s.hour, s.peak) for s in st_.seats] == [
+        ("2026-01-01T00:00Z", 3),
+        ("2026-01-01T01:00Z", 2),  # no event this hour: b and c still held
+        ("2026-01-01T02:00Z", 2),
+        ("2026-01-01T03:00Z", 1),
+    ]
+    assert st_.denials == {("lic_a", "cad"): 1}
+
+
+def test_leases_from_before_the_period_count_in_its_first_hour() -> None:
+    events = [_seat("i1", 1, T - 5 * HOUR_MS, "checkout", "a")]
+    st_ = build_statement(JAN, [ACME], {}, {}, [], events)
+    assert len(st_.seats) == 31 * 24
+    assert {s.peak for s in st_.seats} == {1}
+
+
+def test_statement_findings_and_formats() -> None:
+    f = FindingIn("d" * 64, "i1", ("lic_a",), "clock.wall_step", "warning", "moved", 7)
+    st_ = build_statement(JAN, [ACME], {("lic_a", "runs"): 1001}, {}, [], [], [f])
+    assert [(x.code, x.customer, x.seq) for x in st_.findings] == [("clock.wall_step", "ACME", 7)]
+    csv_text = st_.to_csv()
+    assert "2026-01,ACME,lic_a,runs,month,1001,1000,1,," in csv_text.splitlines()
+    data = st_.to_json()
+    assert data["period"] == "2026-01"
+    assert {m["meter"] for m in data["meters"]} == {"runs", "exports", "views"}
+
+
+usage_maps = st.dictionaries(
+    st.sampled_from(["runs", "exports", "views", "ghost"]),
+    st.integers(min_value=-(10**6), max_value=10**12),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    usage_maps,
+    usage_maps,
+    st.lists(
+        st.tuples(
+            st.sampled_from(["runs", "exports"]),
+            st.integers(min_value=1, max_value=10**9),
+            st.integers(min_value=T - 10**10, max_value=JAN.end_ms + 10**9),
+        ),
+        max_size=5,
+    ),
+)
+def test_property_overage_never_negative_and_consistent(
+    period_use: dict[str, int], before_use: dict[str, int], raw_topups: list[tuple[str, int, int]]
+) -> None:
+    used = {("lic_a", m): v for m, v in period_use.items()}
+    before = {("lic_a", m): v for m, v in before_use.items()}
+    topups = [TopupIn("lic_a", m, u, ts) for m, u, ts in raw_topups]
+    lines = meter_lines(JAN, [ACME], used, before, topups)
+    assert {x.meter for x in lines} == set(ACME.meters) | set(period_use)
+    for x in lines:
+        assert x.overage >= 0
+        assert x.used == period_use.get(x.meter, 0)
+        if x.prepaid is None:
+            assert x.overage == 0
+            continue
+        if x.period_kind == "month":
+            assert x.overage == max(0, x.used - x.prepaid)
+            assert x.overage <= max(0, x.used)
+        else:
+            assert x.used_to_date == before_use.get(x.meter, 0) + x.used
+            assert x.overage_to_date == max(0, x.used_to_date - x.prepaid)
+            # The period never bills more than it used, nor more than the total overage.
+            assert x.overage <= max(0, x.used)
+            assert x.overage <= x.overage_to_date
+    # The statement's total overage equals an independent computation from the inputs.
+    expected = 0
+    for meter in set(ACME.meters) | set(period_use):
+        terms = ACME.meters.get(meter, MeterTerms(0, "total"))
+        if terms.limit is None:
+            continue
+        use, prior = period_use.get(meter, 0), before_use.get(meter, 0)
+        if terms.period == "month":
+            extra = sum(u for m, u, ts in raw_topups if m == meter and T <= ts < JAN.end_ms)
+            expected += max(0, use - terms.limit - extra)
+        else:
+            prepaid = terms.limit + sum(
+                u for m, u, ts in raw_topups if m == meter and ts < JAN.end_ms
+            )
+            expected += max(0, prior + use - prepaid) - max(0, prior - prepaid)
+    assert sum(x.overage for x in lines) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["i1", "i2"]), st.booleans(), st.integers(0, 30 * HOUR_MS)),
+        max_size=30,
+    )
+)
+def test_property_peaks_bounded_by_checkouts(ops: list[tuple[str, bool, int]]) -> None:
+    events = []
+    open_: dict[str, list[str]] = {"i1": [], "i2": []}
+    for n, (inst, checkout, offset) in enumerate(ops):
+        if checkout or not open_[inst]:
+            lease = f"{inst}-{n}"
+            open_[inst].append(lease)
+            events.append(_seat(inst, n, T + offset, "checkout", lease))
+        else:
+            events.append(_seat(inst, n, T + offset, "release", open_[inst].pop(0)))
+    st_ = build_statement(JAN, [ACME], {}, {}, [], events)
+    checkouts = sum(1 for e in events if e.kind == "checkout")
+    for s in st_.seats:
+        assert 1 <= s.peak <= checkouts
