@@ -188,7 +188,8 @@ def test_property_overage_never_negative_and_consistent(
             prepaid = terms.limit + sum(
                 u for m, u, ts in raw_topups if m == meter and ts < JAN.end_ms
             )
-            expected += max(0, prior + use - prepaid) - max(0, prior - prepaid)
+            # A refund after overage was billed is no credit here: it lowers overage_to_date.
+            expected += max(0, max(0, prior + use - prepaid) - max(0, prior - prepaid))
     assert sum(x.overage for x in lines) == expected
 
 
