@@ -1,0 +1,120 @@
+"""Time `ingest` of a 1,000,000-record report into a fresh SQLite store.
+
+Builds one ledger (group commit: many futures submitted at once, manual clock),
+exports it once, then ingests it N times, each into a new vendor store, and prints
+the median time and records per second.
+
+    .venv/bin/python bench/ingest_1m.py [--records 1000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from meterbox.clock import ManualClock
+from meterbox.ledger import LedgerConfig, LedgerWriter, RecordType, export_report
+from meterbox.licenses import License, Meter
+from meterbox.vendor import keys as vendor_keys
+from meterbox.vendor.ingest import ingest
+from meterbox.vendor.store import DB_FILE, VendorStore
+
+SUBMIT_CHUNK = 50_000
+
+
+def build(root: Path, records: int) -> tuple[Path, Path, bytes]:
+    home = root / "vendor"
+    pair = vendor_keys.VendorKeyPair.from_raw(
+        bytes(range(32)), bytes(range(32, 64)), datetime(2025, 1, 1, tzinfo=UTC)
+    )
+    keys = vendor_keys.init(home, pair=pair)
+    lic = License(
+        license_id="lic_bench",
+        customer="Bench",
+        product="Solver",
+        issued=datetime(2025, 12, 1, tzinfo=UTC),
+        vendor_key_id=pair.key_id.hex(),
+        meters={"solver": Meter(None, "total")},
+    )
+    document = lic.sign(keys.signer())
+    clock = ManualClock(wall_ms=int(datetime(2026, 1, 5, tzinfo=UTC).timestamp() * 1000))
+    writer = LedgerWriter.create(
+        root / "ledger",
+        vendor_ledger_key=pair.ledger_private.public_key(),
+        vendor_key_id=pair.key_id,
+        clock=clock,
+        genesis={"l": ["lic_bench"]},
+        config=LedgerConfig(max_batch_records=SUBMIT_CHUNK),
+    )
+    done = 0
+    while done < records:
+        n = min(SUBMIT_CHUNK, records - done)
+        futures = [
+            writer.submit(
+                RecordType.USAGE,
+                {
+                    "m": "solver",
+                    "a": 1 + i % 7,
+                    "c": f"c{i % 16}",
+                    "l": "lic_bench",
+                    "k": f"{done + i:016x}",
+                },
+            )
+            for i in range(n)
+        ]
+        for f in futures:
+            f.result()
+        clock.advance(1000)
+        done += n
+    report = root / "report.mbr"
+    with report.open("wb") as out:
+        export_report(writer, out, clock=clock, licenses=[document], acked=None)
+    writer.close()
+    return home, report, document
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        home, report, document = build(root, args.records)
+        print(
+            f"built and exported {args.records:,} records in {time.perf_counter() - t0:.1f} s "
+            f"({report.stat().st_size / 1e6:.0f} MB)"
+        )
+        times: list[float] = []
+        for run in range(args.runs):
+            (home / DB_FILE).unlink(missing_ok=True)
+            for extra in ("-wal", "-shm"):
+                (home / (DB_FILE + extra)).unlink(missing_ok=True)
+            with VendorStore.open(None, home=home) as db:
+                lic = License.from_bytes(document, vendor_keys.VendorKeys.load(home).bundle)
+                db.add_license(lic, document)
+            shutil.rmtree(root / "receipts", ignore_errors=True)
+            t = time.perf_counter()
+            outcome = ingest(home, report, now=datetime(2026, 1, 20, tzinfo=UTC))
+            elapsed = time.perf_counter() - t
+            times.append(elapsed)
+            assert outcome.accepted, outcome.findings
+            print(
+                f"run {run + 1}: {elapsed:.2f} s, {outcome.new_records:,} records, "
+                f"status {outcome.status}, totals {dict(outcome.totals)}"
+            )
+        median = statistics.median(times)
+        print(
+            f"median of {args.runs}: {median:.2f} s for {args.records:,} records "
+            f"= {args.records / median:,.0f} records/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
