@@ -45,6 +45,9 @@ from meterbox.server.cryptolens import CRYPTOLENS_DB, EngineCryptolensBackend
 from meterbox.server.instance import ServerInstance, init_server
 from meterbox.server.runtime import BuiltApp, build_app
 from meterbox.vendor import keys as vendor_keys
+from meterbox.vendor.billing import Period, bill
+from meterbox.vendor.ingest import ingest
+from meterbox.vendor.store import VendorStore
 
 PRODUCT = 3349
 KEY = "ABCDE-FGHIJ-KLMNO-PQRST"
@@ -90,7 +93,11 @@ class Server:
             ),
         )
         lic_file = tmp / "acme.lic"
-        lic_file.write_bytes(self.license.sign(self.keys.signer()))
+        document = self.license.sign(self.keys.signer())
+        lic_file.write_bytes(document)
+        # Recorded in the vendor store as `meterbox vendor issue` does, so it is billed.
+        with VendorStore.open(home=self.home) as store:
+            store.add_license(self.license, document)
         init_server(
             self.data,
             vendor_pub=self.home / "vendor.pub",
@@ -459,7 +466,7 @@ def test_a_change_left_pending_by_a_crash_is_settled_from_the_engine_state(
 
 
 # -------------------------------------------------------- ledger and billing
-def test_usage_is_in_the_sealed_report_and_the_vendor_ingest(server: Server) -> None:
+def test_usage_is_in_the_sealed_report_the_vendor_ingest_and_the_bill(server: Server) -> None:
     assert _increment(3)[0] is not None
     assert _increment(4, object_id=8)[0] is not None
     assert _decrement(2)[0] is not None
@@ -483,14 +490,19 @@ def test_usage_is_in_the_sealed_report_and_the_vendor_ingest(server: Server) -> 
     ]
     seats = [(r.type, r.payload.get("c")) for r in records if r.type.name.startswith("SEAT_")]
     assert seats == [(RecordType.SEAT_CHECKOUT, "machine-a"), (RecordType.SEAT_RELEASE, None)]
-    # The vendor's ingest counts the same units: 3 + 4 - 2.
-    from meterbox.vendor.ingest import ingest
-
+    # The vendor's ingest counts the same units, 3 + 4 - 2, and so does the bill.
     path = server.data.parent / "report.mbr"
     path.write_bytes(report)
     outcome = ingest(server.home, path, receipt_out=server.data.parent / "receipt")
     assert outcome.accepted, outcome.findings
     assert dict(outcome.totals) == {"runs": 5}
+    month = datetime.fromtimestamp(
+        next(r.wall_ms for r in records if r.type == RecordType.USAGE) / 1000, UTC
+    )
+    statement = bill(server.home, Period(month.year, month.month))
+    assert [(m.license_id, m.meter, m.used, m.prepaid, m.overage) for m in statement.meters] == [
+        (lic, "runs", 5, 20, 0)
+    ]
 
 
 # ------------------------------------------------------------ malformed input
