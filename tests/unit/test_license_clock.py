@@ -1,0 +1,65 @@
+"""License clock: never backwards, keeps running when the wall clock is set back, flags steps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meterbox.server._clock import LicenseClock
+
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+def test_setting_the_wall_clock_back_does_not_turn_license_time_back() -> None:
+    c = LicenseClock(floor=T0)
+    assert c.observe(T0 + timedelta(hours=1), 100.0).now == T0 + timedelta(hours=1)
+    r = c.observe(T0 - timedelta(days=1), 110.0)
+    # License time goes on at the monotonic rate from where it was.
+    assert r.now == T0 + timedelta(hours=1, seconds=10)
+    assert r.step is not None and r.step.delta_seconds < -86_000
+
+
+def test_floor_from_a_receipt_raises_license_time() -> None:
+    c = LicenseClock(floor=T0)
+    c.raise_floor(T0 + timedelta(days=2))
+    assert c.observe(T0, 0.0).now == T0 + timedelta(days=2)
+    c.raise_floor(T0)  # lower floors change nothing
+    assert c.floor >= T0 + timedelta(days=2)
+
+
+def test_forward_step_beyond_threshold_is_reported_once() -> None:
+    c = LicenseClock(floor=T0, step_threshold=300)
+    c.observe(T0, 0.0)
+    assert c.observe(T0 + timedelta(seconds=60 + 299), 60.0).step is None
+    step = c.observe(T0 + timedelta(seconds=120 + 299 + 301), 120.0).step
+    assert step is not None and 300 < step.delta_seconds < 302
+    assert c.observe(T0 + timedelta(seconds=130 + 299 + 301), 130.0).step is None
+    assert set(step.payload()) == {"a", "b", "d"}
+
+
+def test_threshold_is_configurable() -> None:
+    c = LicenseClock(floor=T0, step_threshold=5)
+    c.observe(T0, 0.0)
+    assert c.observe(T0 + timedelta(seconds=16), 10.0).step is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(-(10**6), 10**6), st.floats(0, 1000), st.booleans()), max_size=40
+    )
+)
+def test_license_time_never_goes_backwards(steps: list[tuple[int, float, bool]]) -> None:
+    c = LicenseClock(floor=T0)
+    mono = 0.0
+    last = T0
+    for wall_offset, dt, floor in steps:
+        mono += dt
+        if floor:
+            c.raise_floor(T0 + timedelta(seconds=wall_offset))
+        now = c.observe(T0 + timedelta(seconds=wall_offset), mono).now
+        assert now >= last
+        assert now >= T0 + timedelta(seconds=wall_offset)
+        last = now
