@@ -67,3 +67,16 @@ def test_replayed_old_report_is_a_rollback(tmp_path: Path) -> None:
     newer = verify(export(built))
     assert F.LEDGER_ROLLBACK in verify(old, known=_known(newer)).codes
     built.writer.close()
+
+
+def test_uncompacted_report_resending_acknowledged_epochs_is_clean(tmp_path: Path) -> None:
+    from meterbox.ledger import LedgerConfig
+
+    built = make_ledger(tmp_path / "l", config=LedgerConfig(epoch_max_records=4))
+    add_usage(built, 15)  # several epochs
+    first = verify(export(built))
+    assert first.chain is not None
+    assert first.chain.epoch >= 3
+    add_usage(built, 5)
+    # Not compacted: the report starts again at genesis and resends acknowledged epochs.
+    assert verify(export(built), known=_known(first)).findings == []

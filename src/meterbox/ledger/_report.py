@@ -37,14 +37,14 @@ from meterbox.crypto import (
     sign,
     verify_signature,
 )
-from meterbox.errors import FormatError, MeterboxError, VerificationError
+from meterbox.errors import FormatError, MeterboxError, StateError, VerificationError
 from meterbox.ledger import _findings as F
 from meterbox.ledger._findings import Finding
 from meterbox.ledger._format import INSTANCE_ID_LEN, RecordType, chain
 from meterbox.ledger._frames import FrameReader, Record, open_record, parse_epoch, parse_header
 from meterbox.ledger._keys import open_chain_key, ratchet, record_key
 from meterbox.ledger._seal import Head
-from meterbox.ledger._writer import LedgerWriter
+from meterbox.ledger._writer import LedgerWriter, Snapshot
 
 REPORT_MAGIC: Final = b"MBXR"
 TRAILER_MAGIC: Final = b"MBXT"
@@ -79,10 +79,21 @@ def export_report(
     extra: Mapping[str, Any] | None = None,
 ) -> ExportInfo:
     """Write a signed report of every durable record in the ledger file."""
-    file_header, end, head = writer.durable_region()
-    from meterbox.ledger._format import FILE_HEADER_LEN
+    with writer.snapshot() as snap:
+        return _export(writer, snap, out, clock, licenses, acked, extra)
 
-    frames_len = end - FILE_HEADER_LEN
+
+def _export(
+    writer: LedgerWriter,
+    snap: Snapshot,
+    out: BinaryIO,
+    clock: Clock,
+    licenses: list[bytes],
+    acked: Head | None,
+    extra: Mapping[str, Any] | None,
+) -> ExportInfo:
+    file_header, head = snap.header, snap.head
+    frames_len = snap.frames_len
     header = {
         "v": REPORT_VERSION,
         "instance_id": writer.instance_id,
@@ -108,12 +119,16 @@ def export_report(
     packed = msgpack.packb(header, use_bin_type=True)
     emit(REPORT_MAGIC + bytes([REPORT_VERSION]) + _U32.pack(len(packed)) + packed)
     written = 0
-    for chunk in writer.read_durable():
-        take = chunk[: frames_len - written]
-        emit(take)
-        written += len(take)
-        if written >= frames_len:
-            break
+    for chunk in snap.chunks():
+        emit(chunk)
+        written += len(chunk)
+    if written != frames_len:
+        raise StateError(
+            "the ledger file is shorter than its durable length",
+            expected=f"{frames_len} bytes of records",
+            found=f"{written} bytes",
+            hint="the ledger file was changed behind the server's back",
+        )
     trailer = msgpack.packb(
         {
             "head_seq": head.seq,
@@ -303,6 +318,12 @@ class ReportVerifier:
                 found=f"{length} bytes",
             )
         header = _unpack_map(src.read_exact(length, "header"), "report header")
+        if header.get("v") != version:
+            raise FormatError(
+                "report header version does not match the file version",
+                expected=f"v = {version}",
+                found=f"v = {header.get('v')!r}",
+            )
         r = self.result
         try:
             r.instance_id = _bytes(header, "instance_id", INSTANCE_ID_LEN)
@@ -496,7 +517,7 @@ class ReportVerifier:
                     record.seq,
                 )
         elif record.type == RecordType.CHECKPOINT:
-            if p.get("s") != record.seq - 1 or p.get("h") != before:
+            if p.get("s") != record.seq - 1 or p.get("h") != before or p.get("e") != record.epoch:
                 self._find(
                     F.LEDGER_CHECKPOINT_MISMATCH,
                     "critical",
@@ -567,7 +588,14 @@ class ReportVerifier:
                     )
                 expected_key = ratchet(cur_chain, hdr.epoch - cur_epoch)
             elif anchor is not None:
-                expected_key = ratchet(anchor.key, hdr.epoch - anchor.epoch)
+                if hdr.epoch >= anchor.epoch:
+                    expected_key = ratchet(anchor.key, hdr.epoch - anchor.epoch)
+                elif not constant_time_equal(
+                    ratchet(chain_key, anchor.epoch - hdr.epoch), anchor.key
+                ):
+                    # An epoch the vendor already acknowledged, resent before compaction:
+                    # it must ratchet forward into the key the vendor holds.
+                    expected_key = b""
         except FormatError:
             expected_key = b""
         if expected_key is not None and not constant_time_equal(expected_key, chain_key):

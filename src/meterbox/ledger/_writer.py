@@ -134,6 +134,7 @@ class LedgerWriter:
         self.config = config
         self._queue: queue.Queue[Any] = queue.Queue()
         self._io_lock = threading.Lock()
+        self._compact_lock = threading.Lock()
         self._durable_head = sealer.head
         self._since_checkpoint = 0
         self._epoch_started_mono = clock.mono_ms()
@@ -193,7 +194,7 @@ class LedgerWriter:
         )
         from meterbox.crypto import ed25519_raw_public
 
-        genesis_payload = {"ik": ed25519_raw_public(instance_key.public_key()), **(genesis or {})}
+        genesis_payload = {**(genesis or {}), "ik": ed25519_raw_public(instance_key.public_key())}
         genesis_frame = sealer.seal(
             RecordType.GENESIS, genesis_payload, wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms()
         )
@@ -396,6 +397,7 @@ class LedgerWriter:
                 self._maybe_roll()
                 saved = _SealerState.save(self._sealer)
                 frames: list[bytes] = []
+                pending_bytes = 0
                 done: list[tuple[Future[Appended], Appended]] = []
                 frames.extend(self._clock_step_frames())
                 for rtype, payload, fut in batch:
@@ -416,9 +418,17 @@ class LedgerWriter:
                         )
                         continue
                     frames.append(data)
+                    pending_bytes += len(data)
                     head = self._sealer.head
                     done.append((fut, Appended(head.seq, head, wall)))
                     self._since_checkpoint += 1
+                    if pending_bytes >= self.config.max_batch_bytes:
+                        # Bound one write (and so what a torn tail can hold).
+                        self._write_frames(frames, saved)
+                        for f, appended in done:
+                            f.set_result(appended)
+                        frames, done, pending_bytes = [], [], 0
+                        saved = _SealerState.save(self._sealer)
                 if self._since_checkpoint >= self.config.checkpoint_every:
                     frames.append(self._checkpoint_frame())
                 self._write_frames(frames, saved)
@@ -509,21 +519,17 @@ class LedgerWriter:
         )
 
     # ------------------------------------------------------- reading, compaction
-    def durable_region(self) -> tuple[FileHeader, int, Head]:
-        """The file header, the durable end offset and head, consistent with each other."""
-        with self._io_lock:
-            return self.file_header, self._end, self._durable_head
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """A consistent view of the durable ledger: header, head and the frames' bytes.
 
-    def read_durable(self, chunk: int = 1 << 20) -> Iterator[bytes]:
-        """Stream the durable frames; holds the I/O lock so compaction cannot interleave."""
-        with self._io_lock:
-            pos, end = FILE_HEADER_LEN, self._end
-            while pos < end:
-                data = os.pread(self._fd, min(chunk, end - pos), pos)
-                if not data:
-                    break
-                pos += len(data)
-                yield data
+        Compaction is held off while the snapshot is open; appends go on (they only
+        write past the snapshot's end).
+        """
+        with self._compact_lock:
+            with self._io_lock:
+                snap = Snapshot(self.file_header, self._durable_head, self._fd, self._end)
+            yield snap
 
     def compact(self, acknowledged: Head) -> int:
         """Drop records the vendor has acknowledged; returns the bytes removed.
@@ -532,7 +538,7 @@ class LedgerWriter:
         so the next report opens with an EPOCH record. Verifies first that
         ``acknowledged`` is a point of this very ledger.
         """
-        with self._io_lock:
+        with self._compact_lock, self._io_lock:
             if acknowledged.seq > self._durable_head.seq:
                 raise VerificationError(
                     "receipt acknowledges records this ledger does not have",
@@ -594,6 +600,27 @@ class LedgerWriter:
                 found=point.hash.hex(),
                 hint="the receipt was issued for another server instance or a forked ledger",
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    header: FileHeader
+    head: Head
+    fd: int
+    end: int
+
+    @property
+    def frames_len(self) -> int:
+        return self.end - FILE_HEADER_LEN
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        pos = FILE_HEADER_LEN
+        while pos < self.end:
+            data = os.pread(self.fd, min(size, self.end - pos), pos)
+            if not data:
+                return
+            pos += len(data)
+            yield data
 
 
 @dataclass(frozen=True, slots=True)
