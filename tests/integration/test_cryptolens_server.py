@@ -20,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -335,6 +338,52 @@ def test_node_locked_activation_is_for_allowed_machines_only_and_consumes_nothin
     for code in ("machine-a", "machine-b"):
         assert server.activate(code)[0] is not None
     assert _mids(server.get_key()) == [NODE, "floating:machine-a", "floating:machine-b"]
+
+
+def test_the_sdk_works_against_meterbox_server_run_as_a_process(tmp_path: Path) -> None:
+    srv = Server(tmp_path)  # set up only: the server below is a real `meterbox server run`
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meterbox", "server", "run", "--data", str(srv.data)]
+            + ["--port", str(port), "--log-level", "warning"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    previous = HelperMethods.server_address
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        HelperMethods.server_address = f"http://127.0.0.1:{port}/API/"
+        license_key, message = srv.activate("machine-a")
+        assert license_key is not None, message
+        assert [m.Mid for m in license_key.activated_machines] == ["floating:machine-a"]
+        assert _increment(2)[0] is not None
+        reply, _ = Data.list_key_data_objects(TOKEN, PRODUCT, KEY)
+        assert [o["intValue"] for o in reply["dataObjects"]] == [2, 5]
+    finally:
+        HelperMethods.server_address = previous
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down gracefully.
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+    # What the process acknowledged is on disk: the next server sees it.
+    srv.start()
+    try:
+        assert srv.values() == {7: 2, 8: 5}
+        assert _mids(srv.get_key()) == ["floating:machine-a"]
+    finally:
+        srv.stop()
+        HelperMethods.server_address = previous
 
 
 # ----------------------------------------------------------------- data objects
