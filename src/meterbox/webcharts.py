@@ -65,6 +65,18 @@ def nice_max(value: float) -> float:
     return 10.0 ** (exp + 1)  # pragma: no cover - the loop always returns
 
 
+def tick_count(top: float, *, integer: bool = False) -> int:
+    """How many gridlines (including 0) give round steps up to a :func:`nice_max` top.
+
+    Tops led by 1 or 5 step in fifths, tops led by 2 in quarters; integer data with a
+    top of 1 or 2 steps by one, so a seat count never shows a fractional line.
+    """
+    if integer and top <= 2:
+        return int(top) + 1
+    lead = round(top / 10.0 ** math.floor(math.log10(top))) if top > 0 else 1
+    return 5 if lead == 2 else 6
+
+
 def _open(width: int, height: int, title: str, desc: str) -> list[str]:
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
@@ -95,8 +107,9 @@ def line_chart(
     width: int = 640,
     height: int = 260,
     ticks: int = 5,
+    integer: bool = True,
 ) -> str:
-    """Lines over a shared x axis; ``hline`` draws a labelled horizontal limit."""
+    """Lines over a shared x axis; ``hline`` draws a labelled limit; ``ticks`` x labels."""
     pts = [p for s in series for p in s.points]
     if not pts:
         return _empty(width, height, title)
@@ -106,6 +119,7 @@ def line_chart(
         x1 = x0 + 1
     top = max([p[1] for p in pts] + [hline[0] if hline else 0.0, y_max or 0.0])
     top = nice_max(top)
+    y_ticks = tick_count(top, integer=integer)
     plot_w = width - _PAD_LEFT - _PAD_RIGHT
     plot_h = height - _PAD_TOP - _PAD_BOTTOM
 
@@ -123,7 +137,7 @@ def line_chart(
     if hline is not None:
         summary += f"; {hline[1]}: {_number(hline[0])}"
     parts = _open(width, height, title, f"{title}. {summary}.")
-    parts.extend(_axes(width, height, top, ticks))
+    parts.extend(_axes(width, height, top, y_ticks))
     for i in range(ticks):
         x = x0 + (x1 - x0) * i / max(1, ticks - 1)
         anchor = "start" if i == 0 else "end" if i == ticks - 1 else "middle"
@@ -161,13 +175,14 @@ def bar_chart(
     title: str,
     width: int = 640,
     height: int = 220,
-    ticks: int = 5,
     max_labels: int = 8,
+    integer: bool = True,
 ) -> str:
     """Vertical bars, one per (label, value); at most ``max_labels`` labels are written."""
     if not bars:
         return _empty(width, height, title)
     top = nice_max(max(v for _, v in bars))
+    ticks = tick_count(top, integer=integer)
     plot_w = width - _PAD_LEFT - _PAD_RIGHT
     plot_h = height - _PAD_TOP - _PAD_BOTTOM
     slot = plot_w / len(bars)
@@ -252,22 +267,22 @@ def project_exhaustion(
 ) -> Projection:
     """Extrapolate the recent rate of a cumulative counter to the time it reaches ``limit``.
 
-    ``samples`` are (time, used so far) pairs of one period, in any order. The rate is
-    the least-squares slope over the samples in the last ``window`` before ``now``
-    (falling back to all samples when fewer than two are that recent), so one burst
-    does not dominate and a quiet week shows as a slow rate. A meter already at its
-    limit is exhausted at its first sample at or over the limit.
+    ``samples`` are (time, used so far) pairs of one period, in any order; samples after
+    ``now`` are ignored. The rate is the growth over the last ``window`` (or since the
+    first sample, if that is later) divided by its length: the counter's value at the
+    window's start is the last sample at or before it, so a quiet week shows as a slow
+    rate and one burst counts once. A meter already at its limit is exhausted at its
+    first sample at or over the limit.
     """
     pts = sorted((t, u) for t, u in samples if t <= now)
+    if not pts:
+        return Projection(0.0, None, False)
+    rate = recent_rate(pts, now, window)
     if limit is not None:
         over = [t for t, u in pts if u >= limit]
         if over:
-            return Projection(_slope(pts), over[0], True)
-    recent = [p for p in pts if p[0] >= now - window]
-    if len({t for t, _ in recent}) < 2:
-        recent = pts
-    rate = _slope(recent)
-    if limit is None or rate <= 0 or not pts:
+            return Projection(rate, over[0], True)
+    if limit is None or rate <= 0:
         return Projection(rate, None, False)
     last_t, last_u = pts[-1]
     days = (limit - last_u) / rate
@@ -276,19 +291,16 @@ def project_exhaustion(
     return Projection(rate, last_t + timedelta(days=days), False)
 
 
-def _slope(pts: Sequence[tuple[datetime, int]]) -> float:
-    """Least-squares units per day; 0 when fewer than two distinct times."""
-    if len({t for t, _ in pts}) < 2:
+def recent_rate(pts: Sequence[tuple[datetime, int]], now: datetime, window: timedelta) -> float:
+    """Units per day over ``[max(now - window, first sample), last sample]`` of sorted ``pts``."""
+    start = max(now - window, pts[0][0])
+    before = [u for t, u in pts if t <= start]
+    base = max(before) if before else pts[0][1]
+    last_t, last_u = pts[-1]
+    span = (last_t - start).total_seconds() / 86_400
+    if span <= 0:
         return 0.0
-    t0 = pts[0][0]
-    xs = [(t - t0).total_seconds() / 86_400 for t, _ in pts]
-    ys = [float(u) for _, u in pts]
-    mx = sum(xs) / len(xs)
-    my = sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        return 0.0
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return max(0.0, (last_u - base) / span)
 
 
 def daily_used(
@@ -364,5 +376,7 @@ __all__ = [
     "daily_used",
     "line_chart",
     "nice_max",
+    "tick_count",
     "project_exhaustion",
+    "recent_rate",
 ]
