@@ -18,10 +18,11 @@ Invariants:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from html import escape
+from html import escape as _html_escape
 from typing import Final
 
 #: Colours chosen for at least 4.5:1 contrast against white (WCAG AA for text).
@@ -41,6 +42,14 @@ class Series:
     name: str
     points: tuple[tuple[float, float], ...]
     dashed: bool = False
+
+
+_XML_INVALID: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def escape(text: str) -> str:
+    """Escape for XML text and attributes; drop characters XML 1.0 cannot carry at all."""
+    return _html_escape(_XML_INVALID.sub("", text))
 
 
 def _fmt(v: float) -> str:
