@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -109,6 +110,27 @@ def _setup_logging(level: str) -> dict[str, Any]:
     }
 
 
+class _GracefulServer:
+    """uvicorn's server, minus re-raising SIGTERM/SIGINT after the graceful shutdown.
+
+    uvicorn re-raises a captured signal once it has stopped serving, which would kill
+    the process before the ledger is closed (shutdown record, final sync). Here the
+    signal only asks for the graceful stop, and ``run`` returns normally.
+    """
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True
+                else:
+                    self.should_exit = True
+
+        return Server(config)
+
+
 @app.command()
 def run(
     data: DataOption,
@@ -154,7 +176,7 @@ def run(
         h11_max_incomplete_event_size=16 * 1024,
         limit_concurrency=1000,
     )
-    server = uvicorn.Server(uv_config)
+    server = _GracefulServer(uv_config)
     from .instance import RUN_FILE, write_run_file
 
     write_run_file(data, f"{scheme}://{host}:{port}")
@@ -290,7 +312,9 @@ def cryptolens_key(data: DataOption) -> None:
     from .instance import CRYPTOLENS_KEY
 
     with _errors():
-        out.print(CryptolensSigner.load(data / CRYPTOLENS_KEY).public_key_xml(), highlight=False)
+        key = CryptolensSigner.load(data / CRYPTOLENS_KEY).public_key_xml()
+    # Printed raw: a wrapped line would corrupt the key when pasted into an application.
+    sys.stdout.write(key + "\n")
 
 
 @app.command()

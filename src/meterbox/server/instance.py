@@ -8,6 +8,7 @@ Data directory layout (mode 0700)::
     DATA/vendor.pub       the vendor's public bundle
     DATA/admin.token      the admin bearer token (0600)
     DATA/cryptolens.pem   RSA-2048 key for the Cryptolens-compatible API (0600)
+    DATA/cryptolens.db    Cryptolens data-object values and node-locked activations
     DATA/run.json         address of the running server, while it runs
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
