@@ -11,12 +11,9 @@ from hypothesis import strategies as st
 
 from ledger_support import VENDOR, VENDOR_ID, export, make_ledger
 from meterbox.ledger import LedgerConfig, RecordType, ReportVerifier
+from meterbox.ledger._format import INTERNAL_TYPES
 
-SERVER_TYPES = [
-    t
-    for t in RecordType
-    if t not in {RecordType.EPOCH, RecordType.GENESIS, RecordType.CHECKPOINT, RecordType.RECOVERY}
-]
+SERVER_TYPES = [t for t in RecordType if t not in INTERNAL_TYPES]
 payloads = st.dictionaries(
     st.text(min_size=1, max_size=3),
     st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=40), st.binary(max_size=32)),
@@ -44,7 +41,7 @@ def test_random_event_sequences_round_trip(
     got = [
         (r.type, r.payload)
         for r, _ in verifier.records(io.BytesIO(data))
-        if r.type not in {RecordType.GENESIS, RecordType.CHECKPOINT}
+        if r.type not in INTERNAL_TYPES
     ]
     assert verifier.result.findings == []
     assert got == [(t, p) for t, p, _ in events]

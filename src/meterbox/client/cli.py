@@ -122,7 +122,7 @@ def release(
 
 
 @app.command()
-def record(  # noqa: PLR0917 - typer maps each parameter to an argument or option
+def record(
     meter: Annotated[str, typer.Argument(help="Meter name, e.g. solver-runs.")],
     amount: Annotated[int, typer.Argument(help="Units to record (positive integer).")] = 1,
     key: Annotated[

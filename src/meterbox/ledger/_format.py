@@ -93,8 +93,18 @@ _KINDS: Final = {
 }
 _BY_KIND: Final = {v: k for k, v in _KINDS.items()}
 #: Types a server may append; the rest are written by the ledger itself.
+#: Clock steps, boots and shutdowns are evidence the ledger gathers itself, so a server
+#: (or anything else holding the writer) cannot fabricate them.
 INTERNAL_TYPES: Final = frozenset(
-    {RecordType.EPOCH, RecordType.GENESIS, RecordType.CHECKPOINT, RecordType.RECOVERY}
+    {
+        RecordType.EPOCH,
+        RecordType.GENESIS,
+        RecordType.CHECKPOINT,
+        RecordType.RECOVERY,
+        RecordType.CLOCK_STEP,
+        RecordType.BOOT,
+        RecordType.SHUTDOWN,
+    }
 )
 
 

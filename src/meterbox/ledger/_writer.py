@@ -340,6 +340,9 @@ class LedgerWriter:
                 expected="a server event type",
                 found=rtype.name,
             )
+        return self._submit(rtype, payload)
+
+    def _submit(self, rtype: RecordType, payload: dict[str, Any]) -> Future[Appended]:
         fut: Future[Appended] = Future()
         if self._broken is not None:
             fut.set_exception(self._broken)
@@ -354,7 +357,7 @@ class LedgerWriter:
         """Write SHUTDOWN, sync, stop the committer and release the lock."""
         if self._thread.is_alive():
             if self._broken is None:
-                self.submit(RecordType.SHUTDOWN, shutdown_payload or {})
+                self._submit(RecordType.SHUTDOWN, shutdown_payload or {})
             self._queue.put(_STOP)
             self._thread.join()
         os.close(self._fd)

@@ -13,6 +13,7 @@ from meterbox.clock import Clock
 
 from .app import Limits, create_app
 from .cryptolens import mount_cryptolens
+from .dashboard import mount_dashboard
 from .instance import ServerInstance, read_admin_token
 from .service import LicenseService, Settings
 
@@ -54,6 +55,8 @@ def build_app(
     try:
         # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.
         app = mount_cryptolens(app, instance)
+        # The site admin dashboard answers /, /login, /logout and /ui/ only.
+        app = mount_dashboard(app, instance)
     except BaseException:
         instance.close()
         raise

@@ -163,10 +163,9 @@ class LicenseService:
         reading = self.clock.observe(self._wall(), self._mono())
         if reading.step is not None:
             self.clock_steps += 1
+            # The ledger writer records the step itself (CLOCK_STEP is evidence the
+            # ledger gathers, never a record the server may write).
             log.warning("wall clock stepped by %.1f s", reading.step.delta_seconds)
-            self._side.append(
-                asyncio.ensure_future(self.sink.record("clock.step", reading.step.payload()))
-            )
         return reading.now
 
     # --------------------------------------------------------- plumbing

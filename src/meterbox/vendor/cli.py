@@ -575,7 +575,10 @@ def licenses_command(
 
 
 #: Modules that add commands to ``app``; each defines ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "meterbox.vendor.cli_ingest",
+    "meterbox.vendor.dashboard",
+)
 
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
