@@ -37,7 +37,8 @@ def _free_port() -> int:
 def _run(args: list[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "meterbox", *args]
     console.print(f"[dim]$ meterbox {shlex.join(args)}[/]")
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    env = {**os.environ, "COLUMNS": "110"}
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=env)
     for line in (done.stdout + done.stderr).strip().splitlines():
         console.print(f"  {line}", highlight=False)
     if check and done.returncode != 0:
