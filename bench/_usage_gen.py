@@ -186,7 +186,7 @@ class Sim:
         if day in self.holidays:
             level *= 0.05
         growth = (1 + self.profile.growth_per_week) ** (day / 7)
-        return level * growth
+        return float(level * growth)
 
     def step(self) -> None:
         """One heartbeat interval: seats move, usage is recorded, a heartbeat is written."""
@@ -406,8 +406,15 @@ def _apply(
         snap = root / "snapshot"
         if first:
             if k == "snapshot_at_shutdown":
-                sim.restart(clean=True, downtime_ms=60_000)
-            shutil.copytree(sim.directory, snap)
+                # Stop cleanly, copy the stopped server's directory, start again.
+                sim.writer.close()
+                shutil.copytree(sim.directory, snap)
+                sim.adv(60_000)
+                sim.n_boot += 1
+                sim.clock.reboot(sim._boot_id())
+                sim.writer = LedgerWriter.open(sim.directory, clock=sim.clock)
+            else:
+                shutil.copytree(sim.directory, snap)
             state["leases"] = list(sim.leases)
         elif not state.get("restored") and t >= plan.start_ms + plan.duration_ms:
             state["restored"] = True

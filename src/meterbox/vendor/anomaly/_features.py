@@ -107,11 +107,11 @@ class Thresholds:
     #: Tolerance for a boot whose wall time is before the last time seen.
     backwards_ms: int = 5 * 60_000
     #: Usage stopping: probability of seeing no usage record at the history rate.
-    silence_p: float = 1e-6
+    silence_p: float = 1e-5
     #: Robust z beyond which usage per seat-hour is out of line with history.
     rate_z: float = 5.0
     #: Relative change of usage per seat-hour that always counts as normal variation.
-    rate_floor: float = 0.2
+    rate_floor: float = 0.3
     #: Accepted reports needed before history-based rules speak.
     min_history_reports: int = 3
 

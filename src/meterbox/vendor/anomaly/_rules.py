@@ -229,8 +229,8 @@ def heartbeat_gaps(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 def usage_stopped(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     """Seats checked out for so long without usage that history makes it implausible.
 
-    From accepted history: usage records per seat-hour (the lower quartile of the per-
-    report rates, halved, so a slow week does not raise alarms). A silence of ``S``
+    From accepted history: usage records per seat-hour (three quarters of the lower
+    quartile of the per-report rates, so a slow week does not raise alarms). A silence of ``S``
     seat-hours has Poisson probability ``exp(-rate * S)``; below ``silence_p`` it is
     reported.
     """
@@ -240,7 +240,7 @@ def usage_stopped(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     rates = [r for r in (_records_per_seat_hour(x.events) for x in h.reports[:-1]) if r > 0]
     if len(rates) < th.min_history_reports:
         return []
-    rate = sorted(rates)[len(rates) // 4] / 2
+    rate = sorted(rates)[len(rates) // 4] * 0.75
     limit = -math.log(th.silence_p) / rate
     ctx = _context(h)
     leases = set(ctx.open_leases)
