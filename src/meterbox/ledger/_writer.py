@@ -54,7 +54,7 @@ from meterbox.ledger._format import (
     chain,
     genesis_hash,
 )
-from meterbox.ledger._frames import FrameReader, open_record, parse_epoch, parse_header
+from meterbox.ledger._frames import FrameReader, Record, open_record, parse_epoch, parse_header
 from meterbox.ledger._keys import ratchet, record_key
 from meterbox.ledger._seal import Head, Sealer
 
@@ -141,6 +141,9 @@ class LedgerWriter:
         self._clock_offset = clock.wall_ms() - clock.mono_ms()
         self._broken: MeterboxError | None = None
         self.recovery: Recovery | None = None
+        #: Records after ``replay_after`` (see :meth:`open`) that this boot could open:
+        #: the caller re-applies them to state that may have missed them in a crash.
+        self.replayed: list[Record] = []
         self._thread = threading.Thread(target=self._commit_loop, name="ledger-commit", daemon=True)
 
     # ----------------------------------------------------------------- creation
@@ -230,6 +233,7 @@ class LedgerWriter:
         random: Callable[[int], bytes] = random_bytes,
         force_recover: bool = False,
         boot_payload: dict[str, Any] | None = None,
+        replay_after: int | None = None,
     ) -> LedgerWriter:
         """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT."""
         config = config or LedgerConfig()
@@ -245,7 +249,7 @@ class LedgerWriter:
             lock.close()
             raise
         try:
-            scan = _scan(fd, epoch_no, chain_key)
+            scan = _scan(fd, epoch_no, chain_key, replay_after)
             if scan.header.instance_id != meta["instance_id"]:
                 raise StateError(
                     "ledger file belongs to another instance",
@@ -306,6 +310,7 @@ class LedgerWriter:
             lock.close()
             raise
         writer.recovery = recovery
+        writer.replayed = scan.replayed
         writer._roll_epoch()
         if recovery is not None:
             writer._write_now(
@@ -652,9 +657,10 @@ class _Scan:
     last_epoch: int
     epochs: list[EpochStart]
     problem: str | None
+    replayed: list[Record]
 
 
-def _scan(fd: int, key_epoch: int, chain_key: bytes) -> _Scan:
+def _scan(fd: int, key_epoch: int, chain_key: bytes, replay_after: int | None = None) -> _Scan:
     """Walk the ledger file; authenticate what our key reaches; find where it stops being good."""
     with os.fdopen(os.dup(fd), "rb") as stream:
         header = FileHeader.unpack(stream.read(FILE_HEADER_LEN))
@@ -663,7 +669,9 @@ def _scan(fd: int, key_epoch: int, chain_key: bytes) -> _Scan:
         good_end, last_epoch = FILE_HEADER_LEN, -1
         epochs: list[EpochStart] = []
         keys: dict[int, bytes] = {}
+        replayed: list[Record] = []
         problem: str | None = None
+        pending: list[Record] = []
         for raw in reader:
             try:
                 hdr = parse_header(raw.body)
@@ -677,7 +685,9 @@ def _scan(fd: int, key_epoch: int, chain_key: bytes) -> _Scan:
                     epochs.append(EpochStart(hdr.seq, raw.offset, head))
                     last_epoch = hdr.epoch
                 elif hdr.epoch in keys:
-                    open_record(raw.body, hdr, keys[hdr.epoch])
+                    record = open_record(raw.body, hdr, keys[hdr.epoch])
+                    if replay_after is not None and hdr.seq > replay_after:
+                        pending.append(record)
                 elif hdr.epoch >= key_epoch:
                     raise FormatError(
                         "record in an epoch with no EPOCH record",
@@ -690,13 +700,15 @@ def _scan(fd: int, key_epoch: int, chain_key: bytes) -> _Scan:
             head = chain(head, raw.data)
             next_seq += 1
             good_end = raw.offset + len(raw.data)
+            replayed.extend(pending)
+            pending.clear()
         if last_epoch < 0:
             raise StateError(
                 "ledger file has no epoch record",
                 expected="an EPOCH record at the start of the ledger",
                 found="none",
             )
-        return _Scan(header, good_end, next_seq, head, last_epoch, epochs, problem)
+        return _Scan(header, good_end, next_seq, head, last_epoch, epochs, problem, replayed)
 
 
 def _lock(directory: Path) -> IO[bytes]:

@@ -36,6 +36,7 @@ from meterbox.ledger import Head, LedgerWriter, RecordType, export_report
 from meterbox.ledger._files import check_private_dir, write_private_atomic
 from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
 
+from ._replay import replay_changes
 from .engine import ReceiptInfo
 from .policy import policy_from_license
 from .service import LicenseService, Settings
@@ -229,17 +230,38 @@ class ServerInstance:
         check_private_dir(data)
         bundle = read_bundle(data)
         licenses = load_licenses(data, bundle)
-        writer = LedgerWriter.open(data / LEDGER_DIR, clock=clock, force_recover=force_recover)
+        store = StateStore(data / STATE_DB)
         try:
-            store = StateStore(data / STATE_DB)
+            snap = store.load()
+            writer = LedgerWriter.open(
+                data / LEDGER_DIR,
+                clock=clock,
+                force_recover=force_recover,
+                replay_after=snap.last_seq,
+            )
+        except BaseException:
+            store.close()
+            raise
+        try:
             store.initialize(
                 init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
                 instance_id=writer.instance_id.hex(),
             )
+            policies = [policy_from_license(lic) for lic, _ in licenses]
+            # Usage the ledger holds but the state missed (a crash between the two
+            # commits) is applied before serving, so a client's retry is not counted twice.
+            store.apply(
+                replay_changes(
+                    writer.replayed,
+                    usage=snap.usage,
+                    idempotency_keys=snap.idempotency.keys(),
+                    licenses={p.license_id: p for p in policies},
+                )
+            )
             sink = LedgerEventSink(writer, RecordType.from_kind)
             service = LicenseService.open(
                 store,
-                [policy_from_license(lic) for lic, _ in licenses],
+                policies,
                 sink,
                 settings=settings or Settings(),
                 wall=lambda: datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
@@ -247,6 +269,7 @@ class ServerInstance:
             )
         except BaseException:
             writer.close()
+            store.close()
             raise
         return cls(data, writer, store, service, bundle, licenses, clock)
 
