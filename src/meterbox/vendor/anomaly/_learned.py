@@ -3,7 +3,7 @@
 Per day (UTC) it builds a feature vector from the hourly series (see :data:`FEATURES`),
 fits scikit-learn's ``IsolationForest`` on the customer's accepted days, and scores the
 complete days of the judged report. A day is reported only when the forest puts it
-beyond every accepted day *and* at least one feature is far out by a robust z-score
+at or beyond every accepted day *and* at least one feature is far out by a robust z-score
 (median and MAD of the accepted days) - the z-scores name the features that drove the
 finding, which a forest alone cannot explain.
 
@@ -130,7 +130,9 @@ def learned(
     scores = forest.score_samples(np.asarray([days[d] for d in keys], dtype=float))
     out: list[Anomaly] = []
     for d, score in zip(keys, scores, strict=True):
-        if score >= floor:
+        # Not above the lowest accepted day: ties count, because a perfectly regular
+        # history gives the forest nothing to split and every day the same score.
+        if score > floor:
             continue
         zs = [(name, robust_z(days[d][i], list(x_train[:, i]))) for i, name in enumerate(FEATURES)]
         zs.sort(key=lambda kv: -abs(kv[1]))
