@@ -238,7 +238,8 @@ class StateStore:
                     found=f"version {version}",
                     hint="Use the meterbox release that created this state file",
                 )
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            # ValueError: a damaged schema text can fail to decode as UTF-8.
             self.close()
             raise StateError(
                 "The server state file is not a usable SQLite database",
@@ -402,6 +403,25 @@ class StateStore:
 
     # ---------------------------------------------------------------- reads
     def load(self) -> Snapshot:
+        """Read everything back; a damaged file is a :class:`StateError`, never a crash."""
+        try:
+            return self._load()
+        except (
+            sqlite3.DatabaseError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            OverflowError,
+        ) as exc:
+            raise StateError(
+                "The server state file is damaged",
+                expected="rows as this meterbox release writes them",
+                found=f"{type(exc).__name__}: {str(exc)[:200]}",
+                hint="Restore the file from backup or point the server at a new directory",
+            ) from None
+
+    def _load(self) -> Snapshot:
         with self._lock:
             db = self._db
             snap = Snapshot()
