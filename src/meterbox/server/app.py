@@ -281,9 +281,21 @@ def create_app(
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Framework refusals (no route, wrong method, a body that is not JSON) say what
+        # was expected and found, like every other error of this API.
         code = "not_found" if exc.status_code == 404 else "bad_request"
-        return _error(code, str(exc.detail), status=exc.status_code)
+        if exc.status_code == 404:
+            expected = "a path documented in docs/api.md"
+            found = repr(request.url.path[:100])
+        elif exc.status_code == 405:
+            expected = "a method documented in docs/api.md for this path"
+            found = request.method[:16]
+        else:
+            expected = "a request as documented in docs/api.md (JSON bodies are UTF-8 objects)"
+            found = f"HTTP {exc.status_code}: {str(exc.detail)[:200]}"
+        message = f"{str(exc.detail).rstrip('.')}. Expected {expected}. Found {found}."
+        return _error(code, message, status=exc.status_code)
 
     # ----------------------------------------------------------------- seats
     @app.post("/v1/seats/checkout", responses=_errors(400, 403, 404, 409, 413, 503))
