@@ -578,6 +578,7 @@ def licenses_command(
 COMMAND_MODULES: tuple[str, ...] = (
     "meterbox.vendor.cli_ingest",
     "meterbox.vendor.dashboard",
+    "meterbox.vendor.anomaly.cli",
 )
 
 for _module in COMMAND_MODULES:
