@@ -46,3 +46,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             yield Served(site, built, client)
     finally:
         built.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """For bench/fuzz_all.py: write how many inputs each parser saw."""
+    import json
+    import os
+
+    from fuzz_support import CASES
+
+    path = os.environ.get("METERBOX_FUZZ_COUNTS_FILE")
+    if path:
+        with open(path, "w") as f:
+            json.dump(dict(CASES), f)
