@@ -214,3 +214,34 @@ def test_state_db_regression_null_time_is_a_state_error(pristine: Path, tmp_path
         assert_clean_error(info.value, "state.db")
     finally:
         store.close()
+
+
+def test_damage_in_an_earlier_epoch_is_refused_without_cutting_the_file(tmp_path: Path) -> None:
+    # Found by the full fuzz run (ledger.mbl, seed 3240): open() cut the "torn tail"
+    # first and only then found that chain.key belongs to a later epoch than the cut
+    # ledger reaches, so it refused after having truncated the file.
+    from meterbox.ledger import LedgerConfig
+
+    site = make_site(tmp_path)
+    ledger_dir = site.data / "ledger"
+    writer = LedgerWriter.open(
+        ledger_dir, clock=SystemClock(), config=LedgerConfig(epoch_max_records=50)
+    )
+    try:
+        for i in range(300):
+            writer.submit(RecordType.USAGE, {"m": "runs", "a": 1, "c": "c", "k": f"{i:032x}"})
+        writer.append(RecordType.HEARTBEAT, {})
+    finally:
+        writer.close()
+    path = ledger_dir / "ledger.mbl"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    path.write_bytes(bytes(data))
+    before = tree_digest(ledger_dir)
+    opened, error = call_parser(
+        "ledger.open", lambda: LedgerWriter.open(ledger_dir, clock=SystemClock())
+    )
+    if opened is not None:
+        opened.close()
+    assert error is not None, "a ledger whose chain key is epochs ahead of its damage opened"
+    assert tree_digest(ledger_dir) == before, "the refused open truncated ledger.mbl"

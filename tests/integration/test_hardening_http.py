@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ class Running:
 
 
 def _start(
-    site: Site, tmp: Path, *extra: str, scheme: str = "http", verify: object = None
+    site: Site, tmp: Path, *extra: str, scheme: str = "http", verify: ssl.SSLContext | None = None
 ) -> Running:
     port = _free_port()
     log = tmp / f"server-{port}.log"
@@ -94,7 +95,8 @@ def test_admin_token_is_compared_with_hmac_compare_digest(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(app_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert app_module.hmac is hmac  # type: ignore[attr-defined]
     built = build_app(site.data)
     try:
         with TestClient(built.app) as client:
@@ -240,8 +242,6 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 def test_tls_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
     site = make_site(tmp_path)
     cert, key = _self_signed(tmp_path)
-    import ssl
-
     ctx = ssl.create_default_context(cafile=str(cert))
     running = _start(site, tmp_path, "--tls-cert", str(cert), "--tls-key", str(key),
                      scheme="https", verify=ctx)  # fmt: skip
