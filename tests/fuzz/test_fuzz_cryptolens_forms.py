@@ -48,7 +48,8 @@ def _post(served: Served, path: str, body: bytes, content_type: str) -> dict[str
     with time_bound(f"POST {path}"):
         response = served.client.post(path, content=body, headers={"Content-Type": content_type})
     if not response.request.url.path.lower().startswith("/api/"):
-        return None  # the client normalised '/api/..' away: the request never reached the API
+        # The client normalised '/api/..' away: the request never reached the API.
+        return {"result": None}
     assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
     reply: dict[str, Any] = response.json()
     assert reply["result"] in (0, 1), reply
