@@ -139,7 +139,7 @@ class LedgerWriter:
         self._since_checkpoint = 0
         self._epoch_started_mono = clock.mono_ms()
         self._clock_offset = clock.wall_ms() - clock.mono_ms()
-        self._broken: MeterboxError | None = None
+        self._key_dirty = False
         self.recovery: Recovery | None = None
         #: Records after ``replay_after`` (see :meth:`open`) that this boot could open:
         #: the caller re-applies them to state that may have missed them in a crash.
@@ -349,9 +349,6 @@ class LedgerWriter:
 
     def _submit(self, rtype: RecordType, payload: dict[str, Any]) -> Future[Appended]:
         fut: Future[Appended] = Future()
-        if self._broken is not None:
-            fut.set_exception(self._broken)
-            return fut
         self._queue.put((rtype, payload, fut))
         return fut
 
@@ -361,8 +358,7 @@ class LedgerWriter:
     def close(self, shutdown_payload: dict[str, Any] | None = None) -> None:
         """Write SHUTDOWN, sync, stop the committer and release the lock."""
         if self._thread.is_alive():
-            if self._broken is None:
-                self._submit(RecordType.SHUTDOWN, shutdown_payload or {})
+            self._submit(RecordType.SHUTDOWN, shutdown_payload or {})
             self._queue.put(_STOP)
             self._thread.join()
         os.close(self._fd)
@@ -397,11 +393,9 @@ class LedgerWriter:
 
     def _commit(self, batch: list[tuple[RecordType, dict[str, Any], Future[Appended]]]) -> None:
         with self._io_lock:
-            if self._broken is not None:
-                for _, _, fut in batch:
-                    fut.set_exception(self._broken)
-                return
             try:
+                if self._key_dirty:
+                    self._persist_chain_key()
                 self._maybe_roll()
                 saved = _SealerState.save(self._sealer)
                 frames: list[bytes] = []
@@ -440,11 +434,22 @@ class LedgerWriter:
                 if self._since_checkpoint >= self.config.checkpoint_every:
                     frames.append(self._checkpoint_frame())
                 self._write_frames(frames, saved)
-            except MeterboxError as exc:
-                self._broken = exc
+            except Exception as exc:  # noqa: BLE001 - the committer thread must survive
+                # A failed batch fails only its own records: the file was cut back to the
+                # last durable frame, so the next batch (when the disk has room again)
+                # continues the ledger where it was.
+                error = (
+                    exc
+                    if isinstance(exc, MeterboxError)
+                    else StateError(
+                        "the ledger could not commit a batch",
+                        expected="a working disk",
+                        found=f"{type(exc).__name__}: {exc}",
+                    )
+                )
                 for _, _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(exc)
+                        fut.set_exception(error)
                 return
             for fut, appended in done:
                 fut.set_result(appended)
@@ -499,9 +504,27 @@ class LedgerWriter:
             first=first,
         )
         self._write_frames([data], saved)
-        _write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
         self._epochs.append(EpochStart(seq, offset, prev_hash))
         self._epoch_started_mono = self._clock.mono_ms()
+        self._key_dirty = True
+        self._persist_chain_key()
+
+    def _persist_chain_key(self) -> None:
+        """Replace chain.key by the current epoch's key; retried until it succeeds.
+
+        Until it does, no further epoch may start: recovery can bridge one ratchet step
+        between the key file and the last EPOCH record, never two.
+        """
+        try:
+            _write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
+        except OSError as exc:
+            raise StateError(
+                "the ledger's chain key cannot be saved",
+                expected="a writable data directory with free space",
+                found=exc.strerror or str(exc),
+                hint="free disk space; the server retries on the next request",
+            ) from exc
+        self._key_dirty = False
 
     def _clock_step_frames(self) -> Iterator[bytes]:
         wall, mono = self._clock.wall_ms(), self._clock.mono_ms()
