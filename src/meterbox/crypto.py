@@ -35,6 +35,7 @@ HPKE_SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.
 
 __all__ = [
     "HASH_LEN",
+    "AeadKey",
     "KEY_ID_LEN",
     "KEY_LEN",
     "TAG_LEN",
@@ -80,6 +81,28 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 def hkdf(secret: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
     """HKDF-SHA256 (RFC 5869) with an empty salt: ``secret`` is already uniformly random."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+class AeadKey:
+    """An AES-256-GCM key set up once and used for many records (no per-call key setup)."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise VerificationError(
+                "authentication tag does not verify",
+                expected="a record sealed under this ledger's key",
+                found="a modified, forged or foreign record",
+            ) from None
 
 
 def aead_seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from meterbox.crypto import aead_open
+from meterbox.crypto import AeadKey
 from meterbox.errors import FormatError
 from meterbox.ledger._format import (
     EPOCH_BODY_LEN,
@@ -147,11 +147,9 @@ def parse_epoch(body: bytes, header: Header) -> EpochRecord:
     return EpochRecord(header, plain, body[:split], body[split:])
 
 
-def open_record(body: bytes, header: Header, key: bytes) -> Record:
+def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
     """Authenticate and decrypt a non-epoch record; raises VerificationError or FormatError."""
-    plaintext = aead_open(
-        key, nonce(header.epoch, header.seq), body[HEADER_LEN:], body[:HEADER_LEN]
-    )
+    plaintext = key.open(nonce(header.epoch, header.seq), body[HEADER_LEN:], body[:HEADER_LEN])
     return Record(
         header.seq,
         RecordType(header.type),

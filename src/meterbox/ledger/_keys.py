@@ -15,7 +15,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from meterbox.crypto import hkdf, hpke_open, hpke_seal
+from meterbox.crypto import AeadKey, hkdf, hpke_open, hpke_seal
 from meterbox.errors import FormatError
 
 RATCHET_INFO: Final = b"meterbox-ledger/1 ratchet"
@@ -38,8 +38,8 @@ def ratchet(chain_key: bytes, steps: int = 1) -> bytes:
     return chain_key
 
 
-def record_key(chain_key: bytes, salt: bytes) -> bytes:
-    return hkdf(chain_key, RECORD_KEY_INFO + salt)
+def record_key(chain_key: bytes, salt: bytes) -> AeadKey:
+    return AeadKey(hkdf(chain_key, RECORD_KEY_INFO + salt))
 
 
 def seal_chain_key(vendor_key: X25519PublicKey, chain_key: bytes, bound: bytes) -> bytes:

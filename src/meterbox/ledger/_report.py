@@ -30,6 +30,7 @@ from meterbox import __version__
 from meterbox.clock import Clock
 from meterbox.crypto import (
     HASH_LEN,
+    AeadKey,
     constant_time_equal,
     ed25519_public_from_raw,
     ed25519_raw_public,
@@ -382,7 +383,7 @@ class ReportVerifier:
         last_seq, last_data = -1, b""
         cur_epoch: int | None = None
         cur_chain: bytes | None = None
-        cur_key: bytes | None = None
+        cur_key: AeadKey | None = None
         anchor = known.chain if known else None
         if known is not None:
             if r.base_seq > known.head.seq + 1:
@@ -540,7 +541,7 @@ class ReportVerifier:
         cur_epoch: int | None,
         cur_chain: bytes | None,
         anchor: ChainState | None,
-    ) -> tuple[bytes, bytes] | None:
+    ) -> tuple[bytes, AeadKey] | None:
         r = self.result
         try:
             ep = parse_epoch(body, hdr)

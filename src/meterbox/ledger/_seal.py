@@ -15,7 +15,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from meterbox.crypto import aead_seal
 from meterbox.errors import FormatError, StateError
 from meterbox.ledger._format import (
     SALT_LEN,
@@ -101,8 +100,8 @@ class Sealer:
                 found="EPOCH",
             )
         header = Header(VERSION, rtype, self.epoch, self.next_seq, wall_ms, mono_ms).pack()
-        sealed = aead_seal(
-            self._record_key, nonce(self.epoch, self.next_seq), pack_payload(payload), header
+        sealed = self._record_key.seal(
+            nonce(self.epoch, self.next_seq), pack_payload(payload), header
         )
         self.records_in_epoch += 1
         return self._emit(header + sealed)

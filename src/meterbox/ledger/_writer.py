@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from meterbox.clock import Clock
 from meterbox.crypto import (
     KEY_LEN,
+    AeadKey,
     ed25519_private_from_raw,
     ed25519_raw_private,
     random_bytes,
@@ -691,7 +692,7 @@ def _scan(fd: int, key_epoch: int, chain_key: bytes, replay_after: int | None = 
         next_seq, head = header.base_seq, header.base_hash
         good_end, last_epoch = FILE_HEADER_LEN, -1
         epochs: list[EpochStart] = []
-        keys: dict[int, bytes] = {}
+        keys: dict[int, AeadKey] = {}
         replayed: list[Record] = []
         problem: str | None = None
         pending: list[Record] = []
