@@ -146,7 +146,7 @@ def test_usage_is_idempotent_and_refused_past_the_quota(server: Server, tmp_path
             == 0
         )
         over = c.post("/v1/usage", json={"meter": "runs", "amount": 1, "client_id": "a"})
-        assert over.status_code == 403 and over.json()["error"]["code"] == "quota_exceeded"
+        assert over.status_code == 402 and over.json()["error"]["code"] == "quota_exceeded"
         assert c.get("/v1/usage/balances").json()["meters"][0]["used"] == 10
         bad = c.post("/v1/usage", json={"meter": "runs", "amount": 0, "client_id": "a", "x": 1})
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"

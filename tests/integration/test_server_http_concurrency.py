@@ -77,7 +77,7 @@ def test_concurrent_usage_never_consumes_more_than_the_quota(tmp_path: Path) -> 
         return r.status_code
 
     codes, (snap, _) = asyncio.run(run(tmp_path, req))
-    assert codes.count(200) == 12 and codes.count(403) == 28
+    assert codes.count(200) == 12 and codes.count(402) == 28
     assert snap.usage == {("L1", "runs", "total"): 24}
     frames = list(read_frames(tmp_path / "events.bin"))
     assert sum(p["a"] for _, kind, p, _ in frames if kind == "usage") == 24

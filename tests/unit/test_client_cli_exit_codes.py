@@ -109,7 +109,7 @@ def test_record_bad_amount_exits_2(serve: Callable[..., None], tmp_path: Path) -
 
 
 def test_quota_exceeded_exits_1(serve: Callable[..., None], tmp_path: Path) -> None:
-    serve(respond(403, {"error": {"code": "quota_exceeded", "message": "quota used up"}}))
+    serve(respond(402, {"error": {"code": "quota_exceeded", "message": "quota used up"}}))
     args = ["client", "record", "runs", "--url", "http://s.test", "--spool", str(tmp_path / "s.db")]
     result = runner.invoke(app, args)
     assert result.exit_code == 1

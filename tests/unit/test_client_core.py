@@ -184,7 +184,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=150)
-@given(body=json_values, status=st.sampled_from([200, 400, 403, 404, 409, 500, 503]))
+@given(body=json_values, status=st.sampled_from([200, 400, 402, 403, 404, 409, 500, 503]))
 def test_any_json_reply_is_classified_or_a_protocol_error(body: object, status: int) -> None:
     outcome = reply(status, body)
     decision = core.classify_delivery(outcome)
@@ -231,7 +231,7 @@ def test_receipt_fields_round_trip(
     ("status", "code", "cls"),
     [
         (409, "no_seat", NoSeatAvailable),
-        (403, "quota_exceeded", QuotaExceeded),
+        (402, "quota_exceeded", QuotaExceeded),
         (403, "report_overdue", ReportOverdue),
         (403, "license_expired", LicenseExpired),
         (404, "unknown_meter", UnknownMeter),
@@ -261,7 +261,7 @@ def test_delivery_outcomes() -> None:
     assert isinstance(core.classify_delivery(reply(500, None)), core.Transient)
     # A 200 we cannot read may still be durable server-side: resend under the same key.
     assert isinstance(core.classify_delivery(reply(200, {"x": 1})), core.Transient)
-    rejected = core.classify_delivery(reply(403, err("quota_exceeded")))
+    rejected = core.classify_delivery(reply(402, err("quota_exceeded")))
     assert isinstance(rejected, core.Rejected)
     assert isinstance(rejected.error, QuotaExceeded)
 

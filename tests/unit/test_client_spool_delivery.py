@@ -62,7 +62,7 @@ class FakeServer:
             )
         if self.quota is not None and self.used + body["amount"] > self.quota:
             return httpx.Response(
-                403, json={"error": {"code": "quota_exceeded", "message": "quota used up"}}
+                402, json={"error": {"code": "quota_exceeded", "message": "quota used up"}}
             )
         self.used += body["amount"]
         self.applied.append((key, body["amount"]))

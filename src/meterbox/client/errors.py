@@ -14,7 +14,7 @@
     ├── ServerUnreachableError          no server answered (connection error, timeout, 503)
     └── LicenseDenied
         ├── NoSeatAvailable        HTTP 409 no_seat          (meterbox.errors)
-        ├── QuotaExceeded          HTTP 403 quota_exceeded   (meterbox.errors)
+        ├── QuotaExceeded          HTTP 402 quota_exceeded   (meterbox.errors)
         ├── ReportOverdue          HTTP 403 report_overdue   (meterbox.errors)
         ├── LicenseExpired         HTTP 403 license_expired  (meterbox.errors)
         ├── UnknownFeature         HTTP 404 unknown_feature  (meterbox.errors)

@@ -322,7 +322,7 @@ def create_app(
         )
 
     # ----------------------------------------------------------------- usage
-    @app.post("/v1/usage", responses=_errors(400, 403, 404, 409, 413, 503))
+    @app.post("/v1/usage", responses=_errors(400, 402, 403, 404, 409, 413, 503))
     async def usage(body: UsageIn) -> UsageOut:
         r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
         return UsageOut(

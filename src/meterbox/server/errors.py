@@ -51,9 +51,9 @@ class UnauthorizedError(MeterboxError):
 HTTP_STATUS: Final[dict[str, int]] = {
     "bad_request": 400,
     "unauthorized": 401,
+    "quota_exceeded": 402,
     "report_overdue": 403,
     "license_expired": 403,
-    "quota_exceeded": 403,
     "unknown_feature": 404,
     "unknown_meter": 404,
     "lease_not_found": 404,
