@@ -258,6 +258,16 @@ class LedgerWriter:
                     found=scan.header.instance_id.hex(),
                     hint="restore the matching ledger.mbl or chain.key",
                 )
+            last_epoch = scan.last_epoch
+            if last_epoch == epoch_no + 1:
+                chain_key = ratchet(chain_key)
+            elif last_epoch != epoch_no:
+                raise StateError(
+                    "chain key does not match the ledger",
+                    expected=f"a key for epoch {last_epoch} or {last_epoch - 1}",
+                    found=f"a key for epoch {epoch_no}",
+                    hint="chain.key was restored from another time; the ledger cannot continue",
+                )
             recovery = None
             file_size = os.fstat(fd).st_size
             if scan.good_end < file_size:
@@ -274,16 +284,6 @@ class LedgerWriter:
                 os.ftruncate(fd, scan.good_end)
                 os.fsync(fd)
                 recovery = Recovery(scan.good_end, cut, scan.next_seq - 1)
-            last_epoch = scan.last_epoch
-            if last_epoch == epoch_no + 1:
-                chain_key = ratchet(chain_key)
-            elif last_epoch != epoch_no:
-                raise StateError(
-                    "chain key does not match the ledger",
-                    expected=f"a key for epoch {last_epoch} or {last_epoch - 1}",
-                    found=f"a key for epoch {epoch_no}",
-                    hint="chain.key was restored from another time; the ledger cannot continue",
-                )
             sealer = Sealer(
                 instance_id=meta["instance_id"],
                 vendor_key=x25519_public_from_raw(meta["vendor_ledger_key"]),
@@ -756,36 +756,58 @@ def _write_chain_key(directory: Path, epoch: int, chain_key: bytes) -> None:
     )
 
 
-def _read_chain_key(directory: Path) -> tuple[int, bytes]:
+def _load_map(path: Path, what: str, missing_hint: str) -> dict[str, Any]:
     try:
-        data = msgpack.unpackb((directory / CHAIN_KEY_FILE).read_bytes(), raw=False)
-        epoch, key = int(data["e"]), bytes(data["k"])
+        data = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=True)
     except FileNotFoundError:
         raise StateError(
-            "the ledger's chain key is missing",
-            expected=f"{directory / CHAIN_KEY_FILE}",
+            f"the ledger's {what} is missing",
+            expected=str(path),
             found="no such file",
-            hint="restore it from the same backup as the ledger; without it the ledger cannot grow",
+            hint=missing_hint,
         ) from None
-    except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        data = None
+    if not isinstance(data, dict):
         raise StateError(
-            "the ledger's chain key file is damaged",
-            expected="a msgpack map with e and k",
-            found=type(exc).__name__,
-        ) from None
-    if len(key) != KEY_LEN:
-        raise StateError("chain key has the wrong length", expected="32 bytes", found=str(len(key)))
-    return epoch, key
+            f"the ledger's {what} is damaged",
+            expected=f"a msgpack map in {path}",
+            found="bytes that do not decode to one",
+            hint="restore the file from the same backup as the ledger",
+        )
+    return data
+
+
+def _field(data: dict[str, Any], key: str, kind: type, length: int | None, what: str) -> Any:
+    value = data.get(key)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and length is not None and isinstance(value, bytes):
+        ok = len(value) == length
+    if ok and isinstance(value, int):
+        ok = 0 <= value < 2**32
+    if not ok:
+        raise StateError(
+            f"the ledger's {what} is damaged",
+            expected=f"field {key!r} as {kind.__name__}"
+            + (f" of {length} bytes" if length else ""),
+            found=f"{type(value).__name__}",
+            hint="restore the file from the same backup as the ledger",
+        )
+    return value
+
+
+def _read_chain_key(directory: Path) -> tuple[int, bytes]:
+    data = _load_map(
+        directory / CHAIN_KEY_FILE,
+        "chain key",
+        "restore it from the same backup as the ledger; without it the ledger cannot grow",
+    )
+    return _field(data, "e", int, None, "chain key"), _field(data, "k", bytes, KEY_LEN, "chain key")
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:
-    try:
-        meta: dict[str, Any] = msgpack.unpackb((directory / META_FILE).read_bytes(), raw=False)
-    except FileNotFoundError:
-        raise StateError(
-            f"no ledger in {directory}",
-            expected=f"{directory / META_FILE}",
-            found="no such file",
-            hint="run 'meterbox server init' first",
-        ) from None
+    meta = _load_map(directory / META_FILE, "metadata", "run 'meterbox server init' first")
+    _field(meta, "instance_id", bytes, INSTANCE_ID_LEN, "metadata")
+    _field(meta, "vendor_key_id", bytes, 8, "metadata")
+    _field(meta, "vendor_ledger_key", bytes, KEY_LEN, "metadata")
     return meta

@@ -290,6 +290,12 @@ def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> Non
         blob = file.read_bytes()
     except OSError as exc:
         _fail(ConfigError("cannot read the file", expected="a readable file", found=str(exc)))
+    from .instance import check_importable
+
+    # Refuse what cannot be imported before anything is opened: a refused import
+    # leaves the data directory exactly as it was.
+    with _errors():
+        check_importable(data, blob)
     if _running(data):
         result = _admin(data, "POST", "/v1/admin/import", blob).json()
     else:

@@ -299,13 +299,7 @@ class ServerInstance:
     # ------------------------------------------------------------------ import
     async def import_bytes(self, blob: bytes) -> dict[str, Any]:
         """Import a receipt, top-up or license. Anything else is refused; nothing changes."""
-        if len(blob) > MAX_IMPORT_BYTES:
-            raise FormatError(
-                "file is too large to import",
-                expected=f"at most {MAX_IMPORT_BYTES} bytes",
-                found=f"{len(blob)} bytes",
-            )
-        doc = open_document(blob, self.bundle)
+        doc = _open_importable(blob, self.bundle)
         if isinstance(doc, Receipt):
             return await self._import_receipt(doc, blob)
         if isinstance(doc, Topup):
@@ -368,6 +362,28 @@ class ServerInstance:
         self.licenses = [(x, b) for x, b in self.licenses if x.license_id != lic.license_id]
         self.licenses.append((lic, blob))
         return {"imported": "license", "license_id": lic.license_id}
+
+
+def _open_importable(blob: bytes, bundle: VendorPublicBundle) -> License | Topup | Receipt:
+    if len(blob) > MAX_IMPORT_BYTES:
+        raise FormatError(
+            "file is too large to import",
+            expected=f"at most {MAX_IMPORT_BYTES} bytes",
+            found=f"{len(blob)} bytes",
+            hint="import receipt, top-up or license files written by 'meterbox vendor'",
+        )
+    return open_document(blob, bundle)
+
+
+def check_importable(data: Path, blob: bytes) -> None:
+    """Verify an import file against the instance's vendor key without opening the instance."""
+    if not (data / VENDOR_PUB).exists():
+        raise StateError(
+            f"no server instance in {data}",
+            expected=f"a directory set up by 'meterbox server init --data {data}'",
+            found=f"no {VENDOR_PUB} there",
+        )
+    _open_importable(blob, read_bundle(data))
 
 
 def read_admin_token(data: Path) -> str:
