@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -110,27 +109,6 @@ def _setup_logging(level: str) -> dict[str, Any]:
     }
 
 
-class _GracefulServer:
-    """uvicorn's server, minus re-raising SIGTERM/SIGINT after the graceful shutdown.
-
-    uvicorn re-raises a captured signal once it has stopped serving, which would kill
-    the process before the ledger is closed (shutdown record, final sync). Here the
-    signal only asks for the graceful stop, and ``run`` returns normally.
-    """
-
-    def __new__(cls, config: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                if self.should_exit and sig == signal.SIGINT:
-                    self.force_exit = True
-                else:
-                    self.should_exit = True
-
-        return Server(config)
-
-
 @app.command()
 def run(
     data: DataOption,
@@ -145,6 +123,7 @@ def run(
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     import uvicorn
 
+    from ._uvicorn import GracefulServer, HeaderTimeoutProtocol
     from .runtime import build_app
 
     conf = _config(config)
@@ -175,8 +154,9 @@ def run(
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=16 * 1024,
         limit_concurrency=1000,
+        http=HeaderTimeoutProtocol,
     )
-    server = _GracefulServer(uv_config)
+    server = GracefulServer(uv_config)
     from .instance import RUN_FILE, write_run_file
 
     write_run_file(data, f"{scheme}://{host}:{port}")
