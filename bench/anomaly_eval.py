@@ -8,7 +8,9 @@ attack falls in the last week. Every report after the first is judged with
 * false-positive rate: judged clean reports with any finding / judged clean reports;
 * recall: attacked histories whose attacked report has any finding / attacked histories.
 
-Development used seeds 0-99; published figures use seeds from 1000 (``--seed-base``).
+Development used seeds 0-99; published figures used seeds 1000-1001, then (after the
+clock checks were merged into one implementation and the snapshot and usage-rate rules
+changed) fresh seeds from 2000 (``--seed-base``), never used while tuning.
 
     .venv/bin/python bench/anomaly_eval.py --customers 6 --seeds 4 --weeks 10
 """
@@ -30,9 +32,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _usage_gen import ATTACKS, Outcome, profiles, run_history
-from meterbox.vendor.anomaly import Anomaly, InstanceHistory, detect
+from meterbox.vendor.anomaly import Anomaly, InstanceHistory, Thresholds, detect
+from meterbox.vendor.clockcheck import ClockPolicy
 
-HELD_OUT_SEED_BASE = 1000
+HELD_OUT_SEED_BASE = 2000
+#: The generator's server beats every 10 minutes (``Sim.tick_ms``); the clock checks
+#: are told so, as ingest is told the real server's one-minute beat.
+THRESHOLDS = Thresholds(clock=ClockPolicy(heartbeat_interval_ms=10 * 60_000))
 
 
 @dataclass
@@ -84,7 +90,7 @@ def judge(history: InstanceHistory, index: int, peers: Sequence[InstanceHistory]
         )
         for p in peers
     ]
-    return detect(prefix, [p for p in peer_prefixes if p.reports])
+    return detect(prefix, [p for p in peer_prefixes if p.reports], thresholds=THRESHOLDS)
 
 
 def score_outcome(out: Outcome, tally: Tally) -> None:

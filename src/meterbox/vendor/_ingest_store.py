@@ -8,7 +8,15 @@ database and created the same way (``create_all``, idempotent):
   at the same time (a clone) can be told from a server that replaced another;
 * ``report_spans``: per report the wall-time span of its new records, its status and
   licenses, so billing can show the findings of every report that touches a period,
-  including reports that were rejected.
+  including reports that were rejected;
+* ``ledger_events``: every new record of an accepted report that is neither usage nor
+  a seat event (heartbeats, boots, shutdowns, recoveries, clock steps, receipt and
+  top-up imports, license installs, denials), with its wall *and monotonic* time and a
+  small JSON payload, unique on (instance, seq): what the clock, heartbeat and snapshot
+  detectors of :mod:`meterbox.vendor.anomaly` read;
+* ``report_meta``: per report the site's creation time, the vendor's receive time and
+  the reporting interval of the licenses it carries (``report_every_days``, the
+  shortest, with its ``grace_days``), so the anomaly detectors need no flags.
 
 Bulk rows go straight to the DB-API driver in large ``executemany`` batches with times
 already converted to integer microseconds: per-row ORM work would dominate a
@@ -57,6 +65,30 @@ report_spans_table = sa.Table(
     sa.Column("status", sa.String(32), nullable=False),
 )
 
+ledger_events_table = sa.Table(
+    "ledger_events",
+    metadata,
+    sa.Column("instance_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("wall_ms", sa.BigInteger, nullable=False),
+    sa.Column("mono_ms", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("report_digest", sa.String(64), nullable=False),
+    sa.PrimaryKeyConstraint("instance_id", "seq", name="ledger_events_pk"),
+)
+report_meta_table = sa.Table(
+    "report_meta",
+    metadata,
+    sa.Column("report_digest", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(64), nullable=False, index=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+    sa.Column("report_every_days", sa.Integer, nullable=True),
+    sa.Column("grace_days", sa.Integer, nullable=False),
+)
+
+EVENT_COLUMNS: Final = tuple(c.name for c in ledger_events_table.columns)
 USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)
 SEAT_COLUMNS: Final = tuple(c.name for c in seat_events_table.columns)
 

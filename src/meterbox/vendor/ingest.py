@@ -18,7 +18,18 @@ Invariants:
 * a receipt is signed only for an accepted report, and only after the store holds
   its rows, its findings and the new acknowledged head;
 * memory stays bounded whatever the report's length: rows leave in batches of
-  :data:`BATCH_ROWS`; only leases still open are remembered.
+  :data:`BATCH_ROWS`; only leases still open are remembered;
+* every new record that is neither usage nor a seat event (heartbeat, boot, shutdown,
+  recovery, clock step, receipt import, ...) is stored in ``ledger_events`` with its
+  monotonic time, and the report's creation time and its licenses' reporting interval
+  in ``report_meta``: what the anomaly detectors read later;
+* the anomaly detectors (:mod:`meterbox.vendor.anomaly`, rules and learned) run over
+  the instance's stored history once the report's rows are written, unless the ingest
+  rules already reject it; their findings are evidence (``warning`` or ``info``, a
+  ``critical`` one is lowered to ``warning``) and never turn an accepted report into a
+  rejected one. The clock and heartbeat checks are not run twice: ingest runs
+  :class:`~meterbox.vendor.clockcheck.ClockChecker` over every record as it streams, the
+  same implementation the detectors use on demand.
 
 Finding codes added here (stable, see also :mod:`meterbox.vendor.clockcheck` and
 ``meterbox.ledger.findings``):
@@ -49,6 +60,7 @@ old one's last record is an honest replacement (a reinstalled server) and only w
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,6 +87,9 @@ from meterbox.ledger import (
 from meterbox.ledger import findings as F
 from meterbox.licenses import License, Receipt, VendorPublicBundle
 from meterbox.vendor import _ingest_store as db
+from meterbox.vendor.anomaly import Anomaly, Thresholds, detect
+from meterbox.vendor.anomaly._store import INGEST_REPORTS, INGEST_WINDOW_MS, Pending
+from meterbox.vendor.anomaly._store import instance_history as stored_history
 from meterbox.vendor.clockcheck import ClockChecker, ClockPolicy
 from meterbox.vendor.keys import VendorKeys, atomic_write
 from meterbox.vendor.store import (
@@ -110,6 +125,12 @@ _SEAT_KINDS: Final = {
     RecordType.SEAT_EXPIRE: "expire",
     RecordType.SEAT_DENIED: "denied",
 }
+#: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:
+#: chain bookkeeping that says nothing about time or use.
+_NOT_EVENTS: Final = frozenset(
+    {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, *_SEAT_KINDS}
+)
+_PAYLOAD_MAX: Final = 1000
 
 
 # ------------------------------------------------------------------------ outcome
@@ -264,6 +285,19 @@ def check_clones(
 # ------------------------------------------------------------------- pure core
 UsageTuple = tuple[str, int, str, str, int, int, str, str, str]
 SeatTuple = tuple[str, int, str, str, int, str, str, str | None, str]
+EventTuple = tuple[str, int, str, int, int, str, str]
+
+
+def _small_payload(payload: Mapping[str, Any]) -> str:
+    """The scalar fields of a record's payload as JSON, for ``ledger_events``."""
+    out: dict[str, Any] = {}
+    for k, v in payload.items():
+        if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200):
+            out[str(k)[:32]] = v
+        elif isinstance(v, bytes) and len(v) <= 32:
+            out[str(k)[:32]] = v.hex()
+    text = json.dumps(out, sort_keys=True, allow_nan=False, default=str)
+    return text if len(text) <= _PAYLOAD_MAX else "{}"
 
 
 @dataclass
@@ -283,6 +317,7 @@ class IngestCore:
     clock: ClockChecker
     usage: list[UsageTuple] = field(default_factory=list)
     seats: list[SeatTuple] = field(default_factory=list)
+    events: list[EventTuple] = field(default_factory=list)
     unresolved: list[tuple[int, int, str, str]] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
     records: int = 0
@@ -311,6 +346,22 @@ class IngestCore:
             self.last_wall = wall
         if t is _USAGE or t is _DECREMENT:
             self._usage(record, t is _DECREMENT)
+        elif t not in _NOT_EVENTS:
+            try:
+                payload = _small_payload(record.payload)
+            except ValueError:  # a non-finite float: keep the record, not its payload
+                payload = "{}"
+            self.events.append(
+                (
+                    self.instance_id,
+                    record.seq,
+                    t.kind,
+                    record.wall_ms,
+                    record.mono_ms,
+                    payload,
+                    self.report_digest,
+                )
+            )
         else:
             kind = _SEAT_KINDS.get(t)
             if kind is not None:
@@ -424,6 +475,10 @@ class IngestCore:
         out, self.seats = self.seats, []
         return out
 
+    def take_events(self) -> list[EventTuple]:
+        out, self.events = self.events, []
+        return out
+
     def resolve(self, owners: Mapping[str, tuple[str, str, str]]) -> None:
         """Turn waiting seat records into rows with the owners the store knew."""
         for seq, ts, kind, lease in self.unresolved:
@@ -508,6 +563,7 @@ def _unusable(result: ReportResult) -> bool:
 def _flush(conn: Connection, core: IngestCore) -> None:
     db.insert_raw(conn, "usage", db.USAGE_COLUMNS, core.take_usage())
     db.insert_raw(conn, "seat_events", db.SEAT_COLUMNS, core.take_seats())
+    db.insert_raw(conn, "ledger_events", db.EVENT_COLUMNS, core.take_events())
 
 
 def ingest(
@@ -597,7 +653,7 @@ def _ingest_new(
         with report_path.open("rb") as stream:
             for record, acked in verifier.records(stream):
                 core.add(record, acked)
-                if len(core.usage) + len(core.seats) >= BATCH_ROWS:
+                if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
                     _flush(conn, core)
         result = verifier.result
         if _unusable(result):
@@ -624,6 +680,25 @@ def _ingest_new(
             )
         clones = check_clones(instance_hex, license_ids, span, activity)
         findings += clones.findings
+        every, grace = _interval(licenses)
+        pending = Pending(
+            digest,
+            result.base_seq,
+            result.head.seq if result.head is not None else -1,
+            result.created_ms,
+            now_ms,
+            every,
+            grace,
+        )
+        if decide(findings) != "rejected" and result.head is not None and instance_hex:
+            findings += anomaly_findings(
+                conn,
+                instance_hex,
+                core.default_license,
+                pending,
+                since_ms=None if core.first_wall is None else core.first_wall - INGEST_WINDOW_MS,
+                policy=policy,
+            )
         status = decide(findings)
         if status == "rejected":
             conn.rollback()  # drop every row this report wrote; keep only its verdict
@@ -646,7 +721,7 @@ def _ingest_new(
             document = receipt.sign(keys.signer())
         _record(
             conn, store, core, result, findings, clones, status, receipt, document,
-            inst_row, license_ids, vendor_now, ledger_ok,
+            inst_row, license_ids, vendor_now, ledger_ok, pending,
         )  # fmt: skip
         conn.commit()
     except BaseException:
@@ -670,6 +745,50 @@ def _ingest_new(
     )
 
 
+def _interval(licenses: Sequence[License]) -> tuple[int | None, int]:
+    """The shortest reporting interval the report's licenses ask for, with its grace."""
+    asked = [(lic.report_every_days, lic.grace_days) for lic in licenses if lic.report_every_days]
+    if not asked:
+        return None, 0
+    every, grace = min(asked)
+    return every, grace
+
+
+def anomaly_findings(
+    conn: Connection,
+    instance_id: str,
+    license_id: str,
+    pending: Pending,
+    *,
+    since_ms: int | None = None,
+    policy: ClockPolicy | None = None,
+) -> list[Finding]:
+    """The anomaly detectors over the instance's stored history, judging ``pending``.
+
+    Runs inside the ingest transaction, after the report's rows are written. Bounded:
+    the last :data:`INGEST_REPORTS` reports, records dated from ``since_ms`` (ingest
+    passes :data:`INGEST_WINDOW_MS` before the report's earliest new record), usage
+    summed per minute. Clock checks are left out (ingest ran them on every
+    record); so are clone checks (:func:`check_clones` decides those, critically).
+    """
+    history = stored_history(
+        conn,
+        instance_id,
+        license_id=license_id,
+        pending=pending,
+        max_reports=INGEST_REPORTS,
+        since_ms=since_ms,
+    )
+    th = Thresholds() if policy is None else Thresholds(clock=policy)
+    return [_as_finding(a) for a in detect(history, thresholds=th, clock=False)]
+
+
+def _as_finding(a: Anomaly) -> Finding:
+    # Anomalies are evidence: whatever a detector's own severity, it never rejects.
+    severity = "warning" if a.severity == "critical" else a.severity
+    return Finding(a.code, severity, a.message, a.seq)
+
+
 def _record(
     conn: Connection,
     store: VendorStore,
@@ -684,10 +803,21 @@ def _record(
     license_ids: list[str],
     vendor_now: datetime,
     ledger_ok: bool,
+    pending: Pending,
 ) -> None:
     """Write the report's outcome inside the caller's transaction."""
     iid, digest = core.instance_id, core.report_digest
     head = result.head
+    conn.execute(
+        db.report_meta_table.insert().values(
+            report_digest=digest,
+            instance_id=iid or UNKNOWN,
+            created_ms=pending.created_ms,
+            received_ms=pending.received_ms,
+            report_every_days=pending.report_every_days,
+            grace_days=pending.grace_days,
+        )
+    )
     store.record_report(
         ReportRow(
             digest,

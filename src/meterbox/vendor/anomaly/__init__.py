@@ -3,7 +3,8 @@
 Public API::
 
     detect(judged, peers=(), customer=())   every detector over the last report of ``judged``
-    Anomaly, CODES                          one finding; every stable code with its meaning
+    Anomaly, CODES, RENAMED                 one finding; every stable code with its meaning;
+                                            earlier names of the clock codes
     InstanceHistory, ReportView, Event      the pure detector inputs
     event_from_record                       a verified ledger record, reduced
     Thresholds, LearnedConfig               every tunable
@@ -25,7 +26,7 @@ from meterbox.vendor.anomaly._features import (
     event_from_record,
 )
 from meterbox.vendor.anomaly._learned import LearnedConfig, learned
-from meterbox.vendor.anomaly._rules import CODES, Anomaly, run_rules
+from meterbox.vendor.anomaly._rules import CODES, RENAMED, Anomaly, run_rules
 
 __all__ = [
     "CODES",
@@ -33,6 +34,7 @@ __all__ = [
     "Event",
     "InstanceHistory",
     "LearnedConfig",
+    "RENAMED",
     "ReportView",
     "Thresholds",
     "detect",
@@ -48,13 +50,16 @@ def detect(
     thresholds: Thresholds | None = None,
     learned_config: LearnedConfig | None = None,
     use_learned: bool = True,
+    clock: bool = True,
 ) -> list[Anomaly]:
     """Rules, then the learned detector, over the last report of ``judged``.
 
     ``peers``: other instances of the same license (clone check). ``customer``: other
     instances of the same customer, whose accepted days train the learned detector.
+    ``clock=False`` leaves out the clock and heartbeat checks (ingest runs them itself,
+    over every record, as the report streams in).
     """
-    out = run_rules(judged, peers, thresholds)
+    out = run_rules(judged, peers, thresholds, clock=clock)
     if use_learned:
         out.extend(learned(judged, customer, learned_config))
     return out

@@ -15,11 +15,11 @@ Invariants:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Final
+
+from meterbox.vendor.clockcheck import ClockPolicy, clock_step_ms, receipt_vendor_ms
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -55,6 +55,9 @@ class Event:
     in_use: int = -1
     #: Clock step in ms (clock.step records), or vendor time in ms (receipt.imported).
     value_ms: int = 0
+    #: Usage records this event stands for: the vendor store hands usage to the
+    #: detectors summed per minute, which keeps a million-record report cheap to judge.
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,9 @@ class InstanceHistory:
     report_every_ms: int | None = None
     grace_ms: int = 0
     reports: tuple[ReportView, ...] = ()
+    #: Leases checked out before the first report held here (a bounded window of a
+    #: longer history), so a later release of one is not mistaken for a lost checkout.
+    known_leases: frozenset[str] = frozenset()
 
     @property
     def events(self) -> Iterator[Event]:
@@ -98,14 +104,9 @@ class InstanceHistory:
 class Thresholds:
     """Every tunable of the detectors, in one place (defaults in docs/adr/0007)."""
 
-    #: A silence longer than this, with seats in use, is a gap (at least 3 heartbeats).
-    gap_ms: int = 30 * 60_000
-    #: Wall minus monotonic drift between two records of one boot treated as a step.
-    divergence_ms: int = 5 * 60_000
-    #: Tolerance for report or record times ahead of the vendor's clock.
-    future_ms: int = 10 * 60_000
-    #: Tolerance for a boot whose wall time is before the last time seen.
-    backwards_ms: int = 5 * 60_000
+    #: The clock and heartbeat checks (:mod:`meterbox.vendor.clockcheck`, the one
+    #: implementation ingest uses too). Its heartbeat interval must be the server's.
+    clock: ClockPolicy = field(default_factory=ClockPolicy)
     #: Usage stopping: probability of seeing no usage record at the history rate.
     silence_p: float = 1e-5
     #: Robust z beyond which usage per seat-hour is out of line with history.
@@ -131,33 +132,10 @@ def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: 
         n = p.get("n", -1)
         return Event(seq, kind, wall_ms, mono_ms, in_use=n if isinstance(n, int) else -1)
     if kind == CLOCK_STEP:
-        return Event(seq, kind, wall_ms, mono_ms, value_ms=clock_step_ms(p))
+        return Event(seq, kind, wall_ms, mono_ms, value_ms=clock_step_ms(p) or 0)
     if kind == RECEIPT:
-        return Event(seq, kind, wall_ms, mono_ms, value_ms=_iso_ms(p.get("t")))
+        return Event(seq, kind, wall_ms, mono_ms, value_ms=receipt_vendor_ms(p))
     return Event(seq, kind, wall_ms, mono_ms)
-
-
-def clock_step_ms(payload: Mapping[str, Any]) -> int:
-    """The step of a clock.step record in ms, whichever writer made it.
-
-    The ledger writer records ``{"d": ms, "w", "m"}``; the server's license clock records
-    ``{"b", "a", "d": seconds}``. Both say how far wall time moved beyond monotonic time.
-    """
-    d = payload.get("d", 0)
-    if not isinstance(d, int | float) or isinstance(d, bool) or not math.isfinite(d):
-        return 0
-    if "b" in payload or "a" in payload:
-        return round(d * 1000)
-    return int(d)
-
-
-def _iso_ms(value: object) -> int:
-    if not isinstance(value, str):
-        return 0
-    try:
-        return round(datetime.fromisoformat(value).timestamp() * 1000)
-    except ValueError:
-        return 0
 
 
 # ------------------------------------------------------------ derived series
@@ -195,7 +173,7 @@ def hourly(events: Sequence[Event], open_leases: Iterable[str] = ()) -> tuple[Ho
         if e.kind in (USAGE, DECREMENT):
             h = t - t % HOUR_MS
             out.units[h] = out.units.get(h, 0) + e.amount
-            out.records[h] = out.records.get(h, 0) + 1
+            out.records[h] = out.records.get(h, 0) + e.count
         elif e.kind == CHECKOUT:
             live[e.lease] = t
         elif e.kind in (RELEASE, EXPIRE):

@@ -8,6 +8,13 @@ context (the last record before, leases still open, baselines).
 What a rule cannot see it does not guess: a rule that needs monotonic time is silent
 when the source did not keep it (``mono_ms == -1``); a rule that needs history is silent
 until ``min_history_reports`` accepted reports exist.
+
+Clock and heartbeat evidence is not judged here: :func:`clock_checks` runs
+:class:`meterbox.vendor.clockcheck.ClockChecker`, the one implementation that ingest
+also runs on every report, and passes its stable ``clock.*`` / ``heartbeat.*`` codes
+through. The ``anomaly.*`` names the clock rules had before they were merged stay in
+:data:`CODES` (see :data:`RENAMED`) so findings stored under them still explain
+themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from meterbox.ledger import RecordType
+from meterbox.vendor import clockcheck
 from meterbox.vendor.anomaly._features import (
     BOOT,
     CHECKOUT,
@@ -27,7 +36,7 @@ from meterbox.vendor.anomaly._features import (
     HOUR_MS,
     RECEIPT,
     RELEASE,
-    SHUTDOWN,
+    RENEW,
     USAGE,
     Event,
     InstanceHistory,
@@ -39,35 +48,38 @@ from meterbox.vendor.anomaly._features import (
 
 Severity = Literal["critical", "warning", "info"]
 
-HEARTBEAT_GAP: Final = "anomaly.heartbeat_gap"
-CRASH_GAP: Final = "anomaly.unclean_downtime"
 USAGE_STOPPED: Final = "anomaly.usage_stopped"
-CLOCK_STEPPED: Final = "anomaly.clock_step"
-CLOCK_DIVERGENCE: Final = "anomaly.clock_divergence"
-MONO_BACKWARDS: Final = "anomaly.monotonic_backwards"
-CLOCK_BACK_ACROSS_BOOT: Final = "anomaly.clock_back_across_boot"
-CLOCK_AHEAD_OF_VENDOR: Final = "anomaly.clock_ahead_of_vendor"
-CLOCK_BEHIND_VENDOR: Final = "anomaly.clock_behind_vendor"
 CLONE: Final = "anomaly.clone"
 REPORT_LATE: Final = "anomaly.report_late"
 USAGE_RATE: Final = "anomaly.usage_rate"
+LEASE_UNKNOWN: Final = "anomaly.lease_unknown"
 LEARNED: Final = "anomaly.learned"
 
-#: Every code and the one-line meaning shown by ``meterbox vendor anomalies``.
+#: Clock rules that lived here before the single implementation in
+#: :mod:`meterbox.vendor.clockcheck`: old code -> the code that reports it now.
+RENAMED: Final[dict[str, str]] = {
+    "anomaly.heartbeat_gap": clockcheck.HEARTBEAT_GAP,
+    "anomaly.unclean_downtime": clockcheck.HEARTBEAT_UNCLEAN_RESTART,
+    "anomaly.clock_step": clockcheck.CLOCK_STEP_RECORDED,
+    "anomaly.clock_divergence": clockcheck.CLOCK_WALL_STEP,
+    "anomaly.monotonic_backwards": clockcheck.CLOCK_MONOTONIC_BACKWARDS,
+    "anomaly.clock_back_across_boot": clockcheck.CLOCK_BACKWARDS_ACROSS_BOOT,
+    "anomaly.clock_ahead_of_vendor": clockcheck.CLOCK_FUTURE_RECORD,
+    "anomaly.clock_behind_vendor": clockcheck.CLOCK_BEFORE_RECEIPT,
+}
+
+#: Every code the detectors report, with the one-line meaning shown beside it; and the
+#: earlier names of the clock rules, so findings stored under them still explain.
 CODES: Final[dict[str, str]] = {
-    HEARTBEAT_GAP: "the running server wrote nothing for longer than its heartbeat allows",
-    CRASH_GAP: "the server stopped without a shutdown record while seats were in use",
+    **clockcheck.CODES,
     USAGE_STOPPED: "seats stayed checked out but no usage was recorded",
-    CLOCK_STEPPED: "the server recorded a step of its wall clock",
-    CLOCK_DIVERGENCE: "wall time and monotonic time drifted apart without a step record",
-    MONO_BACKWARDS: "monotonic time went backwards without a reboot",
-    CLOCK_BACK_ACROSS_BOOT: "after a restart the wall clock was behind the last time seen",
-    CLOCK_AHEAD_OF_VENDOR: "report or record times are ahead of the vendor's clock",
-    CLOCK_BEHIND_VENDOR: "records are older than a receipt the server had already imported",
     CLONE: "a second server instance reports for the same license at the same time",
     REPORT_LATE: "the report came later than the license's reporting interval",
-    USAGE_RATE: "usage per seat-hour is out of line with this instance's history",
+    USAGE_RATE: "usage per seat-hour fell out of line with this instance's history",
+    LEASE_UNKNOWN: "a seat lease was released that the server never checked out: records "
+    "were lost (a restored snapshot)",
     LEARNED: "this report's daily usage pattern is unlike the customer's history",
+    **{old: f"{clockcheck.CODES[new]} (now reported as {new})" for old, new in RENAMED.items()},
 }
 
 
@@ -105,6 +117,9 @@ class Anomaly:
 
 
 Rule = Callable[[InstanceHistory, Thresholds], list[Anomaly]]
+
+#: Event kinds as ledger record types, for the clock checks.
+_RECORD_TYPES: Final = {t.kind: t for t in RecordType}
 
 
 # ------------------------------------------------------------------- context
@@ -170,60 +185,94 @@ def _elapsed(a: Event, b: Event) -> int:
 
 
 # ---------------------------------------------------------------------- rules
-def heartbeat_gaps(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Silences of a running server, and unclean stops while seats were in use.
+def clock_checks(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+    """Clock and heartbeat evidence in the judged report, by the checks ingest runs.
 
-    A running server writes a heartbeat every minute whatever the load, so a silence
-    within one boot is evidence of records that were not written. A silence that ends
-    in a restart without a shutdown record is a crash, or a restored snapshot; it counts
-    only while seats were checked out. A clean stop (shutdown, then boot) is the
-    customer's right and is not reported here.
+    Accepted history is fed as acknowledged (context only: the last record, leases
+    open, receipts imported); the judged report's records are judged. The vendor's
+    clock is the time the report was received.
     """
     report = _judged(h)
     if report is None:
         return []
-    ctx = _context(h)
-    leases, in_use, floor = set(ctx.open_leases), ctx.in_use, 0
-    prev = ctx.before
-    out: list[Anomaly] = []
+    checker = clockcheck.ClockChecker(vendor_now_ms=report.received_ms, policy=th.clock)
+    for r in h.reports[:-1]:
+        for e in r.events:
+            _observe(checker, e, acked=True)
     for e in report.events:
-        if prev is not None:
-            gap = _elapsed(prev, e)
-            seats = max(len(leases), in_use)
-            if gap > th.gap_ms and e.kind != BOOT and prev.kind != SHUTDOWN:
-                out.append(
-                    Anomaly(
-                        HEARTBEAT_GAP,
-                        "warning",
-                        f"the server kept running but wrote no record for {_fmt_ms(gap)} "
-                        f"before record {e.seq}"
-                        + (f", while {seats} seat(s) were checked out" if seats else "")
-                        + "; a running server writes a heartbeat every minute",
-                        h.instance_id,
-                        report.digest,
-                        e.seq,
-                        e.wall_ms,
-                        score=gap / th.gap_ms,
-                    )
-                )
-            elif gap > th.gap_ms and e.kind == BOOT and prev.kind != SHUTDOWN and seats > 0:
-                out.append(
-                    Anomaly(
-                        CRASH_GAP,
-                        "warning",
-                        f"the server stopped without a shutdown record and restarted "
-                        f"{_fmt_ms(gap)} later (record {e.seq}) while {seats} seat(s) were "
-                        "checked out: a crash, or a restored snapshot",
-                        h.instance_id,
-                        report.digest,
-                        e.seq,
-                        e.wall_ms,
-                        score=gap / th.gap_ms,
-                    )
-                )
-        leases, in_use, floor = _track(e, leases, in_use, floor)
-        prev = e
-    return out
+        _observe(checker, e, acked=False)
+    if report.created_ms > 0:
+        checker.check_created(report.created_ms)
+    walls = {e.seq: e.wall_ms for e in report.events}
+    return [
+        Anomaly(
+            f.code,
+            "warning",
+            f.message,
+            h.instance_id,
+            report.digest,
+            f.seq,
+            walls.get(f.seq) if f.seq is not None else None,
+        )
+        for f in checker.findings()
+    ]
+
+
+def _observe(checker: clockcheck.ClockChecker, e: Event, *, acked: bool) -> None:
+    rtype = _RECORD_TYPES.get(e.kind)
+    if rtype is None:
+        return
+    checker.observe(
+        e.seq,
+        rtype,
+        e.wall_ms,
+        e.mono_ms,
+        acked=acked,
+        lease=e.lease or None,
+        in_use=e.in_use if e.in_use >= 0 else None,
+        step_ms=e.value_ms if e.kind == CLOCK_STEP else None,
+        receipt_ms=e.value_ms if e.kind == RECEIPT else 0,
+    )
+
+
+def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+    """A release, renewal or expiry of a lease the instance's history never checked out.
+
+    The server records every checkout before it hands the lease out, so a lease it
+    later releases must be in its reported history. When it is not, checkouts were
+    lost: a restored snapshot (the lost records included the checkout of a seat a client
+    still held) or deleted records. Reported once per report, with the first such lease.
+    """
+    report = _judged(h)
+    if report is None:
+        return []
+    known = set(h.known_leases)
+    for r in h.reports[:-1]:
+        known.update(e.lease for e in r.events if e.kind == CHECKOUT)
+    orphans: list[Event] = []
+    for e in report.events:
+        if e.kind == CHECKOUT:
+            known.add(e.lease)
+        elif e.kind in (RENEW, RELEASE, EXPIRE) and e.lease and e.lease not in known:
+            orphans.append(e)
+            known.add(e.lease)
+    if not orphans:
+        return []
+    first = orphans[0]
+    return [
+        Anomaly(
+            LEASE_UNKNOWN,
+            "warning",
+            f"record {first.seq} ends seat lease {first.lease[:64]!r}, which this server "
+            f"never checked out in its reported history ({len(orphans)} such lease(s) in "
+            "this report): checkout records were lost, as when a snapshot is restored",
+            h.instance_id,
+            report.digest,
+            first.seq,
+            first.wall_ms,
+            score=float(len(orphans)),
+        )
+    ]
 
 
 def usage_stopped(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
@@ -285,157 +334,6 @@ def _records_per_seat_hour(events: Sequence[Event]) -> float:
     return sum(hours.records.values()) / seat_h if seat_h > 1 else 0.0
 
 
-def clock_steps(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Clock steps the server itself recorded (it records steps of 5 minutes or more)."""
-    report = _judged(h)
-    if report is None:
-        return []
-    out = []
-    for e in report.events:
-        if e.kind == CLOCK_STEP and abs(e.value_ms) >= th.divergence_ms:
-            way = "back" if e.value_ms < 0 else "forward"
-            out.append(
-                Anomaly(
-                    CLOCK_STEPPED,
-                    "warning",
-                    f"the server's wall clock was set {way} by {_fmt_ms(e.value_ms)} "
-                    f"(record {e.seq})",
-                    h.instance_id,
-                    report.digest,
-                    e.seq,
-                    e.wall_ms,
-                    score=e.value_ms / th.divergence_ms,
-                )
-            )
-    return out
-
-
-def clock_divergence(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Wall and monotonic time of one boot drifting apart with no step record to say so.
-
-    Also: monotonic time going backwards without a boot record, which no honest server
-    can produce (records were spliced, or written by something else).
-    """
-    report = _judged(h)
-    if report is None:
-        return []
-    prev = _context(h).before
-    out: list[Anomaly] = []
-    for e in report.events:
-        if prev is not None and e.kind != BOOT and prev.mono_ms >= 0 and e.mono_ms >= 0:
-            d_mono = e.mono_ms - prev.mono_ms
-            if d_mono < 0:
-                out.append(
-                    Anomaly(
-                        MONO_BACKWARDS,
-                        "warning",
-                        f"monotonic time went back by {_fmt_ms(d_mono)} at record {e.seq} "
-                        "without a restart",
-                        h.instance_id,
-                        report.digest,
-                        e.seq,
-                        e.wall_ms,
-                    )
-                )
-            else:
-                drift = (e.wall_ms - prev.wall_ms) - d_mono
-                if abs(drift) > th.divergence_ms and e.kind != CLOCK_STEP:
-                    out.append(
-                        Anomaly(
-                            CLOCK_DIVERGENCE,
-                            "warning",
-                            f"between records {prev.seq} and {e.seq} the wall clock moved "
-                            f"{_fmt_ms(drift)} {'more' if drift > 0 else 'less'} than "
-                            "monotonic time, and no clock step was recorded",
-                            h.instance_id,
-                            report.digest,
-                            e.seq,
-                            e.wall_ms,
-                            score=drift / th.divergence_ms,
-                        )
-                    )
-        prev = e
-    return out
-
-
-def clock_back_across_boot(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """A restart whose wall time is before a time the server had already written.
-
-    The server cannot see a clock set back while it was stopped; its ledger can.
-    """
-    report = _judged(h)
-    if report is None:
-        return []
-    high = _context(h).high_water_ms
-    out = []
-    for e in report.events:
-        if e.kind == BOOT and high and e.wall_ms < high - th.backwards_ms:
-            out.append(
-                Anomaly(
-                    CLOCK_BACK_ACROSS_BOOT,
-                    "warning",
-                    f"the server restarted (record {e.seq}) with its wall clock "
-                    f"{_fmt_ms(high - e.wall_ms)} behind the latest time it had written before",
-                    h.instance_id,
-                    report.digest,
-                    e.seq,
-                    e.wall_ms,
-                    score=(high - e.wall_ms) / th.backwards_ms,
-                )
-            )
-        high = max(high, e.wall_ms)
-    return out
-
-
-def clock_vs_vendor(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Customer times compared with the vendor's: ahead of the vendor clock at ingest,
-    or behind a receipt's vendor time that the server had already imported."""
-    report = _judged(h)
-    if report is None:
-        return []
-    out: list[Anomaly] = []
-    latest = max(report.created_ms, report.last_wall_ms or 0)
-    if latest > report.received_ms + th.future_ms:
-        out.append(
-            Anomaly(
-                CLOCK_AHEAD_OF_VENDOR,
-                "warning",
-                f"the report carries times {_fmt_ms(latest - report.received_ms)} after the "
-                "vendor received it: the server's clock was set forward",
-                h.instance_id,
-                report.digest,
-                None,
-                latest,
-                score=(latest - report.received_ms) / th.future_ms,
-            )
-        )
-    floor = _context(h).vendor_floor_ms
-    for e in report.events:
-        if e.kind == RECEIPT and e.value_ms > 0:
-            if e.wall_ms < e.value_ms - th.future_ms:
-                out.append(_behind(h, report, e, e.value_ms - e.wall_ms))
-                break
-            floor = max(floor, e.value_ms)
-        elif floor and e.wall_ms < floor - th.future_ms:
-            out.append(_behind(h, report, e, floor - e.wall_ms))
-            break
-    return out
-
-
-def _behind(h: InstanceHistory, report: ReportView, e: Event, by: int) -> Anomaly:
-    return Anomaly(
-        CLOCK_BEHIND_VENDOR,
-        "warning",
-        f"record {e.seq} is dated {_fmt_ms(by)} before the vendor time of a receipt the "
-        "server had already imported: the server's clock was set back",
-        h.instance_id,
-        report.digest,
-        e.seq,
-        e.wall_ms,
-        score=by / HOUR_MS,
-    )
-
-
 def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     """A report received later than the license's interval (plus grace) after the last."""
     if h.report_every_ms is None or len(h.reports) < 2:
@@ -464,8 +362,11 @@ def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 def usage_rate(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     """Units per seat-hour against the instance's own accepted reports (robust z-score).
 
-    Both a robust z beyond ``rate_z`` and a relative change beyond ``rate_floor`` are
+    Both a robust z beyond ``rate_z`` and a relative drop beyond ``rate_floor`` are
     needed: a customer whose rate never varies would otherwise be flagged for 3 %.
+    Only drops count: the threat is usage that goes unreported, and a customer whose
+    workload grows pays for it. Half the honest week-to-week drift is upward, so judging
+    one side halves the false alarms at no cost in recall.
     """
     report = _judged(h)
     if report is None or len(h.reports) - 1 < th.min_history_reports:
@@ -477,16 +378,15 @@ def usage_rate(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     z = robust_z(now, past)
     med = sorted(past)[len(past) // 2]
     rel = (now - med) / med if med else 0.0
-    if abs(z) < th.rate_z or abs(rel) < th.rate_floor:
+    if z > -th.rate_z or rel > -th.rate_floor:
         return []
-    way = "lower" if rel < 0 else "higher"
+    way = "lower"
     return [
         Anomaly(
             USAGE_RATE,
             "warning",
             f"usage per seat-hour is {now:.2f}, {abs(rel) * 100:.0f}% {way} than this "
-            f"instance's usual {med:.2f} (robust z {z:+.1f})"
-            + ("; usage may be under-reported" if rel < 0 else ""),
+            f"instance's usual {med:.2f} (robust z {z:+.1f})" + "; usage may be under-reported",
             h.instance_id,
             report.digest,
             report.head_seq,
@@ -549,12 +449,9 @@ def _prev_received(h: InstanceHistory) -> int:
 
 #: Rules over one instance, in the order their findings are listed.
 INSTANCE_RULES: Final[tuple[Rule, ...]] = (
-    heartbeat_gaps,
+    clock_checks,
     usage_stopped,
-    clock_steps,
-    clock_divergence,
-    clock_back_across_boot,
-    clock_vs_vendor,
+    lease_unknown,
     report_late,
     usage_rate,
 )
@@ -564,11 +461,19 @@ def run_rules(
     judged: InstanceHistory,
     license_peers: Sequence[InstanceHistory] = (),
     th: Thresholds | None = None,
+    *,
+    clock: bool = True,
 ) -> list[Anomaly]:
-    """Every rule over the last report of ``judged``; ``license_peers`` for clone checks."""
+    """Every rule over the last report of ``judged``; ``license_peers`` for clone checks.
+
+    ``clock=False`` leaves out :func:`clock_checks`: ingest has already run the same
+    checks over every record of the report as it streamed in.
+    """
     th = th or Thresholds()
     out: list[Anomaly] = []
     for rule in INSTANCE_RULES:
+        if rule is clock_checks and not clock:
+            continue
         out.extend(rule(judged, th))
     out.extend(clones(judged, license_peers, th))
     return out

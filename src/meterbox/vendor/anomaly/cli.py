@@ -2,7 +2,9 @@
 
 Registered onto the vendor CLI by listing ``"meterbox.vendor.anomaly.cli"`` in
 ``meterbox.vendor.cli.COMMAND_MODULES``. Each accepted report of each instance is judged
-in turn, with the history before it, as it would have been at ingest.
+in turn, with the history before it, as it would have been at ingest, and with every
+rule, the clock checks included. The reporting interval comes from the licenses the
+reports carried (stored at ingest); ``--report-every-days`` overrides it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
                 h.report_every_ms,
                 h.grace_ms,
                 h.reports[: i + 1],
+                h.known_leases,
             )
             cut = h.reports[i].received_ms
             out.extend(
@@ -56,6 +59,7 @@ def _until(h: InstanceHistory, cut: int) -> InstanceHistory:
         h.report_every_ms,
         h.grace_ms,
         tuple(r for r in h.reports if r.received_ms <= cut),
+        h.known_leases,
     )
 
 
@@ -67,7 +71,10 @@ def anomalies_command(
     ] = None,
     report_every_days: Annotated[
         int | None,
-        typer.Option("--report-every-days", help="Reporting interval to check lateness against."),
+        typer.Option(
+            "--report-every-days",
+            help="Override the licenses' reporting interval for the lateness check.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per finding.")] = False,
 ) -> None:
@@ -78,22 +85,11 @@ def anomalies_command(
                 "--report-every-days must be positive",
                 expected="a whole number of days, 1 or more",
                 found=str(report_every_days),
-                hint="leave it out to skip the lateness check",
+                hint="leave it out to use the interval the licenses state",
             )
+        every = None if report_every_days is None else report_every_days * DAY_MS
         with VendorStore.open(store_url, home=home) as store:
-            hists = histories(store, customer=customer)
-        if report_every_days is not None:
-            hists = [
-                InstanceHistory(
-                    h.instance_id,
-                    h.license_id,
-                    h.customer,
-                    report_every_days * DAY_MS,
-                    h.grace_ms,
-                    h.reports,
-                )
-                for h in hists
-            ]
+            hists = histories(store, customer=customer, report_every_ms=every)
         found = scan(hists)
     if as_json:
         for a in found:

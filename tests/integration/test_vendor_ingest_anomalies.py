@@ -1,0 +1,169 @@
+"""Ingest runs the anomaly detectors; `meterbox vendor anomalies` reads what ingest stored.
+
+Reports are written by the real LedgerWriter under a manual clock, with attacks a
+customer could make (clock set back, a silence while a seat was out, a restored
+snapshot), ingested through the real CLI into SQLite and PostgreSQL stores.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from test_vendor_ingest_support import Site, cli, codes, days, ingest_json, make_home, make_site
+
+from meterbox.ledger import LedgerWriter
+from meterbox.licenses import Feature, License, Meter
+from meterbox.vendor import _ingest_store as db
+from meterbox.vendor import keys as vendor_keys
+from meterbox.vendor.store import VendorStore
+
+MIN = 60_000
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'vendor.db'}"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+def issue_weekly(home: Path, store: str) -> bytes:
+    """A license that asks for a report every 7 days (2 days grace)."""
+    signer = vendor_keys.VendorKeys.load(home).signer()
+    lic = License(
+        license_id="lic_acme",
+        customer="ACME",
+        product="Solver",
+        issued=datetime(2025, 12, 1, tzinfo=UTC),
+        vendor_key_id=signer.key_id.hex(),
+        features={"cad": Feature(5)},
+        meters={"solver": Meter(None, "total")},
+        report_every_days=7,
+        grace_days=2,
+    )
+    document = lic.sign(signer)
+    with VendorStore.open(store, home=home) as s:
+        s.add_license(lic, document)
+    return document
+
+
+def busy_hour(site: Site, lease: str | None = None) -> None:
+    """An hour of honest work: a seat out, heartbeats every minute, usage between."""
+    if lease is not None:
+        site.checkout(lease)
+    for _ in range(60):
+        site.use("solver", 3, step_ms=20_000)
+        site.heartbeat(40_000)
+    if lease is not None:
+        site.release(lease)
+
+
+def anomalies(home: Path, store: str, *extra: str) -> list[dict[str, Any]]:
+    code, out = cli("anomalies", "--home", str(home), "--store", store, "--json", *extra)
+    assert code == 0, out
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def ingest_ok(home: Path, report: Path, store: str) -> dict[str, Any]:
+    code, out = ingest_json(home, report, "--store", store)
+    assert code == 0, out
+    assert out["status"] in ("accepted", "accepted_with_findings"), out
+    return out
+
+
+def test_clean_history_has_no_anomaly_findings(tmp_path: Path, store_url: str) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
+    for n in range(4):
+        busy_hour(site, f"L{n}")
+        out = ingest_ok(home, site.export(tmp_path / f"r{n}.mbr"), store_url)
+        assert out["status"] == "accepted", out["findings"]
+        site.reopen()  # a clean restart between reports is the customer's right
+    assert anomalies(home, store_url) == []
+    engine = sa.create_engine(store_url)
+    with engine.connect() as conn:
+        kinds = {r[0] for r in conn.execute(sa.select(db.ledger_events_table.c.kind))}
+        meta = conn.execute(sa.select(db.report_meta_table)).all()
+    engine.dispose()
+    assert {"heartbeat", "boot", "shutdown"} <= kinds
+    assert len(meta) == 4
+    assert {(m.report_every_days, m.grace_days) for m in meta} == {(7, 2)}
+    assert all(m.created_ms > 0 for m in meta)
+
+
+def test_clock_set_back_while_running_is_seen_at_ingest_and_on_demand(
+    tmp_path: Path, store_url: str
+) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
+    busy_hour(site, "L1")
+    ingest_ok(home, site.export(tmp_path / "r1.mbr"), store_url)
+    site.checkout("L2")
+    site.clock.step_wall(-days(3))  # the customer sets the clock back three days
+    busy_hour(site)
+    out = ingest_ok(home, site.export(tmp_path / "r2.mbr"), store_url)
+    clock_codes = {"clock.step_recorded", "clock.wall_step"}
+    assert codes(out) & clock_codes, out["findings"]
+    assert out["status"] == "accepted_with_findings"
+    found = anomalies(home, store_url, "--customer", "ACME")
+    assert {a["code"] for a in found} & clock_codes
+    assert all(a["report"] == out["report_digest"] for a in found)
+
+
+def test_silence_while_a_seat_was_out_is_a_heartbeat_gap(tmp_path: Path, store_url: str) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
+    busy_hour(site, "L1")
+    ingest_ok(home, site.export(tmp_path / "r1.mbr"), store_url)
+    site.checkout("L2")
+    busy_hour(site)
+    site.clock.advance(2 * 3_600_000)  # two hours in which nothing was written
+    busy_hour(site)
+    site.release("L2")
+    out = ingest_ok(home, site.export(tmp_path / "r2.mbr"), store_url)
+    assert "heartbeat.gap" in codes(out)
+    assert "heartbeat.gap" in {a["code"] for a in anomalies(home, store_url)}
+
+
+def test_restored_snapshot_is_found_by_the_detectors_ingest_runs(
+    tmp_path: Path, store_url: str
+) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
+    busy_hour(site, "L1")
+    ingest_ok(home, site.export(tmp_path / "r1.mbr"), store_url)
+    busy_hour(site)
+    snapshot = site.backup(tmp_path / "snapshot")
+    site.checkout("L2")  # handed out after the snapshot: the restore erases it
+    busy_hour(site)
+    site.writer.close()
+    site.clock.advance(5 * MIN)
+    site.writer = LedgerWriter.open(snapshot, clock=site.clock)
+    site.directory = snapshot
+    busy_hour(site)
+    site.release("L2")  # the client still held the seat and gives it back
+    out = ingest_ok(home, site.export(tmp_path / "r2.mbr"), store_url)
+    assert "anomaly.lease_unknown" in codes(out), out["findings"]
+    finding = next(f for f in out["findings"] if f["code"] == "anomaly.lease_unknown")
+    assert finding["severity"] == "warning"
+    assert "anomaly.lease_unknown" in {a["code"] for a in anomalies(home, store_url)}
+
+
+def test_interval_override_and_license_interval_for_lateness(
+    tmp_path: Path, store_url: str
+) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
+    busy_hour(site, "L1")
+    ingest_ok(home, site.export(tmp_path / "r1.mbr"), store_url)
+    busy_hour(site, "L2")
+    ingest_ok(home, site.export(tmp_path / "r2.mbr"), store_url)
+    # Received seconds apart: on time for the license's 7 days ...
+    assert anomalies(home, store_url) == []
+    # ... and an override of the interval is still honoured (1 day: still on time).
+    assert anomalies(home, store_url, "--report-every-days", "1") == []
