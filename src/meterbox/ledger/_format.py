@@ -15,9 +15,10 @@ receipts commit to it.
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -92,6 +93,8 @@ _KINDS: Final = {
     for t in RecordType
 }
 _BY_KIND: Final = {v: k for k, v in _KINDS.items()}
+#: Type numbers to members without an enum call per record.
+BY_VALUE: Final = {t.value: t for t in RecordType}
 #: Types a server may append; the rest are written by the ledger itself.
 #: Clock steps, boots and shutdowns are evidence the ledger gathers itself, so a server
 #: (or anything else holding the writer) cannot fabricate them.
@@ -108,8 +111,9 @@ INTERNAL_TYPES: Final = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """The 30-byte authenticated header of every record (a tuple: the verifier's hot path)."""
+
     version: int
     type: int
     epoch: int
@@ -118,9 +122,7 @@ class Header:
     mono_ms: int
 
     def pack(self) -> bytes:
-        return HEADER.pack(
-            self.version, self.type, self.epoch, self.seq, self.wall_ms, self.mono_ms
-        )
+        return HEADER.pack(*self)
 
     @classmethod
     def unpack(cls, body: bytes) -> Header:
@@ -130,7 +132,7 @@ class Header:
                 expected=f"at least {HEADER_LEN} bytes",
                 found=f"{len(body)} bytes",
             )
-        return cls(*HEADER.unpack_from(body))
+        return cls._make(HEADER.unpack_from(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +164,7 @@ def frame(body: bytes) -> bytes:
 
 
 def chain(prev_hash: bytes, frame_bytes: bytes) -> bytes:
-    return sha256(prev_hash, frame_bytes)
+    return hashlib.sha256(prev_hash + frame_bytes).digest()
 
 
 def genesis_hash(instance_id: bytes) -> bytes:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from meterbox.crypto import AeadKey
 from meterbox.errors import FormatError
 from meterbox.ledger._format import (
+    BY_VALUE,
     EPOCH_BODY_LEN,
     EPOCH_PLAIN,
     HEADER_LEN,
@@ -29,14 +30,10 @@ from meterbox.ledger._format import (
 _READ_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class RawFrame:
+class RawFrame(NamedTuple):
     offset: int
     data: bytes  # length prefix included
-
-    @property
-    def body(self) -> bytes:
-        return self.data[LEN_PREFIX_LEN:]
+    body: bytes  # the same bytes without it
 
 
 class FrameReader:
@@ -87,7 +84,7 @@ class FrameReader:
                     break
             data = bytes(self._buf[pos : pos + total])
             pos += total
-            yield RawFrame(self._offset, data)
+            yield RawFrame(self._offset, data, data[LEN_PREFIX_LEN:])
             self._offset += total
             self.consumed += total
         if self._buf:
@@ -124,14 +121,12 @@ def parse_header(body: bytes) -> Header:
             found=f"version {header.version}",
             hint="upgrade meterbox to read this ledger",
         )
-    try:
-        RecordType(header.type)
-    except ValueError:
+    if header.type not in BY_VALUE:
         raise FormatError(
             "unknown ledger record type",
             expected="a type listed in docs/spec/ledger.md",
             found=f"type {header.type}",
-        ) from None
+        )
     return header
 
 
@@ -152,7 +147,7 @@ def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
     plaintext = key.open(nonce(header.epoch, header.seq), body[HEADER_LEN:], body[:HEADER_LEN])
     return Record(
         header.seq,
-        RecordType(header.type),
+        BY_VALUE[header.type],
         header.epoch,
         header.wall_ms,
         header.mono_ms,

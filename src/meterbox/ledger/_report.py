@@ -59,6 +59,8 @@ MAX_PENDING_GAPS: Final = 4096
 #: cannot flood the vendor's store.
 MAX_FINDINGS_PER_CODE: Final = 50
 _U32 = struct.Struct(">I")
+#: Record types the verifier inspects beyond authentication.
+_CHECKED_TYPES: Final = frozenset({RecordType.GENESIS, RecordType.CHECKPOINT, RecordType.RECOVERY})
 
 
 # ---------------------------------------------------------------------- export
@@ -407,13 +409,15 @@ class ReportVerifier:
                 "warning",
                 f"first report of this instance starts at seq {r.base_seq}, not at genesis",
             )
+        known_seq = known.head.seq if known is not None else -1
+        progress = self._on_progress
         for raw in reader:
             before = prev
             h = chain(prev, raw.data)
             prev = h
             r.records += 1
-            if self._on_progress is not None:
-                self._on_progress(len(raw.data))
+            if progress is not None:
+                progress(len(raw.data))
             try:
                 hdr = parse_header(raw.body)
             except FormatError as exc:
@@ -453,7 +457,7 @@ class ReportVerifier:
                     seq,
                 )
             last_seq, last_data = seq, raw.data
-            if known is not None and seq == known.head.seq and h != known.head.hash:
+            if seq == known_seq and known is not None and h != known.head.hash:
                 self._find(
                     F.LEDGER_FORK,
                     "critical",
@@ -493,9 +497,9 @@ class ReportVerifier:
             except FormatError as exc:
                 self._find(F.RECORD_MALFORMED, "critical", f"record {seq}: {exc.render()}", seq)
                 continue
-            self._check_record(record, before)
-            acked = known is not None and seq <= known.head.seq
-            yield record, acked
+            if record.type in _CHECKED_TYPES:
+                self._check_record(record, before)
+            yield record, seq <= known_seq
         r.head = Head(last_seq, prev) if last_seq >= 0 else None
         if known is not None and last_seq < known.head.seq:
             self._find(
