@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 # The vendor CLI loads the anomalies command (importing the command module first would
 # enter the import cycle from the other end, which no caller does).
-from meterbox.vendor.cli import app as vendor_app
+from meterbox.vendor.commands import app as vendor_app
 from meterbox.vendor.store import VendorStore
 
 

@@ -13,13 +13,13 @@ and print. Exit codes (stable, for scripts):
 ====  =====================================================================
 
 Other modules add commands by defining ``register(app: typer.Typer) -> None`` and
-listing their module name in :data:`COMMAND_MODULES` at the end of this file; they may
+listing their module name in :data:`COMMAND_MODULES` at the end of this file
+(:mod:`meterbox.vendor.commands` registers them, so they can import this module); they may
 import :func:`cli_errors`, :func:`fail` and :data:`HomeOption` from here.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import secrets
 import string
@@ -580,6 +580,3 @@ COMMAND_MODULES: tuple[str, ...] = (
     "meterbox.vendor.dashboard",
     "meterbox.vendor.anomaly.cli",
 )
-
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(app)
