@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -109,6 +110,8 @@ class LicenseService:
         self._mono = monotonic
         self._lock = asyncio.Lock()
         self._persist = GroupCommitter[list[Change], None](self._flush_state)
+        #: Changes whose state commit failed (a full disk), committed before the next ones.
+        self._unsaved: list[Change] = []
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
         self._side: list[asyncio.Future[int]] = []
         self.clock_steps = 0
@@ -170,7 +173,25 @@ class LicenseService:
 
     # --------------------------------------------------------- plumbing
     def _flush_state(self, batches: list[list[Change]]) -> list[None]:
-        self.store.apply([c for batch in batches for c in batch])
+        # The group committer runs one flush at a time, so ``_unsaved`` needs no lock.
+        changes = self._unsaved + [c for batch in batches for c in batch]
+        try:
+            self.store.apply(changes)
+        except (sqlite3.Error, OSError) as exc:
+            # The records are already durable in the ledger and applied in memory, so
+            # the changes are kept and committed, in order, by the next flush that
+            # succeeds: the state never skips them while its sequence number moves on
+            # (a restart before then replays them from the ledger). The callers get
+            # 503, which tells them to retry with the same idempotency key.
+            self._unsaved = changes
+            raise UnavailableError(
+                "The server state could not be saved",
+                expected="a committed write to the state database",
+                found=f"{type(exc).__name__}: {exc}",
+                hint="Free disk space in the data directory; retry with the same "
+                "idempotency key (the request is recorded and will not count twice)",
+            ) from exc
+        self._unsaved = []
         return [None] * len(batches)
 
     async def _durable(self, task: Awaitable[int]) -> int:
