@@ -352,6 +352,45 @@ def test_usage_rate_doubling_is_not_under_reporting() -> None:
     assert R.usage_rate(history([*past, now]), TH) == []
 
 
+def test_usage_rate_small_drop_on_a_flat_history_is_within_the_floor() -> None:
+    # Flat history has almost no spread, so a 25 % drop is many deviations out; the
+    # relative floor keeps such a customer from being flagged for ordinary variation.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=15 * MIN) for _ in range(4)]
+    now = week_with_seats(b, usage_every=20 * MIN)
+    assert R.usage_rate(history([*past, now]), TH) == []
+
+
+def test_usage_rate_half_drop_against_a_noisy_history_is_not_flagged() -> None:
+    # Week-to-week swings of +-40 % make a 50 % drop unremarkable.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=m * MIN) for m in (10, 22, 13, 25, 11, 20)]
+    now = week_with_seats(b, usage_every=30 * MIN)
+    assert R.usage_rate(history([*past, now]), TH) == []
+
+
+def test_seats_out_all_week_with_no_usage_is_out_of_line() -> None:
+    b = Builder()
+    past = [week_with_seats(b, usage_every=m * MIN) for m in (15, 14, 16, 15)]
+    now = week_with_seats(b, usage_every=8 * DAY)
+    found = R.usage_rate(history([*past, now]), TH)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "100% lower" in found[0].message
+
+
+def test_usage_rate_needs_enough_seat_hours_in_the_judged_report() -> None:
+    b = Builder()
+    past = [week_with_seats(b, usage_every=m * MIN) for m in (15, 14, 16, 15)]
+    b.add("seat.checkout", lease="short")
+    b.run(10 * HOUR, seats=1, usage_every=60 * MIN)
+    b.add("seat.release", lease="short")
+    few = b.report()
+    assert R.usage_rate(history([*past, few]), TH) == []
+    # The same drop over a whole week of two seats is judged.
+    slow = week_with_seats(b, usage_every=60 * MIN)
+    assert codes(R.usage_rate(history([*past, slow]), TH)) == {R.USAGE_RATE}
+
+
 # ---------------------------------------------------------------------- clones
 def test_second_instance_reporting_at_the_same_time_is_a_clone() -> None:
     a, c = Builder(), Builder()

@@ -109,10 +109,18 @@ class Thresholds:
     clock: ClockPolicy = field(default_factory=ClockPolicy)
     #: Usage stopping: probability of seeing no usage record at the history rate.
     silence_p: float = 1e-5
-    #: Robust z beyond which usage per seat-hour is out of line with history.
-    rate_z: float = 5.0
-    #: Relative change of usage per seat-hour that always counts as normal variation.
+    #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
+    rate_z: float = 4.0
+    #: Relative drop of usage per seat-hour that always counts as normal variation.
     rate_floor: float = 0.3
+    #: Prior for the week-to-week standard deviation of log usage per seat-hour, and
+    #: how many reports it weighs: a few reports' spread alone is too noisy to trust.
+    rate_sigma_prior: float = 0.10
+    rate_prior_weight: float = 4.0
+    #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
+    rate_min_seat_hours: float = 20.0
+    #: The most recent accepted reports the baseline is taken from.
+    rate_window: int = 12
     #: Accepted reports needed before history-based rules speak.
     min_history_reports: int = 3
 

@@ -20,6 +20,7 @@ themselves.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -43,7 +44,6 @@ from meterbox.vendor.anomaly._features import (
     ReportView,
     Thresholds,
     hourly,
-    robust_z,
 )
 
 Severity = Literal["critical", "warning", "info"]
@@ -360,49 +360,88 @@ def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 
 
 def usage_rate(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Units per seat-hour against the instance's own accepted reports (robust z-score).
+    """Units per seat-hour far below the instance's own accepted reports.
 
-    Both a robust z beyond ``rate_z`` and a relative drop beyond ``rate_floor`` are
-    needed: a customer whose rate never varies would otherwise be flagged for 3 %.
-    Only drops count: the threat is usage that goes unreported, and a customer whose
-    workload grows pays for it. Half the honest week-to-week drift is upward, so judging
-    one side halves the false alarms at no cost in recall.
+    Judged in log space, where under-reporting by a fraction ``f`` is a shift of
+    ``log(1 - f)`` whatever the customer's level. The baseline is the median of the
+    last ``rate_window`` accepted reports' log rates (reports with fewer than
+    ``rate_min_seat_hours`` seat-hours are too noisy to count). The spread against
+    which the drop is measured has three parts:
+
+    * week-to-week drift: the reports' robust spread (1.4826 MAD), pooled with a prior
+      of ``rate_sigma_prior`` worth ``rate_prior_weight`` reports, because the MAD of
+      three to six reports alone is often half or twice the truth, which either
+      misses large drops or raises alarms for small ones;
+    * the median's own uncertainty (``pi / 2n`` times the drift variance);
+    * the judged report's sampling noise: for a sum of usage amounts ``a``, the relative
+      variance is about ``sum(a^2) / sum(a)^2`` (compound Poisson). The vendor store
+      sums usage per minute, which can only overstate it, so the rule errs quiet.
+
+    A finding needs both a drop beyond ``rate_z`` of that spread and a relative drop
+    beyond ``rate_floor``. Only drops count: the threat is usage that goes unreported,
+    and a customer whose workload grows pays for it; judging one side halves the false
+    alarms that honest drift raises, at no cost in recall.
     """
     report = _judged(h)
     if report is None or len(h.reports) - 1 < th.min_history_reports:
         return []
-    past = [v for v in (units_per_seat_hour(r.events) for r in h.reports[:-1]) if v is not None]
-    now = units_per_seat_hour(report.events)
-    if now is None or len(past) < th.min_history_reports:
+    now = _rate_sample(report.events)
+    if now.seat_hours < th.rate_min_seat_hours:
         return []
-    z = robust_z(now, past)
-    med = sorted(past)[len(past) // 2]
-    rel = (now - med) / med if med else 0.0
-    if z > -th.rate_z or rel > -th.rate_floor:
+    past = [
+        math.log(x.units / x.seat_hours)
+        for x in (_rate_sample(r.events) for r in h.reports[:-1])
+        if x.seat_hours >= th.rate_min_seat_hours and x.units > 0
+    ][-th.rate_window :]
+    n = len(past)
+    if n < th.min_history_reports:
         return []
-    way = "lower"
+    base = statistics.median(past)
+    mad_sd = 1.4826 * statistics.median(abs(x - base) for x in past)
+    k = th.rate_prior_weight
+    drift_var = (k * th.rate_sigma_prior**2 + n * mad_sd**2) / (k + n)
+    if now.units > 0:
+        log_now, sample_var = math.log(now.units / now.seat_hours), now.sum_sq / now.units**2
+    else:
+        # No (net) usage at all: count it as half a unit, as noisy as a single record.
+        log_now, sample_var = math.log(0.5 / now.seat_hours), 1.0
+    sd = math.sqrt(drift_var * (1 + math.pi / (2 * n)) + sample_var)
+    z = (log_now - base) / sd
+    drop = 1 - math.exp(log_now - base)
+    if z > -th.rate_z or drop < th.rate_floor:
+        return []
+    usual, rate = math.exp(base), max(0.0, now.units) / now.seat_hours
     return [
         Anomaly(
             USAGE_RATE,
             "warning",
-            f"usage per seat-hour is {now:.2f}, {abs(rel) * 100:.0f}% {way} than this "
-            f"instance's usual {med:.2f} (robust z {z:+.1f})" + "; usage may be under-reported",
+            f"usage per seat-hour is {rate:.2f}, {drop * 100:.0f}% lower than this "
+            f"instance's usual {usual:.2f} over {now.seat_hours:.0f} seat-hours "
+            f"({abs(z):.1f} standard deviations of its week-to-week variation); usage may "
+            "be under-reported",
             h.instance_id,
             report.digest,
             report.head_seq,
             None,
             score=z,
-            drivers=(("units_per_seat_hour", now), ("history_median", med)),
+            drivers=(("units_per_seat_hour", rate), ("history_median", usual)),
         )
     ]
 
 
-def units_per_seat_hour(events: Sequence[Event]) -> float | None:
+@dataclass(frozen=True, slots=True)
+class _RateSample:
+    """Usage units, their sum of squares, and seat-hours of one report."""
+
+    units: int
+    sum_sq: int
+    seat_hours: float
+
+
+def _rate_sample(events: Sequence[Event]) -> _RateSample:
     hours, _ = hourly(list(events))
-    seat_h = sum(hours.seat_ms.values()) / HOUR_MS
-    if seat_h < 10:
-        return None
-    return sum(hours.units.values()) / seat_h
+    sum_sq = sum(e.amount * e.amount for e in events if e.kind in (USAGE, DECREMENT))
+    return _RateSample(sum(hours.units.values()), sum_sq, sum(hours.seat_ms.values()) / HOUR_MS)
 
 
 def clones(
