@@ -110,7 +110,7 @@ class Thresholds:
     #: Usage stopping: probability of seeing no usage record at the history rate.
     silence_p: float = 1e-5
     #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
-    rate_z: float = 4.0
+    rate_z: float = 3.5
     #: Relative drop of usage per seat-hour that always counts as normal variation.
     rate_floor: float = 0.3
     #: Prior for the week-to-week standard deviation of log usage per seat-hour, and
