@@ -10,7 +10,8 @@ attack falls in the last week. Every report after the first is judged with
 
 Development used seeds 0-99; published figures used seeds 1000-1001, then (after the
 clock checks were merged into one implementation and the snapshot and usage-rate rules
-changed) fresh seeds from 2000 (``--seed-base``), never used while tuning.
+changed) fresh seeds from 2000 (``--seed-base``), never used while tuning; after
+``anomaly.usage_rate`` was rebuilt on development seeds, fresh seeds 3000-3003.
 
     .venv/bin/python bench/anomaly_eval.py --customers 6 --seeds 4 --weeks 10
 """
