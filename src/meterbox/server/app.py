@@ -161,6 +161,12 @@ def _lease_out(lease: Lease, renewed: bool = False) -> LeaseOut:
     )
 
 
+def _json(model: BaseModel) -> Response:
+    """Serialise a reply model directly: the hot endpoints skip FastAPI's second validation
+    of a model built a line earlier (their ``response_model`` still documents them)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def _error(
     code: str, message: str, hint: str | None = None, status: int | None = None
 ) -> JSONResponse:
@@ -298,10 +304,14 @@ def create_app(
         return _error(code, message, status=exc.status_code)
 
     # ----------------------------------------------------------------- seats
-    @app.post("/v1/seats/checkout", responses=_errors(400, 403, 404, 409, 413, 503))
-    async def checkout(body: CheckoutIn) -> LeaseOut:
+    @app.post(
+        "/v1/seats/checkout",
+        response_model=LeaseOut,
+        responses=_errors(400, 403, 404, 409, 413, 503),
+    )
+    async def checkout(body: CheckoutIn) -> Response:
         d = await service.checkout(body.feature, body.client_id, body.hostname)
-        return _lease_out(d.lease, d.renewed)
+        return _json(_lease_out(d.lease, d.renewed))
 
     @app.post("/v1/seats/heartbeat", responses=_errors(400, 403, 404, 413, 503))
     async def heartbeat(body: LeaseIdIn) -> LeaseOut:
@@ -322,19 +332,23 @@ def create_app(
         )
 
     # ----------------------------------------------------------------- usage
-    @app.post("/v1/usage", responses=_errors(400, 402, 403, 404, 409, 413, 503))
-    async def usage(body: UsageIn) -> UsageOut:
+    @app.post(
+        "/v1/usage", response_model=UsageOut, responses=_errors(400, 402, 403, 404, 409, 413, 503)
+    )
+    async def usage(body: UsageIn) -> Response:
         r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
-        return UsageOut(
-            meter=r.meter,
-            amount=r.amount,
-            seq=r.seq,
-            used=r.used,
-            limit=r.limit,
-            remaining=r.remaining,
-            flagged=r.flagged,
-            replayed=r.replayed,
-            license_id=r.license_id,
+        return _json(
+            UsageOut(
+                meter=r.meter,
+                amount=r.amount,
+                seq=r.seq,
+                used=r.used,
+                limit=r.limit,
+                remaining=r.remaining,
+                flagged=r.flagged,
+                replayed=r.replayed,
+                license_id=r.license_id,
+            )
         )
 
     @app.get("/v1/usage/balances")
