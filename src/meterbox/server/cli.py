@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification failed, 4 state.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -157,6 +158,12 @@ def run(
         http=HeaderTimeoutProtocol,
     )
     server = GracefulServer(uv_config)
+    # Long-lived state (leases, idempotency keys) grows to many objects; full collections
+    # over all of it stalled requests for 100+ ms. Collect the young generation as usual,
+    # the old one rarely.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     from .instance import RUN_FILE, write_run_file
 
     write_run_file(data, f"{scheme}://{host}:{port}")

@@ -20,6 +20,8 @@ Security (docs/adr/0008-dashboards.md):
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -108,13 +110,25 @@ def mount_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
     env = _env()
     service = instance.service
 
-    def after_write() -> None:
-        try:
-            history.maybe_record(time.monotonic(), service.now, service.engine.balances)
-        except Exception:  # the chart's history must never break an API answer
-            import logging
+    pending: list[asyncio.Future[None]] = []
 
+    def write_sample(at: datetime, balances: list[dict[str, Any]]) -> None:
+        try:
+            history.record(at, balances)
+        except Exception:  # the chart's history must never break an API answer
             logging.getLogger("meterbox.server").exception("usage history sample failed")
+
+    def after_write() -> None:
+        # Read the balances here, on the event loop that owns the engine; write them to
+        # disk in a worker thread, so no API answer waits for the chart's file.
+        if pending and not pending[0].done():
+            return
+        mono = time.monotonic()
+        if not history.due(mono):
+            return
+        at = service.now()
+        balances = service.engine.balances(at)
+        pending[:] = [asyncio.get_running_loop().run_in_executor(None, write_sample, at, balances)]
 
     def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(**ctx)
