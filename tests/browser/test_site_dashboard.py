@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_support import Site, screenshot_path
 from playwright.sync_api import Browser, Page, expect
 
-from conftest import Site, screenshot_path
 from meterbox.ledger import ReportVerifier
 from meterbox.vendor.ingest import ingest
 from meterbox.vendor.keys import VendorKeys

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_support import ServerThread, Site, screenshot_path
 from playwright.sync_api import Browser, expect
 from typer.testing import CliRunner
 
-from conftest import ServerThread, Site, screenshot_path
 from meterbox.vendor.billing import Period, bill
 from meterbox.vendor.dashboard._data import Source
 from meterbox.vendor.dashboard.app import create_app

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
+from starlette.testclient import TestClient
 
 from meterbox.errors import MeterboxError
+from meterbox.server.runtime import BuiltApp
 
 TESTS = Path(__file__).resolve().parent.parent
 VECTORS = TESTS / "vectors"
@@ -324,3 +326,27 @@ def fuzz_settings(weight: float = 1.0) -> settings:
         derandomize=os.environ.get("METERBOX_FUZZ_RANDOM") is None,
         database=None,
     )
+
+
+class Served:
+    """The real app (engine, ledger, state store, Cryptolens API) behind a test client."""
+
+    def __init__(self, site: Site, built: BuiltApp, client: TestClient) -> None:
+        self.site = site
+        self.built = built
+        self.client = client
+
+    def state(self) -> tuple[object, ...]:
+        service = self.built.instance.service
+        now = service.now()
+        crypto_db = self.site.data / "cryptolens.db"
+        return (
+            service.ledger_head(),
+            [(b["meter"], b["used"], b["limit"]) for b in service.engine.balances(now)],
+            [
+                (f["feature"], f["in_use"], sorted(x.lease_id for x in f["leases"]))
+                for f in service.engine.seats_view(now)
+            ],
+            hashlib.sha256(crypto_db.read_bytes()).hexdigest() if crypto_db.exists() else None,
+            sorted(p.name for p in (self.site.data / "licenses").iterdir()),
+        )

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fuzz_support import CASES, fuzz_settings, time_bound
+from fuzz_support import CASES, Served, fuzz_settings, time_bound
 from hypothesis import given
 from hypothesis import strategies as st
-
-from conftest import Served
 
 ENDPOINTS = ["/v1/seats/checkout", "/v1/seats/heartbeat", "/v1/seats/release", "/v1/usage"]
 ADMIN = ["/v1/admin/import", "/v1/admin/export"]

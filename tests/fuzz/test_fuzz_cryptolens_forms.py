@@ -11,11 +11,9 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from fuzz_support import CASES, KEY, PRODUCT, fuzz_settings, time_bound
+from fuzz_support import CASES, KEY, PRODUCT, Served, fuzz_settings, time_bound
 from hypothesis import given
 from hypothesis import strategies as st
-
-from conftest import Served
 
 METHODS = [
     "key/activate",
