@@ -42,17 +42,18 @@ import shutil
 import struct
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+# The fixed keys, the counter randomness and the report surgery are shared with the
+# tests that take reports apart by hand, so both build the same bytes the same way.
+sys.path.insert(0, str(ROOT / "tests"))
 
-import msgpack  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
     X25519PrivateKey,
     X25519PublicKey,
@@ -60,9 +61,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: E402
 
+from ledger_support import (  # noqa: E402
+    OTHER_VENDOR,
+    OTHER_VENDOR_ID,
+    VENDOR,
+    VENDOR_ID,
+    counter_random,
+    next_epoch_forger,
+)
 from meterbox.clock import ManualClock  # noqa: E402
 from meterbox.crypto import (  # noqa: E402
-    KEY_LEN,
     key_id,
     x25519_raw_private,
     x25519_raw_public,
@@ -80,40 +88,15 @@ from meterbox.ledger import (  # noqa: E402
     _report,
     export_report,
 )
-from meterbox.ledger._format import LEN_PREFIX, chain  # noqa: E402
-from meterbox.ledger._report import SIGNATURE_DOMAIN  # noqa: E402
-from meterbox.ledger._seal import Sealer  # noqa: E402
-
-#: TEST KEYS. Published in the repository: never use them for anything real.
-VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(32)))
-VENDOR_ID = key_id(x25519_raw_public(VENDOR.public_key()))
-OTHER_VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
-OTHER_VENDOR_ID = key_id(x25519_raw_public(OTHER_VENDOR.public_key()))
+from report_surgery import Parts, frame_offsets, join, split  # noqa: E402
 
 LICENSE_ID = "lic_00112233445566aa"
 #: Stands in for the license files a server puts in its report header.
 LICENSE_BYTES = b"placeholder for the bytes of lic_00112233445566aa.lic"
 SOFTWARE_VERSION = "vectors"
-_U32 = struct.Struct(">I")
 
 
 # --------------------------------------------------------------- determinism
-def counter_random(seed: int) -> Callable[[int], bytes]:
-    """Deterministic 'randomness' (the same construction as tests/ledger_support.py)."""
-    state = {"n": seed}
-
-    def rnd(n: int) -> bytes:
-        state["n"] += 1
-        out = b""
-        i = 0
-        while len(out) < n:
-            out += (state["n"] * 1_000_003 + i).to_bytes(8, "big")
-            i += 1
-        return out[:n]
-
-    return rnd
-
-
 # RFC 9180 identifiers of the suite meterbox uses.
 _KEM_SUITE = b"KEM" + (0x0020).to_bytes(2, "big")
 _HPKE_SUITE = b"HPKE" + (0x0020).to_bytes(2, "big") + (0x0001).to_bytes(2, "big")
@@ -220,54 +203,6 @@ def new_ledger(
         random=counter_random(seed),
     )
     return Ledger(writer, clock, directory)
-
-
-# ------------------------------------------------------------ report surgery
-@dataclass
-class Parts:
-    prefix_len: int
-    header: dict[str, Any]
-    frames: list[bytes]
-    trailer: dict[str, Any]
-
-
-def split(data: bytes) -> Parts:
-    (hlen,) = _U32.unpack_from(data, 5)
-    header = msgpack.unpackb(data[9 : 9 + hlen], raw=False)
-    pos = 9 + hlen
-    end = pos + header["frames_len"]
-    frames = []
-    while pos < end:
-        (n,) = LEN_PREFIX.unpack_from(data, pos)
-        frames.append(data[pos : pos + 2 + n])
-        pos += 2 + n
-    (tlen,) = _U32.unpack_from(data, pos + 4)
-    trailer = msgpack.unpackb(data[pos + 8 : pos + 8 + tlen], raw=False)
-    return Parts(9 + hlen, header, frames, trailer)
-
-
-def frame_start(data: bytes, index: int) -> int:
-    parts = split(data)
-    return parts.prefix_len + sum(len(f) for f in parts.frames[:index])
-
-
-def resign(parts: Parts, key: Ed25519PrivateKey, *, fix_trailer: bool = True) -> bytes:
-    """Rebuild and re-sign a report, as a customer holding the instance key could."""
-    header = dict(parts.header)
-    body = b"".join(parts.frames)
-    header["frames_len"] = len(body)
-    trailer = dict(parts.trailer)
-    if fix_trailer:
-        h = header["base_hash"]
-        for f in parts.frames:
-            h = chain(h, f)
-        trailer["head_hash"] = h
-        trailer["head_seq"] = struct.unpack_from(">Q", parts.frames[-1], 2 + 6)[0]
-    packed: bytes = msgpack.packb(header, use_bin_type=True)
-    tpacked: bytes = msgpack.packb(trailer, use_bin_type=True)
-    out = b"MBXR\x01" + _U32.pack(len(packed)) + packed + body + b"MBXT"
-    out += _U32.pack(len(tpacked)) + tpacked
-    return out + key.sign(SIGNATURE_DOMAIN + hashlib.sha256(out).digest())
 
 
 # --------------------------------------------------------------- verifying
@@ -503,7 +438,7 @@ def _build(tmp: Path) -> dict[str, bytes]:
     parts = split(base)
 
     flipped = bytearray(base)
-    flipped[frame_start(base, 3) + 2 + 30 + 1] ^= 0x01
+    flipped[frame_offsets(base)[3][0] + 2 + 30 + 1] ^= 0x01
     v.invalid(
         "flipped-byte",
         "one bit of record 3's ciphertext flipped; the file is not re-signed",
@@ -513,13 +448,13 @@ def _build(tmp: Path) -> dict[str, bytes]:
     v.invalid(
         "deleted-record",
         "record 4 removed; trailer and signature rebuilt with the instance key",
-        resign(Parts(0, parts.header, parts.frames[:4] + parts.frames[5:], parts.trailer), key),
+        join(Parts(parts.header, parts.frames[:4] + parts.frames[5:], parts.trailer), key),
         {F.RECORD_MISSING},
     )
     v.invalid(
         "duplicated-record",
         "record 4 appears twice; trailer and signature rebuilt with the instance key",
-        resign(Parts(0, parts.header, parts.frames[:5] + parts.frames[4:], parts.trailer), key),
+        join(Parts(parts.header, parts.frames[:5] + parts.frames[4:], parts.trailer), key),
         {F.RECORD_DUPLICATE},
     )
     swapped = list(parts.frames)
@@ -527,20 +462,20 @@ def _build(tmp: Path) -> dict[str, bytes]:
     v.invalid(
         "swapped-records",
         "records 3 and 4 swapped; trailer and signature rebuilt with the instance key",
-        resign(Parts(0, parts.header, swapped, parts.trailer), key),
+        join(Parts(parts.header, swapped, parts.trailer), key),
         {F.RECORD_OUT_OF_ORDER},
     )
     v.invalid(
         "truncated-file",
         "the file cut in the middle of record 5",
-        base[: frame_start(base, 5) + 20],
+        base[: frame_offsets(base)[5][0] + 20],
         {F.REPORT_TRUNCATED},
     )
     v.invalid(
         "truncated-resigned",
         "the last two records removed, frames_len fixed and re-signed, but the trailer "
         "still claims the original head",
-        resign(Parts(0, parts.header, parts.frames[:-2], parts.trailer), key, fix_trailer=False),
+        join(Parts(parts.header, parts.frames[:-2], parts.trailer), key, fix_trailer=False),
         {F.LEDGER_TRUNCATED},
     )
 
@@ -552,9 +487,8 @@ def _build(tmp: Path) -> dict[str, bytes]:
     v.invalid(
         "spliced-record",
         "record 4 replaced by record 4 of another ledger of the same vendor; re-signed",
-        resign(
+        join(
             Parts(
-                0,
                 parts.header,
                 parts.frames[:4] + [other_parts.frames[4]] + parts.frames[5:],
                 parts.trailer,
@@ -568,22 +502,12 @@ def _build(tmp: Path) -> dict[str, bytes]:
     v.invalid(
         "spliced-epoch",
         "another ledger's epoch 1 (seq 8 on) appended after record 7; re-signed",
-        resign(Parts(0, parts.header, parts.frames + other_epoch1, parts.trailer), key),
+        join(Parts(parts.header, parts.frames + other_epoch1, parts.trailer), key),
         {F.EPOCH_FOREIGN},
     )
     other.writer.close()
 
-    head = u.writer.head
-    forger = Sealer(
-        instance_id=u.writer.instance_id,
-        vendor_key=VENDOR.public_key(),
-        vendor_key_id=VENDOR_ID,
-        chain_key=b"\x42" * KEY_LEN,
-        epoch=u.writer.epoch + 1,
-        next_seq=head.seq + 1,
-        head_hash=head.hash,
-        random=counter_random(4242),
-    )
+    forger = next_epoch_forger(u.writer, random=counter_random(4242))
     forged = [forger.begin_epoch(boot_id=b"\x01" * 16, wall_ms=1, mono_ms=1, first=True)]
     forged.append(
         forger.seal(
@@ -597,7 +521,7 @@ def _build(tmp: Path) -> dict[str, bytes]:
         "forged-epoch",
         "an epoch 1 made with only the vendor's public key and a chain key of the "
         "forger's choosing, appended with one USAGE record; re-signed",
-        resign(Parts(0, parts.header, parts.frames + forged, parts.trailer), key),
+        join(Parts(parts.header, parts.frames + forged, parts.trailer), key),
         {F.EPOCH_FORGED},
     )
 
@@ -614,9 +538,8 @@ def _build(tmp: Path) -> dict[str, bytes]:
     v.invalid(
         "unknown-record-version",
         "record 3's version byte set to 9; re-signed",
-        resign(
+        join(
             Parts(
-                0,
                 parts.header,
                 parts.frames[:3] + [bytes(record_version)] + parts.frames[4:],
                 parts.trailer,

@@ -1,8 +1,13 @@
-"""Shared builders for ledger and report tests: real files, fixed keys, a manual clock."""
+"""Shared builders for ledger and report tests: real files, fixed keys, a manual clock.
+
+scripts/gen_vectors_ledger.py builds its vectors from the same keys, randomness and
+forger, so a change here changes the checked-in vectors (the vector test then fails).
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meterbox.clock import ManualClock
-from meterbox.crypto import key_id, x25519_raw_public
+from meterbox.crypto import KEY_LEN, key_id, x25519_raw_public
 from meterbox.ledger import (
     Known,
     LedgerConfig,
@@ -20,14 +25,16 @@ from meterbox.ledger import (
     ReportVerifier,
     export_report,
 )
+from meterbox.ledger._seal import Sealer
 
+#: TEST KEYS. Published in the repository: never use them for anything real.
 VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(32)))
 VENDOR_ID = key_id(x25519_raw_public(VENDOR.public_key()))
 OTHER_VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 OTHER_VENDOR_ID = key_id(x25519_raw_public(OTHER_VENDOR.public_key()))
 
 
-def counter_random(seed: int = 7) -> Any:
+def counter_random(seed: int = 7) -> Callable[[int], bytes]:
     """Deterministic 'randomness' for reproducible ledgers."""
     state = {"n": seed}
 
@@ -41,6 +48,30 @@ def counter_random(seed: int = 7) -> Any:
         return out[:n]
 
     return rnd
+
+
+def next_epoch_forger(
+    writer: LedgerWriter,
+    *,
+    random: Callable[[int], bytes],
+    vendor: X25519PrivateKey = VENDOR,
+) -> Sealer:
+    """A sealer that continues ``writer``'s chain with an epoch of a forger's making.
+
+    It uses only what a customer can see: the vendor's public key and the ledger's
+    head. The chain key is the forger's choice, so the verifier must refuse the epoch.
+    """
+    head = writer.head
+    return Sealer(
+        instance_id=writer.instance_id,
+        vendor_key=vendor.public_key(),
+        vendor_key_id=key_id(x25519_raw_public(vendor.public_key())),
+        chain_key=b"\x42" * KEY_LEN,
+        epoch=writer.epoch + 1,
+        next_seq=head.seq + 1,
+        head_hash=head.hash,
+        random=random,
+    )
 
 
 @dataclass

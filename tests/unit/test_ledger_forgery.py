@@ -13,6 +13,7 @@ from ledger_support import (
     add_usage,
     export,
     make_ledger,
+    next_epoch_forger,
     verify,
 )
 from meterbox.crypto import KEY_LEN
@@ -28,18 +29,8 @@ def test_epoch_forged_with_only_the_public_key_is_detected(tmp_path: Path) -> No
     add_usage(built, 3)
     data = export(built)
     parts = split(data)
-    head = built.writer.head
     # The forger knows the vendor's public key and the head, but not the chain key.
-    forger = Sealer(
-        instance_id=built.writer.instance_id,
-        vendor_key=VENDOR.public_key(),
-        vendor_key_id=VENDOR_ID,
-        chain_key=b"\x42" * KEY_LEN,
-        epoch=built.writer.epoch + 1,
-        next_seq=head.seq + 1,
-        head_hash=head.hash,
-        random=lambda n: b"\x07" * n,
-    )
+    forger = next_epoch_forger(built.writer, random=lambda n: b"\x07" * n)
     forged = [forger.begin_epoch(boot_id=b"\x02" * 16, wall_ms=1, mono_ms=1, first=True)]
     forged.append(
         forger.seal(RecordType.USAGE, {"m": "solver", "a": 1_000_000}, wall_ms=2, mono_ms=2)
