@@ -25,10 +25,10 @@ Rules that span licenses (see docs/adr/0003-server-state.md):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from meterbox.errors import (
     ConfigError,
@@ -50,6 +50,9 @@ from ._meters import (
 from ._seats import Lease, SeatBook, SeatDecision
 from .errors import LeaseNotFound, UnknownMeter
 from .policy import MAX_LEASE_SECONDS, FeaturePolicy, LicensePolicy, MeterPolicy
+
+#: A license's policy for one feature or one meter.
+_Policy = TypeVar("_Policy", FeaturePolicy, MeterPolicy)
 
 _FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 
@@ -164,26 +167,35 @@ class Engine:
         return usable
 
     def feature_sources(self, feature: str, now: datetime) -> list[tuple[str, FeaturePolicy]]:
-        usable = self._usable(now, feature, lambda lic: feature in lic.features)
-        if not usable and not any(feature in lic.features for lic in self.licenses.values()):
-            raise UnknownFeature(
-                f"No installed license offers feature {feature!r}",
-                expected="one of: " + (", ".join(sorted(self.feature_names())) or "(none)"),
-                found=repr(feature),
-                hint="Check the feature name in the application, or install a license for it",
-            )
-        return [(lic.license_id, lic.features[feature]) for lic in usable]
+        return self._sources(UnknownFeature, "feature", feature, now, lambda lic: lic.features)
 
     def meter_sources(self, meter: str, now: datetime) -> list[tuple[str, MeterPolicy]]:
-        usable = self._usable(now, meter, lambda lic: meter in lic.meters)
-        if not usable and not any(meter in lic.meters for lic in self.licenses.values()):
-            raise UnknownMeter(
-                f"No installed license offers meter {meter!r}",
-                expected="one of: " + (", ".join(sorted(self.meter_names())) or "(none)"),
-                found=repr(meter),
-                hint="Check the meter name in the application, or install a license for it",
-            )
-        return [(lic.license_id, lic.meters[meter]) for lic in usable]
+        return self._sources(UnknownMeter, "meter", meter, now, lambda lic: lic.meters)
+
+    def _sources(
+        self,
+        unknown: type[LicenseDenied],
+        kind: str,
+        name: str,
+        now: datetime,
+        offered: Callable[[LicensePolicy], Mapping[str, _Policy]],
+    ) -> list[tuple[str, _Policy]]:
+        """The usable licenses offering ``name`` in order, with their policy for it.
+
+        ``offered`` picks the table (features or meters) of a license; ``unknown`` is
+        raised when no installed license offers the name at all.
+        """
+        usable = self._usable(now, name, lambda lic: name in offered(lic))
+        if not usable:
+            known = {n for lic in self.licenses.values() for n in offered(lic)}
+            if name not in known:
+                raise unknown(
+                    f"No installed license offers {kind} {name!r}",
+                    expected="one of: " + (", ".join(sorted(known)) or "(none)"),
+                    found=repr(name),
+                    hint=f"Check the {kind} name in the application, or install a license for it",
+                )
+        return [(lic.license_id, offered(lic)[name]) for lic in usable]
 
     def feature_names(self) -> set[str]:
         return {f for lic in self.licenses.values() for f in lic.features}
