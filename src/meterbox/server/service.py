@@ -218,24 +218,11 @@ class LicenseService:
     async def checkout(
         self, feature: str, client_id: str, hostname: str | None = None
     ) -> SeatDecision:
-        async with self._lock:
-            now = self.now()
-            try:
-                decision = self.engine.checkout(feature, client_id, now, hostname)
-            except NoSeatAvailable as exc:
-                denial: NoSeatAvailable | None = exc
-                denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
-            else:
-                denial = None
-                hour = hour_of(now)
-                peak = (feature, hour, self.engine.seats.peaks.get((feature, hour), 0))
-                task = self._write_seat(decision)
-        if denial is not None:
-            seq = await self._durable(denied)
-            await self._save([DenialAdd(feature)], seq, now)
-            # The engine's explanation, answered once the denial is on record.
-            raise denial
-        return await self._finish_seat(decision, task, now, peak)
+        return await self._checkout(
+            feature,
+            client_id,
+            lambda now: self.engine.checkout(feature, client_id, now, hostname),
+        )
 
     async def checkout_on(
         self,
@@ -252,18 +239,28 @@ class LicenseService:
         Recorded, persisted and undone exactly like :meth:`checkout` (see
         :meth:`Engine.checkout_on` for the rules).
         """
+        return await self._checkout(
+            feature,
+            client_id,
+            lambda now: self.engine.checkout_on(
+                license_id,
+                feature,
+                client_id,
+                now,
+                lease_seconds=lease_seconds,
+                overdraft_cap=overdraft_cap,
+                hostname=hostname,
+            ),
+        )
+
+    async def _checkout(
+        self, feature: str, client_id: str, decide: Callable[[datetime], SeatDecision]
+    ) -> SeatDecision:
+        """Decide a checkout under the lock, then record and persist the lease or the denial."""
         async with self._lock:
             now = self.now()
             try:
-                decision = self.engine.checkout_on(
-                    license_id,
-                    feature,
-                    client_id,
-                    now,
-                    lease_seconds=lease_seconds,
-                    overdraft_cap=overdraft_cap,
-                    hostname=hostname,
-                )
+                decision = decide(now)
             except NoSeatAvailable as exc:
                 denial: NoSeatAvailable | None = exc
                 denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
@@ -275,6 +272,7 @@ class LicenseService:
         if denial is not None:
             seq = await self._durable(denied)
             await self._save([DenialAdd(feature)], seq, now)
+            # The engine's explanation, answered once the denial is on record.
             raise denial
         return await self._finish_seat(decision, task, now, peak)
 
