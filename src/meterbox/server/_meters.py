@@ -199,21 +199,21 @@ class MeterBook:
                 limit = self.limit(license_id, meter, policy, period)
                 fits = limit is None or used + amount <= limit
                 if fits or (allow_over and policy.over_limit == "allow"):
-                    self.usage[(license_id, meter, period)] = used + amount
-                    result = UsageResult(
-                        kind="usage",
-                        meter=meter,
-                        amount=amount,
-                        client_id=client_id,
-                        license_id=license_id,
-                        period=period,
-                        used=used + amount,
-                        limit=limit,
-                        flagged=not fits,
-                        idempotency_key=key,
+                    return self._settle(
+                        UsageResult(
+                            kind="usage",
+                            meter=meter,
+                            amount=amount,
+                            client_id=client_id,
+                            license_id=license_id,
+                            period=period,
+                            used=used + amount,
+                            limit=limit,
+                            flagged=not fits,
+                            idempotency_key=key,
+                        ),
+                        now,
                     )
-                    self._remember(key, result, now)
-                    return result
         limits = []
         for license_id, policy in sources:
             period = period_key(policy.period, now)
@@ -252,22 +252,21 @@ class MeterBook:
             chosen = sources[0]
         license_id, policy = chosen
         period = period_key(policy.period, now)
-        used = max(0, self.used(license_id, meter, period) - amount)
-        self.usage[(license_id, meter, period)] = used
-        result = UsageResult(
-            kind="usage.decrement",
-            meter=meter,
-            amount=amount,
-            client_id=client_id,
-            license_id=license_id,
-            period=period,
-            used=used,
-            limit=self.limit(license_id, meter, policy, period),
-            flagged=False,
-            idempotency_key=key,
+        return self._settle(
+            UsageResult(
+                kind="usage.decrement",
+                meter=meter,
+                amount=amount,
+                client_id=client_id,
+                license_id=license_id,
+                period=period,
+                used=max(0, self.used(license_id, meter, period) - amount),
+                limit=self.limit(license_id, meter, policy, period),
+                flagged=False,
+                idempotency_key=key,
+            ),
+            now,
         )
-        self._remember(key, result, now)
-        return result
 
     def undo(self, result: UsageResult, delta: int) -> None:
         """Roll back a change of ``delta`` units whose ledger record could not be written."""
@@ -285,10 +284,14 @@ class MeterBook:
                 self.idempotency[result.idempotency_key] = replace(entry, result=done)
         return done
 
-    def _remember(self, key: str | None, result: UsageResult, now: datetime) -> None:
+    def _settle(self, result: UsageResult, now: datetime) -> UsageResult:
+        """Store the count ``result`` reports and remember it under its idempotency key."""
+        self.usage[(result.license_id, result.meter, result.period)] = result.used
+        key = result.idempotency_key
         if key is not None:
             fp = fingerprint(result.kind, result.meter, result.amount, result.client_id)
             self.idempotency[key] = IdemEntry(fingerprint=fp, created_at=now, result=result)
+        return result
 
     def apply_topup(
         self,
