@@ -28,33 +28,30 @@ class Parts:
     trailer: dict[str, Any]
 
 
-def split(data: bytes) -> Parts:
+def _walk(data: bytes) -> tuple[dict[str, Any], list[tuple[int, int]], int]:
+    """The header, the (start, end) offsets of every frame, and where the frames stop."""
     (hlen,) = _U32.unpack_from(data, 5)
     header = msgpack.unpackb(data[9 : 9 + hlen], raw=False)
     pos = 9 + hlen
     end = pos + header["frames_len"]
-    frames = []
+    offsets = []
     while pos < end:
         (n,) = LEN_PREFIX.unpack_from(data, pos)
-        frames.append(data[pos : pos + 2 + n])
+        offsets.append((pos, pos + 2 + n))
         pos += 2 + n
+    return header, offsets, pos
+
+
+def split(data: bytes) -> Parts:
+    header, offsets, pos = _walk(data)
     (tlen,) = _U32.unpack_from(data, pos + 4)
     trailer = msgpack.unpackb(data[pos + 8 : pos + 8 + tlen], raw=False)
-    return Parts(header, frames, trailer)
+    return Parts(header, [data[start:stop] for start, stop in offsets], trailer)
 
 
 def frame_offsets(data: bytes) -> list[tuple[int, int]]:
     """(start, end) byte offsets of every frame inside a report."""
-    (hlen,) = _U32.unpack_from(data, 5)
-    header = msgpack.unpackb(data[9 : 9 + hlen], raw=False)
-    pos = 9 + hlen
-    end = pos + header["frames_len"]
-    out = []
-    while pos < end:
-        (n,) = LEN_PREFIX.unpack_from(data, pos)
-        out.append((pos, pos + 2 + n))
-        pos += 2 + n
-    return out
+    return _walk(data)[1]
 
 
 def join(
