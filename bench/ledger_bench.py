@@ -217,6 +217,11 @@ def main() -> None:
             f"| {seed_total:.2f} / {mb_total:.2f} (ratio {seed_total / mb_total:,.0f}x) "
             "| >= 100x at 10,000 |"
         )
+        mb_conc = median_of(r, lambda n=n: workload_meterbox_concurrent(n))
+        print(
+            f"| {n:,} updates submitted at once (group commit): seed / meterbox (s) "
+            f"| {seed_total:.2f} / {mb_conc:.3f} (ratio {seed_total / mb_conc:,.0f}x) | |"
+        )
         print(
             f"| {n:,}: cost of the last update: seed / meterbox (ms) "
             f"| {seed_last * 1e3:.2f} / {mb_last * 1e3:.3f} (ratio {seed_last / mb_last:,.0f}x) "
