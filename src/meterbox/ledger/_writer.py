@@ -40,6 +40,7 @@ from meterbox.crypto import (
     AeadKey,
     ed25519_private_from_raw,
     ed25519_raw_private,
+    ed25519_raw_public,
     random_bytes,
     x25519_public_from_raw,
     x25519_raw_public,
@@ -196,8 +197,6 @@ class LedgerWriter:
         epoch_frame = sealer.begin_epoch(
             boot_id=clock.boot_id(), wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms(), first=True
         )
-        from meterbox.crypto import ed25519_raw_public
-
         genesis_payload = {**(genesis or {}), "ik": ed25519_raw_public(instance_key.public_key())}
         genesis_frame = sealer.seal(
             RecordType.GENESIS, genesis_payload, wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms()
