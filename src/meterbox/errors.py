@@ -43,11 +43,11 @@ class MeterboxError(Exception):
     def render(self) -> str:
         parts = [self.problem.rstrip(".") + "."]
         if self.expected is not None:
-            parts.append(f"Expected {self.expected}.")
+            parts.append(f"Expected {self.expected.rstrip('.')}.")
         if self.found is not None:
-            parts.append(f"Found {self.found}.")
+            parts.append(f"Found {self.found.rstrip('.')}.")
         if self.hint is not None:
-            parts.append(self.hint.rstrip(".") + ".")
+            parts.append(_sentence(self.hint))
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, str]:
@@ -55,6 +55,11 @@ class MeterboxError(Exception):
         if self.hint:
             out["hint"] = self.hint
         return out
+
+
+def _sentence(text: str) -> str:
+    text = text.strip().rstrip(".")
+    return (text[:1].upper() + text[1:] + ".") if text else ""
 
 
 class FormatError(MeterboxError):

@@ -300,10 +300,13 @@ class ReportVerifier:
 
     # ------------------------------------------------------------------ header
     def _read_header(self, src: _Hashing) -> dict[str, Any] | None:
-        magic = src.read_exact(4, "header")
+        magic = src.read(4)
         if magic != REPORT_MAGIC:
             raise FormatError(
-                "not a meterbox report", expected=repr(REPORT_MAGIC), found=repr(magic[:4])
+                "not a meterbox report",
+                expected=f"a file starting with {REPORT_MAGIC!r}",
+                found=repr(magic) if magic else "an empty file",
+                hint="pass the report file written by 'meterbox server export'",
             )
         version = src.read_exact(1, "header")[0]
         if version != REPORT_VERSION:

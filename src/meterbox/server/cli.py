@@ -129,7 +129,16 @@ def run(
 
     conf = _config(config)
     host = host or str(conf.get("host", "127.0.0.1"))
-    port = port if port is not None else int(conf.get("port", 8080))
+    port = port if port is not None else conf.get("port", 8080)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        _fail(
+            ConfigError(
+                "the port is not usable",
+                expected="a TCP port number from 1 to 65535",
+                found=repr(port),
+                hint="pass --port, METERBOX_PORT or 'port = 8080' in the configuration file",
+            )
+        )
     tls_cert = tls_cert or (Path(conf["tls_cert"]) if "tls_cert" in conf else None)
     tls_key = tls_key or (Path(conf["tls_key"]) if "tls_key" in conf else None)
     if (tls_cert is None) != (tls_key is None):
