@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meterbox.clock import ManualClock
 from meterbox.crypto import key_id, x25519_raw_public
 from meterbox.ledger import Known, LedgerWriter, RecordType, ReportVerifier, export_report
-from meterbox.vendor.anomaly import Event, InstanceHistory, ReportView, event_from_record
+from meterbox.vendorkit.anomaly import Event, InstanceHistory, ReportView, event_from_record
 
 VENDOR = X25519PrivateKey.from_private_bytes(bytes(range(32)))
 VENDOR_ID = key_id(x25519_raw_public(VENDOR.public_key()))

@@ -3,7 +3,7 @@
 Histories come from ``bench/_usage_gen.py`` through the real ledger (write, export,
 verify, compact). Each (customer, seed) history is run clean and once per attack; the
 attack falls in the last week. Every report after the first is judged with
-:func:`meterbox.vendor.anomaly.detect` exactly as the vendor would judge it at ingest.
+:func:`meterbox.vendorkit.anomaly.detect` exactly as the vendor would judge it at ingest.
 
 * false-positive rate: judged clean reports with any finding / judged clean reports;
 * recall: attacked histories whose attacked report has any finding / attacked histories.
@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _usage_gen import ATTACKS, Outcome, profiles, run_history
-from meterbox.vendor.anomaly import Anomaly, InstanceHistory, Thresholds, detect
-from meterbox.vendor.clockcheck import ClockPolicy
+from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, Thresholds, detect
+from meterbox.vendorkit.clockcheck import ClockPolicy
 
 HELD_OUT_SEED_BASE = 2000
 #: The generator's server beats every 10 minutes (``Sim.tick_ms``); the clock checks

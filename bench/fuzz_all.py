@@ -35,7 +35,7 @@ import fuzz_support as fz  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from meterbox.compat.wire import Limits, parse_form  # noqa: E402
-from meterbox.server.app import CheckoutIn, LeaseIdIn, UsageIn  # noqa: E402
+from meterbox.server._app import CheckoutIn, LeaseIdIn, UsageIn  # noqa: E402
 
 FORMS = [
     b"token=t&ProductId=3349&Key=ABCDE-FGHIJ-KLMNO-PQRST&MachineCode=NODE-1&Sign=True&SignMethod=1",

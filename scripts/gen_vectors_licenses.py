@@ -29,7 +29,7 @@ from meterbox.licenses import (  # noqa: E402
     VendorPublicBundle,
 )
 from meterbox.licenses._envelope import seal  # noqa: E402
-from meterbox.vendor.keys import VendorKeyPair  # noqa: E402
+from meterbox.vendorkit.keys import VendorKeyPair  # noqa: E402
 
 CLOCK = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 KEY_A = VendorKeyPair.from_raw(bytes(range(32)), bytes(range(32, 64)), CLOCK)

@@ -19,7 +19,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from meterbox.cli import app as cli_app
-from meterbox.server.runtime import BuiltApp
+from meterbox.server._runtime import BuiltApp
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

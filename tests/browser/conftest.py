@@ -9,8 +9,8 @@ import pytest
 from browser_support import CHROMIUM, CHROMIUM_ARGS, ServerThread, Site, vendor
 from playwright.sync_api import Browser, sync_playwright
 
-from meterbox.server.instance import init_server, read_admin_token
-from meterbox.server.runtime import build_app
+from meterbox.server._instance import init_server, read_admin_token
+from meterbox.server._runtime import build_app
 
 
 @pytest.fixture

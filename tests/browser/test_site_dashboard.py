@@ -16,8 +16,8 @@ from browser_support import Site, screenshot_path
 from playwright.sync_api import Browser, Page, expect
 
 from meterbox.ledger import ReportVerifier
-from meterbox.vendor.ingest import ingest
-from meterbox.vendor.keys import VendorKeys
+from meterbox.vendorkit.ingest import ingest
+from meterbox.vendorkit.keys import VendorKeys
 
 pytestmark = pytest.mark.browser
 

@@ -19,10 +19,10 @@ from browser_support import ServerThread, Site, screenshot_path
 from playwright.sync_api import Browser, expect
 from typer.testing import CliRunner
 
-from meterbox.vendor.billing import Period, bill
-from meterbox.vendor.dashboard._data import Source
-from meterbox.vendor.dashboard.app import create_app
-from meterbox.vendor.ingest import ingest
+from meterbox.vendorkit.billing import Period, bill
+from meterbox.vendorkit.dashboard._data import Source
+from meterbox.vendorkit.dashboard.app import create_app
+from meterbox.vendorkit.ingest import ingest
 
 pytestmark = pytest.mark.browser
 
@@ -122,7 +122,7 @@ def test_foreign_host_header_and_bad_period_are_refused(reported: Site) -> None:
 def test_dashboard_command_refuses_a_non_loopback_host(reported: Site) -> None:
     import typer
 
-    from meterbox.vendor.dashboard import register
+    from meterbox.vendorkit.dashboard import register
 
     app = typer.Typer()
     register(app)

@@ -8,7 +8,7 @@ import pytest
 from fuzz_support import Served, make_site
 from starlette.testclient import TestClient
 
-from meterbox.server.runtime import build_app
+from meterbox.server._runtime import build_app
 
 
 @pytest.fixture(scope="module")

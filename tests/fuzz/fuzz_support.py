@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
 from meterbox.errors import MeterboxError
-from meterbox.server.runtime import BuiltApp
+from meterbox.server._runtime import BuiltApp
 
 TESTS = Path(__file__).resolve().parent.parent
 VECTORS = TESTS / "vectors"
@@ -257,8 +257,8 @@ def make_site(
     lease_seconds: int = 60,
 ) -> Site:
     from meterbox.licenses import CryptolensSection, DataObject, Feature, License, Meter
-    from meterbox.server.instance import init_server
-    from meterbox.vendor import keys as vendor_keys
+    from meterbox.server._instance import init_server
+    from meterbox.vendorkit import keys as vendor_keys
 
     home = tmp / "vendor"
     data = tmp / "server"

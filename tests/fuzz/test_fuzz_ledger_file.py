@@ -186,7 +186,7 @@ def test_ledger_meta_regressions(pristine: Path, tmp_path: Path, payload: bytes)
 def test_mutated_state_db_is_refused_cleanly(
     pristine: Path, tmp_path_factory: pytest.TempPathFactory, seed: int
 ) -> None:
-    from meterbox.server.instance import ServerInstance
+    from meterbox.server._instance import ServerInstance
 
     work = _work_copy(pristine, tmp_path_factory.getbasetemp() / "state")
     original = (work / "state.db").read_bytes()
@@ -200,7 +200,7 @@ def test_state_db_regression_null_time_is_a_state_error(pristine: Path, tmp_path
     import sqlite3
 
     from meterbox.errors import StateError
-    from meterbox.server.state import StateStore
+    from meterbox.server._state import StateStore
 
     work = _work_copy(pristine, tmp_path)
     db = sqlite3.connect(work / "state.db")

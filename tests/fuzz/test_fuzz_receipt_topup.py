@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from meterbox.crypto import HASH_LEN
 from meterbox.licenses import Receipt, Topup
-from meterbox.server.instance import ServerInstance
+from meterbox.server._instance import ServerInstance
 
 
 @dataclass

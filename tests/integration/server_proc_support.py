@@ -22,8 +22,8 @@ import httpx
 
 from meterbox.ledger import Record, ReportResult, ReportVerifier
 from meterbox.licenses import Feature, License, Meter
-from meterbox.server.instance import init_server
-from meterbox.vendor import keys as vendor_keys
+from meterbox.server._instance import init_server
+from meterbox.vendorkit import keys as vendor_keys
 
 LICENSE_ID = "lic-site"
 

@@ -49,11 +49,11 @@ SERVER_MAIN = textwrap.dedent(
 
     import uvicorn
 
-    from meterbox.server.app import create_app
-    from meterbox.server.policy import FeaturePolicy, LicensePolicy, MeterPolicy
-    from meterbox.server.service import LicenseService, Settings
-    from meterbox.server.sinks import FileEventSink
-    from meterbox.server.state import StateStore
+    from meterbox.server._app import create_app
+    from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
+    from meterbox.server._service import LicenseService, Settings
+    from meterbox.server._sinks import FileEventSink
+    from meterbox.server._state import StateStore
 
     state_dir, port = Path(sys.argv[1]), int(sys.argv[2])
     policy = LicensePolicy(

@@ -2,7 +2,7 @@
 
 Each test builds a vendor home and a signed license with a ``cryptolens`` section,
 sets up a server instance with ``init_server``, and serves
-``meterbox.server.runtime.build_app`` under uvicorn on 127.0.0.1. Seats and usage
+``meterbox.server._runtime.build_app`` under uvicorn on 127.0.0.1. Seats and usage
 therefore go through the engine, the sealed ledger and the state store, and
 survive a restart of the server on the same data directory.
 
@@ -44,13 +44,13 @@ from licensing.models import LicenseKey
 from meterbox.compat import LIMIT_REACHED_MESSAGE, CryptolensSigner
 from meterbox.ledger import RecordType, ReportVerifier
 from meterbox.licenses import CryptolensSection, DataObject, Feature, License, Meter
-from meterbox.server.cryptolens import CRYPTOLENS_DB, EngineCryptolensBackend
-from meterbox.server.instance import ServerInstance, init_server
-from meterbox.server.runtime import BuiltApp, build_app
-from meterbox.vendor import keys as vendor_keys
-from meterbox.vendor.billing import Period, bill
-from meterbox.vendor.ingest import ingest
-from meterbox.vendor.store import VendorStore
+from meterbox.server._cryptolens import CRYPTOLENS_DB, EngineCryptolensBackend
+from meterbox.server._instance import ServerInstance, init_server
+from meterbox.server._runtime import BuiltApp, build_app
+from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit.billing import Period, bill
+from meterbox.vendorkit.ingest import ingest
+from meterbox.vendorkit.store import VendorStore
 
 PRODUCT = 3349
 KEY = "ABCDE-FGHIJ-KLMNO-PQRST"

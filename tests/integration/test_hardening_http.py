@@ -84,8 +84,8 @@ def test_admin_token_is_compared_with_hmac_compare_digest(
 
     from starlette.testclient import TestClient
 
-    from meterbox.server import app as app_module
-    from meterbox.server.runtime import build_app
+    from meterbox.server import _app as app_module
+    from meterbox.server._runtime import build_app
 
     site = make_site(tmp_path)
     calls: list[tuple[bytes, bytes]] = []

@@ -11,10 +11,10 @@ from test_vendor_ingest_support import issue, make_home
 
 from meterbox.ledger import Record, RecordType
 from meterbox.licenses import Meter
-from meterbox.server._replay import replay_changes
-from meterbox.server.instance import ServerInstance, init_server
-from meterbox.server.policy import FeaturePolicy, LicensePolicy, MeterPolicy
-from meterbox.server.state import IdemPut, SeqMax, UsageDelta
+from meterbox.server._core.changes import IdemPut, SeqMax, UsageDelta
+from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
+from meterbox.server._core.replay import replay_changes
+from meterbox.server._instance import ServerInstance, init_server
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meterbox.server.sinks import read_frames
+from meterbox.server._sinks import read_frames
 
 TOKEN = "t0ken-for-tests-0123456789"
 

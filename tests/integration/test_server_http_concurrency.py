@@ -18,7 +18,7 @@ from meterbox.server import (
     StateStore,
     create_app,
 )
-from meterbox.server.sinks import read_frames
+from meterbox.server._sinks import read_frames
 
 POLICY = LicensePolicy(
     "L1",

@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 from meterbox.cli import app as cli_app
 from meterbox.clock import ManualClock
 from meterbox.licenses import Feature, License, Meter, Topup
-from meterbox.server.instance import init_server, read_admin_token
-from meterbox.server.runtime import BuiltApp, build_app
-from meterbox.server.service import Settings
-from meterbox.vendor import keys as vendor_keys
+from meterbox.server._instance import init_server, read_admin_token
+from meterbox.server._runtime import BuiltApp, build_app
+from meterbox.server._service import Settings
+from meterbox.vendorkit import keys as vendor_keys
 
 DAY_MS = 86_400_000
 START_MS = int(datetime(2026, 3, 2, 9, tzinfo=UTC).timestamp() * 1000)

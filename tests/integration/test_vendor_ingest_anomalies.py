@@ -18,9 +18,9 @@ from test_vendor_ingest_support import Site, cli, codes, days, ingest_json, make
 
 from meterbox.ledger import LedgerWriter
 from meterbox.licenses import Feature, License, Meter
-from meterbox.vendor import _ingest_store as db
-from meterbox.vendor import keys as vendor_keys
-from meterbox.vendor.store import VendorStore
+from meterbox.vendorkit import _ingest_store as db
+from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit.store import VendorStore
 
 MIN = 60_000
 

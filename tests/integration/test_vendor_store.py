@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import Feature, License, Meter, Topup
-from meterbox.vendor.keys import VendorKeyPair
-from meterbox.vendor.store import (
+from meterbox.vendorkit.keys import VendorKeyPair
+from meterbox.vendorkit.store import (
     FindingRow,
     InstanceRow,
     ReceiptRow,

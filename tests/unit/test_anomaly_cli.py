@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 # The vendor CLI loads the anomalies command (importing the command module first would
 # enter the import cycle from the other end, which no caller does).
-from meterbox.vendor.commands import app as vendor_app
-from meterbox.vendor.store import VendorStore
+from meterbox.vendorkit.commands import app as vendor_app
+from meterbox.vendorkit.store import VendorStore
 
 
 def app() -> typer.Typer:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meterbox.vendor.anomaly import Event, InstanceHistory, ReportView
-from meterbox.vendor.anomaly._learned import FEATURES, day_features, learned
+from meterbox.vendorkit.anomaly import Event, InstanceHistory, ReportView
+from meterbox.vendorkit.anomaly._learned import FEATURES, day_features, learned
 
 T0 = 1_767_571_200_000
 HOUR = 3_600_000

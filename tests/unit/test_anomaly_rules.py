@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from meterbox.vendor import clockcheck as C
-from meterbox.vendor.anomaly import CODES, RENAMED, Event, InstanceHistory, ReportView, Thresholds
-from meterbox.vendor.anomaly import _rules as R
-from meterbox.vendor.clockcheck import ClockPolicy
+from meterbox.vendorkit import clockcheck as C
+from meterbox.vendorkit.anomaly import (
+    CODES,
+    RENAMED,
+    Event,
+    InstanceHistory,
+    ReportView,
+    Thresholds,
+)
+from meterbox.vendorkit.anomaly import _rules as R
+from meterbox.vendorkit.clockcheck import ClockPolicy
 
 T0 = 1_767_571_200_000  # Monday 00:00 UTC
 MIN = 60_000

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterbox.errors import ConfigError
-from meterbox.vendor.billing import (
+from meterbox.vendorkit.billing import (
     HOUR_MS,
     FindingIn,
     LicenseTerms,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterbox.ledger import Record, RecordType
-from meterbox.vendor.clockcheck import ClockPolicy, check_records
+from meterbox.vendorkit.clockcheck import ClockPolicy, check_records
 
 NOW = 1_768_867_200_000  # vendor clock: 2026-01-20 00:00 UTC
 T0 = NOW - 86_400_000  # site records start a day earlier

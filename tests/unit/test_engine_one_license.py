@@ -16,9 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterbox.errors import LicenseExpired, NoSeatAvailable, QuotaExceeded, UnknownFeature
-from meterbox.server.engine import Engine
-from meterbox.server.errors import UnknownMeter
-from meterbox.server.policy import MAX_LEASE_SECONDS, FeaturePolicy, LicensePolicy, MeterPolicy
+from meterbox.server._core.engine import Engine
+from meterbox.server._core.policy import (
+    MAX_LEASE_SECONDS,
+    FeaturePolicy,
+    LicensePolicy,
+    MeterPolicy,
+)
+from meterbox.server._errors import UnknownMeter
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterbox.server._clock import LicenseClock
+from meterbox.server._core.clock import LicenseClock
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 

@@ -21,7 +21,7 @@ from meterbox.licenses import (
     VendorPublicBundle,
     open_document,
 )
-from meterbox.vendor.keys import VendorKeyPair
+from meterbox.vendorkit.keys import VendorKeyPair
 
 CLOCK = datetime(2025, 1, 1, tzinfo=UTC)
 PAIR = VendorKeyPair.from_raw(b"\x01" * 32, b"\x02" * 32, CLOCK)

@@ -22,7 +22,7 @@ from meterbox.licenses import (
     VendorPublicBundle,
 )
 from meterbox.licenses._envelope import seal
-from meterbox.vendor.keys import VendorKeyPair
+from meterbox.vendorkit.keys import VendorKeyPair
 
 CLOCK = datetime(2025, 1, 1, tzinfo=UTC)
 PAIR = VendorKeyPair.from_raw(b"\x05" * 32, b"\x06" * 32, CLOCK)

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterbox.errors import QuotaExceeded, ReportOverdue
-from meterbox.server.engine import Engine
-from meterbox.server.errors import IdempotencyConflictError, TopupAlreadyAppliedError, UnknownMeter
-from meterbox.server.policy import LicensePolicy, MeterPolicy
+from meterbox.server._core.engine import Engine
+from meterbox.server._core.policy import LicensePolicy, MeterPolicy
+from meterbox.server._errors import IdempotencyConflictError, TopupAlreadyAppliedError, UnknownMeter
 
 T0 = datetime(2025, 3, 31, 23, 0, tzinfo=UTC)
 

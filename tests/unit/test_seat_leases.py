@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterbox.errors import LicenseExpired, NoSeatAvailable, ReportOverdue, UnknownFeature
-from meterbox.server.engine import Engine, ReceiptInfo
-from meterbox.server.errors import LeaseNotFound
-from meterbox.server.policy import FeaturePolicy, LicensePolicy
+from meterbox.server._core.engine import Engine, ReceiptInfo
+from meterbox.server._core.policy import FeaturePolicy, LicensePolicy
+from meterbox.server._errors import LeaseNotFound
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

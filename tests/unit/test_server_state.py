@@ -12,11 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterbox.errors import StateError
-from meterbox.server._meters import IdemEntry, Topup, UsageResult
-from meterbox.server._seats import Lease
-from meterbox.server.engine import ReceiptInfo
-from meterbox.server.policy import FeaturePolicy, LicensePolicy, MeterPolicy
-from meterbox.server.state import (
+from meterbox.server._core.changes import (
     ClockFloor,
     DenialAdd,
     IdemPut,
@@ -24,10 +20,14 @@ from meterbox.server.state import (
     PeakMax,
     ReceiptPut,
     SeqMax,
-    StateStore,
     TopupPut,
     UsageDelta,
 )
+from meterbox.server._core.engine import ReceiptInfo
+from meterbox.server._core.meters import IdemEntry, Topup, UsageResult
+from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
+from meterbox.server._core.seats import Lease
+from meterbox.server._state import StateStore
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
 

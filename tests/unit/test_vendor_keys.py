@@ -13,7 +13,7 @@ import pytest
 from meterbox import crypto
 from meterbox.errors import StateError, VerificationError
 from meterbox.licenses import Topup, VendorPublicBundle
-from meterbox.vendor import keys
+from meterbox.vendorkit import keys
 
 CLOCK = datetime(2025, 1, 1, tzinfo=UTC)
 

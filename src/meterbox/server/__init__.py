@@ -9,13 +9,18 @@ and the license policy types with :func:`policy_from_license`.
 
 from __future__ import annotations
 
-from ._clock import ClockStep, LicenseClock
-from .app import Limits, create_app
-from .engine import Engine, ReceiptInfo
-from .policy import FeaturePolicy, LicensePolicy, MeterPolicy, policy_from_license
-from .service import LicenseService, Settings
-from .sinks import EventSink, FileEventSink, LedgerEventSink
-from .state import StateStore
+from meterbox.server._app import Limits, create_app
+from meterbox.server._core.clock import ClockStep, LicenseClock
+from meterbox.server._core.engine import Engine, ReceiptInfo
+from meterbox.server._core.policy import (
+    FeaturePolicy,
+    LicensePolicy,
+    MeterPolicy,
+    policy_from_license,
+)
+from meterbox.server._service import LicenseService, Settings
+from meterbox.server._sinks import EventSink, FileEventSink, LedgerEventSink
+from meterbox.server._state import StateStore
 
 __all__ = [
     "ClockStep",

@@ -70,7 +70,7 @@ def init(
     license_files: Annotated[list[Path], typer.Option("--license", help="License file(s).")],
 ) -> None:
     """Create a server instance: identity, ledger genesis, licenses, admin token."""
-    from .instance import init_server
+    from meterbox.server._instance import init_server
 
     with _errors():
         result = init_server(data, vendor_pub=vendor_key, license_files=license_files)
@@ -124,8 +124,8 @@ def run(
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     import uvicorn
 
-    from ._uvicorn import GracefulServer, HeaderTimeoutProtocol
-    from .runtime import build_app
+    from meterbox.server._runtime import build_app
+    from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     conf = _config(config)
     host = host or str(conf.get("host", "127.0.0.1"))
@@ -173,7 +173,7 @@ def run(
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    from .instance import RUN_FILE, write_run_file
+    from meterbox.server._instance import RUN_FILE, write_run_file
 
     write_run_file(data, f"{scheme}://{host}:{port}")
     try:
@@ -185,7 +185,7 @@ def run(
 
 def _running(data: Path) -> tuple[str, str] | None:
     """The running server's URL and admin token, if a server holds this directory."""
-    from .instance import read_admin_token, read_run_file
+    from meterbox.server._instance import read_admin_token, read_run_file
 
     info = read_run_file(data)
     if not info:
@@ -229,7 +229,7 @@ def status(
     if _running(data):
         info = _admin(data, "GET", "/v1/status").json()
     else:
-        from .instance import ServerInstance
+        from meterbox.server._instance import ServerInstance
 
         with _errors():
             inst = ServerInstance.open(data)
@@ -267,7 +267,7 @@ def export_cmd(
     if _running(data):
         blob = _admin(data, "POST", "/v1/admin/export").content
     else:
-        from .instance import ServerInstance
+        from meterbox.server._instance import ServerInstance
 
         with _errors():
             inst = ServerInstance.open(data)
@@ -286,7 +286,7 @@ def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> Non
         blob = file.read_bytes()
     except OSError as exc:
         _fail(ConfigError("cannot read the file", expected="a readable file", found=str(exc)))
-    from .instance import check_importable
+    from meterbox.server._instance import check_importable
 
     # Refuse what cannot be imported before anything is opened: a refused import
     # leaves the data directory exactly as it was.
@@ -295,7 +295,7 @@ def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> Non
     if _running(data):
         result = _admin(data, "POST", "/v1/admin/import", blob).json()
     else:
-        from .instance import ServerInstance
+        from meterbox.server._instance import ServerInstance
 
         with _errors():
             inst = ServerInstance.open(data)
@@ -310,8 +310,7 @@ def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> Non
 def cryptolens_key(data: DataOption) -> None:
     """Print the public key, in the XML form Cryptolens applications embed."""
     from meterbox.compat.signer import CryptolensSigner
-
-    from .instance import CRYPTOLENS_KEY
+    from meterbox.server._instance import CRYPTOLENS_KEY
 
     with _errors():
         key = CryptolensSigner.load(data / CRYPTOLENS_KEY).public_key_xml()
@@ -322,6 +321,6 @@ def cryptolens_key(data: DataOption) -> None:
 @app.command()
 def fingerprint() -> None:
     """Print this machine's fingerprint, for licenses bound to a site."""
-    from .instance import machine_fingerprint
+    from meterbox.server._instance import machine_fingerprint
 
     out.print(machine_fingerprint(), highlight=False)

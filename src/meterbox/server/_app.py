@@ -1,0 +1,460 @@
+"""The HTTP shell (FastAPI): ``docs/api.md`` v1 on top of :class:`LicenseService`.
+
+Handlers validate bodies (unknown fields refused, sizes bounded), call the service,
+and map :class:`meterbox.errors.MeterboxError` codes to HTTP statuses with the
+documented error body ``{"error": {"code", "message", "hint"}}``. Admin endpoints
+need ``Authorization: Bearer <admin token>``, compared in constant time and never
+logged. A background task culls expired leases every ``Settings.cull_interval`` s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meterbox import __version__
+from meterbox.errors import MeterboxError
+from meterbox.server import _metrics as metrics
+from meterbox.server._core.seats import Lease
+from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
+from meterbox.server._service import LicenseService
+
+#: Export: produce the report file. Import: take a file, return what was imported.
+ExportHandler = Callable[[LicenseService], Awaitable[bytes]]
+ImportHandler = Callable[[LicenseService, bytes], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits."""
+
+    max_body_bytes: int = 1 << 20
+
+
+# --------------------------------------------------------------------- models
+_NAME = Field(min_length=1, max_length=64)
+_CLIENT = Field(min_length=1, max_length=200)
+_LEASE_ID = Field(min_length=1, max_length=64)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CheckoutIn(_In):
+    feature: Annotated[str, _NAME]
+    client_id: Annotated[str, _CLIENT]
+    hostname: Annotated[str | None, Field(default=None, max_length=255)] = None
+
+
+class LeaseIdIn(_In):
+    lease_id: Annotated[str, _LEASE_ID]
+
+
+class UsageIn(_In):
+    meter: Annotated[str, _NAME]
+    amount: Annotated[int, Field(ge=1, le=10**12)]
+    client_id: Annotated[str, _CLIENT]
+    idempotency_key: Annotated[str | None, Field(default=None, min_length=1, max_length=128)] = None
+
+
+class LeaseOut(BaseModel):
+    lease_id: str
+    feature: str
+    client_id: str
+    expires_at: datetime
+    lease_seconds: int
+    overdraft: bool
+    renewed: bool
+
+
+class ReleaseOut(BaseModel):
+    released: bool
+
+
+class FeatureOut(BaseModel):
+    feature: str
+    seats: int
+    overdraft: int
+    in_use: int
+    denials: int
+    leases: list[LeaseOut]
+
+
+class SeatsOut(BaseModel):
+    features: list[FeatureOut]
+
+
+class UsageOut(BaseModel):
+    meter: str
+    amount: int
+    seq: int | None
+    used: int
+    limit: int | None
+    remaining: int | None
+    flagged: bool
+    replayed: bool
+    license_id: str
+
+
+class BalanceOut(BaseModel):
+    meter: str
+    license_id: str
+    limit: int | None
+    period: str
+    period_start: str | None
+    used: int
+    remaining: int | None
+    over_limit: str
+
+
+class BalancesOut(BaseModel):
+    meters: list[BalanceOut]
+
+
+class LicensesOut(BaseModel):
+    licenses: list[dict[str, Any]]
+
+
+class HealthOut(BaseModel):
+    ok: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    hint: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+def _lease_out(lease: Lease, renewed: bool = False) -> LeaseOut:
+    return LeaseOut(
+        lease_id=lease.lease_id,
+        feature=lease.feature,
+        client_id=lease.client_id,
+        expires_at=lease.expires_at,
+        lease_seconds=lease.lease_seconds,
+        overdraft=lease.overdraft,
+        renewed=renewed,
+    )
+
+
+def _json(model: BaseModel) -> Response:
+    """Serialise a reply model directly: the hot endpoints skip FastAPI's second validation
+    of a model built a line earlier (their ``response_model`` still documents them)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _error(
+    code: str, message: str, hint: str | None = None, status: int | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if hint:
+        body["hint"] = hint
+    return JSONResponse({"error": body}, status_code=status or http_status(code))
+
+
+class _BodyLimit:
+    """Refuse bodies over the limit with 413 before any handler reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(
+            "too_large",
+            f"Request body too large. Expected at most {self.max_bytes} bytes.",
+        )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            more = bool(message.get("more_body", False))
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+_BEARER = HTTPBearer(auto_error=False, description="The admin token of this server.")
+_AdminCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+def create_app(
+    service: LicenseService,
+    *,
+    admin_token: str,
+    limits: Limits = Limits(),
+    export_report: ExportHandler | None = None,
+    import_file: ImportHandler | None = None,
+    housekeeping: bool = True,
+) -> FastAPI:
+    """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters."""
+    if len(admin_token) < 16:
+        raise ValueError("admin_token must be at least 16 characters")
+    token = admin_token.encode()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(service.run_housekeeping()) if housekeeping else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await service.aclose()
+
+    app = FastAPI(
+        title="meterbox license server",
+        version=__version__,
+        lifespan=lifespan,
+        description="On-site floating seats and metered usage, every event in a sealed ledger.",
+    )
+
+    def require_admin(creds: _AdminCreds) -> None:
+        given = creds.credentials.encode() if creds is not None else b""
+        # Constant-time comparison; the token itself is never logged or echoed.
+        if creds is None or not hmac.compare_digest(given, token):
+            raise UnauthorizedError(
+                "Admin endpoint needs the admin token",
+                expected="an 'Authorization: Bearer <admin token>' header",
+                found="no token" if creds is None else "a token that does not match",
+                hint="Use the token printed by `meterbox server init` (admin.token file)",
+            )
+
+    @app.exception_handler(MeterboxError)
+    async def _meterbox_error(_: Request, exc: MeterboxError) -> JSONResponse:
+        code = exc.code if exc.code in HTTP_STATUS else "bad_request"
+        response = _error(code, exc.render(), exc.hint)
+        if exc.code == "unauthorized":
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return _error(
+            "bad_request",
+            f"Request not as documented. Found {problems}.",
+            "See docs/api.md or /openapi.json for the request schema",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Framework refusals (no route, wrong method, a body that is not JSON) say what
+        # was expected and found, like every other error of this API.
+        code = "not_found" if exc.status_code == 404 else "bad_request"
+        if exc.status_code == 404:
+            expected = "a path documented in docs/api.md"
+            found = repr(request.url.path[:100])
+        elif exc.status_code == 405:
+            expected = "a method documented in docs/api.md for this path"
+            found = request.method[:16]
+        else:
+            expected = "a request as documented in docs/api.md (JSON bodies are UTF-8 objects)"
+            found = f"HTTP {exc.status_code}: {str(exc.detail)[:200]}"
+        message = f"{str(exc.detail).rstrip('.')}. Expected {expected}. Found {found}."
+        return _error(code, message, status=exc.status_code)
+
+    # ----------------------------------------------------------------- seats
+    @app.post(
+        "/v1/seats/checkout",
+        response_model=LeaseOut,
+        responses=_errors(400, 403, 404, 409, 413, 503),
+    )
+    async def checkout(body: CheckoutIn) -> Response:
+        d = await service.checkout(body.feature, body.client_id, body.hostname)
+        return _json(_lease_out(d.lease, d.renewed))
+
+    @app.post("/v1/seats/heartbeat", responses=_errors(400, 403, 404, 413, 503))
+    async def heartbeat(body: LeaseIdIn) -> LeaseOut:
+        d = await service.heartbeat(body.lease_id)
+        return _lease_out(d.lease, True)
+
+    @app.post("/v1/seats/release", responses=_errors(400, 413, 503))
+    async def release(body: LeaseIdIn) -> ReleaseOut:
+        return ReleaseOut(released=await service.release(body.lease_id))
+
+    @app.get("/v1/seats")
+    async def seats() -> SeatsOut:
+        view = service.engine.seats_view(service.now())
+        return SeatsOut(
+            features=[
+                FeatureOut(**{**f, "leases": [_lease_out(x) for x in f["leases"]]}) for f in view
+            ]
+        )
+
+    # ----------------------------------------------------------------- usage
+    @app.post(
+        "/v1/usage", response_model=UsageOut, responses=_errors(400, 402, 403, 404, 409, 413, 503)
+    )
+    async def usage(body: UsageIn) -> Response:
+        r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
+        return _json(
+            UsageOut(
+                meter=r.meter,
+                amount=r.amount,
+                seq=r.seq,
+                used=r.used,
+                limit=r.limit,
+                remaining=r.remaining,
+                flagged=r.flagged,
+                replayed=r.replayed,
+                license_id=r.license_id,
+            )
+        )
+
+    @app.get("/v1/usage/balances")
+    async def balances() -> BalancesOut:
+        return BalancesOut(meters=[BalanceOut(**b) for b in service.engine.balances(service.now())])
+
+    # ------------------------------------------------------- licenses/status
+    @app.get("/v1/licenses")
+    async def licenses() -> LicensesOut:
+        return LicensesOut(licenses=[lic.summary() for lic in service.engine.ordered()])
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        return service.status()
+
+    @app.get("/healthz")
+    async def healthz() -> HealthOut:
+        return HealthOut(ok=True)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_endpoint() -> PlainTextResponse:
+        now = service.now()
+        head = service.ledger_head()
+        text = metrics.render(
+            seats=service.engine.seats_view(now),
+            balances=service.engine.balances(now),
+            counters=service.counters,
+            ledger_seq=head[0] if head else None,
+            clock_steps=service.clock_steps,
+            report_overdue=bool(service.engine.report_status(now)["overdue"]),
+            peaks=service.engine.seats.peaks,
+            now=now,
+        )
+        return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+    # ----------------------------------------------------------------- admin
+    admin = [Depends(require_admin)]
+
+    @app.post(
+        "/v1/admin/export",
+        dependencies=admin,
+        response_class=Response,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "The report file"},
+            **_errors(401, 503),
+        },
+    )
+    async def export() -> Response:
+        if export_report is None:
+            raise _not_configured("export")
+        return Response(await export_report(service), media_type="application/octet-stream")
+
+    @app.post(
+        "/v1/admin/import",
+        dependencies=admin,
+        responses=_errors(400, 401, 409, 413, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def import_(request: Request) -> dict[str, Any]:
+        if import_file is None:
+            raise _not_configured("import")
+        data = await request.body()
+        return dict(await import_file(service, data))
+
+    def custom_openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        # Validation failures answer 400 with the common error body, not FastAPI's 422.
+        for path in schema.get("paths", {}).values():
+            for op in path.values():
+                responses = op.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses["400"] = {
+                        "description": "Bad Request",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorOut"}
+                            }
+                        },
+                    }
+        components = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = custom_openapi  # type: ignore[method-assign]
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    return app
+
+
+def _not_configured(what: str) -> MeterboxError:
+    from meterbox.errors import ConfigError
+
+    return ConfigError(
+        f"This server has no {what} handler configured",
+        expected=f"a server started with ledger and {what} support",
+        found="none",
+        hint="Start the server with `meterbox server run`",
+    )

@@ -1,0 +1,495 @@
+"""The license server's decision core: seats, meters, report deadlines. Pure.
+
+The engine holds the whole licensing state in memory and decides every request
+given the license time ``now`` passed in by the caller; it does no I/O, reads no
+clock and draws randomness only from the injected ``rng``. The HTTP shell
+(:mod:`meterbox.server._service`) serialises calls, writes each decision to the
+ledger, persists it in SQLite (:mod:`meterbox.server._state`), and calls the
+``undo_*`` methods when the ledger refuses a record.
+
+Rules that span licenses (see docs/adr/0003-server-state.md):
+
+* licenses are ordered by expiry (earliest first, no expiry last), then license id;
+* seats of a feature add up across usable licenses; a new lease is attributed to
+  the first license in that order with a free regular seat, else the first with a
+  free overdraft seat (flagged ``overdraft``);
+* usage is charged whole to the first license whose remaining quota covers it;
+  if none does, to the first license whose meter allows going over (flagged);
+  otherwise it is refused;
+* a license is usable while it is not expired and its report deadline (last
+  receipt's vendor time, or server initialisation, plus ``report_every_days`` plus
+  ``grace_days``) has not passed. An unusable license grants no new seat, no
+  renewal and no usage; its existing leases run out at their current expiry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from meterbox.errors import (
+    ConfigError,
+    LicenseDenied,
+    LicenseExpired,
+    ReportOverdue,
+    UnknownFeature,
+)
+from meterbox.server._core.meters import (
+    IDEMPOTENCY_TTL,
+    MeterBook,
+    Topup,
+    UsageResult,
+    fingerprint,
+    period_key,
+    period_start,
+)
+from meterbox.server._core.policy import (
+    MAX_LEASE_SECONDS,
+    FeaturePolicy,
+    LicensePolicy,
+    MeterPolicy,
+)
+from meterbox.server._core.seats import Lease, SeatBook, SeatDecision
+from meterbox.server._errors import LeaseNotFound, UnknownMeter
+
+#: A license's policy for one feature or one meter.
+_Policy = TypeVar("_Policy", FeaturePolicy, MeterPolicy)
+
+_FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ReceiptInfo:
+    """The last receipt the vendor sent back: its signing time and the ledger seq it covers."""
+
+    vendor_time: datetime
+    seq: int
+    receipt_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vendor_time": self.vendor_time.isoformat(),
+            "seq": self.seq,
+            "receipt_id": self.receipt_id,
+        }
+
+
+@dataclass(frozen=True)
+class UsageDecision:
+    """A usage answer plus what the shell needs: the counter change and whether it is a replay."""
+
+    result: UsageResult
+    delta: int
+    replay: bool
+
+
+class Engine:
+    """Seats, meters and deadlines for every installed license."""
+
+    def __init__(
+        self,
+        licenses: Iterable[LicensePolicy] = (),
+        *,
+        init_time: datetime,
+        rng: Callable[[int], bytes] = os.urandom,
+        seats: SeatBook | None = None,
+        meters: MeterBook | None = None,
+        last_receipt: ReceiptInfo | None = None,
+        idempotency_ttl: timedelta = IDEMPOTENCY_TTL,
+    ) -> None:
+        if init_time.utcoffset() is None:
+            raise ValueError("init_time must be timezone-aware")
+        self.licenses: dict[str, LicensePolicy] = {}
+        for lic in licenses:
+            self.install(lic)
+        self.init_time = init_time
+        self.rng = rng
+        self.seats = seats if seats is not None else SeatBook()
+        self.meters = meters if meters is not None else MeterBook()
+        self.last_receipt = last_receipt
+        self.idempotency_ttl = idempotency_ttl
+
+    # ------------------------------------------------------------ licenses
+    def install(self, lic: LicensePolicy) -> None:
+        """Install or replace (same id) a license."""
+        self.licenses[lic.license_id] = lic
+
+    def ordered(self) -> list[LicensePolicy]:
+        return sorted(
+            self.licenses.values(), key=lambda x: (x.expires or _FAR_FUTURE, x.license_id)
+        )
+
+    def report_base(self) -> datetime:
+        return self.last_receipt.vendor_time if self.last_receipt else self.init_time
+
+    def report_due(self, lic: LicensePolicy) -> datetime | None:
+        """When the next report is due (before grace), or ``None`` if never required."""
+        if lic.report_every_days is None:
+            return None
+        return self.report_base() + timedelta(days=lic.report_every_days)
+
+    def report_deadline(self, lic: LicensePolicy) -> datetime | None:
+        """After this license time, the license grants nothing new until a receipt arrives."""
+        due = self.report_due(lic)
+        return None if due is None else due + timedelta(days=lic.grace_days)
+
+    def blocked(self, lic: LicensePolicy, now: datetime) -> LicenseDenied | None:
+        """Why ``lic`` grants nothing new at ``now``, or ``None`` if it is usable."""
+        if lic.expires is not None and now >= lic.expires:
+            return LicenseExpired(
+                f"License {lic.license_id!r} has expired",
+                expected=f"a license valid at {now.isoformat()}",
+                found=f"it expired at {lic.expires.isoformat()}",
+                hint="Ask the vendor for a renewed license file and import it",
+            )
+        deadline = self.report_deadline(lic)
+        if deadline is not None and now > deadline:
+            return ReportOverdue(
+                f"License {lic.license_id!r} needs a usage report: no new seats or usage "
+                f"since {deadline.isoformat()}",
+                expected=f"a receipt at least every {lic.report_every_days} days "
+                f"(+{lic.grace_days} days grace)",
+                found=f"the last receipt is from {self.report_base().isoformat()}",
+                hint="Export a report (`meterbox server export`), send it to the vendor, and "
+                "import the receipt they send back; existing leases run out normally",
+            )
+        return None
+
+    def _usable(
+        self, now: datetime, name: str, offers: Callable[[LicensePolicy], bool]
+    ) -> list[LicensePolicy]:
+        offering = [lic for lic in self.ordered() if offers(lic)]
+        usable = [lic for lic in offering if self.blocked(lic, now) is None]
+        if offering and not usable:
+            err = self.blocked(offering[0], now)
+            assert err is not None
+            raise err
+        del name
+        return usable
+
+    def feature_sources(self, feature: str, now: datetime) -> list[tuple[str, FeaturePolicy]]:
+        return self._sources(UnknownFeature, "feature", feature, now, lambda lic: lic.features)
+
+    def meter_sources(self, meter: str, now: datetime) -> list[tuple[str, MeterPolicy]]:
+        return self._sources(UnknownMeter, "meter", meter, now, lambda lic: lic.meters)
+
+    def _sources(
+        self,
+        unknown: type[LicenseDenied],
+        kind: str,
+        name: str,
+        now: datetime,
+        offered: Callable[[LicensePolicy], Mapping[str, _Policy]],
+    ) -> list[tuple[str, _Policy]]:
+        """The usable licenses offering ``name`` in order, with their policy for it.
+
+        ``offered`` picks the table (features or meters) of a license; ``unknown`` is
+        raised when no installed license offers the name at all.
+        """
+        usable = self._usable(now, name, lambda lic: name in offered(lic))
+        if not usable:
+            known = {n for lic in self.licenses.values() for n in offered(lic)}
+            if name not in known:
+                raise unknown(
+                    f"No installed license offers {kind} {name!r}",
+                    expected="one of: " + (", ".join(sorted(known)) or "(none)"),
+                    found=repr(name),
+                    hint=f"Check the {kind} name in the application, or install a license for it",
+                )
+        return [(lic.license_id, offered(lic)[name]) for lic in usable]
+
+    def feature_names(self) -> set[str]:
+        return {f for lic in self.licenses.values() for f in lic.features}
+
+    def meter_names(self) -> set[str]:
+        return {m for lic in self.licenses.values() for m in lic.meters}
+
+    # --------------------------------------------------------------- seats
+    def checkout(
+        self, feature: str, client_id: str, now: datetime, hostname: str | None = None
+    ) -> SeatDecision:
+        held = self.seats.held_by(feature, client_id, now)
+        if held is not None:
+            return self.heartbeat(held.lease_id, now)
+        sources = self.feature_sources(feature, now)
+        return self.seats.checkout(
+            feature, client_id, now, sources=sources, rng=self.rng, hostname=hostname
+        )
+
+    def checkout_on(
+        self,
+        license_id: str,
+        feature: str,
+        client_id: str,
+        now: datetime,
+        *,
+        lease_seconds: int | None = None,
+        overdraft_cap: int | None = None,
+        hostname: str | None = None,
+    ) -> SeatDecision:
+        """Check out (or renew) a seat of ``feature`` from one named license only.
+
+        For callers that address a single license, such as the Cryptolens-compatible
+        API (a Cryptolens key names one license). ``lease_seconds`` replaces the
+        feature's lease length for this lease, clamped to 1..``MAX_LEASE_SECONDS``;
+        ``overdraft_cap`` lowers (never raises) the license's overdraft seats for this
+        checkout. A live lease of this client on this license is renewed instead.
+        """
+        lic = self.licenses.get(license_id)
+        if lic is None or feature not in lic.features:
+            raise UnknownFeature(
+                f"License {license_id!r} does not offer feature {feature!r}",
+                expected="an installed license that grants the feature",
+                found="no such license" if lic is None else "the license lacks it",
+                hint="Install the license, or check the feature the license names",
+            )
+        err = self.blocked(lic, now)
+        if err is not None:
+            raise err
+        policy = lic.features[feature]
+        length = min(max(lease_seconds or policy.lease_seconds, 1), MAX_LEASE_SECONDS)
+        for held in self.seats.live(feature, now):
+            if held.client_id == client_id and held.license_id == license_id:
+                decision = self.seats.renew(replace(held, lease_seconds=length), now)
+                # Undo must restore the lease exactly as it was, lease length included.
+                return replace(decision, previous=held)
+        cap = (
+            policy.overdraft
+            if overdraft_cap is None
+            else min(max(overdraft_cap, 0), policy.overdraft)
+        )
+        source = FeaturePolicy(seats=policy.seats, overdraft=cap, lease_seconds=length)
+        return self.seats.checkout(
+            feature, client_id, now, sources=[(license_id, source)], rng=self.rng, hostname=hostname
+        )
+
+    def heartbeat(self, lease_id: str, now: datetime) -> SeatDecision:
+        lease = self.seats.leases.get(lease_id)
+        if lease is None or not lease.live(now):
+            raise LeaseNotFound(
+                f"Lease {lease_id!r} is not held",
+                expected="a live lease id from a checkout",
+                found="no such lease: it ran out, was released, or never existed"
+                if lease is None
+                else f"it ran out at {lease.expires_at.isoformat()}",
+                hint="Check out a seat again",
+            )
+        lic = self.licenses.get(lease.license_id)
+        if lic is None:
+            raise LicenseExpired(
+                f"License {lease.license_id!r} of lease {lease_id!r} is no longer installed",
+                expected="the license that granted the lease",
+                found="it was removed",
+                hint="Check out a seat again",
+            )
+        err = self.blocked(lic, now)
+        if err is not None:
+            raise err
+        return self.seats.renew(lease, now)
+
+    def release(self, lease_id: str) -> Lease | None:
+        return self.seats.release(lease_id)
+
+    def expire(self, now: datetime) -> list[Lease]:
+        return self.seats.expire(now)
+
+    def note_peaks(self, now: datetime) -> list[tuple[str, datetime, int]]:
+        raised = [self.seats.note_peak(f, now) for f in sorted(self.feature_names())]
+        return [p for p in raised if p is not None]
+
+    def undo_seat(self, decision: SeatDecision) -> None:
+        """Take back a seat decision whose ledger record could not be written."""
+        if decision.previous is not None:
+            self.seats.leases[decision.previous.lease_id] = decision.previous
+        else:
+            self.seats.leases.pop(decision.lease.lease_id, None)
+
+    # -------------------------------------------------------------- meters
+    def record_usage(
+        self,
+        meter: str,
+        amount: int,
+        client_id: str,
+        idempotency_key: str | None,
+        now: datetime,
+        *,
+        decrement: bool = False,
+        license_id: str | None = None,
+    ) -> UsageDecision:
+        """Charge (or give back, ``decrement=True``) ``amount`` units of ``meter``.
+
+        With ``license_id``, only that license's meter is charged or given back (for
+        callers that address one license, like the Cryptolens-compatible API).
+        """
+        if amount <= 0:
+            raise ConfigError(
+                "Usage amount must be positive", expected="an integer >= 1", found=str(amount)
+            )
+        kind = "usage.decrement" if decrement else "usage"
+        if idempotency_key is not None:
+            replayed = self.meters.lookup(
+                idempotency_key, fingerprint(kind, meter, amount, client_id)
+            )
+            if replayed is not None:
+                return UsageDecision(result=replayed, delta=0, replay=True)
+        sources = self.meter_sources(meter, now)
+        if license_id is not None:
+            sources = self._only_license(license_id, meter, sources, now)
+        if decrement:
+            before = {
+                lid: self.meters.used(lid, meter, period_key(p.period, now)) for lid, p in sources
+            }
+            result = self.meters.decrement(
+                meter=meter,
+                amount=amount,
+                client_id=client_id,
+                key=idempotency_key,
+                now=now,
+                sources=sources,
+            )
+            return UsageDecision(
+                result=result, delta=result.used - before[result.license_id], replay=False
+            )
+        result = self.meters.charge(
+            meter=meter,
+            amount=amount,
+            client_id=client_id,
+            key=idempotency_key,
+            now=now,
+            sources=sources,
+        )
+        return UsageDecision(result=result, delta=amount, replay=False)
+
+    def _only_license(
+        self,
+        license_id: str,
+        meter: str,
+        sources: list[tuple[str, MeterPolicy]],
+        now: datetime,
+    ) -> list[tuple[str, MeterPolicy]]:
+        mine = [s for s in sources if s[0] == license_id]
+        if mine:
+            return mine
+        lic = self.licenses.get(license_id)
+        if lic is None or meter not in lic.meters:
+            raise UnknownMeter(
+                f"License {license_id!r} does not offer meter {meter!r}",
+                expected="an installed license with that meter",
+                found="no such license" if lic is None else "the license lacks it",
+                hint="Install the license, or check the meter the license names",
+            )
+        err = self.blocked(lic, now)
+        assert err is not None  # offered and not among the usable sources: so blocked
+        raise err
+
+    def complete_usage(self, decision: UsageDecision, seq: int) -> UsageResult:
+        return self.meters.complete(decision.result, seq)
+
+    def undo_usage(self, decision: UsageDecision) -> None:
+        if not decision.replay:
+            self.meters.undo(decision.result, decision.delta)
+
+    def apply_topup(
+        self, topup_id: str, license_id: str, meter: str, amount: int, now: datetime
+    ) -> Topup:
+        lic = self.licenses.get(license_id)
+        if lic is None or meter not in lic.meters:
+            raise UnknownMeter(
+                f"Top-up {topup_id!r} is for a meter this server does not have",
+                expected="an installed license with that meter",
+                found=f"license {license_id!r}, meter {meter!r}",
+                hint="Install the license first, or ask the vendor which license the top-up is for",
+            )
+        if amount <= 0:
+            raise ConfigError(
+                f"Top-up {topup_id!r} has no positive amount",
+                expected="amount >= 1",
+                found=str(amount),
+            )
+        return self.meters.apply_topup(
+            topup_id=topup_id,
+            license_id=license_id,
+            meter=meter,
+            policy=lic.meters[meter],
+            amount=amount,
+            now=now,
+        )
+
+    def undo_topup(self, topup: Topup) -> None:
+        self.meters.topups.pop(topup.topup_id, None)
+
+    def import_receipt(self, receipt: ReceiptInfo) -> bool:
+        """Take a newer receipt into account; older or equal ones change nothing."""
+        if self.last_receipt is not None and receipt.vendor_time <= self.last_receipt.vendor_time:
+            return False
+        self.last_receipt = receipt
+        return True
+
+    def prune_idempotency(self, now: datetime) -> list[str]:
+        return self.meters.prune_keys(now, self.idempotency_ttl)
+
+    # --------------------------------------------------------------- views
+    def seats_view(self, now: datetime) -> list[dict[str, Any]]:
+        out = []
+        for feature in sorted(self.feature_names()):
+            offering = [lic for lic in self.ordered() if feature in lic.features]
+            usable = [lic for lic in offering if self.blocked(lic, now) is None]
+            live = sorted(self.seats.live(feature, now), key=lambda x: (x.issued_at, x.lease_id))
+            out.append(
+                {
+                    "feature": feature,
+                    "seats": sum(lic.features[feature].seats for lic in usable),
+                    "overdraft": sum(lic.features[feature].overdraft for lic in usable),
+                    "in_use": len(live),
+                    "denials": self.seats.denials.get(feature, 0),
+                    "leases": live,
+                }
+            )
+        return out
+
+    def balances(self, now: datetime) -> list[dict[str, Any]]:
+        out = []
+        for lic in self.ordered():
+            for meter, policy in sorted(lic.meters.items()):
+                period = period_key(policy.period, now)
+                used = self.meters.used(lic.license_id, meter, period)
+                limit = self.meters.limit(lic.license_id, meter, policy, period)
+                start = period_start(period)
+                out.append(
+                    {
+                        "meter": meter,
+                        "license_id": lic.license_id,
+                        "limit": limit,
+                        "period": policy.period,
+                        "period_start": start.isoformat() if start else None,
+                        "used": used,
+                        "remaining": None if limit is None else max(0, limit - used),
+                        "over_limit": policy.over_limit,
+                    }
+                )
+        return out
+
+    def report_status(self, now: datetime) -> dict[str, Any]:
+        due = [(d, lic) for lic in self.ordered() if (d := self.report_deadline(lic)) is not None]
+        if not due:
+            return {"required": False, "due": None, "deadline": None, "overdue": False}
+        deadline, lic = min(due, key=lambda x: x[0])
+        return {
+            "required": True,
+            "due": self.report_due(lic).isoformat(),  # type: ignore[union-attr]
+            "deadline": deadline.isoformat(),
+            "overdue": now > deadline,
+        }
+
+
+__all__ = [
+    "Engine",
+    "Lease",
+    "ReceiptInfo",
+    "SeatDecision",
+    "UsageDecision",
+    "UsageResult",
+]

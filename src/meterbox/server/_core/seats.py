@@ -1,0 +1,179 @@
+"""Floating seats held as leases: pure bookkeeping, no I/O, time passed in.
+
+Invariants:
+
+* at any license time ``now``, the live leases (``expires_at > now``) of a feature
+  attributed to a license number at most that license's ``seats`` regular leases
+  plus ``overdraft`` overdraft leases; the engine only grants within those counts;
+* a client holds at most one live lease per feature: a second checkout renews it;
+* lease ids are random (from the injected ``rng``) and never reused.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from meterbox.errors import NoSeatAvailable
+from meterbox.server._core.policy import FeaturePolicy
+
+#: A renewal is written to the ledger only when the last recorded one for the lease is
+#: at least this fraction of the lease length old (see docs/adr/0003-server-state.md).
+RENEW_RECORD_FRACTION = 0.5
+
+LEASE_ID_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: str
+    feature: str
+    client_id: str
+    license_id: str
+    issued_at: datetime
+    expires_at: datetime
+    lease_seconds: int
+    overdraft: bool = False
+    hostname: str | None = None
+    #: License time of the last ledger record (checkout or renew) for this lease.
+    recorded_at: datetime | None = None
+
+    def live(self, now: datetime) -> bool:
+        return self.expires_at > now
+
+
+@dataclass(frozen=True)
+class SeatDecision:
+    """Outcome of a checkout or heartbeat. ``record`` says whether to write it to the ledger."""
+
+    lease: Lease
+    renewed: bool
+    record: bool
+    #: The lease as it was before a renewal, to restore if the ledger write fails.
+    previous: Lease | None = None
+
+    @property
+    def kind(self) -> str:
+        return "seat.renew" if self.renewed else "seat.checkout"
+
+
+def hour_of(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def new_lease_id(rng: Callable[[int], bytes]) -> str:
+    return base64.urlsafe_b64encode(rng(LEASE_ID_BYTES)).rstrip(b"=").decode("ascii")
+
+
+class SeatBook:
+    """All leases, denial counts and hourly peaks."""
+
+    def __init__(
+        self,
+        leases: Iterable[Lease] = (),
+        denials: dict[str, int] | None = None,
+        peaks: dict[tuple[str, datetime], int] | None = None,
+    ) -> None:
+        self.leases: dict[str, Lease] = {lease.lease_id: lease for lease in leases}
+        self.denials: dict[str, int] = dict(denials or {})
+        self.peaks: dict[tuple[str, datetime], int] = dict(peaks or {})
+
+    # ----------------------------------------------------------------- queries
+    def live(self, feature: str, now: datetime) -> list[Lease]:
+        return [
+            lease for lease in self.leases.values() if lease.feature == feature and lease.live(now)
+        ]
+
+    def held_by(self, feature: str, client_id: str, now: datetime) -> Lease | None:
+        for lease in self.leases.values():
+            if lease.feature == feature and lease.client_id == client_id and lease.live(now):
+                return lease
+        return None
+
+    # ----------------------------------------------------------------- changes
+    def renew(self, lease: Lease, now: datetime) -> SeatDecision:
+        """Extend a live lease by its length from ``now``; coalesce ledger records."""
+        half = timedelta(seconds=lease.lease_seconds * RENEW_RECORD_FRACTION)
+        record = lease.recorded_at is None or now - lease.recorded_at >= half
+        renewed = replace(
+            lease,
+            expires_at=max(lease.expires_at, now + timedelta(seconds=lease.lease_seconds)),
+            recorded_at=now if record else lease.recorded_at,
+        )
+        self.leases[lease.lease_id] = renewed
+        return SeatDecision(lease=renewed, renewed=True, record=record, previous=lease)
+
+    def checkout(
+        self,
+        feature: str,
+        client_id: str,
+        now: datetime,
+        *,
+        sources: Sequence[tuple[str, FeaturePolicy]],
+        rng: Callable[[int], bytes],
+        hostname: str | None = None,
+    ) -> SeatDecision:
+        """Grant a seat from the first source with a free seat, else an overdraft seat.
+
+        ``sources`` are the usable licenses offering the feature, in priority order.
+        Raises :class:`NoSeatAvailable` (and counts a denial) when all are held.
+        """
+        held = self.held_by(feature, client_id, now)
+        if held is not None:
+            return self.renew(held, now)
+        live = self.live(feature, now)
+        for overdraft in (False, True):
+            for license_id, policy in sources:
+                cap = policy.overdraft if overdraft else policy.seats
+                taken = sum(
+                    1 for x in live if x.license_id == license_id and x.overdraft == overdraft
+                )
+                if taken < cap:
+                    lease = Lease(
+                        lease_id=new_lease_id(rng),
+                        feature=feature,
+                        client_id=client_id,
+                        license_id=license_id,
+                        issued_at=now,
+                        expires_at=now + timedelta(seconds=policy.lease_seconds),
+                        lease_seconds=policy.lease_seconds,
+                        overdraft=overdraft,
+                        hostname=hostname,
+                        recorded_at=now,
+                    )
+                    self.leases[lease.lease_id] = lease
+                    self.note_peak(feature, now)
+                    return SeatDecision(lease=lease, renewed=False, record=True)
+        self.denials[feature] = self.denials.get(feature, 0) + 1
+        seats = sum(p.seats for _, p in sources)
+        overdraft_seats = sum(p.overdraft for _, p in sources)
+        earliest = min((x.expires_at for x in live), default=None)
+        raise NoSeatAvailable(
+            f"No seat is free for feature {feature!r}",
+            expected=f"a free seat among {seats} seats and {overdraft_seats} overdraft seats",
+            found=f"all {len(live)} held"
+            + (f"; the earliest lease runs out at {earliest.isoformat()}" if earliest else ""),
+            hint="Retry after a lease is released or runs out, or ask the vendor for more seats",
+        )
+
+    def release(self, lease_id: str) -> Lease | None:
+        """Drop a lease; ``None`` if it is not held (release is idempotent)."""
+        return self.leases.pop(lease_id, None)
+
+    def expire(self, now: datetime) -> list[Lease]:
+        """Remove and return every lease whose expiry is at or before ``now``."""
+        gone = [lease for lease in self.leases.values() if not lease.live(now)]
+        for lease in gone:
+            del self.leases[lease.lease_id]
+        return sorted(gone, key=lambda x: (x.expires_at, x.lease_id))
+
+    def note_peak(self, feature: str, now: datetime) -> tuple[str, datetime, int] | None:
+        """Raise this hour's peak for ``feature`` to the seats now in use; return it if raised."""
+        key = (feature, hour_of(now))
+        in_use = len(self.live(feature, now))
+        if in_use > self.peaks.get(key, 0):
+            self.peaks[key] = in_use
+            return (feature, key[1], in_use)
+        return None

@@ -1,0 +1,469 @@
+"""The Cryptolens-compatible API wired onto the real server engine.
+
+:class:`EngineCryptolensBackend` implements
+:class:`meterbox.compat.backend.CryptolensBackend` over a running
+:class:`~meterbox.server._instance.ServerInstance`, so that the Cryptolens SDKs
+(``licensing`` on PyPI, the .NET SDK) take seats and record usage through the
+same engine, ledger and state as meterbox's own clients. :func:`mount_cryptolens`
+puts it in front of the server's HTTP app under ``/api`` (any case).
+
+Mapping (docs/spec/cryptolens-compat.md, "Mapping onto meterbox"):
+
+- **License**: the installed license whose ``cryptolens`` section has this
+  ``product_id`` and ``key``. Licenses are looked up on every call, so a license
+  imported while the server runs is served at once.
+- **Floating activation** (``FloatingTimeInterval > 0``): a seat checkout of the
+  license's ``cryptolens.feature`` *on that license only*, with ``client_id`` = the
+  machine code verbatim and ``hostname`` = the friendly name; the lease lasts
+  ``FloatingTimeInterval`` seconds, clamped to the engine's longest lease
+  (:data:`meterbox.server._core.policy.MAX_LEASE_SECONDS`, a day); ``MaxOverdraft`` is
+  capped by the feature's overdraft. A live lease of the same machine is renewed
+  (``seat.renew``), otherwise a ``seat.checkout`` is sealed in the ledger, with the
+  overdraft flag on an overdraft seat, whose ``Mid`` is ``floating:overdraft:<code>``
+  (else ``floating:<code>``). A refusal is a ``seat.denied`` record and the exact
+  Cryptolens "limit has been reached" message. ``key/getkey`` lists the live leases
+  of that feature on that license; ``key/deactivate`` with ``Floating=True`` is a
+  ``seat.release``. Leases expire and are culled by the server as any other lease.
+- **Node-locked activation** (interval 0) consumes nothing: the machine must be in
+  ``allowed_machines`` (checked by the request layer), and the activation is
+  remembered in ``DATA/cryptolens.db`` so that getkey lists it after a restart. It
+  writes no ledger record, because it grants nothing the license file does not
+  already grant to exactly that machine.
+- **Data objects**: each is bound to a meter of the license.
+  ``IncrementIntValueToKey`` is usage of that meter charged to that license (a
+  ``usage`` record, counted against the quota: a refused quota is ``result: 1``
+  with the engine's message and records nothing). ``DecrementIntValueToKey`` is a
+  ``usage.decrement`` record that gives the units back to that license's meter.
+  ``IntValue`` = the issued ``int_value`` + the net of the changes made through
+  the data object over the license's life, kept in ``DATA/cryptolens.db`` (meter
+  counters may be monthly and are shared with other clients, so they cannot give
+  it back).
+
+Invariants:
+
+- Every change of an ``IntValue`` is exactly one sealed ``usage`` or
+  ``usage.decrement`` record of the same amount; a change of 0 is a no-op.
+- The net of a data object never goes below zero: a decrement gives back only
+  what that data object charged, so it can never free quota that other clients
+  used or that was never charged. For the usual data object issued at 0 this is
+  "``IntValue`` never goes below zero". With ``EnableBound`` an increment may not
+  end above ``Bound`` and a decrement may not end below it.
+- A data-object change is all-or-nothing: bound, floor and quota are checked
+  before anything is recorded, under one lock for all data-object changes.
+- Crash safety: a change is first written to ``cryptolens.db`` as *pending* with a
+  fresh idempotency key, then sent to the service with that key, then applied.
+  On start, a pending change whose key the engine's persisted state knows is
+  applied (the usage is durable); any other is dropped (the usage never became
+  part of the server's state). So ``IntValue`` always equals what the engine
+  persisted, whatever the moment of a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from starlette.types import ASGIApp
+
+from meterbox.compat import CryptolensSigner, create_cryptolens_app, with_cryptolens_api
+from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObject
+from meterbox.compat.errors import BoundExceeded, UnknownDataObject
+from meterbox.compat.mapping import view_from_license
+from meterbox.errors import NoSeatAvailable, StateError
+from meterbox.licenses import DataObject as LicenseDataObject
+from meterbox.licenses import License
+from meterbox.server._core.seats import Lease
+from meterbox.server._instance import CRYPTOLENS_KEY, ServerInstance
+
+__all__ = ["CRYPTOLENS_DB", "EngineCryptolensBackend", "mount_cryptolens"]
+
+#: Side state of the Cryptolens API in the data directory.
+CRYPTOLENS_DB: Final = "cryptolens.db"
+#: Schema version of ``cryptolens.db``; another version is refused, never guessed at.
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS data_net (
+    license_id TEXT NOT NULL, object_id INTEGER NOT NULL, net INTEGER NOT NULL,
+    PRIMARY KEY (license_id, object_id));
+CREATE TABLE IF NOT EXISTS pending (
+    idem_key TEXT PRIMARY KEY, license_id TEXT NOT NULL, object_id INTEGER NOT NULL,
+    delta INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nodelocked (
+    license_id TEXT NOT NULL, machine_code TEXT NOT NULL, friendly_name TEXT NOT NULL,
+    ip TEXT NOT NULL, time INTEGER NOT NULL, PRIMARY KEY (license_id, machine_code));
+CREATE TABLE IF NOT EXISTS floating_meta (
+    license_id TEXT NOT NULL, machine_code TEXT NOT NULL, friendly_name TEXT NOT NULL,
+    ip TEXT NOT NULL, PRIMARY KEY (license_id, machine_code));
+"""
+
+_IDEM_PREFIX: Final = "cryptolens:"
+
+
+def _epoch(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """How a machine introduced itself; shown in ``ActivatedMachines`` (not in the ledger)."""
+
+    friendly_name: str
+    ip: str
+
+
+class _SideStore:
+    """``DATA/cryptolens.db``: data-object nets, pending changes, node-locked activations.
+
+    One short-lived connection per transaction, so writes can run in a worker
+    thread and nothing is left open when the server stops.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with closing(sqlite3.connect(str(path), isolation_level=None)) as db:
+            # executescript commits on its own, so the schema is created outside _tx.
+            db.executescript(_SCHEMA)
+        with self._tx() as db:
+            row = db.execute("SELECT v FROM meta WHERE k = 'version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('version', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise StateError(
+                    "the Cryptolens state has an unknown schema version",
+                    expected=f"version {SCHEMA_VERSION}",
+                    found=f"version {row[0]} in {path}",
+                    hint="run the meterbox version that wrote this data directory",
+                )
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(str(self.path), isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def load(
+        self,
+    ) -> tuple[
+        dict[tuple[str, int], int],
+        list[tuple[str, str, int, int]],
+        dict[str, dict[str, ActivatedMachine]],
+        dict[tuple[str, str], _Seen],
+    ]:
+        with self._tx() as db:
+            nets = {(r[0], int(r[1])): int(r[2]) for r in db.execute("SELECT * FROM data_net")}
+            pending = [
+                (str(r[0]), str(r[1]), int(r[2]), int(r[3]))
+                for r in db.execute("SELECT * FROM pending ORDER BY rowid")
+            ]
+            nodelocked: dict[str, dict[str, ActivatedMachine]] = {}
+            for lid, code, friendly, ip, t in db.execute("SELECT * FROM nodelocked ORDER BY rowid"):
+                nodelocked.setdefault(lid, {})[code] = ActivatedMachine(
+                    machine_code=code, friendly_name=friendly, ip=ip, time=int(t)
+                )
+            seen = {
+                (r[0], r[1]): _Seen(r[2], r[3]) for r in db.execute("SELECT * FROM floating_meta")
+            }
+        return nets, pending, nodelocked, seen
+
+    def begin_change(self, key: str, license_id: str, object_id: int, delta: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO pending VALUES (?, ?, ?, ?)", (key, license_id, object_id, delta)
+            )
+
+    def finish_change(self, key: str, applied: tuple[str, int, int] | None) -> None:
+        """Drop the pending row; with ``applied`` = (license, object, new net), store the net."""
+        with self._tx() as db:
+            db.execute("DELETE FROM pending WHERE idem_key = ?", (key,))
+            if applied is not None:
+                db.execute("INSERT OR REPLACE INTO data_net VALUES (?, ?, ?)", applied)
+
+    def put_nodelocked(self, license_id: str, m: ActivatedMachine) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO nodelocked VALUES (?, ?, ?, ?, ?)",
+                (license_id, m.machine_code, m.friendly_name, m.ip, m.time),
+            )
+
+    def drop_nodelocked(self, license_id: str, machine_code: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM nodelocked WHERE license_id = ? AND machine_code = ?",
+                (license_id, machine_code),
+            )
+
+    def put_seen(self, license_id: str, machine_code: str, seen: _Seen) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO floating_meta VALUES (?, ?, ?, ?)",
+                (license_id, machine_code, seen.friendly_name, seen.ip),
+            )
+
+
+class EngineCryptolensBackend:
+    """:class:`~meterbox.compat.backend.CryptolensBackend` over a server instance.
+
+    Seats and usage go through ``instance.service`` (engine, ledger, state); this
+    class keeps only what the engine has no place for, in ``DATA/cryptolens.db``.
+    Build it before the server starts serving: it settles changes a crash left
+    pending.
+    """
+
+    def __init__(self, instance: ServerInstance) -> None:
+        self._instance = instance
+        self._service = instance.service
+        self._side = _SideStore(instance.data / CRYPTOLENS_DB)
+        self._lock = asyncio.Lock()
+        self._nets, pending, self._nodelocked, self._seen = self._side.load()
+        self._settle(pending)
+
+    # ------------------------------------------------------------ helpers
+    def _settle(self, pending: list[tuple[str, str, int, int]]) -> None:
+        """Apply pending changes the engine persisted; drop the others (see module docs)."""
+        known = self._service.engine.meters.idempotency
+        for key, license_id, object_id, delta in pending:
+            applied = None
+            if key in known:
+                net = self._nets.get((license_id, object_id), 0) + delta
+                self._nets[(license_id, object_id)] = net
+                applied = (license_id, object_id, net)
+            self._side.finish_change(key, applied)
+
+    def _license(self, license_id: str) -> License:
+        for lic, _ in self._instance.licenses:
+            if lic.license_id == license_id:
+                return lic
+        raise StateError(
+            f"license {license_id!r} is no longer installed",
+            expected="an installed license",
+            found="none with that id",
+            hint="reinstall the license file with 'meterbox server import'",
+        )
+
+    def _now(self) -> datetime:
+        return self._service.now()
+
+    def _machine(self, lease: Lease) -> ActivatedMachine:
+        seen = self._seen.get((lease.license_id, lease.client_id))
+        return ActivatedMachine(
+            machine_code=lease.client_id,
+            friendly_name=seen.friendly_name if seen else (lease.hostname or ""),
+            ip=seen.ip if seen else "",
+            time=_epoch(lease.issued_at),
+            floating_expires=_epoch(lease.expires_at),
+            overdraft=lease.overdraft,
+        )
+
+    def _live(self, license_id: str) -> list[Lease]:
+        section = self._license(license_id).cryptolens
+        if section is None or section.feature is None:
+            return []
+        live = self._service.engine.seats.live(section.feature, self._now())
+        return sorted(
+            (x for x in live if x.license_id == license_id),
+            key=lambda x: (x.issued_at, x.client_id),
+        )
+
+    def _value(self, license_id: str, obj: LicenseDataObject) -> DataObject:
+        net = self._nets.get((license_id, obj.id), 0)
+        return DataObject(obj.id, obj.name, obj.string_value, obj.int_value + net)
+
+    # ------------------------------------------------------------ licenses
+    async def find_license(self, product_id: int, key: str) -> CryptolensLicenseView | None:
+        for lic, _ in self._instance.licenses:
+            section = lic.cryptolens
+            if section is not None and section.product_id == product_id and section.key == key:
+                return view_from_license(lic)
+        return None
+
+    # ------------------------------------------------------------ floating
+    async def floating_activate(
+        self,
+        license_id: str,
+        machine_code: str,
+        *,
+        friendly_name: str,
+        ip: str,
+        interval_s: int,
+        max_overdraft: int,
+    ) -> ActivatedMachine:
+        section = self._license(license_id).cryptolens
+        if section is None or section.feature is None:
+            raise NoSeatAvailable(
+                f"license {license_id!r} has no floating feature",
+                expected="a license whose cryptolens section names a floating feature",
+                found="none",
+                hint="activate node-locked (FloatingTimeInterval=0) or ask for a floating license",
+            )
+        decision = await self._service.checkout_on(
+            license_id,
+            section.feature,
+            machine_code,
+            lease_seconds=interval_s,
+            overdraft_cap=max_overdraft,
+            hostname=friendly_name or None,
+        )
+        seen = _Seen(friendly_name, ip)
+        if self._seen.get((license_id, machine_code)) != seen:
+            async with self._lock:
+                await asyncio.to_thread(self._side.put_seen, license_id, machine_code, seen)
+                self._seen[(license_id, machine_code)] = seen
+        return self._machine(decision.lease)
+
+    async def floating_live_machines(self, license_id: str) -> list[ActivatedMachine]:
+        return [self._machine(x) for x in self._live(license_id)]
+
+    async def floating_deactivate(self, license_id: str, machine_code: str) -> bool:
+        for lease in self._live(license_id):
+            if lease.client_id == machine_code:
+                return await self._service.release(lease.lease_id)
+        return False
+
+    # ---------------------------------------------------------- node-locked
+    async def nodelocked_activate(
+        self, license_id: str, machine_code: str, friendly_name: str, ip: str
+    ) -> list[ActivatedMachine]:
+        async with self._lock:
+            machines = self._nodelocked.setdefault(license_id, {})
+            if machine_code not in machines:
+                machine = ActivatedMachine(
+                    machine_code=machine_code,
+                    friendly_name=friendly_name,
+                    ip=ip,
+                    time=_epoch(self._now()),
+                )
+                await asyncio.to_thread(self._side.put_nodelocked, license_id, machine)
+                machines[machine_code] = machine
+            return list(machines.values())
+
+    async def nodelocked_machines(self, license_id: str) -> list[ActivatedMachine]:
+        return list(self._nodelocked.get(license_id, {}).values())
+
+    async def nodelocked_deactivate(self, license_id: str, machine_code: str) -> bool:
+        async with self._lock:
+            machines = self._nodelocked.get(license_id, {})
+            if machine_code not in machines:
+                return False
+            await asyncio.to_thread(self._side.drop_nodelocked, license_id, machine_code)
+            del machines[machine_code]
+            return True
+
+    # --------------------------------------------------------- data objects
+    async def change_data_object(
+        self, license_id: str, object_id: int, name: str, delta: int, bound: int | None
+    ) -> DataObject:
+        lic = self._license(license_id)
+        objects = lic.cryptolens.data_objects if lic.cryptolens else ()
+        async with self._lock:
+            target = _find_object(objects, object_id, name)
+            current = self._value(license_id, target)
+            net = self._nets.get((license_id, target.id), 0)
+            _check_change(target, current.int_value, net, delta, bound)
+            if delta == 0:
+                return current
+            key = _IDEM_PREFIX + secrets.token_hex(16)
+            await asyncio.to_thread(self._side.begin_change, key, license_id, target.id, delta)
+            try:
+                await self._service.usage(
+                    target.meter,
+                    abs(delta),
+                    f"cryptolens/{target.id}",
+                    key,
+                    decrement=delta < 0,
+                    license_id=license_id,
+                )
+            except Exception:
+                # Refused or not durable: the engine has taken it back, so must we. (A
+                # cancellation leaves the row pending: the next start settles it.)
+                await asyncio.to_thread(self._side.finish_change, key, None)
+                raise
+            await asyncio.to_thread(
+                self._side.finish_change, key, (license_id, target.id, net + delta)
+            )
+            self._nets[(license_id, target.id)] = net + delta
+            return self._value(license_id, target)
+
+    async def data_objects(self, license_id: str) -> list[DataObject]:
+        section = self._license(license_id).cryptolens
+        objects = section.data_objects if section else ()
+        return [self._value(license_id, o) for o in sorted(objects, key=lambda o: o.id)]
+
+
+def _find_object(
+    objects: tuple[LicenseDataObject, ...], object_id: int, name: str
+) -> LicenseDataObject:
+    """By ``object_id`` when it is not 0, else by exact ``name`` (as the test double does)."""
+    if object_id != 0:
+        for o in objects:
+            if o.id == object_id:
+                return o
+        raise UnknownDataObject(
+            f"The license has no data object with Id={object_id}",
+            expected=f"one of the ids {sorted(o.id for o in objects)}",
+            found=str(object_id),
+            hint="List the data objects with ListDataObjectsToKey",
+        )
+    matches = [o for o in objects if o.name == name]
+    if len(matches) == 1:
+        return matches[0]
+    raise UnknownDataObject(
+        f"The license has {'no' if not matches else 'more than one'} data object named {name!r}",
+        expected="an Id, or a Name that matches exactly one data object",
+        found=f"{len(matches)} matches",
+        hint="Pass the Id of the data object",
+    )
+
+
+def _check_change(
+    target: LicenseDataObject, value: int, net: int, delta: int, bound: int | None
+) -> None:
+    """Refuse a change that crosses the caller's bound or takes the net below zero."""
+    new_value = value + delta
+    sign = "+" if delta >= 0 else "-"
+    if bound is not None and (
+        (delta >= 0 and new_value > bound) or (delta < 0 and new_value < bound)
+    ):
+        raise BoundExceeded(
+            f"Data object {target.id} ({target.name!r}) would cross its bound",
+            expected=f"a value {'at most' if delta >= 0 else 'at least'} {bound}",
+            found=f"{value} {sign} {abs(delta)} = {new_value}",
+            hint="Nothing was changed; ask for a smaller change or a different Bound",
+        )
+    if delta < 0 and net + delta < 0:
+        floor = target.int_value
+        raise BoundExceeded(
+            f"Data object {target.id} ({target.name!r}) would go below "
+            + ("zero" if floor == 0 else f"its issued value {floor}"),
+            expected=f"a decrement of at most {net}: a decrement gives back only usage "
+            "recorded through this data object",
+            found=f"{value} - {abs(delta)} = {new_value}",
+            hint="Nothing was changed; decrement by less",
+        )
+
+
+def mount_cryptolens(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
+    """Serve the Cryptolens-compatible API under ``/api`` (any case) in front of ``app``.
+
+    The reply signing key is ``DATA/cryptolens.pem``; replies are signed at the
+    instance clock's wall time (the SDKs compare ``SignDate`` with their own clock).
+    """
+    backend = EngineCryptolensBackend(instance)
+    signer = CryptolensSigner.load(instance.data / CRYPTOLENS_KEY)
+    clock: Callable[[], float] = lambda: instance.clock.wall_ms() / 1000  # noqa: E731
+    return with_cryptolens_api(app, create_cryptolens_app(backend, signer, clock))

@@ -1,0 +1,410 @@
+"""A server instance on disk: set-up, opening, export and import.
+
+Data directory layout (mode 0700)::
+
+    DATA/ledger/          the sealed ledger (meterbox.ledger)
+    DATA/state.db         seats, leases, counters (SQLite)
+    DATA/licenses/*.lic   installed license files, as signed by the vendor
+    DATA/vendor.pub       the vendor's public bundle
+    DATA/admin.token      the admin bearer token (0600)
+    DATA/cryptolens.pem   RSA-2048 key for the Cryptolens-compatible API (0600)
+    DATA/cryptolens.db    Cryptolens data-object values and node-locked activations
+    DATA/run.json         address of the running server, while it runs
+
+The ledger is opened by one process at a time (flock). ``status``, ``export`` and
+``import`` therefore go through the running server's admin API when it runs, and
+open the directory directly when it does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from meterbox.clock import Clock, SystemClock
+from meterbox.compat.signer import CryptolensSigner
+from meterbox.errors import ConfigError, FormatError, StateError, VerificationError
+from meterbox.ledger import Head, LedgerWriter, RecordType, export_report
+from meterbox.ledger._files import check_private_dir, write_private_atomic
+from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
+from meterbox.server._core.engine import ReceiptInfo
+from meterbox.server._core.policy import policy_from_license
+from meterbox.server._core.replay import replay_changes
+from meterbox.server._service import LicenseService, Settings
+from meterbox.server._sinks import LedgerEventSink
+from meterbox.server._state import StateStore
+
+LEDGER_DIR: Final = "ledger"
+STATE_DB: Final = "state.db"
+LICENSES_DIR: Final = "licenses"
+VENDOR_PUB: Final = "vendor.pub"
+ADMIN_TOKEN: Final = "admin.token"  # noqa: S105 - a file name, not a secret
+CRYPTOLENS_KEY: Final = "cryptolens.pem"
+RUN_FILE: Final = "run.json"
+RECEIPT_FILE: Final = "last-receipt.json"
+MAX_IMPORT_BYTES: Final = 1 << 20
+
+
+def machine_fingerprint() -> str:
+    """A stable identity for this machine, for licenses bound to a site.
+
+    ``METERBOX_FINGERPRINT`` overrides it: containers get a new machine-id when they
+    are rebuilt, so their operators pin an identity explicitly.
+    """
+    override = os.environ.get("METERBOX_FINGERPRINT")
+    if override:
+        return override
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            ident = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if ident:
+            return hashlib.sha256(b"meterbox-site/1\x00" + ident.encode()).hexdigest()[:32]
+    return hashlib.sha256(b"meterbox-site/1\x00" + socket.gethostname().encode()).hexdigest()[:32]
+
+
+def _check_license_for_site(lic: License, fingerprint: str) -> None:
+    if lic.site_fingerprint is not None and not secrets.compare_digest(
+        lic.site_fingerprint, fingerprint
+    ):
+        raise VerificationError(
+            f"license {lic.license_id} is bound to another machine",
+            expected=f"site fingerprint {lic.site_fingerprint}",
+            found=f"this machine's fingerprint {fingerprint}",
+            hint="ask the vendor for a license issued with --site for this machine "
+            "('meterbox server fingerprint' prints it)",
+        )
+
+
+@dataclass(frozen=True)
+class InitResult:
+    instance_id: str
+    admin_token: str
+    licenses: tuple[str, ...]
+
+
+def read_bundle(data: Path) -> VendorPublicBundle:
+    return VendorPublicBundle.from_bytes((data / VENDOR_PUB).read_bytes())
+
+
+def load_licenses(data: Path, bundle: VendorPublicBundle) -> list[tuple[License, bytes]]:
+    out = []
+    for path in sorted((data / LICENSES_DIR).glob("*.lic")):
+        blob = path.read_bytes()
+        out.append((License.from_bytes(blob, bundle), blob))
+    return out
+
+
+def init_server(
+    data: Path,
+    *,
+    vendor_pub: Path,
+    license_files: list[Path],
+    clock: Clock | None = None,
+    fingerprint: str | None = None,
+) -> InitResult:
+    """Create a server instance: identity, ledger genesis, licenses, tokens and keys."""
+    clock = clock or SystemClock()
+    if not license_files:
+        raise ConfigError(
+            "no license given",
+            expected="at least one --license FILE",
+            found="none",
+            hint="the vendor issues licenses with 'meterbox vendor issue'",
+        )
+    if (data / LEDGER_DIR).exists():
+        raise StateError(
+            f"{data} already holds a server instance",
+            expected="an empty or new data directory",
+            found=str(data / LEDGER_DIR),
+            hint="use 'meterbox server import' to add licenses to an existing server",
+        )
+    try:
+        bundle_bytes = vendor_pub.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            "cannot read the vendor key",
+            expected="a readable vendor.pub file",
+            found=f"{vendor_pub}: {exc.strerror}",
+        ) from None
+    bundle = VendorPublicBundle.from_bytes(bundle_bytes)
+    fingerprint = fingerprint or machine_fingerprint()
+    licenses: list[tuple[License, bytes]] = []
+    for path in license_files:
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                "cannot read a license file",
+                expected="a readable license file",
+                found=f"{path}: {exc.strerror}",
+            ) from None
+        lic = License.from_bytes(blob, bundle)
+        _check_license_for_site(lic, fingerprint)
+        licenses.append((lic, blob))
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data, 0o700)
+    check_private_dir(data)
+    (data / LICENSES_DIR).mkdir(exist_ok=True, mode=0o700)
+    for lic, blob in licenses:
+        write_private_atomic(data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
+    write_private_atomic(data / VENDOR_PUB, bundle_bytes, mode=0o644)
+    key = bundle.current
+    writer = LedgerWriter.create(
+        data / LEDGER_DIR,
+        vendor_ledger_key=key.ledger_key(),
+        vendor_key_id=key.key_id,
+        clock=clock,
+        genesis={"l": [lic.license_id for lic, _ in licenses], "fp": fingerprint},
+    )
+    try:
+        for lic, blob in licenses:
+            writer.append(
+                RecordType.LICENSE_INSTALLED,
+                {"l": lic.license_id, "d": hashlib.sha256(blob).hexdigest()},
+            )
+    finally:
+        writer.close()
+    token = secrets.token_urlsafe(32)
+    write_private_atomic(data / ADMIN_TOKEN, token.encode())
+    if not (data / CRYPTOLENS_KEY).exists():
+        CryptolensSigner.generate(data / CRYPTOLENS_KEY)
+    store = StateStore(data / STATE_DB)
+    try:
+        store.initialize(
+            init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+            instance_id=writer.instance_id.hex(),
+        )
+    finally:
+        store.close()
+    return InitResult(writer.instance_id.hex(), token, tuple(lic.license_id for lic, _ in licenses))
+
+
+class ServerInstance:
+    """An opened instance: ledger writer, state store and license service."""
+
+    def __init__(
+        self,
+        data: Path,
+        writer: LedgerWriter,
+        store: StateStore,
+        service: LicenseService,
+        bundle: VendorPublicBundle,
+        licenses: list[tuple[License, bytes]],
+        clock: Clock,
+    ) -> None:
+        self.data = data
+        self.writer = writer
+        self.store = store
+        self.service = service
+        self.bundle = bundle
+        self.licenses = licenses
+        self.clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        data: Path,
+        *,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        force_recover: bool = False,
+    ) -> ServerInstance:
+        clock = clock or SystemClock()
+        if not (data / LEDGER_DIR).exists():
+            raise StateError(
+                f"no server instance in {data}",
+                expected=f"a directory set up by 'meterbox server init --data {data}'",
+                found="no ledger there",
+            )
+        check_private_dir(data)
+        bundle = read_bundle(data)
+        licenses = load_licenses(data, bundle)
+        store = StateStore(data / STATE_DB)
+        try:
+            snap = store.load()
+            writer = LedgerWriter.open(
+                data / LEDGER_DIR,
+                clock=clock,
+                force_recover=force_recover,
+                replay_after=snap.last_seq,
+            )
+        except BaseException:
+            store.close()
+            raise
+        try:
+            store.initialize(
+                init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+                instance_id=writer.instance_id.hex(),
+            )
+            policies = [policy_from_license(lic) for lic, _ in licenses]
+            # Usage the ledger holds but the state missed (a crash between the two
+            # commits) is applied before serving, so a client's retry is not counted twice.
+            store.apply(
+                replay_changes(
+                    writer.replayed,
+                    usage=snap.usage,
+                    idempotency_keys=snap.idempotency.keys(),
+                    licenses={p.license_id: p for p in policies},
+                )
+            )
+            sink = LedgerEventSink(writer, RecordType.from_kind)
+            service = LicenseService.open(
+                store,
+                policies,
+                sink,
+                settings=settings or Settings(),
+                wall=lambda: datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+                monotonic=lambda: clock.mono_ms() / 1000,
+            )
+        except BaseException:
+            writer.close()
+            store.close()
+            raise
+        return cls(data, writer, store, service, bundle, licenses, clock)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ export
+    def acked_head(self) -> Head | None:
+        path = self.data / RECEIPT_FILE
+        if not path.exists():
+            return None
+        info = json.loads(path.read_text())
+        return Head(int(info["head_seq"]), bytes.fromhex(info["head_hash"]))
+
+    def export_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        export_report(
+            self.writer,
+            buf,
+            clock=self.clock,
+            licenses=[blob for _, blob in self.licenses],
+            acked=self.acked_head(),
+        )
+        return buf.getvalue()
+
+    # ------------------------------------------------------------------ import
+    async def import_bytes(self, blob: bytes) -> dict[str, Any]:
+        """Import a receipt, top-up or license. Anything else is refused; nothing changes."""
+        doc = _open_importable(blob, self.bundle)
+        if isinstance(doc, Receipt):
+            return await self._import_receipt(doc, blob)
+        if isinstance(doc, Topup):
+            known = {lic.license_id for lic, _ in self.licenses}
+            if doc.license_id not in known:
+                raise VerificationError(
+                    "top-up is for a license this server does not hold",
+                    expected="one of " + ", ".join(sorted(known)),
+                    found=doc.license_id,
+                )
+            await self.service.import_topup(doc.topup_id, doc.license_id, doc.meter, doc.units)
+            return {"imported": "topup", "topup_id": doc.topup_id, "units": doc.units}
+        return await self._import_license(doc, blob)
+
+    async def _import_receipt(self, receipt: Receipt, blob: bytes) -> dict[str, Any]:
+        if receipt.instance_id != self.writer.instance_id.hex():
+            raise VerificationError(
+                "receipt is for another server instance",
+                expected=self.writer.instance_id.hex(),
+                found=receipt.instance_id,
+                hint="import the receipt on the server that exported the report",
+            )
+        head = Head(receipt.head_seq, bytes.fromhex(receipt.head_hash))
+        previous = self.acked_head()
+        if previous is not None and head.seq <= previous.seq:
+            raise StateError(
+                "receipt is older than the one already imported",
+                expected=f"a receipt past seq {previous.seq}",
+                found=f"seq {head.seq}",
+                hint="import the newest receipt only",
+            )
+        # Check it names a point of this very ledger before anything changes.
+        removed = self.writer.compact(head)
+        write_private_atomic(
+            self.data / RECEIPT_FILE,
+            json.dumps(
+                {
+                    "receipt_id": receipt.receipt_id,
+                    "head_seq": head.seq,
+                    "head_hash": head.hash.hex(),
+                    "vendor_time": receipt.vendor_time.isoformat(),
+                }
+            ).encode(),
+            mode=0o644,
+        )
+        await self.service.import_receipt(
+            ReceiptInfo(receipt.vendor_time, receipt.head_seq, receipt.receipt_id)
+        )
+        return {
+            "imported": "receipt",
+            "receipt_id": receipt.receipt_id,
+            "head_seq": head.seq,
+            "compacted_bytes": removed,
+        }
+
+    async def _import_license(self, lic: License, blob: bytes) -> dict[str, Any]:
+        _check_license_for_site(lic, machine_fingerprint())
+        await self.service.install_license(policy_from_license(lic), blob)
+        write_private_atomic(self.data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
+        self.licenses = [(x, b) for x, b in self.licenses if x.license_id != lic.license_id]
+        self.licenses.append((lic, blob))
+        return {"imported": "license", "license_id": lic.license_id}
+
+
+def _open_importable(blob: bytes, bundle: VendorPublicBundle) -> License | Topup | Receipt:
+    if len(blob) > MAX_IMPORT_BYTES:
+        raise FormatError(
+            "file is too large to import",
+            expected=f"at most {MAX_IMPORT_BYTES} bytes",
+            found=f"{len(blob)} bytes",
+            hint="import receipt, top-up or license files written by 'meterbox vendor'",
+        )
+    return open_document(blob, bundle)
+
+
+def check_importable(data: Path, blob: bytes) -> None:
+    """Verify an import file against the instance's vendor key without opening the instance."""
+    if not (data / VENDOR_PUB).exists():
+        raise StateError(
+            f"no server instance in {data}",
+            expected=f"a directory set up by 'meterbox server init --data {data}'",
+            found=f"no {VENDOR_PUB} there",
+        )
+    _open_importable(blob, read_bundle(data))
+
+
+def read_admin_token(data: Path) -> str:
+    try:
+        return (data / ADMIN_TOKEN).read_text().strip()
+    except OSError as exc:
+        raise StateError(
+            "cannot read the admin token",
+            expected=str(data / ADMIN_TOKEN),
+            found=exc.strerror or str(exc),
+        ) from None
+
+
+def write_run_file(data: Path, url: str) -> None:
+    write_private_atomic(
+        data / RUN_FILE, json.dumps({"url": url, "pid": os.getpid()}).encode(), mode=0o600
+    )
+
+
+def read_run_file(data: Path) -> dict[str, Any] | None:
+    try:
+        info: dict[str, Any] = json.loads((data / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info

@@ -1,0 +1,62 @@
+"""Assembles a runnable server: instance + HTTP app + Cryptolens-compatible API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp
+
+from meterbox.clock import Clock
+from meterbox.server._app import Limits, create_app
+from meterbox.server._cryptolens import mount_cryptolens
+from meterbox.server._dashboard import mount_dashboard
+from meterbox.server._instance import ServerInstance, read_admin_token
+from meterbox.server._service import LicenseService, Settings
+
+
+@dataclass
+class BuiltApp:
+    app: ASGIApp
+    instance: ServerInstance
+
+    def close(self) -> None:
+        self.instance.close()
+
+
+def build_app(
+    data: Path,
+    *,
+    clock: Clock | None = None,
+    settings: Settings | None = None,
+    limits: Limits | None = None,
+    force_recover: bool = False,
+) -> BuiltApp:
+    instance = ServerInstance.open(
+        data, clock=clock, settings=settings, force_recover=force_recover
+    )
+
+    async def export_handler(_: LicenseService) -> bytes:
+        return instance.export_bytes()
+
+    async def import_handler(_: LicenseService, blob: bytes) -> Mapping[str, Any]:
+        return await instance.import_bytes(blob)
+
+    app: ASGIApp = create_app(
+        instance.service,
+        admin_token=read_admin_token(data),
+        limits=limits or Limits(),
+        export_report=export_handler,
+        import_file=import_handler,
+    )
+    try:
+        # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.
+        app = mount_cryptolens(app, instance)
+        # The site admin dashboard answers /, /login, /logout and /ui/ only.
+        app = mount_dashboard(app, instance)
+    except BaseException:
+        instance.close()
+        raise
+    return BuiltApp(app, instance)

@@ -1,0 +1,564 @@
+"""The server shell around the pure engine: ordering, durability, persistence, culling.
+
+Request flow (docs/adr/0003-server-state.md):
+
+1. under one ``asyncio.Lock``: read license time, let the engine decide (which
+   reserves the seat or the quota in memory), and enqueue the ledger record;
+2. outside the lock: await the event sink, so that concurrent requests share one
+   group-committed ``fsync``;
+3. if the sink fails: take the decision back under the lock and answer 503;
+4. persist the change set to SQLite (itself group-committed), then answer.
+
+Because the decision and its in-memory reservation happen atomically under the lock,
+two requests can never both take the last seat or the last unit of quota; because
+the answer waits for step 2, nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from meterbox.errors import NoSeatAvailable
+from meterbox.server._batch import GroupCommitter
+from meterbox.server._core.changes import (
+    Change,
+    ClockFloor,
+    DenialAdd,
+    IdemDrop,
+    IdemPut,
+    LeasePut,
+    LicensePut,
+    PeakMax,
+    ReceiptPut,
+    SeqMax,
+    TopupPut,
+    UsageDelta,
+)
+from meterbox.server._core.clock import DEFAULT_STEP_THRESHOLD, LicenseClock
+from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
+from meterbox.server._core.meters import IdemEntry, Topup, UsageResult, fingerprint
+from meterbox.server._core.policy import LicensePolicy
+from meterbox.server._core.seats import Lease, SeatDecision, hour_of
+from meterbox.server._errors import UnavailableError
+from meterbox.server._sinks import EventSink, HasHead
+from meterbox.server._state import StateStore
+
+log = logging.getLogger("meterbox.server")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Timing knobs of a running server."""
+
+    #: Seconds between culls of expired leases (Keygen Relay culls every 15 s).
+    cull_interval: float = 5.0
+    #: Seconds between ``heartbeat`` ledger records, evidence that the server was up.
+    heartbeat_interval: float = 60.0
+    #: Seconds between prunes of idempotency keys older than the engine's TTL.
+    prune_interval: float = 600.0
+    #: Wall-vs-monotonic difference, in seconds, reported as a clock step.
+    step_threshold: float = DEFAULT_STEP_THRESHOLD
+
+
+def _epoch(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+def _unavailable(exc: BaseException) -> UnavailableError:
+    if isinstance(exc, UnavailableError):
+        return exc
+    return UnavailableError(
+        "The event ledger could not record the request",
+        expected="a durable ledger write",
+        found=f"{type(exc).__name__}: {exc}",
+        hint="Retry later; clients keep usage in their spool until it is acknowledged",
+    )
+
+
+class LicenseService:
+    """One running license server: engine + state store + event sink + clock."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: StateStore,
+        sink: EventSink,
+        *,
+        clock: LicenseClock,
+        instance_id: str,
+        settings: Settings = Settings(),
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.sink = sink
+        self.clock = clock
+        self.instance_id = instance_id
+        self.settings = settings
+        self._wall = wall
+        self._mono = monotonic
+        self._lock = asyncio.Lock()
+        self._persist = GroupCommitter[list[Change], None](self._flush_state)
+        #: Changes whose state commit failed (a full disk), committed before the next ones.
+        self._unsaved: list[Change] = []
+        self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
+        self._side: list[asyncio.Future[int]] = []
+        self.clock_steps = 0
+        self.counters: dict[str, int] = {
+            "checkouts": 0,
+            "renewals": 0,
+            "releases": 0,
+            "expiries": 0,
+            "usage_records": 0,
+            "usage_replays": 0,
+            "sink_failures": 0,
+        }
+        self.started = time.monotonic()
+
+    # ----------------------------------------------------------- building
+    @classmethod
+    def open(
+        cls,
+        store: StateStore,
+        licenses: Iterable[LicensePolicy],
+        sink: EventSink,
+        *,
+        settings: Settings = Settings(),
+        rng: Callable[[int], bytes] = os.urandom,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> LicenseService:
+        """Load the state (initialising it on first use) and build a service on it."""
+        now = wall()
+        store.initialize(init_time=now, instance_id=rng(16).hex())
+        snap = store.load()
+        engine = snap.engine(licenses, rng=rng)
+        floor = max(t for t in (snap.clock_floor, snap.init_time, now) if t is not None)
+        if snap.last_receipt is not None:
+            floor = max(floor, snap.last_receipt.vendor_time)
+        clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)
+        assert snap.instance_id is not None
+        return cls(
+            engine,
+            store,
+            sink,
+            clock=clock,
+            instance_id=snap.instance_id,
+            settings=settings,
+            wall=wall,
+            monotonic=monotonic,
+        )
+
+    # -------------------------------------------------------------- clock
+    def now(self) -> datetime:
+        """License time; a detected wall-clock step is queued as a ``clock.step`` record."""
+        reading = self.clock.observe(self._wall(), self._mono())
+        if reading.step is not None:
+            self.clock_steps += 1
+            # The ledger writer records the step itself (CLOCK_STEP is evidence the
+            # ledger gathers, never a record the server may write).
+            log.warning("wall clock stepped by %.1f s", reading.step.delta_seconds)
+        return reading.now
+
+    # --------------------------------------------------------- plumbing
+    def _flush_state(self, batches: list[list[Change]]) -> list[None]:
+        # The group committer runs one flush at a time, so ``_unsaved`` needs no lock.
+        changes = self._unsaved + [c for batch in batches for c in batch]
+        try:
+            self.store.apply(changes)
+        except (sqlite3.Error, OSError) as exc:
+            # The records are already durable in the ledger and applied in memory, so
+            # the changes are kept and committed, in order, by the next flush that
+            # succeeds: the state never skips them while its sequence number moves on
+            # (a restart before then replays them from the ledger). The callers get
+            # 503, which tells them to retry with the same idempotency key.
+            self._unsaved = changes
+            raise UnavailableError(
+                "The server state could not be saved",
+                expected="a committed write to the state database",
+                found=f"{type(exc).__name__}: {exc}",
+                hint="Free disk space in the data directory; retry with the same "
+                "idempotency key (the request is recorded and will not count twice)",
+            ) from exc
+        self._unsaved = []
+        return [None] * len(batches)
+
+    async def _durable(self, task: Awaitable[int]) -> int:
+        side, self._side = self._side, []
+        try:
+            seq = await task
+            for s in side:
+                await s
+        except Exception as exc:
+            self.counters["sink_failures"] += 1
+            raise _unavailable(exc) from exc
+        return seq
+
+    async def _save(self, changes: list[Change], seq: int | None, now: datetime) -> None:
+        extra: list[Change] = [ClockFloor(now)]
+        if seq is not None:
+            extra.append(SeqMax(seq))
+        await self._persist.submit(changes + extra)
+
+    def _enqueue(self, kind: str, payload: dict[str, Any]) -> asyncio.Future[int]:
+        return asyncio.ensure_future(self.sink.record(kind, payload))
+
+    # -------------------------------------------------------------- seats
+    async def checkout(
+        self, feature: str, client_id: str, hostname: str | None = None
+    ) -> SeatDecision:
+        return await self._checkout(
+            feature,
+            client_id,
+            lambda now: self.engine.checkout(feature, client_id, now, hostname),
+        )
+
+    async def checkout_on(
+        self,
+        license_id: str,
+        feature: str,
+        client_id: str,
+        *,
+        lease_seconds: int | None = None,
+        overdraft_cap: int | None = None,
+        hostname: str | None = None,
+    ) -> SeatDecision:
+        """:meth:`checkout` from one named license, with its own lease length and overdraft cap.
+
+        Recorded, persisted and undone exactly like :meth:`checkout` (see
+        :meth:`Engine.checkout_on` for the rules).
+        """
+        return await self._checkout(
+            feature,
+            client_id,
+            lambda now: self.engine.checkout_on(
+                license_id,
+                feature,
+                client_id,
+                now,
+                lease_seconds=lease_seconds,
+                overdraft_cap=overdraft_cap,
+                hostname=hostname,
+            ),
+        )
+
+    async def _checkout(
+        self, feature: str, client_id: str, decide: Callable[[datetime], SeatDecision]
+    ) -> SeatDecision:
+        """Decide a checkout under the lock, then record and persist the lease or the denial."""
+        async with self._lock:
+            now = self.now()
+            try:
+                decision = decide(now)
+            except NoSeatAvailable as exc:
+                denial: NoSeatAvailable | None = exc
+                denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
+            else:
+                denial = None
+                hour = hour_of(now)
+                peak = (feature, hour, self.engine.seats.peaks.get((feature, hour), 0))
+                task = self._write_seat(decision)
+        if denial is not None:
+            seq = await self._durable(denied)
+            await self._save([DenialAdd(feature)], seq, now)
+            # The engine's explanation, answered once the denial is on record.
+            raise denial
+        return await self._finish_seat(decision, task, now, peak)
+
+    def _write_seat(self, d: SeatDecision) -> asyncio.Future[int] | None:
+        lease = d.lease
+        if d.renewed:
+            if not d.record:
+                return None
+            return self._enqueue("seat.renew", {"i": lease.lease_id, "e": _epoch(lease.expires_at)})
+        payload: dict[str, Any] = {
+            "i": lease.lease_id,
+            "f": lease.feature,
+            "c": lease.client_id,
+            "l": lease.license_id,
+            "e": _epoch(lease.expires_at),
+        }
+        if lease.overdraft:
+            payload["o"] = 1
+        return self._enqueue("seat.checkout", payload)
+
+    async def _finish_seat(
+        self,
+        d: SeatDecision,
+        task: asyncio.Future[int] | None,
+        now: datetime,
+        peak: tuple[str, datetime, int] | None,
+    ) -> SeatDecision:
+        seq = None
+        if task is not None:
+            try:
+                seq = await self._durable(task)
+            except UnavailableError:
+                async with self._lock:
+                    self.engine.undo_seat(d)
+                raise
+        self.counters["renewals" if d.renewed else "checkouts"] += 1
+        changes: list[Change] = [LeasePut(d.lease)]
+        if peak is not None:
+            changes.append(PeakMax(*peak))
+        await self._save(changes, seq, now)
+        return d
+
+    async def heartbeat(self, lease_id: str) -> SeatDecision:
+        async with self._lock:
+            now = self.now()
+            decision = self.engine.heartbeat(lease_id, now)
+            task = self._write_seat(decision)
+        return await self._finish_seat(decision, task, now, None)
+
+    async def release(self, lease_id: str) -> bool:
+        async with self._lock:
+            now = self.now()
+            lease = self.engine.release(lease_id)
+            if lease is None:
+                return False
+            task = self._enqueue("seat.release", {"i": lease_id})
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.seats.leases[lease.lease_id] = lease
+            raise
+        self.counters["releases"] += 1
+        await self._save([LeasePut(lease, ended=True)], seq, now)
+        return True
+
+    # -------------------------------------------------------------- usage
+    async def usage(
+        self,
+        meter: str,
+        amount: int,
+        client_id: str,
+        idempotency_key: str | None = None,
+        *,
+        decrement: bool = False,
+        license_id: str | None = None,
+    ) -> UsageResult:
+        kind = "usage.decrement" if decrement else "usage"
+        async with self._lock:
+            now = self.now()
+            decision = self.engine.record_usage(
+                meter,
+                amount,
+                client_id,
+                idempotency_key,
+                now,
+                decrement=decrement,
+                license_id=license_id,
+            )
+            if decision.replay:
+                waiter = self._inflight.get(idempotency_key or "")
+            else:
+                waiter = None
+                task = self._enqueue(kind, decision.result.payload())
+                if idempotency_key is not None:
+                    self._inflight[idempotency_key] = asyncio.get_running_loop().create_future()
+        if decision.replay:
+            self.counters["usage_replays"] += 1
+            if waiter is not None and decision.result.seq is None:
+                # The first request with this key is still being written: answer with its result.
+                first = await asyncio.shield(waiter)
+                return replace(first, replayed=True)
+            return decision.result
+        return await self._finish_usage(decision, task, now, idempotency_key)
+
+    async def _finish_usage(
+        self, decision: UsageDecision, task: asyncio.Future[int], now: datetime, key: str | None
+    ) -> UsageResult:
+        waiter = self._inflight.get(key) if key is not None else None
+        try:
+            seq = await self._durable(task)
+        except UnavailableError as exc:
+            async with self._lock:
+                self.engine.undo_usage(decision)
+            if waiter is not None:
+                self._inflight.pop(key or "", None)
+                waiter.set_exception(exc)
+                waiter.exception()  # mark retrieved: waiters may not exist
+            raise
+        async with self._lock:
+            result = self.engine.complete_usage(decision, seq)
+        self.counters["usage_records"] += 1
+        r = result
+        changes: list[Change] = [UsageDelta(r.license_id, r.meter, r.period, decision.delta)]
+        if key is not None:
+            entry = IdemEntry(fingerprint(r.kind, r.meter, r.amount, r.client_id), now, r)
+            changes.append(IdemPut(key, entry))
+        try:
+            await self._save(changes, seq, now)
+        finally:
+            if waiter is not None:
+                self._inflight.pop(key or "", None)
+                waiter.set_result(result)
+        return result
+
+    # ------------------------------------------------------------ imports
+    async def import_topup(self, topup_id: str, license_id: str, meter: str, amount: int) -> Topup:
+        async with self._lock:
+            now = self.now()
+            topup = self.engine.apply_topup(topup_id, license_id, meter, amount, now)
+            task = self._enqueue(
+                "topup.imported", {"t": topup_id, "l": license_id, "m": meter, "a": amount}
+            )
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.undo_topup(topup)
+            raise
+        await self._save([TopupPut(topup)], seq, now)
+        return topup
+
+    async def import_receipt(self, receipt: ReceiptInfo) -> bool:
+        """Take a verified receipt into account: moves the report deadline and the clock floor."""
+        async with self._lock:
+            previous = self.engine.last_receipt
+            if not self.engine.import_receipt(receipt):
+                return False
+            self.clock.raise_floor(receipt.vendor_time)
+            now = self.now()
+            payload: dict[str, Any] = {"s": receipt.seq, "t": receipt.vendor_time.isoformat()}
+            if receipt.receipt_id:
+                payload["r"] = receipt.receipt_id
+            task = self._enqueue("receipt.imported", payload)
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.last_receipt = previous
+            raise
+        await self._save([ReceiptPut(receipt)], seq, now)
+        return True
+
+    async def install_license(self, policy: LicensePolicy, blob: bytes = b"") -> None:
+        async with self._lock:
+            now = self.now()
+            previous = self.engine.licenses.get(policy.license_id)
+            self.engine.install(policy)
+            task = self._enqueue("license.installed", {"l": policy.license_id})
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                if previous is None:
+                    self.engine.licenses.pop(policy.license_id, None)
+                else:
+                    self.engine.install(previous)
+            raise
+        changes: list[Change] = []
+        if blob:
+            changes.append(LicensePut(policy.license_id, blob, now))
+        await self._save(changes, seq, now)
+
+    # ---------------------------------------------------------- housekeeping
+    async def cull(self) -> list[Lease]:
+        """Expire leases past their end, raise hourly peaks; write and persist it all."""
+        async with self._lock:
+            now = self.now()
+            expired = self.engine.expire(now)
+            peaks = self.engine.note_peaks(now)
+            tasks = [self._enqueue("seat.expire", {"i": x.lease_id}) for x in expired]
+        seq = None
+        for t in tasks:
+            try:
+                seq = await self._durable(t)
+            except UnavailableError as exc:
+                # An expiry is a fact of time, not a grant: it stands even unrecorded.
+                log.warning("could not record a lease expiry: %s", exc)
+        self.counters["expiries"] += len(expired)
+        changes: list[Change] = [LeasePut(x, ended=True) for x in expired]
+        changes += [PeakMax(*p) for p in peaks]
+        await self._save(changes, seq, now)
+        return expired
+
+    async def write_heartbeat(self) -> int:
+        async with self._lock:
+            now = self.now()
+            in_use = sum(len(self.engine.seats.live(f, now)) for f in self.engine.feature_names())
+            task = self._enqueue("heartbeat", {"n": in_use})
+        seq = await self._durable(task)
+        await self._save([], seq, now)
+        return seq
+
+    async def prune(self) -> int:
+        async with self._lock:
+            now = self.now()
+            keys = self.engine.prune_idempotency(now)
+        if keys:
+            await self._save([IdemDrop(tuple(keys))], None, now)
+        await asyncio.to_thread(self.store.prune_ended_leases)
+        return len(keys)
+
+    async def run_housekeeping(self) -> None:
+        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals."""
+        last_beat = last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.cull_interval)
+            try:
+                await self.cull()
+                mono = time.monotonic()
+                if mono - last_beat >= self.settings.heartbeat_interval:
+                    last_beat = mono
+                    await self.write_heartbeat()
+                if mono - last_prune >= self.settings.prune_interval:
+                    last_prune = mono
+                    await self.prune()
+            except Exception:  # housekeeping must outlive one bad round
+                log.exception("housekeeping round failed")
+
+    # --------------------------------------------------------------- views
+    def ledger_head(self) -> tuple[int, str] | None:
+        if isinstance(self.sink, HasHead):
+            return self.sink.head_info()
+        return None
+
+    def status(self) -> dict[str, Any]:
+        now = self.now()
+        seq_head = self.ledger_head()
+        seats = self.engine.seats_view(now)
+        receipt = self.engine.last_receipt
+        return {
+            "instance_id": self.instance_id,
+            "license_time": now.isoformat(),
+            "ledger": {
+                "seq": seq_head[0] if seq_head else None,
+                "head": seq_head[1] if seq_head else None,
+            },
+            "last_receipt": receipt.to_json() if receipt else None,
+            "report_due": self.engine.report_status(now),
+            "seats_in_use": {f["feature"]: f["in_use"] for f in seats},
+            "quota": {
+                f"{b['license_id']}/{b['meter']}": {
+                    "used": b["used"],
+                    "limit": b["limit"],
+                    "remaining": b["remaining"],
+                }
+                for b in self.engine.balances(now)
+            },
+            "clock_steps": self.clock_steps,
+        }
+
+    async def aclose(self) -> None:
+        """Wait for pending side records; the owner closes the store and the sink."""
+        side, self._side = self._side, []
+        for s in side:
+            with contextlib.suppress(Exception):
+                await s
+
+
+__all__ = ["LicenseService", "Settings"]

@@ -1,1 +1,0 @@
-"""meterbox.vendor."""

@@ -1,0 +1,65 @@
+"""Anomaly and clock-tamper detection over reported usage (docs/adr/0007-anomaly-detection.md).
+
+Public API::
+
+    detect(judged, peers=(), customer=())   every detector over the last report of ``judged``
+    Anomaly, CODES, RENAMED                 one finding; every stable code with its meaning;
+                                            earlier names of the clock codes
+    InstanceHistory, ReportView, Event      the pure detector inputs
+    event_from_record                       a verified ledger record, reduced
+    Thresholds, LearnedConfig               every tunable
+
+Cryptography proves what happened before the last receipt; after it, and against a
+customer who controls the machine, these detectors find *evidence*: silences, clock
+steps, usage that stops or shrinks, a second server. They never reject a report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from meterbox.vendorkit.anomaly._features import (
+    Event,
+    InstanceHistory,
+    ReportView,
+    Thresholds,
+    event_from_record,
+)
+from meterbox.vendorkit.anomaly._learned import LearnedConfig, learned
+from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly, run_rules
+
+__all__ = [
+    "CODES",
+    "Anomaly",
+    "Event",
+    "InstanceHistory",
+    "LearnedConfig",
+    "RENAMED",
+    "ReportView",
+    "Thresholds",
+    "detect",
+    "event_from_record",
+]
+
+
+def detect(
+    judged: InstanceHistory,
+    peers: Sequence[InstanceHistory] = (),
+    customer: Sequence[InstanceHistory] = (),
+    *,
+    thresholds: Thresholds | None = None,
+    learned_config: LearnedConfig | None = None,
+    use_learned: bool = True,
+    clock: bool = True,
+) -> list[Anomaly]:
+    """Rules, then the learned detector, over the last report of ``judged``.
+
+    ``peers``: other instances of the same license (clone check). ``customer``: other
+    instances of the same customer, whose accepted days train the learned detector.
+    ``clock=False`` leaves out the clock and heartbeat checks (ingest runs them itself,
+    over every record, as the report streams in).
+    """
+    out = run_rules(judged, peers, thresholds, clock=clock)
+    if use_learned:
+        out.extend(learned(judged, customer, learned_config))
+    return out

@@ -1,0 +1,217 @@
+"""Detector inputs: plain, immutable views of one server instance's reported history.
+
+Everything here is pure. The vendor store adapter (:mod:`meterbox.vendorkit.anomaly._store`)
+and the evaluation (``bench/anomaly_eval.py``, straight from verified ledgers) both build
+the same :class:`InstanceHistory`, so the detectors never see SQL or files.
+
+Invariants:
+
+* ``Event`` holds only what detectors need from one ledger record; ``mono_ms`` is ``-1``
+  when the source did not keep it (detectors that need it then stay silent);
+* a ``ReportView`` holds the records that were new in that report, in sequence order;
+* an ``InstanceHistory`` holds its reports in ingest order; the last one is the report
+  being judged, the ones before it are accepted history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from meterbox.vendorkit.clockcheck import ClockPolicy, clock_step_ms, receipt_vendor_ms
+
+HOUR_MS: Final = 3_600_000
+DAY_MS: Final = 24 * HOUR_MS
+WEEK_HOURS: Final = 168
+#: Unix time 0 was a Thursday; shifting by three days makes hour-of-week 0 Monday 00:00 UTC.
+_WEEK_SHIFT_MS: Final = 3 * DAY_MS
+
+USAGE: Final = "usage"
+DECREMENT: Final = "usage.decrement"
+CHECKOUT: Final = "seat.checkout"
+RENEW: Final = "seat.renew"
+RELEASE: Final = "seat.release"
+EXPIRE: Final = "seat.expire"
+HEARTBEAT: Final = "heartbeat"
+BOOT: Final = "boot"
+SHUTDOWN: Final = "shutdown"
+CLOCK_STEP: Final = "clock.step"
+RECEIPT: Final = "receipt.imported"
+RECOVERY: Final = "recovery"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One ledger record, reduced to what the detectors read."""
+
+    seq: int
+    kind: str
+    wall_ms: int
+    mono_ms: int = -1
+    amount: int = 0
+    lease: str = ""
+    #: Seats in use (heartbeat payload ``n``), or -1 when not stated.
+    in_use: int = -1
+    #: Clock step in ms (clock.step records), or vendor time in ms (receipt.imported).
+    value_ms: int = 0
+    #: Usage records this event stands for: the vendor store hands usage to the
+    #: detectors summed per minute, which keeps a million-record report cheap to judge.
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReportView:
+    """One ingested report: its clock readings and the records that were new in it."""
+
+    digest: str
+    created_ms: int
+    received_ms: int
+    from_seq: int
+    head_seq: int
+    events: tuple[Event, ...] = ()
+
+    @property
+    def first_wall_ms(self) -> int | None:
+        return self.events[0].wall_ms if self.events else None
+
+    @property
+    def last_wall_ms(self) -> int | None:
+        return max((e.wall_ms for e in self.events), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHistory:
+    """Accepted reports of one instance, then the one being judged (last)."""
+
+    instance_id: str
+    license_id: str
+    customer: str = ""
+    report_every_ms: int | None = None
+    grace_ms: int = 0
+    reports: tuple[ReportView, ...] = ()
+    #: Leases checked out before the first report held here (a bounded window of a
+    #: longer history), so a later release of one is not mistaken for a lost checkout.
+    known_leases: frozenset[str] = frozenset()
+
+    @property
+    def events(self) -> Iterator[Event]:
+        for r in self.reports:
+            yield from r.events
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Every tunable of the detectors, in one place (defaults in docs/adr/0007)."""
+
+    #: The clock and heartbeat checks (:mod:`meterbox.vendorkit.clockcheck`, the one
+    #: implementation ingest uses too). Its heartbeat interval must be the server's.
+    clock: ClockPolicy = field(default_factory=ClockPolicy)
+    #: Usage stopping: probability of seeing no usage record at the history rate.
+    silence_p: float = 1e-5
+    #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
+    rate_z: float = 3.5
+    #: Relative drop of usage per seat-hour that always counts as normal variation.
+    rate_floor: float = 0.3
+    #: Prior for the week-to-week standard deviation of log usage per seat-hour, and
+    #: how many reports it weighs: a few reports' spread alone is too noisy to trust.
+    rate_sigma_prior: float = 0.10
+    rate_prior_weight: float = 4.0
+    #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
+    rate_min_seat_hours: float = 20.0
+    #: The most recent accepted reports the baseline is taken from.
+    rate_window: int = 12
+    #: Accepted reports needed before history-based rules speak.
+    min_history_reports: int = 3
+
+
+# ---------------------------------------------------------------- from ledgers
+def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: Any) -> Event:
+    """Reduce one verified ledger record (``kind`` as :attr:`RecordType.kind`)."""
+    p: Mapping[str, Any] = payload if isinstance(payload, Mapping) else {}
+    if kind in (USAGE, DECREMENT):
+        a = p.get("a", 0)
+        amount = a if isinstance(a, int) and not isinstance(a, bool) else 0
+        return Event(seq, kind, wall_ms, mono_ms, amount=-amount if kind == DECREMENT else amount)
+    if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE):
+        lease = p.get("i", "")
+        return Event(seq, kind, wall_ms, mono_ms, lease=lease if isinstance(lease, str) else "")
+    if kind == HEARTBEAT:
+        n = p.get("n", -1)
+        return Event(seq, kind, wall_ms, mono_ms, in_use=n if isinstance(n, int) else -1)
+    if kind == CLOCK_STEP:
+        return Event(seq, kind, wall_ms, mono_ms, value_ms=clock_step_ms(p) or 0)
+    if kind == RECEIPT:
+        return Event(seq, kind, wall_ms, mono_ms, value_ms=receipt_vendor_ms(p))
+    return Event(seq, kind, wall_ms, mono_ms)
+
+
+# ------------------------------------------------------------ derived series
+def hour_of_week(wall_ms: int) -> int:
+    return int(((wall_ms + _WEEK_SHIFT_MS) // HOUR_MS) % WEEK_HOURS)
+
+
+@dataclass(slots=True)
+class Hourly:
+    """Per-hour totals of one span of records, keyed by the hour's start (wall ms)."""
+
+    units: dict[int, int] = field(default_factory=dict)
+    records: dict[int, int] = field(default_factory=dict)
+    seat_ms: dict[int, int] = field(default_factory=dict)
+
+    def seat_hours(self, hour: int) -> float:
+        return self.seat_ms.get(hour, 0) / HOUR_MS
+
+
+def hourly(events: Sequence[Event], open_leases: Iterable[str] = ()) -> tuple[Hourly, set[str]]:
+    """Units, usage records and seat time per wall-clock hour; returns leases still open.
+
+    Seat time runs from a checkout to its release or expiry. A lease still open at the
+    end of ``events`` is counted up to the last record only: what happens after is the
+    next report's business.
+    """
+    out = Hourly()
+    live: dict[str, int] = dict.fromkeys(open_leases, events[0].wall_ms if events else 0)
+    last = events[0].wall_ms if events else 0
+    for e in events:
+        t = e.wall_ms
+        if t > last and live:
+            _add_seat_time(out.seat_ms, last, t, len(live))
+        last = max(last, t)
+        if e.kind in (USAGE, DECREMENT):
+            h = t - t % HOUR_MS
+            out.units[h] = out.units.get(h, 0) + e.amount
+            out.records[h] = out.records.get(h, 0) + e.count
+        elif e.kind == CHECKOUT:
+            live[e.lease] = t
+        elif e.kind in (RELEASE, EXPIRE):
+            live.pop(e.lease, None)
+    return out, set(live)
+
+
+def _add_seat_time(acc: dict[int, int], start: int, end: int, seats: int) -> None:
+    t = start
+    while t < end:
+        h = t - t % HOUR_MS
+        nxt = min(end, h + HOUR_MS)
+        acc[h] = acc.get(h, 0) + (nxt - t) * seats
+        t = nxt
+
+
+def robust_z(value: float, history: Sequence[float]) -> float:
+    """(value - median) / (1.4826 * MAD), with a floor on the spread so flat history is sane."""
+    if not history:
+        return 0.0
+    s = sorted(history)
+    med = _median(s)
+    mad = _median(sorted(abs(x - med) for x in s))
+    spread = max(1.4826 * mad, 1e-9, 0.02 * abs(med))
+    return (value - med) / spread
+
+
+def _median(s: Sequence[float]) -> float:
+    n = len(s)
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return float(s[mid]) if n % 2 else (s[mid - 1] + s[mid]) / 2.0

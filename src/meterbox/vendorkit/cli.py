@@ -1,0 +1,582 @@
+"""`meterbox vendor` commands: keys, license issuance, top-ups, license listing.
+
+The commands are thin shells: they parse and check flags, call
+:mod:`meterbox.vendorkit.keys`, :mod:`meterbox.licenses` and :mod:`meterbox.vendorkit.store`,
+and print. Exit codes (stable, for scripts):
+
+====  =====================================================================
+0     success
+1     any other meterbox error
+2     unusable input: a flag, file or URL that cannot be used (also click usage errors)
+3     a signature or key does not verify
+4     state: keys missing or already present, a file that would be overwritten
+====  =====================================================================
+
+Other modules add commands by defining ``register(app: typer.Typer) -> None`` and
+listing their module name in :data:`COMMAND_MODULES` at the end of this file
+(:mod:`meterbox.vendorkit.commands` registers them, so they can import this module); they may
+import :func:`cli_errors`, :func:`fail` and :data:`HomeOption` from here.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meterbox.errors import (
+    ConfigError,
+    FormatError,
+    MeterboxError,
+    StateError,
+    VerificationError,
+)
+from meterbox.licenses import (
+    DEFAULT_LEASE_SECONDS,
+    CryptolensSection,
+    DataObject,
+    Feature,
+    License,
+    Meter,
+    Topup,
+)
+from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
+from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit.store import VendorStore
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Vendor toolkit. Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification, 4 state.",
+)
+
+EXIT_ERROR = 1
+EXIT_INPUT = 2
+EXIT_VERIFY = 3
+EXIT_STATE = 4
+
+HomeOption = Annotated[
+    Path,
+    typer.Option("--home", help="Vendor home directory (keys, vendor.pub, vendor.db)."),
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Database URL (postgresql://... or sqlite:///...); default HOME/vendor.db.",
+    ),
+]
+
+
+def exit_code_for(error: MeterboxError) -> int:
+    if isinstance(error, ConfigError | FormatError):
+        return EXIT_INPUT
+    if isinstance(error, VerificationError):
+        return EXIT_VERIFY
+    if isinstance(error, StateError):
+        return EXIT_STATE
+    return EXIT_ERROR
+
+
+def fail(error: MeterboxError) -> NoReturn:
+    """Print ``error`` on stderr and exit with its code."""
+    Console(stderr=True, soft_wrap=True, highlight=False).print(
+        f"[bold red]error[/]: {error.render()}", markup=True
+    )
+    raise typer.Exit(exit_code_for(error))
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn every meterbox error inside the block into a message and an exit code."""
+    try:
+        yield
+    except MeterboxError as error:
+        fail(error)
+
+
+def _out() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+# -- flag parsers (pure; each raises ConfigError naming the flag) ----------------------
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
+_SEATS_RE = re.compile(rf"({_NAME})=(\d{{1,7}})(?:\+(\d{{1,7}}))?")
+_METER_RE = re.compile(rf"({_NAME})=(\d{{1,19}}|unlimited)(?:/(month|total))?")
+_OVERLIMIT_RE = re.compile(rf"({_NAME})=(allow|refuse)")
+_UNITS_RE = re.compile(rf"({_NAME})=(\d{{1,19}})")
+_DATA_OBJECT_RE = re.compile(rf"(\d{{1,10}}):([^:]{{1,200}}):({_NAME})")
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _bad(flag: str, expected: str, value: str, hint: str) -> ConfigError:
+    return ConfigError(f"{flag} is not usable", expected=expected, found=repr(value), hint=hint)
+
+
+def parse_seats(value: str, lease_seconds: int) -> tuple[str, Feature]:
+    m = _SEATS_RE.fullmatch(value)
+    if m is None:
+        raise _bad(
+            "--seats",
+            "FEATURE=SEATS or FEATURE=SEATS+OVERDRAFT",
+            value,
+            "For example --seats cad=5+1",
+        )
+    try:
+        feature = Feature(int(m[2]), int(m[3] or 0), lease_seconds)
+    except FormatError as exc:
+        raise ConfigError(
+            f"--seats {value!r}: {exc.problem}", expected=exc.expected, found=exc.found
+        ) from None
+    return m[1], feature
+
+
+def parse_meter(value: str) -> tuple[str, int | None, str]:
+    m = _METER_RE.fullmatch(value)
+    if m is None or (m[2] != "unlimited" and int(m[2]) == 0):
+        raise _bad(
+            "--meter",
+            "NAME=LIMIT, NAME=LIMIT/month or NAME=unlimited with LIMIT > 0",
+            value,
+            "For example --meter solver-runs=1000/month",
+        )
+    limit = None if m[2] == "unlimited" else int(m[2])
+    return m[1], limit, m[3] or "total"
+
+
+def parse_overlimit(value: str) -> tuple[str, str]:
+    m = _OVERLIMIT_RE.fullmatch(value)
+    if m is None:
+        raise _bad(
+            "--meter-overlimit",
+            "NAME=allow or NAME=refuse",
+            value,
+            "For example --meter-overlimit runs=allow",
+        )
+    return m[1], m[2]
+
+
+def parse_units(value: str) -> tuple[str, int]:
+    m = _UNITS_RE.fullmatch(value)
+    if m is None or int(m[2]) == 0:
+        raise _bad(
+            "--meter", "NAME=UNITS with UNITS > 0", value, "For example --meter solver-runs=500"
+        )
+    return m[1], int(m[2])
+
+
+def parse_date(value: str) -> datetime:
+    """``YYYY-MM-DD`` as 00:00:00 UTC of that day."""
+    if _DATE_RE.fullmatch(value):
+        try:
+            return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    raise _bad(
+        "--expires",
+        "a date YYYY-MM-DD (the license ends at 00:00 UTC that day)",
+        value,
+        "For example --expires 2027-01-01",
+    )
+
+
+def parse_data_object(value: str) -> DataObject:
+    m = _DATA_OBJECT_RE.fullmatch(value)
+    if m is None:
+        raise _bad(
+            "--cryptolens-data-object",
+            "ID:NAME:METER with a positive integer ID",
+            value,
+            "For example --cryptolens-data-object 1:usagecount:solver-runs",
+        )
+    try:
+        return DataObject(int(m[1]), m[2], m[3])
+    except FormatError as exc:
+        raise ConfigError(
+            f"--cryptolens-data-object {value!r}: {exc.problem}",
+            expected=exc.expected,
+            found=exc.found,
+        ) from None
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(8)
+
+
+def new_cryptolens_key() -> str:
+    return "-".join(
+        "".join(secrets.choice(string.ascii_uppercase) for _ in range(5)) for _ in range(4)
+    )
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise StateError(
+            "output file already exists",
+            expected="a new file path",
+            found=str(path),
+            hint="Choose another -o path, or pass --force to replace it",
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(
+            "output directory does not exist",
+            expected="an existing directory",
+            found=str(path.parent),
+            hint="Create it first",
+        )
+
+
+def _write_output(path: Path, data: bytes, force: bool) -> None:
+    if force:
+        vendor_keys.atomic_write(path, data, mode=0o644)
+    else:
+        vendor_keys.write_new_file(path, data, mode=0o644)
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+@app.command("init")
+def init_command(home: HomeOption) -> None:
+    """Create the vendor's signing and ledger keys and HOME/vendor.pub."""
+    with cli_errors():
+        keys = vendor_keys.init(home)
+        _out().print(
+            f"Created vendor key {keys.current_id.hex()} in {home}.\n"
+            f"Ship {home / vendor_keys.BUNDLE_FILE} with your application; "
+            f"keep {home / vendor_keys.KEYS_DIR} private and backed up."
+        )
+
+
+@app.command("rotate-key")
+def rotate_command(home: HomeOption) -> None:
+    """Add a new key pair and make it current; old keys keep verifying old documents."""
+    with cli_errors():
+        keys = vendor_keys.rotate(home)
+        _out().print(
+            f"New current vendor key {keys.current_id.hex()} "
+            f"({len(keys.bundle.keys)} keys in total). Distribute the updated vendor.pub."
+        )
+
+
+@app.command("issue")
+def issue_command(
+    *,
+    home: HomeOption,
+    customer: Annotated[str, typer.Option(help="Customer name.")],
+    product: Annotated[str, typer.Option(help="Product name.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="License file to write.")],
+    seats: Annotated[
+        list[str] | None,
+        typer.Option("--seats", help="FEATURE=N or FEATURE=N+OVERDRAFT, repeatable."),
+    ] = None,
+    lease: Annotated[
+        int, typer.Option("--lease", help="Lease length in seconds for every feature.")
+    ] = DEFAULT_LEASE_SECONDS,
+    meter: Annotated[
+        list[str] | None,
+        typer.Option("--meter", help="NAME=LIMIT, NAME=LIMIT/month or NAME=unlimited, repeatable."),
+    ] = None,
+    meter_overlimit: Annotated[
+        list[str] | None,
+        typer.Option("--meter-overlimit", help="NAME=allow|refuse (default refuse)."),
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD; the license ends at 00:00 UTC that day.")
+    ] = None,
+    report_every: Annotated[
+        int | None, typer.Option("--report-every", help="Days between required reports.")
+    ] = None,
+    grace: Annotated[int, typer.Option("--grace", help="Days of grace after a due report.")] = 0,
+    site: Annotated[str | None, typer.Option("--site", help="Site fingerprint to bind to.")] = None,
+    cryptolens_product_id: Annotated[
+        int | None, typer.Option("--cryptolens-product-id", help="Enables the Cryptolens API.")
+    ] = None,
+    cryptolens_key: Annotated[
+        str | None,
+        typer.Option("--cryptolens-key", help="AAAAA-BBBBB-CCCCC-DDDDD; random if absent."),
+    ] = None,
+    cryptolens_feature: Annotated[
+        str | None,
+        typer.Option("--cryptolens-feature", help="Feature backing MaxNoOfMachines."),
+    ] = None,
+    cryptolens_data_object: Annotated[
+        list[str] | None,
+        typer.Option("--cryptolens-data-object", help="ID:NAME:METER, repeatable."),
+    ] = None,
+    cryptolens_machine: Annotated[
+        list[str] | None,
+        typer.Option("--cryptolens-machine", help="Allowed machine code, repeatable."),
+    ] = None,
+    store: StoreOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output file.")
+    ] = False,
+) -> None:
+    """Issue a signed license file and record it in the vendor store."""
+    with cli_errors():
+        if not seats and not meter:
+            raise ConfigError(
+                "license would grant nothing",
+                expected="at least one --seats or --meter",
+                found="neither",
+                hint="For example --seats cad=5 or --meter solver-runs=1000/month",
+            )
+        features: dict[str, Feature] = {}
+        for value in seats or []:
+            name, feature = parse_seats(value, lease)
+            if name in features:
+                raise _bad(
+                    "--seats", "each feature once", value, f"Merge the --seats flags for {name!r}"
+                )
+            features[name] = feature
+        meter_specs: dict[str, tuple[int | None, str]] = {}
+        for value in meter or []:
+            name, limit, period = parse_meter(value)
+            if name in meter_specs:
+                raise _bad(
+                    "--meter", "each meter once", value, f"Merge the --meter flags for {name!r}"
+                )
+            meter_specs[name] = (limit, period)
+        over: dict[str, str] = {}
+        for value in meter_overlimit or []:
+            name, policy = parse_overlimit(value)
+            if name not in meter_specs:
+                raise _bad(
+                    "--meter-overlimit",
+                    "a meter declared with --meter: " + (", ".join(meter_specs) or "(none)"),
+                    value,
+                    "Declare the meter first",
+                )
+            over[name] = policy
+        meters = {
+            n: Meter(lim, per, over.get(n, "refuse")) for n, (lim, per) in meter_specs.items()
+        }
+        now = datetime.now(UTC).replace(microsecond=0)
+        expires_at = None
+        if expires is not None:
+            expires_at = parse_date(expires)
+            if expires_at <= now:
+                raise _bad("--expires", "a date in the future", expires, "Pick a later date")
+        if report_every is not None and report_every < 1:
+            raise _bad(
+                "--report-every",
+                "a number of days >= 1",
+                str(report_every),
+                "For example --report-every 30",
+            )
+        if grace < 0:
+            raise _bad("--grace", "a number of days >= 0", str(grace), "For example --grace 7")
+        if not MIN_LEASE_SECONDS <= lease <= MAX_LEASE_SECONDS:
+            raise _bad(
+                "--lease",
+                f"{MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS} seconds",
+                str(lease),
+                "The default is 60",
+            )
+        cryptolens = _cryptolens_section(
+            product_id=cryptolens_product_id,
+            key=cryptolens_key,
+            feature=cryptolens_feature,
+            data_objects=cryptolens_data_object or [],
+            machines=cryptolens_machine or [],
+            features=features,
+            meters=meters,
+        )
+        _check_output(output, force)
+        keys = vendor_keys.VendorKeys.load(home)
+        signer = keys.signer()
+        try:
+            lic = License(
+                license_id=new_id("lic_"),
+                customer=customer,
+                product=product,
+                issued=now,
+                vendor_key_id=signer.key_id.hex(),
+                features=features,
+                meters=meters,
+                expires=expires_at,
+                report_every_days=report_every,
+                grace_days=grace,
+                site_fingerprint=site,
+                cryptolens=cryptolens,
+            )
+        except FormatError as exc:
+            raise ConfigError(
+                exc.problem, expected=exc.expected, found=exc.found, hint=exc.hint
+            ) from None
+        document = lic.sign(signer)
+        with VendorStore.open(store, home=home) as db:
+            _write_output(output, document, force)
+            try:
+                db.add_license(lic, document)
+            except BaseException:
+                output.unlink(missing_ok=True)
+                raise
+        _out().print(f"Issued {lic.license_id} for {customer} -> {output}")
+
+
+def _cryptolens_section(
+    *,
+    product_id: int | None,
+    key: str | None,
+    feature: str | None,
+    data_objects: list[str],
+    machines: list[str],
+    features: dict[str, Feature],
+    meters: dict[str, Meter],
+) -> CryptolensSection | None:
+    if product_id is None:
+        if key or feature or data_objects or machines:
+            raise ConfigError(
+                "Cryptolens options given without a product id",
+                expected="--cryptolens-product-id N with the other --cryptolens-* flags",
+                found="no --cryptolens-product-id",
+                hint="Add --cryptolens-product-id, or drop the --cryptolens-* flags",
+            )
+        return None
+    if product_id < 1:
+        raise _bad(
+            "--cryptolens-product-id",
+            "a positive integer",
+            str(product_id),
+            "Use the product id from Cryptolens",
+        )
+    if feature is None and len(features) == 1:
+        feature = next(iter(features))
+    if feature is not None and feature not in features:
+        raise _bad(
+            "--cryptolens-feature",
+            "a feature given with --seats: " + (", ".join(features) or "(none)"),
+            feature,
+            "Name the floating feature that backs MaxNoOfMachines",
+        )
+    objects = [parse_data_object(v) for v in data_objects]
+    for obj in objects:
+        if obj.meter not in meters:
+            raise _bad(
+                "--cryptolens-data-object",
+                "a meter declared with --meter: " + (", ".join(meters) or "(none)"),
+                f"{obj.id}:{obj.name}:{obj.meter}",
+                "Declare the meter first",
+            )
+    try:
+        return CryptolensSection(
+            product_id=product_id,
+            key=key or new_cryptolens_key(),
+            feature=feature,
+            allowed_machines=tuple(machines),
+            data_objects=tuple(objects),
+        )
+    except FormatError as exc:
+        raise ConfigError(
+            f"Cryptolens options: {exc.problem}", expected=exc.expected, found=exc.found
+        ) from None
+
+
+@app.command("topup")
+def topup_command(
+    *,
+    home: HomeOption,
+    license_id: Annotated[str, typer.Option("--license", help="License id to top up.")],
+    meter: Annotated[str, typer.Option("--meter", help="NAME=UNITS to add.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Top-up file to write.")],
+    store: StoreOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output file.")
+    ] = False,
+) -> None:
+    """Issue a signed top-up adding units to one meter of an issued license."""
+    with cli_errors():
+        name, units = parse_units(meter)
+        _check_output(output, force)
+        keys = vendor_keys.VendorKeys.load(home)
+        with VendorStore.open(store, home=home) as db:
+            row = db.get_license(license_id)
+            if row is None:
+                raise ConfigError(
+                    "--license names a license this vendor store does not hold",
+                    expected="an id listed by `meterbox vendor licenses`",
+                    found=repr(license_id),
+                    hint="Check the id, or pass the --store the license was issued into",
+                )
+            lic = License.from_bytes(row.document, keys.bundle)
+            if name not in lic.meters:
+                raise _bad(
+                    "--meter",
+                    "a meter of this license: " + (", ".join(lic.meters) or "(none)"),
+                    meter,
+                    "Top-ups add to existing meters",
+                )
+            topup = Topup(
+                new_id("top_"), license_id, name, units, datetime.now(UTC).replace(microsecond=0)
+            )
+            document = topup.sign(keys.signer())
+            _write_output(output, document, force)
+            try:
+                db.add_topup(topup, document)
+            except BaseException:
+                output.unlink(missing_ok=True)
+                raise
+        _out().print(f"Issued {topup.topup_id}: +{units} {name} for {license_id} -> {output}")
+
+
+@app.command("licenses")
+def licenses_command(
+    home: HomeOption,
+    store: StoreOption = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer.")] = None,
+) -> None:
+    """List issued licenses."""
+    with cli_errors():
+        keys = vendor_keys.VendorKeys.load(home)
+        with VendorStore.open(store, home=home) as db:
+            rows = db.list_licenses(customer)
+            topups = db.list_topups()
+        table = Table(title=f"{len(rows)} license(s)")
+        for col in ("license", "customer", "product", "issued", "expires", "features", "meters"):
+            table.add_column(col)
+        for row in rows:
+            lic = License.from_bytes(row.document, keys.bundle)
+            added: dict[str, int] = {}
+            for t in topups:
+                if t.license_id == lic.license_id:
+                    added[t.meter] = added.get(t.meter, 0) + t.units
+            feats = ", ".join(
+                f"{n}={f.seats}" + (f"+{f.overdraft}" if f.overdraft else "")
+                for n, f in lic.features.items()
+            )
+            meters = ", ".join(
+                f"{n}={'unlimited' if m.limit is None else m.limit}"
+                + (f"/{m.period}" if m.period != "total" else "")
+                + (f" (+{added[n]})" if n in added else "")
+                for n, m in lic.meters.items()
+            )
+            table.add_row(
+                lic.license_id,
+                lic.customer,
+                lic.product,
+                lic.issued.date().isoformat(),
+                "-" if lic.expires is None else lic.expires.date().isoformat(),
+                feats or "-",
+                meters or "-",
+            )
+        Console(soft_wrap=False, highlight=False, width=200).print(table)
+
+
+#: Modules that add commands to ``app``; each defines ``register(app: typer.Typer) -> None``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "meterbox.vendorkit.cli_ingest",
+    "meterbox.vendorkit.dashboard",
+    "meterbox.vendorkit.anomaly.cli",
+)

@@ -1,0 +1,192 @@
+"""`meterbox vendor ingest` and `meterbox vendor bill`: thin shells over ingest and billing.
+
+Registered onto the vendor app by :func:`register` (listed in
+``meterbox.vendorkit.cli.COMMAND_MODULES``). Exit codes of ``ingest``: 0 accepted (with or
+without findings), 1 rejected, 2 unusable input (missing file, not a report, a report
+sealed to another vendor's key); the other errors map as in :mod:`meterbox.vendorkit.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Final
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from meterbox.errors import ConfigError
+from meterbox.vendorkit.billing import Period, Statement, bill, to_json_text
+from meterbox.vendorkit.cli import EXIT_ERROR, EXIT_INPUT, HomeOption, StoreOption, cli_errors
+from meterbox.vendorkit.ingest import IngestOutcome, ingest
+
+#: Reports at least this large get a progress bar even when stderr is not a terminal.
+PROGRESS_MIN_BYTES: Final = 64 << 20
+_STYLE: Final = {"critical": "bold red", "warning": "yellow", "info": "dim"}
+
+
+@contextmanager
+def _progress(path: Path, show: bool) -> Iterator[Callable[[int], None] | None]:
+    if not show:
+        yield None
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verifying", total=path.stat().st_size)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+
+        yield advance
+
+
+def _print_outcome(outcome: IngestOutcome) -> None:
+    out = Console(soft_wrap=True, highlight=False)
+    colour = {"accepted": "green", "accepted_with_findings": "yellow"}.get(outcome.status, "red")
+    out.print(f"[bold {colour}]{outcome.status}[/]  report {outcome.report_digest[:16]}")
+    if outcome.instance_id:
+        out.print(f"instance  {outcome.instance_id}")
+    if outcome.head is not None:
+        out.print(
+            f"head      seq {outcome.head.seq}  {outcome.head.hash.hex()[:16]}  "
+            f"({outcome.new_records} new of {outcome.records} records)"
+        )
+    if outcome.totals:
+        table = Table(title="accepted units")
+        table.add_column("meter")
+        table.add_column("units", justify="right")
+        for meter, units in outcome.totals.items():
+            table.add_row(meter, str(units))
+        out.print(table)
+    for f in outcome.findings:
+        where = f" (seq {f.seq})" if f.seq is not None else ""
+        out.print(f"[{_STYLE.get(f.severity, '')}]{f.severity:8}[/] {f.code}{where}: {f.message}")
+    if outcome.receipt_path is not None:
+        out.print(f"receipt   {outcome.receipt_path}  (send it to the site for import)")
+    elif outcome.status == "rejected":
+        out.print("no receipt: nothing from this report was billed")
+
+
+def ingest_command(
+    report: Annotated[Path, typer.Argument(help="Report file exported by the server.")],
+    *,
+    home: HomeOption,
+    receipt_out: Annotated[
+        Path | None,
+        typer.Option("--receipt-out", help="Receipt file to write (default REPORT.receipt)."),
+    ] = None,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Verify a report, bill its new usage once, and write a signed receipt."""
+    with cli_errors():
+        if not report.is_file():
+            raise ConfigError(
+                "report file not found",
+                expected="a report exported by `meterbox server export`",
+                found=str(report),
+                hint="Check the path",
+            )
+        size = report.stat().st_size
+        show = not as_json and (sys.stderr.isatty() or size >= PROGRESS_MIN_BYTES)
+        with _progress(report, show) as advance:
+            outcome = ingest(
+                home,
+                report,
+                store_url=store,
+                receipt_out=receipt_out,
+                on_progress=advance,
+            )
+    if as_json:
+        typer.echo(json.dumps(outcome.to_json(), sort_keys=True))
+    else:
+        _print_outcome(outcome)
+    if outcome.status == "unusable":
+        if not as_json:
+            Console(stderr=True).print(
+                "[bold red]error[/]: this file cannot be ingested here: it is not a meterbox "
+                "report, or it is sealed to another vendor's key"
+            )
+        raise typer.Exit(EXIT_INPUT)
+    if outcome.status == "rejected":
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _print_statement(st: Statement) -> None:
+    out = Console(soft_wrap=False, highlight=False, width=200)
+    table = Table(title=f"usage {st.period}")
+    for col in ("customer", "license", "meter", "period", "used", "prepaid", "overage", "to date"):
+        table.add_column(col, justify="right" if col in ("used", "prepaid", "overage") else "left")
+    for m in st.meters:
+        table.add_row(
+            m.customer,
+            m.license_id,
+            m.meter,
+            m.period_kind,
+            str(m.used),
+            "unlimited" if m.prepaid is None else str(m.prepaid),
+            str(m.overage),
+            "" if m.used_to_date is None else str(m.used_to_date),
+        )
+    out.print(table)
+    if st.seats:
+        peaks: dict[tuple[str, str], int] = {}
+        for s in st.seats:
+            peaks[(s.license_id, s.feature)] = max(peaks.get((s.license_id, s.feature), 0), s.peak)
+        seats = Table(title="peak concurrent seats (hourly detail: --format json)")
+        for col in ("license", "feature", "peak", "denials"):
+            seats.add_column(col)
+        for (lic, feat), peak in sorted(peaks.items()):
+            seats.add_row(lic, feat, str(peak), str(st.denials.get((lic, feat), 0)))
+        out.print(seats)
+    if st.findings:
+        out.print(f"[bold]{len(st.findings)} finding(s) in reports touching {st.period}[/]")
+        for f in st.findings:
+            style = _STYLE.get(f.severity, "")
+            out.print(f"[{style}]{f.severity:8}[/] {f.license_id} {f.code}: {f.message}")
+
+
+def bill_command(
+    *,
+    home: HomeOption,
+    period: Annotated[str, typer.Option("--period", help="UTC month, YYYY-MM.")],
+    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    store: StoreOption = None,
+) -> None:
+    """Billing statement for one month: units, prepaid, overage, peak seats, findings."""
+    with cli_errors():
+        if output_format not in ("table", "csv", "json"):
+            raise ConfigError(
+                "--format is not usable",
+                expected="table, csv or json",
+                found=repr(output_format),
+                hint="For example --format csv",
+            )
+        statement = bill(home, Period.parse(period), customer=customer, store_url=store)
+    if output_format == "json":
+        typer.echo(to_json_text(statement))
+    elif output_format == "csv":
+        typer.echo(statement.to_csv(), nl=False)
+    else:
+        _print_statement(statement)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ingest`` and ``bill`` to the vendor app (idempotent)."""
+    names = {c.name for c in app.registered_commands}
+    if "ingest" not in names:
+        app.command("ingest")(ingest_command)
+    if "bill" not in names:
+        app.command("bill")(bill_command)
