@@ -112,6 +112,46 @@ class Swtpm:
         return self.start()
 
 
+def manufacture_with_ek_cert(state_dir: Path, ca_dir: Path) -> list[Path]:
+    """Give a new TPM state an RSA EK certificate from a local CA, as a vendor would.
+
+    Runs ``swtpm_setup --create-ek-cert`` with a private ``swtpm_localca`` configuration,
+    so the CA lives in ``ca_dir`` and not in /var/lib. Returns the CA certificates
+    (issuer, root) that the EK certificate chains to.
+    """
+    if shutil.which("swtpm_setup") is None:
+        raise SwtpmMissing(
+            "swtpm_setup is not on PATH. Install swtpm-tools with scripts/install-system-deps.sh."
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    localca = ca_dir / "swtpm-localca.conf"
+    localca.write_text(
+        f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\n"
+        f"issuercert = {ca_dir}/issuercert.pem\ncertserial = {ca_dir}/certserial\n"
+    )
+    options = ca_dir / "swtpm-localca.options"
+    options.write_text("--platform-manufacturer meterbox-tests\n")
+    setup = ca_dir / "swtpm_setup.conf"
+    setup.write_text(
+        "create_certs_tool = swtpm_localca\n"
+        f"create_certs_tool_config = {localca}\ncreate_certs_tool_options = {options}\n"
+        "active_pcr_banks = sha256\n"
+    )
+    proc = subprocess.run(
+        [
+            "swtpm_setup", "--tpm2", "--tpmstate", str(state_dir), "--config", str(setup),
+            "--create-ek-cert", "--overwrite",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"swtpm_setup failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    return [ca_dir / "issuercert.pem", ca_dir / "swtpm-localca-rootca-cert.pem"]
+
+
 class SwtpmFactory:
     def __init__(self, base: Path) -> None:
         self._base = base

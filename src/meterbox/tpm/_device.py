@@ -208,11 +208,13 @@ class TpmDevice:
             )
         return CounterInfo(index, bytes(name), raw, parsed.owner_deletable)
 
-    def create_counter(self, index: int, auth: bytes) -> CounterInfo:
+    def create_counter(self, index: int, auth: bytes, *, platform: bool = True) -> CounterInfo:
         """Define the counter (undeletable where the TPM allows) and give it its first value.
 
-        An index that already exists as an 8-byte counter is adopted: its value can only
-        have grown, so adopting it cannot hide a rollback.
+        With ``platform`` the platform hierarchy is tried first; without it, or when that
+        fails, the owner defines the index. An index that already exists as an 8-byte
+        counter is adopted: its value can only have grown, so adopting it cannot hide a
+        rollback.
         """
         template = _TPM2B_NV_PUBLIC(
             nvPublic=TPMS_NV_PUBLIC(
@@ -225,7 +227,8 @@ class TpmDevice:
         )
         handle: Any = None
         try:
-            handle = self._esys.nv_define_space(auth, template, auth_handle=ESYS_TR.PLATFORM)
+            if platform:
+                handle = self._esys.nv_define_space(auth, template, auth_handle=ESYS_TR.PLATFORM)
         except TSS2_Exception as exc:
             if exc.error == TPM2_RC.NV_DEFINED:
                 return self._adopt(index, auth)
