@@ -7,6 +7,7 @@ one from a foreign TPM, forged ones, a ledger older than the TPM, and a missing 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from tpm_fixture import Swtpm, SwtpmFactory, SwtpmMissing, manufacture_with_ek_cert
 
 from meterbox.errors import StateError
 from meterbox.tpm import (
@@ -34,6 +34,7 @@ from meterbox.tpm import (
     judge_identity,
     verify_attestation,
 )
+from tpm_fixture import Swtpm, SwtpmFactory, SwtpmMissing, manufacture_with_ek_cert
 
 AUTH = b"counter-auth"
 HEAD1 = bytes(range(32))
@@ -296,3 +297,20 @@ def test_missing_swtpm_binary_fails_rather_than_skips(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 error" in proc.stdout or "1 failed" in proc.stdout, proc.stdout
     assert "skipped" not in proc.stdout, proc.stdout
+
+
+def test_vector_capture_script_reproduces_every_declared_result(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "capture_vectors_tpm.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    fresh = json.loads((tmp_path / "invalid.json").read_text())["cases"]
+    checked_in = json.loads((root / "tests/vectors/tpm/invalid.json").read_text())["cases"]
+    # New captures differ in bytes (fresh seeds, ECDSA nonces) but not in meaning.
+    assert [(c["name"], c["expected"]) for c in fresh] == [
+        (c["name"], c["expected"]) for c in checked_in
+    ]
