@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meterbox.errors import StateError
+from meterbox.errors import ConfigError, StateError
 from meterbox.tpm import (
     AttestationBundle,
     CounterVerdict,
@@ -26,10 +26,12 @@ from meterbox.tpm import (
     TpmCounterRollback,
     TpmDevice,
     TpmMissing,
+    TpmMode,
     TpmPins,
     TpmQuoteForeign,
     TpmQuoteForged,
     TpmQuoteReplayed,
+    decide_mode,
     judge_counter,
     judge_identity,
     verify_attestation,
@@ -314,3 +316,54 @@ def test_vector_capture_script_reproduces_every_declared_result(tmp_path: Path) 
     assert [(c["name"], c["expected"]) for c in fresh] == [
         (c["name"], c["expected"]) for c in checked_in
     ]
+
+
+def test_probe_finds_swtpm_and_reports_an_absent_tpm(swtpm: Swtpm, tmp_path: Path) -> None:
+    assert TpmDevice.probe(swtpm.tcti).found is True
+    absent = TpmDevice.probe(f"device:{tmp_path / 'tpmrm0'}")
+    assert absent.found is False
+    with pytest.raises(ConfigError, match="required but none answered"):
+        decide_mode(TpmMode.REQUIRE, absent)
+    assert decide_mode(TpmMode.AUTO, absent).use_tpm is False
+
+
+def test_wrong_counter_auth_is_a_state_error_naming_the_auth(swtpm: Swtpm) -> None:
+    with TpmDevice(swtpm.tcti) as dev:
+        TpmAnchor.initialise(dev, AUTH)
+    with TpmDevice(swtpm.tcti) as dev:
+        anchor = TpmAnchor(dev, b"not the auth")
+        with pytest.raises(StateError, match="authValue"):
+            anchor.advance(HEAD1)
+
+
+def test_opening_an_anchor_on_a_tpm_without_the_counter_is_refused(swtpm: Swtpm) -> None:
+    with TpmDevice(swtpm.tcti) as dev, pytest.raises(StateError, match="not defined"):
+        TpmAnchor(dev, AUTH)
+
+
+def test_attestation_key_handle_held_by_another_key_is_refused(swtpm: Swtpm) -> None:
+    with TpmDevice(swtpm.tcti) as dev:
+        dev.attestation_key(0x81004D50)
+        # The same handle as an AK is fine; a different persistent key there is not.
+        assert dev.attestation_key(0x81004D50) == dev.attestation_key(0x81004D50)
+        other_handle = 0x81004D51
+        from tpm2_pytss import ESYS_TR as _ESYS_TR
+        from tpm2_pytss import TPM2B_PUBLIC as _PUB
+        from tpm2_pytss import TPMA_OBJECT
+        from tpm2_pytss import TPMT_PUBLIC as _T
+
+        esys = dev._esys
+        # An unrestricted ECC signing key: it could sign anything, so it is no AK.
+        signer = _T.parse(
+            "ecc256:ecdsa-sha256",
+            objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT
+            | TPMA_OBJECT.FIXEDTPM
+            | TPMA_OBJECT.FIXEDPARENT
+            | TPMA_OBJECT.SENSITIVEDATAORIGIN
+            | TPMA_OBJECT.USERWITHAUTH,
+        )
+        handle, *_ = esys.create_primary(None, _PUB(publicArea=signer), _ESYS_TR.OWNER)
+        esys.evict_control(_ESYS_TR.OWNER, handle, other_handle)
+        esys.flush_context(handle)
+        with pytest.raises(StateError, match="another key occupies"):
+            dev.attestation_key(other_handle)

@@ -12,9 +12,10 @@ Objects this module creates on the TPM:
 - the counter index (default ``0x01004d42``): ``TPM_NT_COUNTER``, 8 bytes, read and
   incremented with its own authValue, ``NO_DA``. Defined by the platform hierarchy with
   ``TPMA_NV_POLICY_DELETE`` and an authPolicy nobody can satisfy where the platform
-  hierarchy is available (swtpm, some hypervisors): then neither the owner nor
-  ``TPM2_Clear`` can delete it. Where firmware has disabled the platform hierarchy (all
-  physical PCs after boot) it is defined by the owner and can be deleted by the owner;
+  hierarchy is available (swtpm without firmware): then neither the owner nor
+  ``TPM2_Clear`` can delete it. Where firmware has closed the platform hierarchy
+  (physical PCs and UEFI virtual machines after boot) it is defined by the owner and can
+  be deleted by the owner;
   a counter defined again still starts above every value any counter on the TPM held.
 - the attestation key (default persistent handle ``0x81004d42``): a primary ECC P-256
   restricted signing key (ECDSA-SHA256) in the endorsement hierarchy. A primary key is
@@ -148,6 +149,7 @@ class TpmDevice:
                 "may open it (group tss for /dev/tpmrm0)",
             ) from exc
         self._nv: dict[int, Any] = {}
+        self._keys: dict[int, Any] = {}
         self._ek: EkInfo | None = None
 
     def close(self) -> None:
@@ -396,7 +398,9 @@ class TpmDevice:
         """TPM2_NV_Certify over the whole counter: the TPMS_ATTEST and TPMT_SIGNATURE bytes."""
         nv = self._nv_handle(index, auth)
         try:
-            ak = self._esys.tr_from_tpmpublic(ak_handle)
+            ak = self._keys.get(ak_handle)
+            if ak is None:
+                ak = self._keys[ak_handle] = self._esys.tr_from_tpmpublic(ak_handle)
             attest, signature = self._esys.nv_certify(
                 ak, nv, qualifying, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), COUNTER_SIZE, 0
             )
