@@ -31,9 +31,11 @@ from meterbox.tpm import (
     TpmQuoteForeign,
     TpmQuoteForged,
     TpmQuoteReplayed,
+    check_credential_proof,
     decide_mode,
     judge_counter,
     judge_identity,
+    make_credential_challenge,
     verify_attestation,
 )
 from tpm_fixture import Swtpm, SwtpmFactory, SwtpmMissing, manufacture_with_ek_cert
@@ -367,3 +369,54 @@ def test_attestation_key_handle_held_by_another_key_is_refused(swtpm: Swtpm) -> 
         esys.flush_context(handle)
         with pytest.raises(StateError, match="another key occupies"):
             dev.attestation_key(other_handle)
+
+
+def _ak_name(bundle: bytes) -> bytes:
+    from meterbox.tpm import _structs
+
+    return _structs.parse_public(AttestationBundle.from_bytes(bundle).ak_public).name
+
+
+@pytest.mark.parametrize("with_ek_cert", [False, True], ids=["ecc_ek", "rsa_ek_with_cert"])
+def test_credential_activation_binds_the_pinned_ak_to_the_ek(
+    tmp_path: Path, swtpm_factory: SwtpmFactory, with_ek_cert: bool
+) -> None:
+    state = tmp_path / "state"
+    if with_ek_cert:
+        manufacture_with_ek_cert(state, tmp_path / "ca")
+    tpm = swtpm_factory(state)
+    secret = bytes(range(32))
+    with TpmDevice(tpm.tcti) as dev:
+        anchor = TpmAnchor.initialise(dev, AUTH)
+        bundle = anchor.attest(HEAD1, NONCE1)
+        ek_public = AttestationBundle.from_bytes(bundle).ek_public
+        ak_name = _ak_name(bundle)
+        challenge = make_credential_challenge(ek_public, ak_name, secret)
+        proof = anchor.activate_credential(challenge)
+    check_credential_proof(secret, ak_name, proof)
+    with pytest.raises(TpmQuoteForeign, match="does not match"):
+        check_credential_proof(b"\x00" * 32, ak_name, proof)
+    with pytest.raises(TpmQuoteForeign, match="did not answer"):
+        check_credential_proof(secret, ak_name, None)
+
+
+def test_credential_challenge_for_another_tpm_cannot_be_answered(
+    swtpm_factory: SwtpmFactory,
+) -> None:
+    first, second = swtpm_factory(), swtpm_factory()
+    with TpmDevice(first.tcti) as dev:
+        genuine = TpmAnchor.initialise(dev, AUTH)
+        ak_name = _ak_name(genuine.attest(HEAD1, NONCE1))
+    with TpmDevice(second.tcti) as dev:
+        other = TpmAnchor.initialise(dev, AUTH)
+        other_ek = AttestationBundle.from_bytes(other.attest(HEAD1, NONCE1)).ek_public
+    # A bundle pairing the first TPM's AK with the second TPM's EK: the challenge goes to
+    # the EK it names, and the first TPM (holding the AK) cannot open it.
+    challenge = make_credential_challenge(other_ek, ak_name, b"\x07" * 32)
+    with TpmDevice(first.tcti) as dev:
+        genuine = TpmAnchor(dev, AUTH)
+        with pytest.raises(StateError, match="ActivateCredential"):
+            genuine.activate_credential(challenge)
+    # And the second TPM holds the EK but not that AK.
+    with TpmDevice(second.tcti) as dev, pytest.raises(StateError, match="another attestation"):
+        TpmAnchor(dev, AUTH).activate_credential(challenge)

@@ -20,6 +20,7 @@ from meterbox.tpm import (
     Anchor,
     AttestationBundle,
     CounterVerdict,
+    CredentialChallenge,
     NullAnchor,
     TpmFinding,
     TpmMode,
@@ -48,6 +49,7 @@ PARSERS = [
     _structs.parse_signature,
     _structs.parse_nv_public,
     AttestationBundle.from_bytes,
+    CredentialChallenge.from_bytes,
 ]
 
 
@@ -88,6 +90,17 @@ def test_mutated_vector_bundles_verify_or_raise_a_finding(data: st.DataObject) -
 def test_oversized_structure_is_refused_before_parsing(parse) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(FormatError, match="too long"):
         parse(b"\x00" * (_structs.MAX_STRUCTURE + 1))
+
+
+def test_credential_proof_of_the_wrong_shape_is_forged() -> None:
+    from meterbox.tpm import TpmQuoteForged, check_credential_proof, credential_proof
+
+    ak_name = b"\x00\x0b" + b"\x01" * 32
+    proof = credential_proof(b"\x02" * 32, ak_name)
+    check_credential_proof(b"\x02" * 32, ak_name, proof)
+    with pytest.raises(TpmQuoteForged, match="wrong length"):
+        check_credential_proof(b"\x02" * 32, ak_name, proof[:-1])
+    assert proof != credential_proof(b"\x02" * 32, b"\x00\x0b" + b"\x03" * 32)
 
 
 def test_tpm2b_length_beyond_maximum_is_a_format_error() -> None:

@@ -15,12 +15,20 @@ Public API (everything else is private):
   :class:`TpmFinding` errors: the vendor's pure verification core.
 - :class:`AttestationBundle`, :func:`qualifying_data`: the bundle format
   (docs/spec/tpm-attestation.md).
+- :func:`make_credential_challenge`, :func:`check_credential_proof` (vendor) and
+  :meth:`TpmAnchor.activate_credential` (server): binding the pinned AK to the EK.
 - :class:`TpmMode`, :func:`decide_mode`, :func:`judge_counter`, :func:`judge_identity`:
   pure decisions for ``server init --tpm`` and for opening a ledger.
 """
 
 from meterbox.tpm._anchor import Anchor, NullAnchor, TpmAnchor
 from meterbox.tpm._bundle import AttestationBundle, qualifying_data
+from meterbox.tpm._credential import (
+    CredentialChallenge,
+    check_credential_proof,
+    credential_proof,
+    make_credential_challenge,
+)
 from meterbox.tpm._device import DEFAULT_AK_HANDLE, DEFAULT_NV_INDEX, DEFAULT_TCTI, TpmDevice
 from meterbox.tpm._policy import (
     CounterVerdict,
@@ -50,6 +58,7 @@ __all__ = [
     "Anchor",
     "AttestationBundle",
     "CounterVerdict",
+    "CredentialChallenge",
     "NullAnchor",
     "TpmAnchor",
     "TpmCounterRollback",
@@ -64,9 +73,12 @@ __all__ = [
     "TpmQuoteForged",
     "TpmQuoteReplayed",
     "VerifiedAttestation",
+    "check_credential_proof",
+    "credential_proof",
     "decide_mode",
     "judge_counter",
     "judge_identity",
+    "make_credential_challenge",
     "qualifying_data",
     "verify_attestation",
 ]

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from meterbox.errors import FormatError, StateError
 from meterbox.tpm._bundle import HEAD_LEN, NONCE_LEN, AttestationBundle, qualifying_data
+from meterbox.tpm._credential import CredentialChallenge, credential_proof
 from meterbox.tpm._device import DEFAULT_AK_HANDLE, DEFAULT_NV_INDEX, TpmDevice
 from meterbox.tpm._structs import parse_nv_attest
 
@@ -145,6 +146,19 @@ class TpmAnchor:
             nonce=nonce,
             head=head_hash,
         ).to_bytes()
+
+    def activate_credential(self, challenge: bytes) -> bytes:
+        """Answer a vendor's credential challenge: the proof the next report carries."""
+        parsed = CredentialChallenge.from_bytes(challenge)
+        if parsed.ak_name != self._ak.name:
+            raise StateError(
+                "credential challenge is for another attestation key",
+                expected=f"AK Name {self._ak.name.hex()}",
+                found=parsed.ak_name.hex(),
+                hint="the receipt was made for another instance or another TPM",
+            )
+        secret = self._dev.activate_credential(self._ak_handle, parsed.blob, parsed.secret)
+        return credential_proof(secret, self._ak.name)
 
     def identity(self) -> dict[str, object]:
         return {

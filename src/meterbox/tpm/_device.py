@@ -25,6 +25,7 @@ Objects this module creates on the TPM:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from tpm2_pytss import (
     TPM2_ECC,
     TPM2_NT,
     TPM2_RC,
+    TPM2_SE,
     TPMA_NV,
     TPMA_OBJECT,
     TPMS_NV_PUBLIC,
@@ -53,6 +55,8 @@ from tpm2_pytss import (
     TPMT_SIG_SCHEME,
     TSS2_Exception,
 )
+from tpm2_pytss import TPM2B_ENCRYPTED_SECRET as _TPM2B_ENCRYPTED_SECRET
+from tpm2_pytss import TPM2B_ID_OBJECT as _TPM2B_ID_OBJECT
 from tpm2_pytss import TPM2B_NV_PUBLIC as _TPM2B_NV_PUBLIC
 from tpm2_pytss import TPM2B_PUBLIC as _TPM2B_PUBLIC
 from tpm2_pytss import TCTILdr as _TCTILdr
@@ -312,10 +316,7 @@ class TpmDevice:
         finally:
             self._esys.tr_close(handle)
 
-    def endorsement_key(self) -> EkInfo:
-        """The EK (ECC P-256 if it has a certificate or none has one, else RSA 2048)."""
-        if self._ek is not None:
-            return self._ek
+    def _ek_template(self) -> tuple[Any, Any]:
         kind = "EK-ECC256"
         try:
             self._read_nv_blob(EK_CERT_ECC256)
@@ -325,8 +326,49 @@ class TpmDevice:
                 kind = "EK-RSA2048"
             except NoSuchIndex:
                 pass
+        cert, template = create_ek_template(kind, self._read_nv_blob)
+        return kind, (cert, template)
+
+    def activate_credential(self, ak_handle: int, blob: bytes, secret: bytes) -> bytes:
+        """TPM2_ActivateCredential with the AK at ``ak_handle`` and the EK: the secret."""
+        _, (_, template) = self._ek_template()
+        ek: Any = None
+        session: Any = None
         try:
-            cert, template = create_ek_template(kind, self._read_nv_blob)
+            ek, *_ = self._esys.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+            ak = self._keys.get(ak_handle)
+            if ak is None:
+                ak = self._keys[ak_handle] = self._esys.tr_from_tpmpublic(ak_handle)
+            # The EK template's authPolicy is PolicySecret(TPM_RH_ENDORSEMENT).
+            session = self._esys.start_auth_session(
+                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, None, TPM2_ALG.SHA256
+            )
+            self._esys.policy_secret(ESYS_TR.ENDORSEMENT, session)
+            blob_obj, _ = _TPM2B_ID_OBJECT.unmarshal(blob)
+            secret_obj, _ = _TPM2B_ENCRYPTED_SECRET.unmarshal(secret)
+            released = self._esys.activate_credential(
+                ak, ek, blob_obj, secret_obj, session1=ESYS_TR.PASSWORD, session2=session
+            )
+        except TSS2_Exception as exc:
+            raise _tpm_error(
+                "ActivateCredential",
+                exc,
+                "the challenge was made for another TPM's EK or another attestation key",
+            ) from exc
+        finally:
+            for handle in (session, ek):
+                if handle is not None:
+                    # A policy session used by a command stays loaded; flush both.
+                    with contextlib.suppress(TSS2_Exception):
+                        self._esys.flush_context(handle)
+        return bytes(released)
+
+    def endorsement_key(self) -> EkInfo:
+        """The EK (ECC P-256 if it has a certificate or none has one, else RSA 2048)."""
+        if self._ek is not None:
+            return self._ek
+        kind, (cert, template) = self._ek_template()
+        try:
             handle, public, *_ = self._esys.create_primary(None, template, ESYS_TR.ENDORSEMENT)
         except TSS2_Exception as exc:
             raise _tpm_error(
