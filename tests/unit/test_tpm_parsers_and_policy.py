@@ -204,3 +204,11 @@ def test_null_anchor_counts_nothing_and_refuses_to_attest() -> None:
         anchor.attest(b"\x00" * 32, b"\x00" * 32)
     with pytest.raises(FormatError, match="wrong length"):
         anchor.advance(b"short")
+
+
+def test_public_api_is_exactly_all() -> None:
+    import meterbox.tpm as tpm
+
+    public = {n for n in dir(tpm) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(tpm, n)).__name__ == "module"}
+    assert public - modules == set(tpm.__all__)
