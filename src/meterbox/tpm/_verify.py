@@ -271,49 +271,8 @@ def _foreign(what: str, pinned: bytes, found: bytes, hint: str) -> TpmQuoteForei
     )
 
 
-def verify_attestation(
-    bundle_bytes: bytes | None,
-    *,
-    head: bytes,
-    pins: TpmPins,
-    required: bool,
-    ledger_counter: int | None = None,
-    nonce: bytes | None = None,
-    ek_roots: Sequence[x509.Certificate] = (),
-) -> VerifiedAttestation | None:
-    """Verify one report's TPM attestation; return ``None`` when there is none and none is due.
-
-    ``head`` is the ledger head hash the report ends at. ``pins`` is the vendor's state for
-    the instance (empty before enrolment: the first valid bundle pins AK, EK and counter
-    index). An enrolled instance must always attest, whatever ``required`` says, or
-    dropping the TPM would hide a rollback. ``ledger_counter`` is the counter value the
-    report's ledger head commits to, when the ledger records one. ``nonce`` is the challenge
-    the vendor issued for this report, if any; without one, freshness rests on the counter.
-    """
-    if not bundle_bytes:
-        if required or pins.enrolled:
-            raise TpmMissing(
-                "report carries no TPM attestation",
-                expected="a tpm attestation bundle"
-                + (" (the license requires a TPM)" if required else " (the TPM is enrolled)"),
-                found="none",
-                hint="run the server with --tpm require on the machine enrolled with the TPM",
-            )
-        return None
-    try:
-        bundle = AttestationBundle.from_bytes(bundle_bytes)
-    except FormatError as exc:
-        raise TpmQuoteForged(
-            "TPM attestation bundle is malformed",
-            expected="a meterbox-tpm-attestation/1 bundle",
-            found=exc.problem,
-            hint="the report's tpm field was altered",
-        ) from exc
-
-    # 1. Structures and the attestation key's own properties.
-    ak, sig, nv, ek = _parse(bundle)
-    key = _ak_key(ak)
-    # 2. Identity: a different AK or EK is another TPM, whatever it signed.
+def _check_identity(pins: TpmPins, ak: s.PublicKey, ek: s.PublicKey) -> None:
+    """Step 4: a different AK or EK is another TPM, whatever it signed."""
     if pins.ak_name is not None and not constant_time_equal(ak.name, pins.ak_name):
         raise _foreign(
             "attestation key",
@@ -329,8 +288,10 @@ def verify_attestation(
             ek.name,
             "the server runs on another TPM; re-enrol only if the change is expected",
         )
-    # 3. The signature, then the signed structure.
-    _check_signature(key, ak, sig, bundle.attest)
+
+
+def _check_attest(bundle: AttestationBundle, nv: s.NvPublic) -> tuple[s.NvCertifyAttest, int]:
+    """Step 6: the signed structure certifies this bundle's counter, nonce and head."""
     try:
         attest = s.parse_nv_attest(bundle.attest)
     except FormatError as exc:
@@ -369,15 +330,20 @@ def verify_attestation(
             found=str(bundle.counter),
             hint="the counter field was altered",
         )
-    if pins.nv_name is not None and not constant_time_equal(nv.name, pins.nv_name):
-        raise _foreign(
-            "counter index",
-            pins.nv_name,
-            nv.name,
-            "the counter index was deleted and defined again, or another index is used",
-        )
-    ek_certified, ek_problem = _ek_cert_status(bundle, ek, ek_roots)
-    # 4. Freshness: this report's challenge and head, and a counter that moved on.
+    return attest, counter
+
+
+def _check_freshness(
+    bundle: AttestationBundle,
+    counter: int,
+    *,
+    head: bytes,
+    pins: TpmPins,
+    nonce: bytes | None,
+    ledger_counter: int | None,
+) -> None:
+    """Steps 9 and 10: this report's challenge and head, a counter that moved on, and
+    the ledger against the TPM (a TPM ahead of the ledger means an older ledger)."""
     if nonce is not None and not constant_time_equal(bundle.nonce, nonce):
         raise TpmQuoteReplayed(
             "TPM attestation answers an old challenge",
@@ -399,7 +365,6 @@ def verify_attestation(
             found=str(counter),
             hint="the attestation is old; every report advances the counter first",
         )
-    # 5. The ledger against the TPM: a TPM ahead of the ledger means an older ledger.
     if ledger_counter is not None and counter > ledger_counter:
         raise TpmCounterRollback(
             "TPM counter is above the value the report's ledger commits to",
@@ -414,16 +379,66 @@ def verify_attestation(
             found=f"TPM counter {counter}",
             hint="an attestation from an earlier state was attached to this report",
         )
-    new_pins = replace(
-        pins,
-        ak_name=ak.name,
-        ek_name=ek.name,
-        nv_name=nv.name,
-        last_counter=counter,
+
+
+def verify_attestation(
+    bundle_bytes: bytes | None,
+    *,
+    head: bytes,
+    pins: TpmPins,
+    required: bool,
+    ledger_counter: int | None = None,
+    nonce: bytes | None = None,
+    ek_roots: Sequence[x509.Certificate] = (),
+) -> VerifiedAttestation | None:
+    """Verify one report's TPM attestation; return ``None`` when there is none and none is due.
+
+    ``head`` is the ledger head hash the report ends at. ``pins`` is the vendor's state for
+    the instance (empty before enrolment: the first valid bundle pins AK, EK and counter
+    index). An enrolled instance must always attest, whatever ``required`` says, or
+    dropping the TPM would hide a rollback. ``ledger_counter`` is the counter value the
+    report's ledger head commits to, when the ledger records one. ``nonce`` is the challenge
+    the vendor issued for this report, if any; without one, freshness rests on the counter.
+    Step numbers below are those of the spec's "Verify" list.
+    """
+    if not bundle_bytes:  # 1.
+        if required or pins.enrolled:
+            raise TpmMissing(
+                "report carries no TPM attestation",
+                expected="a tpm attestation bundle"
+                + (" (the license requires a TPM)" if required else " (the TPM is enrolled)"),
+                found="none",
+                hint="run the server with --tpm require on the machine enrolled with the TPM",
+            )
+        return None
+    try:  # 2.
+        bundle = AttestationBundle.from_bytes(bundle_bytes)
+    except FormatError as exc:
+        raise TpmQuoteForged(
+            "TPM attestation bundle is malformed",
+            expected="a meterbox-tpm-attestation/1 bundle",
+            found=exc.problem,
+            hint="the report's tpm field was altered",
+        ) from exc
+    ak, sig, nv, ek = _parse(bundle)
+    key = _ak_key(ak)  # 3.
+    _check_identity(pins, ak, ek)  # 4.
+    _check_signature(key, ak, sig, bundle.attest)  # 5.
+    attest, counter = _check_attest(bundle, nv)  # 6.
+    if pins.nv_name is not None and not constant_time_equal(nv.name, pins.nv_name):  # 7.
+        raise _foreign(
+            "counter index",
+            pins.nv_name,
+            nv.name,
+            "the counter index was deleted and defined again, or another index is used",
+        )
+    ek_certified, ek_problem = _ek_cert_status(bundle, ek, ek_roots)  # 8.
+    _check_freshness(  # 9., 10.
+        bundle, counter, head=head, pins=pins, nonce=nonce, ledger_counter=ledger_counter
     )
-    return VerifiedAttestation(
+    return VerifiedAttestation(  # 11.
         counter=counter,
-        pins=new_pins,
+        pins=replace(pins, ak_name=ak.name, ek_name=ek.name, nv_name=nv.name, last_counter=counter),
         enrolled_now=not pins.enrolled,
         ek_certified=ek_certified,
         ek_cert_problem=ek_problem,
