@@ -19,10 +19,10 @@ from meterbox.cli import app as root_app
 from meterbox.clock import ManualClock
 from meterbox.ledger import Head, LedgerWriter, RecordType, export_report
 from meterbox.licenses import Feature, License, Meter
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.cli import app as vendor_app
 from meterbox.vendorkit.cli_ingest import register
-from meterbox.vendorkit.store import VendorStore
 
 register(vendor_app)  # no-op once meterbox.vendorkit.cli lists cli_ingest in COMMAND_MODULES
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
+from meterbox.vendorkit import VendorStore
+
 # The vendor CLI loads the anomalies command (importing the command module first would
 # enter the import cycle from the other end, which no caller does).
 from meterbox.vendorkit.commands import app as vendor_app
-from meterbox.vendorkit.store import VendorStore
 
 
 def app() -> typer.Typer:

@@ -394,36 +394,34 @@ def bill(
     bundle: VendorPublicBundle | None = None,
 ) -> Statement:
     """Read the store and build the statement for ``period`` (optionally one customer)."""
-    from meterbox.vendorkit import _ingest_store as db
+    from meterbox.vendorkit._db import queries as db
+    from meterbox.vendorkit._db.store import VendorStore
     from meterbox.vendorkit.keys import VendorKeys
-    from meterbox.vendorkit.store import VendorStore
 
     bundle = bundle or VendorKeys.load(home).bundle
     start_us, end_us = period.start_ms * 1000, period.end_ms * 1000
-    with VendorStore.open(store_url, home=home) as store:
-        db.ensure_tables(store.engine)
-        with store.engine.connect() as conn:
-            rows = db.licenses(conn, customer)
-            terms = [LicenseTerms.from_license(License.from_bytes(doc, bundle)) for *_, doc in rows]
-            ids = [t.license_id for t in terms]
-            in_period = db.usage_sums(conn, start_us=start_us, end_us=end_us, license_ids=ids)
-            before = db.usage_sums(conn, start_us=None, end_us=start_us, license_ids=ids)
-            topups = [
-                TopupIn(lic, meter, units, issued // 1000)
-                for lic, meter, units, issued in db.topups(conn, end_us)
-            ]
-            seats = [
-                SeatEventIn(inst, seq, lic, feat, ts // 1000, kind, lease)
-                for inst, seq, lic, feat, ts, kind, lease in db.seat_rows(
-                    conn, end_us=end_us, license_ids=ids
-                )
-            ]
-            findings = [
-                FindingIn(digest, inst, tuple(x for x in lics.split(",") if x), code, sev, msg, seq)
-                for digest, inst, lics, code, sev, msg, seq in db.findings_touching(
-                    conn, start_ms=period.start_ms, end_ms=period.end_ms
-                )
-            ]
+    with VendorStore.open(store_url, home=home) as store, store.engine.connect() as conn:
+        rows = db.licenses(conn, customer)
+        terms = [LicenseTerms.from_license(License.from_bytes(doc, bundle)) for *_, doc in rows]
+        ids = [t.license_id for t in terms]
+        in_period = db.usage_sums(conn, start_us=start_us, end_us=end_us, license_ids=ids)
+        before = db.usage_sums(conn, start_us=None, end_us=start_us, license_ids=ids)
+        topups = [
+            TopupIn(lic, meter, units, issued // 1000)
+            for lic, meter, units, issued in db.topups(conn, end_us)
+        ]
+        seats = [
+            SeatEventIn(inst, seq, lic, feat, ts // 1000, kind, lease)
+            for inst, seq, lic, feat, ts, kind, lease in db.seat_rows(
+                conn, end_us=end_us, license_ids=ids
+            )
+        ]
+        findings = [
+            FindingIn(digest, inst, tuple(x for x in lics.split(",") if x), code, sev, msg, seq)
+            for digest, inst, lics, code, sev, msg, seq in db.findings_touching(
+                conn, start_us=start_us, end_us=end_us
+            )
+        ]
     if customer is not None and not terms:
         raise ConfigError(
             "no licenses for this customer",

@@ -51,7 +51,7 @@ from meterbox.licenses import (
 )
 from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit.store import VendorStore
+from meterbox.vendorkit._db.store import VendorStore
 
 app = typer.Typer(
     no_args_is_help=True,

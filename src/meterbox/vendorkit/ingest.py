@@ -86,19 +86,21 @@ from meterbox.ledger import (
 )
 from meterbox.ledger import findings as F
 from meterbox.licenses import License, Receipt, VendorPublicBundle
-from meterbox.vendorkit import _ingest_store as db
+from meterbox.vendorkit._db.store import (
+    Activity,
+    FindingRow,
+    InstanceRow,
+    ReceiptRow,
+    ReportMeta,
+    ReportRow,
+    ReportSpan,
+    VendorStore,
+)
 from meterbox.vendorkit.anomaly import Anomaly, Thresholds, detect
 from meterbox.vendorkit.anomaly._store import INGEST_REPORTS, INGEST_WINDOW_MS, Pending
 from meterbox.vendorkit.anomaly._store import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
 from meterbox.vendorkit.keys import VendorKeys, atomic_write
-from meterbox.vendorkit.store import (
-    FindingRow,
-    InstanceRow,
-    ReceiptRow,
-    ReportRow,
-    VendorStore,
-)
 
 REPORT_REPLAY: Final = "report.replay"
 REPORT_EMPTY: Final = "report.empty"
@@ -227,11 +229,12 @@ def check_clones(
     instance_id: str,
     license_ids: Iterable[str],
     span: tuple[int, int] | None,
-    others: Iterable[db.Activity],
+    others: Iterable[Activity],
 ) -> CloneCheck:
     """Compare this instance's activity span with every other instance of its licenses.
 
-    ``span`` is (first, last) wall time of this instance including this report.
+    ``span`` is (first, last) wall time, in microseconds, of this instance including
+    this report.
     Overlapping spans are a clone (critical here, a warning for the other instance);
     disjoint spans a replacement (warning).
     """
@@ -244,7 +247,7 @@ def check_clones(
     for other in others:
         if other.instance_id == instance_id or other.license_id not in wanted:
             continue
-        if first <= other.last_wall_ms and other.first_wall_ms <= last:
+        if first <= other.last_wall_us and other.first_wall_us <= last:
             findings.append(
                 Finding(
                     LICENSE_CLONED,
@@ -274,7 +277,7 @@ def check_clones(
                     f"{other.instance_id}, whose activity "
                     + (
                         "ended before this instance started"
-                        if other.last_wall_ms < first
+                        if other.last_wall_us < first
                         else "started after this instance's last record"
                     ),
                 )
@@ -560,10 +563,16 @@ def _unusable(result: ReportResult) -> bool:
     return result.records == 0 and F.REPORT_WRONG_VENDOR_KEY in result.codes
 
 
-def _flush(conn: Connection, core: IngestCore) -> None:
-    db.insert_raw(conn, "usage", db.USAGE_COLUMNS, core.take_usage())
-    db.insert_raw(conn, "seat_events", db.SEAT_COLUMNS, core.take_seats())
-    db.insert_raw(conn, "ledger_events", db.EVENT_COLUMNS, core.take_events())
+def _flush(conn: Connection, store: VendorStore, core: IngestCore) -> None:
+    store.insert_usage(core.take_usage(), conn)
+    store.insert_seat_events(core.take_seats(), conn)
+    # Ledger records carry milliseconds; the store holds microseconds.
+    events = [(i, s, k, w * 1000, m * 1000, p, d) for i, s, k, w, m, p, d in core.take_events()]
+    store.insert_ledger_events(events, conn)
+
+
+def _us(span: tuple[int, int] | None) -> tuple[int, int] | None:
+    return None if span is None else (span[0] * 1000, span[1] * 1000)
 
 
 def ingest(
@@ -586,30 +595,28 @@ def ingest(
         kid: pair.ledger_private for kid, pair in keys.pairs.items()
     }
     digest = file_digest(report_path)
-    with VendorStore.open(store_url, home=home) as store:
-        db.ensure_tables(store.engine)
-        with store.engine.connect() as conn:
-            if db.report_known(conn, digest):
-                finding = Finding(
-                    REPORT_REPLAY,
-                    "critical",
-                    f"this exact report (sha256 {digest[:16]}...) was ingested before; "
-                    "nothing was billed again",
-                )
-                header = peek_header(report_path) or {}
-                iid = header.get("instance_id")
-                return IngestOutcome(
-                    "rejected",
-                    (finding,),
-                    {},
-                    iid.hex() if isinstance(iid, bytes) else None,
-                    None,
-                    digest,
-                )
-            return _ingest_new(
-                conn, store, keys, ledger_keys, report_path, digest, vendor_now, now_ms,
-                policy, on_progress, receipt_out,
-            )  # fmt: skip
+    with VendorStore.open(store_url, home=home) as store, store.engine.connect() as conn:
+        if store.report_known(digest, conn):
+            finding = Finding(
+                REPORT_REPLAY,
+                "critical",
+                f"this exact report (sha256 {digest[:16]}...) was ingested before; "
+                "nothing was billed again",
+            )
+            header = peek_header(report_path) or {}
+            iid = header.get("instance_id")
+            return IngestOutcome(
+                "rejected",
+                (finding,),
+                {},
+                iid.hex() if isinstance(iid, bytes) else None,
+                None,
+                digest,
+            )
+        return _ingest_new(
+            conn, store, keys, ledger_keys, report_path, digest, vendor_now, now_ms,
+            policy, on_progress, receipt_out,
+        )  # fmt: skip
 
 
 def _ingest_new(
@@ -635,7 +642,7 @@ def _ingest_new(
     license_ids = [lic.license_id for lic in licenses]
     inst_row = store.get_instance(instance_hex) if instance_hex else None
     known = _known(inst_row)
-    leases = db.open_leases(conn, instance_hex) if inst_row is not None else set()
+    leases = store.open_leases(instance_hex, conn) if inst_row is not None else set()
     core = IngestCore(
         instance_id=instance_hex,
         report_digest=digest,
@@ -654,7 +661,7 @@ def _ingest_new(
             for record, acked in verifier.records(stream):
                 core.add(record, acked)
                 if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
-                    _flush(conn, core)
+                    _flush(conn, store, core)
         result = verifier.result
         if _unusable(result):
             conn.rollback()
@@ -662,21 +669,21 @@ def _ingest_new(
                 "unusable", tuple(result.findings), {}, instance_hex or None, None, digest
             )
         if core.unresolved:
-            core.resolve(db.lease_owners(conn, instance_hex, (u[3] for u in core.unresolved)))
-        _flush(conn, core)
+            core.resolve(store.lease_owners(instance_hex, (u[3] for u in core.unresolved), conn))
+        _flush(conn, store, core)
         core.clock.check_created(result.created_ms)
         findings = list(result.findings) + license_findings + core.findings
         findings += core.clock.findings()
         if result.head is None:
             findings.append(Finding(REPORT_EMPTY, "critical", "the report holds no records"))
         ledger_ok = not result.critical and result.head is not None
-        activity = db.activity_for_licenses(conn, license_ids)
-        span = core.span
+        activity = store.activity_for_licenses(license_ids, conn)
+        span = _us(core.span)
         mine = [a for a in activity if a.instance_id == instance_hex]
         if span is not None and mine:
             span = (
-                min(span[0], *(a.first_wall_ms for a in mine)),
-                max(span[1], *(a.last_wall_ms for a in mine)),
+                min(span[0], *(a.first_wall_us for a in mine)),
+                max(span[1], *(a.last_wall_us for a in mine)),
             )
         clones = check_clones(instance_hex, license_ids, span, activity)
         findings += clones.findings
@@ -808,15 +815,16 @@ def _record(
     """Write the report's outcome inside the caller's transaction."""
     iid, digest = core.instance_id, core.report_digest
     head = result.head
-    conn.execute(
-        db.report_meta_table.insert().values(
-            report_digest=digest,
-            instance_id=iid or UNKNOWN,
-            created_ms=pending.created_ms,
-            received_ms=pending.received_ms,
-            report_every_days=pending.report_every_days,
-            grace_days=pending.grace_days,
-        )
+    store.record_report_meta(
+        ReportMeta(
+            digest,
+            iid or UNKNOWN,
+            pending.created_ms * 1000,
+            pending.received_ms * 1000,
+            pending.report_every_days,
+            pending.grace_days,
+        ),
+        conn,
     )
     store.record_report(
         ReportRow(
@@ -838,21 +846,22 @@ def _record(
         for other, f in clones.flagged
     ]
     store.insert_findings(rows, conn)
-    conn.execute(
-        db.report_spans_table.insert().values(
-            report_digest=digest,
-            instance_id=iid or UNKNOWN,
-            license_ids=",".join(license_ids),
-            first_wall_ms=core.first_wall,
-            last_wall_ms=core.last_wall,
-            status=status,
-        )
+    span = _us(core.span)
+    store.record_report_span(
+        ReportSpan(
+            digest,
+            iid or UNKNOWN,
+            tuple(license_ids),
+            None if span is None else span[0],
+            None if span is None else span[1],
+            status,
+        ),
+        conn,
     )
-    span = core.span
     if ledger_ok and span is not None and iid:
         # Authentic activity counts for clone detection even when the report is
         # rejected for a clone: the overlap must stay visible on the next report too.
-        db.upsert_activity(conn, [db.Activity(iid, lic, span[0], span[1]) for lic in license_ids])
+        store.upsert_activity([Activity(iid, lic, span[0], span[1]) for lic in license_ids], conn)
     if receipt is None or head is None:
         return
     store.upsert_instance(

@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
+from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect
 from meterbox.vendorkit.anomaly._features import DAY_MS
 from meterbox.vendorkit.anomaly._store import histories
 from meterbox.vendorkit.cli import HomeOption, StoreOption, cli_errors
-from meterbox.vendorkit.store import VendorStore
 
 
 def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
