@@ -13,7 +13,7 @@ Invariants:
 * ``reports`` are unique on the report file's SHA-256, so a replayed file is
   recognised before anything is billed;
 * ``meterbox_schema`` holds :data:`SCHEMA_VERSION`; a store of any other version is
-  refused rather than misread (docs/adr/0011-one-vendor-store-schema.md).
+  refused rather than misread (docs/adr/0019-one-vendor-store-schema.md).
 """
 
 from __future__ import annotations
