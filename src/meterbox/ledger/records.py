@@ -253,13 +253,15 @@ class ReceiptImported(_Payload):
     record_type: ClassVar[RecordType] = RecordType.RECEIPT_IMPORTED
     #: The head seq the receipt acknowledges.
     acked_seq: int = _req("s", "int")
-    #: The vendor's time, ISO 8601.
-    vendor_time: str = _req("t", "str")
+    #: The vendor's time, ISO 8601 (the server always writes it).
+    vendor_time: str | None = _opt("t", "str")
     receipt_id: str | None = _opt("r", "str")
 
     @property
     def vendor_ms(self) -> int | None:
-        """The vendor time in Unix ms, or ``None`` when it is not ISO 8601."""
+        """The vendor time in Unix ms, or ``None`` when it is absent or not ISO 8601."""
+        if self.vendor_time is None:
+            return None
         try:
             return round(datetime.fromisoformat(self.vendor_time).timestamp() * 1000)
         except ValueError:
@@ -272,7 +274,7 @@ class TopupImported(_Payload):
 
     record_type: ClassVar[RecordType] = RecordType.TOPUP_IMPORTED
     topup_id: str = _req("t", "str")
-    license_id: str = _req("l", "str")
+    license_id: str | None = _opt("l", "str")
     meter: str = _req("m", "str")
     amount: int = _req("a", "int")
 
