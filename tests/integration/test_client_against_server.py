@@ -407,7 +407,7 @@ def test_cli_round_trip_and_exit_codes(
     spooled = runner.invoke(cli_app, ["client", "record", "runs", "3"])
     assert spooled.exit_code == 0
     assert json.loads(spooled.stdout)["spooled"] is True
-    assert runner.invoke(cli_app, ["client", "checkout", "long"]).exit_code == 3
+    assert runner.invoke(cli_app, ["client", "checkout", "long"]).exit_code == 5
     server.start()
     flushed = runner.invoke(cli_app, ["client", "flush"])
     assert flushed.exit_code == 0, flushed.stderr

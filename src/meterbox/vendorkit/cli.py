@@ -2,15 +2,10 @@
 
 The commands are thin shells: they parse and check flags, call
 :mod:`meterbox.vendorkit.keys`, :mod:`meterbox.licenses` and :mod:`meterbox.vendorkit.store`,
-and print. Exit codes (stable, for scripts):
-
-====  =====================================================================
-0     success
-1     any other meterbox error
-2     unusable input: a flag, file or URL that cannot be used (also click usage errors)
-3     a signature or key does not verify
-4     state: keys missing or already present, a file that would be overwritten
-====  =====================================================================
+and print. Exit codes are the shared table of :mod:`meterbox._cli_support`
+(docs/api.md): 0 success, 1 any other meterbox error, 2 unusable input, 3 a
+signature or key does not verify, 4 state (keys missing or already present, a file
+that would be overwritten).
 
 Other modules add commands by defining ``register(app: typer.Typer) -> None`` and
 listing their module name in :data:`COMMAND_MODULES` at the end of this file
@@ -33,12 +28,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from meterbox import _cli_support
+from meterbox._cli_support import EXIT_CODES_HELP, exit_code_for
 from meterbox.errors import (
     ConfigError,
     FormatError,
     MeterboxError,
     StateError,
-    VerificationError,
 )
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
@@ -56,13 +52,12 @@ from meterbox.vendorkit.store import VendorStore
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="Vendor toolkit. Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification, 4 state.",
+    help="Vendor toolkit.",
+    epilog=EXIT_CODES_HELP,
 )
 
-EXIT_ERROR = 1
-EXIT_INPUT = 2
-EXIT_VERIFY = 3
-EXIT_STATE = 4
+EXIT_ERROR = _cli_support.EXIT_DENIED
+EXIT_INPUT = _cli_support.EXIT_INPUT
 
 HomeOption = Annotated[
     Path,
@@ -75,16 +70,6 @@ StoreOption = Annotated[
         help="Database URL (postgresql://... or sqlite:///...); default HOME/vendor.db.",
     ),
 ]
-
-
-def exit_code_for(error: MeterboxError) -> int:
-    if isinstance(error, ConfigError | FormatError):
-        return EXIT_INPUT
-    if isinstance(error, VerificationError):
-        return EXIT_VERIFY
-    if isinstance(error, StateError):
-        return EXIT_STATE
-    return EXIT_ERROR
 
 
 def fail(error: MeterboxError) -> NoReturn:
