@@ -38,6 +38,8 @@ from meterbox.errors import (
 )
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
+    MAX_LEASE_SECONDS,
+    MIN_LEASE_SECONDS,
     CryptolensSection,
     DataObject,
     Feature,
@@ -45,7 +47,6 @@ from meterbox.licenses import (
     Meter,
     Topup,
 )
-from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.store import VendorStore
 

@@ -87,9 +87,15 @@ from meterbox.ledger import (
 from meterbox.ledger import findings as F
 from meterbox.licenses import License, Receipt, VendorPublicBundle
 from meterbox.vendorkit import _ingest_store as db
-from meterbox.vendorkit.anomaly import Anomaly, Thresholds, detect
-from meterbox.vendorkit.anomaly._store import INGEST_REPORTS, INGEST_WINDOW_MS, Pending
-from meterbox.vendorkit.anomaly._store import instance_history as stored_history
+from meterbox.vendorkit.anomaly import (
+    INGEST_REPORTS,
+    INGEST_WINDOW_MS,
+    Anomaly,
+    Pending,
+    Thresholds,
+    detect,
+)
+from meterbox.vendorkit.anomaly import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
 from meterbox.vendorkit.keys import VendorKeys, atomic_write
 from meterbox.vendorkit.store import (

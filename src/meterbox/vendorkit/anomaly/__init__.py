@@ -8,6 +8,8 @@ Public API::
     InstanceHistory, ReportView, Event      the pure detector inputs
     event_from_record                       a verified ledger record, reduced
     Thresholds, LearnedConfig               every tunable
+    instance_history, Pending,              stored histories and the rows ingest adds to
+    INGEST_REPORTS, INGEST_WINDOW_MS        them (for meterbox.vendorkit.ingest)
 
 Cryptography proves what happened before the last receipt; after it, and against a
 customer who controls the machine, these detectors find *evidence*: silences, clock
@@ -27,18 +29,28 @@ from meterbox.vendorkit.anomaly._features import (
 )
 from meterbox.vendorkit.anomaly._learned import LearnedConfig, learned
 from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly, run_rules
+from meterbox.vendorkit.anomaly._store import (
+    INGEST_REPORTS,
+    INGEST_WINDOW_MS,
+    Pending,
+    instance_history,
+)
 
 __all__ = [
     "CODES",
+    "INGEST_REPORTS",
+    "INGEST_WINDOW_MS",
     "Anomaly",
     "Event",
     "InstanceHistory",
     "LearnedConfig",
+    "Pending",
     "RENAMED",
     "ReportView",
     "Thresholds",
     "detect",
     "event_from_record",
+    "instance_history",
 ]
 
 
