@@ -27,8 +27,10 @@ from meterbox.vendorkit.anomaly._features import (
     Thresholds,
     event_from_record,
 )
-from meterbox.vendorkit.anomaly._learned import LearnedConfig, learned
-from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly, run_rules
+from meterbox.vendorkit.anomaly._learned import LearnedConfig
+from meterbox.vendorkit.anomaly._learned import learned as _learned_detector
+from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly
+from meterbox.vendorkit.anomaly._rules import run_rules as _run_rules
 from meterbox.vendorkit.anomaly._store import (
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
@@ -71,7 +73,7 @@ def detect(
     ``clock=False`` leaves out the clock and heartbeat checks (ingest runs them itself,
     over every record, as the report streams in).
     """
-    out = run_rules(judged, peers, thresholds, clock=clock)
+    out = _run_rules(judged, peers, thresholds, clock=clock)
     if use_learned:
-        out.extend(learned(judged, customer, learned_config))
+        out.extend(_learned_detector(judged, customer, learned_config))
     return out

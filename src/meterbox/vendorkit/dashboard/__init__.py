@@ -11,8 +11,6 @@ from typing import Annotated
 
 import typer
 
-from meterbox.errors import ConfigError
-
 __all__ = ["register"]
 
 
@@ -31,6 +29,7 @@ def register(app: typer.Typer) -> None:
         """Serve the vendor dashboard (read-only) on this machine's loopback."""
         import uvicorn
 
+        from meterbox.errors import ConfigError
         from meterbox.vendorkit.dashboard._data import Source
         from meterbox.vendorkit.dashboard.app import create_app, is_loopback
         from meterbox.vendorkit.keys import VendorKeys
