@@ -21,7 +21,7 @@ from meterbox.compat import (
     CryptolensService,
     CryptolensSigner,
     CustomerView,
-    DataObject,
+    DataObjectView,
 )
 from meterbox.compat.memory import InMemoryBackend
 
@@ -45,7 +45,7 @@ LICENSES = [
             max_no_of_machines=2,
             max_overdraft=1,
         ),
-        [DataObject(7, "usage", "", 3), DataObject(8, "exports", "csv", 0)],
+        [DataObjectView(7, "usage", "", 3), DataObjectView(8, "exports", "csv", 0)],
     ),
     (
         CryptolensLicenseView(

@@ -29,7 +29,7 @@ from meterbox.compat import (
     CryptolensLicenseView,
     CryptolensSigner,
     CustomerView,
-    DataObject,
+    DataObjectView,
     create_cryptolens_app,
 )
 from meterbox.compat.memory import InMemoryBackend
@@ -66,7 +66,7 @@ class Server:
             return response.status, json.loads(response.read())
 
 
-def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObject]]]:
+def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObjectView]]]:
     floating = CryptolensLicenseView(
         license_id="lic-floating",
         product_id=PRODUCT,
@@ -89,8 +89,8 @@ def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObject]]]:
         max_no_of_machines=1,
         allowed_machines=(NODE_MACHINE,),
     )
-    objects = [DataObject(7, "usage", "", 3), DataObject(8, "exports", "csv", 0)]
-    return [(floating, objects), (node, [DataObject(1, "cryptolens_features", '["f1"]', 0)])]
+    objects = [DataObjectView(7, "usage", "", 3), DataObjectView(8, "exports", "csv", 0)]
+    return [(floating, objects), (node, [DataObjectView(1, "cryptolens_features", '["f1"]', 0)])]
 
 
 @pytest.fixture

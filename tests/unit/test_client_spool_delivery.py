@@ -26,7 +26,7 @@ from meterbox.client import (
     BadRequestError,
     Client,
     QuotaExceeded,
-    RetryPolicy,
+    RetryConfig,
     Spool,
     SpoolError,
     UsageEvent,
@@ -247,7 +247,7 @@ def test_spooled_event_refused_later_goes_to_dead_letters_and_rest_is_delivered(
 def test_retry_budget_exhausted_moves_event_to_dead_letters(
     server: FakeServer, clock: FakeClock, tmp_path: Path
 ) -> None:
-    with make_client(server, tmp_path / "s.db", clock, retry=RetryPolicy(max_attempts=3)) as c:
+    with make_client(server, tmp_path / "s.db", clock, retry=RetryConfig(max_attempts=3)) as c:
         server.mode = "down"
         c.record("runs", 1)  # attempt 1
         c.flush()  # attempt 2
@@ -375,7 +375,7 @@ def test_any_interleaving_delivers_every_event_exactly_once_in_order(
     clock = FakeClock()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "s.db"
-        c = make_client(server, path, clock, retry=RetryPolicy(max_attempts=None))
+        c = make_client(server, path, clock, retry=RetryConfig(max_attempts=None))
         recorded: list[tuple[str, int]] = []
         try:
             for op, arg in script:
@@ -393,7 +393,7 @@ def test_any_interleaving_delivers_every_event_exactly_once_in_order(
                     clock.t += arg
                 else:
                     c.close()
-                    c = make_client(server, path, clock, retry=RetryPolicy(max_attempts=None))
+                    c = make_client(server, path, clock, retry=RetryConfig(max_attempts=None))
             server.mode = "up"
             final = c.flush()
             assert final.pending == 0

@@ -7,7 +7,7 @@ single catch-all ASGI route takes every method and path, so
 ``/api//data/IncrementIntValueToKey/`` and ``/api//key/activate/`` reach the
 service unchanged. Every reply is HTTP 200 JSON, as the SDKs require.
 
-The body is read with a hard cap (:attr:`Limits.max_body_bytes`); a larger
+The body is read with a hard cap (:attr:`CryptolensLimitsConfig.max_body_bytes`); a larger
 ``Content-Length`` is refused before reading.
 """
 
@@ -28,7 +28,7 @@ from meterbox.compat.backend import CryptolensBackend
 from meterbox.compat.errors import CryptolensRequestError, wire_message
 from meterbox.compat.service import CryptolensService
 from meterbox.compat.signer import CryptolensSigner
-from meterbox.compat.wire import Limits
+from meterbox.compat.wire import CryptolensLimitsConfig
 
 __all__ = ["create_cryptolens_app", "with_cryptolens_api"]
 
@@ -96,7 +96,7 @@ def create_cryptolens_app(
     backend: CryptolensBackend,
     signer: CryptolensSigner,
     clock: Callable[[], float] = time.time,
-    limits: Limits | None = None,
+    limits: CryptolensLimitsConfig | None = None,
 ) -> Starlette:
     """A Starlette app serving the Cryptolens Web API 3 calls the SDKs make offline."""
     service = CryptolensService(backend, signer, clock, limits)

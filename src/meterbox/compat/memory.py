@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Iterable
 
-from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObject
+from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
 from meterbox.compat.errors import BoundExceeded, UnknownDataObject
 from meterbox.errors import NoSeatAvailable
 
@@ -27,7 +27,7 @@ class InMemoryBackend:
 
     def __init__(
         self,
-        licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObject]]],
+        licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObjectView]]],
         clock: Callable[[], float],
     ) -> None:
         self._clock = clock
@@ -36,7 +36,7 @@ class InMemoryBackend:
         self._by_id: dict[str, CryptolensLicenseView] = {}
         self._floating: dict[str, dict[str, ActivatedMachine]] = {}
         self._nodelocked: dict[str, dict[str, ActivatedMachine]] = {}
-        self._objects: dict[str, dict[int, DataObject]] = {}
+        self._objects: dict[str, dict[int, DataObjectView]] = {}
         for view, objects in licenses:
             self._by_key[(view.product_id, view.key)] = view
             self._by_id[view.license_id] = view
@@ -129,7 +129,7 @@ class InMemoryBackend:
 
     async def change_data_object(
         self, license_id: str, object_id: int, name: str, delta: int, bound: int | None
-    ) -> DataObject:
+    ) -> DataObjectView:
         async with self._lock:
             objects = self._objects[license_id]
             target = _find_object(objects, object_id, name)
@@ -149,12 +149,12 @@ class InMemoryBackend:
             objects[target.id] = updated
             return updated
 
-    async def data_objects(self, license_id: str) -> list[DataObject]:
+    async def data_objects(self, license_id: str) -> list[DataObjectView]:
         async with self._lock:
             return sorted(self._objects[license_id].values(), key=lambda o: o.id)
 
 
-def _find_object(objects: dict[int, DataObject], object_id: int, name: str) -> DataObject:
+def _find_object(objects: dict[int, DataObjectView], object_id: int, name: str) -> DataObjectView:
     if object_id != 0:
         found = objects.get(object_id)
         if found is not None:

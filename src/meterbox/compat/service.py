@@ -37,7 +37,14 @@ from meterbox.compat.errors import (
 )
 from meterbox.compat.licensekey import metadata_object, sign_license
 from meterbox.compat.signer import CryptolensSigner
-from meterbox.compat.wire import INT32_MAX, INT64_MAX, Form, Limits, normalise_method, parse_form
+from meterbox.compat.wire import (
+    INT32_MAX,
+    INT64_MAX,
+    CryptolensLimitsConfig,
+    Form,
+    normalise_method,
+    parse_form,
+)
 from meterbox.errors import MeterboxError
 
 __all__ = ["CryptolensService", "Reply"]
@@ -61,12 +68,12 @@ class CryptolensService:
         backend: CryptolensBackend,
         signer: CryptolensSigner,
         clock: Callable[[], float],
-        limits: Limits | None = None,
+        limits: CryptolensLimitsConfig | None = None,
     ) -> None:
         self._backend = backend
         self._signer = signer
         self._clock = clock
-        self.limits = limits or Limits()
+        self.limits = limits or CryptolensLimitsConfig()
 
     async def handle(
         self, method: str, path: str, body: bytes, content_type: str, ip: str

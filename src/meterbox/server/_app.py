@@ -4,7 +4,7 @@ Handlers validate bodies (unknown fields refused, sizes bounded), call the servi
 and map :class:`meterbox.errors.MeterboxError` codes to HTTP statuses with the
 documented error body ``{"error": {"code", "message", "hint"}}``. Admin endpoints
 need ``Authorization: Bearer <admin token>``, compared in constant time and never
-logged. A background task culls expired leases every ``Settings.cull_interval`` s.
+logged. A background task culls expired leases every ``ServiceConfig.cull_interval`` s.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from meterbox import __version__
 from meterbox.errors import MeterboxError
 from meterbox.server import _metrics as metrics
-from meterbox.server._core.seats import Lease
+from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
 from meterbox.server._service import LicenseService
 
@@ -39,7 +39,7 @@ ImportHandler = Callable[[LicenseService, bytes], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
-class Limits:
+class HttpLimitsConfig:
     """Request size limits."""
 
     max_body_bytes: int = 1 << 20
@@ -148,7 +148,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in codes}
 
 
-def _lease_out(lease: Lease, renewed: bool = False) -> LeaseOut:
+def _lease_out(lease: SeatLease, renewed: bool = False) -> LeaseOut:
     return LeaseOut(
         lease_id=lease.lease_id,
         feature=lease.feature,
@@ -221,11 +221,11 @@ _BEARER = HTTPBearer(auto_error=False, description="The admin token of this serv
 _AdminCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
 
-def create_app(
+def build_app(
     service: LicenseService,
     *,
     admin_token: str,
-    limits: Limits = Limits(),
+    limits: HttpLimitsConfig = HttpLimitsConfig(),
     export_report: ExportHandler | None = None,
     import_file: ImportHandler | None = None,
     housekeeping: bool = True,

@@ -25,7 +25,6 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,7 +37,7 @@ from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
-from meterbox.server._service import LicenseService, Settings
+from meterbox.server._service import LicenseService, ServiceConfig
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 
@@ -181,7 +180,7 @@ def init_server(
     store = StateStore(data / STATE_DB)
     try:
         store.initialize(
-            init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+            init_time=clock.now(),
             instance_id=writer.instance_id.hex(),
         )
     finally:
@@ -216,7 +215,7 @@ class ServerInstance:
         data: Path,
         *,
         clock: Clock | None = None,
-        settings: Settings | None = None,
+        settings: ServiceConfig | None = None,
         force_recover: bool = False,
     ) -> ServerInstance:
         clock = clock or SystemClock()
@@ -243,7 +242,7 @@ class ServerInstance:
             raise
         try:
             store.initialize(
-                init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+                init_time=clock.now(),
                 instance_id=writer.instance_id.hex(),
             )
             policies = [policy_from_license(lic) for lic, _ in licenses]
@@ -262,9 +261,8 @@ class ServerInstance:
                 store,
                 policies,
                 sink,
-                settings=settings or Settings(),
-                wall=lambda: datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
-                monotonic=lambda: clock.mono_ms() / 1000,
+                settings=settings or ServiceConfig(),
+                clock=clock,
             )
         except BaseException:
             writer.close()

@@ -123,7 +123,7 @@ def run(
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     import uvicorn
 
-    from meterbox.server._runtime import build_app
+    from meterbox.server._runtime import build_server
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     conf = _config(config)
@@ -150,7 +150,7 @@ def run(
         )
     log_config = _setup_logging(log_level)
     with _errors():
-        built = build_app(data, force_recover=force_recover)
+        built = build_server(data, force_recover=force_recover)
     scheme = "https" if tls_cert else "http"
     uv_config = uvicorn.Config(
         built.app,

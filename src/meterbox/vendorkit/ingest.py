@@ -65,7 +65,7 @@ import secrets
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -73,6 +73,7 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
 
+from meterbox.clock import SystemClock
 from meterbox.errors import ConfigError, FormatError, VerificationError
 from meterbox.ledger import (
     ChainState,
@@ -585,7 +586,7 @@ def ingest(
     """Verify and store one report; sign and write a receipt when it is accepted."""
     report_path = Path(report_path)
     _check_input(report_path)
-    vendor_now = now or datetime.now(UTC)
+    vendor_now = now or SystemClock().now()
     now_ms = int(vendor_now.timestamp() * 1000)
     keys = VendorKeys.load(home)
     ledger_keys: dict[bytes, X25519PrivateKey] = {

@@ -20,9 +20,9 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meterbox import crypto
 from meterbox._fs import atomic_write, check_private_file, write_new_file
+from meterbox.clock import Clock, SystemClock
 from meterbox.errors import FormatError, StateError
 from meterbox.licenses import (
     DocumentSigner,
@@ -202,10 +203,6 @@ class VendorKeys:
         return cls(bundle, pairs)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _write_pair(home: Path, pair: VendorKeyPair) -> None:
     keys_dir = home / KEYS_DIR
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -215,7 +212,7 @@ def _write_pair(home: Path, pair: VendorKeyPair) -> None:
 def init(
     home: Path,
     *,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Clock | None = None,
     pair: VendorKeyPair | None = None,
 ) -> VendorKeys:
     """Create the vendor's first key pair and ``vendor.pub`` in ``home``."""
@@ -231,7 +228,7 @@ def init(
             "that signed licenses in use",
         )
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pair = pair or VendorKeyPair.generate(clock())
+    pair = pair or VendorKeyPair.generate((clock or SystemClock()).now())
     _write_pair(home, pair)
     bundle = VendorPublicBundle((pair.public,), pair.key_id)
     atomic_write(existing, bundle.to_bytes(), mode=0o644)
@@ -241,13 +238,13 @@ def init(
 def rotate(
     home: Path,
     *,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Clock | None = None,
     pair: VendorKeyPair | None = None,
 ) -> VendorKeys:
     """Add a new key pair and make it current; keep every old one."""
     home = Path(home)
     keys = VendorKeys.load(home)
-    pair = pair or VendorKeyPair.generate(clock())
+    pair = pair or VendorKeyPair.generate((clock or SystemClock()).now())
     # The private file first: a crash before the bundle is replaced leaves an unused
     # file behind, never a published key without its private half.
     _write_pair(home, pair)

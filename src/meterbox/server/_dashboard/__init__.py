@@ -1,6 +1,6 @@
 """The site admin's dashboard, served by the license server at ``/``.
 
-``mount_dashboard(app, instance)`` returns an ASGI app that answers the dashboard's
+``build_site_dashboard(app, instance)`` returns an ASGI app that answers the dashboard's
 own paths (``/``, ``/login``, ``/logout``, ``/ui/...``) and hands every other request,
 and the lifespan, to ``app`` unchanged: the JSON API under ``/v1/``, the
 Cryptolens-compatible API under ``/api/``, ``/healthz``, ``/metrics`` and the OpenAPI
@@ -44,7 +44,7 @@ from meterbox.server._dashboard._history import HISTORY_DB, UsageHistory
 from meterbox.server._dashboard._views import seats_context, site_context
 from meterbox.server._instance import MAX_IMPORT_BYTES, ServerInstance, read_admin_token
 
-__all__ = ["SECURITY_HEADERS", "mount_dashboard"]
+__all__ = ["SECURITY_HEADERS", "build_site_dashboard"]
 
 #: Sent with every dashboard response. ``img-src data:`` is not needed: charts are inline SVG.
 SECURITY_HEADERS: Final = {
@@ -102,7 +102,7 @@ class _Router:
             self.after_write()
 
 
-def mount_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
+def build_site_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
     """Serve the admin dashboard at ``/`` in front of ``app`` (see the module docstring)."""
     sessions = Sessions(read_admin_token(instance.data))
     history = UsageHistory(Path(instance.data) / HISTORY_DB)

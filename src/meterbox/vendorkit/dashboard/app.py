@@ -13,7 +13,7 @@ a loopback port on the vendor's machine can already read ``vendor.db``.
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from meterbox.clock import Clock, SystemClock
 from meterbox.errors import ConfigError, MeterboxError
 from meterbox.vendorkit.anomaly import CODES
 from meterbox.vendorkit.billing import Period, bill
@@ -72,12 +73,13 @@ def _period(request: Request, now: datetime) -> Period:
     return Period.parse(text)
 
 
-def create_app(src: Source, *, clock: Any = None) -> Starlette:
-    """Build the dashboard for the vendor data at ``src``; ``clock()`` gives UTC now."""
+def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starlette:
+    """Build the dashboard for the vendor data at ``src``; ``clock`` gives the current period."""
     env = _env()
+    time_source = clock or SystemClock()
 
     def now() -> datetime:
-        return clock() if clock is not None else datetime.now(UTC)
+        return time_source.now()
 
     def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(**ctx)
