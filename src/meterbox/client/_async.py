@@ -66,7 +66,7 @@ T = TypeVar("T")
 class AsyncClient:
     """The asyncio twin of :class:`meterbox.client.Client`; same arguments, awaitable methods."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the documented SDK keywords (docs/client.md), checked once into ClientConfig
         self,
         url: str | Sequence[str] | None = None,
         *,

@@ -688,7 +688,7 @@ class ClientConfig:
     flush_interval: float | None
 
     @classmethod
-    def build(
+    def build(  # noqa: PLR0913 - one parameter per Client keyword, validated together
         cls,
         url: str | Sequence[str] | None,
         *,

@@ -69,7 +69,7 @@ class Client:
     >>> client.record("solver-runs", 3)                       # doctest: +SKIP
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the documented SDK keywords (docs/client.md), checked once into ClientConfig
         self,
         url: str | Sequence[str] | None = None,
         *,
