@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import date, datetime, timedelta
-from importlib import resources
 from typing import Any, Final
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
+from meterbox._web import dashboard_loader, dashboard_static
 from meterbox.clock import Clock, SystemClock
 from meterbox.errors import ConfigError, MeterboxError
 from meterbox.vendorkit.anomaly import CODES
@@ -58,7 +57,7 @@ def is_loopback(host: str) -> bool:
 
 def _env() -> Environment:
     env = Environment(
-        loader=PackageLoader("meterbox.vendorkit.dashboard", "templates"),
+        loader=dashboard_loader("meterbox.vendorkit.dashboard"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -169,7 +168,6 @@ def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starle
             "anomalies.html", nav="anomalies", findings=findings, codes=sorted(CODES.items())
         )
 
-    static = resources.files("meterbox.vendorkit.dashboard") / "static"
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
@@ -178,7 +176,7 @@ def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starle
             Route("/bill", bill_page, methods=["GET"]),
             Route("/bill.csv", bill_csv, methods=["GET"]),
             Route("/anomalies", anomalies, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=str(static)), name="static"),
+            Mount("/static", dashboard_static(), name="static"),
         ],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))],
     )
