@@ -23,6 +23,7 @@ from licensing.models import LicenseKey
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from meterbox.clock import SystemClock
 from meterbox.compat import (
     LIMIT_REACHED_MESSAGE,
     SIGN_METHOD_FLOATING_MESSAGE,
@@ -42,14 +43,15 @@ TOKEN = "any-token-is-ignored"
 NODE_MACHINE = "9f2c1e" * 10
 
 
-class Clock:
-    """Real time plus an offset the tests move forward to expire leases."""
+class Clock(SystemClock):
+    """Real time plus an offset (seconds) the tests move forward to expire leases."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.offset = 0.0
 
-    def __call__(self) -> float:
-        return time.time() + self.offset
+    def wall_ms(self) -> int:
+        return super().wall_ms() + int(self.offset * 1000)
 
 
 @dataclass
@@ -97,7 +99,7 @@ def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObjectView
 def server() -> Iterator[Server]:
     clock = Clock()
     signer = CryptolensSigner(_SIGNING_KEY)
-    backend = InMemoryBackend(_licenses(int(clock())), clock)
+    backend = InMemoryBackend(_licenses(clock.wall_ms() // 1000), clock)
     compat = create_cryptolens_app(backend, signer, clock)
     outer = Starlette(routes=[Mount("/api", compat)])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

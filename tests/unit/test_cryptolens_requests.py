@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
+from meterbox.clock import ManualClock
 from meterbox.compat import (
     CryptolensLicenseView,
     CryptolensLimitsConfig,
@@ -33,6 +34,7 @@ from meterbox.compat.memory import InMemoryBackend
 from meterbox.compat.wire import normalise_method, parse_form
 
 NOW = 1_750_000_000
+CLOCK = ManualClock(wall_ms=NOW * 1000)
 SIGNER = CryptolensSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 VIEW = CryptolensLicenseView(
     license_id="lic-1",
@@ -47,11 +49,11 @@ GOOD = "ProductId=3349&Key=KEY-1&MachineCode=m1&FloatingTimeInterval=100&SignMet
 
 
 def _backend() -> InMemoryBackend:
-    return InMemoryBackend([(VIEW, [DataObjectView(7, "usage", "", 3)])], lambda: NOW)
+    return InMemoryBackend([(VIEW, [DataObjectView(7, "usage", "", 3)])], CLOCK)
 
 
 def _service() -> CryptolensService:
-    return CryptolensService(_backend(), SIGNER, lambda: NOW)
+    return CryptolensService(_backend(), SIGNER, CLOCK)
 
 
 async def _post(app, path: str, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -69,7 +71,7 @@ async def _post(app, path: str, body: str, headers: dict[str, str] | None = None
 
 
 def _mounted():
-    compat = create_cryptolens_app(_backend(), SIGNER, lambda: NOW)
+    compat = create_cryptolens_app(_backend(), SIGNER, CLOCK)
     return Starlette(routes=[Mount("/api", compat)])
 
 
@@ -118,7 +120,7 @@ def test_wrapper_routes_api_in_any_case_and_leaves_other_paths_alone() -> None:
         return PlainTextResponse("other")
 
     outer = Starlette(routes=[Route("/healthz", other, methods=["POST"])])
-    wrapped = with_cryptolens_api(outer, create_cryptolens_app(_backend(), SIGNER, lambda: NOW))
+    wrapped = with_cryptolens_api(outer, create_cryptolens_app(_backend(), SIGNER, CLOCK))
     reply = asyncio.run(_post(wrapped, "/API//key/activate/", GOOD))
     assert reply.json()["result"] == 0
     assert asyncio.run(_post(wrapped, "/healthz", "")).text == "other"
@@ -138,7 +140,7 @@ def test_get_is_answered_with_result_1() -> None:
 
 def test_oversized_content_length_is_refused_before_reading() -> None:
     app = create_cryptolens_app(
-        _backend(), SIGNER, lambda: NOW, CryptolensLimitsConfig(max_body_bytes=100)
+        _backend(), SIGNER, CLOCK, CryptolensLimitsConfig(max_body_bytes=100)
     )
     response = asyncio.run(_post(app, "/key/activate", GOOD + "&x=" + "a" * 200))
     assert response.json()["result"] == 1

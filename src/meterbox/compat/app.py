@@ -14,8 +14,6 @@ The body is read with a hard cap (:attr:`CryptolensLimitsConfig.max_body_bytes`)
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meterbox.clock import Clock, SystemClock
 from meterbox.compat.backend import CryptolensBackend
 from meterbox.compat.errors import CryptolensRequestError, wire_message
 from meterbox.compat.service import CryptolensService
@@ -95,11 +94,11 @@ class _Endpoint:
 def create_cryptolens_app(
     backend: CryptolensBackend,
     signer: CryptolensSigner,
-    clock: Callable[[], float] = time.time,
+    clock: Clock | None = None,
     limits: CryptolensLimitsConfig | None = None,
 ) -> Starlette:
     """A Starlette app serving the Cryptolens Web API 3 calls the SDKs make offline."""
-    service = CryptolensService(backend, signer, clock, limits)
+    service = CryptolensService(backend, signer, clock or SystemClock(), limits)
     app = Starlette(routes=[Route("/{path:path}", _Endpoint(service))])
     # A 307/308 to the slash-less path breaks every SDK: they do not follow POST redirects.
     app.router.redirect_slashes = False

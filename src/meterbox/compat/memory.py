@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+from meterbox.clock import Clock
 from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
 from meterbox.compat.errors import BoundExceeded, UnknownDataObject
 from meterbox.errors import NoSeatAvailable
@@ -28,7 +29,7 @@ class InMemoryBackend:
     def __init__(
         self,
         licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObjectView]]],
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -45,7 +46,7 @@ class InMemoryBackend:
             self._objects[view.license_id] = {o.id: o for o in objects}
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._clock.wall_ms() // 1000
 
     def _live(self, license_id: str) -> dict[str, ActivatedMachine]:
         now = self._now()

@@ -22,9 +22,9 @@ Semantics (see ``docs/spec/cryptolens-compat.md`` for the full table):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from meterbox.clock import Clock
 from meterbox.compat.backend import ActivatedMachine, CryptolensBackend, CryptolensLicenseView
 from meterbox.compat.errors import (
     SIGN_METHOD_FLOATING_MESSAGE,
@@ -67,7 +67,7 @@ class CryptolensService:
         self,
         backend: CryptolensBackend,
         signer: CryptolensSigner,
-        clock: Callable[[], float],
+        clock: Clock,
         limits: CryptolensLimitsConfig | None = None,
     ) -> None:
         self._backend = backend
@@ -115,7 +115,7 @@ class CryptolensService:
         return await handler(form, ip)
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._clock.wall_ms() // 1000
 
     async def _license(self, form: Form) -> CryptolensLicenseView:
         product_id = form.integer("ProductId", low=0, high=INT32_MAX)

@@ -63,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -460,5 +460,4 @@ def mount_cryptolens(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
     """
     backend = EngineCryptolensBackend(instance)
     signer = CryptolensSigner.load(instance.data / CRYPTOLENS_KEY)
-    clock: Callable[[], float] = lambda: instance.clock.wall_ms() / 1000  # noqa: E731
-    return with_cryptolens_api(app, create_cryptolens_app(backend, signer, clock))
+    return with_cryptolens_api(app, create_cryptolens_app(backend, signer, instance.clock))
