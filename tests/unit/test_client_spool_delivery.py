@@ -31,6 +31,7 @@ from meterbox.client import (
     SpoolError,
     UsageEvent,
 )
+from meterbox.clock import ManualClock
 
 URL = "http://meterbox.test"
 MODES = ("up", "down", "503", "lost_reply", "500")
@@ -84,12 +85,19 @@ class FakeServer:
         return httpx.Response(200, json=answer)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
+class FakeClock(ManualClock):
+    """A manual clock whose wall time the tests set in seconds (``t``)."""
 
-    def __call__(self) -> float:
-        return self.t
+    def __init__(self) -> None:
+        super().__init__(wall_ms=1_000_000_000)
+
+    @property
+    def t(self) -> float:
+        return self.wall_ms() / 1000
+
+    @t.setter
+    def t(self, value: float) -> None:
+        self.step_wall(round(value * 1000) - self.wall_ms())
 
 
 def make_client(server: FakeServer, spool: Path, clock: FakeClock, **kw: object) -> Client:
