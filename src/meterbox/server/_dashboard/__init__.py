@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -112,7 +111,7 @@ class _SiteDashboard:
 
     def __init__(self, instance: ServerInstance) -> None:
         self.instance = instance
-        self.sessions = Sessions(read_admin_token(instance.data))
+        self.sessions = Sessions(read_admin_token(instance.data), clock=instance.clock)
         self.history = UsageHistory(Path(instance.data) / HISTORY_DB)
         self.env = _env()
         self.service = instance.service
@@ -129,7 +128,7 @@ class _SiteDashboard:
         # disk in a worker thread, so no API answer waits for the chart's file.
         if self.pending and not self.pending[0].done():
             return
-        mono = time.monotonic()
+        mono = self.instance.clock.mono_ms() / 1000
         if not self.history.due(mono):
             return
         at = self.service.now()
