@@ -60,7 +60,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: E402
-
 from ledger_support import (  # noqa: E402
     OTHER_VENDOR,
     OTHER_VENDOR_ID,
@@ -69,6 +68,8 @@ from ledger_support import (  # noqa: E402
     counter_random,
     next_epoch_forger,
 )
+from report_surgery import Parts, frame_offsets, join, split  # noqa: E402
+
 from meterbox.clock import ManualClock  # noqa: E402
 from meterbox.crypto import (  # noqa: E402
     key_id,
@@ -88,7 +89,6 @@ from meterbox.ledger import (  # noqa: E402
     _report,
     export_report,
 )
-from report_surgery import Parts, frame_offsets, join, split  # noqa: E402
 
 LICENSE_ID = "lic_00112233445566aa"
 #: Stands in for the license files a server puts in its report header.

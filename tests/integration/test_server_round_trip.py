@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from test_vendor_ingest_support import make_home
 from typer.testing import CliRunner
 
 from meterbox.cli import app as cli_app
@@ -26,6 +25,7 @@ from meterbox.server._instance import init_server, read_admin_token
 from meterbox.server._runtime import BuiltApp, build_app
 from meterbox.server._service import Settings
 from meterbox.vendorkit import keys as vendor_keys
+from support.vendor_ingest import make_home
 
 DAY_MS = 86_400_000
 START_MS = int(datetime(2026, 3, 2, 9, tzinfo=UTC).timestamp() * 1000)

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_vendor_ingest_support import Site, cli, codes, days, ingest_json, make_home, make_site
 
 from meterbox.ledger import LedgerWriter
 from meterbox.licenses import Feature, License, Meter
 from meterbox.vendorkit import _ingest_store as db
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.store import VendorStore
+from support.vendor_ingest import Site, cli, codes, days, ingest_json, make_home, make_site
 
 MIN = 60_000
 
