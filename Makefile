@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit env clean bench sysdeps
+.PHONY: demo test lint types unit env clean bench sysdeps vectors
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ sysdeps:
 	bash scripts/install-system-deps.sh
 
 test: sysdeps lint types unit
+
+# Regenerate every checked-in test vector set; each generator sits beside its data and
+# runs from tests/ so that it imports the shared builders as the support package.
+vectors: $(STAMP)
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ledger.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.licenses.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.cryptolens.generate
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
