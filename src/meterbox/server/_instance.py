@@ -18,6 +18,7 @@ open the directory directly when it does not.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -38,7 +39,7 @@ from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
-from meterbox.server._service import LicenseService, Settings
+from meterbox.server._service import LicenseService, Settings, Sleep
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 
@@ -218,6 +219,7 @@ class ServerInstance:
         clock: Clock | None = None,
         settings: Settings | None = None,
         force_recover: bool = False,
+        sleep: Sleep = asyncio.sleep,
     ) -> ServerInstance:
         clock = clock or SystemClock()
         if not (data / LEDGER_DIR).exists():
@@ -265,6 +267,7 @@ class ServerInstance:
                 settings=settings or Settings(),
                 wall=lambda: datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
                 monotonic=lambda: clock.mono_ms() / 1000,
+                sleep=sleep,
             )
         except BaseException:
             writer.close()

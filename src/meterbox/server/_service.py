@@ -54,6 +54,11 @@ from meterbox.server._state import StateStore
 
 log = logging.getLogger("meterbox.server")
 
+#: How the housekeeping loop waits between rounds, :func:`asyncio.sleep` by default.
+#: Stopping the server cancels the loop, so the wait needs no stop signal of its own.
+#: Tests pass their own to run each round when they choose instead of sleeping.
+Sleep = Callable[[float], Awaitable[None]]
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -98,6 +103,7 @@ class LicenseService:
         settings: Settings = Settings(),
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -107,6 +113,7 @@ class LicenseService:
         self.settings = settings
         self._wall = wall
         self._mono = monotonic
+        self._sleep = sleep
         self._lock = asyncio.Lock()
         self._persist = GroupCommitter[list[Change], None](self._flush_state)
         #: Changes whose state commit failed (a full disk), committed before the next ones.
@@ -137,6 +144,7 @@ class LicenseService:
         rng: Callable[[int], bytes] = os.urandom,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> LicenseService:
         """Load the state (initialising it on first use) and build a service on it."""
         now = wall()
@@ -157,6 +165,7 @@ class LicenseService:
             settings=settings,
             wall=wall,
             monotonic=monotonic,
+            sleep=sleep,
         )
 
     # -------------------------------------------------------------- clock
@@ -505,13 +514,17 @@ class LicenseService:
         return len(keys)
 
     async def run_housekeeping(self) -> None:
-        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals."""
-        last_beat = last_prune = time.monotonic()
+        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals.
+
+        The waits go through the injected ``sleep`` and the intervals are measured on the
+        injected monotonic clock, so a test can run each round at a time of its choosing.
+        """
+        last_beat = last_prune = self._mono()
         while True:
-            await asyncio.sleep(self.settings.cull_interval)
+            await self._sleep(self.settings.cull_interval)
             try:
                 await self.cull()
-                mono = time.monotonic()
+                mono = self._mono()
                 if mono - last_beat >= self.settings.heartbeat_interval:
                     last_beat = mono
                     await self.write_heartbeat()
@@ -561,4 +574,4 @@ class LicenseService:
                 await s
 
 
-__all__ = ["LicenseService", "Settings"]
+__all__ = ["LicenseService", "Settings", "Sleep"]
