@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from meterbox.vendorkit.store import VendorStore
 
 from meterbox.ledger import LedgerWriter
+from meterbox.vendorkit import VendorStore
 from support.report_surgery import frame_offsets
 from support.vendor_ingest import (
     SITE_START_MS,

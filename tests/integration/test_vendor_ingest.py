@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from meterbox.vendorkit.store import VendorStore
 
 from meterbox.ledger import Head
 from meterbox.licenses import Receipt, VendorPublicBundle
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit.ingest import ingest
 from support.vendor_ingest import (
     VENDOR_NOW,
