@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from meterbox.tpm import TpmAnchor, TpmDevice, TpmPins, verify_attestation  # noqa: E402
-from tpm_fixture import Swtpm  # noqa: E402
+from support.tpm import Swtpm  # noqa: E402
 
 AUTH = b"bench counter auth"
 HEAD = b"\xab" * 32

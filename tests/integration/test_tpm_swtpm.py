@@ -38,7 +38,7 @@ from meterbox.tpm import (
     make_credential_challenge,
     verify_attestation,
 )
-from tpm_fixture import Swtpm, SwtpmFactory, SwtpmMissing, manufacture_with_ek_cert
+from support.tpm import Swtpm, SwtpmFactory, SwtpmMissing, manufacture_with_ek_cert
 
 AUTH = b"counter-auth"
 HEAD1 = bytes(range(32))
@@ -306,9 +306,10 @@ def test_missing_swtpm_binary_fails_rather_than_skips(tmp_path: Path) -> None:
 def test_vector_capture_script_reproduces_every_declared_result(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent.parent
     proc = subprocess.run(
-        [sys.executable, str(root / "scripts" / "capture_vectors_tpm.py"), "--out", str(tmp_path)],
+        [sys.executable, "-m", "vectors.tpm.capture", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
+        cwd=root / "tests",
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

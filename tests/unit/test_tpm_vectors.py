@@ -1,22 +1,20 @@
 """The checked-in TPM attestation vectors verify exactly as their JSON declares.
 
-The vectors (tests/vectors/tpm/, captured by scripts/capture_vectors_tpm.py from swtpm)
+The vectors (tests/vectors/tpm/, captured by tests/vectors/tpm/capture.py from swtpm)
 pin docs/spec/tpm-attestation.md: another verifier can be checked against the same files.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-VECTORS = ROOT / "tests" / "vectors" / "tpm"
-sys.path.insert(0, str(ROOT / "scripts"))
-from capture_vectors_tpm import run_case  # noqa: E402
+from vectors.tpm.capture import run_case
+
+VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "tpm"
 
 
 def _cases(name: str) -> list[dict[str, Any]]:

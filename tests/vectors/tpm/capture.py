@@ -16,7 +16,8 @@ Each case: ``bundle`` (hex of a meterbox-tpm-attestation/1 bundle, or null), ``h
 every case against the real verifier before writing and stops if one does not produce
 the result declared for it.
 
-Usage: python scripts/capture_vectors_tpm.py [--out DIR]
+Usage, from ``tests/``: ``python -m vectors.tpm.capture [--out DIR]`` (default: this
+directory). Not part of ``make vectors``: every capture changes the bytes.
 """
 
 from __future__ import annotations
@@ -28,11 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from meterbox.tpm import (  # noqa: E402
+from meterbox.tpm import (
     AttestationBundle,
     TpmAnchor,
     TpmDevice,
@@ -40,7 +37,7 @@ from meterbox.tpm import (  # noqa: E402
     TpmPins,
     verify_attestation,
 )
-from tpm_fixture import Swtpm  # noqa: E402
+from support.tpm import Swtpm
 
 AUTH = b"meterbox vectors counter auth"
 HEADS = [bytes([i]) * 32 for i in (0xA1, 0xA2, 0xA3)]
@@ -188,7 +185,7 @@ def capture(work: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "vectors" / "tpm")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meterbox-tpm-vectors-") as work:
         valid, invalid = capture(Path(work))

@@ -4,7 +4,7 @@
 --ctrl port=P+1 --flags not-need-init,startup-clear`` and stops it; the same state
 directory started again is the same TPM (its NV counters and seeds survive), another
 directory is another TPM. The class has no pytest dependency so bench/tpm_bench.py and
-scripts/capture_vectors_tpm.py use it too.
+tests/vectors/tpm/capture.py use it too.
 
 Fixtures: ``swtpm_factory`` (function scope) starts as many TPMs as a test wants and
 stops them all afterwards; ``swtpm`` is one of them, started. A missing ``swtpm``
