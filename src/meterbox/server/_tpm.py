@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from meterbox._fs import atomic_write
-from meterbox.tpm import TpmAnchor, TpmDevice, TpmMode, decide_mode
+from meterbox.tpm import TpmAnchor, TpmMode, TpmProbe, decide_mode
 
 TPM_CONFIG: Final = "tpm.json"
 CONFIG_VERSION: Final = 1
@@ -44,12 +44,28 @@ class TpmSetup:
         return entry
 
 
+def _probe(tcti: str) -> TpmProbe:
+    try:
+        from meterbox.tpm import TpmDevice
+    except ImportError as exc:
+        # A lean install without the ``tpm`` extra: there is no way to talk to a TPM, which
+        # ``auto`` treats like no TPM and ``require`` refuses, naming the fix.
+        return TpmProbe(
+            tcti,
+            False,
+            f"the TPM library is not installed ({exc.name}; pip install 'meterbox[tpm]')",
+        )
+    return TpmDevice.probe(tcti)
+
+
 def prepare_tpm(mode: TpmMode, tcti: str) -> TpmSetup:
-    probe = None if mode is TpmMode.OFF else TpmDevice.probe(tcti)
+    probe = None if mode is TpmMode.OFF else _probe(tcti)
     decision = decide_mode(mode, probe)
     if not decision.use_tpm or decision.tcti is None:
         return TpmSetup(mode, None, decision.reason, None, {"tpm": "none"}, None)
     auth = secrets.token_bytes(_AUTH_LEN)
+    from meterbox.tpm import TpmDevice
+
     with TpmDevice(decision.tcti) as device:
         anchor = TpmAnchor.initialise(device, auth)
         return TpmSetup(

@@ -21,6 +21,9 @@ Public API (everything else is private):
   pure decisions for ``server init --tpm`` and for opening a ledger.
 """
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from meterbox.tpm._anchor import Anchor, NullAnchor, TpmAnchor
 from meterbox.tpm._bundle import AttestationBundle, qualifying_data
 from meterbox.tpm._credential import (
@@ -29,8 +32,10 @@ from meterbox.tpm._credential import (
     credential_proof,
     make_credential_challenge,
 )
-from meterbox.tpm._device import DEFAULT_AK_HANDLE, DEFAULT_NV_INDEX, DEFAULT_TCTI, TpmDevice
 from meterbox.tpm._policy import (
+    DEFAULT_AK_HANDLE,
+    DEFAULT_NV_INDEX,
+    DEFAULT_TCTI,
     CounterVerdict,
     TpmDecision,
     TpmMode,
@@ -50,6 +55,27 @@ from meterbox.tpm._verify import (
     VerifiedAttestation,
     verify_attestation,
 )
+
+if _TYPE_CHECKING:
+    from meterbox.tpm._device import TpmDevice
+
+
+def __getattr__(name: str) -> _Any:
+    # The TPM shell needs tpm2-pytss (the optional ``meterbox[tpm]`` extra, built against
+    # the system's libtss2); everything else here, the vendor's verification included,
+    # imports without it. ImportError from here means that extra is not installed.
+    if name == "TpmDevice":
+        from meterbox.tpm._device import TpmDevice
+
+        return TpmDevice
+    if name == "TpmAnchor":
+        return TpmAnchor
+    raise AttributeError(f"module 'meterbox.tpm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "TpmDevice"})
+
 
 __all__ = [
     "DEFAULT_AK_HANDLE",

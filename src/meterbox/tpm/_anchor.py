@@ -13,13 +13,17 @@ commits the record with the returned value. See docs/spec/tpm-attestation.md.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from meterbox.errors import FormatError, StateError
 from meterbox.tpm._bundle import HEAD_LEN, NONCE_LEN, AttestationBundle, qualifying_data
 from meterbox.tpm._credential import CredentialChallenge, credential_proof
-from meterbox.tpm._device import DEFAULT_AK_HANDLE, DEFAULT_NV_INDEX, TpmDevice
+from meterbox.tpm._policy import DEFAULT_AK_HANDLE, DEFAULT_NV_INDEX
 from meterbox.tpm._structs import parse_nv_attest
+
+if TYPE_CHECKING:
+    # Only the shell talks to tpm2-pytss; an anchor is handed an open device.
+    from meterbox.tpm._device import TpmDevice
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from meterbox.errors import StateError
 from meterbox.tpm import _structs as s
-from meterbox.tpm._policy import TpmProbe
+from meterbox.tpm._policy import DEFAULT_AK_HANDLE, DEFAULT_TCTI, TpmProbe
 
 # ESYS logs every TPM error response to stderr by itself; meterbox reports errors through
 # its own messages, so the library's log is off unless the operator asks for it.
@@ -62,9 +62,6 @@ from tpm2_pytss import TPM2B_PUBLIC as _TPM2B_PUBLIC
 from tpm2_pytss import TCTILdr as _TCTILdr
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
-DEFAULT_TCTI: Final = "device:/dev/tpmrm0"
-DEFAULT_NV_INDEX: Final = 0x01004D42
-DEFAULT_AK_HANDLE: Final = 0x81004D42
 COUNTER_SIZE: Final = 8
 #: TCG EK Credential Profile low-range certificate indices.
 EK_CERT_RSA2048: Final = 0x01C00002

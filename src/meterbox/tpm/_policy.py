@@ -13,8 +13,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from meterbox.errors import ConfigError, FormatError
+
+#: Where a TPM is looked for by default, and the handles meterbox uses on it.
+DEFAULT_TCTI: Final = "device:/dev/tpmrm0"
+DEFAULT_NV_INDEX: Final = 0x01004D42
+DEFAULT_AK_HANDLE: Final = 0x81004D42
 
 
 class TpmMode(enum.StrEnum):
