@@ -39,9 +39,7 @@ def tally() -> Tally:
 
 
 @pytest.mark.parametrize("attack", STRONG)
-def test_attack_that_leaves_evidence_is_found_on_a_held_out_site(
-    tally: Tally, attack: str
-) -> None:
+def test_attack_that_leaves_evidence_is_found_on_a_held_out_site(tally: Tally, attack: str) -> None:
     assert tally.rate(attack) == 1.0, tally.as_dict()
 
 
