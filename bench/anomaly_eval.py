@@ -80,6 +80,10 @@ class CaseRun:
     ingest: dict[str, list[tuple[str, str]]]
 
 
+# Pickles name the class by this module's import name even when it runs as a script.
+CaseRun.__module__ = "anomaly_eval"
+
+
 def simulate(seeds: Iterable[int], out: Path, cases: Sequence[str], *, progress: bool) -> None:
     """Simulate every case of every seed's site and pickle the histories under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,7 @@ def prefix(h: InstanceHistory, n: int) -> InstanceHistory:
         h.grace_ms,
         h.reports[:n],
         h.known_leases,
+        h.license_issued_ms,
     )
 
 

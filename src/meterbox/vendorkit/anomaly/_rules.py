@@ -226,7 +226,16 @@ def clock_checks(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     evs = [*prior, *report.events]
     index = {e.seq: i for i, e in enumerate(evs)}
     out = []
+    # One finding per code, the first, with how often it recurred: fifty lines that
+    # each say "dated ten days ahead" tell the clerk no more than one.
+    seen: dict[str, int] = {}
     for f in checker.findings():
+        if f.seq is not None:
+            seen[f.code] = seen.get(f.code, 0) + 1
+    firsts = {}
+    for f in checker.findings():
+        firsts.setdefault(f.code, f)
+    for f in firsts.values():
         at = index.get(f.seq) if f.seq is not None else None
         size = _clock_size(f.code, evs, at, report)
         sev = clock_severity(f.code, size, th)
@@ -234,7 +243,9 @@ def clock_checks(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
             Anomaly(
                 f.code,
                 sev,
-                f.message + _clock_advice(f.code, sev),
+                f.message
+                + (f" ({seen[f.code]} records in all)" if seen.get(f.code, 0) > 1 else "")
+                + _clock_advice(f.code, sev),
                 h.instance_id,
                 report.digest,
                 f.seq,
