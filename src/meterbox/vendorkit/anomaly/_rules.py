@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from meterbox.ledger import RecordType
+from meterbox.ledger import Finding, RecordType
 from meterbox.vendorkit import clockcheck
 from meterbox.vendorkit.anomaly._features import (
     BOOT,
@@ -232,7 +232,7 @@ def clock_checks(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     for f in checker.findings():
         if f.seq is not None:
             seen[f.code] = seen.get(f.code, 0) + 1
-    firsts = {}
+    firsts: dict[str, Finding] = {}
     for f in checker.findings():
         firsts.setdefault(f.code, f)
     for f in firsts.values():
