@@ -103,6 +103,8 @@ LEGIT = (
     "seasonal_growth",  # workload grows 40-80 % over the period
 )
 ALL_CASES = (*LEGIT, *ATTACKS)
+#: Extra report periods the clean continuation of a site lives, by reporting interval.
+CLEAN_EXTRA_PERIODS = {7: 4, 30: 1}
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,10 @@ class SiteSim:
             data, clock=clock, settings=Settings(heartbeat_interval=TICK_MS / 1000)
         )
         child.plan = child._plan()
+        if case == "clean":
+            # Clean reports are what the false-alarm rate is measured on: the clean
+            # continuation lives on for more periods than the cases do.
+            child.end += CLEAN_EXTRA_PERIODS[self.profile.report_days] * self.period_ms
         if case.startswith(("under_report_", "drop_meter", "selective_meter")):
             # Patched clients are installed once and report less from then on: the
             # judged period is under-reported from its start.

@@ -61,7 +61,7 @@ THRESHOLDS = Thresholds(clock=POLICY)
 INGEST_PREFIXES = ("ledger.", "report.", "license.", "record.")
 ALARM = frozenset({"warning", "critical"})
 #: Reports of accepted history a report needs before its clean verdict is counted.
-MIN_HISTORY = 3
+MIN_HISTORY = 2
 
 
 @dataclass

@@ -112,8 +112,11 @@ class Thresholds:
     #: The clock and heartbeat checks (:mod:`meterbox.vendorkit.clockcheck`, the one
     #: implementation ingest uses too). Its heartbeat interval must be the server's.
     clock: ClockPolicy = field(default_factory=ClockPolicy)
-    #: Usage stopping: probability of seeing no usage record at the history rate.
-    silence_p: float = 1e-5
+    #: Usage stopping: a silence (seats out, server running, no usage) longer than
+    #: this many times the longest of any slice of history, and at least
+    #: ``silence_min_ms``, is reported.
+    silence_factor: float = 2.0
+    silence_min_ms: int = 4 * HOUR_MS
     #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
     rate_z: float = 3.5
     #: Relative drop of usage per seat-hour that always counts as normal variation.

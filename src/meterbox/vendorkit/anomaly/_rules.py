@@ -388,65 +388,78 @@ def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 
 
 def usage_stopped(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Seats checked out, the server running, and no usage for implausibly long.
+    """Seats checked out, the server running, and no usage for far longer than ever before.
 
-    From accepted history, cut into slices of ``slice_ms``: usage records per
-    seat-hour (three quarters of the lower quartile of the slices' rates, so a slow
-    week does not raise alarms). A silence of ``S`` seat-hours has Poisson
-    probability ``exp(-rate * S)``; below ``silence_p`` it is reported. Silence is
-    counted only while the server ran: the time between two records further apart
-    than a heartbeat gap, and anything across a restart, is downtime, which
-    :func:`downtime` judges.
+    A *silence* is wall time during which at least one seat was checked out, the
+    server was writing records (no two records further apart than a heartbeat gap,
+    no restart: downtime is :func:`downtime`'s business) and no usage was recorded.
+    Clients meter in batches, and all of a site's clients often flush together, so
+    silences are neither Poisson nor per seat: the baseline is empirical, the
+    longest silence of each slice of accepted history. A silence longer than
+    ``silence_factor`` times the longest of them, and at least ``silence_min_ms``, is
+    reported.
     """
     report = _judged(h)
     if report is None or not _enough_history(h, th):
         return []
     past = [e for r in h.reports[:-1] for e in r.events]
-    rates = [r for r in (_records_per_seat_hour(sl) for sl in _slices(past, th.slice_ms)) if r > 0]
-    if len(rates) < th.min_history_slices:
+    longest = []
+    leases: set[str] = set()
+    for sl in _slices(past, th.slice_ms):
+        worst, leases = _longest_silence(sl, leases, th.clock.gap_ms)
+        longest.append(worst[0])
+    if len(longest) < th.min_history_slices:
         return []
-    rate = sorted(rates)[len(rates) // 4] * 0.75
-    limit = -math.log(th.silence_p) / rate
-    ctx = _context(h)
-    leases = set(ctx.open_leases)
-    gap = th.clock.gap_ms
-    silent_ms, last_t = 0.0, report.events[0].wall_ms if report.events else 0
-    out: list[Anomaly] = []
-    reported = False
-    for e in report.events:
-        dt = e.wall_ms - last_t
-        if leases and 0 < dt <= gap:
-            silent_ms += dt * len(leases)
-        last_t = max(last_t, e.wall_ms)
+    limit = max(th.silence_factor * max(longest), th.silence_min_ms)
+    (silent, _first, end), _ = _longest_silence(
+        report.events, set(_context(h).open_leases), th.clock.gap_ms
+    )
+    if silent <= limit or end is None:
+        return []
+    return [
+        Anomaly(
+            USAGE_STOPPED,
+            "warning",
+            f"seats stayed checked out for {_fmt_ms(silent)} up to record {end.seq} while the "
+            "server ran, with no usage recorded; the longest such silence in this site's "
+            f"history was {_fmt_ms(max(longest))}. Legitimate causes look like sessions "
+            "left open over a holiday, which earlier reports would already show. Ask the "
+            "customer whether clients were changed or could not reach the server",
+            h.instance_id,
+            report.digest,
+            end.seq,
+            end.wall_ms,
+            score=silent / max(1, *longest),
+        )
+    ]
+
+
+def _longest_silence(
+    events: Sequence[Event], leases: set[str], gap_ms: int
+) -> tuple[tuple[int, Event | None, Event | None], set[str]]:
+    """The longest silence in ``events`` (ms, first and last record) and leases open after."""
+    leases = set(leases)
+    best: tuple[int, Event | None, Event | None] = (0, None, None)
+    run, first, prev = 0, None, None
+    for e in events:
+        if prev is not None:
+            dt = e.wall_ms - prev.wall_ms
+            if leases and 0 <= dt <= gap_ms and e.kind not in (BOOT, RECOVERY):
+                if first is None:
+                    first = prev
+                run += dt
+                if run > best[0]:
+                    best = (run, first, e)
+            elif dt > gap_ms or e.kind in (BOOT, RECOVERY) or not leases:
+                run, first = 0, None
         if e.kind in (USAGE, DECREMENT):
-            silent_ms, reported = 0.0, False
-            continue
-        if e.kind == BOOT:
-            silent_ms = 0.0
-        if not reported and silent_ms / HOUR_MS > limit:
-            reported = True
-            out.append(
-                Anomaly(
-                    USAGE_STOPPED,
-                    "warning",
-                    f"seats stayed checked out for {silent_ms / HOUR_MS:.1f} seat-hours up to "
-                    f"record {e.seq} while the server ran, with no usage recorded; this "
-                    f"site's history expects about {rate * silent_ms / HOUR_MS:.0f} usage "
-                    "records in that time. Legitimate causes look like seats left open "
-                    "overnight by idle sessions, which history would already show. Ask the "
-                    "customer whether clients were changed or could not reach the server",
-                    h.instance_id,
-                    report.digest,
-                    e.seq,
-                    e.wall_ms,
-                    score=rate * silent_ms / HOUR_MS,
-                )
-            )
-        if e.kind == CHECKOUT:
+            run, first = 0, None
+        elif e.kind == CHECKOUT:
             leases.add(e.lease)
         elif e.kind in (RELEASE, EXPIRE):
             leases.discard(e.lease)
-    return out
+        prev = e
+    return best, leases
 
 
 def _enough_history(h: InstanceHistory, th: Thresholds) -> bool:
@@ -468,12 +481,6 @@ def _slices(events: Sequence[Event], slice_ms: int) -> list[list[Event]]:
             out.append([])
         out[-1].append(e)
     return out
-
-
-def _records_per_seat_hour(events: Sequence[Event]) -> float:
-    hours, _ = hourly(list(events))
-    seat_h = sum(hours.seat_ms.values()) / HOUR_MS
-    return sum(hours.records.values()) / seat_h if seat_h > 1 else 0.0
 
 
 def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
@@ -710,6 +717,8 @@ def downtime(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
             leases.add(e.lease)
         elif e.kind in (RELEASE, EXPIRE):
             leases.discard(e.lease)
+            # The last heartbeat's count is stale once a seat is given back.
+            in_use = max(0, in_use - 1)
         elif e.kind == HEARTBEAT and e.in_use >= 0:
             in_use = e.in_use
         elif e.kind in (BOOT, RECOVERY):
