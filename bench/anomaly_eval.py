@@ -80,10 +80,6 @@ class CaseRun:
     ingest: dict[str, list[tuple[str, str]]]
 
 
-# Pickles name the class by this module's import name even when it runs as a script.
-CaseRun.__module__ = "anomaly_eval"
-
-
 def simulate(seeds: Iterable[int], out: Path, cases: Sequence[str], *, progress: bool) -> None:
     """Simulate every case of every seed's site and pickle the histories under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -331,4 +327,8 @@ def _seeds(spec: str) -> Sequence[int]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module, not this script's copy, so pickled CaseRuns name
+    # ``anomaly_eval.CaseRun`` whoever loads them later.
+    import anomaly_eval
+
+    raise SystemExit(anomaly_eval.main())
