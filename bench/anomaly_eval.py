@@ -247,10 +247,26 @@ def score(run: CaseRun, tally: Tally, th: Thresholds = THRESHOLDS) -> None:
     tally.add(run.case, bool(codes), codes, info)
 
 
+class _Unpickler(pickle.Unpickler):
+    """Reads case files written by earlier runs of this script as ``__main__``."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if module == "__main__" and name == "CaseRun":
+            return CaseRun
+        found: type = super().find_class(module, name)
+        return found
+
+
+def load_runs(path: Path) -> list[CaseRun]:
+    with path.open("rb") as f:
+        runs: list[CaseRun] = _Unpickler(f).load()
+    return runs
+
+
 def judge_dir(directory: Path, cases: Sequence[str] | None = None) -> Tally:
     tally = Tally()
     for path in sorted(directory.glob("seed-*.pkl")):
-        for run in pickle.loads(path.read_bytes()):
+        for run in load_runs(path):
             if cases is None or run.case in cases:
                 score(run, tally)
     return tally
