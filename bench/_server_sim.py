@@ -50,12 +50,12 @@ from meterbox.errors import MeterboxError
 from meterbox.ledger import Known, RecordType, ReportVerifier
 from meterbox.licenses import Feature, License, Meter
 from meterbox.server._instance import ServerInstance, init_server
-from meterbox.server._service import Settings
+from meterbox.server._service import ServiceConfig
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.anomaly import Event, InstanceHistory, ReportView, event_from_record
 from meterbox.vendorkit.clockcheck import ClockPolicy
 from meterbox.vendorkit.ingest import ingest
-from meterbox.vendorkit.store import VendorStore
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -222,7 +222,7 @@ class Server:
         self.boots += 1
         self.clock.reboot(self.boots.to_bytes(16, "big"), mono_ms=1_000 + self.boots)
         self.inst = ServerInstance.open(
-            self.data, clock=self.clock, settings=Settings(heartbeat_interval=TICK_MS / 1000)
+            self.data, clock=self.clock, settings=ServiceConfig(heartbeat_interval=TICK_MS / 1000)
         )
         self.instance_id = self.inst.writer.instance_id.hex()
 
@@ -325,7 +325,7 @@ class SiteSim:
             src.offset_ms,
         )  # fmt: skip
         child.main.inst = ServerInstance.open(
-            data, clock=clock, settings=Settings(heartbeat_interval=TICK_MS / 1000)
+            data, clock=clock, settings=ServiceConfig(heartbeat_interval=TICK_MS / 1000)
         )
         child.plan = child._plan()
         if case == "clean":
@@ -438,28 +438,8 @@ class SiteSim:
         return self.run(self.judged_from)
 
     async def _run(self, until_ms: int) -> None:
-        p = self.profile
         while self.now < until_ms:
-            w = (self.now - START_MS) // WEEK
-            if w != self.week:
-                self.week = w
-                # Workload mix drifts from week to week, per meter a little differently.
-                self.workload = float(np.exp(self.rng.normal(0, 0.08)))
-                if self.rng.random() < p.restart_per_week:
-                    self.planned_restart_at = (
-                        self.now + 6 * DAY + 3 * HOUR + int(self.rng.integers(0, 60)) * MIN
-                    )
-            if self.planned_restart_at is not None and self.now >= self.planned_restart_at:
-                self.planned_restart_at = None
-                await self._restart(
-                    self.main, clean=True, down_ms=int(self.rng.integers(3, 20)) * MIN
-                )
-            if p.rough_ntp and self.main.up and self.rng.random() < TICK_MS / (2 * DAY):
-                # A fast or slow oscillator: NTP keeps the wall clock on time with steps
-                # of seconds to minutes, mostly the same way, while monotonic time runs
-                # on the oscillator, so wall minus monotonic time creeps in one direction.
-                step = int(self.rng.uniform(2, 150) * 1000) * (1 if self.rng.random() < 0.8 else -1)
-                self._drift_monotonic(self.main, step)
+            await self._background()
             if self.now >= self.plan["at"] and not self.began:
                 self.began = True
                 await self._begin_case()
@@ -470,16 +450,41 @@ class SiteSim:
             self._advance(TICK_MS)
             if self.now >= self.next_report and self.main.up:
                 self.next_report += self.period_ms
-                await self._report(self.main)
-                if self.began:
-                    self.attacked.add(len(self.main.reports) - 1)
-                for other in self.others:
-                    if other.up and getattr(other, "reports_to_vendor", False):
-                        await self._report(other)
+                await self._reports()
         if until_ms >= self.end:
             for server in (self.main, *self.others):
                 if server.up:
                     server.stop(clean=True)
+
+    async def _reports(self) -> None:
+        await self._report(self.main)
+        if self.began:
+            self.attacked.add(len(self.main.reports) - 1)
+        for other in self.others:
+            if other.up and getattr(other, "reports_to_vendor", False):
+                await self._report(other)
+
+    async def _background(self) -> None:
+        """What happens at every site: weekly drift, planned restarts, NTP."""
+        p = self.profile
+        w = (self.now - START_MS) // WEEK
+        if w != self.week:
+            self.week = w
+            # Workload mix drifts from week to week, per meter a little differently.
+            self.workload = float(np.exp(self.rng.normal(0, 0.08)))
+            if self.rng.random() < p.restart_per_week:
+                self.planned_restart_at = (
+                    self.now + 6 * DAY + 3 * HOUR + int(self.rng.integers(0, 60)) * MIN
+                )
+        if self.planned_restart_at is not None and self.now >= self.planned_restart_at:
+            self.planned_restart_at = None
+            await self._restart(self.main, clean=True, down_ms=int(self.rng.integers(3, 20)) * MIN)
+        if p.rough_ntp and self.main.up and self.rng.random() < TICK_MS / (2 * DAY):
+            # A fast or slow oscillator: NTP keeps the wall clock on time with steps
+            # of seconds to minutes, mostly the same way, while monotonic time runs
+            # on the oscillator, so wall minus monotonic time creeps in one direction.
+            step = int(self.rng.uniform(2, 150) * 1000) * (1 if self.rng.random() < 0.8 else -1)
+            self._drift_monotonic(self.main, step)
 
     def _advance(self, ms: int) -> None:
         self.now += ms
@@ -683,7 +688,15 @@ class SiteSim:
             self.users = 1 / 3
         elif k == "seasonal_growth":
             self.plan["grow"] = float(rng.uniform(0.4, 0.8))
-        elif k.startswith("snapshot_"):
+        else:
+            await self._begin_attack()
+
+    async def _begin_attack(self) -> None:
+        k = self.case
+        rng = self.rng
+        at = self.plan["at"]
+        main = self.main
+        if k.startswith("snapshot_"):
             await self._snapshot_begin(k)
         elif k in ("stop_clean", "stop_kill"):
             self.plan["stop_at"] = at
