@@ -39,6 +39,8 @@ SHUTDOWN: Final = "shutdown"
 CLOCK_STEP: Final = "clock.step"
 RECEIPT: Final = "receipt.imported"
 RECOVERY: Final = "recovery"
+#: A renewal or release of a lease the server did not hold (payload ``i``, ``o``).
+UNKNOWN_LEASE: Final = "seat.unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,8 @@ class Thresholds:
     #: accepted history, whichever is the stronger requirement).
     min_history_reports: int = 2
     min_history_slices: int = 3
-    #: Downtime: expected work lost, in days of the customer's average day, that
+    #: Downtime: expected work lost, in working days (the mean of the site's five
+    #: busiest days of the week), that
     #: makes a stop that was unclean or left seats out a warning; and the total over
     #: the report of such stops. A power cut of three working hours loses about 0.4.
     downtime_warn_days: float = 0.6
@@ -165,7 +168,7 @@ def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: 
             amount=-amount if kind == DECREMENT else amount,
             meter=m if isinstance(m, str) else "",
         )
-    if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE):
+    if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE, UNKNOWN_LEASE):
         lease = p.get("i", "")
         return Event(seq, kind, wall_ms, mono_ms, lease=lease if isinstance(lease, str) else "")
     if kind == HEARTBEAT:

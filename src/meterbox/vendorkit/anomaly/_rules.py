@@ -41,6 +41,7 @@ from meterbox.vendorkit.anomaly._features import (
     RELEASE,
     RENEW,
     SHUTDOWN,
+    UNKNOWN_LEASE,
     USAGE,
     WEEK_HOURS,
     Event,
@@ -364,7 +365,7 @@ def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     for e in report.events:
         if e.kind == CHECKOUT:
             known.add(e.lease)
-        elif e.kind in (RENEW, RELEASE, EXPIRE) and e.lease and e.lease not in known:
+        elif e.kind in (RENEW, RELEASE, EXPIRE, UNKNOWN_LEASE) and e.lease and e.lease not in known:
             orphans.append(e)
             known.add(e.lease)
     if not orphans:
@@ -687,8 +688,9 @@ def downtime(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     For every restart in the judged report (a BOOT or RECOVERY record), the downtime
     runs from the last record before it to the restart. Its cost is the work this
     site usually does in those hours of the week (the mean units per hour of week
-    over accepted history), in units of its average day. A stop is *planned* when it
-    ended with a SHUTDOWN record and no seat was checked out; otherwise it is
+    over accepted history), in working days (the mean of its five busiest days). A
+    stop is *planned* when it ended with a SHUTDOWN record and no seat was checked
+    out; otherwise it is
     *unplanned* (a crash, a power cut, kill -9, or a restored copy whose records end
     where the copy was taken).
 
@@ -777,7 +779,7 @@ def downtime(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 
 
 def _week_profile(events: Sequence[Event]) -> tuple[list[float], float] | None:
-    """Mean units per hour of week over ``events`` and the mean units per day.
+    """Mean units per hour of week over ``events`` and the units of a working day.
 
     ``None`` with less than two weeks of history or no usage at all.
     """
@@ -801,7 +803,10 @@ def _week_profile(events: Sequence[Event]) -> tuple[list[float], float] | None:
         counts[w] += 1
         t += HOUR_MS
     per_hour = [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
-    per_day = sum(per_hour) / 7
+    # The unit is a working day: the mean of the five busiest days of the week, so a
+    # site that never works weekends is not charged 7/5 days for one working day.
+    days = sorted((sum(per_hour[d * 24 : d * 24 + 24]) for d in range(7)), reverse=True)
+    per_day = sum(days[:5]) / 5
     if per_day <= 0:
         return None
     return per_hour, per_day
