@@ -269,7 +269,9 @@ _SIZED: Final = frozenset(
         clockcheck.CLOCK_BEFORE_RECEIPT,
     }
 )
-_WEAK: Final = frozenset({clockcheck.HEARTBEAT_GAP, clockcheck.HEARTBEAT_UNCLEAN_RESTART})
+_WEAK: Final = frozenset(
+    {clockcheck.HEARTBEAT_GAP, clockcheck.HEARTBEAT_UNCLEAN_RESTART, clockcheck.CLOCK_DRIFT}
+)
 
 
 def clock_severity(code: str, size_ms: int | None, th: Thresholds) -> Severity:
