@@ -9,13 +9,18 @@ payload (a reused sequence number shows up as a different payload).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from crashmodel import CrashPoint, HarnessReport
 from ledger_support import VENDOR, VENDOR_ID
 from meterbox.clock import ManualClock
-from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier, export_report
+from meterbox.ledger import Head, LedgerWriter, RecordType, ReportVerifier, export_report
+from meterbox.licenses import Feature, License, Meter, Receipt
+from meterbox.server._instance import ServerInstance
+from meterbox.vendorkit import keys as vendor_keys
 
 
 def ledger_records(directory: Path) -> tuple[dict[int, Any], list[str]]:
@@ -59,3 +64,77 @@ def check_ledger(subdir: str, *, min_seq: int = -1) -> Any:
 def report_count(name: str, report: HarnessReport) -> None:
     """Print the image count so CI logs show how much each path was exercised."""
     print(f"\ncrash images [{name}]: {report.summary()}")
+
+
+# ------------------------------------------------------------------ server sites
+@dataclass(frozen=True)
+class Vendor:
+    """A vendor home and one signed license file, outside any recorded directory."""
+
+    home: Path
+    license_files: tuple[Path, ...]
+
+    def ledger_keys(self) -> dict[bytes, Any]:
+        keys = vendor_keys.VendorKeys.load(self.home)
+        return {kid: keys.ledger_private(kid) for kid in keys.pairs}
+
+    def receipt(self, instance_id: str, head: Head, when: datetime) -> bytes:
+        keys = vendor_keys.VendorKeys.load(self.home)
+        return Receipt(
+            receipt_id=f"rcpt_{head.seq:016x}",
+            instance_id=instance_id,
+            license_ids=(LICENSE_ID,),
+            head_seq=head.seq,
+            head_hash=head.hash.hex(),
+            previous_head_seq=None,
+            vendor_time=when,
+            report_digest="00" * 32,
+        ).sign(keys.signer())
+
+
+LICENSE_ID = "lic-crash"
+
+
+def make_vendor(directory: Path, licenses: int = 1) -> Vendor:
+    """A vendor home and ``licenses`` signed license files (the first is LICENSE_ID)."""
+    home = directory / "vendor"
+    keys = vendor_keys.init(home)
+    issued = datetime(2026, 1, 1, tzinfo=UTC)
+    files = []
+    for i in range(licenses):
+        lic = License(
+            license_id=LICENSE_ID if i == 0 else f"{LICENSE_ID}-{i}",
+            customer="ACME Labs",
+            product="Solver",
+            issued=issued,
+            vendor_key_id=keys.current_id.hex(),
+            features={"cad": Feature(seats=3, overdraft=0, lease_seconds=60)},
+            meters={"runs": Meter(limit=None)},
+            expires=issued + timedelta(days=3650),
+        )
+        lic_file = directory / f"site-{i}.lic"
+        lic_file.write_bytes(lic.sign(keys.signer()))
+        files.append(lic_file)
+    return Vendor(home, tuple(files))
+
+
+def server_clock() -> ManualClock:
+    return ManualClock(wall_ms=int(datetime(2026, 6, 1, tzinfo=UTC).timestamp() * 1000))
+
+
+def server_usage_keys(data: Path, vendor: Vendor) -> tuple[dict[int, Any], list[str], Head | None]:
+    """Open the server instance in ``data``; its usage {seq: key}, critical codes, acked head."""
+    instance = ServerInstance.open(data, clock=server_clock())
+    try:
+        report = instance.export_bytes()
+        acked = instance.acked_head()
+    finally:
+        instance.close()
+    verifier = ReportVerifier(vendor.ledger_keys())
+    have = {
+        r.seq: r.payload.get("k")
+        for r, _ in verifier.records(io.BytesIO(report))
+        if r.type == RecordType.USAGE
+    }
+    critical = [f.code for f in verifier.result.findings if f.severity == "critical"]
+    return have, critical, acked
