@@ -776,8 +776,18 @@ def _variants(state: _State) -> Iterator[tuple[str, _Image]]:
     for d, ops in state.ns_pending.items():
         for j in range(len(ops)):
             entries = _apply_ns(state.entries.get(d, {}), ops[:j])
-            yield f"dir{d}:prefix{j}", _Image(state, {**full_ns, d: entries}, full_content)
-            yield f"dir{d}:prefix{j}+synced", _Image(state, {**full_ns, d: entries}, synced_content)
+            ns = {**full_ns, d: entries}
+            yield f"dir{d}:prefix{j}", _Image(state, ns, full_content)
+            yield f"dir{d}:prefix{j}+synced", _Image(state, ns, synced_content)
+            # A directory operation and an unsynced file persisted independently:
+            # the entry may be there while the file's last write is torn or absent.
+            for ino, pending in state.pending.items():
+                if not pending:
+                    continue
+                before_last = _apply_content(state.content.get(ino, b""), pending[:-1])
+                for label, data in _content_variants(before_last, pending[-1:]):
+                    content = {**full_content, ino: data}
+                    yield f"dir{d}:prefix{j}+ino{ino}:last-{label}", _Image(state, ns, content)
 
 
 def _states(rec: Recorder) -> Iterator[tuple[int, Op | None, _State]]:

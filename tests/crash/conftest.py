@@ -27,3 +27,18 @@ def mem_path(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per harness path: how many distinct crash images were checked."""
+    from crash_support import COUNTS
+
+    if not COUNTS:
+        return
+    terminalreporter.section("crash images")
+    for name, (images, cuts, failures) in sorted(COUNTS.items()):
+        terminalreporter.write_line(
+            f"{name:32} {images:5} images over {cuts:4} cuts, {failures} failing"
+        )
+    total = sum(c[0] for c in COUNTS.values())
+    terminalreporter.write_line(f"{'total':32} {total:5} images")

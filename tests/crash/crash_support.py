@@ -61,8 +61,14 @@ def check_ledger(subdir: str, *, min_seq: int = -1) -> Any:
     return check
 
 
+#: name -> (images, cuts, failures) of every harness run in this session, for the
+#: terminal summary (tests/crash/conftest.py) that CI logs show.
+COUNTS: dict[str, tuple[int, int, int]] = {}
+
+
 def report_count(name: str, report: HarnessReport) -> None:
-    """Print the image count so CI logs show how much each path was exercised."""
+    """Keep the image count of one path for the session summary, and print it."""
+    COUNTS[name] = (report.images, report.cuts, len(report.failures))
     print(f"\ncrash images [{name}]: {report.summary()}")
 
 

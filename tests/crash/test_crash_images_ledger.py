@@ -54,7 +54,7 @@ def test_group_commit_batches_survive_every_power_loss_image(mem_path: Path) -> 
     root, clock = _ledger(mem_path)
     with Recorder(root) as rec:
         writer = LedgerWriter.open(root / "l", clock=clock)
-        for round_ in range(8):
+        for round_ in range(16):
             futs: list[tuple[Future[Appended], str]] = []
             for i in range(round_ * 10, round_ * 10 + 10):
                 futs.append((writer.submit(RecordType.USAGE, usage(i)), usage(i)["k"]))
