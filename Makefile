@@ -33,8 +33,11 @@ sysdeps:
 
 test: sysdeps lint types unit
 
+# Each benchmark prints its own figures; fuzz_all.py is the long fuzz run, not a benchmark.
+BENCHMARKS := ledger_bench ledger_vs_seed ingest_1m http_bench exhaustion anomaly_eval
+
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

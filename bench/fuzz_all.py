@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
 import fuzz_support as fz  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from meterbox.compat.wire import Limits, parse_form  # noqa: E402
+from meterbox.compat.wire import CryptolensLimitsConfig, parse_form  # noqa: E402
 from meterbox.server._app import CheckoutIn, LeaseIdIn, UsageIn  # noqa: E402
 
 FORMS = [
@@ -51,7 +51,7 @@ BODIES = [
 
 def _form_case(data: bytes) -> None:
     def run() -> None:
-        form = parse_form(data, Limits())
+        form = parse_form(data, CryptolensLimitsConfig())
         # Every typed accessor the service uses, on whatever the form holds.
         form.integer("ProductId", default=0)
         form.text("Key", max_chars=256)

@@ -16,12 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+from meterbox.clock import ManualClock
 from meterbox.compat import (
     CryptolensLicenseView,
     CryptolensService,
     CryptolensSigner,
     CustomerView,
-    DataObject,
+    DataObjectView,
 )
 from meterbox.compat.memory import InMemoryBackend
 
@@ -45,7 +46,7 @@ LICENSES = [
             max_no_of_machines=2,
             max_overdraft=1,
         ),
-        [DataObject(7, "usage", "", 3), DataObject(8, "exports", "csv", 0)],
+        [DataObjectView(7, "usage", "", 3), DataObjectView(8, "exports", "csv", 0)],
     ),
     (
         CryptolensLicenseView(
@@ -128,8 +129,8 @@ CASES = [
 def generate(out: Path = OUT) -> dict[str, bytes]:
     """Every vector file name and its exact bytes."""
     signer = CryptolensSigner.from_xml((out / KEY_FILE).read_text())
-    backend = InMemoryBackend(LICENSES, lambda: NOW)
-    service = CryptolensService(backend, signer, lambda: NOW)
+    backend = InMemoryBackend(LICENSES, ManualClock(wall_ms=NOW * 1000))
+    service = CryptolensService(backend, signer, ManualClock(wall_ms=NOW * 1000))
     files: dict[str, bytes] = {
         "public-key.xml": (signer.public_key_xml() + "\n").encode(),
     }

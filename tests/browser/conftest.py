@@ -10,7 +10,7 @@ from browser_support import CHROMIUM, CHROMIUM_ARGS, ServerThread, Site, vendor
 from playwright.sync_api import Browser, sync_playwright
 
 from meterbox.server._instance import init_server, read_admin_token
-from meterbox.server._runtime import build_app
+from meterbox.server._runtime import build_server
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     )  # fmt: skip
     data = tmp_path / "server"
     init_server(data, vendor_pub=home / "vendor.pub", license_files=[lic], fingerprint="site-1")
-    built = build_app(data)
+    built = build_server(data)
     try:
         with ServerThread(built.app) as server:
             yield Site(tmp_path, home, data, server.url, read_admin_token(data), built)

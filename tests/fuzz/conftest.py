@@ -8,13 +8,13 @@ import pytest
 from fuzz_support import Served, make_site
 from starlette.testclient import TestClient
 
-from meterbox.server._runtime import build_app
+from meterbox.server._runtime import build_server
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     site = make_site(tmp_path_factory.mktemp("served"), seats=1000, meter_limit=None)
-    built = build_app(site.data)
+    built = build_server(site.data)
     try:
         with TestClient(built.app, raise_server_exceptions=True) as client:
             yield Served(site, built, client)

@@ -37,7 +37,7 @@ from meterbox.client import (
     LeaseLost,
     NoSeatAvailable,
     QuotaExceeded,
-    RetryPolicy,
+    RetryConfig,
     ServerUnreachableError,
 )
 
@@ -49,9 +49,9 @@ SERVER_MAIN = textwrap.dedent(
 
     import uvicorn
 
-    from meterbox.server._app import create_app
+    from meterbox.server._app import build_app
     from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
-    from meterbox.server._service import LicenseService, Settings
+    from meterbox.server._service import LicenseService, ServiceConfig
     from meterbox.server._sinks import FileEventSink
     from meterbox.server._state import StateStore
 
@@ -72,8 +72,8 @@ SERVER_MAIN = textwrap.dedent(
     )
     store = StateStore(state_dir / "state.db")
     sink = FileEventSink(state_dir / "events.bin")
-    service = LicenseService.open(store, [policy], sink, settings=Settings(cull_interval=0.5))
-    app = create_app(service, admin_token="t" * 32)
+    service = LicenseService.open(store, [policy], sink, settings=ServiceConfig(cull_interval=0.5))
+    app = build_app(service, admin_token="t" * 32)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
     """
 )
@@ -151,7 +151,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
             srv.kill()
 
 
-FAST_RETRY = RetryPolicy(base_seconds=0.05, cap_seconds=0.5, max_attempts=None)
+FAST_RETRY = RetryConfig(base_seconds=0.05, cap_seconds=0.5, max_attempts=None)
 
 
 def client(
@@ -407,7 +407,7 @@ def test_cli_round_trip_and_exit_codes(
     spooled = runner.invoke(cli_app, ["client", "record", "runs", "3"])
     assert spooled.exit_code == 0
     assert json.loads(spooled.stdout)["spooled"] is True
-    assert runner.invoke(cli_app, ["client", "checkout", "long"]).exit_code == 3
+    assert runner.invoke(cli_app, ["client", "checkout", "long"]).exit_code == 5
     server.start()
     flushed = runner.invoke(cli_app, ["client", "flush"])
     assert flushed.exit_code == 0, flushed.stderr

@@ -24,8 +24,8 @@ import json, sys
 from datetime import datetime, timezone
 import uvicorn
 from meterbox.server import (
-    FeaturePolicy, FileEventSink, LicensePolicy, LicenseService, MeterPolicy, Settings,
-    StateStore, create_app,
+    FeaturePolicy, FileEventSink, LicensePolicy, LicenseService, MeterPolicy, ServiceConfig,
+    StateStore, build_app,
 )
 
 directory, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -37,12 +37,12 @@ policy = LicensePolicy(
 )
 store = StateStore(directory + "/state.db")
 sink = FileEventSink(directory + "/events.bin")
-service = LicenseService.open(store, [policy], sink, settings=Settings(cull_interval=0.5))
+service = LicenseService.open(store, [policy], sink, settings=ServiceConfig(cull_interval=0.5))
 
 async def export(svc):
     return b"REPORT" + str(svc.ledger_head()[0]).encode()
 
-app = create_app(service, admin_token=token, export_report=export)
+app = build_app(service, admin_token=token, export_report=export)
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 store.close()
 sink.close()

@@ -23,8 +23,8 @@ from meterbox.cli import app as cli_app
 from meterbox.clock import ManualClock
 from meterbox.licenses import Feature, License, Meter, Topup
 from meterbox.server._instance import init_server, read_admin_token
-from meterbox.server._runtime import BuiltApp, build_app
-from meterbox.server._service import Settings
+from meterbox.server._runtime import BuiltServer, build_server
+from meterbox.server._service import ServiceConfig
 from meterbox.vendorkit import keys as vendor_keys
 
 DAY_MS = 86_400_000
@@ -38,7 +38,7 @@ class Running:
     clock: ManualClock
     home: Path
     data: Path
-    built: BuiltApp
+    built: BuiltServer
     tmp: Path
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -80,7 +80,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
         clock=clock,
         fingerprint="site",
     )
-    built = build_app(data, clock=clock, settings=Settings(cull_interval=0.2))
+    built = build_server(data, clock=clock, settings=ServiceConfig(cull_interval=0.2))
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(built.app, host="127.0.0.1", port=port, log_level="warning")

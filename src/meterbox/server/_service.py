@@ -24,10 +24,23 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from meterbox.clock import Clock, SystemClock
 from meterbox.errors import NoSeatAvailable
+from meterbox.ledger.records import (
+    Heartbeat,
+    LicenseInstalled,
+    ReceiptImported,
+    RecordPayload,
+    SeatCheckout,
+    SeatDenied,
+    SeatExpire,
+    SeatRelease,
+    SeatRenew,
+    TopupImported,
+)
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._core.changes import (
     Change,
@@ -45,9 +58,9 @@ from meterbox.server._core.changes import (
 )
 from meterbox.server._core.clock import DEFAULT_STEP_THRESHOLD, LicenseClock
 from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
-from meterbox.server._core.meters import IdemEntry, Topup, UsageResult, fingerprint
+from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
-from meterbox.server._core.seats import Lease, SeatDecision, hour_of
+from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
 from meterbox.server._errors import UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
@@ -56,7 +69,7 @@ log = logging.getLogger("meterbox.server")
 
 
 @dataclass(frozen=True)
-class Settings:
+class ServiceConfig:
     """Timing knobs of a running server."""
 
     #: Seconds between culls of expired leases (Keygen Relay culls every 15 s).
@@ -93,20 +106,18 @@ class LicenseService:
         store: StateStore,
         sink: EventSink,
         *,
-        clock: LicenseClock,
+        license_clock: LicenseClock,
         instance_id: str,
-        settings: Settings = Settings(),
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        monotonic: Callable[[], float] = time.monotonic,
+        settings: ServiceConfig = ServiceConfig(),
+        clock: Clock | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.sink = sink
-        self.clock = clock
+        self.license_clock = license_clock
         self.instance_id = instance_id
         self.settings = settings
-        self._wall = wall
-        self._mono = monotonic
+        self._clock = clock or SystemClock()
         self._lock = asyncio.Lock()
         self._persist = GroupCommitter[list[Change], None](self._flush_state)
         #: Changes whose state commit failed (a full disk), committed before the next ones.
@@ -133,36 +144,35 @@ class LicenseService:
         licenses: Iterable[LicensePolicy],
         sink: EventSink,
         *,
-        settings: Settings = Settings(),
+        settings: ServiceConfig = ServiceConfig(),
         rng: Callable[[int], bytes] = os.urandom,
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> LicenseService:
         """Load the state (initialising it on first use) and build a service on it."""
-        now = wall()
+        clock = clock or SystemClock()
+        now = clock.now()
         store.initialize(init_time=now, instance_id=rng(16).hex())
         snap = store.load()
         engine = snap.engine(licenses, rng=rng)
         floor = max(t for t in (snap.clock_floor, snap.init_time, now) if t is not None)
         if snap.last_receipt is not None:
             floor = max(floor, snap.last_receipt.vendor_time)
-        clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)
+        license_clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)
         assert snap.instance_id is not None
         return cls(
             engine,
             store,
             sink,
-            clock=clock,
+            license_clock=license_clock,
             instance_id=snap.instance_id,
             settings=settings,
-            wall=wall,
-            monotonic=monotonic,
+            clock=clock,
         )
 
     # -------------------------------------------------------------- clock
     def now(self) -> datetime:
         """License time; a detected wall-clock step is queued as a ``clock.step`` record."""
-        reading = self.clock.observe(self._wall(), self._mono())
+        reading = self.license_clock.observe(self._clock.now(), self._clock.mono_ms() / 1000)
         if reading.step is not None:
             self.clock_steps += 1
             # The ledger writer records the step itself (CLOCK_STEP is evidence the
@@ -210,8 +220,9 @@ class LicenseService:
             extra.append(SeqMax(seq))
         await self._persist.submit(changes + extra)
 
-    def _enqueue(self, kind: str, payload: dict[str, Any]) -> asyncio.Future[int]:
-        return asyncio.ensure_future(self.sink.record(kind, payload))
+    def _write(self, record: RecordPayload) -> asyncio.Future[int]:
+        """Queue one typed record on the sink; its map is exactly what the ledger seals."""
+        return asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
 
     # -------------------------------------------------------------- seats
     async def checkout(
@@ -262,7 +273,7 @@ class LicenseService:
                 decision = decide(now)
             except NoSeatAvailable as exc:
                 denial: NoSeatAvailable | None = exc
-                denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
+                denied = self._write(SeatDenied(feature=feature, client_id=client_id))
             else:
                 denial = None
                 hour = hour_of(now)
@@ -280,17 +291,17 @@ class LicenseService:
         if d.renewed:
             if not d.record:
                 return None
-            return self._enqueue("seat.renew", {"i": lease.lease_id, "e": _epoch(lease.expires_at)})
-        payload: dict[str, Any] = {
-            "i": lease.lease_id,
-            "f": lease.feature,
-            "c": lease.client_id,
-            "l": lease.license_id,
-            "e": _epoch(lease.expires_at),
-        }
-        if lease.overdraft:
-            payload["o"] = 1
-        return self._enqueue("seat.checkout", payload)
+            return self._write(SeatRenew(lease_id=lease.lease_id, expires=_epoch(lease.expires_at)))
+        return self._write(
+            SeatCheckout(
+                lease_id=lease.lease_id,
+                feature=lease.feature,
+                client_id=lease.client_id,
+                license_id=lease.license_id,
+                expires=_epoch(lease.expires_at),
+                overdraft=lease.overdraft,
+            )
+        )
 
     async def _finish_seat(
         self,
@@ -327,7 +338,7 @@ class LicenseService:
             lease = self.engine.release(lease_id)
             if lease is None:
                 return False
-            task = self._enqueue("seat.release", {"i": lease_id})
+            task = self._write(SeatRelease(lease_id=lease_id))
         try:
             seq = await self._durable(task)
         except UnavailableError:
@@ -349,7 +360,6 @@ class LicenseService:
         decrement: bool = False,
         license_id: str | None = None,
     ) -> UsageResult:
-        kind = "usage.decrement" if decrement else "usage"
         async with self._lock:
             now = self.now()
             decision = self.engine.record_usage(
@@ -365,7 +375,7 @@ class LicenseService:
                 waiter = self._inflight.get(idempotency_key or "")
             else:
                 waiter = None
-                task = self._enqueue(kind, decision.result.payload())
+                task = self._write(decision.result.record())
                 if idempotency_key is not None:
                     self._inflight[idempotency_key] = asyncio.get_running_loop().create_future()
         if decision.replay:
@@ -408,12 +418,14 @@ class LicenseService:
         return result
 
     # ------------------------------------------------------------ imports
-    async def import_topup(self, topup_id: str, license_id: str, meter: str, amount: int) -> Topup:
+    async def import_topup(
+        self, topup_id: str, license_id: str, meter: str, amount: int
+    ) -> AppliedTopup:
         async with self._lock:
             now = self.now()
             topup = self.engine.apply_topup(topup_id, license_id, meter, amount, now)
-            task = self._enqueue(
-                "topup.imported", {"t": topup_id, "l": license_id, "m": meter, "a": amount}
+            task = self._write(
+                TopupImported(topup_id=topup_id, license_id=license_id, meter=meter, amount=amount)
             )
         try:
             seq = await self._durable(task)
@@ -430,12 +442,15 @@ class LicenseService:
             previous = self.engine.last_receipt
             if not self.engine.import_receipt(receipt):
                 return False
-            self.clock.raise_floor(receipt.vendor_time)
+            self.license_clock.raise_floor(receipt.vendor_time)
             now = self.now()
-            payload: dict[str, Any] = {"s": receipt.seq, "t": receipt.vendor_time.isoformat()}
-            if receipt.receipt_id:
-                payload["r"] = receipt.receipt_id
-            task = self._enqueue("receipt.imported", payload)
+            task = self._write(
+                ReceiptImported(
+                    acked_seq=receipt.seq,
+                    vendor_time=receipt.vendor_time.isoformat(),
+                    receipt_id=receipt.receipt_id or None,
+                )
+            )
         try:
             seq = await self._durable(task)
         except UnavailableError:
@@ -450,7 +465,7 @@ class LicenseService:
             now = self.now()
             previous = self.engine.licenses.get(policy.license_id)
             self.engine.install(policy)
-            task = self._enqueue("license.installed", {"l": policy.license_id})
+            task = self._write(LicenseInstalled(license_id=policy.license_id))
         try:
             seq = await self._durable(task)
         except UnavailableError:
@@ -466,13 +481,13 @@ class LicenseService:
         await self._save(changes, seq, now)
 
     # ---------------------------------------------------------- housekeeping
-    async def cull(self) -> list[Lease]:
+    async def cull(self) -> list[SeatLease]:
         """Expire leases past their end, raise hourly peaks; write and persist it all."""
         async with self._lock:
             now = self.now()
             expired = self.engine.expire(now)
             peaks = self.engine.note_peaks(now)
-            tasks = [self._enqueue("seat.expire", {"i": x.lease_id}) for x in expired]
+            tasks = [self._write(SeatExpire(lease_id=x.lease_id)) for x in expired]
         seq = None
         for t in tasks:
             try:
@@ -490,7 +505,7 @@ class LicenseService:
         async with self._lock:
             now = self.now()
             in_use = sum(len(self.engine.seats.live(f, now)) for f in self.engine.feature_names())
-            task = self._enqueue("heartbeat", {"n": in_use})
+            task = self._write(Heartbeat(seats_in_use=in_use))
         seq = await self._durable(task)
         await self._save([], seq, now)
         return seq
@@ -506,6 +521,8 @@ class LicenseService:
 
     async def run_housekeeping(self) -> None:
         """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals."""
+        # The intervals are scheduling, not license decisions: they follow the event
+        # loop's real time even when a test drives the injected clock by hand.
         last_beat = last_prune = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.cull_interval)
@@ -561,4 +578,4 @@ class LicenseService:
                 await s
 
 
-__all__ = ["LicenseService", "Settings"]
+__all__ = ["LicenseService", "ServiceConfig"]

@@ -1,50 +1,9 @@
-"""``meterbox vendor dashboard``: the vendor's local web dashboard.
+"""The vendor's local, read-only web dashboard (:mod:`.app` over :mod:`._data`).
 
-Add ``"meterbox.vendorkit.dashboard"`` to ``COMMAND_MODULES`` in
-:mod:`meterbox.vendorkit.cli`; :func:`register` then adds the ``dashboard`` command.
+Served by ``meterbox vendor dashboard`` (:mod:`meterbox.vendorkit.cli._dashboard`).
 """
 
-# No ``from __future__ import annotations``: typer reads the option annotations at
-# definition time, and HomeOption/StoreOption are local names inside register().
-from pathlib import Path
-from typing import Annotated
+from meterbox.vendorkit.dashboard._data import Source
+from meterbox.vendorkit.dashboard.app import build_vendor_dashboard, is_loopback
 
-import typer
-
-from meterbox.errors import ConfigError
-
-__all__ = ["register"]
-
-
-def register(app: typer.Typer) -> None:
-    from meterbox.vendorkit.cli import HomeOption, StoreOption, cli_errors
-
-    @app.command("dashboard")
-    def dashboard_command(
-        home: HomeOption,
-        host: Annotated[
-            str, typer.Option("--host", help="Loopback address to listen on.")
-        ] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8090,
-        store: StoreOption = None,
-    ) -> None:
-        """Serve the vendor dashboard (read-only) on this machine's loopback."""
-        import uvicorn
-
-        from meterbox.vendorkit.dashboard._data import Source
-        from meterbox.vendorkit.dashboard.app import create_app, is_loopback
-        from meterbox.vendorkit.keys import VendorKeys
-
-        with cli_errors():
-            if not is_loopback(host):
-                raise ConfigError(
-                    "the vendor dashboard serves this machine only",
-                    expected="a loopback --host such as 127.0.0.1, ::1 or localhost",
-                    found=host,
-                    hint="Reach it from elsewhere through an SSH tunnel "
-                    "(ssh -L 8090:127.0.0.1:8090 vendor-host)",
-                )
-            VendorKeys.load(Path(home))  # fail now, with the keys' own message, not per page
-            web = create_app(Source(Path(home), store))
-        typer.echo(f"vendor dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
-        uvicorn.run(web, host=host, port=port, log_level="warning")
+__all__ = ["Source", "build_vendor_dashboard", "is_loopback"]
