@@ -23,40 +23,52 @@ from meterbox.server._instance import ServerInstance
 from meterbox.vendorkit import keys as vendor_keys
 
 
-def ledger_records(directory: Path) -> tuple[dict[int, Any], list[str]]:
-    """Open the ledger in ``directory`` and return {seq: usage key} and critical findings."""
+def ledger_records(
+    directory: Path, acked_seq: int | None = None
+) -> tuple[dict[int, Any], list[str], list[dict[str, Any]]]:
+    """Open the ledger in ``directory`` as a restart would, telling it ``acked_seq``.
+
+    Returns {seq: usage key}, the critical finding codes and the RECOVERY payloads.
+    """
     clock = ManualClock(wall_ms=1_900_000_000_000, mono_ms=5_000, boot=b"\x02" * 16)
-    writer = LedgerWriter.open(directory, clock=clock)
+    writer = LedgerWriter.open(directory, clock=clock, replay_after=acked_seq)
     try:
         buf = io.BytesIO()
         export_report(writer, buf, clock=clock, licenses=[b"license"], acked=None)
     finally:
         writer.close()
     verifier = ReportVerifier({VENDOR_ID: VENDOR})
-    have = {
-        r.seq: r.payload.get("k")
-        for r, _ in verifier.records(io.BytesIO(buf.getvalue()))
-        if r.type == RecordType.USAGE
-    }
+    have: dict[int, Any] = {}
+    recoveries: list[dict[str, Any]] = []
+    for r, _ in verifier.records(io.BytesIO(buf.getvalue())):
+        if r.type == RecordType.USAGE:
+            have[r.seq] = r.payload.get("k")
+        elif r.type == RecordType.RECOVERY:
+            recoveries.append(dict(r.payload))
     critical = [f.code for f in verifier.result.findings if f.severity == "critical"]
-    return have, critical
+    return have, critical, recoveries
 
 
 def check_ledger(subdir: str, *, min_seq: int = -1) -> Any:
     """A checker: the ledger at ``root/subdir`` holds every noted (seq, key) past ``min_seq``."""
 
     def check(root: Path, point: CrashPoint) -> None:
-        have, critical = ledger_records(root / subdir)
+        acks = [n for n in point.notes if isinstance(n, tuple) and n[0] == "ack"]
+        acked_seq = max((n[1] for n in acks), default=None)
+        have, critical, recoveries = ledger_records(root / subdir, acked_seq)
         assert not critical, critical
-        for note in point.notes:
-            if not (isinstance(note, tuple) and note[0] == "ack"):
-                continue
-            _, seq, key = note
+        for _, seq, key in acks:
             if seq <= min_seq:
                 continue
             assert have.get(seq) == key, f"acknowledged seq {seq} ({key}) is " + (
                 "missing" if seq not in have else f"now {have[seq]}"
             )
+        # The restart's own RECOVERY record (if it cut anything) must say that no
+        # acknowledged record was cut, and say so exactly.
+        told = [r for r in recoveries if "k" in r]
+        for r in told:
+            assert r["a"] == 0, f"recovery record says {r['a']} acknowledged records were cut"
+            assert r["s"] >= r["k"], r
 
     return check
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
-import pytest
 from crash_support import check_ledger, report_count
 
 from crashmodel import Fault, Recorder, crash_images
@@ -131,11 +130,6 @@ def _disk_fills_at(write_no: int, short: int) -> object:
     return hook
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committer ignores a short os.pwrite: the batch is acknowledged though "
-    "only part of it reached the file, and later appends reuse its sequence numbers",
-)
 def test_disk_filling_mid_batch_acknowledges_nothing_it_did_not_write(mem_path: Path) -> None:
     root, clock = _ledger(mem_path)
     with Recorder(root, faults=_disk_fills_at(6, 40)) as rec:  # type: ignore[arg-type]
