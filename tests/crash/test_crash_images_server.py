@@ -73,11 +73,6 @@ def _init_checker(vendor: Vendor) -> object:
     return check
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server init writes in place: a power loss can leave a ledger directory "
-    "without metadata or state that run refuses and init will not overwrite",
-)
 def test_server_init_is_atomic_under_power_loss(mem_path: Path) -> None:
     vendor = make_vendor(mem_path, licenses=3)
     root = mem_path / "root"
@@ -112,18 +107,20 @@ def _site(mem_path: Path) -> tuple[Vendor, Path, bytes, Head]:
     return vendor, root, receipt, head
 
 
-async def _record_import(rec: Recorder, root: Path, receipt: bytes) -> None:
+async def _record_import(rec: Recorder, root: Path, receipt: bytes, receipt_seq: int) -> None:
     inst = ServerInstance.open(root / "data", clock=server_clock())
     try:
         for i in range(15):
             r = await inst.service.usage("runs", 1, "c", f"mid-{i:04d}")
             rec.note(("ack", r.seq, f"mid-{i:04d}"))
         try:
-            out = await inst.import_bytes(receipt)
-        except MeterboxError:
-            pass
+            await inst.import_bytes(receipt)
+        except MeterboxError as exc:
+            # A 507 for compaction still says the receipt was imported: hold it to that.
+            if "receipt was imported" in exc.problem:
+                rec.note(("receipt", receipt_seq))
         else:
-            rec.note(("receipt", out["head_seq"]))
+            rec.note(("receipt", receipt_seq))
         for i in range(15):
             try:
                 r = await inst.service.usage("runs", 1, "c", f"post-{i:04d}")
@@ -151,7 +148,7 @@ def _import_checker(vendor: Vendor, covered: int) -> object:
 def test_receipt_import_survives_every_power_loss_image(mem_path: Path) -> None:
     vendor, root, receipt, head = _site(mem_path)
     with Recorder(root) as rec:
-        asyncio.run(_record_import(rec, root, receipt))
+        asyncio.run(_record_import(rec, root, receipt, head.seq))
     assert any(n[0] == "receipt" for n in (op.value for op in rec.ops if op.kind == "note"))
     report = crash_images(rec, _import_checker(vendor, head.seq), workdir=mem_path)  # type: ignore[arg-type]
     report_count("receipt import", report)
@@ -166,11 +163,6 @@ def _compaction_disk_full(kind: str, rel: str, n: int) -> Fault | None:
     return None if n == 0 else Fault(short=100, error=None) if n == 1 else Fault()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compaction ignores a short os.write and renames the truncated copy over "
-    "ledger.mbl; the import then fails with an OSError instead of importing the receipt",
-)
 def test_receipt_import_on_a_filling_disk_keeps_the_ledger_and_the_receipt(
     mem_path: Path,
 ) -> None:
@@ -184,7 +176,7 @@ def test_receipt_import_on_a_filling_disk_keeps_the_ledger_and_the_receipt(
         return None
 
     with Recorder(root, faults=faults) as rec:
-        asyncio.run(_record_import(rec, root, receipt))
+        asyncio.run(_record_import(rec, root, receipt, head.seq))
     notes = [op.value for op in rec.ops if op.kind == "note"]
     assert any(n[0] == "receipt" for n in notes), "the receipt was not imported"
     assert not (root / "data" / "ledger" / "ledger.mbl.compact").exists()

@@ -26,7 +26,7 @@ from meterbox.clock import ManualClock
 from meterbox.errors import MeterboxError
 from meterbox.ledger import LedgerConfig, LedgerWriter, RecordType, ReportVerifier, export_report
 from meterbox.server._instance import ServerInstance
-from meterbox.server._runtime import build_app
+from meterbox.server._runtime import build_server
 from meterbox.server._state import StateStore
 from tmpfs_support import fill, reserve, says_disk, small_tmpfs
 
@@ -81,10 +81,6 @@ def _append_until_full(writer: LedgerWriter, start: int = 0) -> tuple[dict[int, 
     return acked, errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a short os.pwrite is acknowledged; records are lost and their seqs reused",
-)
 def test_ledger_appends_on_a_filling_disk_lose_nothing_acknowledged(disk: Path) -> None:
     reserve(disk / "reserve", 32 * 1024)
     built = make_ledger(disk / "l")
@@ -114,18 +110,19 @@ def test_epoch_rolls_on_a_filling_disk_keep_the_ledger_openable(disk: Path) -> N
 
 
 def _ledger_with_epochs(directory: Path) -> tuple[LedgerWriter, Any]:
-    built = make_ledger(directory, config=LedgerConfig(epoch_max_records=10))
-    for i in range(120):
+    # The receipt covers the first 70 records; compaction keeps the epoch after
+    # them (about 100 records, some 30 KiB), more than the nearly-full disk holds.
+    built = make_ledger(directory, config=LedgerConfig(epoch_max_records=60))
+    head = None
+    for i in range(170):
         built.writer.append(RecordType.USAGE, _payload(i))
-    return built.writer, built.writer.head
+        if i == 70:
+            head = built.writer.head
+    assert head is not None
+    return built.writer, head
 
 
 @pytest.mark.parametrize("free", [0, 8192], ids=["full", "nearly-full"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="compaction ignores short os.write results: a truncated copy replaces the "
-    "ledger, or an OSError escapes and ledger.mbl.compact stays behind",
-)
 def test_compaction_on_a_full_disk_leaves_the_ledger_untouched(disk: Path, free: int) -> None:
     writer, head = _ledger_with_epochs(disk / "l")
     if free:
@@ -178,18 +175,13 @@ def _site_with_receipt(root: Path, data: Path, records: int) -> tuple[Any, bytes
 
 
 @pytest.mark.parametrize("free", [0, 16384], ids=["full", "nearly-full"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="import on a full disk answers 500 and leaves ledger.mbl.compact; on a nearly "
-    "full one a truncated compaction copy replaces the ledger",
-)
 def test_receipt_import_on_a_full_disk_answers_507_or_503_and_keeps_everything(
     tmp_path: Path, big_disk: Path, free: int
 ) -> None:
     data = big_disk / "server"
     site, receipt = _site_with_receipt(tmp_path, data, 600)
     auth = {"Authorization": f"Bearer {site.token}"}
-    built = build_app(data)
+    built = build_server(data)
     acked: list[str] = []
     try:
         with TestClient(built.app, raise_server_exceptions=False) as c:
@@ -229,11 +221,6 @@ def _cli(*args: str) -> Any:
     return CliRunner().invoke(cli_app, list(args))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server init on a full disk leaves a partial data directory that a second "
-    "init refuses ('already holds a server instance') and run cannot open",
-)
 def test_server_init_on_a_full_disk_fails_clearly_and_can_be_rerun(
     tmp_path: Path, disk: Path
 ) -> None:
@@ -251,11 +238,6 @@ def test_server_init_on_a_full_disk_fails_clearly_and_can_be_rerun(
     ServerInstance.open(disk / "srv").close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export writes the report with Path.write_bytes: a full disk leaves a "
-    "truncated report file and a traceback",
-)
 def test_export_to_a_full_disk_fails_clearly_and_leaves_no_partial_report(
     tmp_path: Path, disk: Path
 ) -> None:
@@ -271,10 +253,6 @@ def test_export_to_a_full_disk_fails_clearly_and_leaves_no_partial_report(
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the state database's disk-full error says the file is damaged and points at a backup",
-)
 def test_state_database_on_a_full_disk_names_the_disk(disk: Path) -> None:
     StateStore(disk / "state.db").close()
     fill(disk / "filler")
