@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser_support import ServerThread, Site, screenshot_path
 from playwright.sync_api import Browser, expect
 from typer.testing import CliRunner
 
@@ -23,6 +22,7 @@ from meterbox.vendorkit.billing import Period, bill
 from meterbox.vendorkit.dashboard._data import Source
 from meterbox.vendorkit.dashboard.app import build_vendor_dashboard
 from meterbox.vendorkit.ingest import ingest
+from support.browser import ServerThread, Site, screenshot_path
 
 pytestmark = pytest.mark.browser
 

@@ -31,7 +31,7 @@ def mem_path(tmp_path: Path) -> Iterator[Path]:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """One line per harness path: how many distinct crash images were checked."""
-    from crash_support import COUNTS
+    from support.crash import COUNTS
 
     if not COUNTS:
         return

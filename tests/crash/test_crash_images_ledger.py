@@ -1,7 +1,7 @@
 """Power-loss images of the ledger: appends, group commit, epoch rolls, compaction.
 
 Each test records a ledger code path, builds every crash image the model allows
-(see tests/crashmodel.py) and checks each one: it opens, verifies, and holds every
+(see tests/support/crashmodel.py) and checks each one: it opens, verifies, and holds every
 acknowledged record. The sanity test breaks fdatasync and must see losses.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
-from crash_support import check_ledger, report_count
-
-from crashmodel import Fault, Recorder, crash_images
-from ledger_support import make_ledger, usage
 from meterbox.clock import ManualClock
 from meterbox.ledger import Appended, LedgerConfig, LedgerWriter, RecordType
+from support.crash import check_ledger, report_count
+from support.crashmodel import Fault, Recorder, crash_images
+from support.ledger import make_ledger, usage
 
 
 def _appends(

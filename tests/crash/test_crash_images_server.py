@@ -14,19 +14,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from crash_support import (
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from meterbox.errors import MeterboxError
+from meterbox.ledger import Head
+from meterbox.server._instance import ServerInstance, init_server
+from support.crash import (
     Vendor,
     make_vendor,
     report_count,
     server_clock,
     server_usage_keys,
 )
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from crashmodel import CrashPoint, Fault, Recorder, crash_images
-from meterbox.errors import MeterboxError
-from meterbox.ledger import Head
-from meterbox.server._instance import ServerInstance, init_server
+from support.crashmodel import CrashPoint, Fault, Recorder, crash_images
 
 _RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

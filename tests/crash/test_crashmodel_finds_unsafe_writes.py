@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crashmodel import CrashPoint, Fault, Recorder, crash_images
+from support.crashmodel import CrashPoint, Fault, Recorder, crash_images
 
 
 def _write_file(path: Path, data: bytes, *, sync: bool, dirsync: bool, atomic: bool) -> None:

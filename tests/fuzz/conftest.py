@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fuzz_support import Served, make_site
 from starlette.testclient import TestClient
 
 from meterbox.server._runtime import build_server
+from support.fuzz import Served, make_site
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     import json
     import os
 
-    from fuzz_support import CASES
+    from support.fuzz import CASES
 
     path = os.environ.get("METERBOX_FUZZ_COUNTS_FILE")
     if path:

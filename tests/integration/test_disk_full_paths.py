@@ -1,6 +1,6 @@
 """A full disk on every durable path, on a real small tmpfs.
 
-Each scenario fills a real tmpfs (see tests/tmpfs_support.py) while a durable path
+Each scenario fills a real tmpfs (see tests/support/tmpfs.py) while a durable path
 runs: ledger appends, epoch rolls, compaction, receipt import, ``server init``,
 export, vendor ingest and the client spool. Each must answer with a clear error
 (503/507 JSON over HTTP, a CLI message naming the disk), lose nothing it had
@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_proc_support import LICENSE_ID, make_data
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from ledger_support import VENDOR, VENDOR_ID, make_ledger
 from meterbox.cli import app as cli_app
 from meterbox.clock import ManualClock
 from meterbox.errors import MeterboxError
@@ -28,7 +26,9 @@ from meterbox.ledger import LedgerConfig, LedgerWriter, RecordType, ReportVerifi
 from meterbox.server._instance import ServerInstance
 from meterbox.server._runtime import build_server
 from meterbox.server._state import StateStore
-from tmpfs_support import fill, reserve, says_disk, small_tmpfs
+from support.ledger import VENDOR, VENDOR_ID, make_ledger
+from support.server_proc import LICENSE_ID, make_data
+from support.tmpfs import fill, reserve, says_disk, small_tmpfs
 
 
 @pytest.fixture

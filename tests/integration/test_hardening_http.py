@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
-from fuzz_support import Site, make_site
+from support.fuzz import Site, make_site
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +61,11 @@ from meterbox.clock import Clock, SystemClock
 log = logging.getLogger("meterbox.client")
 T = TypeVar("T")
 
+#: How a seat's renewal task waits between heartbeats, :func:`asyncio.sleep` by default.
+#: Releasing the seat cancels the task, so the wait needs no stop signal of its own.
+#: Tests pass their own to decide when each delay is over instead of sleeping through it.
+RenewSleep = Callable[[float], Awaitable[None]]
+
 
 class AsyncClient:
     """The asyncio twin of :class:`meterbox.client.Client`; same arguments, awaitable methods."""
@@ -80,6 +85,7 @@ class AsyncClient:
         clock: Clock | None = None,
         rand: RandFn = random.random,
         environ: Mapping[str, str] | None = None,
+        renew_sleep: RenewSleep = asyncio.sleep,
     ) -> None:
         self.config = ClientConfig.build(
             url,
@@ -96,6 +102,7 @@ class AsyncClient:
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
+        self._renew_sleep = renew_sleep
         self._spool: Spool | None = spool if isinstance(spool, Spool) else None
         self._owns_spool = not isinstance(spool, Spool)
         self._flow_lock = asyncio.Lock()
@@ -338,7 +345,7 @@ class AsyncSeat:
         fraction = self._client.config.renew_fraction
         delay = renewal_interval(lease.lease_seconds, fraction)
         while True:
-            await asyncio.sleep(delay)
+            await self._client._renew_sleep(delay)
             step = classify_renewal(
                 await self._client._send(heartbeat_request(lease.lease_id), self._server)
             )

@@ -59,6 +59,12 @@ from meterbox.clock import Clock, SystemClock
 log = logging.getLogger("meterbox.client")
 T = TypeVar("T")
 
+#: How a seat's renewer waits between heartbeats: called with the seat's stop event and
+#: the delay in seconds, it returns True as soon as the seat is released and False once
+#: the delay has passed, exactly like :meth:`threading.Event.wait` (the default). Tests
+#: pass their own to decide when each delay is over instead of sleeping through it.
+RenewWait = Callable[[threading.Event, float], bool]
+
 
 class Client:
     """Seats and usage against one meterbox server, or several tried in order.
@@ -83,6 +89,7 @@ class Client:
         clock: Clock | None = None,
         rand: RandFn = random.random,
         environ: Mapping[str, str] | None = None,
+        renew_wait: RenewWait = threading.Event.wait,
     ) -> None:
         self.config = ClientConfig.build(
             url,
@@ -99,6 +106,7 @@ class Client:
         self._http = httpx.Client(timeout=timeout, transport=transport)
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
+        self._renew_wait = renew_wait
         self._spool: Spool | None = spool if isinstance(spool, Spool) else None
         self._owns_spool = not isinstance(spool, Spool)
         self._flow_lock = threading.RLock()
@@ -362,7 +370,7 @@ class Seat:
         lease = self.lease
         fraction = self._client.config.renew_fraction
         delay = renewal_interval(lease.lease_seconds, fraction)
-        while not self._stop.wait(delay):
+        while not self._client._renew_wait(self._stop, delay):
             outcome = self._client._send(heartbeat_request(lease.lease_id), self._server)
             if self._stop.is_set():
                 return

@@ -18,6 +18,7 @@ open the directory directly when it does not.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -47,7 +48,7 @@ from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
-from meterbox.server._service import LicenseService, ServiceConfig
+from meterbox.server._service import LicenseService, ServiceConfig, Sleep
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 
@@ -275,6 +276,7 @@ class ServerInstance:
         clock: Clock | None = None,
         settings: ServiceConfig | None = None,
         force_recover: bool = False,
+        sleep: Sleep = asyncio.sleep,
     ) -> ServerInstance:
         clock = clock or SystemClock()
         if not (data / LEDGER_DIR).exists():
@@ -321,6 +323,7 @@ class ServerInstance:
                 sink,
                 settings=settings or ServiceConfig(),
                 clock=clock,
+                sleep=sleep,
             )
         except BaseException:
             writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from meterbox.server._app import HttpLimitsConfig, build_app
 from meterbox.server._cryptolens import mount_cryptolens
 from meterbox.server._dashboard import build_site_dashboard
 from meterbox.server._instance import ServerInstance, read_admin_token
-from meterbox.server._service import LicenseService, ServiceConfig
+from meterbox.server._service import LicenseService, ServiceConfig, Sleep
 
 
 @dataclass
@@ -33,9 +34,11 @@ def build_server(
     settings: ServiceConfig | None = None,
     limits: HttpLimitsConfig | None = None,
     force_recover: bool = False,
+    sleep: Sleep = asyncio.sleep,
 ) -> BuiltServer:
+    """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService)."""
     instance = ServerInstance.open(
-        data, clock=clock, settings=settings, force_recover=force_recover
+        data, clock=clock, settings=settings, force_recover=force_recover, sleep=sleep
     )
 
     async def export_handler(_: LicenseService) -> bytes:

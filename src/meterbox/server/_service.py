@@ -67,6 +67,11 @@ from meterbox.server._state import StateStore
 
 log = logging.getLogger("meterbox.server")
 
+#: How the housekeeping loop waits between rounds, :func:`asyncio.sleep` by default.
+#: Stopping the server cancels the loop, so the wait needs no stop signal of its own.
+#: Tests pass their own to run each round when they choose instead of sleeping.
+Sleep = Callable[[float], Awaitable[None]]
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -110,6 +115,7 @@ class LicenseService:
         instance_id: str,
         settings: ServiceConfig = ServiceConfig(),
         clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -118,6 +124,7 @@ class LicenseService:
         self.instance_id = instance_id
         self.settings = settings
         self._clock = clock or SystemClock()
+        self._sleep = sleep
         self._lock = asyncio.Lock()
         self._persist = GroupCommitter[list[Change], None](self._flush_state)
         #: Changes whose state commit failed (a full disk), committed before the next ones.
@@ -147,6 +154,7 @@ class LicenseService:
         settings: ServiceConfig = ServiceConfig(),
         rng: Callable[[int], bytes] = os.urandom,
         clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> LicenseService:
         """Load the state (initialising it on first use) and build a service on it."""
         clock = clock or SystemClock()
@@ -167,6 +175,7 @@ class LicenseService:
             instance_id=snap.instance_id,
             settings=settings,
             clock=clock,
+            sleep=sleep,
         )
 
     # -------------------------------------------------------------- clock
@@ -520,15 +529,17 @@ class LicenseService:
         return len(keys)
 
     async def run_housekeeping(self) -> None:
-        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals."""
-        # The intervals are scheduling, not license decisions: they follow the event
-        # loop's real time even when a test drives the injected clock by hand.
-        last_beat = last_prune = time.monotonic()
+        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals.
+
+        The waits go through the injected ``sleep`` and the intervals are measured on the
+        injected clock's monotonic time, so a test can run each round at a time of its choosing.
+        """
+        last_beat = last_prune = self._clock.mono_ms() / 1000
         while True:
-            await asyncio.sleep(self.settings.cull_interval)
+            await self._sleep(self.settings.cull_interval)
             try:
                 await self.cull()
-                mono = time.monotonic()
+                mono = self._clock.mono_ms() / 1000
                 if mono - last_beat >= self.settings.heartbeat_interval:
                     last_beat = mono
                     await self.write_heartbeat()
@@ -578,4 +589,4 @@ class LicenseService:
                 await s
 
 
-__all__ = ["LicenseService", "ServiceConfig"]
+__all__ = ["LicenseService", "ServiceConfig", "Sleep"]

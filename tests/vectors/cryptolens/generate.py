@@ -3,9 +3,11 @@
 Fixed inputs: the RSA-2048 key in ``signing-key.xml`` (checked in; created
 once with ``--new-key``), a fixed clock and fixed licenses. RSASSA-PKCS1-v1_5
 is deterministic, so every run produces identical files; the test
-``tests/unit/test_cryptolens_vectors.py`` regenerates them and fails on any drift.
+``tests/unit/test_cryptolens_vectors.py`` builds them afresh and fails on any drift.
 
-Usage: ``.venv/bin/python scripts/gen_vectors_cryptolens.py [--new-key]``
+Usage, from ``tests/`` (``make vectors`` regenerates every vector set):
+``python -m vectors.cryptolens.generate [--new-key]``; the files are written beside
+this generator.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from meterbox.compat import (
 )
 from meterbox.compat.memory import InMemoryBackend
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "cryptolens"
+#: The checked-in vectors live beside this generator.
+OUT = Path(__file__).resolve().parent
 KEY_FILE = "signing-key.xml"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 VERSION = 1

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from crashmodel import CrashPoint, HarnessReport
-from ledger_support import VENDOR, VENDOR_ID
 from meterbox.clock import ManualClock
 from meterbox.ledger import Head, LedgerWriter, RecordType, ReportVerifier, export_report
 from meterbox.licenses import Feature, License, Meter, Receipt
 from meterbox.server._instance import ServerInstance
 from meterbox.vendorkit import keys as vendor_keys
+from support.crashmodel import CrashPoint, HarnessReport
+from support.ledger import VENDOR, VENDOR_ID
 
 
 def ledger_records(
