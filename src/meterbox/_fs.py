@@ -38,7 +38,9 @@ __all__ = [
     "disk_error",
     "fsync_dir",
     "is_disk_full",
+    "publish",
     "pwrite_all",
+    "stage_file",
     "write_all",
     "write_new_file",
 ]
@@ -108,6 +110,17 @@ def _write_all(fd: int, data: bytes, mode: int) -> None:
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
     path = Path(path)
+    publish(stage_file(path, data, mode=mode), path)
+
+
+def stage_file(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
+    """Write ``data`` durably to a fresh temporary file beside ``path``; return its path.
+
+    The first half of :func:`atomic_write`, for callers that must know the bytes are
+    on disk before they commit something else (then :func:`publish` gives the file
+    its name). On failure nothing is left behind.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -115,12 +128,22 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             _write_all(fd, data, mode)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    return tmp
+
+
+def publish(staged: Path, path: Path) -> None:
+    """Rename a file from :func:`stage_file` to ``path`` and make the rename durable."""
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(staged).unlink()
+        raise
+    fsync_dir(Path(path).parent)
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:

@@ -314,11 +314,6 @@ def _report(tmp_path: Path) -> tuple[Path, Path]:
     return site.home, report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ingest commits before the receipt is written: a failed receipt write "
-    "leaves the report recorded as acknowledged, and a retry is refused as a replay",
-)
 def test_vendor_ingest_whose_receipt_cannot_be_written_is_not_acknowledged(
     tmp_path: Path, disk: Path
 ) -> None:
@@ -336,13 +331,10 @@ def test_vendor_ingest_whose_receipt_cannot_be_written_is_not_acknowledged(
     assert receipt.stat().st_size > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an ingest into a store on a full disk ends in a traceback, not a CLI error",
-)
 def test_vendor_ingest_into_a_store_on_a_full_disk_records_nothing(
-    tmp_path: Path, disk: Path
+    tmp_path: Path, big_disk: Path
 ) -> None:
+    disk = big_disk
     import shutil
 
     home, report = _report(tmp_path)
