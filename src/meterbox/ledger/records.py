@@ -257,6 +257,11 @@ class Recovery(_Payload):
     cut_offset: int = _req("o", "int")
     cut_bytes: int = _req("n", "int")
     last_good_seq: int = _req("s", "int")
+    #: The highest seq the server's state had applied (acknowledged) before the cut.
+    acked_seq: int | None = _opt("k", "int")
+    #: How many acknowledged records (seq after ``last_good_seq``, up to
+    #: ``acked_seq``) the cut removed. Always 0 when writes are durable.
+    acked_lost: int | None = _opt("a", "int")
 
 
 # -------------------------------------------------------------- imports

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import StateError
 from meterbox.server._core.changes import (
     Change,
@@ -171,6 +172,15 @@ class StateStore:
         except (sqlite3.DatabaseError, ValueError) as exc:
             # ValueError: a damaged schema text can fail to decode as UTF-8.
             self.close()
+            if is_disk_full(exc):
+                # SQLite says "database or disk is full"; the file is not damaged, and
+                # restoring a backup (the advice below) would lose state for nothing.
+                raise disk_error(
+                    f"The server state file {self.path} cannot be written: the disk is full",
+                    exc,
+                    hint="Free disk space in the data directory, then start the server "
+                    "again; nothing in the state file was lost",
+                ) from exc
             raise StateError(
                 "The server state file is not a usable SQLite database",
                 expected="a meterbox state file",
@@ -217,7 +227,11 @@ class StateStore:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that fails with SQLITE_FULL may already have rolled the
+                # transaction back; a second ROLLBACK would replace the real error
+                # ("disk is full") with "no transaction is active".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
 
     # --------------------------------------------------------------- writes
@@ -232,7 +246,11 @@ class StateStore:
                     self._apply_one(change)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that fails with SQLITE_FULL may already have rolled the
+                # transaction back; a second ROLLBACK would replace the real error
+                # ("disk is full") with "no transaction is active".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _apply_one(self, c: Change) -> None:

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from meterbox._cli_support import EXIT_CODES_HELP, exit_code_for
+from meterbox._fs import disk_error, write_new_file
 from meterbox.errors import ConfigError, MeterboxError, StateError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, epilog=EXIT_CODES_HELP)
@@ -294,7 +295,12 @@ def export_cmd(
                 blob = inst.export_bytes()
             finally:
                 inst.close()
-    output.write_bytes(blob)
+    try:
+        # O_EXCL, every byte written and synced, and removed again on failure: a full
+        # disk leaves no truncated report that could be sent to the vendor.
+        write_new_file(output, blob, mode=0o644)
+    except OSError as exc:
+        _fail(disk_error(f"the report could not be written to {output}", exc))
     out.print(f"Report written to {output} ({len(blob)} bytes). Send it to the vendor.")
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import License, Topup
 from meterbox.vendorkit._db.schema import (
@@ -244,6 +245,12 @@ class VendorStore:
             store._ensure_schema()
         except OperationalError as exc:
             engine.dispose()
+            if is_disk_full(exc):
+                raise disk_error(
+                    "cannot open the vendor store: the disk is full",
+                    exc.orig if isinstance(exc.orig, BaseException) else exc,
+                    hint="free disk space where the store lives, then run the command again",
+                ) from None
             raise StateError(
                 "cannot open the vendor store",
                 expected="a reachable, writable database",
