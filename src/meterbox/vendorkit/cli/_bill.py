@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit.billing import Period, Statement, bill, to_json_text
 from meterbox.vendorkit.cli._common import SEVERITY_STYLE, HomeOption, StoreOption, app, cli_errors
+
+if TYPE_CHECKING:
+    from meterbox.vendorkit.billing import Statement
 
 
 def _print_statement(st: Statement) -> None:
@@ -65,6 +67,8 @@ def bill_command(
                 found=repr(output_format),
                 hint="For example --format csv",
             )
+        from meterbox.vendorkit.billing import Period, bill, to_json_text
+
         statement = bill(home, Period.parse(period), customer=customer, store_url=store)
     if output_format == "json":
         typer.echo(to_json_text(statement))

@@ -30,7 +30,6 @@ from meterbox.licenses import (
 )
 from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.cli._common import (
     HomeOption,
     StoreOption,
@@ -316,6 +315,8 @@ def issue_command(
                 exc.problem, expected=exc.expected, found=exc.found, hint=exc.hint
             ) from None
         document = lic.sign(signer)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             _write_output(output, document, force)
             try:
@@ -401,6 +402,8 @@ def topup_command(
         name, units = parse_units(meter)
         _check_output(output, force)
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             row = db.get_license(license_id)
             if row is None:
@@ -440,6 +443,8 @@ def licenses_command(
     """List issued licenses."""
     with cli_errors():
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             rows = db.list_licenses(customer)
             topups = db.list_topups()
