@@ -62,14 +62,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
 
@@ -85,6 +83,14 @@ from meterbox.ledger import (
     ReportVerifier,
 )
 from meterbox.ledger import findings as F
+from meterbox.ledger.records import (
+    SeatCheckout,
+    SeatDenied,
+    SeatRelease,
+    SeatRenew,
+    Usage,
+    parse_payload,
+)
 from meterbox.licenses import License, Receipt, VendorPublicBundle
 from meterbox.vendorkit._db.store import (
     Activity,
@@ -398,28 +404,28 @@ class IngestCore:
             )
 
     def _usage(self, record: Record, decrement: bool) -> None:
-        p = record.payload
-        meter, amount = p.get("m"), p.get("a")
+        try:
+            usage: Usage | None = Usage.from_map(record.payload)
+        except FormatError:
+            usage = None
         if (
-            not isinstance(meter, str)
-            or not meter
-            or len(meter) > 64
-            or not isinstance(amount, int)
-            or isinstance(amount, bool)
-            or not 0 <= amount < 2**62
+            usage is None
+            or not usage.meter
+            or len(usage.meter) > 64
+            or not 0 <= usage.amount < 2**62
         ):
             self._bad(record, "expected a meter name and an amount of 0 to 2^62 units")
             return
-        client = p.get("c")
+        meter, amount = usage.meter, usage.amount
         self.usage.append(
             (
                 self.instance_id,
                 record.seq,
-                self._license(p.get("l")),
+                self._license(usage.license_id),
                 meter,
                 record.wall_ms * 1000,
                 amount,
-                str(client)[:200] if client is not None else "",
+                (usage.client_id or "")[:200],
                 "decrement" if decrement else "increment",
                 self.report_digest,
             )
@@ -427,29 +433,34 @@ class IngestCore:
         self.totals[meter] = self.totals.get(meter, 0) + (-amount if decrement else amount)
 
     def _seat(self, record: Record, kind: str, *, store: bool) -> None:
-        p = record.payload
-        lease = p.get("i")
-        lease = str(lease)[:64] if lease is not None else None
-        feature, client, lic_raw = p.get("f"), p.get("c"), p.get("l")
+        try:
+            seat = parse_payload(record.type, record.payload)
+        except FormatError:
+            seat = None
+        lease: str | None = None
+        if isinstance(seat, SeatCheckout | SeatDenied):
+            feature = seat.feature
+            if not feature or len(feature) > 64:
+                seat = None
         if kind in {"checkout", "denied"}:
-            if not isinstance(feature, str) or not feature or len(feature) > 64:
+            if not isinstance(seat, SeatCheckout | SeatDenied):
                 if store:
                     self._bad(record, "expected a feature name")
                 return
-            lic = self._license(lic_raw)
-            owner = (lic, feature, str(client)[:200] if client is not None else "")
-            if kind == "checkout" and lease is not None:
+            lic = self._license(seat.license_id if isinstance(seat, SeatCheckout) else None)
+            owner = (lic, seat.feature, (seat.client_id or "")[:200])
+            if isinstance(seat, SeatCheckout) and seat.lease_id is not None:
+                lease = seat.lease_id[:64]
                 self._leases[lease] = owner
         else:
-            if lease is None:
+            if not isinstance(seat, SeatRenew | SeatRelease):
                 if store:
                     self._bad(record, "expected a lease id")
                 return
+            lease = seat.lease_id[:64]
             known = self._leases.get(lease)
             if kind != "renew":
                 self._leases.pop(lease, None)
-            if known is None and isinstance(feature, str) and feature:
-                known = (self._license(lic_raw), feature, str(client or "")[:200])
             if known is None:
                 if store:
                     self.unresolved.append((record.seq, record.wall_ms * 1000, kind, lease))
@@ -503,25 +514,14 @@ class IngestCore:
 
 
 # ----------------------------------------------------------------------- shell
-_U32 = struct.Struct(">I")
-_MAX_PEEK = 16 << 20
 
 
-def peek_header(path: Path) -> dict[str, Any] | None:
-    """The report header as a map, or ``None`` when the file does not start like a report."""
-    with path.open("rb") as f:
-        head = f.read(9)
-        if len(head) != 9 or head[:4] != b"MBXR":
-            return None
-        (length,) = _U32.unpack_from(head, 5)
-        if length > _MAX_PEEK:
-            return None
-        data = f.read(length)
-    try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        return None
-    return value if isinstance(value, dict) else None
+def _instance_named(path: Path, ledger_keys: Mapping[bytes, X25519PrivateKey]) -> bytes:
+    """The instance id the report's header names, or ``b""`` when it names none."""
+    verifier = ReportVerifier(ledger_keys)
+    with path.open("rb") as stream:
+        verifier.read_header(stream)
+    return verifier.result.instance_id
 
 
 def file_digest(path: Path) -> str:
@@ -603,13 +603,12 @@ def ingest(
                 f"this exact report (sha256 {digest[:16]}...) was ingested before; "
                 "nothing was billed again",
             )
-            header = peek_header(report_path) or {}
-            iid = header.get("instance_id")
+            iid = _instance_named(report_path, ledger_keys)
             return IngestOutcome(
                 "rejected",
                 (finding,),
                 {},
-                iid.hex() if isinstance(iid, bytes) else None,
+                iid.hex() if iid else None,
                 None,
                 digest,
             )
@@ -632,11 +631,14 @@ def _ingest_new(
     on_progress: Callable[[int], None] | None,
     receipt_out: Path | None,
 ) -> IngestOutcome:
-    header = peek_header(report_path) or {}
-    raw_iid = header.get("instance_id")
-    instance_hex = raw_iid.hex() if isinstance(raw_iid, bytes) and len(raw_iid) == 16 else ""
-    docs = header.get("licenses")
-    docs = [d for d in docs if isinstance(d, bytes)] if isinstance(docs, list) else []
+    # Closed by the ``with`` below that verifies the rest of the stream.
+    stream = report_path.open("rb")
+    verifier = ReportVerifier(ledger_keys, on_progress=on_progress)
+    header = verifier.read_header(stream)
+    # A header that fails half-way still names what it could: take that from the result.
+    raw_iid = header.instance_id if header else verifier.result.instance_id
+    instance_hex = raw_iid.hex()
+    docs = list(header.licenses) if header else verifier.result.licenses
     issued = [row.license_id for row in store.list_licenses()]
     licenses, license_findings = check_licenses(docs, keys.bundle, issued)
     license_ids = [lic.license_id for lic in licenses]
@@ -652,13 +654,13 @@ def _ingest_new(
         else (inst_row.license_id if inst_row else UNKNOWN),
         clock=ClockChecker(vendor_now_ms=now_ms, policy=policy, open_leases=leases),
     )
-    verifier = ReportVerifier(ledger_keys, known=known, on_progress=on_progress)
+    verifier.known = known
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
     try:
-        with report_path.open("rb") as stream:
-            for record, acked in verifier.records(stream):
+        with stream:
+            for record, acked in verifier.records():
                 core.add(record, acked)
                 if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
                     _flush(conn, store, core)
