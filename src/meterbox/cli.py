@@ -10,7 +10,7 @@ this allows is checked by ``tests/unit/test_cli_import_graph.py``.
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -23,6 +23,10 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "server": ("meterbox.server.cli", "On-site license server."),
     "client": ("meterbox.client.cli", "Client commands for shell scripts."),
 }
+
+
+#: Exit code of unusable input, the same in every command group.
+EXIT_INPUT = 2
 
 
 class _Pending(typer.core.TyperCommand):
@@ -45,6 +49,16 @@ class _LazyGroup(TyperGroup):
             command = self._load(name)
         return name, command, rest
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            # The last net under every command: a path the user named that turned out
+            # to be the wrong kind (a file where a directory belongs), missing or not
+            # permitted. Commands check what they can first; whatever the operating
+            # system refuses beyond that is still the user's input, not a crash.
+            _report_os_error(exc)
+
     def _load(self, name: str) -> Any:
         module = importlib.import_module(_GROUPS[name][0])
         command = typer.main.get_command(module.app)
@@ -52,6 +66,20 @@ class _LazyGroup(TyperGroup):
         command.help = _GROUPS[name][1]
         self.commands[name] = command
         return command
+
+
+def _report_os_error(exc: OSError) -> NoReturn:
+    from meterbox.errors import ConfigError
+
+    where = exc.filename if exc.filename is not None else "a path"
+    error = ConfigError(
+        "a file or directory given to this command cannot be used",
+        expected="paths of the right kind (file or directory) that this user may use",
+        found=f"{where}: {exc.strerror or exc}",
+        hint="check the path named above, what it is (ls -ld) and its permissions",
+    )
+    typer.echo(f"error: {error.render()}", err=True)
+    raise typer.Exit(EXIT_INPUT)
 
 
 def _print_version(value: bool) -> None:

@@ -58,6 +58,16 @@ def init(
     """Create a server instance: identity, ledger genesis, licenses, admin token."""
     from meterbox.server._instance import init_server
 
+    if data.exists() and not data.is_dir():
+        _fail(
+            ConfigError(
+                "--data names a file",
+                expected="a new or empty directory for the server's data",
+                found=f"{data} is a file",
+                hint="pass a directory path; 'meterbox server init' creates it",
+            )
+        )
+
     with _errors():
         result = init_server(data, vendor_pub=vendor_key, license_files=license_files)
     out.print(f"Server instance [bold]{result.instance_id}[/] created in {data}")
@@ -402,6 +412,17 @@ def export_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Report file to write.")],
 ) -> None:
     """Write a signed report of everything since the last imported receipt."""
+    # Checked before the report is built: a path that cannot take the file fails at
+    # once, not after the ledger was read and an export record written.
+    if not output.parent.is_dir():
+        _fail(
+            ConfigError(
+                "the report's directory does not exist",
+                expected="-o naming a file in an existing directory",
+                found=f"{output.parent} is {'a file' if output.parent.exists() else 'missing'}",
+                hint=f"create it first (mkdir -p {output.parent}) or choose another -o",
+            )
+        )
     if output.exists():
         _fail(
             StateError(
@@ -422,12 +443,45 @@ def export_cmd(
                 blob = inst.export_bytes()
             finally:
                 inst.close()
-    output.write_bytes(blob)
+    _write_atomic(output, blob)
     out.print(f"Report written to {output} ({len(blob)} bytes). Send it to the vendor.")
 
 
+def _write_atomic(path: Path, blob: bytes) -> None:
+    """Write ``path`` whole or not at all: a crash or a full disk leaves no partial report."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        # link() instead of replace(): a file created meanwhile is not overwritten.
+        os.link(tmp, path)
+    except FileExistsError:
+        _fail(
+            StateError(
+                "output file exists",
+                expected="a new file name",
+                found=str(path),
+                hint="choose another -o or remove the old report",
+            )
+        )
+    finally:
+        os.unlink(tmp)
+
+
 @app.command("import")
-def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> None:
+def import_cmd(
+    data: DataOption,
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Receipt, top-up or license from the vendor.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
     """Import a receipt, top-up or renewed license. Anything else is refused."""
     try:
         blob = file.read_bytes()
@@ -450,7 +504,13 @@ def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> Non
                 result = asyncio.run(inst.import_bytes(blob))
             finally:
                 inst.close()
-    out.print(f"Imported {result.get('imported')}: {json.dumps(result)}")
+    if as_json:
+        typer.echo(json.dumps(result, sort_keys=True))
+        return
+    out.print(f"Imported a {result.get('imported', 'file')}.", highlight=False)
+    for key, value in result.items():
+        if key != "imported":
+            out.print(f"  {key.replace('_', ' ')}: {value}", highlight=False)
 
 
 @app.command("cryptolens-key")
