@@ -38,6 +38,7 @@ class _LazyGroup(TyperGroup):
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
+        polish(self)
         for name, (_module, help_text) in _GROUPS.items():
             self.commands[name] = _Pending(name=name, help=help_text, callback=None)
 
@@ -52,6 +53,9 @@ class _LazyGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (``meterbox ... | head``): nothing to report.
+            raise
         except OSError as exc:
             # The last net under every command: a path the user named that turned out
             # to be the wrong kind (a file where a directory belongs), missing or not
@@ -64,8 +68,41 @@ class _LazyGroup(TyperGroup):
         command = typer.main.get_command(module.app)
         command.name = name
         command.help = _GROUPS[name][1]
+        polish(command)
         self.commands[name] = command
         return command
+
+
+# Option names whose path is a directory, shown as DIR rather than FILE.
+_DIR_OPTIONS = frozenset({"data", "home"})
+
+
+def polish(command: Any) -> None:
+    """Readable ``--help`` for ``command`` and everything under it.
+
+    typer prints each parameter's Python type (``<bool>``, ``<list[str]>``, ``<path>``)
+    and the argument as ``{report}``. Flags get no metavar, paths FILE or DIR, anything
+    else the parameter's name in capitals, unless the command set one itself.
+    """
+    help_option = command.get_help_option(command.context_class(command))
+    if help_option is not None:
+        help_option.metavar = ""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.metavar is None:
+            param.metavar = _metavar(param)
+    for sub in getattr(command, "commands", {}).values():
+        if not isinstance(sub, _Pending):
+            polish(sub)
+
+
+def _metavar(param: Any) -> str:
+    name = str(param.name or "value")
+    desc = getattr(param, "type_descriptor", None)
+    if param.param_type_name == "option" and desc is not None and desc.is_path:
+        return "DIR" if name in _DIR_OPTIONS else "FILE"
+    return name.upper().replace("-", "_")
 
 
 def _report_os_error(exc: OSError) -> NoReturn:

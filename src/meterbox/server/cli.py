@@ -383,7 +383,7 @@ def _admin(data: Path, method: str, path: str, content: bytes | None = None) -> 
 @app.command()
 def status(
     data: DataOption,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print GET /v1/status's JSON.")] = False,
 ) -> None:
     """Ledger head, last receipt, report due date, seats in use, quota left."""
     if _running(data):
@@ -395,15 +395,63 @@ def status(
         with _errors():
             info = read_status(data)
     if as_json:
-        out.print_json(json.dumps(info, default=str))
+        # The keys of GET /v1/status (docs/api.md), one JSON document on one line.
+        typer.echo(json.dumps(info, sort_keys=True, default=str))
         return
-    out.print(f"[bold]instance[/]     {info['instance_id']}")
-    out.print(f"[bold]ledger head[/]  seq {info['ledger']['seq']}  {info['ledger']['head']}")
-    out.print(f"[bold]last receipt[/] {info['last_receipt']}")
-    out.print(f"[bold]report due[/]   {info['report_due']}")
-    out.print(f"[bold]seats in use[/] {info['seats_in_use']}")
-    for name, q in info["quota"].items():
-        out.print(f"[bold]quota[/]        {name}: used {q['used']} of {q['limit']}")
+    for label, value in status_lines(info):
+        out.print(f"[bold]{label:<13}[/] {value}", highlight=False, soft_wrap=True)
+
+
+def utc(value: object) -> str:
+    """An ISO-8601 time as the CLI shows every time: UTC, seconds, ``Z``."""
+    from datetime import UTC, datetime
+
+    if not isinstance(value, str):
+        return "-"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """``server status`` as label/value lines: one fact per line, each under 80 columns."""
+    ledger = info.get("ledger") or {}
+    receipt = info.get("last_receipt")
+    due = info.get("report_due") or {}
+    lines = [
+        ("instance", str(info.get("instance_id", "-"))),
+        ("license time", utc(info.get("license_time"))),
+        ("ledger seq", "-" if ledger.get("seq") is None else str(ledger["seq"])),
+        ("ledger head", str(ledger.get("head") or "-")),
+    ]
+    if receipt:
+        lines.append(("last receipt", f"{receipt.get('receipt_id')} (seq {receipt.get('seq')})"))
+        lines.append(("receipt time", utc(receipt.get("vendor_time"))))
+    else:
+        lines.append(("last receipt", "none imported yet"))
+    if not due.get("required"):
+        lines.append(("report", "not required by the licenses"))
+    else:
+        lines.append(("report due", utc(due.get("due"))))
+        state = "OVERDUE: export and send a report" if due.get("overdue") else "not overdue"
+        lines.append(("report by", f"{utc(due.get('deadline'))} ({state})"))
+    seats = info.get("seats_in_use") or {}
+    for feature, in_use in sorted(seats.items()):
+        lines.append(("seats in use", f"{feature}: {in_use}"))
+    if not seats:
+        lines.append(("seats in use", "no floating features"))
+    for name, q in sorted((info.get("quota") or {}).items()):
+        if q.get("limit") is None:
+            lines.append(("quota", f"{name}: {q['used']} used, unlimited"))
+        else:
+            lines.append(
+                ("quota", f"{name}: {q['used']} of {q['limit']} used, {q['remaining']} left")
+            )
+    return lines
 
 
 @app.command("export")

@@ -450,7 +450,12 @@ def licenses_command(
             topups = db.list_topups()
         table = Table(title=f"{len(rows)} license(s)")
         for col in ("license", "customer", "product", "issued", "expires", "features", "meters"):
-            table.add_column(col)
+            # Ids stay on one line (to be copied and grepped); the rest folds to fit.
+            if col == "license":
+                width = max((len(r.license_id) for r in rows), default=7)
+                table.add_column(col, no_wrap=True, min_width=width)
+            else:
+                table.add_column(col, overflow="fold")
         for row in rows:
             lic = License.from_bytes(row.document, keys.bundle)
             added: dict[str, int] = {}
@@ -476,4 +481,4 @@ def licenses_command(
                 feats or "-",
                 meters or "-",
             )
-        Console(soft_wrap=False, highlight=False, width=200).print(table)
+        Console(highlight=False).print(table)
