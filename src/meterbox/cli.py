@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from meterbox import __version__
+from meterbox._cli_support import EXIT_CODES_HELP, EXIT_INPUT
 
 # name -> (module holding a typer ``app``, one-line help shown by ``meterbox --help``)
 _GROUPS: dict[str, tuple[str, str]] = {
@@ -23,10 +24,6 @@ _GROUPS: dict[str, tuple[str, str]] = {
     "server": ("meterbox.server.cli", "On-site license server."),
     "client": ("meterbox.client.cli", "Client commands for shell scripts."),
 }
-
-
-#: Exit code of unusable input, the same in every command group.
-EXIT_INPUT = 2
 
 
 class _Pending(typer.core.TyperCommand):
@@ -130,6 +127,7 @@ app = typer.Typer(
     help="meterbox: offline metered and floating licensing.",
     no_args_is_help=True,
     add_completion=False,
+    epilog=EXIT_CODES_HELP,
 )
 
 

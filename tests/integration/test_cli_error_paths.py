@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from server_proc_support import Data, make_data
+
+from support.server_proc import Data, make_data
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from server_proc_support import free_port, make_data
 from typer.testing import CliRunner
 
 from meterbox.cli import app
+from support.server_proc import free_port, make_data
 
 runner = CliRunner()
 

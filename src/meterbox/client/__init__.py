@@ -12,41 +12,36 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# Public name -> the module defining it. Names are imported on first use (PEP 562), so
+# Public name -> (module, attribute). Names are imported on first use (PEP 562), so
 # ``import meterbox.client`` and the ``meterbox client`` commands load the blocking
-# client without asyncio's client and the asynchronous driver unless they are used.
-_HOMES: dict[str, str] = {
-    "AsyncClient": "_async",
-    "AsyncSeat": "_async",
-    "Balance": "_core",
-    "DeadLetter": "_core",
-    "FlushResult": "_core",
-    "Lease": "_core",
-    "RecordResult": "_core",
-    "RetryPolicy": "_core",
-    "UsageEvent": "_core",
-    "UsageReceipt": "_core",
-    "Spool": "_spool",
-    "SpooledEvent": "_spool",
-    "Client": "_sync",
-    "Seat": "_sync",
-    **dict.fromkeys(
-        (
-            "BadRequestError",
-            "IdempotencyConflictError",
-            "LeaseLost",
-            "LicenseExpired",
-            "NoSeatAvailable",
-            "ProtocolError",
-            "QuotaExceeded",
-            "ReportOverdue",
-            "ServerUnreachableError",
-            "SpoolError",
-            "UnknownFeature",
-            "UnknownMeter",
-        ),
-        "errors",
-    ),
+# client without the asynchronous driver and asyncio unless they are used.
+_HOMES: dict[str, tuple[str, str]] = {
+    "AsyncClient": ("meterbox.client._async", "AsyncClient"),
+    "AsyncSeat": ("meterbox.client._async", "AsyncSeat"),
+    "Balance": ("meterbox.client._core", "Balance"),
+    "DeadLetter": ("meterbox.client._core", "DeadLetter"),
+    "FlushResult": ("meterbox.client._core", "FlushResult"),
+    "Lease": ("meterbox.client._core", "Lease"),
+    "RecordResult": ("meterbox.client._core", "RecordResult"),
+    "RetryConfig": ("meterbox.client._core", "RetryConfig"),
+    "UsageEvent": ("meterbox.client._core", "UsageEvent"),
+    "UsageReceipt": ("meterbox.client._core", "UsageReceipt"),
+    "Spool": ("meterbox.client._spool", "Spool"),
+    "SpooledEvent": ("meterbox.client._spool", "SpooledEvent"),
+    "Client": ("meterbox.client._sync", "Client"),
+    "Seat": ("meterbox.client._sync", "Seat"),
+    "BadRequestError": ("meterbox.client.errors", "BadRequestError"),
+    "IdempotencyConflictError": ("meterbox.client.errors", "IdempotencyConflictError"),
+    "LeaseLost": ("meterbox.client.errors", "LeaseLost"),
+    "LicenseExpired": ("meterbox.client.errors", "LicenseExpired"),
+    "NoSeatAvailable": ("meterbox.client.errors", "NoSeatAvailable"),
+    "ProtocolError": ("meterbox.client.errors", "ProtocolError"),
+    "QuotaExceeded": ("meterbox.client.errors", "QuotaExceeded"),
+    "ReportOverdue": ("meterbox.client.errors", "ReportOverdue"),
+    "ServerUnreachableError": ("meterbox.client.errors", "ServerUnreachableError"),
+    "SpoolError": ("meterbox.client.errors", "SpoolError"),
+    "UnknownFeature": ("meterbox.client.errors", "UnknownFeature"),
+    "UnknownMeter": ("meterbox.client.errors", "UnknownMeter"),
 }
 
 if TYPE_CHECKING:
@@ -57,7 +52,7 @@ if TYPE_CHECKING:
         FlushResult,
         Lease,
         RecordResult,
-        RetryPolicy,
+        RetryConfig,
         UsageEvent,
         UsageReceipt,
     )
@@ -83,7 +78,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'meterbox.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"meterbox.client.{home}"), name)
+    value = getattr(importlib.import_module(home[0]), home[1])
     globals()[name] = value
     return value
 
@@ -111,7 +106,7 @@ __all__ = [
     "QuotaExceeded",
     "RecordResult",
     "ReportOverdue",
-    "RetryPolicy",
+    "RetryConfig",
     "Seat",
     "ServerUnreachableError",
     "Spool",

@@ -18,7 +18,7 @@ from meterbox.compat.backend import (
     CryptolensBackend,
     CryptolensLicenseView,
     CustomerView,
-    DataObject,
+    DataObjectView,
     numeric_license_id,
 )
 from meterbox.compat.errors import (
@@ -34,7 +34,7 @@ from meterbox.compat.errors import (
 )
 from meterbox.compat.service import CryptolensService
 from meterbox.compat.signer import CryptolensSigner, public_key_from_xml, public_key_to_xml
-from meterbox.compat.wire import Limits
+from meterbox.compat.wire import CryptolensLimitsConfig
 
 __all__ = [
     "LIMIT_REACHED_MESSAGE",
@@ -48,9 +48,9 @@ __all__ = [
     "CryptolensService",
     "CryptolensSigner",
     "CustomerView",
-    "DataObject",
+    "DataObjectView",
     "LicenseKeyBlocked",
-    "Limits",
+    "CryptolensLimitsConfig",
     "MachineNotAllowed",
     "SignMethodRequired",
     "UnknownDataObject",

@@ -13,7 +13,7 @@ from meterbox.compat.backend import (
     NEVER_EXPIRES,
     CryptolensLicenseView,
     CustomerView,
-    DataObject,
+    DataObjectView,
     numeric_license_id,
 )
 from meterbox.errors import ConfigError
@@ -51,11 +51,11 @@ def view_from_license(license: License) -> CryptolensLicenseView:  # noqa: A002 
     )
 
 
-def initial_data_objects(license: License) -> list[DataObject]:  # noqa: A002 - domain name
+def initial_data_objects(license: License) -> list[DataObjectView]:  # noqa: A002 - domain name
     """The data objects as issued; the backend then tracks their values in meters."""
     if license.cryptolens is None:
         return []
     return [
-        DataObject(o.id, o.name, o.string_value, o.int_value)
+        DataObjectView(o.id, o.name, o.string_value, o.int_value)
         for o in sorted(license.cryptolens.data_objects, key=lambda o: o.id)
     ]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObject
+from meterbox.clock import Clock
+from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
 from meterbox.compat.errors import BoundExceeded, UnknownDataObject
 from meterbox.errors import NoSeatAvailable
 
@@ -27,8 +28,8 @@ class InMemoryBackend:
 
     def __init__(
         self,
-        licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObject]]],
-        clock: Callable[[], float],
+        licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObjectView]]],
+        clock: Clock,
     ) -> None:
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -36,7 +37,7 @@ class InMemoryBackend:
         self._by_id: dict[str, CryptolensLicenseView] = {}
         self._floating: dict[str, dict[str, ActivatedMachine]] = {}
         self._nodelocked: dict[str, dict[str, ActivatedMachine]] = {}
-        self._objects: dict[str, dict[int, DataObject]] = {}
+        self._objects: dict[str, dict[int, DataObjectView]] = {}
         for view, objects in licenses:
             self._by_key[(view.product_id, view.key)] = view
             self._by_id[view.license_id] = view
@@ -45,7 +46,7 @@ class InMemoryBackend:
             self._objects[view.license_id] = {o.id: o for o in objects}
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._clock.wall_ms() // 1000
 
     def _live(self, license_id: str) -> dict[str, ActivatedMachine]:
         now = self._now()
@@ -129,7 +130,7 @@ class InMemoryBackend:
 
     async def change_data_object(
         self, license_id: str, object_id: int, name: str, delta: int, bound: int | None
-    ) -> DataObject:
+    ) -> DataObjectView:
         async with self._lock:
             objects = self._objects[license_id]
             target = _find_object(objects, object_id, name)
@@ -149,12 +150,12 @@ class InMemoryBackend:
             objects[target.id] = updated
             return updated
 
-    async def data_objects(self, license_id: str) -> list[DataObject]:
+    async def data_objects(self, license_id: str) -> list[DataObjectView]:
         async with self._lock:
             return sorted(self._objects[license_id].values(), key=lambda o: o.id)
 
 
-def _find_object(objects: dict[int, DataObject], object_id: int, name: str) -> DataObject:
+def _find_object(objects: dict[int, DataObjectView], object_id: int, name: str) -> DataObjectView:
     if object_id != 0:
         found = objects.get(object_id)
         if found is not None:

@@ -22,9 +22,9 @@ Semantics (see ``docs/spec/cryptolens-compat.md`` for the full table):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from meterbox.clock import Clock
 from meterbox.compat.backend import ActivatedMachine, CryptolensBackend, CryptolensLicenseView
 from meterbox.compat.errors import (
     SIGN_METHOD_FLOATING_MESSAGE,
@@ -37,7 +37,14 @@ from meterbox.compat.errors import (
 )
 from meterbox.compat.licensekey import metadata_object, sign_license
 from meterbox.compat.signer import CryptolensSigner
-from meterbox.compat.wire import INT32_MAX, INT64_MAX, Form, Limits, normalise_method, parse_form
+from meterbox.compat.wire import (
+    INT32_MAX,
+    INT64_MAX,
+    CryptolensLimitsConfig,
+    Form,
+    normalise_method,
+    parse_form,
+)
 from meterbox.errors import MeterboxError
 
 __all__ = ["CryptolensService", "Reply"]
@@ -60,13 +67,13 @@ class CryptolensService:
         self,
         backend: CryptolensBackend,
         signer: CryptolensSigner,
-        clock: Callable[[], float],
-        limits: Limits | None = None,
+        clock: Clock,
+        limits: CryptolensLimitsConfig | None = None,
     ) -> None:
         self._backend = backend
         self._signer = signer
         self._clock = clock
-        self.limits = limits or Limits()
+        self.limits = limits or CryptolensLimitsConfig()
 
     async def handle(
         self, method: str, path: str, body: bytes, content_type: str, ip: str
@@ -108,7 +115,7 @@ class CryptolensService:
         return await handler(form, ip)
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._clock.wall_ms() // 1000
 
     async def _license(self, form: Form) -> CryptolensLicenseView:
         product_id = form.integer("ProductId", low=0, high=INT32_MAX)

@@ -11,7 +11,7 @@ Pure functions, no I/O. Quirks handled (all observed from the SDKs):
 - ``FriendlyName=None`` (Python's ``str(None)``) means empty;
 - ``SignMethod`` is ``1`` (Python) or ``StringSign`` (.NET).
 
-Limits (:class:`Limits`) bound the body, the number of fields and each field,
+Limits (:class:`CryptolensLimitsConfig`) bound the body, the number of fields and each field,
 so a request is fully validated before anything is looked up or changed.
 """
 
@@ -29,7 +29,7 @@ __all__ = [
     "INT64_MAX",
     "METHODS",
     "Form",
-    "Limits",
+    "CryptolensLimitsConfig",
     "normalise_method",
     "parse_form",
 ]
@@ -51,7 +51,7 @@ METHODS: Final = frozenset(
 
 
 @dataclass(frozen=True)
-class Limits:
+class CryptolensLimitsConfig:
     """Request size limits; all requests the SDKs send are far below them."""
 
     max_body_bytes: int = 64 * 1024
@@ -85,7 +85,7 @@ def normalise_method(path: str) -> str:
     return method
 
 
-def parse_form(body: bytes, limits: Limits) -> Form:
+def parse_form(body: bytes, limits: CryptolensLimitsConfig) -> Form:
     """Decode an ``application/x-www-form-urlencoded`` body into a case-insensitive form."""
     if len(body) > limits.max_body_bytes:
         raise CryptolensRequestError(
@@ -143,7 +143,7 @@ def parse_form(body: bytes, limits: Limits) -> Form:
 class Form:
     """Case-insensitive typed access to form fields; every accessor validates."""
 
-    def __init__(self, fields: Mapping[str, str], limits: Limits) -> None:
+    def __init__(self, fields: Mapping[str, str], limits: CryptolensLimitsConfig) -> None:
         self._fields = dict(fields)
         self.limits = limits
 

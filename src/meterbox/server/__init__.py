@@ -1,10 +1,19 @@
 """meterbox.server: the on-site license server.
 
-Public entry points: :class:`Engine` (pure decisions), :class:`StateStore` (SQLite),
-:class:`LicenseService` (the shell that orders, records and persists decisions),
-:func:`create_app` (the FastAPI app of ``docs/api.md``), the :class:`EventSink`
-protocol with :class:`LedgerEventSink` and the test/debug :class:`FileEventSink`,
-and the license policy types with :func:`policy_from_license`.
+Exported for the command line, for embedding and for tests:
+
+* :class:`ServerInstance` (a data directory opened: identity, ledger, state,
+  service) and :func:`build_server`, which assembles an instance with the HTTP API,
+  the Cryptolens-compatible API and the site dashboard into one ASGI app
+  (:class:`BuiltServer`);
+* :func:`build_app`, the FastAPI app of ``docs/api.md`` over a :class:`LicenseService`
+  (which orders, records and persists decisions over a :class:`StateStore`);
+* the event sinks :class:`EventSink`, :class:`LedgerEventSink` and the test/debug
+  :class:`FileEventSink`;
+* the license policy types and :func:`policy_from_license`;
+* the tunables :class:`ServiceConfig` and :class:`HttpLimitsConfig`.
+
+The pure decision cores live in ``meterbox.server._core`` and are internal.
 """
 
 from __future__ import annotations
@@ -16,18 +25,17 @@ from typing import TYPE_CHECKING, Any
 # ``meterbox server`` command group loads the web framework and the state store only
 # for the commands that use them, not for ``--help`` or ``status``.
 _HOMES: dict[str, tuple[str, str]] = {
-    "Limits": ("meterbox.server._app", "Limits"),
-    "create_app": ("meterbox.server._app", "create_app"),
-    "ClockStep": ("meterbox.server._core.clock", "ClockStep"),
-    "LicenseClock": ("meterbox.server._core.clock", "LicenseClock"),
-    "Engine": ("meterbox.server._core.engine", "Engine"),
-    "ReceiptInfo": ("meterbox.server._core.engine", "ReceiptInfo"),
+    "HttpLimitsConfig": ("meterbox.server._app", "HttpLimitsConfig"),
+    "build_app": ("meterbox.server._app", "build_app"),
     "FeaturePolicy": ("meterbox.server._core.policy", "FeaturePolicy"),
     "LicensePolicy": ("meterbox.server._core.policy", "LicensePolicy"),
     "MeterPolicy": ("meterbox.server._core.policy", "MeterPolicy"),
     "policy_from_license": ("meterbox.server._core.policy", "policy_from_license"),
+    "ServerInstance": ("meterbox.server._instance", "ServerInstance"),
+    "BuiltServer": ("meterbox.server._runtime", "BuiltServer"),
+    "build_server": ("meterbox.server._runtime", "build_server"),
     "LicenseService": ("meterbox.server._service", "LicenseService"),
-    "Settings": ("meterbox.server._service", "Settings"),
+    "ServiceConfig": ("meterbox.server._service", "ServiceConfig"),
     "EventSink": ("meterbox.server._sinks", "EventSink"),
     "FileEventSink": ("meterbox.server._sinks", "FileEventSink"),
     "LedgerEventSink": ("meterbox.server._sinks", "LedgerEventSink"),
@@ -35,16 +43,16 @@ _HOMES: dict[str, tuple[str, str]] = {
 }
 
 if TYPE_CHECKING:
-    from meterbox.server._app import Limits, create_app
-    from meterbox.server._core.clock import ClockStep, LicenseClock
-    from meterbox.server._core.engine import Engine, ReceiptInfo
+    from meterbox.server._app import HttpLimitsConfig, build_app
     from meterbox.server._core.policy import (
         FeaturePolicy,
         LicensePolicy,
         MeterPolicy,
         policy_from_license,
     )
-    from meterbox.server._service import LicenseService, Settings
+    from meterbox.server._instance import ServerInstance
+    from meterbox.server._runtime import BuiltServer, build_server
+    from meterbox.server._service import LicenseService, ServiceConfig
     from meterbox.server._sinks import EventSink, FileEventSink, LedgerEventSink
     from meterbox.server._state import StateStore
 
@@ -59,20 +67,19 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClockStep",
-    "Engine",
+    "BuiltServer",
     "EventSink",
     "FeaturePolicy",
     "FileEventSink",
+    "HttpLimitsConfig",
     "LedgerEventSink",
-    "LicenseClock",
     "LicensePolicy",
     "LicenseService",
-    "Limits",
     "MeterPolicy",
-    "ReceiptInfo",
-    "Settings",
+    "ServerInstance",
+    "ServiceConfig",
     "StateStore",
-    "create_app",
+    "build_app",
+    "build_server",
     "policy_from_license",
 ]

@@ -3,7 +3,7 @@
 ``run`` and ``config`` take their settings from flags, then METERBOX_* environment
 variables, then a TOML file given with ``--config`` (keys named like the long flags, e.g.
 ``port = 8080``); one pydantic-settings model, :mod:`meterbox.server._config`.
-Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification failed, 4 state.
+Exit codes are the shared table of :mod:`meterbox._cli_support` (docs/api.md).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import httpx
 import typer
 from rich.console import Console
 
-from meterbox.errors import ConfigError, FormatError, MeterboxError, StateError, VerificationError
+from meterbox._cli_support import EXIT_CODES_HELP, exit_code_for
+from meterbox.errors import ConfigError, MeterboxError, StateError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False, epilog=EXIT_CODES_HELP)
 out = Console()
 # Messages are not wrapped: a line per message survives grep and log collectors.
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -32,13 +33,11 @@ err = Console(stderr=True, soft_wrap=True, highlight=False)
 DataOption = Annotated[
     Path, typer.Option("--data", envvar="METERBOX_DATA", help="Server data directory.")
 ]
-_EXIT = {ConfigError: 2, FormatError: 2, VerificationError: 3, StateError: 4}
 
 
 def _fail(exc: MeterboxError) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc.render()}", highlight=False)
-    code = next((c for cls, c in _EXIT.items() if isinstance(exc, cls)), 1)
-    raise typer.Exit(code)
+    raise typer.Exit(exit_code_for(exc))
 
 
 @contextmanager
@@ -264,13 +263,13 @@ def _serve(conf: Any) -> None:
     import uvicorn
 
     from meterbox.server._instance import RUN_FILE, write_run_file
-    from meterbox.server._runtime import build_app
+    from meterbox.server._runtime import build_server
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     data: Path = conf.data
     log_config = _setup_logging(conf.log_level)
     with _errors():
-        built = build_app(data, force_recover=conf.force_recover)
+        built = build_server(data, force_recover=conf.force_recover)
     scheme = "https" if conf.tls_cert else "http"
     uv_config = uvicorn.Config(
         built.app,

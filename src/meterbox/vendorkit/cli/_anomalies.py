@@ -92,8 +92,7 @@ def anomalies_command(
                 hint="leave it out to use the interval the licenses state",
             )
         from meterbox.vendorkit._db.store import VendorStore
-        from meterbox.vendorkit.anomaly._features import DAY_MS
-        from meterbox.vendorkit.anomaly._store import histories
+        from meterbox.vendorkit.anomaly import DAY_MS, histories
 
         every = None if report_every_days is None else report_every_days * DAY_MS
         with VendorStore.open(store_url, home=home) as store:

@@ -21,6 +21,8 @@ from rich.table import Table
 from meterbox.errors import ConfigError, FormatError, StateError
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
+    MAX_LEASE_SECONDS,
+    MIN_LEASE_SECONDS,
     CryptolensSection,
     DataObject,
     Feature,
@@ -28,7 +30,6 @@ from meterbox.licenses import (
     Meter,
     Topup,
 )
-from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.cli._common import (
     HomeOption,
