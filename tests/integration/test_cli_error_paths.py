@@ -1,8 +1,9 @@
 """Every failure a user can cause at the CLI: a message (expected / found / what to do),
 the documented exit code, and never a traceback.
 
-Exit codes (docs/deploy.md, the command modules): 2 unusable input (a flag, file or
-path), 3 a signature that does not verify, 4 state (missing, locked, would overwrite).
+Exit codes (meterbox._cli_support, docs/api.md): 2 unusable input (a flag, file or
+path), 3 a signature that does not verify, 4 local state (missing, locked, would
+overwrite).
 Each case runs the real `meterbox` process, so an exception that escapes shows up as
 a traceback on stderr, exactly as an operator would see it.
 """
@@ -111,7 +112,8 @@ def test_data_directory_that_is_a_file(tmp_path: Path) -> None:
 def test_client_spool_that_is_a_directory(tmp_path: Path) -> None:
     (tmp_path / "spool").mkdir()
     proc = meterbox(tmp_path, "client", "record", "runs", "--spool", str(tmp_path / "spool"))
-    assert_message(proc, 2, "spool")
+    # The spool is local state (exit 4 in the shared table), named with a way out.
+    assert_message(proc, 4, "spool", "METERBOX_SPOOL")
 
 
 def test_client_bad_url(tmp_path: Path) -> None:
