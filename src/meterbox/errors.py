@@ -80,7 +80,11 @@ class MeterboxError(Exception):
 
 def _sentence(text: str) -> str:
     text = text.strip().rstrip(".")
-    return (text[:1].upper() + text[1:] + ".") if text else ""
+    if not text:
+        return ""
+    # A hint may be a question ("did you mean 'port'?"); it keeps its own mark.
+    end = "" if text.endswith(("?", "!")) else "."
+    return text[:1].upper() + text[1:] + end
 
 
 class FormatError(MeterboxError):

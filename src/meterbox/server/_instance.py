@@ -13,7 +13,9 @@ Data directory layout (mode 0700)::
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
 ``import`` therefore go through the running server's admin API when it runs, and
-open the directory directly when it does not.
+open the directory directly when it does not. A query (``status``) on a stopped server
+uses :func:`read_status`, which writes nothing: no ledger record, no lock file, no
+state change.
 """
 
 from __future__ import annotations
@@ -43,12 +45,12 @@ from meterbox.errors import (
     UnavailableError,
     VerificationError,
 )
-from meterbox.ledger import Head, LedgerWriter, RecordType, export_report
+from meterbox.ledger import Head, LedgerWriter, RecordType, export_report, read_head
 from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
-from meterbox.server._service import LicenseService, ServiceConfig, Sleep
+from meterbox.server._service import LicenseService, ServiceConfig, Sleep, status_view
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 from meterbox.server._tpm import TpmSetup, prepare_tpm, write_tpm_config
@@ -267,6 +269,40 @@ def _ensure_cryptolens_key(path: Path) -> None:
         except MeterboxError:
             path.unlink()
     CryptolensSigner.generate(path)
+
+
+def read_status(data: Path, *, clock: Clock | None = None) -> dict[str, Any]:
+    """The ``/v1/status`` document of a stopped server, read without writing anything."""
+    clock = clock or SystemClock()
+    if not (data / LEDGER_DIR).exists():
+        raise StateError(
+            f"no server instance in {data}",
+            expected=f"a directory set up by 'meterbox server init --data {data}'",
+            found="no ledger there",
+        )
+    # The same refusals as a start: a directory others can write is not trusted.
+    check_private_dir(data)
+    licenses = load_licenses(data, read_bundle(data))
+    head = read_head(data / LEDGER_DIR)
+    store = StateStore(data / STATE_DB, read_only=True)
+    try:
+        snap = store.load()
+    finally:
+        store.close()
+    engine = snap.engine([policy_from_license(lic) for lic, _ in licenses])
+    # License time as a starting server would compute it: never before what it has seen.
+    now = clock.now()
+    floors = [t for t in (snap.clock_floor, snap.init_time, now) if t is not None]
+    if snap.last_receipt is not None:
+        floors.append(snap.last_receipt.vendor_time)
+    if snap.instance_id is None:
+        raise StateError(
+            "the server state was never initialised",
+            expected="a state file written by a server that has run",
+            found=f"no instance id in {data / STATE_DB}",
+            hint=f"start the server once with 'meterbox server run --data {data}'",
+        )
+    return status_view(engine, max(floors), snap.instance_id, (head.seq, head.hash.hex()))
 
 
 class ServerInstance:

@@ -596,30 +596,9 @@ class LicenseService:
         return None
 
     def status(self) -> dict[str, Any]:
-        now = self.now()
-        seq_head = self.ledger_head()
-        seats = self.engine.seats_view(now)
-        receipt = self.engine.last_receipt
-        return {
-            "instance_id": self.instance_id,
-            "license_time": now.isoformat(),
-            "ledger": {
-                "seq": seq_head[0] if seq_head else None,
-                "head": seq_head[1] if seq_head else None,
-            },
-            "last_receipt": receipt.to_json() if receipt else None,
-            "report_due": self.engine.report_status(now),
-            "seats_in_use": {f["feature"]: f["in_use"] for f in seats},
-            "quota": {
-                f"{b['license_id']}/{b['meter']}": {
-                    "used": b["used"],
-                    "limit": b["limit"],
-                    "remaining": b["remaining"],
-                }
-                for b in self.engine.balances(now)
-            },
-            "clock_steps": self.clock_steps,
-        }
+        return status_view(
+            self.engine, self.now(), self.instance_id, self.ledger_head(), self.clock_steps
+        )
 
     async def aclose(self) -> None:
         """Wait for pending side records; the owner closes the store and the sink."""
@@ -629,4 +608,36 @@ class LicenseService:
                 await s
 
 
-__all__ = ["LicenseService", "ServiceConfig", "Sleep"]
+def status_view(
+    engine: Engine,
+    now: datetime,
+    instance_id: str,
+    seq_head: tuple[int, str] | None,
+    clock_steps: int = 0,
+) -> dict[str, Any]:
+    """The ``/v1/status`` document; pure, so a stopped server's status is the same shape."""
+    seats = engine.seats_view(now)
+    receipt = engine.last_receipt
+    return {
+        "instance_id": instance_id,
+        "license_time": now.isoformat(),
+        "ledger": {
+            "seq": seq_head[0] if seq_head else None,
+            "head": seq_head[1] if seq_head else None,
+        },
+        "last_receipt": receipt.to_json() if receipt else None,
+        "report_due": engine.report_status(now),
+        "seats_in_use": {f["feature"]: f["in_use"] for f in seats},
+        "quota": {
+            f"{b['license_id']}/{b['meter']}": {
+                "used": b["used"],
+                "limit": b["limit"],
+                "remaining": b["remaining"],
+            }
+            for b in engine.balances(now)
+        },
+        "clock_steps": clock_steps,
+    }
+
+
+__all__ = ["LicenseService", "ServiceConfig", "Sleep", "status_view"]

@@ -136,9 +136,14 @@ class StateSnapshot:
 class StateStore:
     """The SQLite state file. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self._lockfile: IO[bytes] | None = open(  # noqa: SIM115 - held for the store's lifetime
+        self._lock = threading.Lock()
+        self._lockfile: IO[bytes] | None = None
+        if read_only:
+            self._open_read_only()
+            return
+        self._lockfile = open(  # noqa: SIM115 - held for the store's lifetime
             str(self.path) + ".lock", "ab"
         )
         try:
@@ -152,7 +157,6 @@ class StateStore:
                 found=f"{self.path}.lock is locked",
                 hint="Stop the other server, or give this one its own state directory",
             ) from None
-        self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -187,6 +191,46 @@ class StateStore:
                 found=str(exc),
                 hint="Restore the file from backup or point the server at a new directory",
             ) from exc
+
+    def _open_read_only(self) -> None:
+        # For queries on a stopped server (``meterbox server status``): no lock file,
+        # no schema, no pragma that writes; SQLite itself refuses any write.
+        if not self.path.is_file():
+            raise StateError(
+                "The server state file is missing",
+                expected=f"a state file at {self.path}",
+                found="no such file",
+                hint="Run 'meterbox server init' first, or pass the right --data",
+            )
+        # A server that stopped cleanly left no write-ahead log: the file is complete and
+        # ``immutable`` reads it without creating the -wal/-shm files read-only mode
+        # would. A log left by a crash holds committed changes, so it is read through
+        # (SQLite then maintains its shared-memory index; the data stays untouched).
+        wal = Path(f"{self.path}-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        try:
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?{flags}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            version = self._meta("schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                "The server state file cannot be read",
+                expected="a readable meterbox state file",
+                found=str(exc),
+                hint="Run the command as the user the server runs as, or restore the file",
+            ) from exc
+        if version != str(SCHEMA_VERSION):
+            self._db.close()
+            raise StateError(
+                "Unknown server state schema version",
+                expected=f"version {SCHEMA_VERSION}",
+                found=f"version {version}",
+                hint="Use the meterbox release that created this state file",
+            )
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:

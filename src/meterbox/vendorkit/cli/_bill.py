@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit.billing import Period, Statement, bill, to_json_text
 from meterbox.vendorkit.cli._common import SEVERITY_STYLE, HomeOption, StoreOption, app, cli_errors
+
+if TYPE_CHECKING:
+    from meterbox.vendorkit.billing import Statement
 
 
 def _print_statement(st: Statement) -> None:
-    out = Console(soft_wrap=False, highlight=False, width=200)
+    # The terminal's real width (80 columns when not a terminal): rich folds the
+    # cells to fit instead of drawing rows that wrap.
+    out = Console(highlight=False)
     table = Table(title=f"usage {st.period}")
+    id_width = max((len(m.license_id) for m in st.meters), default=7)
     for col in ("customer", "license", "meter", "period", "used", "prepaid", "overage", "to date"):
-        table.add_column(col, justify="right" if col in ("used", "prepaid", "overage") else "left")
+        # License ids stay on one line (to be copied and grepped); the rest folds to fit.
+        table.add_column(
+            col,
+            justify="right" if col in ("used", "prepaid", "overage") else "left",
+            overflow="fold",
+            no_wrap=col == "license",
+            min_width=id_width if col == "license" else None,
+        )
     for m in st.meters:
         table.add_row(
             m.customer,
@@ -36,7 +48,7 @@ def _print_statement(st: Statement) -> None:
             peaks[(s.license_id, s.feature)] = max(peaks.get((s.license_id, s.feature), 0), s.peak)
         seats = Table(title="peak concurrent seats (hourly detail: --format json)")
         for col in ("license", "feature", "peak", "denials"):
-            seats.add_column(col)
+            seats.add_column(col, overflow="fold")
         for (lic, feat), peak in sorted(peaks.items()):
             seats.add_row(lic, feat, str(peak), str(st.denials.get((lic, feat), 0)))
         out.print(seats)
@@ -65,6 +77,8 @@ def bill_command(
                 found=repr(output_format),
                 hint="For example --format csv",
             )
+        from meterbox.vendorkit.billing import Period, bill, to_json_text
+
         statement = bill(home, Period.parse(period), customer=customer, store_url=store)
     if output_format == "json":
         typer.echo(to_json_text(statement))

@@ -31,7 +31,6 @@ from meterbox.licenses import (
     Topup,
 )
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.cli._common import (
     HomeOption,
     StoreOption,
@@ -317,6 +316,8 @@ def issue_command(
                 exc.problem, expected=exc.expected, found=exc.found, hint=exc.hint
             ) from None
         document = lic.sign(signer)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             _write_output(output, document, force)
             try:
@@ -402,6 +403,8 @@ def topup_command(
         name, units = parse_units(meter)
         _check_output(output, force)
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             row = db.get_license(license_id)
             if row is None:
@@ -441,12 +444,19 @@ def licenses_command(
     """List issued licenses."""
     with cli_errors():
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             rows = db.list_licenses(customer)
             topups = db.list_topups()
         table = Table(title=f"{len(rows)} license(s)")
         for col in ("license", "customer", "product", "issued", "expires", "features", "meters"):
-            table.add_column(col)
+            # Ids stay on one line (to be copied and grepped); the rest folds to fit.
+            if col == "license":
+                width = max((len(r.license_id) for r in rows), default=7)
+                table.add_column(col, no_wrap=True, min_width=width)
+            else:
+                table.add_column(col, overflow="fold")
         for row in rows:
             lic = License.from_bytes(row.document, keys.bundle)
             added: dict[str, int] = {}
@@ -472,4 +482,4 @@ def licenses_command(
                 feats or "-",
                 meters or "-",
             )
-        Console(soft_wrap=False, highlight=False, width=200).print(table)
+        Console(highlight=False).print(table)
