@@ -70,6 +70,9 @@ class RecordType(enum.IntEnum):
     TOPUP_IMPORTED = 17
     LICENSE_INSTALLED = 18
     USAGE_DENIED = 19
+    # 20-25 are reserved for state, witness and evidence records.
+    MACHINE_ACTIVATED = 26
+    MACHINE_DEACTIVATED = 27
 
     @property
     def kind(self) -> str:
