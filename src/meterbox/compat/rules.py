@@ -114,10 +114,10 @@ def plan_change(obj: DataObject, charged: int, delta: int, bound: int | None) ->
         )
     usage = delta if obj.charge == "increment" else -delta
     if usage < 0 and charged + usage < 0:
-        direction = "decrement" if obj.charge == "increment" else "increment"
+        direction = "a decrement" if obj.charge == "increment" else "an increment"
         raise BoundExceeded(
             f"Data object {obj.id} ({obj.name!r}) cannot give back more than it charged",
-            expected=f"a {direction} of at most {charged}: it gives back only usage "
+            expected=f"{direction} of at most {charged}: it gives back only usage "
             "recorded through this data object",
             found=arithmetic,
             hint="Nothing was changed; change by less",
