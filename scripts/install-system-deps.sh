@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: PostgreSQL server binaries (for the vendor store's
-# PostgreSQL tests) and Debian's chromium (for the dashboard browser tests).
+# PostgreSQL tests), Debian's chromium (for the dashboard browser tests) and Node.js with
+# npm (for the Cryptolens Node SDK tests), then the unmodified npm `cryptolens` package
+# into tests/node/node_modules from the committed lock file.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -13,4 +18,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     echo "missing system packages: ${need[*]} (install them as root)" >&2
     exit 1
   fi
+fi
+if [ ! -f tests/node/node_modules/cryptolens/package.json ] \
+  || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
