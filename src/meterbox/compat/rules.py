@@ -25,8 +25,9 @@ Data-object changes:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any, Final
 
 from meterbox.compat.backend import CryptolensLicenseView, DataObject
 from meterbox.compat.errors import BoundExceeded, ReadOnlyDataObject
@@ -34,11 +35,17 @@ from meterbox.compat.wire import INT32_MAX, INT32_MIN
 from meterbox.errors import NoSeatAvailable
 
 __all__ = [
+    "CLIENT_PREFIX",
     "DataObjectPlan",
+    "charged_from_records",
     "check_nodelocked",
     "plan_change",
     "slots_used",
 ]
+
+
+#: Client id of the usage records a data object writes: ``cryptolens/<object id>``.
+CLIENT_PREFIX: Final = "cryptolens/"
 
 
 def slots_used(view: CryptolensLicenseView, activated: Collection[str]) -> int:
@@ -123,3 +130,36 @@ def plan_change(obj: DataObject, charged: int, delta: int, bound: int | None) ->
             hint="Nothing was changed; change by less",
         )
     return DataObjectPlan(new_value=new_value, usage=usage)
+
+
+def charged_from_records(
+    records: Iterable[tuple[str, dict[str, Any]]],
+) -> dict[tuple[str, str, int], int]:
+    """Units each data object charged, recomputed from ledger records alone.
+
+    ``records`` are ``(kind, payload)`` pairs in ledger order (``usage`` and
+    ``usage.decrement``); the result maps (license id, meter, data-object id) to the
+    net units charged, with every give-back capped by what was charged before it, as
+    the server enforces. This is what a verifier holding the ledger (the vendor, or
+    a rebuild of ``cryptolens.db``) compares the server's claims with.
+    """
+    charged: dict[tuple[str, str, int], int] = {}
+    for kind, payload in records:
+        client, lid, meter, amount = (payload.get(k) for k in ("c", "l", "m", "a"))
+        if not (
+            isinstance(client, str)
+            and client.startswith(CLIENT_PREFIX)
+            and client[len(CLIENT_PREFIX) :].isdigit()
+            and isinstance(lid, str)
+            and isinstance(meter, str)
+            and isinstance(amount, int)
+            and not isinstance(amount, bool)
+        ):
+            continue
+        slot = (lid, meter, int(client[len(CLIENT_PREFIX) :]))
+        before = charged.get(slot, 0)
+        if kind == "usage":
+            charged[slot] = before + amount
+        elif kind == "usage.decrement":
+            charged[slot] = before - min(amount, before)
+    return charged

@@ -57,7 +57,7 @@ Invariants:
   before anything is recorded, under one lock for all data-object changes.
 - Every record the vendor needs to judge a data object from the ledger alone is in
   the ledger: usage and give-backs carry the license and ``cryptolens/<id>``, and
-  :func:`charged_from_records` recomputes what each object charged from them.
+  :func:`meterbox.compat.rules.charged_from_records` recomputes what each object charged from them.
 - Crash safety: a change is first written to ``cryptolens.db`` as *pending* with a
   fresh idempotency key, then sent to the service with that key, then applied.
   On start, a pending change whose key the engine's persisted state knows is
@@ -71,12 +71,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from starlette.types import ASGIApp
 
@@ -84,7 +84,7 @@ from meterbox.compat import CryptolensSigner, create_cryptolens_app, with_crypto
 from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObject
 from meterbox.compat.errors import UnknownDataObject
 from meterbox.compat.mapping import view_from_license
-from meterbox.compat.rules import check_nodelocked, plan_change
+from meterbox.compat.rules import CLIENT_PREFIX, check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable, StateError
 from meterbox.licenses import DataObject as LicenseDataObject
 from meterbox.licenses import License
@@ -97,7 +97,6 @@ __all__ = [
     "MACHINE_ACTIVATED",
     "MACHINE_DEACTIVATED",
     "EngineCryptolensBackend",
-    "charged_from_records",
     "mount_cryptolens",
 ]
 
@@ -123,8 +122,6 @@ CREATE TABLE IF NOT EXISTS floating_meta (
 """
 
 _IDEM_PREFIX: Final = "cryptolens:"
-#: Client id of the usage records a data object writes: ``cryptolens/<object id>``.
-CLIENT_PREFIX: Final = "cryptolens/"
 #: Ledger record kinds of node-locked activations (record types 26 and 27).
 MACHINE_ACTIVATED: Final = "machine.activated"
 MACHINE_DEACTIVATED: Final = "machine.deactivated"
@@ -486,39 +483,6 @@ def _find_object(
 def _charged(obj: LicenseDataObject, net: int) -> int:
     """Units the object has charged to its meter, from the net change of its value."""
     return net if obj.charge == "increment" else -net
-
-
-def charged_from_records(
-    records: Iterable[tuple[str, dict[str, Any]]],
-) -> dict[tuple[str, str, int], int]:
-    """Units each data object charged, recomputed from ledger records alone.
-
-    ``records`` are ``(kind, payload)`` pairs in ledger order (``usage`` and
-    ``usage.decrement``); the result maps (license id, meter, data-object id) to the
-    net units charged, with every give-back capped by what was charged before it, as
-    the server enforces. This is what a verifier holding the ledger (the vendor, or
-    a rebuild of ``cryptolens.db``) compares the server's claims with.
-    """
-    charged: dict[tuple[str, str, int], int] = {}
-    for kind, payload in records:
-        client, lid, meter, amount = (payload.get(k) for k in ("c", "l", "m", "a"))
-        if not (
-            isinstance(client, str)
-            and client.startswith(CLIENT_PREFIX)
-            and client[len(CLIENT_PREFIX) :].isdigit()
-            and isinstance(lid, str)
-            and isinstance(meter, str)
-            and isinstance(amount, int)
-            and not isinstance(amount, bool)
-        ):
-            continue
-        slot = (lid, meter, int(client[len(CLIENT_PREFIX) :]))
-        before = charged.get(slot, 0)
-        if kind == "usage":
-            charged[slot] = before + amount
-        elif kind == "usage.decrement":
-            charged[slot] = before - min(amount, before)
-    return charged
 
 
 def mount_cryptolens(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
