@@ -486,8 +486,15 @@ class License:
         }
 
     @classmethod
-    def from_payload(cls, value: object, version: int = 1) -> License:
-        """Build a license from the payload of a format-``version`` document."""
+    def from_payload(cls, value: object, version: int | None = None) -> License:
+        """Build a license from the payload of a format-``version`` document.
+
+        Without ``version`` (a payload kept apart from its envelope) it is read from
+        the payload: version 2 when the Cryptolens section carries version-2 fields.
+        """
+        if version is None:
+            section = value.get("cryptolens") if isinstance(value, dict) else None
+            version = 2 if isinstance(section, dict) and "max_machines" in section else 1
         f = Fields(value, "license")
         license_id = f.name("license_id")
         customer = f.text("customer")
