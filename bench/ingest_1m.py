@@ -20,9 +20,9 @@ from pathlib import Path
 from meterbox.clock import ManualClock
 from meterbox.ledger import LedgerConfig, LedgerWriter, RecordType, export_report
 from meterbox.licenses import License, Meter
+from meterbox.vendorkit import DB_FILE, VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.ingest import ingest
-from meterbox.vendorkit.store import DB_FILE, VendorStore
 
 SUBMIT_CHUNK = 50_000
 

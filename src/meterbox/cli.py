@@ -6,7 +6,7 @@ import typer
 
 from meterbox.client.cli import app as client_app
 from meterbox.server.cli import app as server_app
-from meterbox.vendorkit.commands import app as vendor_app
+from meterbox.vendorkit.cli import app as vendor_app
 
 app = typer.Typer(
     help="meterbox: offline metered and floating licensing.",

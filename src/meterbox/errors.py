@@ -110,3 +110,9 @@ class LicenseExpired(LicenseDenied):
 
 class UnknownFeature(LicenseDenied):
     code = "unknown_feature"
+
+
+class UnknownVersionError(FormatError):
+    """Input names a format version this release does not know: upgrade, do not guess."""
+
+    code = "unknown_version"

@@ -32,8 +32,8 @@ from meterbox.compat import CryptolensSigner
 from meterbox.ledger import Record, ReportVerifier
 from meterbox.licenses import CryptolensSection, DataObject, Feature, License, Meter
 from meterbox.server._instance import init_server
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit.store import VendorStore
 
 PRODUCT = 3349
 KEY = "DROPI-NLICE-NSEAB-CDEFG"

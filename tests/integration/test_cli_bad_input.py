@@ -9,7 +9,7 @@ from test_vendor_ingest_support import make_home
 from typer.testing import CliRunner
 
 from meterbox.cli import app
-from meterbox.vendorkit.store import VendorStore
+from meterbox.vendorkit import VendorStore
 
 runner = CliRunner()
 

@@ -47,10 +47,10 @@ from meterbox.licenses import CryptolensSection, DataObject, Feature, License, M
 from meterbox.server._cryptolens import CRYPTOLENS_DB, EngineCryptolensBackend
 from meterbox.server._instance import ServerInstance, init_server
 from meterbox.server._runtime import BuiltApp, build_app
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.billing import Period, bill
 from meterbox.vendorkit.ingest import ingest
-from meterbox.vendorkit.store import VendorStore
 
 PRODUCT = 3349
 KEY = "ABCDE-FGHIJ-KLMNO-PQRST"

@@ -18,7 +18,7 @@ from test_vendor_ingest_support import (
 )
 
 from meterbox.ledger import LedgerWriter
-from meterbox.vendorkit.store import VendorStore
+from meterbox.vendorkit import VendorStore
 from report_surgery import frame_offsets
 
 

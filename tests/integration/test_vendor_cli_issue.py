@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import meterbox
 from meterbox.cli import app
 from meterbox.licenses import License, Topup, VendorPublicBundle
-from meterbox.vendorkit.store import VendorStore
+from meterbox.vendorkit import VendorStore
 
 runner = CliRunner()
 

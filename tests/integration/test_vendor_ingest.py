@@ -16,8 +16,8 @@ from test_vendor_ingest_support import (
 
 from meterbox.ledger import Head
 from meterbox.licenses import Receipt, VendorPublicBundle
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit.ingest import ingest
-from meterbox.vendorkit.store import VendorStore
 
 
 def _bundle(home: Path) -> VendorPublicBundle:

@@ -14,13 +14,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_vendor_ingest_support import Site, cli, codes, days, ingest_json, make_home, make_site
+from test_vendor_ingest_support import (
+    SITE_START_MS,
+    Site,
+    cli,
+    codes,
+    days,
+    ingest_json,
+    make_home,
+    make_site,
+)
 
 from meterbox.ledger import LedgerWriter
 from meterbox.licenses import Feature, License, Meter
-from meterbox.vendorkit import _ingest_store as db
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit.store import VendorStore
 
 MIN = 60_000
 
@@ -86,14 +94,19 @@ def test_clean_history_has_no_anomaly_findings(tmp_path: Path, store_url: str) -
         site.reopen()  # a clean restart between reports is the customer's right
     assert anomalies(home, store_url) == []
     engine = sa.create_engine(store_url)
+    tables = sa.MetaData()
+    tables.reflect(engine, only=["ledger_events", "report_meta"])
     with engine.connect() as conn:
-        kinds = {r[0] for r in conn.execute(sa.select(db.ledger_events_table.c.kind))}
-        meta = conn.execute(sa.select(db.report_meta_table)).all()
+        kinds = {r[0] for r in conn.execute(sa.select(tables.tables["ledger_events"].c.kind))}
+        meta = conn.execute(sa.select(tables.tables["report_meta"])).all()
     engine.dispose()
     assert {"heartbeat", "boot", "shutdown"} <= kinds
     assert len(meta) == 4
     assert {(m.report_every_days, m.grace_days) for m in meta} == {(7, 2)}
-    assert all(m.created_ms > 0 for m in meta)
+    # Microseconds since the epoch, like every time in the store: site clocks start in
+    # 2026, and the ledger's millisecond times scale by exactly 1000.
+    assert all(m.created_us >= SITE_START_MS * 1000 and m.created_us % 1000 == 0 for m in meta)
+    assert all(m.received_us % 1000 == 0 for m in meta)
 
 
 def test_clock_set_back_while_running_is_seen_at_ingest_and_on_demand(

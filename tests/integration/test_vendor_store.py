@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_vendor_ingest_support import VENDOR_NOW, issue, make_home, make_site
+from typer.testing import CliRunner
 
+from meterbox.cli import app as root_app
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import Feature, License, Meter, Topup
-from meterbox.vendorkit.keys import VendorKeyPair
-from meterbox.vendorkit.store import (
+from meterbox.vendorkit import Period, VendorStore, bill, ingest
+from meterbox.vendorkit._db.schema import SCHEMA_VERSION, schema_table, to_micros
+from meterbox.vendorkit._db.store import (
     FindingRow,
     InstanceRow,
-    ReceiptRow,
     ReportRow,
-    SeatEventRow,
-    UsageRow,
-    VendorStore,
     normalise_url,
-    schema_table,
 )
+from meterbox.vendorkit.keys import VendorKeyPair
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 PAIR = VendorKeyPair.from_raw(b"\x09" * 32, b"\x0a" * 32, T0)
@@ -56,8 +56,16 @@ def _license(license_id: str, customer: str) -> tuple[License, bytes]:
     return lic, lic.sign(PAIR.signer())
 
 
-def _usage(seq: int, license_id: str = "lic_a", amount: int = 1) -> UsageRow:
-    return UsageRow(INSTANCE, seq, license_id, "runs", T0 + timedelta(minutes=seq), amount, "c1")
+def _usage(
+    seq: int, license_id: str = "lic_a", amount: int = 1
+) -> tuple[str, int, str, str, int, int, str, str, str]:
+    ts = to_micros(T0 + timedelta(minutes=seq))
+    return (INSTANCE, seq, license_id, "runs", ts, amount, "c1", "increment", "ee" * 32)
+
+
+def _count(store: VendorStore, table: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
 
 
 def test_licenses_and_topups_round_trip(store: VendorStore) -> None:
@@ -76,18 +84,77 @@ def test_licenses_and_topups_round_trip(store: VendorStore) -> None:
         store.add_topup(Topup("top_2", "lic_zz", "runs", 1, T0), b"x")
 
 
-def test_same_usage_records_never_bill_twice(store: VendorStore) -> None:
-    assert store.insert_usage_rows(_usage(i) for i in range(100)) == 100
-    assert store.insert_usage_rows([_usage(i) for i in range(90, 110)]) == 10
+def test_reingested_records_are_billed_once(tmp_path: Path, store_url: str) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue(home, store_url=store_url)])
+    for _ in range(3):
+        site.use("solver", 10)
+    first = site.export(tmp_path / "r1.mbr")
+    assert ingest(home, first, store_url=store_url, now=VENDOR_NOW).status == "accepted"
+    site.use("solver", 1)
+    # No receipt imported on the site: the second report repeats the first's records.
+    second = ingest(home, site.export(tmp_path / "r2.mbr"), store_url=store_url, now=VENDOR_NOW)
+    replay = ingest(home, first, store_url=store_url, now=VENDOR_NOW)
+
+    assert (second.status, second.totals) == ("accepted", {"solver": 1})
+    assert (replay.status, [f.code for f in replay.findings]) == ("rejected", ["report.replay"])
+    statement = bill(home, Period(2026, 1), store_url=store_url)
+    assert [(m.meter, m.used) for m in statement.meters if m.meter == "solver"] == [("solver", 31)]
+    with VendorStore.open(store_url) as s:
+        assert _count(s, "usage") == 4
+
+
+def test_every_stored_time_is_microseconds(tmp_path: Path, store_url: str) -> None:
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue(home, store_url=store_url)])
+    site.use("solver", 5)
+    first_ms = site.clock.wall_ms()  # the manual clock stands still between records
+    site.heartbeat()
+    last_ms = site.clock.wall_ms()
+    outcome = ingest(home, site.export(tmp_path / "r1.mbr"), store_url=store_url, now=VENDOR_NOW)
+    assert outcome.accepted
+    engine = sa.create_engine(normalise_url(store_url, None))
+    try:
+        with engine.connect() as conn:
+
+            def one(sql: str) -> tuple[int, ...]:
+                return tuple(int(v) for v in conn.exec_driver_sql(sql).one())
+
+            assert one("SELECT ts FROM usage") == (first_ms * 1000,)
+            assert one("SELECT wall_us FROM ledger_events WHERE kind = 'heartbeat'") == (
+                last_ms * 1000,
+            )
+            assert one("SELECT ingested_at FROM reports") == (to_micros(VENDOR_NOW),)
+            assert one("SELECT received_us FROM report_meta") == (to_micros(VENDOR_NOW),)
+            span = one("SELECT first_wall_us, last_wall_us FROM report_spans")
+            activity = one("SELECT first_wall_us, last_wall_us FROM instance_activity")
+    finally:
+        engine.dispose()
+    # The spans cover every new record, from the genesis on: they start at or before
+    # the usage record and end at the heartbeat, all in microseconds.
+    assert span == activity
+    assert span[0] <= first_ms * 1000
+    assert span[1] == last_ms * 1000
+
+
+def test_duplicate_records_are_skipped_by_the_store(store: VendorStore) -> None:
+    with store.engine.begin() as conn:
+        store.insert_usage([_usage(i) for i in range(100)], conn)
+    with store.engine.begin() as conn:
+        store.insert_usage([_usage(i, amount=7) for i in range(90, 110)], conn)
     rows = store.usage_between(T0, T0 + timedelta(days=1))
     assert [r.seq for r in rows] == list(range(110))
+    assert [r.amount for r in rows[88:92]] == [1, 1, 1, 1]
     assert rows[5].ts == T0 + timedelta(minutes=5)
 
 
 def test_replayed_report_is_recognised(store: VendorStore) -> None:
     report = ReportRow("ee" * 32, INSTANCE, 0, 99, T0, "accepted", [{"code": "x"}])
-    assert store.record_report(report) is True
-    assert store.record_report(report) is False
+    with store.engine.begin() as conn:
+        assert store.report_known("ee" * 32, conn) is False
+        assert store.record_report(report, conn) is True
+        assert store.record_report(report, conn) is False
+        assert store.report_known("ee" * 32, conn) is True
     got = store.get_report("ee" * 32)
     assert got is not None
     assert got.findings == ({"code": "x"},)
@@ -97,7 +164,8 @@ def test_usage_filters_by_customer_and_window(store: VendorStore) -> None:
     for lid, customer in (("lic_a", "ACME"), ("lic_b", "Beta")):
         lic, doc = _license(lid, customer)
         store.add_license(lic, doc)
-    store.insert_usage_rows([_usage(1, "lic_a"), _usage(2, "lic_b"), _usage(3, "lic_a")])
+    with store.engine.begin() as conn:
+        store.insert_usage([_usage(1, "lic_a"), _usage(2, "lic_b"), _usage(3, "lic_a")], conn)
     acme = store.usage_between(T0, T0 + timedelta(hours=1), customer="ACME")
     assert [r.seq for r in acme] == [1, 3]
     window = store.usage_between(T0 + timedelta(minutes=2), T0 + timedelta(minutes=3))
@@ -105,37 +173,47 @@ def test_usage_filters_by_customer_and_window(store: VendorStore) -> None:
 
 
 def test_instances_upsert_keeps_first_seen(store: VendorStore) -> None:
-    store.upsert_instance(InstanceRow(INSTANCE, "lic_a", T0, chain_secret=b"s", chain_epoch=0))
-    later = T0 + timedelta(days=3)
-    store.upsert_instance(
-        InstanceRow(
-            INSTANCE, "lic_a", later, acked_seq=99, acked_hash="cd" * 32, last_report_at=later
+    with store.engine.begin() as conn:
+        store.upsert_instance(
+            InstanceRow(INSTANCE, "lic_a", T0, chain_secret=b"s", chain_epoch=0), conn
         )
-    )
+    later = T0 + timedelta(days=3)
+    with store.engine.begin() as conn:
+        store.upsert_instance(
+            InstanceRow(
+                INSTANCE, "lic_a", later, acked_seq=99, acked_hash="cd" * 32, last_report_at=later
+            ),
+            conn,
+        )
     inst = store.get_instance(INSTANCE)
     assert inst is not None
     assert (inst.first_seen, inst.acked_seq, inst.last_report_at) == (T0, 99, later)
     assert store.get_instance("00" * 16) is None
 
 
-def test_seat_events_findings_and_receipts(store: VendorStore) -> None:
-    events = [
-        SeatEventRow(INSTANCE, i, "lic_a", "cad", T0 + timedelta(seconds=i), "checkout", "c", "L1")
-        for i in range(5)
-    ]
-    assert store.insert_seat_events(events) == 5
-    assert store.insert_seat_events(events) == 0
-    assert len(store.seat_events_between(T0, T0 + timedelta(minutes=1), license_id="lic_a")) == 5
-    store.insert_findings([FindingRow("ee" * 32, INSTANCE, "clock_step", "warning", "jump", 3)])
+def test_leases_and_findings(store: VendorStore) -> None:
+    def seat(seq: int, kind: str, lease: str) -> tuple[str, int, str, str, int, str, str, str, str]:
+        ts = to_micros(T0 + timedelta(seconds=seq))
+        return (INSTANCE, seq, "lic_a", "cad", ts, kind, "c", lease, "ee" * 32)
+
+    events = [seat(0, "checkout", "L1"), seat(1, "checkout", "L2"), seat(2, "release", "L1")]
+    with store.engine.begin() as conn:
+        store.insert_seat_events(events, conn)
+        store.insert_seat_events(events, conn)
+        store.insert_findings(
+            [FindingRow("ee" * 32, INSTANCE, "clock_step", "warning", "jump", 3)], conn
+        )
+    with store.engine.connect() as conn:
+        assert store.open_leases(INSTANCE, conn) == {"L2"}
+        assert store.lease_owners(INSTANCE, ["L1", "L9"], conn) == {"L1": ("lic_a", "cad", "c")}
+    assert _count(store, "seat_events") == 3
     assert [f.code for f in store.findings_for(instance_id=INSTANCE)] == ["clock_step"]
-    store.add_receipt(ReceiptRow("rcpt_1", INSTANCE, "ee" * 32, 4, T0, b"doc"))
-    assert [r.head_seq for r in store.receipts_for(INSTANCE)] == [4]
 
 
 def test_grouped_writes_share_one_transaction(store: VendorStore) -> None:
     def ingest_that_fails() -> None:
-        with store.begin() as conn:
-            store.insert_usage_rows([_usage(1)], conn)
+        with store.engine.begin() as conn:
+            store.insert_usage([_usage(1)], conn)
             store.record_report(ReportRow("ff" * 32, INSTANCE, 0, 1, T0, "accepted"), conn)
             raise RuntimeError("ingest failed half way")
 
@@ -153,6 +231,27 @@ def test_newer_schema_version_is_refused(store_url: str) -> None:
     assert info.value.found == "version 99"
 
 
+def test_store_of_the_millisecond_schema_is_refused_untouched(store_url: str) -> None:
+    # What version 1 wrote: its version row and ingest's tables in milliseconds.
+    engine = sa.create_engine(normalise_url(store_url, None))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE meterbox_schema (id INTEGER PRIMARY KEY, version INT)")
+        conn.exec_driver_sql("INSERT INTO meterbox_schema VALUES (1, 1)")
+        conn.exec_driver_sql(
+            "CREATE TABLE report_meta (report_digest VARCHAR(64) PRIMARY KEY, created_ms BIGINT)"
+        )
+    with pytest.raises(StateError, match="earlier meterbox") as info:
+        VendorStore.open(store_url)
+    assert (info.value.expected, info.value.found) == (
+        f"schema version {SCHEMA_VERSION}",
+        "version 1",
+    )
+    assert "no migration" in (info.value.hint or "")
+    with engine.connect() as conn:
+        assert sorted(sa.inspect(conn).get_table_names()) == ["meterbox_schema", "report_meta"]
+    engine.dispose()
+
+
 def test_url_normalisation() -> None:
     assert normalise_url("postgresql://u@h/db", None) == "postgresql+psycopg://u@h/db"
     assert normalise_url("postgres://u@h/db", None) == "postgresql+psycopg://u@h/db"
@@ -163,13 +262,29 @@ def test_url_normalisation() -> None:
         normalise_url(None, None)
 
 
-def test_million_usage_rows_ingest_quickly_on_sqlite(tmp_path: Path) -> None:
-    rows = (
-        UsageRow(INSTANCE, i, "lic_a", "runs", T0 + timedelta(seconds=i), 1, "c1")
+def test_million_usage_rows_are_stored_quickly_on_sqlite(tmp_path: Path) -> None:
+    rows = [
+        (INSTANCE, i, "lic_a", "runs", to_micros(T0) + i * 1_000_000, 1, "c1", "increment", "d")
         for i in range(1_000_000)
-    )
+    ]
     with VendorStore.open(home=tmp_path) as s:
         start = time.perf_counter()
-        assert s.insert_usage_rows(rows) == 1_000_000
+        with s.engine.begin() as conn:
+            for at in range(0, len(rows), 50_000):
+                s.insert_usage(rows[at : at + 50_000], conn)
         elapsed = time.perf_counter() - start
+        assert _count(s, "usage") == 1_000_000
     assert elapsed < 20, f"1,000,000 rows took {elapsed:.1f} s"
+
+
+def test_cli_names_the_way_out_of_a_millisecond_schema_store(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    engine = sa.create_engine(f"sqlite:///{home / 'vendor.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE meterbox_schema (id INTEGER PRIMARY KEY, version INT)")
+        conn.exec_driver_sql("INSERT INTO meterbox_schema VALUES (1, 1)")
+    engine.dispose()
+    result = CliRunner().invoke(root_app, ["vendor", "licenses", "--home", str(home)])
+    assert result.exit_code == 4, result.output
+    assert "earlier meterbox" in result.stderr
+    assert "no migration" in result.stderr

@@ -1,4 +1,4 @@
-"""`meterbox vendor anomalies` over a vendor store, registered onto a Typer app."""
+"""`meterbox vendor anomalies` over a vendor store, a command of the vendor app."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-# The vendor CLI loads the anomalies command (importing the command module first would
-# enter the import cycle from the other end, which no caller does).
-from meterbox.vendorkit.commands import app as vendor_app
-from meterbox.vendorkit.store import VendorStore
+from meterbox.vendorkit import VendorStore
+from meterbox.vendorkit.cli import app as vendor_app
 
 
 def app() -> typer.Typer:

@@ -4,41 +4,87 @@ Public API::
 
     LedgerWriter       append records durably (group commit), recover, compact
     export_report      write a signed report of the ledger
-    ReportVerifier     stream-verify a report with the vendor's keys, yielding records
+    ReportVerifier     stream-verify a report with the vendor's keys, step by step:
+                       read_header() -> ReportHeader, records(), then result
     Known, ChainState  what the vendor acknowledged before (for extension checks)
     Finding            one problem, with a stable code (see _findings)
     RecordType, Record, Head, LedgerConfig
+    records            typed record payloads (Usage, SeatCheckout, ...) and parse_payload
 """
 
 from meterbox.ledger import _findings as findings
+from meterbox.ledger import records
 from meterbox.ledger._findings import Finding
 from meterbox.ledger._format import RecordType
 from meterbox.ledger._frames import Record
-from meterbox.ledger._report import (
-    ChainState,
-    ExportInfo,
-    Known,
-    ReportResult,
-    ReportVerifier,
-    export_report,
-)
+from meterbox.ledger._recovery import Recovery
+from meterbox.ledger._report import ExportInfo, export_report
 from meterbox.ledger._seal import Head
-from meterbox.ledger._writer import Appended, LedgerConfig, LedgerWriter, Recovery
+from meterbox.ledger._verify import ChainState, Known, ReportHeader, ReportResult, ReportVerifier
+from meterbox.ledger._writer import Appended, LedgerConfig, LedgerWriter
+from meterbox.ledger.records import (
+    Boot,
+    Checkpoint,
+    ClockStep,
+    Genesis,
+    Heartbeat,
+    LicenseInstalled,
+    MachineActivated,
+    MachineDeactivated,
+    ReceiptImported,
+    RecordPayload,
+    SeatCheckout,
+    SeatDenied,
+    SeatExpire,
+    SeatRelease,
+    SeatRenew,
+    Shutdown,
+    TopupImported,
+    Usage,
+    UsageDecrement,
+    UsageDenied,
+    parse_payload,
+)
+from meterbox.ledger.records import Recovery as RecoveryRecord
 
 __all__ = [
     "Appended",
+    "Boot",
     "ChainState",
+    "Checkpoint",
+    "ClockStep",
     "ExportInfo",
     "Finding",
+    "Genesis",
     "Head",
+    "Heartbeat",
     "Known",
     "LedgerConfig",
     "LedgerWriter",
+    "LicenseInstalled",
+    "MachineActivated",
+    "MachineDeactivated",
+    "ReceiptImported",
     "Record",
+    "RecordPayload",
     "RecordType",
     "Recovery",
+    "RecoveryRecord",
+    "ReportHeader",
     "ReportResult",
     "ReportVerifier",
+    "SeatCheckout",
+    "SeatDenied",
+    "SeatExpire",
+    "SeatRelease",
+    "SeatRenew",
+    "Shutdown",
+    "TopupImported",
+    "Usage",
+    "UsageDecrement",
+    "UsageDenied",
     "export_report",
     "findings",
+    "parse_payload",
+    "records",
 ]

@@ -23,7 +23,7 @@ from typing import Any, Final, NamedTuple
 import msgpack
 
 from meterbox.crypto import HASH_LEN, KEY_ID_LEN, TAG_LEN, sha256
-from meterbox.errors import FormatError
+from meterbox.errors import FormatError, UnknownVersionError
 
 VERSION: Final = 1
 HEADER = struct.Struct(">BBIQqQ")
@@ -234,7 +234,7 @@ class FileHeader:
                 "not a meterbox ledger file", expected=repr(FILE_MAGIC), found=repr(magic)
             )
         if version != VERSION:
-            raise FormatError(
+            raise UnknownVersionError(
                 "unknown ledger file version",
                 expected=f"version {VERSION}",
                 found=f"version {version}",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
 from meterbox.crypto import AeadKey
-from meterbox.errors import FormatError
+from meterbox.errors import FormatError, UnknownVersionError
 from meterbox.ledger._format import (
     BY_VALUE,
     EPOCH_BODY_LEN,
@@ -115,7 +115,7 @@ class EpochRecord:
 def parse_header(body: bytes) -> Header:
     header = Header.unpack(body)
     if header.version != VERSION:
-        raise FormatError(
+        raise UnknownVersionError(
             "unknown ledger record version",
             expected=f"version {VERSION}",
             found=f"version {header.version}",

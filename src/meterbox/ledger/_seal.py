@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from meterbox.crypto import AeadKey
 from meterbox.errors import FormatError, StateError
 from meterbox.ledger._format import (
     SALT_LEN,
@@ -53,7 +54,6 @@ class Sealer:
         next_seq: int,
         head_hash: bytes,
         random: Callable[[int], bytes],
-        salt: bytes | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.vendor_key = vendor_key
@@ -63,7 +63,9 @@ class Sealer:
         self.next_seq = next_seq
         self.head_hash = head_hash
         self._random = random
-        self._record_key = record_key(chain_key, salt) if salt is not None else None
+        # No record key until begin_epoch(): a record is only ever sealed inside an
+        # epoch whose EPOCH record precedes it.
+        self._record_key: AeadKey | None = None
         self.records_in_epoch = 0
 
     @property

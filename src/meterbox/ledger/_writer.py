@@ -1,12 +1,9 @@
 """LedgerWriter: the durable, group-committing shell around :class:`Sealer`.
 
-Files in the ledger directory:
-
-- ``ledger.mbl``  file header, then frames (docs/spec/ledger.md)
-- ``chain.key``   the current epoch number and chain key (0600); replaced, never appended
-- ``instance.key`` the instance's Ed25519 signing key for reports (0600)
-- ``ledger.meta`` instance id, vendor key id and vendor ledger public key
-- ``ledger.lock`` held with flock by the one writer process
+The directory's files are described in :mod:`meterbox.ledger._directory`; opening
+after a crash (the recovery scan) is :mod:`meterbox.ledger._recovery`. This module
+holds the writer itself: creation, appends through the commit thread, epoch rolls,
+clock steps, checkpoints and compaction.
 
 Durability: a record is acknowledged (its future resolves) only after the batch
 holding it has been written and fdatasync'ed. One committer thread drains every
@@ -20,7 +17,6 @@ one is one ratchet step away, so recovery can still authenticate the tail.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import threading
@@ -30,14 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from meterbox.clock import Clock
 from meterbox.crypto import (
     KEY_LEN,
-    AeadKey,
     ed25519_private_from_raw,
     ed25519_raw_private,
     ed25519_raw_public,
@@ -46,6 +40,14 @@ from meterbox.crypto import (
     x25519_raw_public,
 )
 from meterbox.errors import FormatError, MeterboxError, StateError, VerificationError
+from meterbox.ledger._directory import (
+    INSTANCE_KEY_FILE,
+    LEDGER_FILE,
+    Meta,
+    lock,
+    read_chain_key,
+    write_chain_key,
+)
 from meterbox.ledger._files import check_private_dir, fsync_dir, write_private_atomic
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
@@ -56,15 +58,11 @@ from meterbox.ledger._format import (
     chain,
     genesis_hash,
 )
-from meterbox.ledger._frames import FrameReader, Record, open_record, parse_epoch, parse_header
-from meterbox.ledger._keys import ratchet, record_key
+from meterbox.ledger._frames import Record
+from meterbox.ledger._recovery import EpochStart, Recovery, resume_key, scan, torn_tail
 from meterbox.ledger._seal import Head, Sealer
-
-LEDGER_FILE: Final = "ledger.mbl"
-CHAIN_KEY_FILE: Final = "chain.key"
-INSTANCE_KEY_FILE: Final = "instance.key"
-META_FILE: Final = "ledger.meta"
-LOCK_FILE: Final = "ledger.lock"
+from meterbox.ledger.records import Boot, Checkpoint, ClockStep, Genesis, Shutdown
+from meterbox.ledger.records import Recovery as RecoveryPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +86,15 @@ class Appended:
     wall_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Recovery:
-    """What opening the ledger had to repair."""
+@dataclass(slots=True)
+class _OpenFile:
+    """The open ledger file as the writer holds it (replaced by compaction)."""
 
-    cut_offset: int
-    cut_bytes: int
-    last_good_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class EpochStart:
-    seq: int
-    offset: int
-    prev_hash: bytes
+    fd: int
+    lock_file: IO[bytes]
+    header: FileHeader
+    end: int
+    epochs: list[EpochStart]
 
 
 _STOP: Final = object()
@@ -116,22 +109,18 @@ class LedgerWriter:
         *,
         sealer: Sealer,
         instance_key: Ed25519PrivateKey,
-        fd: int,
-        lock_file: IO[bytes],
-        file_header: FileHeader,
-        end_offset: int,
-        epochs: list[EpochStart],
+        file: _OpenFile,
         clock: Clock,
         config: LedgerConfig,
     ) -> None:
         self.directory = directory
         self._sealer = sealer
         self.instance_key = instance_key
-        self._fd = fd
-        self._lock_file = lock_file
-        self.file_header = file_header
-        self._end = end_offset
-        self._epochs = epochs
+        self._fd = file.fd
+        self._lock_file = file.lock_file
+        self.file_header = file.header
+        self._end = file.end
+        self._epochs = file.epochs
         self._clock = clock
         self.config = config
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -176,13 +165,7 @@ class LedgerWriter:
         chain_key = random(KEY_LEN)
         instance_key = ed25519_private_from_raw(random(KEY_LEN))
         write_private_atomic(directory / INSTANCE_KEY_FILE, ed25519_raw_private(instance_key))
-        meta = {
-            "v": 1,
-            "instance_id": instance_id,
-            "vendor_key_id": vendor_key_id,
-            "vendor_ledger_key": x25519_raw_public(vendor_ledger_key),
-        }
-        write_private_atomic(directory / META_FILE, msgpack.packb(meta, use_bin_type=True))
+        Meta(instance_id, vendor_key_id, x25519_raw_public(vendor_ledger_key)).write(directory)
         header = FileHeader(instance_id, 0, genesis_hash(instance_id))
         sealer = Sealer(
             instance_id=instance_id,
@@ -197,26 +180,31 @@ class LedgerWriter:
         epoch_frame = sealer.begin_epoch(
             boot_id=clock.boot_id(), wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms(), first=True
         )
-        genesis_payload = {**(genesis or {}), "ik": ed25519_raw_public(instance_key.public_key())}
+        genesis_payload = Genesis(ed25519_raw_public(instance_key.public_key()), genesis or {})
         genesis_frame = sealer.seal(
-            RecordType.GENESIS, genesis_payload, wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms()
+            RecordType.GENESIS,
+            genesis_payload.to_map(),
+            wall_ms=clock.wall_ms(),
+            mono_ms=clock.mono_ms(),
         )
         path = directory / LEDGER_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, header.pack() + epoch_frame + genesis_frame)
         os.fsync(fd)
         fsync_dir(directory)
-        _write_chain_key(directory, sealer.epoch, sealer.chain_key)
-        lock = _lock(directory)
+        write_chain_key(directory, sealer.epoch, sealer.chain_key)
+        file = _OpenFile(
+            fd,
+            lock(directory),
+            header,
+            FILE_HEADER_LEN + len(epoch_frame) + len(genesis_frame),
+            [EpochStart(0, FILE_HEADER_LEN, header.base_hash)],
+        )
         writer = cls(
             directory,
             sealer=sealer,
             instance_key=instance_key,
-            fd=fd,
-            lock_file=lock,
-            file_header=header,
-            end_offset=FILE_HEADER_LEN + len(epoch_frame) + len(genesis_frame),
-            epochs=[EpochStart(0, FILE_HEADER_LEN, header.base_hash)],
+            file=file,
             clock=clock,
             config=config or LedgerConfig(),
         )
@@ -238,86 +226,66 @@ class LedgerWriter:
         """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT."""
         config = config or LedgerConfig()
         check_private_dir(directory)
-        lock = _lock(directory)
+        held = lock(directory)
         try:
-            meta = _read_meta(directory)
-            epoch_no, chain_key = _read_chain_key(directory)
+            meta = Meta.read(directory)
+            epoch_no, chain_key = read_chain_key(directory)
             instance_key = ed25519_private_from_raw((directory / INSTANCE_KEY_FILE).read_bytes())
             path = directory / LEDGER_FILE
             fd = os.open(path, os.O_RDWR)
         except BaseException:
-            lock.close()
+            held.close()
             raise
         try:
-            scan = _scan(fd, epoch_no, chain_key, replay_after)
-            if scan.header.instance_id != meta["instance_id"]:
+            found = scan(fd, epoch_no, chain_key, replay_after)
+            if found.header.instance_id != meta.instance_id:
                 raise StateError(
                     "ledger file belongs to another instance",
-                    expected=meta["instance_id"].hex(),
-                    found=scan.header.instance_id.hex(),
+                    expected=meta.instance_id.hex(),
+                    found=found.header.instance_id.hex(),
                     hint="restore the matching ledger.mbl or chain.key",
                 )
-            last_epoch = scan.last_epoch
-            if last_epoch == epoch_no + 1:
-                chain_key = ratchet(chain_key)
-            elif last_epoch != epoch_no:
-                raise StateError(
-                    "chain key does not match the ledger",
-                    expected=f"a key for epoch {last_epoch} or {last_epoch - 1}",
-                    found=f"a key for epoch {epoch_no}",
-                    hint="chain.key was restored from another time; the ledger cannot continue",
-                )
-            recovery = None
-            file_size = os.fstat(fd).st_size
-            if scan.good_end < file_size:
-                cut = file_size - scan.good_end
-                if cut > config.max_torn_bytes and not force_recover:
-                    raise StateError(
-                        "ledger is damaged before its tail",
-                        expected=f"at most {config.max_torn_bytes} unsynced bytes at the end",
-                        found=f"{cut} bytes after offset {scan.good_end} that do not verify"
-                        + (f" ({scan.problem})" if scan.problem else ""),
-                        hint="keep a copy of the directory, then run 'meterbox server run "
-                        "--force-recover'; the cut is recorded and reported to the vendor",
-                    )
-                os.ftruncate(fd, scan.good_end)
+            chain_key = resume_key(found, epoch_no, chain_key)
+            recovery = torn_tail(found, os.fstat(fd).st_size, config.max_torn_bytes, force_recover)
+            if recovery is not None:
+                os.ftruncate(fd, found.good_end)
                 os.fsync(fd)
-                recovery = Recovery(scan.good_end, cut, scan.next_seq - 1)
             sealer = Sealer(
-                instance_id=meta["instance_id"],
-                vendor_key=x25519_public_from_raw(meta["vendor_ledger_key"]),
-                vendor_key_id=meta["vendor_key_id"],
+                instance_id=meta.instance_id,
+                vendor_key=x25519_public_from_raw(meta.vendor_ledger_key),
+                vendor_key_id=meta.vendor_key_id,
                 chain_key=chain_key,
-                epoch=last_epoch,
-                next_seq=scan.next_seq,
-                head_hash=scan.head_hash,
+                epoch=found.last_epoch,
+                next_seq=found.next_seq,
+                head_hash=found.head_hash,
                 random=random,
             )
+            file = _OpenFile(fd, held, found.header, found.good_end, found.epochs)
             writer = cls(
                 directory,
                 sealer=sealer,
                 instance_key=instance_key,
-                fd=fd,
-                lock_file=lock,
-                file_header=scan.header,
-                end_offset=scan.good_end,
-                epochs=scan.epochs,
+                file=file,
                 clock=clock,
                 config=config,
             )
         except BaseException:
             os.close(fd)
-            lock.close()
+            held.close()
             raise
         writer.recovery = recovery
-        writer.replayed = scan.replayed
+        writer.replayed = found.replayed
         writer._roll_epoch()
         if recovery is not None:
             writer._write_now(
                 RecordType.RECOVERY,
-                {"o": recovery.cut_offset, "n": recovery.cut_bytes, "s": recovery.last_good_seq},
+                RecoveryPayload(
+                    cut_offset=recovery.cut_offset,
+                    cut_bytes=recovery.cut_bytes,
+                    last_good_seq=recovery.last_good_seq,
+                ).to_map(),
             )
-        writer._write_now(RecordType.BOOT, boot_payload or {})
+        writer._write_now(RecordType.BOOT, Boot(boot_payload or {}).to_map())
         writer._thread.start()
         return writer
 
@@ -358,7 +326,7 @@ class LedgerWriter:
     def close(self, shutdown_payload: dict[str, Any] | None = None) -> None:
         """Write SHUTDOWN, sync, stop the committer and release the lock."""
         if self._thread.is_alive():
-            self._submit(RecordType.SHUTDOWN, shutdown_payload or {})
+            self._submit(RecordType.SHUTDOWN, Shutdown(shutdown_payload or {}).to_map())
             self._queue.put(_STOP)
             self._thread.join()
         os.close(self._fd)
@@ -516,7 +484,7 @@ class LedgerWriter:
         between the key file and the last EPOCH record, never two.
         """
         try:
-            _write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
+            write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
         except OSError as exc:
             raise StateError(
                 "the ledger's chain key cannot be saved",
@@ -534,7 +502,7 @@ class LedgerWriter:
             self._clock_offset = offset
             yield self._sealer.seal(
                 RecordType.CLOCK_STEP,
-                {"d": delta, "w": wall, "m": mono},
+                ClockStep(delta_ms=delta, wall_ms=wall, mono_ms=mono).to_map(),
                 wall_ms=wall,
                 mono_ms=mono,
             )
@@ -544,7 +512,7 @@ class LedgerWriter:
         self._since_checkpoint = 0
         return self._sealer.seal(
             RecordType.CHECKPOINT,
-            {"s": head.seq, "h": head.hash, "e": self._sealer.epoch},
+            Checkpoint(seq=head.seq, head_hash=head.hash, epoch=self._sealer.epoch).to_map(),
             wall_ms=self._clock.wall_ms(),
             mono_ms=self._clock.mono_ms(),
         )
@@ -669,144 +637,3 @@ class _SealerState:
     def restore(self, s: Sealer) -> None:
         s.epoch, s.chain_key, s.next_seq = self.epoch, self.chain_key, self.next_seq
         s.head_hash, s.records_in_epoch = self.head_hash, self.records_in_epoch
-
-
-@dataclass(frozen=True, slots=True)
-class _Scan:
-    header: FileHeader
-    good_end: int
-    next_seq: int
-    head_hash: bytes
-    last_epoch: int
-    epochs: list[EpochStart]
-    problem: str | None
-    replayed: list[Record]
-
-
-def _scan(fd: int, key_epoch: int, chain_key: bytes, replay_after: int | None = None) -> _Scan:
-    """Walk the ledger file; authenticate what our key reaches; find where it stops being good."""
-    with os.fdopen(os.dup(fd), "rb") as stream:
-        header = FileHeader.unpack(stream.read(FILE_HEADER_LEN))
-        reader = FrameReader(stream, start_offset=FILE_HEADER_LEN)
-        next_seq, head = header.base_seq, header.base_hash
-        good_end, last_epoch = FILE_HEADER_LEN, -1
-        epochs: list[EpochStart] = []
-        keys: dict[int, AeadKey] = {}
-        replayed: list[Record] = []
-        problem: str | None = None
-        pending: list[Record] = []
-        for raw in reader:
-            try:
-                hdr = parse_header(raw.body)
-                if hdr.seq != next_seq:
-                    raise FormatError("sequence break", expected=str(next_seq), found=str(hdr.seq))
-                if hdr.type == RecordType.EPOCH:
-                    ep = parse_epoch(raw.body, hdr)
-                    if hdr.epoch in (key_epoch, key_epoch + 1):
-                        ck = chain_key if hdr.epoch == key_epoch else ratchet(chain_key)
-                        keys[hdr.epoch] = record_key(ck, ep.plain.salt)
-                    epochs.append(EpochStart(hdr.seq, raw.offset, head))
-                    last_epoch = hdr.epoch
-                elif hdr.epoch in keys:
-                    record = open_record(raw.body, hdr, keys[hdr.epoch])
-                    if replay_after is not None and hdr.seq > replay_after:
-                        pending.append(record)
-                elif hdr.epoch >= key_epoch:
-                    raise FormatError(
-                        "record in an epoch with no EPOCH record",
-                        expected="an EPOCH record first",
-                        found=f"epoch {hdr.epoch}",
-                    )
-            except MeterboxError as exc:
-                problem = f"at offset {raw.offset}: {exc.problem}"
-                break
-            head = chain(head, raw.data)
-            next_seq += 1
-            good_end = raw.offset + len(raw.data)
-            replayed.extend(pending)
-            pending.clear()
-        if last_epoch < 0:
-            raise StateError(
-                "ledger file has no epoch record",
-                expected="an EPOCH record at the start of the ledger",
-                found="none",
-            )
-        return _Scan(header, good_end, next_seq, head, last_epoch, epochs, problem, replayed)
-
-
-def _lock(directory: Path) -> IO[bytes]:
-    f = open(directory / LOCK_FILE, "ab")  # noqa: SIM115 - held for the writer's lifetime
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise StateError(
-            f"the ledger in {directory} is in use by another process",
-            expected="one server per data directory",
-            found="a lock held on ledger.lock",
-            hint="stop the other server first",
-        ) from None
-    return f
-
-
-def _write_chain_key(directory: Path, epoch: int, chain_key: bytes) -> None:
-    write_private_atomic(
-        directory / CHAIN_KEY_FILE, msgpack.packb({"e": epoch, "k": chain_key}, use_bin_type=True)
-    )
-
-
-def _load_map(path: Path, what: str, missing_hint: str) -> dict[str, Any]:
-    try:
-        data = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=True)
-    except FileNotFoundError:
-        raise StateError(
-            f"the ledger's {what} is missing",
-            expected=str(path),
-            found="no such file",
-            hint=missing_hint,
-        ) from None
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        data = None
-    if not isinstance(data, dict):
-        raise StateError(
-            f"the ledger's {what} is damaged",
-            expected=f"a msgpack map in {path}",
-            found="bytes that do not decode to one",
-            hint="restore the file from the same backup as the ledger",
-        )
-    return data
-
-
-def _field(data: dict[str, Any], key: str, kind: type, length: int | None, what: str) -> Any:
-    value = data.get(key)
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and length is not None and isinstance(value, bytes):
-        ok = len(value) == length
-    if ok and isinstance(value, int):
-        ok = 0 <= value < 2**32
-    if not ok:
-        raise StateError(
-            f"the ledger's {what} is damaged",
-            expected=f"field {key!r} as {kind.__name__}"
-            + (f" of {length} bytes" if length else ""),
-            found=f"{type(value).__name__}",
-            hint="restore the file from the same backup as the ledger",
-        )
-    return value
-
-
-def _read_chain_key(directory: Path) -> tuple[int, bytes]:
-    data = _load_map(
-        directory / CHAIN_KEY_FILE,
-        "chain key",
-        "restore it from the same backup as the ledger; without it the ledger cannot grow",
-    )
-    return _field(data, "e", int, None, "chain key"), _field(data, "k", bytes, KEY_LEN, "chain key")
-
-
-def _read_meta(directory: Path) -> dict[str, Any]:
-    meta = _load_map(directory / META_FILE, "metadata", "run 'meterbox server init' first")
-    _field(meta, "instance_id", bytes, INSTANCE_ID_LEN, "metadata")
-    _field(meta, "vendor_key_id", bytes, 8, "metadata")
-    _field(meta, "vendor_ledger_key", bytes, KEY_LEN, "metadata")
-    return meta

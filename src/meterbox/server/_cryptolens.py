@@ -86,6 +86,7 @@ from meterbox.compat.errors import UnknownDataObject
 from meterbox.compat.mapping import view_from_license
 from meterbox.compat.rules import CLIENT_PREFIX, check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable, StateError
+from meterbox.ledger.records import MachineActivated, MachineDeactivated
 from meterbox.licenses import DataObject as LicenseDataObject
 from meterbox.licenses import License
 from meterbox.server._core.seats import Lease
@@ -94,8 +95,6 @@ from meterbox.server._instance import CRYPTOLENS_KEY, ServerInstance
 __all__ = [
     "CLIENT_PREFIX",
     "CRYPTOLENS_DB",
-    "MACHINE_ACTIVATED",
-    "MACHINE_DEACTIVATED",
     "EngineCryptolensBackend",
     "mount_cryptolens",
 ]
@@ -122,9 +121,6 @@ CREATE TABLE IF NOT EXISTS floating_meta (
 """
 
 _IDEM_PREFIX: Final = "cryptolens:"
-#: Ledger record kinds of node-locked activations (record types 26 and 27).
-MACHINE_ACTIVATED: Final = "machine.activated"
-MACHINE_DEACTIVATED: Final = "machine.deactivated"
 
 
 def _epoch(t: datetime) -> int:
@@ -381,8 +377,9 @@ class EngineCryptolensBackend:
             )
             # Sealed first: an activation the ledger does not hold is never answered.
             await self._service.record_event(
-                MACHINE_ACTIVATED,
-                {"l": license_id, "c": machine_code, "n": len(machines) + 1},
+                MachineActivated(
+                    license_id=license_id, machine_code=machine_code, activations=len(machines) + 1
+                )
             )
             await asyncio.to_thread(self._side.put_nodelocked, license_id, machine)
             machines[machine_code] = machine
@@ -407,8 +404,9 @@ class EngineCryptolensBackend:
             if machine_code not in machines:
                 return False
             await self._service.record_event(
-                MACHINE_DEACTIVATED,
-                {"l": license_id, "c": machine_code, "n": len(machines) - 1},
+                MachineDeactivated(
+                    license_id=license_id, machine_code=machine_code, activations=len(machines) - 1
+                )
             )
             await asyncio.to_thread(self._side.drop_nodelocked, license_id, machine_code)
             del machines[machine_code]

@@ -28,6 +28,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meterbox.errors import NoSeatAvailable
+from meterbox.ledger.records import (
+    Heartbeat,
+    LicenseInstalled,
+    ReceiptImported,
+    RecordPayload,
+    SeatCheckout,
+    SeatDenied,
+    SeatExpire,
+    SeatRelease,
+    SeatRenew,
+    TopupImported,
+)
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._core.changes import (
     Change,
@@ -210,8 +222,9 @@ class LicenseService:
             extra.append(SeqMax(seq))
         await self._persist.submit(changes + extra)
 
-    def _enqueue(self, kind: str, payload: dict[str, Any]) -> asyncio.Future[int]:
-        return asyncio.ensure_future(self.sink.record(kind, payload))
+    def _write(self, record: RecordPayload) -> asyncio.Future[int]:
+        """Queue one typed record on the sink; its map is exactly what the ledger seals."""
+        return asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
 
     # -------------------------------------------------------------- seats
     async def checkout(
@@ -262,7 +275,7 @@ class LicenseService:
                 decision = decide(now)
             except NoSeatAvailable as exc:
                 denial: NoSeatAvailable | None = exc
-                denied = self._enqueue("seat.denied", {"f": feature, "c": client_id})
+                denied = self._write(SeatDenied(feature=feature, client_id=client_id))
             else:
                 denial = None
                 hour = hour_of(now)
@@ -280,17 +293,17 @@ class LicenseService:
         if d.renewed:
             if not d.record:
                 return None
-            return self._enqueue("seat.renew", {"i": lease.lease_id, "e": _epoch(lease.expires_at)})
-        payload: dict[str, Any] = {
-            "i": lease.lease_id,
-            "f": lease.feature,
-            "c": lease.client_id,
-            "l": lease.license_id,
-            "e": _epoch(lease.expires_at),
-        }
-        if lease.overdraft:
-            payload["o"] = 1
-        return self._enqueue("seat.checkout", payload)
+            return self._write(SeatRenew(lease_id=lease.lease_id, expires=_epoch(lease.expires_at)))
+        return self._write(
+            SeatCheckout(
+                lease_id=lease.lease_id,
+                feature=lease.feature,
+                client_id=lease.client_id,
+                license_id=lease.license_id,
+                expires=_epoch(lease.expires_at),
+                overdraft=lease.overdraft,
+            )
+        )
 
     async def _finish_seat(
         self,
@@ -327,7 +340,7 @@ class LicenseService:
             lease = self.engine.release(lease_id)
             if lease is None:
                 return False
-            task = self._enqueue("seat.release", {"i": lease_id})
+            task = self._write(SeatRelease(lease_id=lease_id))
         try:
             seq = await self._durable(task)
         except UnavailableError:
@@ -349,7 +362,6 @@ class LicenseService:
         decrement: bool = False,
         license_id: str | None = None,
     ) -> UsageResult:
-        kind = "usage.decrement" if decrement else "usage"
         async with self._lock:
             now = self.now()
             decision = self.engine.record_usage(
@@ -365,7 +377,7 @@ class LicenseService:
                 waiter = self._inflight.get(idempotency_key or "")
             else:
                 waiter = None
-                task = self._enqueue(kind, decision.result.payload())
+                task = self._write(decision.result.record())
                 if idempotency_key is not None:
                     self._inflight[idempotency_key] = asyncio.get_running_loop().create_future()
         if decision.replay:
@@ -412,8 +424,8 @@ class LicenseService:
         async with self._lock:
             now = self.now()
             topup = self.engine.apply_topup(topup_id, license_id, meter, amount, now)
-            task = self._enqueue(
-                "topup.imported", {"t": topup_id, "l": license_id, "m": meter, "a": amount}
+            task = self._write(
+                TopupImported(topup_id=topup_id, license_id=license_id, meter=meter, amount=amount)
             )
         try:
             seq = await self._durable(task)
@@ -432,10 +444,13 @@ class LicenseService:
                 return False
             self.clock.raise_floor(receipt.vendor_time)
             now = self.now()
-            payload: dict[str, Any] = {"s": receipt.seq, "t": receipt.vendor_time.isoformat()}
-            if receipt.receipt_id:
-                payload["r"] = receipt.receipt_id
-            task = self._enqueue("receipt.imported", payload)
+            task = self._write(
+                ReceiptImported(
+                    acked_seq=receipt.seq,
+                    vendor_time=receipt.vendor_time.isoformat(),
+                    receipt_id=receipt.receipt_id or None,
+                )
+            )
         try:
             seq = await self._durable(task)
         except UnavailableError:
@@ -450,7 +465,7 @@ class LicenseService:
             now = self.now()
             previous = self.engine.licenses.get(policy.license_id)
             self.engine.install(policy)
-            task = self._enqueue("license.installed", {"l": policy.license_id})
+            task = self._write(LicenseInstalled(license_id=policy.license_id))
         try:
             seq = await self._durable(task)
         except UnavailableError:
@@ -465,7 +480,7 @@ class LicenseService:
             changes.append(LicensePut(policy.license_id, blob, now))
         await self._save(changes, seq, now)
 
-    async def record_event(self, kind: str, payload: dict[str, Any]) -> int:
+    async def record_event(self, record: RecordPayload) -> int:
         """Seal one record that changes no engine state (e.g. a node-locked activation).
 
         Answers only once the record is durable; raises :class:`UnavailableError`
@@ -474,7 +489,7 @@ class LicenseService:
         """
         async with self._lock:
             now = self.now()
-            task = self._enqueue(kind, payload)
+            task = self._write(record)
         seq = await self._durable(task)
         await self._save([], seq, now)
         return seq
@@ -486,7 +501,7 @@ class LicenseService:
             now = self.now()
             expired = self.engine.expire(now)
             peaks = self.engine.note_peaks(now)
-            tasks = [self._enqueue("seat.expire", {"i": x.lease_id}) for x in expired]
+            tasks = [self._write(SeatExpire(lease_id=x.lease_id)) for x in expired]
         seq = None
         for t in tasks:
             try:
@@ -504,7 +519,7 @@ class LicenseService:
         async with self._lock:
             now = self.now()
             in_use = sum(len(self.engine.seats.live(f, now)) for f in self.engine.feature_names())
-            task = self._enqueue("heartbeat", {"n": in_use})
+            task = self._write(Heartbeat(seats_in_use=in_use))
         seq = await self._durable(task)
         await self._save([], seq, now)
         return seq

@@ -266,42 +266,55 @@ def meter_lines(
     return lines
 
 
+Step = tuple[int, str, int, tuple[str, str], int]
+
+
+def _split_denials(
+    period: Period, events: Iterable[SeatEventIn]
+) -> tuple[dict[str, list[SeatEventIn]], dict[tuple[str, str], int]]:
+    """Lease events grouped per instance; denials inside the period counted apart."""
+    by_instance: dict[str, list[SeatEventIn]] = {}
+    denials: dict[tuple[str, str], int] = {}
+    for e in events:
+        if e.kind != "denied":
+            by_instance.setdefault(e.instance_id, []).append(e)
+        elif period.start_ms <= e.ts_ms < period.end_ms:
+            key = (e.license_id, e.feature)
+            denials[key] = denials.get(key, 0) + 1
+    return by_instance, denials
+
+
+def _instance_steps(inst: str, evs: list[SeatEventIn]) -> list[Step]:
+    """One instance's lease count per (license, feature) after each event, in seq order."""
+    evs.sort(key=lambda x: x.seq)
+    held: dict[str, tuple[str, str]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    steps: list[Step] = []
+    for e in evs:
+        key = (e.license_id, e.feature)
+        lease = e.lease_id or f"#{e.seq}"
+        if e.kind in ("checkout", "renew"):
+            # A renew of a lease already held records the unchanged level.
+            if lease not in held:
+                held[lease] = key
+                counts[key] = counts.get(key, 0) + 1
+        elif e.kind in ("release", "expire") and lease in held:
+            key = held.pop(lease)
+            counts[key] -= 1
+        else:
+            continue
+        steps.append((e.ts_ms, inst, e.seq, key, counts[key]))
+    return steps
+
+
 def seat_peaks(
     period: Period, events: Iterable[SeatEventIn], customers: Mapping[str, str]
 ) -> tuple[list[SeatPeak], dict[tuple[str, str], int]]:
     """Peak concurrent leases per (license, feature) per UTC hour of the period; denials."""
     start_h, end_h = period.start_ms // HOUR_MS, period.end_ms // HOUR_MS
     # 1. Per instance, in seq order: the instance's lease count after each event.
-    by_instance: dict[str, list[SeatEventIn]] = {}
-    denials: dict[tuple[str, str], int] = {}
-    for e in events:
-        if e.kind == "denied":
-            if period.start_ms <= e.ts_ms < period.end_ms:
-                key = (e.license_id, e.feature)
-                denials[key] = denials.get(key, 0) + 1
-            continue
-        by_instance.setdefault(e.instance_id, []).append(e)
-    steps: list[tuple[int, str, int, tuple[str, str], int]] = []
-    for inst, evs in by_instance.items():
-        evs.sort(key=lambda x: x.seq)
-        held: dict[str, tuple[str, str]] = {}
-        counts: dict[tuple[str, str], int] = {}
-        for e in evs:
-            key = (e.license_id, e.feature)
-            lease = e.lease_id or f"#{e.seq}"
-            if e.kind in ("checkout", "renew"):
-                if lease not in held:
-                    held[lease] = key
-                    counts[key] = counts.get(key, 0) + 1
-            elif e.kind in ("release", "expire"):
-                owner = held.pop(lease, None)
-                if owner is None:
-                    continue
-                key = owner
-                counts[key] -= 1
-            else:
-                continue
-            steps.append((e.ts_ms, inst, e.seq, key, counts[key]))
+    by_instance, denials = _split_denials(period, events)
+    steps = [s for inst, evs in by_instance.items() for s in _instance_steps(inst, evs)]
     # 2. Merge the instances in time order; the total is the sum of current levels.
     steps.sort(key=lambda s: (s[0], s[1], s[2]))
     current: dict[tuple[str, tuple[str, str]], int] = {}
@@ -381,36 +394,34 @@ def bill(
     bundle: VendorPublicBundle | None = None,
 ) -> Statement:
     """Read the store and build the statement for ``period`` (optionally one customer)."""
-    from meterbox.vendorkit import _ingest_store as db
+    from meterbox.vendorkit._db import queries as db
+    from meterbox.vendorkit._db.store import VendorStore
     from meterbox.vendorkit.keys import VendorKeys
-    from meterbox.vendorkit.store import VendorStore
 
     bundle = bundle or VendorKeys.load(home).bundle
     start_us, end_us = period.start_ms * 1000, period.end_ms * 1000
-    with VendorStore.open(store_url, home=home) as store:
-        db.ensure_tables(store.engine)
-        with store.engine.connect() as conn:
-            rows = db.licenses(conn, customer)
-            terms = [LicenseTerms.from_license(License.from_bytes(doc, bundle)) for *_, doc in rows]
-            ids = [t.license_id for t in terms]
-            in_period = db.usage_sums(conn, start_us=start_us, end_us=end_us, license_ids=ids)
-            before = db.usage_sums(conn, start_us=None, end_us=start_us, license_ids=ids)
-            topups = [
-                TopupIn(lic, meter, units, issued // 1000)
-                for lic, meter, units, issued in db.topups(conn, end_us)
-            ]
-            seats = [
-                SeatEventIn(inst, seq, lic, feat, ts // 1000, kind, lease)
-                for inst, seq, lic, feat, ts, kind, lease in db.seat_rows(
-                    conn, end_us=end_us, license_ids=ids
-                )
-            ]
-            findings = [
-                FindingIn(digest, inst, tuple(x for x in lics.split(",") if x), code, sev, msg, seq)
-                for digest, inst, lics, code, sev, msg, seq in db.findings_touching(
-                    conn, start_ms=period.start_ms, end_ms=period.end_ms
-                )
-            ]
+    with VendorStore.open(store_url, home=home) as store, store.engine.connect() as conn:
+        rows = db.licenses(conn, customer)
+        terms = [LicenseTerms.from_license(License.from_bytes(doc, bundle)) for *_, doc in rows]
+        ids = [t.license_id for t in terms]
+        in_period = db.usage_sums(conn, start_us=start_us, end_us=end_us, license_ids=ids)
+        before = db.usage_sums(conn, start_us=None, end_us=start_us, license_ids=ids)
+        topups = [
+            TopupIn(lic, meter, units, issued // 1000)
+            for lic, meter, units, issued in db.topups(conn, end_us)
+        ]
+        seats = [
+            SeatEventIn(inst, seq, lic, feat, ts // 1000, kind, lease)
+            for inst, seq, lic, feat, ts, kind, lease in db.seat_rows(
+                conn, end_us=end_us, license_ids=ids
+            )
+        ]
+        findings = [
+            FindingIn(digest, inst, tuple(x for x in lics.split(",") if x), code, sev, msg, seq)
+            for digest, inst, lics, code, sev, msg, seq in db.findings_touching(
+                conn, start_us=start_us, end_us=end_us
+            )
+        ]
     if customer is not None and not terms:
         raise ConfigError(
             "no licenses for this customer",

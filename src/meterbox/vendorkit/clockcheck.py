@@ -63,7 +63,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from meterbox.errors import FormatError
 from meterbox.ledger import Finding, Record, RecordType
+from meterbox.ledger.records import (
+    ClockStep,
+    Heartbeat,
+    ReceiptImported,
+    SeatCheckout,
+    SeatRelease,
+    SeatRenew,
+    parse_payload,
+)
 
 CLOCK_WALL_STEP: Final = "clock.wall_step"
 CLOCK_STEP_RECORDED: Final = "clock.step_recorded"
@@ -97,6 +107,10 @@ MAX_PER_CODE: Final = 50
 _RUN_STARTS: Final = frozenset({RecordType.GENESIS, RecordType.BOOT, RecordType.RECOVERY})
 _LEASE_OPEN: Final = frozenset({RecordType.SEAT_CHECKOUT, RecordType.SEAT_RENEW})
 _LEASE_CLOSE: Final = frozenset({RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE})
+#: Types whose payload :meth:`ClockChecker.feed` reads.
+_READ_TYPES: Final = (
+    _LEASE_OPEN | _LEASE_CLOSE | {RecordType.HEARTBEAT, RecordType.RECEIPT_IMPORTED}
+)
 
 
 def clock_step_ms(payload: Mapping[str, Any]) -> int | None:
@@ -105,6 +119,11 @@ def clock_step_ms(payload: Mapping[str, Any]) -> int | None:
     The ledger writer records ``{"d": ms, "w", "m"}``; the server's license clock records
     ``{"b", "a", "d": seconds}``. Both say how far wall time moved beyond monotonic time.
     """
+    if "b" not in payload and "a" not in payload:
+        try:
+            return ClockStep.from_map(payload).delta_ms
+        except FormatError:
+            pass  # a non-integral step: judged below like the license clock's seconds
     d = payload.get("d")
     if not isinstance(d, int | float) or isinstance(d, bool) or not math.isfinite(d):
         return None
@@ -242,19 +261,34 @@ class ClockChecker:
     def feed(self, record: Record, acked: bool = False) -> None:
         """One verified ledger record, in ledger order."""
         t = record.type
-        p = record.payload
-        lease = p.get("i") if t in _LEASE_OPEN or t in _LEASE_CLOSE else None
-        n = p.get("n") if t is RecordType.HEARTBEAT else None
+        lease: str | None = None
+        in_use: int | None = None
+        step_ms: int | None = None
+        receipt_ms = 0
+        if t in _READ_TYPES:
+            try:
+                payload = parse_payload(t, record.payload)
+            except FormatError:
+                payload = None  # an ill-formed payload is evidence of nothing here
+            if isinstance(payload, SeatCheckout | SeatRenew | SeatRelease):
+                lease = payload.lease_id
+            elif isinstance(payload, Heartbeat):
+                in_use = payload.seats_in_use
+            elif isinstance(payload, ReceiptImported):
+                receipt_ms = payload.vendor_ms or 0
+        if t is RecordType.CLOCK_STEP:
+            # Either writer's shape: see clock_step_ms.
+            step_ms = clock_step_ms(record.payload)
         self.observe(
             record.seq,
             t,
             record.wall_ms,
             record.mono_ms,
             acked=acked,
-            lease=lease if isinstance(lease, str) else None,
-            in_use=n if isinstance(n, int) and not isinstance(n, bool) else None,
-            step_ms=clock_step_ms(p) if t is RecordType.CLOCK_STEP else None,
-            receipt_ms=receipt_vendor_ms(p) if t is RecordType.RECEIPT_IMPORTED else 0,
+            lease=lease,
+            in_use=in_use,
+            step_ms=step_ms,
+            receipt_ms=receipt_ms,
         )
 
     def observe(

@@ -62,14 +62,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
 
@@ -85,20 +83,30 @@ from meterbox.ledger import (
     ReportVerifier,
 )
 from meterbox.ledger import findings as F
+from meterbox.ledger.records import (
+    SeatCheckout,
+    SeatDenied,
+    SeatRelease,
+    SeatRenew,
+    Usage,
+    parse_payload,
+)
 from meterbox.licenses import License, Receipt, VendorPublicBundle
-from meterbox.vendorkit import _ingest_store as db
+from meterbox.vendorkit._db.store import (
+    Activity,
+    FindingRow,
+    InstanceRow,
+    ReceiptRow,
+    ReportMeta,
+    ReportRow,
+    ReportSpan,
+    VendorStore,
+)
 from meterbox.vendorkit.anomaly import Anomaly, Thresholds, detect
 from meterbox.vendorkit.anomaly._store import INGEST_REPORTS, INGEST_WINDOW_MS, Pending
 from meterbox.vendorkit.anomaly._store import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
 from meterbox.vendorkit.keys import VendorKeys, atomic_write
-from meterbox.vendorkit.store import (
-    FindingRow,
-    InstanceRow,
-    ReceiptRow,
-    ReportRow,
-    VendorStore,
-)
 
 REPORT_REPLAY: Final = "report.replay"
 REPORT_EMPTY: Final = "report.empty"
@@ -227,11 +235,12 @@ def check_clones(
     instance_id: str,
     license_ids: Iterable[str],
     span: tuple[int, int] | None,
-    others: Iterable[db.Activity],
+    others: Iterable[Activity],
 ) -> CloneCheck:
     """Compare this instance's activity span with every other instance of its licenses.
 
-    ``span`` is (first, last) wall time of this instance including this report.
+    ``span`` is (first, last) wall time, in microseconds, of this instance including
+    this report.
     Overlapping spans are a clone (critical here, a warning for the other instance);
     disjoint spans a replacement (warning).
     """
@@ -244,7 +253,7 @@ def check_clones(
     for other in others:
         if other.instance_id == instance_id or other.license_id not in wanted:
             continue
-        if first <= other.last_wall_ms and other.first_wall_ms <= last:
+        if first <= other.last_wall_us and other.first_wall_us <= last:
             findings.append(
                 Finding(
                     LICENSE_CLONED,
@@ -274,7 +283,7 @@ def check_clones(
                     f"{other.instance_id}, whose activity "
                     + (
                         "ended before this instance started"
-                        if other.last_wall_ms < first
+                        if other.last_wall_us < first
                         else "started after this instance's last record"
                     ),
                 )
@@ -395,28 +404,28 @@ class IngestCore:
             )
 
     def _usage(self, record: Record, decrement: bool) -> None:
-        p = record.payload
-        meter, amount = p.get("m"), p.get("a")
+        try:
+            usage: Usage | None = Usage.from_map(record.payload)
+        except FormatError:
+            usage = None
         if (
-            not isinstance(meter, str)
-            or not meter
-            or len(meter) > 64
-            or not isinstance(amount, int)
-            or isinstance(amount, bool)
-            or not 0 <= amount < 2**62
+            usage is None
+            or not usage.meter
+            or len(usage.meter) > 64
+            or not 0 <= usage.amount < 2**62
         ):
             self._bad(record, "expected a meter name and an amount of 0 to 2^62 units")
             return
-        client = p.get("c")
+        meter, amount = usage.meter, usage.amount
         self.usage.append(
             (
                 self.instance_id,
                 record.seq,
-                self._license(p.get("l")),
+                self._license(usage.license_id),
                 meter,
                 record.wall_ms * 1000,
                 amount,
-                str(client)[:200] if client is not None else "",
+                (usage.client_id or "")[:200],
                 "decrement" if decrement else "increment",
                 self.report_digest,
             )
@@ -424,29 +433,34 @@ class IngestCore:
         self.totals[meter] = self.totals.get(meter, 0) + (-amount if decrement else amount)
 
     def _seat(self, record: Record, kind: str, *, store: bool) -> None:
-        p = record.payload
-        lease = p.get("i")
-        lease = str(lease)[:64] if lease is not None else None
-        feature, client, lic_raw = p.get("f"), p.get("c"), p.get("l")
+        try:
+            seat = parse_payload(record.type, record.payload)
+        except FormatError:
+            seat = None
+        lease: str | None = None
+        if isinstance(seat, SeatCheckout | SeatDenied):
+            feature = seat.feature
+            if not feature or len(feature) > 64:
+                seat = None
         if kind in {"checkout", "denied"}:
-            if not isinstance(feature, str) or not feature or len(feature) > 64:
+            if not isinstance(seat, SeatCheckout | SeatDenied):
                 if store:
                     self._bad(record, "expected a feature name")
                 return
-            lic = self._license(lic_raw)
-            owner = (lic, feature, str(client)[:200] if client is not None else "")
-            if kind == "checkout" and lease is not None:
+            lic = self._license(seat.license_id if isinstance(seat, SeatCheckout) else None)
+            owner = (lic, seat.feature, (seat.client_id or "")[:200])
+            if isinstance(seat, SeatCheckout) and seat.lease_id is not None:
+                lease = seat.lease_id[:64]
                 self._leases[lease] = owner
         else:
-            if lease is None:
+            if not isinstance(seat, SeatRenew | SeatRelease):
                 if store:
                     self._bad(record, "expected a lease id")
                 return
+            lease = seat.lease_id[:64]
             known = self._leases.get(lease)
             if kind != "renew":
                 self._leases.pop(lease, None)
-            if known is None and isinstance(feature, str) and feature:
-                known = (self._license(lic_raw), feature, str(client or "")[:200])
             if known is None:
                 if store:
                     self.unresolved.append((record.seq, record.wall_ms * 1000, kind, lease))
@@ -500,25 +514,14 @@ class IngestCore:
 
 
 # ----------------------------------------------------------------------- shell
-_U32 = struct.Struct(">I")
-_MAX_PEEK = 16 << 20
 
 
-def peek_header(path: Path) -> dict[str, Any] | None:
-    """The report header as a map, or ``None`` when the file does not start like a report."""
-    with path.open("rb") as f:
-        head = f.read(9)
-        if len(head) != 9 or head[:4] != b"MBXR":
-            return None
-        (length,) = _U32.unpack_from(head, 5)
-        if length > _MAX_PEEK:
-            return None
-        data = f.read(length)
-    try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        return None
-    return value if isinstance(value, dict) else None
+def _instance_named(path: Path, ledger_keys: Mapping[bytes, X25519PrivateKey]) -> bytes:
+    """The instance id the report's header names, or ``b""`` when it names none."""
+    verifier = ReportVerifier(ledger_keys)
+    with path.open("rb") as stream:
+        verifier.read_header(stream)
+    return verifier.result.instance_id
 
 
 def file_digest(path: Path) -> str:
@@ -560,10 +563,16 @@ def _unusable(result: ReportResult) -> bool:
     return result.records == 0 and F.REPORT_WRONG_VENDOR_KEY in result.codes
 
 
-def _flush(conn: Connection, core: IngestCore) -> None:
-    db.insert_raw(conn, "usage", db.USAGE_COLUMNS, core.take_usage())
-    db.insert_raw(conn, "seat_events", db.SEAT_COLUMNS, core.take_seats())
-    db.insert_raw(conn, "ledger_events", db.EVENT_COLUMNS, core.take_events())
+def _flush(conn: Connection, store: VendorStore, core: IngestCore) -> None:
+    store.insert_usage(core.take_usage(), conn)
+    store.insert_seat_events(core.take_seats(), conn)
+    # Ledger records carry milliseconds; the store holds microseconds.
+    events = [(i, s, k, w * 1000, m * 1000, p, d) for i, s, k, w, m, p, d in core.take_events()]
+    store.insert_ledger_events(events, conn)
+
+
+def _us(span: tuple[int, int] | None) -> tuple[int, int] | None:
+    return None if span is None else (span[0] * 1000, span[1] * 1000)
 
 
 def ingest(
@@ -586,30 +595,27 @@ def ingest(
         kid: pair.ledger_private for kid, pair in keys.pairs.items()
     }
     digest = file_digest(report_path)
-    with VendorStore.open(store_url, home=home) as store:
-        db.ensure_tables(store.engine)
-        with store.engine.connect() as conn:
-            if db.report_known(conn, digest):
-                finding = Finding(
-                    REPORT_REPLAY,
-                    "critical",
-                    f"this exact report (sha256 {digest[:16]}...) was ingested before; "
-                    "nothing was billed again",
-                )
-                header = peek_header(report_path) or {}
-                iid = header.get("instance_id")
-                return IngestOutcome(
-                    "rejected",
-                    (finding,),
-                    {},
-                    iid.hex() if isinstance(iid, bytes) else None,
-                    None,
-                    digest,
-                )
-            return _ingest_new(
-                conn, store, keys, ledger_keys, report_path, digest, vendor_now, now_ms,
-                policy, on_progress, receipt_out,
-            )  # fmt: skip
+    with VendorStore.open(store_url, home=home) as store, store.engine.connect() as conn:
+        if store.report_known(digest, conn):
+            finding = Finding(
+                REPORT_REPLAY,
+                "critical",
+                f"this exact report (sha256 {digest[:16]}...) was ingested before; "
+                "nothing was billed again",
+            )
+            iid = _instance_named(report_path, ledger_keys)
+            return IngestOutcome(
+                "rejected",
+                (finding,),
+                {},
+                iid.hex() if iid else None,
+                None,
+                digest,
+            )
+        return _ingest_new(
+            conn, store, keys, ledger_keys, report_path, digest, vendor_now, now_ms,
+            policy, on_progress, receipt_out,
+        )  # fmt: skip
 
 
 def _ingest_new(
@@ -625,17 +631,20 @@ def _ingest_new(
     on_progress: Callable[[int], None] | None,
     receipt_out: Path | None,
 ) -> IngestOutcome:
-    header = peek_header(report_path) or {}
-    raw_iid = header.get("instance_id")
-    instance_hex = raw_iid.hex() if isinstance(raw_iid, bytes) and len(raw_iid) == 16 else ""
-    docs = header.get("licenses")
-    docs = [d for d in docs if isinstance(d, bytes)] if isinstance(docs, list) else []
+    # Closed by the ``with`` below that verifies the rest of the stream.
+    stream = report_path.open("rb")
+    verifier = ReportVerifier(ledger_keys, on_progress=on_progress)
+    header = verifier.read_header(stream)
+    # A header that fails half-way still names what it could: take that from the result.
+    raw_iid = header.instance_id if header else verifier.result.instance_id
+    instance_hex = raw_iid.hex()
+    docs = list(header.licenses) if header else verifier.result.licenses
     issued = [row.license_id for row in store.list_licenses()]
     licenses, license_findings = check_licenses(docs, keys.bundle, issued)
     license_ids = [lic.license_id for lic in licenses]
     inst_row = store.get_instance(instance_hex) if instance_hex else None
     known = _known(inst_row)
-    leases = db.open_leases(conn, instance_hex) if inst_row is not None else set()
+    leases = store.open_leases(instance_hex, conn) if inst_row is not None else set()
     core = IngestCore(
         instance_id=instance_hex,
         report_digest=digest,
@@ -645,16 +654,16 @@ def _ingest_new(
         else (inst_row.license_id if inst_row else UNKNOWN),
         clock=ClockChecker(vendor_now_ms=now_ms, policy=policy, open_leases=leases),
     )
-    verifier = ReportVerifier(ledger_keys, known=known, on_progress=on_progress)
+    verifier.known = known
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
     try:
-        with report_path.open("rb") as stream:
-            for record, acked in verifier.records(stream):
+        with stream:
+            for record, acked in verifier.records():
                 core.add(record, acked)
                 if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
-                    _flush(conn, core)
+                    _flush(conn, store, core)
         result = verifier.result
         if _unusable(result):
             conn.rollback()
@@ -662,21 +671,21 @@ def _ingest_new(
                 "unusable", tuple(result.findings), {}, instance_hex or None, None, digest
             )
         if core.unresolved:
-            core.resolve(db.lease_owners(conn, instance_hex, (u[3] for u in core.unresolved)))
-        _flush(conn, core)
+            core.resolve(store.lease_owners(instance_hex, (u[3] for u in core.unresolved), conn))
+        _flush(conn, store, core)
         core.clock.check_created(result.created_ms)
         findings = list(result.findings) + license_findings + core.findings
         findings += core.clock.findings()
         if result.head is None:
             findings.append(Finding(REPORT_EMPTY, "critical", "the report holds no records"))
         ledger_ok = not result.critical and result.head is not None
-        activity = db.activity_for_licenses(conn, license_ids)
-        span = core.span
+        activity = store.activity_for_licenses(license_ids, conn)
+        span = _us(core.span)
         mine = [a for a in activity if a.instance_id == instance_hex]
         if span is not None and mine:
             span = (
-                min(span[0], *(a.first_wall_ms for a in mine)),
-                max(span[1], *(a.last_wall_ms for a in mine)),
+                min(span[0], *(a.first_wall_us for a in mine)),
+                max(span[1], *(a.last_wall_us for a in mine)),
             )
         clones = check_clones(instance_hex, license_ids, span, activity)
         findings += clones.findings
@@ -808,15 +817,16 @@ def _record(
     """Write the report's outcome inside the caller's transaction."""
     iid, digest = core.instance_id, core.report_digest
     head = result.head
-    conn.execute(
-        db.report_meta_table.insert().values(
-            report_digest=digest,
-            instance_id=iid or UNKNOWN,
-            created_ms=pending.created_ms,
-            received_ms=pending.received_ms,
-            report_every_days=pending.report_every_days,
-            grace_days=pending.grace_days,
-        )
+    store.record_report_meta(
+        ReportMeta(
+            digest,
+            iid or UNKNOWN,
+            pending.created_ms * 1000,
+            pending.received_ms * 1000,
+            pending.report_every_days,
+            pending.grace_days,
+        ),
+        conn,
     )
     store.record_report(
         ReportRow(
@@ -838,21 +848,22 @@ def _record(
         for other, f in clones.flagged
     ]
     store.insert_findings(rows, conn)
-    conn.execute(
-        db.report_spans_table.insert().values(
-            report_digest=digest,
-            instance_id=iid or UNKNOWN,
-            license_ids=",".join(license_ids),
-            first_wall_ms=core.first_wall,
-            last_wall_ms=core.last_wall,
-            status=status,
-        )
+    span = _us(core.span)
+    store.record_report_span(
+        ReportSpan(
+            digest,
+            iid or UNKNOWN,
+            tuple(license_ids),
+            None if span is None else span[0],
+            None if span is None else span[1],
+            status,
+        ),
+        conn,
     )
-    span = core.span
     if ledger_ok and span is not None and iid:
         # Authentic activity counts for clone detection even when the report is
         # rejected for a clone: the overlap must stay visible on the next report too.
-        db.upsert_activity(conn, [db.Activity(iid, lic, span[0], span[1]) for lic in license_ids])
+        store.upsert_activity([Activity(iid, lic, span[0], span[1]) for lic in license_ids], conn)
     if receipt is None or head is None:
         return
     store.upsert_instance(

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from meterbox.errors import QuotaExceeded
+from meterbox.ledger.records import Usage, UsageDecrement
 from meterbox.server._core.policy import MeterPolicy
 from meterbox.server._errors import IdempotencyConflictError, TopupAlreadyAppliedError
 
@@ -63,19 +64,21 @@ class UsageResult:
     def remaining(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.used)
 
+    def record(self) -> Usage:
+        """The ledger record of this request (a :class:`UsageDecrement` for a decrement)."""
+        cls = UsageDecrement if self.kind == "usage.decrement" else Usage
+        return cls(
+            meter=self.meter,
+            amount=self.amount,
+            client_id=self.client_id,
+            license_id=self.license_id,
+            idempotency_key=self.idempotency_key,
+            flagged=self.flagged,
+        )
+
     def payload(self) -> dict[str, Any]:
         """Compact ledger payload (well under 60 bytes of msgpack for typical names)."""
-        out: dict[str, Any] = {
-            "m": self.meter,
-            "a": self.amount,
-            "c": self.client_id,
-            "l": self.license_id,
-        }
-        if self.idempotency_key is not None:
-            out["k"] = self.idempotency_key
-        if self.flagged:
-            out["f"] = 1
-        return out
+        return self.record().to_map()
 
     def to_json(self) -> dict[str, Any]:
         return {

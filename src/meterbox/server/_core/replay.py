@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
 
+from meterbox.errors import FormatError
 from meterbox.ledger import Record, RecordType
+from meterbox.ledger.records import Usage
 from meterbox.server._core.changes import Change, IdemPut, SeqMax, UsageDelta
 from meterbox.server._core.meters import IdemEntry, UsageKind, UsageResult, fingerprint, period_key
 from meterbox.server._core.policy import LicensePolicy
@@ -54,12 +55,14 @@ def _usage(
     known: set[str],
     licenses: Mapping[str, LicensePolicy],
 ) -> list[Change] | None:
-    p: dict[str, Any] = record.payload
-    lid, meter, amount, client = p.get("l"), p.get("m"), p.get("a"), p.get("c")
-    key = p.get("k")
-    if not (isinstance(lid, str) and isinstance(meter, str) and isinstance(amount, int)):
+    try:
+        usage = Usage.from_map(record.payload)
+    except FormatError:
+        return None  # not a payload this server wrote: nothing it could owe a client
+    lid, meter, amount, key = usage.license_id, usage.meter, usage.amount, usage.idempotency_key
+    if lid is None:
         return None
-    if isinstance(key, str) and key in known:
+    if key is not None and key in known:
         return None  # already applied: the crash came after the state commit
     policy = licenses.get(lid)
     if policy is None or meter not in policy.meters:
@@ -72,10 +75,10 @@ def _usage(
     delta = -min(amount, before) if decrement else amount
     used[slot] = before + delta
     out: list[Change] = [UsageDelta(lid, meter, period, delta)]
-    if isinstance(key, str):
+    if key is not None:
         known.add(key)
         kind: UsageKind = "usage.decrement" if decrement else "usage"
-        client_id = client if isinstance(client, str) else ""
+        client_id = usage.client_id or ""
         result = UsageResult(
             kind=kind,
             meter=meter,
@@ -85,7 +88,7 @@ def _usage(
             period=period,
             used=used[slot],
             limit=policy.meters[meter].limit,
-            flagged=bool(p.get("f")),
+            flagged=usage.flagged,
             seq=record.seq,
             idempotency_key=key,
         )

@@ -3,7 +3,8 @@
 Ingest stores everything the detectors read: usage and seat events (the billing
 tables), every other new record with its wall and monotonic time (``ledger_events``),
 and per report its creation time, receive time and the licenses' reporting interval
-(``report_meta``), all in :mod:`meterbox.vendorkit._ingest_store`. This module turns them
+(``report_meta``), read through :mod:`meterbox.vendorkit._db.queries` in microseconds.
+This module turns them
 back into :class:`InstanceHistory` for two callers: ingest, which judges the report it
 is writing (inside its own transaction, so the report's rows are visible), and
 ``meterbox vendor anomalies``.
@@ -16,6 +17,8 @@ Invariants:
   with ``count``), so a million-record report is at most one event per minute of its
   span; ingest reads at most :data:`INGEST_REPORTS` reports and records dated at most
   :data:`INGEST_WINDOW_MS` before the judged report's earliest new record;
+* the store keeps microseconds; the detectors work in milliseconds, so every time is
+  divided by 1000 here, exactly once;
 * leases checked out before the window and ended inside it are named in
   ``known_leases``, so a bounded window never looks like a lost checkout.
 """
@@ -23,14 +26,14 @@ Invariants:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from meterbox.vendorkit._ingest_store import ensure_tables, ledger_events_table, report_meta_table
+from meterbox.vendorkit._db import queries as q
+from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.anomaly._features import (
     CHECKOUT,
     DAY_MS,
@@ -43,20 +46,11 @@ from meterbox.vendorkit.anomaly._features import (
     ReportView,
     event_from_record,
 )
-from meterbox.vendorkit.store import (
-    VendorStore,
-    instances_table,
-    licenses_table,
-    reports_table,
-    seat_events_table,
-    usage_table,
-)
 
 #: Reports before the judged one that ingest reads (a quarter of weekly reports).
 INGEST_REPORTS: Final = 12
 #: Wall time before the judged report's first record that ingest reads.
 INGEST_WINDOW_MS: Final = 8 * 7 * DAY_MS
-_MINUTE_US: Final = 60_000_000
 
 _SEAT_KINDS: Final = {"checkout": CHECKOUT, "renew": RENEW, "release": RELEASE, "expire": EXPIRE}
 #: Report statuses that are not accepted history.
@@ -87,39 +81,20 @@ class _Row:
     grace_days: int
 
 
-def _micros(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
-    return sa.type_coerce(column, sa.BigInteger)
-
-
 def _report_rows(conn: Connection, instance_id: str) -> list[_Row]:
-    r, m = reports_table, report_meta_table
-    query = (
-        sa.select(
-            r.c.report_digest,
-            r.c.from_seq,
-            r.c.head_seq,
-            _micros(r.c.ingested_at),
-            r.c.status,
-            m.c.created_ms,
-            m.c.received_ms,
-            m.c.report_every_days,
-            m.c.grace_days,
-        )
-        .outerjoin(m, m.c.report_digest == r.c.report_digest)
-        .where(r.c.instance_id == instance_id)
-        .order_by(r.c.ingested_at, r.c.head_seq)
-    )
     out = []
-    for digest, lo, hi, ingested_us, status, created, received, every, grace in conn.execute(query):
+    for digest, lo, hi, ingested_us, status, created, received, every, grace in q.report_rows(
+        conn, instance_id
+    ):
         if status in _REJECTED or hi < 0:
             continue
-        received_ms = int(received) if received is not None else int(ingested_us) // 1000
+        received_ms = (int(received) if received is not None else int(ingested_us)) // 1000
         out.append(
             _Row(
                 digest,
                 int(lo),
                 int(hi),
-                int(created) if created is not None else 0,
+                int(created) // 1000 if created is not None else 0,
                 received_ms,
                 None if every is None else int(every),
                 int(grace or 0),
@@ -202,44 +177,25 @@ def instance_history(
         every,
         last.grace_days * DAY_MS,
         tuple(reports),
-        frozenset(_checked_out_before(conn, instance_id, ended, ordered[0].seq if ordered else lo)),
+        frozenset(
+            q.checked_out_before(conn, instance_id, ended, ordered[0].seq if ordered else lo)
+        ),
     )
 
 
 def _events(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
 ) -> list[Event]:
-    out: list[Event] = []
-    u = usage_table
-    ts = _micros(u.c.ts)
-    minute = (ts // _MINUTE_US).label("minute")
-    signed = sa.case((u.c.kind == "decrement", -u.c.amount), else_=u.c.amount)
-    query = sa.select(sa.func.min(u.c.seq), minute, sa.func.count(), sa.func.sum(signed)).where(
-        u.c.instance_id == instance_id, u.c.seq >= lo, u.c.seq <= hi
-    )
-    if since_us is not None:
-        query = query.where(ts >= since_us)
-    for seq, m, n, amount in conn.execute(query.group_by(minute)):
-        out.append(Event(int(seq), USAGE, int(m) * 60_000, amount=int(amount or 0), count=int(n)))
-    s = seat_events_table
-    sts = _micros(s.c.ts)
-    query2 = sa.select(s.c.seq, sts, s.c.kind, s.c.lease_id).where(
-        s.c.instance_id == instance_id, s.c.seq >= lo, s.c.seq <= hi
-    )
-    if since_us is not None:
-        query2 = query2.where(sts >= since_us)
-    for seq, t_us, kind, lease in conn.execute(query2):
+    out = [
+        Event(seq, USAGE, minute * 60_000, amount=amount, count=n)
+        for seq, minute, n, amount in q.usage_per_minute(conn, instance_id, lo, hi, since_us)
+    ]
+    for seq, t_us, kind, lease in q.seat_events(conn, instance_id, lo, hi, since_us):
         mapped = _SEAT_KINDS.get(kind)
         if mapped is not None:
-            out.append(Event(int(seq), mapped, int(t_us) // 1000, lease=lease or ""))
-    e = ledger_events_table
-    query3 = sa.select(e.c.seq, e.c.kind, e.c.wall_ms, e.c.mono_ms, e.c.payload).where(
-        e.c.instance_id == instance_id, e.c.seq >= lo, e.c.seq <= hi
-    )
-    if since_us is not None:
-        query3 = query3.where(e.c.wall_ms >= since_us // 1000)
-    for seq, kind, wall, mono, payload in conn.execute(query3):
-        out.append(event_from_record(int(seq), kind, int(wall), int(mono), _payload(payload)))
+            out.append(Event(seq, mapped, t_us // 1000, lease=lease or ""))
+    for seq, kind, wall, mono, payload in q.ledger_events(conn, instance_id, lo, hi, since_us):
+        out.append(event_from_record(seq, kind, wall // 1000, mono // 1000, _payload(payload)))
     return out
 
 
@@ -249,24 +205,6 @@ def _payload(text: str) -> Mapping[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _checked_out_before(
-    conn: Connection, instance_id: str, leases: Iterable[str], before_seq: int
-) -> set[str]:
-    ids = sorted(set(leases))
-    found: set[str] = set()
-    t = seat_events_table
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        query = sa.select(t.c.lease_id).where(
-            t.c.instance_id == instance_id,
-            t.c.kind == "checkout",
-            t.c.seq < before_seq,
-            t.c.lease_id.in_(chunk),
-        )
-        found.update(str(r[0]) for r in conn.execute(query))
-    return found
 
 
 def histories(
@@ -279,17 +217,9 @@ def histories(
 
     ``report_every_ms`` overrides the reporting interval the licenses stated.
     """
-    lic_q = sa.select(licenses_table.c.license_id, licenses_table.c.customer)
-    if customer is not None:
-        lic_q = lic_q.where(licenses_table.c.customer == customer)
-    ensure_tables(store.engine)
     with store.engine.connect() as conn:
-        owners = {r.license_id: r.customer for r in conn.execute(lic_q)}
-        inst = conn.execute(
-            sa.select(instances_table.c.instance_id, instances_table.c.license_id)
-            .where(instances_table.c.license_id.in_(list(owners)))
-            .order_by(instances_table.c.instance_id)
-        ).all()
+        owners = q.license_owners(conn, customer)
+        inst = q.instances_of(conn, owners)
         return [
             instance_history(
                 conn,

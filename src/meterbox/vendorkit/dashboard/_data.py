@@ -1,8 +1,9 @@
 """Read-only queries over the vendor store for the vendor dashboard.
 
-Reuses the store's own tables and methods, :func:`meterbox.vendorkit.billing.bill` for
-statements and peak seats, and :data:`meterbox.vendorkit.anomaly.CODES` for the meaning
-of each anomaly code. Nothing here writes.
+Reuses the store's methods and :mod:`meterbox.vendorkit._db.queries`,
+:func:`meterbox.vendorkit.billing.bill` for statements and peak seats, and
+:data:`meterbox.vendorkit.anomaly.CODES` for the meaning of each anomaly code.
+Nothing here writes.
 """
 
 from __future__ import annotations
@@ -14,17 +15,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-import sqlalchemy as sa
-
 from meterbox.licenses import License
+from meterbox.vendorkit._db import queries
+from meterbox.vendorkit._db.schema import from_micros
+from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.anomaly import CODES
 from meterbox.vendorkit.keys import VendorKeys
-from meterbox.vendorkit.store import (
-    VendorStore,
-    from_micros,
-    instances_table,
-    reports_table,
-)
 
 #: Findings are listed worst first.
 SEVERITY_ORDER: Final = {"critical": 0, "warning": 1, "info": 2}
@@ -69,18 +65,8 @@ def overview(src: Source) -> dict[str, Any]:
         rows = store.list_licenses()
         topups = store.list_topups()
         with store.engine.connect() as conn:
-            instances = conn.execute(
-                sa.select(
-                    instances_table.c.instance_id,
-                    instances_table.c.license_id,
-                    instances_table.c.first_seen,
-                    instances_table.c.acked_seq,
-                    instances_table.c.last_report_at,
-                ).order_by(instances_table.c.first_seen)
-            ).all()
-            reports = conn.execute(
-                sa.select(reports_table).order_by(reports_table.c.ingested_at.desc()).limit(200)
-            ).all()
+            instances = queries.instances(conn)
+            reports = queries.recent_reports(conn, 200)
     customers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         lic = License.from_bytes(row.document, keys.bundle)
@@ -104,17 +90,8 @@ def overview(src: Source) -> dict[str, Any]:
     return {
         "customers": dict(sorted(customers.items())),
         "license_count": len(rows),
-        "instances": [
-            {
-                "instance_id": i.instance_id,
-                "license_id": i.license_id,
-                "first_seen": i.first_seen,
-                "acked_seq": i.acked_seq,
-                "last_report_at": i.last_report_at,
-            }
-            for i in instances
-        ],
-        "reports": [report_row(r._asdict()) for r in reports],
+        "instances": instances,
+        "reports": [report_row(r) for r in reports],
     }
 
 

@@ -1,10 +1,9 @@
-"""``meterbox vendor anomalies``: run every detector over the vendor store's history.
+"""`meterbox vendor anomalies`: run every detector over the vendor store's history.
 
-Registered onto the vendor CLI by listing ``"meterbox.vendorkit.anomaly.cli"`` in
-``meterbox.vendorkit.cli.COMMAND_MODULES``. Each accepted report of each instance is judged
-in turn, with the history before it, as it would have been at ingest, and with every
-rule, the clock checks included. The reporting interval comes from the licenses the
-reports carried (stored at ingest); ``--report-every-days`` overrides it.
+Each accepted report of each instance is judged in turn, with the history before it,
+as it would have been at ingest, and with every rule, the clock checks included. The
+reporting interval comes from the licenses the reports carried (stored at ingest);
+``--report-every-days`` overrides it.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
+from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect
 from meterbox.vendorkit.anomaly._features import DAY_MS
 from meterbox.vendorkit.anomaly._store import histories
-from meterbox.vendorkit.cli import HomeOption, StoreOption, cli_errors
-from meterbox.vendorkit.store import VendorStore
+from meterbox.vendorkit.cli._common import HomeOption, StoreOption, app, cli_errors
 
 
 def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
@@ -63,6 +62,7 @@ def _until(h: InstanceHistory, cut: int) -> InstanceHistory:
     )
 
 
+@app.command("anomalies")
 def anomalies_command(
     home: HomeOption,
     store_url: StoreOption = None,
@@ -103,7 +103,3 @@ def anomalies_command(
     for a in found:
         table.add_row(a.instance_id[:16], a.report_digest[:12], a.code, a.severity, a.message)
     console.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("anomalies")(anomalies_command)

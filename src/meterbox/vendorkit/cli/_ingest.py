@@ -1,9 +1,8 @@
-"""`meterbox vendor ingest` and `meterbox vendor bill`: thin shells over ingest and billing.
+"""`meterbox vendor ingest`: verify a report, store its new usage once, write a receipt.
 
-Registered onto the vendor app by :func:`register` (listed in
-``meterbox.vendorkit.cli.COMMAND_MODULES``). Exit codes of ``ingest``: 0 accepted (with or
-without findings), 1 rejected, 2 unusable input (missing file, not a report, a report
-sealed to another vendor's key); the other errors map as in :mod:`meterbox.vendorkit.cli`.
+Exit codes: 0 accepted (with or without findings), 1 rejected, 2 unusable input
+(missing file, not a report, a report sealed to another vendor's key); the other
+errors map as in :mod:`meterbox.vendorkit.cli._common`.
 """
 
 from __future__ import annotations
@@ -21,13 +20,19 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit.billing import Period, Statement, bill, to_json_text
-from meterbox.vendorkit.cli import EXIT_ERROR, EXIT_INPUT, HomeOption, StoreOption, cli_errors
+from meterbox.vendorkit.cli._common import (
+    EXIT_ERROR,
+    EXIT_INPUT,
+    SEVERITY_STYLE,
+    HomeOption,
+    StoreOption,
+    app,
+    cli_errors,
+)
 from meterbox.vendorkit.ingest import IngestOutcome, ingest
 
 #: Reports at least this large get a progress bar even when stderr is not a terminal.
 PROGRESS_MIN_BYTES: Final = 64 << 20
-_STYLE: Final = {"critical": "bold red", "warning": "yellow", "info": "dim"}
 
 
 @contextmanager
@@ -71,13 +76,16 @@ def _print_outcome(outcome: IngestOutcome) -> None:
         out.print(table)
     for f in outcome.findings:
         where = f" (seq {f.seq})" if f.seq is not None else ""
-        out.print(f"[{_STYLE.get(f.severity, '')}]{f.severity:8}[/] {f.code}{where}: {f.message}")
+        out.print(
+            f"[{SEVERITY_STYLE.get(f.severity, '')}]{f.severity:8}[/] {f.code}{where}: {f.message}"
+        )
     if outcome.receipt_path is not None:
         out.print(f"receipt   {outcome.receipt_path}  (send it to the site for import)")
     elif outcome.status == "rejected":
         out.print("no receipt: nothing from this report was billed")
 
 
+@app.command("ingest")
 def ingest_command(
     report: Annotated[Path, typer.Argument(help="Report file exported by the server.")],
     *,
@@ -121,72 +129,3 @@ def ingest_command(
         raise typer.Exit(EXIT_INPUT)
     if outcome.status == "rejected":
         raise typer.Exit(EXIT_ERROR)
-
-
-def _print_statement(st: Statement) -> None:
-    out = Console(soft_wrap=False, highlight=False, width=200)
-    table = Table(title=f"usage {st.period}")
-    for col in ("customer", "license", "meter", "period", "used", "prepaid", "overage", "to date"):
-        table.add_column(col, justify="right" if col in ("used", "prepaid", "overage") else "left")
-    for m in st.meters:
-        table.add_row(
-            m.customer,
-            m.license_id,
-            m.meter,
-            m.period_kind,
-            str(m.used),
-            "unlimited" if m.prepaid is None else str(m.prepaid),
-            str(m.overage),
-            "" if m.used_to_date is None else str(m.used_to_date),
-        )
-    out.print(table)
-    if st.seats:
-        peaks: dict[tuple[str, str], int] = {}
-        for s in st.seats:
-            peaks[(s.license_id, s.feature)] = max(peaks.get((s.license_id, s.feature), 0), s.peak)
-        seats = Table(title="peak concurrent seats (hourly detail: --format json)")
-        for col in ("license", "feature", "peak", "denials"):
-            seats.add_column(col)
-        for (lic, feat), peak in sorted(peaks.items()):
-            seats.add_row(lic, feat, str(peak), str(st.denials.get((lic, feat), 0)))
-        out.print(seats)
-    if st.findings:
-        out.print(f"[bold]{len(st.findings)} finding(s) in reports touching {st.period}[/]")
-        for f in st.findings:
-            style = _STYLE.get(f.severity, "")
-            out.print(f"[{style}]{f.severity:8}[/] {f.license_id} {f.code}: {f.message}")
-
-
-def bill_command(
-    *,
-    home: HomeOption,
-    period: Annotated[str, typer.Option("--period", help="UTC month, YYYY-MM.")],
-    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
-    store: StoreOption = None,
-) -> None:
-    """Billing statement for one month: units, prepaid, overage, peak seats, findings."""
-    with cli_errors():
-        if output_format not in ("table", "csv", "json"):
-            raise ConfigError(
-                "--format is not usable",
-                expected="table, csv or json",
-                found=repr(output_format),
-                hint="For example --format csv",
-            )
-        statement = bill(home, Period.parse(period), customer=customer, store_url=store)
-    if output_format == "json":
-        typer.echo(to_json_text(statement))
-    elif output_format == "csv":
-        typer.echo(statement.to_csv(), nl=False)
-    else:
-        _print_statement(statement)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``ingest`` and ``bill`` to the vendor app (idempotent)."""
-    names = {c.name for c in app.registered_commands}
-    if "ingest" not in names:
-        app.command("ingest")(ingest_command)
-    if "bill" not in names:
-        app.command("bill")(bill_command)

@@ -1,21 +1,8 @@
-"""`meterbox vendor` commands: keys, license issuance, top-ups, license listing.
+"""`meterbox vendor issue`, `topup` and `licenses`: signed documents and the license list.
 
-The commands are thin shells: they parse and check flags, call
-:mod:`meterbox.vendorkit.keys`, :mod:`meterbox.licenses` and :mod:`meterbox.vendorkit.store`,
-and print. Exit codes (stable, for scripts):
-
-====  =====================================================================
-0     success
-1     any other meterbox error
-2     unusable input: a flag, file or URL that cannot be used (also click usage errors)
-3     a signature or key does not verify
-4     state: keys missing or already present, a file that would be overwritten
-====  =====================================================================
-
-Other modules add commands by defining ``register(app: typer.Typer) -> None`` and
-listing their module name in :data:`COMMAND_MODULES` at the end of this file
-(:mod:`meterbox.vendorkit.commands` registers them, so they can import this module); they may
-import :func:`cli_errors`, :func:`fail` and :data:`HomeOption` from here.
+Thin shells: the flag parsers are pure (each raises a ConfigError naming its flag);
+the commands call :mod:`meterbox.vendorkit.keys`, :mod:`meterbox.licenses` and the
+vendor store, and print.
 """
 
 from __future__ import annotations
@@ -23,23 +10,15 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from meterbox.errors import (
-    ConfigError,
-    FormatError,
-    MeterboxError,
-    StateError,
-    VerificationError,
-)
+from meterbox.errors import ConfigError, FormatError, StateError
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
     CryptolensSection,
@@ -51,64 +30,15 @@ from meterbox.licenses import (
 )
 from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit.store import VendorStore
-
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    help="Vendor toolkit. Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification, 4 state.",
+from meterbox.vendorkit._db.store import VendorStore
+from meterbox.vendorkit.cli._common import (
+    HomeOption,
+    StoreOption,
+    app,
+    bad_flag,
+    cli_errors,
+    out,
 )
-
-EXIT_ERROR = 1
-EXIT_INPUT = 2
-EXIT_VERIFY = 3
-EXIT_STATE = 4
-
-HomeOption = Annotated[
-    Path,
-    typer.Option("--home", help="Vendor home directory (keys, vendor.pub, vendor.db)."),
-]
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        help="Database URL (postgresql://... or sqlite:///...); default HOME/vendor.db.",
-    ),
-]
-
-
-def exit_code_for(error: MeterboxError) -> int:
-    if isinstance(error, ConfigError | FormatError):
-        return EXIT_INPUT
-    if isinstance(error, VerificationError):
-        return EXIT_VERIFY
-    if isinstance(error, StateError):
-        return EXIT_STATE
-    return EXIT_ERROR
-
-
-def fail(error: MeterboxError) -> NoReturn:
-    """Print ``error`` on stderr and exit with its code."""
-    Console(stderr=True, soft_wrap=True, highlight=False).print(
-        f"[bold red]error[/]: {error.render()}", markup=True
-    )
-    raise typer.Exit(exit_code_for(error))
-
-
-@contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn every meterbox error inside the block into a message and an exit code."""
-    try:
-        yield
-    except MeterboxError as error:
-        fail(error)
-
-
-def _out() -> Console:
-    return Console(soft_wrap=True, highlight=False)
-
-
-# -- flag parsers (pure; each raises ConfigError naming the flag) ----------------------
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 _SEATS_RE = re.compile(rf"({_NAME})=(\d{{1,7}})(?:\+(\d{{1,7}}))?")
@@ -119,14 +49,10 @@ _DATA_OBJECT_RE = re.compile(rf"(\d{{1,10}}):([^:]{{1,200}}):({_NAME})")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _bad(flag: str, expected: str, value: str, hint: str) -> ConfigError:
-    return ConfigError(f"{flag} is not usable", expected=expected, found=repr(value), hint=hint)
-
-
 def parse_seats(value: str, lease_seconds: int) -> tuple[str, Feature]:
     m = _SEATS_RE.fullmatch(value)
     if m is None:
-        raise _bad(
+        raise bad_flag(
             "--seats",
             "FEATURE=SEATS or FEATURE=SEATS+OVERDRAFT",
             value,
@@ -144,7 +70,7 @@ def parse_seats(value: str, lease_seconds: int) -> tuple[str, Feature]:
 def parse_meter(value: str) -> tuple[str, int | None, str]:
     m = _METER_RE.fullmatch(value)
     if m is None or (m[2] != "unlimited" and int(m[2]) == 0):
-        raise _bad(
+        raise bad_flag(
             "--meter",
             "NAME=LIMIT, NAME=LIMIT/month or NAME=unlimited with LIMIT > 0",
             value,
@@ -157,7 +83,7 @@ def parse_meter(value: str) -> tuple[str, int | None, str]:
 def parse_overlimit(value: str) -> tuple[str, str]:
     m = _OVERLIMIT_RE.fullmatch(value)
     if m is None:
-        raise _bad(
+        raise bad_flag(
             "--meter-overlimit",
             "NAME=allow or NAME=refuse",
             value,
@@ -169,7 +95,7 @@ def parse_overlimit(value: str) -> tuple[str, str]:
 def parse_units(value: str) -> tuple[str, int]:
     m = _UNITS_RE.fullmatch(value)
     if m is None or int(m[2]) == 0:
-        raise _bad(
+        raise bad_flag(
             "--meter", "NAME=UNITS with UNITS > 0", value, "For example --meter solver-runs=500"
         )
     return m[1], int(m[2])
@@ -182,7 +108,7 @@ def parse_date(value: str) -> datetime:
             return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError:
             pass
-    raise _bad(
+    raise bad_flag(
         "--expires",
         "a date YYYY-MM-DD (the license ends at 00:00 UTC that day)",
         value,
@@ -193,7 +119,7 @@ def parse_date(value: str) -> datetime:
 def parse_data_object(value: str) -> DataObject:
     m = _DATA_OBJECT_RE.fullmatch(value)
     if m is None:
-        raise _bad(
+        raise bad_flag(
             "--cryptolens-data-object",
             "ID:NAME:METER with a positive integer ID",
             value,
@@ -241,32 +167,6 @@ def _write_output(path: Path, data: bytes, force: bool) -> None:
         vendor_keys.atomic_write(path, data, mode=0o644)
     else:
         vendor_keys.write_new_file(path, data, mode=0o644)
-
-
-# -- commands --------------------------------------------------------------------------
-
-
-@app.command("init")
-def init_command(home: HomeOption) -> None:
-    """Create the vendor's signing and ledger keys and HOME/vendor.pub."""
-    with cli_errors():
-        keys = vendor_keys.init(home)
-        _out().print(
-            f"Created vendor key {keys.current_id.hex()} in {home}.\n"
-            f"Ship {home / vendor_keys.BUNDLE_FILE} with your application; "
-            f"keep {home / vendor_keys.KEYS_DIR} private and backed up."
-        )
-
-
-@app.command("rotate-key")
-def rotate_command(home: HomeOption) -> None:
-    """Add a new key pair and make it current; old keys keep verifying old documents."""
-    with cli_errors():
-        keys = vendor_keys.rotate(home)
-        _out().print(
-            f"New current vendor key {keys.current_id.hex()} "
-            f"({len(keys.bundle.keys)} keys in total). Distribute the updated vendor.pub."
-        )
 
 
 @app.command("issue")
@@ -336,7 +236,7 @@ def issue_command(
         for value in seats or []:
             name, feature = parse_seats(value, lease)
             if name in features:
-                raise _bad(
+                raise bad_flag(
                     "--seats", "each feature once", value, f"Merge the --seats flags for {name!r}"
                 )
             features[name] = feature
@@ -344,7 +244,7 @@ def issue_command(
         for value in meter or []:
             name, limit, period = parse_meter(value)
             if name in meter_specs:
-                raise _bad(
+                raise bad_flag(
                     "--meter", "each meter once", value, f"Merge the --meter flags for {name!r}"
                 )
             meter_specs[name] = (limit, period)
@@ -352,7 +252,7 @@ def issue_command(
         for value in meter_overlimit or []:
             name, policy = parse_overlimit(value)
             if name not in meter_specs:
-                raise _bad(
+                raise bad_flag(
                     "--meter-overlimit",
                     "a meter declared with --meter: " + (", ".join(meter_specs) or "(none)"),
                     value,
@@ -367,18 +267,18 @@ def issue_command(
         if expires is not None:
             expires_at = parse_date(expires)
             if expires_at <= now:
-                raise _bad("--expires", "a date in the future", expires, "Pick a later date")
+                raise bad_flag("--expires", "a date in the future", expires, "Pick a later date")
         if report_every is not None and report_every < 1:
-            raise _bad(
+            raise bad_flag(
                 "--report-every",
                 "a number of days >= 1",
                 str(report_every),
                 "For example --report-every 30",
             )
         if grace < 0:
-            raise _bad("--grace", "a number of days >= 0", str(grace), "For example --grace 7")
+            raise bad_flag("--grace", "a number of days >= 0", str(grace), "For example --grace 7")
         if not MIN_LEASE_SECONDS <= lease <= MAX_LEASE_SECONDS:
-            raise _bad(
+            raise bad_flag(
                 "--lease",
                 f"{MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS} seconds",
                 str(lease),
@@ -423,7 +323,7 @@ def issue_command(
             except BaseException:
                 output.unlink(missing_ok=True)
                 raise
-        _out().print(f"Issued {lic.license_id} for {customer} -> {output}")
+        out().print(f"Issued {lic.license_id} for {customer} -> {output}")
 
 
 def _cryptolens_section(
@@ -446,7 +346,7 @@ def _cryptolens_section(
             )
         return None
     if product_id < 1:
-        raise _bad(
+        raise bad_flag(
             "--cryptolens-product-id",
             "a positive integer",
             str(product_id),
@@ -455,7 +355,7 @@ def _cryptolens_section(
     if feature is None and len(features) == 1:
         feature = next(iter(features))
     if feature is not None and feature not in features:
-        raise _bad(
+        raise bad_flag(
             "--cryptolens-feature",
             "a feature given with --seats: " + (", ".join(features) or "(none)"),
             feature,
@@ -464,7 +364,7 @@ def _cryptolens_section(
     objects = [parse_data_object(v) for v in data_objects]
     for obj in objects:
         if obj.meter not in meters:
-            raise _bad(
+            raise bad_flag(
                 "--cryptolens-data-object",
                 "a meter declared with --meter: " + (", ".join(meters) or "(none)"),
                 f"{obj.id}:{obj.name}:{obj.meter}",
@@ -512,7 +412,7 @@ def topup_command(
                 )
             lic = License.from_bytes(row.document, keys.bundle)
             if name not in lic.meters:
-                raise _bad(
+                raise bad_flag(
                     "--meter",
                     "a meter of this license: " + (", ".join(lic.meters) or "(none)"),
                     meter,
@@ -528,7 +428,7 @@ def topup_command(
             except BaseException:
                 output.unlink(missing_ok=True)
                 raise
-        _out().print(f"Issued {topup.topup_id}: +{units} {name} for {license_id} -> {output}")
+        out().print(f"Issued {topup.topup_id}: +{units} {name} for {license_id} -> {output}")
 
 
 @app.command("licenses")
@@ -572,11 +472,3 @@ def licenses_command(
                 meters or "-",
             )
         Console(soft_wrap=False, highlight=False, width=200).print(table)
-
-
-#: Modules that add commands to ``app``; each defines ``register(app: typer.Typer) -> None``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "meterbox.vendorkit.cli_ingest",
-    "meterbox.vendorkit.dashboard",
-    "meterbox.vendorkit.anomaly.cli",
-)

@@ -1,0 +1,436 @@
+"""Typed payloads of ledger records: one frozen dataclass per record type with a payload.
+
+A record's payload is a msgpack map with one- or two-letter keys (docs/spec/ledger.md,
+"Payloads"); short keys keep records small, and ``f`` means *feature* in seat records
+but *flagged* in usage records. This module is the one place that knows the keys:
+writers build a typed payload and call :meth:`to_map`; readers call
+:func:`parse_payload` (or ``SomeType.from_map``) and use spelled-out field names.
+
+Invariants:
+
+* ``to_map()`` produces exactly the keys, key order and value types the format
+  defines, so the sealed bytes do not depend on which code built the payload;
+* ``from_map(to_map(x)) == x`` for every payload ``x``;
+* ``from_map`` accepts any mapping and either returns a payload or raises
+  :class:`~meterbox.errors.FormatError` naming the key, what was expected and what
+  was found. Keys it does not know are ignored: the ledger seals any map, and a
+  reader only relies on the keys listed here;
+* an optional field that is ``None`` (or a flag that is false) is left out of the map,
+  as the server has always written it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from datetime import datetime
+from typing import Any, ClassVar, Final, Literal, Self
+
+from meterbox.errors import FormatError
+from meterbox.ledger._format import RecordType
+
+_Kind = Literal["int", "str", "bytes", "flag", "str_list"]
+_KIND_TEXT: Final[dict[str, str]] = {
+    "int": "an integer",
+    "str": "a string",
+    "bytes": "binary data",
+    "flag": "an integer flag (1 when set)",
+    "str_list": "a list of strings",
+}
+
+
+def _req(key: str, kind: _Kind) -> Any:
+    return field(metadata={"key": key, "kind": kind})
+
+
+def _opt(key: str, kind: _Kind) -> Any:
+    return field(default=False if kind == "flag" else None, metadata={"key": key, "kind": kind})
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    return type(value).__name__
+
+
+def _check(owner: str, key: str, kind: str, value: object) -> Any:
+    ok: bool
+    if kind in ("int", "flag"):
+        ok = isinstance(value, int) and (kind == "flag" or not isinstance(value, bool))
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "bytes":
+        ok = isinstance(value, bytes)
+    else:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    if not ok:
+        raise FormatError(
+            f"{owner} payload has an ill-typed {key!r}",
+            expected=_KIND_TEXT[kind],
+            found=_describe(value),
+        )
+    if kind == "flag":
+        return bool(value)
+    if kind == "str_list":
+        return tuple(value)  # type: ignore[arg-type]
+    return value
+
+
+def _require_map(owner: str, data: object) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise FormatError(
+            f"{owner} payload is not a map", expected="a msgpack map", found=_describe(data)
+        )
+    return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Payload:
+    """Keyed fields: each dataclass field names its map key and value kind."""
+
+    record_type: ClassVar[RecordType]
+
+    def to_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            key, kind = f.metadata["key"], f.metadata["kind"]
+            value = getattr(self, f.name)
+            if kind == "flag":
+                if value:
+                    out[key] = 1
+            elif value is not None:
+                out[key] = list(value) if kind == "str_list" else value
+        return out
+
+    @classmethod
+    def from_map(cls, data: Mapping[str, Any]) -> Self:
+        owner = cls.record_type.name
+        data = _require_map(owner, data)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            key, kind = f.metadata["key"], f.metadata["kind"]
+            if key in data:
+                kwargs[f.name] = _check(owner, key, kind, data[key])
+            elif f.default is MISSING:
+                raise FormatError(
+                    f"{owner} payload lacks {key!r}",
+                    expected=f"{key!r} as {_KIND_TEXT[kind]}",
+                    found="keys " + (", ".join(repr(k) for k in data) or "none"),
+                )
+        return cls(**kwargs)
+
+
+# ----------------------------------------------------------------- usage
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage(_Payload):
+    """Units of a meter used by a client (``usage``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.USAGE
+    meter: str = _req("m", "str")
+    amount: int = _req("a", "int")
+    client_id: str | None = _opt("c", "str")
+    license_id: str | None = _opt("l", "str")
+    idempotency_key: str | None = _opt("k", "str")
+    #: Over the license's limit and allowed (an overage the vendor bills as such).
+    flagged: bool = _opt("f", "flag")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageDecrement(Usage):
+    """Units given back (``usage.decrement``); same fields as :class:`Usage`."""
+
+    record_type: ClassVar[RecordType] = RecordType.USAGE_DECREMENT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageDenied(Usage):
+    """A usage request refused (``usage.denied``); same fields as :class:`Usage`."""
+
+    record_type: ClassVar[RecordType] = RecordType.USAGE_DENIED
+
+
+# ----------------------------------------------------------------- seats
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatCheckout(_Payload):
+    """A floating seat leased to a client (``seat.checkout``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_CHECKOUT
+    lease_id: str | None = _opt("i", "str")
+    feature: str = _req("f", "str")
+    client_id: str | None = _opt("c", "str")
+    license_id: str | None = _opt("l", "str")
+    #: Lease expiry, Unix seconds.
+    expires: int | None = _opt("e", "int")
+    #: A seat beyond the license's count, allowed as overdraft.
+    overdraft: bool = _opt("o", "flag")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatRenew(_Payload):
+    """A lease extended (``seat.renew``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_RENEW
+    lease_id: str = _req("i", "str")
+    #: New lease expiry, Unix seconds.
+    expires: int | None = _opt("e", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatRelease(_Payload):
+    """A lease given back by its client (``seat.release``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_RELEASE
+    lease_id: str = _req("i", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatExpire(SeatRelease):
+    """A lease the server expired (``seat.expire``); same fields as :class:`SeatRelease`."""
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_EXPIRE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatDenied(_Payload):
+    """A checkout refused (``seat.denied``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_DENIED
+    feature: str = _req("f", "str")
+    client_id: str | None = _opt("c", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(_Payload):
+    """The server is alive (``heartbeat``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.HEARTBEAT
+    seats_in_use: int | None = _opt("n", "int")
+
+
+# ------------------------------------------------------ ledger evidence
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClockStep(_Payload):
+    """The wall clock moved against the monotonic clock (``clock.step``).
+
+    The ledger always writes all three fields; a reader needs only the step itself.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.CLOCK_STEP
+    #: Change in ms of ``wall_ms - mono_ms`` since the last recorded offset.
+    delta_ms: int = _req("d", "int")
+    wall_ms: int | None = _opt("w", "int")
+    mono_ms: int | None = _opt("m", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint(_Payload):
+    """A commitment to the chain before it (``checkpoint``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.CHECKPOINT
+    #: Seq of the record before the checkpoint.
+    seq: int = _req("s", "int")
+    #: Chain hash through that record.
+    head_hash: bytes = _req("h", "bytes")
+    epoch: int = _req("e", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovery(_Payload):
+    """A torn tail cut when the ledger was opened (``recovery``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.RECOVERY
+    #: Byte offset in the ledger file where the cut began.
+    cut_offset: int = _req("o", "int")
+    cut_bytes: int = _req("n", "int")
+    last_good_seq: int = _req("s", "int")
+
+
+# -------------------------------------------------------------- imports
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiptImported(_Payload):
+    """A vendor receipt the server verified and imported (``receipt.imported``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.RECEIPT_IMPORTED
+    #: The head seq the receipt acknowledges.
+    acked_seq: int = _req("s", "int")
+    #: The vendor's time, ISO 8601 (the server always writes it).
+    vendor_time: str | None = _opt("t", "str")
+    receipt_id: str | None = _opt("r", "str")
+
+    @property
+    def vendor_ms(self) -> int | None:
+        """The vendor time in Unix ms, or ``None`` when it is absent or not ISO 8601."""
+        if self.vendor_time is None:
+            return None
+        try:
+            return round(datetime.fromisoformat(self.vendor_time).timestamp() * 1000)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopupImported(_Payload):
+    """A vendor top-up the server imported (``topup.imported``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.TOPUP_IMPORTED
+    topup_id: str = _req("t", "str")
+    license_id: str | None = _opt("l", "str")
+    meter: str = _req("m", "str")
+    amount: int = _req("a", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LicenseInstalled(_Payload):
+    """A license file installed on the server (``license.installed``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.LICENSE_INSTALLED
+    license_id: str = _req("l", "str")
+    #: SHA-256 hex of the license file.
+    digest: str | None = _opt("d", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineActivated(_Payload):
+    """A Cryptolens node-locked activation the server granted (``machine.activated``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.MACHINE_ACTIVATED
+    license_id: str = _req("l", "str")
+    #: The machine code verbatim, as the SDK sent it (may be empty).
+    machine_code: str = _req("c", "str")
+    #: Node-locked activations of the license after this change.
+    activations: int = _req("n", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineDeactivated(MachineActivated):
+    """A node-locked activation the server forgot (``machine.deactivated``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.MACHINE_DEACTIVATED
+
+
+# ---------------------------------------------------------- free-form maps
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The ledger's first sealed record (``genesis``): the instance key plus the server's map.
+
+    ``server_fields`` is the map the server passed at creation (today ``l``, the license
+    ids, and ``fp``, the site fingerprint); ``ik`` is appended after it.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.GENESIS
+    instance_key: bytes
+    server_fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "ik" in self.server_fields:
+            raise FormatError(
+                "the server's genesis map names the instance key itself",
+                expected="a map without 'ik' (the ledger adds it)",
+                found="'ik' among its keys",
+            )
+
+    @property
+    def license_ids(self) -> tuple[str, ...] | None:
+        value = self.server_fields.get("l")
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        return None
+
+    def to_map(self) -> dict[str, Any]:
+        return {**self.server_fields, "ik": self.instance_key}
+
+    @classmethod
+    def from_map(cls, data: Mapping[str, Any]) -> Genesis:
+        data = _require_map("GENESIS", data)
+        if "ik" not in data:
+            raise FormatError(
+                "GENESIS payload lacks 'ik'",
+                expected="'ik' as binary data",
+                found="keys " + (", ".join(repr(k) for k in data) or "none"),
+            )
+        ik = _check("GENESIS", "ik", "bytes", data["ik"])
+        return cls(ik, {k: v for k, v in data.items() if k != "ik"})
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """The ledger was opened (``boot``); the map is the opener's, empty by default."""
+
+    record_type: ClassVar[RecordType] = RecordType.BOOT
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_map(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    @classmethod
+    def from_map(cls, data: Mapping[str, Any]) -> Self:
+        return cls(dict(_require_map(cls.record_type.name, data)))
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Boot):
+    """The ledger was closed cleanly (``shutdown``); the map is the closer's."""
+
+    record_type: ClassVar[RecordType] = RecordType.SHUTDOWN
+
+
+RecordPayload = (
+    Usage
+    | UsageDecrement
+    | UsageDenied
+    | SeatCheckout
+    | SeatRenew
+    | SeatRelease
+    | SeatExpire
+    | SeatDenied
+    | Heartbeat
+    | ClockStep
+    | Checkpoint
+    | Recovery
+    | ReceiptImported
+    | TopupImported
+    | LicenseInstalled
+    | MachineActivated
+    | MachineDeactivated
+    | Genesis
+    | Boot
+    | Shutdown
+)
+
+PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
+    t.record_type: t
+    for t in (
+        Usage,
+        UsageDecrement,
+        UsageDenied,
+        SeatCheckout,
+        SeatRenew,
+        SeatRelease,
+        SeatExpire,
+        SeatDenied,
+        Heartbeat,
+        ClockStep,
+        Checkpoint,
+        Recovery,
+        ReceiptImported,
+        TopupImported,
+        LicenseInstalled,
+        MachineActivated,
+        MachineDeactivated,
+        Genesis,
+        Boot,
+        Shutdown,
+    )
+}
+
+
+def parse_payload(record_type: RecordType, data: Mapping[str, Any]) -> RecordPayload:
+    """The typed payload of a record of ``record_type``; raises FormatError if it does not fit."""
+    cls = PAYLOAD_TYPES.get(record_type)
+    if cls is None:
+        raise FormatError(
+            f"{record_type.name} records carry no payload map",
+            expected="a record type with a payload (every type but EPOCH)",
+            found=record_type.name,
+        )
+    return cls.from_map(data)

@@ -1,0 +1,239 @@
+"""Read-only queries over the vendor store for billing, the anomaly detectors and the dashboard.
+
+Each function takes an open connection and returns plain tuples; every time is integer
+microseconds (wall times since the Unix epoch, UTC). Turning them into the callers'
+own units and types is the callers' business. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from meterbox.vendorkit._db.schema import (
+    findings_table,
+    instances_table,
+    ledger_events_table,
+    licenses_table,
+    micros,
+    report_meta_table,
+    report_spans_table,
+    reports_table,
+    seat_events_table,
+    topups_table,
+    usage_table,
+)
+
+_IN_CHUNK: Final = 500
+_MINUTE_US: Final = 60_000_000
+
+
+def _signed_amount() -> sa.ColumnElement[int]:
+    t = usage_table
+    return sa.case((t.c.kind == "decrement", -t.c.amount), else_=t.c.amount)
+
+
+# ------------------------------------------------------------------ billing
+def usage_sums(
+    conn: Connection, *, start_us: int | None, end_us: int, license_ids: Sequence[str] | None
+) -> dict[tuple[str, str], int]:
+    """Net units (increments minus decrements) per (license, meter) with ts in [start, end)."""
+    t = usage_table
+    ts = micros(t.c.ts)
+    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(_signed_amount())).where(ts < end_us)
+    if start_us is not None:
+        query = query.where(ts >= start_us)
+    if license_ids is not None:
+        query = query.where(t.c.license_id.in_(list(license_ids)))
+    query = query.group_by(t.c.license_id, t.c.meter)
+    return {(lic, meter): int(total or 0) for lic, meter, total in conn.execute(query)}
+
+
+def seat_rows(
+    conn: Connection, *, end_us: int, license_ids: Sequence[str] | None
+) -> list[tuple[str, int, str, str, int, str, str | None]]:
+    """(instance, seq, license, feature, ts_us, kind, lease) up to ``end``, by instance, seq."""
+    t = seat_events_table
+    ts = micros(t.c.ts)
+    query = sa.select(
+        t.c.instance_id, t.c.seq, t.c.license_id, t.c.feature, ts, t.c.kind, t.c.lease_id
+    ).where(ts < end_us)
+    if license_ids is not None:
+        query = query.where(t.c.license_id.in_(list(license_ids)))
+    query = query.order_by(t.c.instance_id, t.c.seq)
+    return [tuple(r) for r in conn.execute(query)]
+
+
+def licenses(conn: Connection, customer: str | None) -> list[tuple[str, str, bytes]]:
+    """(license, customer, document) ordered by customer, license."""
+    t = licenses_table
+    query = sa.select(t.c.license_id, t.c.customer, t.c.document).order_by(
+        t.c.customer, t.c.license_id
+    )
+    if customer is not None:
+        query = query.where(t.c.customer == customer)
+    return [(r[0], r[1], r[2]) for r in conn.execute(query)]
+
+
+def topups(conn: Connection, end_us: int) -> list[tuple[str, str, int, int]]:
+    """(license, meter, units, issued_us) of top-ups issued before ``end``."""
+    t = topups_table
+    issued = micros(t.c.issued)
+    query = sa.select(t.c.license_id, t.c.meter, t.c.units, issued).where(issued < end_us)
+    return [(r[0], r[1], int(r[2]), int(r[3])) for r in conn.execute(query)]
+
+
+def findings_touching(
+    conn: Connection, *, start_us: int, end_us: int
+) -> list[tuple[str, str, str, str, str, str, int | None]]:
+    """(digest, instance, licenses, code, severity, message, seq) of reports in the period."""
+    s, f = report_spans_table, findings_table
+    query = (
+        sa.select(
+            s.c.report_digest,
+            f.c.instance_id,
+            s.c.license_ids,
+            f.c.code,
+            f.c.severity,
+            f.c.message,
+            f.c.seq,
+        )
+        .join(f, f.c.report_digest == s.c.report_digest)
+        .where(s.c.first_wall_us < end_us, s.c.last_wall_us >= start_us)
+        .order_by(f.c.id)
+    )
+    return [tuple(r) for r in conn.execute(query)]
+
+
+# ------------------------------------------------------------------ anomaly detectors
+def report_rows(
+    conn: Connection, instance_id: str
+) -> list[tuple[str, int, int, int, str, int | None, int | None, int | None, int | None]]:
+    """One instance's reports in ingest order with their metadata, when it was stored.
+
+    (digest, from_seq, head_seq, ingested_us, status, created_us, received_us,
+    report_every_days, grace_days).
+    """
+    r, m = reports_table, report_meta_table
+    query = (
+        sa.select(
+            r.c.report_digest,
+            r.c.from_seq,
+            r.c.head_seq,
+            micros(r.c.ingested_at),
+            r.c.status,
+            m.c.created_us,
+            m.c.received_us,
+            m.c.report_every_days,
+            m.c.grace_days,
+        )
+        .outerjoin(m, m.c.report_digest == r.c.report_digest)
+        .where(r.c.instance_id == instance_id)
+        .order_by(r.c.ingested_at, r.c.head_seq)
+    )
+    return [tuple(row) for row in conn.execute(query)]
+
+
+def usage_per_minute(
+    conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
+) -> list[tuple[int, int, int, int]]:
+    """(first seq, minute index since the epoch, records, net units) for seqs in [lo, hi]."""
+    u = usage_table
+    ts = micros(u.c.ts)
+    minute = (ts // _MINUTE_US).label("minute")
+    query = sa.select(
+        sa.func.min(u.c.seq), minute, sa.func.count(), sa.func.sum(_signed_amount())
+    ).where(u.c.instance_id == instance_id, u.c.seq >= lo, u.c.seq <= hi)
+    if since_us is not None:
+        query = query.where(ts >= since_us)
+    return [
+        (int(seq), int(m), int(n), int(amount or 0))
+        for seq, m, n, amount in conn.execute(query.group_by(minute))
+    ]
+
+
+def seat_events(
+    conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
+) -> list[tuple[int, int, str, str | None]]:
+    """(seq, ts_us, kind, lease) of one instance's seat events with seqs in [lo, hi]."""
+    s = seat_events_table
+    ts = micros(s.c.ts)
+    query = sa.select(s.c.seq, ts, s.c.kind, s.c.lease_id).where(
+        s.c.instance_id == instance_id, s.c.seq >= lo, s.c.seq <= hi
+    )
+    if since_us is not None:
+        query = query.where(ts >= since_us)
+    return [(int(seq), int(t), kind, lease) for seq, t, kind, lease in conn.execute(query)]
+
+
+def ledger_events(
+    conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
+) -> list[tuple[int, str, int, int, str]]:
+    """(seq, kind, wall_us, mono_us, payload JSON) of one instance's other records."""
+    e = ledger_events_table
+    query = sa.select(e.c.seq, e.c.kind, e.c.wall_us, e.c.mono_us, e.c.payload).where(
+        e.c.instance_id == instance_id, e.c.seq >= lo, e.c.seq <= hi
+    )
+    if since_us is not None:
+        query = query.where(e.c.wall_us >= since_us)
+    return [
+        (int(seq), kind, int(wall), int(mono), payload)
+        for seq, kind, wall, mono, payload in conn.execute(query)
+    ]
+
+
+def checked_out_before(
+    conn: Connection, instance_id: str, leases: Iterable[str], before_seq: int
+) -> set[str]:
+    """Those of ``leases`` that one instance checked out at a seq below ``before_seq``."""
+    ids = sorted(set(leases))
+    found: set[str] = set()
+    t = seat_events_table
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        query = sa.select(t.c.lease_id).where(
+            t.c.instance_id == instance_id,
+            t.c.kind == "checkout",
+            t.c.seq < before_seq,
+            t.c.lease_id.in_(chunk),
+        )
+        found.update(str(r[0]) for r in conn.execute(query))
+    return found
+
+
+def license_owners(conn: Connection, customer: str | None) -> dict[str, str]:
+    """License id -> customer (of one customer, or all)."""
+    query = sa.select(licenses_table.c.license_id, licenses_table.c.customer)
+    if customer is not None:
+        query = query.where(licenses_table.c.customer == customer)
+    return {r.license_id: r.customer for r in conn.execute(query)}
+
+
+def instances_of(conn: Connection, license_ids: Iterable[str]) -> list[tuple[str, str]]:
+    """(instance, license) of every instance reporting one of ``license_ids``."""
+    t = instances_table
+    query = (
+        sa.select(t.c.instance_id, t.c.license_id)
+        .where(t.c.license_id.in_(list(license_ids)))
+        .order_by(t.c.instance_id)
+    )
+    return [(r[0], r[1]) for r in conn.execute(query)]
+
+
+# ------------------------------------------------------------------ dashboard
+def instances(conn: Connection) -> list[dict[str, Any]]:
+    """Every instance (id, license, first_seen, acked_seq, last_report_at), oldest first."""
+    t = instances_table
+    query = sa.select(
+        t.c.instance_id, t.c.license_id, t.c.first_seen, t.c.acked_seq, t.c.last_report_at
+    ).order_by(t.c.first_seen)
+    return [r._asdict() for r in conn.execute(query)]
+
+
+def recent_reports(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """The last ``limit`` reports ingested, newest first, every column by name."""
+    query = sa.select(reports_table).order_by(reports_table.c.ingested_at.desc()).limit(limit)
+    return [r._asdict() for r in conn.execute(query)]

@@ -1,0 +1,223 @@
+"""The vendor store's schema: every table in one :data:`metadata`, one :data:`SCHEMA_VERSION`.
+
+Invariants:
+
+* every time is an integer number of microseconds: wall times since the Unix epoch,
+  UTC; the site's monotonic clock since its boot. Identical on SQLite and PostgreSQL,
+  sortable, and cheap to write a million of. Columns typed :class:`UTCMicros` read back
+  as aware datetimes; the columns of ingest's bookkeeping tables are named ``*_us``
+  and read back as the integers they are;
+* ``usage``, ``seat_events`` and ``ledger_events`` are unique on ``(instance_id, seq)``
+  and written with ``ON CONFLICT DO NOTHING``: the same ledger record is never stored,
+  so never billed, twice;
+* ``reports`` are unique on the report file's SHA-256, so a replayed file is
+  recognised before anything is billed;
+* ``meterbox_schema`` holds :data:`SCHEMA_VERSION`; a store of any other version is
+  refused rather than misread (docs/adr/0019-one-vendor-store-schema.md).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import sqlalchemy as sa
+
+#: Version 1 kept ingest's four bookkeeping tables outside the version, in
+#: milliseconds. Version 2 is one schema in microseconds.
+SCHEMA_VERSION: Final = 2
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO: Final = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: every meterbox time is timezone-aware UTC")
+    return (value - _EPOCH) // _MICRO
+
+
+def from_micros(value: int) -> datetime:
+    """Integer microseconds since the Unix epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+class UTCMicros(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime stored as BIGINT microseconds since the epoch."""
+
+    impl = sa.BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> int | None:
+        return None if value is None else to_micros(value)
+
+    def process_result_value(self, value: int | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else from_micros(value)
+
+
+def micros(column: sa.ColumnElement[datetime]) -> sa.ColumnElement[int]:
+    """A :class:`UTCMicros` column read and compared as the plain integer it is stored as."""
+    return sa.type_coerce(column, sa.BigInteger)
+
+
+metadata = sa.MetaData()
+
+schema_table = sa.Table(
+    "meterbox_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+licenses_table = sa.Table(
+    "licenses",
+    metadata,
+    sa.Column("license_id", sa.String(64), primary_key=True),
+    sa.Column("customer", sa.String(1000), nullable=False, index=True),
+    sa.Column("product", sa.String(1000), nullable=False),
+    sa.Column("issued", UTCMicros, nullable=False),
+    sa.Column("expires", UTCMicros, nullable=True),
+    sa.Column("vendor_key_id", sa.String(16), nullable=False),
+    sa.Column("document", sa.LargeBinary, nullable=False),
+)
+topups_table = sa.Table(
+    "topups",
+    metadata,
+    sa.Column("topup_id", sa.String(64), primary_key=True),
+    sa.Column("license_id", sa.String(64), nullable=False, index=True),
+    sa.Column("meter", sa.String(64), nullable=False),
+    sa.Column("units", sa.BigInteger, nullable=False),
+    sa.Column("issued", UTCMicros, nullable=False),
+    sa.Column("document", sa.LargeBinary, nullable=False),
+)
+instances_table = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("instance_id", sa.String(64), primary_key=True),
+    sa.Column("license_id", sa.String(64), nullable=False, index=True),
+    sa.Column("first_seen", UTCMicros, nullable=False),
+    sa.Column("chain_secret", sa.LargeBinary, nullable=True),
+    sa.Column("chain_epoch", sa.BigInteger, nullable=True),
+    sa.Column("acked_seq", sa.BigInteger, nullable=True),
+    sa.Column("acked_hash", sa.String(64), nullable=True),
+    sa.Column("last_report_at", UTCMicros, nullable=True),
+    sa.Column("instance_public_key", sa.LargeBinary, nullable=True),
+)
+reports_table = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("report_digest", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(64), nullable=False, index=True),
+    sa.Column("from_seq", sa.BigInteger, nullable=False),
+    sa.Column("head_seq", sa.BigInteger, nullable=False),
+    sa.Column("ingested_at", UTCMicros, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("findings", sa.Text, nullable=False),
+)
+usage_table = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("instance_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("license_id", sa.String(64), nullable=False),
+    sa.Column("meter", sa.String(64), nullable=False),
+    sa.Column("ts", UTCMicros, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("client_id", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("report_digest", sa.String(64), nullable=True),
+    sa.PrimaryKeyConstraint("instance_id", "seq", name="usage_instance_seq"),
+    sa.Index("usage_license_ts", "license_id", "ts"),
+)
+seat_events_table = sa.Table(
+    "seat_events",
+    metadata,
+    sa.Column("instance_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("license_id", sa.String(64), nullable=False),
+    sa.Column("feature", sa.String(64), nullable=False),
+    sa.Column("ts", UTCMicros, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("client_id", sa.String(200), nullable=False),
+    sa.Column("lease_id", sa.String(64), nullable=True),
+    sa.Column("report_digest", sa.String(64), nullable=True),
+    sa.PrimaryKeyConstraint("instance_id", "seq", name="seat_events_instance_seq"),
+    sa.Index("seat_events_license_ts", "license_id", "ts"),
+)
+findings_table = sa.Table(
+    "findings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("report_digest", sa.String(64), nullable=False, index=True),
+    sa.Column("instance_id", sa.String(64), nullable=False, index=True),
+    sa.Column("code", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=True),
+)
+receipts_table = sa.Table(
+    "receipts",
+    metadata,
+    sa.Column("receipt_id", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(64), nullable=False, index=True),
+    sa.Column("report_digest", sa.String(64), nullable=False),
+    sa.Column("head_seq", sa.BigInteger, nullable=False),
+    sa.Column("vendor_time", UTCMicros, nullable=False),
+    sa.Column("document", sa.LargeBinary, nullable=False),
+)
+#: Per (instance, license) the first and last wall time of the records the vendor has
+#: verified, so two instances of one license active at the same time (a clone) can be
+#: told from a server that replaced another.
+activity_table = sa.Table(
+    "instance_activity",
+    metadata,
+    sa.Column("instance_id", sa.String(64), nullable=False),
+    sa.Column("license_id", sa.String(64), nullable=False, index=True),
+    sa.Column("first_wall_us", sa.BigInteger, nullable=False),
+    sa.Column("last_wall_us", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("instance_id", "license_id", name="instance_activity_pk"),
+)
+#: Per report the wall-time span of its new records, its status and licenses, so billing
+#: shows the findings of every report that touches a period, rejected ones included.
+report_spans_table = sa.Table(
+    "report_spans",
+    metadata,
+    sa.Column("report_digest", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(64), nullable=False, index=True),
+    sa.Column("license_ids", sa.Text, nullable=False),
+    sa.Column("first_wall_us", sa.BigInteger, nullable=True),
+    sa.Column("last_wall_us", sa.BigInteger, nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+)
+#: Every new record of an accepted report that is neither usage nor a seat event
+#: (heartbeats, boots, clock steps, imports, denials, ...) with its wall and monotonic
+#: time and a small JSON payload: what the clock, heartbeat and snapshot detectors read.
+ledger_events_table = sa.Table(
+    "ledger_events",
+    metadata,
+    sa.Column("instance_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("wall_us", sa.BigInteger, nullable=False),
+    sa.Column("mono_us", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("report_digest", sa.String(64), nullable=False),
+    sa.PrimaryKeyConstraint("instance_id", "seq", name="ledger_events_pk"),
+)
+#: Per report the site's creation time, the vendor's receive time and the reporting
+#: interval of the licenses it carries (the shortest, with its grace), so the anomaly
+#: detectors need no flags.
+report_meta_table = sa.Table(
+    "report_meta",
+    metadata,
+    sa.Column("report_digest", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(64), nullable=False, index=True),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Column("received_us", sa.BigInteger, nullable=False),
+    sa.Column("report_every_days", sa.Integer, nullable=True),
+    sa.Column("grace_days", sa.Integer, nullable=False),
+)
+
+USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)
+SEAT_COLUMNS: Final = tuple(c.name for c in seat_events_table.columns)
+EVENT_COLUMNS: Final = tuple(c.name for c in ledger_events_table.columns)

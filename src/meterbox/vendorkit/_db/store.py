@@ -1,0 +1,615 @@
+"""The vendor store: typed reads and writes over :mod:`.schema`, on SQLite or PostgreSQL.
+
+SQLAlchemy 2 Core over SQLite (default ``home/vendor.db``) or PostgreSQL (any
+``postgresql://``/``postgres://`` URL is driven through psycopg 3).
+
+Invariants:
+
+* every time crossing this API is an aware datetime or integer microseconds (names
+  ending in ``_us``), never milliseconds;
+* the rows of one ledger record are inserted with ``ON CONFLICT DO NOTHING`` on
+  ``(instance_id, seq)``: ingesting the same records twice never bills twice;
+* :meth:`VendorStore.record_report` answers whether a report file is new;
+* methods taking a ``conn`` write inside the caller's transaction, so ingest commits
+  a report's rows, verdict and receipt together or not at all;
+* a store of another schema version is refused before anything is created in it.
+
+Bulk rows go straight to the DB-API driver in large ``executemany`` batches with times
+already converted to integer microseconds: per-row SQLAlchemy work would dominate a
+million-record ingest. Those statements are built from fixed column lists, never from
+data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from meterbox.errors import ConfigError, StateError
+from meterbox.licenses import License, Topup
+from meterbox.vendorkit._db.schema import (
+    EVENT_COLUMNS,
+    SCHEMA_VERSION,
+    SEAT_COLUMNS,
+    USAGE_COLUMNS,
+    activity_table,
+    findings_table,
+    instances_table,
+    licenses_table,
+    metadata,
+    receipts_table,
+    report_meta_table,
+    report_spans_table,
+    reports_table,
+    schema_table,
+    seat_events_table,
+    topups_table,
+    usage_table,
+)
+
+DB_FILE: Final = "vendor.db"
+#: Lease ids per ``IN (...)`` list: well under every driver's parameter limit.
+_IN_CHUNK: Final = 500
+
+#: ``usage`` row as ingest builds it: instance, seq, license, meter, ts_us, amount,
+#: client, kind, report digest (the order of :data:`USAGE_COLUMNS`).
+UsageTuple = tuple[str, int, str, str, int, int, str, str, str]
+#: ``seat_events`` row: instance, seq, license, feature, ts_us, kind, client, lease, digest.
+SeatTuple = tuple[str, int, str, str, int, str, str, str | None, str]
+#: ``ledger_events`` row: instance, seq, kind, wall_us, mono_us, payload JSON, digest.
+EventTuple = tuple[str, int, str, int, int, str, str]
+
+
+@dataclass(frozen=True)
+class LicenseRow:
+    license_id: str
+    customer: str
+    product: str
+    issued: datetime
+    expires: datetime | None
+    vendor_key_id: str
+    document: bytes
+
+
+@dataclass(frozen=True)
+class TopupRow:
+    topup_id: str
+    license_id: str
+    meter: str
+    units: int
+    issued: datetime
+    document: bytes
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    instance_id: str
+    license_id: str
+    first_seen: datetime
+    chain_secret: bytes | None = None
+    chain_epoch: int | None = None
+    acked_seq: int | None = None
+    acked_hash: str | None = None
+    last_report_at: datetime | None = None
+    instance_public_key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    report_digest: str
+    instance_id: str
+    from_seq: int
+    head_seq: int
+    ingested_at: datetime
+    status: str
+    findings: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    instance_id: str
+    seq: int
+    license_id: str
+    meter: str
+    ts: datetime
+    amount: int
+    client_id: str
+    kind: str = "increment"
+    report_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    report_digest: str
+    instance_id: str
+    code: str
+    severity: str
+    message: str
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class ReceiptRow:
+    receipt_id: str
+    instance_id: str
+    report_digest: str
+    head_seq: int
+    vendor_time: datetime
+    document: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Wall-time span (microseconds) of one instance's verified records for one license."""
+
+    instance_id: str
+    license_id: str
+    first_wall_us: int
+    last_wall_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMeta:
+    """What the anomaly detectors need to know about a report besides its records."""
+
+    report_digest: str
+    instance_id: str
+    created_us: int
+    received_us: int
+    report_every_days: int | None
+    grace_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSpan:
+    """The wall-time span of a report's new records, for billing's findings."""
+
+    report_digest: str
+    instance_id: str
+    license_ids: tuple[str, ...]
+    first_wall_us: int | None
+    last_wall_us: int | None
+    status: str
+
+
+def normalise_url(url: str | None, home: Path | None) -> str:
+    """A SQLAlchemy URL: ``home/vendor.db`` by default, PostgreSQL always via psycopg 3."""
+    if url is None or url == "":
+        if home is None:
+            raise ConfigError(
+                "no vendor store given",
+                expected="--home DIR or --store URL",
+                found="neither",
+                hint="Pass --home with the directory created by `meterbox vendor init`",
+            )
+        return f"sqlite:///{Path(home).resolve() / DB_FILE}"
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///") or url == "sqlite://":
+        return url
+    raise ConfigError(
+        "store URL is not supported",
+        expected="postgresql://user@host/db, postgresql+psycopg://... or sqlite:///path",
+        found=repr(url.split("@")[-1] if "@" in url else url)[:120],
+        hint="Leave --store out to use vendor.db in the home directory",
+    )
+
+
+def _version_error(version: int) -> StateError:
+    if version < SCHEMA_VERSION:
+        return StateError(
+            "vendor store was written by an earlier meterbox",
+            expected=f"schema version {SCHEMA_VERSION}",
+            found=f"version {version}",
+            hint=(
+                f"Schema {version} was never released, so there is no migration: move "
+                "HOME/vendor.db aside (or point --store at an empty database), run the "
+                "command again to create a new store, and issue licenses into it"
+            ),
+        )
+    return StateError(
+        "vendor store has an unknown schema version",
+        expected=f"version {SCHEMA_VERSION}",
+        found=f"version {version}",
+        hint="This database was written by a newer meterbox; upgrade meterbox",
+    )
+
+
+class VendorStore:
+    """Typed access to the vendor database. Create with :meth:`open`; close when done."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._insert = pg.insert if engine.dialect.name == "postgresql" else sqlite_dialect.insert
+
+    @classmethod
+    def open(cls, url: str | None = None, *, home: Path | None = None) -> VendorStore:
+        full = normalise_url(url, home)
+        engine = sa.create_engine(full)
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            store._ensure_schema()
+        except OperationalError as exc:
+            engine.dispose()
+            raise StateError(
+                "cannot open the vendor store",
+                expected="a reachable, writable database",
+                found=str(exc.orig).strip().splitlines()[0][:200],
+                hint="Check the --store URL or the permissions of the home directory",
+            ) from None
+        except StateError:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> VendorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_schema(self) -> None:
+        # The version is read before create_all: a store of another version must be
+        # refused exactly as it is, without tables of this version added to it.
+        with self.engine.connect() as conn:
+            if sa.inspect(conn).has_table(schema_table.name):
+                version = conn.execute(sa.select(schema_table.c.version)).scalar_one_or_none()
+                if version is not None and version != SCHEMA_VERSION:
+                    raise _version_error(int(version))
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            version = conn.execute(sa.select(schema_table.c.version)).scalar_one_or_none()
+            if version is None:
+                try:
+                    conn.execute(schema_table.insert().values(id=1, version=SCHEMA_VERSION))
+                except IntegrityError:
+                    # Another process initialised the same database at the same moment.
+                    version = SCHEMA_VERSION
+            if version is not None and version != SCHEMA_VERSION:
+                raise _version_error(int(version))
+
+    # -- licenses and top-ups ------------------------------------------------------
+
+    def add_license(self, lic: License, document: bytes) -> None:
+        row = {
+            "license_id": lic.license_id,
+            "customer": lic.customer,
+            "product": lic.product,
+            "issued": lic.issued,
+            "expires": lic.expires,
+            "vendor_key_id": lic.vendor_key_id,
+            "document": document,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(licenses_table.insert(), row)
+        except IntegrityError:
+            raise StateError(
+                "license id already exists in the vendor store",
+                expected="a new license id",
+                found=lic.license_id,
+                hint="Issue the license again; ids are random and should not repeat",
+            ) from None
+
+    def get_license(self, license_id: str) -> LicenseRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(licenses_table).where(licenses_table.c.license_id == license_id)
+            ).first()
+        return None if row is None else LicenseRow(**row._asdict())
+
+    def list_licenses(self, customer: str | None = None) -> list[LicenseRow]:
+        query = sa.select(licenses_table).order_by(
+            licenses_table.c.issued, licenses_table.c.license_id
+        )
+        if customer is not None:
+            query = query.where(licenses_table.c.customer == customer)
+        with self.engine.connect() as conn:
+            return [LicenseRow(**r._asdict()) for r in conn.execute(query)]
+
+    def add_topup(self, topup: Topup, document: bytes) -> None:
+        if self.get_license(topup.license_id) is None:
+            raise StateError(
+                "top-up names a license the vendor store does not hold",
+                expected="a license issued from this store",
+                found=topup.license_id,
+                hint="List licenses with `meterbox vendor licenses`",
+            )
+        row = {
+            "topup_id": topup.topup_id,
+            "license_id": topup.license_id,
+            "meter": topup.meter,
+            "units": topup.units,
+            "issued": topup.issued,
+            "document": document,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(topups_table.insert(), row)
+        except IntegrityError:
+            raise StateError(
+                "top-up id already exists in the vendor store",
+                expected="a new top-up id",
+                found=topup.topup_id,
+            ) from None
+
+    def list_topups(self, license_id: str | None = None) -> list[TopupRow]:
+        query = sa.select(topups_table).order_by(topups_table.c.issued, topups_table.c.topup_id)
+        if license_id is not None:
+            query = query.where(topups_table.c.license_id == license_id)
+        with self.engine.connect() as conn:
+            return [TopupRow(**r._asdict()) for r in conn.execute(query)]
+
+    # -- instances, reports, receipts ------------------------------------------------
+
+    def get_instance(self, instance_id: str) -> InstanceRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(instances_table).where(instances_table.c.instance_id == instance_id)
+            ).first()
+        return None if row is None else InstanceRow(**row._asdict())
+
+    def upsert_instance(self, inst: InstanceRow, conn: Connection) -> None:
+        values = {
+            "instance_id": inst.instance_id,
+            "license_id": inst.license_id,
+            "first_seen": inst.first_seen,
+            "chain_secret": inst.chain_secret,
+            "chain_epoch": inst.chain_epoch,
+            "acked_seq": inst.acked_seq,
+            "acked_hash": inst.acked_hash,
+            "last_report_at": inst.last_report_at,
+            "instance_public_key": inst.instance_public_key,
+        }
+        stmt = self._insert(instances_table).values(**values)
+        update = {k: stmt.excluded[k] for k in values if k not in ("instance_id", "first_seen")}
+        conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update))
+
+    def report_known(self, report_digest: str, conn: Connection) -> bool:
+        """Whether a report file with this SHA-256 was ingested before."""
+        t = reports_table
+        row = conn.execute(sa.select(t.c.report_digest).where(t.c.report_digest == report_digest))
+        return row.first() is not None
+
+    def record_report(self, report: ReportRow, conn: Connection) -> bool:
+        """Store a report once; ``False`` means this exact file was ingested before."""
+        values = {
+            "report_digest": report.report_digest,
+            "instance_id": report.instance_id,
+            "from_seq": report.from_seq,
+            "head_seq": report.head_seq,
+            "ingested_at": report.ingested_at,
+            "status": report.status,
+            "findings": json.dumps(list(report.findings), sort_keys=True),
+        }
+        stmt = (
+            self._insert(reports_table)
+            .values(**values)
+            .on_conflict_do_nothing()
+            .returning(reports_table.c.report_digest)
+        )
+        # RETURNING, not rowcount: psycopg reports no row count for a skipped conflict.
+        return conn.execute(stmt).first() is not None
+
+    def record_report_meta(self, meta: ReportMeta, conn: Connection) -> None:
+        conn.execute(
+            report_meta_table.insert().values(
+                report_digest=meta.report_digest,
+                instance_id=meta.instance_id,
+                created_us=meta.created_us,
+                received_us=meta.received_us,
+                report_every_days=meta.report_every_days,
+                grace_days=meta.grace_days,
+            )
+        )
+
+    def record_report_span(self, span: ReportSpan, conn: Connection) -> None:
+        conn.execute(
+            report_spans_table.insert().values(
+                report_digest=span.report_digest,
+                instance_id=span.instance_id,
+                license_ids=",".join(span.license_ids),
+                first_wall_us=span.first_wall_us,
+                last_wall_us=span.last_wall_us,
+                status=span.status,
+            )
+        )
+
+    def get_report(self, report_digest: str) -> ReportRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(reports_table).where(reports_table.c.report_digest == report_digest)
+            ).first()
+        if row is None:
+            return None
+        data = row._asdict()
+        data["findings"] = tuple(json.loads(data["findings"]))
+        return ReportRow(**data)
+
+    def add_receipt(self, row: ReceiptRow, conn: Connection) -> None:
+        conn.execute(
+            self._insert(receipts_table).values(
+                receipt_id=row.receipt_id,
+                instance_id=row.instance_id,
+                report_digest=row.report_digest,
+                head_seq=row.head_seq,
+                vendor_time=row.vendor_time,
+                document=row.document,
+            )
+        )
+
+    def insert_findings(self, rows: Iterable[FindingRow], conn: Connection) -> None:
+        dicts = [
+            {
+                "report_digest": r.report_digest,
+                "instance_id": r.instance_id,
+                "code": r.code,
+                "severity": r.severity,
+                "message": r.message,
+                "seq": r.seq,
+            }
+            for r in rows
+        ]
+        if dicts:
+            conn.execute(findings_table.insert(), dicts)
+
+    def findings_for(
+        self, *, report_digest: str | None = None, instance_id: str | None = None
+    ) -> list[FindingRow]:
+        t = findings_table
+        query = sa.select(
+            t.c.report_digest, t.c.instance_id, t.c.code, t.c.severity, t.c.message, t.c.seq
+        ).order_by(t.c.id)
+        if report_digest is not None:
+            query = query.where(t.c.report_digest == report_digest)
+        if instance_id is not None:
+            query = query.where(t.c.instance_id == instance_id)
+        with self.engine.connect() as conn:
+            return [FindingRow(**r._asdict()) for r in conn.execute(query)]
+
+    # -- ledger records, in bulk -------------------------------------------------------
+
+    def insert_usage(self, rows: list[UsageTuple], conn: Connection) -> None:
+        """Usage rows; a record already stored (same instance and seq) is skipped."""
+        _insert_raw(conn, usage_table.name, USAGE_COLUMNS, rows)
+
+    def insert_seat_events(self, rows: list[SeatTuple], conn: Connection) -> None:
+        """Seat event rows; a record already stored is skipped."""
+        _insert_raw(conn, seat_events_table.name, SEAT_COLUMNS, rows)
+
+    def insert_ledger_events(self, rows: list[EventTuple], conn: Connection) -> None:
+        """Other ledger records (heartbeats, boots, ...); a record already stored is skipped."""
+        _insert_raw(conn, "ledger_events", EVENT_COLUMNS, rows)
+
+    def usage_between(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        customer: str | None = None,
+        license_id: str | None = None,
+    ) -> list[UsageRow]:
+        """Usage with ``start <= ts < end`` ordered by (instance, seq)."""
+        t = usage_table
+        query = sa.select(t).where(t.c.ts >= start, t.c.ts < end)
+        if license_id is not None:
+            query = query.where(t.c.license_id == license_id)
+        if customer is not None:
+            ids = sa.select(licenses_table.c.license_id).where(
+                licenses_table.c.customer == customer
+            )
+            query = query.where(t.c.license_id.in_(ids))
+        query = query.order_by(t.c.instance_id, t.c.seq)
+        with self.engine.connect() as conn:
+            return [UsageRow(**r._asdict()) for r in conn.execute(query)]
+
+    # -- what ingest looks up ----------------------------------------------------------
+
+    def open_leases(self, instance_id: str, conn: Connection) -> set[str]:
+        """Leases of one instance checked out and not yet released or expired."""
+        t = seat_events_table
+        query = (
+            sa.select(t.c.lease_id, t.c.kind)
+            .where(
+                t.c.instance_id == instance_id,
+                t.c.kind.in_(("checkout", "release", "expire")),
+                t.c.lease_id.is_not(None),
+            )
+            .order_by(t.c.seq)
+        )
+        leases: set[str] = set()
+        for lease, kind in conn.execute(query):
+            if kind == "checkout":
+                leases.add(lease)
+            else:
+                leases.discard(lease)
+        return leases
+
+    def lease_owners(
+        self, instance_id: str, lease_ids: Iterable[str], conn: Connection
+    ) -> dict[str, tuple[str, str, str]]:
+        """Lease id -> (license id, feature, client id) from earlier checkouts of one instance."""
+        ids = sorted(set(lease_ids))
+        out: dict[str, tuple[str, str, str]] = {}
+        t = seat_events_table
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            query = sa.select(t.c.lease_id, t.c.license_id, t.c.feature, t.c.client_id).where(
+                t.c.instance_id == instance_id, t.c.kind == "checkout", t.c.lease_id.in_(chunk)
+            )
+            for lease, lic, feature, client in conn.execute(query):
+                out[lease] = (lic, feature, client)
+        return out
+
+    def activity_for_licenses(self, license_ids: Iterable[str], conn: Connection) -> list[Activity]:
+        ids = sorted(set(license_ids))
+        if not ids:
+            return []
+        t = activity_table
+        query = sa.select(t).where(t.c.license_id.in_(ids)).order_by(t.c.instance_id)
+        return [Activity(**r._asdict()) for r in conn.execute(query)]
+
+    def upsert_activity(self, rows: Iterable[Activity], conn: Connection) -> None:
+        """Widen each (instance, license) span to include the given one."""
+        t = activity_table
+        for a in rows:
+            key = (t.c.instance_id == a.instance_id, t.c.license_id == a.license_id)
+            old = conn.execute(sa.select(t.c.first_wall_us, t.c.last_wall_us).where(*key)).first()
+            if old is None:
+                conn.execute(
+                    t.insert().values(
+                        instance_id=a.instance_id,
+                        license_id=a.license_id,
+                        first_wall_us=a.first_wall_us,
+                        last_wall_us=a.last_wall_us,
+                    )
+                )
+            else:
+                conn.execute(
+                    t.update()
+                    .where(*key)
+                    .values(
+                        first_wall_us=min(old[0], a.first_wall_us),
+                        last_wall_us=max(old[1], a.last_wall_us),
+                    )
+                )
+
+
+def _insert_raw(conn: Connection, table: str, columns: Sequence[str], rows: list[Any]) -> None:
+    """``executemany`` of pre-converted tuples; rows already present are skipped."""
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - fixed columns
+        f"VALUES ({', '.join([mark] * len(columns))}) ON CONFLICT DO NOTHING"
+    )
+    conn.exec_driver_sql(sql, rows)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        # WAL lets the dashboard read while an ingest writes; NORMAL is durable at each
+        # checkpoint, which is enough for data that can always be re-ingested.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cur.close()

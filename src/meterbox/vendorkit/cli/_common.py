@@ -1,0 +1,96 @@
+"""Shared pieces of the `meterbox vendor` commands: the one typer ``app``, options, errors.
+
+The app is created here, not in the package ``__init__``, so that every command module
+can import it (and these helpers) without importing the package that imports them.
+
+Exit codes (stable, for scripts):
+
+====  =====================================================================
+0     success
+1     any other meterbox error (``ingest``: the report was rejected)
+2     unusable input: a flag, file or URL that cannot be used (also click usage errors)
+3     a signature or key does not verify
+4     state: keys missing or already present, a file that would be overwritten
+====  =====================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Final, NoReturn
+
+import typer
+from rich.console import Console
+
+from meterbox.errors import (
+    ConfigError,
+    FormatError,
+    MeterboxError,
+    StateError,
+    VerificationError,
+)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Vendor toolkit. Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification, 4 state.",
+)
+
+EXIT_ERROR = 1
+EXIT_INPUT = 2
+EXIT_VERIFY = 3
+EXIT_STATE = 4
+
+#: Rich style of each finding severity, shared by the ingest and bill output.
+SEVERITY_STYLE: Final = {"critical": "bold red", "warning": "yellow", "info": "dim"}
+
+HomeOption = Annotated[
+    Path,
+    typer.Option("--home", help="Vendor home directory (keys, vendor.pub, vendor.db)."),
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Database URL (postgresql://... or sqlite:///...); default HOME/vendor.db.",
+    ),
+]
+
+
+def exit_code_for(error: MeterboxError) -> int:
+    if isinstance(error, ConfigError | FormatError):
+        return EXIT_INPUT
+    if isinstance(error, VerificationError):
+        return EXIT_VERIFY
+    if isinstance(error, StateError):
+        return EXIT_STATE
+    return EXIT_ERROR
+
+
+def fail(error: MeterboxError) -> NoReturn:
+    """Print ``error`` on stderr and exit with its code."""
+    Console(stderr=True, soft_wrap=True, highlight=False).print(
+        f"[bold red]error[/]: {error.render()}", markup=True
+    )
+    raise typer.Exit(exit_code_for(error))
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn every meterbox error inside the block into a message and an exit code."""
+    try:
+        yield
+    except MeterboxError as error:
+        fail(error)
+
+
+def out() -> Console:
+    """The console commands print their results on."""
+    return Console(soft_wrap=True, highlight=False)
+
+
+def bad_flag(flag: str, expected: str, value: str, hint: str) -> ConfigError:
+    """The error for a flag whose value cannot be used."""
+    return ConfigError(f"{flag} is not usable", expected=expected, found=repr(value), hint=hint)

@@ -1,0 +1,29 @@
+"""`meterbox vendor init` and `meterbox vendor rotate-key`: the vendor's keys."""
+
+from __future__ import annotations
+
+from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit.cli._common import HomeOption, app, cli_errors, out
+
+
+@app.command("init")
+def init_command(home: HomeOption) -> None:
+    """Create the vendor's signing and ledger keys and HOME/vendor.pub."""
+    with cli_errors():
+        keys = vendor_keys.init(home)
+        out().print(
+            f"Created vendor key {keys.current_id.hex()} in {home}.\n"
+            f"Ship {home / vendor_keys.BUNDLE_FILE} with your application; "
+            f"keep {home / vendor_keys.KEYS_DIR} private and backed up."
+        )
+
+
+@app.command("rotate-key")
+def rotate_command(home: HomeOption) -> None:
+    """Add a new key pair and make it current; old keys keep verifying old documents."""
+    with cli_errors():
+        keys = vendor_keys.rotate(home)
+        out().print(
+            f"New current vendor key {keys.current_id.hex()} "
+            f"({len(keys.bundle.keys)} keys in total). Distribute the updated vendor.pub."
+        )
