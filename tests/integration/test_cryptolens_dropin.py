@@ -36,7 +36,9 @@ from licensing.internal import HelperMethods
 from licensing.methods import Data, Helpers, Key
 from licensing.models import LicenseKey
 from server_proc_support import ServerProcess
+from typer.testing import CliRunner
 
+from meterbox.cli import app
 from meterbox.compat import LIMIT_REACHED_MESSAGE, SIGN_METHOD_FLOATING_MESSAGE
 from meterbox.ledger import RecordType
 from meterbox.vendorkit.billing import Period, bill
@@ -236,6 +238,12 @@ def test_data_object_usage_is_in_the_vendor_ingest_totals_and_the_bill(
     lines = {(m.license_id, m.meter): m.used for m in statement.meters}
     assert lines[("lic-dropin", "credits")] == 30
     assert lines[("lic-dropin", "runs")] == 6
+    # The vendor sees the node-locked activations against the license's limit.
+    listed = CliRunner().invoke(app, ["vendor", "licenses", "--home", str(site.home)])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if "lic-dropin" in line)
+    assert f"{PRODUCT} {KEY}" in row
+    assert "1/5" in row
 
 
 # ---------------------------------------------------- signature age, kill -9

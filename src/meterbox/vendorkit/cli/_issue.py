@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from meterbox.compat.mapping import max_machines
 from meterbox.errors import ConfigError, FormatError, StateError
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
@@ -418,9 +419,10 @@ def licenses_command(
         with VendorStore.open(store, home=home) as db:
             rows = db.list_licenses(customer)
             topups = db.list_topups()
+            machines = db.machine_activations()
         table = Table(title=f"{len(rows)} license(s)")
         columns = ("license", "customer", "product", "issued", "expires", "features", "meters")
-        for col in (*columns, "cryptolens"):
+        for col in (*columns, "cryptolens", "machines"):
             table.add_column(col)
         for row in rows:
             lic = License.from_bytes(row.document, keys.bundle)
@@ -447,5 +449,15 @@ def licenses_command(
                 feats or "-",
                 meters or "-",
                 describe_cryptolens(lic),
+                # Node-locked activations the ingested reports show, against the limit.
+                _machines(lic, len(machines.get(lic.license_id, ()))),
             )
         Console(soft_wrap=False, highlight=False, width=200).print(table)
+
+
+def _machines(lic: License, activated: int) -> str:
+    """``activated/limit`` of node-locked Cryptolens machines (``-`` without a section)."""
+    if lic.cryptolens is None:
+        return "-"
+    limit = max_machines(lic)
+    return f"{activated}/{limit if limit else 'unlimited'}"
