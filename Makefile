@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types unit env clean bench sysdeps
+.PHONY: demo test lint types unit env clean bench sysdeps vectors
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,8 +33,18 @@ sysdeps:
 
 test: sysdeps lint types unit
 
+# Each benchmark prints its own figures; fuzz_all.py is the long fuzz run, not a benchmark.
+BENCHMARKS := ledger_bench ledger_vs_seed ingest_1m http_bench exhaustion anomaly_eval
+
+# Regenerate every checked-in test vector set; each generator sits beside its data and
+# runs from tests/ so that it imports the shared builders as the support package.
+vectors: $(STAMP)
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ledger.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.licenses.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.cryptolens.generate
+
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
-from fuzz_support import make_site  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from support.fuzz import make_site  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:

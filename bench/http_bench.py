@@ -39,8 +39,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from server_proc_support import ServerProcess, make_data  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from support.server_proc import ServerProcess, make_data  # noqa: E402
 
 #: wrk script: POST JSON with a counter (per thread, prefixed by the thread number) in
 #: the idempotency key or client id; ``done`` prints one JSON line of results.

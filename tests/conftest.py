@@ -1,10 +1,10 @@
 """Shared pytest configuration.
 
-pytest imports this file with ``tests/`` on ``sys.path`` (the default "prepend" import
-mode, and ``tests`` is not a package), so fixture modules beside it load by plain name.
+pytest puts ``tests/`` on ``sys.path`` (``pythonpath`` in pyproject.toml), so the shared
+helpers load as the ``support`` package; its fixture modules are registered here.
 """
 
-pytest_plugins = ["postgres_fixture"]
+pytest_plugins = ["support.postgres"]
 
 # Speed is measured by the benchmarks under bench/, never by unit tests: on a shared,
 # loaded machine hypothesis's per-example deadline only turns slowness into flaky failures.

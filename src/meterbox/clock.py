@@ -5,12 +5,15 @@
 while the machine runs (CLOCK_MONOTONIC on Linux: time since boot).
 ``boot_id`` names the current boot, so a verifier can tell a reboot (monotonic
 time restarts) from a monotonic clock going backwards.
+``now`` is ``wall_ms`` as an aware UTC datetime, for code that decides in
+datetimes; it is always derived from ``wall_ms``, so the two never disagree.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +24,12 @@ class Clock(Protocol):
     def wall_ms(self) -> int: ...
     def mono_ms(self) -> int: ...
     def boot_id(self) -> bytes: ...
+    def now(self) -> datetime: ...
+
+
+def wall_datetime(wall_ms: int) -> datetime:
+    """An aware UTC datetime for a Unix time in milliseconds."""
+    return datetime.fromtimestamp(wall_ms / 1000, UTC)
 
 
 class SystemClock:
@@ -42,6 +51,9 @@ class SystemClock:
     def boot_id(self) -> bytes:
         return self._boot
 
+    def now(self) -> datetime:
+        return wall_datetime(self.wall_ms())
+
 
 class ManualClock:
     """A clock that moves only when told to: for tests, vectors and simulations."""
@@ -61,6 +73,9 @@ class ManualClock:
 
     def boot_id(self) -> bytes:
         return self._boot
+
+    def now(self) -> datetime:
+        return wall_datetime(self.wall_ms())
 
     def advance(self, ms: int) -> None:
         """Let time pass: both clocks move together."""

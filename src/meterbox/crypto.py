@@ -27,9 +27,7 @@ from meterbox.errors import FormatError, VerificationError
 KEY_LEN: Final = 32
 HASH_LEN: Final = 32
 TAG_LEN: Final = 16
-NONCE_LEN: Final = 12
 KEY_ID_LEN: Final = 8
-HPKE_ENC_LEN: Final = 32
 #: HPKE ciphersuite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
 HPKE_SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 

@@ -1,21 +1,41 @@
 """The error tree shared by every meterbox package.
 
+Each concept has exactly one class, defined here; a package error module adds a
+subclass only where its concept is genuinely narrower (and says why there).
+
 ::
 
-    MeterboxError                  anything meterbox raises on purpose
-    ├── FormatError                bytes that do not parse, or an unknown format version
-    ├── VerificationError          a signature, tag or chain that does not verify
-    ├── StateError                 on-disk state that is missing, locked or inconsistent
-    ├── ConfigError                a flag, setting or file argument that is not usable
-    └── LicenseDenied              a licensing decision: the request is refused
+    MeterboxError                        anything meterbox raises on purpose
+    ├── FormatError                      bytes that do not parse, or an unknown format version
+    │   ├── ProtocolError                a server answered, but not as docs/api.md says
+    │   └── compat.CryptolensRequestError  a Cryptolens form that is malformed or too large
+    ├── VerificationError                a signature, tag or chain that does not verify
+    ├── StateError                       on-disk state that is missing, locked or inconsistent
+    │   ├── client.SpoolError            the client's local usage spool is not usable
+    │   └── server.TopupAlreadyAppliedError  the same top-up file imported a second time
+    ├── ConfigError                      a flag, setting or file argument that is not usable
+    ├── BadRequestError                  a request that is wrong as written (HTTP 400/413)
+    ├── UnauthorizedError                an admin request without the right bearer token
+    ├── IdempotencyConflictError         an idempotency key reused for a different request
+    ├── UnavailableError                 the server cannot accept records right now (HTTP 503)
+    ├── ServerUnreachableError           no server answered (connection error, timeout, 503)
+    └── LicenseDenied                    a licensing decision: the request is refused
         ├── NoSeatAvailable
         ├── QuotaExceeded
+        │   └── compat.BoundExceeded     the change would cross the caller's Bound
         ├── ReportOverdue
-        └── LicenseExpired
+        ├── LicenseExpired
+        ├── UnknownFeature
+        ├── UnknownMeter                 the meter is named by no installed license
+        ├── LeaseNotFound                the lease expired, was released, or never existed
+        │   └── client.LeaseLost         a lease the client held is gone on the server
+        ├── compat.UnknownLicenseKey, compat.LicenseKeyBlocked, compat.MachineNotAllowed,
+        └── compat.SignMethodRequired, compat.UnknownDataObject
 
 Every error a user can see says what was expected, what was found, and what to do
 next. The ``code`` attribute is stable and machine-readable; HTTP and CLI shells
-map it to status codes and exit codes.
+map it to status codes (``meterbox.server._errors.HTTP_STATUS``) and exit codes
+(``meterbox._cli_support.exit_code_for``).
 """
 
 from __future__ import annotations
@@ -68,6 +88,12 @@ class FormatError(MeterboxError):
     code = "format"
 
 
+class ProtocolError(FormatError):
+    """A server answered with a status or body that docs/api.md does not allow."""
+
+    code = "protocol"
+
+
 class VerificationError(MeterboxError):
     """A signature, authentication tag or hash chain does not verify."""
 
@@ -86,10 +112,52 @@ class ConfigError(MeterboxError):
     code = "config"
 
 
+class BadRequestError(MeterboxError):
+    """The request is malformed; sending it again unchanged will fail again."""
+
+    code = "bad_request"
+
+
+class UnauthorizedError(MeterboxError):
+    """An admin endpoint was called without a valid admin token."""
+
+    code = "unauthorized"
+
+
+class IdempotencyConflictError(MeterboxError):
+    """An idempotency key was reused for a different request."""
+
+    code = "idempotency_conflict"
+
+
+class UnavailableError(MeterboxError):
+    """The server's event sink (its ledger) cannot accept records right now."""
+
+    code = "unavailable"
+
+
+class ServerUnreachableError(MeterboxError):
+    """No configured server answered (connection refused, timeout, or HTTP 503)."""
+
+    code = "unreachable"
+
+
 class LicenseDenied(MeterboxError):
     """The license does not allow what was asked."""
 
     code = "denied"
+
+
+class UnknownMeter(LicenseDenied):
+    """No installed license defines the meter."""
+
+    code = "unknown_meter"
+
+
+class LeaseNotFound(LicenseDenied):
+    """The seat lease expired, was released, or never existed."""
+
+    code = "lease_not_found"
 
 
 class NoSeatAvailable(LicenseDenied):

@@ -113,12 +113,15 @@ def line_chart(
     x_label: Callable[[float], str] = _fmt,
     y_max: float | None = None,
     hline: tuple[float, str] | None = None,
-    width: int = 640,
-    height: int = 260,
+    size: tuple[int, int] = (640, 260),
     ticks: int = 5,
     integer: bool = True,
 ) -> str:
-    """Lines over a shared x axis; ``hline`` draws a labelled limit; ``ticks`` x labels."""
+    """Lines over a shared x axis; ``hline`` draws a labelled limit; ``ticks`` x labels.
+
+    ``size`` is the view box, (width, height) in SVG user units.
+    """
+    width, height = size
     pts = [p for s in series for p in s.points]
     if not pts:
         return _empty(width, height, title)

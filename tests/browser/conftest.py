@@ -1,4 +1,4 @@
-"""Fixtures of the browser tests; the helpers they use live in browser_support."""
+"""Fixtures of the browser tests; the helpers they use live in support.browser."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, ServerThread, Site, vendor
 from playwright.sync_api import Browser, sync_playwright
 
 from meterbox.server._instance import init_server, read_admin_token
-from meterbox.server._runtime import build_app
+from meterbox.server._runtime import build_server
+from support.browser import CHROMIUM, CHROMIUM_ARGS, ServerThread, Site, vendor
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     )  # fmt: skip
     data = tmp_path / "server"
     init_server(data, vendor_pub=home / "vendor.pub", license_files=[lic], fingerprint="site-1")
-    built = build_app(data)
+    built = build_server(data)
     try:
         with ServerThread(built.app) as server:
             yield Site(tmp_path, home, data, server.url, read_admin_token(data), built)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser_support import Site, screenshot_path
 from playwright.sync_api import Browser, Page, expect
 
 from meterbox.ledger import ReportVerifier
 from meterbox.vendorkit.ingest import ingest
 from meterbox.vendorkit.keys import VendorKeys
+from support.browser import Site, screenshot_path
 
 pytestmark = pytest.mark.browser
 

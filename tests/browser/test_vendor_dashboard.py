@@ -15,14 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser_support import ServerThread, Site, screenshot_path
 from playwright.sync_api import Browser, expect
 from typer.testing import CliRunner
 
 from meterbox.vendorkit.billing import Period, bill
 from meterbox.vendorkit.dashboard._data import Source
-from meterbox.vendorkit.dashboard.app import create_app
+from meterbox.vendorkit.dashboard.app import build_vendor_dashboard
 from meterbox.vendorkit.ingest import ingest
+from support.browser import ServerThread, Site, screenshot_path
 
 pytestmark = pytest.mark.browser
 
@@ -49,7 +49,7 @@ def test_overview_report_usage_and_bill_with_csv_download(
 ) -> None:
     src = Source(reported.vendor_home)
     period = datetime.now(UTC).strftime("%Y-%m")
-    with ServerThread(create_app(src)) as web:
+    with ServerThread(build_vendor_dashboard(src)) as web:
         context = browser.new_context(
             accept_downloads=True, viewport={"width": 1280, "height": 900}
         )
@@ -110,7 +110,7 @@ def test_overview_report_usage_and_bill_with_csv_download(
 
 
 def test_foreign_host_header_and_bad_period_are_refused(reported: Site) -> None:
-    with ServerThread(create_app(Source(reported.vendor_home))) as web:
+    with ServerThread(build_vendor_dashboard(Source(reported.vendor_home))) as web:
         # A page on another origin reaching the port through DNS rebinding names its own host.
         assert httpx.get(web.url + "/", headers={"host": "evil.example"}).status_code == 400
         bad = httpx.get(web.url + "/bill", params={"period": "2026-13"})

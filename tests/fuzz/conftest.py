@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fuzz_support import Served, make_site
 from starlette.testclient import TestClient
 
-from meterbox.server._runtime import build_app
+from meterbox.server._runtime import build_server
+from support.fuzz import Served, make_site
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     site = make_site(tmp_path_factory.mktemp("served"), seats=1000, meter_limit=None)
-    built = build_app(site.data)
+    built = build_server(site.data)
     try:
         with TestClient(built.app, raise_server_exceptions=True) as client:
             yield Served(site, built, client)
@@ -27,7 +27,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     import json
     import os
 
-    from fuzz_support import CASES
+    from support.fuzz import CASES
 
     path = os.environ.get("METERBOX_FUZZ_COUNTS_FILE")
     if path:

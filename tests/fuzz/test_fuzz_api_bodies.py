@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fuzz_support import CASES, Served, fuzz_settings, time_bound
 from hypothesis import given
 from hypothesis import strategies as st
+
+from support.fuzz import CASES, Served, fuzz_settings, time_bound
 
 ENDPOINTS = ["/v1/seats/checkout", "/v1/seats/heartbeat", "/v1/seats/release", "/v1/usage"]
 ADMIN = ["/v1/admin/import", "/v1/admin/export"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from fuzz_support import CASES, KEY, PRODUCT, Served, fuzz_settings, time_bound
 from hypothesis import given
 from hypothesis import strategies as st
+
+from support.fuzz import CASES, KEY, PRODUCT, Served, fuzz_settings, time_bound
 
 METHODS = [
     "key/activate",

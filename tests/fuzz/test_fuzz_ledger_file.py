@@ -12,7 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fuzz_support import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meterbox.clock import SystemClock
+from meterbox.ledger import LedgerWriter, RecordType
+from support.fuzz import (
     assert_clean_error,
     call_parser,
     fuzz_settings,
@@ -20,11 +25,6 @@ from fuzz_support import (
     mutate,
     tree_digest,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from meterbox.clock import SystemClock
-from meterbox.ledger import LedgerWriter, RecordType
 
 LEDGER_FILES = ["ledger.mbl", "chain.key", "instance.key"]
 

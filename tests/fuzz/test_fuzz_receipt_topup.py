@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzz_support import (
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meterbox.crypto import HASH_LEN
+from meterbox.licenses import Receipt, Topup
+from meterbox.server._instance import ServerInstance
+from support.fuzz import (
     Site,
     assert_clean_error,
     call_parser,
@@ -26,12 +32,6 @@ from fuzz_support import (
     mutate,
     tree_digest,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-from meterbox.crypto import HASH_LEN
-from meterbox.licenses import Receipt, Topup
-from meterbox.server._instance import ServerInstance
 
 
 @dataclass

@@ -11,9 +11,10 @@ import random
 import struct
 
 import pytest
-from fuzz_support import ReportCase, check_report, fuzz_settings, mutate, report_cases
 from hypothesis import given
 from hypothesis import strategies as st
+
+from support.fuzz import ReportCase, check_report, fuzz_settings, mutate, report_cases
 
 CASES = report_cases()
 
@@ -23,9 +24,8 @@ def test_valid_vectors_verify_before_mutation(case: ReportCase) -> None:
     # The baseline: without this the mutation test below would pass vacuously.
     import io
 
-    from fuzz_support import call_parser
-
     from meterbox.ledger import ReportVerifier
+    from support.fuzz import call_parser
 
     result, _ = call_parser(
         "report", lambda: ReportVerifier(case.keys, known=case.known).verify(io.BytesIO(case.data))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_vendor_ingest_support import make_home
 from typer.testing import CliRunner
 
 from meterbox.cli import app
 from meterbox.vendorkit import VendorStore
+from support.vendor_ingest import make_home
 
 runner = CliRunner()
 

@@ -9,6 +9,11 @@ License installed by every server here:
 - feature ``cad``: 1 seat, 2 s lease (short, so renewal is exercised many times);
 - feature ``long``: 1 seat, 600 s lease (so only an explicit release frees it);
 - meter ``runs``: no limit; meter ``capped``: limit 10, refuse over the limit.
+
+The server's clock is the machine's plus an offset the test sets
+(:meth:`ServerProcess.advance`), so lease time can pass on the server without the
+test sleeping through it. Only ``test_background_renewal_keeps_a_seat_past_several_lease_lengths``
+renews in real time.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -37,21 +43,24 @@ from meterbox.client import (
     LeaseLost,
     NoSeatAvailable,
     QuotaExceeded,
-    RetryPolicy,
+    RetryConfig,
     ServerUnreachableError,
 )
+from support.timing import ManualSleeps, ManualWaits
 
 SERVER_MAIN = textwrap.dedent(
     """
     import sys
-    from datetime import UTC, datetime
+    import time
+    from datetime import UTC, datetime, timedelta
     from pathlib import Path
 
     import uvicorn
 
-    from meterbox.server._app import create_app
+    from meterbox.clock import SystemClock
+    from meterbox.server._app import build_app
     from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
-    from meterbox.server._service import LicenseService, Settings
+    from meterbox.server._service import LicenseService, ServiceConfig
     from meterbox.server._sinks import FileEventSink
     from meterbox.server._state import StateStore
 
@@ -70,10 +79,26 @@ SERVER_MAIN = textwrap.dedent(
             "capped": MeterPolicy(limit=10, over_limit="refuse"),
         },
     )
+    offset_file = state_dir / "clock-offset"
+
+    def offset():
+        # Seconds the test has moved this server's clocks forward (written atomically).
+        return float(offset_file.read_text()) if offset_file.exists() else 0.0
+
     store = StateStore(state_dir / "state.db")
     sink = FileEventSink(state_dir / "events.bin")
-    service = LicenseService.open(store, [policy], sink, settings=Settings(cull_interval=0.5))
-    app = create_app(service, admin_token="t" * 32)
+    class OffsetClock(SystemClock):
+        # The system clocks, moved forward by what the test wrote into the offset file.
+        def wall_ms(self):
+            return super().wall_ms() + int(offset() * 1000)
+
+        def mono_ms(self):
+            return super().mono_ms() + int(offset() * 1000)
+
+    service = LicenseService.open(
+        store, [policy], sink, settings=ServiceConfig(cull_interval=0.5), clock=OffsetClock()
+    )
+    app = build_app(service, admin_token="t" * 32)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
     """
 )
@@ -94,6 +119,14 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir / "server.log"
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's wall and monotonic clocks forward together (no clock step)."""
+        self.offset += seconds
+        tmp = self.state_dir / "clock-offset.tmp"
+        tmp.write_text(repr(self.offset))
+        tmp.replace(self.state_dir / "clock-offset")
 
     def start(self) -> None:
         assert self.proc is None
@@ -151,11 +184,15 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
             srv.kill()
 
 
-FAST_RETRY = RetryPolicy(base_seconds=0.05, cap_seconds=0.5, max_attempts=None)
+FAST_RETRY = RetryConfig(base_seconds=0.05, cap_seconds=0.5, max_attempts=None)
 
 
 def client(
-    server: ServerProcess, tmp_path: Path, name: str = "app-1", timeout: float = 2.0
+    server: ServerProcess,
+    tmp_path: Path,
+    name: str = "app-1",
+    timeout: float = 2.0,
+    renew_wait: Callable[[threading.Event, float], bool] = threading.Event.wait,
 ) -> Client:
     return Client(
         server.url,
@@ -164,6 +201,7 @@ def client(
         timeout=timeout,
         retry=FAST_RETRY,
         environ={},
+        renew_wait=renew_wait,
     )
 
 
@@ -214,26 +252,33 @@ def test_background_renewal_keeps_a_seat_past_several_lease_lengths(
 def test_lease_expired_while_unrenewed_is_reported_lost(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    with client(server, tmp_path) as c:
+    waits = ManualWaits()
+    with client(server, tmp_path, renew_wait=waits) as c:
         seat = c.seat("cad").acquire()
-        # Simulate a paused process: stop the renewal thread, let the lease run out.
-        seat._stop.set()
-        assert seat._thread is not None
-        seat._thread.join()
-        time.sleep(3.0)
+        # A paused process: no heartbeat goes out while the 2 s lease runs out.
+        server.advance(3.0)
+        waits.fire()  # the process resumes; its overdue heartbeat finds the lease expired
+        assert seat.lost
+        with pytest.raises(LeaseLost):
+            seat.check()
         with pytest.raises(LeaseLost):
             c.heartbeat(seat.lease_id)
         seat.release()
 
 
 def test_async_seat_renews_and_releases(server: ServerProcess, tmp_path: Path) -> None:
+    sleeps = ManualSleeps(on_fire=server.advance)
+
     async def scenario() -> None:
         async with (
-            AsyncClient(server.url, client_id="async-1", environ={}) as c,
+            AsyncClient(server.url, client_id="async-1", environ={}, renew_sleep=sleeps) as c,
             c.seat("cad") as seat,
         ):
-            await asyncio.sleep(5.0)
+            first_expiry = seat.expires_at
+            while sleeps.elapsed < 5.0:  # two and a half 2 s leases of server time
+                await sleeps.fire()
             assert not seat.lost
+            assert seat.expires_at - first_expiry >= timedelta(seconds=4.5)
             assert server.in_use("cad") == 1
 
     asyncio.run(scenario())
@@ -407,7 +452,7 @@ def test_cli_round_trip_and_exit_codes(
     spooled = runner.invoke(cli_app, ["client", "record", "runs", "3"])
     assert spooled.exit_code == 0
     assert json.loads(spooled.stdout)["spooled"] is True
-    assert runner.invoke(cli_app, ["client", "checkout", "long"]).exit_code == 3
+    assert runner.invoke(cli_app, ["client", "checkout", "long"]).exit_code == 5
     server.start()
     flushed = runner.invoke(cli_app, ["client", "flush"])
     assert flushed.exit_code == 0, flushed.stderr

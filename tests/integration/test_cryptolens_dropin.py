@@ -1,7 +1,7 @@
 """The real Python SDK (``licensing`` 0.54) and .NET request shapes against the real server.
 
 Every test runs the real server process on a site whose licenses use the format-2
-Cryptolens fields (see :mod:`cryptolens_site_support`): node-locked activation of
+Cryptolens fields (see :mod:`support.cryptolens_site`): node-locked activation of
 the first ``max_machines`` codes, a credit countdown, a feature template. The SDK is
 used exactly as its own examples use it; the only change an application makes is
 ``HelperMethods.server_address``.
@@ -22,7 +22,17 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptolens_site_support import (
+from licensing.internal import HelperMethods
+from licensing.methods import Data, Helpers, Key
+from licensing.models import LicenseKey
+from typer.testing import CliRunner
+
+from meterbox.cli import app
+from meterbox.compat import LIMIT_REACHED_MESSAGE, SIGN_METHOD_FLOATING_MESSAGE
+from meterbox.ledger import RecordType
+from meterbox.vendorkit.billing import Period, bill
+from meterbox.vendorkit.ingest import ingest
+from support.cryptolens_site import (
     ALLOWED,
     KEY,
     LOCKED_KEY,
@@ -32,17 +42,7 @@ from cryptolens_site_support import (
     check_dotnet_license_key,
     make_site,
 )
-from licensing.internal import HelperMethods
-from licensing.methods import Data, Helpers, Key
-from licensing.models import LicenseKey
-from server_proc_support import ServerProcess
-from typer.testing import CliRunner
-
-from meterbox.cli import app
-from meterbox.compat import LIMIT_REACHED_MESSAGE, SIGN_METHOD_FLOATING_MESSAGE
-from meterbox.ledger import RecordType
-from meterbox.vendorkit.billing import Period, bill
-from meterbox.vendorkit.ingest import ingest
+from support.server_proc import ServerProcess
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "cryptolens"
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptolens_site_support import ALLOWED, KEY, PRODUCT, TOKEN, Site, make_site
 from licensing.internal import HelperMethods
 from licensing.methods import Data, Key
-from server_proc_support import ServerProcess
 
 from meterbox.compat import LIMIT_REACHED_MESSAGE
+from support.cryptolens_site import ALLOWED, KEY, PRODUCT, TOKEN, Site, make_site
+from support.server_proc import ServerProcess
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "cryptolens"

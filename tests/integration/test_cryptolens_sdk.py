@@ -23,13 +23,14 @@ from licensing.models import LicenseKey
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from meterbox.clock import SystemClock
 from meterbox.compat import (
     LIMIT_REACHED_MESSAGE,
     SIGN_METHOD_FLOATING_MESSAGE,
     CryptolensLicenseView,
     CryptolensSigner,
     CustomerView,
-    DataObject,
+    DataObjectView,
     create_cryptolens_app,
 )
 from meterbox.compat.memory import InMemoryBackend
@@ -42,14 +43,15 @@ TOKEN = "any-token-is-ignored"
 NODE_MACHINE = "9f2c1e" * 10
 
 
-class Clock:
-    """Real time plus an offset the tests move forward to expire leases."""
+class Clock(SystemClock):
+    """Real time plus an offset (seconds) the tests move forward to expire leases."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.offset = 0.0
 
-    def __call__(self) -> float:
-        return time.time() + self.offset
+    def wall_ms(self) -> int:
+        return super().wall_ms() + int(self.offset * 1000)
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Server:
             return response.status, json.loads(response.read())
 
 
-def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObject]]]:
+def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObjectView]]]:
     floating = CryptolensLicenseView(
         license_id="lic-floating",
         product_id=PRODUCT,
@@ -90,15 +92,15 @@ def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObject]]]:
         max_no_of_machines=1,
         allowed_machines=(NODE_MACHINE,),
     )
-    objects = [DataObject(7, "usage", "", 3), DataObject(8, "exports", "csv", 0)]
-    return [(floating, objects), (node, [DataObject(1, "cryptolens_features", '["f1"]', 0)])]
+    objects = [DataObjectView(7, "usage", "", 3), DataObjectView(8, "exports", "csv", 0)]
+    return [(floating, objects), (node, [DataObjectView(1, "cryptolens_features", '["f1"]', 0)])]
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
     clock = Clock()
     signer = CryptolensSigner(_SIGNING_KEY)
-    backend = InMemoryBackend(_licenses(int(clock())), clock)
+    backend = InMemoryBackend(_licenses(clock.wall_ms() // 1000), clock)
     compat = create_cryptolens_app(backend, signer, clock)
     outer = Starlette(routes=[Mount("/api", compat)])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

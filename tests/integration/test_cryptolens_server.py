@@ -2,7 +2,7 @@
 
 Each test builds a vendor home and a signed license with a ``cryptolens`` section,
 sets up a server instance with ``init_server``, and serves
-``meterbox.server._runtime.build_app`` under uvicorn on 127.0.0.1. Seats and usage
+``meterbox.server._runtime.build_server`` under uvicorn on 127.0.0.1. Seats and usage
 therefore go through the engine, the sealed ledger and the state store, and
 survive a restart of the server on the same data directory.
 
@@ -46,7 +46,7 @@ from meterbox.ledger import RecordType, ReportVerifier
 from meterbox.licenses import CryptolensSection, DataObject, Feature, License, Meter
 from meterbox.server._cryptolens import CRYPTOLENS_DB, EngineCryptolensBackend
 from meterbox.server._instance import ServerInstance, init_server
-from meterbox.server._runtime import BuiltApp, build_app
+from meterbox.server._runtime import BuiltServer, build_server
 from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.billing import Period, bill
@@ -109,7 +109,7 @@ class Server:
         )
         self.public_xml = CryptolensSigner.load(self.data / "cryptolens.pem").public_key_xml()
         self.admin_token = (self.data / "admin.token").read_text().strip()
-        self.built: BuiltApp | None = None
+        self.built: BuiltServer | None = None
         self._uv: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -117,7 +117,7 @@ class Server:
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        self.built = build_app(self.data)
+        self.built = build_server(self.data)
         self._sock = _free_socket()
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(self.built.app, log_level="warning", lifespan="on")

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
-from fuzz_support import Site, make_site, tree_digest
-
 from meterbox.errors import FormatError, StateError
+from support.fuzz import Site, make_site, tree_digest
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

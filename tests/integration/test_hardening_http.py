@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
-from fuzz_support import Site, make_site
+from support.fuzz import Site, make_site
 
 
 def _free_port() -> int:
@@ -85,7 +84,7 @@ def test_admin_token_is_compared_with_hmac_compare_digest(
     from starlette.testclient import TestClient
 
     from meterbox.server import _app as app_module
-    from meterbox.server._runtime import build_app
+    from meterbox.server._runtime import build_server
 
     site = make_site(tmp_path)
     calls: list[tuple[bytes, bytes]] = []
@@ -97,7 +96,7 @@ def test_admin_token_is_compared_with_hmac_compare_digest(
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
     assert app_module.hmac is hmac  # type: ignore[attr-defined]
-    built = build_app(site.data)
+    built = build_server(site.data)
     try:
         with TestClient(built.app) as client:
             bad = client.post("/v1/admin/export", headers={"Authorization": "Bearer x" * 3})

@@ -6,7 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_vendor_ingest_support import (
+
+from meterbox.ledger import LedgerWriter
+from meterbox.vendorkit import VendorStore
+from support.report_surgery import frame_offsets
+from support.vendor_ingest import (
     SITE_START_MS,
     Site,
     codes,
@@ -16,10 +20,6 @@ from test_vendor_ingest_support import (
     make_other_home,
     make_site,
 )
-
-from meterbox.ledger import LedgerWriter
-from meterbox.vendorkit import VendorStore
-from report_surgery import frame_offsets
 
 
 def _billed(home: Path) -> int:

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_vendor_ingest_support import issue, make_home
 
 from meterbox.ledger import Record, RecordType
 from meterbox.licenses import Meter
@@ -15,6 +14,7 @@ from meterbox.server._core.changes import IdemPut, SeqMax, UsageDelta
 from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
 from meterbox.server._core.replay import replay_changes
 from meterbox.server._instance import ServerInstance, init_server
+from support.vendor_ingest import issue, make_home
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_proc_support import ServerProcess, make_data
 
 from meterbox.ledger import RecordType
+from support.server_proc import ServerProcess, make_data
 
 
 @pytest.fixture

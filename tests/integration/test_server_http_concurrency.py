@@ -16,7 +16,7 @@ from meterbox.server import (
     LicenseService,
     MeterPolicy,
     StateStore,
-    create_app,
+    build_app,
 )
 from meterbox.server._sinks import read_frames
 
@@ -47,7 +47,7 @@ async def run(tmp_path: Path, requests: Any, sink_wrap: Any = None) -> tuple[lis
     file_sink = FileEventSink(tmp_path / "events.bin")
     sink = sink_wrap(file_sink) if sink_wrap else file_sink
     service = LicenseService.open(store, [POLICY], sink)
-    app = create_app(service, admin_token="a" * 20, housekeeping=False)
+    app = build_app(service, admin_token="a" * 20, housekeeping=False)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://test"

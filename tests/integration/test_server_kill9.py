@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from server_proc_support import Data, ServerProcess, make_data
 
 from meterbox.ledger import RecordType
+from support.server_proc import Data, ServerProcess, make_data
 
 ROUNDS = 20
 SEATS, OVERDRAFT = 3, 1

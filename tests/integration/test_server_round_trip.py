@@ -16,16 +16,17 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from test_vendor_ingest_support import make_home
 from typer.testing import CliRunner
 
 from meterbox.cli import app as cli_app
 from meterbox.clock import ManualClock
 from meterbox.licenses import Feature, License, Meter, Topup
 from meterbox.server._instance import init_server, read_admin_token
-from meterbox.server._runtime import BuiltApp, build_app
-from meterbox.server._service import Settings
+from meterbox.server._runtime import BuiltServer, build_server
+from meterbox.server._service import ServiceConfig
 from meterbox.vendorkit import keys as vendor_keys
+from support.timing import ManualSleeps
+from support.vendor_ingest import make_home
 
 DAY_MS = 86_400_000
 START_MS = int(datetime(2026, 3, 2, 9, tzinfo=UTC).timestamp() * 1000)
@@ -38,8 +39,10 @@ class Running:
     clock: ManualClock
     home: Path
     data: Path
-    built: BuiltApp
+    built: BuiltServer
     tmp: Path
+    #: The housekeeping loop's waits: a cull round runs only when the test fires one.
+    sweeps: ManualSleeps
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(f"{self.url}{path}", json=body, timeout=10)
@@ -80,7 +83,8 @@ def running(tmp_path: Path) -> Iterator[Running]:
         clock=clock,
         fingerprint="site",
     )
-    built = build_app(data, clock=clock, settings=Settings(cull_interval=0.2))
+    sweeps = ManualSleeps()
+    built = build_server(data, clock=clock, settings=ServiceConfig(cull_interval=0.2), sleep=sweeps)
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(built.app, host="127.0.0.1", port=port, log_level="warning")
@@ -93,7 +97,14 @@ def running(tmp_path: Path) -> Iterator[Running]:
         time.sleep(0.05)
     try:
         yield Running(
-            f"http://127.0.0.1:{port}", read_admin_token(data), clock, home, data, built, tmp_path
+            f"http://127.0.0.1:{port}",
+            read_admin_token(data),
+            clock,
+            home,
+            data,
+            built,
+            tmp_path,
+            sweeps,
         )
     finally:
         server.should_exit = True
@@ -107,14 +118,11 @@ def test_an_unrenewed_lease_expires_and_frees_its_seat(running: Running) -> None
     denied = running.post("/v1/seats/checkout", {"feature": "cad", "client_id": "b"})
     assert denied.status_code == 409
     assert denied.json()["error"]["code"] == "no_seat"
-    running.clock.advance(61_000)  # the lease (60 s) runs out; the culler frees it
-    deadline = time.monotonic() + 10
-    while True:
-        seats = httpx.get(f"{running.url}/v1/seats", timeout=5).json()["features"][0]
-        if seats["in_use"] == 0:
-            break
-        assert time.monotonic() < deadline, seats
-        time.sleep(0.1)
+    running.sweeps.fire_from_thread()  # a cull round inside the lease changes nothing
+    assert httpx.get(f"{running.url}/v1/seats", timeout=5).json()["features"][0]["in_use"] == 1
+    running.clock.advance(61_000)  # the lease (60 s) runs out
+    running.sweeps.fire_from_thread()  # the next cull round frees it
+    assert httpx.get(f"{running.url}/v1/seats", timeout=5).json()["features"][0]["in_use"] == 0
     gone = running.post("/v1/seats/heartbeat", {"lease_id": first.json()["lease_id"]})
     assert gone.status_code == 404
     assert (

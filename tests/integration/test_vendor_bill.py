@@ -7,7 +7,8 @@ import io
 import json
 from pathlib import Path
 
-from test_vendor_ingest_support import (
+from meterbox.licenses import Meter
+from support.vendor_ingest import (
     cli,
     days,
     ingest_json,
@@ -15,8 +16,6 @@ from test_vendor_ingest_support import (
     make_home,
     make_site,
 )
-
-from meterbox.licenses import Meter
 
 
 def _bill(home: Path, *extra: str) -> tuple[int, str]:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_vendor_ingest_support import (
+
+from meterbox.ledger import Head
+from meterbox.licenses import Receipt, VendorPublicBundle
+from meterbox.vendorkit import VendorStore
+from meterbox.vendorkit.ingest import ingest
+from support.vendor_ingest import (
     VENDOR_NOW,
     codes,
     ingest_json,
@@ -13,11 +18,6 @@ from test_vendor_ingest_support import (
     make_home,
     make_site,
 )
-
-from meterbox.ledger import Head
-from meterbox.licenses import Receipt, VendorPublicBundle
-from meterbox.vendorkit import VendorStore
-from meterbox.vendorkit.ingest import ingest
 
 
 def _bundle(home: Path) -> VendorPublicBundle:
@@ -59,7 +59,7 @@ def test_accepted_report_bills_usage_and_writes_a_verifiable_receipt(tmp_path: P
 
 
 def test_receipt_out_option_and_human_summary(tmp_path: Path) -> None:
-    from test_vendor_ingest_support import cli
+    from support.vendor_ingest import cli
 
     home = make_home(tmp_path)
     site = make_site(home, tmp_path / "ledger", [issue(home)])
@@ -113,7 +113,7 @@ def test_reexport_without_compaction_never_bills_a_record_twice(tmp_path: Path) 
 
 
 def test_missing_file_and_non_report_are_unusable_input(tmp_path: Path) -> None:
-    from test_vendor_ingest_support import cli
+    from support.vendor_ingest import cli
 
     home = make_home(tmp_path)
     code, _ = cli("ingest", "--home", str(home), str(tmp_path / "nope.mbr"))

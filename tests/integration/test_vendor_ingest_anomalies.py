@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from test_vendor_ingest_support import (
+
+from meterbox.ledger import LedgerWriter
+from meterbox.licenses import Feature, License, Meter
+from meterbox.vendorkit import VendorStore
+from meterbox.vendorkit import keys as vendor_keys
+from support.vendor_ingest import (
     SITE_START_MS,
     Site,
     cli,
@@ -24,11 +29,6 @@ from test_vendor_ingest_support import (
     make_home,
     make_site,
 )
-
-from meterbox.ledger import LedgerWriter
-from meterbox.licenses import Feature, License, Meter
-from meterbox.vendorkit import VendorStore
-from meterbox.vendorkit import keys as vendor_keys
 
 MIN = 60_000
 

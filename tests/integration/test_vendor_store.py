@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from test_vendor_ingest_support import VENDOR_NOW, issue, make_home, make_site
 from typer.testing import CliRunner
 
 from meterbox.cli import app as root_app
@@ -24,6 +23,7 @@ from meterbox.vendorkit._db.store import (
     normalise_url,
 )
 from meterbox.vendorkit.keys import VendorKeyPair
+from support.vendor_ingest import VENDOR_NOW, issue, make_home, make_site
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 PAIR = VendorKeyPair.from_raw(b"\x09" * 32, b"\x0a" * 32, T0)

@@ -1,4 +1,4 @@
-"""`meterbox client ...` output and exit codes (0 ok, 1 denied, 2 bad input, 3 unreachable)."""
+"""`meterbox client ...` output and exit codes (0 ok, 1 denied, 2 bad input, 5 unreachable)."""
 
 from __future__ import annotations
 
@@ -68,10 +68,10 @@ def test_checkout_denied_exits_1_with_the_server_message(serve: Callable[..., No
     assert "No seat is free" in result.stderr
 
 
-def test_checkout_with_server_down_exits_3(serve: Callable[..., None]) -> None:
+def test_checkout_with_server_down_exits_5(serve: Callable[..., None]) -> None:
     serve(refuse)
     result = runner.invoke(app, ["client", "checkout", "cad", "--url", "http://s.test"])
-    assert result.exit_code == 3
+    assert result.exit_code == 5
     assert "No meterbox server answered" in result.stderr
 
 
@@ -93,11 +93,11 @@ def test_record_while_down_is_spooled_and_exits_0(
     assert result.exit_code == 0
     assert json.loads(result.stdout)["spooled"] is True
     assert "spooled" in result.stderr
-    # flush cannot deliver either: events remain, exit 3.
+    # flush cannot deliver either: events remain, exit 5.
     flush = runner.invoke(
         app, ["client", "flush", "--url", "http://s.test", "--spool", str(tmp_path / "s.db")]
     )
-    assert flush.exit_code == 3
+    assert flush.exit_code == 5
     assert json.loads(flush.stdout)["pending"] == 1
 
 

@@ -291,14 +291,14 @@ def test_every_client_error_is_a_meterbox_error() -> None:
 @settings(max_examples=200)
 @given(attempts=st.integers(1, 10_000), r=st.floats(0, 1, exclude_max=True))
 def test_backoff_is_jittered_and_capped(attempts: int, r: float) -> None:
-    policy = core.RetryPolicy(base_seconds=0.5, cap_seconds=60.0)
+    policy = core.RetryConfig(base_seconds=0.5, cap_seconds=60.0)
     d = policy.delay(attempts, r)
     step = min(60.0, 0.5 * 2 ** min(attempts - 1, 100))
     assert step / 2 <= d <= step
 
 
 def test_backoff_grows_exponentially_until_the_cap() -> None:
-    policy = core.RetryPolicy(base_seconds=1.0, cap_seconds=8.0)
+    policy = core.RetryConfig(base_seconds=1.0, cap_seconds=8.0)
     assert [policy.delay(n, 0.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
 
 

@@ -1,6 +1,10 @@
 """Seat checkout, background renewal, loss and release, against an in-process fake server.
 
-Leases here are 0.3 s long so renewal at a third of the lease runs many times per test.
+Time is the test's: the fake server's clock starts at 0 and moves only when a renewer's
+wait is fired (``support.timing``), by exactly that wait's delay, so "past five lease
+lengths" takes no real time and every heartbeat happens at a known moment. The one
+real-time renewal check is tests/integration/test_client_against_server.py
+(``test_background_renewal_keeps_a_seat_past_several_lease_lengths``).
 """
 
 from __future__ import annotations
@@ -8,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -22,8 +25,13 @@ from meterbox.client import (
     ServerUnreachableError,
     _exit,
 )
+from support.timing import ManualSleeps, ManualWaits
 
-LEASE_SECONDS = 0.3
+LEASE_SECONDS = 30.0
+RENEW_EVERY = LEASE_SECONDS / 3  # the default renew_fraction
+RETRY_EVERY = RENEW_EVERY / 4  # after a heartbeat that got no answer
+#: The fake server's time 0.
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class FakeSeatServer:
@@ -32,19 +40,24 @@ class FakeSeatServer:
     def __init__(self, seats: int = 1, host: str = "a.test") -> None:
         self.host = host
         self.seats = seats
-        self.leases: dict[str, float] = {}  # lease id -> monotonic expiry
+        self.now = 0.0  # seconds since EPOCH; moved by advance() only
+        self.leases: dict[str, float] = {}  # lease id -> expiry, in self.now's seconds
         self.heartbeats = 0
         self.released: list[str] = []
         self.down = False
         self.lock = threading.Lock()
         self.n = 0
 
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
     def _lease(self, lease_id: str, renewed: bool) -> dict[str, object]:
         return {
             "lease_id": lease_id,
             "feature": "cad",
             "client_id": "c",
-            "expires_at": (datetime.now(UTC) + timedelta(seconds=LEASE_SECONDS)).isoformat(),
+            "expires_at": (EPOCH + timedelta(seconds=self.leases[lease_id])).isoformat(),
             "lease_seconds": LEASE_SECONDS,
             "overdraft": False,
             "renewed": renewed,
@@ -54,8 +67,8 @@ class FakeSeatServer:
         if self.down:
             raise httpx.ConnectError("refused", request=request)
         body = json.loads(request.content)
-        now = time.monotonic()
         with self.lock:
+            now = self.now
             self.leases = {k: v for k, v in self.leases.items() if v > now}
             if request.url.path == "/v1/seats/checkout":
                 if len(self.leases) >= self.seats:
@@ -82,21 +95,31 @@ class FakeSeatServer:
         return httpx.Response(404)
 
 
-def client_for(*servers: FakeSeatServer) -> Client:
+def client_for(*servers: FakeSeatServer, waits: ManualWaits | None = None) -> Client:
+    """A client of ``servers``; its renewers wait on ``waits`` (by default never fired)."""
     by_host = {s.host: s for s in servers}
     transport = httpx.MockTransport(lambda r: by_host[r.url.host].handler(r))
-    return Client([f"http://{s.host}" for s in servers], transport=transport, environ={})
+    return Client(
+        [f"http://{s.host}" for s in servers],
+        transport=transport,
+        environ={},
+        renew_wait=waits if waits is not None else ManualWaits(),
+    )
 
 
 def test_seat_is_renewed_past_several_lease_lengths() -> None:
     server = FakeSeatServer()
-    with client_for(server) as c, c.seat("cad") as seat:
-        first_expiry = seat.expires_at
-        time.sleep(LEASE_SECONDS * 5)
+    waits = ManualWaits(on_fire=server.advance)
+    with client_for(server, waits=waits) as c, c.seat("cad") as seat:
+        assert seat.expires_at == EPOCH + timedelta(seconds=LEASE_SECONDS)
+        while waits.elapsed < LEASE_SECONDS * 5:
+            waits.fire()
         assert not seat.lost
         assert seat.lease_id in server.leases
-        assert seat.expires_at > first_expiry
-    assert server.heartbeats >= 8
+        # The last heartbeat, at 5 lease lengths, moved the end one lease further.
+        assert seat.expires_at == EPOCH + timedelta(seconds=LEASE_SECONDS * 6)
+    assert waits.delays[:15] == [RENEW_EVERY] * 15
+    assert server.heartbeats == 15
     assert server.released == ["a.test-L1"]
 
 
@@ -120,14 +143,14 @@ def test_second_checkout_with_no_free_seat_raises_no_seat_available() -> None:
 
 def test_lost_lease_is_reported_and_raised_on_exit() -> None:
     server = FakeSeatServer()
+    waits = ManualWaits(on_fire=server.advance)
     lost: list[Exception] = []
-    with client_for(server) as c:
+    with client_for(server, waits=waits) as c:
         seat = c.seat("cad", on_lost=lost.append).acquire()
         with server.lock:
             server.leases.clear()  # the server forgets the lease
-        deadline = time.monotonic() + 3
-        while not seat.lost and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert not seat.lost
+        waits.fire()  # the next heartbeat finds it gone; the renewer stops
         assert seat.lost
         with pytest.raises(LeaseLost):
             seat.check()
@@ -140,24 +163,31 @@ def test_lost_lease_is_reported_and_raised_on_exit() -> None:
 
 def test_renewal_rides_out_a_short_outage() -> None:
     server = FakeSeatServer()
-    with client_for(server) as c, c.seat("cad") as seat:
+    waits = ManualWaits(on_fire=server.advance)
+    with client_for(server, waits=waits) as c, c.seat("cad") as seat:
         server.down = True
-        time.sleep(LEASE_SECONDS * 0.5)
+        waits.fire()  # the heartbeat due at a third of the lease gets no answer
+        waits.fire()  # nor does the first retry
         server.down = False
-        time.sleep(LEASE_SECONDS * 2)
+        waits.fire()  # the second retry renews, well inside the lease
+        while waits.elapsed < LEASE_SECONDS * 2:
+            waits.fire()
         assert not seat.lost
+    assert waits.delays[:5] == [RENEW_EVERY, RETRY_EVERY, RETRY_EVERY, RENEW_EVERY, RENEW_EVERY]
 
 
 def test_checkout_fails_over_and_heartbeats_go_to_the_granting_server() -> None:
     a, b = FakeSeatServer(host="a.test"), FakeSeatServer(host="b.test")
+    waits = ManualWaits(on_fire=lambda s: (a.advance(s), b.advance(s)))
     a.down = True
-    with client_for(a, b) as c, c.seat("cad") as seat:
+    with client_for(a, b, waits=waits) as c, c.seat("cad") as seat:
         assert seat.lease_id.startswith("b.test")
         a.down = False  # a is back, but it never granted this lease
-        time.sleep(LEASE_SECONDS * 2)
+        while waits.elapsed < LEASE_SECONDS * 2:
+            waits.fire()
         assert not seat.lost
         assert a.heartbeats == 0
-        assert b.heartbeats >= 2
+        assert b.heartbeats == 6
 
 
 def test_checkout_with_every_server_down_is_unreachable() -> None:
@@ -187,37 +217,46 @@ def test_closing_the_client_releases_its_seats() -> None:
 
 def test_async_seat_renews_and_releases() -> None:
     server = FakeSeatServer()
+    sleeps = ManualSleeps(on_fire=server.advance)
 
     async def scenario() -> None:
         async with (
             AsyncClient(
-                "http://a.test", transport=httpx.MockTransport(server.handler), environ={}
+                "http://a.test",
+                transport=httpx.MockTransport(server.handler),
+                environ={},
+                renew_sleep=sleeps,
             ) as c,
             c.seat("cad") as seat,
         ):
-            await asyncio.sleep(LEASE_SECONDS * 4)
+            while sleeps.elapsed < LEASE_SECONDS * 4:
+                await sleeps.fire()
             assert not seat.lost
             assert not seat.overdraft
             assert seat.lease_id in server.leases
+            assert seat.expires_at == EPOCH + timedelta(seconds=LEASE_SECONDS * 5)
 
     asyncio.run(scenario())
-    assert server.heartbeats >= 6
+    assert sleeps.delays[:12] == [RENEW_EVERY] * 12
+    assert server.heartbeats == 12
     assert server.released == ["a.test-L1"]
 
 
 def test_async_lost_lease_raises_on_exit() -> None:
     server = FakeSeatServer()
+    sleeps = ManualSleeps(on_fire=server.advance)
 
     async def scenario() -> None:
         async with AsyncClient(
-            "http://a.test", transport=httpx.MockTransport(server.handler), environ={}
+            "http://a.test",
+            transport=httpx.MockTransport(server.handler),
+            environ={},
+            renew_sleep=sleeps,
         ) as c:
             async with c.seat("cad") as seat:
                 server.leases.clear()
-                for _ in range(100):
-                    if seat.lost:
-                        break
-                    await asyncio.sleep(0.02)
+                await sleeps.fire()  # the next heartbeat finds the lease gone
+                assert seat.lost
 
     with pytest.raises(LeaseLost):
         asyncio.run(scenario())

@@ -26,11 +26,12 @@ from meterbox.client import (
     BadRequestError,
     Client,
     QuotaExceeded,
-    RetryPolicy,
+    RetryConfig,
     Spool,
     SpoolError,
     UsageEvent,
 )
+from meterbox.clock import ManualClock
 
 URL = "http://meterbox.test"
 MODES = ("up", "down", "503", "lost_reply", "500")
@@ -84,12 +85,19 @@ class FakeServer:
         return httpx.Response(200, json=answer)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
+class FakeClock(ManualClock):
+    """A manual clock whose wall time the tests set in seconds (``t``)."""
 
-    def __call__(self) -> float:
-        return self.t
+    def __init__(self) -> None:
+        super().__init__(wall_ms=1_000_000_000)
+
+    @property
+    def t(self) -> float:
+        return self.wall_ms() / 1000
+
+    @t.setter
+    def t(self, value: float) -> None:
+        self.step_wall(round(value * 1000) - self.wall_ms())
 
 
 def make_client(server: FakeServer, spool: Path, clock: FakeClock, **kw: object) -> Client:
@@ -247,7 +255,7 @@ def test_spooled_event_refused_later_goes_to_dead_letters_and_rest_is_delivered(
 def test_retry_budget_exhausted_moves_event_to_dead_letters(
     server: FakeServer, clock: FakeClock, tmp_path: Path
 ) -> None:
-    with make_client(server, tmp_path / "s.db", clock, retry=RetryPolicy(max_attempts=3)) as c:
+    with make_client(server, tmp_path / "s.db", clock, retry=RetryConfig(max_attempts=3)) as c:
         server.mode = "down"
         c.record("runs", 1)  # attempt 1
         c.flush()  # attempt 2
@@ -375,7 +383,7 @@ def test_any_interleaving_delivers_every_event_exactly_once_in_order(
     clock = FakeClock()
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "s.db"
-        c = make_client(server, path, clock, retry=RetryPolicy(max_attempts=None))
+        c = make_client(server, path, clock, retry=RetryConfig(max_attempts=None))
         recorded: list[tuple[str, int]] = []
         try:
             for op, arg in script:
@@ -393,7 +401,7 @@ def test_any_interleaving_delivers_every_event_exactly_once_in_order(
                     clock.t += arg
                 else:
                     c.close()
-                    c = make_client(server, path, clock, retry=RetryPolicy(max_attempts=None))
+                    c = make_client(server, path, clock, retry=RetryConfig(max_attempts=None))
             server.mode = "up"
             final = c.flush()
             assert final.pending == 0

@@ -19,13 +19,14 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
+from meterbox.clock import ManualClock
 from meterbox.compat import (
     CryptolensLicenseView,
+    CryptolensLimitsConfig,
     CryptolensRequestError,
     CryptolensService,
     CryptolensSigner,
-    DataObject,
-    Limits,
+    DataObjectView,
     create_cryptolens_app,
     with_cryptolens_api,
 )
@@ -33,6 +34,7 @@ from meterbox.compat.memory import InMemoryBackend
 from meterbox.compat.wire import normalise_method, parse_form
 
 NOW = 1_750_000_000
+CLOCK = ManualClock(wall_ms=NOW * 1000)
 SIGNER = CryptolensSigner(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 VIEW = CryptolensLicenseView(
     license_id="lic-1",
@@ -48,11 +50,11 @@ GOOD = "ProductId=3349&Key=KEY-1&MachineCode=m1&FloatingTimeInterval=100&SignMet
 
 
 def _backend() -> InMemoryBackend:
-    return InMemoryBackend([(VIEW, [DataObject(7, "usage", "", 3)])], lambda: NOW)
+    return InMemoryBackend([(VIEW, [DataObjectView(7, "usage", "", 3)])], CLOCK)
 
 
 def _service() -> CryptolensService:
-    return CryptolensService(_backend(), SIGNER, lambda: NOW)
+    return CryptolensService(_backend(), SIGNER, CLOCK)
 
 
 async def _post(app, path: str, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -70,7 +72,7 @@ async def _post(app, path: str, body: str, headers: dict[str, str] | None = None
 
 
 def _mounted():
-    compat = create_cryptolens_app(_backend(), SIGNER, lambda: NOW)
+    compat = create_cryptolens_app(_backend(), SIGNER, CLOCK)
     return Starlette(routes=[Mount("/api", compat)])
 
 
@@ -119,7 +121,7 @@ def test_wrapper_routes_api_in_any_case_and_leaves_other_paths_alone() -> None:
         return PlainTextResponse("other")
 
     outer = Starlette(routes=[Route("/healthz", other, methods=["POST"])])
-    wrapped = with_cryptolens_api(outer, create_cryptolens_app(_backend(), SIGNER, lambda: NOW))
+    wrapped = with_cryptolens_api(outer, create_cryptolens_app(_backend(), SIGNER, CLOCK))
     reply = asyncio.run(_post(wrapped, "/API//key/activate/", GOOD))
     assert reply.json()["result"] == 0
     assert asyncio.run(_post(wrapped, "/healthz", "")).text == "other"
@@ -138,14 +140,18 @@ def test_get_is_answered_with_result_1() -> None:
 
 
 def test_oversized_content_length_is_refused_before_reading() -> None:
-    app = create_cryptolens_app(_backend(), SIGNER, lambda: NOW, Limits(max_body_bytes=100))
+    app = create_cryptolens_app(
+        _backend(), SIGNER, CLOCK, CryptolensLimitsConfig(max_body_bytes=100)
+    )
     response = asyncio.run(_post(app, "/key/activate", GOOD + "&x=" + "a" * 200))
     assert response.json()["result"] == 1
     assert "too large" in response.json()["message"]
 
 
 def test_parameter_names_are_case_insensitive() -> None:
-    form = parse_form(b"productid=1&KEY=k&FriendlyName=None&metaData=True&floating=1", Limits())
+    form = parse_form(
+        b"productid=1&KEY=k&FriendlyName=None&metaData=True&floating=1", CryptolensLimitsConfig()
+    )
     assert form.integer("ProductId") == 1
     assert form.text("Key", max_chars=10) == "k"
     assert form.friendly_name() == ""
@@ -158,13 +164,16 @@ def test_parameter_names_are_case_insensitive() -> None:
     [("True", True), ("true", True), ("1", True), ("False", False), ("false", False), ("0", False)],
 )
 def test_booleans_in_every_sdk_spelling(raw: str, expected: bool) -> None:
-    assert parse_form(f"EnableBound={raw}".encode(), Limits()).boolean("EnableBound") is expected
+    assert (
+        parse_form(f"EnableBound={raw}".encode(), CryptolensLimitsConfig()).boolean("EnableBound")
+        is expected
+    )
 
 
 @pytest.mark.parametrize("raw", ["yes", "2", "Truee", "on"])
 def test_other_booleans_are_refused(raw: str) -> None:
     with pytest.raises(CryptolensRequestError, match="not a boolean"):
-        parse_form(f"EnableBound={raw}".encode(), Limits()).boolean("EnableBound")
+        parse_form(f"EnableBound={raw}".encode(), CryptolensLimitsConfig()).boolean("EnableBound")
 
 
 @pytest.mark.parametrize(
@@ -179,13 +188,13 @@ def test_other_booleans_are_refused(raw: str) -> None:
 )
 def test_bad_forms_are_refused(body: bytes) -> None:
     with pytest.raises(CryptolensRequestError):
-        parse_form(body, Limits())
+        parse_form(body, CryptolensLimitsConfig())
 
 
 def test_sign_method_spellings() -> None:
-    assert parse_form(b"SignMethod=StringSign", Limits()).sign_method() == 1
-    assert parse_form(b"signmethod=1", Limits()).sign_method() == 1
-    assert parse_form(b"", Limits()).sign_method() == 0
+    assert parse_form(b"SignMethod=StringSign", CryptolensLimitsConfig()).sign_method() == 1
+    assert parse_form(b"signmethod=1", CryptolensLimitsConfig()).sign_method() == 1
+    assert parse_form(b"", CryptolensLimitsConfig()).sign_method() == 0
 
 
 def test_activation_reply_has_camel_case_keys_and_integer_result() -> None:

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterbox.compat import BoundExceeded, CryptolensLicenseView, DataObject, ReadOnlyDataObject
+from meterbox.compat import (
+    BoundExceeded,
+    CryptolensLicenseView,
+    DataObjectView,
+    ReadOnlyDataObject,
+)
 from meterbox.compat.rules import charged_from_records, check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable
 
@@ -36,7 +41,7 @@ def test_zero_machines_is_unlimited() -> None:
 
 
 def test_a_countdown_charges_on_decrement_and_gives_back_at_most_what_it_charged() -> None:
-    credit = DataObject(1, "credits", "", 100, charge="decrement")
+    credit = DataObjectView(1, "credits", "", 100, charge="decrement")
     plan = plan_change(credit, 0, -30, 0)
     assert (plan.new_value, plan.usage) == (70, 30)
     with pytest.raises(BoundExceeded, match="would cross its bound"):
@@ -47,10 +52,10 @@ def test_a_countdown_charges_on_decrement_and_gives_back_at_most_what_it_charged
 
 
 def test_a_plain_value_cannot_change_and_values_stay_inside_int32() -> None:
-    template = DataObject(3, "cryptolens_features", '["f1"]', 0, metered=False)
+    template = DataObjectView(3, "cryptolens_features", '["f1"]', 0, metered=False)
     with pytest.raises(ReadOnlyDataObject):
         plan_change(template, 0, 1, None)
-    counter = DataObject(2, "usage", "", INT32_MAX - 1)
+    counter = DataObjectView(2, "usage", "", INT32_MAX - 1)
     with pytest.raises(BoundExceeded, match="Int32"):
         plan_change(counter, 0, 2, None)
 
@@ -65,8 +70,8 @@ def test_charged_never_goes_negative_and_the_ledger_alone_gives_the_same_number(
     changes: list[tuple[str, int]],
 ) -> None:
     objects = {
-        "increment": DataObject(1, "usage", "", 0),
-        "decrement": DataObject(2, "credits", "", 500, charge="decrement"),
+        "increment": DataObjectView(1, "usage", "", 0),
+        "decrement": DataObjectView(2, "credits", "", 500, charge="decrement"),
     }
     charged = {1: 0, 2: 0}
     records: list[tuple[str, dict[str, object]]] = []

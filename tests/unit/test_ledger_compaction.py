@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger_support import add_usage, export, make_ledger, verify
 from meterbox.errors import VerificationError
 from meterbox.ledger import Head, Known, LedgerConfig, LedgerWriter
 from meterbox.ledger import findings as F
+from support.ledger import add_usage, export, make_ledger, verify
 
 
 def test_compaction_keeps_later_reports_verifiable(tmp_path: Path) -> None:

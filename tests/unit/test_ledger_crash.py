@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger_support import add_usage, export, make_ledger, verify
 from meterbox.clock import ManualClock
 from meterbox.errors import StateError
 from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier
 from meterbox.ledger import findings as F
+from support.ledger import add_usage, export, make_ledger, verify
 
 
 def test_torn_tail_is_cut_and_recorded(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_clock_step_is_recorded(tmp_path: Path) -> None:
     from io import BytesIO
 
     v = ReportVerifier(
-        {__import__("ledger_support").VENDOR_ID: __import__("ledger_support").VENDOR}
+        {__import__("support.ledger").ledger.VENDOR_ID: __import__("support.ledger").ledger.VENDOR}
     )
     for record, _ in v.records(BytesIO(export(built))):
         seen.append((record.type, record.payload))

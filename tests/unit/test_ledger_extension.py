@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ledger_support import add_usage, export, make_ledger, verify
 from meterbox.ledger import Known, LedgerWriter
 from meterbox.ledger import findings as F
+from support.ledger import add_usage, export, make_ledger, verify
 
 
 def _known(result) -> Known:  # type: ignore[no-untyped-def]

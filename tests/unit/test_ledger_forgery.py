@@ -5,7 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ledger_support import (
+from meterbox.crypto import KEY_LEN
+from meterbox.ledger import LedgerWriter, RecordType
+from meterbox.ledger import findings as F
+from meterbox.ledger._format import chain
+from meterbox.ledger._seal import Sealer
+from support.ledger import (
     OTHER_VENDOR,
     OTHER_VENDOR_ID,
     VENDOR,
@@ -16,12 +21,7 @@ from ledger_support import (
     next_epoch_forger,
     verify,
 )
-from meterbox.crypto import KEY_LEN
-from meterbox.ledger import LedgerWriter, RecordType
-from meterbox.ledger import findings as F
-from meterbox.ledger._format import chain
-from meterbox.ledger._seal import Sealer
-from report_surgery import join, split
+from support.report_surgery import join, split
 
 
 def test_epoch_forged_with_only_the_public_key_is_detected(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_support import VENDOR, VENDOR_ID, export, make_ledger
 from meterbox.ledger import LedgerConfig, RecordType, ReportVerifier
 from meterbox.ledger._format import INTERNAL_TYPES
+from support.ledger import VENDOR, VENDOR_ID, export, make_ledger
 
 SERVER_TYPES = [t for t in RecordType if t not in INTERNAL_TYPES]
 payloads = st.dictionaries(

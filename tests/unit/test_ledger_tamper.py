@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_support import Built, add_usage, export, make_ledger, verify
 from meterbox.ledger import findings as F
-from report_surgery import frame_offsets, join, split
+from support.ledger import Built, add_usage, export, make_ledger, verify
+from support.report_surgery import frame_offsets, join, split
 
 RECORD_LEVEL = {
     F.RECORD_UNAUTHENTIC,

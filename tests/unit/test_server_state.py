@@ -24,9 +24,9 @@ from meterbox.server._core.changes import (
     UsageDelta,
 )
 from meterbox.server._core.engine import ReceiptInfo
-from meterbox.server._core.meters import IdemEntry, Topup, UsageResult
+from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult
 from meterbox.server._core.policy import FeaturePolicy, LicensePolicy, MeterPolicy
-from meterbox.server._core.seats import Lease
+from meterbox.server._core.seats import SeatLease
 from meterbox.server._state import StateStore
 
 T0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
@@ -34,7 +34,7 @@ T0 = datetime(2025, 3, 1, 12, tzinfo=UTC)
 
 def lease(i: int, expires: int = 60, ended: bool = False) -> LeasePut:
     return LeasePut(
-        Lease(
+        SeatLease(
             lease_id=f"lease-{i}",
             feature="cad",
             client_id=f"c{i}",
@@ -62,7 +62,7 @@ def test_leases_and_counters_survive_reopening_the_file(tmp_path: Path) -> None:
                 UsageDelta("L1", "runs", "total", 7),
                 DenialAdd("cad"),
                 PeakMax("cad", T0, 2),
-                TopupPut(Topup("t1", "L1", "runs", 5, "total", T0)),
+                TopupPut(AppliedTopup("t1", "L1", "runs", 5, "total", T0)),
                 ReceiptPut(ReceiptInfo(T0, 12, "r1")),
                 SeqMax(30),
                 ClockFloor(T0 + timedelta(seconds=9)),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meterbox import crypto
+from meterbox.clock import ManualClock
 from meterbox.errors import StateError, VerificationError
 from meterbox.licenses import Topup, VendorPublicBundle
 from meterbox.vendorkit import keys
@@ -20,7 +21,7 @@ CLOCK = datetime(2025, 1, 1, tzinfo=UTC)
 
 def test_init_writes_private_key_0600_and_public_bundle(tmp_path: Path) -> None:
     home = tmp_path / "vendor"
-    made = keys.init(home, clock=lambda: CLOCK)
+    made = keys.init(home, clock=ManualClock(wall_ms=int(CLOCK.timestamp() * 1000)))
     key_file = home / "keys" / f"{made.current_id.hex()}.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     bundle = VendorPublicBundle.from_bytes((home / "vendor.pub").read_bytes())

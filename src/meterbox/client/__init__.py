@@ -14,7 +14,7 @@ from meterbox.client._core import (
     FlushResult,
     Lease,
     RecordResult,
-    RetryPolicy,
+    RetryConfig,
     UsageEvent,
     UsageReceipt,
 )
@@ -52,7 +52,7 @@ __all__ = [
     "QuotaExceeded",
     "RecordResult",
     "ReportOverdue",
-    "RetryPolicy",
+    "RetryConfig",
     "Seat",
     "ServerUnreachableError",
     "Spool",

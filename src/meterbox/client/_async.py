@@ -13,9 +13,8 @@ import contextlib
 import logging
 import os
 import random
-import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -30,14 +29,13 @@ from meterbox.client._core import (
     FlushResult,
     Lease,
     Lost,
-    NowFn,
     Outcome,
     RandFn,
     RecordResult,
     Renewed,
     Reply,
     Request,
-    RetryPolicy,
+    RetryConfig,
     Unreachable,
     UsageEvent,
     balances_request,
@@ -58,15 +56,21 @@ from meterbox.client._core import (
 from meterbox.client._flows import flush_flow, record_flow
 from meterbox.client._spool import Spool
 from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
+from meterbox.clock import Clock, SystemClock
 
 log = logging.getLogger("meterbox.client")
 T = TypeVar("T")
+
+#: How a seat's renewal task waits between heartbeats, :func:`asyncio.sleep` by default.
+#: Releasing the seat cancels the task, so the wait needs no stop signal of its own.
+#: Tests pass their own to decide when each delay is over instead of sleeping through it.
+RenewSleep = Callable[[float], Awaitable[None]]
 
 
 class AsyncClient:
     """The asyncio twin of :class:`meterbox.client.Client`; same arguments, awaitable methods."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the documented SDK keywords (docs/client.md), checked once into ClientConfig
         self,
         url: str | Sequence[str] | None = None,
         *,
@@ -74,13 +78,14 @@ class AsyncClient:
         client_id: str | None = None,
         hostname: str | None = None,
         timeout: float = 5.0,
-        retry: RetryPolicy | None = None,
+        retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
         flush_interval: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock: NowFn = time.time,
+        clock: Clock | None = None,
         rand: RandFn = random.random,
         environ: Mapping[str, str] | None = None,
+        renew_sleep: RenewSleep = asyncio.sleep,
     ) -> None:
         self.config = ClientConfig.build(
             url,
@@ -95,13 +100,18 @@ class AsyncClient:
             home=Path.home(),
         )
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._rand = rand
+        self._renew_sleep = renew_sleep
         self._spool: Spool | None = spool if isinstance(spool, Spool) else None
         self._owns_spool = not isinstance(spool, Spool)
         self._flow_lock = asyncio.Lock()
         self._seats: dict[int, AsyncSeat] = {}
         self._flusher: asyncio.Task[None] | None = None
+
+    def _seconds(self) -> float:
+        # The spool's retry schedule is kept in POSIX seconds.
+        return self._clock.wall_ms() / 1000
 
     # -- transport
 
@@ -173,13 +183,13 @@ class AsyncClient:
         )
         async with self._flow_lock:
             return await self._drive(
-                record_flow(self.spool, self.config.retry, self._clock, self._rand, event)
+                record_flow(self.spool, self.config.retry, self._seconds, self._rand, event)
             )
 
     async def flush(self, *, force: bool = True) -> FlushResult:
         async with self._flow_lock:
             return await self._drive(
-                flush_flow(self.spool, self.config.retry, self._clock, self._rand, force=force)
+                flush_flow(self.spool, self.config.retry, self._seconds, self._rand, force=force)
             )
 
     async def balances(self) -> list[Balance]:
@@ -335,7 +345,7 @@ class AsyncSeat:
         fraction = self._client.config.renew_fraction
         delay = renewal_interval(lease.lease_seconds, fraction)
         while True:
-            await asyncio.sleep(delay)
+            await self._client._renew_sleep(delay)
             step = classify_renewal(
                 await self._client._send(heartbeat_request(lease.lease_id), self._server)
             )

@@ -181,7 +181,7 @@ class Balance:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class RetryConfig:
     """Exponential backoff with jitter for spooled events.
 
     ``max_attempts`` bounds transient failures per event; past it the event goes to
@@ -667,11 +667,6 @@ def classify_renewal(outcome: Outcome) -> RenewalStep:
     return Lost(err)
 
 
-def parse_deadline(lease: Lease) -> float:
-    """The lease end as a POSIX timestamp (server clock)."""
-    return lease.expires_at.timestamp()
-
-
 NowFn = Callable[[], float]
 RandFn = Callable[[], float]
 
@@ -688,12 +683,12 @@ class ClientConfig:
     client_id: str
     hostname: str | None
     timeout: float
-    retry: RetryPolicy
+    retry: RetryConfig
     renew_fraction: float
     flush_interval: float | None
 
     @classmethod
-    def build(
+    def build(  # noqa: PLR0913 - one parameter per Client keyword, validated together
         cls,
         url: str | Sequence[str] | None,
         *,
@@ -701,7 +696,7 @@ class ClientConfig:
         client_id: str | None,
         hostname: str | None,
         timeout: float,
-        retry: RetryPolicy | None,
+        retry: RetryConfig | None,
         renew_fraction: float,
         flush_interval: float | None,
         environ: Mapping[str, str],
@@ -734,7 +729,7 @@ class ClientConfig:
             client_id=client_id or default_client_id(),
             hostname=hostname,
             timeout=timeout,
-            retry=retry or RetryPolicy(),
+            retry=retry or RetryConfig(),
             renew_fraction=renew_fraction,
             flush_interval=flush_interval,
         )

@@ -23,7 +23,7 @@ from meterbox.client._core import (
     RecordResult,
     Rejected,
     Request,
-    RetryPolicy,
+    RetryConfig,
     Transient,
     UsageEvent,
     UsageReceipt,
@@ -46,7 +46,7 @@ class _Drain:
 
 def _drain(
     spool: Spool,
-    policy: RetryPolicy,
+    policy: RetryConfig,
     now: NowFn,
     rand: RandFn,
     *,
@@ -115,7 +115,7 @@ def _drain(
 
 def record_flow(
     spool: Spool,
-    policy: RetryPolicy,
+    policy: RetryConfig,
     now: NowFn,
     rand: RandFn,
     event: UsageEvent,
@@ -139,7 +139,7 @@ def record_flow(
 
 
 def flush_flow(
-    spool: Spool, policy: RetryPolicy, now: NowFn, rand: RandFn, *, force: bool
+    spool: Spool, policy: RetryConfig, now: NowFn, rand: RandFn, *, force: bool
 ) -> Generator[Request, object, FlushResult]:
     """One delivery pass over the spool; ``force`` ignores the backoff schedule."""
     result = yield from _drain(spool, policy, now, rand, force=force, own=None)

@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime
@@ -28,14 +27,13 @@ from meterbox.client._core import (
     FlushResult,
     Lease,
     Lost,
-    NowFn,
     Outcome,
     RandFn,
     RecordResult,
     Renewed,
     Reply,
     Request,
-    RetryPolicy,
+    RetryConfig,
     Unreachable,
     UsageEvent,
     balances_request,
@@ -56,9 +54,16 @@ from meterbox.client._core import (
 from meterbox.client._flows import flush_flow, record_flow
 from meterbox.client._spool import Spool
 from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
+from meterbox.clock import Clock, SystemClock
 
 log = logging.getLogger("meterbox.client")
 T = TypeVar("T")
+
+#: How a seat's renewer waits between heartbeats: called with the seat's stop event and
+#: the delay in seconds, it returns True as soon as the seat is released and False once
+#: the delay has passed, exactly like :meth:`threading.Event.wait` (the default). Tests
+#: pass their own to decide when each delay is over instead of sleeping through it.
+RenewWait = Callable[[threading.Event, float], bool]
 
 
 class Client:
@@ -69,7 +74,7 @@ class Client:
     >>> client.record("solver-runs", 3)                       # doctest: +SKIP
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the documented SDK keywords (docs/client.md), checked once into ClientConfig
         self,
         url: str | Sequence[str] | None = None,
         *,
@@ -77,13 +82,14 @@ class Client:
         client_id: str | None = None,
         hostname: str | None = None,
         timeout: float = 5.0,
-        retry: RetryPolicy | None = None,
+        retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
         flush_interval: float | None = None,
         transport: httpx.BaseTransport | None = None,
-        clock: NowFn = time.time,
+        clock: Clock | None = None,
         rand: RandFn = random.random,
         environ: Mapping[str, str] | None = None,
+        renew_wait: RenewWait = threading.Event.wait,
     ) -> None:
         self.config = ClientConfig.build(
             url,
@@ -98,8 +104,9 @@ class Client:
             home=Path.home(),
         )
         self._http = httpx.Client(timeout=timeout, transport=transport)
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._rand = rand
+        self._renew_wait = renew_wait
         self._spool: Spool | None = spool if isinstance(spool, Spool) else None
         self._owns_spool = not isinstance(spool, Spool)
         self._flow_lock = threading.RLock()
@@ -111,6 +118,10 @@ class Client:
                 target=self._flush_loop, args=(flush_interval,), name="meterbox-flush", daemon=True
             )
             self._flusher.start()
+
+    def _seconds(self) -> float:
+        # The spool's retry schedule is kept in POSIX seconds.
+        return self._clock.wall_ms() / 1000
 
     # -- transport
 
@@ -189,14 +200,14 @@ class Client:
         )
         with self._flow_lock:
             return self._drive(
-                record_flow(self.spool, self.config.retry, self._clock, self._rand, event)
+                record_flow(self.spool, self.config.retry, self._seconds, self._rand, event)
             )
 
     def flush(self, *, force: bool = True) -> FlushResult:
         """Deliver spooled events now (``force`` ignores the backoff schedule)."""
         with self._flow_lock:
             return self._drive(
-                flush_flow(self.spool, self.config.retry, self._clock, self._rand, force=force)
+                flush_flow(self.spool, self.config.retry, self._seconds, self._rand, force=force)
             )
 
     def balances(self) -> list[Balance]:
@@ -359,7 +370,7 @@ class Seat:
         lease = self.lease
         fraction = self._client.config.renew_fraction
         delay = renewal_interval(lease.lease_seconds, fraction)
-        while not self._stop.wait(delay):
+        while not self._client._renew_wait(self._stop, delay):
             outcome = self._client._send(heartbeat_request(lease.lease_id), self._server)
             if self._stop.is_set():
                 return

@@ -1,12 +1,14 @@
 """`meterbox client` commands, for shell scripts.
 
-Exit codes (stable, documented in docs/client.md):
+Exit codes are the shared table of :mod:`meterbox._cli_support` (docs/api.md,
+docs/client.md):
 
 - 0: done (also: usage recorded into the spool while the server was unreachable);
 - 1: the license refused (no seat, quota used up, report overdue, expired, unknown
   feature or meter), or ``flush`` moved events to the dead-letter table;
-- 2: bad input (arguments, URL, spool path, a request the server calls malformed);
-- 3: no server answered as docs/api.md says (unreachable, 503, or a foreign answer).
+- 2: bad input (arguments, URL, a request the server calls malformed);
+- 4: the local spool cannot be opened or written;
+- 5: no server answered as docs/api.md says (unreachable, 503, or a foreign answer).
 
 Results go to stdout as JSON (``checkout`` prints only the lease id unless
 ``--json``); messages go to stderr.
@@ -22,19 +24,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from meterbox._cli_support import EXIT_CODES_HELP, EXIT_DENIED, EXIT_UNREACHABLE, exit_code_for
 from meterbox.client._sync import Client
-from meterbox.client.errors import (
-    ProtocolError,
-    ServerUnreachableError,
-)
-from meterbox.errors import LicenseDenied, MeterboxError
+from meterbox.errors import MeterboxError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
-
-EXIT_OK = 0
-EXIT_DENIED = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNREACHABLE = 3
+app = typer.Typer(no_args_is_help=True, add_completion=False, epilog=EXIT_CODES_HELP)
 
 T = TypeVar("T")
 
@@ -59,14 +53,6 @@ def make_client(urls: list[str] | None, spool: Path | None, client_id: str | Non
     return Client(urls or None, spool=spool, client_id=client_id)
 
 
-def _exit_code(exc: MeterboxError) -> int:
-    if isinstance(exc, LicenseDenied):
-        return EXIT_DENIED
-    if isinstance(exc, ServerUnreachableError | ProtocolError):
-        return EXIT_UNREACHABLE
-    return EXIT_BAD_INPUT
-
-
 def _run(urls: list[str] | None, spool: Path | None, client_id: str | None,
          action: Callable[[Client], T]) -> T:  # fmt: skip
     try:
@@ -74,7 +60,7 @@ def _run(urls: list[str] | None, spool: Path | None, client_id: str | None,
             return action(client)
     except MeterboxError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(_exit_code(exc)) from None
+        raise typer.Exit(exit_code_for(exc)) from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -158,7 +144,7 @@ def balance(
 
 @app.command()
 def flush(url: UrlOpt = None, spool: SpoolOpt = None) -> None:
-    """Deliver spooled usage now. Exit 3 if events remain because no server answered."""
+    """Deliver spooled usage now. Exit 5 if events remain because no server answered."""
     result = _run(url, spool, None, lambda c: c.flush())
     _print(
         {

@@ -1,10 +1,13 @@
 """Errors the client SDK raises, placed in the shared meterbox error tree.
 
+Every class except ``SpoolError`` and ``LeaseLost`` is the shared
+one from :mod:`meterbox.errors`, re-exported so SDK users import from one place.
+
 ::
 
     MeterboxError
     ├── FormatError
-    │   └── ProtocolError          the server answered, but not as docs/api.md says
+    │   └── ProtocolError          the server answered, not as docs/api.md says (meterbox.errors)
     ├── StateError
     │   └── SpoolError             the local spool file cannot be opened or written
     ├── ConfigError                no server URL, bad spool path, bad option
@@ -18,8 +21,9 @@
         ├── ReportOverdue          HTTP 403 report_overdue   (meterbox.errors)
         ├── LicenseExpired         HTTP 403 license_expired  (meterbox.errors)
         ├── UnknownFeature         HTTP 404 unknown_feature  (meterbox.errors)
-        ├── UnknownMeter           HTTP 404 unknown_meter
-        └── LeaseLost              the lease is gone (HTTP 404 lease_not_found on renewal)
+        ├── UnknownMeter           HTTP 404 unknown_meter    (meterbox.errors)
+        └── LeaseNotFound                                    (meterbox.errors)
+            └── LeaseLost          the lease is gone (HTTP 404 lease_not_found on renewal)
 
 Two roots matter to callers: ``LicenseDenied`` (the server decided; retrying will not
 help) and ``ServerUnreachableError`` (transport; usage is spooled, seats are not).
@@ -28,16 +32,22 @@ help) and ``ServerUnreachableError`` (transport; usage is spooled, seats are not
 from __future__ import annotations
 
 from meterbox.errors import (
+    BadRequestError,
     ConfigError,
-    FormatError,
+    IdempotencyConflictError,
+    LeaseNotFound,
     LicenseDenied,
     LicenseExpired,
     MeterboxError,
     NoSeatAvailable,
+    ProtocolError,
     QuotaExceeded,
     ReportOverdue,
+    ServerUnreachableError,
     StateError,
+    UnauthorizedError,
     UnknownFeature,
+    UnknownMeter,
 )
 
 __all__ = [
@@ -45,6 +55,7 @@ __all__ = [
     "ConfigError",
     "IdempotencyConflictError",
     "LeaseLost",
+    "LeaseNotFound",
     "LicenseDenied",
     "LicenseExpired",
     "MeterboxError",
@@ -60,49 +71,19 @@ __all__ = [
 ]
 
 
-class ProtocolError(FormatError):
-    """The server answered with a status or body that docs/api.md does not allow."""
-
-    code = "protocol"
-
-
 class SpoolError(StateError):
     """The local usage spool cannot be opened, read or written."""
 
     code = "spool"
 
 
-class BadRequestError(MeterboxError):
-    """The request is malformed; sending it again unchanged will fail again."""
+class LeaseLost(LeaseNotFound):
+    """A seat's lease expired or was released on the server while the client held it.
 
-    code = "bad_request"
-
-
-class UnauthorizedError(MeterboxError):
-    """An admin endpoint was called without a valid admin token."""
-
-    code = "unauthorized"
-
-
-class IdempotencyConflictError(MeterboxError):
-    """An idempotency key was reused for a different usage event."""
-
-    code = "idempotency_conflict"
-
-
-class ServerUnreachableError(MeterboxError):
-    """No configured server answered (connection refused, timeout, or HTTP 503)."""
-
-    code = "unreachable"
-
-
-class UnknownMeter(LicenseDenied):
-    """No installed license defines the meter."""
-
-    code = "unknown_meter"
-
-
-class LeaseLost(LicenseDenied):
-    """A seat's lease expired or was released on the server while the client held it."""
+    A subclass rather than :class:`LeaseNotFound` itself because the client raises
+    it for a lease it *held*: the application has been running without a seat
+    since the server dropped it, which callers handle differently from a release
+    of an unknown id.
+    """
 
     code = "lease_lost"

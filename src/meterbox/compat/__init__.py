@@ -20,7 +20,7 @@ from meterbox.compat.backend import (
     CryptolensBackend,
     CryptolensLicenseView,
     CustomerView,
-    DataObject,
+    DataObjectView,
     numeric_license_id,
 )
 from meterbox.compat.errors import (
@@ -39,7 +39,7 @@ from meterbox.compat.errors import (
 )
 from meterbox.compat.service import CryptolensService
 from meterbox.compat.signer import CryptolensSigner, public_key_from_xml, public_key_to_xml
-from meterbox.compat.wire import Limits
+from meterbox.compat.wire import CryptolensLimitsConfig
 
 __all__ = [
     "LIMIT_REACHED_MESSAGE",
@@ -53,10 +53,10 @@ __all__ = [
     "CryptolensService",
     "CryptolensSigner",
     "CustomerView",
-    "DataObject",
+    "DataObjectView",
     "DeactivationNotAllowed",
     "LicenseKeyBlocked",
-    "Limits",
+    "CryptolensLimitsConfig",
     "MachineNotAllowed",
     "NotFloating",
     "ReadOnlyDataObject",

@@ -7,15 +7,13 @@ single catch-all ASGI route takes every method and path, so
 ``/api//data/IncrementIntValueToKey/`` and ``/api//key/activate/`` reach the
 service unchanged. Every reply is HTTP 200 JSON, as the SDKs require.
 
-The body is read with a hard cap (:attr:`Limits.max_body_bytes`); a larger
+The body is read with a hard cap (:attr:`CryptolensLimitsConfig.max_body_bytes`); a larger
 ``Content-Length`` is refused before reading.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,11 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meterbox.clock import Clock, SystemClock
 from meterbox.compat.backend import CryptolensBackend
 from meterbox.compat.errors import CryptolensRequestError, wire_message
 from meterbox.compat.service import CryptolensService
 from meterbox.compat.signer import CryptolensSigner
-from meterbox.compat.wire import Limits
+from meterbox.compat.wire import CryptolensLimitsConfig
 
 __all__ = ["create_cryptolens_app", "with_cryptolens_api"]
 
@@ -95,11 +94,11 @@ class _Endpoint:
 def create_cryptolens_app(
     backend: CryptolensBackend,
     signer: CryptolensSigner,
-    clock: Callable[[], float] = time.time,
-    limits: Limits | None = None,
+    clock: Clock | None = None,
+    limits: CryptolensLimitsConfig | None = None,
 ) -> Starlette:
     """A Starlette app serving the Cryptolens Web API 3 calls the SDKs make offline."""
-    service = CryptolensService(backend, signer, clock, limits)
+    service = CryptolensService(backend, signer, clock or SystemClock(), limits)
     app = Starlette(routes=[Route("/{path:path}", _Endpoint(service))])
     # A 307/308 to the slash-less path breaks every SDK: they do not follow POST redirects.
     app.router.redirect_slashes = False

@@ -34,7 +34,7 @@ __all__ = [
     "CryptolensBackend",
     "CryptolensLicenseView",
     "CustomerView",
-    "DataObject",
+    "DataObjectView",
     "numeric_license_id",
 ]
 
@@ -59,7 +59,7 @@ class CustomerView:
 
 
 @dataclass(frozen=True)
-class DataObject:
+class DataObjectView:
     """A named integer counter of a license; in meterbox it is backed by a meter."""
 
     id: int
@@ -191,7 +191,7 @@ class CryptolensBackend(Protocol):
         name: str,
         delta: int,
         bound: int | None,
-    ) -> DataObject:
+    ) -> DataObjectView:
         """Add ``delta`` (positive: usage; negative: a decrement) to one data object.
 
         The object is found by ``object_id`` when it is not 0, else by ``name``. The
@@ -203,6 +203,6 @@ class CryptolensBackend(Protocol):
         """
         ...
 
-    async def data_objects(self, license_id: str) -> list[DataObject]:
+    async def data_objects(self, license_id: str) -> list[DataObjectView]:
         """The license's data objects with their current values, ordered by id."""
         ...

@@ -25,7 +25,7 @@ from meterbox.compat.backend import (
     NEVER_EXPIRES,
     ActivatedMachine,
     CryptolensLicenseView,
-    DataObject,
+    DataObjectView,
 )
 from meterbox.compat.signer import CryptolensSigner
 from meterbox.compat.wire import INT32_MAX, INT32_MIN
@@ -63,7 +63,7 @@ def _machine(m: ActivatedMachine) -> dict[str, Any]:
 def license_key_object(
     view: CryptolensLicenseView,
     machines: Sequence[ActivatedMachine],
-    data_objects: Sequence[DataObject],
+    data_objects: Sequence[DataObjectView],
     sign_date: int,
 ) -> dict[str, Any]:
     """The LicenseKey object, PascalCase, every field present, in Cryptolens' field order."""
@@ -192,7 +192,7 @@ def sign_license(
     signer: CryptolensSigner,
     view: CryptolensLicenseView,
     machines: Sequence[ActivatedMachine],
-    data_objects: Sequence[DataObject],
+    data_objects: Sequence[DataObjectView],
     sign_date: int,
 ) -> SignedLicense:
     """Serialise once, sign those exact bytes, return both as base64."""

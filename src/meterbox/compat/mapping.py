@@ -15,7 +15,7 @@ from meterbox.compat.backend import (
     NEVER_EXPIRES,
     CryptolensLicenseView,
     CustomerView,
-    DataObject,
+    DataObjectView,
     numeric_license_id,
 )
 from meterbox.errors import ConfigError
@@ -68,12 +68,12 @@ def max_machines(license: License) -> int:  # noqa: A002 - domain name
     return feature.seats if feature else len(section.allowed_machines)
 
 
-def initial_data_objects(license: License) -> list[DataObject]:  # noqa: A002 - domain name
+def initial_data_objects(license: License) -> list[DataObjectView]:  # noqa: A002 - domain name
     """The data objects as issued; the backend then tracks their values in meters."""
     if license.cryptolens is None:
         return []
     return [
-        DataObject(
+        DataObjectView(
             o.id, o.name, o.string_value, o.int_value, charge=o.charge, metered=o.meter is not None
         )
         for o in sorted(license.cryptolens.data_objects, key=lambda o: o.id)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObject
+from meterbox.clock import Clock
+from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
 from meterbox.compat.errors import UnknownDataObject
 from meterbox.compat.rules import check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable
@@ -28,8 +29,8 @@ class InMemoryBackend:
 
     def __init__(
         self,
-        licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObject]]],
-        clock: Callable[[], float],
+        licenses: Iterable[tuple[CryptolensLicenseView, Iterable[DataObjectView]]],
+        clock: Clock,
     ) -> None:
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -37,7 +38,7 @@ class InMemoryBackend:
         self._by_id: dict[str, CryptolensLicenseView] = {}
         self._floating: dict[str, dict[str, ActivatedMachine]] = {}
         self._nodelocked: dict[str, dict[str, ActivatedMachine]] = {}
-        self._objects: dict[str, dict[int, DataObject]] = {}
+        self._objects: dict[str, dict[int, DataObjectView]] = {}
         #: Net units each data object charged to its (imaginary) meter.
         self._charged: dict[tuple[str, int], int] = {}
         for view, objects in licenses:
@@ -48,7 +49,7 @@ class InMemoryBackend:
             self._objects[view.license_id] = {o.id: o for o in objects}
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._clock.wall_ms() // 1000
 
     def _live(self, license_id: str) -> dict[str, ActivatedMachine]:
         now = self._now()
@@ -133,7 +134,7 @@ class InMemoryBackend:
 
     async def change_data_object(
         self, license_id: str, object_id: int, name: str, delta: int, bound: int | None
-    ) -> DataObject:
+    ) -> DataObjectView:
         async with self._lock:
             objects = self._objects[license_id]
             target = _find_object(objects, object_id, name)
@@ -144,12 +145,12 @@ class InMemoryBackend:
             objects[target.id] = updated
             return updated
 
-    async def data_objects(self, license_id: str) -> list[DataObject]:
+    async def data_objects(self, license_id: str) -> list[DataObjectView]:
         async with self._lock:
             return sorted(self._objects[license_id].values(), key=lambda o: o.id)
 
 
-def _find_object(objects: dict[int, DataObject], object_id: int, name: str) -> DataObject:
+def _find_object(objects: dict[int, DataObjectView], object_id: int, name: str) -> DataObjectView:
     if object_id != 0:
         found = objects.get(object_id)
         if found is not None:

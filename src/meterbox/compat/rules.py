@@ -29,7 +29,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from meterbox.compat.backend import CryptolensLicenseView, DataObject
+from meterbox.compat.backend import CryptolensLicenseView, DataObjectView
 from meterbox.compat.errors import BoundExceeded, ReadOnlyDataObject
 from meterbox.compat.wire import INT32_MAX, INT32_MIN
 from meterbox.errors import NoSeatAvailable
@@ -87,7 +87,7 @@ class DataObjectPlan:
     usage: int
 
 
-def plan_change(obj: DataObject, charged: int, delta: int, bound: int | None) -> DataObjectPlan:
+def plan_change(obj: DataObjectView, charged: int, delta: int, bound: int | None) -> DataObjectPlan:
     """Check one ``IntValue`` change of ``obj`` and say what it records; raise to refuse.
 
     ``charged`` is the net units this object has charged to its meter so far (from

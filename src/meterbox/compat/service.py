@@ -25,9 +25,9 @@ Semantics (see ``docs/spec/cryptolens-compat.md`` for the full table):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
+from meterbox.clock import Clock
 from meterbox.compat.backend import ActivatedMachine, CryptolensBackend, CryptolensLicenseView
 from meterbox.compat.errors import (
     SIGN_METHOD_FLOATING_MESSAGE,
@@ -45,8 +45,8 @@ from meterbox.compat.wire import (
     INT32_MAX,
     INT32_MIN,
     INT64_MAX,
+    CryptolensLimitsConfig,
     Form,
-    Limits,
     normalise_method,
     parse_form,
 )
@@ -72,13 +72,13 @@ class CryptolensService:
         self,
         backend: CryptolensBackend,
         signer: CryptolensSigner,
-        clock: Callable[[], float],
-        limits: Limits | None = None,
+        clock: Clock,
+        limits: CryptolensLimitsConfig | None = None,
     ) -> None:
         self._backend = backend
         self._signer = signer
         self._clock = clock
-        self.limits = limits or Limits()
+        self.limits = limits or CryptolensLimitsConfig()
 
     async def handle(
         self, method: str, path: str, body: bytes, content_type: str, ip: str
@@ -120,7 +120,7 @@ class CryptolensService:
         return await handler(form, ip)
 
     def _now(self) -> int:
-        return int(self._clock())
+        return self._clock.wall_ms() // 1000
 
     @staticmethod
     def _license_ref(form: Form) -> tuple[int, str]:

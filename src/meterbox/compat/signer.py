@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
 from pathlib import Path
 from typing import Final
@@ -29,7 +28,8 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from meterbox.errors import ConfigError, FormatError
+from meterbox._fs import write_new_file
+from meterbox.errors import ConfigError, FormatError, StateError
 
 __all__ = [
     "KEY_BITS",
@@ -153,18 +153,16 @@ class CryptolensSigner:
         key = rsa.generate_private_key(public_exponent=PUBLIC_EXPONENT, key_size=KEY_BITS)
         signer = cls(key)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+            write_new_file(path, signer.private_key_pem(), mode=0o600)
+        except StateError:
+            # A key path is a setting the caller chose, so an existing file there is a
+            # configuration mistake rather than damaged state.
             raise ConfigError(
                 "refusing to overwrite an existing Cryptolens signing key",
                 expected="a path where no file exists",
                 found=str(path),
                 hint="load the existing key with CryptolensSigner.load, or choose another path",
             ) from None
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(signer.private_key_pem())
-            handle.flush()
-            os.fsync(handle.fileno())
         return signer
 
     @classmethod

@@ -12,7 +12,7 @@ Pure functions, no I/O. Quirks handled (all observed from the SDKs):
 - ``SignMethod`` is ``1`` (Python, Node) or ``StringSign`` (.NET); ``0`` and
   ``LinqSign`` (the .NET models' default) name the legacy object signing.
 
-Limits (:class:`Limits`) bound the body, the number of fields and each field,
+Limits (:class:`CryptolensLimitsConfig`) bound the body, the number of fields and each field,
 so a request is fully validated before anything is looked up or changed.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
     "INT64_MAX",
     "METHODS",
     "Form",
-    "Limits",
+    "CryptolensLimitsConfig",
     "normalise_method",
     "parse_form",
 ]
@@ -54,7 +54,7 @@ METHODS: Final = frozenset(
 
 
 @dataclass(frozen=True)
-class Limits:
+class CryptolensLimitsConfig:
     """Request size limits; all requests the SDKs send are far below them."""
 
     max_body_bytes: int = 64 * 1024
@@ -88,7 +88,7 @@ def normalise_method(path: str) -> str:
     return method
 
 
-def parse_form(body: bytes, limits: Limits) -> Form:
+def parse_form(body: bytes, limits: CryptolensLimitsConfig) -> Form:
     """Decode an ``application/x-www-form-urlencoded`` body into a case-insensitive form."""
     if len(body) > limits.max_body_bytes:
         raise CryptolensRequestError(
@@ -146,7 +146,7 @@ def parse_form(body: bytes, limits: Limits) -> Form:
 class Form:
     """Case-insensitive typed access to form fields; every accessor validates."""
 
-    def __init__(self, fields: Mapping[str, str], limits: Limits) -> None:
+    def __init__(self, fields: Mapping[str, str], limits: CryptolensLimitsConfig) -> None:
         self._fields = dict(fields)
         self.limits = limits
 

@@ -4,6 +4,8 @@ All three share one envelope (Ed25519 over the exact payload bytes, see
 docs/spec/license.md) and are verified against a :class:`VendorPublicBundle`.
 Each is an immutable dataclass, valid by construction, with ``sign(signer) -> bytes``
 and ``from_bytes(data, bundle)``; :func:`open_document` verifies any of them.
+The canonical-JSON codec (``canonical_json``, ``strict_loads``, ``format_time``,
+``Fields``) is exported for the vendor toolkit, which signs key files the same way.
 Errors raised: :class:`meterbox.errors.FormatError` (bytes that do not parse, unknown
 version) and :class:`meterbox.errors.VerificationError` (signature or key problems).
 """
@@ -17,6 +19,7 @@ from meterbox.licenses._bundle import (
     VendorPublicKey,
     derive_key_id,
 )
+from meterbox.licenses._codec import Fields, canonical_json, format_time, strict_loads
 from meterbox.licenses._envelope import DOCUMENT_MAX_BYTES, DocumentSigner
 from meterbox.licenses._envelope import peek_format as _peek_format
 from meterbox.licenses._license import (
@@ -28,6 +31,8 @@ from meterbox.licenses._license import (
     LICENSE_FORMAT,
     LICENSE_FORMAT_V2,
     LICENSE_FORMATS,
+    MAX_LEASE_SECONDS,
+    MIN_LEASE_SECONDS,
     CryptolensSection,
     DataObject,
     Feature,
@@ -49,21 +54,27 @@ __all__ = [
     "LICENSE_FORMAT",
     "LICENSE_FORMATS",
     "LICENSE_FORMAT_V2",
+    "MAX_LEASE_SECONDS",
+    "MIN_LEASE_SECONDS",
     "RECEIPT_FORMAT",
     "TOPUP_FORMAT",
     "CryptolensSection",
     "DataObject",
     "DocumentSigner",
     "Feature",
+    "Fields",
     "License",
     "Meter",
     "Receipt",
     "Topup",
     "VendorPublicBundle",
     "VendorPublicKey",
+    "canonical_json",
     "check_features_template",
     "derive_key_id",
+    "format_time",
     "open_document",
+    "strict_loads",
 ]
 
 

@@ -4,7 +4,7 @@ Handlers validate bodies (unknown fields refused, sizes bounded), call the servi
 and map :class:`meterbox.errors.MeterboxError` codes to HTTP statuses with the
 documented error body ``{"error": {"code", "message", "hint"}}``. Admin endpoints
 need ``Authorization: Bearer <admin token>``, compared in constant time and never
-logged. A background task culls expired leases every ``Settings.cull_interval`` s.
+logged. A background task culls expired leases every ``ServiceConfig.cull_interval`` s.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from meterbox import __version__
 from meterbox.errors import MeterboxError
 from meterbox.server import _metrics as metrics
-from meterbox.server._core.seats import Lease
+from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
 from meterbox.server._service import LicenseService
 
@@ -39,7 +39,7 @@ ImportHandler = Callable[[LicenseService, bytes], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
-class Limits:
+class HttpLimitsConfig:
     """Request size limits."""
 
     max_body_bytes: int = 1 << 20
@@ -148,7 +148,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in codes}
 
 
-def _lease_out(lease: Lease, renewed: bool = False) -> LeaseOut:
+def _lease_out(lease: SeatLease, renewed: bool = False) -> LeaseOut:
     return LeaseOut(
         lease_id=lease.lease_id,
         feature=lease.feature,
@@ -221,11 +221,11 @@ _BEARER = HTTPBearer(auto_error=False, description="The admin token of this serv
 _AdminCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 
 
-def create_app(
+def build_app(
     service: LicenseService,
     *,
     admin_token: str,
-    limits: Limits = Limits(),
+    limits: HttpLimitsConfig = HttpLimitsConfig(),
     export_report: ExportHandler | None = None,
     import_file: ImportHandler | None = None,
     housekeeping: bool = True,
@@ -233,8 +233,24 @@ def create_app(
     """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters."""
     if len(admin_token) < 16:
         raise ValueError("admin_token must be at least 16 characters")
-    token = admin_token.encode()
+    app = FastAPI(
+        title="meterbox license server",
+        version=__version__,
+        lifespan=_lifespan(service, housekeeping),
+        description="On-site floating seats and metered usage, every event in a sealed ledger.",
+    )
+    _add_error_handlers(app)
+    _add_seat_and_usage_routes(app, service)
+    _add_status_routes(app, service)
+    _add_admin_routes(app, service, admin_token.encode(), export_report, import_file)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    return app
 
+
+def _lifespan(
+    service: LicenseService, housekeeping: bool
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(service.run_housekeeping()) if housekeeping else None
@@ -247,24 +263,10 @@ def create_app(
                     await task
             await service.aclose()
 
-    app = FastAPI(
-        title="meterbox license server",
-        version=__version__,
-        lifespan=lifespan,
-        description="On-site floating seats and metered usage, every event in a sealed ledger.",
-    )
+    return lifespan
 
-    def require_admin(creds: _AdminCreds) -> None:
-        given = creds.credentials.encode() if creds is not None else b""
-        # Constant-time comparison; the token itself is never logged or echoed.
-        if creds is None or not hmac.compare_digest(given, token):
-            raise UnauthorizedError(
-                "Admin endpoint needs the admin token",
-                expected="an 'Authorization: Bearer <admin token>' header",
-                found="no token" if creds is None else "a token that does not match",
-                hint="Use the token printed by `meterbox server init` (admin.token file)",
-            )
 
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MeterboxError)
     async def _meterbox_error(_: Request, exc: MeterboxError) -> JSONResponse:
         code = exc.code if exc.code in HTTP_STATUS else "bad_request"
@@ -302,6 +304,8 @@ def create_app(
         message = f"{str(exc.detail).rstrip('.')}. Expected {expected}. Found {found}."
         return _error(code, message, status=exc.status_code)
 
+
+def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
     # ----------------------------------------------------------------- seats
     @app.post(
         "/v1/seats/checkout",
@@ -354,6 +358,8 @@ def create_app(
     async def balances() -> BalancesOut:
         return BalancesOut(meters=[BalanceOut(**b) for b in service.engine.balances(service.now())])
 
+
+def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
     # ------------------------------------------------------- licenses/status
     @app.get("/v1/licenses")
     async def licenses() -> LicensesOut:
@@ -382,6 +388,25 @@ def create_app(
             now=now,
         )
         return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+
+def _add_admin_routes(
+    app: FastAPI,
+    service: LicenseService,
+    token: bytes,
+    export_report: ExportHandler | None,
+    import_file: ImportHandler | None,
+) -> None:
+    def require_admin(creds: _AdminCreds) -> None:
+        given = creds.credentials.encode() if creds is not None else b""
+        # Constant-time comparison; the token itself is never logged or echoed.
+        if creds is None or not hmac.compare_digest(given, token):
+            raise UnauthorizedError(
+                "Admin endpoint needs the admin token",
+                expected="an 'Authorization: Bearer <admin token>' header",
+                found="no token" if creds is None else "a token that does not match",
+                hint="Use the token printed by `meterbox server init` (admin.token file)",
+            )
 
     # ----------------------------------------------------------------- admin
     admin = [Depends(require_admin)]
@@ -419,34 +444,29 @@ def create_app(
         data = await request.body()
         return dict(await import_file(service, data))
 
-    def custom_openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        # Validation failures answer 400 with the common error body, not FastAPI's 422.
-        for path in schema.get("paths", {}).values():
-            for op in path.values():
-                responses = op.get("responses", {})
-                if responses.pop("422", None) is not None:
-                    responses["400"] = {
-                        "description": "Bad Request",
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/ErrorOut"}
-                            }
-                        },
-                    }
-        components = schema.get("components", {}).get("schemas", {})
-        for unused in ("HTTPValidationError", "ValidationError"):
-            components.pop(unused, None)
-        app.openapi_schema = schema
-        return schema
 
-    app.openapi = custom_openapi  # type: ignore[method-assign]
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
-    return app
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    # Validation failures answer 400 with the common error body, not FastAPI's 422.
+    for path in schema.get("paths", {}).values():
+        for op in path.values():
+            responses = op.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses["400"] = {
+                    "description": "Bad Request",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}
+                    },
+                }
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema
 
 
 def _not_configured(what: str) -> MeterboxError:

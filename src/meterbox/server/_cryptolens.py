@@ -71,7 +71,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,15 +81,14 @@ from typing import Final
 from starlette.types import ASGIApp
 
 from meterbox.compat import CryptolensSigner, create_cryptolens_app, with_cryptolens_api
-from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObject
+from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
 from meterbox.compat.errors import UnknownDataObject
 from meterbox.compat.mapping import view_from_license
 from meterbox.compat.rules import CLIENT_PREFIX, check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable, StateError
 from meterbox.ledger.records import MachineActivated, MachineDeactivated
-from meterbox.licenses import DataObject as LicenseDataObject
-from meterbox.licenses import License
-from meterbox.server._core.seats import Lease
+from meterbox.licenses import DataObject, License
+from meterbox.server._core.seats import SeatLease
 from meterbox.server._instance import CRYPTOLENS_KEY, ServerInstance
 
 __all__ = [
@@ -274,7 +273,7 @@ class EngineCryptolensBackend:
     def _now(self) -> datetime:
         return self._service.now()
 
-    def _machine(self, lease: Lease) -> ActivatedMachine:
+    def _machine(self, lease: SeatLease) -> ActivatedMachine:
         seen = self._seen.get((lease.license_id, lease.client_id))
         return ActivatedMachine(
             machine_code=lease.client_id,
@@ -285,7 +284,7 @@ class EngineCryptolensBackend:
             overdraft=lease.overdraft,
         )
 
-    def _live(self, license_id: str) -> list[Lease]:
+    def _live(self, license_id: str) -> list[SeatLease]:
         section = self._license(license_id).cryptolens
         if section is None or section.feature is None:
             return []
@@ -295,9 +294,9 @@ class EngineCryptolensBackend:
             key=lambda x: (x.issued_at, x.client_id),
         )
 
-    def _value(self, license_id: str, obj: LicenseDataObject) -> DataObject:
+    def _value(self, license_id: str, obj: DataObject) -> DataObjectView:
         net = self._nets.get((license_id, obj.id), 0)
-        return DataObject(
+        return DataObjectView(
             obj.id,
             obj.name,
             obj.string_value,
@@ -415,7 +414,7 @@ class EngineCryptolensBackend:
     # --------------------------------------------------------- data objects
     async def change_data_object(
         self, license_id: str, object_id: int, name: str, delta: int, bound: int | None
-    ) -> DataObject:
+    ) -> DataObjectView:
         lic = self._license(license_id)
         objects = lic.cryptolens.data_objects if lic.cryptolens else ()
         async with self._lock:
@@ -447,15 +446,13 @@ class EngineCryptolensBackend:
             self._nets[(license_id, target.id)] = net + delta
             return self._value(license_id, target)
 
-    async def data_objects(self, license_id: str) -> list[DataObject]:
+    async def data_objects(self, license_id: str) -> list[DataObjectView]:
         section = self._license(license_id).cryptolens
         objects = section.data_objects if section else ()
         return [self._value(license_id, o) for o in sorted(objects, key=lambda o: o.id)]
 
 
-def _find_object(
-    objects: tuple[LicenseDataObject, ...], object_id: int, name: str
-) -> LicenseDataObject:
+def _find_object(objects: tuple[DataObject, ...], object_id: int, name: str) -> DataObject:
     """By ``object_id`` when it is not 0, else by exact ``name`` (as the test double does)."""
     if object_id != 0:
         for o in objects:
@@ -478,7 +475,7 @@ def _find_object(
     )
 
 
-def _charged(obj: LicenseDataObject, net: int) -> int:
+def _charged(obj: DataObject, net: int) -> int:
     """Units the object has charged to its meter, from the net change of its value."""
     return net if obj.charge == "increment" else -net
 
@@ -491,5 +488,4 @@ def mount_cryptolens(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
     """
     backend = EngineCryptolensBackend(instance)
     signer = CryptolensSigner.load(instance.data / CRYPTOLENS_KEY)
-    clock: Callable[[], float] = lambda: instance.clock.wall_ms() / 1000  # noqa: E731
-    return with_cryptolens_api(app, create_cryptolens_app(backend, signer, clock))
+    return with_cryptolens_api(app, create_cryptolens_app(backend, signer, instance.clock))

@@ -1,16 +1,13 @@
-"""Errors specific to the on-site license server.
+"""Errors specific to the on-site license server, and their HTTP statuses.
 
-::
+The server raises the shared classes of :mod:`meterbox.errors` (``UnknownMeter``,
+``LeaseNotFound``, ``IdempotencyConflictError``, ``UnavailableError``,
+``UnauthorizedError``, the ``LicenseDenied`` family); they are re-exported here so
+server modules import their errors from one place. Only one concept is the
+server's own::
 
-    meterbox.errors.LicenseDenied
-    ├── NoSeatAvailable, QuotaExceeded, ReportOverdue, LicenseExpired, UnknownFeature
-    ├── UnknownMeter           the meter is named by no installed license
-    └── LeaseNotFound          the lease expired, was released, or never existed
-    meterbox.errors.MeterboxError
-    ├── IdempotencyConflictError    an idempotency key was reused for a different request
-    ├── TopupAlreadyAppliedError    the same top-up file was imported a second time
-    ├── UnavailableError           the event sink (ledger) cannot accept records right now
-    └── UnauthorizedError          an admin request without the right bearer token
+    meterbox.errors.StateError
+    └── TopupAlreadyAppliedError    the same top-up file was imported a second time
 
 Every class carries a stable ``code``; :data:`HTTP_STATUS` maps codes to the HTTP
 status documented in ``docs/api.md``.
@@ -20,31 +17,31 @@ from __future__ import annotations
 
 from typing import Final
 
-from meterbox.errors import LicenseDenied, MeterboxError, StateError
+from meterbox.errors import (
+    IdempotencyConflictError,
+    LeaseNotFound,
+    StateError,
+    UnauthorizedError,
+    UnavailableError,
+    UnknownMeter,
+)
 
-
-class UnknownMeter(LicenseDenied):
-    code = "unknown_meter"
-
-
-class LeaseNotFound(LicenseDenied):
-    code = "lease_not_found"
-
-
-class IdempotencyConflictError(MeterboxError):
-    code = "idempotency_conflict"
+__all__ = [
+    "HTTP_STATUS",
+    "IdempotencyConflictError",
+    "LeaseNotFound",
+    "TopupAlreadyAppliedError",
+    "UnauthorizedError",
+    "UnavailableError",
+    "UnknownMeter",
+    "http_status",
+]
 
 
 class TopupAlreadyAppliedError(StateError):
+    """A top-up whose id the server has already applied; applying it twice would pay twice."""
+
     code = "topup_already_applied"
-
-
-class UnavailableError(MeterboxError):
-    code = "unavailable"
-
-
-class UnauthorizedError(MeterboxError):
-    code = "unauthorized"
 
 
 #: HTTP status for each error code the server can answer with.

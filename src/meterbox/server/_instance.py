@@ -18,6 +18,7 @@ open the directory directly when it does not.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -25,20 +26,19 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from meterbox._fs import atomic_write, check_private_dir
 from meterbox.clock import Clock, SystemClock
 from meterbox.compat.signer import CryptolensSigner
 from meterbox.errors import ConfigError, FormatError, StateError, VerificationError
 from meterbox.ledger import Head, LedgerWriter, RecordType, export_report
-from meterbox.ledger._files import check_private_dir, write_private_atomic
 from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
-from meterbox.server._service import LicenseService, Settings
+from meterbox.server._service import LicenseService, ServiceConfig, Sleep
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 
@@ -156,8 +156,8 @@ def init_server(
     check_private_dir(data)
     (data / LICENSES_DIR).mkdir(exist_ok=True, mode=0o700)
     for lic, blob in licenses:
-        write_private_atomic(data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
-    write_private_atomic(data / VENDOR_PUB, bundle_bytes, mode=0o644)
+        atomic_write(data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
+    atomic_write(data / VENDOR_PUB, bundle_bytes, mode=0o644)
     key = bundle.current
     writer = LedgerWriter.create(
         data / LEDGER_DIR,
@@ -175,13 +175,13 @@ def init_server(
     finally:
         writer.close()
     token = secrets.token_urlsafe(32)
-    write_private_atomic(data / ADMIN_TOKEN, token.encode())
+    atomic_write(data / ADMIN_TOKEN, token.encode())
     if not (data / CRYPTOLENS_KEY).exists():
         CryptolensSigner.generate(data / CRYPTOLENS_KEY)
     store = StateStore(data / STATE_DB)
     try:
         store.initialize(
-            init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+            init_time=clock.now(),
             instance_id=writer.instance_id.hex(),
         )
     finally:
@@ -216,8 +216,9 @@ class ServerInstance:
         data: Path,
         *,
         clock: Clock | None = None,
-        settings: Settings | None = None,
+        settings: ServiceConfig | None = None,
         force_recover: bool = False,
+        sleep: Sleep = asyncio.sleep,
     ) -> ServerInstance:
         clock = clock or SystemClock()
         if not (data / LEDGER_DIR).exists():
@@ -243,7 +244,7 @@ class ServerInstance:
             raise
         try:
             store.initialize(
-                init_time=datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
+                init_time=clock.now(),
                 instance_id=writer.instance_id.hex(),
             )
             policies = [policy_from_license(lic) for lic, _ in licenses]
@@ -262,9 +263,9 @@ class ServerInstance:
                 store,
                 policies,
                 sink,
-                settings=settings or Settings(),
-                wall=lambda: datetime.fromtimestamp(clock.wall_ms() / 1000, UTC),
-                monotonic=lambda: clock.mono_ms() / 1000,
+                settings=settings or ServiceConfig(),
+                clock=clock,
+                sleep=sleep,
             )
         except BaseException:
             writer.close()
@@ -332,7 +333,7 @@ class ServerInstance:
             )
         # Check it names a point of this very ledger before anything changes.
         removed = self.writer.compact(head)
-        write_private_atomic(
+        atomic_write(
             self.data / RECEIPT_FILE,
             json.dumps(
                 {
@@ -357,7 +358,7 @@ class ServerInstance:
     async def _import_license(self, lic: License, blob: bytes) -> dict[str, Any]:
         _check_license_for_site(lic, machine_fingerprint())
         await self.service.install_license(policy_from_license(lic), blob)
-        write_private_atomic(self.data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
+        atomic_write(self.data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
         self.licenses = [(x, b) for x, b in self.licenses if x.license_id != lic.license_id]
         self.licenses.append((lic, blob))
         return {"imported": "license", "license_id": lic.license_id}
@@ -397,9 +398,7 @@ def read_admin_token(data: Path) -> str:
 
 
 def write_run_file(data: Path, url: str) -> None:
-    write_private_atomic(
-        data / RUN_FILE, json.dumps({"url": url, "pid": os.getpid()}).encode(), mode=0o600
-    )
+    atomic_write(data / RUN_FILE, json.dumps({"url": url, "pid": os.getpid()}).encode(), mode=0o600)
 
 
 def read_run_file(data: Path) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,15 +11,15 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from meterbox.clock import Clock
-from meterbox.server._app import Limits, create_app
+from meterbox.server._app import HttpLimitsConfig, build_app
 from meterbox.server._cryptolens import mount_cryptolens
-from meterbox.server._dashboard import mount_dashboard
+from meterbox.server._dashboard import build_site_dashboard
 from meterbox.server._instance import ServerInstance, read_admin_token
-from meterbox.server._service import LicenseService, Settings
+from meterbox.server._service import LicenseService, ServiceConfig, Sleep
 
 
 @dataclass
-class BuiltApp:
+class BuiltServer:
     app: ASGIApp
     instance: ServerInstance
 
@@ -26,16 +27,18 @@ class BuiltApp:
         self.instance.close()
 
 
-def build_app(
+def build_server(
     data: Path,
     *,
     clock: Clock | None = None,
-    settings: Settings | None = None,
-    limits: Limits | None = None,
+    settings: ServiceConfig | None = None,
+    limits: HttpLimitsConfig | None = None,
     force_recover: bool = False,
-) -> BuiltApp:
+    sleep: Sleep = asyncio.sleep,
+) -> BuiltServer:
+    """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService)."""
     instance = ServerInstance.open(
-        data, clock=clock, settings=settings, force_recover=force_recover
+        data, clock=clock, settings=settings, force_recover=force_recover, sleep=sleep
     )
 
     async def export_handler(_: LicenseService) -> bytes:
@@ -44,10 +47,10 @@ def build_app(
     async def import_handler(_: LicenseService, blob: bytes) -> Mapping[str, Any]:
         return await instance.import_bytes(blob)
 
-    app: ASGIApp = create_app(
+    app: ASGIApp = build_app(
         instance.service,
         admin_token=read_admin_token(data),
-        limits=limits or Limits(),
+        limits=limits or HttpLimitsConfig(),
         export_report=export_handler,
         import_file=import_handler,
     )
@@ -55,8 +58,8 @@ def build_app(
         # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.
         app = mount_cryptolens(app, instance)
         # The site admin dashboard answers /, /login, /logout and /ui/ only.
-        app = mount_dashboard(app, instance)
+        app = build_site_dashboard(app, instance)
     except BaseException:
         instance.close()
         raise
-    return BuiltApp(app, instance)
+    return BuiltServer(app, instance)

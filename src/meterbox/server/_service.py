@@ -24,9 +24,10 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from meterbox.clock import Clock, SystemClock
 from meterbox.errors import NoSeatAvailable
 from meterbox.ledger.records import (
     Heartbeat,
@@ -57,18 +58,23 @@ from meterbox.server._core.changes import (
 )
 from meterbox.server._core.clock import DEFAULT_STEP_THRESHOLD, LicenseClock
 from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
-from meterbox.server._core.meters import IdemEntry, Topup, UsageResult, fingerprint
+from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
-from meterbox.server._core.seats import Lease, SeatDecision, hour_of
+from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
 from meterbox.server._errors import UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
 
 log = logging.getLogger("meterbox.server")
 
+#: How the housekeeping loop waits between rounds, :func:`asyncio.sleep` by default.
+#: Stopping the server cancels the loop, so the wait needs no stop signal of its own.
+#: Tests pass their own to run each round when they choose instead of sleeping.
+Sleep = Callable[[float], Awaitable[None]]
+
 
 @dataclass(frozen=True)
-class Settings:
+class ServiceConfig:
     """Timing knobs of a running server."""
 
     #: Seconds between culls of expired leases (Keygen Relay culls every 15 s).
@@ -105,20 +111,20 @@ class LicenseService:
         store: StateStore,
         sink: EventSink,
         *,
-        clock: LicenseClock,
+        license_clock: LicenseClock,
         instance_id: str,
-        settings: Settings = Settings(),
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        monotonic: Callable[[], float] = time.monotonic,
+        settings: ServiceConfig = ServiceConfig(),
+        clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.engine = engine
         self.store = store
         self.sink = sink
-        self.clock = clock
+        self.license_clock = license_clock
         self.instance_id = instance_id
         self.settings = settings
-        self._wall = wall
-        self._mono = monotonic
+        self._clock = clock or SystemClock()
+        self._sleep = sleep
         self._lock = asyncio.Lock()
         self._persist = GroupCommitter[list[Change], None](self._flush_state)
         #: Changes whose state commit failed (a full disk), committed before the next ones.
@@ -145,36 +151,37 @@ class LicenseService:
         licenses: Iterable[LicensePolicy],
         sink: EventSink,
         *,
-        settings: Settings = Settings(),
+        settings: ServiceConfig = ServiceConfig(),
         rng: Callable[[int], bytes] = os.urandom,
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> LicenseService:
         """Load the state (initialising it on first use) and build a service on it."""
-        now = wall()
+        clock = clock or SystemClock()
+        now = clock.now()
         store.initialize(init_time=now, instance_id=rng(16).hex())
         snap = store.load()
         engine = snap.engine(licenses, rng=rng)
         floor = max(t for t in (snap.clock_floor, snap.init_time, now) if t is not None)
         if snap.last_receipt is not None:
             floor = max(floor, snap.last_receipt.vendor_time)
-        clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)
+        license_clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)
         assert snap.instance_id is not None
         return cls(
             engine,
             store,
             sink,
-            clock=clock,
+            license_clock=license_clock,
             instance_id=snap.instance_id,
             settings=settings,
-            wall=wall,
-            monotonic=monotonic,
+            clock=clock,
+            sleep=sleep,
         )
 
     # -------------------------------------------------------------- clock
     def now(self) -> datetime:
         """License time; a detected wall-clock step is queued as a ``clock.step`` record."""
-        reading = self.clock.observe(self._wall(), self._mono())
+        reading = self.license_clock.observe(self._clock.now(), self._clock.mono_ms() / 1000)
         if reading.step is not None:
             self.clock_steps += 1
             # The ledger writer records the step itself (CLOCK_STEP is evidence the
@@ -420,7 +427,9 @@ class LicenseService:
         return result
 
     # ------------------------------------------------------------ imports
-    async def import_topup(self, topup_id: str, license_id: str, meter: str, amount: int) -> Topup:
+    async def import_topup(
+        self, topup_id: str, license_id: str, meter: str, amount: int
+    ) -> AppliedTopup:
         async with self._lock:
             now = self.now()
             topup = self.engine.apply_topup(topup_id, license_id, meter, amount, now)
@@ -442,7 +451,7 @@ class LicenseService:
             previous = self.engine.last_receipt
             if not self.engine.import_receipt(receipt):
                 return False
-            self.clock.raise_floor(receipt.vendor_time)
+            self.license_clock.raise_floor(receipt.vendor_time)
             now = self.now()
             task = self._write(
                 ReceiptImported(
@@ -495,7 +504,7 @@ class LicenseService:
         return seq
 
     # ---------------------------------------------------------- housekeeping
-    async def cull(self) -> list[Lease]:
+    async def cull(self) -> list[SeatLease]:
         """Expire leases past their end, raise hourly peaks; write and persist it all."""
         async with self._lock:
             now = self.now()
@@ -534,13 +543,17 @@ class LicenseService:
         return len(keys)
 
     async def run_housekeeping(self) -> None:
-        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals."""
-        last_beat = last_prune = time.monotonic()
+        """Cull every ``cull_interval`` s; heartbeat and prune at their own intervals.
+
+        The waits go through the injected ``sleep`` and the intervals are measured on the
+        injected clock's monotonic time, so a test can run each round at a time of its choosing.
+        """
+        last_beat = last_prune = self._clock.mono_ms() / 1000
         while True:
-            await asyncio.sleep(self.settings.cull_interval)
+            await self._sleep(self.settings.cull_interval)
             try:
                 await self.cull()
-                mono = time.monotonic()
+                mono = self._clock.mono_ms() / 1000
                 if mono - last_beat >= self.settings.heartbeat_interval:
                     last_beat = mono
                     await self.write_heartbeat()
@@ -590,4 +603,4 @@ class LicenseService:
                 await s
 
 
-__all__ = ["LicenseService", "Settings"]
+__all__ = ["LicenseService", "ServiceConfig", "Sleep"]

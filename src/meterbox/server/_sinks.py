@@ -28,24 +28,6 @@ from meterbox.errors import FormatError
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._errors import UnavailableError
 
-#: Record kinds the server writes.
-RECORD_KINDS = (
-    "seat.checkout",
-    "seat.renew",
-    "seat.release",
-    "seat.expire",
-    "seat.denied",
-    "usage",
-    "usage.decrement",
-    "topup.imported",
-    "receipt.imported",
-    "license.installed",
-    "clock.step",
-    "heartbeat",
-    "boot",
-    "shutdown",
-)
-
 _LEN = struct.Struct(">I")
 _ZERO = bytes(32)
 

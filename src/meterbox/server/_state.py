@@ -45,9 +45,9 @@ from meterbox.server._core.changes import (
     UsageDelta,
 )
 from meterbox.server._core.engine import Engine, ReceiptInfo
-from meterbox.server._core.meters import IdemEntry, MeterBook, Topup, UsageResult
+from meterbox.server._core.meters import AppliedTopup, IdemEntry, MeterBook, UsageResult
 from meterbox.server._core.policy import LicensePolicy
-from meterbox.server._core.seats import Lease, SeatBook
+from meterbox.server._core.seats import SeatBook, SeatLease
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +90,7 @@ def from_us(us: int) -> datetime:
 
 
 @dataclass
-class Snapshot:
+class StateSnapshot:
     """Everything loaded back from the store at start-up."""
 
     init_time: datetime | None = None
@@ -98,11 +98,11 @@ class Snapshot:
     clock_floor: datetime | None = None
     last_seq: int = 0
     last_receipt: ReceiptInfo | None = None
-    leases: list[Lease] = field(default_factory=list)
+    leases: list[SeatLease] = field(default_factory=list)
     denials: dict[str, int] = field(default_factory=dict)
     peaks: dict[tuple[str, datetime], int] = field(default_factory=dict)
     usage: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    topups: list[Topup] = field(default_factory=list)
+    topups: list[AppliedTopup] = field(default_factory=list)
     idempotency: dict[str, IdemEntry] = field(default_factory=dict)
     licenses: dict[str, bytes] = field(default_factory=dict)
 
@@ -332,7 +332,7 @@ class StateStore:
             return cur.rowcount
 
     # ---------------------------------------------------------------- reads
-    def load(self) -> Snapshot:
+    def load(self) -> StateSnapshot:
         """Read everything back; a damaged file is a :class:`StateError`, never a crash."""
         try:
             return self._load()
@@ -351,10 +351,10 @@ class StateStore:
                 hint="Restore the file from backup or point the server at a new directory",
             ) from None
 
-    def _load(self) -> Snapshot:
+    def _load(self) -> StateSnapshot:
         with self._lock:
             db = self._db
-            snap = Snapshot()
+            snap = StateSnapshot()
             if (v := self._meta("init_time")) is not None:
                 snap.init_time = from_us(int(v))
             snap.instance_id = self._meta("instance_id")
@@ -369,7 +369,7 @@ class StateStore:
                 "lease_seconds, overdraft, hostname, recorded_at FROM leases WHERE ended = 0"
             ):
                 snap.leases.append(
-                    Lease(
+                    SeatLease(
                         lease_id=row[0],
                         feature=row[1],
                         client_id=row[2],
@@ -389,7 +389,7 @@ class StateStore:
                 (lid, m, p): max(0, int(u)) for lid, m, p, u in db.execute("SELECT * FROM usage")
             }
             snap.topups = [
-                Topup(tid, lid, m, int(a), p, from_us(at))
+                AppliedTopup(tid, lid, m, int(a), p, from_us(at))
                 for tid, lid, m, a, p, at in db.execute(
                     "SELECT topup_id, license_id, meter, amount, period, applied_at FROM topups"
                 )

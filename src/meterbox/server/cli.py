@@ -2,7 +2,7 @@
 
 Settings come from flags, then METERBOX_* environment variables, then a TOML file
 given with ``--config`` (keys named like the long flags, e.g. ``port = 8080``).
-Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification failed, 4 state.
+Exit codes are the shared table of :mod:`meterbox._cli_support` (docs/api.md).
 """
 
 from __future__ import annotations
@@ -22,22 +22,21 @@ import httpx
 import typer
 from rich.console import Console
 
-from meterbox.errors import ConfigError, FormatError, MeterboxError, StateError, VerificationError
+from meterbox._cli_support import EXIT_CODES_HELP, exit_code_for
+from meterbox.errors import ConfigError, MeterboxError, StateError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False, epilog=EXIT_CODES_HELP)
 out = Console()
 err = Console(stderr=True)
 
 DataOption = Annotated[
     Path, typer.Option("--data", envvar="METERBOX_DATA", help="Server data directory.")
 ]
-_EXIT = {ConfigError: 2, FormatError: 2, VerificationError: 3, StateError: 4}
 
 
 def _fail(exc: MeterboxError) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc.render()}", highlight=False)
-    code = next((c for cls, c in _EXIT.items() if isinstance(exc, cls)), 1)
-    raise typer.Exit(code)
+    raise typer.Exit(exit_code_for(exc))
 
 
 @contextmanager
@@ -124,7 +123,7 @@ def run(
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     import uvicorn
 
-    from meterbox.server._runtime import build_app
+    from meterbox.server._runtime import build_server
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     conf = _config(config)
@@ -151,7 +150,7 @@ def run(
         )
     log_config = _setup_logging(log_level)
     with _errors():
-        built = build_app(data, force_recover=force_recover)
+        built = build_server(data, force_recover=force_recover)
     scheme = "https" if tls_cert else "http"
     uv_config = uvicorn.Config(
         built.app,

@@ -186,6 +186,20 @@ def _ms(value: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordDetails:
+    """What the checks read of a record beyond its type and clocks; all optional."""
+
+    #: The lease a seat record opens or closes.
+    lease: str | None = None
+    #: Seats in use, from a heartbeat.
+    in_use: int | None = None
+    #: The step of a CLOCK_STEP record, in ms.
+    step_ms: int | None = None
+    #: The vendor time of an imported receipt, in ms (0: not a receipt).
+    receipt_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class _Seen:
     """The last record with a known monotonic time: what the next one is compared with."""
 
@@ -285,10 +299,9 @@ class ClockChecker:
             record.wall_ms,
             record.mono_ms,
             acked=acked,
-            lease=lease,
-            in_use=in_use,
-            step_ms=step_ms,
-            receipt_ms=receipt_ms,
+            details=RecordDetails(
+                lease=lease, in_use=in_use, step_ms=step_ms, receipt_ms=receipt_ms
+            ),
         )
 
     def observe(
@@ -299,12 +312,15 @@ class ClockChecker:
         mono_ms: int,
         *,
         acked: bool = False,
-        lease: str | None = None,
-        in_use: int | None = None,
-        step_ms: int | None = None,
-        receipt_ms: int = 0,
+        details: RecordDetails = RecordDetails(),
     ) -> None:
         """One record reduced to what the checks read (``mono_ms < 0``: not known)."""
+        lease, in_use, step_ms, receipt_ms = (
+            details.lease,
+            details.in_use,
+            details.step_ms,
+            details.receipt_ms,
+        )
         p = self.policy
         report = not acked
         if report and wall_ms > self._now + p.future_tolerance_ms:

@@ -64,13 +64,14 @@ import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
 
+from meterbox.clock import SystemClock
 from meterbox.errors import ConfigError, FormatError, VerificationError
 from meterbox.ledger import (
     ChainState,
@@ -102,9 +103,15 @@ from meterbox.vendorkit._db.store import (
     ReportSpan,
     VendorStore,
 )
-from meterbox.vendorkit.anomaly import Anomaly, Thresholds, detect
-from meterbox.vendorkit.anomaly._store import INGEST_REPORTS, INGEST_WINDOW_MS, Pending
-from meterbox.vendorkit.anomaly._store import instance_history as stored_history
+from meterbox.vendorkit.anomaly import (
+    INGEST_REPORTS,
+    INGEST_WINDOW_MS,
+    Anomaly,
+    Pending,
+    Thresholds,
+    detect,
+)
+from meterbox.vendorkit.anomaly import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
 from meterbox.vendorkit.keys import VendorKeys, atomic_write
 
@@ -588,7 +595,7 @@ def ingest(
     """Verify and store one report; sign and write a receipt when it is accepted."""
     report_path = Path(report_path)
     _check_input(report_path)
-    vendor_now = now or datetime.now(UTC)
+    vendor_now = now or SystemClock().now()
     now_ms = int(vendor_now.timestamp() * 1000)
     keys = VendorKeys.load(home)
     ledger_keys: dict[bytes, X25519PrivateKey] = {

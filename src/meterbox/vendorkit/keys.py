@@ -20,12 +20,9 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -33,14 +30,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meterbox import crypto
+from meterbox._fs import atomic_write, check_private_file, write_new_file
+from meterbox.clock import Clock, SystemClock
 from meterbox.errors import FormatError, StateError
 from meterbox.licenses import (
     DocumentSigner,
+    Fields,
     VendorPublicBundle,
     VendorPublicKey,
+    canonical_json,
     derive_key_id,
+    format_time,
+    strict_loads,
 )
-from meterbox.licenses._codec import Fields, canonical_json, format_time, strict_loads
 
 PRIVATE_FORMAT: Final = "meterbox-vendor-key/1"
 BUNDLE_FILE: Final = "vendor.pub"
@@ -57,57 +59,6 @@ __all__ = [
     "rotate",
     "write_new_file",
 ]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Create ``path`` holding ``data``; refuse if it exists (``O_EXCL``), fsync it."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise StateError(
-            "refusing to overwrite an existing file",
-            expected="a path that does not exist yet",
-            found=str(path),
-            hint="Choose another output path or move the existing file away",
-        ) from None
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -246,23 +197,10 @@ class VendorKeys:
         pairs: dict[bytes, VendorKeyPair] = {}
         for key in bundle.keys:
             path = home / KEYS_DIR / f"{key.key_id.hex()}.key"
-            try:
-                st = path.stat()
-            except FileNotFoundError:
+            if not check_private_file(path, what="vendor private key file"):
                 continue  # __post_init__ reports the missing file
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                raise StateError(
-                    "vendor private key file is readable by other users",
-                    expected="mode 0600",
-                    found=f"mode {stat.S_IMODE(st.st_mode):04o} on {path}",
-                    hint=f"run `chmod 600 {path}` and check who may have copied it",
-                )
             pairs[key.key_id] = VendorKeyPair.from_private_bytes(path.read_bytes(), str(path))
         return cls(bundle, pairs)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _write_pair(home: Path, pair: VendorKeyPair) -> None:
@@ -274,7 +212,7 @@ def _write_pair(home: Path, pair: VendorKeyPair) -> None:
 def init(
     home: Path,
     *,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Clock | None = None,
     pair: VendorKeyPair | None = None,
 ) -> VendorKeys:
     """Create the vendor's first key pair and ``vendor.pub`` in ``home``."""
@@ -290,7 +228,7 @@ def init(
             "that signed licenses in use",
         )
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pair = pair or VendorKeyPair.generate(clock())
+    pair = pair or VendorKeyPair.generate((clock or SystemClock()).now())
     _write_pair(home, pair)
     bundle = VendorPublicBundle((pair.public,), pair.key_id)
     atomic_write(existing, bundle.to_bytes(), mode=0o644)
@@ -300,13 +238,13 @@ def init(
 def rotate(
     home: Path,
     *,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Clock | None = None,
     pair: VendorKeyPair | None = None,
 ) -> VendorKeys:
     """Add a new key pair and make it current; keep every old one."""
     home = Path(home)
     keys = VendorKeys.load(home)
-    pair = pair or VendorKeyPair.generate(clock())
+    pair = pair or VendorKeyPair.generate((clock or SystemClock()).now())
     # The private file first: a crash before the bundle is replaced leaves an unused
     # file behind, never a published key without its private half.
     _write_pair(home, pair)

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from meterbox.server._core.engine import ReceiptInfo
-from meterbox.server._core.meters import IdemEntry, Topup
-from meterbox.server._core.seats import Lease
+from meterbox.server._core.meters import AppliedTopup, IdemEntry
+from meterbox.server._core.seats import SeatLease
 
 
 @dataclass(frozen=True)
 class LeasePut:
     """A lease granted or renewed (``ended=False``) or released/expired (``ended=True``)."""
 
-    lease: Lease
+    lease: SeatLease
     ended: bool = False
 
 
@@ -57,7 +57,7 @@ class IdemDrop:
 
 @dataclass(frozen=True)
 class TopupPut:
-    topup: Topup
+    topup: AppliedTopup
 
 
 @dataclass(frozen=True)

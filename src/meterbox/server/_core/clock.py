@@ -15,11 +15,14 @@ license time forward, which only shortens what the customer gets, and is recorde
 Invariants: :meth:`LicenseClock.observe` never returns a time earlier than any time
 it returned before, nor earlier than any floor given to :meth:`raise_floor`.
 
-Step detection compares the wall clock with the monotonic clock: between two
+Step notices compare the wall clock with the monotonic clock: between two
 observations both should advance by the same amount; a difference beyond
 ``step_threshold`` seconds (default 300 s, three times tighter than RLM's 15-minute
-TIMEJUMP) is a clock step, reported once as a :class:`ClockStep`. The class is pure:
-the caller passes both clock readings in.
+TIMEJUMP) is reported once as a :class:`ClockStepNotice`. A notice is for the
+operator only (the ``meterbox_clock_steps_total`` metric, ``/v1/status``, the
+dashboard and the log). The evidence is the ledger's own ``CLOCK_STEP`` record,
+which the ledger writer seals by itself with the same threshold; nothing here is
+written to the ledger. The class is pure: the caller passes both clock readings in.
 """
 
 from __future__ import annotations
@@ -31,26 +34,18 @@ DEFAULT_STEP_THRESHOLD = 300.0
 
 
 @dataclass(frozen=True)
-class ClockStep:
-    """The wall clock moved by ``delta_seconds`` more than the monotonic clock did."""
+class ClockStepNotice:
+    """For the operator: the wall clock moved by ``delta_seconds`` more than the monotonic one."""
 
     wall_before: datetime
     wall_after: datetime
     delta_seconds: float
 
-    def payload(self) -> dict[str, object]:
-        """Compact ledger payload for a ``clock.step`` record."""
-        return {
-            "b": self.wall_before.isoformat(),
-            "a": self.wall_after.isoformat(),
-            "d": round(self.delta_seconds, 3),
-        }
-
 
 @dataclass(frozen=True)
 class ClockReading:
     now: datetime
-    step: ClockStep | None = None
+    step: ClockStepNotice | None = None
 
 
 class LicenseClock:
@@ -85,12 +80,12 @@ class LicenseClock:
 
     def observe(self, wall: datetime, mono: float) -> ClockReading:
         """License time for a wall-clock reading and a monotonic reading (seconds)."""
-        step: ClockStep | None = None
+        step: ClockStepNotice | None = None
         if self._last_wall is not None and self._last_mono is not None:
             expected = self._last_wall + timedelta(seconds=mono - self._last_mono)
             delta = (wall - expected).total_seconds()
             if abs(delta) > self._threshold:
-                step = ClockStep(wall_before=expected, wall_after=wall, delta_seconds=delta)
+                step = ClockStepNotice(wall_before=expected, wall_after=wall, delta_seconds=delta)
         self._last_wall, self._last_mono = wall, mono
 
         candidate = self._floor

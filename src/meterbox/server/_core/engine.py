@@ -39,8 +39,8 @@ from meterbox.errors import (
 )
 from meterbox.server._core.meters import (
     IDEMPOTENCY_TTL,
+    AppliedTopup,
     MeterBook,
-    Topup,
     UsageResult,
     fingerprint,
     period_key,
@@ -52,7 +52,7 @@ from meterbox.server._core.policy import (
     LicensePolicy,
     MeterPolicy,
 )
-from meterbox.server._core.seats import Lease, SeatBook, SeatDecision
+from meterbox.server._core.seats import SeatBook, SeatDecision, SeatLease
 from meterbox.server._errors import LeaseNotFound, UnknownMeter
 
 #: A license's policy for one feature or one meter.
@@ -204,9 +204,6 @@ class Engine:
     def feature_names(self) -> set[str]:
         return {f for lic in self.licenses.values() for f in lic.features}
 
-    def meter_names(self) -> set[str]:
-        return {m for lic in self.licenses.values() for m in lic.meters}
-
     # --------------------------------------------------------------- seats
     def checkout(
         self, feature: str, client_id: str, now: datetime, hostname: str | None = None
@@ -302,10 +299,10 @@ class Engine:
             raise err
         return self.seats.renew(lease, now)
 
-    def release(self, lease_id: str) -> Lease | None:
+    def release(self, lease_id: str) -> SeatLease | None:
         return self.seats.release(lease_id)
 
-    def expire(self, now: datetime) -> list[Lease]:
+    def expire(self, now: datetime) -> list[SeatLease]:
         return self.seats.expire(now)
 
     def note_peaks(self, now: datetime) -> list[tuple[str, datetime, int]]:
@@ -406,7 +403,7 @@ class Engine:
 
     def apply_topup(
         self, topup_id: str, license_id: str, meter: str, amount: int, now: datetime
-    ) -> Topup:
+    ) -> AppliedTopup:
         lic = self.licenses.get(license_id)
         if lic is None or meter not in lic.meters:
             raise UnknownMeter(
@@ -430,7 +427,7 @@ class Engine:
             now=now,
         )
 
-    def undo_topup(self, topup: Topup) -> None:
+    def undo_topup(self, topup: AppliedTopup) -> None:
         self.meters.topups.pop(topup.topup_id, None)
 
     def import_receipt(self, receipt: ReceiptInfo) -> bool:
@@ -499,7 +496,7 @@ class Engine:
 
 __all__ = [
     "Engine",
-    "Lease",
+    "SeatLease",
     "ReceiptInfo",
     "SeatDecision",
     "UsageDecision",

@@ -120,7 +120,9 @@ class IdemEntry:
 
 
 @dataclass(frozen=True)
-class Topup:
+class AppliedTopup:
+    """A top-up file the server has applied: the meter it raised, by how much, and when."""
+
     topup_id: str
     license_id: str
     meter: str
@@ -139,11 +141,11 @@ class MeterBook:
     def __init__(
         self,
         usage: dict[tuple[str, str, str], int] | None = None,
-        topups: Iterable[Topup] = (),
+        topups: Iterable[AppliedTopup] = (),
         idempotency: dict[str, IdemEntry] | None = None,
     ) -> None:
         self.usage: dict[tuple[str, str, str], int] = dict(usage or {})
-        self.topups: dict[str, Topup] = {t.topup_id: t for t in topups}
+        self.topups: dict[str, AppliedTopup] = {t.topup_id: t for t in topups}
         self.idempotency: dict[str, IdemEntry] = dict(idempotency or {})
 
     # ----------------------------------------------------------------- queries
@@ -304,7 +306,7 @@ class MeterBook:
         policy: MeterPolicy,
         amount: int,
         now: datetime,
-    ) -> Topup:
+    ) -> AppliedTopup:
         if topup_id in self.topups:
             first = self.topups[topup_id]
             raise TopupAlreadyAppliedError(
@@ -315,7 +317,7 @@ class MeterBook:
                 hint="Nothing to do: each top-up counts once. Ask the vendor for a new "
                 "top-up if more quota is needed",
             )
-        topup = Topup(
+        topup = AppliedTopup(
             topup_id=topup_id,
             license_id=license_id,
             meter=meter,

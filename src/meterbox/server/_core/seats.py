@@ -27,7 +27,7 @@ LEASE_ID_BYTES = 16
 
 
 @dataclass(frozen=True)
-class Lease:
+class SeatLease:
     lease_id: str
     feature: str
     client_id: str
@@ -48,11 +48,11 @@ class Lease:
 class SeatDecision:
     """Outcome of a checkout or heartbeat. ``record`` says whether to write it to the ledger."""
 
-    lease: Lease
+    lease: SeatLease
     renewed: bool
     record: bool
     #: The lease as it was before a renewal, to restore if the ledger write fails.
-    previous: Lease | None = None
+    previous: SeatLease | None = None
 
     @property
     def kind(self) -> str:
@@ -72,28 +72,28 @@ class SeatBook:
 
     def __init__(
         self,
-        leases: Iterable[Lease] = (),
+        leases: Iterable[SeatLease] = (),
         denials: dict[str, int] | None = None,
         peaks: dict[tuple[str, datetime], int] | None = None,
     ) -> None:
-        self.leases: dict[str, Lease] = {lease.lease_id: lease for lease in leases}
+        self.leases: dict[str, SeatLease] = {lease.lease_id: lease for lease in leases}
         self.denials: dict[str, int] = dict(denials or {})
         self.peaks: dict[tuple[str, datetime], int] = dict(peaks or {})
 
     # ----------------------------------------------------------------- queries
-    def live(self, feature: str, now: datetime) -> list[Lease]:
+    def live(self, feature: str, now: datetime) -> list[SeatLease]:
         return [
             lease for lease in self.leases.values() if lease.feature == feature and lease.live(now)
         ]
 
-    def held_by(self, feature: str, client_id: str, now: datetime) -> Lease | None:
+    def held_by(self, feature: str, client_id: str, now: datetime) -> SeatLease | None:
         for lease in self.leases.values():
             if lease.feature == feature and lease.client_id == client_id and lease.live(now):
                 return lease
         return None
 
     # ----------------------------------------------------------------- changes
-    def renew(self, lease: Lease, now: datetime) -> SeatDecision:
+    def renew(self, lease: SeatLease, now: datetime) -> SeatDecision:
         """Extend a live lease by its length from ``now``; coalesce ledger records."""
         half = timedelta(seconds=lease.lease_seconds * RENEW_RECORD_FRACTION)
         record = lease.recorded_at is None or now - lease.recorded_at >= half
@@ -131,7 +131,7 @@ class SeatBook:
                     1 for x in live if x.license_id == license_id and x.overdraft == overdraft
                 )
                 if taken < cap:
-                    lease = Lease(
+                    lease = SeatLease(
                         lease_id=new_lease_id(rng),
                         feature=feature,
                         client_id=client_id,
@@ -158,11 +158,11 @@ class SeatBook:
             hint="Retry after a lease is released or runs out, or ask the vendor for more seats",
         )
 
-    def release(self, lease_id: str) -> Lease | None:
+    def release(self, lease_id: str) -> SeatLease | None:
         """Drop a lease; ``None`` if it is not held (release is idempotent)."""
         return self.leases.pop(lease_id, None)
 
-    def expire(self, now: datetime) -> list[Lease]:
+    def expire(self, now: datetime) -> list[SeatLease]:
         """Remove and return every lease whose expiry is at or before ``now``."""
         gone = [lease for lease in self.leases.values() if not lease.live(now)]
         for lease in gone:

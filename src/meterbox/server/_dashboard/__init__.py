@@ -1,6 +1,6 @@
 """The site admin's dashboard, served by the license server at ``/``.
 
-``mount_dashboard(app, instance)`` returns an ASGI app that answers the dashboard's
+``build_site_dashboard(app, instance)`` returns an ASGI app that answers the dashboard's
 own paths (``/``, ``/login``, ``/logout``, ``/ui/...``) and hands every other request,
 and the lifespan, to ``app`` unchanged: the JSON API under ``/v1/``, the
 Cryptolens-compatible API under ``/api/``, ``/healthz``, ``/metrics`` and the OpenAPI
@@ -22,29 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, select_autoescape
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from meterbox._web import dashboard_loader, dashboard_static
 from meterbox.errors import MeterboxError
 from meterbox.server._dashboard._auth import COOKIE, Session, Sessions, csrf_ok
 from meterbox.server._dashboard._history import HISTORY_DB, UsageHistory
 from meterbox.server._dashboard._views import seats_context, site_context
 from meterbox.server._instance import MAX_IMPORT_BYTES, ServerInstance, read_admin_token
 
-__all__ = ["SECURITY_HEADERS", "mount_dashboard"]
+__all__ = ["SECURITY_HEADERS", "build_site_dashboard"]
 
 #: Sent with every dashboard response. ``img-src data:`` is not needed: charts are inline SVG.
 SECURITY_HEADERS: Final = {
@@ -68,7 +66,7 @@ def _is_ui(path: str) -> bool:
 
 def _env() -> Environment:
     env = Environment(
-        loader=PackageLoader("meterbox.server._dashboard", "templates"),
+        loader=dashboard_loader("meterbox.server._dashboard"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -102,74 +100,89 @@ class _Router:
             self.after_write()
 
 
-def mount_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
+def build_site_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
     """Serve the admin dashboard at ``/`` in front of ``app`` (see the module docstring)."""
-    sessions = Sessions(read_admin_token(instance.data))
-    history = UsageHistory(Path(instance.data) / HISTORY_DB)
-    env = _env()
-    service = instance.service
+    dashboard = _SiteDashboard(instance)
+    return _Router(app, dashboard.routes(), dashboard.after_write)
 
-    pending: list[asyncio.Future[None]] = []
 
-    def write_sample(at: datetime, balances: list[dict[str, Any]]) -> None:
+class _SiteDashboard:
+    """The dashboard's pages and forms over one server instance."""
+
+    def __init__(self, instance: ServerInstance) -> None:
+        self.instance = instance
+        self.sessions = Sessions(read_admin_token(instance.data), clock=instance.clock)
+        self.history = UsageHistory(Path(instance.data) / HISTORY_DB)
+        self.env = _env()
+        self.service = instance.service
+        self.pending: list[asyncio.Future[None]] = []
+
+    def write_sample(self, at: datetime, balances: list[dict[str, Any]]) -> None:
         try:
-            history.record(at, balances)
+            self.history.record(at, balances)
         except Exception:  # the chart's history must never break an API answer
             logging.getLogger("meterbox.server").exception("usage history sample failed")
 
-    def after_write() -> None:
+    def after_write(self) -> None:
         # Read the balances here, on the event loop that owns the engine; write them to
         # disk in a worker thread, so no API answer waits for the chart's file.
-        if pending and not pending[0].done():
+        if self.pending and not self.pending[0].done():
             return
-        mono = time.monotonic()
-        if not history.due(mono):
+        mono = self.instance.clock.mono_ms() / 1000
+        if not self.history.due(mono):
             return
-        at = service.now()
-        balances = service.engine.balances(at)
-        pending[:] = [asyncio.get_running_loop().run_in_executor(None, write_sample, at, balances)]
+        at = self.service.now()
+        balances = self.service.engine.balances(at)
+        self.pending[:] = [
+            asyncio.get_running_loop().run_in_executor(None, self.write_sample, at, balances)
+        ]
 
-    def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(**ctx)
+    def page(self, name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = self.env.get_template(name).render(**ctx)
         return HTMLResponse(html, status_code=http_status, headers=SECURITY_HEADERS)
 
-    def session_of(request: Request) -> tuple[str | None, Session | None]:
+    def session_of(self, request: Request) -> tuple[str | None, Session | None]:
         sid = request.cookies.get(COOKIE)
-        return sid, sessions.get(sid)
+        return sid, self.sessions.get(sid)
 
-    def to_login(request: Request) -> Response:
+    def to_login(self, request: Request) -> Response:
         return RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
 
-    async def index(request: Request) -> Response:
-        _, session = session_of(request)
+    async def index(self, request: Request) -> Response:
+        _, session = self.session_of(request)
         if session is None:
-            return to_login(request)
+            return self.to_login(request)
         flash, session.flash = session.flash, []
-        return page("index.html", csrf=session.csrf, flash=flash, **site_context(instance, history))
+        return self.page(
+            "index.html",
+            csrf=session.csrf,
+            flash=flash,
+            **site_context(self.instance, self.history),
+        )
 
-    async def seats_fragment(request: Request) -> Response:
-        _, session = session_of(request)
+    async def seats_fragment(self, request: Request) -> Response:
+        _, session = self.session_of(request)
         if session is None:
             return Response("session expired", status_code=401, headers=SECURITY_HEADERS)
-        return page("_seats.html", **seats_context(instance, service.now()))
+        return self.page("_seats.html", **seats_context(self.instance, self.service.now()))
 
-    async def login_form(request: Request) -> Response:
-        _, session = session_of(request)
+    async def login_form(self, request: Request) -> Response:
+        _, session = self.session_of(request)
         if session is not None:
             return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-        return page("login.html", error=None)
+        return self.page("login.html", error=None)
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         async with request.form(max_files=0, max_fields=4, max_part_size=4096) as form:
             token = form.get("token")
-        if not isinstance(token, str) or not sessions.check_token(token):
-            return page(
+        if not isinstance(token, str) or not self.sessions.check_token(token):
+            return self.page(
                 "login.html",
                 http_status=401,
                 error="That is not this server's admin token. Paste the contents of "
                 "DATA/admin.token (printed by 'meterbox server init').",
             )
-        sid, _ = sessions.create()
+        sid, _ = self.sessions.create()
         response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,
@@ -181,38 +194,38 @@ def mount_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
         )
         return response
 
-    async def logout(request: Request) -> Response:
-        sid, session = session_of(request)
+    async def logout(self, request: Request) -> Response:
+        sid, session = self.session_of(request)
         async with request.form(max_files=0, max_fields=4, max_part_size=4096) as form:
             given = form.get("csrf")
         if session is not None and csrf_ok(session, given):
-            sessions.drop(sid)
+            self.sessions.drop(sid)
         response = RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    def forbidden() -> Response:
-        return page(
+    def forbidden(self) -> Response:
+        return self.page(
             "error.html",
             http_status=403,
             message="This form has expired or did not come from this dashboard. "
             "Reload the dashboard and try again.",
         )
 
-    async def export(request: Request) -> Response:
-        _, session = session_of(request)
+    async def export(self, request: Request) -> Response:
+        _, session = self.session_of(request)
         if session is None:
-            return to_login(request)
+            return self.to_login(request)
         async with request.form(max_files=0, max_fields=4, max_part_size=4096) as form:
             if not csrf_ok(session, form.get("csrf")):
-                return forbidden()
+                return self.forbidden()
         try:
-            blob = instance.export_bytes()
+            blob = self.instance.export_bytes()
         except MeterboxError as exc:
             session.flash.append(("error", f"Export failed: {exc.render()}"))
             return RedirectResponse("/#report", status_code=303, headers=SECURITY_HEADERS)
-        head = instance.writer.head
-        name = f"report-{instance.writer.instance_id.hex()[:8]}-{head.seq}.mbr"
+        head = self.instance.writer.head
+        name = f"report-{self.instance.writer.instance_id.hex()[:8]}-{head.seq}.mbr"
         return Response(
             blob,
             media_type="application/octet-stream",
@@ -222,16 +235,16 @@ def mount_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
             },
         )
 
-    async def import_(request: Request) -> Response:
-        _, session = session_of(request)
+    async def import_(self, request: Request) -> Response:
+        _, session = self.session_of(request)
         if session is None:
-            return to_login(request)
+            return self.to_login(request)
         # One part of at most the import limit: a bigger upload is refused while parsing.
         async with request.form(
             max_files=1, max_fields=4, max_part_size=MAX_IMPORT_BYTES + 1
         ) as form:
             if not csrf_ok(session, form.get("csrf")):
-                return forbidden()
+                return self.forbidden()
             upload = form.get("file")
             blob = await upload.read() if isinstance(upload, UploadFile) else b""
             filename = upload.filename if isinstance(upload, UploadFile) else None
@@ -241,27 +254,27 @@ def mount_dashboard(app: ASGIApp, instance: ServerInstance) -> ASGIApp:
             )
         else:
             try:
-                result = await instance.import_bytes(blob)
+                result = await self.instance.import_bytes(blob)
             except MeterboxError as exc:
                 session.flash.append(("error", f"Nothing imported from {filename}: {exc.render()}"))
             else:
                 session.flash.append(("ok", _imported(result, filename)))
         return RedirectResponse("/#import", status_code=303, headers=SECURITY_HEADERS)
 
-    static = resources.files("meterbox.server._dashboard") / "static"
-    ui = Starlette(
-        routes=[
-            Route("/", index, methods=["GET"]),
-            Route("/login", login_form, methods=["GET"]),
-            Route("/login", login, methods=["POST"]),
-            Route("/logout", logout, methods=["POST"]),
-            Route("/ui/seats", seats_fragment, methods=["GET"]),
-            Route("/ui/export", export, methods=["POST"]),
-            Route("/ui/import", import_, methods=["POST"]),
-            Mount("/ui/static", StaticFiles(directory=str(static)), name="static"),
-        ],
-    )
-    return _Router(app, ui, after_write)
+    def routes(self) -> Starlette:
+        """The dashboard's own Starlette app (only dashboard paths reach it)."""
+        return Starlette(
+            routes=[
+                Route("/", self.index, methods=["GET"]),
+                Route("/login", self.login_form, methods=["GET"]),
+                Route("/login", self.login, methods=["POST"]),
+                Route("/logout", self.logout, methods=["POST"]),
+                Route("/ui/seats", self.seats_fragment, methods=["GET"]),
+                Route("/ui/export", self.export, methods=["POST"]),
+                Route("/ui/import", self.import_, methods=["POST"]),
+                Mount("/ui/static", dashboard_static("meterbox.server._dashboard"), name="static"),
+            ],
+        )
 
 
 def _imported(result: dict[str, Any], filename: str | None) -> str:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+
+from meterbox.clock import Clock, SystemClock
 
 COOKIE: Final = "meterbox_session"
 
@@ -42,12 +42,14 @@ class Sessions:
         admin_token: str,
         *,
         ttl: float = 8 * 3600,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         max_sessions: int = 256,
     ) -> None:
         self._token = admin_token.encode()
         self.ttl = ttl
-        self._clock = clock
+        # Idle time is measured on the monotonic clock: setting the wall clock
+        # must neither end nor extend a session.
+        self._clock: Clock = clock or SystemClock()
         self._max = max_sessions
         self._sessions: dict[str, Session] = {}
 
@@ -61,7 +63,9 @@ class Sessions:
             oldest = min(self._sessions, key=lambda k: self._sessions[k].expires)
             del self._sessions[oldest]
         sid = secrets.token_urlsafe(32)
-        session = Session(csrf=secrets.token_urlsafe(32), expires=self._clock() + self.ttl)
+        session = Session(
+            csrf=secrets.token_urlsafe(32), expires=self._clock.mono_ms() / 1000 + self.ttl
+        )
         self._sessions[_key(sid)] = session
         return sid, session
 
@@ -71,7 +75,7 @@ class Sessions:
         session = self._sessions.get(_key(sid))
         if session is None:
             return None
-        now = self._clock()
+        now = self._clock.mono_ms() / 1000
         if session.expires <= now:
             del self._sessions[_key(sid)]
             return None
@@ -83,7 +87,7 @@ class Sessions:
             self._sessions.pop(_key(sid), None)
 
     def _expire(self) -> None:
-        now = self._clock()
+        now = self._clock.mono_ms() / 1000
         for k in [k for k, s in self._sessions.items() if s.expires <= now]:
             del self._sessions[k]
 

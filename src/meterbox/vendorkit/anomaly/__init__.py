@@ -8,6 +8,8 @@ Public API::
     InstanceHistory, ReportView, Event      the pure detector inputs
     event_from_record                       a verified ledger record, reduced
     Thresholds, LearnedConfig               every tunable
+    instance_history, Pending,              stored histories and the rows ingest adds to
+    INGEST_REPORTS, INGEST_WINDOW_MS        them (for meterbox.vendorkit.ingest)
 
 Cryptography proves what happened before the last receipt; after it, and against a
 customer who controls the machine, these detectors find *evidence*: silences, clock
@@ -19,26 +21,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meterbox.vendorkit.anomaly._features import (
+    DAY_MS,
     Event,
     InstanceHistory,
     ReportView,
     Thresholds,
     event_from_record,
 )
-from meterbox.vendorkit.anomaly._learned import LearnedConfig, learned
-from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly, run_rules
+from meterbox.vendorkit.anomaly._learned import LearnedConfig
+from meterbox.vendorkit.anomaly._learned import learned as _learned_detector
+from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly
+from meterbox.vendorkit.anomaly._rules import run_rules as _run_rules
+from meterbox.vendorkit.anomaly._store import (
+    INGEST_REPORTS,
+    INGEST_WINDOW_MS,
+    Pending,
+    histories,
+    instance_history,
+)
 
 __all__ = [
     "CODES",
+    "DAY_MS",
+    "INGEST_REPORTS",
+    "INGEST_WINDOW_MS",
     "Anomaly",
     "Event",
     "InstanceHistory",
     "LearnedConfig",
+    "Pending",
     "RENAMED",
     "ReportView",
     "Thresholds",
     "detect",
     "event_from_record",
+    "histories",
+    "instance_history",
 ]
 
 
@@ -59,7 +77,7 @@ def detect(
     ``clock=False`` leaves out the clock and heartbeat checks (ingest runs them itself,
     over every record, as the report streams in).
     """
-    out = run_rules(judged, peers, thresholds, clock=clock)
+    out = _run_rules(judged, peers, thresholds, clock=clock)
     if use_learned:
-        out.extend(learned(judged, customer, learned_config))
+        out.extend(_learned_detector(judged, customer, learned_config))
     return out

@@ -228,10 +228,12 @@ def _observe(checker: clockcheck.ClockChecker, e: Event, *, acked: bool) -> None
         e.wall_ms,
         e.mono_ms,
         acked=acked,
-        lease=e.lease or None,
-        in_use=e.in_use if e.in_use >= 0 else None,
-        step_ms=e.value_ms if e.kind == CLOCK_STEP else None,
-        receipt_ms=e.value_ms if e.kind == RECEIPT else 0,
+        details=clockcheck.RecordDetails(
+            lease=e.lease or None,
+            in_use=e.in_use if e.in_use >= 0 else None,
+            step_ms=e.value_ms if e.kind == CLOCK_STEP else None,
+            receipt_ms=e.value_ms if e.kind == RECEIPT else 0,
+        ),
     )
 
 

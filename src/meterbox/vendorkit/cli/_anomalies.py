@@ -17,9 +17,7 @@ from rich.table import Table
 
 from meterbox.errors import ConfigError
 from meterbox.vendorkit._db.store import VendorStore
-from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect
-from meterbox.vendorkit.anomaly._features import DAY_MS
-from meterbox.vendorkit.anomaly._store import histories
+from meterbox.vendorkit.anomaly import DAY_MS, Anomaly, InstanceHistory, detect, histories
 from meterbox.vendorkit.cli._common import HomeOption, StoreOption, app, cli_errors
 
 

@@ -3,15 +3,10 @@
 The app is created here, not in the package ``__init__``, so that every command module
 can import it (and these helpers) without importing the package that imports them.
 
-Exit codes (stable, for scripts):
-
-====  =====================================================================
-0     success
-1     any other meterbox error (``ingest``: the report was rejected)
-2     unusable input: a flag, file or URL that cannot be used (also click usage errors)
-3     a signature or key does not verify
-4     state: keys missing or already present, a file that would be overwritten
-====  =====================================================================
+Exit codes are the shared table of :mod:`meterbox._cli_support` (docs/api.md): 0 success,
+1 refused or findings (``ingest``: the report was rejected), 2 unusable input, 3 a signature
+or key does not verify, 4 local state (keys missing or already present, a file that would
+be overwritten), 5 no server answered.
 """
 
 from __future__ import annotations
@@ -24,24 +19,21 @@ from typing import Annotated, Final, NoReturn
 import typer
 from rich.console import Console
 
-from meterbox.errors import (
-    ConfigError,
-    FormatError,
-    MeterboxError,
-    StateError,
-    VerificationError,
-)
+from meterbox import _cli_support
+from meterbox._cli_support import EXIT_CODES_HELP, exit_code_for
+from meterbox.errors import ConfigError, MeterboxError
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="Vendor toolkit. Exit codes: 0 ok, 1 error, 2 unusable input, 3 verification, 4 state.",
+    help="Vendor toolkit.",
+    epilog=EXIT_CODES_HELP,
 )
 
-EXIT_ERROR = 1
-EXIT_INPUT = 2
-EXIT_VERIFY = 3
-EXIT_STATE = 4
+EXIT_ERROR = _cli_support.EXIT_DENIED
+EXIT_INPUT = _cli_support.EXIT_INPUT
+EXIT_VERIFY = _cli_support.EXIT_VERIFY
+EXIT_STATE = _cli_support.EXIT_STATE
 
 #: Rich style of each finding severity, shared by the ingest and bill output.
 SEVERITY_STYLE: Final = {"critical": "bold red", "warning": "yellow", "info": "dim"}
@@ -57,16 +49,6 @@ StoreOption = Annotated[
         help="Database URL (postgresql://... or sqlite:///...); default HOME/vendor.db.",
     ),
 ]
-
-
-def exit_code_for(error: MeterboxError) -> int:
-    if isinstance(error, ConfigError | FormatError):
-        return EXIT_INPUT
-    if isinstance(error, VerificationError):
-        return EXIT_VERIFY
-    if isinstance(error, StateError):
-        return EXIT_STATE
-    return EXIT_ERROR
 
 
 def fail(error: MeterboxError) -> NoReturn:

@@ -27,8 +27,7 @@ def dashboard_command(
     """Serve the vendor dashboard (read-only) on this machine's loopback."""
     import uvicorn
 
-    from meterbox.vendorkit.dashboard._data import Source
-    from meterbox.vendorkit.dashboard.app import create_app, is_loopback
+    from meterbox.vendorkit.dashboard import Source, build_vendor_dashboard, is_loopback
     from meterbox.vendorkit.keys import VendorKeys
 
     with cli_errors():
@@ -41,6 +40,6 @@ def dashboard_command(
                 "(ssh -L 8090:127.0.0.1:8090 vendor-host)",
             )
         VendorKeys.load(Path(home))  # fail now, with the keys' own message, not per page
-        web = create_app(Source(Path(home), store))
+        web = build_vendor_dashboard(Source(Path(home), store))
     typer.echo(f"vendor dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(web, host=host, port=port, log_level="warning")

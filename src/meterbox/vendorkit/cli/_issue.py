@@ -21,12 +21,13 @@ from meterbox.compat.mapping import max_machines
 from meterbox.errors import ConfigError, FormatError, StateError
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
+    MAX_LEASE_SECONDS,
+    MIN_LEASE_SECONDS,
     Feature,
     License,
     Meter,
     Topup,
 )
-from meterbox.licenses._license import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit._cryptolens_options import CryptolensOptions, build_section
 from meterbox.vendorkit._cryptolens_options import describe as describe_cryptolens
@@ -352,12 +353,7 @@ def issue_command(
             except BaseException:
                 output.unlink(missing_ok=True)
                 raise
-        out().print(f"Issued {lic.license_id} for {customer} -> {output}")
-        if lic.cryptolens is not None:
-            # The two values an application built on a Cryptolens SDK is configured with.
-            out().print(
-                f"Cryptolens product id {lic.cryptolens.product_id}, key {lic.cryptolens.key}"
-            )
+        _print_issued(lic, output)
 
 
 @app.command("topup")
@@ -461,3 +457,10 @@ def _machines(lic: License, activated: int) -> str:
         return "-"
     limit = max_machines(lic)
     return f"{activated}/{limit if limit else 'unlimited'}"
+
+
+def _print_issued(lic: License, output: Path) -> None:
+    out().print(f"Issued {lic.license_id} for {lic.customer} -> {output}")
+    if lic.cryptolens is not None:
+        # The two values an application built on a Cryptolens SDK is configured with.
+        out().print(f"Cryptolens product id {lic.cryptolens.product_id}, key {lic.cryptolens.key}")

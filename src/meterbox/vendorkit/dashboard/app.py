@@ -13,19 +13,19 @@ a loopback port on the vendor's machine can already read ``vendor.db``.
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, date, datetime, timedelta
-from importlib import resources
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
+from meterbox._web import dashboard_loader, dashboard_static
+from meterbox.clock import Clock, SystemClock
 from meterbox.errors import ConfigError, MeterboxError
 from meterbox.vendorkit.anomaly import CODES
 from meterbox.vendorkit.billing import Period, bill
@@ -57,7 +57,7 @@ def is_loopback(host: str) -> bool:
 
 def _env() -> Environment:
     env = Environment(
-        loader=PackageLoader("meterbox.vendorkit.dashboard", "templates"),
+        loader=dashboard_loader("meterbox.vendorkit.dashboard"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -72,12 +72,13 @@ def _period(request: Request, now: datetime) -> Period:
     return Period.parse(text)
 
 
-def create_app(src: Source, *, clock: Any = None) -> Starlette:
-    """Build the dashboard for the vendor data at ``src``; ``clock()`` gives UTC now."""
+def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starlette:
+    """Build the dashboard for the vendor data at ``src``; ``clock`` gives the current period."""
     env = _env()
+    time_source = clock or SystemClock()
 
     def now() -> datetime:
-        return clock() if clock is not None else datetime.now(UTC)
+        return time_source.now()
 
     def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(**ctx)
@@ -167,7 +168,6 @@ def create_app(src: Source, *, clock: Any = None) -> Starlette:
             "anomalies.html", nav="anomalies", findings=findings, codes=sorted(CODES.items())
         )
 
-    static = resources.files("meterbox.vendorkit.dashboard") / "static"
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
@@ -176,7 +176,7 @@ def create_app(src: Source, *, clock: Any = None) -> Starlette:
             Route("/bill", bill_page, methods=["GET"]),
             Route("/bill.csv", bill_csv, methods=["GET"]),
             Route("/anomalies", anomalies, methods=["GET"]),
-            Mount("/static", StaticFiles(directory=str(static)), name="static"),
+            Mount("/static", dashboard_static(), name="static"),
         ],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))],
     )

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
 from meterbox.errors import MeterboxError
-from meterbox.server._runtime import BuiltApp
+from meterbox.server._runtime import BuiltServer
 
 TESTS = Path(__file__).resolve().parent.parent
 VECTORS = TESTS / "vectors"
@@ -331,7 +331,7 @@ def fuzz_settings(weight: float = 1.0) -> settings:
 class Served:
     """The real app (engine, ledger, state store, Cryptolens API) behind a test client."""
 
-    def __init__(self, site: Site, built: BuiltApp, client: TestClient) -> None:
+    def __init__(self, site: Site, built: BuiltServer, client: TestClient) -> None:
         self.site = site
         self.built = built
         self.client = client

@@ -15,7 +15,7 @@ pinned here for the duration of the run only:
 - The ``software`` field of the report header, so a version bump does not churn
   the vectors.
 
-Layout written under ``--out`` (default tests/vectors/ledger/):
+Layout written under ``--out`` (default: this directory, tests/vectors/ledger/):
 
 - ``vendor_key.json``           the fixed vendor X25519 keys (TEST KEYS, never use them)
 - ``valid/<name>.report``       reports that verify with no findings
@@ -27,7 +27,11 @@ Layout written under ``--out`` (default tests/vectors/ledger/):
 The generator checks every vector against the real verifier before writing and
 stops if a vector does not produce the codes declared for it here.
 
-Usage: python scripts/gen_vectors_ledger.py [--out DIR]
+Usage, from ``tests/`` (``make vectors`` regenerates every vector set):
+``python -m vectors.ledger.generate [--out DIR]``. The fixed keys, the counter
+randomness and the report surgery come from ``support.ledger`` and
+``support.report_surgery``, shared with the tests that take reports apart by hand,
+so both build the same bytes the same way.
 """
 
 from __future__ import annotations
@@ -40,42 +44,27 @@ import io
 import json
 import shutil
 import struct
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-# The fixed keys, the counter randomness and the report surgery are shared with the
-# tests that take reports apart by hand, so both build the same bytes the same way.
-sys.path.insert(0, str(ROOT / "tests"))
-
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from ledger_support import (  # noqa: E402
-    OTHER_VENDOR,
-    OTHER_VENDOR_ID,
-    VENDOR,
-    VENDOR_ID,
-    counter_random,
-    next_epoch_forger,
-)
-from meterbox.clock import ManualClock  # noqa: E402
-from meterbox.crypto import (  # noqa: E402
+from meterbox.clock import ManualClock
+from meterbox.crypto import (
     key_id,
     x25519_raw_private,
     x25519_raw_public,
 )
-from meterbox.ledger import (  # noqa: E402
+from meterbox.ledger import (
     Head,
     Known,
     LedgerConfig,
@@ -88,8 +77,18 @@ from meterbox.ledger import (  # noqa: E402
     _report,
     export_report,
 )
-from report_surgery import Parts, frame_offsets, join, split  # noqa: E402
+from support.ledger import (
+    OTHER_VENDOR,
+    OTHER_VENDOR_ID,
+    VENDOR,
+    VENDOR_ID,
+    counter_random,
+    next_epoch_forger,
+)
+from support.report_surgery import Parts, frame_offsets, join, split
 
+#: The checked-in vectors live beside this generator.
+HERE = Path(__file__).resolve().parent
 LICENSE_ID = "lic_00112233445566aa"
 #: Stands in for the license files a server puts in its report header.
 LICENSE_BYTES = b"placeholder for the bytes of lic_00112233445566aa.lic"
@@ -624,7 +623,7 @@ def write(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "vectors" / "ledger")
+    parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     write(args.out)
     print(f"wrote ledger vectors to {args.out}")

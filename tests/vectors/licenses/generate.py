@@ -1,24 +1,21 @@
 """Generate the signed-document test vectors in tests/vectors/licenses/.
 
 Fixed private keys and a fixed clock make every byte reproducible (Ed25519 signatures
-are deterministic), so tests/unit/test_license_vectors.py regenerates the vectors into
-a temporary directory and compares them byte for byte with the checked-in files.
+are deterministic), so tests/unit/test_license_vectors.py builds the vectors afresh
+and compares them byte for byte with the checked-in files.
 
-Usage: python scripts/gen_vectors_licenses.py [--out DIR]
+Usage, from ``tests/`` (``make vectors`` regenerates every vector set):
+``python -m vectors.licenses.generate [--out DIR]`` (default: this directory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from meterbox.licenses import (  # noqa: E402
+from meterbox.licenses import (
     CryptolensSection,
     DataObject,
     Feature,
@@ -28,9 +25,11 @@ from meterbox.licenses import (  # noqa: E402
     Topup,
     VendorPublicBundle,
 )
-from meterbox.licenses._envelope import seal  # noqa: E402
-from meterbox.vendorkit.keys import VendorKeyPair  # noqa: E402
+from meterbox.licenses._envelope import seal
+from meterbox.vendorkit.keys import VendorKeyPair
 
+#: The checked-in vectors live beside this generator.
+HERE = Path(__file__).resolve().parent
 CLOCK = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 KEY_A = VendorKeyPair.from_raw(bytes(range(32)), bytes(range(32, 64)), CLOCK)
 KEY_B = VendorKeyPair.from_raw(
@@ -247,7 +246,7 @@ def write(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "vectors" / "licenses")
+    parser.add_argument("--out", type=Path, default=HERE)
     write(parser.parse_args().out)
 
 

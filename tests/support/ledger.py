@@ -1,6 +1,6 @@
 """Shared builders for ledger and report tests: real files, fixed keys, a manual clock.
 
-scripts/gen_vectors_ledger.py builds its vectors from the same keys, randomness and
+tests/vectors/ledger/generate.py builds its vectors from the same keys, randomness and
 forger, so a change here changes the checked-in vectors (the vector test then fails).
 """
 

@@ -19,7 +19,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from meterbox.cli import app as cli_app
-from meterbox.server._runtime import BuiltApp
+from meterbox.server._runtime import BuiltServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -74,7 +74,7 @@ class Site:
     data: Path
     url: str
     token: str
-    built: BuiltApp
+    built: BuiltServer
 
 
 def screenshot_path(tmp_path: Path, name: str) -> Path:

@@ -3,9 +3,11 @@
 Fixed inputs: the RSA-2048 key in ``signing-key.xml`` (checked in; created
 once with ``--new-key``), a fixed clock and fixed licenses. RSASSA-PKCS1-v1_5
 is deterministic, so every run produces identical files; the test
-``tests/unit/test_cryptolens_vectors.py`` regenerates them and fails on any drift.
+``tests/unit/test_cryptolens_vectors.py`` builds them afresh and fails on any drift.
 
-Usage: ``.venv/bin/python scripts/gen_vectors_cryptolens.py [--new-key]``
+Usage, from ``tests/`` (``make vectors`` regenerates every vector set):
+``python -m vectors.cryptolens.generate [--new-key]``; the files are written beside
+this generator.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import json
 import sys
 from pathlib import Path
 
+from meterbox.clock import ManualClock
 from meterbox.compat import (
     CryptolensLicenseView,
     CryptolensService,
     CryptolensSigner,
     CustomerView,
-    DataObject,
+    DataObjectView,
 )
 from meterbox.compat.memory import InMemoryBackend
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "cryptolens"
+#: The checked-in vectors live beside this generator.
+OUT = Path(__file__).resolve().parent
 KEY_FILE = "signing-key.xml"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 VERSION = 1
@@ -46,7 +50,7 @@ LICENSES = [
             max_overdraft=1,
             floating=True,
         ),
-        [DataObject(7, "usage", "", 3), DataObject(8, "exports", "csv", 0)],
+        [DataObjectView(7, "usage", "", 3), DataObjectView(8, "exports", "csv", 0)],
     ),
     (
         CryptolensLicenseView(
@@ -74,8 +78,8 @@ LICENSES = [
             allow_deactivation=False,
         ),
         [
-            DataObject(1, "credits", "", 100, charge="decrement"),
-            DataObject(
+            DataObjectView(1, "credits", "", 100, charge="decrement"),
+            DataObjectView(
                 2, "cryptolens_features", '["f1",["f2",["voice","image"]]]', 0, metered=False
             ),
         ],
@@ -219,8 +223,8 @@ CASES = [
 def generate(out: Path = OUT) -> dict[str, bytes]:
     """Every vector file name and its exact bytes."""
     signer = CryptolensSigner.from_xml((out / KEY_FILE).read_text())
-    backend = InMemoryBackend(LICENSES, lambda: NOW)
-    service = CryptolensService(backend, signer, lambda: NOW)
+    backend = InMemoryBackend(LICENSES, ManualClock(wall_ms=NOW * 1000))
+    service = CryptolensService(backend, signer, ManualClock(wall_ms=NOW * 1000))
     files: dict[str, bytes] = {
         "public-key.xml": (signer.public_key_xml() + "\n").encode(),
     }

@@ -3,7 +3,7 @@
 No tests of its own. :func:`make_site` signs two licenses with Cryptolens sections
 (recorded in the vendor store, as ``meterbox vendor issue`` does, so they are billed)
 and initialises a server data directory; the tests run ``meterbox server run`` on it
-with :class:`server_proc_support.ServerProcess`. :func:`check_dotnet_license_key`
+with :class:`support.server_proc.ServerProcess`. :func:`check_dotnet_license_key`
 checks a decoded ``licenseKey`` against the .NET SDK's model types.
 
 License ``lic-dropin`` (product 3349, key ``DROPI-NLICE-NSEAB-CDEFG``):

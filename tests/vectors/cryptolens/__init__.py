@@ -1,0 +1,1 @@
+"""The cryptolens vectors and their generator (``generate.py``)."""

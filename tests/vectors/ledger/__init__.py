@@ -1,0 +1,1 @@
+"""The ledger vectors and their generator (``generate.py``)."""

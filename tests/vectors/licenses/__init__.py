@@ -1,0 +1,1 @@
+"""The licenses vectors and their generator (``generate.py``)."""
