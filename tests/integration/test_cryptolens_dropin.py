@@ -46,6 +46,9 @@ from support.server_proc import ServerProcess
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "cryptolens"
 
+#: A server process start may take long on a loaded two-core machine.
+START_TIMEOUT = 180.0
+
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
@@ -55,7 +58,7 @@ def site(tmp_path: Path) -> Site:
 @pytest.fixture
 def server(site: Site, tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(site.data, tmp_path / "server.log")
-    proc.start()
+    proc.start(timeout=START_TIMEOUT)
     previous = HelperMethods.server_address
     HelperMethods.server_address = proc.url + "/api/"
     try:
@@ -281,7 +284,7 @@ def test_activations_values_and_long_leases_survive_kill_9(
     assert floating is not None
     before = floating.activated_machines[0].FloatingExpires
     server.kill9()
-    server.start()
+    server.start(timeout=START_TIMEOUT)
     assert _activate(site, "k6") == (None, LIMIT_REACHED_MESSAGE)
     assert _values()[1] == 75
     license_key, message = Key.get_key(TOKEN, site.public_xml, PRODUCT, KEY)

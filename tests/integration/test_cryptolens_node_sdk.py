@@ -41,6 +41,10 @@ def _node() -> str:
     return node
 
 
+#: A server process start may take long on a loaded two-core machine.
+START_TIMEOUT = 180.0
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     return make_site(tmp_path)
@@ -50,7 +54,7 @@ def site(tmp_path: Path) -> Site:
 def server(site: Site, tmp_path: Path) -> Iterator[ServerProcess]:
     _node()
     proc = ServerProcess(site.data, tmp_path / "server.log")
-    proc.start()
+    proc.start(timeout=START_TIMEOUT)
     previous = HelperMethods.server_address
     HelperMethods.server_address = proc.url + "/api/"
     try:
@@ -220,7 +224,7 @@ def test_node_activations_survive_kill_9(site: Site, server: ServerProcess, tmp_
     )
     assert all(r["ok"] for r in before), before
     server.kill9()
-    server.start()
+    server.start(timeout=START_TIMEOUT)
     after = _run(site, server, tmp_path, [{"op": "getkey"}])[0]
     assert after["ok"], after
     assert sorted(after["mids"]) == sorted([_node_machine_code(), "floating:lease"])
