@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TPM_STAMP := $(VENV)/.installed-tpm
 
 .PHONY: demo test lint types unit env clean bench sysdeps vectors
 
@@ -21,10 +22,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 
-types: $(STAMP)
+types: $(TPM_STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The TPM extra builds against libtss2-dev, which sysdeps installs.
+$(TPM_STAMP): $(STAMP) scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
+	$(BIN)/pip install --quiet -e '.[dev,tpm]'
+	touch $(TPM_STAMP)
+
+unit: $(TPM_STAMP)
 	$(BIN)/python -m pytest
 
 # System packages (PostgreSQL server, Debian chromium) for the integration and browser tests.

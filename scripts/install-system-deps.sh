@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: PostgreSQL server binaries (for the vendor store's
-# PostgreSQL tests), Debian's chromium (for the dashboard browser tests) and Node.js with
-# npm (for the Cryptolens Node SDK tests), then the unmodified npm `cryptolens` package
-# into tests/node/node_modules from the committed lock file.
+# PostgreSQL tests), Debian's chromium (for the dashboard browser tests), swtpm and
+# tpm2-tools (a software TPM 2.0 for the TPM anchor tests), libtss2-dev with pkg-config
+# (the headers tpm2-pytss is built against; run this before `pip install -e .`), and
+# Node.js with npm (for the Cryptolens Node SDK tests), then the unmodified npm
+# `cryptolens` package into tests/node/node_modules from the committed lock file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
+command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
+command -v tpm2_nvcertify >/dev/null 2>&1 || need+=(tpm2-tools)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -f /usr/include/tss2/tss2_esys.h ] || need+=(libtss2-dev)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from meterbox.clock import ManualClock
 from meterbox.server import FeaturePolicy, FileEventSink, LicensePolicy, LicenseService, StateStore
 from meterbox.server._sinks import read_frames
 from support.timing import ManualSleeps
@@ -34,20 +35,14 @@ POLICY = LicensePolicy(
 )
 
 
-class Clock:
-    """License time for the service: seconds since EPOCH, moved only by advance()."""
+class Clock(ManualClock):
+    """License time for the service, starting at EPOCH, moved only by advance()."""
 
     def __init__(self) -> None:
-        self.t = 0.0
+        super().__init__(wall_ms=int(EPOCH.timestamp() * 1000), mono_ms=0)
 
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-    def wall(self) -> datetime:
-        return EPOCH + timedelta(seconds=self.t)
-
-    def mono(self) -> float:
-        return self.t
+    def advance(self, seconds: float) -> None:  # type: ignore[override]
+        super().advance(round(seconds * 1000))
 
 
 @asynccontextmanager
@@ -57,9 +52,7 @@ async def housekeeping(directory: Path) -> AsyncIterator[tuple[LicenseService, M
     sleeps = ManualSleeps(on_fire=clock.advance)
     store = StateStore(directory / "state.db")
     sink = FileEventSink(directory / "events.bin")
-    service = LicenseService.open(
-        store, [POLICY], sink, wall=clock.wall, monotonic=clock.mono, sleep=sleeps
-    )
+    service = LicenseService.open(store, [POLICY], sink, clock=clock, sleep=sleeps)
     task = asyncio.create_task(service.run_housekeeping())
     try:
         yield service, sleeps

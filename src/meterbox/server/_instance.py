@@ -41,6 +41,8 @@ from meterbox.server._core.replay import replay_changes
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
+from meterbox.server._tpm import prepare_tpm, write_tpm_config
+from meterbox.tpm import DEFAULT_TCTI, TpmMode
 
 LEDGER_DIR: Final = "ledger"
 STATE_DB: Final = "state.db"
@@ -90,6 +92,7 @@ class InitResult:
     instance_id: str
     admin_token: str
     licenses: tuple[str, ...]
+    tpm: str = ""
 
 
 def read_bundle(data: Path) -> VendorPublicBundle:
@@ -111,8 +114,14 @@ def init_server(
     license_files: list[Path],
     clock: Clock | None = None,
     fingerprint: str | None = None,
+    tpm: TpmMode = TpmMode.OFF,
+    tpm_tcti: str = DEFAULT_TCTI,
 ) -> InitResult:
-    """Create a server instance: identity, ledger genesis, licenses, tokens and keys."""
+    """Create a server instance: identity, ledger genesis, licenses, tokens and keys.
+
+    ``tpm`` defaults to off here, unlike the CLI's ``auto``: callers in code (tests,
+    embedding) must not define counters on whatever TPM the machine has by accident.
+    """
     clock = clock or SystemClock()
     if not license_files:
         raise ConfigError(
@@ -151,6 +160,8 @@ def init_server(
         lic = License.from_bytes(blob, bundle)
         _check_license_for_site(lic, fingerprint)
         licenses.append((lic, blob))
+    # Before anything is written: `--tpm require` without a TPM leaves no directory behind.
+    tpm_setup = prepare_tpm(tpm, tpm_tcti)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)
     check_private_dir(data)
@@ -158,13 +169,18 @@ def init_server(
     for lic, blob in licenses:
         atomic_write(data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
     atomic_write(data / VENDOR_PUB, bundle_bytes, mode=0o644)
+    write_tpm_config(data, tpm_setup)
     key = bundle.current
     writer = LedgerWriter.create(
         data / LEDGER_DIR,
         vendor_ledger_key=key.ledger_key(),
         vendor_key_id=key.key_id,
         clock=clock,
-        genesis={"l": [lic.license_id for lic, _ in licenses], "fp": fingerprint},
+        genesis={
+            "l": [lic.license_id for lic, _ in licenses],
+            "fp": fingerprint,
+            "tpm": tpm_setup.genesis(),
+        },
     )
     try:
         for lic, blob in licenses:
@@ -186,7 +202,12 @@ def init_server(
         )
     finally:
         store.close()
-    return InitResult(writer.instance_id.hex(), token, tuple(lic.license_id for lic, _ in licenses))
+    return InitResult(
+        writer.instance_id.hex(),
+        token,
+        tuple(lic.license_id for lic, _ in licenses),
+        tpm_setup.reason,
+    )
 
 
 class ServerInstance:

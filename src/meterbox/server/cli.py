@@ -67,14 +67,34 @@ def init(
     data: DataOption,
     vendor_key: Annotated[Path, typer.Option("--vendor-key", help="The vendor's vendor.pub.")],
     license_files: Annotated[list[Path], typer.Option("--license", help="License file(s).")],
+    tpm: Annotated[
+        str,
+        typer.Option(
+            "--tpm",
+            help="auto: anchor the ledger to a TPM 2.0 when one answers; require: refuse "
+            "without one; off: never use one.",
+        ),
+    ] = "auto",
+    tpm_tcti: Annotated[
+        str,
+        typer.Option("--tpm-tcti", envvar="METERBOX_TPM_TCTI", help="TCTI of the TPM."),
+    ] = "device:/dev/tpmrm0",
 ) -> None:
     """Create a server instance: identity, ledger genesis, licenses, admin token."""
     from meterbox.server._instance import init_server
+    from meterbox.tpm import TpmMode
 
     with _errors():
-        result = init_server(data, vendor_pub=vendor_key, license_files=license_files)
+        result = init_server(
+            data,
+            vendor_pub=vendor_key,
+            license_files=license_files,
+            tpm=TpmMode.parse(tpm),
+            tpm_tcti=tpm_tcti,
+        )
     out.print(f"Server instance [bold]{result.instance_id}[/] created in {data}")
     out.print(f"Licenses: {', '.join(result.licenses)}")
+    out.print(f"TPM: {result.tpm}")
     out.print(f"Admin token (also in {data / 'admin.token'}, mode 0600):")
     out.print(result.admin_token, highlight=False, soft_wrap=True)
 

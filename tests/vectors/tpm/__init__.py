@@ -1,0 +1,1 @@
+"""The TPM attestation vectors and the script that captured them (``capture.py``)."""
