@@ -308,6 +308,25 @@ class LicenseInstalled(_Payload):
     digest: str | None = _opt("d", "str")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineActivated(_Payload):
+    """A Cryptolens node-locked activation the server granted (``machine.activated``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.MACHINE_ACTIVATED
+    license_id: str = _req("l", "str")
+    #: The machine code verbatim, as the SDK sent it (may be empty).
+    machine_code: str = _req("c", "str")
+    #: Node-locked activations of the license after this change.
+    activations: int = _req("n", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineDeactivated(MachineActivated):
+    """A node-locked activation the server forgot (``machine.deactivated``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.MACHINE_DEACTIVATED
+
+
 # ---------------------------------------------------------- free-form maps
 @dataclass(frozen=True, slots=True)
 class Genesis:
@@ -391,6 +410,8 @@ RecordPayload = (
     | ReceiptImported
     | TopupImported
     | LicenseInstalled
+    | MachineActivated
+    | MachineDeactivated
     | Genesis
     | Boot
     | Shutdown
@@ -415,6 +436,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         ReceiptImported,
         TopupImported,
         LicenseInstalled,
+        MachineActivated,
+        MachineDeactivated,
         Genesis,
         Boot,
         Shutdown,

@@ -529,6 +529,20 @@ class LicenseService:
             changes.append(LicensePut(policy.license_id, blob, now))
         await self._save(changes, seq, now)
 
+    async def record_event(self, record: RecordPayload) -> int:
+        """Seal one record that changes no engine state (e.g. a node-locked activation).
+
+        Answers only once the record is durable; raises :class:`UnavailableError`
+        otherwise. The caller decides under its own lock and updates its own state
+        only after this returns.
+        """
+        async with self._lock:
+            now = self.now()
+            task = self._write(record)
+        seq = await self._durable(task)
+        await self._save([], seq, now)
+        return seq
+
     # ---------------------------------------------------------- housekeeping
     async def cull(self) -> list[SeatLease]:
         """Expire leases past their end, raise hourly peaks; write and persist it all."""

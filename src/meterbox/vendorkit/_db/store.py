@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import License, Topup
+from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.schema import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
@@ -329,6 +330,11 @@ class VendorStore:
             query = query.where(licenses_table.c.customer == customer)
         with self.engine.connect() as conn:
             return [LicenseRow(**r._asdict()) for r in conn.execute(query)]
+
+    def machine_activations(self) -> dict[str, set[str]]:
+        """Per license, the node-locked machine codes its reports show activated."""
+        with self.engine.connect() as conn:
+            return queries.machine_activations(conn)
 
     def add_topup(self, topup: Topup, document: bytes) -> None:
         if self.get_license(topup.license_id) is None:
