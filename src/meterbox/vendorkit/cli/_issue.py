@@ -17,7 +17,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meterbox.compat.mapping import max_machines
 from meterbox.errors import ConfigError, FormatError, StateError
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
@@ -465,6 +464,10 @@ def _machines(lic: License, activated: int) -> str:
     """``activated/limit`` of node-locked Cryptolens machines (``-`` without a section)."""
     if lic.cryptolens is None:
         return "-"
+    # Imported here: the Cryptolens package pulls in the web stack, which `vendor --help`
+    # and the other vendor commands do not need.
+    from meterbox.compat.mapping import max_machines
+
     limit = max_machines(lic)
     return f"{activated}/{limit if limit else 'unlimited'}"
 
