@@ -18,8 +18,8 @@ from meterbox.vendorkit import VendorStore
 runner = CliRunner()
 
 
-def _run(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, ["vendor", *args])
+def _run(*args: str, columns: int = 80) -> tuple[int, str]:
+    result = runner.invoke(app, ["vendor", *args], env={"COLUMNS": str(columns)})
     return result.exit_code, result.output
 
 
@@ -98,7 +98,8 @@ def test_issue_sets_every_cryptolens_field_and_shows_the_product_id_and_key(
         (2, "credits", "credits", 100, "", "decrement"),
         (3, "cryptolens_features", None, 0, '["f1",["f2",["voice","image"]]]', "increment"),
     ]  # fmt: skip
-    code, text = _run("licenses", "--home", str(home))
+    # Nine columns are read on a wide terminal; test_cli_80_columns covers the narrow one.
+    code, text = _run("licenses", "--home", str(home), columns=200)
     assert code == 0, text
     assert "cryptolens" in text
     assert "3349 ABCDE-FGHIJ-KLMNO-PQRST" in text

@@ -420,15 +420,11 @@ def licenses_command(
             rows = db.list_licenses(customer)
             topups = db.list_topups()
             machines = db.machine_activations()
-        table = Table(title=f"{len(rows)} license(s)")
-        columns = ("license", "customer", "product", "issued", "expires", "features", "meters")
-        for col in (*columns, "cryptolens", "machines"):
-            # Ids stay on one line (to be copied and grepped); the rest folds to fit.
-            if col == "license":
-                width = max((len(r.license_id) for r in rows), default=7)
-                table.add_column(col, no_wrap=True, min_width=width)
-            else:
-                table.add_column(col, overflow="fold")
+        columns = (
+            "license", "customer", "product", "issued", "expires", "features", "meters",
+            "cryptolens", "machines",
+        )  # fmt: skip
+        lines: list[tuple[str, ...]] = []
         for row in rows:
             lic = License.from_bytes(row.document, keys.bundle)
             added: dict[str, int] = {}
@@ -445,19 +441,44 @@ def licenses_command(
                 + (f" (+{added[n]})" if n in added else "")
                 for n, m in lic.meters.items()
             )
-            table.add_row(
-                lic.license_id,
-                lic.customer,
-                lic.product,
-                lic.issued.date().isoformat(),
-                "-" if lic.expires is None else lic.expires.date().isoformat(),
-                feats or "-",
-                meters or "-",
-                describe_cryptolens(lic),
-                # Node-locked activations the ingested reports show, against the limit.
-                _machines(lic, len(machines.get(lic.license_id, ()))),
+            lines.append(
+                (
+                    lic.license_id,
+                    lic.customer,
+                    lic.product,
+                    lic.issued.date().isoformat(),
+                    "-" if lic.expires is None else lic.expires.date().isoformat(),
+                    feats or "-",
+                    meters or "-",
+                    describe_cryptolens(lic),
+                    # Node-locked activations the ingested reports show, against the limit.
+                    _machines(lic, len(machines.get(lic.license_id, ()))),
+                )
             )
-        Console(highlight=False).print(table)
+        console = Console(highlight=False)
+        if console.width >= _WIDE_TABLE:
+            table = Table(title=f"{len(rows)} license(s)")
+            for col in columns:
+                # Ids stay on one line (to be copied and grepped); the rest folds to fit.
+                if col == "license":
+                    width = max((len(r.license_id) for r in rows), default=7)
+                    table.add_column(col, no_wrap=True, min_width=width)
+                else:
+                    table.add_column(col, overflow="fold")
+            for line in lines:
+                table.add_row(*line)
+            console.print(table)
+            return
+        # Nine columns do not fit a narrow terminal: one block per license, a field a line.
+        console.print(f"{len(rows)} license(s)")
+        for line in lines:
+            console.print()
+            for col, value in zip(columns, line, strict=True):
+                console.print(f"{col + ':':<12}{value}", overflow="fold")
+
+
+#: Terminal columns from which `vendor licenses` draws one table instead of blocks.
+_WIDE_TABLE = 140
 
 
 def _machines(lic: License, activated: int) -> str:
