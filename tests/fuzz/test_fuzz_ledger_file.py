@@ -216,6 +216,10 @@ def test_state_db_regression_null_time_is_a_state_error(pristine: Path, tmp_path
         store.close()
 
 
+#: File header of a ledger (docs/spec/ledger.md, "File header").
+_LEDGER_HEADER_BYTES = 61
+
+
 def test_damage_in_an_earlier_epoch_is_refused_without_cutting_the_file(tmp_path: Path) -> None:
     # Found by the full fuzz run (ledger.mbl, seed 3240): open() cut the "torn tail"
     # first and only then found that chain.key belongs to a later epoch than the cut
@@ -235,7 +239,16 @@ def test_damage_in_an_earlier_epoch_is_refused_without_cutting_the_file(tmp_path
         writer.close()
     path = ledger_dir / "ledger.mbl"
     data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0x40
+    # Break the framing a third of the way in (an earlier epoch): the frame's length
+    # field now runs past the end, so the scan sees a "torn tail" there. A flipped
+    # ciphertext byte would not do: the server holds no key for earlier epochs and
+    # cannot see it (the vendor does), so only structural damage reaches open().
+    offsets = []
+    at = _LEDGER_HEADER_BYTES
+    while at + 2 <= len(data):
+        offsets.append(at)
+        at += 2 + int.from_bytes(data[at : at + 2], "big")
+    data[offsets[len(offsets) // 3]] ^= 0x80
     path.write_bytes(bytes(data))
     before = tree_digest(ledger_dir)
     opened, error = call_parser(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from meterbox.cli import app as root_app
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import Feature, License, Meter, Topup
-from meterbox.vendorkit import Period, VendorStore, bill, ingest
+from meterbox.vendorkit import Period, VendorStore, bill, ingest_report
 from meterbox.vendorkit._db.schema import SCHEMA_VERSION, schema_table, to_micros
 from meterbox.vendorkit._db.store import (
     FindingRow,
@@ -89,11 +89,13 @@ def test_reingested_records_are_billed_once(tmp_path: Path, store_url: str) -> N
     for _ in range(3):
         site.use("solver", 10)
     first = site.export(tmp_path / "r1.mbr")
-    assert ingest(home, first, store_url=store_url, now=VENDOR_NOW).status == "accepted"
+    assert ingest_report(home, first, store_url=store_url, now=VENDOR_NOW).status == "accepted"
     site.use("solver", 1)
     # No receipt imported on the site: the second report repeats the first's records.
-    second = ingest(home, site.export(tmp_path / "r2.mbr"), store_url=store_url, now=VENDOR_NOW)
-    replay = ingest(home, first, store_url=store_url, now=VENDOR_NOW)
+    second = ingest_report(
+        home, site.export(tmp_path / "r2.mbr"), store_url=store_url, now=VENDOR_NOW
+    )
+    replay = ingest_report(home, first, store_url=store_url, now=VENDOR_NOW)
 
     assert (second.status, second.totals) == ("accepted", {"solver": 1})
     assert (replay.status, [f.code for f in replay.findings]) == ("rejected", ["report.replay"])
@@ -110,7 +112,9 @@ def test_every_stored_time_is_microseconds(tmp_path: Path, store_url: str) -> No
     first_ms = site.clock.wall_ms()  # the manual clock stands still between records
     site.heartbeat()
     last_ms = site.clock.wall_ms()
-    outcome = ingest(home, site.export(tmp_path / "r1.mbr"), store_url=store_url, now=VENDOR_NOW)
+    outcome = ingest_report(
+        home, site.export(tmp_path / "r1.mbr"), store_url=store_url, now=VENDOR_NOW
+    )
     assert outcome.accepted
     engine = sa.create_engine(normalise_url(store_url, None))
     try:

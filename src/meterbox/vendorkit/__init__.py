@@ -5,7 +5,7 @@ command group (:mod:`meterbox.vendorkit.cli`)::
 
     init_keys(home), rotate_keys(home), VendorKeys, VendorKeyPair   the vendor's keys
     VendorStore, DB_FILE                                            the vendor store
-    ingest(home, report_path, ...) -> IngestOutcome                 verify, store, receipt
+    ingest_report(home, report_path, ...) -> IngestOutcome          verify, store, receipt
     bill(home, Period.parse("2026-01"), ...) -> Statement           a month's statement
 """
 
@@ -24,7 +24,9 @@ _HOMES: dict[str, tuple[str, str]] = {
     "Statement": ("meterbox.vendorkit.billing", "Statement"),
     "bill": ("meterbox.vendorkit.billing", "bill"),
     "IngestOutcome": ("meterbox.vendorkit.ingest", "IngestOutcome"),
-    "ingest": ("meterbox.vendorkit.ingest", "ingest"),
+    # Not named "ingest": that is the submodule, which the import system binds on the
+    # package once anything imports it, so the name would mean two things.
+    "ingest_report": ("meterbox.vendorkit.ingest", "ingest"),
     "VendorKeyPair": ("meterbox.vendorkit.keys", "VendorKeyPair"),
     "VendorKeys": ("meterbox.vendorkit.keys", "VendorKeys"),
     "init_keys": ("meterbox.vendorkit.keys", "init"),
@@ -34,7 +36,8 @@ _HOMES: dict[str, tuple[str, str]] = {
 if TYPE_CHECKING:
     from meterbox.vendorkit._db.store import DB_FILE, VendorStore
     from meterbox.vendorkit.billing import Period, Statement, bill
-    from meterbox.vendorkit.ingest import IngestOutcome, ingest
+    from meterbox.vendorkit.ingest import IngestOutcome
+    from meterbox.vendorkit.ingest import ingest as ingest_report
     from meterbox.vendorkit.keys import VendorKeyPair, VendorKeys
     from meterbox.vendorkit.keys import init as init_keys
     from meterbox.vendorkit.keys import rotate as rotate_keys
@@ -58,7 +61,7 @@ __all__ = [
     "VendorKeys",
     "VendorStore",
     "bill",
-    "ingest",
+    "ingest_report",
     "init_keys",
     "rotate_keys",
 ]
