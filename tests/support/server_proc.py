@@ -86,7 +86,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
         args = [sys.executable, "-m", "meterbox", "server", "run", "--data", str(self.data),
                 "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERBOX_")}
