@@ -114,11 +114,58 @@ def test_peak_seats_per_hour_across_instances_and_carried_leases() -> None:
     assert st_.denials == {("lic_a", "cad"): 1}
 
 
-def test_leases_from_before_the_period_count_in_its_first_hour() -> None:
-    events = [_seat("i1", 1, T - 5 * HOUR_MS, "checkout", "a")]
+def test_leases_from_before_the_period_count_from_its_first_hour() -> None:
+    events = [
+        _seat("i1", 1, T - 5 * HOUR_MS, "checkout", "a"),
+        _seat("i1", 2, T + 2 * HOUR_MS + 1, "release", "a"),
+    ]
     st_ = build_statement(JAN, [ACME], {}, {}, [], events)
-    assert len(st_.seats) == 31 * 24
-    assert {s.peak for s in st_.seats} == {1}
+    assert [(s.hour, s.peak) for s in st_.seats] == [
+        ("2026-01-01T00:00Z", 1),
+        ("2026-01-01T01:00Z", 1),
+        ("2026-01-01T02:00Z", 1),
+    ]
+    assert [x.seat_ms for x in st_.seat_lines] == [2 * HOUR_MS + 1]
+
+
+def test_lease_live_at_export_ends_at_the_report_time_not_the_month_end() -> None:
+    # Regression: a 10-minute lease still live at export was billed as a held seat in
+    # every hour to the end of the month (724 hourly rows).
+    checkout = T + 20 * 24 * HOUR_MS + 5 * 60_000
+    report_at = checkout + 10 * 60_000
+    events = [_seat("i1", 1, checkout, "checkout", "a")]
+    st_ = build_statement(JAN, [ACME], {}, {}, [], events, report_times={"i1": report_at})
+    assert [(s.hour, s.peak) for s in st_.seats] == [("2026-01-21T00:00Z", 1)]
+    (line,) = st_.seat_lines
+    assert (line.seat_ms, line.peak, line.live_leases) == (10 * 60_000, 1, 1)
+    # The next report renews and then releases it: one lease, continued, never doubled.
+    later = [
+        *events,
+        _seat("i1", 7, checkout + 50 * 60_000, "renew", "a"),
+        _seat("i1", 9, checkout + 70 * 60_000, "release", "a"),
+    ]
+    again = build_statement(
+        JAN, [ACME], {}, {}, [], later, report_times={"i1": checkout + 80 * 60_000}
+    )
+    assert [(s.hour, s.peak) for s in again.seats] == [
+        ("2026-01-21T00:00Z", 1),
+        ("2026-01-21T01:00Z", 1),
+    ]
+    (line,) = again.seat_lines
+    assert (line.seat_ms, line.peak, line.live_leases) == (70 * 60_000, 1, 0)
+
+
+def test_seat_handed_over_at_one_instant_is_one_seat() -> None:
+    events = [
+        _seat("i1", 1, T + 10, "checkout", "a"),
+        _seat("i1", 2, T + 50, "release", "a"),
+        _seat("i2", 1, T + 50, "checkout", "b"),
+        _seat("i2", 2, T + 90, "release", "b"),
+    ]
+    st_ = build_statement(JAN, [ACME], {}, {}, [], events)
+    assert [(s.peak, x.seat_ms) for s, x in zip(st_.seats, st_.seat_lines, strict=True)] == [
+        (1, 80)
+    ]
 
 
 def test_statement_findings_and_formats() -> None:

@@ -67,6 +67,18 @@ def seat_rows(
     return [tuple(r) for r in conn.execute(query)]
 
 
+def latest_report_times(conn: Connection) -> dict[str, int]:
+    """Per instance, the creation time (us) of its latest accepted report."""
+    m, r = report_meta_table, reports_table
+    query = (
+        sa.select(m.c.instance_id, sa.func.max(m.c.created_us))
+        .join(r, r.c.report_digest == m.c.report_digest)
+        .where(r.c.status.in_(["accepted", "accepted_with_findings"]))
+        .group_by(m.c.instance_id)
+    )
+    return {inst: int(created) for inst, created in conn.execute(query)}
+
+
 def licenses(conn: Connection, customer: str | None) -> list[tuple[str, str, bytes]]:
     """(license, customer, document) ordered by customer, license."""
     t = licenses_table

@@ -30,15 +30,16 @@ def _print_statement(st: Statement) -> None:
             "" if m.used_to_date is None else str(m.used_to_date),
         )
     out.print(table)
-    if st.seats:
-        peaks: dict[tuple[str, str], int] = {}
-        for s in st.seats:
-            peaks[(s.license_id, s.feature)] = max(peaks.get((s.license_id, s.feature), 0), s.peak)
-        seats = Table(title="peak concurrent seats (hourly detail: --format json)")
-        for col in ("license", "feature", "peak", "denials"):
-            seats.add_column(col)
-        for (lic, feat), peak in sorted(peaks.items()):
-            seats.add_row(lic, feat, str(peak), str(st.denials.get((lic, feat), 0)))
+    if st.seat_lines:
+        seats = Table(title="seats (hourly peaks: --format json)")
+        for col in ("license", "feature", "seat-hours", "peak", "denials", "live"):
+            seats.add_column(col, justify="left" if col in ("license", "feature") else "right")
+        for x in st.seat_lines:
+            # Display only: the statement keeps seat time as exact milliseconds.
+            hours = f"{x.seat_ms / 3_600_000:.2f}"
+            seats.add_row(
+                x.license_id, x.feature, hours, str(x.peak), str(x.denials), str(x.live_leases)
+            )
         out.print(seats)
     if st.findings:
         out.print(f"[bold]{len(st.findings)} finding(s) in reports touching {st.period}[/]")
