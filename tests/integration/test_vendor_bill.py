@@ -44,6 +44,8 @@ def test_statement_from_ingested_reports(tmp_path: Path) -> None:
     jan = json.loads(text)
     lines = {m["meter"]: m for m in jan["meters"]}
     assert (lines["solver"]["used"], lines["solver"]["overage"]) == (13, 3)
+    # The refund is itemised, not only netted (docs/spec/license.md).
+    assert (lines["solver"]["increments"], lines["solver"]["decrements"]) == (14, 1)
     assert (lines["exports"]["used"], lines["exports"]["overage"]) == (7, 2)
     assert {s["peak"] for s in jan["seats"]} == {2, 1}  # both held in the first hour
     assert max(s["peak"] for s in jan["seats"]) == 2

@@ -83,6 +83,18 @@ def test_unlimited_meter_and_decrements() -> None:
     assert (_line(lines, "runs").used, _line(lines, "runs").overage) == (-5, 0)
 
 
+def test_decrements_are_itemised_on_the_meter_line() -> None:
+    # Regression: decrements were netted into ``used`` and nowhere shown on the bill.
+    st_ = build_statement(
+        JAN, [ACME], {("lic_a", "runs"): 1003}, {}, [], [], decrements={("lic_a", "runs"): 7}
+    )
+    runs = next(x for x in st_.meters if x.meter == "runs")
+    assert (runs.increments, runs.decrements, runs.used, runs.overage) == (1010, 7, 1003, 3)
+    header, *rows = st_.to_csv().splitlines()
+    assert header.endswith(",increments,decrements")
+    assert "2026-01,ACME,lic_a,runs,month,1003,1000,3,,,1010,7" in rows
+
+
 def test_meter_used_but_not_licensed_is_all_overage() -> None:
     lines = meter_lines(JAN, [ACME], {("lic_a", "ghost"): 7}, {}, [])
     assert (_line(lines, "ghost").prepaid, _line(lines, "ghost").overage) == (0, 7)
@@ -173,7 +185,7 @@ def test_statement_findings_and_formats() -> None:
     st_ = build_statement(JAN, [ACME], {("lic_a", "runs"): 1001}, {}, [], [], [f])
     assert [(x.code, x.customer, x.seq) for x in st_.findings] == [("clock.wall_step", "ACME", 7)]
     csv_text = st_.to_csv()
-    assert "2026-01,ACME,lic_a,runs,month,1001,1000,1,," in csv_text.splitlines()
+    assert "2026-01,ACME,lic_a,runs,month,1001,1000,1,,,1001,0" in csv_text.splitlines()
     data = st_.to_json()
     assert data["period"] == "2026-01"
     assert {m["meter"] for m in data["meters"]} == {"runs", "exports", "views"}

@@ -6,7 +6,7 @@
 Rules (ADR 0006):
 
 * ``used`` is the net units of the period: usage minus decrements with a record time
-  in ``[start, end)`` of the UTC month;
+  in ``[start, end)`` of the UTC month, itemised as ``increments`` and ``decrements``;
 * monthly meters: ``prepaid`` is the license limit plus top-ups issued in the period;
   ``overage = max(0, used - prepaid)``;
 * total meters: ``prepaid`` is the limit plus every top-up issued before the period
@@ -32,7 +32,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -140,6 +140,10 @@ class MeterLine:
     overage: int
     used_to_date: int | None = None
     overage_to_date: int | None = None
+    #: ``used`` itemised: units recorded in the period, and units given back in it
+    #: (decrements); ``used == increments - decrements``.
+    increments: int = 0
+    decrements: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +212,8 @@ class Statement:
         w.writerow(
             [
                 "period", "customer", "license_id", "meter", "period_kind", "used",
-                "prepaid", "overage", "used_to_date", "overage_to_date",
+                "prepaid", "overage", "used_to_date", "overage_to_date", "increments",
+                "decrements",
             ]
         )  # fmt: skip
         for m in self.meters:
@@ -217,7 +222,8 @@ class Statement:
                     self.period, m.customer, m.license_id, m.meter, m.period_kind, m.used,
                     "" if m.prepaid is None else m.prepaid, m.overage,
                     "" if m.used_to_date is None else m.used_to_date,
-                    "" if m.overage_to_date is None else m.overage_to_date,
+                    "" if m.overage_to_date is None else m.overage_to_date, m.increments,
+                    m.decrements,
                 ]
             )  # fmt: skip
         return out.getvalue()
@@ -234,8 +240,14 @@ def meter_lines(
     used_in_period: Mapping[tuple[str, str], int],
     used_before: Mapping[tuple[str, str], int],
     topups: Iterable[TopupIn],
+    decrements: Mapping[tuple[str, str], int] | None = None,
 ) -> list[MeterLine]:
-    """Meter lines for every meter of every license, plus meters seen only in usage."""
+    """Meter lines for every meter of every license, plus meters seen only in usage.
+
+    ``decrements`` are the units given back in the period per (license, meter); they
+    are already netted into ``used_in_period`` and only itemise it.
+    """
+    given_back = decrements or {}
     start, end = period.start_ms, period.end_ms
     topup_total: dict[tuple[str, str], int] = {}
     topup_month: dict[tuple[str, str], int] = {}
@@ -248,7 +260,9 @@ def meter_lines(
             topup_month[key] = topup_month.get(key, 0) + t.units
     lines: list[MeterLine] = []
     for lic in sorted(terms, key=lambda x: (x.customer, x.license_id)):
-        names = set(lic.meters) | {m for (lid, m) in used_in_period if lid == lic.license_id}
+        names = set(lic.meters) | {
+            m for (lid, m) in (*used_in_period, *given_back) if lid == lic.license_id
+        }
         for name in sorted(names):
             key = (lic.license_id, name)
             used = used_in_period.get(key, 0)
@@ -285,7 +299,14 @@ def meter_lines(
                     over_to_date,
                 )
             )
-    return lines
+    return [
+        replace(
+            x,
+            increments=x.used + given_back.get((x.license_id, x.meter), 0),
+            decrements=given_back.get((x.license_id, x.meter), 0),
+        )
+        for x in lines
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +438,7 @@ def seat_usage(
     return peaks_out, lines
 
 
-def build_statement(
+def build_statement(  # noqa: PLR0913 - one parameter per kind of stored row, all plain values
     period: Period,
     terms: Sequence[LicenseTerms],
     used_in_period: Mapping[tuple[str, str], int],
@@ -425,7 +446,9 @@ def build_statement(
     topups: Iterable[TopupIn],
     seat_events: Iterable[SeatEventIn],
     findings: Iterable[FindingIn] = (),
+    *,
     report_times: Mapping[str, int] | None = None,
+    decrements: Mapping[tuple[str, str], int] | None = None,
 ) -> Statement:
     """The statement of ``period`` for the licenses in ``terms`` (pure).
 
@@ -434,7 +457,7 @@ def build_statement(
     """
     customers = {t.license_id: t.customer for t in terms}
     wanted = set(customers)
-    lines = meter_lines(period, terms, used_in_period, used_before, topups)
+    lines = meter_lines(period, terms, used_in_period, used_before, topups, decrements)
     peaks, seat_lines = seat_usage(
         period, (e for e in seat_events if e.license_id in wanted), customers, report_times
     )
@@ -482,6 +505,9 @@ def bill(
         ids = [t.license_id for t in terms]
         in_period = db.usage_sums(conn, start_us=start_us, end_us=end_us, license_ids=ids)
         before = db.usage_sums(conn, start_us=None, end_us=start_us, license_ids=ids)
+        given_back = db.usage_sums(
+            conn, start_us=start_us, end_us=end_us, license_ids=ids, kind="decrement"
+        )
         topups = [
             TopupIn(lic, meter, units, issued // 1000)
             for lic, meter, units, issued in db.topups(conn, end_us)
@@ -508,7 +534,17 @@ def bill(
             found=repr(customer),
             hint="Check the spelling, or leave --customer out",
         )
-    return build_statement(period, terms, in_period, before, topups, seats, findings, report_times)
+    return build_statement(
+        period,
+        terms,
+        in_period,
+        before,
+        topups,
+        seats,
+        findings,
+        report_times=report_times,
+        decrements=given_back,
+    )
 
 
 def to_json_text(statement: Statement) -> str:

@@ -38,12 +38,23 @@ def _signed_amount() -> sa.ColumnElement[int]:
 
 # ------------------------------------------------------------------ billing
 def usage_sums(
-    conn: Connection, *, start_us: int | None, end_us: int, license_ids: Sequence[str] | None
+    conn: Connection,
+    *,
+    start_us: int | None,
+    end_us: int,
+    license_ids: Sequence[str] | None,
+    kind: str | None = None,
 ) -> dict[tuple[str, str], int]:
-    """Net units (increments minus decrements) per (license, meter) with ts in [start, end)."""
+    """Net units (increments minus decrements) per (license, meter) with ts in [start, end).
+
+    With ``kind`` (``increment`` or ``decrement``), the plain units of that kind only.
+    """
     t = usage_table
     ts = micros(t.c.ts)
-    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(_signed_amount())).where(ts < end_us)
+    amount = _signed_amount() if kind is None else t.c.amount
+    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(amount)).where(ts < end_us)
+    if kind is not None:
+        query = query.where(t.c.kind == kind)
     if start_us is not None:
         query = query.where(ts >= start_us)
     if license_ids is not None:

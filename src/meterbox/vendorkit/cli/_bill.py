@@ -16,14 +16,17 @@ from meterbox.vendorkit.cli._common import SEVERITY_STYLE, HomeOption, StoreOpti
 def _print_statement(st: Statement) -> None:
     out = Console(soft_wrap=False, highlight=False, width=200)
     table = Table(title=f"usage {st.period}")
-    for col in ("customer", "license", "meter", "period", "used", "prepaid", "overage", "to date"):
-        table.add_column(col, justify="right" if col in ("used", "prepaid", "overage") else "left")
+    cols = ("customer", "license", "meter", "period", "units", "given back", "used", "prepaid")
+    for col in (*cols, "overage", "to date"):
+        table.add_column(col, justify="left" if col in cols[:4] or col == "to date" else "right")
     for m in st.meters:
         table.add_row(
             m.customer,
             m.license_id,
             m.meter,
             m.period_kind,
+            str(m.increments),
+            str(m.decrements),
             str(m.used),
             "unlimited" if m.prepaid is None else str(m.prepaid),
             str(m.overage),
