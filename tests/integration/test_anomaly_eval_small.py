@@ -1,11 +1,13 @@
-"""The small anomaly evaluation, on held-out generator seeds, through the real ledger.
+"""The small anomaly evaluation: one held-out site, written by the real server.
 
-Two customers, five weeks, one generator seed never used while developing; each attack
-class that leaves evidence injected once per customer. The targets are those of the
-full evaluation (docs/benchmarks.md) with a margin for the small sample: every rule-
-detectable class must be found in every history here, and clean reports must stay
-quiet. Classes known to leave no or weak evidence (small under-reporting) are measured
-by the full run in bench/, not asserted here.
+One site (generator seed :data:`CI_SEED`, never used while tuning) is simulated through
+the real server engine and service, exported, ingested and receipted; its accepted
+history is then forked into a few legitimate operations and attack classes that
+leave evidence in the records the server writes. The targets are those of the full
+evaluation (docs/benchmarks.md): every such attack is found, and neither the clean
+reports nor the legitimate operations raise a warning. Classes whose evidence is
+weak (small under-reporting) or absent are measured by the full run in bench/, not
+asserted here.
 """
 
 from __future__ import annotations
@@ -17,32 +19,35 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from anomaly_eval import HELD_OUT_SEED_BASE, evaluate
+from anomaly_eval import CI_SEED, Tally, evaluate
 
-#: Classes whose evidence the rules see whenever the attack is as large as generated.
-STRONG = ("suppress_all", "clock_back", "clock_back_offline", "clock_forward", "clone")
+LEGITIMATE = ("clean", "power_cut", "maintenance_weekend", "ntp_step")
+#: Attacks whose evidence the server writes whenever the attack is as large as generated.
+STRONG = (
+    "snapshot_live_seats",
+    "stop_kill",
+    "clock_back_live",
+    "clock_forward_stopped",
+    "clone_reporting",
+    "under_report_50",
+)
 
 
 @pytest.fixture(scope="module")
-def tally():  # type: ignore[no-untyped-def]
-    return evaluate(
-        customers=2,
-        seeds=[HELD_OUT_SEED_BASE + 500],
-        weeks=5,
-        attacks=(*STRONG, "under_report_50"),
-    )
+def tally() -> Tally:
+    return evaluate([CI_SEED], (*LEGITIMATE, *STRONG))
 
 
 @pytest.mark.parametrize("attack", STRONG)
-def test_attack_that_leaves_evidence_is_found_on_held_out_seeds(tally, attack) -> None:  # type: ignore[no-untyped-def]
-    assert tally.recall(attack) == 1.0, tally.as_dict()
+def test_attack_that_leaves_evidence_is_found_on_a_held_out_site(tally: Tally, attack: str) -> None:
+    assert tally.rate(attack) == 1.0, tally.as_dict()
 
 
-def test_clean_reports_on_held_out_seeds_stay_quiet(tally) -> None:  # type: ignore[no-untyped-def]
-    assert tally.judged_clean >= 8
-    # Target 2 % per report; with eight reports any false positive is already 12 %.
-    assert tally.flagged_clean == 0, tally.as_dict()
+def test_clean_reports_of_a_held_out_site_carry_no_warning(tally: Tally) -> None:
+    assert tally.clean_judged >= 2
+    assert tally.clean_flagged == 0, tally.as_dict()
 
 
-def test_half_of_usage_hidden_is_found_at_least_once(tally) -> None:  # type: ignore[no-untyped-def]
-    assert tally.recall("under_report_50") >= 0.5, tally.as_dict()
+@pytest.mark.parametrize("case", LEGITIMATE[1:])
+def test_legitimate_operation_raises_no_warning(tally: Tally, case: str) -> None:
+    assert tally.rate(case) == 0.0, tally.as_dict()

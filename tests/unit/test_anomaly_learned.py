@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from meterbox.vendorkit.anomaly import Event, InstanceHistory, ReportView
-from meterbox.vendorkit.anomaly._learned import FEATURES, day_features, learned
+from meterbox.vendorkit.anomaly._features import robust_z
+from meterbox.vendorkit.anomaly._learned import FEATURES, day_features, feature_floor, learned
 
 T0 = 1_767_571_200_000
 HOUR = 3_600_000
@@ -58,3 +61,28 @@ def test_working_day_with_seats_and_no_usage_is_flagged_with_its_drivers() -> No
     assert len(found) == 1
     names = [name for name, _ in found[0].drivers]
     assert names[0] in ("log_units", "log_units_vs_season", "busy_hours_without_usage")
+
+
+def test_one_restart_on_a_history_without_restarts_is_one_standard_deviation() -> None:
+    never = [0.0] * 30
+    assert robust_z(1.0, never, feature_floor("boots", never)) == 1.0
+    # A volume feature that never varied still gets an honest spread, not 1e-9.
+    flat = [3.0] * 30
+    assert abs(robust_z(2.5, flat, feature_floor("log_units", flat))) == 2.0
+
+
+def test_a_day_with_one_restart_is_not_a_learned_finding() -> None:
+    h = history(None)
+    last = h.reports[-1]
+    mid = last.events[len(last.events) // 2]
+    boot = Event(mid.seq, "boot", mid.wall_ms, 1_000)
+    events = tuple(boot if e.seq == mid.seq else e for e in last.events)
+    restarted = InstanceHistory(
+        "i", "l", "c", None, 0, (*h.reports[:-1], replace(last, events=events))
+    )
+    assert learned(restarted) == []
+
+
+def test_learned_findings_are_info_context_not_alarms() -> None:
+    found = learned(history(dead_day=2))
+    assert [a.severity for a in found] == ["info"]

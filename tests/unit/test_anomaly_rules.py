@@ -423,3 +423,131 @@ def test_run_rules_collects_every_rule_and_is_quiet_on_a_steady_history() -> Non
     b = Builder()
     reports = [week_with_seats(b) for _ in range(5)]
     assert R.run_rules(history(reports, every=7 * DAY), th=TH) == []
+
+
+# -------------------------------------------------------------------- downtime
+def stop_and_restart(b: Builder, down_ms: int, *, clean: bool) -> None:
+    if clean:
+        b.add("shutdown")
+    b.tick(down_ms)
+    b.mono = 1_000
+    b.add("boot")
+
+
+def test_unclean_stop_with_seats_out_for_a_working_day_is_a_downtime_warning() -> None:
+    b = Builder()
+    past = [week_with_seats(b) for _ in range(3)]
+    b.add("seat.checkout", lease="y")
+    b.run(DAY, seats=1, usage_every=15 * MIN)
+    stop_and_restart(b, 30 * HOUR, clean=False)
+    b.run(2 * DAY, seats=1, usage_every=15 * MIN)
+    found = R.downtime(history([*past, b.report()]), TH)
+    assert [(a.code, a.severity) for a in found] == [(R.DOWNTIME, "warning")]
+    assert "Ask the customer" in found[0].message
+
+
+def test_planned_stop_is_at_most_info_and_a_short_power_cut_is_not_a_warning() -> None:
+    b = Builder()
+    past = [week_with_seats(b) for _ in range(3)]
+    b.run(DAY, usage_every=15 * MIN)
+    stop_and_restart(b, 2 * DAY, clean=True)  # shut down cleanly, no seat out
+    b.add("seat.checkout", lease="y")
+    b.run(DAY, seats=1, usage_every=15 * MIN)
+    stop_and_restart(b, 2 * HOUR, clean=False)  # a power cut with a seat out
+    b.run(DAY, seats=1, usage_every=15 * MIN)
+    found = R.downtime(history([*past, b.report()]), TH)
+    assert found and {a.severity for a in found} == {"info"}
+
+
+def test_downtime_needs_two_weeks_of_history() -> None:
+    b = Builder()
+    past = [week_with_seats(b)]
+    b.add("seat.checkout", lease="y")
+    b.run(HOUR, seats=1, usage_every=15 * MIN)
+    stop_and_restart(b, 3 * DAY, clean=False)
+    assert R.downtime(history([*past, b.report()]), TH) == []
+
+
+# ---------------------------------------------------------------- before issue
+def test_records_dated_before_the_license_was_issued_are_a_warning() -> None:
+    b = Builder()
+    b.run(DAY)
+    report = b.report()
+    issued_later = InstanceHistory(
+        "inst-a", "lic-1", "acme", None, 0, (report,), license_issued_ms=T0 + 30 * DAY
+    )
+    assert codes(R.before_issue(issued_later, TH)) == {R.BEFORE_ISSUE}
+    issued_before = InstanceHistory(
+        "inst-a", "lic-1", "acme", None, 0, (report,), license_issued_ms=T0 - DAY
+    )
+    assert R.before_issue(issued_before, TH) == []
+    assert R.before_issue(history([report]), TH) == []  # issue date unknown: silent
+
+
+# ------------------------------------------------------------------ per meter
+def metered_week(b: Builder, meters: dict[str, int]) -> ReportView:
+    """Two seats a week; every 15 minutes one record per meter of the given amount."""
+    b.add("seat.checkout", lease=f"m{b.seq}")
+    lease = b.events[-1].lease
+    end = b.wall + 7 * DAY
+    while b.wall < end:
+        b.tick(15 * MIN)
+        for m, amount in meters.items():
+            if amount:
+                b.add("usage", amount=amount, meter=m)
+        b.add("heartbeat", in_use=1)
+    b.add("seat.release", lease=lease)
+    return b.report()
+
+
+def test_a_small_meter_that_stops_while_the_big_one_goes_on_is_a_meter_rate_finding() -> None:
+    b = Builder()
+    past = [metered_week(b, {"solve": 20, "export": 1}) for _ in range(4)]
+    now = metered_week(b, {"solve": 20, "export": 0})
+    found = R.usage_rate(history([*past, now]), TH)
+    # The total barely moves (1 unit in 21); the meter of its own is gone.
+    assert codes(found) == {R.METER_RATE}
+    assert "'export'" in found[0].message
+
+
+def test_every_meter_steady_gives_no_meter_finding() -> None:
+    b = Builder()
+    reports = [metered_week(b, {"solve": 20, "export": 1}) for _ in range(5)]
+    assert R.usage_rate(history(reports), TH) == []
+
+
+# ----------------------------------------------------------- clock severities
+def test_ntp_sized_clock_step_is_info_and_a_day_is_a_warning() -> None:
+    for step, severity in ((10 * MIN, "info"), (-DAY, "warning")):
+        b = Builder()
+        b.run(HOUR)
+        b.wall += step
+        b.add("clock.step", value_ms=step)
+        b.run(HOUR)
+        found = R.clock_checks(history([b.report(received=b.wall + DAY + HOUR)]), TH)
+        steps = [a.severity for a in found if a.code == C.CLOCK_STEP_RECORDED]
+        assert steps == [severity]
+
+
+def test_heartbeat_gap_alone_is_info() -> None:
+    b = Builder()
+    b.add("seat.checkout", lease="x")
+    b.run(HOUR, seats=1)
+    b.tick(3 * HOUR)
+    b.add("heartbeat", in_use=1)
+    found = R.clock_checks(history([b.report()]), TH)
+    assert [(a.code, a.severity) for a in found] == [(C.HEARTBEAT_GAP, "info")]
+
+
+def test_repeated_clock_findings_are_one_finding_with_a_count() -> None:
+    b = Builder()
+    b.run(HOUR)
+    b.wall += 3 * DAY  # ahead of the vendor from here on, and no step record
+    for _ in range(5):
+        b.tick(MIN)
+        b.add("heartbeat")
+    found = R.clock_checks(history([b.report(received=T0 + 2 * HOUR, created=T0 + 2 * HOUR)]), TH)
+    future = [a for a in found if a.code == C.CLOCK_FUTURE_RECORD]
+    assert len(future) == 1
+    assert "(5 records in all)" in future[0].message
+    assert future[0].severity == "warning"

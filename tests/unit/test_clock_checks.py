@@ -83,6 +83,21 @@ def test_creeping_steps_add_up_to_a_finding() -> None:
     assert run(t) == [("clock.wall_step", seqs[2])]
 
 
+def test_ntp_corrections_of_a_slow_clock_adding_up_are_drift_not_a_step() -> None:
+    # A minute a day for six days: each move is NTP-sized and the rate (700 ppm) a
+    # clock's own error, so the built-up six minutes are drift (info), not a jump.
+    hour = 60 * MIN
+    t = honest()
+    seqs = []
+    for _ in range(6):
+        for _ in range(23):
+            t.tick(hour)
+        t.wall += MIN
+        seqs.append(t.tick(hour))
+    found = check_records([(r, False) for r in t.records], vendor_now_ms=t.wall + hour)
+    assert [(f.code, f.seq, f.severity) for f in found] == [("clock.drift", seqs[5], "info")]
+
+
 def test_recorded_clock_step_is_reported_once_as_such() -> None:
     t = honest()
     t.wall += 3_600_000

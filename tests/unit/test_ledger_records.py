@@ -202,4 +202,10 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY}
+    # SEAT_UNKNOWN came after the vectors were fixed (they stay byte-identical); its
+    # payload round trip is covered by the property tests over PAYLOAD_TYPES.
+    assert set(PAYLOAD_TYPES) - seen <= {
+        RecordType.CLOCK_STEP,
+        RecordType.RECOVERY,
+        RecordType.SEAT_UNKNOWN,
+    }

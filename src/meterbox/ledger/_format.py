@@ -70,6 +70,7 @@ class RecordType(enum.IntEnum):
     TOPUP_IMPORTED = 17
     LICENSE_INSTALLED = 18
     USAGE_DENIED = 19
+    SEAT_UNKNOWN = 23
 
     @property
     def kind(self) -> str:

@@ -191,6 +191,20 @@ class SeatExpire(SeatRelease):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SeatUnknown(_Payload):
+    """A client renewed or released a lease the server does not hold (``seat.unknown``).
+
+    Written so the vendor can tell a lease that ran out (its checkout is in the
+    ledger) from one whose checkout the ledger lost, as after a restored copy.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_UNKNOWN
+    lease_id: str = _req("i", "str")
+    #: What the client asked for: ``renew`` or ``release``.
+    operation: str = _req("o", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SeatDenied(_Payload):
     """A checkout refused (``seat.denied``)."""
 
@@ -367,6 +381,7 @@ RecordPayload = (
     | SeatRenew
     | SeatRelease
     | SeatExpire
+    | SeatUnknown
     | SeatDenied
     | Heartbeat
     | ClockStep
@@ -390,6 +405,7 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         SeatRenew,
         SeatRelease,
         SeatExpire,
+        SeatUnknown,
         SeatDenied,
         Heartbeat,
         ClockStep,

@@ -39,6 +39,7 @@ from meterbox.ledger.records import (
     SeatExpire,
     SeatRelease,
     SeatRenew,
+    SeatUnknown,
     TopupImported,
 )
 from meterbox.server._batch import GroupCommitter
@@ -61,11 +62,13 @@ from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
-from meterbox.server._errors import UnavailableError
+from meterbox.server._errors import LeaseNotFound, UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
 
 log = logging.getLogger("meterbox.server")
+#: Longest lease id recorded as unknown; the server's own ids are 22 characters.
+MAX_LEASE_ID = 64
 
 #: How the housekeeping loop waits between rounds, :func:`asyncio.sleep` by default.
 #: Stopping the server cancels the loop, so the wait needs no stop signal of its own.
@@ -297,6 +300,29 @@ class LicenseService:
             raise denial
         return await self._finish_seat(decision, task, now, peak)
 
+    def _write_unknown(self, lease_id: str, operation: str) -> asyncio.Future[int] | None:
+        """Record a renewal or release of a lease this server does not hold.
+
+        A lease that ran out or was released has its checkout in the ledger; one whose
+        checkout the ledger lost (a restored copy of the data directory) has not, and
+        this record is the vendor's only trace of it. Only lease ids of the server's
+        own shape are recorded, so arbitrary strings cannot fill the ledger.
+        """
+        if not (0 < len(lease_id) <= MAX_LEASE_ID):
+            return None
+        return self._write(SeatUnknown(lease_id=lease_id, operation=operation))
+
+    async def _record_unknown(self, task: asyncio.Future[int] | None, now: datetime) -> None:
+        if task is None:
+            return
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            # Evidence, not a grant: the answer to the client does not depend on it.
+            log.warning("could not record a renewal or release of an unknown lease")
+            return
+        await self._save([], seq, now)
+
     def _write_seat(self, d: SeatDecision) -> asyncio.Future[int] | None:
         lease = d.lease
         if d.renewed:
@@ -339,8 +365,18 @@ class LicenseService:
     async def heartbeat(self, lease_id: str) -> SeatDecision:
         async with self._lock:
             now = self.now()
-            decision = self.engine.heartbeat(lease_id, now)
-            task = self._write_seat(decision)
+            try:
+                decision = self.engine.heartbeat(lease_id, now)
+            except LeaseNotFound as exc:
+                missing: LeaseNotFound | None = exc
+                unknown = self._write_unknown(lease_id, "renew")
+            else:
+                missing = None
+                task = self._write_seat(decision)
+        if missing is not None:
+            await self._record_unknown(unknown, now)
+            # Answered as before, once the evidence is on record: check out again.
+            raise missing
         return await self._finish_seat(decision, task, now, None)
 
     async def release(self, lease_id: str) -> bool:
@@ -348,8 +384,12 @@ class LicenseService:
             now = self.now()
             lease = self.engine.release(lease_id)
             if lease is None:
-                return False
-            task = self._write(SeatRelease(lease_id=lease_id))
+                unknown = self._write_unknown(lease_id, "release")
+            else:
+                task = self._write(SeatRelease(lease_id=lease_id))
+        if lease is None:
+            await self._record_unknown(unknown, now)
+            return False
         try:
             seq = await self._durable(task)
         except UnavailableError:

@@ -18,10 +18,10 @@ Invariants:
 * findings are only raised for records the vendor has not acknowledged before
   (``acked=False``): an earlier receipt already judged the rest;
 * at most :data:`MAX_PER_CODE` findings per code, then one summary finding;
-* every finding here is a ``warning``: clocks are evidence, not proof (an honest
-  air-gapped site drifts), and billing counts records, not time, so a clock trick
-  gains the customer no unbilled units. The vendor sees the evidence in the
-  receipt, the store and the billing statement.
+* every finding is a ``warning`` except ``clock.drift`` (``info``): clocks are
+  evidence, not proof (an honest air-gapped site drifts), and billing counts records,
+  not time, so a clock trick gains the customer no unbilled units. The vendor sees
+  the evidence in the receipt, the store and the billing statement.
 
 Stable codes (never renamed, only added):
 
@@ -30,6 +30,9 @@ Stable codes (never renamed, only added):
                                       run by more than ``max_step_ms``, with no
                                       CLOCK_STEP record explaining it
 ``clock.step_recorded``               the server itself recorded a wall clock step
+``clock.drift``                       a recorded or unrecorded step that built up from
+                                      moves of at most ``slew_ms`` between records
+                                      (NTP correcting a fast or slow clock): info
 ``clock.monotonic_backwards``         monotonic time went backwards inside one run
 ``clock.backwards_across_boot``       a run starts at a wall time before the previous
                                       run's last record
@@ -61,7 +64,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from meterbox.errors import FormatError
 from meterbox.ledger import Finding, Record, RecordType
@@ -76,6 +79,7 @@ from meterbox.ledger.records import (
 )
 
 CLOCK_WALL_STEP: Final = "clock.wall_step"
+CLOCK_DRIFT: Final = "clock.drift"
 CLOCK_STEP_RECORDED: Final = "clock.step_recorded"
 CLOCK_MONOTONIC_BACKWARDS: Final = "clock.monotonic_backwards"
 CLOCK_BACKWARDS_ACROSS_BOOT: Final = "clock.backwards_across_boot"
@@ -89,6 +93,7 @@ HEARTBEAT_UNCLEAN_RESTART: Final = "heartbeat.unclean_restart"
 #: Every code of this module and the one-line meaning shown beside it.
 CODES: Final[dict[str, str]] = {
     CLOCK_WALL_STEP: "wall time and monotonic time drifted apart without a step record",
+    CLOCK_DRIFT: "wall time drifted from monotonic time in small corrections (NTP), not a jump",
     CLOCK_STEP_RECORDED: "the server recorded a step of its wall clock",
     CLOCK_MONOTONIC_BACKWARDS: "monotonic time went backwards without a restart",
     CLOCK_BACKWARDS_ACROSS_BOOT: "after a restart the wall clock was behind the last time seen",
@@ -151,6 +156,13 @@ class ClockPolicy:
     #: minutes: three times tighter than RLM's 15-minute TIMEJUMP, and still far above
     #: what NTP slewing or an honest RTC does between two records.
     max_step_ms: int = 300_000
+    #: The largest single move of wall against monotonic time between two records
+    #: that still counts as a slew or an NTP-sized correction: a step whose every move
+    #: is this small is drift (``clock.drift``, info), not a jump.
+    slew_ms: int = 180_000
+    #: The fastest drift, in parts per million of elapsed monotonic time, that counts
+    #: as a clock's own error (1000 ppm: 86 seconds a day; RTCs are within 100).
+    max_drift_ppm: int = 1000
     #: How far a record or the report may lie after the vendor's clock (site clocks
     #: without NTP drift by minutes).
     future_tolerance_ms: int = 300_000
@@ -225,6 +237,8 @@ class ClockChecker:
         self._counts: dict[str, int] = {}
         self._prev: _Seen | None = None
         self._run_offset = 0  # wall - mono agreed for the current run
+        self._largest_move = 0  # largest move between two records since it was agreed
+        self._agreed_mono = 0  # monotonic time when it was agreed
         self._max_wall: int | None = None
         self._leases: set[str] = set(open_leases)
         self._in_use = 0  # seats in use as the last heartbeat stated them
@@ -232,14 +246,21 @@ class ClockChecker:
         self._before_receipt_seen = False
 
     # -------------------------------------------------------------------- output
-    def _find(self, code: str, message: str, seq: int | None) -> None:
+    def _find(
+        self,
+        code: str,
+        message: str,
+        seq: int | None,
+        *,
+        severity: Literal["warning", "info"] = "warning",
+    ) -> None:
         n = self._counts.get(code, 0) + 1
         self._counts[code] = n
         if n <= MAX_PER_CODE:
-            self._findings.append(Finding(code, "warning", message, seq))
+            self._findings.append(Finding(code, severity, message, seq))
         elif n == MAX_PER_CODE + 1:
             self._findings.append(
-                Finding(code, "warning", f"further '{code}' findings omitted", None)
+                Finding(code, severity, f"further '{code}' findings omitted", None)
             )
 
     def findings(self) -> list[Finding]:
@@ -371,6 +392,7 @@ class ClockChecker:
             if prev is not None and report:
                 self._check_restart(seq, wall_ms, prev)
             self._run_offset = offset
+            self._largest_move, self._agreed_mono = 0, mono_ms
             return
         mono_delta = mono_ms - prev.mono_ms
         if mono_delta < 0:
@@ -392,26 +414,51 @@ class ClockChecker:
                 seq,
             )
         step = offset - self._run_offset
+        # The largest single move of wall against monotonic time between two records
+        # since the offset was last agreed: a jump is one big move, drift is many small.
+        move = offset - (prev.wall_ms - prev.mono_ms)
+        self._largest_move = max(self._largest_move, abs(move))
         if rtype == RecordType.CLOCK_STEP:
             if report:
                 shown = step_ms if step_ms is not None else step
-                way = "back" if shown < 0 else "forward"
-                self._find(
-                    CLOCK_STEP_RECORDED,
-                    f"the server recorded a wall clock step {way} by {_ms(abs(shown))} at "
-                    f"record {seq}",
-                    seq,
-                )
+                self._report_step(seq, shown, mono_ms, recorded=True)
             self._run_offset = offset
+            self._largest_move, self._agreed_mono = 0, mono_ms
         elif abs(step) > p.max_step_ms:
             if report:
-                self._find(
-                    CLOCK_WALL_STEP,
-                    f"the wall clock moved {_ms(step)} against monotonic time by record "
-                    f"{seq} with no clock-step record (threshold {_ms(p.max_step_ms)})",
-                    seq,
-                )
+                self._report_step(seq, step, mono_ms, recorded=False)
             self._run_offset = offset
+            self._largest_move, self._agreed_mono = 0, mono_ms
+
+    def _report_step(self, seq: int, step: int, mono_ms: int, *, recorded: bool) -> None:
+        p = self.policy
+        way = "back" if step < 0 else "forward"
+        # Drift: every move small, and slow over the time it built up in (a clock off
+        # by a millisecond a second is far off already; a creep faster is deliberate).
+        elapsed = max(1, mono_ms - self._agreed_mono)
+        slow = abs(step) * 1_000_000 <= p.max_drift_ppm * elapsed
+        if self._largest_move <= p.slew_ms and slow:
+            self._find(
+                CLOCK_DRIFT,
+                f"wall time drifted {way} by {_ms(abs(step))} against monotonic time by "
+                f"record {seq}, in moves of at most {_ms(self._largest_move)} between "
+                "records: corrections of a fast or slow clock (NTP), not one jump",
+                seq,
+                severity="info",
+            )
+        elif recorded:
+            self._find(
+                CLOCK_STEP_RECORDED,
+                f"the server recorded a wall clock step {way} by {_ms(abs(step))} at record {seq}",
+                seq,
+            )
+        else:
+            self._find(
+                CLOCK_WALL_STEP,
+                f"the wall clock moved {_ms(step)} against monotonic time by record "
+                f"{seq} with no clock-step record (threshold {_ms(p.max_step_ms)})",
+                seq,
+            )
 
     def _check_restart(self, seq: int, wall_ms: int, prev: _Seen) -> None:
         p = self.policy

@@ -39,6 +39,8 @@ SHUTDOWN: Final = "shutdown"
 CLOCK_STEP: Final = "clock.step"
 RECEIPT: Final = "receipt.imported"
 RECOVERY: Final = "recovery"
+#: A renewal or release of a lease the server did not hold (payload ``i``, ``o``).
+UNKNOWN_LEASE: Final = "seat.unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class Event:
     #: Usage records this event stands for: the vendor store hands usage to the
     #: detectors summed per minute, which keeps a million-record report cheap to judge.
     count: int = 1
+    #: The meter of a usage record ("" when the source summed meters together).
+    meter: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,9 @@ class InstanceHistory:
     #: Leases checked out before the first report held here (a bounded window of a
     #: longer history), so a later release of one is not mistaken for a lost checkout.
     known_leases: frozenset[str] = frozenset()
+    #: When the license was issued (ms), if the source knows: nothing honest is
+    #: recorded before it.
+    license_issued_ms: int | None = None
 
     @property
     def events(self) -> Iterator[Event]:
@@ -107,8 +114,11 @@ class Thresholds:
     #: The clock and heartbeat checks (:mod:`meterbox.vendorkit.clockcheck`, the one
     #: implementation ingest uses too). Its heartbeat interval must be the server's.
     clock: ClockPolicy = field(default_factory=ClockPolicy)
-    #: Usage stopping: probability of seeing no usage record at the history rate.
-    silence_p: float = 1e-5
+    #: Usage stopping: a silence (seats out, server running, no usage) longer than
+    #: this many times the longest of any slice of history, and at least
+    #: ``silence_min_ms``, is reported.
+    silence_factor: float = 2.0
+    silence_min_ms: int = 4 * HOUR_MS
     #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
     rate_z: float = 3.5
     #: Relative drop of usage per seat-hour that always counts as normal variation.
@@ -119,10 +129,27 @@ class Thresholds:
     rate_prior_weight: float = 4.0
     #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
     rate_min_seat_hours: float = 20.0
-    #: The most recent accepted reports the baseline is taken from.
+    #: The most recent slices of accepted history the baseline is taken from.
     rate_window: int = 12
-    #: Accepted reports needed before history-based rules speak.
-    min_history_reports: int = 3
+    #: Accepted history is cut into slices this long for the usage baselines, so a
+    #: monthly reporter has as many baseline samples as a weekly one.
+    slice_ms: int = 7 * DAY_MS
+    #: Accepted reports needed before history-based rules speak (and slices of
+    #: accepted history, whichever is the stronger requirement).
+    min_history_reports: int = 2
+    min_history_slices: int = 3
+    #: Downtime: expected work lost, in working days (the mean of the site's five
+    #: busiest days of the week), that
+    #: makes a stop that was unclean or left seats out a warning; and the total over
+    #: the report of such stops. A power cut of three working hours loses about 0.4.
+    downtime_warn_days: float = 0.6
+    #: Downtime of any kind (a planned stop too) worth an info line, in the same unit.
+    downtime_info_days: float = 0.25
+    #: Clock evidence smaller than this stays info (NTP corrections, a wrong time zone
+    #: fixed by hand); larger steps, back or forward, are warnings.
+    clock_warn_ms: int = 2 * HOUR_MS
+    #: Records dated this long before the license was issued are a warning.
+    before_issue_tolerance_ms: int = DAY_MS
 
 
 # ---------------------------------------------------------------- from ledgers
@@ -132,8 +159,16 @@ def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: 
     if kind in (USAGE, DECREMENT):
         a = p.get("a", 0)
         amount = a if isinstance(a, int) and not isinstance(a, bool) else 0
-        return Event(seq, kind, wall_ms, mono_ms, amount=-amount if kind == DECREMENT else amount)
-    if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE):
+        m = p.get("m", "")
+        return Event(
+            seq,
+            kind,
+            wall_ms,
+            mono_ms,
+            amount=-amount if kind == DECREMENT else amount,
+            meter=m if isinstance(m, str) else "",
+        )
+    if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE, UNKNOWN_LEASE):
         lease = p.get("i", "")
         return Event(seq, kind, wall_ms, mono_ms, lease=lease if isinstance(lease, str) else "")
     if kind == HEARTBEAT:
@@ -198,14 +233,21 @@ def _add_seat_time(acc: dict[int, int], start: int, end: int, seats: int) -> Non
         t = nxt
 
 
-def robust_z(value: float, history: Sequence[float]) -> float:
-    """(value - median) / (1.4826 * MAD), with a floor on the spread so flat history is sane."""
+def robust_z(value: float, history: Sequence[float], floor: float = 0.0) -> float:
+    """(value - median) / spread, the spread being 1.4826 * MAD floored by ``floor``.
+
+    The floor is the smallest spread the feature can honestly have (its sampling
+    noise, or a prior for a feature that history happens never to have varied): a
+    history that never restarted says nothing about how rare one restart is, and
+    without a floor a zero MAD makes any change look infinitely unlikely. With no
+    floor given, 2 % of the median (and never less than 1e-3) is used.
+    """
     if not history:
         return 0.0
     s = sorted(history)
     med = _median(s)
     mad = _median(sorted(abs(x - med) for x in s))
-    spread = max(1.4826 * mad, 1e-9, 0.02 * abs(med))
+    spread = max(1.4826 * mad, floor, 0.02 * abs(med), 1e-3)
     return (value - med) / spread
 
 

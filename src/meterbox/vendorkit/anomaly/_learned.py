@@ -46,9 +46,30 @@ FEATURES: Final = (
 MIN_DAYS: Final = 14
 
 
+def feature_floor(name: str, history: Sequence[float]) -> float:
+    """The smallest honest spread of one feature (see :func:`robust_z`).
+
+    * logs of volumes (units, seat-hours, units against the season): 0.25, a day
+      a quarter busier or quieter than usual is ordinary;
+    * units per seat-hour: 15 % of its median;
+    * counts (boots, busy hours without usage): Poisson, the square root of the
+      median count and never below one; one restart on a history without any is one
+      standard deviation, not a billion;
+    * the longest silence in hours: one hour (records come in batches).
+    """
+    med = float(np.median(history)) if len(history) else 0.0
+    if name in ("log_units", "log_units_vs_season", "log_seat_hours"):
+        return 0.25
+    if name == "units_per_seat_hour":
+        return max(0.15 * abs(med), 0.05)
+    if name in ("boots", "busy_hours_without_usage"):
+        return math.sqrt(max(med, 1.0))
+    return 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class LearnedConfig:
-    z_min: float = 8.0
+    z_min: float = 6.0
     trees: int = 200
     seed: int = 0
 
@@ -134,7 +155,11 @@ def learned(
         # history gives the forest nothing to split and every day the same score.
         if score > floor:
             continue
-        zs = [(name, robust_z(days[d][i], list(x_train[:, i]))) for i, name in enumerate(FEATURES)]
+        zs = [
+            (name, robust_z(days[d][i], col, feature_floor(name, col)))
+            for i, name in enumerate(FEATURES)
+            for col in [list(x_train[:, i])]
+        ]
         zs.sort(key=lambda kv: -abs(kv[1]))
         if abs(zs[0][1]) < cfg.z_min:
             continue
@@ -143,9 +168,12 @@ def learned(
         out.append(
             Anomaly(
                 LEARNED,
-                "warning",
+                # A day unlike the others is context for the rules' findings, not an
+                # alarm of its own: holidays, projects and restarts all make such days.
+                "info",
                 f"the day starting {_day(d)} is unlike every accepted day of this customer; "
-                f"driven by {named}",
+                f"driven by {named}. Legitimate causes look like a holiday, a deadline or "
+                "a maintenance day; worth a question only beside another finding",
                 judged.instance_id,
                 report.digest,
                 None,

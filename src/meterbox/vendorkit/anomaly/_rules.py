@@ -25,24 +25,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from meterbox.ledger import RecordType
+from meterbox.ledger import Finding, RecordType
 from meterbox.vendorkit import clockcheck
 from meterbox.vendorkit.anomaly._features import (
     BOOT,
     CHECKOUT,
     CLOCK_STEP,
+    DAY_MS,
     DECREMENT,
     EXPIRE,
     HEARTBEAT,
     HOUR_MS,
     RECEIPT,
+    RECOVERY,
     RELEASE,
     RENEW,
+    SHUTDOWN,
+    UNKNOWN_LEASE,
     USAGE,
+    WEEK_HOURS,
     Event,
     InstanceHistory,
     ReportView,
     Thresholds,
+    hour_of_week,
     hourly,
 )
 
@@ -54,6 +60,9 @@ REPORT_LATE: Final = "anomaly.report_late"
 USAGE_RATE: Final = "anomaly.usage_rate"
 LEASE_UNKNOWN: Final = "anomaly.lease_unknown"
 LEARNED: Final = "anomaly.learned"
+DOWNTIME: Final = "anomaly.downtime"
+BEFORE_ISSUE: Final = "anomaly.before_issue"
+METER_RATE: Final = "anomaly.meter_rate"
 
 #: Clock rules that lived here before the single implementation in
 #: :mod:`meterbox.vendorkit.clockcheck`: old code -> the code that reports it now.
@@ -79,6 +88,11 @@ CODES: Final[dict[str, str]] = {
     LEASE_UNKNOWN: "a seat lease was released that the server never checked out: records "
     "were lost (a restored snapshot)",
     LEARNED: "this report's daily usage pattern is unlike the customer's history",
+    DOWNTIME: "the server was down while the customer usually works, after a stop that "
+    "was unclean or left seats checked out",
+    BEFORE_ISSUE: "records are dated before the license was issued (a clock set back, "
+    "typically on a fresh copy of the server)",
+    METER_RATE: "one meter's usage per seat-hour fell out of line with its own history",
     **{old: f"{clockcheck.CODES[new]} (now reported as {new})" for old, new in RENAMED.items()},
 }
 
@@ -191,31 +205,129 @@ def clock_checks(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     Accepted history is fed as acknowledged (context only: the last record, leases
     open, receipts imported); the judged report's records are judged. The vendor's
     clock is the time the report was received.
+
+    Severity (see :func:`clock_severity`): a single weak signal (a gap, an unclean
+    restart, a clock moved by less than ``clock_warn_ms``) is ``info``: honest sites
+    produce those. A clock moved by more, or monotonic time going back, is a warning.
     """
     report = _judged(h)
     if report is None:
         return []
     checker = clockcheck.ClockChecker(vendor_now_ms=report.received_ms, policy=th.clock)
+    prior: list[Event] = []
     for r in h.reports[:-1]:
         for e in r.events:
             _observe(checker, e, acked=True)
+        if r.events:
+            prior = [r.events[-1]]
     for e in report.events:
         _observe(checker, e, acked=False)
     if report.created_ms > 0:
         checker.check_created(report.created_ms)
-    walls = {e.seq: e.wall_ms for e in report.events}
-    return [
-        Anomaly(
-            f.code,
-            "warning",
-            f.message,
-            h.instance_id,
-            report.digest,
-            f.seq,
-            walls.get(f.seq) if f.seq is not None else None,
+    evs = [*prior, *report.events]
+    index = {e.seq: i for i, e in enumerate(evs)}
+    out = []
+    # One finding per code, the first, with how often it recurred: fifty lines that
+    # each say "dated ten days ahead" tell the clerk no more than one.
+    seen: dict[str, int] = {}
+    for f in checker.findings():
+        if f.seq is not None:
+            seen[f.code] = seen.get(f.code, 0) + 1
+    firsts: dict[str, Finding] = {}
+    for f in checker.findings():
+        firsts.setdefault(f.code, f)
+    for f in firsts.values():
+        at = index.get(f.seq) if f.seq is not None else None
+        size = _clock_size(f.code, evs, at, report)
+        sev = clock_severity(f.code, size, th)
+        out.append(
+            Anomaly(
+                f.code,
+                sev,
+                f.message
+                + (f" ({seen[f.code]} records in all)" if seen.get(f.code, 0) > 1 else "")
+                + _clock_advice(f.code, sev),
+                h.instance_id,
+                report.digest,
+                f.seq,
+                evs[at].wall_ms if at is not None else None,
+                score=float(size) if size is not None else None,
+            )
         )
-        for f in checker.findings()
-    ]
+    return out
+
+
+#: Clock codes whose size (ms) decides between info and warning.
+_SIZED: Final = frozenset(
+    {
+        clockcheck.CLOCK_STEP_RECORDED,
+        clockcheck.CLOCK_WALL_STEP,
+        clockcheck.CLOCK_BACKWARDS_ACROSS_BOOT,
+        clockcheck.CLOCK_FUTURE_RECORD,
+        clockcheck.CLOCK_FUTURE_REPORT,
+        clockcheck.CLOCK_REPORT_BEFORE_RECORDS,
+        clockcheck.CLOCK_BEFORE_RECEIPT,
+    }
+)
+_WEAK: Final = frozenset(
+    {clockcheck.HEARTBEAT_GAP, clockcheck.HEARTBEAT_UNCLEAN_RESTART, clockcheck.CLOCK_DRIFT}
+)
+
+
+def clock_severity(code: str, size_ms: int | None, th: Thresholds) -> Severity:
+    """``info`` for the weak signals honest sites produce, ``warning`` for real jumps."""
+    if code in _WEAK:
+        return "info"
+    if code in _SIZED:
+        if size_ms is None:
+            return "warning"
+        return "warning" if abs(size_ms) >= th.clock_warn_ms else "info"
+    return "warning"
+
+
+def _clock_size(code: str, evs: Sequence[Event], at: int | None, report: ReportView) -> int | None:
+    """How far the clock moved, in ms, for a sized clock finding (None if unknown)."""
+    if code == clockcheck.CLOCK_FUTURE_REPORT:
+        return report.created_ms - report.received_ms
+    if code == clockcheck.CLOCK_REPORT_BEFORE_RECORDS:
+        return max(e.wall_ms for e in report.events) - report.created_ms if report.events else None
+    if at is None:
+        return None
+    e = evs[at]
+    if code == clockcheck.CLOCK_FUTURE_RECORD:
+        return e.wall_ms - report.received_ms
+    if code == clockcheck.CLOCK_STEP_RECORDED:
+        return e.value_ms
+    if code == clockcheck.CLOCK_BEFORE_RECEIPT:
+        floor = max((x.value_ms for x in evs[:at] if x.kind == RECEIPT), default=0)
+        return floor - e.wall_ms if floor else None
+    prev = next((x for x in reversed(evs[:at]) if x.mono_ms >= 0), None)
+    if prev is None:
+        return None
+    if code == clockcheck.CLOCK_BACKWARDS_ACROSS_BOOT:
+        return prev.wall_ms - e.wall_ms
+    if code == clockcheck.CLOCK_WALL_STEP and e.mono_ms >= 0:
+        return (e.wall_ms - e.mono_ms) - (prev.wall_ms - prev.mono_ms)
+    return None
+
+
+def _clock_advice(code: str, sev: Severity) -> str:
+    if code in _WEAK:
+        return (
+            ". On its own this is routine (a crash, a power cut, a paused virtual machine); "
+            "see the downtime and usage findings of this report for whether work went "
+            "unrecorded"
+        )
+    if sev == "info":
+        return (
+            ". A move this small is what NTP corrections or a time zone fixed by hand look "
+            "like; no action unless it recurs"
+        )
+    return (
+        ". Honest causes are rare at this size (a dead RTC battery after a power cut, a "
+        "restore of a virtual machine). Ask the customer who changed the server's clock "
+        "and why, and whether the server was copied or restored"
+    )
 
 
 def _observe(checker: clockcheck.ClockChecker, e: Event, *, acked: bool) -> None:
@@ -255,7 +367,7 @@ def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     for e in report.events:
         if e.kind == CHECKOUT:
             known.add(e.lease)
-        elif e.kind in (RENEW, RELEASE, EXPIRE) and e.lease and e.lease not in known:
+        elif e.kind in (RENEW, RELEASE, EXPIRE, UNKNOWN_LEASE) and e.lease and e.lease not in known:
             orphans.append(e)
             known.add(e.lease)
     if not orphans:
@@ -265,9 +377,12 @@ def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
         Anomaly(
             LEASE_UNKNOWN,
             "warning",
-            f"record {first.seq} ends seat lease {first.lease[:64]!r}, which this server "
-            f"never checked out in its reported history ({len(orphans)} such lease(s) in "
-            "this report): checkout records were lost, as when a snapshot is restored",
+            f"record {first.seq} ends or renews seat lease {first.lease[:64]!r}, which this "
+            f"server never checked out in its reported history ({len(orphans)} such "
+            "lease(s) in this report): checkout records were lost, as when the server's "
+            "data is restored from a copy while clients still hold seats. No routine "
+            "operation loses them; a crash does not. Ask the customer whether the server "
+            "was restored from a backup or moved, and when",
             h.instance_id,
             report.digest,
             first.seq,
@@ -278,62 +393,99 @@ def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 
 
 def usage_stopped(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Seats checked out for so long without usage that history makes it implausible.
+    """Seats checked out, the server running, and no usage for far longer than ever before.
 
-    From accepted history: usage records per seat-hour (three quarters of the lower
-    quartile of the per-report rates, so a slow week does not raise alarms). A silence of ``S``
-    seat-hours has Poisson probability ``exp(-rate * S)``; below ``silence_p`` it is
+    A *silence* is wall time during which at least one seat was checked out, the
+    server was writing records (no two records further apart than a heartbeat gap,
+    no restart: downtime is :func:`downtime`'s business) and no usage was recorded.
+    Clients meter in batches, and all of a site's clients often flush together, so
+    silences are neither Poisson nor per seat: the baseline is empirical, the
+    longest silence of each slice of accepted history. A silence longer than
+    ``silence_factor`` times the longest of them, and at least ``silence_min_ms``, is
     reported.
     """
     report = _judged(h)
-    if report is None or len(h.reports) - 1 < th.min_history_reports:
+    if report is None or not _enough_history(h, th):
         return []
-    rates = [r for r in (_records_per_seat_hour(x.events) for x in h.reports[:-1]) if r > 0]
-    if len(rates) < th.min_history_reports:
+    past = [e for r in h.reports[:-1] for e in r.events]
+    longest = []
+    leases: set[str] = set()
+    for sl in _slices(past, th.slice_ms):
+        worst, leases = _longest_silence(sl, leases, th.clock.gap_ms)
+        longest.append(worst[0])
+    if len(longest) < th.min_history_slices:
         return []
-    rate = sorted(rates)[len(rates) // 4] * 0.75
-    limit = -math.log(th.silence_p) / rate
-    ctx = _context(h)
-    leases = set(ctx.open_leases)
-    silent_ms, last_t, start_seq = 0.0, report.events[0].wall_ms if report.events else 0, None
-    out: list[Anomaly] = []
-    reported = False
-    for e in report.events:
-        if leases and e.wall_ms > last_t:
-            silent_ms += (e.wall_ms - last_t) * len(leases)
-        last_t = max(last_t, e.wall_ms)
+    limit = max(th.silence_factor * max(longest), th.silence_min_ms)
+    (silent, _first, end), _ = _longest_silence(
+        report.events, set(_context(h).open_leases), th.clock.gap_ms
+    )
+    if silent <= limit or end is None:
+        return []
+    return [
+        Anomaly(
+            USAGE_STOPPED,
+            "warning",
+            f"seats stayed checked out for {_fmt_ms(silent)} up to record {end.seq} while the "
+            "server ran, with no usage recorded; the longest such silence in this site's "
+            f"history was {_fmt_ms(max(longest))}. Legitimate causes look like sessions "
+            "left open over a holiday, which earlier reports would already show. Ask the "
+            "customer whether clients were changed or could not reach the server",
+            h.instance_id,
+            report.digest,
+            end.seq,
+            end.wall_ms,
+            score=silent / max(1, *longest),
+        )
+    ]
+
+
+def _longest_silence(
+    events: Sequence[Event], leases: set[str], gap_ms: int
+) -> tuple[tuple[int, Event | None, Event | None], set[str]]:
+    """The longest silence in ``events`` (ms, first and last record) and leases open after."""
+    leases = set(leases)
+    best: tuple[int, Event | None, Event | None] = (0, None, None)
+    run, first, prev = 0, None, None
+    for e in events:
+        if prev is not None:
+            dt = e.wall_ms - prev.wall_ms
+            if leases and 0 <= dt <= gap_ms and e.kind not in (BOOT, RECOVERY):
+                if first is None:
+                    first = prev
+                run += dt
+                if run > best[0]:
+                    best = (run, first, e)
+            elif dt > gap_ms or e.kind in (BOOT, RECOVERY) or not leases:
+                run, first = 0, None
         if e.kind in (USAGE, DECREMENT):
-            silent_ms, start_seq, reported = 0.0, None, False
-            continue
-        if start_seq is None:
-            start_seq = e.seq
-        if not reported and silent_ms / HOUR_MS > limit:
-            reported = True
-            out.append(
-                Anomaly(
-                    USAGE_STOPPED,
-                    "warning",
-                    f"seats stayed checked out for {silent_ms / HOUR_MS:.1f} seat-hours up to "
-                    f"record {e.seq} with no usage recorded; history expects about "
-                    f"{rate * silent_ms / HOUR_MS:.0f} usage records in that time",
-                    h.instance_id,
-                    report.digest,
-                    e.seq,
-                    e.wall_ms,
-                    score=rate * silent_ms / HOUR_MS,
-                )
-            )
-        if e.kind == CHECKOUT:
+            run, first = 0, None
+        elif e.kind == CHECKOUT:
             leases.add(e.lease)
         elif e.kind in (RELEASE, EXPIRE):
             leases.discard(e.lease)
+        prev = e
+    return best, leases
+
+
+def _enough_history(h: InstanceHistory, th: Thresholds) -> bool:
+    return len(h.reports) - 1 >= th.min_history_reports
+
+
+def _slices(events: Sequence[Event], slice_ms: int) -> list[list[Event]]:
+    """Events cut into consecutive slices of ``slice_ms`` of wall time (in seq order).
+
+    A record dated before the slice it follows (a clock set back) stays in the
+    current slice: slices follow the ledger, not the clock.
+    """
+    out: list[list[Event]] = []
+    end = None
+    for e in events:
+        if end is None or e.wall_ms >= end:
+            start = e.wall_ms if end is None else max(end, e.wall_ms - (e.wall_ms - end) % slice_ms)
+            end = start + slice_ms
+            out.append([])
+        out[-1].append(e)
     return out
-
-
-def _records_per_seat_hour(events: Sequence[Event]) -> float:
-    hours, _ = hourly(list(events))
-    seat_h = sum(hours.seat_ms.values()) / HOUR_MS
-    return sum(hours.records.values()) / seat_h if seat_h > 1 else 0.0
 
 
 def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
@@ -351,7 +503,8 @@ def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
             "info",
             f"this report arrived {_fmt_ms(interval)} after the previous one; the license "
             f"asks for one every {_fmt_ms(h.report_every_ms)}"
-            + (f" plus {_fmt_ms(h.grace_ms)} grace" if h.grace_ms else ""),
+            + (f" plus {_fmt_ms(h.grace_ms)} grace" if h.grace_ms else "")
+            + "; usually an export forgotten, no action unless it recurs",
             h.instance_id,
             report.digest,
             report.head_seq,
@@ -362,88 +515,351 @@ def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 
 
 def usage_rate(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
-    """Units per seat-hour far below the instance's own accepted reports.
+    """Units per seat-hour far below this instance's own accepted history: in total,
+    and for each meter on its own (``anomaly.meter_rate``).
 
     Judged in log space, where under-reporting by a fraction ``f`` is a shift of
     ``log(1 - f)`` whatever the customer's level. The baseline is the median of the
-    last ``rate_window`` accepted reports' log rates (reports with fewer than
-    ``rate_min_seat_hours`` seat-hours are too noisy to count). The spread against
-    which the drop is measured has three parts:
+    log rates of the last ``rate_window`` slices of accepted history (slices of
+    ``slice_ms``, so a monthly reporter has four baseline samples per report; slices
+    with fewer than ``rate_min_seat_hours`` seat-hours are too noisy to count). The
+    spread against which the drop is measured has three parts:
 
-    * week-to-week drift: the reports' robust spread (1.4826 MAD), pooled with a prior
-      of ``rate_sigma_prior`` worth ``rate_prior_weight`` reports, because the MAD of
-      three to six reports alone is often half or twice the truth, which either
-      misses large drops or raises alarms for small ones;
+    * slice-to-slice drift: the slices' robust spread (1.4826 MAD), pooled with a
+      prior of ``rate_sigma_prior`` worth ``rate_prior_weight`` slices, because the MAD
+      of a few samples alone is often half or twice the truth;
     * the median's own uncertainty (``pi / 2n`` times the drift variance);
     * the judged report's sampling noise: for a sum of usage amounts ``a``, the relative
-      variance is about ``sum(a^2) / sum(a)^2`` (compound Poisson). The vendor store
-      sums usage per minute, which can only overstate it, so the rule errs quiet.
+      variance is about ``sum(a^2) / sum(a)^2`` (compound Poisson; never below one
+      record's worth when nothing was recorded).
 
     A finding needs both a drop beyond ``rate_z`` of that spread and a relative drop
-    beyond ``rate_floor``. Only drops count: the threat is usage that goes unreported,
-    and a customer whose workload grows pays for it; judging one side halves the false
-    alarms that honest drift raises, at no cost in recall.
+    beyond ``rate_floor``. Only drops count: the threat is usage that goes unreported.
+    Per meter, the threshold is raised for the number of meters judged (Bonferroni),
+    so a site with three meters raises no more false alarms than a site with one;
+    a meter whose records name no meter (a store that sums meters) is judged in total
+    only.
     """
     report = _judged(h)
-    if report is None or len(h.reports) - 1 < th.min_history_reports:
+    if report is None or not _enough_history(h, th):
         return []
-    now = _rate_sample(report.events)
+    past_events = [e for r in h.reports[:-1] for e in r.events]
+    now = _rate_sample(report.events, _context(h).open_leases)
     if now.seat_hours < th.rate_min_seat_hours:
         return []
     past = [
-        math.log(x.units / x.seat_hours)
-        for x in (_rate_sample(r.events) for r in h.reports[:-1])
-        if x.seat_hours >= th.rate_min_seat_hours and x.units > 0
+        x
+        for x in _slice_samples(past_events, th.slice_ms)
+        if x.seat_hours >= th.rate_min_seat_hours
     ][-th.rate_window :]
-    n = len(past)
-    if n < th.min_history_reports:
+    if len(past) < th.min_history_slices:
         return []
+    out: list[Anomaly] = []
+    total = _judge_rate(
+        [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
+        now.seat_hours, th, th.rate_z,
+    )  # fmt: skip
+    if total is not None:
+        out.append(_rate_finding(h, report, USAGE_RATE, "usage", now.seat_hours, total))
+    meters = sorted(m for m in {k for x in past for k in x.per_meter} if m)
+    if len(meters) > 1:
+        # Bonferroni over the meters: the z of a one-sided tail probability / n.
+        z = _z_for(_tail(th.rate_z) / len(meters))
+        for m in meters:
+            hist = [
+                x.per_meter[m][0] / x.seat_hours for x in past if x.per_meter.get(m, (0, 0))[0] > 0
+            ]
+            if len(hist) < th.min_history_slices:
+                continue
+            units, sq = now.per_meter.get(m, (0, 0))
+            found = _judge_rate(hist, units, sq, now.seat_hours, th, z)
+            if found is not None:
+                out.append(
+                    _rate_finding(h, report, METER_RATE, f"meter {m!r}", now.seat_hours, found)
+                )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _RateDrop:
+    rate: float
+    usual: float
+    drop: float
+    z: float
+
+
+def _judge_rate(
+    history_rates: Sequence[float],
+    units: int,
+    sum_sq: int,
+    seat_hours: float,
+    th: Thresholds,
+    z_limit: float,
+) -> _RateDrop | None:
+    past = [math.log(r) for r in history_rates if r > 0]
+    n = len(past)
+    if n < th.min_history_slices:
+        return None
     base = statistics.median(past)
     mad_sd = 1.4826 * statistics.median(abs(x - base) for x in past)
     k = th.rate_prior_weight
     drift_var = (k * th.rate_sigma_prior**2 + n * mad_sd**2) / (k + n)
-    if now.units > 0:
-        log_now, sample_var = math.log(now.units / now.seat_hours), now.sum_sq / now.units**2
+    if units > 0:
+        log_now, sample_var = math.log(units / seat_hours), max(sum_sq / units**2, 0.0)
     else:
         # No (net) usage at all: count it as half a unit, as noisy as a single record.
-        log_now, sample_var = math.log(0.5 / now.seat_hours), 1.0
+        log_now, sample_var = math.log(0.5 / seat_hours), 1.0
     sd = math.sqrt(drift_var * (1 + math.pi / (2 * n)) + sample_var)
     z = (log_now - base) / sd
     drop = 1 - math.exp(log_now - base)
-    if z > -th.rate_z or drop < th.rate_floor:
-        return []
-    usual, rate = math.exp(base), max(0.0, now.units) / now.seat_hours
-    return [
-        Anomaly(
-            USAGE_RATE,
-            "warning",
-            f"usage per seat-hour is {rate:.2f}, {drop * 100:.0f}% lower than this "
-            f"instance's usual {usual:.2f} over {now.seat_hours:.0f} seat-hours "
-            f"({abs(z):.1f} standard deviations of its week-to-week variation); usage may "
-            "be under-reported",
-            h.instance_id,
-            report.digest,
-            report.head_seq,
-            None,
-            score=z,
-            drivers=(("units_per_seat_hour", rate), ("history_median", usual)),
-        )
-    ]
+    if z > -z_limit or drop < th.rate_floor:
+        return None
+    return _RateDrop(max(0.0, units) / seat_hours, math.exp(base), drop, z)
+
+
+def _tail(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _z_for(p: float) -> float:
+    return statistics.NormalDist().inv_cdf(1 - p)
+
+
+def _rate_finding(
+    h: InstanceHistory, report: ReportView, code: str, what: str, seat_hours: float, d: _RateDrop
+) -> Anomaly:
+    return Anomaly(
+        code,
+        "warning",
+        f"{what} per seat-hour is {d.rate:.2f}, {d.drop * 100:.0f}% lower than this "
+        f"instance's usual {d.usual:.2f} over {seat_hours:.0f} seat-hours "
+        f"({abs(d.z):.1f} standard deviations of its week-to-week variation): usage may be "
+        "under-reported. Legitimate causes look like a change of work (a new project, "
+        "a lighter kind of job) that persists in later reports. Ask the customer "
+        "whether their work changed, and which client versions they run",
+        h.instance_id,
+        report.digest,
+        report.head_seq,
+        None,
+        score=d.z,
+        drivers=(("units_per_seat_hour", d.rate), ("history_median", d.usual)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class _RateSample:
-    """Usage units, their sum of squares, and seat-hours of one report."""
+    """Usage units, their sum of squares, and seat-hours of one span; per meter too."""
 
     units: int
     sum_sq: int
     seat_hours: float
+    per_meter: dict[str, tuple[int, int]]
 
 
-def _rate_sample(events: Sequence[Event]) -> _RateSample:
-    hours, _ = hourly(list(events))
-    sum_sq = sum(e.amount * e.amount for e in events if e.kind in (USAGE, DECREMENT))
-    return _RateSample(sum(hours.units.values()), sum_sq, sum(hours.seat_ms.values()) / HOUR_MS)
+def _slice_samples(events: Sequence[Event], slice_ms: int) -> list[_RateSample]:
+    """One :class:`_RateSample` per slice of ``events``; seat time runs across slices."""
+    out: list[_RateSample] = []
+    leases: set[str] = set()
+    for sl in _slices(events, slice_ms):
+        out.append(_rate_sample(sl, frozenset(leases)))
+        for e in sl:
+            if e.kind == CHECKOUT:
+                leases.add(e.lease)
+            elif e.kind in (RELEASE, EXPIRE):
+                leases.discard(e.lease)
+    return out
+
+
+def _rate_sample(events: Sequence[Event], open_leases: frozenset[str] = frozenset()) -> _RateSample:
+    hours, _ = hourly(list(events), open_leases)
+    per: dict[str, tuple[int, int]] = {}
+    sum_sq = 0
+    for e in events:
+        if e.kind in (USAGE, DECREMENT):
+            sum_sq += e.amount * e.amount
+            u, q = per.get(e.meter, (0, 0))
+            per[e.meter] = (u + e.amount, q + e.amount * e.amount)
+    return _RateSample(
+        sum(hours.units.values()), sum_sq, sum(hours.seat_ms.values()) / HOUR_MS, per
+    )
+
+
+def downtime(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+    """Server stops that cost the customer's usual working time, judged by how they ended.
+
+    For every restart in the judged report (a BOOT or RECOVERY record), the downtime
+    runs from the last record before it to the restart. Its cost is the work this
+    site usually does in those hours of the week (the mean units per hour of week
+    over accepted history), in working days (the mean of its five busiest days). A
+    stop is *planned* when it ended with a SHUTDOWN record and no seat was checked
+    out; otherwise it is
+    *unplanned* (a crash, a power cut, kill -9, or a restored copy whose records end
+    where the copy was taken).
+
+    * ``warning``: unplanned stops of this report cost ``downtime_warn_days`` or more
+      in total (a power cut of three working hours costs about 0.4 days; suppressing
+      usage by stopping the server for a working day costs about 1);
+    * ``info``: any stop costing ``downtime_info_days`` or more.
+    """
+    report = _judged(h)
+    if report is None or not report.events or not _enough_history(h, th):
+        return []
+    past = [e for r in h.reports[:-1] for e in r.events]
+    profile = _week_profile(past)
+    if profile is None:
+        return []
+    per_hour, per_day = profile
+    prev = past[-1] if past else None
+    leases: set[str] = set(_context(h).open_leases)
+    in_use = _context(h).in_use
+    stops: list[tuple[Event, Event, float, bool, int]] = []
+    for e in report.events:
+        if e.kind in (BOOT, RECOVERY) and prev is not None and prev.kind not in (BOOT, RECOVERY):
+            seats = max(len(leases), in_use)
+            planned = prev.kind == SHUTDOWN and seats == 0
+            cost = _expected_units(per_hour, prev.wall_ms, e.wall_ms) / per_day
+            stops.append((prev, e, cost, planned, seats))
+        if e.kind == CHECKOUT:
+            leases.add(e.lease)
+        elif e.kind in (RELEASE, EXPIRE):
+            leases.discard(e.lease)
+            # The last heartbeat's count is stale once a seat is given back.
+            in_use = max(0, in_use - 1)
+        elif e.kind == HEARTBEAT and e.in_use >= 0:
+            in_use = e.in_use
+        elif e.kind in (BOOT, RECOVERY):
+            in_use = 0
+        prev = e
+    unplanned = [x for x in stops if not x[3]]
+    lost = sum(x[2] for x in unplanned)
+    out: list[Anomaly] = []
+    if lost >= th.downtime_warn_days:
+        worst = max(unplanned, key=lambda x: x[2])
+        a, b, cost, _, seats = worst
+        out.append(
+            Anomaly(
+                DOWNTIME,
+                "warning",
+                f"the server was down for {_fmt_ms(b.wall_ms - a.wall_ms)} after record "
+                f"{a.seq} ({'no shutdown record' if a.kind != SHUTDOWN else 'shut down'} "
+                f"with {seats} seat(s) checked out), restarting at record {b.seq}; this "
+                f"site usually does {cost:.1f} days' worth of work in those hours "
+                f"({len(unplanned)} such stop(s) in this report, {lost:.1f} days in all). "
+                "Work done meanwhile was not metered. Legitimate causes look like a power "
+                "cut or hardware failure: short, rare, with users idle meanwhile. Ask the "
+                "customer what stopped the server, whether users kept working, and "
+                "whether the server's data was restored from a backup",
+                h.instance_id,
+                report.digest,
+                b.seq,
+                b.wall_ms,
+                score=lost,
+                drivers=(("lost_days", lost), ("stops", float(len(unplanned)))),
+            )
+        )
+    else:
+        for a, b, cost, planned, _seats in stops:
+            if cost < th.downtime_info_days:
+                continue
+            kind = "a planned stop (shut down, no seat out)" if planned else "an unplanned stop"
+            out.append(
+                Anomaly(
+                    DOWNTIME,
+                    "info",
+                    f"the server was down for {_fmt_ms(b.wall_ms - a.wall_ms)} after record "
+                    f"{a.seq}, {kind}, in hours worth {cost:.1f} days of this site's usual "
+                    "work. Routine for maintenance and holidays; worth a question only if "
+                    "it recurs in working hours",
+                    h.instance_id,
+                    report.digest,
+                    b.seq,
+                    b.wall_ms,
+                    score=cost,
+                )
+            )
+    return out
+
+
+def _week_profile(events: Sequence[Event]) -> tuple[list[float], float] | None:
+    """Mean units per hour of week over ``events`` and the units of a working day.
+
+    ``None`` with less than two weeks of history or no usage at all.
+    """
+    if not events:
+        return None
+    first = min(e.wall_ms for e in events)
+    last = max(e.wall_ms for e in events)
+    if last - first < 14 * DAY_MS:
+        return None
+    units: dict[int, int] = {}
+    for e in events:
+        if e.kind in (USAGE, DECREMENT):
+            hr = e.wall_ms - e.wall_ms % HOUR_MS
+            units[hr] = units.get(hr, 0) + e.amount
+    sums = [0.0] * WEEK_HOURS
+    counts = [0] * WEEK_HOURS
+    t = first - first % HOUR_MS
+    while t <= last:
+        w = hour_of_week(t)
+        sums[w] += units.get(t, 0)
+        counts[w] += 1
+        t += HOUR_MS
+    per_hour = [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
+    # The unit is a working day: the mean of the five busiest days of the week, so a
+    # site that never works weekends is not charged 7/5 days for one working day.
+    days = sorted((sum(per_hour[d * 24 : d * 24 + 24]) for d in range(7)), reverse=True)
+    per_day = sum(days[:5]) / 5
+    if per_day <= 0:
+        return None
+    return per_hour, per_day
+
+
+def _expected_units(per_hour: Sequence[float], start: int, end: int) -> float:
+    """Expected units between two wall times by the hour-of-week profile."""
+    if end <= start:
+        return 0.0
+    # Beyond four weeks the profile only repeats: cap the walk.
+    end = min(end, start + 28 * DAY_MS)
+    total, t = 0.0, start
+    while t < end:
+        h = t - t % HOUR_MS
+        nxt = min(end, h + HOUR_MS)
+        total += per_hour[hour_of_week(t)] * (nxt - t) / HOUR_MS
+        t = nxt
+    return total
+
+
+def before_issue(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+    """Records of the judged report dated well before the license was issued.
+
+    An honest server cannot record anything for a license before the vendor issued
+    it; a server whose clock says otherwise had its clock set back, which matters most
+    on a fresh copy of the server started to run a second site on one license.
+    """
+    report = _judged(h)
+    if report is None or h.license_issued_ms is None:
+        return []
+    limit = h.license_issued_ms - th.before_issue_tolerance_ms
+    early = [e for e in report.events if e.wall_ms < limit]
+    if not early:
+        return []
+    first = early[0]
+    return [
+        Anomaly(
+            BEFORE_ISSUE,
+            "warning",
+            f"{len(early)} record(s) of this report, the first at record {first.seq}, are "
+            f"dated up to {_fmt_ms(limit - min(e.wall_ms for e in early))} before the "
+            "license was issued: the server's clock was set back. No legitimate cause "
+            "produces this except a machine whose clock was never set. Ask the customer "
+            "which machine runs this server, and whether another copy of it exists",
+            h.instance_id,
+            report.digest,
+            first.seq,
+            first.wall_ms,
+            score=float(len(early)),
+        )
+    ]
 
 
 def clones(
@@ -474,7 +890,9 @@ def clones(
                     "critical",
                     f"instance {other.instance_id} also reports for license "
                     f"{judged.license_id} over the same period as this report: two servers "
-                    "are running one license (a cloned server)",
+                    "are running one license (a cloned server). A reinstalled server "
+                    "looks different: the old one stops reporting before the new one "
+                    "starts. Ask the customer which machines run the server",
                     judged.instance_id,
                     report.digest,
                     None,
@@ -495,6 +913,8 @@ INSTANCE_RULES: Final[tuple[Rule, ...]] = (
     lease_unknown,
     report_late,
     usage_rate,
+    downtime,
+    before_issue,
 )
 
 

@@ -1,0 +1,122 @@
+"""Each detector on records the real server wrote, for the evidence the server is the source of.
+
+A two-seat site runs four weeks through the real server engine and service (manual
+clock), with real export, ingest and receipts (``bench/_server_sim.py``); its history
+is then forked into one operation per test. The records the detectors read are the
+ones the server wrote and the vendor verified, not hand-written ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from _server_sim import MeterProfile, SiteProfile, SiteSim, Vendor, histories
+from meterbox.ledger import RecordType
+from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect
+from meterbox.vendorkit.anomaly import _rules as R
+from meterbox.vendorkit.anomaly._features import UNKNOWN_LEASE
+from meterbox.vendorkit.clockcheck import ClockPolicy
+
+SITE = SiteProfile(
+    name="evidence",
+    seats=3,
+    schedule="office",
+    work_start=8,
+    work_hours=9,
+    weekend=0.0,
+    meters=(MeterProfile("solve", 6.0, 2.0), MeterProfile("export", 1.0, 1.0)),
+    report_days=7,
+    growth_per_week=0.0,
+    batch_ticks=3,
+    restart_per_week=0.0,
+    rough_ntp=False,
+)
+TH = R.Thresholds(clock=ClockPolicy(heartbeat_interval_ms=10 * 60_000))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
+    root = tmp_path_factory.mktemp("evidence")
+    sim = SiteSim(root / "base", Vendor.create(root), SITE, 7, periods=4)
+    sim.run_history()
+    yield sim
+    sim.stop_all()
+
+
+def run(base: SiteSim, case: str, tmp_path: Path) -> tuple[InstanceHistory, list[InstanceHistory]]:
+    sim = base.fork(case, tmp_path / case).run()
+    main, *others = histories(sim)
+    return main, others
+
+
+def last(h: InstanceHistory, peers: list[InstanceHistory] | None = None) -> list[Anomaly]:
+    return detect(h, peers or [], thresholds=TH)
+
+
+def alarms(found: list[Anomaly]) -> set[str]:
+    return {a.code for a in found if a.severity in ("warning", "critical")}
+
+
+def test_clean_week_of_the_real_server_raises_no_warning(base: SiteSim, tmp_path: Path) -> None:
+    main, _ = run(base, "clean", tmp_path)
+    for i in range(2, len(main.reports)):
+        prefix = InstanceHistory(
+            main.instance_id,
+            main.license_id,
+            main.customer,
+            main.report_every_ms,
+            main.grace_ms,
+            main.reports[: i + 1],
+            license_issued_ms=main.license_issued_ms,
+        )
+        assert alarms(last(prefix)) == set(), i
+
+
+def test_restored_copy_leaves_renewals_of_unknown_leases_the_server_records(
+    base: SiteSim, tmp_path: Path
+) -> None:
+    main, _ = run(base, "snapshot_stopped_seats", tmp_path)
+    kinds = {e.kind for e in main.reports[-1].events}
+    # The restored server did not know the leases its clients still held, and said so.
+    assert UNKNOWN_LEASE in kinds
+    assert RecordType.from_kind(UNKNOWN_LEASE) is RecordType.SEAT_UNKNOWN
+    found = R.lease_unknown(main, TH)
+    assert [(a.code, a.severity) for a in found] == [(R.LEASE_UNKNOWN, "warning")]
+    assert "restored" in found[0].message
+
+
+def test_leases_that_ran_out_in_a_power_cut_are_not_unknown(base: SiteSim, tmp_path: Path) -> None:
+    main, _ = run(base, "power_cut", tmp_path)
+    assert R.lease_unknown(main, TH) == []
+    found = last(main)
+    assert alarms(found) == set(), [a.message for a in found]
+    assert {a.code for a in found} >= {"heartbeat.unclean_restart"}
+
+
+def test_server_killed_for_a_working_day_is_a_downtime_warning(
+    base: SiteSim, tmp_path: Path
+) -> None:
+    main, _ = run(base, "stop_kill", tmp_path)
+    found = [a for a in last(main) if a.code == R.DOWNTIME]
+    assert [a.severity for a in found] == ["warning"]
+
+
+def test_fresh_backdated_copy_is_dated_before_the_license_and_is_a_clone(
+    base: SiteSim, tmp_path: Path
+) -> None:
+    main, others = run(base, "clone_fresh_backdated", tmp_path)
+    (fresh,) = others
+    assert R.BEFORE_ISSUE in alarms(last(fresh, [main]))
+    assert R.CLONE in alarms(last(main, [fresh]))
+
+
+def test_whole_small_meter_dropped_is_a_meter_rate_warning(base: SiteSim, tmp_path: Path) -> None:
+    main, _ = run(base, "drop_meter", tmp_path)
+    found = [a for a in last(main) if a.code == R.METER_RATE]
+    assert found and "'export'" in found[0].message
