@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -273,3 +275,147 @@ def test_property_peaks_bounded_by_checkouts(ops: list[tuple[str, bool, int]]) -
     checkouts = sum(1 for e in events if e.kind == "checkout")
     for s in st_.seats:
         assert 1 <= s.peak <= checkouts
+
+
+# ------------------------------------------------- bill against a reference
+LICS = ("lic_a", "lic_b")
+TERMS = [
+    ACME,
+    LicenseTerms("lic_b", "Globex", {"runs": MeterTerms(5, "month")}),
+]
+history_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["checkout", "renew", "release", "expire", "denied", "use", "give_back"]),
+        st.sampled_from(["i1", "i2"]),
+        st.sampled_from(LICS),
+        st.sampled_from(["cad", "cam"]),
+        # Time since the previous operation; ties and exact hours are where seat
+        # handovers and hour boundaries go wrong.
+        st.sampled_from([0, 0, 1, HOUR_MS]) | st.integers(0, 50 * 60_000),
+        st.integers(0, 7),  # which open lease, or how many units
+    ),
+    max_size=60,
+)
+
+
+def _reference_seats(
+    truth: list[tuple[str, str, int, int, bool]], denied: dict[tuple[str, str], int]
+) -> dict[tuple[str, str], object]:
+    """Seat time clipped to the period, most held at one instant, denials, per key."""
+    start, end = T, JAN.end_ms
+    expected_lines: dict[tuple[str, str], object] = {}
+    for lic_id in LICS:
+        for feat in ("cad", "cam"):
+            mine = [
+                (max(s, start), min(e, end), live)
+                for (lic0, feat0, s, e, live) in truth
+                if (lic0, feat0) == (lic_id, feat) and max(s, start) < min(e, end)
+            ]
+            if not mine and not denied.get((lic_id, feat)):
+                continue
+
+            def held_at(t: int, mine: list[tuple[int, int, bool]] = mine) -> int:
+                return sum(1 for s, e, _ in mine if s <= t < e)
+
+            hours: dict[int, int] = {}
+            for s, e, _ in mine:
+                for h in range(s // HOUR_MS, (e - 1) // HOUR_MS + 1):
+                    # The most held at once in an hour is reached at the hour's start or
+                    # at some lease's start inside it.
+                    instants = [max(h * HOUR_MS, start)] + [
+                        s2 for s2, _, _ in mine if h * HOUR_MS <= s2 < (h + 1) * HOUR_MS
+                    ]
+                    hours[h] = max(held_at(t) for t in instants)
+            expected_lines[(lic_id, feat)] = (
+                sum(e - s for s, e, _ in mine),
+                max(hours.values(), default=0),
+                denied.get((lic_id, feat), 0),
+                sum(1 for *_, live in mine if live),
+                sorted((datetime_hour(h), p) for h, p in hours.items() if p > 0),
+            )
+    return expected_lines
+
+
+@settings(max_examples=200, deadline=None)
+@given(history_ops, st.integers(0, 3 * HOUR_MS), st.integers(-4 * HOUR_MS, 2 * HOUR_MS))
+def test_property_every_bill_line_matches_a_reference_computation(
+    ops: list[tuple[str, str, str, str, int, int]], tail: int, offset: int
+) -> None:
+    # Simulate servers: the truth is each lease's [checkout, end) and each unit.
+    now = T + offset
+    seqs = {"i1": 0, "i2": 0}
+    open_: dict[str, list[tuple[str, str, str, int]]] = {"i1": [], "i2": []}
+    truth: list[tuple[str, str, int, int, bool]] = []  # license, feature, start, end, live
+    events: list[SeatEventIn] = []
+    units: dict[tuple[str, str], list[int]] = {}
+    denied: dict[tuple[str, str], int] = {}
+    for n, (kind, inst, lic_id, feat, step, pick) in enumerate(ops):
+        now += step
+        seqs[inst] += 1
+        seq = seqs[inst]
+        leases = open_[inst]
+        if kind in ("use", "give_back"):
+            if T <= now < JAN.end_ms:
+                sign = 1 if kind == "use" else -1
+                units.setdefault((lic_id, "runs"), []).append(sign * (pick + 1))
+            continue
+        if kind == "denied":
+            events.append(SeatEventIn(inst, seq, lic_id, feat, now, "denied", None))
+            if T <= now < JAN.end_ms:
+                denied[(lic_id, feat)] = denied.get((lic_id, feat), 0) + 1
+            continue
+        if kind == "checkout" or not leases:
+            lease = f"{inst}-{n}"
+            leases.append((lease, lic_id, feat, now))
+            events.append(SeatEventIn(inst, seq, lic_id, feat, now, "checkout", lease))
+            continue
+        lease, lic0, feat0, start = leases[pick % len(leases)]
+        events.append(SeatEventIn(inst, seq, lic0, feat0, now, kind, lease))
+        if kind != "renew":
+            leases.remove((lease, lic0, feat0, start))
+            truth.append((lic0, feat0, start, now, False))
+    report_at = now + tail
+    report_times = {inst: report_at for inst in seqs if seqs[inst]}
+    for leases in open_.values():
+        truth.extend((lic0, feat0, start, report_at, True) for _, lic0, feat0, start in leases)
+
+    used = {k: sum(v) for k, v in units.items()}
+    given_back = {k: -sum(u for u in v if u < 0) for k, v in units.items()}
+    st_ = build_statement(
+        JAN,
+        TERMS,
+        used,
+        {},
+        [],
+        events,
+        report_times=report_times,
+        decrements=given_back,
+    )
+
+    # Meter lines: units and decrements itemised, used their difference.
+    for line in st_.meters:
+        raw = units.get((line.license_id, line.meter), [])
+        assert line.increments == sum(u for u in raw if u > 0)
+        assert line.decrements == -sum(u for u in raw if u < 0)
+        assert line.used == sum(raw)
+    # Seat lines, against a direct computation from the simulated truth.
+    expected_lines = _reference_seats(truth, denied)
+    got = {
+        (x.license_id, x.feature): (
+            x.seat_ms,
+            x.peak,
+            x.denials,
+            x.live_leases,
+            sorted(
+                (s.hour, s.peak)
+                for s in st_.seats
+                if (s.license_id, s.feature) == (x.license_id, x.feature)
+            ),
+        )
+        for x in st_.seat_lines
+    }
+    assert got == expected_lines
+
+
+def datetime_hour(hour_index: int) -> str:
+    return datetime.fromtimestamp(hour_index * 3600, UTC).strftime("%Y-%m-%dT%H:00Z")
