@@ -131,6 +131,31 @@ def findings_touching(
     return [tuple(r) for r in conn.execute(query)]
 
 
+def all_findings(conn: Connection) -> list[tuple[str, str, str, str, str, str, str, int | None]]:
+    """(digest, instance, status, licenses, code, severity, message, seq) of every report.
+
+    Every stored finding, rejected and unusable reports included, in the order stored;
+    ``licenses`` is the comma-separated list the report carried (empty if unknown).
+    """
+    f, r, s = findings_table, reports_table, report_spans_table
+    query = (
+        sa.select(
+            f.c.report_digest,
+            f.c.instance_id,
+            sa.func.coalesce(r.c.status, ""),
+            sa.func.coalesce(s.c.license_ids, ""),
+            f.c.code,
+            f.c.severity,
+            f.c.message,
+            f.c.seq,
+        )
+        .outerjoin(r, r.c.report_digest == f.c.report_digest)
+        .outerjoin(s, s.c.report_digest == f.c.report_digest)
+        .order_by(f.c.id)
+    )
+    return [tuple(row) for row in conn.execute(query)]
+
+
 # ------------------------------------------------------------------ anomaly detectors
 def report_rows(
     conn: Connection, instance_id: str
