@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: PostgreSQL server binaries (for the vendor store's
 # PostgreSQL tests), Debian's chromium (for the dashboard browser tests), swtpm and
-# tpm2-tools (a software TPM 2.0 for the TPM anchor tests), and libtss2-dev with pkg-config
-# (the headers tpm2-pytss is built against; run this before `pip install -e .`).
+# tpm2-tools (a software TPM 2.0 for the TPM anchor tests), libtss2-dev with pkg-config
+# (the headers tpm2-pytss is built against; run this before `pip install -e .`), and
+# Node.js with npm (for the Cryptolens Node SDK tests), then the unmodified npm
+# `cryptolens` package into tests/node/node_modules from the committed lock file.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -12,6 +15,8 @@ command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 command -v tpm2_nvcertify >/dev/null 2>&1 || need+=(tpm2-tools)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 [ -f /usr/include/tss2/tss2_esys.h ] || need+=(libtss2-dev)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -20,4 +25,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     echo "missing system packages: ${need[*]} (install them as root)" >&2
     exit 1
   fi
+fi
+if [ ! -f tests/node/node_modules/cryptolens/package.json ] \
+  || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -37,10 +37,13 @@ def _free_port() -> int:
 def _run(args: list[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "meterbox", *args]
     console.print(f"[dim]$ meterbox {shlex.join(args)}[/]")
-    env = {**os.environ, "COLUMNS": "110"}
+    # Each output line is printed indented by two columns, so the command draws its
+    # tables two columns narrower than this console: nothing wraps mid-row.
+    env = {**os.environ, "COLUMNS": str(max(40, console.width - 2))}
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False, env=env)
     for line in (done.stdout + done.stderr).strip().splitlines():
-        console.print(f"  {line}", highlight=False)
+        # Tables already fit; long prose lines wrap at word boundaries.
+        console.print(f"  {line}", highlight=False, markup=False)
     if check and done.returncode != 0:
         raise SystemExit(f"demo step failed with exit status {done.returncode}")
     return done
@@ -160,7 +163,8 @@ def _simulate_clients(url: str, root: Path) -> None:
     for t in threads:
         t.join()
     for line in sorted(results):
-        console.print(f"  {line}", highlight=False)
+        # Tables already fit; long prose lines wrap at word boundaries.
+        console.print(f"  {line}", highlight=False, markup=False)
     seats = httpx.get(f"{url}/v1/seats", timeout=5).json()
     for f in seats["features"]:
         console.print(f"  feature {f['feature']}: {f['in_use']} in use now, {f['denials']} denials")

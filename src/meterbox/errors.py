@@ -11,6 +11,7 @@ subclass only where its concept is genuinely narrower (and says why there).
     │   └── compat.CryptolensRequestError  a Cryptolens form that is malformed or too large
     ├── VerificationError                a signature, tag or chain that does not verify
     ├── StateError                       on-disk state that is missing, locked or inconsistent
+    │   ├── DiskFullError                no space left for durable state (HTTP 507)
     │   ├── client.SpoolError            the client's local usage spool is not usable
     │   └── server.TopupAlreadyAppliedError  the same top-up file imported a second time
     ├── ConfigError                      a flag, setting or file argument that is not usable
@@ -79,7 +80,11 @@ class MeterboxError(Exception):
 
 def _sentence(text: str) -> str:
     text = text.strip().rstrip(".")
-    return (text[:1].upper() + text[1:] + ".") if text else ""
+    if not text:
+        return ""
+    # A hint may be a question ("did you mean 'port'?"); it keeps its own mark.
+    end = "" if text.endswith(("?", "!")) else "."
+    return text[:1].upper() + text[1:] + end
 
 
 class FormatError(MeterboxError):
@@ -104,6 +109,16 @@ class StateError(MeterboxError):
     """Persistent state is missing, locked by another process, or inconsistent."""
 
     code = "state"
+
+
+class DiskFullError(StateError):
+    """The disk that holds durable state has no space left (or the quota is used up).
+
+    Narrower than StateError because the cure is different: nothing is damaged or
+    inconsistent, and the same request succeeds once space is freed. HTTP 507.
+    """
+
+    code = "insufficient_storage"
 
 
 class ConfigError(MeterboxError):

@@ -459,3 +459,67 @@ def test_cli_round_trip_and_exit_codes(
     assert json.loads(flushed.stdout)["delivered"] == 1
     assert server.used("runs") == 3
     assert os.path.exists(tmp_path / "cli.db")
+
+
+# ------------------------------------------------------------ shell identity
+
+
+def meterbox_cli(
+    server: ServerProcess, tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """One `meterbox` process, as a shell script runs it (so each call has a new pid)."""
+    env = {**os.environ, "METERBOX_URL": server.url, "METERBOX_SPOOL": str(tmp_path / "sh.db")}
+    return subprocess.run(
+        [sys.executable, "-m", "meterbox", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_cli_record_rerun_with_the_same_key_is_a_replay_and_exits_0(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    first = meterbox_cli(server, tmp_path, "client", "record", "runs", "2", "--key", "job-17")
+    again = meterbox_cli(server, tmp_path, "client", "record", "runs", "2", "--key", "job-17")
+    assert (first.returncode, again.returncode) == (0, 0), again.stderr
+    assert json.loads(again.stdout)["receipt"]["replayed"] is True
+    assert server.used("runs") == 2
+
+
+def test_cli_second_checkout_from_the_shell_renews_the_same_seat(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    first = meterbox_cli(server, tmp_path, "client", "checkout", "long")
+    again = meterbox_cli(server, tmp_path, "client", "checkout", "long", "--json")
+    assert (first.returncode, again.returncode) == (0, 0), again.stderr
+    lease = json.loads(again.stdout)
+    assert lease["lease_id"] == first.stdout.strip()
+    assert lease["renewed"] is True
+    assert server.in_use("long") == 1
+
+
+def test_sigterm_releases_a_held_seat(server: ServerProcess, tmp_path: Path) -> None:
+    child = textwrap.dedent(
+        f"""
+        import time
+        from meterbox.client import Client
+        c = Client({server.url!r}, client_id="terminated", environ={{}})
+        with c.seat("long") as seat:
+            print(seat.lease_id, flush=True)
+            time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip()
+    assert server.in_use("long") == 1
+    proc.send_signal(signal.SIGTERM)
+    # The default action still ends the process, with the status a SIGTERM gives.
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert server.in_use("long") == 0
+
+
+def test_balance_of_a_refusing_meter_at_its_limit(server: ServerProcess, tmp_path: Path) -> None:
+    with client(server, tmp_path) as c:
+        c.record("capped", 10)
+        (balance,) = [b for b in c.balances() if b.meter == "capped"]
+    assert (balance.policy, balance.over_limit, balance.remaining) == ("refuse", False, 0)

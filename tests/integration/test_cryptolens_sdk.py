@@ -81,6 +81,7 @@ def _licenses(now: int) -> list[tuple[CryptolensLicenseView, list[DataObjectView
         customer=CustomerView(7, "Ada", "ada@example.org", "Lab", now - 86_400),
         max_no_of_machines=2,
         max_overdraft=1,
+        floating=True,
     )
     node = CryptolensLicenseView(
         license_id="lic-node",
@@ -283,7 +284,7 @@ def test_metadata_is_signed_and_counts_used_seats(server: Server) -> None:
     assert bad == (None, "The signature check failed.")
 
 
-def test_node_locked_activation_on_an_allowed_machine(server: Server) -> None:
+def test_node_locked_allowed_machine_plus_the_first_max_machines_codes(server: Server) -> None:
     license_key, message = Key.activate(
         TOKEN, server.public_xml, PRODUCT, NODE_KEY, NODE_MACHINE, friendly_name="lab-pc"
     )
@@ -292,8 +293,14 @@ def test_node_locked_activation_on_an_allowed_machine(server: Server) -> None:
     assert Helpers.IsOnRightMachine(license_key, custom_machine_code=NODE_MACHINE)
     assert not Helpers.IsOnRightMachine(license_key, custom_machine_code="someone-else")
     assert Helpers.HasFeature(license_key, "f1")
-    refused = Key.activate(TOKEN, server.public_xml, PRODUCT, NODE_KEY, "someone-else")
+    # MaxNoOfMachines=1: the pre-listed machine uses no slot, so one other code activates.
+    first, message = Key.activate(TOKEN, server.public_xml, PRODUCT, NODE_KEY, "someone-else")
+    assert first is not None, message
+    assert Helpers.IsOnRightMachine(first, custom_machine_code="someone-else")
+    refused = Key.activate(TOKEN, server.public_xml, PRODUCT, NODE_KEY, "a-third-machine")
     assert refused == (None, LIMIT_REACHED_MESSAGE)
+    again, message = Key.activate(TOKEN, server.public_xml, PRODUCT, NODE_KEY, "someone-else")
+    assert again is not None, message
 
 
 def test_unknown_key_is_refused(server: Server) -> None:

@@ -324,20 +324,52 @@ def test_signed_reply_verifies_only_with_this_servers_public_key(server: Server)
     assert LicenseKey.load_from_string(other, saved, 3) is None
 
 
-def test_node_locked_activation_is_for_allowed_machines_only_and_consumes_nothing(
+def test_node_locked_activates_the_first_max_machines_codes_and_seals_each_activation(
     server: Server,
 ) -> None:
+    # MaxNoOfMachines is the floating feature's 2 seats (a version-1 license).
     head = server.head()
+    assert head is not None
     license_key, message = server.activate(NODE, interval=0, friendly="lab")
     assert license_key is not None, message
     assert [m.Mid for m in license_key.activated_machines] == [NODE]
     assert Helpers.IsOnRightMachine(license_key, custom_machine_code=NODE)
-    assert server.head() == head, "a node-locked activation writes no ledger record"
-    assert server.activate("NODE-2", interval=0) == (None, LIMIT_REACHED_MESSAGE)
-    # It takes no floating seat.
+    for code in ("NODE-2", "NODE-3"):
+        assert server.activate(code, interval=0)[0] is not None
+    assert server.activate("NODE-4", interval=0) == (None, LIMIT_REACHED_MESSAGE)
+    after = server.head()
+    assert after is not None
+    assert after[0] == head[0] + 3, "one sealed record per new activation, none for a refusal"
+    assert server.activate("NODE-3", interval=0)[0] is not None
+    assert server.head() == after, "re-activating a known machine records nothing"
+    # Node-locked activations take no floating seat.
     for code in ("machine-a", "machine-b"):
         assert server.activate(code)[0] is not None
-    assert _mids(server.get_key()) == [NODE, "floating:machine-a", "floating:machine-b"]
+    # Deactivation frees a slot (the license allows it), and is sealed too.
+    assert Key.deactivate(TOKEN, PRODUCT, KEY, "NODE-2") == (True, "")
+    assert server.activate("NODE-4", interval=0)[0] is not None
+    assert _mids(server.get_key()) == [
+        NODE,
+        "NODE-3",
+        "NODE-4",
+        "floating:machine-a",
+        "floating:machine-b",
+    ]
+    keys = vendor_keys.VendorKeys.load(server.home)
+    verifier = ReportVerifier({kid: keys.ledger_private(kid) for kid in keys.pairs})
+    records = [r for r, _ in verifier.records(io.BytesIO(server.export()))]
+    machine_records = [
+        (r.type, r.payload["c"], r.payload["n"])
+        for r in records
+        if r.type in (RecordType.MACHINE_ACTIVATED, RecordType.MACHINE_DEACTIVATED)
+    ]
+    assert machine_records == [
+        (RecordType.MACHINE_ACTIVATED, NODE, 1),
+        (RecordType.MACHINE_ACTIVATED, "NODE-2", 2),
+        (RecordType.MACHINE_ACTIVATED, "NODE-3", 3),
+        (RecordType.MACHINE_DEACTIVATED, "NODE-2", 2),
+        (RecordType.MACHINE_ACTIVATED, "NODE-4", 3),
+    ]
 
 
 def test_the_sdk_works_against_meterbox_server_run_as_a_process(tmp_path: Path) -> None:
@@ -355,7 +387,7 @@ def test_the_sdk_works_against_meterbox_server_run_as_a_process(tmp_path: Path) 
         )
     previous = HelperMethods.server_address
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180  # a loaded two-core machine starts slowly
         while True:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
@@ -434,11 +466,12 @@ def test_decrement_never_takes_a_data_object_below_what_it_counted(server: Serve
     head = server.head()
     result, message = _decrement(3)
     assert result is None
-    assert "would go below zero" in message
+    assert "cannot give back more than it charged" in message
+    assert "a decrement of at most 2" in message
     # Object 8 was issued at 5, but a decrement gives back only what it charged.
     result, message = _decrement(1, object_id=8)
     assert result is None
-    assert "below its issued value 5" in message
+    assert "a decrement of at most 0" in message
     assert server.head() == head
     assert server.values() == {7: 2, 8: 5}
 
@@ -577,7 +610,21 @@ _FLOAT = {"FloatingTimeInterval": "10", "SignMethod": "1"}
             _ACT, {**_BASE, "MachineCode": "m", "FloatingTimeInterval": "10"}, id="no-sign-method"
         ),
         pytest.param(_ACT, {**_BASE, **_FLOAT, "MachineCode": "m\x00"}, id="control-char"),
-        pytest.param(_ACT, {**_BASE, **_FLOAT}, id="no-machine-code"),
+        pytest.param(
+            _ACT, {**_BASE, **_FLOAT, "MachineCode": "m", "Metadata": "maybe"}, id="bad-metadata"
+        ),
+        pytest.param(
+            _ACT, {**_BASE, **_FLOAT, "MachineCode": "m", "FieldsToReturn": "x"}, id="bad-fields"
+        ),
+        pytest.param(
+            _ACT,
+            {**_BASE, **_FLOAT, "MachineCode": "m", "FloatingTimeInterval": str(30 * 86_400 + 1)},
+            id="interval-over-30-days",
+        ),
+        pytest.param(
+            _ACT, {**_BASE, "MachineCode": "m", "SignMethod": "LinqSign"}, id="linqsign-node"
+        ),
+        pytest.param(_INC, {**_BASE, "Id": "7", "IntValue": str(2**31)}, id="increment-over-int32"),
         pytest.param(_ACT, {**_BASE, **_FLOAT, "MachineCode": "m" * 513}, id="long-machine"),
         pytest.param("/api/key/nosuchcall", _BASE, id="unknown-call"),
         pytest.param(_ACT, b"ProductId=3349&productid=3349&Key=" + KEY.encode(), id="twice"),

@@ -67,6 +67,56 @@ def test_issue_writes_a_verifiable_license_and_records_it(home: Path, tmp_path: 
     assert row.document == out.read_bytes()
 
 
+def test_issue_sets_every_cryptolens_field_and_shows_the_product_id_and_key(
+    home: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "node.lic"
+    code, text = _run(
+        "issue", "--home", str(home), "--customer", "ACME", "--product", "Solver",
+        "--meter", "credits=1000", "--meter", "runs=unlimited",
+        "--cryptolens-product-id", "3349", "--cryptolens-key", "ABCDE-FGHIJ-KLMNO-PQRST",
+        "--cryptolens-max-machines", "5", "--cryptolens-flag", "1", "--cryptolens-flag", "3",
+        "--cryptolens-notes", "site A", "--cryptolens-trial", "--cryptolens-no-deactivation",
+        "--cryptolens-data-object", "1:usage:runs:10:label",
+        "--cryptolens-credit", "2:credits:credits:100",
+        "--cryptolens-features-template", '["f1",["f2",["voice","image"]]]',
+        "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    assert "Cryptolens product id 3349, key ABCDE-FGHIJ-KLMNO-PQRST" in text
+    lic = License.from_bytes(out.read_bytes(), _bundle(home))
+    assert lic.format_version == 2
+    section = lic.cryptolens
+    assert section is not None
+    assert section.max_machines == 5
+    assert section.flags == (True, False, True, False, False, False, False, False)
+    assert (section.notes, section.trial_activation, section.block) == ("site A", True, False)
+    assert section.allow_deactivation is False
+    assert [(o.id, o.name, o.meter, o.int_value, o.string_value, o.charge)
+            for o in section.data_objects] == [
+        (1, "usage", "runs", 10, "label", "increment"),
+        (2, "credits", "credits", 100, "", "decrement"),
+        (3, "cryptolens_features", None, 0, '["f1",["f2",["voice","image"]]]', "increment"),
+    ]  # fmt: skip
+    code, text = _run("licenses", "--home", str(home))
+    assert code == 0, text
+    assert "cryptolens" in text
+    assert "3349 ABCDE-FGHIJ-KLMNO-PQRST" in text
+
+
+def test_a_random_cryptolens_key_is_shown_when_issued(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "k.lic"
+    code, text = _run(
+        "issue", "--home", str(home), "--customer", "C", "--product", "P",
+        "--seats", "cad=2", "--cryptolens-product-id", "9", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    lic = License.from_bytes(out.read_bytes(), _bundle(home))
+    assert lic.cryptolens is not None
+    assert lic.format_version == 1
+    assert f"key {lic.cryptolens.key}" in text
+
+
 def test_topup_and_listing(home: Path, tmp_path: Path) -> None:
     lic_file = tmp_path / "l.lic"
     args = ["--customer", "Beta", "--product", "P", "--meter", "runs=10", "-o", str(lic_file)]
@@ -100,6 +150,26 @@ def test_topup_and_listing(home: Path, tmp_path: Path) -> None:
             ["--meter", "r=5", "--cryptolens-product-id", "1", "--cryptolens-data-object", "x"],
             "ID:NAME:METER",
         ),
+        (
+            ["--meter", "r=5", "--cryptolens-product-id", "1", "--cryptolens-flag", "9"],
+            "from 1 to 8",
+        ),
+        (
+            ["--meter", "r=5", "--cryptolens-product-id", "1", "--cryptolens-credit", "1:c:r:-3"],
+            "ID:NAME:METER:CREDIT",
+        ),
+        (
+            [
+                "--meter",
+                "r=5",
+                "--cryptolens-product-id",
+                "1",
+                "--cryptolens-features-template",
+                "not json",
+            ],
+            "feature template",
+        ),
+        (["--meter", "r=5", "--cryptolens-trial"], "without a product id"),
         (["--seats", "cad=1", "--seats", "cad=2"], "each feature once"),
         ([], "at least one --seats or --meter"),
     ],

@@ -145,7 +145,7 @@ def test_balance_of_one_meter(serve: Callable[..., None]) -> None:
     meters = {
         "meters": [
             {"meter": "runs", "limit": 10, "period": None, "period_start": None, "used": 3,
-             "remaining": 7, "over_limit": False},
+             "remaining": 7, "over_limit": "refuse"},
         ]
     }  # fmt: skip
     serve(respond(200, meters))

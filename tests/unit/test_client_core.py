@@ -305,3 +305,55 @@ def test_backoff_grows_exponentially_until_the_cap() -> None:
 def test_renewal_runs_at_a_third_of_the_lease() -> None:
     assert core.renewal_interval(60.0, 1 / 3) == pytest.approx(20.0)
     assert core.retry_interval(60.0, 1 / 3) == pytest.approx(5.0)
+
+
+# -- balances and identity
+
+
+def balance_entry(**overrides: object) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "meter": "runs", "license_id": "lic-1", "limit": 10, "period": "month",
+        "period_start": "2026-01-01T00:00:00Z", "used": 3, "remaining": 7,
+        "over_limit": "refuse",
+    }  # fmt: skip
+    entry.update(overrides)
+    return entry
+
+
+def test_refusing_meter_under_its_limit_is_not_over_it() -> None:
+    (b,) = core.parse_balances(reply(200, {"meters": [balance_entry()]}))
+    assert (b.policy, b.over_limit, b.license_id) == ("refuse", False, "lic-1")
+
+
+def test_allowing_meter_past_its_limit_is_over_it() -> None:
+    entry = balance_entry(over_limit="allow", used=12, remaining=0)
+    (b,) = core.parse_balances(reply(200, {"meters": [entry]}))
+    assert (b.policy, b.over_limit) == ("allow", True)
+
+
+def test_meter_exactly_at_its_limit_is_not_over_it() -> None:
+    (b,) = core.parse_balances(reply(200, {"meters": [balance_entry(used=10, remaining=0)]}))
+    assert b.over_limit is False
+
+
+def test_unlimited_meter_is_never_over_a_limit() -> None:
+    entry = balance_entry(limit=None, remaining=None, used=10**9, over_limit="allow")
+    (b,) = core.parse_balances(reply(200, {"meters": [entry]}))
+    assert b.over_limit is False
+
+
+def test_unknown_over_limit_policy_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="over-limit policy"):
+        core.parse_balances(reply(200, {"meters": [balance_entry(over_limit=True)]}))
+
+
+def test_default_client_id_is_host_and_user_not_process() -> None:
+    assert core.default_client_id("ws-1", "ana") == "ws-1/ana"
+    assert "pid" not in core.default_client_id()
+    assert core.default_client_id() == core.default_client_id()
+
+
+def test_unreachable_checkout_does_not_claim_usage_was_spooled() -> None:
+    error = core.unreachable_error(core.Unreachable(URL, "refused"), [URL])
+    assert "spool" not in error.render()
+    assert "not delivered" in error.render()

@@ -44,6 +44,7 @@ VIEW = CryptolensLicenseView(
     created=NOW - 86_400,
     max_no_of_machines=1,
     max_overdraft=0,
+    floating=True,
 )
 GOOD = "ProductId=3349&Key=KEY-1&MachineCode=m1&FloatingTimeInterval=100&SignMethod=1"
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from meterbox.errors import LicenseExpired, NoSeatAvailable, QuotaExceeded, UnknownFeature
 from meterbox.server._core.engine import Engine
 from meterbox.server._core.policy import (
-    MAX_LEASE_SECONDS,
+    MAX_REQUESTED_LEASE_SECONDS,
     FeaturePolicy,
     LicensePolicy,
     MeterPolicy,
@@ -74,11 +74,11 @@ def test_overdraft_cap_lowers_but_never_raises_the_licenses_overdraft() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=-10, max_value=10 * MAX_LEASE_SECONDS))
+@given(st.integers(min_value=-10, max_value=2 * MAX_REQUESTED_LEASE_SECONDS))
 def test_lease_length_is_the_callers_interval_clamped_to_the_engine_range(seconds: int) -> None:
     e = engine(lic("A"))
     lease = e.checkout_on("A", "cad", "m1", T0, lease_seconds=seconds).lease
-    expected = 60 if seconds == 0 else min(max(seconds, 1), MAX_LEASE_SECONDS)
+    expected = 60 if seconds == 0 else min(max(seconds, 1), MAX_REQUESTED_LEASE_SECONDS)
     assert lease.lease_seconds == expected
     assert lease.expires_at - T0 == timedelta(seconds=expected)
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from meterbox.clock import ManualClock
 from meterbox.errors import StateError
 from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier
 from meterbox.ledger import findings as F
-from support.ledger import add_usage, export, make_ledger, verify
+from support.ledger import VENDOR, VENDOR_ID, add_usage, export, make_ledger, verify
 
 
 def test_torn_tail_is_cut_and_recorded(tmp_path: Path) -> None:
@@ -174,3 +175,67 @@ def test_disk_full_fails_the_batch_and_recovers_when_space_returns(
     result = verify(export(built))
     assert result.findings == []
     built.writer.close()
+
+
+def test_a_short_write_is_completed_before_the_batch_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = make_ledger(tmp_path / "l")
+    real_pwrite = os.pwrite
+    calls: list[int] = []
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        # The kernel may write less than asked without an error (a filling disk,
+        # a signal): only the first 7 bytes of each call land.
+        calls.append(len(data))
+        return real_pwrite(fd, bytes(data[:7]), offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    appended = built.writer.append(RecordType.USAGE, {"m": "solver", "a": 1, "k": "short"})
+    monkeypatch.undo()
+    assert len(calls) > 1
+    built.writer.close()
+    writer = LedgerWriter.open(built.directory, clock=built.clock, replay_after=appended.seq)
+    assert writer.recovery is None
+    built.writer = writer
+    records = [r for r, _ in ReportVerifier({VENDOR_ID: VENDOR}).records(BytesIO(export(built)))]
+    assert [r.payload["k"] for r in records if r.type == RecordType.USAGE] == ["short"]
+    writer.close()
+
+
+def test_recovery_record_says_no_acknowledged_record_was_cut(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "l")
+    add_usage(built, 4)
+    acked = built.writer.head
+    built.writer.close()
+    with open(built.directory / "ledger.mbl", "ab") as f:
+        f.write(b"\x00\x60" + b"\xaa" * 20)  # an unsynced, unacknowledged batch, torn
+    writer = LedgerWriter.open(built.directory, clock=built.clock, replay_after=acked.seq)
+    assert writer.recovery is not None
+    assert writer.recovery.acked_lost == 0 and writer.recovery.acked_seq == acked.seq
+    built.writer = writer
+    result = verify(export(built))
+    assert F.LEDGER_RECOVERED in result.codes
+    assert F.LEDGER_ACKNOWLEDGED_LOST not in result.codes
+    writer.close()
+
+
+def test_recovery_record_that_cut_acknowledged_records_is_a_critical_finding(
+    tmp_path: Path,
+) -> None:
+    built = make_ledger(tmp_path / "l")
+    add_usage(built, 4)
+    acked = built.writer.head
+    built.writer.close()
+    # A disk that lost the last acknowledged batch, leaving part of it: the restart
+    # must say so rather than pass the cut off as a torn, unacknowledged tail.
+    path = built.directory / "ledger.mbl"
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])
+    writer = LedgerWriter.open(built.directory, clock=built.clock, replay_after=acked.seq + 1)
+    assert writer.recovery is not None and writer.recovery.acked_lost
+    built.writer = writer
+    result = verify(export(built))
+    assert F.LEDGER_ACKNOWLEDGED_LOST in result.codes
+    assert result.critical
+    writer.close()

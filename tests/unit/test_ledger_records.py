@@ -22,6 +22,8 @@ from meterbox.ledger.records import (
     ClockStep,
     Genesis,
     Heartbeat,
+    MachineActivated,
+    MachineDeactivated,
     ReceiptImported,
     SeatCheckout,
     SeatExpire,
@@ -202,10 +204,21 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    # SEAT_UNKNOWN came after the vectors were fixed (they stay byte-identical); its
-    # payload round trip is covered by the property tests over PAYLOAD_TYPES.
-    assert set(PAYLOAD_TYPES) - seen <= {
-        RecordType.CLOCK_STEP,
-        RecordType.RECOVERY,
+    # SEAT_UNKNOWN and the Cryptolens machine records came after the vectors were fixed
+    # (they stay byte-identical); their payload round trips are covered by the property
+    # tests over PAYLOAD_TYPES, test_machine_records_keep_their_keys, and the SDK tests
+    # that read them back from real reports.
+    newer = {
         RecordType.SEAT_UNKNOWN,
+        RecordType.MACHINE_ACTIVATED,
+        RecordType.MACHINE_DEACTIVATED,
     }
+    assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
+
+
+def test_machine_records_keep_their_keys() -> None:
+    up = MachineActivated(license_id="lic", machine_code="", activations=1)
+    assert up.to_map() == {"l": "lic", "c": "", "n": 1}
+    assert parse_payload(RecordType.MACHINE_ACTIVATED, up.to_map()) == up
+    down = parse_payload(RecordType.MACHINE_DEACTIVATED, {"l": "lic", "c": "m", "n": 0})
+    assert down == MachineDeactivated(license_id="lic", machine_code="m", activations=0)

@@ -59,7 +59,7 @@ def licenses(draw: st.DrawFn) -> License:
     issued = draw(times)
     cryptolens = None
     if draw(st.booleans()):
-        objects = ()
+        objects: tuple[DataObject, ...] = ()
         if mets:
             objects = tuple(
                 DataObject(
@@ -67,10 +67,15 @@ def licenses(draw: st.DrawFn) -> License:
                     draw(texts),
                     draw(st.sampled_from(sorted(mets))),
                     "",
-                    draw(st.integers(0, 99)),
+                    draw(st.integers(-(2**31), 2**31 - 1)),
+                    draw(st.sampled_from(["increment", "decrement"])),
                 )
                 for i in range(draw(st.integers(0, 2)))
             )
+        if draw(st.booleans()):
+            # Format 2: an unmetered feature template.
+            template = DataObject(99, "cryptolens_features", None, '["f1",["f2",["voice"]]]')
+            objects = (*objects, template)
         cryptolens = CryptolensSection(
             product_id=draw(st.integers(1, 2**31 - 1)),
             key="-".join(
@@ -81,6 +86,10 @@ def licenses(draw: st.DrawFn) -> License:
             notes=draw(st.just("") | texts),
             allowed_machines=tuple(draw(st.lists(texts, max_size=2, unique=True))),
             data_objects=objects,
+            max_machines=draw(st.none() | st.integers(0, 1_000_000)),
+            block=draw(st.booleans()),
+            trial_activation=draw(st.booleans()),
+            allow_deactivation=draw(st.booleans()),
         )
     return License(
         license_id=draw(names),

@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 import os
@@ -169,7 +170,12 @@ class FlushResult:
 
 @dataclass(frozen=True)
 class Balance:
-    """One meter's balance (docs/api.md, GET /v1/usage/balances)."""
+    """One meter's balance (docs/api.md, GET /v1/usage/balances).
+
+    ``policy`` is what the license does past the limit (``"refuse"`` or ``"allow"``, the
+    wire field ``over_limit``); ``over_limit`` says whether usage is past the limit now,
+    which only an ``"allow"`` meter can be.
+    """
 
     meter: str
     limit: int | None
@@ -178,6 +184,8 @@ class Balance:
     used: int
     remaining: int | None
     over_limit: bool
+    policy: str = "refuse"
+    license_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,10 +283,24 @@ def default_spool_path(environ: Mapping[str, str], home: Path) -> Path:
     return base / "meterbox" / "spool.db"
 
 
-def default_client_id(hostname: str | None = None, pid: int | None = None) -> str:
-    """``host/pid-N``: one seat per process, as docs/api.md's example suggests."""
+def default_client_id(hostname: str | None = None, user: str | None = None) -> str:
+    """``host/user``: the same for every process of one user on one host.
+
+    Stable across processes on purpose: a shell script's rerun of ``meterbox client
+    record --key K`` must present the same identity to be recognised as a replay, and a
+    second ``meterbox client checkout`` of a held feature must renew the user's seat
+    instead of taking another (docs/adr/0018-cli-config-and-packaging.md).
+    """
     host = hostname if hostname is not None else socket.gethostname()
-    return f"{host}/pid-{pid if pid is not None else os.getpid()}"
+    return f"{host}/{user if user is not None else _login_name()}"
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        # No passwd entry and no LOGNAME/USER (e.g. an anonymous container uid).
+        return f"uid-{os.getuid()}"
 
 
 def failover_order(urls: Sequence[str], prefer: str | None) -> list[str]:
@@ -480,18 +502,35 @@ def parse_balances(reply: Reply) -> list[Balance]:
             )
         period = item.get("period")
         start = item.get("period_start")
+        license_id = item.get("license_id")
+        policy = item.get("over_limit", "refuse")
+        if policy not in ("refuse", "allow"):
+            raise ProtocolError(
+                "Server balance entry has an unknown over-limit policy",
+                expected='over_limit "refuse" or "allow" (docs/api.md)',
+                found=repr(policy)[:80],
+                hint="Check that the server speaks meterbox API v1",
+            )
+        limit = _opt_int(item, "limit", what)
+        used = _int(item, "used", what)
         out.append(
             Balance(
                 meter=str(_field(item, "meter", str, what)),
-                limit=_opt_int(item, "limit", what),
+                limit=limit,
                 period=None if period is None else str(period),
                 period_start=None if start is None else str(start),
-                used=_int(item, "used", what),
+                used=used,
                 remaining=_opt_int(item, "remaining", what),
-                over_limit=bool(item.get("over_limit", False)),
+                over_limit=_over_limit(used, limit),
+                policy=policy,
+                license_id=None if license_id is None else str(license_id),
             )
         )
     return out
+
+
+def _over_limit(used: int, limit: int | None) -> bool:
+    return limit is not None and used > limit
 
 
 # ----------------------------------------------------------------- errors
@@ -555,7 +594,10 @@ def unreachable_error(outcome: Unreachable | Reply, tried: Sequence[str]) -> Ser
         "No meterbox server answered",
         expected=f"an answer from one of {', '.join(tried)}",
         found=found,
-        hint="Check that the server runs and the URL is right; usage is spooled meanwhile",
+        # Only ``record`` spools, and it never raises this; for the requests that do
+        # (checkout, heartbeat, release, balances) nothing was sent or kept.
+        hint="Check that the server runs and the URL is right (--url or METERBOX_URL); "
+        "the request was not delivered and nothing was kept to retry",
     )
 
 

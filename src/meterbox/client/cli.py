@@ -44,7 +44,12 @@ SpoolOpt = Annotated[
     typer.Option("--spool", help="Spool file. Default: $METERBOX_SPOOL or the user data dir."),
 ]
 ClientIdOpt = Annotated[
-    str | None, typer.Option("--client-id", help="Client identity. Default: host/pid-N.")
+    str | None,
+    typer.Option(
+        "--client-id",
+        help="Client identity; a second checkout by the same identity renews its seat. "
+        "Default: HOST/USER, the same for every run by this user on this host.",
+    ),
 ]
 
 

@@ -1,9 +1,11 @@
 """meterbox.compat: the HTTP API that Cryptolens client SDKs speak, served by meterbox.
 
-Applications built on the Cryptolens SDKs (PyPI ``licensing`` 0.54, .NET)
+Applications built on the Cryptolens SDKs (PyPI ``licensing`` 0.54, npm
+``cryptolens`` 1.0.11, .NET)
 point their server address at a meterbox server and keep working: floating
-seats map onto meterbox seats with leases and overdraft, data objects onto
-meters recorded in the sealed ledger, and license responses are signed with
+seats map onto meterbox seats with leases and overdraft, node-locked
+activations onto sealed machine activations, data objects onto meters
+recorded in the sealed ledger, and license responses are signed with
 the server's RSA-2048 key in the exact format the SDKs verify.
 
 The request layer is a pure service over the :class:`CryptolensBackend`
@@ -26,8 +28,11 @@ from meterbox.compat.errors import (
     SIGN_METHOD_FLOATING_MESSAGE,
     BoundExceeded,
     CryptolensRequestError,
+    DeactivationNotAllowed,
     LicenseKeyBlocked,
     MachineNotAllowed,
+    NotFloating,
+    ReadOnlyDataObject,
     SignMethodRequired,
     UnknownDataObject,
     UnknownLicenseKey,
@@ -49,9 +54,12 @@ __all__ = [
     "CryptolensSigner",
     "CustomerView",
     "DataObjectView",
+    "DeactivationNotAllowed",
     "LicenseKeyBlocked",
     "CryptolensLimitsConfig",
     "MachineNotAllowed",
+    "NotFloating",
+    "ReadOnlyDataObject",
     "SignMethodRequired",
     "UnknownDataObject",
     "UnknownLicenseKey",

@@ -11,8 +11,13 @@ Invariants every backend MUST keep:
 
 - ``floating_activate`` is atomic: renew-or-take is one decision under the
   same lock as every other seat change, and a refusal changes nothing.
-- ``change_data_object`` is atomic and all-or-nothing: when the bound (or a
-  quota) would be crossed, the value is unchanged and nothing is recorded.
+- ``nodelocked_activate`` is atomic: the slot decision
+  (:func:`meterbox.compat.rules.check_nodelocked`) and the durable record of the
+  activation happen under one lock; a refusal changes nothing.
+- ``change_data_object`` is atomic and all-or-nothing: it decides with
+  :func:`meterbox.compat.rules.plan_change`; when the bound, the Int32 range, the
+  amount charged so far or a quota would be crossed, the value is unchanged and
+  nothing is recorded.
 - Machine codes are stored and returned verbatim (no trimming, no case folding).
 - Every value returned describes the state *after* the call.
 """
@@ -61,6 +66,10 @@ class DataObjectView:
     name: str
     string_value: str = ""
     int_value: int = 0
+    #: ``increment`` (usage counts up) or ``decrement`` (a credit countdown).
+    charge: str = "increment"
+    #: Whether the object is bound to a meter; a plain value cannot be changed.
+    metered: bool = True
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,11 @@ class ActivatedMachine:
 class CryptolensLicenseView:
     """What a license's ``cryptolens`` section (plus its seats) says, in Cryptolens terms.
 
-    ``max_no_of_machines`` is the seat count of the license's floating feature
-    (or the number of allowed machines for a purely node-locked license);
-    ``max_overdraft`` is that feature's overdraft, which caps the client's
-    ``MaxOverdraft``.
+    ``max_no_of_machines`` is the node-locked limit shown as ``MaxNoOfMachines``
+    (``0`` unlimited): the license's ``max_machines``, else the seat count of its
+    floating feature, else the number of allowed machines. ``floating`` says whether
+    the license has a floating feature at all; ``max_overdraft`` is that feature's
+    overdraft, which caps the client's ``MaxOverdraft``.
     """
 
     license_id: str
@@ -109,6 +119,8 @@ class CryptolensLicenseView:
     max_overdraft: int = 0
     allowed_machines: tuple[str, ...] = field(default_factory=tuple)
     trial_activation: bool = False
+    floating: bool = False
+    allow_deactivation: bool = True
 
     @property
     def period(self) -> int:
@@ -154,9 +166,13 @@ class CryptolensBackend(Protocol):
     async def nodelocked_activate(
         self, license_id: str, machine_code: str, friendly_name: str, ip: str
     ) -> list[ActivatedMachine]:
-        """Record a node-locked activation (idempotent); return all node-locked activations.
+        """Activate a machine node-locked; return all node-locked activations after it.
 
-        The request layer has already checked the machine against the allowed list.
+        Decides with :func:`meterbox.compat.rules.check_nodelocked` under the same lock
+        as every other activation change, and records a new activation durably before
+        answering. Re-activating a known machine changes nothing. Raises
+        :class:`meterbox.errors.NoSeatAvailable` when every slot is taken, changing
+        nothing.
         """
         ...
 
@@ -178,9 +194,10 @@ class CryptolensBackend(Protocol):
     ) -> DataObjectView:
         """Add ``delta`` (positive: usage; negative: a decrement) to one data object.
 
-        The object is found by ``object_id`` when it is not 0, else by ``name``.
-        With ``bound`` set, an increment may not end above it and a decrement
-        may not end below it. Raises :class:`~meterbox.compat.errors.UnknownDataObject`,
+        The object is found by ``object_id`` when it is not 0, else by ``name``. The
+        rules are :func:`meterbox.compat.rules.plan_change`'s. Raises
+        :class:`~meterbox.compat.errors.UnknownDataObject`,
+        :class:`~meterbox.compat.errors.ReadOnlyDataObject`,
         :class:`~meterbox.compat.errors.BoundExceeded` or a quota refusal, changing
         nothing; otherwise returns the object with its new value.
         """

@@ -12,6 +12,9 @@
         ├── MachineNotAllowed          node-locked: the machine code is not an allowed machine
         ├── SignMethodRequired         SignMethod=1 (StringSign) was not asked for
         ├── UnknownDataObject          no data object with this Id (or Name)
+        ├── ReadOnlyDataObject         the data object is a plain value, not bound to a meter
+        ├── NotFloating                floating activation of a license without floating seats
+        ├── DeactivationNotAllowed     the license does not let node-locked machines go
         └── QuotaExceeded
             └── BoundExceeded          the change would cross the caller's Bound
 
@@ -43,7 +46,10 @@ __all__ = [
     "CryptolensRequestError",
     "LicenseKeyBlocked",
     "MachineNotAllowed",
+    "DeactivationNotAllowed",
     "NoSeatAvailable",
+    "NotFloating",
+    "ReadOnlyDataObject",
     "SignMethodRequired",
     "UnknownDataObject",
     "UnknownLicenseKey",
@@ -77,6 +83,20 @@ class SignMethodRequired(LicenseDenied):
 
 class UnknownDataObject(LicenseDenied):
     code = "unknown_data_object"
+
+
+class ReadOnlyDataObject(LicenseDenied):
+    code = "read_only_data_object"
+
+
+class NotFloating(LicenseDenied):
+    """``FloatingTimeInterval > 0`` on a license that grants no floating seats."""
+
+    code = "not_floating"
+
+
+class DeactivationNotAllowed(LicenseDenied):
+    code = "deactivation_not_allowed"
 
 
 class BoundExceeded(QuotaExceeded):

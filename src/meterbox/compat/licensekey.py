@@ -6,8 +6,11 @@ is made over exactly those bytes; the reply carries their base64, so no
 re-serialisation can ever break the signature.
 
 Every field the SDKs read is always present (the Python SDK raises KeyError
-on a missing one), ``ActivatedMachines`` is always an array (the .NET SDK
-crashes on null), and every date is whole Unix seconds.
+on a missing one), ``ActivatedMachines`` and ``DataObjects`` are always arrays
+(the .NET SDK crashes on null), every date is whole Unix seconds, and every
+number the .NET model types declare as ``int`` is inside Int32
+(:func:`check_dotnet_ranges`): one value outside makes ``LicenseKey.FromResponse``
+throw for every later reply of that license, so such a reply is refused instead.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from meterbox.compat.backend import (
     DataObjectView,
 )
 from meterbox.compat.signer import CryptolensSigner
+from meterbox.compat.wire import INT32_MAX, INT32_MIN
+from meterbox.errors import ConfigError
 
 __all__ = [
     "SignedLicense",
+    "check_dotnet_ranges",
     "license_key_object",
     "license_status",
     "metadata_object",
@@ -150,6 +156,32 @@ def metadata_object(
     }
 
 
+#: LicenseKey fields the .NET SDK declares ``int`` (Int32); dates and GlobalId are longs.
+_INT32_FIELDS = ("ProductId", "ID", "Period", "MaxNoOfMachines")
+
+
+def check_dotnet_ranges(obj: dict[str, Any]) -> None:
+    """Refuse a LicenseKey object the .NET SDK's model types cannot hold."""
+    found: list[str] = [f"{k}={obj[k]}" for k in _INT32_FIELDS if not _int32(obj[k])]
+    customer = obj["Customer"]
+    if customer is not None and not _int32(customer["Id"]):
+        found.append(f"Customer.Id={customer['Id']}")
+    for o in obj["DataObjects"]:
+        if not (_int32(o["Id"]) and _int32(o["IntValue"])):
+            found.append(f"DataObjects[{o['Id']}].IntValue={o['IntValue']}")
+    if found:
+        raise ConfigError(
+            "the license cannot be signed for the Cryptolens SDKs",
+            expected=f"every Int32 field from {INT32_MIN} to {INT32_MAX}",
+            found=", ".join(found)[:200],
+            hint="The vendor must reissue the license with values inside Int32",
+        )
+
+
+def _int32(value: object) -> bool:
+    return isinstance(value, int) and INT32_MIN <= value <= INT32_MAX
+
+
 @dataclass(frozen=True)
 class SignedLicense:
     license_key: str
@@ -164,5 +196,7 @@ def sign_license(
     sign_date: int,
 ) -> SignedLicense:
     """Serialise once, sign those exact bytes, return both as base64."""
-    data = _dumps(license_key_object(view, machines, data_objects, sign_date))
+    obj = license_key_object(view, machines, data_objects, sign_date)
+    check_dotnet_ranges(obj)
+    data = _dumps(obj)
     return SignedLicense(license_key=_b64(data), signature=_b64(signer.sign_license(data)))

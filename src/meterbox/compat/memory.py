@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 from meterbox.clock import Clock
 from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
-from meterbox.compat.errors import BoundExceeded, UnknownDataObject
+from meterbox.compat.errors import UnknownDataObject
+from meterbox.compat.rules import check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable
 
 __all__ = ["InMemoryBackend"]
@@ -38,6 +39,8 @@ class InMemoryBackend:
         self._floating: dict[str, dict[str, ActivatedMachine]] = {}
         self._nodelocked: dict[str, dict[str, ActivatedMachine]] = {}
         self._objects: dict[str, dict[int, DataObjectView]] = {}
+        #: Net units each data object charged to its (imaginary) meter.
+        self._charged: dict[tuple[str, int], int] = {}
         for view, objects in licenses:
             self._by_key[(view.product_id, view.key)] = view
             self._by_id[view.license_id] = view
@@ -114,6 +117,7 @@ class InMemoryBackend:
     ) -> list[ActivatedMachine]:
         async with self._lock:
             machines = self._nodelocked[license_id]
+            check_nodelocked(self._by_id[license_id], machines.keys(), machine_code)
             if machine_code not in machines:
                 machines[machine_code] = ActivatedMachine(
                     machine_code=machine_code, friendly_name=friendly_name, ip=ip, time=self._now()
@@ -134,19 +138,10 @@ class InMemoryBackend:
         async with self._lock:
             objects = self._objects[license_id]
             target = _find_object(objects, object_id, name)
-            new_value = target.int_value + delta
-            crossed = bound is not None and (
-                (delta >= 0 and new_value > bound) or (delta < 0 and new_value < bound)
-            )
-            if crossed:
-                raise BoundExceeded(
-                    f"Data object {target.id} ({target.name!r}) would cross its bound",
-                    expected=f"a value {'at most' if delta >= 0 else 'at least'} {bound}",
-                    found=f"{target.int_value} {'+' if delta >= 0 else '-'} {abs(delta)}"
-                    f" = {new_value}",
-                    hint="Nothing was changed; ask for a smaller change or a different Bound",
-                )
-            updated = dataclasses.replace(target, int_value=new_value)
+            charged = self._charged.get((license_id, target.id), 0)
+            plan = plan_change(target, charged, delta, bound)
+            self._charged[(license_id, target.id)] = charged + plan.usage
+            updated = dataclasses.replace(target, int_value=plan.new_value)
             objects[target.id] = updated
             return updated
 

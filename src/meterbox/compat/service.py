@@ -12,11 +12,14 @@ Semantics (see ``docs/spec/cryptolens-compat.md`` for the full table):
 - ``key/activate`` with ``FloatingTimeInterval > 0`` is floating: the backend
   renews this machine's lease or takes a regular seat, then an overdraft seat
   (``MaxOverdraft``, capped by the license's overdraft); the reply lists this
-  machine only. With interval 0 it is node-locked: only machines the license
-  lists in ``allowed_machines`` may activate.
+  machine only. With interval 0 it is node-locked: the first ``MaxNoOfMachines``
+  distinct machine codes activate (``0`` unlimited), codes the license lists in
+  ``allowed_machines`` always do (:mod:`meterbox.compat.rules`).
+- ``SignMethod`` 0 (LinqSign, the .NET SDK's default) is not served: it is
+  answered with the documented "SignMethod=1 is needed" messages.
 - ``key/getkey`` lists node-locked activations and every live floating seat.
 - ``data/Increment…``/``Decrement…`` change one data object by ``IntValue``
-  (never negative), honouring ``Bound`` when ``EnableBound``.
+  (0 to Int32 max), honouring ``Bound`` when ``EnableBound``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from meterbox.compat.backend import ActivatedMachine, CryptolensBackend, Cryptol
 from meterbox.compat.errors import (
     SIGN_METHOD_FLOATING_MESSAGE,
     CryptolensRequestError,
+    DeactivationNotAllowed,
     LicenseKeyBlocked,
-    MachineNotAllowed,
+    NotFloating,
     SignMethodRequired,
     UnknownLicenseKey,
     wire_message,
@@ -39,6 +43,7 @@ from meterbox.compat.licensekey import metadata_object, sign_license
 from meterbox.compat.signer import CryptolensSigner
 from meterbox.compat.wire import (
     INT32_MAX,
+    INT32_MIN,
     INT64_MAX,
     CryptolensLimitsConfig,
     Form,
@@ -117,9 +122,15 @@ class CryptolensService:
     def _now(self) -> int:
         return self._clock.wall_ms() // 1000
 
-    async def _license(self, form: Form) -> CryptolensLicenseView:
+    @staticmethod
+    def _license_ref(form: Form) -> tuple[int, str]:
+        """ProductId and Key, validated (the lookup comes after every other field)."""
         product_id = form.integer("ProductId", low=0, high=INT32_MAX)
         key = form.text("Key", max_chars=form.limits.max_key_chars, required=True)
+        return product_id, key
+
+    async def _license(self, ref: tuple[int, str]) -> CryptolensLicenseView:
+        product_id, key = ref
         view = await self._backend.find_license(product_id, key)
         if view is None:
             raise UnknownLicenseKey(
@@ -130,47 +141,49 @@ class CryptolensService:
             )
         return view
 
+    @staticmethod
+    def _signing_fields(form: Form) -> tuple[int, bool]:
+        """SignMethod and metadata; FieldsToReturn and Sign are validated and ignored."""
+        form.integer("FieldsToReturn", default=0, low=INT32_MIN, high=INT32_MAX)
+        form.boolean("Sign", default=True)
+        return form.sign_method(), form.boolean("metadata")
+
     async def _signed(
         self,
         view: CryptolensLicenseView,
         machines: list[ActivatedMachine],
-        form: Form,
+        metadata: bool,
         used_floating: int,
     ) -> Reply:
         now = self._now()
         objects = await self._backend.data_objects(view.license_id)
         signed = sign_license(self._signer, view, machines, objects, now)
         reply = _ok(licenseKey=signed.license_key, signature=signed.signature)
-        if form.boolean("metadata"):
+        if metadata:
             reply["metadata"] = metadata_object(
                 self._signer, view, len(machines), used_floating, now
             )
         return reply
 
     @staticmethod
-    def _require_sign_method(form: Form, floating: bool) -> None:
-        if form.sign_method() == 1:
+    def _require_sign_method(form: Form, sign_method: int, floating: bool) -> None:
+        # SignMethod 0 (LinqSign, the .NET SDK's default) signs a .NET object
+        # serialisation that only the Cryptolens cloud produces; it is not served.
+        if sign_method == 1:
             return
         if floating:
             raise SignMethodRequired(SIGN_METHOD_FLOATING_MESSAGE)
         raise SignMethodRequired(
             "License server error: SignMethod=1 is needed to sign the license offline",
             expected="SignMethod=1 (StringSign)",
-            found=f"SignMethod={form.raw('SignMethod') or 'absent'}",
-            hint="Set SignMethod to StringSign in the client",
+            found=f"SignMethod={form.raw('SignMethod')}"
+            if form.raw("SignMethod")
+            else "no SignMethod (the legacy LinqSign)",
+            hint="Set SignMethod to StringSign in the client (ActivateModel.SignMethod)",
         )
 
-    async def _activate(self, form: Form, ip: str) -> Reply:
-        limits = form.limits
-        interval = form.integer(
-            "FloatingTimeInterval", default=0, high=limits.max_floating_interval_s
-        )
-        floating = interval > 0
-        self._require_sign_method(form, floating)
-        requested_overdraft = form.integer("MaxOverdraft", default=0, high=limits.max_overdraft)
-        code = form.text("MachineCode", max_chars=limits.max_machine_code_chars, required=True)
-        friendly = form.friendly_name()
-        view = await self._license(form)
+    @staticmethod
+    def _check_blocked(view: CryptolensLicenseView) -> None:
         if view.block:
             raise LicenseKeyBlocked(
                 "The license key is blocked",
@@ -178,7 +191,31 @@ class CryptolensService:
                 found="Block=true",
                 hint="The vendor must issue an unblocked license",
             )
+
+    async def _activate(self, form: Form, ip: str) -> Reply:
+        limits = form.limits
+        # Every field is validated before anything is looked up or changed.
+        interval = form.integer(
+            "FloatingTimeInterval", default=0, high=limits.max_floating_interval_s
+        )
+        floating = interval > 0
+        requested_overdraft = form.integer("MaxOverdraft", default=0, high=limits.max_overdraft)
+        # An empty MachineCode is the Node and .NET SDKs' default; it is a code like any other.
+        code = form.text("MachineCode", max_chars=limits.max_machine_code_chars)
+        friendly = form.friendly_name()
+        sign_method, metadata = self._signing_fields(form)
+        ref = self._license_ref(form)
+        self._require_sign_method(form, sign_method, floating)
+        view = await self._license(ref)
+        self._check_blocked(view)
         if floating:
+            if not view.floating:
+                raise NotFloating(
+                    "This license has no floating seats",
+                    expected="FloatingTimeInterval=0 (node-locked activation) for this license",
+                    found=f"FloatingTimeInterval={interval}",
+                    hint="Activate node-locked, or ask the vendor for a floating license",
+                )
             overdraft = min(requested_overdraft, view.max_overdraft)
             machine = await self._backend.floating_activate(
                 view.license_id,
@@ -189,42 +226,52 @@ class CryptolensService:
                 max_overdraft=overdraft,
             )
             used = len(await self._backend.floating_live_machines(view.license_id))
-            return await self._signed(view, [machine], form, used)
-        if code not in view.allowed_machines:
-            raise MachineNotAllowed(
-                "machine is not among the license's allowed machines",
-                expected="a machine code listed in the license",
-                found=code[:80],
-            )
+            return await self._signed(view, [machine], metadata, used)
         machines = await self._backend.nodelocked_activate(view.license_id, code, friendly, ip)
         used = len(await self._backend.floating_live_machines(view.license_id))
-        return await self._signed(view, machines, form, used)
+        return await self._signed(view, machines, metadata, used)
 
     async def _getkey(self, form: Form, ip: str) -> Reply:
         interval = form.integer(
             "FloatingTimeInterval", default=0, high=form.limits.max_floating_interval_s
         )
-        self._require_sign_method(form, interval > 0)
-        view = await self._license(form)
+        sign_method, metadata = self._signing_fields(form)
+        ref = self._license_ref(form)
+        self._require_sign_method(form, sign_method, interval > 0)
+        view = await self._license(ref)
         floating = await self._backend.floating_live_machines(view.license_id)
         nodelocked = await self._backend.nodelocked_machines(view.license_id)
-        return await self._signed(view, nodelocked + floating, form, len(floating))
+        return await self._signed(view, nodelocked + floating, metadata, len(floating))
 
     async def _deactivate(self, form: Form, ip: str) -> Reply:
-        code = form.text("MachineCode", max_chars=form.limits.max_machine_code_chars, required=True)
+        code = form.text("MachineCode", max_chars=form.limits.max_machine_code_chars)
         floating = form.boolean("Floating")
-        view = await self._license(form)
+        ref = self._license_ref(form)
+        view = await self._license(ref)
         # Deactivation is idempotent: a machine without a seat is already deactivated.
         if floating:
             await self._backend.floating_deactivate(view.license_id, code)
-        else:
-            await self._backend.nodelocked_deactivate(view.license_id, code)
+            return _ok()
+        if not view.allow_deactivation:
+            active = {
+                m.machine_code for m in await self._backend.nodelocked_machines(view.license_id)
+            }
+            if code in active:
+                raise DeactivationNotAllowed(
+                    "This license does not allow deactivating a node-locked machine",
+                    expected="a license issued with deactivation allowed",
+                    found="allow_deactivation=false",
+                    hint="The machine keeps its activation; ask the vendor to free the slot",
+                )
+            return _ok()
+        await self._backend.nodelocked_deactivate(view.license_id, code)
         return _ok()
 
     async def _change(self, form: Form, sign: int) -> Reply:
-        object_id = form.integer("Id", default=0, high=INT64_MAX)
+        object_id = form.integer("Id", default=0, high=INT32_MAX)
         name = form.text("Name", max_chars=form.limits.max_name_chars * 4)
-        amount = form.integer("IntValue", default=0, high=INT64_MAX)
+        # IntValue is an Int32 in the .NET SDK; the result is kept inside Int32 too.
+        amount = form.integer("IntValue", default=0, high=INT32_MAX)
         enable_bound = form.boolean("EnableBound")
         bound = form.integer("Bound", default=0, low=-INT64_MAX, high=INT64_MAX)
         if object_id == 0 and not name:
@@ -233,7 +280,8 @@ class CryptolensService:
                 expected="Id (non-zero) or Name",
                 found="neither",
             )
-        view = await self._license(form)
+        ref = self._license_ref(form)
+        view = await self._license(ref)
         await self._backend.change_data_object(
             view.license_id, object_id, name, sign * amount, bound if enable_bound else None
         )
@@ -247,7 +295,8 @@ class CryptolensService:
 
     async def _list_data_objects(self, form: Form, ip: str) -> Reply:
         contains = form.text("Contains", max_chars=form.limits.max_value_chars)
-        view = await self._license(form)
+        ref = self._license_ref(form)
+        view = await self._license(ref)
         objects = await self._backend.data_objects(view.license_id)
         return _ok(
             dataObjects=[

@@ -9,7 +9,8 @@ Pure functions, no I/O. Quirks handled (all observed from the SDKs):
   (in any case) is refused rather than guessed;
 - booleans arrive as ``True``/``False``/``true``/``false``/``1``/``0``;
 - ``FriendlyName=None`` (Python's ``str(None)``) means empty;
-- ``SignMethod`` is ``1`` (Python) or ``StringSign`` (.NET).
+- ``SignMethod`` is ``1`` (Python, Node) or ``StringSign`` (.NET); ``0`` and
+  ``LinqSign`` (the .NET models' default) name the legacy object signing.
 
 Limits (:class:`CryptolensLimitsConfig`) bound the body, the number of fields and each field,
 so a request is fully validated before anything is looked up or changed.
@@ -26,6 +27,7 @@ from meterbox.compat.errors import CryptolensRequestError
 
 __all__ = [
     "INT32_MAX",
+    "INT32_MIN",
     "INT64_MAX",
     "METHODS",
     "Form",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 INT32_MAX: Final = 2**31 - 1
+INT32_MIN: Final = -(2**31)
 INT64_MAX: Final = 2**63 - 1
 
 #: The methods served, keyed by their case-folded path.
@@ -229,14 +232,17 @@ class Form:
         )
 
     def sign_method(self) -> int:
-        """1 for StringSign (``1`` or ``StringSign``), 0 for the legacy object signing."""
+        """1 for StringSign (``1`` or ``StringSign``), 0 for the legacy object signing.
+
+        The .NET SDK's ``ActivateModel``/``KeyInfoModel`` default to ``LinqSign``.
+        """
         value = (self.raw("SignMethod") or "").strip().lower()
         if value in {"1", "stringsign"}:
             return 1
-        if value in {"", "0", "licensekey"}:
+        if value in {"", "0", "linqsign", "licensekey"}:
             return 0
         raise CryptolensRequestError(
             "parameter SignMethod is not known",
-            expected="1 (StringSign) or 0",
+            expected="1 (StringSign) or 0 (LinqSign)",
             found=repr(value[:40]),
         )

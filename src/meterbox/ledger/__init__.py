@@ -9,6 +9,7 @@ Public API::
     Known, ChainState  what the vendor acknowledged before (for extension checks)
     Finding            one problem, with a stable code (see _findings)
     RecordType, Record, Head, LedgerConfig
+    read_head          a ledger's head, read without writing (queries on a stopped server)
     records            typed record payloads (Usage, SeatCheckout, ...) and parse_payload
 """
 
@@ -17,6 +18,7 @@ from meterbox.ledger import records
 from meterbox.ledger._findings import Finding
 from meterbox.ledger._format import RecordType
 from meterbox.ledger._frames import Record
+from meterbox.ledger._peek import read_head
 from meterbox.ledger._recovery import Recovery
 from meterbox.ledger._report import ExportInfo, export_report
 from meterbox.ledger._seal import Head
@@ -29,6 +31,8 @@ from meterbox.ledger.records import (
     Genesis,
     Heartbeat,
     LicenseInstalled,
+    MachineActivated,
+    MachineDeactivated,
     ReceiptImported,
     RecordPayload,
     SeatCheckout,
@@ -61,6 +65,8 @@ __all__ = [
     "LedgerConfig",
     "LedgerWriter",
     "LicenseInstalled",
+    "MachineActivated",
+    "MachineDeactivated",
     "ReceiptImported",
     "Record",
     "RecordPayload",
@@ -84,5 +90,6 @@ __all__ = [
     "export_report",
     "findings",
     "parse_payload",
+    "read_head",
     "records",
 ]

@@ -8,7 +8,7 @@ Files in the ledger directory:
 - ``ledger.meta`` instance id, vendor key id and vendor ledger public key
 - ``ledger.lock`` held with flock by the one writer process
 
-Invariant: every small file here is replaced atomically (``write_private_atomic``),
+Invariant: every small file here is replaced atomically (``meterbox._fs.atomic_write``),
 so a crash leaves the old or the new content, never a mix. A damaged or missing file
 is a :class:`~meterbox.errors.StateError` that names the file and how to restore it.
 """
@@ -22,9 +22,9 @@ from typing import IO, Any, Final
 
 import msgpack
 
+from meterbox._fs import atomic_write
 from meterbox.crypto import KEY_LEN
 from meterbox.errors import StateError
-from meterbox.ledger._files import write_private_atomic
 from meterbox.ledger._format import INSTANCE_ID_LEN
 
 LEDGER_FILE: Final = "ledger.mbl"
@@ -32,6 +32,9 @@ CHAIN_KEY_FILE: Final = "chain.key"
 INSTANCE_KEY_FILE: Final = "instance.key"
 META_FILE: Final = "ledger.meta"
 LOCK_FILE: Final = "ledger.lock"
+#: The copy compaction writes before renaming it over LEDGER_FILE; one left by a crash
+#: is removed when the ledger opens.
+COMPACT_FILE: Final = "ledger.mbl.compact"
 META_VERSION: Final = 1
 VENDOR_KEY_ID_LEN: Final = 8
 
@@ -52,7 +55,7 @@ class Meta:
             "vendor_key_id": self.vendor_key_id,
             "vendor_ledger_key": self.vendor_ledger_key,
         }
-        write_private_atomic(directory / META_FILE, msgpack.packb(meta, use_bin_type=True))
+        atomic_write(directory / META_FILE, msgpack.packb(meta, use_bin_type=True))
 
     @classmethod
     def read(cls, directory: Path) -> Meta:
@@ -81,7 +84,7 @@ def lock(directory: Path) -> IO[bytes]:
 
 
 def write_chain_key(directory: Path, epoch: int, chain_key: bytes) -> None:
-    write_private_atomic(
+    atomic_write(
         directory / CHAIN_KEY_FILE, msgpack.packb({"e": epoch, "k": chain_key}, use_bin_type=True)
     )
 

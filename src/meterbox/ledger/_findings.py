@@ -58,4 +58,6 @@ LEDGER_ROLLBACK: Final = "ledger.rollback"
 LEDGER_FORK: Final = "ledger.fork"
 LEDGER_UNANCHORED: Final = "ledger.unanchored"
 LEDGER_RECOVERED: Final = "ledger.recovered"
+#: A RECOVERY record saying the cut removed records the server had acknowledged.
+LEDGER_ACKNOWLEDGED_LOST: Final = "ledger.acknowledged_lost"
 LEDGER_CHECKPOINT_MISMATCH: Final = "ledger.checkpoint_mismatch"

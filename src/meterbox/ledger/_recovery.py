@@ -34,6 +34,11 @@ class Recovery:
     cut_offset: int
     cut_bytes: int
     last_good_seq: int
+    #: The highest seq the caller's state had applied, so acknowledged (``replay_after``).
+    acked_seq: int | None = None
+    #: How many of the records up to ``acked_seq`` the cut removed. Durable writes
+    #: make this 0; anything else means acknowledged records were lost.
+    acked_lost: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +152,17 @@ def resume_key(scan_result: Scan, key_epoch: int, chain_key: bytes) -> bytes:
 
 
 def torn_tail(
-    scan_result: Scan, file_size: int, max_torn_bytes: int, force: bool
+    scan_result: Scan,
+    file_size: int,
+    max_torn_bytes: int,
+    force: bool,
+    acked_seq: int | None = None,
 ) -> Recovery | None:
-    """What to cut after the last good frame, or refuse when it is more than a torn write."""
+    """What to cut after the last good frame, or refuse when it is more than a torn write.
+
+    ``acked_seq`` is the highest seq the server had acknowledged as far as its state
+    knows; the result says how many acknowledged records the cut would remove.
+    """
     if scan_result.good_end >= file_size:
         return None
     cut = file_size - scan_result.good_end
@@ -162,4 +175,6 @@ def torn_tail(
             hint="keep a copy of the directory, then run 'meterbox server run "
             "--force-recover'; the cut is recorded and reported to the vendor",
         )
-    return Recovery(scan_result.good_end, cut, scan_result.next_seq - 1)
+    last_good = scan_result.next_seq - 1
+    lost = None if acked_seq is None else max(0, acked_seq - last_good)
+    return Recovery(scan_result.good_end, cut, last_good, acked_seq, lost)

@@ -592,9 +592,11 @@ class ReportVerifier:
                     record.seq,
                 )
         elif record.type == RecordType.RECOVERY:
+            lost: int | None = None
             try:
                 rec = Recovery.from_map(p)
                 cut, after = str(rec.cut_bytes), str(rec.last_good_seq)
+                lost = rec.acked_lost
             except FormatError:
                 # The finding stands whatever the payload says; name what it holds.
                 cut, after = str(p.get("n")), str(p.get("s"))
@@ -605,6 +607,14 @@ class ReportVerifier:
                 "on restart (unacknowledged records lost in a crash)",
                 record.seq,
             )
+            if lost:
+                self._find(
+                    F.LEDGER_ACKNOWLEDGED_LOST,
+                    "critical",
+                    f"the server's restart cut {lost} records after {after} that it had "
+                    "already acknowledged: usage it answered for is missing",
+                    record.seq,
+                )
 
     def _open_epoch(
         self,

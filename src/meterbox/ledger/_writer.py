@@ -24,11 +24,19 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from meterbox._fs import (
+    atomic_write,
+    check_private_dir,
+    disk_error,
+    fsync_dir,
+    pwrite_all,
+    write_all,
+)
 from meterbox.clock import Clock
 from meterbox.crypto import (
     KEY_LEN,
@@ -41,6 +49,7 @@ from meterbox.crypto import (
 )
 from meterbox.errors import FormatError, MeterboxError, StateError, VerificationError
 from meterbox.ledger._directory import (
+    COMPACT_FILE,
     INSTANCE_KEY_FILE,
     LEDGER_FILE,
     Meta,
@@ -48,7 +57,6 @@ from meterbox.ledger._directory import (
     read_chain_key,
     write_chain_key,
 )
-from meterbox.ledger._files import check_private_dir, fsync_dir, write_private_atomic
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
     INSTANCE_ID_LEN,
@@ -131,6 +139,8 @@ class LedgerWriter:
         self._epoch_started_mono = clock.mono_ms()
         self._clock_offset = clock.wall_ms() - clock.mono_ms()
         self._key_dirty = False
+        #: Set when a failed batch could not be cut back: no further write is allowed.
+        self._stopped: StateError | None = None
         self.recovery: Recovery | None = None
         #: Records after ``replay_after`` (see :meth:`open`) that this boot could open:
         #: the caller re-applies them to state that may have missed them in a crash.
@@ -164,7 +174,7 @@ class LedgerWriter:
         instance_id = instance_id if instance_id is not None else random(INSTANCE_ID_LEN)
         chain_key = random(KEY_LEN)
         instance_key = ed25519_private_from_raw(random(KEY_LEN))
-        write_private_atomic(directory / INSTANCE_KEY_FILE, ed25519_raw_private(instance_key))
+        atomic_write(directory / INSTANCE_KEY_FILE, ed25519_raw_private(instance_key))
         Meta(instance_id, vendor_key_id, x25519_raw_public(vendor_ledger_key)).write(directory)
         header = FileHeader(instance_id, 0, genesis_hash(instance_id))
         sealer = Sealer(
@@ -189,7 +199,7 @@ class LedgerWriter:
         )
         path = directory / LEDGER_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, header.pack() + epoch_frame + genesis_frame)
+        write_all(fd, header.pack() + epoch_frame + genesis_frame)
         os.fsync(fd)
         fsync_dir(directory)
         write_chain_key(directory, sealer.epoch, sealer.chain_key)
@@ -228,6 +238,10 @@ class LedgerWriter:
         check_private_dir(directory)
         held = lock(directory)
         try:
+            # A compaction copy left by a crash before its rename is only a partial
+            # duplicate of records ledger.mbl still holds.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / COMPACT_FILE)
             meta = Meta.read(directory)
             epoch_no, chain_key = read_chain_key(directory)
             instance_key = ed25519_private_from_raw((directory / INSTANCE_KEY_FILE).read_bytes())
@@ -246,7 +260,9 @@ class LedgerWriter:
                     hint="restore the matching ledger.mbl or chain.key",
                 )
             chain_key = resume_key(found, epoch_no, chain_key)
-            recovery = torn_tail(found, os.fstat(fd).st_size, config.max_torn_bytes, force_recover)
+            recovery = torn_tail(
+                found, os.fstat(fd).st_size, config.max_torn_bytes, force_recover, replay_after
+            )
             if recovery is not None:
                 os.ftruncate(fd, found.good_end)
                 os.fsync(fd)
@@ -275,6 +291,18 @@ class LedgerWriter:
             raise
         writer.recovery = recovery
         writer.replayed = found.replayed
+        try:
+            writer._start_boot(recovery, boot_payload)
+        except BaseException:
+            os.close(writer._fd)
+            held.close()
+            raise
+        writer._thread.start()
+        return writer
+
+    def _start_boot(self, recovery: Recovery | None, boot_payload: dict[str, Any] | None) -> None:
+        """The records every open writes: a new epoch, RECOVERY after a cut, BOOT."""
+        writer = self
         writer._roll_epoch()
         if recovery is not None:
             writer._write_now(
@@ -283,11 +311,11 @@ class LedgerWriter:
                     cut_offset=recovery.cut_offset,
                     cut_bytes=recovery.cut_bytes,
                     last_good_seq=recovery.last_good_seq,
+                    acked_seq=recovery.acked_seq,
+                    acked_lost=recovery.acked_lost,
                 ).to_map(),
             )
         writer._write_now(RecordType.BOOT, Boot(boot_payload or {}).to_map())
-        writer._thread.start()
-        return writer
 
     # ------------------------------------------------------------------ appends
     @property
@@ -423,26 +451,54 @@ class LedgerWriter:
                 fut.set_result(appended)
 
     def _write_frames(self, frames: list[bytes], saved: _SealerState) -> None:
+        """Write and sync ``frames`` at the end of the file, or undo them and raise.
+
+        Nothing is acknowledged before this returns. On failure the sealer goes back
+        to the last durable head and the file is cut back to the last durable end, so
+        the next batch reuses sequence numbers that nothing durable or acknowledged
+        ever carried.
+        """
         if not frames:
             return
+        if self._stopped is not None:
+            saved.restore(self._sealer)
+            raise self._stopped
         data = b"".join(frames)
         try:
-            os.pwrite(self._fd, data, self._end)
+            # A filling disk answers with a short write first; pwrite_all completes it
+            # or raises, so a batch is never taken for written when part of it is not.
+            pwrite_all(self._fd, data, self._end)
             os.fdatasync(self._fd)
         except OSError as exc:
-            # Undo: the file must end at the last durable frame and the sealer must
-            # not believe in records that never reached the disk.
             saved.restore(self._sealer)
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._end)
-            raise StateError(
-                "the ledger cannot be written",
-                expected="a writable, non-full disk",
-                found=f"{exc.strerror or exc}",
-                hint="free disk space or fix permissions, then restart the server",
-            ) from exc
+            self._cut_back(exc)
         self._end += len(data)
         self._durable_head = self._sealer.head
+
+    def _cut_back(self, exc: OSError) -> NoReturn:
+        """Make the file end durably at the last durable frame again, then raise."""
+        try:
+            os.ftruncate(self._fd, self._end)
+            os.fdatasync(self._fd)
+        except OSError as cut:
+            # The file may now hold part of a batch nobody was told about, and the
+            # writer cannot remove it. Appending after it would put acknowledged
+            # records behind bytes that do not verify; stop instead. Opening the
+            # ledger again cuts the tail and records the cut (RECOVERY).
+            self._stopped = StateError(
+                "the ledger stopped after a write it could not undo",
+                expected="a disk that accepts a truncation after a failed write",
+                found=f"write: {exc.strerror or exc}; truncate: {cut.strerror or cut}",
+                hint="restart the server once the disk works again; recovery cuts the "
+                "unacknowledged tail and records it for the vendor",
+            )
+            raise self._stopped from exc
+        raise disk_error(
+            "the ledger cannot be written; the batch was not recorded",
+            exc,
+            hint="free disk space or fix permissions; retry the request (nothing of "
+            "this batch was acknowledged, and the ledger continues where it was)",
+        ) from exc
 
     def _write_now(self, rtype: RecordType, payload: dict[str, Any]) -> Appended:
         """Seal and sync one record synchronously (used before the thread starts)."""
@@ -486,11 +542,10 @@ class LedgerWriter:
         try:
             write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
         except OSError as exc:
-            raise StateError(
+            raise disk_error(
                 "the ledger's chain key cannot be saved",
-                expected="a writable data directory with free space",
-                found=exc.strerror or str(exc),
-                hint="free disk space; the server retries on the next request",
+                exc,
+                hint="free disk space; the server retries before the next batch",
             ) from exc
         self._key_dirty = False
 
@@ -530,6 +585,21 @@ class LedgerWriter:
                 snap = Snapshot(self.file_header, self._durable_head, self._fd, self._end)
             yield snap
 
+    def verify_point(self, point: Head) -> None:
+        """Raise VerificationError unless ``point`` is a head this very ledger had."""
+        with self._compact_lock, self._io_lock:
+            self._verify_point(point)
+
+    def _verify_point(self, point: Head) -> None:
+        if point.seq > self._durable_head.seq:
+            raise VerificationError(
+                "receipt acknowledges records this ledger does not have",
+                expected=f"a head at or before seq {self._durable_head.seq}",
+                found=f"seq {point.seq}",
+                hint="this receipt was made for another server or a later state",
+            )
+        self._check_point(point)
+
     def compact(self, acknowledged: Head) -> int:
         """Drop records the vendor has acknowledged; returns the bytes removed.
 
@@ -538,14 +608,7 @@ class LedgerWriter:
         ``acknowledged`` is a point of this very ledger.
         """
         with self._compact_lock, self._io_lock:
-            if acknowledged.seq > self._durable_head.seq:
-                raise VerificationError(
-                    "receipt acknowledges records this ledger does not have",
-                    expected=f"a head at or before seq {self._durable_head.seq}",
-                    found=f"seq {acknowledged.seq}",
-                    hint="this receipt was made for another server or a later state",
-                )
-            self._check_point(acknowledged)
+            self._verify_point(acknowledged)
             keep = [e for e in self._epochs if e.seq <= acknowledged.seq + 1]
             if not keep:
                 return 0
@@ -554,23 +617,25 @@ class LedgerWriter:
                 return 0
             new_header = FileHeader(self.file_header.instance_id, start.seq, start.prev_hash)
             path = self.directory / LEDGER_FILE
-            tmp = path.with_name(LEDGER_FILE + ".compact")
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            tmp = path.with_name(COMPACT_FILE)
             try:
-                os.write(out, new_header.pack())
-                pos = start.offset
-                while pos < self._end:
-                    data = os.pread(self._fd, min(1 << 20, self._end - pos), pos)
-                    os.write(out, data)
-                    pos += len(data)
-                os.fsync(out)
-            finally:
-                os.close(out)
-            os.replace(tmp, path)
-            fsync_dir(self.directory)
+                self._copy_kept(tmp, new_header, start.offset)
+                os.replace(tmp, path)
+            except (OSError, MeterboxError) as exc:
+                # The original is untouched until the rename, and the rename is the
+                # last step that can fail here: drop the copy and keep the ledger.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                if isinstance(exc, MeterboxError):
+                    raise
+                raise disk_error(
+                    "the ledger could not be compacted; ledger.mbl is unchanged",
+                    exc,
+                    hint="free disk space; the next receipt import compacts the ledger",
+                ) from exc
             removed = start.offset - FILE_HEADER_LEN
-            os.close(self._fd)
-            self._fd = os.open(path, os.O_RDWR)
+            old_fd, self._fd = self._fd, os.open(path, os.O_RDWR)
+            os.close(old_fd)
             self._end -= removed
             self.file_header = new_header
             self._epochs = [
@@ -578,7 +643,63 @@ class LedgerWriter:
                 for e in self._epochs
                 if e.seq >= start.seq
             ]
+            # Until the directory is synced a power loss may bring back the long file.
+            # That is a valid ledger too (the same records over an older base), so a
+            # failed directory sync loses nothing and is not worth failing the import.
+            with contextlib.suppress(OSError):
+                fsync_dir(self.directory)
             return removed
+
+    def _copy_kept(self, tmp: Path, header: FileHeader, start: int) -> None:
+        """Write header + frames from ``start`` to ``tmp``, fsync it, and read it back.
+
+        The copy must hold exactly the frames that continue ``header`` up to the
+        durable head: its length, its header and the chain hash at its last record
+        are checked before it may replace the ledger.
+        """
+        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(out, header.pack())
+            pos = start
+            while pos < self._end:
+                data = os.pread(self._fd, min(1 << 20, self._end - pos), pos)
+                if not data:
+                    break
+                write_all(out, data)
+                pos += len(data)
+            os.fsync(out)
+            expected = FILE_HEADER_LEN + self._end - start
+            size = os.fstat(out).st_size
+            if pos != self._end or size != expected:
+                raise StateError(
+                    "the compaction copy is incomplete",
+                    expected=f"{expected} bytes",
+                    found=f"{size} bytes",
+                    hint="nothing was changed; the ledger is compacted with the next receipt",
+                )
+            if FileHeader.unpack(os.pread(out, FILE_HEADER_LEN, 0)) != header:
+                raise StateError(
+                    "the compaction copy has the wrong header",
+                    expected="the header just written",
+                    found="different bytes read back",
+                    hint="check the disk; nothing was changed",
+                )
+            h, seq, at = header.base_hash, header.base_seq - 1, FILE_HEADER_LEN
+            while at < size:
+                length = 2 + int.from_bytes(os.pread(out, 2, at), "big")
+                h = chain(h, os.pread(out, length, at))
+                at += length
+                seq += 1
+            head = self._durable_head
+            if at != size or seq != head.seq or h != head.hash:
+                raise StateError(
+                    "the compaction copy does not end at the ledger's head",
+                    expected=f"seq {head.seq} with chain hash {head.hash.hex()[:16]}...",
+                    found=f"seq {seq} with chain hash {h.hex()[:16]}...",
+                    hint="check the disk; nothing was changed",
+                )
+        finally:
+            os.close(out)
 
     def _check_point(self, point: Head) -> None:
         """Recompute the chain hash at ``point.seq`` and compare (caller holds the lock)."""

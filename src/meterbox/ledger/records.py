@@ -261,6 +261,11 @@ class Recovery(_Payload):
     cut_offset: int = _req("o", "int")
     cut_bytes: int = _req("n", "int")
     last_good_seq: int = _req("s", "int")
+    #: The highest seq the server's state had applied (acknowledged) before the cut.
+    acked_seq: int | None = _opt("k", "int")
+    #: How many acknowledged records (seq after ``last_good_seq``, up to
+    #: ``acked_seq``) the cut removed. Always 0 when writes are durable.
+    acked_lost: int | None = _opt("a", "int")
 
 
 # -------------------------------------------------------------- imports
@@ -305,6 +310,25 @@ class LicenseInstalled(_Payload):
     license_id: str = _req("l", "str")
     #: SHA-256 hex of the license file.
     digest: str | None = _opt("d", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineActivated(_Payload):
+    """A Cryptolens node-locked activation the server granted (``machine.activated``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.MACHINE_ACTIVATED
+    license_id: str = _req("l", "str")
+    #: The machine code verbatim, as the SDK sent it (may be empty).
+    machine_code: str = _req("c", "str")
+    #: Node-locked activations of the license after this change.
+    activations: int = _req("n", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineDeactivated(MachineActivated):
+    """A node-locked activation the server forgot (``machine.deactivated``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.MACHINE_DEACTIVATED
 
 
 # ---------------------------------------------------------- free-form maps
@@ -390,6 +414,8 @@ RecordPayload = (
     | ReceiptImported
     | TopupImported
     | LicenseInstalled
+    | MachineActivated
+    | MachineDeactivated
     | Genesis
     | Boot
     | Shutdown
@@ -414,6 +440,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         ReceiptImported,
         TopupImported,
         LicenseInstalled,
+        MachineActivated,
+        MachineDeactivated,
         Genesis,
         Boot,
         Shutdown,

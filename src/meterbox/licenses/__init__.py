@@ -23,8 +23,14 @@ from meterbox.licenses._codec import Fields, canonical_json, format_time, strict
 from meterbox.licenses._envelope import DOCUMENT_MAX_BYTES, DocumentSigner
 from meterbox.licenses._envelope import peek_format as _peek_format
 from meterbox.licenses._license import (
+    CHARGES,
     DEFAULT_LEASE_SECONDS,
+    FEATURES_TEMPLATE_NAME,
+    INT32_MAX,
+    INT32_MIN,
     LICENSE_FORMAT,
+    LICENSE_FORMAT_V2,
+    LICENSE_FORMATS,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
     CryptolensSection,
@@ -32,15 +38,22 @@ from meterbox.licenses._license import (
     Feature,
     License,
     Meter,
+    check_features_template,
 )
 from meterbox.licenses._receipt import RECEIPT_FORMAT, Receipt
 from meterbox.licenses._topup import TOPUP_FORMAT, Topup
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "CHARGES",
     "DEFAULT_LEASE_SECONDS",
     "DOCUMENT_MAX_BYTES",
+    "FEATURES_TEMPLATE_NAME",
+    "INT32_MAX",
+    "INT32_MIN",
     "LICENSE_FORMAT",
+    "LICENSE_FORMATS",
+    "LICENSE_FORMAT_V2",
     "MAX_LEASE_SECONDS",
     "MIN_LEASE_SECONDS",
     "RECEIPT_FORMAT",
@@ -57,6 +70,7 @@ __all__ = [
     "VendorPublicBundle",
     "VendorPublicKey",
     "canonical_json",
+    "check_features_template",
     "derive_key_id",
     "format_time",
     "open_document",
@@ -69,7 +83,7 @@ def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | 
     fmt = _peek_format(data)
     name = fmt.split("/")[0]
     for cls, expected in (
-        (License, LICENSE_FORMAT),
+        (License, LICENSE_FORMAT_V2),
         (Topup, TOPUP_FORMAT),
         (Receipt, RECEIPT_FORMAT),
     ):
@@ -78,7 +92,7 @@ def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | 
             return cls.from_bytes(data, bundle)
     raise _FormatError(
         "file is not a meterbox signed document",
-        expected=f"format {LICENSE_FORMAT}, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
+        expected=f"format {LICENSE_FORMAT} or /2, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
         found=repr(fmt),
         hint="Import license, top-up or receipt files written by `meterbox vendor`",
     )

@@ -109,10 +109,20 @@ class Opened:
 
     payload: Any
     key_id: bytes
+    #: The format version the document was written in (one of the accepted ones).
+    version: int = 1
 
 
-def unseal(data: bytes, expected_format: str, bundle: VendorPublicBundle) -> Opened:
-    """Verify a document of ``expected_format`` against ``bundle`` and parse its payload."""
+def unseal(
+    data: bytes, expected_format: str | tuple[str, ...], bundle: VendorPublicBundle
+) -> Opened:
+    """Verify a document of ``expected_format`` against ``bundle`` and parse its payload.
+
+    ``expected_format`` may list several versions of one format (oldest first); the
+    document may be in any of them, and the signature is checked over the version it
+    names.
+    """
+    accepted = (expected_format,) if isinstance(expected_format, str) else expected_format
     _check_size(data)
     f = Fields(strict_loads(data, "signed document"), "signed document")
     found_fmt = f.raw("format")
@@ -121,22 +131,24 @@ def unseal(data: bytes, expected_format: str, bundle: VendorPublicBundle) -> Ope
     signature_b64 = f.raw("signature")
     f.done()
 
-    want_name, want_version = _split_format(expected_format)
+    want_name, _ = _split_format(accepted[0])
+    versions = [_split_format(a)[1] for a in accepted]
     name, version = _split_format(found_fmt)
     if name != want_name:
         raise FormatError(
             f"file is not a {want_name} document",
-            expected=repr(expected_format),
+            expected=" or ".join(repr(a) for a in accepted),
             found=repr(found_fmt),
             hint="Check which file you passed",
         )
-    if version != want_version:
+    if version not in versions:
         raise FormatError(
             f"{want_name} document has an unknown format version",
-            expected=f"version {want_version}",
+            expected="version " + " or ".join(str(v) for v in versions),
             found=f"version {version}",
             hint="A newer format needs a newer meterbox",
         )
+    assert isinstance(found_fmt, str)
 
     payload_bytes = _b64_exact(payload_b64, "document payload")
     signature = _b64_exact(signature_b64, "document signature")
@@ -170,6 +182,6 @@ def unseal(data: bytes, expected_format: str, bundle: VendorPublicBundle) -> Ope
     key_id = bytes.fromhex(key_hex)
     public = bundle.by_id(key_id)
     crypto.verify_signature(
-        public.signing_key(), signature, signed_message(expected_format, payload_bytes)
+        public.signing_key(), signature, signed_message(found_fmt, payload_bytes)
     )
-    return Opened(strict_loads(payload_bytes, f"{want_name} payload"), key_id)
+    return Opened(strict_loads(payload_bytes, f"{want_name} payload"), key_id, version)

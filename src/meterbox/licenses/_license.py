@@ -1,14 +1,22 @@
-"""The license document (format ``meterbox-license/1``): what a site may use.
+"""The license document (formats ``meterbox-license/1`` and ``/2``): what a site may use.
 
 A :class:`License` is immutable and valid by construction: every constructor argument
 is checked in ``__post_init__``, and ``from_payload`` only ever builds one through the
 constructor. Cross-field rules: at least one feature or meter; ``expires`` after
 ``issued``; the Cryptolens section may only point at features and meters the license
 declares. See docs/spec/license.md for the field table and the Cryptolens mapping.
+
+Versions: version 2 adds Cryptolens fields (node-locked machine limit, block, trial
+activation, deactivation policy, unmetered data objects and credit countdowns). A
+license is always written in the lowest version that can express it, so a license
+that uses none of the version-2 fields stays a version-1 file that older servers
+read; a version-2 file that version 1 could express is refused, so that one license
+has exactly one encoding.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +40,9 @@ from meterbox.licenses._codec import (
 from meterbox.licenses._envelope import DocumentSigner, seal, unseal
 
 LICENSE_FORMAT: Final = "meterbox-license/1"
+LICENSE_FORMAT_V2: Final = "meterbox-license/2"
+#: Every license format this code reads, oldest first.
+LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2)
 #: Keygen Relay's lease; short enough that a killed client frees its seat within a minute.
 DEFAULT_LEASE_SECONDS: Final = 60
 MIN_LEASE_SECONDS: Final = 5
@@ -42,6 +53,15 @@ MAX_DAYS: Final = 3660
 PERIODS: Final = ("total", "month")
 OVER_LIMIT: Final = ("refuse", "allow")
 CRYPTOLENS_KEY_RE: Final = re.compile(r"[A-Z]{5}(-[A-Z]{5}){3}")
+#: The .NET SDK parses ``IntValue``, ``MaxNoOfMachines`` and ids as Int32: every value a
+#: license hands to Cryptolens SDKs stays inside it.
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+#: Which change of a data object is usage of its meter: ``increment`` (a counter that
+#: counts up, as version 1) or ``decrement`` (a credit countdown).
+CHARGES: Final = ("increment", "decrement")
+#: The data object the SDKs' ``Helpers.HasFeature`` reads its feature template from.
+FEATURES_TEMPLATE_NAME: Final = "cryptolens_features"
 
 
 @dataclass(frozen=True)
@@ -105,42 +125,110 @@ class Meter:
 
 @dataclass(frozen=True)
 class DataObject:
-    """A Cryptolens data object whose ``IntValue`` follows usage of ``meter``."""
+    """A Cryptolens data object; with a ``meter``, changes of ``IntValue`` are its usage.
+
+    ``charge`` says which direction is usage: ``increment`` (version 1's only kind) or
+    ``decrement`` (a credit countdown: the value starts at ``int_value`` and each
+    decrement uses that many units). Without a ``meter`` (version 2) the object is a
+    plain value, such as the ``cryptolens_features`` template, that the API serves but
+    does not let clients change.
+    """
 
     id: int
     name: str
-    meter: str
+    meter: str | None
     string_value: str = ""
     int_value: int = 0
+    charge: str = "increment"
 
     def __post_init__(self) -> None:
-        check_int(self.id, "data object id", minimum=1, maximum=2**31 - 1)
+        check_int(self.id, "data object id", minimum=1, maximum=INT32_MAX)
         check_text(self.name, "data object name")
-        check_name(self.meter, "data object meter")
+        if self.meter is not None:
+            check_name(self.meter, "data object meter")
         check_text(self.string_value, "data object string_value", allow_empty=True)
-        check_int(self.int_value, "data object int_value", minimum=-(2**62), maximum=MAX_UNITS)
+        check_int(self.int_value, "data object int_value", minimum=INT32_MIN, maximum=INT32_MAX)
+        check_choice(self.charge, "data object charge", CHARGES)
+        if self.meter is None and self.charge != "increment":
+            raise FormatError(
+                f"data object {self.id} counts down credit without a meter",
+                expected="a meter for charge 'decrement'",
+                found="meter null",
+                hint="Name the meter the credit is drawn from",
+            )
+        if self.name == FEATURES_TEMPLATE_NAME:
+            check_features_template(self.string_value)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    @property
+    def needs_v2(self) -> bool:
+        return self.meter is None or self.charge != "increment"
+
+    def to_json(self, version: int = 1) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "meter": self.meter,
             "string_value": self.string_value,
             "int_value": self.int_value,
         }
+        if version >= 2:
+            out["charge"] = self.charge
+        return out
 
     @classmethod
-    def from_json(cls, value: object) -> DataObject:
+    def from_json(cls, value: object, version: int = 1) -> DataObject:
         f = Fields(value, "data object")
-        out = cls(
-            f.integer("id", minimum=1, maximum=2**31 - 1),
-            f.text("name"),
-            f.name("meter"),
-            f.text("string_value", allow_empty=True),
-            f.integer("int_value", minimum=-(2**62), maximum=MAX_UNITS),
-        )
+        object_id = f.integer("id", minimum=1, maximum=INT32_MAX)
+        name = f.text("name")
+        if version >= 2:
+            raw_meter = f.raw("meter")
+            meter = None if raw_meter is None else check_name(raw_meter, "data object meter")
+        else:
+            meter = f.name("meter")
+        string_value = f.text("string_value", allow_empty=True)
+        int_value = f.integer("int_value", minimum=INT32_MIN, maximum=INT32_MAX)
+        charge = f.choice("charge", CHARGES) if version >= 2 else "increment"
         f.done()
-        return out
+        return cls(object_id, name, meter, string_value, int_value, charge)
+
+
+def check_features_template(text: str) -> str:
+    """Refuse a ``cryptolens_features`` value that ``Helpers.HasFeature`` cannot read.
+
+    The grammar (help.cryptolens.io, feature templates): a JSON array whose items are
+    feature names (strings) or ``[name, [items...]]`` pairs, nested to any depth, e.g.
+    ``["f1", ["f2", ["voice", "image"]]]``. The SDKs ``json.loads`` it on every
+    ``HasFeature`` call and crash on anything else.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not _template_items(value, depth=0):
+        raise FormatError(
+            f"the {FEATURES_TEMPLATE_NAME} data object is not a feature template",
+            expected='a JSON array of names or [name, [...]] pairs, e.g. ["f1", ["f2", ["voice"]]]',
+            found=repr(text)[:80],
+            hint="Write the template as the Cryptolens feature-template grammar",
+        )
+    return text
+
+
+def _template_items(items: list[Any], depth: int) -> bool:
+    if depth > 16:
+        return False
+    for item in items:
+        if isinstance(item, str):
+            if not item or "." in item:
+                return False
+        elif isinstance(item, list):
+            if len(item) != 2 or not isinstance(item[0], str) or not item[0] or "." in item[0]:
+                return False
+            if not isinstance(item[1], list) or not _template_items(item[1], depth + 1):
+                return False
+        else:
+            return False
+    return True
 
 
 _FLAGS: Final = ("f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8")
@@ -157,9 +245,17 @@ class CryptolensSection:
     notes: str = ""
     allowed_machines: tuple[str, ...] = ()
     data_objects: tuple[DataObject, ...] = ()
+    #: Node-locked limit (``MaxNoOfMachines``): the first this many distinct machine
+    #: codes activate, ``0`` is unlimited; ``None`` (version 1) derives it from the
+    #: floating feature's seats, else the number of allowed machines.
+    max_machines: int | None = None
+    block: bool = False
+    trial_activation: bool = False
+    #: Whether ``key/deactivate`` of a node-locked machine frees its slot.
+    allow_deactivation: bool = True
 
     def __post_init__(self) -> None:
-        check_int(self.product_id, "cryptolens product_id", minimum=1, maximum=2**31 - 1)
+        check_int(self.product_id, "cryptolens product_id", minimum=1, maximum=INT32_MAX)
         if not isinstance(self.key, str) or not CRYPTOLENS_KEY_RE.fullmatch(self.key):
             raise FormatError(
                 "cryptolens key is malformed",
@@ -201,23 +297,52 @@ class CryptolensSection:
                 found=", ".join(map(str, ids)),
             )
         object.__setattr__(self, "data_objects", objects)
+        if self.max_machines is not None:
+            check_int(self.max_machines, "cryptolens max_machines", maximum=MAX_SEATS)
+        for flag, what in (
+            (self.block, "block"),
+            (self.trial_activation, "trial_activation"),
+            (self.allow_deactivation, "allow_deactivation"),
+        ):
+            if not isinstance(flag, bool):
+                raise FormatError(
+                    f"cryptolens {what} must be a boolean",
+                    expected="true or false",
+                    found=repr(flag),
+                )
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def needs_v2(self) -> bool:
+        """Whether any field only version 2 of the format can carry is in use."""
+        return (
+            self.max_machines is not None
+            or self.block
+            or self.trial_activation
+            or not self.allow_deactivation
+            or any(o.needs_v2 for o in self.data_objects)
+        )
+
+    def to_json(self, version: int = 1) -> dict[str, Any]:
         out: dict[str, Any] = {
             "product_id": self.product_id,
             "key": self.key,
             "feature": self.feature,
             "notes": self.notes,
             "allowed_machines": list(self.allowed_machines),
-            "data_objects": [o.to_json() for o in self.data_objects],
+            "data_objects": [o.to_json(version) for o in self.data_objects],
         }
         out.update(zip(_FLAGS, self.flags, strict=True))
+        if version >= 2:
+            out["max_machines"] = self.max_machines
+            out["block"] = self.block
+            out["trial_activation"] = self.trial_activation
+            out["allow_deactivation"] = self.allow_deactivation
         return out
 
     @classmethod
-    def from_json(cls, value: object) -> CryptolensSection:
+    def from_json(cls, value: object, version: int = 1) -> CryptolensSection:
         f = Fields(value, "cryptolens section")
-        product_id = f.integer("product_id", minimum=1, maximum=2**31 - 1)
+        product_id = f.integer("product_id", minimum=1, maximum=INT32_MAX)
         key = f.text("key")
         feature_raw = f.raw("feature")
         feature = None if feature_raw is None else check_name(feature_raw, "cryptolens feature")
@@ -227,9 +352,28 @@ class CryptolensSection:
         machines = tuple(
             check_text(m, "cryptolens machine code") for m in f.array("allowed_machines")
         )
-        objects = tuple(DataObject.from_json(o) for o in f.array("data_objects"))
+        objects = tuple(DataObject.from_json(o, version) for o in f.array("data_objects"))
+        if version >= 2:
+            max_machines = f.opt_integer("max_machines", maximum=MAX_SEATS)
+            block = f.boolean("block")
+            trial = f.boolean("trial_activation")
+            allow_deactivation = f.boolean("allow_deactivation")
+        else:
+            max_machines, block, trial, allow_deactivation = None, False, False, True
         f.done()
-        return cls(product_id, key, feature, flags, notes, machines, objects)
+        return cls(
+            product_id,
+            key,
+            feature,
+            flags,
+            notes,
+            machines,
+            objects,
+            max_machines,
+            block,
+            trial,
+            allow_deactivation,
+        )
 
 
 def _check_mapping(value: object, what: str, item_type: type) -> Mapping[str, Any]:
@@ -309,7 +453,7 @@ class License:
                 found=repr(section.feature),
             )
         for obj in section.data_objects:
-            if obj.meter not in self.meters:
+            if obj.meter is not None and obj.meter not in self.meters:
                 raise FormatError(
                     f"cryptolens data object {obj.id} is bound to an unknown meter",
                     expected="one of " + (", ".join(self.meters) or "(no meters)"),
@@ -319,7 +463,13 @@ class License:
     def is_expired(self, now: datetime) -> bool:
         return self.expires is not None and check_utc(now, "now") >= self.expires
 
+    @property
+    def format_version(self) -> int:
+        """The lowest license format version that expresses this license."""
+        return 2 if self.cryptolens is not None and self.cryptolens.needs_v2 else 1
+
     def to_payload(self) -> dict[str, Any]:
+        version = self.format_version
         return {
             "license_id": self.license_id,
             "customer": self.customer,
@@ -332,11 +482,19 @@ class License:
             "report_every_days": self.report_every_days,
             "grace_days": self.grace_days,
             "site_fingerprint": self.site_fingerprint,
-            "cryptolens": None if self.cryptolens is None else self.cryptolens.to_json(),
+            "cryptolens": None if self.cryptolens is None else self.cryptolens.to_json(version),
         }
 
     @classmethod
-    def from_payload(cls, value: object) -> License:
+    def from_payload(cls, value: object, version: int | None = None) -> License:
+        """Build a license from the payload of a format-``version`` document.
+
+        Without ``version`` (a payload kept apart from its envelope) it is read from
+        the payload: version 2 when the Cryptolens section carries version-2 fields.
+        """
+        if version is None:
+            section = value.get("cryptolens") if isinstance(value, dict) else None
+            version = 2 if isinstance(section, dict) and "max_machines" in section else 1
         f = Fields(value, "license")
         license_id = f.name("license_id")
         customer = f.text("customer")
@@ -355,9 +513,9 @@ class License:
         grace = f.integer("grace_days", maximum=MAX_DAYS)
         site = f.opt_text("site_fingerprint")
         cl_raw = f.raw("cryptolens")
-        cryptolens = None if cl_raw is None else CryptolensSection.from_json(cl_raw)
+        cryptolens = None if cl_raw is None else CryptolensSection.from_json(cl_raw, version)
         f.done()
-        return cls(
+        lic = cls(
             license_id=license_id,
             customer=customer,
             product=product,
@@ -371,6 +529,14 @@ class License:
             site_fingerprint=site,
             cryptolens=cryptolens,
         )
+        if lic.format_version != version:
+            raise FormatError(
+                "license is written in a higher format version than it needs",
+                expected=f"format version {lic.format_version} for this content",
+                found=f"version {version}",
+                hint="A license has one encoding; re-issue it with `meterbox vendor issue`",
+            )
+        return lic
 
     def sign(self, signer: DocumentSigner) -> bytes:
         """The signed license file. The signer must be the key the license names."""
@@ -380,13 +546,13 @@ class License:
                 expected=self.vendor_key_id,
                 found=signer.key_id.hex(),
             )
-        return seal(LICENSE_FORMAT, self.to_payload(), signer)
+        return seal(LICENSE_FORMATS[self.format_version - 1], self.to_payload(), signer)
 
     @classmethod
     def from_bytes(cls, data: bytes, bundle: VendorPublicBundle) -> License:
         """Verify a license file against the vendor bundle and return the license."""
-        opened = unseal(data, LICENSE_FORMAT, bundle)
-        lic = cls.from_payload(opened.payload)
+        opened = unseal(data, LICENSE_FORMATS, bundle)
+        lic = cls.from_payload(opened.payload, opened.version)
         if lic.vendor_key_id != opened.key_id.hex():
             raise VerificationError(
                 "license payload names a different key than the one that signed it",

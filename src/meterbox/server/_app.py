@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterbox import __version__
+from meterbox._fs import disk_error
 from meterbox.errors import MeterboxError
 from meterbox.server import _metrics as metrics
 from meterbox.server._core.seats import SeatLease
@@ -275,6 +276,14 @@ def _add_error_handlers(app: FastAPI) -> None:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, exc: OSError) -> JSONResponse:
+        # A durable write that failed below the paths that name their own error: the
+        # client still gets JSON, 507 when the disk is full, else 503 (retry later).
+        err = disk_error("the server could not write its data directory", exc)
+        code = err.code if err.code in HTTP_STATUS else "unavailable"
+        return _error(code, err.render(), err.hint)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
@@ -428,7 +437,7 @@ def _add_admin_routes(
     @app.post(
         "/v1/admin/import",
         dependencies=admin,
-        responses=_errors(400, 401, 409, 413, 503),
+        responses=_errors(400, 401, 409, 413, 503, 507),
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -3,7 +3,7 @@
 :class:`EngineCryptolensBackend` implements
 :class:`meterbox.compat.backend.CryptolensBackend` over a running
 :class:`~meterbox.server._instance.ServerInstance`, so that the Cryptolens SDKs
-(``licensing`` on PyPI, the .NET SDK) take seats and record usage through the
+(``licensing`` on PyPI, ``cryptolens`` on npm, the .NET SDK) take seats and record usage through the
 same engine, ledger and state as meterbox's own clients. :func:`mount_cryptolens`
 puts it in front of the server's HTTP app under ``/api`` (any case).
 
@@ -15,41 +15,49 @@ Mapping (docs/spec/cryptolens-compat.md, "Mapping onto meterbox"):
 - **Floating activation** (``FloatingTimeInterval > 0``): a seat checkout of the
   license's ``cryptolens.feature`` *on that license only*, with ``client_id`` = the
   machine code verbatim and ``hostname`` = the friendly name; the lease lasts
-  ``FloatingTimeInterval`` seconds, clamped to the engine's longest lease
-  (:data:`meterbox.server._core.policy.MAX_LEASE_SECONDS`, a day); ``MaxOverdraft`` is
-  capped by the feature's overdraft. A live lease of the same machine is renewed
-  (``seat.renew``), otherwise a ``seat.checkout`` is sealed in the ledger, with the
-  overdraft flag on an overdraft seat, whose ``Mid`` is ``floating:overdraft:<code>``
+  ``FloatingTimeInterval`` seconds, up to the longest requested lease
+  (:data:`meterbox.server._core.policy.MAX_REQUESTED_LEASE_SECONDS`, 30 days, the
+  range the compat spec accepts); ``MaxOverdraft`` is capped by the feature's
+  overdraft. A live lease of the same machine is renewed (``seat.renew``), otherwise
+  a ``seat.checkout`` is sealed in the ledger, with the overdraft flag on an overdraft
+  seat, whose ``Mid`` is ``floating:overdraft:<code>``
   (else ``floating:<code>``). A refusal is a ``seat.denied`` record and the exact
   Cryptolens "limit has been reached" message. ``key/getkey`` lists the live leases
   of that feature on that license; ``key/deactivate`` with ``Floating=True`` is a
   ``seat.release``. Leases expire and are culled by the server as any other lease.
-- **Node-locked activation** (interval 0) consumes nothing: the machine must be in
-  ``allowed_machines`` (checked by the request layer), and the activation is
-  remembered in ``DATA/cryptolens.db`` so that getkey lists it after a restart. It
-  writes no ledger record, because it grants nothing the license file does not
-  already grant to exactly that machine.
-- **Data objects**: each is bound to a meter of the license.
-  ``IncrementIntValueToKey`` is usage of that meter charged to that license (a
-  ``usage`` record, counted against the quota: a refused quota is ``result: 1``
-  with the engine's message and records nothing). ``DecrementIntValueToKey`` is a
-  ``usage.decrement`` record that gives the units back to that license's meter.
-  ``IntValue`` = the issued ``int_value`` + the net of the changes made through
-  the data object over the license's life, kept in ``DATA/cryptolens.db`` (meter
-  counters may be monthly and are shared with other clients, so they cannot give
-  it back).
+- **Node-locked activation** (interval 0): the first ``MaxNoOfMachines`` distinct
+  machine codes activate (``0`` unlimited), codes in ``allowed_machines`` always do
+  (:func:`meterbox.compat.rules.check_nodelocked`), and only while the license is
+  usable (not expired, report not overdue). A new activation is sealed in the ledger
+  as a ``machine.activated`` record (license id, the code verbatim, the count after
+  it) before it is answered, then kept in ``DATA/cryptolens.db`` so that getkey lists
+  it after a restart; a deactivation, when the license allows it, is a
+  ``machine.deactivated`` record. The vendor counts activations from those records.
+- **Data objects**: a metered object is bound to a meter of the license; the change
+  in its ``charge`` direction (an increment of a counter, a decrement of a credit
+  countdown) is usage of that meter charged to that license (a ``usage`` record with
+  client id ``cryptolens/<id>``, counted against the quota: a refused quota is
+  ``result: 1`` with the engine's message and records nothing). The opposite change
+  is a ``usage.decrement`` record that gives the units back to that license's meter,
+  never more than the object charged. ``IntValue`` = the issued ``int_value`` + the
+  net of the changes made through the data object over the license's life, kept in
+  ``DATA/cryptolens.db`` (meter counters may be monthly and are shared with other
+  clients, so they cannot give it back). An object without a meter is read-only.
 
 Invariants:
 
 - Every change of an ``IntValue`` is exactly one sealed ``usage`` or
   ``usage.decrement`` record of the same amount; a change of 0 is a no-op.
-- The net of a data object never goes below zero: a decrement gives back only
-  what that data object charged, so it can never free quota that other clients
-  used or that was never charged. For the usual data object issued at 0 this is
-  "``IntValue`` never goes below zero". With ``EnableBound`` an increment may not
-  end above ``Bound`` and a decrement may not end below it.
-- A data-object change is all-or-nothing: bound, floor and quota are checked
+- What a data object has charged never goes below zero: giving back is capped by
+  what that object charged (:func:`meterbox.compat.rules.plan_change`), so it can
+  never free quota that other clients used or that was never charged. ``IntValue``
+  stays inside Int32. With ``EnableBound`` an increment may not end above ``Bound``
+  and a decrement may not end below it.
+- A data-object change is all-or-nothing: bound, range, floor and quota are checked
   before anything is recorded, under one lock for all data-object changes.
+- Every record the vendor needs to judge a data object from the ledger alone is in
+  the ledger: usage and give-backs carry the license and ``cryptolens/<id>``, and
+  :func:`meterbox.compat.rules.charged_from_records` recomputes what each object charged from them.
 - Crash safety: a change is first written to ``cryptolens.db`` as *pending* with a
   fresh idempotency key, then sent to the service with that key, then applied.
   On start, a pending change whose key the engine's persisted state knows is
@@ -74,14 +82,21 @@ from starlette.types import ASGIApp
 
 from meterbox.compat import CryptolensSigner, create_cryptolens_app, with_cryptolens_api
 from meterbox.compat.backend import ActivatedMachine, CryptolensLicenseView, DataObjectView
-from meterbox.compat.errors import BoundExceeded, UnknownDataObject
+from meterbox.compat.errors import UnknownDataObject
 from meterbox.compat.mapping import view_from_license
+from meterbox.compat.rules import CLIENT_PREFIX, check_nodelocked, plan_change
 from meterbox.errors import NoSeatAvailable, StateError
+from meterbox.ledger.records import MachineActivated, MachineDeactivated
 from meterbox.licenses import DataObject, License
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._instance import CRYPTOLENS_KEY, ServerInstance
 
-__all__ = ["CRYPTOLENS_DB", "EngineCryptolensBackend", "mount_cryptolens"]
+__all__ = [
+    "CLIENT_PREFIX",
+    "CRYPTOLENS_DB",
+    "EngineCryptolensBackend",
+    "mount_cryptolens",
+]
 
 #: Side state of the Cryptolens API in the data directory.
 CRYPTOLENS_DB: Final = "cryptolens.db"
@@ -281,7 +296,14 @@ class EngineCryptolensBackend:
 
     def _value(self, license_id: str, obj: DataObject) -> DataObjectView:
         net = self._nets.get((license_id, obj.id), 0)
-        return DataObjectView(obj.id, obj.name, obj.string_value, obj.int_value + net)
+        return DataObjectView(
+            obj.id,
+            obj.name,
+            obj.string_value,
+            obj.int_value + net,
+            charge=obj.charge,
+            metered=obj.meter is not None,
+        )
 
     # ------------------------------------------------------------ licenses
     async def find_license(self, product_id: int, key: str) -> CryptolensLicenseView | None:
@@ -338,18 +360,39 @@ class EngineCryptolensBackend:
     async def nodelocked_activate(
         self, license_id: str, machine_code: str, friendly_name: str, ip: str
     ) -> list[ActivatedMachine]:
+        lic = self._license(license_id)
+        view = view_from_license(lic)
         async with self._lock:
             machines = self._nodelocked.setdefault(license_id, {})
-            if machine_code not in machines:
-                machine = ActivatedMachine(
-                    machine_code=machine_code,
-                    friendly_name=friendly_name,
-                    ip=ip,
-                    time=_epoch(self._now()),
+            if machine_code in machines:
+                return list(machines.values())
+            check_nodelocked(view, machines.keys(), machine_code)
+            self._check_usable(license_id)
+            machine = ActivatedMachine(
+                machine_code=machine_code,
+                friendly_name=friendly_name,
+                ip=ip,
+                time=_epoch(self._now()),
+            )
+            # Sealed first: an activation the ledger does not hold is never answered.
+            await self._service.record_event(
+                MachineActivated(
+                    license_id=license_id, machine_code=machine_code, activations=len(machines) + 1
                 )
-                await asyncio.to_thread(self._side.put_nodelocked, license_id, machine)
-                machines[machine_code] = machine
+            )
+            await asyncio.to_thread(self._side.put_nodelocked, license_id, machine)
+            machines[machine_code] = machine
             return list(machines.values())
+
+    def _check_usable(self, license_id: str) -> None:
+        """Refuse a new activation on an expired license or one whose report is overdue."""
+        engine = self._service.engine
+        policy = engine.licenses.get(license_id)
+        if policy is None:
+            return
+        err = engine.blocked(policy, self._now())
+        if err is not None:
+            raise err
 
     async def nodelocked_machines(self, license_id: str) -> list[ActivatedMachine]:
         return list(self._nodelocked.get(license_id, {}).values())
@@ -359,6 +402,11 @@ class EngineCryptolensBackend:
             machines = self._nodelocked.get(license_id, {})
             if machine_code not in machines:
                 return False
+            await self._service.record_event(
+                MachineDeactivated(
+                    license_id=license_id, machine_code=machine_code, activations=len(machines) - 1
+                )
+            )
             await asyncio.to_thread(self._side.drop_nodelocked, license_id, machine_code)
             del machines[machine_code]
             return True
@@ -373,18 +421,18 @@ class EngineCryptolensBackend:
             target = _find_object(objects, object_id, name)
             current = self._value(license_id, target)
             net = self._nets.get((license_id, target.id), 0)
-            _check_change(target, current.int_value, net, delta, bound)
-            if delta == 0:
+            plan = plan_change(current, _charged(target, net), delta, bound)
+            if delta == 0 or target.meter is None:
                 return current
             key = _IDEM_PREFIX + secrets.token_hex(16)
             await asyncio.to_thread(self._side.begin_change, key, license_id, target.id, delta)
             try:
                 await self._service.usage(
                     target.meter,
-                    abs(delta),
-                    f"cryptolens/{target.id}",
+                    abs(plan.usage),
+                    f"{CLIENT_PREFIX}{target.id}",
                     key,
-                    decrement=delta < 0,
+                    decrement=plan.usage < 0,
                     license_id=license_id,
                 )
             except Exception:
@@ -427,29 +475,9 @@ def _find_object(objects: tuple[DataObject, ...], object_id: int, name: str) -> 
     )
 
 
-def _check_change(target: DataObject, value: int, net: int, delta: int, bound: int | None) -> None:
-    """Refuse a change that crosses the caller's bound or takes the net below zero."""
-    new_value = value + delta
-    sign = "+" if delta >= 0 else "-"
-    if bound is not None and (
-        (delta >= 0 and new_value > bound) or (delta < 0 and new_value < bound)
-    ):
-        raise BoundExceeded(
-            f"Data object {target.id} ({target.name!r}) would cross its bound",
-            expected=f"a value {'at most' if delta >= 0 else 'at least'} {bound}",
-            found=f"{value} {sign} {abs(delta)} = {new_value}",
-            hint="Nothing was changed; ask for a smaller change or a different Bound",
-        )
-    if delta < 0 and net + delta < 0:
-        floor = target.int_value
-        raise BoundExceeded(
-            f"Data object {target.id} ({target.name!r}) would go below "
-            + ("zero" if floor == 0 else f"its issued value {floor}"),
-            expected=f"a decrement of at most {net}: a decrement gives back only usage "
-            "recorded through this data object",
-            found=f"{value} - {abs(delta)} = {new_value}",
-            hint="Nothing was changed; decrement by less",
-        )
+def _charged(obj: DataObject, net: int) -> int:
+    """Units the object has charged to its meter, from the net change of its value."""
+    return net if obj.charge == "increment" else -net
 
 
 def mount_cryptolens(app: ASGIApp, instance: ServerInstance) -> ASGIApp:

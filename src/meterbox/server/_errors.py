@@ -60,6 +60,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "topup_already_applied": 409,
     "too_large": 413,
     "unavailable": 503,
+    "insufficient_storage": 507,
 }
 
 

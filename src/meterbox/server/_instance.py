@@ -13,38 +13,52 @@ Data directory layout (mode 0700)::
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
 ``import`` therefore go through the running server's admin API when it runs, and
-open the directory directly when it does not.
+open the directory directly when it does not. A query (``status``) on a stopped server
+uses :func:`read_status`, which writes nothing: no ledger record, no lock file, no
+state change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import os
 import secrets
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from meterbox._fs import atomic_write, check_private_dir
+from meterbox._fs import atomic_write, check_private_dir, disk_error, fsync_dir
 from meterbox.clock import Clock, SystemClock
 from meterbox.compat.signer import CryptolensSigner
-from meterbox.errors import ConfigError, FormatError, StateError, VerificationError
-from meterbox.ledger import Head, LedgerWriter, RecordType, export_report
+from meterbox.errors import (
+    ConfigError,
+    DiskFullError,
+    FormatError,
+    MeterboxError,
+    StateError,
+    UnavailableError,
+    VerificationError,
+)
+from meterbox.ledger import Head, LedgerWriter, RecordType, export_report, read_head
 from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
-from meterbox.server._service import LicenseService, ServiceConfig, Sleep
+from meterbox.server._service import LicenseService, ServiceConfig, Sleep, status_view
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
-from meterbox.server._tpm import prepare_tpm, write_tpm_config
+from meterbox.server._tpm import TpmSetup, prepare_tpm, write_tpm_config
 from meterbox.tpm import DEFAULT_TCTI, TpmMode
 
 LEDGER_DIR: Final = "ledger"
+#: Where init builds the ledger; renaming it to LEDGER_DIR is init's commit point.
+LEDGER_STAGING: Final = ".ledger.init"
 STATE_DB: Final = "state.db"
 LICENSES_DIR: Final = "licenses"
 VENDOR_PUB: Final = "vendor.pub"
@@ -162,17 +176,54 @@ def init_server(
         licenses.append((lic, blob))
     # Before anything is written: `--tpm require` without a TPM leaves no directory behind.
     tpm_setup = prepare_tpm(tpm, tpm_tcti)
+    try:
+        return _build(data, bundle, bundle_bytes, licenses, clock, fingerprint, tpm_setup)
+    except OSError as exc:
+        raise disk_error(
+            f"server init could not write {data}",
+            exc,
+            hint="free disk space or fix permissions, then run 'meterbox server init' "
+            "again: an interrupted init leaves no server behind and is safe to repeat",
+        ) from exc
+
+
+def _build(
+    data: Path,
+    bundle: VendorPublicBundle,
+    bundle_bytes: bytes,
+    licenses: list[tuple[License, bytes]],
+    clock: Clock,
+    fingerprint: str,
+    tpm_setup: TpmSetup,
+) -> InitResult:
+    """Write a new instance; the rename of the finished ledger directory commits it.
+
+    Until ``ledger/`` exists no server can run here, and everything else in the
+    directory is this init's own output: an interrupted init is repeated over it.
+    The ledger is built under a temporary name and renamed into place last, after
+    every other file and the directory itself are durable, so a power loss leaves
+    either no instance or a whole one.
+    """
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)
     check_private_dir(data)
-    (data / LICENSES_DIR).mkdir(exist_ok=True, mode=0o700)
+    fsync_dir(data.parent)
+    staging = data / LEDGER_STAGING
+    if staging.exists():
+        shutil.rmtree(staging)
+    for name in (STATE_DB, f"{STATE_DB}-wal", f"{STATE_DB}-shm", f"{STATE_DB}-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            (data / name).unlink()
+    if (data / LICENSES_DIR).exists():
+        shutil.rmtree(data / LICENSES_DIR)
+    (data / LICENSES_DIR).mkdir(mode=0o700)
     for lic, blob in licenses:
         atomic_write(data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
     atomic_write(data / VENDOR_PUB, bundle_bytes, mode=0o644)
     write_tpm_config(data, tpm_setup)
     key = bundle.current
     writer = LedgerWriter.create(
-        data / LEDGER_DIR,
+        staging,
         vendor_ledger_key=key.ledger_key(),
         vendor_key_id=key.key_id,
         clock=clock,
@@ -192,22 +243,66 @@ def init_server(
         writer.close()
     token = secrets.token_urlsafe(32)
     atomic_write(data / ADMIN_TOKEN, token.encode())
-    if not (data / CRYPTOLENS_KEY).exists():
-        CryptolensSigner.generate(data / CRYPTOLENS_KEY)
+    _ensure_cryptolens_key(data / CRYPTOLENS_KEY)
     store = StateStore(data / STATE_DB)
     try:
-        store.initialize(
-            init_time=clock.now(),
-            instance_id=writer.instance_id.hex(),
-        )
+        store.initialize(init_time=clock.now(), instance_id=writer.instance_id.hex())
     finally:
         store.close()
+    fsync_dir(data)
+    os.rename(staging, data / LEDGER_DIR)
+    fsync_dir(data)
     return InitResult(
         writer.instance_id.hex(),
         token,
         tuple(lic.license_id for lic, _ in licenses),
         tpm_setup.reason,
     )
+
+
+def _ensure_cryptolens_key(path: Path) -> None:
+    """Keep a usable Cryptolens key already there; replace one an interrupted init cut."""
+    if path.exists():
+        try:
+            CryptolensSigner.load(path)
+            return
+        except MeterboxError:
+            path.unlink()
+    CryptolensSigner.generate(path)
+
+
+def read_status(data: Path, *, clock: Clock | None = None) -> dict[str, Any]:
+    """The ``/v1/status`` document of a stopped server, read without writing anything."""
+    clock = clock or SystemClock()
+    if not (data / LEDGER_DIR).exists():
+        raise StateError(
+            f"no server instance in {data}",
+            expected=f"a directory set up by 'meterbox server init --data {data}'",
+            found="no ledger there",
+        )
+    # The same refusals as a start: a directory others can write is not trusted.
+    check_private_dir(data)
+    licenses = load_licenses(data, read_bundle(data))
+    head = read_head(data / LEDGER_DIR)
+    store = StateStore(data / STATE_DB, read_only=True)
+    try:
+        snap = store.load()
+    finally:
+        store.close()
+    engine = snap.engine([policy_from_license(lic) for lic, _ in licenses])
+    # License time as a starting server would compute it: never before what it has seen.
+    now = clock.now()
+    floors = [t for t in (snap.clock_floor, snap.init_time, now) if t is not None]
+    if snap.last_receipt is not None:
+        floors.append(snap.last_receipt.vendor_time)
+    if snap.instance_id is None:
+        raise StateError(
+            "the server state was never initialised",
+            expected="a state file written by a server that has run",
+            found=f"no instance id in {data / STATE_DB}",
+            hint=f"start the server once with 'meterbox server run --data {data}'",
+        )
+    return status_view(engine, max(floors), snap.instance_id, (head.seq, head.hash.hex()))
 
 
 class ServerInstance:
@@ -345,7 +440,8 @@ class ServerInstance:
             )
         head = Head(receipt.head_seq, bytes.fromhex(receipt.head_hash))
         previous = self.acked_head()
-        if previous is not None and head.seq <= previous.seq:
+        again = previous is not None and previous == head
+        if previous is not None and head.seq <= previous.seq and not again:
             raise StateError(
                 "receipt is older than the one already imported",
                 expected=f"a receipt past seq {previous.seq}",
@@ -353,22 +449,42 @@ class ServerInstance:
                 hint="import the newest receipt only",
             )
         # Check it names a point of this very ledger before anything changes.
-        removed = self.writer.compact(head)
-        atomic_write(
-            self.data / RECEIPT_FILE,
-            json.dumps(
-                {
-                    "receipt_id": receipt.receipt_id,
-                    "head_seq": head.seq,
-                    "head_hash": head.hash.hex(),
-                    "vendor_time": receipt.vendor_time.isoformat(),
-                }
-            ).encode(),
-            mode=0o644,
-        )
+        self.writer.verify_point(head)
+        if not again:
+            try:
+                atomic_write(
+                    self.data / RECEIPT_FILE,
+                    json.dumps(
+                        {
+                            "receipt_id": receipt.receipt_id,
+                            "head_seq": head.seq,
+                            "head_hash": head.hash.hex(),
+                            "vendor_time": receipt.vendor_time.isoformat(),
+                        }
+                    ).encode(),
+                    mode=0o644,
+                )
+            except OSError as exc:
+                raise disk_error(
+                    "the receipt could not be saved; nothing was imported", exc
+                ) from exc
+        # Importing the same receipt again is how a deferred compaction is retried;
+        # the service ignores a receipt it already holds.
         await self.service.import_receipt(
             ReceiptInfo(receipt.vendor_time, receipt.head_seq, receipt.receipt_id)
         )
+        try:
+            removed = self.writer.compact(head)
+        except StateError as exc:
+            # Compaction is an optimisation: the receipt stands, the ledger keeps the
+            # records the receipt covers until a later compaction drops them.
+            cls = DiskFullError if isinstance(exc, DiskFullError) else UnavailableError
+            raise cls(
+                "the receipt was imported, but the ledger could not be compacted",
+                expected="room for a copy of the records the receipt does not cover",
+                found=exc.problem + (f" ({exc.found})" if exc.found else ""),
+                hint="free disk space and import the same receipt again to compact",
+            ) from exc
         return {
             "imported": "receipt",
             "receipt_id": receipt.receipt_id,

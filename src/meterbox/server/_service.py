@@ -531,6 +531,20 @@ class LicenseService:
             changes.append(LicensePut(policy.license_id, blob, now))
         await self._save(changes, seq, now)
 
+    async def record_event(self, record: RecordPayload) -> int:
+        """Seal one record that changes no engine state (e.g. a node-locked activation).
+
+        Answers only once the record is durable; raises :class:`UnavailableError`
+        otherwise. The caller decides under its own lock and updates its own state
+        only after this returns.
+        """
+        async with self._lock:
+            now = self.now()
+            task = self._write(record)
+        seq = await self._durable(task)
+        await self._save([], seq, now)
+        return seq
+
     # ---------------------------------------------------------- housekeeping
     async def cull(self) -> list[SeatLease]:
         """Expire leases past their end, raise hourly peaks; write and persist it all."""
@@ -598,30 +612,9 @@ class LicenseService:
         return None
 
     def status(self) -> dict[str, Any]:
-        now = self.now()
-        seq_head = self.ledger_head()
-        seats = self.engine.seats_view(now)
-        receipt = self.engine.last_receipt
-        return {
-            "instance_id": self.instance_id,
-            "license_time": now.isoformat(),
-            "ledger": {
-                "seq": seq_head[0] if seq_head else None,
-                "head": seq_head[1] if seq_head else None,
-            },
-            "last_receipt": receipt.to_json() if receipt else None,
-            "report_due": self.engine.report_status(now),
-            "seats_in_use": {f["feature"]: f["in_use"] for f in seats},
-            "quota": {
-                f"{b['license_id']}/{b['meter']}": {
-                    "used": b["used"],
-                    "limit": b["limit"],
-                    "remaining": b["remaining"],
-                }
-                for b in self.engine.balances(now)
-            },
-            "clock_steps": self.clock_steps,
-        }
+        return status_view(
+            self.engine, self.now(), self.instance_id, self.ledger_head(), self.clock_steps
+        )
 
     async def aclose(self) -> None:
         """Wait for pending side records; the owner closes the store and the sink."""
@@ -631,4 +624,36 @@ class LicenseService:
                 await s
 
 
-__all__ = ["LicenseService", "ServiceConfig", "Sleep"]
+def status_view(
+    engine: Engine,
+    now: datetime,
+    instance_id: str,
+    seq_head: tuple[int, str] | None,
+    clock_steps: int = 0,
+) -> dict[str, Any]:
+    """The ``/v1/status`` document; pure, so a stopped server's status is the same shape."""
+    seats = engine.seats_view(now)
+    receipt = engine.last_receipt
+    return {
+        "instance_id": instance_id,
+        "license_time": now.isoformat(),
+        "ledger": {
+            "seq": seq_head[0] if seq_head else None,
+            "head": seq_head[1] if seq_head else None,
+        },
+        "last_receipt": receipt.to_json() if receipt else None,
+        "report_due": engine.report_status(now),
+        "seats_in_use": {f["feature"]: f["in_use"] for f in seats},
+        "quota": {
+            f"{b['license_id']}/{b['meter']}": {
+                "used": b["used"],
+                "limit": b["limit"],
+                "remaining": b["remaining"],
+            }
+            for b in engine.balances(now)
+        },
+        "clock_steps": clock_steps,
+    }
+
+
+__all__ = ["LicenseService", "ServiceConfig", "Sleep", "status_view"]

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import StateError
 from meterbox.server._core.changes import (
     Change,
@@ -135,9 +136,14 @@ class StateSnapshot:
 class StateStore:
     """The SQLite state file. Thread-safe: one connection behind a lock."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = Path(path)
-        self._lockfile: IO[bytes] | None = open(  # noqa: SIM115 - held for the store's lifetime
+        self._lock = threading.Lock()
+        self._lockfile: IO[bytes] | None = None
+        if read_only:
+            self._open_read_only()
+            return
+        self._lockfile = open(  # noqa: SIM115 - held for the store's lifetime
             str(self.path) + ".lock", "ab"
         )
         try:
@@ -151,7 +157,6 @@ class StateStore:
                 found=f"{self.path}.lock is locked",
                 hint="Stop the other server, or give this one its own state directory",
             ) from None
-        self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -171,12 +176,61 @@ class StateStore:
         except (sqlite3.DatabaseError, ValueError) as exc:
             # ValueError: a damaged schema text can fail to decode as UTF-8.
             self.close()
+            if is_disk_full(exc):
+                # SQLite says "database or disk is full"; the file is not damaged, and
+                # restoring a backup (the advice below) would lose state for nothing.
+                raise disk_error(
+                    f"The server state file {self.path} cannot be written: the disk is full",
+                    exc,
+                    hint="Free disk space in the data directory, then start the server "
+                    "again; nothing in the state file was lost",
+                ) from exc
             raise StateError(
                 "The server state file is not a usable SQLite database",
                 expected="a meterbox state file",
                 found=str(exc),
                 hint="Restore the file from backup or point the server at a new directory",
             ) from exc
+
+    def _open_read_only(self) -> None:
+        # For queries on a stopped server (``meterbox server status``): no lock file,
+        # no schema, no pragma that writes; SQLite itself refuses any write.
+        if not self.path.is_file():
+            raise StateError(
+                "The server state file is missing",
+                expected=f"a state file at {self.path}",
+                found="no such file",
+                hint="Run 'meterbox server init' first, or pass the right --data",
+            )
+        # A server that stopped cleanly left no write-ahead log: the file is complete and
+        # ``immutable`` reads it without creating the -wal/-shm files read-only mode
+        # would. A log left by a crash holds committed changes, so it is read through
+        # (SQLite then maintains its shared-memory index; the data stays untouched).
+        wal = Path(f"{self.path}-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        try:
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?{flags}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            version = self._meta("schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                "The server state file cannot be read",
+                expected="a readable meterbox state file",
+                found=str(exc),
+                hint="Run the command as the user the server runs as, or restore the file",
+            ) from exc
+        if version != str(SCHEMA_VERSION):
+            self._db.close()
+            raise StateError(
+                "Unknown server state schema version",
+                expected=f"version {SCHEMA_VERSION}",
+                found=f"version {version}",
+                hint="Use the meterbox release that created this state file",
+            )
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -217,7 +271,11 @@ class StateStore:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that fails with SQLITE_FULL may already have rolled the
+                # transaction back; a second ROLLBACK would replace the real error
+                # ("disk is full") with "no transaction is active".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
 
     # --------------------------------------------------------------- writes
@@ -232,7 +290,11 @@ class StateStore:
                     self._apply_one(change)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A COMMIT that fails with SQLITE_FULL may already have rolled the
+                # transaction back; a second ROLLBACK would replace the real error
+                # ("disk is full") with "no transaction is active".
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _apply_one(self, c: Change) -> None:

@@ -1,7 +1,8 @@
 """`meterbox server` commands: init, run, status, export, import, cryptolens-key, fingerprint.
 
-Settings come from flags, then METERBOX_* environment variables, then a TOML file
-given with ``--config`` (keys named like the long flags, e.g. ``port = 8080``).
+``run`` and ``config`` take their settings from flags, then METERBOX_* environment
+variables, then a TOML file given with ``--config`` (keys named like the long flags, e.g.
+``port = 8080``); one pydantic-settings model, :mod:`meterbox.server._config`.
 Exit codes are the shared table of :mod:`meterbox._cli_support` (docs/api.md).
 """
 
@@ -12,7 +13,6 @@ import gc
 import json
 import logging
 import sys
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +23,13 @@ import typer
 from rich.console import Console
 
 from meterbox._cli_support import EXIT_CODES_HELP, exit_code_for
+from meterbox._fs import disk_error, write_new_file
 from meterbox.errors import ConfigError, MeterboxError, StateError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, epilog=EXIT_CODES_HELP)
 out = Console()
-err = Console(stderr=True)
+# Messages are not wrapped: a line per message survives grep and log collectors.
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 DataOption = Annotated[
     Path, typer.Option("--data", envvar="METERBOX_DATA", help="Server data directory.")
@@ -45,21 +47,6 @@ def _errors() -> Iterator[None]:
         yield
     except MeterboxError as exc:
         _fail(exc)
-
-
-def _config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        _fail(
-            ConfigError(
-                "cannot read the configuration file",
-                expected="a readable TOML file",
-                found=f"{path}: {exc}",
-            )
-        )
 
 
 @app.command()
@@ -83,6 +70,16 @@ def init(
     """Create a server instance: identity, ledger genesis, licenses, admin token."""
     from meterbox.server._instance import init_server
     from meterbox.tpm import TpmMode
+
+    if data.exists() and not data.is_dir():
+        _fail(
+            ConfigError(
+                "--data names a file",
+                expected="a new or empty directory for the server's data",
+                found=f"{data} is a file",
+                hint="pass a directory path; 'meterbox server init' creates it",
+            )
+        )
 
     with _errors():
         result = init_server(
@@ -129,56 +126,179 @@ def _setup_logging(level: str) -> dict[str, Any]:
     }
 
 
+# The options of `run` and `config`; None means "not given", so the environment, the
+# file and then the default apply (see meterbox.server._config for the precedence).
+RunData = Annotated[
+    Path | None,
+    typer.Option("--data", metavar="DIR", show_default=False,
+                 help="Server data directory. [env METERBOX_DATA; file: data]"),
+]  # fmt: skip
+HostOpt = Annotated[
+    str | None,
+    typer.Option("--host", metavar="ADDR", show_default=False,
+                 help="Address to listen on. [default: 127.0.0.1; env METERBOX_HOST]"),
+]  # fmt: skip
+PortOpt = Annotated[
+    int | None,
+    typer.Option("--port", metavar="PORT", show_default=False,
+                 help="TCP port to listen on. [default: 8080; env METERBOX_PORT]"),
+]  # fmt: skip
+TlsCertOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-cert", metavar="FILE", show_default=False,
+                 help="PEM certificate for HTTPS (with --tls-key). [env METERBOX_TLS_CERT]"),
+]  # fmt: skip
+TlsKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-key", metavar="FILE", show_default=False,
+                 help="PEM private key of --tls-cert. [env METERBOX_TLS_KEY]"),
+]  # fmt: skip
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", metavar="FILE", envvar="METERBOX_CONFIG", show_default=False,
+                 help="TOML file with the same settings, e.g. 'port = 8443'. "
+                 "[env METERBOX_CONFIG]"),
+]  # fmt: skip
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option("--log-level", metavar="LEVEL", show_default=False,
+                 help="debug, info, warning, error or critical. "
+                 "[default: info; env METERBOX_LOG_LEVEL]"),
+]  # fmt: skip
+ForceRecoverOpt = Annotated[
+    bool | None,
+    typer.Option("--force-recover", metavar="", show_default=False,
+                 help="Cut a torn ledger tail even if longer than the automatic limit "
+                 "(after a crash; the cut is recorded in the ledger). "
+                 "[env METERBOX_FORCE_RECOVER]"),
+]  # fmt: skip
+
+
+def _load_config(flags: dict[str, Any], config: Path | None) -> Any:
+    from meterbox.server import _config
+
+    with _errors():
+        return _config.load(flags, config)
+
+
+def _preflight(host: str, port: int, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Refuse a start that cannot serve before anything in the data directory is opened.
+
+    Binding and loading the TLS files fail here, not after the ledger wrote its boot
+    records: a failed start leaves the data directory as it was.
+    """
+    import errno
+    import socket
+    import ssl
+
+    if tls_cert is not None and tls_key is not None:
+        for what, path in (("certificate", tls_cert), ("private key", tls_key)):
+            if not path.is_file():
+                raise ConfigError(
+                    f"the TLS {what} file is missing",
+                    expected=f"a PEM {what} file",
+                    found=f"{path}: {'a directory' if path.is_dir() else 'no such file'}",
+                    hint="check --tls-cert/--tls-key (or tls_cert/tls_key in the file)",
+                )
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                str(tls_cert), str(tls_key)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "the TLS certificate and key cannot be used",
+                expected="a PEM certificate and its matching unencrypted PEM private key",
+                found=f"{tls_cert}, {tls_key}: {getattr(exc, 'strerror', None) or exc}",
+                hint="check that the key belongs to the certificate and is readable",
+            ) from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            "the listen address does not resolve",
+            expected="an IP address or a resolvable host name",
+            found=f"{host!r}: {exc.strerror}",
+            hint="pass --host 127.0.0.1 (loopback) or --host 0.0.0.0 (every interface)",
+        ) from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # uvicorn binds with SO_REUSEADDR too, so a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    "the port is in use",
+                    expected=f"a free port on {host}",
+                    found=f"another process listens on {host}:{port}",
+                    hint="pass --port (or METERBOX_PORT) with a free port, or stop that process",
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise ConfigError(
+                    "the port needs privileges this process does not have",
+                    expected="a port from 1024 up, or the capability to bind low ports",
+                    found=f"{host}:{port}: permission denied",
+                    hint="pass --port 8080, or put a reverse proxy in front",
+                ) from None
+            raise ConfigError(
+                "cannot listen on the address",
+                expected=f"an address of this machine to bind {host}:{port}",
+                found=exc.strerror or str(exc),
+                hint="pass --host 127.0.0.1 or an address of one of this machine's interfaces",
+            ) from None
+
+
 @app.command()
 def run(
-    data: DataOption,
-    host: Annotated[str | None, typer.Option(envvar="METERBOX_HOST")] = None,
-    port: Annotated[int | None, typer.Option(envvar="METERBOX_PORT")] = None,
-    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", envvar="METERBOX_TLS_CERT")] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", envvar="METERBOX_TLS_KEY")] = None,
-    config: Annotated[Path | None, typer.Option("--config", envvar="METERBOX_CONFIG")] = None,
-    log_level: Annotated[str, typer.Option(envvar="METERBOX_LOG_LEVEL")] = "info",
-    force_recover: Annotated[bool, typer.Option("--force-recover")] = False,
+    data: RunData = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = None,
+    force_recover: ForceRecoverOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
+    flags = {
+        "data": data,
+        "host": host,
+        "port": port,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "log_level": log_level,
+        "force_recover": force_recover,
+    }
+    conf = _load_config(flags, config).config
+    with _errors():
+        _preflight(conf.host, conf.port, conf.tls_cert, conf.tls_key)
+    try:
+        _serve(conf)
+    except KeyboardInterrupt:
+        err.print("interrupted during start-up; the server was not serving", highlight=False)
+        raise typer.Exit(130) from None
+
+
+def _serve(conf: Any) -> None:
     import uvicorn
 
+    from meterbox.server._instance import RUN_FILE, write_run_file
     from meterbox.server._runtime import build_server
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
-    conf = _config(config)
-    host = host or str(conf.get("host", "127.0.0.1"))
-    port = port if port is not None else conf.get("port", 8080)
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        _fail(
-            ConfigError(
-                "the port is not usable",
-                expected="a TCP port number from 1 to 65535",
-                found=repr(port),
-                hint="pass --port, METERBOX_PORT or 'port = 8080' in the configuration file",
-            )
-        )
-    tls_cert = tls_cert or (Path(conf["tls_cert"]) if "tls_cert" in conf else None)
-    tls_key = tls_key or (Path(conf["tls_key"]) if "tls_key" in conf else None)
-    if (tls_cert is None) != (tls_key is None):
-        _fail(
-            ConfigError(
-                "TLS needs both a certificate and a key",
-                expected="--tls-cert and --tls-key together",
-                found="only one of them",
-            )
-        )
-    log_config = _setup_logging(log_level)
+    data: Path = conf.data
+    log_config = _setup_logging(conf.log_level)
     with _errors():
-        built = build_server(data, force_recover=force_recover)
-    scheme = "https" if tls_cert else "http"
+        built = build_server(data, force_recover=conf.force_recover)
+    scheme = "https" if conf.tls_cert else "http"
     uv_config = uvicorn.Config(
         built.app,
-        host=host,
-        port=port,
+        host=conf.host,
+        port=conf.port,
         log_config=log_config,
-        ssl_certfile=str(tls_cert) if tls_cert else None,
-        ssl_keyfile=str(tls_key) if tls_key else None,
+        ssl_certfile=str(conf.tls_cert) if conf.tls_cert else None,
+        ssl_keyfile=str(conf.tls_key) if conf.tls_key else None,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=16 * 1024,
@@ -192,14 +312,55 @@ def run(
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    from meterbox.server._instance import RUN_FILE, write_run_file
-
-    write_run_file(data, f"{scheme}://{host}:{port}")
+    write_run_file(data, f"{scheme}://{conf.host}:{conf.port}")
     try:
         server.run()
     finally:
         built.close()
         (data / RUN_FILE).unlink(missing_ok=True)
+
+
+@app.command("config")
+def config_cmd(
+    data: RunData = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = None,
+    force_recover: ForceRecoverOpt = None,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print every setting, its value and its source.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Check the settings 'server run' would use with these options; --show prints them."""
+    flags = {
+        "data": data,
+        "host": host,
+        "port": port,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "log_level": log_level,
+        "force_recover": force_recover,
+    }
+    loaded = _load_config(flags, config)
+    rows = loaded.as_rows()
+    if as_json:
+        doc = {name: {"value": loaded.config.model_dump(mode="json")[name], "source": source}
+               for name, _, source in rows}  # fmt: skip
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    if not show:
+        out.print("configuration is usable; pass --show to print it", highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table("setting", "value", "source", box=None, pad_edge=False)
+    for name, value, source in rows:
+        table.add_row(name, value, source)
+    out.print(table)
 
 
 def _running(data: Path) -> tuple[str, str] | None:
@@ -242,30 +403,75 @@ def _admin(data: Path, method: str, path: str, content: bytes | None = None) -> 
 @app.command()
 def status(
     data: DataOption,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print GET /v1/status's JSON.")] = False,
 ) -> None:
     """Ledger head, last receipt, report due date, seats in use, quota left."""
     if _running(data):
         info = _admin(data, "GET", "/v1/status").json()
     else:
-        from meterbox.server._instance import ServerInstance
+        from meterbox.server._instance import read_status
 
+        # A query never writes: the stopped server's files are only read.
         with _errors():
-            inst = ServerInstance.open(data)
-            try:
-                info = inst.service.status()
-            finally:
-                inst.close()
+            info = read_status(data)
     if as_json:
-        out.print_json(json.dumps(info, default=str))
+        # The keys of GET /v1/status (docs/api.md), one JSON document on one line.
+        typer.echo(json.dumps(info, sort_keys=True, default=str))
         return
-    out.print(f"[bold]instance[/]     {info['instance_id']}")
-    out.print(f"[bold]ledger head[/]  seq {info['ledger']['seq']}  {info['ledger']['head']}")
-    out.print(f"[bold]last receipt[/] {info['last_receipt']}")
-    out.print(f"[bold]report due[/]   {info['report_due']}")
-    out.print(f"[bold]seats in use[/] {info['seats_in_use']}")
-    for name, q in info["quota"].items():
-        out.print(f"[bold]quota[/]        {name}: used {q['used']} of {q['limit']}")
+    for label, value in status_lines(info):
+        out.print(f"[bold]{label:<13}[/] {value}", highlight=False, soft_wrap=True)
+
+
+def utc(value: object) -> str:
+    """An ISO-8601 time as the CLI shows every time: UTC, seconds, ``Z``."""
+    from datetime import UTC, datetime
+
+    if not isinstance(value, str):
+        return "-"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """``server status`` as label/value lines: one fact per line, each under 80 columns."""
+    ledger = info.get("ledger") or {}
+    receipt = info.get("last_receipt")
+    due = info.get("report_due") or {}
+    lines = [
+        ("instance", str(info.get("instance_id", "-"))),
+        ("license time", utc(info.get("license_time"))),
+        ("ledger seq", "-" if ledger.get("seq") is None else str(ledger["seq"])),
+        ("ledger head", str(ledger.get("head") or "-")),
+    ]
+    if receipt:
+        lines.append(("last receipt", f"{receipt.get('receipt_id')} (seq {receipt.get('seq')})"))
+        lines.append(("receipt time", utc(receipt.get("vendor_time"))))
+    else:
+        lines.append(("last receipt", "none imported yet"))
+    if not due.get("required"):
+        lines.append(("report", "not required by the licenses"))
+    else:
+        lines.append(("report due", utc(due.get("due"))))
+        state = "OVERDUE: export and send a report" if due.get("overdue") else "not overdue"
+        lines.append(("report by", f"{utc(due.get('deadline'))} ({state})"))
+    seats = info.get("seats_in_use") or {}
+    for feature, in_use in sorted(seats.items()):
+        lines.append(("seats in use", f"{feature}: {in_use}"))
+    if not seats:
+        lines.append(("seats in use", "no floating features"))
+    for name, q in sorted((info.get("quota") or {}).items()):
+        if q.get("limit") is None:
+            lines.append(("quota", f"{name}: {q['used']} used, unlimited"))
+        else:
+            lines.append(
+                ("quota", f"{name}: {q['used']} of {q['limit']} used, {q['remaining']} left")
+            )
+    return lines
 
 
 @app.command("export")
@@ -274,6 +480,17 @@ def export_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Report file to write.")],
 ) -> None:
     """Write a signed report of everything since the last imported receipt."""
+    # Checked before the report is built: a path that cannot take the file fails at
+    # once, not after the ledger was read and an export record written.
+    if not output.parent.is_dir():
+        _fail(
+            ConfigError(
+                "the report's directory does not exist",
+                expected="-o naming a file in an existing directory",
+                found=f"{output.parent} is {'a file' if output.parent.exists() else 'missing'}",
+                hint=f"create it first (mkdir -p {output.parent}) or choose another -o",
+            )
+        )
     if output.exists():
         _fail(
             StateError(
@@ -294,12 +511,23 @@ def export_cmd(
                 blob = inst.export_bytes()
             finally:
                 inst.close()
-    output.write_bytes(blob)
+    try:
+        # O_EXCL, every byte written and synced, and removed again on failure: a full
+        # disk leaves no truncated report that could be sent to the vendor.
+        write_new_file(output, blob, mode=0o644)
+    except OSError as exc:
+        _fail(disk_error(f"the report could not be written to {output}", exc))
     out.print(f"Report written to {output} ({len(blob)} bytes). Send it to the vendor.")
 
 
 @app.command("import")
-def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> None:
+def import_cmd(
+    data: DataOption,
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Receipt, top-up or license from the vendor.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
     """Import a receipt, top-up or renewed license. Anything else is refused."""
     try:
         blob = file.read_bytes()
@@ -322,7 +550,13 @@ def import_cmd(data: DataOption, file: Annotated[Path, typer.Argument()]) -> Non
                 result = asyncio.run(inst.import_bytes(blob))
             finally:
                 inst.close()
-    out.print(f"Imported {result.get('imported')}: {json.dumps(result)}")
+    if as_json:
+        typer.echo(json.dumps(result, sort_keys=True))
+        return
+    out.print(f"Imported a {result.get('imported', 'file')}.", highlight=False)
+    for key, value in result.items():
+        if key != "imported":
+            out.print(f"  {key.replace('_', ' ')}: {value}", highlight=False)
 
 
 @app.command("cryptolens-key")

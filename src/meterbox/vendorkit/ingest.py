@@ -59,6 +59,7 @@ old one's last record is an honest replacement (a reinstalled server) and only w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -70,7 +71,9 @@ from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 
+from meterbox._fs import disk_error, is_disk_full, publish, stage_file
 from meterbox.clock import SystemClock
 from meterbox.errors import ConfigError, FormatError, VerificationError
 from meterbox.ledger import (
@@ -113,7 +116,7 @@ from meterbox.vendorkit.anomaly import (
 )
 from meterbox.vendorkit.anomaly import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
-from meterbox.vendorkit.keys import VendorKeys, atomic_write
+from meterbox.vendorkit.keys import VendorKeys
 
 REPORT_REPLAY: Final = "report.replay"
 REPORT_EMPTY: Final = "report.empty"
@@ -602,27 +605,37 @@ def ingest(
         kid: pair.ledger_private for kid, pair in keys.pairs.items()
     }
     digest = file_digest(report_path)
-    with VendorStore.open(store_url, home=home) as store, store.engine.connect() as conn:
-        if store.report_known(digest, conn):
-            finding = Finding(
-                REPORT_REPLAY,
-                "critical",
-                f"this exact report (sha256 {digest[:16]}...) was ingested before; "
-                "nothing was billed again",
-            )
-            iid = _instance_named(report_path, ledger_keys)
-            return IngestOutcome(
-                "rejected",
-                (finding,),
-                {},
-                iid.hex() if iid else None,
-                None,
-                digest,
-            )
-        return _ingest_new(
-            conn, store, keys, ledger_keys, report_path, digest, vendor_now, now_ms,
-            policy, on_progress, receipt_out,
-        )  # fmt: skip
+    try:
+        with VendorStore.open(store_url, home=home) as store, store.engine.connect() as conn:
+            if store.report_known(digest, conn):
+                finding = Finding(
+                    REPORT_REPLAY,
+                    "critical",
+                    f"this exact report (sha256 {digest[:16]}...) was ingested before; "
+                    "nothing was billed again",
+                )
+                iid = _instance_named(report_path, ledger_keys)
+                return IngestOutcome(
+                    "rejected",
+                    (finding,),
+                    {},
+                    iid.hex() if iid else None,
+                    None,
+                    digest,
+                )
+            return _ingest_new(
+                conn, store, keys, ledger_keys, report_path, digest, vendor_now, now_ms,
+                policy, on_progress, receipt_out,
+            )  # fmt: skip
+    except OperationalError as exc:
+        if not is_disk_full(exc):
+            raise
+        # The transaction was rolled back with the failed write: nothing is recorded.
+        raise disk_error(
+            "the vendor store cannot be written; nothing of this ingest was recorded",
+            exc.orig if isinstance(exc.orig, BaseException) else exc,
+            hint="free disk space where the store lives and ingest the same report again",
+        ) from exc
 
 
 def _ingest_new(
@@ -665,6 +678,8 @@ def _ingest_new(
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
+    staged: Path | None = None
+    receipt_path: Path | None = None
     try:
         with stream:
             for record, acked in verifier.records():
@@ -739,14 +754,19 @@ def _ingest_new(
             conn, store, core, result, findings, clones, status, receipt, document,
             inst_row, license_ids, vendor_now, ledger_ok, pending,
         )  # fmt: skip
+        receipt_path = None
+        if receipt is not None:
+            receipt_path = receipt_out or report_path.with_name(report_path.name + ".receipt")
+            staged = _stage_receipt(receipt_path, document)
         conn.commit()
     except BaseException:
         conn.rollback()
+        if staged is not None:
+            with contextlib.suppress(OSError):
+                staged.unlink()
         raise
-    receipt_path = None
-    if receipt is not None:
-        receipt_path = receipt_out or report_path.with_name(report_path.name + ".receipt")
-        atomic_write(receipt_path, document, mode=0o644)
+    if staged is not None and receipt_path is not None:
+        _publish_receipt(staged, receipt_path)
     return IngestOutcome(
         status,
         tuple(findings),
@@ -759,6 +779,37 @@ def _ingest_new(
         receipt,
         receipt_path,
     )
+
+
+def _stage_receipt(receipt_path: Path, document: bytes) -> Path:
+    """Write the receipt under a temporary name, before the ingest commits.
+
+    The receipt's bytes are on disk before the ingest commits and take their name
+    only after it (:func:`_publish_receipt`): a stored ingest always had its receipt
+    written, and no receipt exists for an ingest that was rolled back.
+    """
+    try:
+        return stage_file(receipt_path, document, mode=0o644)
+    except OSError as exc:
+        raise disk_error(
+            f"the receipt could not be written to {receipt_path}; "
+            "nothing of this ingest was recorded",
+            exc,
+            hint="free disk space (or choose another --receipt-out) and ingest "
+            "the same report again",
+        ) from exc
+
+
+def _publish_receipt(staged: Path, receipt_path: Path) -> None:
+    try:
+        publish(staged, receipt_path)
+    except OSError as exc:
+        raise disk_error(
+            f"the ingest is recorded and its receipt written to {staged}, "
+            f"but it could not be renamed to {receipt_path}",
+            exc,
+            hint=f"rename {staged} to {receipt_path} and send it to the site",
+        ) from exc
 
 
 def _interval(licenses: Sequence[License]) -> tuple[int | None, int]:

@@ -48,6 +48,7 @@ LICENSES = [
             customer=CustomerView(12, "Ada Lovelace", "ada@example.org", "Analytical Ltd", NOW),
             max_no_of_machines=2,
             max_overdraft=1,
+            floating=True,
         ),
         [DataObjectView(7, "usage", "", 3), DataObjectView(8, "exports", "csv", 0)],
     ),
@@ -63,7 +64,29 @@ LICENSES = [
         ),
         [],
     ),
+    (
+        # Node-locked for the first 2 distinct machines, a credit countdown and a
+        # feature template (the license format-2 fields).
+        CryptolensLicenseView(
+            license_id="lic-vector-credit",
+            product_id=3349,
+            key="MBXV-CREDIT-0001",
+            id=1003,
+            created=NOW - 86_400,
+            max_no_of_machines=2,
+            trial_activation=True,
+            allow_deactivation=False,
+        ),
+        [
+            DataObjectView(1, "credits", "", 100, charge="decrement"),
+            DataObjectView(
+                2, "cryptolens_features", '["f1",["f2",["voice","image"]]]', 0, metered=False
+            ),
+        ],
+    ),
 ]
+#: The Node SDK's machine code (SHA-256 hex) used by the node-locked vectors.
+NODE_CODE = "5c1f4a7b9e2d8c3f6a0b1e4d7c2f5a8b3e6d9c0f1a4b7e2d5c8f3a6b9e0d1c4f"
 
 #: (file name, path, form body) run in order against one backend.
 CASES = [
@@ -126,6 +149,74 @@ CASES = [
         "ProductId=3349&key=MBXV-NODE-0001&MachineCode=a1b2c3&Sign=True&SignMethod=1",
     ),
     ("unknown-method.json", "/api/key/createkey", "ProductId=3349"),
+    # Node SDK shape (npm cryptolens 1.0.11 Key.Activate): a first machine takes a slot.
+    (
+        "activate-node-locked-first-code.json",
+        "/api/key/Activate",
+        f"token=t&ProductId=3349&Key=MBXV-CREDIT-0001&MachineCode={NODE_CODE}"
+        "&FieldsToReturn=0&Metadata=false&FloatingTimeInterval=0&MaxOverdraft=0"
+        "&Sign=true&SignMethod=1",
+    ),
+    # .NET shape with its default empty MachineCode: a code like any other.
+    (
+        "activate-node-locked-empty-code.json",
+        "/api//key/activate/",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&MachineCode=&FriendlyName=&Sign=True"
+        "&SignMethod=StringSign&FloatingTimeInterval=0&MaxOverdraft=0&Metadata=False"
+        "&OSInfo=&ModelVersion=3&v=1",
+    ),
+    (
+        "activate-node-locked-limit-reached.json",
+        "/api/key/Activate",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&MachineCode=third&FieldsToReturn=0"
+        "&Metadata=false&FloatingTimeInterval=0&MaxOverdraft=0&Sign=true&SignMethod=1",
+    ),
+    # The .NET models' default SignMethod=LinqSign is not served (see the compat spec).
+    (
+        "activate-linqsign-floating.json",
+        "/api//key/activate/",
+        "token=t&ProductId=3349&Key=MBXV-FLOAT-0001&MachineCode=m-9&FloatingTimeInterval=100"
+        "&MaxOverdraft=0&Sign=True&SignMethod=LinqSign&Metadata=False&ModelVersion=3&v=1",
+    ),
+    (
+        "activate-linqsign-node-locked.json",
+        "/api//key/activate/",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&MachineCode=m-9&Sign=True"
+        "&SignMethod=LinqSign&ModelVersion=3&v=1",
+    ),
+    (
+        "activate-not-floating.json",
+        "/api/key/activate",
+        "ProductId=3349&Key=MBXV-CREDIT-0001&MachineCode=m-9&FloatingTimeInterval=100&SignMethod=1",
+    ),
+    (
+        "decrement-credit.json",
+        "/api//data/DecrementIntValueToKey/",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&Id=1&Name=&IntValue=10"
+        "&EnableBound=True&Bound=0",
+    ),
+    (
+        "decrement-credit-bound.json",
+        "/api//data/DecrementIntValueToKey/",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&Id=1&IntValue=91&EnableBound=True&Bound=0",
+    ),
+    (
+        "increment-read-only.json",
+        "/api//data/IncrementIntValueToKey/",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&Name=cryptolens_features&IntValue=1",
+    ),
+    (
+        "deactivate-not-allowed.json",
+        "/api/key/Deactivate",
+        f"token=t&ProductId=3349&Key=MBXV-CREDIT-0001&MachineCode={NODE_CODE}"
+        "&Floating=false&OSInfo=null",
+    ),
+    (
+        "getkey-credit.json",
+        "/api/key/GetKey",
+        "token=t&ProductId=3349&Key=MBXV-CREDIT-0001&FieldsToReturn=0&Metadata=true"
+        "&Sign=true&SignMethod=1",
+    ),
 ]
 
 

@@ -81,6 +81,30 @@ def build() -> dict[str, bytes]:
             data_objects=(DataObject(7, "usagecount", "scans", "", 0),),
         ),
     )
+    # Format version 2: node-locked limit, block/trial flags, a credit countdown and an
+    # unmetered feature template.
+    cryptolens_v2 = License(
+        license_id="lic_00112233445566ee",
+        customer="Studio Süd",
+        product="Renderer",
+        issued=CLOCK,
+        vendor_key_id=KEY_A.key_id.hex(),
+        meters={"frames": Meter(limit=10_000)},
+        cryptolens=CryptolensSection(
+            product_id=4321,
+            key="QWERT-YUIOP-ASDFG-HJKLZ",
+            flags=(False, True, False, False, False, False, False, False),
+            notes="v2",
+            allowed_machines=("build-server",),
+            data_objects=(
+                DataObject(1, "credits", "frames", "", 500, "decrement"),
+                DataObject(2, "cryptolens_features", None, '["f1",["f2",["voice","image"]]]'),
+            ),
+            max_machines=5,
+            trial_activation=True,
+            allow_deactivation=False,
+        ),
+    )
     topup = Topup("top_00112233445566cc", basic.license_id, "solver-runs", 500, CLOCK)
     receipt = Receipt(
         receipt_id="rcpt_00112233445566dd",
@@ -103,6 +127,12 @@ def build() -> dict[str, bytes]:
             "vendor-rotated.pub",
             cryptolens.sign(KEY_B.signer()),
             cryptolens.to_payload(),
+        ),
+        (
+            "valid/license-cryptolens-v2.lic",
+            "vendor.pub",
+            cryptolens_v2.sign(KEY_A.signer()),
+            cryptolens_v2.to_payload(),
         ),
         ("valid/topup.top", "vendor.pub", topup.sign(KEY_A.signer()), topup.to_payload()),
         ("valid/receipt.rcpt", "vendor.pub", receipt.sign(KEY_A.signer()), receipt.to_payload()),
@@ -138,6 +168,19 @@ def build() -> dict[str, bytes]:
             "invalid/unknown-version.lic",
             "license",
             seal("meterbox-license/2", basic.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            "invalid/unknown-version-3.lic",
+            "license",
+            seal("meterbox-license/3", cryptolens_v2.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # Version-2 fields under version 1: the version-1 reader refuses the extra keys.
+            "invalid/v2-fields-as-v1.lic",
+            "license",
+            seal("meterbox-license/1", cryptolens_v2.to_payload(), KEY_A.signer()),
             "FormatError",
         ),
         (

@@ -47,7 +47,7 @@ from meterbox.server._core.meters import (
     period_start,
 )
 from meterbox.server._core.policy import (
-    MAX_LEASE_SECONDS,
+    MAX_REQUESTED_LEASE_SECONDS,
     FeaturePolicy,
     LicensePolicy,
     MeterPolicy,
@@ -231,7 +231,7 @@ class Engine:
 
         For callers that address a single license, such as the Cryptolens-compatible
         API (a Cryptolens key names one license). ``lease_seconds`` replaces the
-        feature's lease length for this lease, clamped to 1..``MAX_LEASE_SECONDS``;
+        feature's lease length for this lease, clamped to 1..``MAX_REQUESTED_LEASE_SECONDS``;
         ``overdraft_cap`` lowers (never raises) the license's overdraft seats for this
         checkout. A live lease of this client on this license is renewed instead.
         """
@@ -247,7 +247,7 @@ class Engine:
         if err is not None:
             raise err
         policy = lic.features[feature]
-        length = min(max(lease_seconds or policy.lease_seconds, 1), MAX_LEASE_SECONDS)
+        length = min(max(lease_seconds or policy.lease_seconds, 1), MAX_REQUESTED_LEASE_SECONDS)
         for held in self.seats.live(feature, now):
             if held.client_id == client_id and held.license_id == license_id:
                 decision = self.seats.renew(replace(held, lease_seconds=length), now)
@@ -258,10 +258,22 @@ class Engine:
             if overdraft_cap is None
             else min(max(overdraft_cap, 0), policy.overdraft)
         )
-        source = FeaturePolicy(seats=policy.seats, overdraft=cap, lease_seconds=length)
-        return self.seats.checkout(
+        source = FeaturePolicy(
+            seats=policy.seats, overdraft=cap, lease_seconds=policy.lease_seconds
+        )
+        decision = self.seats.checkout(
             feature, client_id, now, sources=[(license_id, source)], rng=self.rng, hostname=hostname
         )
+        if decision.renewed or decision.lease.lease_seconds == length:
+            return decision
+        # The license's lease length bounds what a license may configure; an explicit
+        # request may be longer (up to MAX_REQUESTED_LEASE_SECONDS), so the new lease
+        # takes the requested length after the seat decision.
+        lease = replace(
+            decision.lease, lease_seconds=length, expires_at=now + timedelta(seconds=length)
+        )
+        self.seats.leases[lease.lease_id] = lease
+        return replace(decision, lease=lease)
 
     def heartbeat(self, lease_id: str, now: datetime) -> SeatDecision:
         lease = self.seats.leases.get(lease_id)

@@ -23,8 +23,14 @@ from meterbox.errors import ConfigError
 Period = Literal["total", "month"]
 OverLimit = Literal["refuse", "allow"]
 
-#: Longest lease the server grants: a day. Longer leases defeat the purpose of leases.
+#: Longest lease a license may set for a feature: a day. Longer leases defeat the purpose
+#: of leases.
 MAX_LEASE_SECONDS = 86_400
+#: Longest lease a caller may ask for explicitly on one checkout: 30 days, the range of
+#: the Cryptolens ``FloatingTimeInterval`` (an offline floating seat borrowed for a
+#: trip). Such a lease is still a lease: it ends early on release and is culled when it
+#: runs out.
+MAX_REQUESTED_LEASE_SECONDS = 30 * 86_400
 
 
 def _aware(name: str, value: datetime | None) -> None:

@@ -7,6 +7,7 @@ own units and types is the callers' business. Nothing here writes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
@@ -231,6 +232,38 @@ def ledger_events(
         (int(seq), kind, int(wall), int(mono), payload)
         for seq, kind, wall, mono, payload in conn.execute(query)
     ]
+
+
+def machine_activations(conn: Connection) -> dict[str, set[str]]:
+    """Per license, the Cryptolens machine codes activated node-locked, from the ledger.
+
+    Replays every stored ``machine.activated``/``machine.deactivated`` record in ledger
+    order per instance; codes over 200 characters (not kept in ``ledger_events``)
+    count under their record's sequence number.
+    """
+    e = ledger_events_table
+    query = (
+        sa.select(e.c.instance_id, e.c.seq, e.c.kind, e.c.payload)
+        .where(e.c.kind.in_(("machine.activated", "machine.deactivated")))
+        .order_by(e.c.instance_id, e.c.seq)
+    )
+    out: dict[str, set[str]] = {}
+    for instance_id, seq, kind, payload in conn.execute(query):
+        try:
+            fields = json.loads(payload)
+        except ValueError:
+            continue
+        lic = fields.get("l") if isinstance(fields, dict) else None
+        if not isinstance(lic, str):
+            continue
+        code = fields.get("c")
+        code = code if isinstance(code, str) else f"<long code {instance_id[:8]}:{seq}>"
+        codes = out.setdefault(lic, set())
+        if kind == "machine.activated":
+            codes.add(code)
+        else:
+            codes.discard(code)
+    return out
 
 
 def checked_out_before(

@@ -35,8 +35,10 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import License, Topup
+from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.schema import (
     EVENT_COLUMNS,
     SCHEMA_VERSION,
@@ -244,6 +246,12 @@ class VendorStore:
             store._ensure_schema()
         except OperationalError as exc:
             engine.dispose()
+            if is_disk_full(exc):
+                raise disk_error(
+                    "cannot open the vendor store: the disk is full",
+                    exc.orig if isinstance(exc.orig, BaseException) else exc,
+                    hint="free disk space where the store lives, then run the command again",
+                ) from None
             raise StateError(
                 "cannot open the vendor store",
                 expected="a reachable, writable database",
@@ -322,6 +330,11 @@ class VendorStore:
             query = query.where(licenses_table.c.customer == customer)
         with self.engine.connect() as conn:
             return [LicenseRow(**r._asdict()) for r in conn.execute(query)]
+
+    def machine_activations(self) -> dict[str, set[str]]:
+        """Per license, the node-locked machine codes its reports show activated."""
+        with self.engine.connect() as conn:
+            return queries.machine_activations(conn)
 
     def add_topup(self, topup: Topup, document: bytes) -> None:
         if self.get_license(topup.license_id) is None:

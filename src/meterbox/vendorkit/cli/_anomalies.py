@@ -9,20 +9,24 @@ reporting interval comes from the licenses the reports carried (stored at ingest
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit._db.store import VendorStore
-from meterbox.vendorkit.anomaly import DAY_MS, Anomaly, InstanceHistory, detect, histories
 from meterbox.vendorkit.cli._common import HomeOption, StoreOption, app, cli_errors
+
+if TYPE_CHECKING:
+    from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory
 
 
 def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
     """Judge every report of every history, each with only what came before it."""
+    # The detectors pull in the numerical libraries; `meterbox vendor --help` must not.
+    from meterbox.vendorkit.anomaly import InstanceHistory, detect
+
     out: list[Anomaly] = []
     for h in hists:
         peers = [p for p in hists if p.license_id == h.license_id and p is not h]
@@ -49,6 +53,8 @@ def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
 
 
 def _until(h: InstanceHistory, cut: int) -> InstanceHistory:
+    from meterbox.vendorkit.anomaly import InstanceHistory
+
     return InstanceHistory(
         h.instance_id,
         h.license_id,
@@ -85,6 +91,9 @@ def anomalies_command(
                 found=str(report_every_days),
                 hint="leave it out to use the interval the licenses state",
             )
+        from meterbox.vendorkit._db.store import VendorStore
+        from meterbox.vendorkit.anomaly import DAY_MS, histories
+
         every = None if report_every_days is None else report_every_days * DAY_MS
         with VendorStore.open(store_url, home=home) as store:
             hists = histories(store, customer=customer, report_every_ms=every)

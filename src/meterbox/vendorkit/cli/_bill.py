@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit.billing import Period, Statement, bill, to_json_text
 from meterbox.vendorkit.cli._common import SEVERITY_STYLE, HomeOption, StoreOption, app, cli_errors
+
+if TYPE_CHECKING:
+    from meterbox.vendorkit.billing import Statement
 
 
 def _print_statement(st: Statement) -> None:
-    out = Console(soft_wrap=False, highlight=False, width=200)
+    # The terminal's real width (80 columns when not a terminal): rich folds the
+    # cells to fit instead of drawing rows that wrap.
+    out = Console(highlight=False)
     table = Table(title=f"usage {st.period}")
+    id_width = max((len(m.license_id) for m in st.meters), default=7)
     cols = ("customer", "license", "meter", "period", "units", "given back", "used", "prepaid")
     for col in (*cols, "overage", "to date"):
-        table.add_column(col, justify="left" if col in cols[:4] or col == "to date" else "right")
+        # License ids stay on one line (to be copied and grepped); the rest folds to fit.
+        table.add_column(
+            col,
+            justify="left" if col in cols[:4] or col == "to date" else "right",
+            overflow="fold",
+            no_wrap=col == "license",
+            min_width=id_width if col == "license" else None,
+        )
     for m in st.meters:
         table.add_row(
             m.customer,
@@ -36,7 +48,11 @@ def _print_statement(st: Statement) -> None:
     if st.seat_lines:
         seats = Table(title="seats (hourly peaks: --format json)")
         for col in ("license", "feature", "seat-hours", "peak", "denials", "live"):
-            seats.add_column(col, justify="left" if col in ("license", "feature") else "right")
+            seats.add_column(
+                col,
+                justify="left" if col in ("license", "feature") else "right",
+                overflow="fold",
+            )
         for x in st.seat_lines:
             # Display only: the statement keeps seat time as exact milliseconds.
             hours = f"{x.seat_ms / 3_600_000:.2f}"
@@ -69,6 +85,8 @@ def bill_command(
                 found=repr(output_format),
                 hint="For example --format csv",
             )
+        from meterbox.vendorkit.billing import Period, bill, to_json_text
+
         statement = bill(home, Period.parse(period), customer=customer, store_url=store)
     if output_format == "json":
         typer.echo(to_json_text(statement))

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 from rich.console import Console
@@ -29,7 +29,9 @@ from meterbox.vendorkit.cli._common import (
     app,
     cli_errors,
 )
-from meterbox.vendorkit.ingest import IngestOutcome, ingest
+
+if TYPE_CHECKING:
+    from meterbox.vendorkit.ingest import IngestOutcome
 
 #: Reports at least this large get a progress bar even when stderr is not a terminal.
 PROGRESS_MIN_BYTES: Final = 64 << 20
@@ -107,8 +109,12 @@ def ingest_command(
                 hint="Check the path",
             )
         size = report.stat().st_size
-        show = not as_json and (sys.stderr.isatty() or size >= PROGRESS_MIN_BYTES)
+        # A bar only where someone watches it and only for work long enough to watch;
+        # in logs and pipes it would leave control-sequence debris.
+        show = not as_json and sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES
         with _progress(report, show) as advance:
+            from meterbox.vendorkit.ingest import ingest
+
             outcome = ingest(
                 home,
                 report,

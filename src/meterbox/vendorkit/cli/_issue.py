@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import string
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -23,15 +22,14 @@ from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
-    CryptolensSection,
-    DataObject,
     Feature,
     License,
     Meter,
     Topup,
 )
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit._db.store import VendorStore
+from meterbox.vendorkit._cryptolens_options import CryptolensOptions, build_section
+from meterbox.vendorkit._cryptolens_options import describe as describe_cryptolens
 from meterbox.vendorkit.cli._common import (
     HomeOption,
     StoreOption,
@@ -46,7 +44,6 @@ _SEATS_RE = re.compile(rf"({_NAME})=(\d{{1,7}})(?:\+(\d{{1,7}}))?")
 _METER_RE = re.compile(rf"({_NAME})=(\d{{1,19}}|unlimited)(?:/(month|total))?")
 _OVERLIMIT_RE = re.compile(rf"({_NAME})=(allow|refuse)")
 _UNITS_RE = re.compile(rf"({_NAME})=(\d{{1,19}})")
-_DATA_OBJECT_RE = re.compile(rf"(\d{{1,10}}):([^:]{{1,200}}):({_NAME})")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -117,33 +114,8 @@ def parse_date(value: str) -> datetime:
     )
 
 
-def parse_data_object(value: str) -> DataObject:
-    m = _DATA_OBJECT_RE.fullmatch(value)
-    if m is None:
-        raise bad_flag(
-            "--cryptolens-data-object",
-            "ID:NAME:METER with a positive integer ID",
-            value,
-            "For example --cryptolens-data-object 1:usagecount:solver-runs",
-        )
-    try:
-        return DataObject(int(m[1]), m[2], m[3])
-    except FormatError as exc:
-        raise ConfigError(
-            f"--cryptolens-data-object {value!r}: {exc.problem}",
-            expected=exc.expected,
-            found=exc.found,
-        ) from None
-
-
 def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
-
-
-def new_cryptolens_key() -> str:
-    return "-".join(
-        "".join(secrets.choice(string.ascii_uppercase) for _ in range(5)) for _ in range(4)
-    )
 
 
 def _check_output(path: Path, force: bool) -> None:
@@ -209,16 +181,61 @@ def issue_command(
     ] = None,
     cryptolens_feature: Annotated[
         str | None,
-        typer.Option("--cryptolens-feature", help="Feature backing MaxNoOfMachines."),
+        typer.Option("--cryptolens-feature", help="Feature Cryptolens floating activations use."),
     ] = None,
     cryptolens_data_object: Annotated[
         list[str] | None,
-        typer.Option("--cryptolens-data-object", help="ID:NAME:METER, repeatable."),
+        typer.Option(
+            "--cryptolens-data-object",
+            help="ID:NAME:METER[:INT[:STRING]] (METER '-' for a fixed value), repeatable.",
+        ),
+    ] = None,
+    cryptolens_credit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cryptolens-credit",
+            help="ID:NAME:METER:CREDIT, a credit countdown (each decrement uses METER).",
+        ),
+    ] = None,
+    cryptolens_features_template: Annotated[
+        str | None,
+        typer.Option(
+            "--cryptolens-features-template",
+            help='JSON feature template for HasFeature, e.g. \'["f1",["f2",["voice"]]]\'.',
+        ),
     ] = None,
     cryptolens_machine: Annotated[
         list[str] | None,
-        typer.Option("--cryptolens-machine", help="Allowed machine code, repeatable."),
+        typer.Option(
+            "--cryptolens-machine", help="Machine code that always activates, repeatable."
+        ),
     ] = None,
+    cryptolens_max_machines: Annotated[
+        int | None,
+        typer.Option(
+            "--cryptolens-max-machines", help="Node-locked MaxNoOfMachines (0 is unlimited)."
+        ),
+    ] = None,
+    cryptolens_flag: Annotated[
+        list[int] | None,
+        typer.Option("--cryptolens-flag", help="Feature flag F1..F8 to set (1-8), repeatable."),
+    ] = None,
+    cryptolens_notes: Annotated[
+        str | None, typer.Option("--cryptolens-notes", help="The license's Notes.")
+    ] = None,
+    cryptolens_block: Annotated[
+        bool, typer.Option("--cryptolens-block", help="Issue the key blocked.")
+    ] = False,
+    cryptolens_trial: Annotated[
+        bool, typer.Option("--cryptolens-trial", help="Set TrialActivation.")
+    ] = False,
+    cryptolens_no_deactivation: Annotated[
+        bool,
+        typer.Option(
+            "--cryptolens-no-deactivation",
+            help="Node-locked machines cannot be deactivated to free a slot.",
+        ),
+    ] = False,
     store: StoreOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output file.")
@@ -285,14 +302,24 @@ def issue_command(
                 str(lease),
                 "The default is 60",
             )
-        cryptolens = _cryptolens_section(
-            product_id=cryptolens_product_id,
-            key=cryptolens_key,
-            feature=cryptolens_feature,
-            data_objects=cryptolens_data_object or [],
-            machines=cryptolens_machine or [],
-            features=features,
-            meters=meters,
+        cryptolens = build_section(
+            CryptolensOptions(
+                product_id=cryptolens_product_id,
+                key=cryptolens_key,
+                feature=cryptolens_feature,
+                data_objects=cryptolens_data_object or (),
+                credits=cryptolens_credit or (),
+                features_template=cryptolens_features_template,
+                machines=cryptolens_machine or (),
+                flags=cryptolens_flag or (),
+                notes=cryptolens_notes,
+                block=cryptolens_block,
+                trial=cryptolens_trial,
+                max_machines=cryptolens_max_machines,
+                no_deactivation=cryptolens_no_deactivation,
+            ),
+            features,
+            meters,
         )
         _check_output(output, force)
         keys = vendor_keys.VendorKeys.load(home)
@@ -317,6 +344,8 @@ def issue_command(
                 exc.problem, expected=exc.expected, found=exc.found, hint=exc.hint
             ) from None
         document = lic.sign(signer)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             _write_output(output, document, force)
             try:
@@ -324,65 +353,7 @@ def issue_command(
             except BaseException:
                 output.unlink(missing_ok=True)
                 raise
-        out().print(f"Issued {lic.license_id} for {customer} -> {output}")
-
-
-def _cryptolens_section(
-    *,
-    product_id: int | None,
-    key: str | None,
-    feature: str | None,
-    data_objects: list[str],
-    machines: list[str],
-    features: dict[str, Feature],
-    meters: dict[str, Meter],
-) -> CryptolensSection | None:
-    if product_id is None:
-        if key or feature or data_objects or machines:
-            raise ConfigError(
-                "Cryptolens options given without a product id",
-                expected="--cryptolens-product-id N with the other --cryptolens-* flags",
-                found="no --cryptolens-product-id",
-                hint="Add --cryptolens-product-id, or drop the --cryptolens-* flags",
-            )
-        return None
-    if product_id < 1:
-        raise bad_flag(
-            "--cryptolens-product-id",
-            "a positive integer",
-            str(product_id),
-            "Use the product id from Cryptolens",
-        )
-    if feature is None and len(features) == 1:
-        feature = next(iter(features))
-    if feature is not None and feature not in features:
-        raise bad_flag(
-            "--cryptolens-feature",
-            "a feature given with --seats: " + (", ".join(features) or "(none)"),
-            feature,
-            "Name the floating feature that backs MaxNoOfMachines",
-        )
-    objects = [parse_data_object(v) for v in data_objects]
-    for obj in objects:
-        if obj.meter not in meters:
-            raise bad_flag(
-                "--cryptolens-data-object",
-                "a meter declared with --meter: " + (", ".join(meters) or "(none)"),
-                f"{obj.id}:{obj.name}:{obj.meter}",
-                "Declare the meter first",
-            )
-    try:
-        return CryptolensSection(
-            product_id=product_id,
-            key=key or new_cryptolens_key(),
-            feature=feature,
-            allowed_machines=tuple(machines),
-            data_objects=tuple(objects),
-        )
-    except FormatError as exc:
-        raise ConfigError(
-            f"Cryptolens options: {exc.problem}", expected=exc.expected, found=exc.found
-        ) from None
+        _print_issued(lic, output)
 
 
 @app.command("topup")
@@ -402,6 +373,8 @@ def topup_command(
         name, units = parse_units(meter)
         _check_output(output, force)
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             row = db.get_license(license_id)
             if row is None:
@@ -441,12 +414,21 @@ def licenses_command(
     """List issued licenses."""
     with cli_errors():
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store, home=home) as db:
             rows = db.list_licenses(customer)
             topups = db.list_topups()
+            machines = db.machine_activations()
         table = Table(title=f"{len(rows)} license(s)")
-        for col in ("license", "customer", "product", "issued", "expires", "features", "meters"):
-            table.add_column(col)
+        columns = ("license", "customer", "product", "issued", "expires", "features", "meters")
+        for col in (*columns, "cryptolens", "machines"):
+            # Ids stay on one line (to be copied and grepped); the rest folds to fit.
+            if col == "license":
+                width = max((len(r.license_id) for r in rows), default=7)
+                table.add_column(col, no_wrap=True, min_width=width)
+            else:
+                table.add_column(col, overflow="fold")
         for row in rows:
             lic = License.from_bytes(row.document, keys.bundle)
             added: dict[str, int] = {}
@@ -471,5 +453,27 @@ def licenses_command(
                 "-" if lic.expires is None else lic.expires.date().isoformat(),
                 feats or "-",
                 meters or "-",
+                describe_cryptolens(lic),
+                # Node-locked activations the ingested reports show, against the limit.
+                _machines(lic, len(machines.get(lic.license_id, ()))),
             )
-        Console(soft_wrap=False, highlight=False, width=200).print(table)
+        Console(highlight=False).print(table)
+
+
+def _machines(lic: License, activated: int) -> str:
+    """``activated/limit`` of node-locked Cryptolens machines (``-`` without a section)."""
+    if lic.cryptolens is None:
+        return "-"
+    # Imported here: the Cryptolens package pulls in the web stack, which `vendor --help`
+    # and the other vendor commands do not need.
+    from meterbox.compat.mapping import max_machines
+
+    limit = max_machines(lic)
+    return f"{activated}/{limit if limit else 'unlimited'}"
+
+
+def _print_issued(lic: License, output: Path) -> None:
+    out().print(f"Issued {lic.license_id} for {lic.customer} -> {output}")
+    if lic.cryptolens is not None:
+        # The two values an application built on a Cryptolens SDK is configured with.
+        out().print(f"Cryptolens product id {lic.cryptolens.product_id}, key {lic.cryptolens.key}")

@@ -1,0 +1,227 @@
+"""The on-site server's settings: one model for flags, ``METERBOX_*`` variables and TOML.
+
+Precedence, highest first: command-line flags, environment variables (``METERBOX_`` plus
+the setting's name in capitals, e.g. ``METERBOX_PORT``), the TOML file given with
+``--config`` / ``METERBOX_CONFIG`` (keys named like the settings, e.g. ``port = 8443``),
+then the defaults below. Every setting can be set in each source.
+
+Invariants: an unknown key in the file is refused, naming the key, its line and the
+nearest known key, so a typo never falls back to a default silently; every value says
+where it came from (:attr:`LoadedConfig.sources`), which ``meterbox server config
+--show`` prints. Relative paths in the file are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from meterbox.errors import ConfigError
+
+ENV_PREFIX = "METERBOX_"
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+# The file's values for the load in progress; a context variable because pydantic-settings
+# builds its sources from the class, not from the call.
+_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("_FILE_VALUES", default={})  # noqa: B039 - never mutated
+
+
+class ServerConfig(BaseSettings):
+    """What ``meterbox server run`` needs to serve."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    data: Path = Field(description="Server data directory (from 'meterbox server init').")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port to listen on.")
+    tls_cert: Path | None = Field(None, description="PEM certificate; TLS needs tls_key too.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    log_level: LogLevel = Field("info", description="Least severe log level written.")
+    force_recover: bool = Field(
+        False, description="Cut a torn ledger tail longer than the automatic limit."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE_VALUES.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get())
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: ServerConfig
+    #: setting name -> "flag --port", "env METERBOX_PORT", "file PATH:LINE" or "default".
+    sources: dict[str, str]
+
+    def as_rows(self) -> list[tuple[str, str, str]]:
+        """(setting, value as it would be written in TOML, source) in declaration order."""
+        values = self.config.model_dump()
+        return [(name, _show(values[name]), self.sources[name]) for name in _fields()]
+
+
+def _fields() -> list[str]:
+    return list(ServerConfig.model_fields)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The file's settings and the line each was set on; unknown keys are refused."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(
+            "the configuration file is a directory",
+            expected="a TOML file",
+            found=f"{path} is a directory",
+            hint="pass the file inside it with --config",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            "cannot read the configuration file",
+            expected="a readable UTF-8 TOML file",
+            found=f"{path}: {getattr(exc, 'strerror', None) or exc}",
+            hint="check the path and its permissions (--config or METERBOX_CONFIG)",
+        ) from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            "the configuration file is not valid TOML",
+            expected="lines like 'port = 8080'",
+            found=f"{path}: {exc}",
+            hint="fix the line named above",
+        ) from None
+    lines = _key_lines(text)
+    known = _fields()
+    for key in values:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(
+                f"unknown setting {key!r} in the configuration file",
+                expected=f"one of {', '.join(known)}",
+                found=f"{key!r} at {path}:{lines.get(key, '?')}",
+                hint=f"did you mean {near[0]!r}?" if near else "remove or rename the key",
+            )
+    base = path.parent
+    for key in ("data", "tls_cert", "tls_key"):
+        if isinstance(values.get(key), str):
+            values[key] = str(base / Path(values[key]).expanduser())
+    return values, lines
+
+
+_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')\s*=")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _KEY_LINE.match(line)
+        if match:
+            found.setdefault(match.group(1).strip("\"'"), number)
+    return found
+
+
+def load(
+    flags: Mapping[str, Any],
+    config_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """The effective settings from flags (None = not given), the environment and the file.
+
+    ``environ`` is the environment pydantic-settings reads, ``os.environ``; it is a
+    parameter only so that the provenance shown is computed from the same mapping.
+    """
+    environ = os.environ if environ is None else environ
+    given = {k: v for k, v in flags.items() if v is not None}
+    file_values, lines = read_file(config_file) if config_file is not None else ({}, {})
+    env_names = {f"{ENV_PREFIX}{name.upper()}": name for name in _fields()}
+    in_env = {name for var, name in env_names.items() if var in environ}
+    sources: dict[str, str] = {}
+    for name in _fields():
+        if name in given:
+            sources[name] = f"flag {_flag(name)}"
+        elif name in in_env:
+            sources[name] = f"env {ENV_PREFIX}{name.upper()}"
+        elif name in file_values:
+            sources[name] = f"file {config_file}:{lines.get(name, '?')}"
+        else:
+            sources[name] = "default"
+    token = _FILE_VALUES.set(file_values)
+    try:
+        config = ServerConfig(**given)
+    except ValidationError as exc:
+        raise _config_error(exc, sources) from None
+    finally:
+        _FILE_VALUES.reset(token)
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError(
+            "TLS needs both a certificate and a key",
+            expected="tls_cert and tls_key together (--tls-cert and --tls-key)",
+            found=f"only {'tls_cert' if config.tls_cert else 'tls_key'}",
+            hint="set both, or neither to serve plain HTTP on loopback",
+        )
+    return LoadedConfig(config, sources)
+
+
+def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "?"
+    if name == "data" and first["type"] == "missing":
+        return ConfigError(
+            "no server data directory given",
+            expected="--data DIR, METERBOX_DATA or 'data = \"DIR\"' in the configuration file",
+            found="none of them",
+            hint="use the directory 'meterbox server init' created",
+        )
+    field = ServerConfig.model_fields.get(name)
+    expected = {
+        "port": "a TCP port number from 1 to 65535",
+        "log_level": "one of debug, info, warning, error, critical",
+        "force_recover": "true or false",
+    }.get(name, field.description if field and field.description else "a usable value")
+    return ConfigError(
+        f"the setting {name!r} is not usable",
+        expected=expected,
+        found=f"{first.get('input')!r} from {sources.get(name, 'the input')}",
+        hint=f"change it where it was set ({sources.get(name, 'flag')})",
+    )
