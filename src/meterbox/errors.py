@@ -177,6 +177,10 @@ class LeaseNotFound(LicenseDenied):
 
 class NoSeatAvailable(LicenseDenied):
     code = "no_seat"
+    #: The license the denial belongs to: the first, highest-priority license that
+    #: offers the feature, because that is the seat the client would have been given.
+    #: ``None`` only when no license was tried.
+    license_id: str | None = None
 
 
 class QuotaExceeded(LicenseDenied):

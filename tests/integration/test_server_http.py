@@ -125,8 +125,12 @@ def test_checkout_up_to_the_limit_then_no_seat(server: Server, tmp_path: Path) -
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "lease_not_found"
         view = c.get("/v1/seats").json()["features"][0]
         assert view["in_use"] == 2 and view["denials"] == 1
-    kinds = [kind for _, kind, _, _ in read_frames(tmp_path / "events.bin")]
+    frames = list(read_frames(tmp_path / "events.bin"))
+    kinds = [kind for _, kind, _, _ in frames]
     assert kinds.count("seat.checkout") == 3 and "seat.denied" in kinds and "seat.release" in kinds
+    # The denial names the license whose seat was refused, so it is billed to it.
+    denials = [payload for _, kind, payload, _ in frames if kind == "seat.denied"]
+    assert [d.get("l") for d in denials] == ["L1"]
 
 
 def test_usage_is_idempotent_and_refused_past_the_quota(server: Server, tmp_path: Path) -> None:

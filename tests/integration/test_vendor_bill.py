@@ -44,6 +44,8 @@ def test_statement_from_ingested_reports(tmp_path: Path) -> None:
     jan = json.loads(text)
     lines = {m["meter"]: m for m in jan["meters"]}
     assert (lines["solver"]["used"], lines["solver"]["overage"]) == (13, 3)
+    # The refund is itemised, not only netted (docs/spec/license.md).
+    assert (lines["solver"]["increments"], lines["solver"]["decrements"]) == (14, 1)
     assert (lines["exports"]["used"], lines["exports"]["overage"]) == (7, 2)
     assert {s["peak"] for s in jan["seats"]} == {2, 1}  # both held in the first hour
     assert max(s["peak"] for s in jan["seats"]) == 2
@@ -85,3 +87,30 @@ def test_bad_period_format_and_unknown_customer_are_input_errors(tmp_path: Path)
     code, text = _bill(home, "--period", "2026-01", "--customer", "ACME", "--format", "csv")
     assert code == 0
     assert text.count("lic_acme") == 2
+
+
+def test_lease_live_at_export_is_held_to_the_report_time_and_continues(tmp_path: Path) -> None:
+    # Regression: a 10-minute lease still live at export filled every hour to the end of
+    # the month; it is held up to the report's creation time and continues next report.
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue(home)])
+    site.checkout("L1")
+    site.clock.advance(10 * 60_000)
+    code, out = ingest_json(home, site.export(tmp_path / "r1.mbr"))
+    assert code == 0, out
+    code, text = _bill(home, "--period", "2026-01", "--format", "json")
+    assert code == 0, text
+    first = json.loads(text)
+    assert [s["hour"] for s in first["seats"]] == ["2026-01-05T00:00Z"]
+    [line] = first["seat_lines"]
+    assert (line["seat_ms"], line["live_leases"]) == (10 * 60_000, 1)
+
+    site.clock.advance(60 * 60_000)
+    site.release("L1", step_ms=0)
+    code, out = ingest_json(home, site.export(tmp_path / "r2.mbr"))
+    assert code == 0, out
+    code, text = _bill(home, "--period", "2026-01", "--format", "json")
+    second = json.loads(text)
+    assert [s["hour"] for s in second["seats"]] == ["2026-01-05T00:00Z", "2026-01-05T01:00Z"]
+    [line] = second["seat_lines"]
+    assert (line["seat_ms"], line["live_leases"]) == (70 * 60_000, 0)

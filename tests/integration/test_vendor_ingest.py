@@ -170,3 +170,27 @@ def test_round_trip_on_postgresql(tmp_path: Path, fresh_postgres_url: str) -> No
         inst = db.get_instance(out["instance_id"])
     assert inst is not None
     assert inst.acked_seq == out["head"]["seq"]
+
+
+def test_seat_denial_is_stored_against_the_license_it_names(tmp_path: Path) -> None:
+    # Regression: a denial of the second customer's seat was stored (and billed)
+    # against the report's first license.
+    from meterbox.ledger import RecordType
+
+    home = make_home(tmp_path)
+    acme = issue(home)
+    globex = issue(home, "lic_globex", customer="Globex")
+    site = make_site(home, tmp_path / "ledger", [acme, globex])
+    site.clock.advance(1000)
+    site.writer.append(RecordType.SEAT_DENIED, {"f": "cad", "c": "ws-9", "l": "lic_globex"})
+    site.clock.advance(1000)
+    site.writer.append(RecordType.SEAT_DENIED, {"f": "cad", "c": "ws-8"})
+    code, out = ingest_json(home, site.export(tmp_path / "r1.mbr"))
+    assert code == 0, out
+    with VendorStore.open(None, home=home) as db:
+        with db.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT license_id, client_id FROM seat_events WHERE kind = 'denied' ORDER BY seq"
+            ).all()
+    # A record written before denials named their license falls back to the report's.
+    assert [tuple(r) for r in rows] == [("lic_globex", "ws-9"), ("lic_acme", "ws-8")]

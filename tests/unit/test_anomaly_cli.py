@@ -19,7 +19,7 @@ def test_empty_store_reports_no_anomalies(tmp_path: Path) -> None:
     VendorStore.open(home=tmp_path).close()
     result = CliRunner().invoke(app(), ["anomalies", "--home", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "no anomalies in 0 report(s)" in result.output
+    assert "no anomalies in 0 accepted report(s)" in result.output
 
 
 def test_nonpositive_interval_is_refused_with_a_hint(tmp_path: Path) -> None:

@@ -124,6 +124,18 @@ def test_seats_add_up_across_licenses_earliest_expiry_first() -> None:
         e.checkout("cad", "c", T0)
 
 
+def test_denial_belongs_to_the_first_license_offering_the_feature() -> None:
+    # Regression: denials carried no license and were billed to whichever license the
+    # report happened to name first, i.e. to another customer.
+    e = engine(lic("B", seats=0, expires=T0 + timedelta(days=30)), lic("A", seats=0))
+    with pytest.raises(NoSeatAvailable) as denied:
+        e.checkout("cad", "a", T0)
+    assert denied.value.license_id == "B"
+    with pytest.raises(NoSeatAvailable) as named:
+        e.checkout_on("A", "cad", "a", T0)
+    assert named.value.license_id == "A"
+
+
 def test_expired_license_grants_no_seat_and_no_renewal() -> None:
     e = engine(lic(expires=T0 + timedelta(hours=1)))
     lease = e.checkout("cad", "a", T0 + timedelta(minutes=59, seconds=30)).lease

@@ -211,6 +211,10 @@ class SeatDenied(_Payload):
     record_type: ClassVar[RecordType] = RecordType.SEAT_DENIED
     feature: str = _req("f", "str")
     client_id: str | None = _opt("c", "str")
+    #: The license the denial belongs to (the first license offering the feature).
+    #: Absent in records written before it was added; readers then fall back to the
+    #: report's license.
+    license_id: str | None = _opt("l", "str")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

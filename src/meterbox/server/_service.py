@@ -285,7 +285,9 @@ class LicenseService:
                 decision = decide(now)
             except NoSeatAvailable as exc:
                 denial: NoSeatAvailable | None = exc
-                denied = self._write(SeatDenied(feature=feature, client_id=client_id))
+                denied = self._write(
+                    SeatDenied(feature=feature, client_id=client_id, license_id=exc.license_id)
+                )
             else:
                 denial = None
                 hour = hour_of(now)

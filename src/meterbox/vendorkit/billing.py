@@ -6,7 +6,7 @@
 Rules (ADR 0006):
 
 * ``used`` is the net units of the period: usage minus decrements with a record time
-  in ``[start, end)`` of the UTC month;
+  in ``[start, end)`` of the UTC month, itemised as ``increments`` and ``decrements``;
 * monthly meters: ``prepaid`` is the license limit plus top-ups issued in the period;
   ``overage = max(0, used - prepaid)``;
 * total meters: ``prepaid`` is the limit plus every top-up issued before the period
@@ -15,10 +15,14 @@ Rules (ADR 0006):
   is the part of it that accrued in this period (``overage_to_date`` minus the same
   figure at the period's start), so consecutive statements never bill one unit twice;
 * unlimited meters have ``prepaid = None`` and never an overage;
-* peak seats: seat events are replayed per server instance in sequence order
-  (checkout and renew hold a lease, release and expire end it); the instances'
-  levels are summed in time order; the peak of each UTC hour counts the leases held
-  when the hour begins. Only hours inside the period with a peak above zero appear.
+* seats: seat events are replayed per server instance in sequence order into one
+  interval ``[checkout, release or expiry)`` per lease; a lease with neither on
+  record ends, for now, at the creation time of its instance's latest accepted
+  report (never at the period's end) and continues when the next report brings its
+  renewals or release. ``seat_ms`` is the intervals' time inside the period; the peak
+  of a UTC hour is the most intervals (over every instance) held at one instant of
+  it, a release and a checkout at one instant being one seat. Only hours with a peak
+  above zero appear.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -136,6 +140,10 @@ class MeterLine:
     overage: int
     used_to_date: int | None = None
     overage_to_date: int | None = None
+    #: ``used`` itemised: units recorded in the period, and units given back in it
+    #: (decrements); ``used == increments - decrements``.
+    increments: int = 0
+    decrements: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,22 @@ class SeatPeak:
     feature: str
     hour: str  # ISO hour, UTC: 2026-01-05T13:00Z
     peak: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeatLine:
+    """Per license and feature: seat time held in the period, its peak and denials."""
+
+    customer: str
+    license_id: str
+    feature: str
+    #: Milliseconds of seat time inside the period, summed over leases (exact).
+    seat_ms: int
+    #: Most leases held at one instant of the period.
+    peak: int
+    denials: int
+    #: Leases with no release or expiry on record yet, shown up to their report's time.
+    live_leases: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +190,7 @@ class Statement:
     seats: tuple[SeatPeak, ...] = ()
     denials: Mapping[tuple[str, str], int] = field(default_factory=dict)
     findings: tuple[FindingLine, ...] = ()
+    seat_lines: tuple[SeatLine, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -177,6 +202,7 @@ class Statement:
                 for (lic, feat), n in sorted(self.denials.items())
             ],
             "findings": [asdict(f) for f in self.findings],
+            "seat_lines": [asdict(x) for x in self.seat_lines],
         }
 
     def to_csv(self) -> str:
@@ -186,7 +212,8 @@ class Statement:
         w.writerow(
             [
                 "period", "customer", "license_id", "meter", "period_kind", "used",
-                "prepaid", "overage", "used_to_date", "overage_to_date",
+                "prepaid", "overage", "used_to_date", "overage_to_date", "increments",
+                "decrements",
             ]
         )  # fmt: skip
         for m in self.meters:
@@ -195,7 +222,8 @@ class Statement:
                     self.period, m.customer, m.license_id, m.meter, m.period_kind, m.used,
                     "" if m.prepaid is None else m.prepaid, m.overage,
                     "" if m.used_to_date is None else m.used_to_date,
-                    "" if m.overage_to_date is None else m.overage_to_date,
+                    "" if m.overage_to_date is None else m.overage_to_date, m.increments,
+                    m.decrements,
                 ]
             )  # fmt: skip
         return out.getvalue()
@@ -212,8 +240,14 @@ def meter_lines(
     used_in_period: Mapping[tuple[str, str], int],
     used_before: Mapping[tuple[str, str], int],
     topups: Iterable[TopupIn],
+    decrements: Mapping[tuple[str, str], int] | None = None,
 ) -> list[MeterLine]:
-    """Meter lines for every meter of every license, plus meters seen only in usage."""
+    """Meter lines for every meter of every license, plus meters seen only in usage.
+
+    ``decrements`` are the units given back in the period per (license, meter); they
+    are already netted into ``used_in_period`` and only itemise it.
+    """
+    given_back = decrements or {}
     start, end = period.start_ms, period.end_ms
     topup_total: dict[tuple[str, str], int] = {}
     topup_month: dict[tuple[str, str], int] = {}
@@ -226,7 +260,9 @@ def meter_lines(
             topup_month[key] = topup_month.get(key, 0) + t.units
     lines: list[MeterLine] = []
     for lic in sorted(terms, key=lambda x: (x.customer, x.license_id)):
-        names = set(lic.meters) | {m for (lid, m) in used_in_period if lid == lic.license_id}
+        names = set(lic.meters) | {
+            m for (lid, m) in (*used_in_period, *given_back) if lid == lic.license_id
+        }
         for name in sorted(names):
             key = (lic.license_id, name)
             used = used_in_period.get(key, 0)
@@ -263,93 +299,146 @@ def meter_lines(
                     over_to_date,
                 )
             )
-    return lines
-
-
-Step = tuple[int, str, int, tuple[str, str], int]
-
-
-def _split_denials(
-    period: Period, events: Iterable[SeatEventIn]
-) -> tuple[dict[str, list[SeatEventIn]], dict[tuple[str, str], int]]:
-    """Lease events grouped per instance; denials inside the period counted apart."""
-    by_instance: dict[str, list[SeatEventIn]] = {}
-    denials: dict[tuple[str, str], int] = {}
-    for e in events:
-        if e.kind != "denied":
-            by_instance.setdefault(e.instance_id, []).append(e)
-        elif period.start_ms <= e.ts_ms < period.end_ms:
-            key = (e.license_id, e.feature)
-            denials[key] = denials.get(key, 0) + 1
-    return by_instance, denials
-
-
-def _instance_steps(inst: str, evs: list[SeatEventIn]) -> list[Step]:
-    """One instance's lease count per (license, feature) after each event, in seq order."""
-    evs.sort(key=lambda x: x.seq)
-    held: dict[str, tuple[str, str]] = {}
-    counts: dict[tuple[str, str], int] = {}
-    steps: list[Step] = []
-    for e in evs:
-        key = (e.license_id, e.feature)
-        lease = e.lease_id or f"#{e.seq}"
-        if e.kind in ("checkout", "renew"):
-            # A renew of a lease already held records the unchanged level.
-            if lease not in held:
-                held[lease] = key
-                counts[key] = counts.get(key, 0) + 1
-        elif e.kind in ("release", "expire") and lease in held:
-            key = held.pop(lease)
-            counts[key] -= 1
-        else:
-            continue
-        steps.append((e.ts_ms, inst, e.seq, key, counts[key]))
-    return steps
-
-
-def seat_peaks(
-    period: Period, events: Iterable[SeatEventIn], customers: Mapping[str, str]
-) -> tuple[list[SeatPeak], dict[tuple[str, str], int]]:
-    """Peak concurrent leases per (license, feature) per UTC hour of the period; denials."""
-    start_h, end_h = period.start_ms // HOUR_MS, period.end_ms // HOUR_MS
-    # 1. Per instance, in seq order: the instance's lease count after each event.
-    by_instance, denials = _split_denials(period, events)
-    steps = [s for inst, evs in by_instance.items() for s in _instance_steps(inst, evs)]
-    # 2. Merge the instances in time order; the total is the sum of current levels.
-    steps.sort(key=lambda s: (s[0], s[1], s[2]))
-    current: dict[tuple[str, tuple[str, str]], int] = {}
-    totals: dict[tuple[str, str], int] = {}
-    peaks: dict[tuple[tuple[str, str], int], int] = {}
-    last_hour: dict[tuple[str, str], int] = {}
-
-    def carry(key: tuple[str, str], upto: int) -> None:
-        # Hours after the key's previous event, up to and including ``upto``, begin
-        # with the level that event left behind.
-        level, h = totals.get(key, 0), last_hour.get(key)
-        if h is None or level == 0:
-            return
-        for hour in range(max(h + 1, start_h), min(upto, end_h - 1) + 1):
-            peaks[(key, hour)] = max(peaks.get((key, hour), 0), level)
-
-    for ts, inst, _seq, key, level in steps:
-        hour = ts // HOUR_MS
-        carry(key, hour)
-        totals[key] = totals.get(key, 0) + level - current.get((inst, key), 0)
-        current[(inst, key)] = level
-        last_hour[key] = max(hour, last_hour.get(key, hour))
-        if start_h <= hour < end_h:
-            peaks[(key, hour)] = max(peaks.get((key, hour), 0), totals[key])
-    for key in totals:
-        carry(key, end_h - 1)
-    out = [
-        SeatPeak(customers.get(lic, ""), lic, feat, _hour_iso(hour), peak)
-        for ((lic, feat), hour), peak in sorted(peaks.items())
-        if peak > 0
+    return [
+        replace(
+            x,
+            increments=x.used + given_back.get((x.license_id, x.meter), 0),
+            decrements=given_back.get((x.license_id, x.meter), 0),
+        )
+        for x in lines
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInterval:
+    """One lease as the time it held a seat: ``[start_ms, end_ms)``.
+
+    ``live`` is true when no release or expiry is on record yet: the lease then ends,
+    for now, at the time of its instance's latest accepted report, and the next report
+    (with its renewals, release or expiry) moves that end forward. Intervals are
+    rebuilt from every stored seat row each time, so a lease continued across reports
+    is one interval and is never counted twice.
+    """
+
+    instance_id: str
+    lease_id: str
+    license_id: str
+    feature: str
+    start_ms: int
+    end_ms: int
+    live: bool
+
+
+def lease_intervals(
+    events: Iterable[SeatEventIn], report_times: Mapping[str, int]
+) -> tuple[list[LeaseInterval], list[SeatEventIn]]:
+    """Every lease's interval, replayed per instance in seq order; and the denials.
+
+    A checkout (or a renewal of a lease the vendor never saw checked out, whose checkout
+    was compacted away before the vendor held it) opens a lease; a release or expiry
+    closes it. A lease still open ends at ``report_times[instance]`` (milliseconds), or
+    at its instance's latest seat event if that report time is unknown.
+    """
+    by_instance: dict[str, list[SeatEventIn]] = {}
+    denials: list[SeatEventIn] = []
+    for e in events:
+        if e.kind == "denied":
+            denials.append(e)
+        else:
+            by_instance.setdefault(e.instance_id, []).append(e)
+    out: list[LeaseInterval] = []
+    for inst, evs in sorted(by_instance.items()):
+        evs.sort(key=lambda x: x.seq)
+        open_: dict[str, SeatEventIn] = {}
+        for e in evs:
+            lease = e.lease_id or f"#{e.seq}"
+            if e.kind in ("checkout", "renew"):
+                open_.setdefault(lease, e)
+            elif e.kind in ("release", "expire") and lease in open_:
+                first = open_.pop(lease)
+                out.append(
+                    LeaseInterval(
+                        inst,
+                        lease,
+                        first.license_id,
+                        first.feature,
+                        first.ts_ms,
+                        max(first.ts_ms, e.ts_ms),
+                        False,
+                    )
+                )
+        until = report_times.get(inst, max(e.ts_ms for e in evs))
+        for lease, first in open_.items():
+            end = max(first.ts_ms, until)
+            out.append(
+                LeaseInterval(inst, lease, first.license_id, first.feature, first.ts_ms, end, True)
+            )
+    out.sort(key=lambda x: (x.license_id, x.feature, x.start_ms, x.instance_id, x.lease_id))
     return out, denials
 
 
-def build_statement(
+def _hourly_peaks(intervals: Sequence[LeaseInterval], start_ms: int, end_ms: int) -> dict[int, int]:
+    """Per UTC hour index, the most intervals held at one instant of ``[start, end)``."""
+    # Ends sort before starts at one instant: a seat handed over is never two seats.
+    points = sorted(
+        [(max(i.start_ms, start_ms), 1) for i in intervals]
+        + [(min(i.end_ms, end_ms), -1) for i in intervals]
+    )
+    peaks: dict[int, int] = {}
+    level = 0
+    for n, (ts, delta) in enumerate(points):
+        level += delta
+        following = points[n + 1][0] if n + 1 < len(points) else ts
+        if level <= 0 or following <= ts:
+            continue
+        # The level holds over [ts, following): every hour that span touches sees it.
+        for hour in range(ts // HOUR_MS, (following - 1) // HOUR_MS + 1):
+            peaks[hour] = max(peaks.get(hour, 0), level)
+    return peaks
+
+
+def seat_usage(
+    period: Period,
+    events: Iterable[SeatEventIn],
+    customers: Mapping[str, str],
+    report_times: Mapping[str, int] | None = None,
+) -> tuple[list[SeatPeak], list[SeatLine]]:
+    """Hourly peaks and seat lines per (license, feature) of the period, from intervals."""
+    start, end = period.start_ms, period.end_ms
+    intervals, denied = lease_intervals(events, report_times or {})
+    grouped: dict[tuple[str, str], list[LeaseInterval]] = {}
+    for i in intervals:
+        if i.start_ms < end and i.end_ms > start and i.end_ms > i.start_ms:
+            grouped.setdefault((i.license_id, i.feature), []).append(i)
+    denials: dict[tuple[str, str], int] = {}
+    for e in denied:
+        if start <= e.ts_ms < end:
+            denials[(e.license_id, e.feature)] = denials.get((e.license_id, e.feature), 0) + 1
+    peaks_out: list[SeatPeak] = []
+    lines: list[SeatLine] = []
+    for key in sorted(set(grouped) | set(denials)):
+        lic, feat = key
+        held = grouped.get(key, [])
+        hourly = _hourly_peaks(held, start, end)
+        peaks_out.extend(
+            SeatPeak(customers.get(lic, ""), lic, feat, _hour_iso(h), p)
+            for h, p in sorted(hourly.items())
+        )
+        lines.append(
+            SeatLine(
+                customers.get(lic, ""),
+                lic,
+                feat,
+                sum(min(i.end_ms, end) - max(i.start_ms, start) for i in held),
+                max(hourly.values(), default=0),
+                denials.get(key, 0),
+                sum(1 for i in held if i.live),
+            )
+        )
+    return peaks_out, lines
+
+
+def build_statement(  # noqa: PLR0913 - one parameter per kind of stored row, all plain values
     period: Period,
     terms: Sequence[LicenseTerms],
     used_in_period: Mapping[tuple[str, str], int],
@@ -357,14 +446,22 @@ def build_statement(
     topups: Iterable[TopupIn],
     seat_events: Iterable[SeatEventIn],
     findings: Iterable[FindingIn] = (),
+    *,
+    report_times: Mapping[str, int] | None = None,
+    decrements: Mapping[tuple[str, str], int] | None = None,
 ) -> Statement:
-    """The statement of ``period`` for the licenses in ``terms`` (pure)."""
+    """The statement of ``period`` for the licenses in ``terms`` (pure).
+
+    ``report_times`` is, per instance, the creation time (ms) of its latest accepted
+    report: where a lease still live at export stops, for now.
+    """
     customers = {t.license_id: t.customer for t in terms}
     wanted = set(customers)
-    lines = meter_lines(period, terms, used_in_period, used_before, topups)
-    peaks, denials = seat_peaks(
-        period, (e for e in seat_events if e.license_id in wanted), customers
+    lines = meter_lines(period, terms, used_in_period, used_before, topups, decrements)
+    peaks, seat_lines = seat_usage(
+        period, (e for e in seat_events if e.license_id in wanted), customers, report_times
     )
+    denials = {(x.license_id, x.feature): x.denials for x in seat_lines if x.denials}
     flines: list[FindingLine] = []
     for f in findings:
         lics = [lic for lic in f.license_ids if lic in wanted] or ([] if f.license_ids else [""])
@@ -381,7 +478,9 @@ def build_statement(
                     f.seq,
                 )
             )
-    return Statement(str(period), tuple(lines), tuple(peaks), denials, tuple(flines))
+    return Statement(
+        str(period), tuple(lines), tuple(peaks), denials, tuple(flines), tuple(seat_lines)
+    )
 
 
 # -------------------------------------------------------------------- shell
@@ -406,6 +505,9 @@ def bill(
         ids = [t.license_id for t in terms]
         in_period = db.usage_sums(conn, start_us=start_us, end_us=end_us, license_ids=ids)
         before = db.usage_sums(conn, start_us=None, end_us=start_us, license_ids=ids)
+        given_back = db.usage_sums(
+            conn, start_us=start_us, end_us=end_us, license_ids=ids, kind="decrement"
+        )
         topups = [
             TopupIn(lic, meter, units, issued // 1000)
             for lic, meter, units, issued in db.topups(conn, end_us)
@@ -416,6 +518,9 @@ def bill(
                 conn, end_us=end_us, license_ids=ids
             )
         ]
+        report_times = {
+            inst: created // 1000 for inst, created in db.latest_report_times(conn).items()
+        }
         findings = [
             FindingIn(digest, inst, tuple(x for x in lics.split(",") if x), code, sev, msg, seq)
             for digest, inst, lics, code, sev, msg, seq in db.findings_touching(
@@ -429,7 +534,17 @@ def bill(
             found=repr(customer),
             hint="Check the spelling, or leave --customer out",
         )
-    return build_statement(period, terms, in_period, before, topups, seats, findings)
+    return build_statement(
+        period,
+        terms,
+        in_period,
+        before,
+        topups,
+        seats,
+        findings,
+        report_times=report_times,
+        decrements=given_back,
+    )
 
 
 def to_json_text(statement: Statement) -> str:

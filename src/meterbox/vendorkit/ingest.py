@@ -457,7 +457,7 @@ class IngestCore:
                 if store:
                     self._bad(record, "expected a feature name")
                 return
-            lic = self._license(seat.license_id if isinstance(seat, SeatCheckout) else None)
+            lic = self._license(seat.license_id)
             owner = (lic, seat.feature, (seat.client_id or "")[:200])
             if isinstance(seat, SeatCheckout) and seat.lease_id is not None:
                 lease = seat.lease_id[:64]

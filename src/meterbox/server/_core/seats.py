@@ -118,7 +118,8 @@ class SeatBook:
         """Grant a seat from the first source with a free seat, else an overdraft seat.
 
         ``sources`` are the usable licenses offering the feature, in priority order.
-        Raises :class:`NoSeatAvailable` (and counts a denial) when all are held.
+        Raises :class:`NoSeatAvailable` (and counts a denial) when all are held; its
+        ``license_id`` names the first source, the license the denial is billed to.
         """
         held = self.held_by(feature, client_id, now)
         if held is not None:
@@ -150,13 +151,17 @@ class SeatBook:
         seats = sum(p.seats for _, p in sources)
         overdraft_seats = sum(p.overdraft for _, p in sources)
         earliest = min((x.expires_at for x in live), default=None)
-        raise NoSeatAvailable(
+        denied = NoSeatAvailable(
             f"No seat is free for feature {feature!r}",
             expected=f"a free seat among {seats} seats and {overdraft_seats} overdraft seats",
             found=f"all {len(live)} held"
             + (f"; the earliest lease runs out at {earliest.isoformat()}" if earliest else ""),
             hint="Retry after a lease is released or runs out, or ask the vendor for more seats",
         )
+        # A denial belongs to the license the client would have been given a seat of
+        # first, so the vendor bills and reports it against that customer's license.
+        denied.license_id = sources[0][0] if sources else None
+        raise denied
 
     def release(self, lease_id: str) -> SeatLease | None:
         """Drop a lease; ``None`` if it is not held (release is idempotent)."""

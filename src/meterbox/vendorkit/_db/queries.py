@@ -39,12 +39,23 @@ def _signed_amount() -> sa.ColumnElement[int]:
 
 # ------------------------------------------------------------------ billing
 def usage_sums(
-    conn: Connection, *, start_us: int | None, end_us: int, license_ids: Sequence[str] | None
+    conn: Connection,
+    *,
+    start_us: int | None,
+    end_us: int,
+    license_ids: Sequence[str] | None,
+    kind: str | None = None,
 ) -> dict[tuple[str, str], int]:
-    """Net units (increments minus decrements) per (license, meter) with ts in [start, end)."""
+    """Net units (increments minus decrements) per (license, meter) with ts in [start, end).
+
+    With ``kind`` (``increment`` or ``decrement``), the plain units of that kind only.
+    """
     t = usage_table
     ts = micros(t.c.ts)
-    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(_signed_amount())).where(ts < end_us)
+    amount = _signed_amount() if kind is None else t.c.amount
+    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(amount)).where(ts < end_us)
+    if kind is not None:
+        query = query.where(t.c.kind == kind)
     if start_us is not None:
         query = query.where(ts >= start_us)
     if license_ids is not None:
@@ -66,6 +77,18 @@ def seat_rows(
         query = query.where(t.c.license_id.in_(list(license_ids)))
     query = query.order_by(t.c.instance_id, t.c.seq)
     return [tuple(r) for r in conn.execute(query)]
+
+
+def latest_report_times(conn: Connection) -> dict[str, int]:
+    """Per instance, the creation time (us) of its latest accepted report."""
+    m, r = report_meta_table, reports_table
+    query = (
+        sa.select(m.c.instance_id, sa.func.max(m.c.created_us))
+        .join(r, r.c.report_digest == m.c.report_digest)
+        .where(r.c.status.in_(["accepted", "accepted_with_findings"]))
+        .group_by(m.c.instance_id)
+    )
+    return {inst: int(created) for inst, created in conn.execute(query)}
 
 
 def licenses(conn: Connection, customer: str | None) -> list[tuple[str, str, bytes]]:
@@ -107,6 +130,31 @@ def findings_touching(
         .order_by(f.c.id)
     )
     return [tuple(r) for r in conn.execute(query)]
+
+
+def all_findings(conn: Connection) -> list[tuple[str, str, str, str, str, str, str, int | None]]:
+    """(digest, instance, status, licenses, code, severity, message, seq) of every report.
+
+    Every stored finding, rejected and unusable reports included, in the order stored;
+    ``licenses`` is the comma-separated list the report carried (empty if unknown).
+    """
+    f, r, s = findings_table, reports_table, report_spans_table
+    query = (
+        sa.select(
+            f.c.report_digest,
+            f.c.instance_id,
+            sa.func.coalesce(r.c.status, ""),
+            sa.func.coalesce(s.c.license_ids, ""),
+            f.c.code,
+            f.c.severity,
+            f.c.message,
+            f.c.seq,
+        )
+        .outerjoin(r, r.c.report_digest == f.c.report_digest)
+        .outerjoin(s, s.c.report_digest == f.c.report_digest)
+        .order_by(f.c.id)
+    )
+    return [tuple(row) for row in conn.execute(query)]
 
 
 # ------------------------------------------------------------------ anomaly detectors

@@ -19,7 +19,7 @@ from meterbox.vendorkit.cli._common import app
 # isort: off
 from meterbox.vendorkit.cli import _keys, _issue  # noqa: F401
 from meterbox.vendorkit.cli import _ingest, _bill  # noqa: F401
-from meterbox.vendorkit.cli import _dashboard, _anomalies  # noqa: F401
+from meterbox.vendorkit.cli import _dashboard, _anomalies, _findings  # noqa: F401
 # isort: on
 
 __all__ = ["app"]

@@ -104,7 +104,12 @@ def anomalies_command(
         return
     console = Console(soft_wrap=True, highlight=False)
     if not found:
-        console.print(f"no anomalies in {sum(len(h.reports) for h in hists)} report(s)")
+        # The detectors judge accepted reports only; say so, and where the findings of
+        # rejected reports are, so an empty list is never read as "nothing found".
+        console.print(
+            f"no anomalies in {sum(len(h.reports) for h in hists)} accepted report(s); "
+            "`meterbox vendor findings` lists every stored finding, rejected reports included"
+        )
         return
     table = Table("instance", "report", "code", "severity", "explanation")
     for a in found:

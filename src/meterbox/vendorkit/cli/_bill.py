@@ -21,11 +21,12 @@ def _print_statement(st: Statement) -> None:
     out = Console(highlight=False)
     table = Table(title=f"usage {st.period}")
     id_width = max((len(m.license_id) for m in st.meters), default=7)
-    for col in ("customer", "license", "meter", "period", "used", "prepaid", "overage", "to date"):
+    cols = ("customer", "license", "meter", "period", "units", "given back", "used", "prepaid")
+    for col in (*cols, "overage", "to date"):
         # License ids stay on one line (to be copied and grepped); the rest folds to fit.
         table.add_column(
             col,
-            justify="right" if col in ("used", "prepaid", "overage") else "left",
+            justify="left" if col in cols[:4] or col == "to date" else "right",
             overflow="fold",
             no_wrap=col == "license",
             min_width=id_width if col == "license" else None,
@@ -36,21 +37,28 @@ def _print_statement(st: Statement) -> None:
             m.license_id,
             m.meter,
             m.period_kind,
+            str(m.increments),
+            str(m.decrements),
             str(m.used),
             "unlimited" if m.prepaid is None else str(m.prepaid),
             str(m.overage),
             "" if m.used_to_date is None else str(m.used_to_date),
         )
     out.print(table)
-    if st.seats:
-        peaks: dict[tuple[str, str], int] = {}
-        for s in st.seats:
-            peaks[(s.license_id, s.feature)] = max(peaks.get((s.license_id, s.feature), 0), s.peak)
-        seats = Table(title="peak concurrent seats (hourly detail: --format json)")
-        for col in ("license", "feature", "peak", "denials"):
-            seats.add_column(col, overflow="fold")
-        for (lic, feat), peak in sorted(peaks.items()):
-            seats.add_row(lic, feat, str(peak), str(st.denials.get((lic, feat), 0)))
+    if st.seat_lines:
+        seats = Table(title="seats (hourly peaks: --format json)")
+        for col in ("license", "feature", "seat-hours", "peak", "denials", "live"):
+            seats.add_column(
+                col,
+                justify="left" if col in ("license", "feature") else "right",
+                overflow="fold",
+            )
+        for x in st.seat_lines:
+            # Display only: the statement keeps seat time as exact milliseconds.
+            hours = f"{x.seat_ms / 3_600_000:.2f}"
+            seats.add_row(
+                x.license_id, x.feature, hours, str(x.peak), str(x.denials), str(x.live_leases)
+            )
         out.print(seats)
     if st.findings:
         out.print(f"[bold]{len(st.findings)} finding(s) in reports touching {st.period}[/]")
