@@ -11,8 +11,6 @@ balances (also after a restart) count each key once.
 
 from __future__ import annotations
 
-import errno
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,32 +20,13 @@ import pytest
 
 from meterbox.ledger import RecordType
 from support.server_proc import ServerProcess, make_data
+from support.tmpfs import fill, small_tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mnt)],
-                   check=True)  # fmt: skip
-    try:
+    with small_tmpfs(tmp_path / "disk", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def _fill(path: Path) -> int:
-    """Write ``path`` until the file system refuses: then not one more byte fits."""
-    written = 0
-    with path.open("wb", buffering=0) as f:
-        for size in (1 << 16, 4096, 512, 1):
-            try:
-                while True:
-                    written += f.write(b"\0" * size)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-    return written
 
 
 def _usage(c: httpx.Client, key: str, amount: int = 1) -> httpx.Response:
@@ -69,7 +48,7 @@ def test_full_disk_answers_503_loses_nothing_and_recovers(tmp_path: Path, small_
                 assert r.status_code == 200, r.text
                 acked[f"before-{i}"] = 2
 
-            assert _fill(filler) > 0
+            assert fill(filler) > 0
             # Pages the ledger or SQLite already hold may take a few more records;
             # after that every request is refused with 503, none with 500.
             for i in range(300):
