@@ -9,22 +9,26 @@ customer is the customer of any license it carried.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit._db import queries as db
-from meterbox.vendorkit._db.store import VendorStore
 from meterbox.vendorkit.cli._common import SEVERITY_STYLE, HomeOption, StoreOption, app, cli_errors
+
+if TYPE_CHECKING:
+    # The store is imported inside the command: `vendor --help` needs no database layer.
+    from meterbox.vendorkit._db.store import VendorStore
 
 SEVERITIES = ("critical", "warning", "info")
 
 
 def stored_findings(store: VendorStore) -> list[dict[str, object]]:
     """Every stored finding with its report's status, licenses and customers."""
+    from meterbox.vendorkit._db import queries as db
+
     with store.engine.connect() as conn:
         customers = {lic: cust for lic, cust, _ in db.licenses(conn, None)}
         rows = db.all_findings(conn)
@@ -67,6 +71,8 @@ def findings_command(
                 found=repr(severity),
                 hint="Leave --severity out to see every finding",
             )
+        from meterbox.vendorkit._db.store import VendorStore
+
         with VendorStore.open(store_url, home=home) as store:
             found = stored_findings(store)
     shown = [
