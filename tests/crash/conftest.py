@@ -30,15 +30,18 @@ def mem_path(tmp_path: Path) -> Iterator[Path]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line per harness path: how many distinct crash images were checked."""
+    """One line per durable path: distinct crash images checked, over how many workloads."""
     from support.crash import COUNTS
 
     if not COUNTS:
         return
-    terminalreporter.section("crash images")
-    for name, (images, cuts, failures) in sorted(COUNTS.items()):
+    terminalreporter.section("crash images per path")
+    for name, c in sorted(COUNTS.items()):
+        workloads = f" in {len(c.workloads)} workloads" if c.workloads else ""
+        known = f", {c.known} known defect" if c.known else ""
         terminalreporter.write_line(
-            f"{name:32} {images:5} images over {cuts:4} cuts, {failures} failing"
+            f"{name:34} {c.images:6} images over {c.cuts:5} cuts{workloads}, "
+            f"{c.failures} failing{known}"
         )
-    total = sum(c[0] for c in COUNTS.values())
-    terminalreporter.write_line(f"{'total':32} {total:5} images")
+    total = sum(c.images for c in COUNTS.values())
+    terminalreporter.write_line(f"{'total':34} {total:6} images")

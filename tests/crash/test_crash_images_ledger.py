@@ -1,107 +1,148 @@
 """Power-loss images of the ledger: appends, group commit, epoch rolls, compaction.
 
-Each test records a ledger code path, builds every crash image the model allows
-(see tests/support/crashmodel.py) and checks each one: it opens, verifies, and holds every
-acknowledged record. The sanity test breaks fdatasync and must see losses.
+Each test records a ledger code path under several workloads (record sizes, batch
+sizes, epoch sizes, where the disk fills), builds every crash image the model allows
+(see tests/support/crashmodel.py) and checks each one: it opens, verifies, and holds
+every acknowledged record. Different workloads give different files, so their
+images are different images; each path's total is asserted and printed. The sanity
+test breaks fdatasync and must see losses.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from meterbox.clock import ManualClock
 from meterbox.ledger import Appended, LedgerConfig, LedgerWriter, RecordType
-from support.crash import check_ledger, report_count
-from support.crashmodel import Fault, Recorder, crash_images
+from support.crash import PathCount, check_ledger, report_count
+from support.crashmodel import Fault, FaultHook, HarnessReport, Recorder, crash_images
 from support.ledger import make_ledger, usage
+
+#: The acceptance asks for a few hundred distinct images per durable path.
+MIN_IMAGES_PER_PATH = 300
+
+
+def sized(i: int, pad: int) -> dict[str, Any]:
+    """A usage record whose payload is ``pad`` bytes longer: larger records put frame
+    boundaries at other places relative to the disk's 512-byte sectors."""
+    record = usage(i)
+    if pad:
+        record["c"] = record["c"] + "-" + "x" * pad
+    return record
 
 
 def _appends(
-    rec: Recorder, writer: LedgerWriter, clock: ManualClock, n: int, start: int = 0
+    rec: Recorder,
+    writer: LedgerWriter,
+    clock: ManualClock,
+    n: int,
+    start: int = 0,
+    pad: int = 0,
 ) -> None:
     for i in range(start, start + n):
         clock.advance(1000)
         try:
-            a = writer.append(RecordType.USAGE, usage(i))
-        except Exception:
+            a = writer.append(RecordType.USAGE, sized(i, pad))
+        except Exception:  # noqa: S112 - a refused record is simply not acknowledged
             continue
         rec.note(("ack", a.seq, usage(i)["k"]))
 
 
-def _ledger(mem_path: Path, config: LedgerConfig | None = None) -> tuple[Path, ManualClock]:
-    root = mem_path / "root"
+def _ledger(mem_path: Path, name: str, config: LedgerConfig | None = None) -> tuple[Path, ManualClock]:
+    root = mem_path / name
     built = make_ledger(root / "l", config=config)
     built.writer.close()
     return root, built.clock
 
 
+def _check(path: str, workload: str, rec: Recorder, mem_path: Path, min_seq: int = -1) -> HarnessReport:
+    report = crash_images(rec, check_ledger("l", min_seq=min_seq), workdir=mem_path)
+    report_count(path, report, workload)
+    assert not report.failures, f"{workload}: {report.summary()}"
+    return report
+
+
+def _assert_enough(total: PathCount) -> None:
+    assert total.images >= MIN_IMAGES_PER_PATH, (
+        f"expected at least {MIN_IMAGES_PER_PATH} distinct images, got {total.images}"
+    )
+    assert total.failures == 0
+
+
 def test_appends_survive_every_power_loss_image(mem_path: Path) -> None:
-    root, clock = _ledger(mem_path)
-    with Recorder(root) as rec:
-        writer = LedgerWriter.open(root / "l", clock=clock)
-        _appends(rec, writer, clock, 60)
-        writer.close()
-    report = crash_images(rec, check_ledger("l"), workdir=mem_path)
-    report_count("ledger append", report)
-    assert report.images >= 200
-    assert not report.failures, report.summary()
+    images = 0
+    for n, pad in ((60, 0), (24, 700), (8, 3000)):
+        root, clock = _ledger(mem_path, f"append-{pad}")
+        with Recorder(root) as rec:
+            writer = LedgerWriter.open(root / "l", clock=clock)
+            _appends(rec, writer, clock, n, pad=pad)
+            writer.close()
+        images += _check("ledger append", f"{n} records of +{pad} B", rec, mem_path).images
+    assert images >= MIN_IMAGES_PER_PATH
 
 
 def test_group_commit_batches_survive_every_power_loss_image(mem_path: Path) -> None:
-    root, clock = _ledger(mem_path)
-    with Recorder(root) as rec:
-        writer = LedgerWriter.open(root / "l", clock=clock)
-        for round_ in range(16):
-            futs: list[tuple[Future[Appended], str]] = []
-            for i in range(round_ * 10, round_ * 10 + 10):
-                futs.append((writer.submit(RecordType.USAGE, usage(i)), usage(i)["k"]))
-            for fut, key in futs:
-                rec.note(("ack", fut.result().seq, key))
-        writer.close()
-    report = crash_images(rec, check_ledger("l"), workdir=mem_path)
-    report_count("ledger group commit", report)
-    assert report.images >= 50
-    assert not report.failures, report.summary()
+    images = 0
+    for rounds, batch, pad in ((16, 10, 0), (12, 3, 300), (4, 40, 0), (3, 12, 1500)):
+        root, clock = _ledger(mem_path, f"group-{batch}-{pad}")
+        with Recorder(root) as rec:
+            writer = LedgerWriter.open(root / "l", clock=clock)
+            for round_ in range(rounds):
+                futs: list[tuple[Future[Appended], str]] = []
+                for i in range(round_ * batch, round_ * batch + batch):
+                    futs.append((writer.submit(RecordType.USAGE, sized(i, pad)), usage(i)["k"]))
+                for fut, key in futs:
+                    rec.note(("ack", fut.result().seq, key))
+            writer.close()
+        workload = f"{rounds} batches of {batch} x +{pad} B"
+        images += _check("ledger group commit", workload, rec, mem_path).images
+    assert images >= MIN_IMAGES_PER_PATH
 
 
 def test_epoch_rolls_survive_every_power_loss_image(mem_path: Path) -> None:
-    root, clock = _ledger(mem_path, LedgerConfig(epoch_max_records=4, checkpoint_every=5))
-    with Recorder(root) as rec:
-        writer = LedgerWriter.open(
-            root / "l", clock=clock, config=LedgerConfig(epoch_max_records=4, checkpoint_every=5)
-        )
-        _appends(rec, writer, clock, 30)
-        writer.close()
-    report = crash_images(rec, check_ledger("l"), workdir=mem_path)
-    report_count("epoch roll", report)
-    assert report.images >= 200
-    assert not report.failures, report.summary()
+    images = 0
+    for epoch, checkpoint, n, pad in ((4, 5, 30, 0), (2, 3, 20, 200), (9, 4, 28, 900)):
+        config = LedgerConfig(epoch_max_records=epoch, checkpoint_every=checkpoint)
+        root, clock = _ledger(mem_path, f"epoch-{epoch}", config)
+        with Recorder(root) as rec:
+            writer = LedgerWriter.open(root / "l", clock=clock, config=config)
+            _appends(rec, writer, clock, n, pad=pad)
+            writer.close()
+        workload = f"epochs of {epoch}, checkpoint every {checkpoint}, +{pad} B"
+        images += _check("epoch roll", workload, rec, mem_path).images
+    assert images >= MIN_IMAGES_PER_PATH
 
 
 def test_compaction_survives_every_power_loss_image(mem_path: Path) -> None:
-    config = LedgerConfig(epoch_max_records=5)
-    root, clock = _ledger(mem_path, config)
-    writer = LedgerWriter.open(root / "l", clock=clock, config=config)
-    for i in range(20):
-        clock.advance(1000)
-        writer.append(RecordType.USAGE, usage(i))
-    acked_head = writer.head
-    writer.close()
-    with Recorder(root) as rec:
+    images = 0
+    # (epoch size, records before, records the receipt covers, appends after, pad)
+    for epoch, before, covered, after, pad in ((5, 20, 20, 30, 0), (3, 18, 10, 12, 400),
+                                              (10, 25, 14, 8, 1200)):  # fmt: skip
+        config = LedgerConfig(epoch_max_records=epoch)
+        root, clock = _ledger(mem_path, f"compact-{epoch}", config)
         writer = LedgerWriter.open(root / "l", clock=clock, config=config)
-        writer.compact(acked_head)
-        rec.note(("compacted", acked_head.seq))
-        _appends(rec, writer, clock, 30, start=100)
+        acked_head = writer.head
+        for i in range(before):
+            clock.advance(1000)
+            writer.append(RecordType.USAGE, sized(i, pad))
+            if i + 1 == covered:
+                acked_head = writer.head
         writer.close()
-    report = crash_images(rec, check_ledger("l", min_seq=acked_head.seq), workdir=mem_path)
-    report_count("compaction", report)
-    assert report.images >= 100
-    assert not report.failures, report.summary()
+        with Recorder(root) as rec:
+            writer = LedgerWriter.open(root / "l", clock=clock, config=config)
+            writer.compact(acked_head)
+            rec.note(("compacted", acked_head.seq))
+            _appends(rec, writer, clock, after, start=100, pad=pad)
+            writer.close()
+        workload = f"epochs of {epoch}, {covered}/{before} covered, {after} after, +{pad} B"
+        images += _check("compaction", workload, rec, mem_path, min_seq=acked_head.seq).images
+    assert images >= MIN_IMAGES_PER_PATH
 
 
 def test_broken_fdatasync_makes_the_harness_find_losses(mem_path: Path) -> None:
-    root, clock = _ledger(mem_path)
+    root, clock = _ledger(mem_path, "sanity")
     with Recorder(root, broken_sync={"fdatasync"}) as rec:
         writer = LedgerWriter.open(root / "l", clock=clock)
         _appends(rec, writer, clock, 10)
@@ -112,17 +153,18 @@ def test_broken_fdatasync_makes_the_harness_find_losses(mem_path: Path) -> None:
     assert lost, report.summary()
 
 
-def _disk_fills_at(write_no: int, short: int) -> object:
-    """A fault hook: the ``write_no``-th write to ledger.mbl is short, every later one ENOSPC."""
+def _disk_fills_at(write_no: int, short: int | None, kind: str = "write") -> FaultHook:
+    """A fault hook: the ``write_no``-th ``kind`` call on ledger.mbl writes only
+    ``short`` bytes (None: fails outright), every later one fails with ENOSPC."""
     state = {"n": 0}
 
-    def hook(kind: str, rel: str, n: int) -> Fault | None:
-        if kind != "write" or not rel.endswith("ledger.mbl"):
+    def hook(what: str, rel: str, n: int) -> Fault | None:
+        if what != kind or not rel.endswith("ledger.mbl"):
             return None
         state["n"] += 1
         if state["n"] < write_no:
             return None
-        if state["n"] == write_no:
+        if state["n"] == write_no and short is not None:
             return Fault(short=short, error=None)
         return Fault()
 
@@ -130,13 +172,49 @@ def _disk_fills_at(write_no: int, short: int) -> object:
 
 
 def test_disk_filling_mid_batch_acknowledges_nothing_it_did_not_write(mem_path: Path) -> None:
-    root, clock = _ledger(mem_path)
-    with Recorder(root, faults=_disk_fills_at(6, 40)) as rec:  # type: ignore[arg-type]
-        writer = LedgerWriter.open(root / "l", clock=clock)
-        _appends(rec, writer, clock, 10)
-        rec.faults = None  # space returns
-        _appends(rec, writer, clock, 10, start=50)
-        writer.close()
-    report = crash_images(rec, check_ledger("l"), workdir=mem_path)
-    report_count("ledger append, disk fills", report)
-    assert not report.failures, report.summary()
+    images = 0
+    # (n-th call that fails, bytes it still writes, which call, record pad, batch size)
+    for write_no, short, kind, pad, batch in (
+        (6, 40, "write", 0, 1),
+        (3, 1, "write", 0, 1),
+        (4, 700, "write", 900, 1),
+        (5, None, "write", 0, 1),
+        (4, None, "sync", 0, 1),
+        (3, 300, "write", 100, 6),
+        (3, None, "sync", 200, 6),
+    ):
+        root, clock = _ledger(mem_path, f"full-{write_no}-{short}-{kind}-{pad}-{batch}")
+        with Recorder(root, faults=_disk_fills_at(write_no, short, kind)) as rec:
+            writer = LedgerWriter.open(root / "l", clock=clock)
+            _batches(rec, writer, clock, 10, batch, pad)
+            rec.faults = None  # space returns
+            _batches(rec, writer, clock, 6, batch, pad, start=50)
+            writer.close()
+        workload = f"{kind} #{write_no} {'short ' + str(short) if short else 'fails'}, " + (
+            f"batches of {batch} x +{pad} B"
+        )
+        images += _check("ledger append, disk fills", workload, rec, mem_path).images
+    assert images >= MIN_IMAGES_PER_PATH
+
+
+def _batches(
+    rec: Recorder,
+    writer: LedgerWriter,
+    clock: ManualClock,
+    rounds: int,
+    batch: int,
+    pad: int,
+    start: int = 0,
+) -> None:
+    """``rounds`` group commits of ``batch`` records; a failed record is not noted."""
+    for r in range(rounds):
+        clock.advance(1000)
+        base = start + r * batch
+        futs = [(writer.submit(RecordType.USAGE, sized(i, pad)), usage(i)["k"])
+                for i in range(base, base + batch)]  # fmt: skip
+        for fut, key in futs:
+            try:
+                seq = fut.result().seq
+            except Exception:  # noqa: S112 - a refused record is simply not acknowledged
+                continue
+            rec.note(("ack", seq, key))
