@@ -74,15 +74,22 @@ def _init_checker(vendor: Vendor) -> object:
 
 
 def test_server_init_is_atomic_under_power_loss(mem_path: Path) -> None:
-    vendor = make_vendor(mem_path, licenses=3)
-    root = mem_path / "root"
-    root.mkdir()
-    with Recorder(root) as rec:
-        rec.note(("init", _init(root / "data", vendor)))
-    report = crash_images(rec, _init_checker(vendor), workdir=mem_path)  # type: ignore[arg-type]
-    report_count("server init", report)
-    assert report.images >= 100
-    assert not report.failures, report.summary()
+    images = 0
+    # (licenses, whether the admin created the data directory beforehand)
+    for licenses, precreated in ((3, False), (1, True), (5, False), (2, True)):
+        vendor = make_vendor(mem_path / f"vendor-{licenses}", licenses=licenses)
+        root = mem_path / f"root-{licenses}"
+        root.mkdir()
+        if precreated:
+            (root / "data").mkdir(mode=0o700)
+        with Recorder(root) as rec:
+            rec.note(("init", _init(root / "data", vendor)))
+        report = crash_images(rec, _init_checker(vendor), workdir=mem_path)  # type: ignore[arg-type]
+        workload = f"{licenses} licenses, " + ("existing" if precreated else "new") + " directory"
+        report_count("server init", report, workload)
+        assert not report.failures, report.summary()
+        images += report.images
+    assert images >= 300
 
 
 def _site(mem_path: Path) -> tuple[Vendor, Path, bytes, Head]:

@@ -103,7 +103,8 @@ class Op:
     kinds: ``write`` (ino, offset, data), ``truncate`` (ino, size), ``sync`` (ino; a
     file or directory fsync/fdatasync), ``nosync`` (a sync the sanity mode ignores),
     ``link`` (dir, name, ino: a new file or directory), ``rename`` (dir, name ->
-    new_name), ``unlink`` (dir, name), ``sqlite`` (dir, name, data), ``note`` (value).
+    new_name), ``unlink`` (dir, name), ``sqlite`` (dir, name, data, raw, durable),
+    ``sqlclose`` (dir, name: a connection closed, which checkpoints), ``note`` (value).
     """
 
     kind: str
@@ -116,6 +117,12 @@ class Op:
     data: bytes = b""
     value: Any = None
     is_dir: bool = False
+    #: for ``sqlite``: the database file and its -wal/-journal as they were on disk
+    #: when the transaction committed, as (suffix, bytes) pairs
+    raw: tuple[tuple[str, bytes], ...] = ()
+    #: for ``sqlite``: whether the commit was durable when it returned
+    #: (``synchronous=FULL``); a WAL commit under ``NORMAL`` is not until a checkpoint
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +149,18 @@ class _RecordingConnection(sqlite3.Connection):
     def _after(self) -> None:
         rec = self.recorder
         if rec is not None and not self.in_transaction:
-            rec._sqlite_commit(self.rec_path, self.serialize())
+            # Read the settings through the base class: they must not log a commit.
+            base = sqlite3.Connection
+            mode = str(base.execute(self, "PRAGMA journal_mode").fetchone()[0]).lower()
+            sync = int(base.execute(self, "PRAGMA synchronous").fetchone()[0])
+            durable = sync >= 2 or (mode != "wal" and sync >= 1)
+            rec._sqlite_commit(self.rec_path, self.serialize(), durable=durable)
+
+    def close(self) -> None:
+        rec = self.recorder
+        super().close()
+        if rec is not None:
+            rec._sqlite_close(self.rec_path)
 
     def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
         cur = super().execute(*args, **kwargs)
@@ -609,7 +627,7 @@ class Recorder:
             conn.rec_path = rel
         return conn
 
-    def _sqlite_commit(self, rel: str, data: bytes) -> None:
+    def _sqlite_commit(self, rel: str, data: bytes, *, durable: bool) -> None:
         with self._lock:
             parent, name = self._split(rel)
             if parent is None:
@@ -618,7 +636,20 @@ class Recorder:
             if self._sqlite_last.get(key) == data:
                 return
             self._sqlite_last[key] = data
-            self.ops.append(Op("sqlite", dir=parent, name=name, data=data))
+            raw = []
+            for suffix in ("", "-wal", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    with _REAL_OPEN(self.root / f"{rel}{suffix}", "rb") as f:
+                        raw.append((suffix, f.read()))
+            self.ops.append(
+                Op("sqlite", dir=parent, name=name, data=data, raw=tuple(raw), durable=durable)
+            )
+
+    def _sqlite_close(self, rel: str) -> None:
+        with self._lock:
+            parent, name = self._split(rel)
+            if parent is not None:
+                self.ops.append(Op("sqlclose", dir=parent, name=name))
 
 
 def _fcntl_flags(fd: int) -> int:
@@ -638,6 +669,10 @@ class _State:
     ns_pending: dict[int, list[Op]]
     is_dir: set[int]
     sqlite: dict[tuple[int, str], bytes]
+    #: per database: commits not yet durable (WAL under ``synchronous=NORMAL``)
+    sqlite_pending: dict[tuple[int, str], list[Op]]
+    #: per database: the raw files of its latest commit
+    sqlite_raw: dict[tuple[int, str], tuple[tuple[str, bytes], ...]]
     notes: list[Any]
 
 
@@ -787,15 +822,28 @@ def _content_variants(base: bytes, ops: list[Op]) -> Iterator[tuple[str, bytes]]
         yield "sizeonly", kept + b"\0" * max(0, len(full) - len(kept))
 
 
+#: How a database appears in an image: ("logical", a committed copy) with no side
+#: files; ("raw", the files as on disk at a commit, -wal/-journal included); or
+#: ("main", the database file of that moment alone, its side files lost).
+SqliteView = tuple[str, Any]
+
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 class _Image:
-    """A candidate image: per-directory entries and per-inode contents."""
+    """A candidate image: per-directory entries, per-inode contents, SQLite views."""
 
     def __init__(
-        self, state: _State, entries: dict[int, dict[str, int]], content: dict[int, bytes]
+        self,
+        state: _State,
+        entries: dict[int, dict[str, int]],
+        content: dict[int, bytes],
+        sqlite: dict[tuple[int, str], SqliteView] | None = None,
     ):
         self.state = state
         self.entries = entries
         self.content = content
+        self.sqlite = _sqlite_full(state) if sqlite is None else sqlite
 
     def files(self) -> dict[str, bytes | None]:
         """path -> content (None for directories), reachable from the root."""
@@ -815,11 +863,17 @@ class _Image:
                     walk(child, path + "/")
                 else:
                     out[path] = self.content.get(child, b"")
-            for (d, name), data in self.state.sqlite.items():
-                if d == ino:
-                    out[f"{prefix}{name}"] = data
-                    for suffix in ("-wal", "-shm", "-journal"):
-                        out.pop(f"{prefix}{name}{suffix}", None)
+            for (d, name), (how, data) in self.sqlite.items():
+                if d != ino:
+                    continue
+                path = f"{prefix}{name}"
+                for suffix in _SIDE_FILES:
+                    out.pop(f"{path}{suffix}", None)
+                if how == "raw":
+                    for suffix, raw in data:
+                        out[f"{path}{suffix}"] = raw
+                else:
+                    out[path] = data
 
         walk(ROOT_INO, "")
         return out
@@ -834,6 +888,48 @@ def _digest(files: dict[str, bytes | None]) -> str:
     return h.hexdigest()
 
 
+def _sqlite_full(state: _State) -> dict[tuple[int, str], SqliteView]:
+    """Every database at its latest commit, durable or not (what ``kill -9`` leaves)."""
+    out: dict[tuple[int, str], SqliteView] = {k: ("logical", v) for k, v in state.sqlite.items()}
+    for key, pending in state.sqlite_pending.items():
+        if pending:
+            out[key] = ("logical", pending[-1].data)
+    return out
+
+
+#: At most this many lost-commit images per database and cut.
+MAX_LOST_COMMITS = 8
+
+
+def _sqlite_variants(state: _State) -> Iterator[tuple[str, dict[tuple[int, str], SqliteView]]]:
+    """The states of the SQLite files a power loss can leave, beyond the latest commit.
+
+    - ``lost{n}``: the last ``n`` commits that were not yet durable (a WAL under
+      ``synchronous=NORMAL``, before its checkpoint) are gone;
+    - ``raw``: the database and its -wal/-journal byte for byte as they were on disk
+      at the latest commit; SQLite must recover them to that commit;
+    - ``main-only``: the database file of that moment without its -wal/-journal, as
+      if the side file were lost or deleted (not a power-loss state for a durable
+      commit: checkers treat it as the customer deleting a file).
+    """
+    full = _sqlite_full(state)
+    for key, pending in state.sqlite_pending.items():
+        durable = state.sqlite.get(key)
+        for n in _spread(len(pending), MAX_LOST_COMMITS):
+            lost = len(pending) - n
+            keep = pending[n - 1].data if n else durable
+            if keep is None:
+                continue
+            yield f"sqlite:{key[1]}:lost{lost}", {**full, key: ("logical", keep)}
+    for key, raw in state.sqlite_raw.items():
+        if not raw:
+            continue
+        yield f"sqlite:{key[1]}:raw", {**full, key: ("raw", raw)}
+        main = dict(raw).get("")
+        if main is not None and len(raw) > 1:
+            yield f"sqlite:{key[1]}:main-only", {**full, key: ("main", main)}
+
+
 def _variants(state: _State) -> Iterator[tuple[str, _Image]]:
     full_content = {i: _apply_content(state.content.get(i, b""), state.pending.get(i, []))
                     for i in set(state.content) | set(state.pending)}  # fmt: skip
@@ -843,7 +939,12 @@ def _variants(state: _State) -> Iterator[tuple[str, _Image]]:
         full_ns.setdefault(d, _apply_ns({}, state.ns_pending[d]))
     synced_ns = {d: dict(e) for d, e in state.entries.items()}
     yield "full", _Image(state, full_ns, full_content)
-    yield "synced", _Image(state, synced_ns, synced_content)
+    synced_sqlite: dict[tuple[int, str], SqliteView] = {
+        k: ("logical", v) for k, v in state.sqlite.items()
+    }
+    yield "synced", _Image(state, synced_ns, synced_content, synced_sqlite)
+    for label, views in _sqlite_variants(state):
+        yield label, _Image(state, full_ns, full_content, views)
     for ino, ops in state.pending.items():
         if not ops:
             continue
@@ -883,6 +984,8 @@ def _states(rec: Recorder) -> Iterator[tuple[int, Op | None, _State]]:
         ns_pending={},
         is_dir=set(rec._is_dir),
         sqlite={},
+        sqlite_pending={},
+        sqlite_raw={},
         notes=[],
     )
     yield 0, None, state
@@ -903,7 +1006,19 @@ def _states(rec: Recorder) -> Iterator[tuple[int, Op | None, _State]]:
             if op.kind == "link" and op.is_dir:
                 state.entries.setdefault(op.ino, {})
         elif op.kind == "sqlite":
-            state.sqlite[(op.dir, op.name)] = op.data
+            key = (op.dir, op.name)
+            state.sqlite_raw[key] = op.raw
+            if op.durable:
+                state.sqlite[key] = op.data
+                state.sqlite_pending.pop(key, None)
+            else:
+                state.sqlite_pending.setdefault(key, []).append(op)
+        elif op.kind == "sqlclose":
+            # Closing the last connection checkpoints the log and syncs the file.
+            key = (op.dir, op.name)
+            pending = state.sqlite_pending.pop(key, [])
+            if pending:
+                state.sqlite[key] = pending[-1].data
         elif op.kind == "note":
             state.notes.append(op.value)
         yield i, op, state
