@@ -298,8 +298,10 @@ class Recorder:
         builtins.open = self._py_open  # type: ignore[assignment]
         self._saved[(io, "open")] = io.open
         io.open = self._py_open  # type: ignore[assignment]
-        self._saved[(sqlite3, "connect")] = sqlite3.connect
-        sqlite3.connect = self._connect  # type: ignore[assignment]
+        # SQLAlchemy calls the connect of ``sqlite3.dbapi2``, a module of its own.
+        for mod in (sqlite3, sqlite3.dbapi2):
+            self._saved[(mod, "connect")] = mod.connect
+            mod.connect = self._connect  # type: ignore[assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:

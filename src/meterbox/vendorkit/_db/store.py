@@ -619,10 +619,12 @@ def _insert_raw(conn: Connection, table: str, columns: Sequence[str], rows: list
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     try:
-        # WAL lets the dashboard read while an ingest writes; NORMAL is durable at each
-        # checkpoint, which is enough for data that can always be re-ingested.
+        # WAL lets the dashboard read while an ingest writes. FULL, not NORMAL: the
+        # receipt is published once the ingest commits, and under NORMAL a power loss
+        # can undo a WAL commit until the next checkpoint, leaving a receipt the site
+        # imports (and compacts after) for an ingest the store no longer holds.
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=10000")
     finally:
         cur.close()
