@@ -133,3 +133,96 @@ def test_python_file_objects_and_sqlite_commits_are_recorded(tmp_path: Path) -> 
     mem = sqlite3.connect(":memory:")
     mem.deserialize(last.data)
     assert mem.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+def _ingest_like(root: Path, synchronous: str) -> Recorder:
+    """Commit a row in WAL mode, then publish a file that says the row is stored."""
+    import sqlite3
+
+    db = sqlite3.connect(root / "store.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE reports (id TEXT)")
+    db.close()
+    with Recorder(root) as rec:
+        db = sqlite3.connect(root / "store.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("BEGIN")
+        db.execute("INSERT INTO reports VALUES ('r1')")
+        db.execute("COMMIT")
+        _write_file(root / "r1.receipt", b"receipt", sync=True, dirsync=True, atomic=True)
+        rec.note("published")
+        db.close()
+    return rec
+
+
+def _receipt_has_its_row(image: Path, point: CrashPoint) -> None:
+    import sqlite3
+
+    if ":main-only" in point.variant:
+        return
+    db = sqlite3.connect(image / "store.db")
+    try:
+        rows = db.execute("SELECT id FROM reports").fetchall()
+    finally:
+        db.close()
+    if (image / "r1.receipt").exists():
+        assert rows == [("r1",)], f"a receipt exists, the store holds {rows}"
+
+
+def test_receipt_published_after_a_synchronous_normal_commit_can_outlive_it(
+    tmp_path: Path,
+) -> None:
+    """The vendor store's bug of synchronous=NORMAL: the model must see it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    report = crash_images(_ingest_like(root, "NORMAL"), _receipt_has_its_row)
+    assert any("lost1" in p.variant for p, _ in report.failures), report.summary()
+
+
+def test_receipt_published_after_a_synchronous_full_commit_never_outlives_it(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    report = crash_images(_ingest_like(root, "FULL"), _receipt_has_its_row)
+    assert not report.failures, report.summary()
+
+
+def test_raw_sqlite_images_carry_the_wal_and_recover_from_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    root = tmp_path / "root"
+    root.mkdir()
+    db = sqlite3.connect(root / "s.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")
+    db.close()
+    with Recorder(root) as rec:
+        db = sqlite3.connect(root / "s.db", isolation_level=None)
+        db.execute("PRAGMA synchronous=FULL")
+        for i in range(3):
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+            rec.note(i)
+        db.close()
+    seen: dict[str, int] = {}
+
+    def check(image: Path, point: CrashPoint) -> None:
+        kind = point.variant.rpartition(":")[2] if point.variant.startswith("sqlite:") else ""
+        if kind == "raw":
+            assert (image / "s.db-wal").exists(), "a raw image without its -wal"
+        if kind == "main-only":
+            assert not (image / "s.db-wal").exists()
+        seen[kind] = seen.get(kind, 0) + 1
+        if kind == "main-only" or not (image / "s.db").exists():
+            return
+        db = sqlite3.connect(image / "s.db")
+        try:
+            have = [x for (x,) in db.execute("SELECT x FROM t")]
+        finally:
+            db.close()
+        assert have[: len(point.notes)] == list(point.notes), (have, point.notes)
+
+    report = crash_images(rec, check)
+    assert not report.failures, report.summary()
+    assert seen.get("raw", 0) >= 3 and seen.get("main-only", 0) >= 1, seen

@@ -58,7 +58,9 @@ import builtins
 import contextlib
 import errno
 import hashlib
+import importlib
 import io
+import itertools
 import os
 import shutil
 import sqlite3
@@ -91,7 +93,7 @@ _REAL: dict[str, Any] = {
 }
 _REAL_OPEN = builtins.open
 _REAL_IO_OPEN = io.open
-_REAL_CONNECT = sqlite3.connect
+_REAL_CONNECT: Callable[..., sqlite3.Connection] = sqlite3.connect
 
 ROOT_INO = 0
 
@@ -294,14 +296,13 @@ class Recorder:
         for name, fn in patches.items():
             self._saved[(os, name)] = getattr(os, name)
             setattr(os, name, fn)
-        self._saved[(builtins, "open")] = builtins.open
-        builtins.open = self._py_open  # type: ignore[assignment]
-        self._saved[(io, "open")] = io.open
-        io.open = self._py_open  # type: ignore[assignment]
+        for mod in (builtins, io):
+            self._saved[(mod, "open")] = mod.open
+            setattr(mod, "open", self._py_open)  # noqa: B010 - the patch is the point
         # SQLAlchemy calls the connect of ``sqlite3.dbapi2``, a module of its own.
-        for mod in (sqlite3, sqlite3.dbapi2):
+        for mod in (sqlite3, importlib.import_module("sqlite3.dbapi2")):
             self._saved[(mod, "connect")] = mod.connect
-            mod.connect = self._connect  # type: ignore[assignment]
+            setattr(mod, "connect", self._connect)  # noqa: B010 - the patch is the point
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -313,7 +314,9 @@ class Recorder:
     def _snapshot_initial(self) -> None:
         self._entries[ROOT_INO] = {}
         for dirpath, dirnames, filenames in os.walk(self.root):
-            parent = self._lookup(self._rel(dirpath))
+            rel = self._rel(dirpath)
+            assert rel is not None
+            parent = self._lookup(rel)
             assert parent is not None
             for name in sorted(dirnames):
                 ino = self._new_ino(is_dir=True)
@@ -688,7 +691,7 @@ class CrashPoint:
     last_op: str
 
 
-class KnownDefect(Exception):  # noqa: N818 - a verdict, not an error
+class KnownDefect(Exception):
     """Raised by a checker for an image that shows a defect already understood and
     tracked (the message names it). The harness counts such images apart from
     failures, and prints them, so the defect stays visible until it is fixed."""
@@ -752,7 +755,7 @@ def _pieces(op: Op) -> list[tuple[int, int]]:
     first = (op.offset // SECTOR + 1) * SECTOR - op.offset
     bounds.extend(range(first, len(op.data), SECTOR))
     bounds.append(len(op.data))
-    return list(zip(bounds, bounds[1:], strict=False))
+    return list(itertools.pairwise(bounds))
 
 
 def _spread(n: int, most: int) -> list[int]:
