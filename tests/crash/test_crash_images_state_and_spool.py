@@ -172,3 +172,18 @@ def test_spool_survives_every_power_loss_image(mem_path: Path) -> None:
         assert not report.failures, report.summary()
         images += report.images
     assert images >= MIN_IMAGES_PER_PATH
+
+
+def test_broken_sqlite_sync_makes_the_spool_harness_find_losses(mem_path: Path) -> None:
+    root = mem_path / "spool-sanity"
+    root.mkdir()
+    Spool(root / "spool.db").close()
+    with Recorder(root, broken_sync={"sqlite"}) as rec, Spool(root / "spool.db") as spool:
+        for i in range(6):
+            event = _event(i)
+            spool.add(event, now=1000.0 + i)
+            rec.note(("added", event.idempotency_key))
+    report = crash_images(rec, lambda r, p: _spool_checker(p, r), workdir=mem_path)
+    report_count("sanity: SQLite commits not durable", report)
+    lost = [why for _, why in report.failures if "spooled event" in why]
+    assert lost, report.summary()

@@ -18,10 +18,15 @@ fault hook turns any write or sync into a short write or an ``OSError`` (ENOSPC)
 which is how a full disk looks from inside the process.
 
 SQLite is C code and writes around these hooks. For SQLite files the model is
-SQLite's own guarantee: the database holds exactly the last committed transaction.
-``sqlite3.connect`` is wrapped so that every time a connection under the root
-leaves a transaction, a serialized copy of the database is logged; images hold the
-last such copy before the cut (or the file as it was when recording began).
+SQLite's own guarantee: a commit under ``synchronous=FULL`` (or a rollback journal
+under ``NORMAL``) is durable when it returns; a WAL commit under ``NORMAL`` only once
+the log is checkpointed, which the model takes to be when the connection closes.
+``sqlite3.connect`` (and ``sqlite3.dbapi2.connect``, which SQLAlchemy calls) is
+wrapped so that every time a connection under the root leaves a transaction, a
+serialized copy of the database is logged, with the database file and its
+-wal/-journal byte for byte as they are on disk at that moment. Images hold the
+last durable copy, each later non-durable one, the raw files (SQLite must recover
+them), and the raw database file without its side files.
 
 Test code marks what it was told was durable with :meth:`Recorder.note` (for
 example the sequence number of an acknowledged record). A note logged after the
@@ -40,7 +45,12 @@ plus the creates, renames and unlinks since. It then builds these images:
   or zero-filled (size persisted before data), and each single earlier write
   dropped while later ones persist (reordering within the file);
 - per directory with unsynced operations: each prefix of them, with contents full
-  and with contents synced.
+  and with contents synced, and each one lost while the later ones persist;
+- per SQLite database: see above.
+
+Writes are cut at 512-byte sector boundaries of the file (``SECTOR``) as well as in
+half: some sectors new and others old, one sector missing, only the last one, the
+size persisted before the data (zeros), the length persisted with no new data.
 
 Identical images are checked once; :class:`HarnessReport` counts them. The model
 is deliberately stricter than ext4 in ``data=ordered`` mode (which would persist a
@@ -48,8 +58,9 @@ new file's directory entry with its first ``fsync``): code that is safe here is 
 on any POSIX file system that honours ``fsync``.
 
 Sanity mode: ``Recorder(root, broken_sync={"fdatasync"})`` logs ``fdatasync`` as a
-call that persists nothing. A harness that still finds no loss then is not
-looking; a test proves that it finds them.
+call that persists nothing; ``broken_sync={"sqlite"}`` makes no SQLite commit
+durable. A harness that still finds no loss then is not looking; tests prove that
+it finds them.
 """
 
 from __future__ import annotations
@@ -646,6 +657,7 @@ class Recorder:
                 with contextlib.suppress(FileNotFoundError):
                     with _REAL_OPEN(self.root / f"{rel}{suffix}", "rb") as f:
                         raw.append((suffix, f.read()))
+            durable = durable and "sqlite" not in self.broken_sync
             self.ops.append(
                 Op("sqlite", dir=parent, name=name, data=data, raw=tuple(raw), durable=durable)
             )
@@ -653,7 +665,7 @@ class Recorder:
     def _sqlite_close(self, rel: str) -> None:
         with self._lock:
             parent, name = self._split(rel)
-            if parent is not None:
+            if parent is not None and "sqlite" not in self.broken_sync:
                 self.ops.append(Op("sqlclose", dir=parent, name=name))
 
 
