@@ -18,7 +18,7 @@ import pytest
 
 from meterbox.clock import ManualClock
 from meterbox.ledger import Appended, LedgerConfig, LedgerWriter, RecordType
-from support.crash import PathCount, check_ledger, report_count
+from support.crash import check_ledger, report_count
 from support.crashmodel import Fault, FaultHook, HarnessReport, Recorder, crash_images
 from support.ledger import make_ledger, usage
 
@@ -68,13 +68,6 @@ def _check(
     report_count(path, report, workload)
     assert not report.failures, f"{workload}: {report.summary()}"
     return report
-
-
-def _assert_enough(total: PathCount) -> None:
-    assert total.images >= MIN_IMAGES_PER_PATH, (
-        f"expected at least {MIN_IMAGES_PER_PATH} distinct images, got {total.images}"
-    )
-    assert total.failures == 0
 
 
 def test_appends_survive_every_power_loss_image(mem_path: Path) -> None:
@@ -192,10 +185,16 @@ def test_disk_filling_mid_batch_acknowledges_nothing_it_did_not_write(mem_path: 
         root, clock = _ledger(mem_path, f"full-{write_no}-{short}-{kind}-{pad}-{batch}")
         with Recorder(root, faults=_disk_fills_at(write_no, short, kind)) as rec:
             writer = LedgerWriter.open(root / "l", clock=clock)
-            _batches(rec, writer, clock, 10, batch, pad)
+            refused = _batches(rec, writer, clock, 10, batch, pad)
             rec.faults = None  # space returns
-            _batches(rec, writer, clock, 6, batch, pad, start=50)
+            if _batches(rec, writer, clock, 2, batch, pad, start=40):
+                # A truncation that could not be synced stops the writer until a
+                # restart (ADR 0010); restart it, as the server would be.
+                writer.close()
+                writer = LedgerWriter.open(root / "l", clock=clock)
+            refused_after = _batches(rec, writer, clock, 6, batch, pad, start=50)
             writer.close()
+        assert refused and not refused_after, (refused, refused_after)
         workload = f"{kind} #{write_no} {'short ' + str(short) if short else 'fails'}, " + (
             f"batches of {batch} x +{pad} B"
         )
@@ -211,8 +210,11 @@ def _batches(
     batch: int,
     pad: int,
     start: int = 0,
-) -> None:
-    """``rounds`` group commits of ``batch`` records; a failed record is not noted."""
+) -> int:
+    """``rounds`` group commits of ``batch`` records; a failed record is not noted.
+
+    Returns how many records were refused."""
+    refused = 0
     for r in range(rounds):
         clock.advance(1000)
         base = start + r * batch
@@ -222,8 +224,10 @@ def _batches(
             try:
                 seq = fut.result().seq
             except Exception:
+                refused += 1
                 continue
             rec.note(("ack", seq, key))
+    return refused
 
 
 @pytest.mark.xfail(
