@@ -382,11 +382,10 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
     async def healthz() -> HealthOut:
         return HealthOut(ok=True)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics_endpoint() -> PlainTextResponse:
+    def snapshot() -> metrics.Snapshot:
         now = service.now()
         head = service.ledger_head()
-        text = metrics.render(
+        return metrics.Snapshot(
             seats=service.engine.seats_view(now),
             balances=service.engine.balances(now),
             counters=service.counters,
@@ -396,7 +395,14 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
             peaks=service.engine.seats.peaks,
             now=now,
         )
-        return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+    # One registry per server: two servers in one process never share metrics.
+    registry = metrics.server_registry(snapshot)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition(registry, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
 
 def _add_admin_routes(
