@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,36 +95,6 @@ def init(
     out.print(result.admin_token, highlight=False, soft_wrap=True)
 
 
-class _JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(level: str) -> dict[str, Any]:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLogFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": _JsonLogFormatter}},
-        "handlers": {"h": {"class": "logging.StreamHandler", "formatter": "json"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["h"], "level": level.upper(), "propagate": False},
-            # Access logs carry no tokens (bearer tokens travel in headers, never in paths).
-            "uvicorn.access": {"handlers": ["h"], "level": level.upper(), "propagate": False},
-        },
-    }
-
-
 # The options of `run` and `config`; None means "not given", so the environment, the
 # file and then the default apply (see meterbox.server._config for the precedence).
 RunData = Annotated[
@@ -164,6 +133,12 @@ LogLevelOpt = Annotated[
     typer.Option("--log-level", metavar="LEVEL", show_default=False,
                  help="debug, info, warning, error or critical. "
                  "[default: info; env METERBOX_LOG_LEVEL]"),
+]  # fmt: skip
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option("--log-format", metavar="FORMAT", show_default=False,
+                 help="json (one JSON object per line) or text. "
+                 "[default: json; env METERBOX_LOG_FORMAT]"),
 ]  # fmt: skip
 ForceRecoverOpt = Annotated[
     bool | None,
@@ -258,6 +233,7 @@ def run(
     tls_key: TlsKeyOpt = None,
     config: ConfigOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
@@ -268,6 +244,7 @@ def run(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "log_level": log_level,
+        "log_format": log_format,
         "force_recover": force_recover,
     }
     conf = _load_config(flags, config).config
@@ -281,22 +258,28 @@ def run(
 
 
 def _serve(conf: Any) -> None:
+    import logging.config
+
     import uvicorn
 
     from meterbox.server._instance import RUN_FILE, write_run_file
+    from meterbox.server._logging import AccessLog, log_config
     from meterbox.server._runtime import build_server
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     data: Path = conf.data
-    log_config = _setup_logging(conf.log_level)
+    # Configured before anything logs; uvicorn is told not to configure it again, and its
+    # access log (which would include query strings) is replaced by AccessLog.
+    logging.config.dictConfig(log_config(conf.log_level, conf.log_format))
     with _errors():
         built = build_server(data, force_recover=conf.force_recover)
     scheme = "https" if conf.tls_cert else "http"
     uv_config = uvicorn.Config(
-        built.app,
+        AccessLog(built.app),
         host=conf.host,
         port=conf.port,
-        log_config=log_config,
+        log_config=None,
+        access_log=False,
         ssl_certfile=str(conf.tls_cert) if conf.tls_cert else None,
         ssl_keyfile=str(conf.tls_key) if conf.tls_key else None,
         timeout_keep_alive=5,
@@ -329,6 +312,7 @@ def config_cmd(
     tls_key: TlsKeyOpt = None,
     config: ConfigOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
     show: Annotated[
         bool, typer.Option("--show", help="Print every setting, its value and its source.")
@@ -343,6 +327,7 @@ def config_cmd(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "log_level": log_level,
+        "log_format": log_format,
         "force_recover": force_recover,
     }
     loaded = _load_config(flags, config)
