@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import sys
 from collections.abc import Iterator
@@ -40,6 +41,15 @@ def _fail(exc: MeterboxError) -> NoReturn:
     raise typer.Exit(exit_code_for(exc))
 
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object (docs/api.md).")
+]
+
+
+def _print_json(doc: object) -> None:
+    typer.echo(json.dumps(doc, sort_keys=True))
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
@@ -65,6 +75,7 @@ def init(
         str,
         typer.Option("--tpm-tcti", envvar="METERBOX_TPM_TCTI", help="TCTI of the TPM."),
     ] = "device:/dev/tpmrm0",
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a server instance: identity, ledger genesis, licenses, admin token."""
     from meterbox.server._instance import init_server
@@ -88,6 +99,18 @@ def init(
             tpm=TpmMode.parse(tpm),
             tpm_tcti=tpm_tcti,
         )
+    if as_json:
+        # The token itself stays in its 0600 file: JSON output ends up in scripts' logs.
+        _print_json(
+            {
+                "instance_id": result.instance_id,
+                "data": str(data),
+                "licenses": list(result.licenses),
+                "tpm": str(result.tpm),
+                "admin_token_file": str(data / "admin.token"),
+            }
+        )
+        return
     out.print(f"Server instance [bold]{result.instance_id}[/] created in {data}")
     out.print(f"Licenses: {', '.join(result.licenses)}")
     out.print(f"TPM: {result.tpm}")
@@ -463,6 +486,7 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
 def export_cmd(
     data: DataOption,
     output: Annotated[Path, typer.Option("-o", "--output", help="Report file to write.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a signed report of everything since the last imported receipt."""
     # Checked before the report is built: a path that cannot take the file fails at
@@ -502,6 +526,10 @@ def export_cmd(
         write_new_file(output, blob, mode=0o644)
     except OSError as exc:
         _fail(disk_error(f"the report could not be written to {output}", exc))
+    if as_json:
+        digest = hashlib.sha256(blob).hexdigest()
+        _print_json({"report": str(output), "bytes": len(blob), "sha256": digest})
+        return
     out.print(f"Report written to {output} ({len(blob)} bytes). Send it to the vendor.")
 
 
@@ -545,20 +573,26 @@ def import_cmd(
 
 
 @app.command("cryptolens-key")
-def cryptolens_key(data: DataOption) -> None:
+def cryptolens_key(data: DataOption, as_json: JsonOpt = False) -> None:
     """Print the public key, in the XML form Cryptolens applications embed."""
     from meterbox.compat.signer import CryptolensSigner
     from meterbox.server._instance import CRYPTOLENS_KEY
 
     with _errors():
         key = CryptolensSigner.load(data / CRYPTOLENS_KEY).public_key_xml()
+    if as_json:
+        _print_json({"public_key_xml": key})
+        return
     # Printed raw: a wrapped line would corrupt the key when pasted into an application.
     sys.stdout.write(key + "\n")
 
 
 @app.command()
-def fingerprint() -> None:
+def fingerprint(as_json: JsonOpt = False) -> None:
     """Print this machine's fingerprint, for licenses bound to a site."""
     from meterbox.server._instance import machine_fingerprint
 
+    if as_json:
+        _print_json({"fingerprint": machine_fingerprint()})
+        return
     out.print(machine_fingerprint(), highlight=False)

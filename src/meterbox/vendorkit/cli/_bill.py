@@ -10,7 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from meterbox.errors import ConfigError
-from meterbox.vendorkit.cli._common import SEVERITY_STYLE, HomeOption, StoreOption, app, cli_errors
+from meterbox.vendorkit.cli._common import (
+    SEVERITY_STYLE,
+    HomeOption,
+    StoreOption,
+    app,
+    cli_errors,
+)
 
 if TYPE_CHECKING:
     from meterbox.vendorkit.billing import Statement
@@ -144,9 +150,20 @@ def bill_command(
             help="Price file (TOML, docs/spec/bill.md): adds charges in minor units.",
         ),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Same as --format json (docs/spec/bill.md).")
+    ] = False,
 ) -> None:
     """Billing statement for one month: units, prepaid, overage, peak seats, findings."""
     with cli_errors():
+        if as_json and output_format not in ("table", "json"):
+            raise ConfigError(
+                "--json and --format disagree",
+                expected="--json alone, or one --format",
+                found=f"--json with --format {output_format}",
+                hint="Drop one of them",
+            )
+        output_format = "json" if as_json else output_format
         if output_format not in ("table", "csv", "json"):
             raise ConfigError(
                 "--format is not usable",
