@@ -30,6 +30,7 @@ from meterbox import __version__
 from meterbox._fs import disk_error
 from meterbox.errors import MeterboxError
 from meterbox.server import _metrics as metrics
+from meterbox.server._apidocs import add_api_docs
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
 from meterbox.server._service import LicenseService
@@ -239,7 +240,11 @@ def build_app(
         version=__version__,
         lifespan=_lifespan(service, housekeeping),
         description="On-site floating seats and metered usage, every event in a sealed ledger.",
+        # /docs and /redoc come from the package's files, not FastAPI's CDN pages.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_api_docs(app)
     _add_error_handlers(app)
     _add_seat_and_usage_routes(app, service)
     _add_status_routes(app, service)
