@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TPM_STAMP := $(VENV)/.installed-tpm
 
-.PHONY: demo test lint types unit env clean bench sysdeps vectors
+.PHONY: demo test lint types unit env clean bench sysdeps vectors wheelhouse
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,5 +53,14 @@ vectors: $(STAMP)
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
 
+# Every wheel an offline host needs (server, vendor toolkit, PostgreSQL driver), in a
+# directory and a tarball to carry over: docs/deploy.md. EXTRAS= narrows it.
+WHEELHOUSE ?= dist/wheelhouse
+EXTRAS ?= server,vendor,postgres
+wheelhouse: $(STAMP)
+	rm -rf $(WHEELHOUSE)
+	PYTHON=$(BIN)/python bash scripts/wheelhouse.sh $(WHEELHOUSE) '$(EXTRAS)'
+	tar -C $(dir $(WHEELHOUSE)) -czf $(WHEELHOUSE).tar.gz $(notdir $(WHEELHOUSE))
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist

@@ -53,6 +53,10 @@ class _LazyGroup(TyperGroup):
         except BrokenPipeError:
             # The reader went away (``meterbox ... | head``): nothing to report.
             raise
+        except ModuleNotFoundError as exc:
+            # A lean install (``pip install meterbox``: the client) running a command of
+            # a role whose extra is not installed.
+            _report_missing_extra(exc)
         except OSError as exc:
             # The last net under every command: a path the user named that turned out
             # to be the wrong kind (a file where a directory belongs), missing or not
@@ -114,6 +118,39 @@ def _report_os_error(exc: OSError) -> NoReturn:
     )
     typer.echo(f"error: {error.render()}", err=True)
     raise typer.Exit(EXIT_INPUT)
+
+
+_SERVER_MODULES = (
+    "cryptography", "msgpack", "fastapi", "starlette", "uvicorn", "jinja2", "multipart",
+    "python_multipart", "prometheus_client", "pythonjsonlogger", "pydantic_settings",
+    "dotenv", "httptools", "uvloop",
+)  # fmt: skip
+#: Top-level modules of each extra's packages (pyproject.toml), for the hint.
+_EXTRA_OF: dict[str, str] = {
+    **dict.fromkeys(_SERVER_MODULES, "server"),
+    **dict.fromkeys(("sqlalchemy", "sklearn", "numpy", "scipy"), "vendor"),
+    "psycopg": "postgres",
+    "tpm2_pytss": "tpm",
+}
+
+
+def _report_missing_extra(exc: ModuleNotFoundError) -> NoReturn:
+    from meterbox._cli_support import EXIT_STATE
+    from meterbox.errors import StateError
+
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    if extra is None:
+        raise exc  # not a package of an extra: a broken installation, shown as it is
+    error = StateError(
+        f"this command needs the '{extra}' extra of meterbox, which is not installed",
+        expected=f"the Python package {top!r}",
+        found="a meterbox installed without it",
+        hint=f"install it with pip install 'meterbox[{extra}]' "
+        "(offline: from a wheelhouse, docs/deploy.md)",
+    )
+    typer.echo(f"error: {error.render()}", err=True)
+    raise typer.Exit(EXIT_STATE)
 
 
 def _print_version(value: bool) -> None:

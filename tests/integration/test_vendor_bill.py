@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from meterbox.cli import app as root_app
 from meterbox.licenses import Meter
 from support.vendor_ingest import (
     cli,
@@ -15,6 +16,7 @@ from support.vendor_ingest import (
     issue,
     make_home,
     make_site,
+    runner,
 )
 
 
@@ -114,3 +116,73 @@ def test_lease_live_at_export_is_held_to_the_report_time_and_continues(tmp_path:
     assert [s["hour"] for s in second["seats"]] == ["2026-01-05T00:00Z", "2026-01-05T01:00Z"]
     [line] = second["seat_lines"]
     assert (line["seat_ms"], line["live_leases"]) == (70 * 60_000, 0)
+
+
+PRICES = """\
+format = "meterbox-prices/1"
+currency = "EUR"
+
+[default.meters]
+solver = 0.125      # per unit of overage
+exports = 2
+
+[products.Solver.seat_hours]
+cad = 1.50          # per seat-hour
+"""
+
+
+def test_price_file_adds_charges_in_minor_units(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    meters = {"solver": Meter(10, "month"), "exports": Meter(5, "total")}
+    site = make_site(home, tmp_path / "ledger", [issue(home, meters=meters)])
+    site.use("solver", 15)
+    site.use("exports", 6)
+    site.checkout("L1")
+    site.clock.advance(90 * 60_000)
+    site.release("L1", step_ms=0)
+    assert ingest_json(home, site.export(tmp_path / "r1.mbr"))[0] == 0
+    prices = tmp_path / "prices.toml"
+    prices.write_text(PRICES)
+
+    code, text = _bill(home, "--period", "2026-01", "--format", "json", "--prices", str(prices))
+    assert code == 0, text
+    charges = json.loads(text)["charges"]
+    lines = {x["item"]: x for x in charges["lines"]}
+    # 5 units of overage at 0.125 = 0.625 EUR: 62.5 cents, half to even -> 62.
+    assert (lines["solver"]["quantity"], lines["solver"]["amount_minor"]) == (5, 62)
+    assert (lines["exports"]["quantity"], lines["exports"]["amount_minor"]) == (1, 200)
+    # 1.5 seat-hours at 1.50 = 2.25 EUR, from the product's price.
+    assert (lines["cad"]["quantity"], lines["cad"]["amount_minor"]) == (90 * 60_000, 225)
+    assert charges["total_minor"] == 62 + 200 + 225
+    assert charges["totals"] == [{"customer": "ACME", "amount_minor": 487}]
+
+    code, text = _bill(home, "--period", "2026-01", "--format", "csv", "--prices", str(prices))
+    assert code == 0, text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == [
+        "period", "customer", "license_id", "product", "kind", "item", "quantity", "unit",
+        "unit_price", "currency", "minor_units", "amount_minor",
+    ]  # fmt: skip
+    assert sum(int(r["amount_minor"]) for r in rows) == 487
+    assert {r["currency"] for r in rows} == {"EUR"}
+
+    code, text = _bill(home, "--period", "2026-01", "--prices", str(prices))
+    assert code == 0, text
+    assert "total ACME: 4.87 EUR" in text
+
+
+def test_bad_price_file_is_an_input_error_and_prints_no_statement(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    issue(home)
+    bad = tmp_path / "prices.toml"
+    bad.write_text(PRICES.replace("solver = 0.125", 'solver = "0.125"'))
+    result = runner.invoke(
+        root_app, ["vendor", "bill", "--home", str(home), "--period", "2026-01",
+                   "--format", "csv", "--prices", str(bad)]
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "default.meters.solver is not a number" in result.stderr
+    for path in (tmp_path / "missing.toml", tmp_path):
+        code, out = _bill(home, "--period", "2026-01", "--prices", str(path))
+        assert (code, out) == (2, "")

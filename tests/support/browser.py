@@ -85,3 +85,25 @@ def screenshot_path(tmp_path: Path, name: str) -> Path:
 
 def wait_healthy(url: str) -> None:
     assert httpx.get(f"{url}/healthz", timeout=5).json() == {"ok": True}
+
+
+class LoopbackOnly:
+    """Route handler for a Playwright context: loopback requests pass, any other aborts.
+
+    Every request that tried to leave the machine is kept in ``blocked``, so a test can
+    say that a page needed nothing from outside, not only that it rendered.
+    """
+
+    def __init__(self) -> None:
+        self.blocked: list[str] = []
+
+    def __call__(self, route: Any) -> None:
+        from urllib.parse import urlsplit
+
+        url = route.request.url
+        host = urlsplit(url).hostname or ""
+        if url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost", "::1"):
+            route.continue_()
+        else:
+            self.blocked.append(url)
+            route.abort("internetdisconnected")

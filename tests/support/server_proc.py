@@ -80,15 +80,19 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m meterbox server run --data D --port P`, output appended to ``log``."""
 
-    def __init__(self, data: Path, log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data: Path, log: Path, port: int | None = None, *, args: tuple[str, ...] = ()
+    ) -> None:
         self.data, self.log = data, log
+        #: Extra options of `server run`; a later --log-level wins over the default one.
+        self.args = args
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> None:
         args = [sys.executable, "-m", "meterbox", "server", "run", "--data", str(self.data),
-                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+                "--port", str(self.port), "--log-level", "warning", *self.args]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERBOX_")}
         with self.log.open("ab") as f:
             self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)

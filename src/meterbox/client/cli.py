@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,8 +69,23 @@ def _run(urls: list[str] | None, spool: Path | None, client_id: str | None,
         raise typer.Exit(exit_code_for(exc)) from None
 
 
+def _json_default(value: object) -> str:
+    # Times in the one form the API uses: ISO-8601 UTC with "Z".
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+#: Every client command prints JSON on stdout; ``--json`` is accepted by each, so that
+#: scripts can pass it to every meterbox command alike (checkout prints the bare lease
+#: id without it).
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON (the default here).")
+]
 
 
 def _print(value: Any) -> None:
@@ -96,6 +112,7 @@ def checkout(
 def heartbeat(
     lease_id: Annotated[str, typer.Argument(help="Lease id printed by checkout.")],
     url: UrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Renew a lease. Exit 1 if the lease is gone."""
     lease = _run(url, None, None, lambda c: c.heartbeat(lease_id))
@@ -106,6 +123,7 @@ def heartbeat(
 def release(
     lease_id: Annotated[str, typer.Argument(help="Lease id printed by checkout.")],
     url: UrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Release a lease (releasing twice is fine)."""
     released = _run(url, None, None, lambda c: c.release(lease_id))
@@ -123,6 +141,7 @@ def record(
     url: UrlOpt = None,
     spool: SpoolOpt = None,
     client_id: ClientIdOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Record usage; if the server is unreachable, spool it and still exit 0."""
     result = _run(url, spool, client_id, lambda c: c.record(meter, amount, idempotency_key=key))
@@ -139,6 +158,7 @@ def record(
 def balance(
     meter: Annotated[str | None, typer.Argument(help="One meter; default all.")] = None,
     url: UrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Print meter balances as JSON."""
     if meter is None:
@@ -148,7 +168,7 @@ def balance(
 
 
 @app.command()
-def flush(url: UrlOpt = None, spool: SpoolOpt = None) -> None:
+def flush(url: UrlOpt = None, spool: SpoolOpt = None, as_json: JsonOpt = False) -> None:
     """Deliver spooled usage now. Exit 5 if events remain because no server answered."""
     result = _run(url, spool, None, lambda c: c.flush())
     _print(

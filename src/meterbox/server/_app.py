@@ -30,6 +30,7 @@ from meterbox import __version__
 from meterbox._fs import disk_error
 from meterbox.errors import MeterboxError
 from meterbox.server import _metrics as metrics
+from meterbox.server._apidocs import add_api_docs
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
 from meterbox.server._service import LicenseService
@@ -239,7 +240,11 @@ def build_app(
         version=__version__,
         lifespan=_lifespan(service, housekeeping),
         description="On-site floating seats and metered usage, every event in a sealed ledger.",
+        # /docs and /redoc come from the package's files, not FastAPI's CDN pages.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_api_docs(app)
     _add_error_handlers(app)
     _add_seat_and_usage_routes(app, service)
     _add_status_routes(app, service)
@@ -382,11 +387,10 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
     async def healthz() -> HealthOut:
         return HealthOut(ok=True)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics_endpoint() -> PlainTextResponse:
+    def snapshot() -> metrics.Snapshot:
         now = service.now()
         head = service.ledger_head()
-        text = metrics.render(
+        return metrics.Snapshot(
             seats=service.engine.seats_view(now),
             balances=service.engine.balances(now),
             counters=service.counters,
@@ -396,7 +400,14 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
             peaks=service.engine.seats.peaks,
             now=now,
         )
-        return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
+
+    # One registry per server: two servers in one process never share metrics.
+    registry = metrics.server_registry(snapshot)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition(registry, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
 
 def _add_admin_routes(

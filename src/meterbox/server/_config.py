@@ -35,6 +35,7 @@ from meterbox.errors import ConfigError
 
 ENV_PREFIX = "METERBOX_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["json", "text"]
 
 # The file's values for the load in progress; a context variable because pydantic-settings
 # builds its sources from the class, not from the call.
@@ -52,6 +53,9 @@ class ServerConfig(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate; TLS needs tls_key too.")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
     log_level: LogLevel = Field("info", description="Least severe log level written.")
+    log_format: LogFormat = Field(
+        "json", description="Log lines as JSON objects (json) or readable text (text)."
+    )
     force_recover: bool = Field(
         False, description="Cut a torn ledger tail longer than the automatic limit."
     )
@@ -217,6 +221,7 @@ def _config_error(exc: ValidationError, sources: Mapping[str, str]) -> ConfigErr
     expected = {
         "port": "a TCP port number from 1 to 65535",
         "log_level": "one of debug, info, warning, error, critical",
+        "log_format": "json or text",
         "force_recover": "true or false",
     }.get(name, field.description if field and field.description else "a usable value")
     return ConfigError(

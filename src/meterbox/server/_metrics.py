@@ -1,124 +1,147 @@
-"""Prometheus text exposition (format 0.0.4) of a running server, written by hand.
+"""Prometheus metrics of a running server, through ``prometheus_client``.
 
-Only gauges and counters; label values are escaped as the format requires
-(backslash, double quote, newline).
+Each server has its own :class:`~prometheus_client.CollectorRegistry` (never the
+library's process-wide default, which would mix the metrics of two servers in one
+process, as in the tests): the server's collector, build info, and the process and
+platform collectors. The server's metrics are read from the service at scrape time
+(:class:`Snapshot`, a plain value) and turned into metric families by the pure
+:func:`families`, so the text is always the current state, never a copy of it.
+
+Names (docs/api.md): counters end in ``_total`` and gauges never do; the only
+rename from the hand-written exposition is ``meterbox_seats_total`` (a gauge) to
+``meterbox_seats_granted``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import platform
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (
+    CollectorRegistry,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from meterbox import __version__
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one scrape reports: the service's state at one instant."""
+
+    seats: Sequence[Mapping[str, Any]]
+    balances: Sequence[Mapping[str, Any]]
+    counters: Mapping[str, int]
+    ledger_seq: int | None
+    clock_steps: int
+    report_overdue: bool
+    peaks: Mapping[tuple[str, datetime], int]
+    now: datetime
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-    return "{" + inner + "}"
+def _gauge(name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
-class Exposition:
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def metric(
-        self,
-        name: str,
-        kind: str,
-        help_text: str,
-        samples: Iterable[tuple[dict[str, str], float | int]],
-    ) -> None:
-        self._lines.append(f"# HELP {name} {help_text}")
-        self._lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            self._lines.append(f"{name}{_labels(labels)} {value}")
-
-    def render(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-
-def render(
-    *,
-    seats: list[dict[str, Any]],
-    balances: list[dict[str, Any]],
-    counters: dict[str, int],
-    ledger_seq: int | None,
-    clock_steps: int,
-    report_overdue: bool,
-    peaks: dict[tuple[str, datetime], int],
-    now: datetime,
-) -> str:
-    out = Exposition()
-    out.metric(
-        "meterbox_seats_in_use",
-        "gauge",
-        "Live leases per feature.",
-        (({"feature": f["feature"]}, f["in_use"]) for f in seats),
-    )
-    out.metric(
-        "meterbox_seats_total",
-        "gauge",
+def families(snap: Snapshot) -> list[Metric]:
+    """The server's metric families for ``snap`` (pure)."""
+    in_use = _gauge("meterbox_seats_in_use", "Live leases per feature.", ["feature"])
+    granted = _gauge(
+        "meterbox_seats_granted",
         "Seats (without overdraft) granted by usable licenses per feature.",
-        (({"feature": f["feature"]}, f["seats"]) for f in seats),
+        ["feature"],
     )
-    out.metric(
+    overdraft = _gauge(
         "meterbox_seats_overdraft",
-        "gauge",
         "Overdraft seats granted by usable licenses per feature.",
-        (({"feature": f["feature"]}, f["overdraft"]) for f in seats),
+        ["feature"],
     )
-    out.metric(
-        "meterbox_seat_denials_total",
-        "counter",
+    denials = CounterMetricFamily(
+        "meterbox_seat_denials",
         "Checkouts refused because every seat was held.",
-        (({"feature": f["feature"]}, f["denials"]) for f in seats),
+        labels=["feature"],
     )
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    out.metric(
+    for f in snap.seats:
+        in_use.add_metric([f["feature"]], f["in_use"])
+        granted.add_metric([f["feature"]], f["seats"])
+        overdraft.add_metric([f["feature"]], f["overdraft"])
+        denials.add_metric([f["feature"]], f["denials"])
+    hour = snap.now.replace(minute=0, second=0, microsecond=0)
+    peak = _gauge(
         "meterbox_seats_peak_this_hour",
-        "gauge",
         "Peak concurrent leases per feature in the current UTC hour.",
-        (({"feature": f}, p) for (f, h), p in sorted(peaks.items()) if h == hour),
+        ["feature"],
     )
-    out.metric(
+    for (feature, h), p in sorted(snap.peaks.items()):
+        if h == hour:
+            peak.add_metric([feature], p)
+    used = _gauge(
         "meterbox_usage_used",
-        "gauge",
         "Counted usage in the current period per license and meter.",
-        (({"license": b["license_id"], "meter": b["meter"]}, b["used"]) for b in balances),
+        ["license", "meter"],
     )
-    out.metric(
+    limit = _gauge(
         "meterbox_usage_limit",
-        "gauge",
         "Prepaid limit in the current period per license and meter (absent if unlimited).",
-        (
-            ({"license": b["license_id"], "meter": b["meter"]}, b["limit"])
-            for b in balances
-            if b["limit"] is not None
-        ),
+        ["license", "meter"],
     )
-    for name, value in sorted(counters.items()):
-        out.metric(f"meterbox_{name}_total", "counter", f"Count of {name}.", [({}, value)])
-    if ledger_seq is not None:
-        out.metric(
-            "meterbox_ledger_seq",
-            "gauge",
-            "Sequence number of the ledger head.",
-            [({}, ledger_seq)],
+    for b in snap.balances:
+        used.add_metric([b["license_id"], b["meter"]], b["used"])
+        if b["limit"] is not None:
+            limit.add_metric([b["license_id"], b["meter"]], b["limit"])
+    out: list[Metric] = [in_use, granted, overdraft, denials, peak, used, limit]
+    for name, value in sorted(snap.counters.items()):
+        out.append(CounterMetricFamily(f"meterbox_{name}", f"Count of {name}.", value=value))
+    if snap.ledger_seq is not None:
+        out.append(
+            GaugeMetricFamily(
+                "meterbox_ledger_seq", "Sequence number of the ledger head.", value=snap.ledger_seq
+            )
         )
-    out.metric(
-        "meterbox_clock_steps_total", "counter", "Wall-clock steps detected.", [({}, clock_steps)]
+    out.append(
+        CounterMetricFamily(
+            "meterbox_clock_steps", "Wall-clock steps detected.", value=snap.clock_steps
+        )
     )
-    out.metric(
-        "meterbox_report_overdue",
-        "gauge",
-        "1 if a license's report deadline has passed.",
-        [({}, int(report_overdue))],
+    out.append(
+        GaugeMetricFamily(
+            "meterbox_report_overdue",
+            "1 if a license's report deadline has passed.",
+            value=int(snap.report_overdue),
+        )
     )
-    return out.render()
+    return out
+
+
+class _ServerCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self._snapshot())
+
+
+def server_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    """A registry of one server: its metrics, build info, process and platform."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServerCollector(snapshot))
+    Info("meterbox_build", "The meterbox version serving.", registry=registry).info(
+        {"version": __version__, "python": platform.python_version()}
+    )
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The scrape body and its content type, in the format the ``Accept`` header asks."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

@@ -189,7 +189,8 @@ class LicenseService:
             self.clock_steps += 1
             # The ledger writer records the step itself (CLOCK_STEP is evidence the
             # ledger gathers, never a record the server may write).
-            log.warning("wall clock stepped by %.1f s", reading.step.delta_seconds)
+            step_ms = round(reading.step.delta_seconds * 1000)
+            log.warning("wall clock stepped by %d ms", step_ms, extra={"step_ms": step_ms})
         return reading.now
 
     # --------------------------------------------------------- plumbing

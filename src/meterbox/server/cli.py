@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +41,15 @@ def _fail(exc: MeterboxError) -> NoReturn:
     raise typer.Exit(exit_code_for(exc))
 
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object (docs/api.md).")
+]
+
+
+def _print_json(doc: object) -> None:
+    typer.echo(json.dumps(doc, sort_keys=True))
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
@@ -66,6 +75,7 @@ def init(
         str,
         typer.Option("--tpm-tcti", envvar="METERBOX_TPM_TCTI", help="TCTI of the TPM."),
     ] = "device:/dev/tpmrm0",
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a server instance: identity, ledger genesis, licenses, admin token."""
     from meterbox.server._instance import init_server
@@ -89,41 +99,23 @@ def init(
             tpm=TpmMode.parse(tpm),
             tpm_tcti=tpm_tcti,
         )
+    if as_json:
+        # The token itself stays in its 0600 file: JSON output ends up in scripts' logs.
+        _print_json(
+            {
+                "instance_id": result.instance_id,
+                "data": str(data),
+                "licenses": list(result.licenses),
+                "tpm": str(result.tpm),
+                "admin_token_file": str(data / "admin.token"),
+            }
+        )
+        return
     out.print(f"Server instance [bold]{result.instance_id}[/] created in {data}")
     out.print(f"Licenses: {', '.join(result.licenses)}")
     out.print(f"TPM: {result.tpm}")
     out.print(f"Admin token (also in {data / 'admin.token'}, mode 0600):")
     out.print(result.admin_token, highlight=False, soft_wrap=True)
-
-
-class _JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(level: str) -> dict[str, Any]:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLogFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": _JsonLogFormatter}},
-        "handlers": {"h": {"class": "logging.StreamHandler", "formatter": "json"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["h"], "level": level.upper(), "propagate": False},
-            # Access logs carry no tokens (bearer tokens travel in headers, never in paths).
-            "uvicorn.access": {"handlers": ["h"], "level": level.upper(), "propagate": False},
-        },
-    }
 
 
 # The options of `run` and `config`; None means "not given", so the environment, the
@@ -164,6 +156,12 @@ LogLevelOpt = Annotated[
     typer.Option("--log-level", metavar="LEVEL", show_default=False,
                  help="debug, info, warning, error or critical. "
                  "[default: info; env METERBOX_LOG_LEVEL]"),
+]  # fmt: skip
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option("--log-format", metavar="FORMAT", show_default=False,
+                 help="json (one JSON object per line) or text. "
+                 "[default: json; env METERBOX_LOG_FORMAT]"),
 ]  # fmt: skip
 ForceRecoverOpt = Annotated[
     bool | None,
@@ -258,6 +256,7 @@ def run(
     tls_key: TlsKeyOpt = None,
     config: ConfigOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
@@ -268,6 +267,7 @@ def run(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "log_level": log_level,
+        "log_format": log_format,
         "force_recover": force_recover,
     }
     conf = _load_config(flags, config).config
@@ -281,22 +281,28 @@ def run(
 
 
 def _serve(conf: Any) -> None:
+    import logging.config
+
     import uvicorn
 
     from meterbox.server._instance import RUN_FILE, write_run_file
+    from meterbox.server._logging import AccessLog, log_config
     from meterbox.server._runtime import build_server
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     data: Path = conf.data
-    log_config = _setup_logging(conf.log_level)
+    # Configured before anything logs; uvicorn is told not to configure it again, and its
+    # access log (which would include query strings) is replaced by AccessLog.
+    logging.config.dictConfig(log_config(conf.log_level, conf.log_format))
     with _errors():
         built = build_server(data, force_recover=conf.force_recover)
     scheme = "https" if conf.tls_cert else "http"
     uv_config = uvicorn.Config(
-        built.app,
+        AccessLog(built.app),
         host=conf.host,
         port=conf.port,
-        log_config=log_config,
+        log_config=None,
+        access_log=False,
         ssl_certfile=str(conf.tls_cert) if conf.tls_cert else None,
         ssl_keyfile=str(conf.tls_key) if conf.tls_key else None,
         timeout_keep_alive=5,
@@ -329,6 +335,7 @@ def config_cmd(
     tls_key: TlsKeyOpt = None,
     config: ConfigOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
     show: Annotated[
         bool, typer.Option("--show", help="Print every setting, its value and its source.")
@@ -343,6 +350,7 @@ def config_cmd(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "log_level": log_level,
+        "log_format": log_format,
         "force_recover": force_recover,
     }
     loaded = _load_config(flags, config)
@@ -478,6 +486,7 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
 def export_cmd(
     data: DataOption,
     output: Annotated[Path, typer.Option("-o", "--output", help="Report file to write.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a signed report of everything since the last imported receipt."""
     # Checked before the report is built: a path that cannot take the file fails at
@@ -517,6 +526,10 @@ def export_cmd(
         write_new_file(output, blob, mode=0o644)
     except OSError as exc:
         _fail(disk_error(f"the report could not be written to {output}", exc))
+    if as_json:
+        digest = hashlib.sha256(blob).hexdigest()
+        _print_json({"report": str(output), "bytes": len(blob), "sha256": digest})
+        return
     out.print(f"Report written to {output} ({len(blob)} bytes). Send it to the vendor.")
 
 
@@ -560,20 +573,26 @@ def import_cmd(
 
 
 @app.command("cryptolens-key")
-def cryptolens_key(data: DataOption) -> None:
+def cryptolens_key(data: DataOption, as_json: JsonOpt = False) -> None:
     """Print the public key, in the XML form Cryptolens applications embed."""
     from meterbox.compat.signer import CryptolensSigner
     from meterbox.server._instance import CRYPTOLENS_KEY
 
     with _errors():
         key = CryptolensSigner.load(data / CRYPTOLENS_KEY).public_key_xml()
+    if as_json:
+        _print_json({"public_key_xml": key})
+        return
     # Printed raw: a wrapped line would corrupt the key when pasted into an application.
     sys.stdout.write(key + "\n")
 
 
 @app.command()
-def fingerprint() -> None:
+def fingerprint(as_json: JsonOpt = False) -> None:
     """Print this machine's fingerprint, for licenses bound to a site."""
     from meterbox.server._instance import machine_fingerprint
 
+    if as_json:
+        _print_json({"fingerprint": machine_fingerprint()})
+        return
     out.print(machine_fingerprint(), highlight=False)

@@ -35,11 +35,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from meterbox.errors import ConfigError
 from meterbox.licenses import License, VendorPublicBundle
 
+if TYPE_CHECKING:
+    from meterbox.vendorkit.prices import Charges, PriceList
+
+#: The statement's version (docs/spec/bill.md); the JSON carries it as ``format``.
+BILL_FORMAT: Final = "meterbox-bill/2"
 HOUR_MS: Final = 3_600_000
 _PERIOD_RE: Final = re.compile(r"(\d{4})-(\d{2})")
 
@@ -88,6 +93,8 @@ class LicenseTerms:
     license_id: str
     customer: str
     meters: Mapping[str, MeterTerms]
+    #: The license's product: the scope of product prices in a price file.
+    product: str = ""
 
     @classmethod
     def from_license(cls, lic: License) -> LicenseTerms:
@@ -95,6 +102,7 @@ class LicenseTerms:
             lic.license_id,
             lic.customer,
             {name: MeterTerms(m.limit, m.period) for name, m in lic.meters.items()},
+            lic.product,
         )
 
 
@@ -191,9 +199,13 @@ class Statement:
     denials: Mapping[tuple[str, str], int] = field(default_factory=dict)
     findings: tuple[FindingLine, ...] = ()
     seat_lines: tuple[SeatLine, ...] = ()
+    #: The priced lines, when the statement was built with a price file.
+    charges: Charges | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format": BILL_FORMAT,
+            "charges": None if self.charges is None else _charges_json(self.charges),
             "period": self.period,
             "meters": [asdict(m) for m in self.meters],
             "seats": [asdict(s) for s in self.seats],
@@ -206,9 +218,24 @@ class Statement:
         }
 
     def to_csv(self) -> str:
-        """One row per meter line (the billable part); seats and findings are in JSON."""
+        """One row per meter line (the billable part); seats and findings are in JSON.
+
+        With prices, one row per charge line instead (meters and seats, priced).
+        """
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
+        if self.charges is not None:
+            w.writerow(CHARGE_COLUMNS)
+            c = self.charges
+            for x in c.lines:
+                w.writerow(
+                    [
+                        self.period, x.customer, x.license_id, x.product, x.kind, x.item,
+                        x.quantity, x.unit, x.unit_price, c.currency, c.minor_units,
+                        x.amount_minor,
+                    ]
+                )  # fmt: skip
+            return out.getvalue()
         w.writerow(
             [
                 "period", "customer", "license_id", "meter", "period_kind", "used",
@@ -227,6 +254,25 @@ class Statement:
                 ]
             )  # fmt: skip
         return out.getvalue()
+
+
+#: Columns of the charges CSV (``vendor bill --prices``), in order (docs/spec/bill.md).
+CHARGE_COLUMNS: Final = (
+    "period", "customer", "license_id", "product", "kind", "item", "quantity", "unit",
+    "unit_price", "currency", "minor_units", "amount_minor",
+)  # fmt: skip
+
+
+def _charges_json(c: Charges) -> dict[str, Any]:
+    totals = c.totals()
+    return {
+        "currency": c.currency,
+        "minor_units": c.minor_units,
+        "lines": [asdict(x) for x in c.lines],
+        "unpriced": [asdict(x) for x in c.unpriced],
+        "totals": [{"customer": k, "amount_minor": v} for k, v in sorted(totals.items())],
+        "total_minor": c.total_minor,
+    }
 
 
 # --------------------------------------------------------------------- core
@@ -449,11 +495,13 @@ def build_statement(  # noqa: PLR0913 - one parameter per kind of stored row, al
     *,
     report_times: Mapping[str, int] | None = None,
     decrements: Mapping[tuple[str, str], int] | None = None,
+    prices: PriceList | None = None,
 ) -> Statement:
     """The statement of ``period`` for the licenses in ``terms`` (pure).
 
     ``report_times`` is, per instance, the creation time (ms) of its latest accepted
-    report: where a lease still live at export stops, for now.
+    report: where a lease still live at export stops, for now. With ``prices``, the
+    statement carries its charge lines (:func:`meterbox.vendorkit.prices.charge`).
     """
     customers = {t.license_id: t.customer for t in terms}
     wanted = set(customers)
@@ -478,9 +526,15 @@ def build_statement(  # noqa: PLR0913 - one parameter per kind of stored row, al
                     f.seq,
                 )
             )
-    return Statement(
+    statement = Statement(
         str(period), tuple(lines), tuple(peaks), denials, tuple(flines), tuple(seat_lines)
     )
+    if prices is None:
+        return statement
+    from meterbox.vendorkit.prices import charge
+
+    products = {t.license_id: t.product for t in terms}
+    return replace(statement, charges=charge(statement, prices, products))
 
 
 # -------------------------------------------------------------------- shell
@@ -491,6 +545,7 @@ def bill(
     customer: str | None = None,
     store_url: str | None = None,
     bundle: VendorPublicBundle | None = None,
+    prices: PriceList | None = None,
 ) -> Statement:
     """Read the store and build the statement for ``period`` (optionally one customer)."""
     from meterbox.vendorkit._db import queries as db
@@ -544,6 +599,7 @@ def bill(
         findings,
         report_times=report_times,
         decrements=given_back,
+        prices=prices,
     )
 
 

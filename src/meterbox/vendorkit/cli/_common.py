@@ -11,6 +11,7 @@ be overwritten), 5 no server answered.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,16 @@ StoreOption = Annotated[
         help="Database URL (postgresql://... or sqlite:///...); default HOME/vendor.db.",
     ),
 ]
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object (docs/api.md).")
+]
+
+
+def print_json(doc: object) -> None:
+    """One JSON document on stdout, keys sorted: the stable output of ``--json``."""
+    typer.echo(json.dumps(doc, sort_keys=True))
 
 
 def fail(error: MeterboxError) -> NoReturn:

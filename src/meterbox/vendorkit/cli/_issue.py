@@ -32,11 +32,13 @@ from meterbox.vendorkit._cryptolens_options import CryptolensOptions, build_sect
 from meterbox.vendorkit._cryptolens_options import describe as describe_cryptolens
 from meterbox.vendorkit.cli._common import (
     HomeOption,
+    JsonOption,
     StoreOption,
     app,
     bad_flag,
     cli_errors,
     out,
+    print_json,
 )
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
@@ -240,6 +242,7 @@ def issue_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output file.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Issue a signed license file and record it in the vendor store."""
     with cli_errors():
@@ -353,7 +356,7 @@ def issue_command(
             except BaseException:
                 output.unlink(missing_ok=True)
                 raise
-        _print_issued(lic, output)
+        _print_issued(lic, output, as_json=as_json)
 
 
 @app.command("topup")
@@ -367,6 +370,7 @@ def topup_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output file.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Issue a signed top-up adding units to one meter of an issued license."""
     with cli_errors():
@@ -402,6 +406,17 @@ def topup_command(
             except BaseException:
                 output.unlink(missing_ok=True)
                 raise
+        if as_json:
+            print_json(
+                {
+                    "topup_id": topup.topup_id,
+                    "license_id": license_id,
+                    "meter": name,
+                    "units": units,
+                    "file": str(output),
+                }
+            )
+            return
         out().print(f"Issued {topup.topup_id}: +{units} {name} for {license_id} -> {output}")
 
 
@@ -410,6 +425,7 @@ def licenses_command(
     home: HomeOption,
     store: StoreOption = None,
     customer: Annotated[str | None, typer.Option(help="Only this customer.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List issued licenses."""
     with cli_errors():
@@ -425,12 +441,23 @@ def licenses_command(
             "cryptolens", "machines",
         )  # fmt: skip
         lines: list[tuple[str, ...]] = []
+        docs: list[dict[str, object]] = []
         for row in rows:
             lic = License.from_bytes(row.document, keys.bundle)
             added: dict[str, int] = {}
             for t in topups:
                 if t.license_id == lic.license_id:
                     added[t.meter] = added.get(t.meter, 0) + t.units
+            docs.append(
+                {
+                    # The signed payload, as docs/spec/license.md defines its keys.
+                    "license": lic.to_payload(),
+                    "topups": dict(sorted(added.items())),
+                    "machines_activated": len(machines.get(lic.license_id, ())),
+                }
+            )
+            if as_json:
+                continue
             feats = ", ".join(
                 f"{n}={f.seats}" + (f"+{f.overdraft}" if f.overdraft else "")
                 for n, f in lic.features.items()
@@ -455,6 +482,9 @@ def licenses_command(
                     _machines(lic, len(machines.get(lic.license_id, ()))),
                 )
             )
+        if as_json:
+            print_json({"licenses": docs})
+            return
         console = Console(highlight=False)
         if console.width >= _WIDE_TABLE:
             table = Table(title=f"{len(rows)} license(s)")
@@ -493,7 +523,10 @@ def _machines(lic: License, activated: int) -> str:
     return f"{activated}/{limit if limit else 'unlimited'}"
 
 
-def _print_issued(lic: License, output: Path) -> None:
+def _print_issued(lic: License, output: Path, *, as_json: bool) -> None:
+    if as_json:
+        print_json({"license": lic.to_payload(), "file": str(output)})
+        return
     out().print(f"Issued {lic.license_id} for {lic.customer} -> {output}")
     if lic.cryptolens is not None:
         # The two values an application built on a Cryptolens SDK is configured with.
