@@ -10,6 +10,7 @@ Public API::
     Finding            one problem, with a stable code (see _findings)
     RecordType, Record, Head, LedgerConfig
     read_head          a ledger's head, read without writing (queries on a stopped server)
+    recent_heads       the chain hashes of a ledger's last records (heads a witness may name)
     records            typed record payloads (Usage, SeatCheckout, ...) and parse_payload
 """
 
@@ -18,6 +19,7 @@ from meterbox.ledger import records
 from meterbox.ledger._findings import Finding
 from meterbox.ledger._format import RecordType
 from meterbox.ledger._frames import Record
+from meterbox.ledger._heads import recent_heads
 from meterbox.ledger._peek import read_head
 from meterbox.ledger._recovery import Recovery
 from meterbox.ledger._report import ExportInfo, export_report
@@ -46,6 +48,8 @@ from meterbox.ledger.records import (
     Usage,
     UsageDecrement,
     UsageDenied,
+    Witness,
+    WitnessMismatch,
     parse_payload,
 )
 from meterbox.ledger.records import Recovery as RecoveryRecord
@@ -87,9 +91,12 @@ __all__ = [
     "Usage",
     "UsageDecrement",
     "UsageDenied",
+    "Witness",
+    "WitnessMismatch",
     "export_report",
     "findings",
     "parse_payload",
     "read_head",
+    "recent_heads",
     "records",
 ]

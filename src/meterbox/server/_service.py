@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
-from meterbox.errors import NoSeatAvailable
+from meterbox.errors import FormatError, NoSeatAvailable
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
@@ -65,6 +65,8 @@ from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
 from meterbox.server._errors import LeaseNotFound, UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
+from meterbox.server._witness import MISMATCHES, Verdict, WitnessDesk
+from meterbox.witness import WitnessHead
 
 log = logging.getLogger("meterbox.server")
 #: Longest lease id recorded as unknown; the server's own ids are 22 characters.
@@ -143,7 +145,12 @@ class LicenseService:
             "usage_records": 0,
             "usage_replays": 0,
             "sink_failures": 0,
+            "witness_mismatches": 0,
         }
+        #: Judges the ledger heads clients hand back (docs/spec/witness.md).
+        self.witnesses = WitnessDesk(instance_id)
+        self._witness_lookup = asyncio.Lock()
+        self._witness_tasks: set[asyncio.Future[int]] = set()
         self.started = time.monotonic()
 
     # ----------------------------------------------------------- building
@@ -605,6 +612,65 @@ class LicenseService:
             except Exception:  # housekeeping must outlive one bad round
                 log.exception("housekeeping round failed")
 
+    # ------------------------------------------------------------ witnesses
+    async def witness(self, client_id: str | None, head: WitnessHead) -> Verdict | None:
+        """Judge a head a client hands back; queue the WITNESS or WITNESS_MISMATCH record.
+
+        The record is queued, not awaited: it joins the batch of the request it came
+        with, and the request's answer does not depend on it. A mismatch is logged and
+        counted; the server keeps serving.
+        """
+        current = self.ledger_head()
+        if current is None:
+            return None
+        seq, hex_hash = current
+        verdict = self.witnesses.judge(head, seq, bytes.fromhex(hex_hash))
+        if verdict is Verdict.UNKNOWN:
+            verdict = await self._look_up(head)
+        record = self.witnesses.settle(client_id, head, verdict, seq)
+        if verdict in MISMATCHES and record is not None:
+            self.counters["witness_mismatches"] += 1
+            log.error(
+                "client %s holds ledger head %d:%s that this ledger never had (%s; own head "
+                "%d): the data directory was restored from a copy or the ledger cut back",
+                client_id,
+                head.seq,
+                head.hash.hex()[:16],
+                verdict.value,
+                seq,
+            )
+        if record is not None:
+            task = self._write(record)
+            self._witness_tasks.add(task)
+            task.add_done_callback(self._witness_written)
+        return verdict
+
+    def _witness_written(self, task: asyncio.Future[int]) -> None:
+        self._witness_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record a witnessed ledger head: %s", task.exception())
+
+    async def _look_up(self, head: WitnessHead) -> Verdict:
+        has_head = getattr(self.sink, "has_head", None)
+        if has_head is None:
+            return Verdict.MATCH  # the sink cannot tell; the vendor checks the sealed head
+        async with self._witness_lookup:
+            # Reading the ledger file is rare (a head older than the index), one at a time.
+            found = await asyncio.to_thread(has_head, head.seq, head.hash)
+        return self.witnesses.learn(head, bool(found))
+
+    def head_to_hand_out(self) -> WitnessHead | None:
+        """The durable head every acknowledgement carries (``Meterbox-Head``)."""
+        current = self.ledger_head()
+        if current is None:
+            return None
+        try:
+            head = WitnessHead(self.instance_id, current[0], bytes.fromhex(current[1]))
+        except (FormatError, ValueError):
+            return None  # a sink or instance id without a witness form (test sinks)
+        self.witnesses.given(head.seq, head.hash)
+        return head
+
     # --------------------------------------------------------------- views
     def ledger_head(self) -> tuple[int, str] | None:
         if isinstance(self.sink, HasHead):
@@ -612,14 +678,16 @@ class LicenseService:
         return None
 
     def status(self) -> dict[str, Any]:
-        return status_view(
+        view = status_view(
             self.engine, self.now(), self.instance_id, self.ledger_head(), self.clock_steps
         )
+        view["witness"] = self.witnesses.status()
+        return view
 
     async def aclose(self) -> None:
         """Wait for pending side records; the owner closes the store and the sink."""
         side, self._side = self._side, []
-        for s in side:
+        for s in [*side, *self._witness_tasks]:
             with contextlib.suppress(Exception):
                 await s
 

@@ -24,7 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgpack
 
-from meterbox.errors import FormatError
+from meterbox.errors import FormatError, VerificationError
+from meterbox.ledger import Head
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._errors import UnavailableError
 
@@ -50,6 +51,8 @@ class _Writer(Protocol):
 
     @property
     def head(self) -> Any: ...
+
+    def verify_point(self, point: Head) -> None: ...
 
 
 class LedgerEventSink:
@@ -80,6 +83,14 @@ class LedgerEventSink:
         head = self._writer.head
         raw = head.hash
         return int(head.seq), raw.hex() if isinstance(raw, bytes) else str(raw)
+
+    def has_head(self, seq: int, head_hash: bytes) -> bool:
+        """Whether the chain hash of this ledger at ``seq`` is ``head_hash`` (reads the file)."""
+        try:
+            self._writer.verify_point(Head(seq, head_hash))
+        except VerificationError:
+            return False
+        return True
 
 
 def read_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, dict[str, Any], bytes]]:
