@@ -24,8 +24,6 @@ from meterbox.ledger.records import (
     Heartbeat,
     MachineActivated,
     MachineDeactivated,
-    Witness,
-    WitnessMismatch,
     ReceiptImported,
     SeatCheckout,
     SeatExpire,
@@ -33,6 +31,8 @@ from meterbox.ledger.records import (
     Shutdown,
     Usage,
     UsageDecrement,
+    Witness,
+    WitnessMismatch,
     parse_payload,
 )
 
@@ -206,9 +206,9 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    # SEAT_UNKNOWN, the Cryptolens machine records and the witness records came after the vectors were fixed
-    # (they stay byte-identical); their payload round trips are covered by the property
-    # tests over PAYLOAD_TYPES, test_machine_records_keep_their_keys, and the SDK tests
+    # SEAT_UNKNOWN, the Cryptolens machine and the witness records came after the vectors
+    # were fixed (they stay byte-identical); their payload round trips are covered by the
+    # property tests over PAYLOAD_TYPES, test_*_records_keep_their_keys, and the tests
     # that read them back from real reports.
     newer = {
         RecordType.SEAT_UNKNOWN,
