@@ -111,6 +111,8 @@ class UsageOut(BaseModel):
     flagged: bool
     replayed: bool
     license_id: str
+    #: The ledger head this answer carries, as in the ``Meterbox-Head`` header.
+    head: str | None = None
 
 
 class BalanceOut(BaseModel):
@@ -401,22 +403,24 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
         if witness is not None:
             await service.witness(body.client_id, witness)
         r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
-        return _with_head(
-            service,
-            _json(
-                UsageOut(
-                    meter=r.meter,
-                    amount=r.amount,
-                    seq=r.seq,
-                    used=r.used,
-                    limit=r.limit,
-                    remaining=r.remaining,
-                    flagged=r.flagged,
-                    replayed=r.replayed,
-                    license_id=r.license_id,
-                ),
-            ),
+        head = service.head_to_hand_out()
+        response = _json(
+            UsageOut(
+                meter=r.meter,
+                amount=r.amount,
+                seq=r.seq,
+                used=r.used,
+                limit=r.limit,
+                remaining=r.remaining,
+                flagged=r.flagged,
+                replayed=r.replayed,
+                license_id=r.license_id,
+                head=head.to_header() if head is not None else None,
+            )
         )
+        if head is not None:
+            response.headers[HEAD_HEADER] = head.to_header()
+        return response
 
     @app.get("/v1/usage/balances")
     async def balances() -> BalancesOut:
