@@ -10,14 +10,20 @@ in alternating rounds of two kinds:
   wrk thread carried, as the SDK does. Each wrk thread is one client id, so the
   server seals a WITNESS record whenever that thread hands back a head newer than the
   last one it sealed for it (with 16 connections per thread, about one per batch);
-* *witnessed, one client per request*: the same, but each request names a new
-  client id, so every witnessed head is new for its client and the server seals one
-  WITNESS per usage record: the worst case (an SDK sends one request at a time and
-  so costs one WITNESS per request too).
+* *witnessed-each*: the same, but each request names a new client id, so every
+  witnessed head is new for its client and the server seals one WITNESS per usage
+  record: the worst case (an SDK sends one request at a time and so costs one
+  WITNESS per request too). Its baseline is *plain-each*: a new client id per
+  request without a witness, so the ratio isolates the witness.
 
-Both kinds define the same Lua ``response`` callback, so wrk's own work is the same.
+Every kind defines the same Lua ``response`` callback, so wrk's own work is the same.
 Prints a markdown table: rate of each round, the median per kind, the ratio, and the
 WITNESS records sealed per witnessed usage record (from ``/v1/status``).
+
+``--in-process`` measures the same without HTTP: the real ``ServerInstance`` (ledger,
+state database, group commit) driven by 32 asyncio tasks, each a client that records
+usage one request at a time and, when witnessing, hands back the head its previous
+answer carried (one WITNESS per usage record), in alternating rounds.
 
 Needs ``wrk`` (``apt-get install -y wrk``). Run:
 
@@ -27,6 +33,7 @@ Needs ``wrk`` (``apt-get install -y wrk``). Run:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -84,7 +92,12 @@ end
 """
 
 
-KINDS = {"plain": (False, False), "witnessed": (True, False), "witnessed-each": (True, True)}
+KINDS = {
+    "plain": (False, False),
+    "witnessed": (True, False),
+    "plain-each": (False, True),
+    "witnessed-each": (True, True),
+}
 
 
 def run(url: str, kind: str, name: str, seconds: int, conns: int, tmp: Path) -> dict[str, float]:
@@ -106,12 +119,70 @@ def sealed(url: str) -> int:
     return int(httpx.get(f"{url}/v1/status", timeout=10).json()["witness"]["witnesses_sealed"])
 
 
+async def _drive(service: Any, witness: bool, seconds: float, tag: str) -> int:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    done = 0
+
+    async def client(c: int) -> None:
+        nonlocal done
+        head = None
+        i = 0
+        while loop.time() < end:
+            i += 1
+            if witness and head is not None:
+                await service.witness(f"{tag}-{c}", head)
+            await service.usage("runs", 1, f"{tag}-{c}", f"{tag}-{c}-{i}")
+            head = service.head_to_hand_out()
+            done += 1
+
+    await asyncio.gather(*(client(c) for c in range(32)))
+    await service.aclose()
+    return done
+
+
+def in_process(seconds: float, rounds: int) -> None:
+    from meterbox.server import ServerInstance
+    from meterbox.server._witness import WitnessConfig, WitnessDesk
+
+    modes = {
+        "plain": None,
+        "witnessed": WitnessConfig(),
+        "every-head": WitnessConfig(seal_every_ms=0),
+    }
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as d:
+        site = make_data(Path(d), seats=10, overdraft=0)
+        instance = ServerInstance.open(site.data)
+        try:
+            service = instance.service
+            asyncio.run(_drive(service, True, 1.0, "warm"))
+            for r in range(rounds):
+                for mode, config in modes.items():
+                    if config is not None:
+                        service.witnesses = WitnessDesk(service.instance_id, config)
+                    n = asyncio.run(_drive(service, config is not None, seconds, f"r{r}{mode}"))
+                    rates[mode].append(n / seconds)
+                    sealed = service.witnesses.witnesses if config is not None else 0
+                    print(f"| {r} | {mode} | {n / seconds:,.0f} | {sealed:,} / {n:,} |")
+        finally:
+            instance.close()
+    for mode in modes:
+        m = statistics.median(rates[mode])
+        plain = statistics.median(rates["plain"])
+        print(f"in-process, 32 clients, {mode}: median {m:,.0f} /s, ratio {m / plain:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--in-process", action="store_true", help="no HTTP: the service itself")
     args = ap.parse_args()
+    if args.in_process:
+        in_process(args.seconds, args.rounds)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     rows: list[tuple[str, str, dict[str, float]]] = []
@@ -137,6 +208,7 @@ def main() -> None:
         finally:
             server.stop()
     median = {k: statistics.median(r["rate"] for kk, _, r in rows if kk == k) for k in KINDS}
+    base = {k: "plain-each" if k.endswith("-each") else "plain" for k in KINDS}
     print(
         f"server: `meterbox server run`, default settings, loopback; {os.cpu_count()} cores; "
         f"wrk 2 threads, {args.connections} keep-alive connections, {args.seconds} s rounds\n"
@@ -152,7 +224,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for k in KINDS:
         print(
-            f"| {k} | {median[k]:,.0f} | {median[k] / median['plain']:.2f} | "
+            f"| {k} | {median[k]:,.0f} | {median[k] / median[base[k]]:.2f} | "
             f"{witnesses[k] / max(ok[k], 1):.2f} ({witnesses[k]:,} / {ok[k]:,}) |"
         )
     print(f"\nwitness mismatches: {mismatches}")

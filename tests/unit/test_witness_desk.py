@@ -43,7 +43,7 @@ def test_a_head_older_than_the_index_is_looked_up_once() -> None:
 
 
 def test_one_witness_per_client_and_new_head() -> None:
-    desk = _desk()
+    desk = _desk(seal_every_ms=0)
     first = desk.settle("a", WitnessHead(ME, 40, _h(40)), Verdict.MATCH, 100)
     assert first == Witness(client_id="a", seq=40, head_hash=_h(40))
     assert desk.settle("a", WitnessHead(ME, 40, _h(40)), Verdict.MATCH, 100) is None
@@ -52,6 +52,16 @@ def test_one_witness_per_client_and_new_head() -> None:
     assert desk.settle("a", WitnessHead(ME, 41, _h(41)), Verdict.MATCH, 100) is not None
     assert desk.settle("a", WitnessHead(OTHER, 99, _h(1)), Verdict.FOREIGN, 100) is None
     assert desk.witnesses == 3 and desk.foreign == 1
+
+
+def test_witnesses_of_one_client_are_sealed_at_most_every_interval() -> None:
+    desk = _desk(seal_every_ms=10_000)
+    assert desk.settle("a", WitnessHead(ME, 40, _h(40)), Verdict.MATCH, 100, 1_000)
+    assert desk.settle("a", WitnessHead(ME, 41, _h(41)), Verdict.MATCH, 100, 10_999) is None
+    assert desk.settle("b", WitnessHead(ME, 41, _h(41)), Verdict.MATCH, 100, 10_999)
+    assert desk.settle("a", WitnessHead(ME, 42, _h(42)), Verdict.MATCH, 100, 11_000)
+    # A mismatch is never throttled.
+    assert desk.settle("a", WitnessHead(ME, 420, _h(1)), Verdict.AHEAD, 100, 11_001)
 
 
 def test_one_mismatch_per_client_and_head_and_the_status_names_the_last() -> None:

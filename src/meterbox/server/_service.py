@@ -151,6 +151,8 @@ class LicenseService:
         self.witnesses = WitnessDesk(instance_id)
         self._witness_lookup = asyncio.Lock()
         self._witness_tasks: set[asyncio.Future[int]] = set()
+        self._witness_queue: list[RecordPayload] = []
+        self._has_head: bool | None = None
         self.started = time.monotonic()
 
     # ----------------------------------------------------------- building
@@ -241,7 +243,10 @@ class LicenseService:
 
     def _write(self, record: RecordPayload) -> asyncio.Future[int]:
         """Queue one typed record on the sink; its map is exactly what the ledger seals."""
-        return asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
+        task = asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
+        if self._witness_queue:
+            self._seal_witnesses()
+        return task
 
     # -------------------------------------------------------------- seats
     async def checkout(
@@ -616,9 +621,9 @@ class LicenseService:
     async def witness(self, client_id: str | None, head: WitnessHead) -> Verdict | None:
         """Judge a head a client hands back; queue the WITNESS or WITNESS_MISMATCH record.
 
-        The record is queued, not awaited: it joins the batch of the request it came
-        with, and the request's answer does not depend on it. A mismatch is logged and
-        counted; the server keeps serving.
+        The record is queued behind the request's own record, never awaited: the
+        request's answer does not depend on it. A mismatch is sealed at once, logged
+        and counted; the server keeps serving.
         """
         current = self.ledger_head()
         if current is None:
@@ -627,7 +632,7 @@ class LicenseService:
         verdict = self.witnesses.judge(head, seq, bytes.fromhex(hex_hash))
         if verdict is Verdict.UNKNOWN:
             verdict = await self._look_up(head)
-        record = self.witnesses.settle(client_id, head, verdict, seq)
+        record = self.witnesses.settle(client_id, head, verdict, seq, self._clock.mono_ms())
         if verdict in MISMATCHES and record is not None:
             self.counters["witness_mismatches"] += 1
             log.error(
@@ -640,10 +645,22 @@ class LicenseService:
                 seq,
             )
         if record is not None:
-            task = self._write(record)
+            self._witness_queue.append(record)
+            if verdict in MISMATCHES:
+                self._seal_witnesses()  # at once
+        return verdict
+
+    def _seal_witnesses(self) -> None:
+        """Queue the pending witness records on the sink, after the request's own record.
+
+        Called once a request's record is queued (or answered), so a witness never
+        goes into the ledger's batch ahead of the record its request is waiting for.
+        """
+        queue, self._witness_queue = self._witness_queue, []
+        for record in queue:
+            task = asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
             self._witness_tasks.add(task)
             task.add_done_callback(self._witness_written)
-        return verdict
 
     def _witness_written(self, task: asyncio.Future[int]) -> None:
         self._witness_tasks.discard(task)
@@ -669,13 +686,16 @@ class LicenseService:
         except (FormatError, ValueError):
             return None  # a sink or instance id without a witness form (test sinks)
         self.witnesses.given(head.seq, head.hash)
+        if self._witness_queue:
+            self._seal_witnesses()
         return head
 
     # --------------------------------------------------------------- views
     def ledger_head(self) -> tuple[int, str] | None:
-        if isinstance(self.sink, HasHead):
-            return self.sink.head_info()
-        return None
+        # Checked once: a runtime protocol check costs more than the call on every request.
+        if self._has_head is None:
+            self._has_head = isinstance(self.sink, HasHead)
+        return self.sink.head_info() if self._has_head else None  # type: ignore[attr-defined]
 
     def status(self) -> dict[str, Any]:
         view = status_view(
@@ -687,6 +707,8 @@ class LicenseService:
     async def aclose(self) -> None:
         """Wait for pending side records; the owner closes the store and the sink."""
         side, self._side = self._side, []
+        if self._witness_queue:
+            self._seal_witnesses()
         for s in [*side, *self._witness_tasks]:
             with contextlib.suppress(Exception):
                 await s

@@ -13,8 +13,11 @@ against what this ledger has and says which records to seal:
 Invariants:
 
 * at most one WITNESS per client and new head (a head at or below the last one sealed
-  for that client seals nothing), and at most one WITNESS_MISMATCH per client and
-  witnessed head, so a client repeating itself cannot fill the ledger;
+  for that client seals nothing), and no more than one per client every
+  ``seal_every_ms`` of monotonic time; at most one WITNESS_MISMATCH per client and
+  witnessed head, so a client repeating itself cannot fill the ledger. Every
+  witness is judged, sealed or not: the throttle costs the vendor samples, never the
+  server's detection;
 * memory is bounded: the index of known heads, the per-client table and the set of
   mismatches already sealed each keep at most their configured number of entries;
 * a head the index cannot settle (older than the index, never handed out since the
@@ -44,6 +47,8 @@ class WitnessConfig:
     clients: int = 100_000
     #: Mismatching (client, head) pairs remembered, so each is sealed once.
     mismatches: int = 10_000
+    #: Least monotonic time between two WITNESS records of one client (0: every new head).
+    seal_every_ms: int = 10_000
 
 
 class Verdict(enum.Enum):
@@ -121,7 +126,12 @@ class WitnessDesk:
         return Verdict.MATCH if known == head.hash else Verdict.DIFFERS
 
     def settle(
-        self, client_id: str | None, head: WitnessHead, verdict: Verdict, server_seq: int
+        self,
+        client_id: str | None,
+        head: WitnessHead,
+        verdict: Verdict,
+        server_seq: int,
+        mono_ms: int = 0,
     ) -> Witness | WitnessMismatch | None:
         """The record to seal for this witness, if any (see the module's invariants)."""
         if verdict is Verdict.FOREIGN:
@@ -148,9 +158,11 @@ class WitnessDesk:
                 reason=verdict.value,
             )
         last = self._last.get(client_id)
-        if last is not None and head.seq <= last:
-            return None
-        self._last.put(client_id, head.seq)
+        if last is not None:
+            last_seq, last_ms = last
+            if head.seq <= last_seq or mono_ms - last_ms < self.config.seal_every_ms:
+                return None
+        self._last.put(client_id, (head.seq, mono_ms))
         self.witnesses += 1
         return Witness(client_id=client_id, seq=head.seq, head_hash=head.hash)
 
