@@ -17,6 +17,7 @@ the answer waits for step 2, nothing is acknowledged before it is durable.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -657,7 +658,18 @@ class LicenseService:
         goes into the ledger's batch ahead of the record its request is waiting for.
         """
         queue, self._witness_queue = self._witness_queue, []
+        nowait = getattr(self.sink, "record_nowait", None)
         for record in queue:
+            if nowait is not None:
+                # Straight to the writer's queue: no task, no wake-up of the loop when
+                # it is durable (the writer's close flushes it).
+                try:
+                    nowait(record.record_type.kind, record.to_map()).add_done_callback(
+                        _log_unsealed
+                    )
+                except Exception as exc:  # noqa: BLE001 - evidence must not fail a request
+                    log.warning("could not record a witnessed ledger head: %s", exc)
+                continue
             task = asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
             self._witness_tasks.add(task)
             task.add_done_callback(self._witness_written)
@@ -712,6 +724,11 @@ class LicenseService:
         for s in [*side, *self._witness_tasks]:
             with contextlib.suppress(Exception):
                 await s
+
+
+def _log_unsealed(fut: concurrent.futures.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("could not record a witnessed ledger head: %s", fut.exception())
 
 
 def status_view(
