@@ -136,7 +136,10 @@ class Client:
         return Reply(url, resp.status_code, decode_body(resp.content))
 
     def _spool_for_witness(self) -> Spool:
-        return self.spool
+        # Once open, the spool is used without the flow lock (it locks each statement
+        # itself), so a seat's renewal never waits behind a long flush of usage.
+        spool = self._spool
+        return spool if spool is not None else self.spool
 
     def _send(self, req: Request, prefer: str | None = None) -> Outcome:
         outcome: Outcome = Unreachable("", "no server configured")
