@@ -30,6 +30,10 @@ def test_old_heads_are_looked_up_in_the_file_and_the_answer_is_sealed(tmp_path: 
         first = await service.witness("ws-1", good)
         second = await service.witness("ws-2", bad)
         again = await service.witness("ws-2", bad)  # cached: no second look-up, no record
+        # While a look-up runs, another old head is not looked up: it is sealed unchecked.
+        async with service._witness_lookup:
+            busy = await service.witness("ws-3", WitnessHead(service.instance_id, 3, heads[3]))
+        assert busy is Verdict.UNCHECKED
         await service.write_heartbeat()  # the queued records share this batch
         return first, second, again
 
@@ -47,4 +51,4 @@ def test_old_heads_are_looked_up_in_the_file_and_the_answer_is_sealed(tmp_path: 
         instance.close()
     records, _ = site.verify(report.read_bytes())
     kinds = [r.type for r in records if r.type in (RecordType.WITNESS, RecordType.WITNESS_MISMATCH)]
-    assert kinds == [RecordType.WITNESS, RecordType.WITNESS_MISMATCH]
+    assert kinds == [RecordType.WITNESS, RecordType.WITNESS_MISMATCH, RecordType.WITNESS]

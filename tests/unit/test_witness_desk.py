@@ -60,6 +60,9 @@ def test_witnesses_of_one_client_are_sealed_at_most_every_interval() -> None:
     assert desk.settle("a", WitnessHead(ME, 41, _h(41)), Verdict.MATCH, 100, 10_999) is None
     assert desk.settle("b", WitnessHead(ME, 41, _h(41)), Verdict.MATCH, 100, 10_999)
     assert desk.settle("a", WitnessHead(ME, 42, _h(42)), Verdict.MATCH, 100, 11_000)
+    # An unchecked head is sealed whatever the interval: the vendor's check is its only one.
+    assert desk.settle("a", WitnessHead(ME, 43, _h(43)), Verdict.UNCHECKED, 100, 11_001)
+    assert desk.settle("a", WitnessHead(ME, 43, _h(43)), Verdict.UNCHECKED, 100, 11_002) is None
     # A mismatch is never throttled.
     assert desk.settle("a", WitnessHead(ME, 420, _h(1)), Verdict.AHEAD, 100, 11_001)
 

@@ -61,6 +61,9 @@ class Verdict(enum.Enum):
     FOREIGN = "foreign"
     #: Not settled by the index: the ledger file must be read.
     UNKNOWN = "unknown"
+    #: Not settled and not looked up (a look-up was already running, or the sink cannot
+    #: read its file back): sealed for the vendor to check against the chain.
+    UNCHECKED = "unchecked"
 
 
 MISMATCHES = frozenset({Verdict.AHEAD, Verdict.DIFFERS})
@@ -160,7 +163,11 @@ class WitnessDesk:
         last = self._last.get(client_id)
         if last is not None:
             last_seq, last_ms = last
-            if head.seq <= last_seq or mono_ms - last_ms < self.config.seal_every_ms:
+            # An unchecked head is always sealed: the vendor's check is then its only one.
+            soon = (
+                verdict is not Verdict.UNCHECKED and mono_ms - last_ms < self.config.seal_every_ms
+            )
+            if head.seq <= last_seq or soon:
                 return None
         self._last.put(client_id, (head.seq, mono_ms))
         self.witnesses += 1
