@@ -14,6 +14,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meterbox.errors import FormatError
+from meterbox.witness import parse_head
 from support.fuzz import CASES, Served, fuzz_settings, time_bound
 
 ENDPOINTS = ["/v1/seats/checkout", "/v1/seats/heartbeat", "/v1/seats/release", "/v1/usage"]
@@ -136,3 +138,35 @@ def test_valid_requests_still_work_after_the_fuzzing(served: Served) -> None:
     assert r.status_code == 200, r.text
     r = served.client.post("/v1/seats/checkout", json={"feature": "cad", "client_id": "c"})
     assert r.status_code == 200, r.text
+
+
+_HEAD_PARTS = st.sampled_from(
+    ["1", "2", "0", "01", "17", "-1", "", "00" * 16, "AB" * 16, "ab" * 32, "ab" * 31, " "]
+)
+witness_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300
+) | st.lists(_HEAD_PARTS, max_size=6).map(":".join)
+
+
+@fuzz_settings()
+@given(path=st.sampled_from(ENDPOINTS), value=witness_values)
+def test_generated_witness_headers_are_refused_before_anything_is_written(
+    served: Served, path: str, value: str
+) -> None:
+    # A body that would be accepted, so only the header can be refused. Stripped, since
+    # HTTP drops a value's outer blanks before the server sees it.
+    body = {
+        "/v1/usage": {"meter": "runs", "amount": 1, "client_id": "fz"},
+        "/v1/seats/checkout": {"feature": "cad", "client_id": "fz"},
+    }.get(path, {"lease_id": "fz-lease"})
+    response = _post(
+        served,
+        path,
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", "Meterbox-Witness": value},
+    )
+    try:
+        parse_head(value.strip(" "))
+    except FormatError:
+        assert response.status_code == 400, response.text
+        assert "Meterbox-Witness" in response.json()["error"]["message"]

@@ -31,6 +31,8 @@ from meterbox.ledger.records import (
     Shutdown,
     Usage,
     UsageDecrement,
+    Witness,
+    WitnessMismatch,
     parse_payload,
 )
 
@@ -204,14 +206,16 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    # SEAT_UNKNOWN and the Cryptolens machine records came after the vectors were fixed
-    # (they stay byte-identical); their payload round trips are covered by the property
-    # tests over PAYLOAD_TYPES, test_machine_records_keep_their_keys, and the SDK tests
+    # SEAT_UNKNOWN, the Cryptolens machine and the witness records came after the vectors
+    # were fixed (they stay byte-identical); their payload round trips are covered by the
+    # property tests over PAYLOAD_TYPES, test_*_records_keep_their_keys, and the tests
     # that read them back from real reports.
     newer = {
         RecordType.SEAT_UNKNOWN,
         RecordType.MACHINE_ACTIVATED,
         RecordType.MACHINE_DEACTIVATED,
+        RecordType.WITNESS,
+        RecordType.WITNESS_MISMATCH,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -222,3 +226,16 @@ def test_machine_records_keep_their_keys() -> None:
     assert parse_payload(RecordType.MACHINE_ACTIVATED, up.to_map()) == up
     down = parse_payload(RecordType.MACHINE_DEACTIVATED, {"l": "lic", "c": "m", "n": 0})
     assert down == MachineDeactivated(license_id="lic", machine_code="m", activations=0)
+
+
+def test_witness_records_keep_their_keys() -> None:
+    seen = Witness(client_id="ws-1", seq=41, head_hash=b"\x01" * 32)
+    assert seen.to_map() == {"c": "ws-1", "s": 41, "h": b"\x01" * 32}
+    assert RecordType.WITNESS.kind == "witness"
+    assert parse_payload(RecordType.WITNESS, seen.to_map()) == seen
+    lost = WitnessMismatch(
+        client_id=None, seq=90, head_hash=b"\x02" * 32, server_seq=60, reason="ahead"
+    )
+    assert lost.to_map() == {"s": 90, "h": b"\x02" * 32, "t": 60, "r": "ahead"}
+    assert RecordType.WITNESS_MISMATCH.kind == "witness.mismatch"
+    assert parse_payload(RecordType.WITNESS_MISMATCH, lost.to_map()) == lost

@@ -55,6 +55,7 @@ from meterbox.client._core import (
 )
 from meterbox.client._flows import flush_flow, record_flow
 from meterbox.client._spool import Spool
+from meterbox.client._witness import keep_head, witness_headers
 from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
 from meterbox.clock import Clock, SystemClock
 
@@ -116,11 +117,18 @@ class AsyncClient:
     # -- transport
 
     async def _attempt(self, url: str, req: Request) -> Outcome:
+        headers = witness_headers(self._spool_for_witness, url, req)
         try:
-            resp = await self._http.request(req.method, url + req.path, json=req.body)
+            resp = await self._http.request(
+                req.method, url + req.path, json=req.body, headers=headers
+            )
         except httpx.TransportError as exc:
             return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
+        keep_head(self._spool_for_witness, url, resp.headers, self._seconds())
         return Reply(url, resp.status_code, decode_body(resp.content))
+
+    def _spool_for_witness(self) -> Spool:
+        return self.spool
 
     async def _send(self, req: Request, prefer: str | None = None) -> Outcome:
         outcome: Outcome = Unreachable("", "no server configured")
@@ -143,7 +151,7 @@ class AsyncClient:
 
     @property
     def spool(self) -> Spool:
-        """The usage spool, opened on first use so seat-only programs create no file."""
+        """The spool (usage and the latest ledger heads), opened on first use."""
         if self._spool is None:
             self._spool = Spool(self.config.spool_path)
         return self._spool

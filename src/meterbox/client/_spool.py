@@ -10,7 +10,13 @@ Invariants (see docs/adr/0005-client-spool.md):
 - an event the server refuses for good is moved, in one transaction, to the
   ``dead_letters`` table with the reason; nothing leaves the spool otherwise;
 - retry state (attempt count, next attempt time, last error) is stored with the
-  event, so backoff survives restarts.
+  event, so backoff survives restarts;
+- the ``heads`` table keeps, per server URL, the latest ledger head that server's
+  acknowledgements carried (docs/spec/witness.md), each update one durable
+  transaction; a head replaces the stored one only if it names another instance or
+  a higher seq, so a server that went back in time keeps meeting the head it lost.
+  The table was added without a schema version change: older spools gain it when
+  opened, and older SDKs ignore it.
 
 The connection is shared by threads behind a lock; SQLite's own file locking keeps
 several processes on one file consistent.
@@ -27,6 +33,8 @@ from typing import Any
 
 from meterbox.client._core import DeadLetter, UsageEvent
 from meterbox.client.errors import SpoolError
+from meterbox.errors import FormatError
+from meterbox.witness import WitnessHead
 
 SCHEMA_VERSION = 1
 
@@ -42,6 +50,13 @@ CREATE TABLE IF NOT EXISTS events (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS heads (
+    url TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
@@ -214,7 +229,30 @@ class Spool:
                 ) from exc
             return int(cur.rowcount)
 
+    def keep_head(self, url: str, head: WitnessHead, now: float) -> bool:
+        """Keep ``head`` as the latest for ``url`` if it is newer; True if it was stored."""
+        cur = self._write(
+            "INSERT INTO heads(url, instance, seq, hash, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(url) DO UPDATE SET instance=excluded.instance, seq=excluded.seq, "
+            "hash=excluded.hash, updated_at=excluded.updated_at "
+            "WHERE heads.instance != excluded.instance OR excluded.seq > heads.seq",
+            (url, head.instance_id, head.seq, head.hash.hex(), now),
+        )
+        return cur.rowcount == 1
+
     # -- reads
+
+    def head_for(self, url: str) -> WitnessHead | None:
+        """The latest ledger head kept for ``url``, or None."""
+        rows = self._read("SELECT instance, seq, hash FROM heads WHERE url=?", (url,))
+        if not rows:
+            return None
+        instance, seq, hash_hex = rows[0]
+        try:
+            return WitnessHead(str(instance), int(seq), bytes.fromhex(str(hash_hex)))
+        except (FormatError, ValueError):
+            # An edited row is no witness; the next acknowledgement replaces it.
+            return None
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

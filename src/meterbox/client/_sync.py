@@ -53,6 +53,7 @@ from meterbox.client._core import (
 )
 from meterbox.client._flows import flush_flow, record_flow
 from meterbox.client._spool import Spool
+from meterbox.client._witness import keep_head, witness_headers
 from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
 from meterbox.clock import Clock, SystemClock
 
@@ -126,11 +127,19 @@ class Client:
     # -- transport
 
     def _attempt(self, url: str, req: Request) -> Outcome:
+        headers = witness_headers(self._spool_for_witness, url, req)
         try:
-            resp = self._http.request(req.method, url + req.path, json=req.body)
+            resp = self._http.request(req.method, url + req.path, json=req.body, headers=headers)
         except httpx.TransportError as exc:
             return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
+        keep_head(self._spool_for_witness, url, resp.headers, self._seconds())
         return Reply(url, resp.status_code, decode_body(resp.content))
+
+    def _spool_for_witness(self) -> Spool:
+        # Once open, the spool is used without the flow lock (it locks each statement
+        # itself), so a seat's renewal never waits behind a long flush of usage.
+        spool = self._spool
+        return spool if spool is not None else self.spool
 
     def _send(self, req: Request, prefer: str | None = None) -> Outcome:
         outcome: Outcome = Unreachable("", "no server configured")
@@ -155,7 +164,7 @@ class Client:
 
     @property
     def spool(self) -> Spool:
-        """The usage spool, opened on first use so seat-only programs create no file."""
+        """The spool (usage and the latest ledger heads), opened on first use."""
         with self._flow_lock:
             if self._spool is None:
                 self._spool = Spool(self.config.spool_path)

@@ -10,6 +10,8 @@ Public API::
     Finding            one problem, with a stable code (see _findings)
     RecordType, Record, Head, LedgerConfig
     read_head          a ledger's head, read without writing (queries on a stopped server)
+    recent_heads       the chain hashes of a ledger's last records (heads a witness may name)
+    hash_at            the chain hash of one record of a ledger, recomputed from its frames
     records            typed record payloads (Usage, SeatCheckout, ...) and parse_payload
 """
 
@@ -18,6 +20,7 @@ from meterbox.ledger import records
 from meterbox.ledger._findings import Finding
 from meterbox.ledger._format import RecordType
 from meterbox.ledger._frames import Record
+from meterbox.ledger._heads import hash_at, recent_heads
 from meterbox.ledger._peek import read_head
 from meterbox.ledger._recovery import Recovery
 from meterbox.ledger._report import ExportInfo, export_report
@@ -46,6 +49,8 @@ from meterbox.ledger.records import (
     Usage,
     UsageDecrement,
     UsageDenied,
+    Witness,
+    WitnessMismatch,
     parse_payload,
 )
 from meterbox.ledger.records import Recovery as RecoveryRecord
@@ -87,9 +92,13 @@ __all__ = [
     "Usage",
     "UsageDecrement",
     "UsageDenied",
+    "Witness",
+    "WitnessMismatch",
     "export_report",
     "findings",
+    "hash_at",
     "parse_payload",
     "read_head",
+    "recent_heads",
     "records",
 ]

@@ -70,8 +70,10 @@ class RecordType(enum.IntEnum):
     TOPUP_IMPORTED = 17
     LICENSE_INSTALLED = 18
     USAGE_DENIED = 19
-    # 20-22, 24 and 25 are reserved for state and witness records.
+    # 20-22 are reserved for state records.
     SEAT_UNKNOWN = 23
+    WITNESS = 24
+    WITNESS_MISMATCH = 25
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
 

@@ -389,6 +389,12 @@ class ReportVerifier:
         self._finish_gaps()
         return True
 
+    @property
+    def chain_hash(self) -> bytes | None:
+        """The chain hash through the frame last read: while :meth:`records` yields a
+        record, the hash ``h_seq`` of that very record (what a witness names)."""
+        return self._walk.prev if self._walk is not None else None
+
     # ---------------------------------------------------------------- frames
     def _frames(self, reader: FrameReader, header: ReportHeader) -> Iterator[tuple[Record, bool]]:
         known = self.known

@@ -268,6 +268,39 @@ class Recovery(_Payload):
     acked_lost: int | None = _opt("a", "int")
 
 
+# ------------------------------------------------------------- witnesses
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Witness(_Payload):
+    """A client handed back a ledger head it was given (``witness``, docs/spec/witness.md).
+
+    Sealed at most once per client and new head; the vendor checks every witnessed
+    head against the chain of the report.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.WITNESS
+    client_id: str | None = _opt("c", "str")
+    #: The witnessed head's seq.
+    seq: int = _req("s", "int")
+    #: The witnessed head's chain hash.
+    head_hash: bytes = _req("h", "bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WitnessMismatch(Witness):
+    """A client handed back a head this ledger never had (``witness.mismatch``).
+
+    Written at once by the server that met it: the ledger was restored from a copy or
+    cut back since the client was given that head.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.WITNESS_MISMATCH
+    #: The server's own head seq when it met the witness.
+    server_seq: int = _req("t", "int")
+    #: ``ahead`` (the witnessed seq is past the server's head) or ``differs`` (the
+    #: server has that seq with another chain hash).
+    reason: str = _req("r", "str")
+
+
 # -------------------------------------------------------------- imports
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiptImported(_Payload):
@@ -416,6 +449,8 @@ RecordPayload = (
     | LicenseInstalled
     | MachineActivated
     | MachineDeactivated
+    | Witness
+    | WitnessMismatch
     | Genesis
     | Boot
     | Shutdown
@@ -442,6 +477,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         LicenseInstalled,
         MachineActivated,
         MachineDeactivated,
+        Witness,
+        WitnessMismatch,
         Genesis,
         Boot,
         Shutdown,

@@ -28,12 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterbox import __version__
 from meterbox._fs import disk_error
-from meterbox.errors import MeterboxError
+from meterbox.errors import BadRequestError, FormatError, MeterboxError
 from meterbox.server import _metrics as metrics
 from meterbox.server._apidocs import add_api_docs
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
 from meterbox.server._service import LicenseService
+from meterbox.witness import HEAD_HEADER, WITNESS_HEADER, WitnessHead, parse_head
 
 #: Export: produce the report file. Import: take a file, return what was imported.
 ExportHandler = Callable[[LicenseService], Awaitable[bytes]]
@@ -111,6 +112,8 @@ class UsageOut(BaseModel):
     flagged: bool
     replayed: bool
     license_id: str
+    #: The ledger head this answer carries, as in the ``Meterbox-Head`` header.
+    head: str | None = None
 
 
 class BalanceOut(BaseModel):
@@ -217,6 +220,41 @@ class _BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _witnessed(request: Request) -> WitnessHead | None:
+    """The ``Meterbox-Witness`` head a client sent, if any; 400 before anything is written."""
+    values = request.headers.getlist(WITNESS_HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequestError(
+            f"More than one {WITNESS_HEADER} header",
+            expected="at most one, carrying the latest ledger head the client holds",
+            found=f"{len(values)} headers",
+            hint="See docs/spec/witness.md",
+        )
+    try:
+        return parse_head(values[0])
+    except FormatError as exc:
+        raise BadRequestError(
+            f"{WITNESS_HEADER} header not as specified: {exc.problem}",
+            expected=exc.expected,
+            found=exc.found,
+            hint="Send the last Meterbox-Head value this server answered, unchanged "
+            "(docs/spec/witness.md)",
+        ) from None
+
+
+_Witnessed = Annotated[WitnessHead | None, Depends(_witnessed)]
+
+
+def _with_head(service: LicenseService, response: Response) -> Response:
+    """Attach the ledger head (``Meterbox-Head``) to an acknowledgement of a state change."""
+    head = service.head_to_hand_out()
+    if head is not None:
+        response.headers[HEAD_HEADER] = head.to_header()
+    return response
 
 
 _BEARER = HTTPBearer(auto_error=False, description="The admin token of this server.")
@@ -326,18 +364,32 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
         response_model=LeaseOut,
         responses=_errors(400, 403, 404, 409, 413, 503),
     )
-    async def checkout(body: CheckoutIn) -> Response:
+    async def checkout(body: CheckoutIn, witness: _Witnessed) -> Response:
+        if witness is not None:
+            await service.witness(body.client_id, witness)
         d = await service.checkout(body.feature, body.client_id, body.hostname)
-        return _json(_lease_out(d.lease, d.renewed))
+        return _with_head(service, _json(_lease_out(d.lease, d.renewed)))
 
-    @app.post("/v1/seats/heartbeat", responses=_errors(400, 403, 404, 413, 503))
-    async def heartbeat(body: LeaseIdIn) -> LeaseOut:
+    async def lease_witness(lease_id: str, witness: WitnessHead | None) -> None:
+        if witness is not None:
+            lease = service.engine.seats.leases.get(lease_id)
+            await service.witness(lease.client_id if lease is not None else None, witness)
+
+    @app.post(
+        "/v1/seats/heartbeat",
+        response_model=LeaseOut,
+        responses=_errors(400, 403, 404, 413, 503),
+    )
+    async def heartbeat(body: LeaseIdIn, witness: _Witnessed) -> Response:
+        await lease_witness(body.lease_id, witness)
         d = await service.heartbeat(body.lease_id)
-        return _lease_out(d.lease, True)
+        return _with_head(service, _json(_lease_out(d.lease, True)))
 
-    @app.post("/v1/seats/release", responses=_errors(400, 413, 503))
-    async def release(body: LeaseIdIn) -> ReleaseOut:
-        return ReleaseOut(released=await service.release(body.lease_id))
+    @app.post("/v1/seats/release", response_model=ReleaseOut, responses=_errors(400, 413, 503))
+    async def release(body: LeaseIdIn, witness: _Witnessed) -> Response:
+        await lease_witness(body.lease_id, witness)
+        released = await service.release(body.lease_id)
+        return _with_head(service, _json(ReleaseOut(released=released)))
 
     @app.get("/v1/seats")
     async def seats() -> SeatsOut:
@@ -352,9 +404,12 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
     @app.post(
         "/v1/usage", response_model=UsageOut, responses=_errors(400, 402, 403, 404, 409, 413, 503)
     )
-    async def usage(body: UsageIn) -> Response:
+    async def usage(body: UsageIn, witness: _Witnessed) -> Response:
+        if witness is not None:
+            await service.witness(body.client_id, witness)
         r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
-        return _json(
+        head = service.head_to_hand_out()
+        response = _json(
             UsageOut(
                 meter=r.meter,
                 amount=r.amount,
@@ -365,8 +420,12 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
                 flagged=r.flagged,
                 replayed=r.replayed,
                 license_id=r.license_id,
+                head=head.to_header() if head is not None else None,
             )
         )
+        if head is not None:
+            response.headers[HEAD_HEADER] = head.to_header()
+        return response
 
     @app.get("/v1/usage/balances")
     async def balances() -> BalancesOut:

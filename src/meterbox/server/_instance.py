@@ -45,7 +45,14 @@ from meterbox.errors import (
     UnavailableError,
     VerificationError,
 )
-from meterbox.ledger import Head, LedgerWriter, RecordType, export_report, read_head
+from meterbox.ledger import (
+    Head,
+    LedgerWriter,
+    RecordType,
+    export_report,
+    read_head,
+    recent_heads,
+)
 from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.policy import policy_from_license
@@ -383,6 +390,10 @@ class ServerInstance:
                 clock=clock,
                 sleep=sleep,
             )
+            with writer.snapshot() as frames:
+                # The heads a witness may name, so judging one rarely reads the file.
+                keep = service.witnesses.config.index_size
+                service.witnesses.seed(recent_heads(frames.header, frames.chunks(), keep))
         except BaseException:
             writer.close()
             store.close()

@@ -17,6 +17,7 @@ the answer waits for step 2, nothing is acknowledged before it is durable.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -28,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
-from meterbox.errors import NoSeatAvailable
+from meterbox.errors import FormatError, NoSeatAvailable
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
@@ -65,6 +66,8 @@ from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
 from meterbox.server._errors import LeaseNotFound, UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
+from meterbox.server._witness import MISMATCHES, Verdict, WitnessDesk
+from meterbox.witness import WitnessHead
 
 log = logging.getLogger("meterbox.server")
 #: Longest lease id recorded as unknown; the server's own ids are 22 characters.
@@ -143,7 +146,14 @@ class LicenseService:
             "usage_records": 0,
             "usage_replays": 0,
             "sink_failures": 0,
+            "witness_mismatches": 0,
         }
+        #: Judges the ledger heads clients hand back (docs/spec/witness.md).
+        self.witnesses = WitnessDesk(instance_id)
+        self._witness_lookup = asyncio.Lock()
+        self._witness_tasks: set[asyncio.Future[int]] = set()
+        self._witness_queue: list[RecordPayload] = []
+        self._has_head: bool | None = None
         self.started = time.monotonic()
 
     # ----------------------------------------------------------- building
@@ -235,7 +245,10 @@ class LicenseService:
 
     def _write(self, record: RecordPayload) -> asyncio.Future[int]:
         """Queue one typed record on the sink; its map is exactly what the ledger seals."""
-        return asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
+        task = asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
+        if self._witness_queue:
+            self._seal_witnesses()
+        return task
 
     # -------------------------------------------------------------- seats
     async def checkout(
@@ -606,23 +619,123 @@ class LicenseService:
             except Exception:  # housekeeping must outlive one bad round
                 log.exception("housekeeping round failed")
 
+    # ------------------------------------------------------------ witnesses
+    async def witness(self, client_id: str | None, head: WitnessHead) -> Verdict | None:
+        """Judge a head a client hands back; queue the WITNESS or WITNESS_MISMATCH record.
+
+        The record is queued behind the request's own record, never awaited: the
+        request's answer does not depend on it. A mismatch is sealed at once, logged
+        and counted; the server keeps serving.
+        """
+        current = self.ledger_head()
+        if current is None:
+            return None
+        seq, hex_hash = current
+        try:
+            own_hash = bytes.fromhex(hex_hash)
+        except ValueError:
+            return None  # a sink whose head is not a chain hash (test sinks)
+        verdict = self.witnesses.judge(head, seq, own_hash)
+        if verdict is Verdict.UNKNOWN:
+            verdict = await self._look_up(head)
+        record = self.witnesses.settle(client_id, head, verdict, seq, self._clock.mono_ms())
+        if verdict in MISMATCHES and record is not None:
+            self.counters["witness_mismatches"] += 1
+            log.error(
+                "client %s holds ledger head %d:%s that this ledger never had (%s; own head "
+                "%d): the data directory was restored from a copy or the ledger cut back",
+                client_id,
+                head.seq,
+                head.hash.hex()[:16],
+                verdict.value,
+                seq,
+            )
+        if record is not None:
+            self._witness_queue.append(record)
+            if verdict in MISMATCHES:
+                self._seal_witnesses()  # at once
+        return verdict
+
+    def _seal_witnesses(self) -> None:
+        """Queue the pending witness records on the sink, after the request's own record.
+
+        Called once a request's record is queued (or answered), so a witness never
+        goes into the ledger's batch ahead of the record its request is waiting for.
+        """
+        queue, self._witness_queue = self._witness_queue, []
+        nowait = getattr(self.sink, "record_nowait", None)
+        for record in queue:
+            if nowait is not None:
+                # Straight to the writer's queue: no task, no wake-up of the loop when
+                # it is durable (the writer's close flushes it).
+                try:
+                    nowait(record.record_type.kind, record.to_map()).add_done_callback(
+                        _log_unsealed
+                    )
+                except Exception as exc:  # noqa: BLE001 - evidence must not fail a request
+                    log.warning("could not record a witnessed ledger head: %s", exc)
+                continue
+            task = asyncio.ensure_future(self.sink.record(record.record_type.kind, record.to_map()))
+            self._witness_tasks.add(task)
+            task.add_done_callback(self._witness_written)
+
+    def _witness_written(self, task: asyncio.Future[int]) -> None:
+        self._witness_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record a witnessed ledger head: %s", task.exception())
+
+    async def _look_up(self, head: WitnessHead) -> Verdict:
+        has_head = getattr(self.sink, "has_head", None)
+        # Reading the ledger file is rare (a head older than the index) and done one at a
+        # time; a witness that arrives meanwhile is not kept waiting (nor can a client
+        # keep the server scanning): it is sealed unchecked and the vendor checks it.
+        if has_head is None or self._witness_lookup.locked():
+            return Verdict.UNCHECKED
+        async with self._witness_lookup:
+            found = await asyncio.to_thread(has_head, head.seq, head.hash)
+        return self.witnesses.learn(head, bool(found))
+
+    def head_to_hand_out(self) -> WitnessHead | None:
+        """The durable head every acknowledgement carries (``Meterbox-Head``)."""
+        current = self.ledger_head()
+        if current is None:
+            return None
+        try:
+            head = WitnessHead(self.instance_id, current[0], bytes.fromhex(current[1]))
+        except (FormatError, ValueError):
+            return None  # a sink or instance id without a witness form (test sinks)
+        self.witnesses.given(head.seq, head.hash)
+        if self._witness_queue:
+            self._seal_witnesses()
+        return head
+
     # --------------------------------------------------------------- views
     def ledger_head(self) -> tuple[int, str] | None:
-        if isinstance(self.sink, HasHead):
-            return self.sink.head_info()
-        return None
+        # Checked once: a runtime protocol check costs more than the call on every request.
+        if self._has_head is None:
+            self._has_head = isinstance(self.sink, HasHead)
+        return self.sink.head_info() if self._has_head else None  # type: ignore[attr-defined]
 
     def status(self) -> dict[str, Any]:
-        return status_view(
+        view = status_view(
             self.engine, self.now(), self.instance_id, self.ledger_head(), self.clock_steps
         )
+        view["witness"] = self.witnesses.status()
+        return view
 
     async def aclose(self) -> None:
         """Wait for pending side records; the owner closes the store and the sink."""
         side, self._side = self._side, []
-        for s in side:
+        if self._witness_queue:
+            self._seal_witnesses()
+        for s in [*side, *self._witness_tasks]:
             with contextlib.suppress(Exception):
                 await s
+
+
+def _log_unsealed(fut: concurrent.futures.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("could not record a witnessed ledger head: %s", fut.exception())
 
 
 def status_view(

@@ -13,7 +13,9 @@ The HTTP shell writes one record per decision and answers only once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import hmac
 import os
 import struct
 import threading
@@ -25,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgpack
 
 from meterbox.errors import FormatError
+from meterbox.ledger import hash_at
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._errors import UnavailableError
 
@@ -51,6 +54,8 @@ class _Writer(Protocol):
     @property
     def head(self) -> Any: ...
 
+    def snapshot(self) -> contextlib.AbstractContextManager[Any]: ...
+
 
 class LedgerEventSink:
     """Adapter from ``LedgerWriter`` (group commit in its own thread) to :class:`EventSink`.
@@ -76,10 +81,30 @@ class LedgerEventSink:
             ) from exc
         return int(appended.seq)
 
+    def record_nowait(self, kind: str, payload: dict[str, Any]) -> Future[Any]:
+        """Queue one record without waiting for it (evidence whose answer nobody awaits).
+
+        Saves the event-loop round trip of :meth:`record`; the writer still seals it in
+        order and makes it durable with its batch. Close the writer to flush it.
+        """
+        return self._writer.submit(self._record_type(kind), payload)
+
     def head_info(self) -> tuple[int, str]:
         head = self._writer.head
         raw = head.hash
         return int(head.seq), raw.hex() if isinstance(raw, bytes) else str(raw)
+
+    def has_head(self, seq: int, head_hash: bytes) -> bool:
+        """Whether the chain hash of this ledger at ``seq`` is ``head_hash`` (reads the file).
+
+        Reads a snapshot, so appends go on meanwhile. A seq compacted away was
+        acknowledged by a receipt: nothing is left to compare, and it counts as had.
+        """
+        with self._writer.snapshot() as snap:
+            if seq < snap.header.base_seq:
+                return True
+            found = hash_at(snap.header, snap.chunks(), seq)
+        return found is not None and hmac.compare_digest(found, head_hash)
 
 
 def read_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, dict[str, Any], bytes]]:

@@ -106,6 +106,7 @@ from meterbox.vendorkit._db.store import (
     ReportSpan,
     VendorStore,
 )
+from meterbox.vendorkit._witness import WitnessCheck
 from meterbox.vendorkit.anomaly import (
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
@@ -675,6 +676,7 @@ def _ingest_new(
         clock=ClockChecker(vendor_now_ms=now_ms, policy=policy, open_leases=leases),
     )
     verifier.known = known
+    witnesses = WitnessCheck(known.head if known is not None else None)
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
@@ -684,6 +686,7 @@ def _ingest_new(
         with stream:
             for record, acked in verifier.records():
                 core.add(record, acked)
+                witnesses.add(record, verifier.chain_hash)
                 if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
                     _flush(conn, store, core)
         result = verifier.result
@@ -697,6 +700,7 @@ def _ingest_new(
         _flush(conn, store, core)
         core.clock.check_created(result.created_ms)
         findings = list(result.findings) + license_findings + core.findings
+        findings += witnesses.findings()
         findings += core.clock.findings()
         if result.head is None:
             findings.append(Finding(REPORT_EMPTY, "critical", "the report holds no records"))

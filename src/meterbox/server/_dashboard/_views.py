@@ -131,6 +131,11 @@ def site_context(instance: ServerInstance, history: UsageHistory) -> dict[str, A
         problems.append("the report deadline has passed: no new seats or usage until a receipt")
     if service.clock_steps:
         problems.append(f"{service.clock_steps} wall-clock step(s) seen since start")
+    if service.witnesses.mismatches:
+        problems.append(
+            f"{service.witnesses.mismatches} client(s) held a ledger head this ledger never had "
+            "(restored from a copy or cut back); recorded for the vendor"
+        )
     return {
         **seats_context(instance, now),
         "status": status,
