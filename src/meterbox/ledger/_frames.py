@@ -13,13 +13,16 @@ from typing import Any, BinaryIO, NamedTuple
 from meterbox.crypto import AeadKey
 from meterbox.errors import FormatError, UnknownVersionError
 from meterbox.ledger._format import (
+    BATCH_SEAL_LEN,
     BY_VALUE,
     EPOCH_BODY_LEN,
+    EPOCH_BODY_V1_LEN,
     EPOCH_PLAIN,
-    HEADER_LEN,
+    FLAG_CLOSES_BATCH,
     LEN_PREFIX,
     LEN_PREFIX_LEN,
-    VERSION,
+    VERSION_1,
+    VERSIONS,
     EpochPlain,
     Header,
     RecordType,
@@ -114,10 +117,10 @@ class EpochRecord:
 
 def parse_header(body: bytes) -> Header:
     header = Header.unpack(body)
-    if header.version != VERSION:
+    if header.version not in VERSIONS:
         raise UnknownVersionError(
             "unknown ledger record version",
-            expected=f"version {VERSION}",
+            expected="version 1 or 2",
             found=f"version {header.version}",
             hint="upgrade meterbox to read this ledger",
         )
@@ -127,24 +130,46 @@ def parse_header(body: bytes) -> Header:
             expected="a type listed in docs/spec/ledger.md",
             found=f"type {header.type}",
         )
+    if header.flags & ~FLAG_CLOSES_BATCH or (
+        header.type == RecordType.EPOCH and (header.flags or header.batch)
+    ):
+        raise FormatError(
+            "ledger record header has invalid flags",
+            expected="flags 0 or 1 (0 with batch 0 on an EPOCH record)",
+            found=f"flags {header.flags}, batch {header.batch}",
+        )
+    if header.flags and len(body) < header.size + BATCH_SEAL_LEN:
+        raise FormatError(
+            "ledger record is too short for its batch seal",
+            expected=f"at least {header.size + BATCH_SEAL_LEN} bytes",
+            found=f"{len(body)} bytes",
+        )
     return header
 
 
 def parse_epoch(body: bytes, header: Header) -> EpochRecord:
-    if len(body) != EPOCH_BODY_LEN:
+    want = EPOCH_BODY_V1_LEN if header.version == VERSION_1 else EPOCH_BODY_LEN
+    if len(body) != want:
         raise FormatError(
             "ledger epoch record has the wrong length",
-            expected=f"{EPOCH_BODY_LEN} bytes",
+            expected=f"{want} bytes",
             found=f"{len(body)} bytes",
         )
-    split = HEADER_LEN + EPOCH_PLAIN.size
-    plain = EpochPlain.unpack(body[HEADER_LEN:split])
+    size = header.size
+    split = size + EPOCH_PLAIN.size
+    plain = EpochPlain.unpack(body[size:split])
     return EpochRecord(header, plain, body[:split], body[split:])
 
 
 def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
-    """Authenticate and decrypt a non-epoch record; raises VerificationError or FormatError."""
-    plaintext = key.open(nonce(header.epoch, header.seq), body[HEADER_LEN:], body[:HEADER_LEN])
+    """Authenticate and decrypt a non-epoch record; raises VerificationError or FormatError.
+
+    The batch seal of a version 2 batch's last record is not checked here (it needs the
+    batch key): see :func:`unsealed_frame`.
+    """
+    size = header.size
+    end = len(body) - BATCH_SEAL_LEN if header.flags else len(body)
+    plaintext = key.open(nonce(header.epoch, header.seq), body[size:end], body[:size])
     return Record(
         header.seq,
         BY_VALUE[header.type],
@@ -153,3 +178,8 @@ def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
         header.mono_ms,
         unpack_payload(plaintext),
     )
+
+
+def unsealed_frame(data: bytes) -> tuple[bytes, bytes]:
+    """A batch-closing frame split into the bytes its seal covers and the seal."""
+    return data[:-BATCH_SEAL_LEN], data[-BATCH_SEAL_LEN:]
