@@ -752,10 +752,11 @@ class ReportVerifier:
         if sh is not None and sh.reason == "key_behind":
             self._find(
                 F.LEDGER_KEY_STATE_BEHIND,
-                "warning",
+                "critical",
                 f"the server found its key state at record {sh.key_seq} (epoch "
                 f"{sh.key_epoch}, batch {sh.key_batch}) behind its ledger, which went on "
-                f"to {sh.ledger_seq}: a saved copy of chain.key was put back",
+                f"to {sh.ledger_seq}: a saved copy of chain.key was put back, so nothing "
+                "vouches that the ledger after it was not cut",
                 record.seq,
             )
             return

@@ -641,7 +641,8 @@ def _build(tmp: Path) -> dict[str, bytes]:
     v.invalid(
         "key-state-restored",
         "a copy of chain.key taken three batches earlier put back before a restart; the "
-        "ledger was not cut, so the server records the key state as behind (a warning)",
+        "ledger was not cut, but nothing vouches for its end any more: the server records "
+        "the key state as behind its ledger",
         k.export(),
         {F.LEDGER_KEY_STATE_BEHIND},
     )
