@@ -49,8 +49,8 @@ on any POSIX file system that honours ``fsync``.
 
 Sanity mode: ``Recorder(root, broken_sync={"fdatasync"})`` logs ``fdatasync`` as a
 call that persists nothing; ``broken_sync_files={"chain.key"}`` does so for every sync
-of the files of that name only (the ledger's key state, rewritten in place per batch). A harness that still finds no loss then is not
-looking; a test proves that it finds them.
+of the files of that name only (the ledger's key state, rewritten in place per batch).
+A harness that still finds no loss then is not looking; a test proves that it finds them.
 """
 
 from __future__ import annotations

@@ -536,9 +536,7 @@ class ReportVerifier:
         # sealed, and every later seal would fail too: the first finding names the
         # damage, so later seals are not checked (the report is rejected either way).
         checkable = self._criticals == 0 and not walk.chain_broken
-        if checkable and not constant_time_equal(
-            batch_seal(walk.batch_key, before, covered), tag
-        ):
+        if checkable and not constant_time_equal(batch_seal(walk.batch_key, before, covered), tag):
             self._find(
                 F.BATCH_FORGED,
                 "critical",

@@ -542,12 +542,19 @@ class LedgerWriter:
         except OSError as exc:
             saved.restore(self._sealer)
             if self._keys.uncertain:
+                # chain.key may name this batch, durably or not: cutting the batch now
+                # could leave a key state ahead of the ledger, which reads as a shortened
+                # ledger. Keep the batch (as a crash right after its write would) and stop;
+                # reports of this run end before it (it was never acknowledged).
                 self._stopped = StateError(
                     "the ledger stopped after a key state write it could not undo",
                     expected="a disk that accepts writes to chain.key",
                     found=exc.strerror or str(exc),
-                    hint="restart the server once the disk works again",
+                    hint="restart the server once the disk works again; the last batch "
+                    "was not acknowledged but stays in the ledger",
                 )
+                raise self._stopped from exc
+            # The previous key state is durably the current one again: cut the batch.
             self._cut_back(exc)
         self._end += len(data)
         self._durable_head = self._sealer.head
