@@ -11,6 +11,8 @@ Figures:
   chunks of 50,000, each acknowledged only once its batch is durable (target >= 30,000);
 - durable appends/s one at a time: each append waits for its own batch, so every
   record pays the batch's syncs (the ratchet's worst case: one key state write each);
+- how the key state is made durable: writes/s in place in two checksummed slots
+  (one fdatasync) against atomic replacement of the file (two syncs and a rename);
 - verify + decrypt records/s of a report of ``--verify`` group-committed records
   (target >= 200,000), and of a report whose every record is a batch of its own (the
   verifier's worst case: one batch key step and one seal per record).
@@ -41,7 +43,31 @@ PAYLOAD = {
 
 
 # ------------------------------------------------------------------ worker side
+def _key_state_writes(kind: str, n: int, workdir: Path) -> float:
+    """Key state writes per second: in place in two slots, or by atomic replacement."""
+    from meterbox._fs import atomic_write
+    from meterbox.ledger import _keystate
+    from meterbox.ledger._keystate import KeyState, KeyStateFile
+
+    state = KeyState(0, 1, 2, 3, bytes(32), bytes(32), bytes(32), bytes(32))
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        d = Path(tmp)
+        _keystate.create(d, "chain.key", state)
+        t = time.perf_counter()
+        if kind == "ks-slots":
+            f = KeyStateFile.open(d, "chain.key")
+            for _ in range(n):
+                f.write(state)
+            f.close()
+        else:
+            for _ in range(n):
+                atomic_write(d / "chain.key", state.pack() + bytes(_keystate.SLOT_LEN))
+        return n / (time.perf_counter() - t)
+
+
 def _worker(kind: str, n: int, workdir: Path) -> float:
+    if kind.startswith("ks-"):
+        return _key_state_writes(kind, n, workdir)
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from meterbox.clock import SystemClock
@@ -127,7 +153,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=2_000)
     parser.add_argument("--verify", type=int, default=300_000)
     parser.add_argument("--verify-singles", type=int, default=5_000)
-    parser.add_argument("--workdir", type=Path, default=REPO)
+    parser.add_argument("--key-states", type=int, default=2_000)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--worker")
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
@@ -155,6 +182,16 @@ def main() -> None:
                 after.append(_run(after_src, kind, n, args.workdir))
             b, a = statistics.median(before), statistics.median(after)
             print(f"| {label} ({n:,} records) | {b:,.0f} | {a:,.0f} | {a / b:.2f} | {target} |")
+        # How to write the key state durably per batch (both with this checkout's code).
+        print()
+        print("| key state write, per batch | writes/s (median) |")
+        print("|---|---|")
+        for label, kind in (("two slots in place: pwrite + fdatasync", "ks-slots"),
+                            ("atomic replace: write + fsync + rename + fsync(dir)",
+                             "ks-rename")):  # fmt: skip
+            rates = [_run(after_src, kind, args.key_states, args.workdir)
+                     for _ in range(args.rounds)]  # fmt: skip
+            print(f"| {label} | {statistics.median(rates):,.0f} |")
 
 
 if __name__ == "__main__":
