@@ -218,17 +218,18 @@ def test_the_key_state_no_longer_holds_the_key_of_any_committed_batch(tmp_path: 
     assert raw.count(b"MBKS") == 1
 
 
-def test_damage_before_the_key_states_point_is_not_cut_as_a_torn_tail(tmp_path: Path) -> None:
+def test_damage_in_an_earlier_epoch_than_the_key_states_is_refused(tmp_path: Path) -> None:
     built = _ledger(tmp_path, n=10)
     built.writer.close()
+    LedgerWriter.open(built.directory, clock=built.clock).close()  # key state: epoch 1+
     path = built.directory / "ledger.mbl"
     offsets = _frame_offsets(path)
     data = bytearray(path.read_bytes())
-    data[offsets[5]] ^= 0x80  # the length of an old frame now runs past the end
+    data[offsets[5]] ^= 0x80  # an epoch 0 frame's length now runs past the end
     path.write_bytes(bytes(data))
     copy = tmp_path / "copy"
     shutil.copytree(built.directory, copy)
-    with pytest.raises(StateError, match="damaged before its last committed batch"):
+    with pytest.raises(StateError, match="damaged before its last committed epoch"):
         LedgerWriter.open(built.directory, clock=built.clock)
     assert path.read_bytes() == (copy / "ledger.mbl").read_bytes()
     # The operator may still force it; the cut and the shortening are both recorded.
@@ -238,6 +239,26 @@ def test_damage_before_the_key_states_point_is_not_cut_as_a_torn_tail(tmp_path: 
     writer.close()
     result = verify(buf.getvalue())
     assert {F.LEDGER_RECOVERED, F.LEDGER_SHORTENED} <= result.codes
+
+
+def test_a_committed_batch_torn_by_a_cut_is_recorded_as_cut_and_shortened(
+    tmp_path: Path,
+) -> None:
+    # Cutting inside a committed frame of the current epoch (not at a boundary) is
+    # cut like a torn tail, but it is not one: the ledger ends before the key state.
+    built = _ledger(tmp_path, n=6)
+    built.writer.close()
+    path = built.directory / "ledger.mbl"
+    with path.open("r+b") as fh:
+        fh.truncate(path.stat().st_size - 40)
+    writer, result = _reopen_and_report(built)
+    try:
+        assert writer.recovery is not None
+        assert writer.shortened is not None and writer.shortened.reason == "shorter"
+        assert {F.LEDGER_RECOVERED, F.LEDGER_SHORTENED} <= result.codes
+        assert result.critical
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("torn", [False, True], ids=["whole", "torn"])

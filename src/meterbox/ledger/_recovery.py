@@ -313,34 +313,44 @@ def torn_tail(
     max_torn_bytes: int,
     force: bool,
     acked_seq: int | None = None,
-    committed_seq: int | None = None,
+    committed: tuple[int, int] | None = None,
 ) -> Recovery | None:
     """What to cut after the last good frame, or refuse when it is more than a torn write.
 
     ``acked_seq`` is the highest seq the server had acknowledged as far as its state
     knows; the result says how many acknowledged records the cut would remove.
-    ``committed_seq`` is the key state's point: a torn write only ever lies after it, so
-    damage at or before it is refused like damage beyond ``max_torn_bytes``.
+    ``committed`` is the key state's point and epoch: a cut that would reach back past the
+    start of that epoch is refused like damage beyond ``max_torn_bytes``.
     """
     if scan_result.good_end >= file_size:
         return None
     cut = file_size - scan_result.good_end
     last_good = scan_result.next_seq - 1
-    if committed_seq is not None and last_good < committed_seq and not force:
-        raise StateError(
-            "ledger is damaged before its last committed batch",
-            expected=f"records up to seq {committed_seq}, which the key state names as "
-            "committed, then at most a torn write",
-            found=f"{cut} bytes after seq {last_good} (offset {scan_result.good_end}) that "
-            "do not verify" + (f" ({scan_result.problem})" if scan_result.problem else ""),
-            hint="keep a copy of the directory, then run 'meterbox server run "
-            "--force-recover'; the cut is recorded and reported to the vendor",
-        )
     if cut > max_torn_bytes and not force:
         raise StateError(
             "ledger is damaged before its tail",
             expected=f"at most {max_torn_bytes} unsynced bytes at the end",
             found=f"{cut} bytes after offset {scan_result.good_end} that do not verify"
+            + (f" ({scan_result.problem})" if scan_result.problem else ""),
+            hint="keep a copy of the directory, then run 'meterbox server run "
+            "--force-recover'; the cut is recorded and reported to the vendor",
+        )
+    if (
+        committed is not None
+        and last_good < committed[0]
+        and scan_result.last_epoch < committed[1]
+        and not force
+    ):
+        # The key state's epoch began after the damage: cutting there would remove
+        # whole committed epochs, which no torn write can explain. (Damage inside the
+        # key state's epoch is cut as before and recorded twice: RECOVERY, and
+        # LEDGER_SHORTENED since the ledger then ends before the key state's point.)
+        raise StateError(
+            "ledger is damaged before its last committed epoch",
+            expected=f"records up to seq {committed[0]} in epoch {committed[1]}, which "
+            "the key state names as committed, then at most a torn write",
+            found=f"{cut} bytes after seq {last_good} (offset {scan_result.good_end}, "
+            f"epoch {scan_result.last_epoch}) that do not verify"
             + (f" ({scan_result.problem})" if scan_result.problem else ""),
             hint="keep a copy of the directory, then run 'meterbox server run "
             "--force-recover'; the cut is recorded and reported to the vendor",

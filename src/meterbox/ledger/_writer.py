@@ -292,7 +292,7 @@ class LedgerWriter:
                 config.max_torn_bytes,
                 force_recover,
                 replay_after,
-                committed_seq=ks.last_seq,
+                committed=(ks.last_seq, ks.epoch),
             )
             if recovery is not None:
                 os.ftruncate(fd, found.good_end)
