@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from meterbox.errors import FormatError, VerificationError
 
@@ -48,6 +48,7 @@ __all__ = [
     "ed25519_raw_private",
     "ed25519_raw_public",
     "hkdf",
+    "hkdf_expand",
     "hmac_sha256",
     "hpke_open",
     "hpke_seal",
@@ -81,6 +82,12 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 def hkdf(secret: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
     """HKDF-SHA256 (RFC 5869) with an empty salt: ``secret`` is already uniformly random."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
+    """HKDF-Expand-SHA256 (RFC 5869 section 2.3) alone, for a ``prk`` that is already a
+    uniformly random key (section 3.3: the extract step may then be skipped)."""
+    return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=info).derive(prk)
 
 
 def hmac_sha256(key: bytes, *parts: bytes) -> bytes:

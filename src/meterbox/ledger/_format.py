@@ -136,6 +136,9 @@ INTERNAL_TYPES: Final = frozenset(
 )
 
 
+_new_tuple = tuple.__new__
+
+
 class Header(NamedTuple):
     """The authenticated header of every record (a tuple: the verifier's hot path).
 
@@ -173,14 +176,14 @@ class Header(NamedTuple):
                     found=f"{len(body)} bytes",
                 )
             v, t, e, b, f, s, w, m = HEADER_V2.unpack_from(body)
-            return cls(v, t, e, s, w, m, b, f)
+            return _new_tuple(cls, (v, t, e, s, w, m, b, f))
         if len(body) < HEADER_V1_LEN:
             raise FormatError(
                 "ledger record is shorter than its header",
                 expected=f"at least {HEADER_V1_LEN} bytes",
                 found=f"{len(body)} bytes",
             )
-        return cls(*HEADER_V1.unpack_from(body))
+        return _new_tuple(cls, (*HEADER_V1.unpack_from(body), 0, 0))
 
 
 @dataclass(frozen=True, slots=True)

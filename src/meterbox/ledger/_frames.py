@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
-from meterbox.crypto import AeadKey
+from meterbox.crypto import TAG_LEN, AeadKey
 from meterbox.errors import FormatError, UnknownVersionError
 from meterbox.ledger._format import (
     BATCH_SEAL_LEN,
@@ -19,6 +19,8 @@ from meterbox.ledger._format import (
     EPOCH_BODY_V1_LEN,
     EPOCH_PLAIN,
     FLAG_CLOSES_BATCH,
+    HEADER_V1_LEN,
+    HEADER_V2_LEN,
     LEN_PREFIX,
     LEN_PREFIX_LEN,
     VERSION_1,
@@ -31,6 +33,9 @@ from meterbox.ledger._format import (
 )
 
 _READ_CHUNK = 1 << 20
+_EPOCH = int(RecordType.EPOCH)
+#: The shortest body that can hold a version 2 header, a GCM tag and a batch seal.
+_SEALED_MIN = HEADER_V2_LEN + TAG_LEN + BATCH_SEAL_LEN
 
 
 class RawFrame(NamedTuple):
@@ -130,19 +135,27 @@ def parse_header(body: bytes) -> Header:
             expected="a type listed in docs/spec/ledger.md",
             found=f"type {header.type}",
         )
-    if header.flags & ~FLAG_CLOSES_BATCH or (
-        header.type == RecordType.EPOCH and (header.flags or header.batch)
-    ):
+    # Flags are 0 on every version 1 record and on all but a batch's last in version 2,
+    # so the common case costs one test.
+    flags = header.flags
+    if flags:
+        if flags != FLAG_CLOSES_BATCH or header.type == _EPOCH:
+            raise FormatError(
+                "ledger record header has invalid flags",
+                expected="flags 0, or 1 on the last record of a batch (never on EPOCH)",
+                found=f"flags {flags} on a type {header.type} record",
+            )
+        if len(body) < _SEALED_MIN:
+            raise FormatError(
+                "ledger record is too short for its batch seal",
+                expected=f"at least {_SEALED_MIN} bytes",
+                found=f"{len(body)} bytes",
+            )
+    elif header.batch and header.type == _EPOCH:
         raise FormatError(
-            "ledger record header has invalid flags",
-            expected="flags 0 or 1 (0 with batch 0 on an EPOCH record)",
-            found=f"flags {header.flags}, batch {header.batch}",
-        )
-    if header.flags and len(body) < header.size + BATCH_SEAL_LEN:
-        raise FormatError(
-            "ledger record is too short for its batch seal",
-            expected=f"at least {header.size + BATCH_SEAL_LEN} bytes",
-            found=f"{len(body)} bytes",
+            "ledger EPOCH record names a batch",
+            expected="batch 0 on an EPOCH record",
+            found=f"batch {header.batch}",
         )
     return header
 
@@ -167,7 +180,7 @@ def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
     The batch seal of a version 2 batch's last record is not checked here (it needs the
     batch key): see :func:`unsealed_frame`.
     """
-    size = header.size
+    size = HEADER_V1_LEN if header.version == VERSION_1 else HEADER_V2_LEN
     end = len(body) - BATCH_SEAL_LEN if header.flags else len(body)
     plaintext = key.open(nonce(header.epoch, header.seq), body[size:end], body[:size])
     return Record(

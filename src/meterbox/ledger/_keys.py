@@ -11,7 +11,7 @@ per record.
 Record version 2 adds a second chain inside each epoch, one key per committed batch::
 
     b_{e,0}   = HKDF(c_e, BATCH_ROOT_INFO || salt_e)
-    b_{e,j+1} = HKDF(b_{e,j}, BATCH_RATCHET_INFO)
+    b_{e,j+1} = HKDF-Expand(b_{e,j}, BATCH_RATCHET_INFO)
     seal_{e,j} = HMAC-SHA256(b_{e,j}, BATCH_SEAL_INFO || h_prev || last frame sans seal)[:16]
 
 The server keeps ``record_key_e`` (so it can read its current epoch back and rebuild
@@ -27,7 +27,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from meterbox.crypto import AeadKey, hkdf, hmac_sha256, hpke_open, hpke_seal
+from meterbox.crypto import AeadKey, hkdf, hkdf_expand, hmac_sha256, hpke_open, hpke_seal
 from meterbox.errors import FormatError
 
 RATCHET_INFO: Final = b"meterbox-ledger/1 ratchet"
@@ -87,7 +87,8 @@ def next_batch_key(batch_key: bytes, steps: int = 1) -> bytes:
             found=f"{steps} batches",
         )
     for _ in range(steps):
-        batch_key = hkdf(batch_key, BATCH_RATCHET_INFO)
+        # b_{e,j} is an HKDF output, a uniformly random key: Expand alone suffices.
+        batch_key = hkdf_expand(batch_key, BATCH_RATCHET_INFO)
     return batch_key
 
 
