@@ -71,6 +71,8 @@ def test_a_ledger_cut_while_the_server_was_stopped_is_recorded_and_rejected(
     shortened = [r for r in records if r.type == RecordType.LEDGER_SHORTENED]
     assert len(shortened) == 1 and shortened[0].payload["r"] == "shorter"
     assert shortened[0].payload["ks"] - shortened[0].payload["ls"] == 6
+    # The server's state had applied records the ledger no longer holds: said so too.
+    assert shortened[0].payload["k"] > shortened[0].payload["ls"]
     assert "ledger.shortened" in result.codes and result.critical
     # The vendor's ingest rejects it: nothing is billed from a shortened ledger.
     code, outcome = ingest_json(site.home, report)

@@ -158,6 +158,7 @@ class LedgerWriter:
         self.recovery: Recovery | None = None
         #: Set when the ledger did not reach the point its key state names (recorded).
         self.shortened: Shortened | None = None
+        self._replay_after: int | None = None
         #: Records after ``replay_after`` (see :meth:`open`) that this boot could open:
         #: the caller re-applies them to state that may have missed them in a crash.
         self.replayed: list[Record] = []
@@ -326,6 +327,7 @@ class LedgerWriter:
             raise
         writer.recovery = recovery
         writer.shortened = short
+        writer._replay_after = replay_after
         writer.replayed = found.replayed
         try:
             writer._start_boot(recovery, boot_payload)
@@ -364,6 +366,7 @@ class LedgerWriter:
                     key_hash=short.key.last_hash,
                     ledger_seq=short.ledger_seq,
                     ledger_hash=short.ledger_hash,
+                    state_seq=self._replay_after,
                 ).to_map(),
             )
         writer._write_now(RecordType.BOOT, Boot(boot_payload or {}).to_map())

@@ -289,6 +289,8 @@ class LedgerShortened(_Payload):
     #: What the ledger has: its last seq and chain hash when it was opened.
     ledger_seq: int = _req("ls", "int")
     ledger_hash: bytes = _req("lh", "bytes")
+    #: The highest seq the server's state had applied, when the opener knew it.
+    state_seq: int | None = _opt("k", "int")
 
 
 # -------------------------------------------------------------- imports
