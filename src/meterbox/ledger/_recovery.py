@@ -123,7 +123,6 @@ class _Walk:
         self.ks = ks
         self.next_seq = header.base_seq
         self.head = header.base_hash
-        self.good_end = FILE_HEADER_LEN
         self.last_epoch = -1
         self.epochs: list[EpochStart] = []
         self.keys: dict[int, _EpochKeys] = {
