@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -25,6 +25,7 @@ from meterbox.errors import FormatError, StateError
 from meterbox.ledger._format import (
     BATCH_SEAL_LEN,
     FLAG_CLOSES_BATCH,
+    HEADER_V2,
     LEN_PREFIX,
     MAX_BODY_LEN,
     SALT_LEN,
@@ -59,9 +60,11 @@ class Head:
         return {"seq": self.seq, "hash": self.hash.hex()}
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A record waiting for its batch: payload already encoded, times taken."""
+class Pending(NamedTuple):
+    """A record waiting for its batch: payload already encoded, times taken.
+
+    A tuple, not a frozen dataclass: one is built per record on the committer's path.
+    """
 
     type: RecordType
     payload: bytes
@@ -183,9 +186,9 @@ class Sealer:
     def _seal(self, rtype: RecordType, payload: bytes, wall: int, mono: int, closes: bool) -> bytes:
         assert self._record_key is not None and self.batch_key is not None
         flags = FLAG_CLOSES_BATCH if closes else 0
-        header = Header(
-            VERSION, rtype, self.epoch, self.next_seq, wall, mono, self.batch, flags
-        ).pack()
+        header = HEADER_V2.pack(
+            VERSION, rtype, self.epoch, self.batch, flags, self.next_seq, wall, mono
+        )
         sealed = self._record_key.seal(nonce(self.epoch, self.next_seq), payload, header)
         self.records_in_epoch += 1
         if not closes:
