@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from meterbox.clock import SystemClock
 from meterbox.crypto import key_id, x25519_raw_public
 from meterbox.ledger import LedgerWriter, RecordType, ReportVerifier, export_report
-from meterbox.ledger._seal import Sealer
+from meterbox.ledger._seal import Sealer, pending
 from seed_scheme import SeedUsageFile, decode_all
 
 PAYLOAD = {
@@ -76,9 +76,15 @@ def sealed_per_second(n: int = 200_000) -> float:
         chain_key=os.urandom(32), epoch=0, next_seq=0, head_hash=bytes(32), random=os.urandom,
     )  # fmt: skip
     sealer.begin_epoch(boot_id=b"b" * 16, wall_ms=1, mono_ms=1, first=True)
+    # As the committer seals: records encoded as they arrive, sealed a batch at a time
+    # (one batch seal and one batch key step per 1,000 records).
     t = time.perf_counter()
-    for i in range(n):
-        sealer.seal(RecordType.USAGE, PAYLOAD, wall_ms=i, mono_ms=i)
+    for start in range(0, n, 1000):
+        batch = [
+            pending(RecordType.USAGE, PAYLOAD, wall_ms=i, mono_ms=i)
+            for i in range(start, min(n, start + 1000))
+        ]
+        sealer.seal_batch(batch)
     return n / (time.perf_counter() - t)
 
 

@@ -17,10 +17,11 @@ from typing import Final
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke, serialization
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from meterbox.errors import FormatError, VerificationError
 
@@ -47,6 +48,8 @@ __all__ = [
     "ed25519_raw_private",
     "ed25519_raw_public",
     "hkdf",
+    "hkdf_expand",
+    "hmac_sha256",
     "hpke_open",
     "hpke_seal",
     "key_id",
@@ -79,6 +82,20 @@ def constant_time_equal(a: bytes, b: bytes) -> bool:
 def hkdf(secret: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
     """HKDF-SHA256 (RFC 5869) with an empty salt: ``secret`` is already uniformly random."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def hkdf_expand(prk: bytes, info: bytes, length: int = KEY_LEN) -> bytes:
+    """HKDF-Expand-SHA256 (RFC 5869 section 2.3) alone, for a ``prk`` that is already a
+    uniformly random key (section 3.3: the extract step may then be skipped)."""
+    return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=info).derive(prk)
+
+
+def hmac_sha256(key: bytes, *parts: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) of the concatenation of ``parts``."""
+    mac = crypto_hmac.HMAC(key, hashes.SHA256())
+    for part in parts:
+        mac.update(part)
+    return mac.finalize()
 
 
 class AeadKey:

@@ -146,8 +146,9 @@ def test_edited_report_byte_flip(tmp_path: Path) -> None:
     site = _site_with_usage(tmp_path, home, [3] * 5)
     report = site.export(tmp_path / "r.mbr")
     data = bytearray(report.read_bytes())
-    _start, end = frame_offsets(bytes(data))[-2]  # a usage record
-    data[end - 5] ^= 0x01
+    start, end = frame_offsets(bytes(data))[-2]  # a usage record
+    # A byte of its ciphertext (its last 16 bytes may be the batch seal instead).
+    data[(start + end) // 2] ^= 0x01
     edited = tmp_path / "edited.mbr"
     edited.write_bytes(bytes(data))
 

@@ -1,7 +1,8 @@
 """Checkers shared by the crash-image tests: what every image of a ledger must satisfy.
 
 No tests of its own. A ledger image must open without ``--force-recover``, export a
-report that verifies with no critical finding, and hold every record whose
+report that verifies with no critical finding (nor a key state found behind its ledger:
+an honest crash never looks like a restored ``chain.key``), and hold every record whose
 acknowledgement was noted before the cut, with the same sequence number and
 payload (a reused sequence number shows up as a different payload).
 """
@@ -45,7 +46,13 @@ def ledger_records(
             have[r.seq] = r.payload.get("k")
         elif r.type == RecordType.RECOVERY:
             recoveries.append(dict(r.payload))
-    critical = [f.code for f in verifier.result.findings if f.severity == "critical"]
+    # A crash never makes a ledger look shortened or its key state stale: LEDGER_SHORTENED
+    # of any reason counts as a failure of the image (the warning one included).
+    critical = [
+        f.code
+        for f in verifier.result.findings
+        if f.severity == "critical" or f.code == "ledger.key_state_behind"
+    ]
     return have, critical, recoveries
 
 

@@ -59,8 +59,9 @@ on any POSIX file system that honours ``fsync``.
 
 Sanity mode: ``Recorder(root, broken_sync={"fdatasync"})`` logs ``fdatasync`` as a
 call that persists nothing; ``broken_sync={"sqlite"}`` makes no SQLite commit
-durable. A harness that still finds no loss then is not looking; tests prove that
-it finds them.
+durable; ``broken_sync_files={"chain.key"}`` breaks every sync of the files of that
+name only (the ledger's key state, rewritten in place per batch). A harness that
+still finds no loss then is not looking; tests prove that it finds them.
 """
 
 from __future__ import annotations
@@ -262,10 +263,14 @@ class Recorder:
         root: Path,
         *,
         broken_sync: frozenset[str] | set[str] = frozenset(),
+        broken_sync_files: frozenset[str] | set[str] = frozenset(),
         faults: FaultHook | None = None,
     ) -> None:
         self.root = Path(os.path.realpath(root))
         self.broken_sync = frozenset(broken_sync)
+        #: Names of files (relative paths, or their last component) whose syncs persist
+        #: nothing: the sanity mode for one file's writes, such as the key state's.
+        self.broken_sync_files = frozenset(broken_sync_files)
         self.faults = faults
         self.ops: list[Op] = []
         self.initial: dict[int, bytes] = {}
@@ -498,7 +503,12 @@ class Recorder:
             if fault is not None and fault.error is not None:
                 raise OSError(fault.error, os.strerror(fault.error))
             _REAL[real](fd)
-            broken = real in self.broken_sync and ino not in self._is_dir
+            path = self._path_of(ino) or ""
+            broken = ino not in self._is_dir and (
+                real in self.broken_sync
+                or path in self.broken_sync_files
+                or os.path.basename(path) in self.broken_sync_files
+            )
             self.ops.append(Op("nosync" if broken else "sync", ino=ino))
 
     def _fsync(self, fd: int) -> None:

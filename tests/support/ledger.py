@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meterbox.clock import ManualClock
 from meterbox.crypto import KEY_LEN, key_id, x25519_raw_public
@@ -25,6 +26,15 @@ from meterbox.ledger import (
     ReportVerifier,
     export_report,
 )
+from meterbox.ledger._directory import CHAIN_KEY_FILE
+from meterbox.ledger._format import (
+    BATCH_SEAL_LEN,
+    FLAG_CLOSES_BATCH,
+    Header,
+    nonce,
+    pack_payload,
+)
+from meterbox.ledger._keystate import read as read_key_state
 from meterbox.ledger._seal import Sealer
 
 #: TEST KEYS. Published in the repository: never use them for anything real.
@@ -121,3 +131,21 @@ def export(built: Built) -> bytes:
 def verify(data: bytes, known: Known | None = None, vendor_keys: Any = None) -> ReportResult:
     keys = vendor_keys if vendor_keys is not None else {VENDOR_ID: VENDOR}
     return ReportVerifier(keys, known=known).verify(io.BytesIO(data))
+
+
+def reseal_with_key_state(frame: bytes, directory: Path, payload: dict[str, Any]) -> bytes:
+    """``frame`` with ``payload`` in place of its own, encrypted again as a customer could.
+
+    Uses only what the data directory holds: the record key in ``chain.key`` (read at
+    attack time). The record's header, and its batch seal when it closes a batch, are
+    kept: the seal needs a batch key that the key state no longer holds.
+    """
+    state = read_key_state(directory, CHAIN_KEY_FILE)
+    header = Header.unpack(frame[2:])
+    size = header.size
+    seal = frame[-BATCH_SEAL_LEN:] if header.flags & FLAG_CLOSES_BATCH else b""
+    sealed = AESGCM(state.record_key).encrypt(
+        nonce(header.epoch, header.seq), pack_payload(payload), frame[2 : 2 + size]
+    )
+    body = frame[2 : 2 + size] + sealed + seal
+    return len(body).to_bytes(2, "big") + body

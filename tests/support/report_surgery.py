@@ -54,6 +54,11 @@ def frame_offsets(data: bytes) -> list[tuple[int, int]]:
     return _walk(data)[1]
 
 
+def frame_seq(frame: bytes) -> int:
+    """The seq of a frame, in either record version (v2 adds batch and flags before it)."""
+    return int(struct.unpack_from(">Q", frame, 2 + (11 if frame[2] == 2 else 6))[0])
+
+
 def join(
     parts: Parts, key: Ed25519PrivateKey, *, fix_trailer: bool = True, fix_len: bool = True
 ) -> bytes:
@@ -67,7 +72,7 @@ def join(
         for f in parts.frames:
             h = chain_hash(h, f)
         trailer["head_hash"] = h
-        trailer["head_seq"] = struct.unpack_from(">Q", parts.frames[-1], 2 + 6)[0]
+        trailer["head_seq"] = frame_seq(parts.frames[-1])
     packed = msgpack.packb(header, use_bin_type=True)
     tpacked = msgpack.packb(trailer, use_bin_type=True)
     out = b"MBXR\x01" + _U32.pack(len(packed)) + packed + body + b"MBXT"

@@ -210,7 +210,9 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
     # were fixed (they stay byte-identical); their payload round trips are covered by the
     # property tests over PAYLOAD_TYPES, test_*_records_keep_their_keys, and the tests
     # that read them back from real reports.
+    # LEDGER_SHORTENED is written only after an attack; it is in invalid/shortened-ledger.
     newer = {
+        RecordType.LEDGER_SHORTENED,
         RecordType.SEAT_UNKNOWN,
         RecordType.MACHINE_ACTIVATED,
         RecordType.MACHINE_DEACTIVATED,

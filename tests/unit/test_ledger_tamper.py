@@ -14,6 +14,7 @@ from support.report_surgery import frame_offsets, join, split
 
 RECORD_LEVEL = {
     F.RECORD_UNAUTHENTIC,
+    F.BATCH_FORGED,
     F.RECORD_MALFORMED,
     F.RECORD_UNKNOWN_VERSION,
     F.EPOCH_UNOPENABLE,

@@ -38,7 +38,7 @@ def _known(spec: dict[str, Any]) -> Known:
 
 
 def test_header_is_read_and_typed_before_any_record() -> None:
-    case, data = _case("valid/minimal")
+    case, data = _case("v1/valid/minimal")
     verifier = ReportVerifier(VENDOR_KEYS)
     header = verifier.read_header(io.BytesIO(data))
     assert header is not None

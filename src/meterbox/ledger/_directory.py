@@ -3,14 +3,16 @@
 Files in the ledger directory:
 
 - ``ledger.mbl``  file header, then frames (docs/spec/ledger.md)
-- ``chain.key``   the current epoch number and chain key (0600); replaced, never appended
+- ``chain.key``   the key state: two slots, one current, rewritten in place per batch
+  (0600; :mod:`meterbox.ledger._keystate`)
 - ``instance.key`` the instance's Ed25519 signing key for reports (0600)
 - ``ledger.meta`` instance id, vendor key id and vendor ledger public key
 - ``ledger.lock`` held with flock by the one writer process
 
-Invariant: every small file here is replaced atomically (``meterbox._fs.atomic_write``),
-so a crash leaves the old or the new content, never a mix. A damaged or missing file
-is a :class:`~meterbox.errors.StateError` that names the file and how to restore it.
+Invariant: every small file here but ``chain.key`` is replaced atomically
+(``meterbox._fs.atomic_write``), so a crash leaves the old or the new content, never a
+mix (``chain.key`` keeps that promise with two checksummed slots). A damaged or missing
+file is a :class:`~meterbox.errors.StateError` that names the file and how to restore it.
 """
 
 from __future__ import annotations
@@ -81,21 +83,6 @@ def lock(directory: Path) -> IO[bytes]:
             hint="stop the other server first",
         ) from None
     return f
-
-
-def write_chain_key(directory: Path, epoch: int, chain_key: bytes) -> None:
-    atomic_write(
-        directory / CHAIN_KEY_FILE, msgpack.packb({"e": epoch, "k": chain_key}, use_bin_type=True)
-    )
-
-
-def read_chain_key(directory: Path) -> tuple[int, bytes]:
-    data = _load_map(
-        directory / CHAIN_KEY_FILE,
-        "chain key",
-        "restore it from the same backup as the ledger; without it the ledger cannot grow",
-    )
-    return _field(data, "e", int, None, "chain key"), _field(data, "k", bytes, KEY_LEN, "chain key")
 
 
 def _load_map(path: Path, what: str, missing_hint: str) -> dict[str, Any]:

@@ -61,3 +61,10 @@ LEDGER_RECOVERED: Final = "ledger.recovered"
 #: A RECOVERY record saying the cut removed records the server had acknowledged.
 LEDGER_ACKNOWLEDGED_LOST: Final = "ledger.acknowledged_lost"
 LEDGER_CHECKPOINT_MISMATCH: Final = "ledger.checkpoint_mismatch"
+#: A LEDGER_SHORTENED record: the ledger did not reach the batch its key state named.
+LEDGER_SHORTENED: Final = "ledger.shortened"
+#: A LEDGER_SHORTENED record of reason ``key_behind``: a saved key state was put back, so
+#: the ledger's end after it is vouched for by nothing (critical, like a shortened one).
+LEDGER_KEY_STATE_BEHIND: Final = "ledger.key_state_behind"
+# Batches (record version 2).
+BATCH_FORGED: Final = "batch.forged"

@@ -1,15 +1,19 @@
-"""Byte layout of ledger records (docs/spec/ledger.md, version 1). Pure: no I/O.
+"""Byte layout of ledger records (docs/spec/ledger.md, record versions 1 and 2). Pure.
 
 A record on disk is a *frame*: a big-endian ``u16`` body length, then the body::
 
-    u8  version (1) | u8 type | u32 epoch | u64 seq | i64 wall_ms | u64 mono_ms | sealed
+    v1: u8 version (1) | u8 type | u32 epoch | u64 seq | i64 wall_ms | u64 mono_ms | sealed
+    v2: u8 version (2) | u8 type | u32 epoch | u32 batch | u8 flags | u64 seq
+        | i64 wall_ms | u64 mono_ms | sealed [| u8[16] batch seal when flags bit 0]
 
-The 30-byte body header is authenticated (AEAD associated data, or HPKE info for
-epoch records). ``sealed`` is AES-256-GCM of the msgpack payload for every record
-type except EPOCH, whose ``sealed`` carries the epoch's plaintext parameters and
-the HPKE-sealed chain key. The chain hash ``h_i = SHA-256(h_{i-1} || frame_i)``
-is never stored per record; it is recomputed, and checkpoints, reports and
-receipts commit to it.
+Version 2 numbers the group-commit batches of an epoch, and the last record of each
+batch carries a seal (HMAC) under that batch's ratcheting key: see ``_keys``. The
+writer produces version 2 only; readers accept both. The body header (30 bytes in v1,
+35 in v2) is authenticated: AEAD associated data, or HPKE info for
+epoch records. ``sealed`` is AES-256-GCM of the msgpack payload for every record type
+except EPOCH, whose ``sealed`` carries the epoch's plaintext parameters and the
+HPKE-sealed chain key. The chain hash ``h_i = SHA-256(h_{i-1} || frame_i)`` is never
+stored per record; it is recomputed, and checkpoints, reports and receipts commit to it.
 """
 
 from __future__ import annotations
@@ -25,25 +29,40 @@ import msgpack
 from meterbox.crypto import HASH_LEN, KEY_ID_LEN, TAG_LEN, sha256
 from meterbox.errors import FormatError, UnknownVersionError
 
-VERSION: Final = 1
-HEADER = struct.Struct(">BBIQqQ")
-HEADER_LEN: Final = HEADER.size  # 30
+#: The record version this writer produces.
+VERSION: Final = 2
+VERSION_1: Final = 1
+#: Record versions a reader accepts.
+VERSIONS: Final = frozenset({VERSION_1, VERSION})
+HEADER_V1 = struct.Struct(">BBIQqQ")
+HEADER_V1_LEN: Final = HEADER_V1.size  # 30
+HEADER_V2 = struct.Struct(">BBIIBQqQ")
+HEADER_V2_LEN: Final = HEADER_V2.size  # 35
+#: Header length of the version this writer produces.
+HEADER_LEN: Final = HEADER_V2_LEN
+#: ``flags`` bit 0: this record closes its batch; the body ends with the batch seal.
+FLAG_CLOSES_BATCH: Final = 0x01
+#: Length of the batch seal (truncated HMAC-SHA256) on a batch's last record.
+BATCH_SEAL_LEN: Final = 16
 LEN_PREFIX = struct.Struct(">H")
 LEN_PREFIX_LEN: Final = LEN_PREFIX.size
 MAX_BODY_LEN: Final = 0xFFFF
-MAX_PAYLOAD_LEN: Final = MAX_BODY_LEN - HEADER_LEN - TAG_LEN
+MAX_PAYLOAD_LEN: Final = MAX_BODY_LEN - HEADER_LEN - TAG_LEN - BATCH_SEAL_LEN
 
 INSTANCE_ID_LEN: Final = 16
 BOOT_ID_LEN: Final = 16
 SALT_LEN: Final = 16
 HPKE_SEALED_LEN: Final = 32 + 32 + TAG_LEN  # enc || AES-256-GCM(chain key)
 EPOCH_PLAIN = struct.Struct(f">{INSTANCE_ID_LEN}s{BOOT_ID_LEN}s{KEY_ID_LEN}s{SALT_LEN}s")
-EPOCH_BODY_LEN: Final = HEADER_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN
+EPOCH_BODY_LEN: Final = HEADER_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN  # 171 (v2)
+EPOCH_BODY_V1_LEN: Final = HEADER_V1_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN  # 166
 
 #: The chain hash before the first record of a ledger.
 GENESIS_DOMAIN: Final = b"meterbox-ledger/1 genesis\x00"
 
 FILE_MAGIC: Final = b"MBXL"
+#: The file layout (header, then frames) is unchanged by record version 2.
+FILE_VERSION: Final = 1
 FILE_HEADER = struct.Struct(f">4sB{INSTANCE_ID_LEN}sQ{HASH_LEN}s")
 FILE_HEADER_LEN: Final = FILE_HEADER.size
 
@@ -70,7 +89,8 @@ class RecordType(enum.IntEnum):
     TOPUP_IMPORTED = 17
     LICENSE_INSTALLED = 18
     USAGE_DENIED = 19
-    # 20-22 are reserved for state records.
+    # 20 and 22 are reserved for state records.
+    LEDGER_SHORTENED = 21
     SEAT_UNKNOWN = 23
     WITNESS = 24
     WITNESS_MISMATCH = 25
@@ -113,12 +133,19 @@ INTERNAL_TYPES: Final = frozenset(
         RecordType.CLOCK_STEP,
         RecordType.BOOT,
         RecordType.SHUTDOWN,
+        RecordType.LEDGER_SHORTENED,
     }
 )
 
 
+_new_tuple = tuple.__new__
+
+
 class Header(NamedTuple):
-    """The 30-byte authenticated header of every record (a tuple: the verifier's hot path)."""
+    """The authenticated header of every record (a tuple: the verifier's hot path).
+
+    ``batch`` and ``flags`` exist in version 2 only; a version 1 header reads them as 0.
+    """
 
     version: int
     type: int
@@ -126,19 +153,39 @@ class Header(NamedTuple):
     seq: int
     wall_ms: int
     mono_ms: int
+    batch: int = 0
+    flags: int = 0
+
+    @property
+    def size(self) -> int:
+        return HEADER_V1_LEN if self.version == VERSION_1 else HEADER_V2_LEN
 
     def pack(self) -> bytes:
-        return HEADER.pack(*self)
+        if self.version == VERSION_1:
+            return HEADER_V1.pack(*self[:6])
+        v, t, e, s, w, m, b, f = self
+        return HEADER_V2.pack(v, t, e, b, f, s, w, m)
 
     @classmethod
     def unpack(cls, body: bytes) -> Header:
-        if len(body) < HEADER_LEN:
+        # Version 2 is recognised by its first byte; anything else is read with the
+        # version 1 layout, so an unknown version is still named by its version byte.
+        if body[:1] == b"\x02":
+            if len(body) < HEADER_V2_LEN:
+                raise FormatError(
+                    "ledger record is shorter than its header",
+                    expected=f"at least {HEADER_V2_LEN} bytes",
+                    found=f"{len(body)} bytes",
+                )
+            v, t, e, b, f, s, w, m = HEADER_V2.unpack_from(body)
+            return _new_tuple(cls, (v, t, e, s, w, m, b, f))
+        if len(body) < HEADER_V1_LEN:
             raise FormatError(
                 "ledger record is shorter than its header",
-                expected=f"at least {HEADER_LEN} bytes",
+                expected=f"at least {HEADER_V1_LEN} bytes",
                 found=f"{len(body)} bytes",
             )
-        return cls._make(HEADER.unpack_from(body))
+        return _new_tuple(cls, (*HEADER_V1.unpack_from(body), 0, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +267,7 @@ class FileHeader:
 
     def pack(self) -> bytes:
         return FILE_HEADER.pack(
-            FILE_MAGIC, VERSION, self.instance_id, self.base_seq, self.base_hash
+            FILE_MAGIC, FILE_VERSION, self.instance_id, self.base_seq, self.base_hash
         )
 
     @classmethod
@@ -236,10 +283,10 @@ class FileHeader:
             raise FormatError(
                 "not a meterbox ledger file", expected=repr(FILE_MAGIC), found=repr(magic)
             )
-        if version != VERSION:
+        if version != FILE_VERSION:
             raise UnknownVersionError(
                 "unknown ledger file version",
-                expected=f"version {VERSION}",
+                expected=f"version {FILE_VERSION}",
                 found=f"version {version}",
                 hint="upgrade meterbox to read this ledger",
             )

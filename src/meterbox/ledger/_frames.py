@@ -10,16 +10,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple
 
-from meterbox.crypto import AeadKey
+from meterbox.crypto import TAG_LEN, AeadKey
 from meterbox.errors import FormatError, UnknownVersionError
 from meterbox.ledger._format import (
+    BATCH_SEAL_LEN,
     BY_VALUE,
     EPOCH_BODY_LEN,
+    EPOCH_BODY_V1_LEN,
     EPOCH_PLAIN,
-    HEADER_LEN,
+    FLAG_CLOSES_BATCH,
+    HEADER_V1_LEN,
+    HEADER_V2_LEN,
     LEN_PREFIX,
     LEN_PREFIX_LEN,
-    VERSION,
+    VERSION_1,
+    VERSIONS,
     EpochPlain,
     Header,
     RecordType,
@@ -28,6 +33,9 @@ from meterbox.ledger._format import (
 )
 
 _READ_CHUNK = 1 << 20
+_EPOCH = int(RecordType.EPOCH)
+#: The shortest body that can hold a version 2 header, a GCM tag and a batch seal.
+_SEALED_MIN = HEADER_V2_LEN + TAG_LEN + BATCH_SEAL_LEN
 
 
 class RawFrame(NamedTuple):
@@ -114,10 +122,10 @@ class EpochRecord:
 
 def parse_header(body: bytes) -> Header:
     header = Header.unpack(body)
-    if header.version != VERSION:
+    if header.version not in VERSIONS:
         raise UnknownVersionError(
             "unknown ledger record version",
-            expected=f"version {VERSION}",
+            expected="version 1 or 2",
             found=f"version {header.version}",
             hint="upgrade meterbox to read this ledger",
         )
@@ -127,24 +135,54 @@ def parse_header(body: bytes) -> Header:
             expected="a type listed in docs/spec/ledger.md",
             found=f"type {header.type}",
         )
+    # Flags are 0 on every version 1 record and on all but a batch's last in version 2,
+    # so the common case costs one test.
+    flags = header.flags
+    if flags:
+        if flags != FLAG_CLOSES_BATCH or header.type == _EPOCH:
+            raise FormatError(
+                "ledger record header has invalid flags",
+                expected="flags 0, or 1 on the last record of a batch (never on EPOCH)",
+                found=f"flags {flags} on a type {header.type} record",
+            )
+        if len(body) < _SEALED_MIN:
+            raise FormatError(
+                "ledger record is too short for its batch seal",
+                expected=f"at least {_SEALED_MIN} bytes",
+                found=f"{len(body)} bytes",
+            )
+    elif header.batch and header.type == _EPOCH:
+        raise FormatError(
+            "ledger EPOCH record names a batch",
+            expected="batch 0 on an EPOCH record",
+            found=f"batch {header.batch}",
+        )
     return header
 
 
 def parse_epoch(body: bytes, header: Header) -> EpochRecord:
-    if len(body) != EPOCH_BODY_LEN:
+    want = EPOCH_BODY_V1_LEN if header.version == VERSION_1 else EPOCH_BODY_LEN
+    if len(body) != want:
         raise FormatError(
             "ledger epoch record has the wrong length",
-            expected=f"{EPOCH_BODY_LEN} bytes",
+            expected=f"{want} bytes",
             found=f"{len(body)} bytes",
         )
-    split = HEADER_LEN + EPOCH_PLAIN.size
-    plain = EpochPlain.unpack(body[HEADER_LEN:split])
+    size = header.size
+    split = size + EPOCH_PLAIN.size
+    plain = EpochPlain.unpack(body[size:split])
     return EpochRecord(header, plain, body[:split], body[split:])
 
 
 def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
-    """Authenticate and decrypt a non-epoch record; raises VerificationError or FormatError."""
-    plaintext = key.open(nonce(header.epoch, header.seq), body[HEADER_LEN:], body[:HEADER_LEN])
+    """Authenticate and decrypt a non-epoch record; raises VerificationError or FormatError.
+
+    The batch seal of a version 2 batch's last record is not checked here (it needs the
+    batch key): see :func:`unsealed_frame`.
+    """
+    size = HEADER_V1_LEN if header.version == VERSION_1 else HEADER_V2_LEN
+    end = len(body) - BATCH_SEAL_LEN if header.flags else len(body)
+    plaintext = key.open(nonce(header.epoch, header.seq), body[size:end], body[:size])
     return Record(
         header.seq,
         BY_VALUE[header.type],
@@ -153,3 +191,8 @@ def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
         header.mono_ms,
         unpack_payload(plaintext),
     )
+
+
+def unsealed_frame(data: bytes) -> tuple[bytes, bytes]:
+    """A batch-closing frame split into the bytes its seal covers and the seal."""
+    return data[:-BATCH_SEAL_LEN], data[-BATCH_SEAL_LEN:]

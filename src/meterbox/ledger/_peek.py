@@ -12,7 +12,8 @@ from pathlib import Path
 
 from meterbox._fs import check_private_dir
 from meterbox.errors import StateError
-from meterbox.ledger._directory import LEDGER_FILE, Meta, read_chain_key
+from meterbox.ledger import _keystate
+from meterbox.ledger._directory import CHAIN_KEY_FILE, LEDGER_FILE, Meta
 from meterbox.ledger._recovery import scan
 from meterbox.ledger._seal import Head
 
@@ -21,7 +22,7 @@ def read_head(directory: Path) -> Head:
     """The last good record's seq and chain hash, read without writing anything."""
     check_private_dir(directory)
     meta = Meta.read(directory)
-    epoch_no, chain_key = read_chain_key(directory)
+    key_state = _keystate.read(directory, CHAIN_KEY_FILE)
     try:
         fd = os.open(directory / LEDGER_FILE, os.O_RDONLY)
     except OSError as exc:
@@ -32,7 +33,7 @@ def read_head(directory: Path) -> Head:
             hint="run the command as the user the server runs as",
         ) from exc
     try:
-        found = scan(fd, epoch_no, chain_key)
+        found = scan(fd, key_state)
     finally:
         os.close(fd)
     if found.header.instance_id != meta.instance_id:

@@ -37,10 +37,32 @@ from meterbox.crypto import (
 from meterbox.errors import FormatError, MeterboxError, UnknownVersionError, VerificationError
 from meterbox.ledger import _findings as F
 from meterbox.ledger._findings import Finding
-from meterbox.ledger._format import INSTANCE_ID_LEN, Header, RecordType, chain
-from meterbox.ledger._frames import FrameReader, RawFrame, Record, open_record, parse_epoch
+from meterbox.ledger._format import (
+    FLAG_CLOSES_BATCH,
+    INSTANCE_ID_LEN,
+    VERSION,
+    Header,
+    RecordType,
+    chain,
+)
+from meterbox.ledger._frames import (
+    FrameReader,
+    RawFrame,
+    Record,
+    open_record,
+    parse_epoch,
+    unsealed_frame,
+)
 from meterbox.ledger._frames import parse_header as parse_record_header
-from meterbox.ledger._keys import open_chain_key, ratchet, record_key
+from meterbox.ledger._keys import (
+    MAX_BATCH_STEPS,
+    batch_root,
+    batch_seal,
+    next_batch_key,
+    open_chain_key,
+    ratchet,
+    record_key,
+)
 from meterbox.ledger._report import (
     MAX_HEADER_LEN,
     MAX_TRAILER_LEN,
@@ -52,14 +74,21 @@ from meterbox.ledger._report import (
     U32,
 )
 from meterbox.ledger._seal import Head
-from meterbox.ledger.records import Checkpoint, Genesis, Recovery
+from meterbox.ledger.records import Checkpoint, Genesis, LedgerShortened, Recovery
 
 MAX_PENDING_GAPS: Final = 4096
 #: Findings of one code beyond this many are summarised, so a damaged report
 #: cannot flood the vendor's store.
 MAX_FINDINGS_PER_CODE: Final = 50
 #: Record types the verifier inspects beyond authentication.
-_CHECKED_TYPES: Final = frozenset({RecordType.GENESIS, RecordType.CHECKPOINT, RecordType.RECOVERY})
+_CHECKED_TYPES: Final = frozenset(
+    {
+        RecordType.GENESIS,
+        RecordType.CHECKPOINT,
+        RecordType.RECOVERY,
+        RecordType.LEDGER_SHORTENED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +197,17 @@ class _Walk:
     cur_epoch: int | None = None
     cur_chain: bytes | None = None
     cur_key: AeadKey | None = None
+    #: The record version of the current epoch (its EPOCH record's).
+    cur_version: int = 0
+    #: Version 2 epochs: the batch the next record belongs to, and its key.
+    next_batch: int = 0
+    batch_key: bytes | None = None
+    #: A record of ``next_batch`` was seen, and no seal has closed it yet.
+    batch_open: bool = False
+    #: Seq of the last frame of the current epoch (a batch check needs contiguity).
+    last_epoch_seq: int = -1
+    #: A frame went missing, came twice or out of order: the chain the seals cover differs.
+    chain_broken: bool = False
 
 
 class ReportVerifier:
@@ -196,11 +236,14 @@ class ReportVerifier:
         self._src: _Hashing | None = None
         self._openable = False
         self._counts: dict[str, int] = {}
+        self._criticals = 0
         self._walk: _Walk | None = None
 
     def _find(self, code: str, severity: F.Severity, message: str, seq: int | None = None) -> None:
         n = self._counts.get(code, 0) + 1
         self._counts[code] = n
+        if severity == "critical":
+            self._criticals += 1
         if n <= MAX_FINDINGS_PER_CODE:
             self.result.findings.append(Finding(code, severity, message, seq))
         elif n == MAX_FINDINGS_PER_CODE + 1:
@@ -461,12 +504,74 @@ class ReportVerifier:
             self._epoch(walk, raw.body, hdr)
             return None
         record = self._open(walk, raw.body, hdr)
+        if walk.cur_version == VERSION and hdr.epoch == walk.cur_epoch:
+            self._check_batch(walk, raw, hdr, before)
         if record is not None and record.type in _CHECKED_TYPES:
             self._check_record(record, before)
         return record
 
+    def _check_batch(self, walk: _Walk, raw: RawFrame, hdr: Header, before: bytes) -> None:
+        """Ledger.md Verify step 7a: batches of a version 2 epoch, in order, each sealed."""
+        contiguous = hdr.seq == walk.last_epoch_seq + 1
+        walk.last_epoch_seq = hdr.seq
+        if walk.batch_key is None:
+            return
+        if hdr.batch != walk.next_batch:
+            if contiguous:
+                self._find(
+                    F.BATCH_FORGED,
+                    "critical",
+                    f"record {hdr.seq} is in batch {hdr.batch} of epoch {hdr.epoch}, where "
+                    f"batch {walk.next_batch} "
+                    + ("continues" if walk.batch_open else "begins")
+                    + ": batches were merged, split or renumbered",
+                    hdr.seq,
+                )
+            steps = hdr.batch - walk.next_batch
+            if not 0 < steps <= MAX_BATCH_STEPS:
+                walk.batch_key = None  # nothing further in this epoch can be checked
+                return
+            walk.batch_key = next_batch_key(walk.batch_key, steps)
+            walk.next_batch = hdr.batch
+        walk.batch_open = True
+        if not hdr.flags & FLAG_CLOSES_BATCH:
+            return
+        covered, tag = unsealed_frame(raw.data)
+        # A seal covers the chain through every earlier frame. Once a frame went missing
+        # or a critical finding was made, the bytes received differ from what was
+        # sealed, and every later seal would fail too: the first finding names the
+        # damage, so later seals are not checked (the report is rejected either way).
+        checkable = self._criticals == 0 and not walk.chain_broken
+        if checkable and not constant_time_equal(batch_seal(walk.batch_key, before, covered), tag):
+            self._find(
+                F.BATCH_FORGED,
+                "critical",
+                f"batch {hdr.batch} of epoch {hdr.epoch} (ending at record {hdr.seq}) fails "
+                "its seal: its records were changed or sealed again by someone without "
+                "that batch's key",
+                hdr.seq,
+            )
+        walk.next_batch += 1
+        walk.batch_key = next_batch_key(walk.batch_key)
+        walk.batch_open = False
+
+    def _unsealed_batch(self, walk: _Walk, next_seq: int | None) -> None:
+        """A version 2 epoch ends (a new EPOCH, or the report's end) inside a batch."""
+        contiguous = next_seq is None or next_seq == walk.last_epoch_seq + 1
+        if walk.batch_open and walk.batch_key is not None and contiguous:
+            self._find(
+                F.BATCH_FORGED,
+                "critical",
+                f"batch {walk.next_batch} of epoch {walk.cur_epoch} ends at record "
+                f"{walk.last_epoch_seq} without its seal",
+                walk.last_epoch_seq,
+            )
+        walk.batch_open = False
+
     def _check_sequence(self, walk: _Walk, seq: int, data: bytes) -> None:
         """Ledger.md Verify step 4: gap-free, in order, once."""
+        if seq != walk.expected:
+            walk.chain_broken = True
         if seq == walk.expected:
             walk.expected += 1
         elif seq > walk.expected:
@@ -516,13 +621,20 @@ class ReportVerifier:
 
     def _epoch(self, walk: _Walk, body: bytes, hdr: Header) -> None:
         """Ledger.md Verify step 6: an EPOCH record opens its epoch, or nothing."""
+        if walk.cur_version == VERSION:
+            self._unsealed_batch(walk, hdr.seq)
         opened = self._open_epoch(body, hdr, walk.cur_epoch, walk.cur_chain, walk.anchor)
         walk.cur_epoch = hdr.epoch
+        walk.cur_version = hdr.version
+        walk.next_batch, walk.batch_key, walk.batch_open = 0, None, False
+        walk.last_epoch_seq = hdr.seq
         if opened is None:
             walk.cur_chain, walk.cur_key = None, None
         else:
-            walk.cur_chain, walk.cur_key = opened
-            self.result.chain = ChainState(hdr.epoch, opened[0])
+            walk.cur_chain, walk.cur_key, salt = opened
+            if hdr.version == VERSION:
+                walk.batch_key = batch_root(walk.cur_chain, salt)
+            self.result.chain = ChainState(hdr.epoch, walk.cur_chain)
 
     def _open(self, walk: _Walk, body: bytes, hdr: Header) -> Record | None:
         """Ledger.md Verify step 7: open a record with its epoch's key."""
@@ -536,6 +648,16 @@ class ReportVerifier:
                     "record before it",
                     seq,
                 )
+            return None
+        if hdr.version != walk.cur_version:
+            # Every record of an epoch has its EPOCH record's version: a version 1 record
+            # in a version 2 epoch would escape the batch seals.
+            self._find(
+                F.RECORD_UNAUTHENTIC,
+                "critical",
+                f"record {seq} has version {hdr.version} in an epoch of version {walk.cur_version}",
+                seq,
+            )
             return None
         try:
             return open_record(body, hdr, walk.cur_key)
@@ -555,6 +677,8 @@ class ReportVerifier:
         """Ledger.md Verify step 10 (the head and rollback; gaps follow the frames)."""
         known = self.known
         last_seq = walk.last_seq
+        if walk.cur_version == VERSION:
+            self._unsealed_batch(walk, None)
         self.result.head = Head(last_seq, walk.prev) if last_seq >= 0 else None
         if known is not None and last_seq < known.head.seq:
             self._find(
@@ -597,6 +721,8 @@ class ReportVerifier:
                     f"checkpoint {record.seq} does not commit to the chain before it",
                     record.seq,
                 )
+        elif record.type == RecordType.LEDGER_SHORTENED:
+            self._shortened(record)
         elif record.type == RecordType.RECOVERY:
             lost: int | None = None
             try:
@@ -622,6 +748,40 @@ class ReportVerifier:
                     record.seq,
                 )
 
+    def _shortened(self, record: Record) -> None:
+        try:
+            sh: LedgerShortened | None = LedgerShortened.from_map(record.payload)
+        except FormatError:
+            sh = None
+        if sh is not None and sh.reason == "key_behind":
+            self._find(
+                F.LEDGER_KEY_STATE_BEHIND,
+                "critical",
+                f"the server found its key state at record {sh.key_seq} (epoch "
+                f"{sh.key_epoch}, batch {sh.key_batch}) behind its ledger, which went on "
+                f"to {sh.ledger_seq}: a saved copy of chain.key was put back, so nothing "
+                "vouches that the ledger after it was not cut",
+                record.seq,
+            )
+            return
+        what = (
+            "the ledger differs"
+            if sh is not None and sh.reason == "diverged"
+            else "the ledger was shorter"
+        )
+        named = (
+            f"its key state named record {sh.key_seq} (epoch {sh.key_epoch}, batch "
+            f"{sh.key_batch}) but the ledger ended at {sh.ledger_seq}"
+            if sh is not None
+            else f"payload {record.payload!r}"
+        )
+        self._find(
+            F.LEDGER_SHORTENED,
+            "critical",
+            f"{what} when the server opened it: {named}; committed records were removed",
+            record.seq,
+        )
+
     def _open_epoch(
         self,
         body: bytes,
@@ -629,7 +789,7 @@ class ReportVerifier:
         cur_epoch: int | None,
         cur_chain: bytes | None,
         anchor: ChainState | None,
-    ) -> tuple[bytes, AeadKey] | None:
+    ) -> tuple[bytes, AeadKey, bytes] | None:
         r = self.result
         try:
             ep = parse_epoch(body, hdr)
@@ -675,7 +835,7 @@ class ReportVerifier:
                 hdr.seq,
             )
             return None
-        return chain_key, record_key(chain_key, ep.plain.salt)
+        return chain_key, record_key(chain_key, ep.plain.salt), ep.plain.salt
 
     def _expected_chain_key(
         self,

@@ -9,9 +9,14 @@ Durability: a record is acknowledged (its future resolves) only after the batch
 holding it has been written and fdatasync'ed. One committer thread drains every
 record queued meanwhile into one write and one sync (group commit).
 
-Epoch roll order: the new EPOCH frame is made durable first, then ``chain.key``
-is replaced. A crash in between leaves the old key on disk, from which the new
-one is one ratchet step away, so recovery can still authenticate the tail.
+Key state: every write unit (a batch, or an EPOCH record) is made durable first, then
+the key state (``chain.key``, :mod:`meterbox.ledger._keystate`) moves on to the next
+batch and names the new head, and only then are the unit's records acknowledged. A
+crash in between leaves the previous key state, whose keys wrote the unit on disk, so
+recovery can still check it; a key state that cannot be written fails the batch like
+a failed write (the ledger is cut back to the last durable end). So every acknowledged
+record is at or before the point the key state names, and a ledger that ends earlier
+was shortened (recorded as LEDGER_SHORTENED when it is opened).
 """
 
 from __future__ import annotations
@@ -48,14 +53,14 @@ from meterbox.crypto import (
     x25519_raw_public,
 )
 from meterbox.errors import FormatError, MeterboxError, StateError, VerificationError
+from meterbox.ledger import _keystate
 from meterbox.ledger._directory import (
+    CHAIN_KEY_FILE,
     COMPACT_FILE,
     INSTANCE_KEY_FILE,
     LEDGER_FILE,
     Meta,
     lock,
-    read_chain_key,
-    write_chain_key,
 )
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
@@ -67,9 +72,17 @@ from meterbox.ledger._format import (
     genesis_hash,
 )
 from meterbox.ledger._frames import Record
-from meterbox.ledger._recovery import EpochStart, Recovery, resume_key, scan, torn_tail
-from meterbox.ledger._seal import Head, Sealer
-from meterbox.ledger.records import Boot, Checkpoint, ClockStep, Genesis, Shutdown
+from meterbox.ledger._keystate import KeyState, KeyStateFile
+from meterbox.ledger._recovery import (
+    EpochStart,
+    Recovery,
+    Shortened,
+    scan,
+    shortened,
+    torn_tail,
+)
+from meterbox.ledger._seal import FRAME_OVERHEAD, Head, Pending, Sealer, pending
+from meterbox.ledger.records import Boot, ClockStep, Genesis, LedgerShortened, Shutdown
 from meterbox.ledger.records import Recovery as RecoveryPayload
 
 
@@ -100,6 +113,7 @@ class _OpenFile:
 
     fd: int
     lock_file: IO[bytes]
+    keys: KeyStateFile
     header: FileHeader
     end: int
     epochs: list[EpochStart]
@@ -126,6 +140,7 @@ class LedgerWriter:
         self.instance_key = instance_key
         self._fd = file.fd
         self._lock_file = file.lock_file
+        self._keys = file.keys
         self.file_header = file.header
         self._end = file.end
         self._epochs = file.epochs
@@ -138,10 +153,12 @@ class LedgerWriter:
         self._since_checkpoint = 0
         self._epoch_started_mono = clock.mono_ms()
         self._clock_offset = clock.wall_ms() - clock.mono_ms()
-        self._key_dirty = False
         #: Set when a failed batch could not be cut back: no further write is allowed.
         self._stopped: StateError | None = None
         self.recovery: Recovery | None = None
+        #: Set when the ledger did not reach the point its key state names (recorded).
+        self.shortened: Shortened | None = None
+        self._replay_after: int | None = None
         #: Records after ``replay_after`` (see :meth:`open`) that this boot could open:
         #: the caller re-applies them to state that may have missed them in a crash.
         self.replayed: list[Record] = []
@@ -191,21 +208,26 @@ class LedgerWriter:
             boot_id=clock.boot_id(), wall_ms=clock.wall_ms(), mono_ms=clock.mono_ms(), first=True
         )
         genesis_payload = Genesis(ed25519_raw_public(instance_key.public_key()), genesis or {})
-        genesis_frame = sealer.seal(
-            RecordType.GENESIS,
-            genesis_payload.to_map(),
-            wall_ms=clock.wall_ms(),
-            mono_ms=clock.mono_ms(),
+        (genesis_frame,) = sealer.seal_batch(
+            [
+                pending(
+                    RecordType.GENESIS,
+                    genesis_payload.to_map(),
+                    wall_ms=clock.wall_ms(),
+                    mono_ms=clock.mono_ms(),
+                )
+            ]
         )
         path = directory / LEDGER_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         write_all(fd, header.pack() + epoch_frame + genesis_frame)
         os.fsync(fd)
         fsync_dir(directory)
-        write_chain_key(directory, sealer.epoch, sealer.chain_key)
+        _keystate.create(directory, CHAIN_KEY_FILE, _key_state(sealer, 0))
         file = _OpenFile(
             fd,
             lock(directory),
+            KeyStateFile.open(directory, CHAIN_KEY_FILE),
             header,
             FILE_HEADER_LEN + len(epoch_frame) + len(genesis_frame),
             [EpochStart(0, FILE_HEADER_LEN, header.base_hash)],
@@ -243,15 +265,21 @@ class LedgerWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / COMPACT_FILE)
             meta = Meta.read(directory)
-            epoch_no, chain_key = read_chain_key(directory)
-            instance_key = ed25519_private_from_raw((directory / INSTANCE_KEY_FILE).read_bytes())
-            path = directory / LEDGER_FILE
-            fd = os.open(path, os.O_RDWR)
+            keys = KeyStateFile.open(directory, CHAIN_KEY_FILE)
         except BaseException:
             held.close()
             raise
         try:
-            found = scan(fd, epoch_no, chain_key, replay_after)
+            instance_key = ed25519_private_from_raw((directory / INSTANCE_KEY_FILE).read_bytes())
+            path = directory / LEDGER_FILE
+            fd = os.open(path, os.O_RDWR)
+        except BaseException:
+            keys.close()
+            held.close()
+            raise
+        ks = keys.current
+        try:
+            found = scan(fd, ks, replay_after)
             if found.header.instance_id != meta.instance_id:
                 raise StateError(
                     "ledger file belongs to another instance",
@@ -259,24 +287,31 @@ class LedgerWriter:
                     found=found.header.instance_id.hex(),
                     hint="restore the matching ledger.mbl or chain.key",
                 )
-            chain_key = resume_key(found, epoch_no, chain_key)
             recovery = torn_tail(
-                found, os.fstat(fd).st_size, config.max_torn_bytes, force_recover, replay_after
+                found,
+                os.fstat(fd).st_size,
+                config.max_torn_bytes,
+                force_recover,
+                replay_after,
+                committed=(ks.last_seq, ks.epoch),
             )
             if recovery is not None:
                 os.ftruncate(fd, found.good_end)
                 os.fsync(fd)
+            short = shortened(found, ks)
             sealer = Sealer(
                 instance_id=meta.instance_id,
                 vendor_key=x25519_public_from_raw(meta.vendor_ledger_key),
                 vendor_key_id=meta.vendor_key_id,
-                chain_key=chain_key,
-                epoch=found.last_epoch,
+                chain_key=found.next_epoch_key,
+                # The next epoch follows both the ledger's and the key state's: a ledger
+                # cut back to an earlier epoch never reuses an epoch number.
+                epoch=max(found.last_epoch, ks.epoch),
                 next_seq=found.next_seq,
                 head_hash=found.head_hash,
                 random=random,
             )
-            file = _OpenFile(fd, held, found.header, found.good_end, found.epochs)
+            file = _OpenFile(fd, held, keys, found.header, found.good_end, found.epochs)
             writer = cls(
                 directory,
                 sealer=sealer,
@@ -287,14 +322,18 @@ class LedgerWriter:
             )
         except BaseException:
             os.close(fd)
+            keys.close()
             held.close()
             raise
         writer.recovery = recovery
+        writer.shortened = short
+        writer._replay_after = replay_after
         writer.replayed = found.replayed
         try:
             writer._start_boot(recovery, boot_payload)
         except BaseException:
             os.close(writer._fd)
+            keys.close()
             held.close()
             raise
         writer._thread.start()
@@ -313,6 +352,21 @@ class LedgerWriter:
                     last_good_seq=recovery.last_good_seq,
                     acked_seq=recovery.acked_seq,
                     acked_lost=recovery.acked_lost,
+                ).to_map(),
+            )
+        short = writer.shortened
+        if short is not None:
+            writer._write_now(
+                RecordType.LEDGER_SHORTENED,
+                LedgerShortened(
+                    reason=short.reason,
+                    key_epoch=short.key.epoch,
+                    key_batch=short.key.batch,
+                    key_seq=short.key.last_seq,
+                    key_hash=short.key.last_hash,
+                    ledger_seq=short.ledger_seq,
+                    ledger_hash=short.ledger_hash,
+                    state_seq=self._replay_after,
                 ).to_map(),
             )
         writer._write_now(RecordType.BOOT, Boot(boot_payload or {}).to_map())
@@ -358,6 +412,7 @@ class LedgerWriter:
             self._queue.put(_STOP)
             self._thread.join()
         os.close(self._fd)
+        self._keys.close()
         self._lock_file.close()
 
     def __enter__(self) -> LedgerWriter:
@@ -390,20 +445,15 @@ class LedgerWriter:
     def _commit(self, batch: list[tuple[RecordType, dict[str, Any], Future[Appended]]]) -> None:
         with self._io_lock:
             try:
-                if self._key_dirty:
-                    self._persist_chain_key()
                 self._maybe_roll()
-                saved = _SealerState.save(self._sealer)
-                frames: list[bytes] = []
-                pending_bytes = 0
                 done: list[tuple[Future[Appended], Appended]] = []
-                frames.extend(self._clock_step_frames())
+                items: list[Pending] = list(self._clock_step())
+                futs: list[Future[Appended] | None] = [None] * len(items)
+                pending_bytes = 0
                 for rtype, payload, fut in batch:
                     wall = self._clock.wall_ms()
                     try:
-                        data = self._sealer.seal(
-                            rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms()
-                        )
+                        item = pending(rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms())
                     except (FormatError, TypeError, ValueError) as exc:
                         fut.set_exception(
                             exc
@@ -415,21 +465,19 @@ class LedgerWriter:
                             )
                         )
                         continue
-                    frames.append(data)
-                    pending_bytes += len(data)
-                    head = self._sealer.head
-                    done.append((fut, Appended(head.seq, head, wall)))
+                    items.append(item)
+                    futs.append(fut)
                     self._since_checkpoint += 1
+                    pending_bytes += len(item.payload) + FRAME_OVERHEAD
                     if pending_bytes >= self.config.max_batch_bytes:
-                        # Bound one write (and so what a torn tail can hold).
-                        self._write_frames(frames, saved)
+                        # Bound one write (and so what a torn tail can hold): a batch of
+                        # its own, sealed, durable and acknowledged before the next part.
+                        done = self._write_batch(items, futs, checkpoint=False)
                         for f, appended in done:
                             f.set_result(appended)
-                        frames, done, pending_bytes = [], [], 0
-                        saved = _SealerState.save(self._sealer)
-                if self._since_checkpoint >= self.config.checkpoint_every:
-                    frames.append(self._checkpoint_frame())
-                self._write_frames(frames, saved)
+                        items, futs, done, pending_bytes = [], [], [], 0
+                checkpoint = self._since_checkpoint >= self.config.checkpoint_every
+                done = self._write_batch(items, futs, checkpoint=checkpoint)
             except Exception as exc:  # noqa: BLE001 - the committer thread must survive
                 # A failed batch fails only its own records: the file was cut back to the
                 # last durable frame, so the next batch (when the disk has room again)
@@ -450,13 +498,33 @@ class LedgerWriter:
             for fut, appended in done:
                 fut.set_result(appended)
 
+    def _write_batch(
+        self, items: list[Pending], futs: list[Future[Appended] | None], *, checkpoint: bool
+    ) -> list[tuple[Future[Appended], Appended]]:
+        """Seal ``items`` as one batch, make it durable; return what to acknowledge."""
+        if not items and not checkpoint:
+            return []
+        saved = _SealerState.save(self._sealer)
+        first_seq = self._sealer.next_seq
+        at = (self._clock.wall_ms(), self._clock.mono_ms()) if checkpoint else None
+        frames = self._sealer.seal_batch(items, checkpoint=at)
+        if checkpoint:
+            self._since_checkpoint = 0
+        hashes = self._sealer.batch_hashes
+        self._write_frames(frames, saved)
+        return [
+            (fut, Appended(first_seq + i, Head(first_seq + i, hashes[i]), item.wall_ms))
+            for i, (item, fut) in enumerate(zip(items, futs, strict=True))
+            if fut is not None
+        ]
+
     def _write_frames(self, frames: list[bytes], saved: _SealerState) -> None:
-        """Write and sync ``frames`` at the end of the file, or undo them and raise.
+        """Write and sync ``frames`` at the end of the file, then move the key state on.
 
         Nothing is acknowledged before this returns. On failure the sealer goes back
         to the last durable head and the file is cut back to the last durable end, so
         the next batch reuses sequence numbers that nothing durable or acknowledged
-        ever carried.
+        ever carried; the key state stays the one that names that end.
         """
         if not frames:
             return
@@ -471,6 +539,25 @@ class LedgerWriter:
             os.fdatasync(self._fd)
         except OSError as exc:
             saved.restore(self._sealer)
+            self._cut_back(exc)
+        try:
+            self._keys.write(_key_state(self._sealer, self._keys.current.generation))
+        except OSError as exc:
+            saved.restore(self._sealer)
+            if self._keys.uncertain:
+                # chain.key may name this batch, durably or not: cutting the batch now
+                # could leave a key state ahead of the ledger, which reads as a shortened
+                # ledger. Keep the batch (as a crash right after its write would) and stop;
+                # reports of this run end before it (it was never acknowledged).
+                self._stopped = StateError(
+                    "the ledger stopped after a key state write it could not undo",
+                    expected="a disk that accepts writes to chain.key",
+                    found=exc.strerror or str(exc),
+                    hint="restart the server once the disk works again; the last batch "
+                    "was not acknowledged but stays in the ledger",
+                )
+                raise self._stopped from exc
+            # The previous key state is durably the current one again: cut the batch.
             self._cut_back(exc)
         self._end += len(data)
         self._durable_head = self._sealer.head
@@ -501,11 +588,10 @@ class LedgerWriter:
         ) from exc
 
     def _write_now(self, rtype: RecordType, payload: dict[str, Any]) -> Appended:
-        """Seal and sync one record synchronously (used before the thread starts)."""
-        saved = _SealerState.save(self._sealer)
+        """Seal and sync one record as a batch of its own (used before the thread starts)."""
         wall = self._clock.wall_ms()
-        data = self._sealer.seal(rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms())
-        self._write_frames([data], saved)
+        item = pending(rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms())
+        self._write_batch([item], [None], checkpoint=False)
         return Appended(self._sealer.head.seq, self._sealer.head, wall)
 
     def _maybe_roll(self) -> None:
@@ -517,7 +603,7 @@ class LedgerWriter:
             self._roll_epoch()
 
     def _roll_epoch(self) -> None:
-        """Start the next epoch: EPOCH frame durable first, then the new chain key."""
+        """Start the next epoch: EPOCH frame durable first, then the key state for it."""
         saved = _SealerState.save(self._sealer)
         first = not self._epochs and self._sealer.next_seq == 0
         prev_hash, offset, seq = self._sealer.head_hash, self._end, self._sealer.next_seq
@@ -530,47 +616,19 @@ class LedgerWriter:
         self._write_frames([data], saved)
         self._epochs.append(EpochStart(seq, offset, prev_hash))
         self._epoch_started_mono = self._clock.mono_ms()
-        self._key_dirty = True
-        self._persist_chain_key()
 
-    def _persist_chain_key(self) -> None:
-        """Replace chain.key by the current epoch's key; retried until it succeeds.
-
-        Until it does, no further epoch may start: recovery can bridge one ratchet step
-        between the key file and the last EPOCH record, never two.
-        """
-        try:
-            write_chain_key(self.directory, self._sealer.epoch, self._sealer.chain_key)
-        except OSError as exc:
-            raise disk_error(
-                "the ledger's chain key cannot be saved",
-                exc,
-                hint="free disk space; the server retries before the next batch",
-            ) from exc
-        self._key_dirty = False
-
-    def _clock_step_frames(self) -> Iterator[bytes]:
+    def _clock_step(self) -> Iterator[Pending]:
         wall, mono = self._clock.wall_ms(), self._clock.mono_ms()
         offset = wall - mono
         delta = offset - self._clock_offset
         if abs(delta) >= self.config.clock_step_threshold_ms:
             self._clock_offset = offset
-            yield self._sealer.seal(
+            yield pending(
                 RecordType.CLOCK_STEP,
                 ClockStep(delta_ms=delta, wall_ms=wall, mono_ms=mono).to_map(),
                 wall_ms=wall,
                 mono_ms=mono,
             )
-
-    def _checkpoint_frame(self) -> bytes:
-        head = self._sealer.head
-        self._since_checkpoint = 0
-        return self._sealer.seal(
-            RecordType.CHECKPOINT,
-            Checkpoint(seq=head.seq, head_hash=head.hash, epoch=self._sealer.epoch).to_map(),
-            wall_ms=self._clock.wall_ms(),
-            mono_ms=self._clock.mono_ms(),
-        )
 
     # ------------------------------------------------------- reading, compaction
     @contextlib.contextmanager
@@ -743,18 +801,50 @@ class Snapshot:
             yield data
 
 
+def _key_state(s: Sealer, generation: int) -> KeyState:
+    """The key state that follows the sealer's last frame (its generation set on write)."""
+    assert s.record_key_bytes is not None and s.batch_key is not None
+    head = s.head
+    return KeyState(
+        generation,
+        s.epoch,
+        s.batch,
+        head.seq,
+        head.hash,
+        s.record_key_bytes,
+        s.batch_key,
+        s.next_epoch_key,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _SealerState:
     epoch: int
-    chain_key: bytes
+    next_epoch_key: bytes
     next_seq: int
     head_hash: bytes
     records_in_epoch: int
+    batch: int
+    batch_key: bytes | None
+    record_key: bytes | None
 
     @classmethod
     def save(cls, s: Sealer) -> _SealerState:
-        return cls(s.epoch, s.chain_key, s.next_seq, s.head_hash, s.records_in_epoch)
+        return cls(
+            s.epoch,
+            s.next_epoch_key,
+            s.next_seq,
+            s.head_hash,
+            s.records_in_epoch,
+            s.batch,
+            s.batch_key,
+            s.record_key_bytes,
+        )
 
     def restore(self, s: Sealer) -> None:
-        s.epoch, s.chain_key, s.next_seq = self.epoch, self.chain_key, self.next_seq
-        s.head_hash, s.records_in_epoch = self.head_hash, self.records_in_epoch
+        s.restore_keys(self.epoch, self.next_epoch_key, self.batch, self.batch_key, self.record_key)
+        s.next_seq, s.head_hash, s.records_in_epoch = (
+            self.next_seq,
+            self.head_hash,
+            self.records_in_epoch,
+        )

@@ -301,6 +301,31 @@ class WitnessMismatch(Witness):
     reason: str = _req("r", "str")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerShortened(_Payload):
+    """The ledger at open did not reach, or did not match, the batch its key state names.
+
+    ``reason`` is ``shorter`` (the ledger ends before the key state's point: records the
+    server had committed were removed), ``diverged`` (the record at that point has another
+    chain hash: the ledger was replaced) or ``key_behind`` (the ledger holds batches after
+    the key state's that a correct server writes only after moving the key state on: a
+    saved key state was put back).
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.LEDGER_SHORTENED
+    reason: str = _req("r", "str")
+    #: What the key state named: epoch, batch, seq and chain hash of its point.
+    key_epoch: int = _req("ke", "int")
+    key_batch: int = _req("kb", "int")
+    key_seq: int = _req("ks", "int")
+    key_hash: bytes = _req("kh", "bytes")
+    #: What the ledger has: its last seq and chain hash when it was opened.
+    ledger_seq: int = _req("ls", "int")
+    ledger_hash: bytes = _req("lh", "bytes")
+    #: The highest seq the server's state had applied, when the opener knew it.
+    state_seq: int | None = _opt("k", "int")
+
+
 # -------------------------------------------------------------- imports
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiptImported(_Payload):
@@ -444,6 +469,7 @@ RecordPayload = (
     | ClockStep
     | Checkpoint
     | Recovery
+    | LedgerShortened
     | ReceiptImported
     | TopupImported
     | LicenseInstalled
@@ -472,6 +498,7 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         ClockStep,
         Checkpoint,
         Recovery,
+        LedgerShortened,
         ReceiptImported,
         TopupImported,
         LicenseInstalled,

@@ -43,7 +43,6 @@ import hmac
 import io
 import json
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ from meterbox.ledger import (
     _report,
     export_report,
 )
+from meterbox.ledger._format import FILE_HEADER_LEN
 from support.ledger import (
     OTHER_VENDOR,
     OTHER_VENDOR_ID,
@@ -84,8 +84,9 @@ from support.ledger import (
     VENDOR_ID,
     counter_random,
     next_epoch_forger,
+    reseal_with_key_state,
 )
-from support.report_surgery import Parts, frame_offsets, join, split
+from support.report_surgery import Parts, frame_offsets, frame_seq, join, split
 
 #: The checked-in vectors live beside this generator.
 HERE = Path(__file__).resolve().parent
@@ -496,7 +497,7 @@ def _build(tmp: Path) -> dict[str, bytes]:
         ),
         {F.RECORD_UNAUTHENTIC},
     )
-    other_epoch1 = [fr for fr in other_parts.frames if struct.unpack_from(">Q", fr, 8)[0] >= 8]
+    other_epoch1 = [fr for fr in other_parts.frames if frame_seq(fr) >= 8]
     assert other_epoch1[0][3] == RecordType.EPOCH
     v.invalid(
         "spliced-epoch",
@@ -607,7 +608,82 @@ def _build(tmp: Path) -> dict[str, bytes]:
         {F.LEDGER_RECOVERED},
     )
     t.writer.close()
+
+    # Record version 2: what the per-batch key state stops.
+    # shortened: the ledger cut at a frame boundary inside the current epoch while the
+    # server was stopped; the server's next open sees the key state name a later batch.
+    c = new_ledger(tmp / "cut", seed=17)
+    c.usage(4)
+    c.writer.close()
+    ledger_file = c.directory / "ledger.mbl"
+    cut_at = frame_offsets_of_file(ledger_file.read_bytes())[-2]
+    with open(ledger_file, "r+b") as fh:
+        fh.truncate(cut_at)
+    c.reopen(seed=171)
+    c.usage(1, start=4)
+    v.invalid(
+        "shortened-ledger",
+        "ledger.mbl cut by two records at a frame boundary while the server was stopped; "
+        "on restart the key state names a later batch and the server records it",
+        c.export(),
+        {F.LEDGER_SHORTENED},
+    )
+    c.writer.close()
+
+    # key-state-restored: chain.key saved, put back after more batches were written.
+    k = new_ledger(tmp / "keycopy", seed=19)
+    k.usage(1)
+    saved = (k.directory / "chain.key").read_bytes()
+    k.usage(3, start=1)
+    k.writer.close()
+    (k.directory / "chain.key").write_bytes(saved)
+    k.reopen(seed=191)
+    v.invalid(
+        "key-state-restored",
+        "a copy of chain.key taken three batches earlier put back before a restart; the "
+        "ledger was not cut, but nothing vouches for its end any more: the server records "
+        "the key state as behind its ledger",
+        k.export(),
+        {F.LEDGER_KEY_STATE_BEHIND},
+    )
+    k.writer.close()
+
+    # resealed-batch: record 3 (a USAGE of an earlier batch) encrypted again with another
+    # amount, with the record key read from chain.key at attack time; re-signed with
+    # instance.key. Its batch seal no longer verifies.
+    r = new_ledger(tmp / "reseal", seed=23)
+    r.usage(4)
+    rparts = split(r.export())
+    forged_frame = reseal_with_key_state(
+        rparts.frames[3],
+        r.directory,
+        {"m": "solver-runs", "a": 1, "c": "ws-1", "l": LICENSE_ID, "k": "req-0001"},
+    )
+    v.invalid(
+        "resealed-batch",
+        "record 3 encrypted again with the epoch's record key from chain.key (amount 1 "
+        "instead of 2), its batch seal kept; re-signed with the instance key",
+        join(
+            Parts(
+                rparts.header,
+                [*rparts.frames[:3], forged_frame, *rparts.frames[4:]],
+                rparts.trailer,
+            ),
+            r.writer.instance_key,
+        ),
+        {F.BATCH_FORGED},
+    )
+    r.writer.close()
     return dict(sorted(v.files.items()))
+
+
+def frame_offsets_of_file(data: bytes) -> list[int]:
+    """Offsets of the frames of a ledger file (after its header)."""
+    out, pos = [], FILE_HEADER_LEN
+    while pos < len(data):
+        out.append(pos)
+        pos += 2 + int.from_bytes(data[pos : pos + 2], "big")
+    return out
 
 
 def write(out: Path) -> None:
