@@ -212,6 +212,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.SEAT_UNKNOWN,
         RecordType.MACHINE_ACTIVATED,
         RecordType.MACHINE_DEACTIVATED,
+        RecordType.TPM_ANCHOR,
+        RecordType.TPM_ROLLBACK,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 

@@ -53,8 +53,15 @@ from meterbox.server._core.replay import replay_changes
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep, status_view
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
-from meterbox.server._tpm import TpmSetup, prepare_tpm, write_tpm_config
-from meterbox.tpm import DEFAULT_TCTI, TpmMode
+from meterbox.server._tpm import (
+    AnchoredSink,
+    TpmGuard,
+    TpmSetup,
+    prepare_tpm,
+    require_tpm_guard,
+    write_tpm_config,
+)
+from meterbox.tpm import DEFAULT_TCTI, TpmMode, report_nonce
 
 LEDGER_DIR: Final = "ledger"
 #: Where init builds the ledger; renaming it to LEDGER_DIR is init's commit point.
@@ -317,7 +324,9 @@ class ServerInstance:
         bundle: VendorPublicBundle,
         licenses: list[tuple[License, bytes]],
         clock: Clock,
+        tpm: TpmGuard | None = None,
     ) -> None:
+        self.tpm = tpm
         self.data = data
         self.writer = writer
         self.store = store
@@ -358,7 +367,12 @@ class ServerInstance:
         except BaseException:
             store.close()
             raise
+        tpm: TpmGuard | None = None
         try:
+            # The TPM check comes before serving: a rollback is on record before any
+            # request of this run, and a license that requires a TPM is enforced here.
+            tpm = TpmGuard.open(data, writer)
+            require_tpm_guard([lic for lic, _ in licenses], tpm)
             store.initialize(
                 init_time=clock.now(),
                 instance_id=writer.instance_id.hex(),
@@ -374,7 +388,8 @@ class ServerInstance:
                     licenses={p.license_id: p for p in policies},
                 )
             )
-            sink = LedgerEventSink(writer, RecordType.from_kind)
+            ledger_sink = LedgerEventSink(writer, RecordType.from_kind)
+            sink = ledger_sink if tpm is None else AnchoredSink(ledger_sink, tpm)
             service = LicenseService.open(
                 store,
                 policies,
@@ -384,12 +399,16 @@ class ServerInstance:
                 sleep=sleep,
             )
         except BaseException:
+            if tpm is not None:
+                tpm.close()
             writer.close()
             store.close()
             raise
-        return cls(data, writer, store, service, bundle, licenses, clock)
+        return cls(data, writer, store, service, bundle, licenses, clock, tpm)
 
     def close(self) -> None:
+        if self.tpm is not None:
+            self.tpm.close()
         self.writer.close()
         self.store.close()
 
@@ -403,14 +422,30 @@ class ServerInstance:
 
     def export_bytes(self) -> bytes:
         buf = io.BytesIO()
-        export_report(
-            self.writer,
-            buf,
-            clock=self.clock,
-            licenses=[blob for _, blob in self.licenses],
-            acked=self.acked_head(),
-        )
+        acked = self.acked_head()
+        licenses = [blob for _, blob in self.licenses]
+        guard = self.tpm
+        if guard is None:
+            export_report(self.writer, buf, clock=self.clock, licenses=licenses, acked=acked)
+            return buf.getvalue()
+        nonce = report_nonce(self.writer.instance_id, None if acked is None else acked.hash)
+        # Under the guard's lock no other advance runs: the report's last TPM_ANCHOR is
+        # the value the TPM certifies, bound to the head the report ends at.
+        with guard.lock:
+            guard.advance_locked("report")
+            export_report(
+                self.writer,
+                buf,
+                clock=self.clock,
+                licenses=licenses,
+                acked=acked,
+                extra_for=lambda head: {"tpm": guard.attest_locked(head.hash, nonce)},
+            )
         return buf.getvalue()
+
+    async def _advance(self, reason: str) -> None:
+        if self.tpm is not None:
+            await asyncio.to_thread(self.tpm.advance, reason)
 
     # ------------------------------------------------------------------ import
     async def import_bytes(self, blob: bytes) -> dict[str, Any]:
@@ -427,6 +462,7 @@ class ServerInstance:
                     found=doc.license_id,
                 )
             await self.service.import_topup(doc.topup_id, doc.license_id, doc.meter, doc.units)
+            await self._advance("import")
             return {"imported": "topup", "topup_id": doc.topup_id, "units": doc.units}
         return await self._import_license(doc, blob)
 
@@ -473,6 +509,8 @@ class ServerInstance:
         await self.service.import_receipt(
             ReceiptInfo(receipt.vendor_time, receipt.head_seq, receipt.receipt_id)
         )
+        if not again:
+            await self._advance("import")
         try:
             removed = self.writer.compact(head)
         except StateError as exc:
@@ -498,6 +536,7 @@ class ServerInstance:
         atomic_write(self.data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
         self.licenses = [(x, b) for x, b in self.licenses if x.license_id != lic.license_id]
         self.licenses.append((lic, blob))
+        await self._advance("import")
         return {"imported": "license", "license_id": lic.license_id}
 
 

@@ -106,6 +106,7 @@ from meterbox.vendorkit._db.store import (
     ReportSpan,
     VendorStore,
 )
+from meterbox.vendorkit._tpm_check import TpmReportCheck
 from meterbox.vendorkit.anomaly import (
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
@@ -675,6 +676,7 @@ def _ingest_new(
         clock=ClockChecker(vendor_now_ms=now_ms, policy=policy, open_leases=leases),
     )
     verifier.known = known
+    tpm = TpmReportCheck(store.tpm_pins(instance_hex, conn), any(x.require_tpm for x in licenses))
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
@@ -684,6 +686,7 @@ def _ingest_new(
         with stream:
             for record, acked in verifier.records():
                 core.add(record, acked)
+                tpm.feed(record, acked)
                 if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
                     _flush(conn, store, core)
         result = verifier.result
@@ -711,6 +714,8 @@ def _ingest_new(
             )
         clones = check_clones(instance_hex, license_ids, span, activity)
         findings += clones.findings
+        findings += tpm.finish(header.extra if header else {}, result.head,
+                               header.acked if header else None, raw_iid)  # fmt: skip
         every, grace = _interval(licenses)
         pending = Pending(
             digest,
@@ -733,6 +738,8 @@ def _ingest_new(
         status = decide(findings)
         if status == "rejected":
             conn.rollback()  # drop every row this report wrote; keep only its verdict
+        elif tpm.pins_after is not None:
+            store.put_tpm_pins(instance_hex, tpm.pins_after, conn)
         receipt: Receipt | None = None
         document = b""
         if status != "rejected" and result.head is not None:
