@@ -9,22 +9,28 @@ vendor's verdict is read from the ingest outcome.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from meterbox.ledger import RecordType, TpmAnchor
+from meterbox.clock import ManualClock
+from meterbox.ledger import LedgerConfig, RecordType, TpmAnchor
+from meterbox.server._instance import ServerInstance
 from meterbox.vendorkit import IngestOutcome, ingest_report
 from support.server_proc import Data, ServerProcess, make_data
 from support.tpm import Swtpm, SwtpmFactory
 
 #: Anchor often, so the activity after a snapshot is certainly anchored before the restore.
 ADVANCE_EVERY_S = 0.5
+KILL_ROUNDS = 20
 _IGNORE = shutil.ignore_patterns("ledger.lock", "run.json", "*.lock")
 
 
@@ -249,4 +255,80 @@ def test_clean_restarts_kill9_under_load_and_epoch_rolls_leave_no_tpm_finding(
             run.use(5)
     with Run(site, tmp_path) as run:
         outcome = run.round_trip()
+    assert _tpm_codes(outcome) == {"tpm.quote.ok": "info"}, outcome.to_json()
+
+
+def test_kill9_under_load_twenty_rounds_leaves_no_tpm_finding(tmp_path: Path, swtpm: Swtpm) -> None:
+    site = _site(tmp_path, swtpm)
+    with Run(site, tmp_path) as run:
+        run.use(2)
+        run.round_trip()
+    rng = random.Random(16)
+    for _ in range(KILL_ROUNDS):
+        run = Run(site, tmp_path).__enter__()
+        stop = threading.Event()
+        workers = [
+            threading.Thread(target=_hammer, args=(run.server.url, f"w{i}", stop), daemon=True)
+            for i in range(3)
+        ]
+        for w in workers:
+            w.start()
+        # Long enough, now and then, for activity advances to be under way at the kill.
+        time.sleep(rng.uniform(0.2, 1.5))
+        run.server.kill9()
+        stop.set()
+        for w in workers:
+            w.join(timeout=15)
+        run.http.close()
+    with Run(site, tmp_path) as run:
+        run.use(1)
+        report, _ = run.report()
+        outcome = run.round_trip()
+    assert _tpm_codes(outcome) == {"tpm.quote.ok": "info"}, outcome.to_json()
+    # Some rounds died between an increment and its anchor: resyncs, never gaps.
+    values = [a.counter for a in _anchors(site, report)]
+    assert all(0 <= b - a <= 1 for a, b in itertools.pairwise(values)), values
+
+
+def _hammer(url: str, name: str, stop: threading.Event) -> None:
+    with httpx.Client(base_url=url, timeout=10) as c:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            body = {
+                "meter": "runs",
+                "amount": 1,
+                "client_id": name,
+                "idempotency_key": f"{name}{i}",
+            }
+            try:
+                c.post("/v1/usage", json=body)
+            except httpx.HTTPError:
+                return
+
+
+def test_epoch_roll_advances_the_counter_and_leaves_no_finding(
+    tmp_path: Path, swtpm: Swtpm
+) -> None:
+    site = _site(tmp_path, swtpm)
+    clock = ManualClock(wall_ms=int(time.time() * 1000), mono_ms=1_000)
+    inst = ServerInstance.open(site.data, clock=clock)
+    try:
+        asyncio.run(inst.service.usage("runs", 1, "c1"))
+        epoch = inst.writer.epoch
+        clock.advance(LedgerConfig().epoch_max_ms + 1)
+        asyncio.run(inst.service.usage("runs", 1, "c1"))
+        asyncio.run(inst.service.usage("runs", 1, "c1"))
+        assert inst.writer.epoch > epoch
+        deadline = time.monotonic() + 10
+        while inst.tpm is not None and inst.tpm.advances < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = inst.export_bytes()
+    finally:
+        inst.close()
+    reasons = [a.reason for a in _anchors(site, report)]
+    assert reasons[:2] == ["open", "epoch"], reasons
+    path = tmp_path / "epoch.mbr"
+    path.write_bytes(report)
+    outcome = ingest_report(site.home, path)
     assert _tpm_codes(outcome) == {"tpm.quote.ok": "info"}, outcome.to_json()
