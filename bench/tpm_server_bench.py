@@ -34,10 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from http_bench import run_wrk  # noqa: E402
+from meterbox.server._instance import ServerInstance  # noqa: E402
 from support.server_proc import ServerProcess, make_data  # noqa: E402
 from support.tpm import Swtpm  # noqa: E402
-
-from meterbox.server._instance import ServerInstance  # noqa: E402
 
 CONFIGS = (("no TPM", None), ("TPM, advance every 60 s", 60.0), ("TPM, advance every 1 s", 1.0))
 
