@@ -6,6 +6,7 @@ decisions are pinned case by case and by property, without a TPM.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from meterbox.errors import FormatError
 from meterbox.ledger import Head, Record, RecordType
 from meterbox.server._tpm import AnchorNote, judge_open
-from meterbox.tpm import TpmPins
+from meterbox.tpm import TpmPins, report_nonce
 from meterbox.vendorkit._tpm_check import TpmReportCheck
 
 NV = "000b" + "ab" * 32
@@ -181,3 +182,25 @@ def test_a_tpm_field_that_is_not_bytes_is_forged() -> None:
     check = TpmReportCheck(TpmPins(), required=True)
     codes = {f.code for f in check.finish({"tpm": "text"}, Head(0, bytes(32)), None, b"i")}
     assert codes == {"tpm.quote.forged"}
+
+
+# ----------------------------------------------------------------- report nonce
+def test_report_nonce_vector_and_construction() -> None:
+    """Pinned values (spec "How a server uses the anchor", step 4) and the formula."""
+    iid = bytes(range(16))
+    assert report_nonce(iid, None).hex() == (
+        "706763ff9e09443db362236fed91ff17e6f3377dd32174b5db1dc35a52a749ff"
+    )
+    assert report_nonce(iid, b"\xab" * 32).hex() == (
+        "7b4d4f9ec705f148c12be82c7bd0fd3a874b4e530d0db40e53fca749af681bd6"
+    )
+    expected = hashlib.sha256(
+        b"meterbox-tpm-nonce/1\x00" + hashlib.sha256(iid).digest() + b"\xab" * 32
+    ).digest()
+    assert report_nonce(iid, b"\xab" * 32) == expected
+
+
+@given(st.binary(min_size=16, max_size=16), st.none() | st.binary(min_size=32, max_size=32))
+def test_report_nonces_differ_per_receipt(iid: bytes, acked: bytes | None) -> None:
+    other = bytes(32) if acked is not None else b"\x01" * 32
+    assert report_nonce(iid, acked) != report_nonce(iid, other) or acked == other
