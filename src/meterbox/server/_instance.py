@@ -10,6 +10,9 @@ Data directory layout (mode 0700)::
     DATA/cryptolens.pem   RSA-2048 key for the Cryptolens-compatible API (0600)
     DATA/cryptolens.db    Cryptolens data-object values and node-locked activations
     DATA/run.json         address of the running server, while it runs
+    DATA/tpm.json         the TPM chosen at init and the counter's authValue (0600)
+    DATA/tpm-anchor.json  the last counter value committed to the ledger, and a
+                          pending one (docs/adr/0011-tpm-anchor.md, "Wiring")
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
 ``import`` therefore go through the running server's admin API when it runs, and

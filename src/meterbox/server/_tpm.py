@@ -1,4 +1,6 @@
-"""The server's TPM set-up at ``server init --tpm auto|require|off``.
+"""The server's TPM: set-up at ``server init --tpm auto|require|off``, and the running anchor.
+
+At init:
 
 :func:`prepare_tpm` probes the TPM (unless ``off``), decides with
 :func:`meterbox.tpm.decide_mode`, and on a TPM creates (or adopts) the counter and the
@@ -7,6 +9,16 @@ attestation key with a fresh counter authValue. It writes nothing to the data di
 counter's authValue) once the instance is being created, and :meth:`TpmSetup.genesis`
 is what the ledger's genesis records. ``require`` without a TPM refuses before anything
 is written.
+
+While the server runs, :class:`TpmGuard` advances the counter and binds every value into
+the ledger as a TPM_ANCHOR record, in the crash-safe order note ``pending`` ->
+increment -> record durable -> note ``committed`` (``tpm-anchor.json``). At open it
+judges the TPM against the note with the pure :func:`judge_open` and records any
+disagreement as TPM_ROLLBACK, then keeps serving; :func:`require_tpm_guard` refuses a
+license issued with ``--require-tpm`` when there is no working anchor.
+:class:`AnchoredSink` tells the guard about committed batches, so activity and epoch
+rolls advance the counter beside the request path. docs/adr/0011-tpm-anchor.md,
+"Wiring", gives the cadence and the reasons.
 """
 
 from __future__ import annotations
@@ -354,6 +366,15 @@ class TpmGuard:
         guard = cls(data, device, anchor, writer, advance_every_s=every)
         try:
             guard._check_at_open(int(str(config.get("counter_at_init") or 0)))
+        except MeterboxError as exc:
+            # The TPM answered but refused the counter (a re-defined index with another
+            # authValue, NV rate limiting, a failing device): serve, unanchored, on record.
+            device.close()
+            writer.append(
+                RecordType.TPM_ROLLBACK,
+                TpmRollback(kind="unavailable", detail=exc.problem[:200]).to_map(),
+            )
+            return None
         except BaseException:
             device.close()
             raise
