@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from meterbox.clock import ManualClock
+from meterbox.errors import ConfigError
 from meterbox.ledger import LedgerConfig, RecordType, TpmAnchor
 from meterbox.server._instance import ServerInstance
 from meterbox.vendorkit import IngestOutcome, ingest_report
@@ -285,7 +286,7 @@ def test_kill9_under_load_twenty_rounds_leaves_no_tpm_finding(tmp_path: Path, sw
         report, _ = run.report()
         outcome = run.round_trip()
     assert _tpm_codes(outcome) == {"tpm.quote.ok": "info"}, outcome.to_json()
-    # Some rounds died between an increment and its anchor: resyncs, never gaps.
+    # A kill between an increment and its anchor is a resync (a step of 0), never a gap.
     values = [a.counter for a in _anchors(site, report)]
     assert all(0 <= b - a <= 1 for a, b in itertools.pairwise(values)), values
 
@@ -332,3 +333,12 @@ def test_epoch_roll_advances_the_counter_and_leaves_no_finding(
     path.write_bytes(report)
     outcome = ingest_report(site.home, path)
     assert _tpm_codes(outcome) == {"tpm.quote.ok": "info"}, outcome.to_json()
+
+
+def test_a_license_requiring_a_tpm_is_refused_by_a_server_initialised_without_one(
+    tmp_path: Path,
+) -> None:
+    site = make_data(tmp_path, require_tpm=True)
+    with pytest.raises(ConfigError, match="requires a TPM") as err:
+        ServerInstance.open(site.data)
+    assert "lic-site" in str(err.value)
