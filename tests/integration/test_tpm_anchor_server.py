@@ -10,6 +10,7 @@ vendor's verdict is read from the ingest outcome.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import random
@@ -24,8 +25,10 @@ import pytest
 from meterbox.clock import ManualClock
 from meterbox.errors import ConfigError
 from meterbox.ledger import LedgerConfig, RecordType, TpmAnchor
+from meterbox.licenses import License
 from meterbox.server._instance import ServerInstance
 from meterbox.vendorkit import IngestOutcome, ingest_report
+from meterbox.vendorkit import keys as vendor_keys
 from support.server_proc import Data, ServerProcess, make_data
 from support.tpm import Swtpm, SwtpmFactory
 
@@ -338,7 +341,16 @@ def test_epoch_roll_advances_the_counter_and_leaves_no_finding(
 def test_a_license_requiring_a_tpm_is_refused_by_a_server_initialised_without_one(
     tmp_path: Path,
 ) -> None:
-    site = make_data(tmp_path, require_tpm=True)
+    # Init refuses outright, before anything is written ...
+    with pytest.raises(ConfigError, match="requires a TPM, and none is used"):
+        make_data(tmp_path, require_tpm=True)
+    assert not (tmp_path / "server").exists()
+    # ... and a directory that got such a license later refuses to serve it.
+    site = make_data(tmp_path / "later")
+    keys = vendor_keys.VendorKeys.load(site.home)
+    lic_path = site.data / "licenses" / "lic-site.lic"
+    lic = License.from_bytes(lic_path.read_bytes(), keys.bundle)
+    lic_path.write_bytes(dataclasses.replace(lic, require_tpm=True).sign(keys.signer()))
     with pytest.raises(ConfigError, match="requires a TPM") as err:
         ServerInstance.open(site.data)
     assert "lic-site" in str(err.value)

@@ -186,6 +186,14 @@ def init_server(
         licenses.append((lic, blob))
     # Before anything is written: `--tpm require` without a TPM leaves no directory behind.
     tpm_setup = prepare_tpm(tpm, tpm_tcti)
+    needing = [lic.license_id for lic, _ in licenses if lic.require_tpm]
+    if needing and tpm_setup.counter is None:
+        raise ConfigError(
+            "a license requires a TPM, and none is used",
+            expected=f"a TPM for {', '.join(needing)} (--tpm require or auto with a TPM)",
+            found=tpm_setup.reason,
+            hint="initialise the server on a machine with a (v)TPM: docs/adr/0011-tpm-anchor.md",
+        )
     try:
         return _build(data, bundle, bundle_bytes, licenses, clock, fingerprint, tpm_setup)
     except OSError as exc:
