@@ -204,3 +204,11 @@ def test_report_nonce_vector_and_construction() -> None:
 def test_report_nonces_differ_per_receipt(iid: bytes, acked: bytes | None) -> None:
     other = bytes(32) if acked is not None else b"\x01" * 32
     assert report_nonce(iid, acked) != report_nonce(iid, other) or acked == other
+
+
+def test_a_license_requiring_a_tpm_rejects_a_report_without_an_attestation() -> None:
+    check = TpmReportCheck(TpmPins(), required=True)
+    check.feed(_rec(0, RecordType.GENESIS, {"tpm": {"tpm": "none"}}), acked=False)
+    findings = check.finish({}, Head(0, bytes(32)), None, b"i" * 16)
+    assert [(f.code, f.severity) for f in findings] == [("tpm.missing", "critical")]
+    assert "the license requires a TPM" in findings[0].message
