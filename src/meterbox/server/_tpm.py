@@ -516,6 +516,8 @@ class AnchoredSink:
 
     def _done(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
+        if task.cancelled():
+            return
         exc = task.exception()
         if exc is not None:
             _log.error("TPM counter advance failed: %s", exc)
