@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meterbox.errors import FormatError
-from meterbox.ledger import Head, Record, RecordType
-from meterbox.server._tpm import AnchorNote, judge_open
+from meterbox.ledger import Appended, Head, Record, RecordType
+from meterbox.ledger import TpmAnchor as TpmAnchorRecord
+from meterbox.server._tpm import AnchorNote, OpenVerdict, TpmGuard, judge_open
 from meterbox.tpm import TpmPins, report_nonce
 from meterbox.vendorkit._tpm_check import TpmReportCheck
 
@@ -212,3 +214,71 @@ def test_a_license_requiring_a_tpm_rejects_a_report_without_an_attestation() -> 
     findings = check.finish({}, Head(0, bytes(32)), None, b"i" * 16)
     assert [(f.code, f.severity) for f in findings] == [("tpm.missing", "critical")]
     assert "the license requires a TPM" in findings[0].message
+
+
+# ------------------------------------------------- the guard's order, crash by crash
+class _FakeTpm:
+    """A counter that only goes up, standing in for TpmAnchor (read/advance/identity)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def read(self) -> int:
+        return self.value
+
+    def advance(self, head: bytes) -> int:
+        self.value += 1
+        return self.value
+
+    def identity(self) -> dict[str, object]:
+        return {"nv_name": NV}
+
+
+class _Crash(Exception):
+    pass
+
+
+class _FakeWriter:
+    epoch = 0
+
+    def __init__(self) -> None:
+        self.records: list[tuple[RecordType, dict[str, Any]]] = []
+        self.fail_next = False
+
+    def append(self, rtype: RecordType | str, payload: dict[str, Any]) -> Appended:
+        if self.fail_next:
+            self.fail_next = False
+            raise _Crash
+        assert isinstance(rtype, RecordType)
+        self.records.append((rtype, payload))
+        seq = len(self.records)
+        return Appended(seq, Head(seq, hashlib.sha256(str(seq).encode()).digest()), 0)
+
+    def verify_point(self, point: Head) -> None:
+        return None
+
+
+def test_a_failed_anchor_append_is_committed_as_a_resync_before_the_next_advance(
+    tmp_path: Path,
+) -> None:
+    tpm, writer = _FakeTpm(10), _FakeWriter()
+    guard = TpmGuard(tmp_path, device=None, anchor=tpm, writer=writer)  # type: ignore[arg-type]
+    guard.advance("open")
+    writer.fail_next = True
+    with pytest.raises(_Crash):
+        guard.advance("activity")
+    # At this point a restart would see TPM == pending: a resync, not a rollback.
+    note = AnchorNote.from_bytes((tmp_path / "tpm-anchor.json").read_bytes())
+    assert judge_open(note, 10, tpm.value, note_in_ledger=True) == OpenVerdict(None, "resync")
+    guard.advance("report")
+    anchors = [TpmAnchorRecord.from_map(p) for t, p in writer.records]
+    assert [(a.counter, a.reason) for a in anchors] == [
+        (11, "open"),
+        (12, "resync"),
+        (13, "report"),
+    ]
+    check = TpmReportCheck(TpmPins(), required=False)
+    check.feed(_genesis(10), acked=False)
+    for seq, (t, p) in enumerate(writer.records, start=1):
+        check.feed(_rec(seq, t, p), acked=False)
+    assert check.findings == []

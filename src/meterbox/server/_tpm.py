@@ -439,6 +439,11 @@ class TpmGuard:
         """Advance with :attr:`lock` held by the caller."""
         note = self._read_note()
         current = self._anchor.read()
+        if note is not None and note.pending is not None and current == note.pending:
+            # An earlier advance of this run incremented but its record failed (a disk
+            # error): commit that value first, so the chain never skips one.
+            self._commit(current, "resync")
+            note = self._read_note()
         self._write_note(
             AnchorNote(
                 current if note is None else note.committed,
