@@ -270,3 +270,18 @@ def test_real_process_init_and_issue(tmp_path: Path) -> None:
                         capture_output=True, text=True, check=False)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     License.from_bytes((tmp_path / "l.lic").read_bytes(), _bundle(home))
+
+
+def test_issue_require_tpm_signs_a_format_3_license(home: Path, tmp_path: Path) -> None:
+    out, plain = tmp_path / "tpm.lic", tmp_path / "plain.lic"
+    base = ("issue", "--home", str(home), "--customer", "C", "--product", "P", "--seats", "cad=1")
+    code, text = _run(*base, "--require-tpm", "-o", str(out))
+    assert code == 0, text
+    lic = License.from_bytes(out.read_bytes(), _bundle(home))
+    assert lic.require_tpm
+    assert lic.format_version == 3
+    assert b"meterbox-license/3" in out.read_bytes()
+    code, text = _run(*base, "-o", str(plain))
+    assert code == 0, text
+    # Without the flag nothing changes: the license stays in the oldest format it fits.
+    assert License.from_bytes(plain.read_bytes(), _bundle(home)).format_version == 1

@@ -23,6 +23,7 @@ import httpx
 from meterbox.ledger import Record, ReportResult, ReportVerifier
 from meterbox.licenses import Feature, License, Meter
 from meterbox.server._instance import init_server
+from meterbox.tpm import DEFAULT_TCTI, TpmMode
 from meterbox.vendorkit import keys as vendor_keys
 
 LICENSE_ID = "lic-site"
@@ -49,8 +50,13 @@ def make_data(
     seats: int = 3,
     overdraft: int = 1,
     meter_limit: int | None = None,
+    tpm_tcti: str | None = None,
+    require_tpm: bool = False,
 ) -> Data:
-    """A vendor home under ``root`` and a server data dir (``data`` or ``root/server``)."""
+    """A vendor home under ``root`` and a server data dir (``data`` or ``root/server``).
+
+    With ``tpm_tcti`` the server is initialised with ``--tpm require`` on that TPM.
+    """
     home = root / "vendor"
     data = data or root / "server"
     keys = vendor_keys.init(home)
@@ -64,10 +70,18 @@ def make_data(
         features={"cad": Feature(seats=seats, overdraft=overdraft, lease_seconds=60)},
         meters={"runs": Meter(limit=meter_limit)},
         expires=issued + timedelta(days=365),
+        require_tpm=require_tpm,
     )
     lic_file = root / "site.lic"
     lic_file.write_bytes(lic.sign(keys.signer()))
-    init_server(data, vendor_pub=home / "vendor.pub", license_files=[lic_file], fingerprint="x")
+    init_server(
+        data,
+        vendor_pub=home / "vendor.pub",
+        license_files=[lic_file],
+        fingerprint="x",
+        tpm=TpmMode.OFF if tpm_tcti is None else TpmMode.REQUIRE,
+        tpm_tcti=tpm_tcti or DEFAULT_TCTI,
+    )
     return Data(home, data, (data / "admin.token").read_text().strip())
 
 

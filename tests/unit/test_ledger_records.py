@@ -218,6 +218,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.MACHINE_DEACTIVATED,
         RecordType.WITNESS,
         RecordType.WITNESS_MISMATCH,
+        RecordType.TPM_ANCHOR,
+        RecordType.TPM_ROLLBACK,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 

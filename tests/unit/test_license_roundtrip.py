@@ -107,6 +107,7 @@ def licenses(draw: st.DrawFn) -> License:
         grace_days=draw(st.integers(0, 60)),
         site_fingerprint=draw(st.none() | texts),
         cryptolens=cryptolens,
+        require_tpm=draw(st.booleans()),
     )
 
 

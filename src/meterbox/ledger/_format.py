@@ -96,6 +96,9 @@ class RecordType(enum.IntEnum):
     WITNESS_MISMATCH = 25
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
+    # 28-32 are reserved for other server and witness records.
+    TPM_ANCHOR = 33
+    TPM_ROLLBACK = 34
 
     @property
     def kind(self) -> str:

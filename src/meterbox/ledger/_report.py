@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
@@ -61,9 +61,16 @@ def export_report(
     licenses: list[bytes],
     acked: Head | None,
     extra: Mapping[str, Any] | None = None,
+    extra_for: Callable[[Head], Mapping[str, Any]] | None = None,
 ) -> ExportInfo:
-    """Write a signed report of every durable record in the ledger file."""
+    """Write a signed report of every durable record in the ledger file.
+
+    ``extra_for``, when given, is called with the head the report will end at and its
+    result is merged into ``extra``: how a TPM attestation is bound to that very head.
+    """
     with writer.snapshot() as snap:
+        if extra_for is not None:
+            extra = {**(extra or {}), **extra_for(snap.head)}
         return _export(writer, snap, out, clock, licenses, acked, extra)
 
 

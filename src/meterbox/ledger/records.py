@@ -389,6 +389,41 @@ class MachineDeactivated(MachineActivated):
     record_type: ClassVar[RecordType] = RecordType.MACHINE_DEACTIVATED
 
 
+# ------------------------------------------------------------------ TPM
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TpmAnchor(_Payload):
+    """The TPM counter reached ``counter`` (``tpm.anchor``): the chain commits to it.
+
+    Written by the server after each advance of its TPM NV counter (docs/adr/0011).
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.TPM_ANCHOR
+    counter: int = _req("c", "int")
+    #: Hex TPM Name of the counter index the value was read from.
+    nv_name: str = _req("n", "str")
+    #: Why the counter advanced: open, activity, epoch, import, report, resync.
+    reason: str = _req("w", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TpmRollback(_Payload):
+    """At open the TPM disagreed with this ledger (``tpm.rollback``): critical evidence.
+
+    ``kind`` is ``rollback`` (TPM counter above the ledger's), ``ahead`` (ledger above
+    the TPM: another TPM or a replaced index), ``foreign`` (another TPM identity),
+    ``ledger`` (the ledger is older than the server's own anchor note) or
+    ``unavailable`` (the configured TPM did not answer).
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.TPM_ROLLBACK
+    kind: str = _req("k", "str")
+    #: The counter value the ledger (or its anchor note) last committed to.
+    ledger_counter: int | None = _opt("l", "int")
+    #: The value the TPM holds, when it answered.
+    tpm_counter: int | None = _opt("t", "int")
+    detail: str | None = _opt("d", "str")
+
+
 # ---------------------------------------------------------- free-form maps
 @dataclass(frozen=True, slots=True)
 class Genesis:
@@ -477,6 +512,8 @@ RecordPayload = (
     | MachineDeactivated
     | Witness
     | WitnessMismatch
+    | TpmAnchor
+    | TpmRollback
     | Genesis
     | Boot
     | Shutdown
@@ -506,6 +543,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         MachineDeactivated,
         Witness,
         WitnessMismatch,
+        TpmAnchor,
+        TpmRollback,
         Genesis,
         Boot,
         Shutdown,

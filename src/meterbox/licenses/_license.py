@@ -41,8 +41,10 @@ from meterbox.licenses._envelope import DocumentSigner, seal, unseal
 
 LICENSE_FORMAT: Final = "meterbox-license/1"
 LICENSE_FORMAT_V2: Final = "meterbox-license/2"
+#: Version 3 adds ``require_tpm`` (docs/adr/0011-tpm-anchor.md).
+LICENSE_FORMAT_V3: Final = "meterbox-license/3"
 #: Every license format this code reads, oldest first.
-LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2)
+LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2, LICENSE_FORMAT_V3)
 #: Keygen Relay's lease; short enough that a killed client frees its seat within a minute.
 DEFAULT_LEASE_SECONDS: Final = 60
 MIN_LEASE_SECONDS: Final = 5
@@ -406,9 +408,17 @@ class License:
     grace_days: int = 0
     site_fingerprint: str | None = None
     cryptolens: CryptolensSection | None = None
+    #: The server must run anchored to a TPM, and every report must carry an attestation.
+    require_tpm: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.license_id, "license_id")
+        if not isinstance(self.require_tpm, bool):
+            raise FormatError(
+                "require_tpm has the wrong type",
+                expected="a boolean",
+                found=type(self.require_tpm).__name__,
+            )
         check_text(self.customer, "customer")
         check_text(self.product, "product")
         object.__setattr__(self, "issued", check_utc(self.issued, "issued"))
@@ -466,6 +476,8 @@ class License:
     @property
     def format_version(self) -> int:
         """The lowest license format version that expresses this license."""
+        if self.require_tpm:
+            return 3
         return 2 if self.cryptolens is not None and self.cryptolens.needs_v2 else 1
 
     def to_payload(self) -> dict[str, Any]:
@@ -483,7 +495,7 @@ class License:
             "grace_days": self.grace_days,
             "site_fingerprint": self.site_fingerprint,
             "cryptolens": None if self.cryptolens is None else self.cryptolens.to_json(version),
-        }
+        } | ({"require_tpm": True} if version >= 3 else {})
 
     @classmethod
     def from_payload(cls, value: object, version: int | None = None) -> License:
@@ -495,6 +507,8 @@ class License:
         if version is None:
             section = value.get("cryptolens") if isinstance(value, dict) else None
             version = 2 if isinstance(section, dict) and "max_machines" in section else 1
+            if isinstance(value, dict) and "require_tpm" in value:
+                version = 3
         f = Fields(value, "license")
         license_id = f.name("license_id")
         customer = f.text("customer")
@@ -514,6 +528,7 @@ class License:
         site = f.opt_text("site_fingerprint")
         cl_raw = f.raw("cryptolens")
         cryptolens = None if cl_raw is None else CryptolensSection.from_json(cl_raw, version)
+        require_tpm = f.boolean("require_tpm") if version >= 3 else False
         f.done()
         lic = cls(
             license_id=license_id,
@@ -528,6 +543,7 @@ class License:
             grace_days=grace,
             site_fingerprint=site,
             cryptolens=cryptolens,
+            require_tpm=require_tpm,
         )
         if lic.format_version != version:
             raise FormatError(

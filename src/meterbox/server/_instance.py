@@ -10,6 +10,9 @@ Data directory layout (mode 0700)::
     DATA/cryptolens.pem   RSA-2048 key for the Cryptolens-compatible API (0600)
     DATA/cryptolens.db    Cryptolens data-object values and node-locked activations
     DATA/run.json         address of the running server, while it runs
+    DATA/tpm.json         the TPM chosen at init and the counter's authValue (0600)
+    DATA/tpm-anchor.json  the last counter value committed to the ledger, and a
+                          pending one (docs/adr/0011-tpm-anchor.md, "Wiring")
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
 ``import`` therefore go through the running server's admin API when it runs, and
@@ -60,8 +63,15 @@ from meterbox.server._core.replay import replay_changes
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep, status_view
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
-from meterbox.server._tpm import TpmSetup, prepare_tpm, write_tpm_config
-from meterbox.tpm import DEFAULT_TCTI, TpmMode
+from meterbox.server._tpm import (
+    AnchoredSink,
+    TpmGuard,
+    TpmSetup,
+    prepare_tpm,
+    require_tpm_guard,
+    write_tpm_config,
+)
+from meterbox.tpm import DEFAULT_TCTI, TpmMode, report_nonce
 
 LEDGER_DIR: Final = "ledger"
 #: Where init builds the ledger; renaming it to LEDGER_DIR is init's commit point.
@@ -183,6 +193,14 @@ def init_server(
         licenses.append((lic, blob))
     # Before anything is written: `--tpm require` without a TPM leaves no directory behind.
     tpm_setup = prepare_tpm(tpm, tpm_tcti)
+    needing = [lic.license_id for lic, _ in licenses if lic.require_tpm]
+    if needing and tpm_setup.counter is None:
+        raise ConfigError(
+            "a license requires a TPM, and none is used",
+            expected=f"a TPM for {', '.join(needing)} (--tpm require or auto with a TPM)",
+            found=tpm_setup.reason,
+            hint="initialise the server on a machine with a (v)TPM: docs/adr/0011-tpm-anchor.md",
+        )
     try:
         return _build(data, bundle, bundle_bytes, licenses, clock, fingerprint, tpm_setup)
     except OSError as exc:
@@ -324,7 +342,9 @@ class ServerInstance:
         bundle: VendorPublicBundle,
         licenses: list[tuple[License, bytes]],
         clock: Clock,
+        tpm: TpmGuard | None = None,
     ) -> None:
+        self.tpm = tpm
         self.data = data
         self.writer = writer
         self.store = store
@@ -365,7 +385,12 @@ class ServerInstance:
         except BaseException:
             store.close()
             raise
+        tpm: TpmGuard | None = None
         try:
+            # The TPM check comes before serving: a rollback is on record before any
+            # request of this run, and a license that requires a TPM is enforced here.
+            tpm = TpmGuard.open(data, writer)
+            require_tpm_guard([lic for lic, _ in licenses], tpm)
             store.initialize(
                 init_time=clock.now(),
                 instance_id=writer.instance_id.hex(),
@@ -381,7 +406,8 @@ class ServerInstance:
                     licenses={p.license_id: p for p in policies},
                 )
             )
-            sink = LedgerEventSink(writer, RecordType.from_kind)
+            ledger_sink = LedgerEventSink(writer, RecordType.from_kind)
+            sink = ledger_sink if tpm is None else AnchoredSink(ledger_sink, tpm)
             service = LicenseService.open(
                 store,
                 policies,
@@ -395,12 +421,16 @@ class ServerInstance:
                 keep = service.witnesses.config.index_size
                 service.witnesses.seed(recent_heads(frames.header, frames.chunks(), keep))
         except BaseException:
+            if tpm is not None:
+                tpm.close()
             writer.close()
             store.close()
             raise
-        return cls(data, writer, store, service, bundle, licenses, clock)
+        return cls(data, writer, store, service, bundle, licenses, clock, tpm)
 
     def close(self) -> None:
+        if self.tpm is not None:
+            self.tpm.close()
         self.writer.close()
         self.store.close()
 
@@ -414,14 +444,30 @@ class ServerInstance:
 
     def export_bytes(self) -> bytes:
         buf = io.BytesIO()
-        export_report(
-            self.writer,
-            buf,
-            clock=self.clock,
-            licenses=[blob for _, blob in self.licenses],
-            acked=self.acked_head(),
-        )
+        acked = self.acked_head()
+        licenses = [blob for _, blob in self.licenses]
+        guard = self.tpm
+        if guard is None:
+            export_report(self.writer, buf, clock=self.clock, licenses=licenses, acked=acked)
+            return buf.getvalue()
+        nonce = report_nonce(self.writer.instance_id, None if acked is None else acked.hash)
+        # Under the guard's lock no other advance runs: the report's last TPM_ANCHOR is
+        # the value the TPM certifies, bound to the head the report ends at.
+        with guard.lock:
+            guard.advance_locked("report")
+            export_report(
+                self.writer,
+                buf,
+                clock=self.clock,
+                licenses=licenses,
+                acked=acked,
+                extra_for=lambda head: {"tpm": guard.attest_locked(head.hash, nonce)},
+            )
         return buf.getvalue()
+
+    async def _advance(self, reason: str) -> None:
+        if self.tpm is not None:
+            await asyncio.to_thread(self.tpm.advance, reason)
 
     # ------------------------------------------------------------------ import
     async def import_bytes(self, blob: bytes) -> dict[str, Any]:
@@ -438,6 +484,7 @@ class ServerInstance:
                     found=doc.license_id,
                 )
             await self.service.import_topup(doc.topup_id, doc.license_id, doc.meter, doc.units)
+            await self._advance("import")
             return {"imported": "topup", "topup_id": doc.topup_id, "units": doc.units}
         return await self._import_license(doc, blob)
 
@@ -484,6 +531,8 @@ class ServerInstance:
         await self.service.import_receipt(
             ReceiptInfo(receipt.vendor_time, receipt.head_seq, receipt.receipt_id)
         )
+        if not again:
+            await self._advance("import")
         try:
             removed = self.writer.compact(head)
         except StateError as exc:
@@ -509,6 +558,7 @@ class ServerInstance:
         atomic_write(self.data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
         self.licenses = [(x, b) for x, b in self.licenses if x.license_id != lic.license_id]
         self.licenses.append((lic, blob))
+        await self._advance("import")
         return {"imported": "license", "license_id": lic.license_id}
 
 

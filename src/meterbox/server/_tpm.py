@@ -1,4 +1,6 @@
-"""The server's TPM set-up at ``server init --tpm auto|require|off``.
+"""The server's TPM: set-up at ``server init --tpm auto|require|off``, and the running anchor.
+
+At init:
 
 :func:`prepare_tpm` probes the TPM (unless ``off``), decides with
 :func:`meterbox.tpm.decide_mode`, and on a TPM creates (or adopts) the counter and the
@@ -7,18 +9,48 @@ attestation key with a fresh counter authValue. It writes nothing to the data di
 counter's authValue) once the instance is being created, and :meth:`TpmSetup.genesis`
 is what the ledger's genesis records. ``require`` without a TPM refuses before anything
 is written.
+
+While the server runs, :class:`TpmGuard` advances the counter and binds every value into
+the ledger as a TPM_ANCHOR record, in the crash-safe order note ``pending`` ->
+increment -> record durable -> note ``committed`` (``tpm-anchor.json``). At open it
+judges the TPM against the note with the pure :func:`judge_open` and records any
+disagreement as TPM_ROLLBACK, then keeps serving; :func:`require_tpm_guard` refuses a
+license issued with ``--require-tpm`` when there is no working anchor.
+:class:`AnchoredSink` tells the guard about committed batches, so activity and epoch
+rolls advance the counter beside the request path. docs/adr/0011-tpm-anchor.md,
+"Wiring", gives the cadence and the reasons.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Protocol
 
 from meterbox._fs import atomic_write
-from meterbox.tpm import TpmAnchor, TpmMode, TpmProbe, decide_mode
+from meterbox.errors import ConfigError, FormatError, MeterboxError, StateError, VerificationError
+from meterbox.ledger import Appended, Head, RecordType, TpmRollback
+from meterbox.ledger import TpmAnchor as TpmAnchorRecord
+from meterbox.licenses import License
+from meterbox.server._sinks import LedgerEventSink
+from meterbox.tpm import (
+    CounterVerdict,
+    TpmAnchor,
+    TpmMode,
+    TpmProbe,
+    decide_mode,
+    judge_counter,
+    judge_identity,
+)
+
+_log = logging.getLogger("meterbox.server.tpm")
 
 TPM_CONFIG: Final = "tpm.json"
 CONFIG_VERSION: Final = 1
@@ -83,3 +115,431 @@ def write_tpm_config(data: Path, setup: TpmSetup) -> None:
         "counter_at_init": setup.counter,
     }
     atomic_write(data / TPM_CONFIG, (json.dumps(config, indent=1) + "\n").encode())
+
+
+# ----------------------------------------------------------------- the running anchor
+#: The server's note of how far it advanced the counter (docs/adr/0011, "Wiring").
+ANCHOR_NOTE: Final = "tpm-anchor.json"
+NOTE_VERSION: Final = 1
+#: Activity advances at most this often by default; ``advance_every_s`` in tpm.json
+#: tunes it within the bounds below (a discrete TPM's NV endurance sets the upper
+#: bound's purpose: a vTPM or swtpm can take one advance a second).
+DEFAULT_ADVANCE_EVERY_S: Final = 60.0
+MIN_ADVANCE_EVERY_S: Final = 0.5
+MAX_ADVANCE_EVERY_S: Final = 3600.0
+
+
+def _note_int(raw: dict[str, Any], key: str, *, optional: bool) -> int | None:
+    value = raw[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} is not a non-negative integer")
+    return value
+
+
+@dataclass(frozen=True)
+class AnchorNote:
+    """What ``tpm-anchor.json`` says: the last committed value and where the ledger has it.
+
+    ``pending`` is set durably *before* the TPM is asked to increment and cleared once
+    the TPM_ANCHOR record is durable, so a crash in between is recognisable at open
+    (TPM == pending: resync) and told apart from a restored copy (TPM above both).
+    """
+
+    committed: int
+    pending: int | None
+    seq: int | None
+    head: str | None
+
+    def to_bytes(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "v": NOTE_VERSION,
+                    "committed": self.committed,
+                    "pending": self.pending,
+                    "seq": self.seq,
+                    "head": self.head,
+                }
+            )
+            + "\n"
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AnchorNote:
+        try:
+            raw = json.loads(data)
+            if not isinstance(raw, dict) or raw.get("v") != NOTE_VERSION:
+                raise ValueError("not a version-1 note")
+            committed = _note_int(raw, "committed", optional=False)
+            if committed is None:
+                raise ValueError("committed is missing")
+            pending = _note_int(raw, "pending", optional=True)
+            seq = _note_int(raw, "seq", optional=True)
+            head = raw["head"]
+            if head is not None and (not isinstance(head, str) or len(head) != 64):
+                raise ValueError("head is not 64 hex digits")
+            if head is not None:
+                bytes.fromhex(head)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FormatError(
+                "the TPM anchor note is unreadable",
+                expected=f'{{"v": {NOTE_VERSION}, "committed": int, "pending": int|null, ...}}',
+                found=str(exc)[:120],
+                hint="the server records this at open as tpm.rollback (kind 'ledger')",
+            ) from None
+        return cls(committed, pending, seq, head)
+
+
+@dataclass(frozen=True)
+class OpenVerdict:
+    """What the open check decided: a TPM_ROLLBACK payload to write (or none), and why
+    the first advance of this run is made (``open`` or ``resync``)."""
+
+    rollback: dict[str, object] | None
+    reason: str
+
+
+def judge_open(
+    note: AnchorNote | None,
+    genesis_counter: int,
+    tpm_value: int,
+    *,
+    note_in_ledger: bool,
+) -> OpenVerdict:
+    """Pure: the note (None if missing or unreadable) and the TPM's value at open.
+
+    ``note_in_ledger`` says whether the head the note names is a point of the ledger
+    being opened: a note ahead of the ledger means the ledger (or its key files) was put
+    back from a copy while the rest of the directory stayed current.
+    """
+    if note is None:
+        return OpenVerdict(
+            {
+                "k": "ledger",
+                "l": genesis_counter,
+                "t": tpm_value,
+                "d": f"the anchor note {ANCHOR_NOTE} is missing or unreadable",
+            },
+            "open",
+        )
+    if not note_in_ledger:
+        return OpenVerdict(
+            {
+                "k": "ledger",
+                "l": note.committed,
+                "t": tpm_value,
+                "d": f"the ledger does not hold the anchor at seq {note.seq} the note names",
+            },
+            "open",
+        )
+    verdict = judge_counter(note.committed, note.pending, tpm_value)
+    if verdict is CounterVerdict.IN_STEP:
+        return OpenVerdict(None, "open")
+    if verdict is CounterVerdict.RESYNC:
+        return OpenVerdict(None, "resync")
+    return OpenVerdict(
+        {
+            "k": verdict.value,
+            "l": note.committed,
+            "t": tpm_value,
+            "d": "the TPM counter is above the ledger's: an older copy of the data directory"
+            if verdict is CounterVerdict.ROLLBACK
+            else "the ledger committed to a value this TPM never reached",
+        },
+        "open",
+    )
+
+
+def read_tpm_config(data: Path) -> dict[str, object] | None:
+    """tpm.json as written at init, or None when the instance has no TPM (or predates it)."""
+    path = data / TPM_CONFIG
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise FormatError(
+            f"{path} is not JSON",
+            expected="the tpm.json written by 'meterbox server init'",
+            found=str(exc)[:80],
+            hint="restore tpm.json from the instance's backup; the vendor sees a changed TPM",
+        ) from None
+    if not isinstance(config, dict) or config.get("v") != CONFIG_VERSION:
+        raise FormatError(
+            f"{path} has an unknown version",
+            expected=f'{{"v": {CONFIG_VERSION}, ...}}',
+            found=repr(config)[:80],
+        )
+    return config
+
+
+class _Appender(Protocol):
+    def append(self, rtype: RecordType | str, payload: dict[str, Any]) -> Appended: ...
+
+    def verify_point(self, point: Head) -> None: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+
+class TpmGuard:
+    """The running server's counter: advances it and binds every value into the ledger.
+
+    Every advance is: note ``pending`` durably, ``TPM2_NV_Increment``, append TPM_ANCHOR
+    (durable), note ``committed``. One lock serialises advances and attestations, so an
+    attestation always certifies the value of the last durable anchor.
+    """
+
+    def __init__(
+        self,
+        data: Path,
+        device: Any,
+        anchor: TpmAnchor,
+        writer: _Appender,
+        *,
+        advance_every_s: float = DEFAULT_ADVANCE_EVERY_S,
+    ) -> None:
+        self._data = data
+        self._device = device
+        self._anchor = anchor
+        self._writer = writer
+        self._every = min(max(advance_every_s, MIN_ADVANCE_EVERY_S), MAX_ADVANCE_EVERY_S)
+        self.nv_name = str(anchor.identity()["nv_name"])
+        self.lock = threading.Lock()
+        self._last_advance = time.monotonic()
+        self._epoch = writer.epoch
+        self._dirty = False
+        self._busy = False
+        self._closed = False
+        self.advances = 0
+
+    # -------------------------------------------------------------- open
+    @classmethod
+    def open(cls, data: Path, writer: _Appender) -> TpmGuard | None:
+        """Attach the instance's TPM at open and check it against the ledger.
+
+        Returns ``None`` (after recording why) when the instance has no TPM, when the TPM
+        does not answer, or when it is not the TPM recorded at init. Never refuses: a
+        rollback is evidence for the vendor, not a reason to stop serving.
+        """
+        config = read_tpm_config(data)
+        if config is None or not config.get("counter_auth") or not config.get("tcti"):
+            return None
+        identity = config.get("identity")
+        if not isinstance(identity, dict):
+            identity = {}
+        auth = bytes.fromhex(str(config["counter_auth"]))
+        every = config.get("advance_every_s", DEFAULT_ADVANCE_EVERY_S)
+        every = float(every) if isinstance(every, int | float) else DEFAULT_ADVANCE_EVERY_S
+        from meterbox.tpm import TpmDevice
+
+        try:
+            device = TpmDevice(str(config["tcti"]))
+        except MeterboxError as exc:
+            writer.append(
+                RecordType.TPM_ROLLBACK,
+                TpmRollback(kind="unavailable", detail=exc.problem[:200]).to_map(),
+            )
+            return None
+        try:
+            ek = device.endorsement_key()
+            if ek.name.hex() != identity.get("ek_name"):
+                raise _Foreign(f"endorsement key {ek.name.hex()[:16]}... is not the recorded one")
+            try:
+                anchor = TpmAnchor(device, auth)
+            except MeterboxError as exc:
+                raise _Foreign(f"the counter index is not usable here: {exc.problem}") from exc
+            differ = judge_identity(identity, anchor.identity())
+            if differ:
+                raise _Foreign("TPM identity differs in " + ", ".join(differ))
+        except _Foreign as exc:
+            device.close()
+            writer.append(
+                RecordType.TPM_ROLLBACK, TpmRollback(kind="foreign", detail=str(exc)[:200]).to_map()
+            )
+            return None
+        except BaseException:
+            device.close()
+            raise
+        guard = cls(data, device, anchor, writer, advance_every_s=every)
+        try:
+            guard._check_at_open(int(str(config.get("counter_at_init") or 0)))
+        except MeterboxError as exc:
+            # The TPM answered but refused the counter (a re-defined index with another
+            # authValue, NV rate limiting, a failing device): serve, unanchored, on record.
+            device.close()
+            writer.append(
+                RecordType.TPM_ROLLBACK,
+                TpmRollback(kind="unavailable", detail=exc.problem[:200]).to_map(),
+            )
+            return None
+        except BaseException:
+            device.close()
+            raise
+        return guard
+
+    def _read_note(self) -> AnchorNote | None:
+        try:
+            return AnchorNote.from_bytes((self._data / ANCHOR_NOTE).read_bytes())
+        except (OSError, FormatError):
+            return None
+
+    def _note_in_ledger(self, note: AnchorNote) -> bool:
+        if note.seq is None or note.head is None:
+            return True
+        try:
+            self._writer.verify_point(Head(note.seq, bytes.fromhex(note.head)))
+        except VerificationError:
+            return False
+        except StateError:
+            # Compaction dropped the point (a receipt covers it): nothing to compare with.
+            return True
+        return True
+
+    def _check_at_open(self, genesis_counter: int) -> None:
+        note = self._read_note()
+        if note is None and not (self._data / ANCHOR_NOTE).exists():
+            # A first open after init: the genesis holds the counter value.
+            note = AnchorNote(genesis_counter, None, None, None)
+        tpm_value = self._anchor.read()
+        verdict = judge_open(
+            note,
+            genesis_counter,
+            tpm_value,
+            note_in_ledger=note is not None and self._note_in_ledger(note),
+        )
+        if verdict.rollback is not None:
+            self._writer.append(
+                RecordType.TPM_ROLLBACK, TpmRollback.from_map(verdict.rollback).to_map()
+            )
+        if verdict.reason == "resync":
+            # The TPM advanced for an anchor that never became durable: commit its value.
+            with self.lock:
+                self._commit(tpm_value, "resync")
+        self.advance("open")
+
+    # ---------------------------------------------------------- advancing
+    def _write_note(self, note: AnchorNote) -> None:
+        atomic_write(self._data / ANCHOR_NOTE, note.to_bytes(), mode=0o600)
+
+    def _commit(self, value: int, reason: str) -> Appended:
+        appended = self._writer.append(
+            RecordType.TPM_ANCHOR,
+            TpmAnchorRecord(counter=value, nv_name=self.nv_name, reason=reason).to_map(),
+        )
+        self._write_note(AnchorNote(value, None, appended.seq, appended.head.hash.hex()))
+        self._last_advance = time.monotonic()
+        self._epoch = self._writer.epoch
+        self._dirty = False
+        return appended
+
+    def advance_locked(self, reason: str) -> Appended:
+        """Advance with :attr:`lock` held by the caller."""
+        note = self._read_note()
+        current = self._anchor.read()
+        if note is not None and note.pending is not None and current == note.pending:
+            # An earlier advance of this run incremented but its record failed (a disk
+            # error): commit that value first, so the chain never skips one.
+            self._commit(current, "resync")
+            note = self._read_note()
+        self._write_note(
+            AnchorNote(
+                current if note is None else note.committed,
+                current + 1,
+                None if note is None else note.seq,
+                None if note is None else note.head,
+            )
+        )
+        value = self._anchor.advance(bytes(32))
+        self.advances += 1
+        return self._commit(value, reason)
+
+    def advance(self, reason: str) -> Appended:
+        with self.lock:
+            return self.advance_locked(reason)
+
+    def attest_locked(self, head: bytes, nonce: bytes) -> bytes:
+        return self._anchor.attest(head, nonce)
+
+    # ----------------------------------------------------------- activity
+    def note_activity(self) -> bool:
+        """A batch committed; True when an activity or epoch advance is due now."""
+        self._dirty = True
+        if self._busy or self._closed:
+            return False
+        elapsed = time.monotonic() - self._last_advance
+        return self._writer.epoch != self._epoch or elapsed >= self._every
+
+    def advance_if_due(self) -> None:
+        """Run in a worker thread: the advance :meth:`note_activity` asked for."""
+        with self.lock:
+            if self._closed or self._busy or not self._dirty:
+                return
+            self._busy = True
+            try:
+                reason = "epoch" if self._writer.epoch != self._epoch else "activity"
+                self.advance_locked(reason)
+            finally:
+                self._busy = False
+
+    def close(self) -> None:
+        """Advance once more for the records of this run (a clean stop), then let go."""
+        with self.lock:
+            if self._closed:
+                return
+            try:
+                if self._dirty:
+                    self.advance_locked("close")
+            finally:
+                self._closed = True
+                self._device.close()
+
+
+class _Foreign(Exception):
+    pass
+
+
+class AnchoredSink:
+    """An event sink that tells the guard about committed batches (activity advances)."""
+
+    def __init__(self, inner: LedgerEventSink, guard: TpmGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def record(self, kind: str, payload: dict[str, Any]) -> int:
+        seq = await self._inner.record(kind, payload)
+        if self._guard.note_activity():
+            # The advance runs beside the request path: the request that made it due
+            # does not wait for the TPM.
+            task = asyncio.get_running_loop().run_in_executor(None, self._guard.advance_if_due)
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        return seq
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            _log.error("TPM counter advance failed: %s", exc)
+
+    def head_info(self) -> tuple[int, str]:
+        return self._inner.head_info()
+
+
+def require_tpm_guard(licenses: Sequence[License], guard: TpmGuard | None) -> None:
+    """Refuse to serve a license issued with ``--require-tpm`` without a working anchor."""
+    needing = [lic.license_id for lic in licenses if lic.require_tpm]
+    if needing and guard is None:
+        raise ConfigError(
+            "a license requires a TPM, and this server runs without one",
+            expected=f"the TPM recorded at init answering (for {', '.join(needing)})",
+            found="no TPM anchor (initialised with --tpm off, the TPM did not answer, or "
+            "it is not the TPM recorded at init)",
+            hint="run the server on the machine and TPM it was initialised with "
+            "('meterbox server init --tpm require'), or ask the vendor to re-enrol it",
+        )

@@ -13,7 +13,7 @@ Public API (everything else is private):
 - :class:`TpmDevice`: the shell over the TPM (tpm2-pytss), addressed by a TCTI string.
 - :func:`verify_attestation`, :class:`TpmPins`, :class:`VerifiedAttestation` and the
   :class:`TpmFinding` errors: the vendor's pure verification core.
-- :class:`AttestationBundle`, :func:`qualifying_data`: the bundle format
+- :class:`AttestationBundle`, :func:`qualifying_data`, :func:`report_nonce`: the bundle format
   (docs/spec/tpm-attestation.md).
 - :func:`make_credential_challenge`, :func:`check_credential_proof` (vendor) and
   :meth:`TpmAnchor.activate_credential` (server): binding the pinned AK to the EK.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from meterbox.tpm._anchor import Anchor, NullAnchor, TpmAnchor
-from meterbox.tpm._bundle import AttestationBundle, qualifying_data
+from meterbox.tpm._bundle import AttestationBundle, qualifying_data, report_nonce
 from meterbox.tpm._credential import (
     CredentialChallenge,
     check_credential_proof,
@@ -106,5 +106,6 @@ __all__ = [
     "judge_identity",
     "make_credential_challenge",
     "qualifying_data",
+    "report_nonce",
     "verify_attestation",
 ]

@@ -58,6 +58,20 @@ def qualifying_data(nonce: bytes, head: bytes) -> bytes:
     return hashlib.sha256(DOMAIN + nonce + head).digest()
 
 
+NONCE_DOMAIN: Final = b"meterbox-tpm-nonce/1\x00"
+
+
+def report_nonce(instance_id: bytes, acked_hash: bytes | None) -> bytes:
+    """The nonce a report's attestation answers: bound to the instance and the last receipt.
+
+    ``acked_hash`` is the head hash of the last receipt the server imported (None before
+    the first): an attestation made before that receipt cannot answer a later report.
+    """
+    return hashlib.sha256(
+        NONCE_DOMAIN + hashlib.sha256(instance_id).digest() + (acked_hash or bytes(HEAD_LEN))
+    ).digest()
+
+
 @dataclass(frozen=True)
 class AttestationBundle:
     """One TPM-signed statement of the counter's value, bound to a ledger head and nonce.

@@ -106,6 +106,7 @@ from meterbox.vendorkit._db.store import (
     ReportSpan,
     VendorStore,
 )
+from meterbox.vendorkit._tpm_check import TpmReportCheck
 from meterbox.vendorkit._witness import WitnessCheck
 from meterbox.vendorkit.anomaly import (
     INGEST_REPORTS,
@@ -677,6 +678,7 @@ def _ingest_new(
     )
     verifier.known = known
     witnesses = WitnessCheck(known.head if known is not None else None)
+    tpm = TpmReportCheck(store.tpm_pins(instance_hex, conn), any(x.require_tpm for x in licenses))
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
@@ -687,6 +689,7 @@ def _ingest_new(
             for record, acked in verifier.records():
                 core.add(record, acked)
                 witnesses.add(record, verifier.chain_hash)
+                tpm.feed(record, acked)
                 if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
                     _flush(conn, store, core)
         result = verifier.result
@@ -715,6 +718,8 @@ def _ingest_new(
             )
         clones = check_clones(instance_hex, license_ids, span, activity)
         findings += clones.findings
+        findings += tpm.finish(header.extra if header else {}, result.head,
+                               header.acked if header else None, raw_iid)  # fmt: skip
         every, grace = _interval(licenses)
         pending = Pending(
             digest,
@@ -737,6 +742,8 @@ def _ingest_new(
         status = decide(findings)
         if status == "rejected":
             conn.rollback()  # drop every row this report wrote; keep only its verdict
+        elif tpm.pins_after is not None:
+            store.put_tpm_pins(instance_hex, tpm.pins_after, conn)
         receipt: Receipt | None = None
         document = b""
         if status != "rejected" and result.head is not None:

@@ -105,6 +105,8 @@ def build() -> dict[str, bytes]:
             allow_deactivation=False,
         ),
     )
+    # Format 3: a license that requires a TPM-anchored server (docs/adr/0011).
+    require_tpm = License(**{**_fields(basic), "require_tpm": True})
     topup = Topup("top_00112233445566cc", basic.license_id, "solver-runs", 500, CLOCK)
     receipt = Receipt(
         receipt_id="rcpt_00112233445566dd",
@@ -133,6 +135,12 @@ def build() -> dict[str, bytes]:
             "vendor.pub",
             cryptolens_v2.sign(KEY_A.signer()),
             cryptolens_v2.to_payload(),
+        ),
+        (
+            "valid/license-require-tpm-v3.lic",
+            "vendor.pub",
+            require_tpm.sign(KEY_A.signer()),
+            require_tpm.to_payload(),
         ),
         ("valid/topup.top", "vendor.pub", topup.sign(KEY_A.signer()), topup.to_payload()),
         ("valid/receipt.rcpt", "vendor.pub", receipt.sign(KEY_A.signer()), receipt.to_payload()),
@@ -171,9 +179,24 @@ def build() -> dict[str, bytes]:
             "FormatError",
         ),
         (
-            "invalid/unknown-version-3.lic",
+            "invalid/unknown-version-4.lic",
+            "license",
+            seal("meterbox-license/4", require_tpm.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # A version-3 envelope around a payload without require_tpm: the field is
+            # required in version 3, and a license that does not need it is version 1.
+            "invalid/v3-without-require-tpm.lic",
             "license",
             seal("meterbox-license/3", cryptolens_v2.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # require_tpm under version 2: the version-2 reader refuses the extra key.
+            "invalid/require-tpm-as-v2.lic",
+            "license",
+            seal("meterbox-license/2", require_tpm.to_payload(), KEY_A.signer()),
             "FormatError",
         ),
         (

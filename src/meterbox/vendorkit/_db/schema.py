@@ -218,6 +218,18 @@ report_meta_table = sa.Table(
     sa.Column("grace_days", sa.Integer, nullable=False),
 )
 
+#: Per instance the TPM the vendor pinned at its first attested report (TPM Names, hex)
+#: and the counter the last accepted report attested (docs/adr/0011-tpm-anchor.md).
+tpm_pins_table = sa.Table(
+    "tpm_pins",
+    metadata,
+    sa.Column("instance_id", sa.String(64), primary_key=True),
+    sa.Column("ak_name", sa.String(140), nullable=False),
+    sa.Column("ek_name", sa.String(140), nullable=False),
+    sa.Column("nv_name", sa.String(140), nullable=False),
+    sa.Column("last_counter", sa.BigInteger, nullable=False),
+)
+
 USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)
 SEAT_COLUMNS: Final = tuple(c.name for c in seat_events_table.columns)
 EVENT_COLUMNS: Final = tuple(c.name for c in ledger_events_table.columns)

@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import License, Topup
+from meterbox.tpm import TpmPins
 from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.schema import (
     EVENT_COLUMNS,
@@ -56,6 +57,7 @@ from meterbox.vendorkit._db.schema import (
     schema_table,
     seat_events_table,
     topups_table,
+    tpm_pins_table,
     usage_table,
 )
 
@@ -392,6 +394,34 @@ class VendorStore:
         }
         stmt = self._insert(instances_table).values(**values)
         update = {k: stmt.excluded[k] for k in values if k not in ("instance_id", "first_seen")}
+        conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update))
+
+    def tpm_pins(self, instance_id: str, conn: Connection) -> TpmPins:
+        """The TPM pinned for an instance; empty pins before its first attested report."""
+        row = conn.execute(
+            sa.select(tpm_pins_table).where(tpm_pins_table.c.instance_id == instance_id)
+        ).first()
+        if row is None:
+            return TpmPins()
+        return TpmPins(
+            ak_name=bytes.fromhex(row.ak_name),
+            ek_name=bytes.fromhex(row.ek_name),
+            nv_name=bytes.fromhex(row.nv_name),
+            last_counter=int(row.last_counter),
+        )
+
+    def put_tpm_pins(self, instance_id: str, pins: TpmPins, conn: Connection) -> None:
+        if pins.ak_name is None or pins.ek_name is None or pins.nv_name is None:
+            raise ValueError("only complete pins (from a verified attestation) are stored")
+        values = {
+            "instance_id": instance_id,
+            "ak_name": pins.ak_name.hex(),
+            "ek_name": pins.ek_name.hex(),
+            "nv_name": pins.nv_name.hex(),
+            "last_counter": pins.last_counter or 0,
+        }
+        stmt = self._insert(tpm_pins_table).values(**values)
+        update = {k: stmt.excluded[k] for k in values if k != "instance_id"}
         conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update))
 
     def report_known(self, report_digest: str, conn: Connection) -> bool:

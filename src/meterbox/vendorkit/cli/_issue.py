@@ -174,6 +174,14 @@ def issue_command(
     ] = None,
     grace: Annotated[int, typer.Option("--grace", help="Days of grace after a due report.")] = 0,
     site: Annotated[str | None, typer.Option("--site", help="Site fingerprint to bind to.")] = None,
+    require_tpm: Annotated[
+        bool,
+        typer.Option(
+            "--require-tpm",
+            help="The server must run anchored to a TPM and every report must attest "
+            "(license format 3).",
+        ),
+    ] = False,
     cryptolens_product_id: Annotated[
         int | None, typer.Option("--cryptolens-product-id", help="Enables the Cryptolens API.")
     ] = None,
@@ -341,6 +349,7 @@ def issue_command(
                 grace_days=grace,
                 site_fingerprint=site,
                 cryptolens=cryptolens,
+                require_tpm=require_tpm,
             )
         except FormatError as exc:
             raise ConfigError(

@@ -1,0 +1,187 @@
+"""The vendor's TPM checks of one report: the ledger's anchors and the report's attestation.
+
+Pure: records and the report's header go in, findings and the pins to store come out.
+Ingest feeds every verified record to :meth:`TpmReportCheck.feed` and calls
+:meth:`TpmReportCheck.finish` once the report's head is known; it stores
+:attr:`TpmReportCheck.pins_after` only when it accepts the report.
+
+What is checked (docs/adr/0011-tpm-anchor.md, docs/spec/tpm-attestation.md):
+
+* TPM_ROLLBACK records the server wrote at open: ``tpm.ledger.rollback`` (the TPM was
+  ahead of the ledger, or the ledger behind the server's own anchor note) and
+  ``tpm.ledger.foreign`` (another TPM, or a counter this TPM never reached) are critical;
+  ``tpm.unavailable`` (the TPM did not answer) is a warning, since the next report
+  without an attestation is ``tpm.missing`` anyway.
+* TPM_ANCHOR values: consecutive anchors of one ledger differ by exactly 1 (0 for a
+  ``resync`` after a crash between increment and record). A larger step means the TPM
+  advanced in a history this ledger does not hold: a restored copy whose open check
+  was defeated (``tpm.counter.gap``); a step back, or an anchor naming another counter
+  index, is ``tpm.ledger.foreign``. The first anchor continues from the counter the
+  genesis recorded, or from the counter the vendor pinned at the last accepted report.
+* The attestation: :func:`meterbox.tpm.verify_attestation` against the pins, bound to
+  the report's head and to :func:`meterbox.tpm.report_nonce` of the last receipt, with
+  the last anchor as the ledger's counter. An instance whose genesis records a TPM must
+  attest in every report, as must one whose license requires a TPM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from meterbox.errors import FormatError
+from meterbox.ledger import Finding, Head, Record, RecordType, TpmAnchor, TpmRollback
+from meterbox.tpm import TpmFinding, TpmPins, report_nonce, verify_attestation
+
+LEDGER_ROLLBACK: Final = "tpm.ledger.rollback"
+LEDGER_FOREIGN: Final = "tpm.ledger.foreign"
+UNAVAILABLE: Final = "tpm.unavailable"
+COUNTER_GAP: Final = "tpm.counter.gap"
+ANCHOR_INVALID: Final = "tpm.anchor.invalid"
+QUOTE_OK: Final = "tpm.quote.ok"
+
+_ROLLBACK_KINDS: Final = {
+    "rollback": (LEDGER_ROLLBACK, "the TPM counter was above the ledger's: an older copy"),
+    "ledger": (LEDGER_ROLLBACK, "the ledger was older than the server's anchor note"),
+    "ahead": (LEDGER_FOREIGN, "the ledger committed to a value this TPM never reached"),
+    "foreign": (LEDGER_FOREIGN, "the data directory was opened on another TPM"),
+}
+_FINDINGS_MAX: Final = 20
+
+
+@dataclass
+class TpmReportCheck:
+    """One report's TPM checks. ``pins`` is what the vendor stored for the instance."""
+
+    pins: TpmPins
+    required: bool
+    findings: list[Finding] = field(default_factory=list)
+    #: The pins to store if the report is accepted (set by :meth:`finish`).
+    pins_after: TpmPins | None = None
+    #: Whether the genesis records a TPM (then every report must attest).
+    genesis_tpm: bool = False
+    _prev: int | None = None
+    _nv_name: str | None = None
+    _last_anchor: int | None = None
+
+    def __post_init__(self) -> None:
+        self._prev = self.pins.last_counter
+        if self.pins.nv_name is not None:
+            self._nv_name = self.pins.nv_name.hex()
+
+    def _find(self, code: str, severity: Any, message: str, seq: int | None) -> None:
+        if len(self.findings) < _FINDINGS_MAX:
+            self.findings.append(Finding(code, severity, message, seq))
+
+    def feed(self, record: Record, acked: bool) -> None:
+        t = record.type
+        if t is RecordType.GENESIS:
+            self._genesis(record.payload)
+        if acked:
+            return  # judged with the report that was acknowledged
+        if t is RecordType.TPM_ROLLBACK:
+            self._rollback(record)
+        elif t is RecordType.TPM_ANCHOR:
+            self._anchor(record)
+
+    def _genesis(self, payload: Mapping[str, Any]) -> None:
+        entry = payload.get("tpm")
+        if not isinstance(entry, Mapping) or entry.get("tpm") != "tpm2":
+            return
+        self.genesis_tpm = True
+        counter, nv_name = entry.get("counter"), entry.get("nv_name")
+        if self._prev is None and isinstance(counter, int) and not isinstance(counter, bool):
+            self._prev = counter
+        if self._nv_name is None and isinstance(nv_name, str):
+            self._nv_name = nv_name
+
+    def _rollback(self, record: Record) -> None:
+        try:
+            rb = TpmRollback.from_map(record.payload)
+        except FormatError as exc:
+            self._find(ANCHOR_INVALID, "critical", f"a tpm.rollback record: {exc}", record.seq)
+            return
+        counters = f" (ledger {rb.ledger_counter}, TPM {rb.tpm_counter})"
+        if rb.kind == "unavailable":
+            self._find(
+                UNAVAILABLE,
+                "warning",
+                "the server ran without its TPM, which did not answer: " + (rb.detail or ""),
+                record.seq,
+            )
+            return
+        code, meaning = _ROLLBACK_KINDS.get(rb.kind, (LEDGER_ROLLBACK, f"kind {rb.kind!r}"))
+        self._find(
+            code,
+            "critical",
+            f"the server recorded a TPM rollback at open: {meaning}{counters}"
+            + (f"; {rb.detail}" if rb.detail else ""),
+            record.seq,
+        )
+
+    def _anchor(self, record: Record) -> None:
+        try:
+            anchor = TpmAnchor.from_map(record.payload)
+        except FormatError as exc:
+            self._find(ANCHOR_INVALID, "critical", f"a tpm.anchor record: {exc}", record.seq)
+            return
+        if self._nv_name is not None and anchor.nv_name != self._nv_name:
+            self._find(
+                LEDGER_FOREIGN,
+                "critical",
+                f"an anchor names counter index {anchor.nv_name[:20]}..., not the recorded "
+                f"{self._nv_name[:20]}...",
+                record.seq,
+            )
+        prev = self._prev
+        if prev is not None:
+            step = anchor.counter - prev
+            if step > 1 or (step == 0 and anchor.reason != "resync"):
+                self._find(
+                    COUNTER_GAP,
+                    "critical",
+                    f"the TPM counter went from {prev} to {anchor.counter} between two anchors "
+                    "of this ledger: the TPM advanced in a history the ledger does not hold "
+                    "(a restored copy of the data directory or its key files)",
+                    record.seq,
+                )
+            elif step < 0:
+                self._find(
+                    LEDGER_FOREIGN,
+                    "critical",
+                    f"the TPM counter went back from {prev} to {anchor.counter}: "
+                    "another TPM or a replaced counter",
+                    record.seq,
+                )
+        self._prev = anchor.counter
+        self._last_anchor = anchor.counter
+
+    def finish(self, extra: Mapping[str, Any], head: Head | None, acked: Head | None,
+               instance_id: bytes) -> list[Finding]:  # fmt: skip
+        """Verify the report's attestation; every finding of this check, in order."""
+        if head is None:
+            return self.findings
+        bundle = extra.get("tpm")
+        if bundle is not None and not isinstance(bundle, bytes):
+            bundle = b"\x00"  # not bytes: decoding fails as a forged bundle
+        ledger_counter = self._last_anchor if self._last_anchor is not None else self._prev
+        try:
+            verified = verify_attestation(
+                bundle,
+                head=head.hash,
+                pins=self.pins,
+                required=self.required or self.genesis_tpm,
+                ledger_counter=ledger_counter if bundle else None,
+                nonce=report_nonce(instance_id, None if acked is None else acked.hash),
+            )
+        except TpmFinding as exc:
+            self.findings.append(Finding(exc.code, "critical", str(exc)))
+            return self.findings
+        if verified is not None:
+            self.pins_after = verified.pins
+            what = "enrolled the TPM" if verified.enrolled_now else "verified"
+            self.findings.append(
+                Finding(QUOTE_OK, "info", f"TPM attestation {what}: counter {verified.counter}")
+            )
+        return self.findings
