@@ -61,3 +61,6 @@ LEDGER_RECOVERED: Final = "ledger.recovered"
 #: A RECOVERY record saying the cut removed records the server had acknowledged.
 LEDGER_ACKNOWLEDGED_LOST: Final = "ledger.acknowledged_lost"
 LEDGER_CHECKPOINT_MISMATCH: Final = "ledger.checkpoint_mismatch"
+#: A STATE_REBUILT record: a cache file did not match the ledger at the server's open
+#: (critical when it claimed less than the ledger, else warning).
+STATE_REBUILT: Final = "state.rebuilt"

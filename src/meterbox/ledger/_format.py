@@ -70,7 +70,11 @@ class RecordType(enum.IntEnum):
     TOPUP_IMPORTED = 17
     LICENSE_INSTALLED = 18
     USAGE_DENIED = 19
-    # 20-22, 24 and 25 are reserved for state and witness records.
+    #: Everything enforcement needs, written right after every EPOCH record.
+    STATE = 20
+    # 21, 24 and 25 are reserved for key-state and witness records.
+    #: The server rebuilt a cache file from the ledger at open.
+    STATE_REBUILT = 22
     SEAT_UNKNOWN = 23
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
@@ -111,6 +115,7 @@ INTERNAL_TYPES: Final = frozenset(
         RecordType.CLOCK_STEP,
         RecordType.BOOT,
         RecordType.SHUTDOWN,
+        RecordType.STATE,
     }
 )
 

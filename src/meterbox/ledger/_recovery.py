@@ -58,6 +58,10 @@ class Scan:
     epochs: list[EpochStart]
     problem: str | None
     replayed: list[Record]
+    #: Every record of the last epoch after its EPOCH record (when asked for).
+    last_epoch_records: list[Record]
+    #: Seq of the last epoch's EPOCH record.
+    last_epoch_seq: int
 
 
 class _Walk:
@@ -102,12 +106,24 @@ class _Walk:
         self.good_end = raw.offset + len(raw.data)
 
 
-def scan(fd: int, key_epoch: int, chain_key: bytes, replay_after: int | None = None) -> Scan:
-    """Walk the ledger file; authenticate what our key reaches; find where it stops being good."""
+def scan(
+    fd: int,
+    key_epoch: int,
+    chain_key: bytes,
+    replay_after: int | None = None,
+    *,
+    keep_last_epoch: bool = False,
+) -> Scan:
+    """Walk the ledger file; authenticate what our key reaches; find where it stops being good.
+
+    With ``keep_last_epoch`` the opened records of the last epoch are returned too
+    (the fold that rebuilds the server's state starts from them).
+    """
     with os.fdopen(os.dup(fd), "rb") as stream:
         header = FileHeader.unpack(stream.read(FILE_HEADER_LEN))
         walk = _Walk(header, key_epoch, chain_key)
         replayed: list[Record] = []
+        last_epoch: list[Record] = []
         problem: str | None = None
         for raw in FrameReader(stream, start_offset=FILE_HEADER_LEN):
             try:
@@ -116,7 +132,13 @@ def scan(fd: int, key_epoch: int, chain_key: bytes, replay_after: int | None = N
                 problem = f"at offset {raw.offset}: {exc.problem}"
                 break
             walk.accept(raw)
-            if record is not None and replay_after is not None and record.seq > replay_after:
+            if record is None:
+                if keep_last_epoch and walk.epochs and walk.epochs[-1].offset == raw.offset:
+                    last_epoch = []
+                continue
+            if keep_last_epoch:
+                last_epoch.append(record)
+            if replay_after is not None and record.seq > replay_after:
                 replayed.append(record)
         if walk.last_epoch < 0:
             raise StateError(
@@ -133,6 +155,8 @@ def scan(fd: int, key_epoch: int, chain_key: bytes, replay_after: int | None = N
             walk.epochs,
             problem,
             replayed,
+            last_epoch,
+            walk.epochs[-1].seq,
         )
 
 

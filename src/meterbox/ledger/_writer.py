@@ -57,10 +57,12 @@ from meterbox.ledger._directory import (
     read_chain_key,
     write_chain_key,
 )
+from meterbox.ledger._fold import LedgerFolder, fold_epoch
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
     INSTANCE_ID_LEN,
     INTERNAL_TYPES,
+    MAX_PAYLOAD_LEN,
     FileHeader,
     RecordType,
     chain,
@@ -69,7 +71,7 @@ from meterbox.ledger._format import (
 from meterbox.ledger._frames import Record
 from meterbox.ledger._recovery import EpochStart, Recovery, resume_key, scan, torn_tail
 from meterbox.ledger._seal import Head, Sealer
-from meterbox.ledger.records import Boot, Checkpoint, ClockStep, Genesis, Shutdown
+from meterbox.ledger.records import Boot, Checkpoint, ClockStep, Genesis, Shutdown, split_state
 from meterbox.ledger.records import Recovery as RecoveryPayload
 
 
@@ -120,8 +122,14 @@ class LedgerWriter:
         file: _OpenFile,
         clock: Clock,
         config: LedgerConfig,
+        folder: LedgerFolder | None = None,
     ) -> None:
         self.directory = directory
+        self._folder = folder
+        #: Records sealed since the last durable write: folded once that write is synced.
+        self._unfolded: list[tuple[RecordType, dict[str, Any], int, int]] = []
+        #: Where the fold at open started: ``state``, ``genesis`` or ``partial``.
+        self.fold_origin: str | None = None
         self._sealer = sealer
         self.instance_key = instance_key
         self._fd = file.fd
@@ -160,8 +168,13 @@ class LedgerWriter:
         instance_id: bytes | None = None,
         config: LedgerConfig | None = None,
         random: Callable[[int], bytes] = random_bytes,
+        folder: LedgerFolder | None = None,
     ) -> LedgerWriter:
-        """Create a new ledger: instance identity, chain key, epoch 0 and the GENESIS record."""
+        """Create a new ledger: instance identity, chain key, epoch 0 and the GENESIS record.
+
+        The first epoch has no STATE record: the state before the ledger's first
+        record is empty by definition.
+        """
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_private_dir(directory)
         if (directory / LEDGER_FILE).exists():
@@ -217,6 +230,7 @@ class LedgerWriter:
             file=file,
             clock=clock,
             config=config or LedgerConfig(),
+            folder=folder,
         )
         writer._thread.start()
         return writer
@@ -232,8 +246,13 @@ class LedgerWriter:
         force_recover: bool = False,
         boot_payload: dict[str, Any] | None = None,
         replay_after: int | None = None,
+        folder: LedgerFolder | None = None,
     ) -> LedgerWriter:
-        """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT."""
+        """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT.
+
+        With a ``folder``, the last epoch is folded into it (see
+        :mod:`meterbox.ledger._fold`) before the new epoch's STATE record is written.
+        """
         config = config or LedgerConfig()
         check_private_dir(directory)
         held = lock(directory)
@@ -251,7 +270,7 @@ class LedgerWriter:
             held.close()
             raise
         try:
-            found = scan(fd, epoch_no, chain_key, replay_after)
+            found = scan(fd, epoch_no, chain_key, replay_after, keep_last_epoch=folder is not None)
             if found.header.instance_id != meta.instance_id:
                 raise StateError(
                     "ledger file belongs to another instance",
@@ -284,7 +303,12 @@ class LedgerWriter:
                 file=file,
                 clock=clock,
                 config=config,
+                folder=folder,
             )
+            if folder is not None:
+                writer.fold_origin = fold_epoch(
+                    folder, found.last_epoch_records, starts_ledger=found.last_epoch_seq == 0
+                )
         except BaseException:
             os.close(fd)
             held.close()
@@ -401,9 +425,7 @@ class LedgerWriter:
                 for rtype, payload, fut in batch:
                     wall = self._clock.wall_ms()
                     try:
-                        data = self._sealer.seal(
-                            rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms()
-                        )
+                        data = self._seal(rtype, payload, wall, self._clock.mono_ms())
                     except (FormatError, TypeError, ValueError) as exc:
                         fut.set_exception(
                             exc
@@ -434,6 +456,7 @@ class LedgerWriter:
                 # A failed batch fails only its own records: the file was cut back to the
                 # last durable frame, so the next batch (when the disk has room again)
                 # continues the ledger where it was.
+                self._unfolded = []
                 error = (
                     exc
                     if isinstance(exc, MeterboxError)
@@ -462,6 +485,7 @@ class LedgerWriter:
             return
         if self._stopped is not None:
             saved.restore(self._sealer)
+            self._unfolded = []
             raise self._stopped
         data = b"".join(frames)
         try:
@@ -471,9 +495,11 @@ class LedgerWriter:
             os.fdatasync(self._fd)
         except OSError as exc:
             saved.restore(self._sealer)
+            self._unfolded = []
             self._cut_back(exc)
         self._end += len(data)
         self._durable_head = self._sealer.head
+        self._fold_durable()
 
     def _cut_back(self, exc: OSError) -> NoReturn:
         """Make the file end durably at the last durable frame again, then raise."""
@@ -504,7 +530,7 @@ class LedgerWriter:
         """Seal and sync one record synchronously (used before the thread starts)."""
         saved = _SealerState.save(self._sealer)
         wall = self._clock.wall_ms()
-        data = self._sealer.seal(rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms())
+        data = self._seal(rtype, payload, wall, self._clock.mono_ms())
         self._write_frames([data], saved)
         return Appended(self._sealer.head.seq, self._sealer.head, wall)
 
@@ -521,13 +547,13 @@ class LedgerWriter:
         saved = _SealerState.save(self._sealer)
         first = not self._epochs and self._sealer.next_seq == 0
         prev_hash, offset, seq = self._sealer.head_hash, self._end, self._sealer.next_seq
+        wall, mono = self._clock.wall_ms(), self._clock.mono_ms()
         data = self._sealer.begin_epoch(
-            boot_id=self._clock.boot_id(),
-            wall_ms=self._clock.wall_ms(),
-            mono_ms=self._clock.mono_ms(),
-            first=first,
+            boot_id=self._clock.boot_id(), wall_ms=wall, mono_ms=mono, first=first
         )
-        self._write_frames([data], saved)
+        # The epoch's STATE run goes out in the same durable write as its EPOCH record:
+        # an epoch on disk always starts with the state its records fold onto.
+        self._write_frames([data, *self._state_frames(wall, mono)], saved)
         self._epochs.append(EpochStart(seq, offset, prev_hash))
         self._epoch_started_mono = self._clock.mono_ms()
         self._key_dirty = True
@@ -555,22 +581,45 @@ class LedgerWriter:
         delta = offset - self._clock_offset
         if abs(delta) >= self.config.clock_step_threshold_ms:
             self._clock_offset = offset
-            yield self._sealer.seal(
+            yield self._seal(
                 RecordType.CLOCK_STEP,
                 ClockStep(delta_ms=delta, wall_ms=wall, mono_ms=mono).to_map(),
-                wall_ms=wall,
-                mono_ms=mono,
+                wall,
+                mono,
             )
 
     def _checkpoint_frame(self) -> bytes:
         head = self._sealer.head
         self._since_checkpoint = 0
-        return self._sealer.seal(
+        return self._seal(
             RecordType.CHECKPOINT,
             Checkpoint(seq=head.seq, head_hash=head.hash, epoch=self._sealer.epoch).to_map(),
-            wall_ms=self._clock.wall_ms(),
-            mono_ms=self._clock.mono_ms(),
+            self._clock.wall_ms(),
+            self._clock.mono_ms(),
         )
+
+    def _seal(self, rtype: RecordType, payload: dict[str, Any], wall: int, mono: int) -> bytes:
+        """Seal one record; it is folded once the write that holds it is durable."""
+        data = self._sealer.seal(rtype, payload, wall_ms=wall, mono_ms=mono)
+        if self._folder is not None:
+            self._unfolded.append((rtype, payload, wall, self._sealer.head.seq))
+        return data
+
+    def _fold_durable(self) -> None:
+        folder, self._unfolded, items = self._folder, [], self._unfolded
+        if folder is None:
+            return
+        for rtype, payload, wall, seq in items:
+            if rtype != RecordType.STATE:
+                folder.apply(rtype, payload, wall, seq)
+
+    def _state_frames(self, wall: int, mono: int) -> list[bytes]:
+        """The STATE run that follows an EPOCH record (none without a folder)."""
+        if self._folder is None:
+            return []
+        # Room for the header fields the split does not see (msgpack framing is small).
+        parts = split_state(self._folder.snapshot(), MAX_PAYLOAD_LEN - 64)
+        return [self._seal(RecordType.STATE, p.to_map(), wall, mono) for p in parts]
 
     # ------------------------------------------------------- reading, compaction
     @contextlib.contextmanager

@@ -88,6 +88,7 @@ from meterbox.ledger import (
 )
 from meterbox.ledger import findings as F
 from meterbox.ledger.records import (
+    MAX_AMOUNT,
     SeatCheckout,
     SeatDenied,
     SeatRelease,
@@ -422,9 +423,9 @@ class IngestCore:
             usage is None
             or not usage.meter
             or len(usage.meter) > 64
-            or not 0 <= usage.amount < 2**62
+            or not 0 <= usage.amount <= MAX_AMOUNT
         ):
-            self._bad(record, "expected a meter name and an amount of 0 to 2^62 units")
+            self._bad(record, f"expected a meter name and an amount of 0 to {MAX_AMOUNT} units")
             return
         meter, amount = usage.meter, usage.amount
         self.usage.append(
