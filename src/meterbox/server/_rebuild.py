@@ -109,8 +109,9 @@ def _classify(
         # Behind the ledger: tampering only if it disagrees with the ledger as of the
         # seq it claims to reflect.
         earlier = compare(fold.at_watch, cache, now_ms, seats=True)
-        if not earlier.less:
+        if not earlier:
             return "older", False, diff
+        return "differed", bool(earlier.less), diff
     return "differed", bool(diff.less), diff
 
 
