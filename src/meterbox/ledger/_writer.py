@@ -130,6 +130,9 @@ class LedgerWriter:
         self._unfolded: list[tuple[RecordType, dict[str, Any], int, int]] = []
         #: Where the fold at open started: ``state``, ``genesis`` or ``partial``.
         self.fold_origin: str | None = None
+        #: Whether the ledger's last record before this open was SHUTDOWN (a clean stop;
+        #: known only when opened with a folder).
+        self.clean_shutdown = False
         self._sealer = sealer
         self.instance_key = instance_key
         self._fd = file.fd
@@ -306,6 +309,8 @@ class LedgerWriter:
                 folder=folder,
             )
             if folder is not None:
+                last = found.last_epoch_records
+                writer.clean_shutdown = bool(last) and last[-1].type == RecordType.SHUTDOWN
                 writer.fold_origin = fold_epoch(
                     folder, found.last_epoch_records, starts_ledger=found.last_epoch_seq == 0
                 )

@@ -16,9 +16,11 @@ At every open, after the ledger writer has folded its last epoch:
 
 Severity at the vendor (``state.rebuilt``): critical when the cache claimed less
 than the ledger holds (less usage, fewer leases or activations, a top-up or a
-receipt the ledger lacks), warning otherwise. A cache that is only *older* (it
-stops at a seq before the ledger's head, and agrees with the ledger as of that seq)
-is the trace of a crash between the ledger and the state commit: a warning.
+receipt the ledger lacks), warning otherwise. A cache that is only *older* (the
+server did not stop cleanly, the cache stops at a seq before the ledger's head, and
+it agrees with the ledger as of that seq) is the trace of a crash between the
+ledger and the state commit: a warning. After a clean stop (the ledger's last
+record is SHUTDOWN) every change had been committed, so any difference is an edit.
 
 A ledger written before STATE records existed has no STATE in its last epoch: the
 fold then started from the caches themselves (``partial``) and there is nothing to
@@ -95,7 +97,12 @@ def view_of_snapshot(snap: StateSnapshot) -> StateView:
 
 
 def _classify(
-    fold: LedgerState, cache: StateView, now_ms: int, seats: bool, missing: bool
+    fold: LedgerState,
+    cache: StateView,
+    now_ms: int,
+    seats: bool,
+    missing: bool,
+    crashed: bool,
 ) -> tuple[str, bool, Difference] | None:
     truth = fold.finish()
     diff = compare(truth, cache, now_ms, seats=seats)
@@ -105,9 +112,11 @@ def _classify(
         return "missing", bool(diff.less) or not diff, diff
     if not diff:
         return None
-    if seats and fold.at_watch is not None and cache.head_seq < truth.head_seq:
-        # Behind the ledger: tampering only if it disagrees with the ledger as of the
-        # seq it claims to reflect.
+    if seats and crashed and fold.at_watch is not None and cache.head_seq < truth.head_seq:
+        # The server did not stop cleanly and the cache is behind: a crash between a
+        # ledger commit and the state commit leaves exactly that. It is tampering only
+        # if the cache disagrees with the ledger as of the seq it says it reflects.
+        # After a clean stop (SHUTDOWN last) the cache had every change committed.
         earlier = compare(fold.at_watch, cache, now_ms, seats=True)
         if not earlier:
             return "older", False, diff
@@ -149,7 +158,9 @@ def check_state_db(
     truth = fold.finish()
     if not compare(truth, after, now_ms) and not missing:
         return None
-    found = _classify(fold, view_of_snapshot(before), now_ms, True, missing)
+    found = _classify(
+        fold, view_of_snapshot(before), now_ms, True, missing, not writer.clean_shutdown
+    )
     if found is None:
         return None
     reason, less, diff = found
