@@ -8,7 +8,7 @@ STATE record plus the records after it), whatever the epoch length.
 
 from __future__ import annotations
 
-import os
+import io
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterbox.errors import FormatError
-from meterbox.ledger import LedgerConfig, LedgerWriter, RecordType
+from meterbox.ledger import LedgerConfig, LedgerWriter, RecordType, ReportVerifier
 from meterbox.ledger._format import MAX_PAYLOAD_LEN
 from meterbox.ledger.records import State, merge_states, split_state
 from meterbox.server._core.ledgerstate import LedgerState, StateView, compare
-from support.ledger import make_ledger
+from support.ledger import VENDOR, VENDOR_ID, Built, export, make_ledger
 
 LICENSES = ("lic-a", "lic-b")
 LEASES = tuple(f"lease-{i}" for i in range(6))
@@ -143,18 +143,20 @@ def test_every_epoch_starts_with_a_state_record(tmp_path: Path) -> None:
     for i in range(20):
         writer.append(RecordType.USAGE, {"m": "runs", "a": i + 1, "l": "lic-a"})
     writer.close()
-    from meterbox.ledger._directory import read_chain_key
-    from meterbox.ledger._recovery import scan
-
-    epoch, key = read_chain_key(built.directory)
-    fd = os.open(built.directory / "ledger.mbl", os.O_RDONLY)
-    try:
-        found = scan(fd, epoch, key, keep_last_epoch=True)
-    finally:
-        os.close(fd)
-    assert found.last_epoch_records[0].type == RecordType.STATE
-    # The first epoch (the ledger's start) has none: its state before is empty.
-    assert len(found.epochs) >= 4
+    writer = LedgerWriter.open(built.directory, clock=built.clock, config=config)
+    report = export(Built(writer, built.clock, built.directory))
+    writer.close()
+    verifier = ReportVerifier({VENDOR_ID: VENDOR})
+    first: dict[int, RecordType] = {}
+    for r, _ in verifier.records(io.BytesIO(report)):
+        first.setdefault(r.epoch, r.type)
+    assert verifier.result.findings == []
+    # Every epoch but the ledger's first (whose state before is empty) opens with STATE.
+    assert first.pop(0) == RecordType.GENESIS
+    # The export above opened the ledger without a folder: no state, no STATE record.
+    assert first.pop(max(first)) == RecordType.BOOT
+    assert len(first) >= 4
+    assert set(first.values()) == {RecordType.STATE}
 
 
 def test_a_large_state_is_a_run_of_records_that_merges_back() -> None:

@@ -45,36 +45,80 @@ class LedgerFolder(Protocol):
         """
 
 
+class EpochFold:
+    """Streams one ledger walk into a folder, restarting at every EPOCH record it opens.
+
+    The recovery scan calls :meth:`epoch` for each EPOCH record of an epoch the
+    server's key reaches and :meth:`record` for each opened record after it, only
+    once the frame is known good; :meth:`finish` ends the walk. Only the last epoch's
+    fold survives (each EPOCH restarts it), and memory stays constant whatever the
+    epoch's length: records are folded as they are read, never kept.
+    """
+
+    def __init__(self, folder: LedgerFolder) -> None:
+        self.folder = folder
+        self.origin: str | None = None
+        self.last_type: RecordType | None = None
+        self._parts: list[State] | None = None
+        self._starts_ledger = False
+        self._damaged = False
+        #: An earlier epoch of this walk was folded from a known start.
+        self._folded = False
+
+    def epoch(self, seq: int) -> None:
+        self._parts, self._starts_ledger, self._damaged = [], seq == 0, False
+        self.origin = None
+        self.last_type = RecordType.EPOCH
+
+    def record(self, record: Record) -> None:
+        self.last_type = record.type
+        if self._parts is not None and record.type == RecordType.STATE and not self._damaged:
+            try:
+                self._parts.append(State.from_map(record.payload))
+            except FormatError:
+                self._damaged = True
+            return
+        self._start()
+        if record.type != RecordType.STATE:
+            self.folder.apply(record.type, record.payload, record.wall_ms, record.seq)
+
+    def finish(self) -> str | None:
+        self._start()
+        return self.origin
+
+    def _start(self) -> None:
+        """Restore the folder from the STATE run just read (once per epoch)."""
+        if self._parts is None:
+            return
+        parts, self._parts = self._parts, None
+        state: State | None = None
+        self.origin = "partial"
+        if parts and not self._damaged:
+            try:
+                state, self.origin = merge_states(parts), "state"
+            except FormatError:
+                # Authentic but unreadable: a writer bug, not an attack (the chain key
+                # opened it); the folder's other base is the safer start.
+                state = None
+        if state is None and self._starts_ledger:
+            state, self.origin = State(), "genesis"
+        if state is None and self._folded:
+            # The epoch before was folded in this walk and its end is exactly where
+            # this epoch's missing STATE would have started: carry on from it.
+            self.origin = "continued"
+            return
+        self._folded = self.origin in ("state", "genesis")
+        self.folder.restore(state)
+
+
 def fold_epoch(folder: LedgerFolder, records: list[Record], *, starts_ledger: bool) -> str:
-    """Restore ``folder`` from the last epoch's ``records`` (after its EPOCH record).
+    """Fold one epoch's ``records`` (those after its EPOCH record) into ``folder``.
 
     Returns where the fold started: ``state`` (a STATE run), ``genesis`` (the epoch
     begins the ledger, so the state before it is empty) or ``partial`` (neither).
-    A damaged STATE run is treated as absent: the records are authentic (the chain
-    key opened them), so damage means a writer bug, and the folder's other base is
-    the safer start.
     """
-    parts: list[State] = []
-    i = 0
-    while i < len(records) and records[i].type == RecordType.STATE:
-        try:
-            parts.append(State.from_map(records[i].payload))
-        except FormatError:
-            parts = []
-            break
-        i += 1
-    origin = "partial"
-    state: State | None = None
-    if parts:
-        try:
-            state = merge_states(parts)
-            origin = "state"
-        except FormatError:
-            state = None
-    if state is None and starts_ledger:
-        state, origin = State(), "genesis"
-    folder.restore(state)
-    for record in records[i:]:
-        if record.type != RecordType.STATE:
-            folder.apply(record.type, record.payload, record.wall_ms, record.seq)
-    return origin
+    walk = EpochFold(folder)
+    walk.epoch(0 if starts_ledger else 1)
+    for record in records:
+        walk.record(record)
+    return walk.finish() or "partial"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from meterbox.crypto import AeadKey
 from meterbox.errors import FormatError, MeterboxError, StateError
+from meterbox.ledger._fold import EpochFold
 from meterbox.ledger._format import FILE_HEADER_LEN, FileHeader, Header, RecordType, chain
 from meterbox.ledger._frames import (
     FrameReader,
@@ -58,10 +59,6 @@ class Scan:
     epochs: list[EpochStart]
     problem: str | None
     replayed: list[Record]
-    #: Every record of the last epoch after its EPOCH record (when asked for).
-    last_epoch_records: list[Record]
-    #: Seq of the last epoch's EPOCH record.
-    last_epoch_seq: int
 
 
 class _Walk:
@@ -112,18 +109,17 @@ def scan(
     chain_key: bytes,
     replay_after: int | None = None,
     *,
-    keep_last_epoch: bool = False,
+    fold: EpochFold | None = None,
 ) -> Scan:
     """Walk the ledger file; authenticate what our key reaches; find where it stops being good.
 
-    With ``keep_last_epoch`` the opened records of the last epoch are returned too
-    (the fold that rebuilds the server's state starts from them).
+    With ``fold``, every good record of the epochs the key opens is streamed into it
+    (the fold that rebuilds the server's state; the last epoch's is what remains).
     """
     with os.fdopen(os.dup(fd), "rb") as stream:
         header = FileHeader.unpack(stream.read(FILE_HEADER_LEN))
         walk = _Walk(header, key_epoch, chain_key)
         replayed: list[Record] = []
-        last_epoch: list[Record] = []
         problem: str | None = None
         for raw in FrameReader(stream, start_offset=FILE_HEADER_LEN):
             try:
@@ -133,11 +129,12 @@ def scan(
                 break
             walk.accept(raw)
             if record is None:
-                if keep_last_epoch and walk.epochs and walk.epochs[-1].offset == raw.offset:
-                    last_epoch = []
+                opened_epoch = walk.epochs[-1].offset == raw.offset
+                if fold is not None and opened_epoch and walk.last_epoch in walk.keys:
+                    fold.epoch(walk.epochs[-1].seq)
                 continue
-            if keep_last_epoch:
-                last_epoch.append(record)
+            if fold is not None:
+                fold.record(record)
             if replay_after is not None and record.seq > replay_after:
                 replayed.append(record)
         if walk.last_epoch < 0:
@@ -155,8 +152,6 @@ def scan(
             walk.epochs,
             problem,
             replayed,
-            last_epoch,
-            walk.epochs[-1].seq,
         )
 
 

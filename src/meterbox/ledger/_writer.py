@@ -57,7 +57,7 @@ from meterbox.ledger._directory import (
     read_chain_key,
     write_chain_key,
 )
-from meterbox.ledger._fold import LedgerFolder, fold_epoch
+from meterbox.ledger._fold import EpochFold, LedgerFolder
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
     INSTANCE_ID_LEN,
@@ -273,7 +273,8 @@ class LedgerWriter:
             held.close()
             raise
         try:
-            found = scan(fd, epoch_no, chain_key, replay_after, keep_last_epoch=folder is not None)
+            walk = EpochFold(folder) if folder is not None else None
+            found = scan(fd, epoch_no, chain_key, replay_after, fold=walk)
             if found.header.instance_id != meta.instance_id:
                 raise StateError(
                     "ledger file belongs to another instance",
@@ -308,12 +309,9 @@ class LedgerWriter:
                 config=config,
                 folder=folder,
             )
-            if folder is not None:
-                last = found.last_epoch_records
-                writer.clean_shutdown = bool(last) and last[-1].type == RecordType.SHUTDOWN
-                writer.fold_origin = fold_epoch(
-                    folder, found.last_epoch_records, starts_ledger=found.last_epoch_seq == 0
-                )
+            if walk is not None:
+                writer.clean_shutdown = walk.last_type == RecordType.SHUTDOWN
+                writer.fold_origin = walk.finish()
         except BaseException:
             os.close(fd)
             held.close()
