@@ -51,6 +51,7 @@ from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import SeatLease
 
 _MS: Final = 1000
+_USAGE_TYPES: Final = frozenset({RecordType.USAGE, RecordType.USAGE_DECREMENT})
 
 
 def _dt(ms: int) -> datetime:
@@ -107,6 +108,7 @@ class LedgerState:
         self.restored: State | None = None
         self.partial = False
         self._watch: int | None = None
+        self._months: dict[int, str] = {}
         self.at_watch: StateView | None = None
 
     def install(self, policy: LicensePolicy) -> None:
@@ -165,31 +167,32 @@ class LedgerState:
 
     def _apply(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
         v = self.view
-        if rtype in (RecordType.USAGE, RecordType.USAGE_DECREMENT):
-            u = Usage.from_map(payload)
-            if u.license_id is None:
+        if rtype in _USAGE_TYPES:
+            # The hot path of a rebuild (most records are usage): the keys Usage.from_map
+            # reads, checked the same way, without building the dataclass.
+            lid, name, amount = payload.get("l"), payload.get("m"), payload.get("a")
+            if lid is None:
                 return
-            policy = self.licenses.get(u.license_id)
-            meter = policy.meters.get(u.meter) if policy is not None else None
-            period = period_key(meter.period if meter else "total", _dt(wall_ms))
-            slot = (u.license_id, u.meter, period)
+            if not (isinstance(lid, str) and isinstance(name, str) and type(amount) is int):
+                Usage.from_map(payload)  # raises the FormatError that names the key
+                return
+            slot = (lid, name, self._period(lid, name, wall_ms))
             before = v.usage.get(slot, 0)
             decrement = rtype == RecordType.USAGE_DECREMENT
-            v.usage[slot] = before - min(u.amount, before) if decrement else before + u.amount
-            client = u.client_id or ""
-            obj = client[len(CLIENT_PREFIX) :]
-            if client.startswith(CLIENT_PREFIX) and obj.isdigit():
-                key = (u.license_id, u.meter, int(obj))
-                charged = v.charged.get(key, 0)
-                v.charged[key] = (
-                    charged - min(u.amount, charged) if decrement else charged + u.amount
-                )
+            v.usage[slot] = before - min(amount, before) if decrement else before + amount
+            client = payload.get("c")
+            if isinstance(client, str) and client.startswith(CLIENT_PREFIX):
+                obj = client[len(CLIENT_PREFIX) :]
+                if obj.isdigit():
+                    key = (lid, name, int(obj))
+                    charged = v.charged.get(key, 0)
+                    v.charged[key] = (
+                        charged - min(amount, charged) if decrement else charged + amount
+                    )
         elif rtype == RecordType.TOPUP_IMPORTED:
             t = TopupImported.from_map(payload)
             lid = t.license_id or ""
-            policy = self.licenses.get(lid)
-            meter = policy.meters.get(t.meter) if policy is not None else None
-            period = period_key(meter.period if meter else "total", _dt(wall_ms))
+            period = self._period(lid, t.meter, wall_ms)
             v.topups.setdefault(t.topup_id, (lid, t.meter, t.amount, period, wall_ms))
         elif rtype == RecordType.SEAT_CHECKOUT:
             c = SeatCheckout.from_map(payload)
@@ -230,6 +233,18 @@ class LedgerState:
         elif rtype == RecordType.MACHINE_DEACTIVATED:
             m = MachineActivated.from_map(payload)
             v.machines.discard((m.license_id, m.machine_code))
+
+    def _period(self, license_id: str, meter: str, wall_ms: int) -> str:
+        """The period key of a record of ``meter`` at ``wall_ms`` (months cached by day)."""
+        policy = self.licenses.get(license_id)
+        mp = policy.meters.get(meter) if policy is not None else None
+        if mp is None or mp.period == "total":
+            return "total"
+        day = wall_ms // 86_400_000
+        key = self._months.get(day)
+        if key is None:
+            key = self._months[day] = period_key(mp.period, _dt(wall_ms))
+        return key
 
     # --------------------------------------------------------------- reads
     def finish(self) -> StateView:
