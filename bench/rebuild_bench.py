@@ -131,10 +131,12 @@ def main() -> int:
         scan, fold = statistics.median(scans), statistics.median(folds)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
-            f"open, recovery scan only:        {scan:6.2f} s  ({args.records / scan:,.0f} records/s)"
+            f"open, recovery scan only:        {scan:6.2f} s  "
+            f"({args.records / scan:,.0f} records/s)"
         )
         print(
-            f"open with the fold (rebuild):    {fold:6.2f} s  ({args.records / fold:,.0f} records/s)"
+            f"open with the fold (rebuild):    {fold:6.2f} s  "
+            f"({args.records / fold:,.0f} records/s)"
         )
         print(
             f"the fold's share:                {fold - scan:6.2f} s  "

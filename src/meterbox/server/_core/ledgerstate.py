@@ -25,7 +25,6 @@ was set back across a month boundary.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -161,34 +160,39 @@ class LedgerState:
             return  # already in the fallback base
         v.head_seq = max(v.head_seq, seq)
         # An authentic record this fold cannot read changes no enforcement state: the
-        # server never writes such a record, so there is nothing it decided.
-        with contextlib.suppress(FormatError):
+        # server never writes such a record, so there is nothing it decided. (try/except,
+        # not contextlib.suppress: this runs for every record the server commits.)
+        try:  # noqa: SIM105
             self._apply(rtype, payload, wall_ms)
+        except FormatError:
+            pass
+
+    def _apply_usage(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
+        v = self.view
+        # The hot path of a rebuild (most records are usage): the keys Usage.from_map
+        # reads, checked the same way, without building the dataclass.
+        lid, name, amount = payload.get("l"), payload.get("m"), payload.get("a")
+        if lid is None:
+            return
+        if not (isinstance(lid, str) and isinstance(name, str) and type(amount) is int):
+            Usage.from_map(payload)  # raises the FormatError that names the key
+            return
+        slot = (lid, name, self._period(lid, name, wall_ms))
+        before = v.usage.get(slot, 0)
+        decrement = rtype == RecordType.USAGE_DECREMENT
+        v.usage[slot] = before - min(amount, before) if decrement else before + amount
+        client = payload.get("c")
+        if isinstance(client, str) and client.startswith(CLIENT_PREFIX):
+            obj = client[len(CLIENT_PREFIX) :]
+            if obj.isdigit():
+                key = (lid, name, int(obj))
+                charged = v.charged.get(key, 0)
+                v.charged[key] = charged - min(amount, charged) if decrement else charged + amount
 
     def _apply(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
         v = self.view
         if rtype in _USAGE_TYPES:
-            # The hot path of a rebuild (most records are usage): the keys Usage.from_map
-            # reads, checked the same way, without building the dataclass.
-            lid, name, amount = payload.get("l"), payload.get("m"), payload.get("a")
-            if lid is None:
-                return
-            if not (isinstance(lid, str) and isinstance(name, str) and type(amount) is int):
-                Usage.from_map(payload)  # raises the FormatError that names the key
-                return
-            slot = (lid, name, self._period(lid, name, wall_ms))
-            before = v.usage.get(slot, 0)
-            decrement = rtype == RecordType.USAGE_DECREMENT
-            v.usage[slot] = before - min(amount, before) if decrement else before + amount
-            client = payload.get("c")
-            if isinstance(client, str) and client.startswith(CLIENT_PREFIX):
-                obj = client[len(CLIENT_PREFIX) :]
-                if obj.isdigit():
-                    key = (lid, name, int(obj))
-                    charged = v.charged.get(key, 0)
-                    v.charged[key] = (
-                        charged - min(amount, charged) if decrement else charged + amount
-                    )
+            self._apply_usage(rtype, payload, wall_ms)
         elif rtype == RecordType.TOPUP_IMPORTED:
             t = TopupImported.from_map(payload)
             lid = t.license_id or ""
