@@ -56,6 +56,7 @@ from meterbox.server._rebuild import (
     Rebuilt,
     check_cryptolens_db,
     check_state_db,
+    note_head,
     read_cryptolens,
     view_of_snapshot,
 )
@@ -417,6 +418,8 @@ class ServerInstance:
                 )
                 if r is not None
             ]
+            head = writer.head
+            note_head(store, data, head.seq, head.hash)
             sink = LedgerEventSink(writer, RecordType.from_kind)
             service = LicenseService.open(
                 store,

@@ -12,7 +12,10 @@ At every open, after the ledger writer has folded its last epoch:
    never not at all;
 3. the cache's enforcement tables are replaced by the fold in one transaction; a
    kill at any point leaves either the old file (rebuilt again at the next open) or
-   the new one.
+   the new one;
+4. each cache records the ledger head (``seq:hash``, meta ``ledger_head``) it was
+   checked against; ``state.db`` also keeps the seq of the last record it applied
+   (``last_seq``), which is what the comparison reads.
 
 Severity at the vendor (``state.rebuilt``): critical when the cache claimed less
 than the ledger holds (less usage, fewer leases or activations, a top-up or a
@@ -314,3 +317,20 @@ def _rewrite_cryptolens(
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+
+def note_head(store: StateStore, data: Path, seq: int, head_hash: bytes) -> None:
+    """Write into each cache the ledger head it was checked against and now reflects."""
+    store.note_ledger_head(seq, head_hash)
+    path = data / CRYPTOLENS_DB_NAME
+    if path.exists():
+        # A damaged file is the backend's to refuse, with its own error, when it opens.
+        with (
+            contextlib.suppress(sqlite3.Error),
+            closing(sqlite3.connect(str(path), isolation_level=None)) as db,
+        ):
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('ledger_head', ?)",
+                (f"{seq}:{head_hash.hex()}",),
+            )

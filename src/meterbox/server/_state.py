@@ -427,6 +427,11 @@ class StateStore:
                     db.execute("ROLLBACK")
                 raise
 
+    def note_ledger_head(self, seq: int, head_hash: bytes) -> None:
+        """Record the ledger head this file was last checked against (``seq:hash``)."""
+        with self._lock:
+            self._set_meta_now("ledger_head", f"{seq}:{head_hash.hex()}")
+
     def _meta_max(self, key: str, value: int) -> None:
         current = self._meta(key)
         if current is None or value > int(current):
