@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from meterbox.clock import ManualClock
 from meterbox.errors import MeterboxError
+from meterbox.ledger import LedgerWriter
 from meterbox.server._instance import ServerInstance, init_server
 from support.crash import make_vendor
 
@@ -105,3 +106,39 @@ def test_state_rebuilt_from_the_ledger_equals_the_live_state(
             inst.close()
         shutil.rmtree(data)
     assert rebuilt == live
+
+
+def test_a_ledger_whose_last_epoch_has_no_state_record_opens_and_gains_one(
+    tmp_path: Path,
+) -> None:
+    """A ledger of revision 1.1 (no STATE records) opens on its caches, as before."""
+    vendor = make_vendor(tmp_path)
+    data = tmp_path / "data"
+    clock = ManualClock(wall_ms=int(_START.timestamp() * 1000))
+    init_server(
+        data,
+        vendor_pub=vendor.home / "vendor.pub",
+        license_files=list(vendor.license_files),
+        clock=clock,
+        fingerprint="x",
+    )
+    live = asyncio.run(_run(data, clock, [("use", 30, False), ("checkout", 1, False)]))
+    # An older release opened the ledger last: its epoch has no STATE record.
+    LedgerWriter.open(data / "ledger", clock=clock).close()
+    inst = ServerInstance.open(data, clock=clock)
+    try:
+        assert inst.writer.fold_origin == "partial"
+        assert inst.rebuilt == []
+        assert _engine_view(inst) == live
+    finally:
+        inst.close()
+    # The epoch that open began carries STATE: the ledger alone now rebuilds the state.
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (data / name).unlink(missing_ok=True)
+    inst = ServerInstance.open(data, clock=clock)
+    try:
+        assert inst.writer.fold_origin == "state"
+        assert [r.reason for r in inst.rebuilt] == ["missing"]
+        assert _engine_view(inst) == live
+    finally:
+        inst.close()
