@@ -20,6 +20,7 @@ import pytest
 
 from meterbox.ledger import Record, RecordType, ReportResult
 from meterbox.ledger.records import StateRebuilt, Usage
+from meterbox.vendorkit.ingest import ingest
 from support.cryptolens_site import KEY, PRODUCT, make_site
 from support.server_proc import Data, ServerProcess, make_data
 
@@ -110,13 +111,20 @@ def test_resetting_used_quota_in_state_db_still_refuses_a_full_meter(
     assert refused.status_code == 402, refused.text
     balance = httpx.get(f"{server.url}/v1/status").json()["quota"]
     assert next(iter(balance.values()))["used"] == 10
-    records, result = site.verify(_export(server.url, site.token))
+    report = _export(server.url, site.token)
+    records, result = site.verify(report)
     rebuilt = _rebuilt(records)
     assert [(r.cache, r.reason, r.less) for r in rebuilt] == [("state.db", "differed", True)]
     assert "cache 0, ledger 10" in rebuilt[0].items[0]
     assert _severity(result) == {"critical"}
-    # Refused requests sealed no usage; the bill holds the 10 units acknowledged.
+    # Refused requests sealed no usage; the report holds the 10 units acknowledged.
     assert _billed(records, "runs") == 10
+    # The vendor's ingest flags it: a critical finding rejects the report.
+    path = site.data.parent / "report.mbr"
+    path.write_bytes(report)
+    outcome = ingest(site.home, path)
+    assert outcome.status == "rejected"
+    assert ("state.rebuilt", "critical") in {(f.code, f.severity) for f in outcome.findings}
 
 
 def test_a_cache_only_the_crash_replay_completes_is_not_rebuilt(
@@ -149,9 +157,14 @@ def test_an_extra_lease_in_state_db_is_only_a_warning_and_is_dropped(
     server.start()
     taken = httpx.post(f"{server.url}/v1/seats/checkout", json={"feature": "cad", "client_id": "b"})
     assert taken.status_code == 200, taken.text
-    records, result = site.verify(_export(server.url, site.token))
+    report = _export(server.url, site.token)
+    records, result = site.verify(report)
     assert [(r.reason, r.less) for r in _rebuilt(records)] == [("differed", False)]
     assert _severity(result) == {"warning"}
+    path = site.data.parent / "report.mbr"
+    path.write_bytes(report)
+    outcome = ingest(site.home, path)
+    assert ("state.rebuilt", "warning") in {(f.code, f.severity) for f in outcome.findings}
 
 
 # ------------------------------------------------------------------ Cryptolens
