@@ -15,7 +15,7 @@ from pathlib import Path
 
 from meterbox.ledger import RecordType, ReportVerifier
 from meterbox.server._instance import ServerInstance, init_server
-from support.crash import LICENSE_ID, make_vendor, report_count, server_clock
+from support.crash import make_vendor, report_count, server_clock
 from support.crashmodel import CrashPoint, Recorder, crash_images
 
 
@@ -70,11 +70,9 @@ def test_a_rebuild_of_a_deleted_state_db_survives_every_power_loss_image(
         # Either this open or the one interrupted sealed the rebuild; never none.
         assert RecordType.STATE_REBUILT in kinds
         codes = {f.code for f in verifier.result.findings if f.severity == "critical"}
-        assert codes == {"state.rebuilt"}, verifier.result.findings
-        del point
+        assert codes == {"state.rebuilt"}, (point.cut, point.variant, verifier.result.findings)
 
     report = crash_images(rec, check, workdir=mem_path)  # type: ignore[arg-type]
     report_count("cache rebuild", report)
     assert report.images >= 10
     assert not report.failures, report.summary()
-    assert LICENSE_ID
