@@ -26,6 +26,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from typing import Any, ClassVar, Final, Literal, Self
 
+import msgpack
+
 from meterbox.errors import FormatError
 from meterbox.ledger._format import RecordType
 
@@ -509,8 +511,6 @@ def split_state(state: State, max_bytes: int) -> list[State]:
     Rows are cut into chunks of a size estimated from their encoding; every part
     repeats the scalars, so each record reads alone.
     """
-    import msgpack  # local: only the writer splits
-
     if len(msgpack.packb(state.to_map())) <= max_bytes:
         return [state]
     rows = [(name, r) for _, name in State._ROW_FIELDS for r in getattr(state, name)]
