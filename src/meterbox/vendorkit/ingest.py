@@ -147,7 +147,7 @@ _SEAT_KINDS: Final = {
 #: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:
 #: chain bookkeeping that says nothing about time or use.
 _NOT_EVENTS: Final = frozenset(
-    {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, *_SEAT_KINDS}
+    {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, RecordType.STATE, *_SEAT_KINDS}
 )
 _PAYLOAD_MAX: Final = 1000
 
