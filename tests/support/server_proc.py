@@ -52,6 +52,8 @@ def make_data(
     meter_limit: int | None = None,
     tpm_tcti: str | None = None,
     require_tpm: bool = False,
+    report_every_days: int | None = None,
+    expires_in: timedelta = timedelta(days=365),
 ) -> Data:
     """A vendor home under ``root`` and a server data dir (``data`` or ``root/server``).
 
@@ -69,8 +71,9 @@ def make_data(
         vendor_key_id=keys.current_id.hex(),
         features={"cad": Feature(seats=seats, overdraft=overdraft, lease_seconds=60)},
         meters={"runs": Meter(limit=meter_limit)},
-        expires=issued + timedelta(days=365),
+        expires=issued + expires_in,
         require_tpm=require_tpm,
+        report_every_days=report_every_days,
     )
     lic_file = root / "site.lic"
     lic_file.write_bytes(lic.sign(keys.signer()))

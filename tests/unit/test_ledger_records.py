@@ -17,6 +17,8 @@ from meterbox.errors import FormatError
 from meterbox.ledger import RecordType, ReportVerifier
 from meterbox.ledger.records import (
     PAYLOAD_TYPES,
+    STATE_ROWS,
+    STATE_SCALARS,
     Boot,
     Checkpoint,
     ClockStep,
@@ -29,6 +31,7 @@ from meterbox.ledger.records import (
     SeatExpire,
     SeatRelease,
     Shutdown,
+    State,
     Usage,
     UsageDecrement,
     Witness,
@@ -56,7 +59,39 @@ _ANY_VALUE = st.recursive(
 _FREE_MAP = st.dictionaries(_TEXT.filter(lambda k: k != "ik"), _ANY_VALUE, max_size=4)
 
 
+_STATE_COLUMN = {"int": _INTS, "str": _TEXT}
+
+
+def state_strategy() -> st.SearchStrategy[State]:
+    """Any STATE payload: rows of every list, optional receipt, a part of a run."""
+    rows = {
+        name: st.lists(st.tuples(*(_STATE_COLUMN[k] for k in STATE_ROWS[key])), max_size=4).map(
+            tuple
+        )
+        for key, name in (
+            ("u", "usage"),
+            ("t", "topups"),
+            ("s", "leases"),
+            ("d", "charged"),
+            ("ma", "machines"),
+        )
+    }
+    part = st.integers(1, 5).flatmap(lambda n: st.tuples(st.integers(0, n - 1), st.just(n)))
+    return st.builds(
+        lambda p, **kw: State(index=p[0], count=p[1], **kw),
+        part,
+        clock_floor_ms=_INTS,
+        head_seq=_INTS,
+        receipt_ms=st.none() | _INTS,
+        receipt_seq=st.none() | _INTS,
+        receipt_id=st.none() | _TEXT,
+        **rows,
+    )
+
+
 def _strategy(cls: type) -> st.SearchStrategy[Any]:
+    if cls is State:
+        return state_strategy()
     if cls is Genesis:
         return st.builds(Genesis, st.binary(min_size=32, max_size=32), _FREE_MAP)
     if issubclass(cls, Boot):
@@ -82,6 +117,8 @@ def test_every_payload_survives_msgpack_and_back(payload: Any) -> None:
 
 
 def _letters(cls: type) -> list[str]:
+    if cls is State:
+        return [*STATE_ROWS, *STATE_SCALARS]
     if cls is Genesis:
         return ["ik", "l", "fp"]
     if issubclass(cls, Boot):
@@ -220,6 +257,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.WITNESS_MISMATCH,
         RecordType.TPM_ANCHOR,
         RecordType.TPM_ROLLBACK,
+        RecordType.STATE,
+        RecordType.STATE_REBUILT,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 

@@ -148,14 +148,24 @@ def test_expired_license_grants_no_seat_and_no_renewal() -> None:
 
 
 def test_report_overdue_blocks_new_seats_until_a_receipt_arrives() -> None:
+    # The first deadline runs from the license's issue time (T0 - 1 day), not from
+    # the engine's initialisation (T0): 30 days + 5 days grace end on day 34 after T0.
     e = engine(lic(report_every_days=30, grace_days=5))
-    e.checkout("cad", "a", T0 + timedelta(days=35))  # deadline is day 35, inclusive
+    e.checkout("cad", "a", T0 + timedelta(days=34))  # the deadline itself is still usable
     with pytest.raises(ReportOverdue) as err:
-        e.checkout("cad", "b", T0 + timedelta(days=35, seconds=1))
+        e.checkout("cad", "b", T0 + timedelta(days=34, seconds=1))
     msg = str(err.value)
-    assert (T0 + timedelta(days=35)).isoformat() in msg and "import the receipt" in msg
+    assert (T0 + timedelta(days=34)).isoformat() in msg and "import the receipt" in msg
     e.import_receipt(ReceiptInfo(vendor_time=T0 + timedelta(days=34), seq=10))
-    assert e.checkout("cad", "b", T0 + timedelta(days=35, seconds=1)).lease.client_id == "b"
+    assert e.checkout("cad", "b", T0 + timedelta(days=34, seconds=1)).lease.client_id == "b"
+
+
+def test_a_later_initialisation_does_not_move_the_first_deadline() -> None:
+    # A server initialised (or whose state was deleted) long after the license was
+    # issued gets no fresh report interval: the deadline is the license's.
+    late = Engine((lic(report_every_days=30, grace_days=5),), init_time=T0 + timedelta(days=30))
+    with pytest.raises(ReportOverdue):
+        late.checkout("cad", "a", T0 + timedelta(days=34, seconds=1))
 
 
 def test_hourly_peak_tracks_the_most_seats_held() -> None:

@@ -68,3 +68,6 @@ LEDGER_SHORTENED: Final = "ledger.shortened"
 LEDGER_KEY_STATE_BEHIND: Final = "ledger.key_state_behind"
 # Batches (record version 2).
 BATCH_FORGED: Final = "batch.forged"
+#: A STATE_REBUILT record: a cache file did not match the ledger at the server's open
+#: (critical when it claimed less than the ledger, else warning).
+STATE_REBUILT: Final = "state.rebuilt"

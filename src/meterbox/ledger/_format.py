@@ -89,8 +89,12 @@ class RecordType(enum.IntEnum):
     TOPUP_IMPORTED = 17
     LICENSE_INSTALLED = 18
     USAGE_DENIED = 19
-    # 20 and 22 are reserved for state records.
+    #: Everything enforcement needs, written right after every EPOCH record.
+    STATE = 20
+    #: At open, the ledger did not reach (or match) the batch its key state names.
     LEDGER_SHORTENED = 21
+    #: The server rebuilt a cache file from the ledger at open.
+    STATE_REBUILT = 22
     SEAT_UNKNOWN = 23
     WITNESS = 24
     WITNESS_MISMATCH = 25
@@ -137,6 +141,7 @@ INTERNAL_TYPES: Final = frozenset(
         RecordType.BOOT,
         RecordType.SHUTDOWN,
         RecordType.LEDGER_SHORTENED,
+        RecordType.STATE,
     }
 )
 

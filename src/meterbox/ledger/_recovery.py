@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from meterbox.crypto import AeadKey, constant_time_equal
 from meterbox.errors import FormatError, MeterboxError, StateError
+from meterbox.ledger._fold import EpochFold
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
     VERSION,
@@ -231,13 +232,26 @@ class _Walk:
         self.next_seq += 1
 
 
-def scan(fd: int, ks: KeyState, replay_after: int | None = None) -> Scan:
-    """Walk the ledger file; authenticate what our keys reach; find where it stops being good."""
+def scan(
+    fd: int,
+    ks: KeyState,
+    replay_after: int | None = None,
+    *,
+    fold: EpochFold | None = None,
+) -> Scan:
+    """Walk the ledger file; authenticate what our keys reach; find where it stops being good.
+
+    With ``fold``, every good record of the epochs the keys open is streamed into it
+    (the fold that rebuilds the server's state; the last epoch's is what remains). Like
+    the replayed records, a write unit reaches the fold only once it is whole: a torn
+    tail unit is cut, so nothing of it may count.
+    """
     with os.fdopen(os.dup(fd), "rb") as stream:
         header = FileHeader.unpack(stream.read(FILE_HEADER_LEN))
         walk = _Walk(header, ks)
         replayed: list[Record] = []
         pending: list[Record] = []
+        fold_pending: list[Record | int] = []
         problem: str | None = None
         # The last whole point: where a torn or unsealed tail unit would be cut.
         good = (FILE_HEADER_LEN, header.base_seq, header.base_hash, -1, 0, walk.hash_at_key)
@@ -249,13 +263,27 @@ def scan(fd: int, ks: KeyState, replay_after: int | None = None) -> Scan:
                 break
             beyond = walk.next_seq > ks.last_seq
             walk.accept(raw)
-            if record is not None and replay_after is not None and record.seq > replay_after:
-                pending.append(record)
+            if record is None:
+                opened_epoch = walk.epochs[-1].offset == raw.offset if walk.epochs else False
+                if fold is not None and opened_epoch and walk.last_epoch in walk.keys:
+                    fold_pending.append(walk.epochs[-1].seq)
+            else:
+                if fold is not None:
+                    fold_pending.append(record)
+                if replay_after is not None and record.seq > replay_after:
+                    pending.append(record)
             if ends_unit:
                 if beyond:
                     walk.units_beyond += 1
                 replayed.extend(pending)
                 pending = []
+                if fold is not None:
+                    for item in fold_pending:
+                        if isinstance(item, int):
+                            fold.epoch(item)
+                        else:
+                            fold.record(item)
+                    fold_pending = []
                 good = (
                     raw.offset + len(raw.data),
                     walk.next_seq,

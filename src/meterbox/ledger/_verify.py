@@ -74,7 +74,7 @@ from meterbox.ledger._report import (
     U32,
 )
 from meterbox.ledger._seal import Head
-from meterbox.ledger.records import Checkpoint, Genesis, LedgerShortened, Recovery
+from meterbox.ledger.records import Checkpoint, Genesis, LedgerShortened, Recovery, StateRebuilt
 
 MAX_PENDING_GAPS: Final = 4096
 #: Findings of one code beyond this many are summarised, so a damaged report
@@ -87,6 +87,7 @@ _CHECKED_TYPES: Final = frozenset(
         RecordType.CHECKPOINT,
         RecordType.RECOVERY,
         RecordType.LEDGER_SHORTENED,
+        RecordType.STATE_REBUILT,
     }
 )
 
@@ -723,6 +724,8 @@ class ReportVerifier:
                 )
         elif record.type == RecordType.LEDGER_SHORTENED:
             self._shortened(record)
+        elif record.type == RecordType.STATE_REBUILT:
+            self._find(F.STATE_REBUILT, *state_rebuilt_finding(p), record.seq)
         elif record.type == RecordType.RECOVERY:
             lost: int | None = None
             try:
@@ -941,6 +944,27 @@ class ReportVerifier:
                 f"the report holds records beyond its claimed head {claimed.seq}",
                 claimed.seq,
             )
+
+
+def state_rebuilt_finding(payload: Mapping[str, Any]) -> tuple[F.Severity, str]:
+    """Severity and message of a STATE_REBUILT record (docs/spec/ledger.md).
+
+    Critical when the server found a cache claiming less than its ledger (less usage,
+    fewer leases or activations, an unrecorded top-up or receipt): that is what an
+    edit of the cache aims at, even though the server served from the ledger after
+    it. A record this verifier cannot read is critical too: the server writes none.
+    """
+    try:
+        rec = StateRebuilt.from_map(payload)
+    except FormatError:
+        return "critical", "the server rebuilt a cache file; the record naming it is unreadable"
+    what = "; ".join(rec.items[:3]) + (" ..." if len(rec.items) > 3 else "")
+    claim = "claimed less than the ledger holds" if rec.less else "did not match the ledger"
+    return (
+        "critical" if rec.less else "warning",
+        f"at start the server found {rec.cache} {rec.reason}: it {claim} ({what}), "
+        "and rebuilt it from the ledger",
+    )
 
 
 def _unpack_map(data: bytes, what: str) -> dict[str, Any]:

@@ -62,14 +62,17 @@ from meterbox.ledger._directory import (
     Meta,
     lock,
 )
+from meterbox.ledger._fold import EpochFold, LedgerFolder
 from meterbox.ledger._format import (
     FILE_HEADER_LEN,
     INSTANCE_ID_LEN,
     INTERNAL_TYPES,
+    MAX_PAYLOAD_LEN,
     FileHeader,
     RecordType,
     chain,
     genesis_hash,
+    unpack_payload,
 )
 from meterbox.ledger._frames import Record
 from meterbox.ledger._keystate import KeyState, KeyStateFile
@@ -82,7 +85,14 @@ from meterbox.ledger._recovery import (
     torn_tail,
 )
 from meterbox.ledger._seal import FRAME_OVERHEAD, Head, Pending, Sealer, pending
-from meterbox.ledger.records import Boot, ClockStep, Genesis, LedgerShortened, Shutdown
+from meterbox.ledger.records import (
+    Boot,
+    ClockStep,
+    Genesis,
+    LedgerShortened,
+    Shutdown,
+    split_state,
+)
 from meterbox.ledger.records import Recovery as RecoveryPayload
 
 
@@ -134,8 +144,17 @@ class LedgerWriter:
         file: _OpenFile,
         clock: Clock,
         config: LedgerConfig,
+        folder: LedgerFolder | None = None,
     ) -> None:
         self.directory = directory
+        self._folder = folder
+        #: Records sealed since the last durable write: folded once that write is synced.
+        self._unfolded: list[tuple[RecordType, dict[str, Any], int, int]] = []
+        #: Where the fold at open started: ``state``, ``genesis`` or ``partial``.
+        self.fold_origin: str | None = None
+        #: Whether the ledger's last record before this open was SHUTDOWN (a clean stop;
+        #: known only when opened with a folder).
+        self.clean_shutdown = False
         self._sealer = sealer
         self.instance_key = instance_key
         self._fd = file.fd
@@ -177,8 +196,13 @@ class LedgerWriter:
         instance_id: bytes | None = None,
         config: LedgerConfig | None = None,
         random: Callable[[int], bytes] = random_bytes,
+        folder: LedgerFolder | None = None,
     ) -> LedgerWriter:
-        """Create a new ledger: instance identity, chain key, epoch 0 and the GENESIS record."""
+        """Create a new ledger: instance identity, chain key, epoch 0 and the GENESIS record.
+
+        The first epoch has no STATE record: the state before the ledger's first
+        record is empty by definition.
+        """
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_private_dir(directory)
         if (directory / LEDGER_FILE).exists():
@@ -239,6 +263,7 @@ class LedgerWriter:
             file=file,
             clock=clock,
             config=config or LedgerConfig(),
+            folder=folder,
         )
         writer._thread.start()
         return writer
@@ -254,8 +279,13 @@ class LedgerWriter:
         force_recover: bool = False,
         boot_payload: dict[str, Any] | None = None,
         replay_after: int | None = None,
+        folder: LedgerFolder | None = None,
     ) -> LedgerWriter:
-        """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT."""
+        """Open a ledger: cut a torn tail (and record it), start a new epoch, write BOOT.
+
+        With a ``folder``, the last epoch is folded into it (see
+        :mod:`meterbox.ledger._fold`) before the new epoch's STATE record is written.
+        """
         config = config or LedgerConfig()
         check_private_dir(directory)
         held = lock(directory)
@@ -279,7 +309,8 @@ class LedgerWriter:
             raise
         ks = keys.current
         try:
-            found = scan(fd, ks, replay_after)
+            walk = EpochFold(folder) if folder is not None else None
+            found = scan(fd, ks, replay_after, fold=walk)
             if found.header.instance_id != meta.instance_id:
                 raise StateError(
                     "ledger file belongs to another instance",
@@ -319,7 +350,11 @@ class LedgerWriter:
                 file=file,
                 clock=clock,
                 config=config,
+                folder=folder,
             )
+            if walk is not None:
+                writer.clean_shutdown = walk.last_type == RecordType.SHUTDOWN
+                writer.fold_origin = walk.finish()
         except BaseException:
             os.close(fd)
             keys.close()
@@ -449,6 +484,7 @@ class LedgerWriter:
                 done: list[tuple[Future[Appended], Appended]] = []
                 items: list[Pending] = list(self._clock_step())
                 futs: list[Future[Appended] | None] = [None] * len(items)
+                maps: list[dict[str, Any] | None] = [None] * len(items)
                 pending_bytes = 0
                 for rtype, payload, fut in batch:
                     wall = self._clock.wall_ms()
@@ -467,21 +503,23 @@ class LedgerWriter:
                         continue
                     items.append(item)
                     futs.append(fut)
+                    maps.append(payload)
                     self._since_checkpoint += 1
                     pending_bytes += len(item.payload) + FRAME_OVERHEAD
                     if pending_bytes >= self.config.max_batch_bytes:
                         # Bound one write (and so what a torn tail can hold): a batch of
                         # its own, sealed, durable and acknowledged before the next part.
-                        done = self._write_batch(items, futs, checkpoint=False)
+                        done = self._write_batch(items, futs, checkpoint=False, maps=maps)
                         for f, appended in done:
                             f.set_result(appended)
-                        items, futs, done, pending_bytes = [], [], [], 0
+                        items, futs, maps, done, pending_bytes = [], [], [], [], 0
                 checkpoint = self._since_checkpoint >= self.config.checkpoint_every
-                done = self._write_batch(items, futs, checkpoint=checkpoint)
+                done = self._write_batch(items, futs, checkpoint=checkpoint, maps=maps)
             except Exception as exc:  # noqa: BLE001 - the committer thread must survive
                 # A failed batch fails only its own records: the file was cut back to the
                 # last durable frame, so the next batch (when the disk has room again)
                 # continues the ledger where it was.
+                self._unfolded = []
                 error = (
                     exc
                     if isinstance(exc, MeterboxError)
@@ -499,7 +537,12 @@ class LedgerWriter:
                 fut.set_result(appended)
 
     def _write_batch(
-        self, items: list[Pending], futs: list[Future[Appended] | None], *, checkpoint: bool
+        self,
+        items: list[Pending],
+        futs: list[Future[Appended] | None],
+        *,
+        checkpoint: bool,
+        maps: list[dict[str, Any] | None] | None = None,
     ) -> list[tuple[Future[Appended], Appended]]:
         """Seal ``items`` as one batch, make it durable; return what to acknowledge."""
         if not items and not checkpoint:
@@ -511,6 +554,8 @@ class LedgerWriter:
         if checkpoint:
             self._since_checkpoint = 0
         hashes = self._sealer.batch_hashes
+        if self._folder is not None:
+            self._fold_batch(items, first_seq, maps, at)
         self._write_frames(frames, saved)
         return [
             (fut, Appended(first_seq + i, Head(first_seq + i, hashes[i]), item.wall_ms))
@@ -530,6 +575,7 @@ class LedgerWriter:
             return
         if self._stopped is not None:
             saved.restore(self._sealer)
+            self._unfolded = []
             raise self._stopped
         data = b"".join(frames)
         try:
@@ -539,6 +585,7 @@ class LedgerWriter:
             os.fdatasync(self._fd)
         except OSError as exc:
             saved.restore(self._sealer)
+            self._unfolded = []
             self._cut_back(exc)
         try:
             self._keys.write(_key_state(self._sealer, self._keys.current.generation))
@@ -561,6 +608,7 @@ class LedgerWriter:
             self._cut_back(exc)
         self._end += len(data)
         self._durable_head = self._sealer.head
+        self._fold_durable()
 
     def _cut_back(self, exc: OSError) -> NoReturn:
         """Make the file end durably at the last durable frame again, then raise."""
@@ -607,13 +655,14 @@ class LedgerWriter:
         saved = _SealerState.save(self._sealer)
         first = not self._epochs and self._sealer.next_seq == 0
         prev_hash, offset, seq = self._sealer.head_hash, self._end, self._sealer.next_seq
+        wall, mono = self._clock.wall_ms(), self._clock.mono_ms()
         data = self._sealer.begin_epoch(
-            boot_id=self._clock.boot_id(),
-            wall_ms=self._clock.wall_ms(),
-            mono_ms=self._clock.mono_ms(),
-            first=first,
+            boot_id=self._clock.boot_id(), wall_ms=wall, mono_ms=mono, first=first
         )
-        self._write_frames([data], saved)
+        # The epoch's STATE run goes out in the same durable write as its EPOCH record:
+        # an epoch on disk always starts with the state its records fold onto.
+        states = self._state_items(wall, mono)
+        self._write_frames([data, *self._sealer.seal_batch(states)] if states else [data], saved)
         self._epochs.append(EpochStart(seq, offset, prev_hash))
         self._epoch_started_mono = self._clock.mono_ms()
 
@@ -629,6 +678,38 @@ class LedgerWriter:
                 wall_ms=wall,
                 mono_ms=mono,
             )
+
+    def _fold_batch(
+        self,
+        items: list[Pending],
+        first_seq: int,
+        maps: list[dict[str, Any] | None] | None,
+        checkpoint: tuple[int, int] | None,
+    ) -> None:
+        """Queue a sealed batch's records for the fold, once its write is durable."""
+        for i, item in enumerate(items):
+            m = maps[i] if maps is not None else None
+            payload = m if m is not None else unpack_payload(item.payload)
+            self._unfolded.append((item.type, payload, item.wall_ms, first_seq + i))
+        if checkpoint is not None:
+            seq = first_seq + len(items)
+            self._unfolded.append((RecordType.CHECKPOINT, {}, checkpoint[0], seq))
+
+    def _fold_durable(self) -> None:
+        folder, self._unfolded, items = self._folder, [], self._unfolded
+        if folder is None:
+            return
+        for rtype, payload, wall, seq in items:
+            if rtype != RecordType.STATE:
+                folder.apply(rtype, payload, wall, seq)
+
+    def _state_items(self, wall: int, mono: int) -> list[Pending]:
+        """The STATE run that follows an EPOCH record (none without a folder)."""
+        if self._folder is None:
+            return []
+        # Room for the header fields the split does not see (msgpack framing is small).
+        parts = split_state(self._folder.snapshot(), MAX_PAYLOAD_LEN - 64)
+        return [pending(RecordType.STATE, p.to_map(), wall_ms=wall, mono_ms=mono) for p in parts]
 
     # ------------------------------------------------------- reading, compaction
     @contextlib.contextmanager

@@ -26,8 +26,16 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 from typing import Any, ClassVar, Final, Literal, Self
 
+import msgpack
+
 from meterbox.errors import FormatError
 from meterbox.ledger._format import RecordType
+
+#: The largest amount of units one record, top-up or data-object change may carry.
+#: Shared by the server's ``/v1/usage``, the Cryptolens-compatible API (whose Int32
+#: range is narrower still) and the vendor's ingest, so what one side accepts the
+#: others accept too, and a sum of a few million of them stays far inside int64.
+MAX_AMOUNT: Final = 10**12
 
 _Kind = Literal["int", "str", "bytes", "flag", "str_list"]
 _KIND_TEXT: Final[dict[str, str]] = {
@@ -424,6 +432,236 @@ class TpmRollback(_Payload):
     detail: str | None = _opt("d", "str")
 
 
+# ------------------------------------------------------------- the state
+#: Column kinds of each row list of a STATE payload, by key (docs/spec/ledger.md).
+STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
+    # license id, meter, period, used units
+    "u": ("str", "str", "str", "int"),
+    # top-up id, license id, meter, amount, period, applied at (Unix ms)
+    "t": ("str", "str", "str", "int", "str", "int"),
+    # lease id, feature, client id, license id, issued (Unix ms), expires (Unix ms),
+    # lease seconds, overdraft (0 or 1)
+    "s": ("str", "str", "str", "str", "int", "int", "int", "int"),
+    # license id, meter, data-object id, units charged through that object
+    "d": ("str", "str", "int", "int"),
+    # license id, machine code (node-locked activations)
+    "ma": ("str", "str"),
+}
+#: Scalar keys of a STATE payload and their kinds.
+STATE_SCALARS: Final[dict[str, str]] = {
+    "cf": "int",  # clock floor: the latest record time folded, Unix ms
+    "hs": "int",  # seq of the last record the state reflects
+    "rt": "int",  # last receipt: vendor time, Unix ms
+    "rs": "int",  # last receipt: acknowledged seq
+    "ri": "str",  # last receipt: receipt id
+    "pi": "int",  # this record's index in a run of STATE records (0 when alone)
+    "pn": "int",  # how many STATE records the run has (1 when alone)
+}
+
+UsageRow = tuple[str, str, str, int]
+TopupRow = tuple[str, str, str, int, str, int]
+LeaseRow = tuple[str, str, str, str, int, int, int, int]
+ChargedRow = tuple[str, str, int, int]
+MachineRow = tuple[str, str]
+
+
+def _rows(key: str, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], ...]:
+    kinds = STATE_ROWS[key]
+    raw = data.get(key, [])
+    if not isinstance(raw, list | tuple):
+        raise FormatError(
+            f"STATE payload has an ill-typed {key!r}",
+            expected="a list of rows",
+            found=_describe(raw),
+        )
+    out = []
+    for i, row in enumerate(raw):
+        if not isinstance(row, list | tuple) or len(row) != len(kinds):
+            raise FormatError(
+                f"STATE payload row {i} of {key!r} has the wrong shape",
+                expected=f"a list of {len(kinds)} values ({', '.join(kinds)})",
+                found=_describe(row)
+                if not isinstance(row, list | tuple)
+                else f"a list of {len(row)} values",
+            )
+        out.append(
+            tuple(_check("STATE", f"{key}[{i}]", k, v) for k, v in zip(kinds, row, strict=True))
+        )
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class State:
+    """Everything enforcement needs, as of the record before it (``state``).
+
+    The first record after every EPOCH record (but the ledger's first epoch, which
+    starts from nothing). Folded forward with the epoch's later records it gives the
+    server's whole enforcement state, so the current epoch alone (whose key the
+    server holds) rebuilds every cache file. A state too large for one record is a
+    run of ``count`` STATE records, each with its ``index``; :func:`merge_states`
+    joins them.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.STATE
+    usage: tuple[UsageRow, ...] = ()
+    topups: tuple[TopupRow, ...] = ()
+    leases: tuple[LeaseRow, ...] = ()
+    charged: tuple[ChargedRow, ...] = ()
+    machines: tuple[MachineRow, ...] = ()
+    clock_floor_ms: int = 0
+    head_seq: int = -1
+    receipt_ms: int | None = None
+    receipt_seq: int | None = None
+    receipt_id: str | None = None
+    index: int = 0
+    count: int = 1
+
+    _ROW_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("u", "usage"),
+        ("t", "topups"),
+        ("s", "leases"),
+        ("d", "charged"),
+        ("ma", "machines"),
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise FormatError(
+                "STATE payload has an impossible part index",
+                expected=f"0 <= index < count ({self.count})",
+                found=str(self.index),
+            )
+
+    def to_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, name in self._ROW_FIELDS:
+            rows = getattr(self, name)
+            if rows:
+                out[key] = [list(r) for r in rows]
+        if self.clock_floor_ms:
+            out["cf"] = self.clock_floor_ms
+        if self.head_seq != -1:
+            out["hs"] = self.head_seq
+        if self.receipt_ms is not None:
+            out["rt"] = self.receipt_ms
+        if self.receipt_seq is not None:
+            out["rs"] = self.receipt_seq
+        if self.receipt_id is not None:
+            out["ri"] = self.receipt_id
+        if self.count != 1:
+            out["pi"] = self.index
+            out["pn"] = self.count
+        return out
+
+    @classmethod
+    def from_map(cls, data: Mapping[str, Any]) -> State:
+        data = _require_map("STATE", data)
+        scalars = {
+            k: _check("STATE", k, kind, data[k]) for k, kind in STATE_SCALARS.items() if k in data
+        }
+        rows = {name: _rows(key, data) for key, name in cls._ROW_FIELDS}
+        return cls(
+            **rows,
+            clock_floor_ms=scalars.get("cf", 0),
+            head_seq=scalars.get("hs", -1),
+            receipt_ms=scalars.get("rt"),
+            receipt_seq=scalars.get("rs"),
+            receipt_id=scalars.get("ri"),
+            index=scalars.get("pi", 0),
+            count=scalars.get("pn", 1),
+        )
+
+
+def merge_states(parts: list[State]) -> State:
+    """One state from a run of STATE records (rows joined, scalars of the first part)."""
+    if (
+        not parts
+        or len(parts) != parts[0].count
+        or [p.index for p in parts] != list(range(len(parts)))
+    ):
+        raise FormatError(
+            "STATE run is incomplete",
+            expected=f"{parts[0].count if parts else 1} STATE records numbered from 0",
+            found=f"indexes {[p.index for p in parts]}",
+        )
+    first = parts[0]
+    joined: dict[str, Any] = {
+        name: tuple(r for p in parts for r in getattr(p, name)) for _, name in State._ROW_FIELDS
+    }
+    return State(
+        **joined,
+        clock_floor_ms=first.clock_floor_ms,
+        head_seq=first.head_seq,
+        receipt_ms=first.receipt_ms,
+        receipt_seq=first.receipt_seq,
+        receipt_id=first.receipt_id,
+    )
+
+
+def split_state(state: State, max_bytes: int) -> list[State]:
+    """``state`` as a run of STATE records whose payloads each encode to at most ``max_bytes``.
+
+    Rows are cut into chunks of a size estimated from their encoding; every part
+    repeats the scalars, so each record reads alone.
+    """
+    if len(msgpack.packb(state.to_map())) <= max_bytes:
+        return [state]
+    rows = [(name, r) for _, name in State._ROW_FIELDS for r in getattr(state, name)]
+    chunks: list[list[tuple[str, tuple[Any, ...]]]] = [[]]
+    size = 0
+    budget = max_bytes - 256  # scalars and list headers
+    for name, r in rows:
+        n = len(msgpack.packb(list(r))) + 8
+        if size + n > budget and chunks[-1]:
+            chunks.append([])
+            size = 0
+        chunks[-1].append((name, r))
+        size += n
+    count = len(chunks)
+    out = []
+    for i, chunk in enumerate(chunks):
+        grouped = {name: tuple(r for n, r in chunk if n == name) for _, name in State._ROW_FIELDS}
+        out.append(
+            State(
+                **grouped,
+                clock_floor_ms=state.clock_floor_ms,
+                head_seq=state.head_seq,
+                receipt_ms=state.receipt_ms,
+                receipt_seq=state.receipt_seq,
+                receipt_id=state.receipt_id,
+                index=i,
+                count=count,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateRebuilt(_Payload):
+    """A cache file did not match the ledger at open and was rebuilt (``state.rebuilt``).
+
+    Written at open, before the cache is rewritten, so a crash in between records it
+    again at the next open rather than never.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.STATE_REBUILT
+    #: The cache file: ``state.db`` or ``cryptolens.db``.
+    cache: str = _req("f", "str")
+    #: ``missing`` (no file), ``older`` (behind the ledger), ``differed`` (edited).
+    reason: str = _req("r", "str")
+    #: The cache claimed less than the ledger holds (less usage, fewer leases or
+    #: activations, more top-ups, a later receipt): what tampering would aim at.
+    less: bool = _opt("c", "flag")
+    #: What differed, one line each, at most :data:`MAX_REBUILT_ITEMS`.
+    items: tuple[str, ...] = _req("d", "str_list")
+    #: The ledger seq the cache said it reflected (absent when the file was missing).
+    cache_seq: int | None = _opt("s", "int")
+
+
+#: Lines of a STATE_REBUILT record, so a large difference still fits one record.
+MAX_REBUILT_ITEMS: Final = 32
+
+
 # ---------------------------------------------------------- free-form maps
 @dataclass(frozen=True, slots=True)
 class Genesis:
@@ -514,6 +752,8 @@ RecordPayload = (
     | WitnessMismatch
     | TpmAnchor
     | TpmRollback
+    | State
+    | StateRebuilt
     | Genesis
     | Boot
     | Shutdown
@@ -545,6 +785,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         WitnessMismatch,
         TpmAnchor,
         TpmRollback,
+        State,
+        StateRebuilt,
         Genesis,
         Boot,
         Shutdown,

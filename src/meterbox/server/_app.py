@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from meterbox import __version__
 from meterbox._fs import disk_error
 from meterbox.errors import BadRequestError, FormatError, MeterboxError
+from meterbox.ledger.records import MAX_AMOUNT
 from meterbox.server import _metrics as metrics
 from meterbox.server._apidocs import add_api_docs
 from meterbox.server._core.seats import SeatLease
@@ -70,7 +71,7 @@ class LeaseIdIn(_In):
 
 class UsageIn(_In):
     meter: Annotated[str, _NAME]
-    amount: Annotated[int, Field(ge=1, le=10**12)]
+    amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
     client_id: Annotated[str, _CLIENT]
     idempotency_key: Annotated[str | None, Field(default=None, min_length=1, max_length=128)] = None
 

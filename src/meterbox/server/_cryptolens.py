@@ -103,7 +103,7 @@ CRYPTOLENS_DB: Final = "cryptolens.db"
 #: Schema version of ``cryptolens.db``; another version is refused, never guessed at.
 SCHEMA_VERSION: Final = 1
 
-_SCHEMA: Final = """
+SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS data_net (
     license_id TEXT NOT NULL, object_id INTEGER NOT NULL, net INTEGER NOT NULL,
@@ -145,7 +145,7 @@ class _SideStore:
         self.path = path
         with closing(sqlite3.connect(str(path), isolation_level=None)) as db:
             # executescript commits on its own, so the schema is created outside _tx.
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA)
         with self._tx() as db:
             row = db.execute("SELECT v FROM meta WHERE k = 'version'").fetchone()
             if row is None:
@@ -421,7 +421,14 @@ class EngineCryptolensBackend:
             target = _find_object(objects, object_id, name)
             current = self._value(license_id, target)
             net = self._nets.get((license_id, target.id), 0)
-            plan = plan_change(current, _charged(target, net), delta, bound)
+            # What the object may give back is judged from the ledger's fold, never
+            # from cryptolens.db: an edited cache cannot turn used units into credit.
+            charged = (
+                self._instance.fold.charged(license_id, target.meter, target.id)
+                if target.meter is not None
+                else _charged(target, net)
+            )
+            plan = plan_change(current, charged, delta, bound)
             if delta == 0 or target.meter is None:
                 return current
             key = _IDEM_PREFIX + secrets.token_hex(16)

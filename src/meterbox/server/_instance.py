@@ -58,8 +58,18 @@ from meterbox.ledger import (
 )
 from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
 from meterbox.server._core.engine import ReceiptInfo
+from meterbox.server._core.ledgerstate import LedgerState, from_ms
 from meterbox.server._core.policy import policy_from_license
 from meterbox.server._core.replay import replay_changes
+from meterbox.server._rebuild import (
+    CRYPTOLENS_DB_NAME,
+    Rebuilt,
+    check_cryptolens_db,
+    check_state_db,
+    note_head,
+    read_cryptolens,
+    view_of_snapshot,
+)
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep, status_view
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
@@ -352,6 +362,10 @@ class ServerInstance:
         self.bundle = bundle
         self.licenses = licenses
         self.clock = clock
+        #: The ledger's fold: the truth every cache is checked against (set by open).
+        self.fold = LedgerState()
+        #: The caches this open found wrong and rebuilt from the ledger.
+        self.rebuilt: list[Rebuilt] = []
 
     @classmethod
     def open(
@@ -373,14 +387,27 @@ class ServerInstance:
         check_private_dir(data)
         bundle = read_bundle(data)
         licenses = load_licenses(data, bundle)
+        state_missing = not (data / STATE_DB).exists()
         store = StateStore(data / STATE_DB)
+        policies = [policy_from_license(lic) for lic, _ in licenses]
         try:
             snap = store.load()
+            # The ledger is the truth: the writer folds its last epoch into this state
+            # at open, and every cache is checked against it below (_rebuild).
+            fallback = view_of_snapshot(snap)
+            cached = read_cryptolens(
+                data / CRYPTOLENS_DB_NAME, [lic for lic, _ in licenses], snap.idempotency
+            )
+            if cached is not None:
+                fallback.charged, fallback.machines = cached.charged, cached.machines
+            fold = LedgerState({p.license_id: p for p in policies}, fallback=fallback)
+            fold.watch(snap.last_seq)
             writer = LedgerWriter.open(
                 data / LEDGER_DIR,
                 clock=clock,
                 force_recover=force_recover,
                 replay_after=snap.last_seq,
+                folder=fold,
             )
         except BaseException:
             store.close()
@@ -395,7 +422,6 @@ class ServerInstance:
                 init_time=clock.now(),
                 instance_id=writer.instance_id.hex(),
             )
-            policies = [policy_from_license(lic) for lic, _ in licenses]
             # Usage the ledger holds but the state missed (a crash between the two
             # commits) is applied before serving, so a client's retry is not counted twice.
             store.apply(
@@ -406,6 +432,26 @@ class ServerInstance:
                     licenses={p.license_id: p for p in policies},
                 )
             )
+            now_ms = clock.wall_ms()
+            rebuilt = [
+                r
+                for r in (
+                    check_state_db(
+                        fold, store, writer, now_ms=now_ms, missing=state_missing, before=snap
+                    ),
+                    check_cryptolens_db(
+                        fold,
+                        writer,
+                        data,
+                        [lic for lic, _ in licenses],
+                        store.load().idempotency,
+                        now_ms=now_ms,
+                    ),
+                )
+                if r is not None
+            ]
+            head = writer.head
+            note_head(store, data, head.seq, head.hash)
             ledger_sink = LedgerEventSink(writer, RecordType.from_kind)
             sink = ledger_sink if tpm is None else AnchoredSink(ledger_sink, tpm)
             service = LicenseService.open(
@@ -415,6 +461,7 @@ class ServerInstance:
                 settings=settings or ServiceConfig(),
                 clock=clock,
                 sleep=sleep,
+                ledger_floor=from_ms(fold.view.clock_floor_ms),
             )
             with writer.snapshot() as frames:
                 # The heads a witness may name, so judging one rarely reads the file.
@@ -426,7 +473,10 @@ class ServerInstance:
             writer.close()
             store.close()
             raise
-        return cls(data, writer, store, service, bundle, licenses, clock, tpm)
+        instance = cls(data, writer, store, service, bundle, licenses, clock, tpm)
+        instance.fold = fold
+        instance.rebuilt = rebuilt
+        return instance
 
     def close(self) -> None:
         if self.tpm is not None:
@@ -554,7 +604,9 @@ class ServerInstance:
 
     async def _import_license(self, lic: License, blob: bytes) -> dict[str, Any]:
         _check_license_for_site(lic, machine_fingerprint())
-        await self.service.install_license(policy_from_license(lic), blob)
+        policy = policy_from_license(lic)
+        await self.service.install_license(policy, blob)
+        self.fold.install(policy)
         atomic_write(self.data / LICENSES_DIR / f"{lic.license_id}.lic", blob, mode=0o644)
         self.licenses = [(x, b) for x, b in self.licenses if x.license_id != lic.license_id]
         self.licenses.append((lic, blob))

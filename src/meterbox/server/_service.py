@@ -168,14 +168,21 @@ class LicenseService:
         rng: Callable[[int], bytes] = os.urandom,
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
+        ledger_floor: datetime | None = None,
     ) -> LicenseService:
-        """Load the state (initialising it on first use) and build a service on it."""
+        """Load the state (initialising it on first use) and build a service on it.
+
+        ``ledger_floor`` is the time of the last authenticated ledger record: license
+        time never goes below it, whatever ``state.db`` says (or lacks).
+        """
         clock = clock or SystemClock()
         now = clock.now()
         store.initialize(init_time=now, instance_id=rng(16).hex())
         snap = store.load()
         engine = snap.engine(licenses, rng=rng)
-        floor = max(t for t in (snap.clock_floor, snap.init_time, now) if t is not None)
+        floor = max(
+            t for t in (snap.clock_floor, snap.init_time, now, ledger_floor) if t is not None
+        )
         if snap.last_receipt is not None:
             floor = max(floor, snap.last_receipt.vendor_time)
         license_clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)

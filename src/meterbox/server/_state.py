@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -381,6 +381,56 @@ class StateStore:
             )
         else:  # pragma: no cover - the union above is exhaustive
             raise TypeError(f"unknown change {c!r}")
+
+    def replace_enforced(
+        self,
+        *,
+        usage: Mapping[tuple[str, str, str], int],
+        leases: Iterable[SeatLease],
+        topups: Iterable[AppliedTopup],
+        receipt: tuple[int, int, str] | None,
+        last_seq: int,
+    ) -> None:
+        """Replace what enforcement reads by the ledger's fold, in one transaction.
+
+        The one write that is not a merge: a rebuild from the ledger
+        (:mod:`meterbox.server._rebuild`). Idempotency keys, denial counts, peaks and
+        the clock floor are kept (they are evidence or only ever grow).
+        """
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM usage")
+                db.executemany(
+                    "INSERT INTO usage(license_id, meter, period, used) VALUES (?,?,?,?)",
+                    [(k[0], k[1], k[2], n) for k, n in usage.items() if n],
+                )
+                db.execute("DELETE FROM leases")
+                for x in leases:
+                    self._apply_one(LeasePut(x))
+                db.execute("DELETE FROM topups")
+                for t in topups:
+                    self._apply_one(TopupPut(t))
+                db.execute("DELETE FROM meta WHERE key = 'last_receipt'")
+                if receipt is not None:
+                    self._set_meta_now(
+                        "last_receipt",
+                        json.dumps(
+                            {"t": receipt[0] * 1000, "seq": receipt[1], "id": receipt[2] or None}
+                        ),
+                    )
+                self._set_meta_now("last_seq", str(max(0, last_seq)))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def note_ledger_head(self, seq: int, head_hash: bytes) -> None:
+        """Record the ledger head this file was last checked against (``seq:hash``)."""
+        with self._lock:
+            self._set_meta_now("ledger_head", f"{seq}:{head_hash.hex()}")
 
     def _meta_max(self, key: str, value: int) -> None:
         current = self._meta(key)

@@ -88,6 +88,7 @@ from meterbox.ledger import (
 )
 from meterbox.ledger import findings as F
 from meterbox.ledger.records import (
+    MAX_AMOUNT,
     SeatCheckout,
     SeatDenied,
     SeatRelease,
@@ -148,7 +149,7 @@ _SEAT_KINDS: Final = {
 #: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:
 #: chain bookkeeping that says nothing about time or use.
 _NOT_EVENTS: Final = frozenset(
-    {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, *_SEAT_KINDS}
+    {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, RecordType.STATE, *_SEAT_KINDS}
 )
 _PAYLOAD_MAX: Final = 1000
 
@@ -424,9 +425,9 @@ class IngestCore:
             usage is None
             or not usage.meter
             or len(usage.meter) > 64
-            or not 0 <= usage.amount < 2**62
+            or not 0 <= usage.amount <= MAX_AMOUNT
         ):
-            self._bad(record, "expected a meter name and an amount of 0 to 2^62 units")
+            self._bad(record, f"expected a meter name and an amount of 0 to {MAX_AMOUNT} units")
             return
         meter, amount = usage.meter, usage.amount
         self.usage.append(

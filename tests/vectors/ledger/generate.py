@@ -76,7 +76,10 @@ from meterbox.ledger import (
     _report,
     export_report,
 )
+from meterbox.ledger._fold import LedgerFolder
 from meterbox.ledger._format import FILE_HEADER_LEN
+from meterbox.ledger.records import StateRebuilt
+from meterbox.server._core.ledgerstate import LedgerState
 from support.ledger import (
     OTHER_VENDOR,
     OTHER_VENDOR_ID,
@@ -177,11 +180,17 @@ class Ledger:
         export_report(self.writer, buf, clock=self.clock, licenses=[LICENSE_BYTES], acked=acked)
         return buf.getvalue()
 
-    def reopen(self, seed: int, *, boot: bytes | None = None) -> None:
+    def reopen(
+        self, seed: int, *, boot: bytes | None = None, folder: LedgerFolder | None = None
+    ) -> None:
         if boot is not None:
             self.clock.reboot(boot)
         self.writer = LedgerWriter.open(
-            self.directory, clock=self.clock, config=self.writer.config, random=counter_random(seed)
+            self.directory,
+            clock=self.clock,
+            config=self.writer.config,
+            random=counter_random(seed),
+            folder=folder,
         )
 
 
@@ -428,6 +437,46 @@ def _build(tmp: Path) -> dict[str, bytes]:
         {F.LEDGER_UNANCHORED},
     )
     f.writer.close()
+
+    # state (revision 1.2): a server that folds its records; every epoch after the
+    # first opens with a STATE record, and a STATE_REBUILT record is a finding.
+    st = new_ledger(tmp / "state", seed=13, config=LedgerConfig(epoch_max_records=4))
+    st.writer.close()
+    st.reopen(seed=131, folder=LedgerState())
+    st.usage(3)
+    st.add(
+        RecordType.SEAT_CHECKOUT,
+        {"i": "lease-1", "f": "cad", "c": "ws-1", "l": LICENSE_ID, "e": 1_767_229_200},
+    )
+    st.add(
+        RecordType.TOPUP_IMPORTED,
+        {"t": "top_00112233445566ee", "l": LICENSE_ID, "m": "solver-runs", "a": 50},
+    )
+    st.usage(2, start=3)
+    v.valid(
+        "state",
+        "revision 1.2: a folding writer; each epoch after the first opens with STATE",
+        st.export(),
+        st,
+    )
+    st.add(
+        RecordType.STATE_REBUILT,
+        StateRebuilt(
+            cache="state.db",
+            reason="differed",
+            less=True,
+            items=("usage lic_00112233445566aa/solver-runs/total: cache 0, ledger 24",),
+            cache_seq=9,
+        ).to_map(),
+    )
+    v.invalid(
+        "state-rebuilt",
+        "the 'state' ledger after the server found state.db claiming less usage than "
+        "the ledger and rebuilt it: state.rebuilt, critical",
+        st.export(),
+        {F.STATE_REBUILT},
+    )
+    st.writer.close()
 
     # usage: six usage records; the source of the tampered vectors below.
     u = new_ledger(tmp / "usage", seed=7)

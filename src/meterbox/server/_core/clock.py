@@ -4,7 +4,9 @@ License time is the latest of
 
 * the wall clock,
 * the floor: the last license time handed out (persisted, so it survives restarts),
-  the time of the last ledger record, and the vendor time of the last receipt,
+  the time of the last authenticated ledger record (read from the ledger by the
+  server's fold at every start, so a deleted or edited state file cannot lower it),
+  and the vendor time of the last receipt,
 * the floor advanced by the monotonic clock elapsed since the floor was set.
 
 The third term matters: if the wall clock is set back by a day, license time does

@@ -17,7 +17,7 @@ Rules that span licenses (see docs/adr/0003-server-state.md):
   if none does, to the first license whose meter allows going over (flagged);
   otherwise it is refused;
 * a license is usable while it is not expired and its report deadline (last
-  receipt's vendor time, or server initialisation, plus ``report_every_days`` plus
+  receipt's vendor time, or the license's issue time, plus ``report_every_days`` plus
   ``grace_days``) has not passed. An unusable license grants no new seat, no
   renewal and no usage; its existing leases run out at their current expiry.
 """
@@ -37,6 +37,7 @@ from meterbox.errors import (
     ReportOverdue,
     UnknownFeature,
 )
+from meterbox.ledger.records import MAX_AMOUNT
 from meterbox.server._core.meters import (
     IDEMPOTENCY_TTL,
     AppliedTopup,
@@ -122,14 +123,22 @@ class Engine:
             self.licenses.values(), key=lambda x: (x.expires or _FAR_FUTURE, x.license_id)
         )
 
-    def report_base(self) -> datetime:
-        return self.last_receipt.vendor_time if self.last_receipt else self.init_time
+    def report_base(self, lic: LicensePolicy | None = None) -> datetime:
+        """Where the report interval of ``lic`` runs from: the last receipt's vendor time.
+
+        Before the first receipt it is the license's signed issue time, never the
+        server's own initialisation: a fresh ``server init`` (or a deleted state file)
+        with the same license must not give a fresh deadline.
+        """
+        if self.last_receipt is not None:
+            return self.last_receipt.vendor_time
+        return lic.issued if lic is not None else self.init_time
 
     def report_due(self, lic: LicensePolicy) -> datetime | None:
         """When the next report is due (before grace), or ``None`` if never required."""
         if lic.report_every_days is None:
             return None
-        return self.report_base() + timedelta(days=lic.report_every_days)
+        return self.report_base(lic) + timedelta(days=lic.report_every_days)
 
     def report_deadline(self, lic: LicensePolicy) -> datetime | None:
         """After this license time, the license grants nothing new until a receipt arrives."""
@@ -152,7 +161,10 @@ class Engine:
                 f"since {deadline.isoformat()}",
                 expected=f"a receipt at least every {lic.report_every_days} days "
                 f"(+{lic.grace_days} days grace)",
-                found=f"the last receipt is from {self.report_base().isoformat()}",
+                found=f"the last receipt is from {self.report_base(lic).isoformat()}"
+                if self.last_receipt is not None
+                else f"no receipt since the license was issued "
+                f"({self.report_base(lic).isoformat()})",
                 hint="Export a report (`meterbox server export`), send it to the vendor, and "
                 "import the receipt they send back; existing leases run out normally",
             )
@@ -333,9 +345,12 @@ class Engine:
         With ``license_id``, only that license's meter is charged or given back (for
         callers that address one license, like the Cryptolens-compatible API).
         """
-        if amount <= 0:
+        if not 0 < amount <= MAX_AMOUNT:
             raise ConfigError(
-                "Usage amount must be positive", expected="an integer >= 1", found=str(amount)
+                "Usage amount is out of range",
+                expected=f"an integer from 1 to {MAX_AMOUNT}",
+                found=str(amount),
+                hint="Record large amounts as several records; nothing was recorded",
             )
         kind = "usage.decrement" if decrement else "usage"
         if idempotency_key is not None:
@@ -412,10 +427,10 @@ class Engine:
                 found=f"license {license_id!r}, meter {meter!r}",
                 hint="Install the license first, or ask the vendor which license the top-up is for",
             )
-        if amount <= 0:
+        if not 0 < amount <= MAX_AMOUNT:
             raise ConfigError(
-                f"Top-up {topup_id!r} has no positive amount",
-                expected="amount >= 1",
+                f"Top-up {topup_id!r} has an amount out of range",
+                expected=f"an amount from 1 to {MAX_AMOUNT}",
                 found=str(amount),
             )
         return self.meters.apply_topup(

@@ -1,0 +1,391 @@
+"""The server's enforcement state as a fold over ledger records. Pure.
+
+:class:`LedgerState` is the server's :class:`~meterbox.ledger.LedgerFolder`: the
+ledger writer hands it every durable record in commit order and writes its
+:meth:`~LedgerState.snapshot` as the STATE record after every EPOCH record. What it
+holds is therefore a function of the ledger alone:
+
+* usage per (license, meter, period), give-backs capped at what was used, as the
+  engine decides them;
+* applied top-ups; live leases (checkout, renewals, release or expiry);
+* the last receipt (vendor time and acknowledged seq), which moves the report
+  deadline; the clock floor (the latest record time folded);
+* per Cryptolens data object, the units it charged (give-backs capped, as
+  :func:`meterbox.compat.rules.charged_from_records` computes them), and the
+  node-locked activations.
+
+Every cache file (``state.db``, ``cryptolens.db``) is compared with it at open and
+rebuilt from it when they differ (:mod:`meterbox.server._rebuild`); the comparison
+itself is :func:`compare`, here, so it is tested without files.
+
+Periods are computed from the record's wall time, as the crash replay always did;
+the engine computes them from license time, which differs only when the wall clock
+was set back across a month boundary.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from meterbox.compat.rules import CLIENT_PREFIX
+from meterbox.errors import FormatError
+from meterbox.ledger import RecordType
+from meterbox.ledger.records import (
+    MAX_REBUILT_ITEMS,
+    MachineActivated,
+    ReceiptImported,
+    SeatCheckout,
+    SeatRelease,
+    SeatRenew,
+    State,
+    TopupImported,
+    Usage,
+)
+from meterbox.server._core.meters import AppliedTopup, period_key
+from meterbox.server._core.policy import LicensePolicy
+from meterbox.server._core.seats import SeatLease
+
+_MS: Final = 1000
+_USAGE_TYPES: Final = frozenset({RecordType.USAGE, RecordType.USAGE_DECREMENT})
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / _MS, UTC)
+
+
+def _ms(t: datetime) -> int:
+    return round(t.timestamp() * _MS)
+
+
+@dataclass(frozen=True)
+class FoldLease:
+    lease_id: str
+    feature: str
+    client_id: str
+    license_id: str
+    issued_ms: int
+    expires_ms: int
+    lease_seconds: int
+    overdraft: bool
+
+
+@dataclass
+class StateView:
+    """The enforcement-relevant content of a state, whichever side it comes from."""
+
+    usage: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    topups: dict[str, tuple[str, str, int, str, int]] = field(default_factory=dict)
+    leases: dict[str, FoldLease] = field(default_factory=dict)
+    charged: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    machines: set[tuple[str, str]] = field(default_factory=set)
+    clock_floor_ms: int = 0
+    head_seq: int = -1
+    #: (vendor time ms, acknowledged seq, receipt id)
+    receipt: tuple[int, int, str] | None = None
+
+
+class LedgerState:
+    """The fold (see module docs). Not thread-safe by itself: the writer's committer
+    thread is the only one that applies; readers read single entries."""
+
+    def __init__(
+        self,
+        licenses: Mapping[str, LicensePolicy] | None = None,
+        *,
+        fallback: StateView | None = None,
+    ) -> None:
+        """``fallback`` is the base when the ledger's last epoch holds no STATE record
+        (a ledger from before STATE records): the cache's view, up to its ``head_seq``."""
+        self.licenses: dict[str, LicensePolicy] = dict(licenses or {})
+        self._fallback = fallback
+        self.view = StateView()
+        #: Set by :meth:`restore`: where the fold started (None = no STATE, not the start).
+        self.restored: State | None = None
+        self.partial = False
+        self._watch: int | None = None
+        self._months: dict[int, str] = {}
+        self.at_watch: StateView | None = None
+
+    def install(self, policy: LicensePolicy) -> None:
+        self.licenses[policy.license_id] = policy
+
+    # -------------------------------------------------------- LedgerFolder
+    def watch(self, seq: int) -> None:
+        """Keep a copy of the state as of record ``seq`` (the seq a cache says it reflects)."""
+        self._watch = seq
+        self.at_watch = None
+
+    def restore(self, state: State | None) -> None:
+        self.restored = state
+        self.partial = state is None
+        if state is not None:
+            self.view = view_from_state(state)
+        else:
+            self.view = copy.deepcopy(self._fallback) if self._fallback else StateView()
+        if self._watch is not None and self._watch <= self.view.head_seq:
+            self.at_watch = copy.deepcopy(self.view)
+
+    def snapshot(self) -> State:
+        v = self.view
+        floor = v.clock_floor_ms
+        return State(
+            usage=tuple((k[0], k[1], k[2], n) for k, n in sorted(v.usage.items()) if n),
+            topups=tuple((tid, *t) for tid, t in sorted(v.topups.items())),
+            leases=tuple(
+                (x.lease_id, x.feature, x.client_id, x.license_id, x.issued_ms, x.expires_ms)
+                + (x.lease_seconds, int(x.overdraft))
+                for _, x in sorted(v.leases.items())
+                # A lease past its expiry grants nothing; its expiry record may follow.
+                if x.expires_ms > floor
+            ),
+            charged=tuple((k[0], k[1], k[2], n) for k, n in sorted(v.charged.items()) if n),
+            machines=tuple(sorted(v.machines)),
+            clock_floor_ms=floor,
+            head_seq=v.head_seq,
+            receipt_ms=None if v.receipt is None else v.receipt[0],
+            receipt_seq=None if v.receipt is None else v.receipt[1],
+            receipt_id=None if v.receipt is None or not v.receipt[2] else v.receipt[2],
+        )
+
+    def apply(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int, seq: int) -> None:
+        if self._watch is not None and self.at_watch is None and seq > self._watch:
+            self.at_watch = copy.deepcopy(self.view)
+        v = self.view
+        v.clock_floor_ms = max(v.clock_floor_ms, wall_ms)
+        if self.partial and self._fallback is not None and seq <= self._fallback.head_seq:
+            return  # already in the fallback base
+        v.head_seq = max(v.head_seq, seq)
+        # An authentic record this fold cannot read changes no enforcement state: the
+        # server never writes such a record, so there is nothing it decided. (try/except,
+        # not contextlib.suppress: this runs for every record the server commits.)
+        try:  # noqa: SIM105
+            self._apply(rtype, payload, wall_ms)
+        except FormatError:
+            pass
+
+    def _apply_usage(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
+        v = self.view
+        # The hot path of a rebuild (most records are usage): the keys Usage.from_map
+        # reads, checked the same way, without building the dataclass.
+        lid, name, amount = payload.get("l"), payload.get("m"), payload.get("a")
+        if lid is None:
+            return
+        if not (isinstance(lid, str) and isinstance(name, str) and type(amount) is int):
+            Usage.from_map(payload)  # raises the FormatError that names the key
+            return
+        slot = (lid, name, self._period(lid, name, wall_ms))
+        before = v.usage.get(slot, 0)
+        decrement = rtype == RecordType.USAGE_DECREMENT
+        v.usage[slot] = before - min(amount, before) if decrement else before + amount
+        client = payload.get("c")
+        if isinstance(client, str) and client.startswith(CLIENT_PREFIX):
+            obj = client[len(CLIENT_PREFIX) :]
+            if obj.isdigit():
+                key = (lid, name, int(obj))
+                charged = v.charged.get(key, 0)
+                v.charged[key] = charged - min(amount, charged) if decrement else charged + amount
+
+    def _apply(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
+        v = self.view
+        if rtype in _USAGE_TYPES:
+            self._apply_usage(rtype, payload, wall_ms)
+        elif rtype == RecordType.TOPUP_IMPORTED:
+            t = TopupImported.from_map(payload)
+            lid = t.license_id or ""
+            period = self._period(lid, t.meter, wall_ms)
+            v.topups.setdefault(t.topup_id, (lid, t.meter, t.amount, period, wall_ms))
+        elif rtype == RecordType.SEAT_CHECKOUT:
+            c = SeatCheckout.from_map(payload)
+            if c.lease_id is None or c.license_id is None or c.expires is None:
+                return
+            expires = c.expires * _MS
+            v.leases[c.lease_id] = FoldLease(
+                c.lease_id,
+                c.feature,
+                c.client_id or "",
+                c.license_id,
+                wall_ms,
+                expires,
+                max(1, (expires - wall_ms + _MS // 2) // _MS),
+                c.overdraft,
+            )
+        elif rtype == RecordType.SEAT_RENEW:
+            r = SeatRenew.from_map(payload)
+            lease = v.leases.get(r.lease_id)
+            # The engine renews only a live lease (license time, which is never below
+            # the record's wall time, before its expiry); a renewal of a lease already
+            # past its expiry is not one the server wrote, and a STATE leaves such a
+            # lease out, so ignoring it keeps the fold the same across epochs.
+            if lease is not None and r.expires is not None and lease.expires_ms > wall_ms:
+                v.leases[r.lease_id] = FoldLease(
+                    **{**lease.__dict__, "expires_ms": max(lease.expires_ms, r.expires * _MS)}
+                )
+        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE):
+            v.leases.pop(SeatRelease.from_map(payload).lease_id, None)
+        elif rtype == RecordType.RECEIPT_IMPORTED:
+            rec = ReceiptImported.from_map(payload)
+            at = rec.vendor_ms
+            if at is not None and (v.receipt is None or at > v.receipt[0]):
+                v.receipt = (at, rec.acked_seq, rec.receipt_id or "")
+        elif rtype == RecordType.MACHINE_ACTIVATED:
+            m = MachineActivated.from_map(payload)
+            v.machines.add((m.license_id, m.machine_code))
+        elif rtype == RecordType.MACHINE_DEACTIVATED:
+            m = MachineActivated.from_map(payload)
+            v.machines.discard((m.license_id, m.machine_code))
+
+    def _period(self, license_id: str, meter: str, wall_ms: int) -> str:
+        """The period key of a record of ``meter`` at ``wall_ms`` (months cached by day)."""
+        policy = self.licenses.get(license_id)
+        mp = policy.meters.get(meter) if policy is not None else None
+        if mp is None or mp.period == "total":
+            return "total"
+        day = wall_ms // 86_400_000
+        key = self._months.get(day)
+        if key is None:
+            key = self._months[day] = period_key(mp.period, _dt(wall_ms))
+        return key
+
+    # --------------------------------------------------------------- reads
+    def finish(self) -> StateView:
+        """The state now; also fixes :attr:`at_watch` when no record passed the watch."""
+        if self.at_watch is None:
+            self.at_watch = copy.deepcopy(self.view)
+        return self.view
+
+    def charged(self, license_id: str, meter: str, object_id: int) -> int:
+        return self.view.charged.get((license_id, meter, object_id), 0)
+
+    def leases(self) -> list[SeatLease]:
+        return [
+            SeatLease(
+                lease_id=x.lease_id,
+                feature=x.feature,
+                client_id=x.client_id,
+                license_id=x.license_id,
+                issued_at=_dt(x.issued_ms),
+                expires_at=_dt(x.expires_ms),
+                lease_seconds=x.lease_seconds,
+                overdraft=x.overdraft,
+                recorded_at=_dt(x.issued_ms),
+            )
+            for x in self.view.leases.values()
+        ]
+
+    def topups(self) -> list[AppliedTopup]:
+        return [
+            AppliedTopup(tid, lid, m, a, p, _dt(at))
+            for tid, (lid, m, a, p, at) in self.view.topups.items()
+        ]
+
+
+def view_from_state(state: State) -> StateView:
+    return StateView(
+        usage={(lid, m, p): n for lid, m, p, n in state.usage},
+        topups={tid: (lid, m, a, p, at) for tid, lid, m, a, p, at in state.topups},
+        leases={
+            r[0]: FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+            for r in state.leases
+        },
+        charged={(lid, m, o): n for lid, m, o, n in state.charged},
+        machines={(lid, c) for lid, c in state.machines},
+        clock_floor_ms=state.clock_floor_ms,
+        head_seq=state.head_seq,
+        receipt=None
+        if state.receipt_ms is None
+        else (state.receipt_ms, state.receipt_seq or 0, state.receipt_id or ""),
+    )
+
+
+# ------------------------------------------------------------ comparison
+@dataclass(frozen=True)
+class Difference:
+    """How a cache differs from the ledger: ``less`` lines favour the customer."""
+
+    less: tuple[str, ...] = ()
+    more: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.less or self.more)
+
+    def items(self) -> tuple[str, ...]:
+        lines = self.less + self.more
+        if len(lines) <= MAX_REBUILT_ITEMS:
+            return lines
+        rest = len(lines) - MAX_REBUILT_ITEMS + 1
+        return (*lines[: MAX_REBUILT_ITEMS - 1], f"... and {rest} more")
+
+
+def compare(truth: StateView, cache: StateView, now_ms: int, *, seats: bool = True) -> Difference:
+    """What ``cache`` claims that ``truth`` (the fold) does not, split by who it favours.
+
+    Only what enforcement reads is compared: usage, top-ups, live leases (by id; a
+    cache may know a later expiry from a renewal the ledger did not need to record),
+    the last receipt, data-object charges and node-locked activations. ``seats=False``
+    leaves out what ``state.db`` holds (for ``cryptolens.db``), and the Cryptolens
+    parts are compared only when the cache's ``charged``/``machines`` are given.
+    """
+    less: list[str] = []
+    more: list[str] = []
+    if seats:
+        for slot in sorted(set(truth.usage) | set(cache.usage)):
+            t, c = truth.usage.get(slot, 0), cache.usage.get(slot, 0)
+            if t != c:
+                line = f"usage {'/'.join(slot)}: cache {c}, ledger {t}"
+                (less if c < t else more).append(line)
+        for tid in sorted(set(truth.topups) ^ set(cache.topups)):
+            # A top-up the ledger lacks raises the cache's limit: in the customer's favour.
+            if tid in cache.topups:
+                less.append(f"top-up {tid}: in the cache, not in the ledger")
+            else:
+                more.append(f"top-up {tid}: in the ledger, not in the cache")
+        live_t = {k for k, x in truth.leases.items() if x.expires_ms > now_ms}
+        live_c = {k for k, x in cache.leases.items() if x.expires_ms > now_ms}
+        for lid in sorted(live_t - live_c):
+            x = truth.leases[lid]
+            less.append(f"lease {lid} ({x.license_id}/{x.feature}): live in the ledger only")
+        for lid in sorted(live_c - set(truth.leases)):
+            more.append(f"lease {lid}: live in the cache only")
+        if truth.receipt != cache.receipt:
+            t_ms = truth.receipt[0] if truth.receipt else -1
+            c_ms = cache.receipt[0] if cache.receipt else -1
+            line = f"last receipt: cache {cache.receipt}, ledger {truth.receipt}"
+            # A later receipt in the cache would move the report deadline on.
+            (less if c_ms > t_ms else more).append(line)
+    else:
+        for key in sorted(set(truth.charged) | set(cache.charged)):
+            t, c = truth.charged.get(key, 0), cache.charged.get(key, 0)
+            if t != c:
+                line = f"data object {key[0]}/{key[2]} charged: cache {c}, ledger {t}"
+                (less if c < t else more).append(line)
+        for lid, code in sorted(truth.machines - cache.machines):
+            less.append(f"activation {lid}/{code!r}: in the ledger only")
+        for lid, code in sorted(cache.machines - truth.machines):
+            more.append(f"activation {lid}/{code!r}: in the cache only")
+    return Difference(tuple(less), tuple(more))
+
+
+def has_enforcement(view: StateView, now_ms: int) -> bool:
+    """Whether a missing cache loses anything enforcement needs."""
+    return (
+        any(view.usage.values())
+        or bool(view.topups)
+        or any(x.expires_ms > now_ms for x in view.leases.values())
+        or any(view.charged.values())
+        or bool(view.machines)
+        or view.receipt is not None
+    )
+
+
+def from_ms(value: int) -> datetime:
+    """An aware datetime from Unix ms."""
+    return _dt(value)
+
+
+def ms(t: datetime) -> int:
+    """Unix ms of an aware datetime (for callers building a :class:`StateView`)."""
+    return _ms(t)
