@@ -252,6 +252,7 @@ def scan(
         replayed: list[Record] = []
         pending: list[Record] = []
         fold_pending: list[Record | int] = []
+        after_epoch, unit_state_only = False, True
         problem: str | None = None
         # The last whole point: where a torn or unsealed tail unit would be cut.
         good = (FILE_HEADER_LEN, header.base_seq, header.base_hash, -1, 0, walk.hash_at_key)
@@ -272,9 +273,15 @@ def scan(
                     fold_pending.append(record)
                 if replay_after is not None and record.seq > replay_after:
                     pending.append(record)
+            if record is not None and record.type != RecordType.STATE:
+                unit_state_only = False
             if ends_unit:
-                if beyond:
+                # An epoch's STATE run is written in the same write as its EPOCH record
+                # (ADR 0014): the two units count as the one write they were.
+                joins_epoch = record is not None and unit_state_only and after_epoch
+                if beyond and not joins_epoch:
                     walk.units_beyond += 1
+                after_epoch, unit_state_only = record is None, True
                 replayed.extend(pending)
                 pending = []
                 if fold is not None:

@@ -389,6 +389,9 @@ class ServerInstance:
         licenses = load_licenses(data, bundle)
         state_missing = not (data / STATE_DB).exists()
         store = StateStore(data / STATE_DB)
+        # A file created by an open that never got as far as checking it is as good as
+        # missing: it reflects nothing of the ledger (ADR 0014).
+        state_missing = state_missing or not store.checked_against_ledger()
         policies = [policy_from_license(lic) for lic, _ in licenses]
         try:
             snap = store.load()

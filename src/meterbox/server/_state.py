@@ -427,6 +427,15 @@ class StateStore:
                     db.execute("ROLLBACK")
                 raise
 
+    def checked_against_ledger(self) -> bool:
+        """Whether this file was ever checked against the ledger (a head was noted).
+
+        A file the server created but never checked (a crash during the first open
+        after the file was deleted) is no cache of the ledger yet.
+        """
+        with self._lock:
+            return self._meta("ledger_head") is not None
+
     def note_ledger_head(self, seq: int, head_hash: bytes) -> None:
         """Record the ledger head this file was last checked against (``seq:hash``)."""
         with self._lock:
