@@ -1,0 +1,529 @@
+"""The pure core of report ingest: decisions over verified records. No I/O.
+
+Records and documents in; rows to store, totals, findings, the verdict and the
+receipt's content out. :mod:`meterbox.vendorkit.ingest` is the shell around it: it
+reads the file, asks the store what the vendor acknowledged before, streams the
+report through :class:`meterbox.ledger.ReportVerifier` and this core, and writes the
+outcome in one transaction.
+
+Finding codes decided here (stable, see also :mod:`meterbox.vendorkit.clockcheck` and
+``meterbox.ledger.findings``):
+
+================================  ========  ==============================================
+``report.replay``                 critical  this exact report file was ingested before
+``report.empty``                  critical  the report holds no authentic record
+``license.invalid``               critical  a license in the report does not verify with
+                                            this vendor's keys (forged or another vendor's)
+``license.unknown``               warning   a valid license this vendor store did not issue
+``license.cloned``                critical  another instance of the same license was active
+                                            at the same time (two servers, one license);
+                                            the other instance is flagged with a warning
+``license.instance_replaced``     warning   a new instance for a license whose earlier
+                                            instance stopped before this one started
+``record.payload_invalid``        critical  an authentic usage or seat record whose payload
+                                            is not what the server writes
+``usage.unknown_license``         warning   records name a license the report does not carry
+================================  ========  ==============================================
+
+Clone policy (ADR 0006): two instances whose verified activity overlaps in time are
+two servers sharing one license: the report that reveals the overlap is rejected, so
+the later reporter gets no receipt and, with ``report_every_days``, stops serving
+seats; the other instance is flagged. A new instance whose activity starts after the
+old one's last record is an honest replacement (a reinstalled server) and only warned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from meterbox.errors import FormatError, VerificationError
+from meterbox.ledger import Finding, Head, Record, RecordType, ReportResult
+from meterbox.ledger.records import (
+    SeatCheckout,
+    SeatDenied,
+    SeatRelease,
+    SeatRenew,
+    Usage,
+    parse_payload,
+)
+from meterbox.licenses import License, Receipt, VendorPublicBundle
+from meterbox.vendorkit._db.store import Activity
+from meterbox.vendorkit._rows import EventInsert, LeaseOwner, PendingSeat, SeatInsert, UsageInsert
+from meterbox.vendorkit.anomaly import Anomaly
+from meterbox.vendorkit.clockcheck import ClockChecker
+
+REPORT_REPLAY: Final = "report.replay"
+REPORT_EMPTY: Final = "report.empty"
+LICENSE_INVALID: Final = "license.invalid"
+LICENSE_UNKNOWN: Final = "license.unknown"
+LICENSE_CLONED: Final = "license.cloned"
+LICENSE_INSTANCE_REPLACED: Final = "license.instance_replaced"
+RECORD_PAYLOAD_INVALID: Final = "record.payload_invalid"
+USAGE_UNKNOWN_LICENSE: Final = "usage.unknown_license"
+
+UNKNOWN: Final = "unknown"
+
+Status = Literal["accepted", "accepted_with_findings", "rejected", "unusable"]
+
+_USAGE: Final = RecordType.USAGE
+_DECREMENT: Final = RecordType.USAGE_DECREMENT
+_SEAT_KINDS: Final = {
+    RecordType.SEAT_CHECKOUT: "checkout",
+    RecordType.SEAT_RENEW: "renew",
+    RecordType.SEAT_RELEASE: "release",
+    RecordType.SEAT_EXPIRE: "expire",
+    RecordType.SEAT_DENIED: "denied",
+}
+#: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:
+#: chain bookkeeping that says nothing about time or use.
+_NOT_EVENTS: Final = frozenset(
+    {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, *_SEAT_KINDS}
+)
+_PAYLOAD_MAX: Final = 1000
+
+
+# ------------------------------------------------------------------------ outcome
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What one ingest decided. ``receipt_path`` is set only for accepted reports."""
+
+    status: Status
+    findings: tuple[Finding, ...]
+    totals: Mapping[str, int]
+    instance_id: str | None
+    head: Head | None
+    report_digest: str
+    records: int = 0
+    new_records: int = 0
+    receipt: Receipt | None = None
+    receipt_path: Path | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status in ("accepted", "accepted_with_findings")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "findings": [f.to_dict() for f in self.findings],
+            "totals": dict(self.totals),
+            "instance_id": self.instance_id,
+            "head": None
+            if self.head is None
+            else {"seq": self.head.seq, "hash": self.head.hash.hex()},
+            "receipt": None if self.receipt_path is None else str(self.receipt_path),
+            "report_digest": self.report_digest,
+            "records": self.records,
+            "new_records": self.new_records,
+        }
+
+
+def decide(findings: Iterable[Finding]) -> Status:
+    """Any critical finding rejects; warnings accept with findings; info changes nothing."""
+    severities = {f.severity for f in findings}
+    if "critical" in severities:
+        return "rejected"
+    if "warning" in severities:
+        return "accepted_with_findings"
+    return "accepted"
+
+
+# ----------------------------------------------------------------- pure checks
+def check_licenses(
+    documents: Sequence[bytes], bundle: VendorPublicBundle, issued_ids: Iterable[str]
+) -> tuple[list[License], list[Finding]]:
+    """Verify the license files a report carries; return the valid ones and findings."""
+    issued = set(issued_ids)
+    valid: list[License] = []
+    findings: list[Finding] = []
+    for n, doc in enumerate(documents):
+        try:
+            lic = License.from_bytes(doc, bundle)
+        except (VerificationError, FormatError) as exc:
+            findings.append(
+                Finding(
+                    LICENSE_INVALID,
+                    "critical",
+                    f"license {n + 1} in the report does not verify with this vendor's keys "
+                    f"({exc.problem}): forged, altered or issued by another vendor",
+                )
+            )
+            continue
+        if lic.license_id in {v.license_id for v in valid}:
+            continue
+        valid.append(lic)
+        if lic.license_id not in issued:
+            findings.append(
+                Finding(
+                    LICENSE_UNKNOWN,
+                    "warning",
+                    f"license {lic.license_id} is signed by this vendor but not in this "
+                    "vendor store: ingest into the store it was issued from",
+                )
+            )
+    return valid, findings
+
+
+@dataclass(frozen=True, slots=True)
+class CloneCheck:
+    """Findings for the reporting instance, and warnings to file against others."""
+
+    findings: list[Finding]
+    flagged: list[tuple[str, Finding]]
+
+
+def check_clones(
+    instance_id: str,
+    license_ids: Iterable[str],
+    span: tuple[int, int] | None,
+    others: Iterable[Activity],
+) -> CloneCheck:
+    """Compare this instance's activity span with every other instance of its licenses.
+
+    ``span`` is (first, last) wall time, in microseconds, of this instance including
+    this report.
+    Overlapping spans are a clone (critical here, a warning for the other instance);
+    disjoint spans a replacement (warning).
+    """
+    wanted = set(license_ids)
+    findings: list[Finding] = []
+    flagged: list[tuple[str, Finding]] = []
+    if span is None:
+        return CloneCheck(findings, flagged)
+    first, last = span
+    for other in others:
+        if other.instance_id == instance_id or other.license_id not in wanted:
+            continue
+        if first <= other.last_wall_us and other.first_wall_us <= last:
+            findings.append(
+                Finding(
+                    LICENSE_CLONED,
+                    "critical",
+                    f"license {other.license_id} is also in use by server instance "
+                    f"{other.instance_id}, active at the same time: two servers share one "
+                    "license",
+                )
+            )
+            flagged.append(
+                (
+                    other.instance_id,
+                    Finding(
+                        LICENSE_CLONED,
+                        "warning",
+                        f"instance {instance_id} reported license {other.license_id} for a "
+                        "time this instance was also active",
+                    ),
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    LICENSE_INSTANCE_REPLACED,
+                    "warning",
+                    f"license {other.license_id} was used before by server instance "
+                    f"{other.instance_id}, whose activity "
+                    + (
+                        "ended before this instance started"
+                        if other.last_wall_us < first
+                        else "started after this instance's last record"
+                    ),
+                )
+            )
+    return CloneCheck(findings, flagged)
+
+
+# ------------------------------------------------------------------- pure core
+def _small_payload(payload: Mapping[str, Any]) -> str:
+    """The scalar fields of a record's payload as JSON, for ``ledger_events``."""
+    out: dict[str, Any] = {}
+    for k, v in payload.items():
+        if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 200):
+            out[str(k)[:32]] = v
+        elif isinstance(v, bytes) and len(v) <= 32:
+            out[str(k)[:32]] = v.hex()
+    text = json.dumps(out, sort_keys=True, allow_nan=False, default=str)
+    return text if len(text) <= _PAYLOAD_MAX else "{}"
+
+
+@dataclass
+class IngestCore:
+    """Turns verified records into store rows, totals and findings. No I/O.
+
+    Feed ``(record, acked)`` from :meth:`ReportVerifier.records` to :meth:`add`; take
+    full batches with :meth:`take_usage` / :meth:`take_seats`; seat records whose lease
+    was checked out in an earlier report wait in :attr:`unresolved` until the shell
+    looks the lease up (:meth:`resolve`).
+    """
+
+    instance_id: str
+    report_digest: str
+    license_ids: frozenset[str]
+    default_license: str
+    clock: ClockChecker
+    usage: list[UsageInsert] = field(default_factory=list)
+    seats: list[SeatInsert] = field(default_factory=list)
+    events: list[EventInsert] = field(default_factory=list)
+    unresolved: list[PendingSeat] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+    new_records: int = 0
+    first_wall: int | None = None
+    last_wall: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    _leases: dict[str, LeaseOwner] = field(default_factory=dict)
+    _foreign: set[str] = field(default_factory=set)
+    _bad_payloads: int = 0
+
+    def add(self, record: Record, acked: bool) -> None:
+        self.records += 1
+        self.clock.feed(record, acked)
+        t = record.type
+        if acked:
+            # Keep lease owners of acknowledged checkouts: a later release needs them.
+            if t is RecordType.SEAT_CHECKOUT:
+                self._seat(record, "checkout", store=False)
+            return
+        self.new_records += 1
+        wall = record.wall_ms
+        if self.first_wall is None or wall < self.first_wall:
+            self.first_wall = wall
+        if self.last_wall is None or wall > self.last_wall:
+            self.last_wall = wall
+        if t is _USAGE or t is _DECREMENT:
+            self._usage(record, t is _DECREMENT)
+        elif t not in _NOT_EVENTS:
+            try:
+                payload = _small_payload(record.payload)
+            except ValueError:  # a non-finite float: keep the record, not its payload
+                payload = "{}"
+            # Ledger records carry milliseconds; the store holds microseconds.
+            self.events.append(
+                EventInsert(
+                    self.instance_id,
+                    record.seq,
+                    t.kind,
+                    record.wall_ms * 1000,
+                    record.mono_ms * 1000,
+                    payload,
+                    self.report_digest,
+                )
+            )
+        else:
+            kind = _SEAT_KINDS.get(t)
+            if kind is not None:
+                self._seat(record, kind, store=True)
+
+    def _license(self, value: object) -> str:
+        if value is None:
+            return self.default_license
+        lic = str(value)
+        if lic not in self.license_ids and lic not in self._foreign:
+            self._foreign.add(lic)
+            self.findings.append(
+                Finding(
+                    USAGE_UNKNOWN_LICENSE,
+                    "warning",
+                    f"records name license {lic[:64]!r}, which the report does not carry",
+                )
+            )
+        return lic[:64]
+
+    def _bad(self, record: Record, why: str) -> None:
+        self._bad_payloads += 1
+        if self._bad_payloads <= 50:
+            self.findings.append(
+                Finding(
+                    RECORD_PAYLOAD_INVALID,
+                    "critical",
+                    f"record {record.seq} ({record.type.name}) has an invalid payload: {why}",
+                    record.seq,
+                )
+            )
+
+    def _usage(self, record: Record, decrement: bool) -> None:
+        try:
+            usage: Usage | None = Usage.from_map(record.payload)
+        except FormatError:
+            usage = None
+        if (
+            usage is None
+            or not usage.meter
+            or len(usage.meter) > 64
+            or not 0 <= usage.amount < 2**62
+        ):
+            self._bad(record, "expected a meter name and an amount of 0 to 2^62 units")
+            return
+        meter, amount = usage.meter, usage.amount
+        self.usage.append(
+            UsageInsert(
+                self.instance_id,
+                record.seq,
+                self._license(usage.license_id),
+                meter,
+                record.wall_ms * 1000,
+                amount,
+                (usage.client_id or "")[:200],
+                "decrement" if decrement else "increment",
+                self.report_digest,
+            )
+        )
+        self.totals[meter] = self.totals.get(meter, 0) + (-amount if decrement else amount)
+
+    def _seat(self, record: Record, kind: str, *, store: bool) -> None:
+        try:
+            seat = parse_payload(record.type, record.payload)
+        except FormatError:
+            seat = None
+        lease: str | None = None
+        if isinstance(seat, SeatCheckout | SeatDenied):
+            feature = seat.feature
+            if not feature or len(feature) > 64:
+                seat = None
+        if kind in {"checkout", "denied"}:
+            if not isinstance(seat, SeatCheckout | SeatDenied):
+                if store:
+                    self._bad(record, "expected a feature name")
+                return
+            lic = self._license(seat.license_id)
+            owner = LeaseOwner(lic, seat.feature, (seat.client_id or "")[:200])
+            if isinstance(seat, SeatCheckout) and seat.lease_id is not None:
+                lease = seat.lease_id[:64]
+                self._leases[lease] = owner
+        else:
+            if not isinstance(seat, SeatRenew | SeatRelease):
+                if store:
+                    self._bad(record, "expected a lease id")
+                return
+            lease = seat.lease_id[:64]
+            known = self._leases.get(lease)
+            if kind != "renew":
+                self._leases.pop(lease, None)
+            if known is None:
+                if store:
+                    self.unresolved.append(
+                        PendingSeat(record.seq, record.wall_ms * 1000, kind, lease)
+                    )
+                return
+            owner = known
+        if store:
+            self.seats.append(
+                SeatInsert(
+                    self.instance_id,
+                    record.seq,
+                    owner.license_id,
+                    owner.feature[:64],
+                    record.wall_ms * 1000,
+                    kind,
+                    owner.client_id,
+                    lease,
+                    self.report_digest,
+                )
+            )
+
+    def take_usage(self) -> list[UsageInsert]:
+        out, self.usage = self.usage, []
+        return out
+
+    def take_seats(self) -> list[SeatInsert]:
+        out, self.seats = self.seats, []
+        return out
+
+    def take_events(self) -> list[EventInsert]:
+        out, self.events = self.events, []
+        return out
+
+    def resolve(self, owners: Mapping[str, tuple[str, str, str]]) -> None:
+        """Turn waiting seat records into rows with the owners the store knew."""
+        for seq, ts, kind, lease in self.unresolved:
+            lic, feature, client = owners.get(lease, (self.default_license, UNKNOWN, ""))
+            self.seats.append(
+                SeatInsert(
+                    self.instance_id, seq, lic, feature, ts, kind, client, lease, self.report_digest
+                )
+            )
+        self.unresolved = []
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        if self.first_wall is None or self.last_wall is None:
+            return None
+        return self.first_wall, self.last_wall
+
+    def receipt_totals(self) -> dict[str, int]:
+        """Units accepted per meter: increments minus decrements, never below zero."""
+        return {m: max(0, v) for m, v in sorted(self.totals.items())}
+
+
+# ------------------------------------------------------------------ the verdict
+def report_findings(
+    result: ReportResult, license_findings: Sequence[Finding], core: IngestCore
+) -> list[Finding]:
+    """Everything the report itself shows, in output order, before clones and anomalies."""
+    core.clock.check_created(result.created_ms)
+    findings = list(result.findings) + list(license_findings) + core.findings
+    findings += core.clock.findings()
+    if result.head is None:
+        findings.append(Finding(REPORT_EMPTY, "critical", "the report holds no records"))
+    return findings
+
+
+def instance_span(
+    span_us: tuple[int, int] | None, instance_id: str, activity: Iterable[Activity]
+) -> tuple[int, int] | None:
+    """This instance's whole activity span: the report's, widened by what is stored."""
+    mine = [a for a in activity if a.instance_id == instance_id]
+    if span_us is None or not mine:
+        return span_us
+    return (
+        min(span_us[0], *(a.first_wall_us for a in mine)),
+        max(span_us[1], *(a.last_wall_us for a in mine)),
+    )
+
+
+def reporting_interval(licenses: Sequence[License]) -> tuple[int | None, int]:
+    """The shortest reporting interval the report's licenses ask for, with its grace."""
+    asked = [(lic.report_every_days, lic.grace_days) for lic in licenses if lic.report_every_days]
+    if not asked:
+        return None, 0
+    every, grace = min(asked)
+    return every, grace
+
+
+def as_finding(a: Anomaly) -> Finding:
+    """An anomaly as an ingest finding: evidence, so whatever its severity it never rejects."""
+    severity = "warning" if a.severity == "critical" else a.severity
+    return Finding(a.code, severity, a.message, a.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptContent:
+    """What a receipt says, fixed before the shell signs it."""
+
+    instance_id: str
+    license_ids: tuple[str, ...]
+    head: Head
+    previous_head_seq: int | None
+    report_digest: str
+    totals: Mapping[str, int]
+    status: Status
+    findings: Sequence[Finding]
+
+    def receipt(self, receipt_id: str, vendor_time: datetime) -> Receipt:
+        return Receipt(
+            receipt_id=receipt_id,
+            instance_id=self.instance_id,
+            license_ids=self.license_ids,
+            head_seq=self.head.seq,
+            head_hash=self.head.hash.hex(),
+            previous_head_seq=self.previous_head_seq,
+            vendor_time=vendor_time,
+            report_digest=self.report_digest,
+            totals=dict(self.totals),
+            status=self.status,
+            finding_codes=tuple(sorted({f.code for f in self.findings})),
+        )
