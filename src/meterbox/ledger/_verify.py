@@ -55,6 +55,17 @@ from meterbox.ledger._seal import Head
 from meterbox.ledger.records import Checkpoint, Genesis, Recovery
 
 MAX_PENDING_GAPS: Final = 4096
+#: Integers in a report header or trailer and record sequence numbers stay below
+#: 2^63, so every one fits the signed 64-bit columns of the vendor's store.
+MAX_INT: Final = (1 << 63) - 1
+#: A report carries at most this many license files, each at most MAX_LICENSE_LEN bytes
+#: (docs/spec/report.md, "Limits"): checked before any license is verified.
+MAX_REPORT_LICENSES: Final = 256
+MAX_LICENSE_LEN: Final = 64 << 10
+#: Ratchet steps a report may make the verifier take beyond one per frame read so far
+#: (ledger.md "Verify", step 6): each epoch after the known key has its own EPOCH
+#: frame, so an honest report never needs more; a forged epoch number cannot buy more.
+RATCHET_SLACK: Final = 64
 #: Findings of one code beyond this many are summarised, so a damaged report
 #: cannot flood the vendor's store.
 MAX_FINDINGS_PER_CODE: Final = 50
@@ -197,6 +208,8 @@ class ReportVerifier:
         self._openable = False
         self._counts: dict[str, int] = {}
         self._walk: _Walk | None = None
+        #: Ratchet steps taken so far: bounded by the frames read (RATCHET_SLACK).
+        self._ratchet_steps = 0
 
     def _find(self, code: str, severity: F.Severity, message: str, seq: int | None = None) -> None:
         n = self._counts.get(code, 0) + 1
@@ -302,13 +315,11 @@ class ReportVerifier:
         r.base_seq = _int(header, "base_seq")
         base_hash = _bytes(header, "base_hash", HASH_LEN)
         frames_len = _int(header, "frames_len")
-        licenses = header.get("licenses", [])
-        if not isinstance(licenses, list) or not all(isinstance(x, bytes) for x in licenses):
-            raise FormatError("report licenses field", expected="a list of bytes", found="other")
+        licenses = _licenses(header.get("licenses", []))
         r.licenses = licenses
         acked = header.get("acked")
         if acked is not None:
-            r.acked_by_server = Head(int(acked[0]), bytes(acked[1]))
+            r.acked_by_server = _acked(acked)
         software = header.get("software")
         extra = header.get("extra")
         return ReportHeader(
@@ -441,6 +452,12 @@ class ReportVerifier:
         """Ledger.md Verify steps 3-8 for one frame whose chain hash is already taken."""
         try:
             hdr = parse_record_header(raw.body)
+            if hdr.seq > MAX_INT:
+                raise FormatError(
+                    "ledger record sequence number out of range",
+                    expected=f"at most {MAX_INT}",
+                    found=str(hdr.seq),
+                )
         except UnknownVersionError as exc:
             self._find(
                 F.RECORD_UNKNOWN_VERSION, "critical", f"at offset {raw.offset}: {exc.render()}"
@@ -689,12 +706,12 @@ class ReportVerifier:
                         f"epoch {hdr.epoch} follows epoch {cur_epoch}",
                         hdr.seq,
                     )
-                return ratchet(cur_chain, hdr.epoch - cur_epoch)
+                return self._ratchet(hdr, cur_chain, hdr.epoch - cur_epoch)
             if anchor is not None:
                 if hdr.epoch >= anchor.epoch:
-                    return ratchet(anchor.key, hdr.epoch - anchor.epoch)
+                    return self._ratchet(hdr, anchor.key, hdr.epoch - anchor.epoch)
                 if not constant_time_equal(
-                    ratchet(chain_key, anchor.epoch - hdr.epoch), anchor.key
+                    self._ratchet(hdr, chain_key, anchor.epoch - hdr.epoch), anchor.key
                 ):
                     # An epoch the vendor already acknowledged, resent before compaction:
                     # it must ratchet forward into the key the vendor holds.
@@ -702,6 +719,24 @@ class ReportVerifier:
         except FormatError:
             return b""
         return None
+
+    def _ratchet(self, hdr: Header, key: bytes, steps: int) -> bytes:
+        """Ratchet ``key`` forward, within the steps the frames read so far allow.
+
+        Every epoch between a known key and this one has its own EPOCH frame in the
+        report, so the distance an epoch may claim is bounded by the frames read; a
+        claim beyond that is answered without deriving a single key.
+        """
+        allowed = self.result.records + RATCHET_SLACK - self._ratchet_steps
+        if steps < 0 or steps > allowed:
+            raise FormatError(
+                f"epoch {hdr.epoch} (record {hdr.seq}) claims a ratchet distance the report "
+                "cannot hold",
+                expected=f"at most {max(allowed, 0)} epochs from the known chain key",
+                found=f"{steps} epochs",
+            )
+        self._ratchet_steps += steps
+        return ratchet(key, steps)
 
     def _finish_gaps(self) -> None:
         walk = self._walk
@@ -777,9 +812,29 @@ class ReportVerifier:
             )
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a map, refusing a key that appears twice (which of the two would count?)."""
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(f"key {str(key)[:32]!r} appears twice")
+        out[key] = value
+    return out
+
+
 def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, object_pairs_hook=_no_duplicates
+        )
+    except _DuplicateKeyError as exc:
+        raise FormatError(
+            f"{what} has a duplicate key", expected="each key once", found=str(exc)
+        ) from None
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise FormatError(
             f"{what} is not valid msgpack", expected="a msgpack map", found=type(exc).__name__
@@ -800,6 +855,46 @@ def _bytes(m: Mapping[str, Any], key: str, length: int) -> bytes:
 
 def _int(m: Mapping[str, Any], key: str) -> int:
     value = m[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
+        raise ValueError(f"{key} must be an integer from 0 to 2^63-1")
     return value
+
+
+def _licenses(value: object) -> list[bytes]:
+    """The header's license list, bounded before any license is looked at."""
+    if not isinstance(value, list) or not all(isinstance(x, bytes) for x in value):
+        raise FormatError("report licenses field", expected="a list of bytes", found="other")
+    if len(value) > MAX_REPORT_LICENSES:
+        raise FormatError(
+            "report header lists too many licenses",
+            expected=f"at most {MAX_REPORT_LICENSES}",
+            found=f"{len(value)} licenses",
+            hint="a server installs a handful of licenses; this report was not written by one",
+        )
+    longest = max((len(x) for x in value), default=0)
+    if longest > MAX_LICENSE_LEN:
+        raise FormatError(
+            "report header carries an oversized license",
+            expected=f"at most {MAX_LICENSE_LEN} bytes per license",
+            found=f"{longest} bytes",
+        )
+    return value
+
+
+def _acked(value: object) -> Head:
+    """The header's ``acked`` head: ``[seq, hash]``, nothing larger."""
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not isinstance(value[0], int)
+        or isinstance(value[0], bool)
+        or not 0 <= value[0] <= MAX_INT
+        or not isinstance(value[1], bytes)
+        or len(value[1]) != HASH_LEN
+    ):
+        raise FormatError(
+            "report header field acked",
+            expected=f"[seq from 0 to 2^63-1, {HASH_LEN}-byte hash] or nil",
+            found=f"{type(value).__name__} {str(value)[:40]}",
+        )
+    return Head(value[0], value[1])

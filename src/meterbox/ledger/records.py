@@ -29,6 +29,12 @@ from typing import Any, ClassVar, Final, Literal, Self
 from meterbox.errors import FormatError
 from meterbox.ledger._format import RecordType
 
+#: The largest amount one record may carry (usage, decrement, top-up), shared by the
+#: server, the Cryptolens compatibility layer and the vendor. With at most 4,000,000
+#: records in a report (docs/spec/report.md, "Limits") no per-report sum can leave a
+#: signed 64-bit integer.
+MAX_AMOUNT: Final = 10**12
+
 _Kind = Literal["int", "str", "bytes", "flag", "str_list"]
 _KIND_TEXT: Final[dict[str, str]] = {
     "int": "an integer",
