@@ -197,8 +197,10 @@ class ReportVerifier:
         known: Known | None = None,
         expect_instance: bytes | None = None,
         on_progress: Callable[[int], None] | None = None,
+        max_header_len: int = MAX_HEADER_LEN,
     ) -> None:
         self._vendor_keys = dict(vendor_keys)
+        self._max_header_len = min(max_header_len, MAX_HEADER_LEN)
         self.known = known
         self._expect_instance = expect_instance
         self._on_progress = on_progress
@@ -210,6 +212,8 @@ class ReportVerifier:
         self._walk: _Walk | None = None
         #: Ratchet steps taken so far: bounded by the frames read (RATCHET_SLACK).
         self._ratchet_steps = 0
+        self._header_end = 0
+        self._identity_checked = False
 
     def _find(self, code: str, severity: F.Severity, message: str, seq: int | None = None) -> None:
         n = self._counts.get(code, 0) + 1
@@ -282,13 +286,14 @@ class ReportVerifier:
                 hint="upgrade the vendor toolkit",
             )
         (length,) = U32.unpack(src.read_exact(4, "header"))
-        if length > MAX_HEADER_LEN:
+        if length > self._max_header_len:
             raise FormatError(
                 "report header is too large",
-                expected=f"at most {MAX_HEADER_LEN} bytes",
+                expected=f"at most {self._max_header_len} bytes",
                 found=f"{length} bytes",
             )
         header = _unpack_map(src.read_exact(length, "header"), "report header")
+        self._header_end = 9 + length
         if header.get("v") != version:
             raise UnknownVersionError(
                 "report header version does not match the file version",
@@ -353,7 +358,8 @@ class ReportVerifier:
         header, src = self.header, self._src
         if header is None or src is None or not self._openable:
             return
-        self._check_instance_key()
+        if not self._identity_checked:
+            self._check_instance_key()
         reader = FrameReader(src, limit=header.frames_len)  # type: ignore[arg-type]
         yield from self._frames(reader, header)
         if not self._frames_complete(reader, header.frames_len):
@@ -365,6 +371,75 @@ class ReportVerifier:
         except MeterboxError as exc:
             self._find(F.REPORT_MALFORMED, "critical", exc.render())
         self.result.digest = src.whole.digest()
+
+    # ---------------------------------------- step 1b: signature before content
+    def check_signature(self, stream: BinaryIO, size: int) -> bool:
+        """Check the report's layout, signature and signer before anything else is read.
+
+        Report.md "Verify" step 2a, for a file the caller can read twice: ``stream`` is a
+        second handle on the report at offset 0 and ``size`` its length. The trailer's
+        place follows from the header alone, so this reads 8 bytes there and hashes
+        the rest: no record, license or trailer field is parsed before the instance key
+        named in the header (and, when the vendor knows this instance, the key it
+        acknowledged before) has signed every byte. Findings are the ones the
+        streaming steps give for the same damage; returns whether the report passed.
+        """
+        header = self.header
+        if header is None or self._src is None:
+            raise RuntimeError("check_signature() follows a successful read_header()")
+        n = len(self.result.findings)
+        try:
+            self._check_layout_and_signature(stream, size, header.frames_len)
+        except _Truncated as t:
+            self._find(F.REPORT_TRUNCATED, "critical", f"report ends inside its {t.what}")
+        except MeterboxError as exc:
+            self._find(F.REPORT_MALFORMED, "critical", exc.render())
+        self._check_instance_key()
+        self._identity_checked = True
+        return len(self.result.findings) == n
+
+    def _check_layout_and_signature(self, stream: BinaryIO, size: int, frames_len: int) -> None:
+        trailer_at = self._header_end + frames_len
+        if size < trailer_at + 8 + SIGNATURE_LEN:
+            raise _Truncated(f"records ({size} bytes, the header announces {trailer_at} and more)")
+        stream.seek(trailer_at)
+        head = stream.read(8)
+        if head[:4] != TRAILER_MAGIC:
+            raise FormatError(
+                "report trailer is missing", expected=repr(TRAILER_MAGIC), found=repr(head[:4])
+            )
+        (length,) = U32.unpack(head[4:])
+        if length > MAX_TRAILER_LEN:
+            raise FormatError("report trailer is too large", expected="< 64 KiB", found=str(length))
+        end = trailer_at + 8 + length + SIGNATURE_LEN
+        if size < end:
+            raise _Truncated("trailer")
+        if size > end:
+            raise FormatError(
+                "report has bytes after its signature", expected="end of file", found="more data"
+            )
+        stream.seek(0)
+        digest = hashlib.sha256()
+        left = size - SIGNATURE_LEN
+        while left > 0:
+            chunk = stream.read(min(left, 1 << 20))
+            if not chunk:
+                raise _Truncated("records")
+            digest.update(chunk)
+            left -= len(chunk)
+        signature = stream.read(SIGNATURE_LEN)
+        try:
+            verify_signature(
+                ed25519_public_from_raw(self.result.instance_key),
+                signature,
+                SIGNATURE_DOMAIN + digest.digest(),
+            )
+        except (VerificationError, FormatError):
+            self._find(
+                F.REPORT_SIGNATURE_INVALID,
+                "critical",
+                "the report's signature does not verify: the file was changed after export",
+            )
 
     def _check_instance_key(self) -> None:
         known = self.known

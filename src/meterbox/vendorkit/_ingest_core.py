@@ -23,7 +23,18 @@ Finding codes decided here (stable, see also :mod:`meterbox.vendorkit.clockcheck
 ``record.payload_invalid``        critical  an authentic usage or seat record whose payload
                                             is not what the server writes
 ``usage.unknown_license``         warning   records name a license the report does not carry
+``report.limit_exceeded``         critical  the report is larger than a bound of
+                                            :class:`IngestConfig` (file, header, records)
+``ingest.error``                  critical  ingest failed on this report; nothing of it was
+                                            stored but its findings and digest
+``findings.omitted``              info      findings beyond the caps were counted, not kept
 ================================  ========  ==============================================
+
+Bounds (:class:`IngestConfig`, docs/spec/report.md "Limits", ADR 0016): every record
+amount is at most :data:`~meterbox.ledger.records.MAX_AMOUNT` and a report holds at
+most ``max_records`` records, so every per-report sum fits a signed 64-bit integer;
+findings are capped per code and per report; the leases remembered while streaming
+are capped (the rest are looked up in the store).
 
 Clone policy (ADR 0006): two instances whose verified activity overlaps in time are
 two servers sharing one license: the report that reveals the overlap is rejected, so
@@ -35,7 +46,7 @@ old one's last record is an honest replacement (a reinstalled server) and only w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +55,7 @@ from typing import Any, Final, Literal
 from meterbox.errors import FormatError, VerificationError
 from meterbox.ledger import Finding, Head, Record, RecordType, ReportResult
 from meterbox.ledger.records import (
+    MAX_AMOUNT,
     SeatCheckout,
     SeatDenied,
     SeatRelease,
@@ -66,7 +78,15 @@ LICENSE_INSTANCE_REPLACED: Final = "license.instance_replaced"
 RECORD_PAYLOAD_INVALID: Final = "record.payload_invalid"
 USAGE_UNKNOWN_LICENSE: Final = "usage.unknown_license"
 
+REPORT_LIMIT_EXCEEDED: Final = "report.limit_exceeded"
+INGEST_ERROR: Final = "ingest.error"
+FINDINGS_OMITTED: Final = "findings.omitted"
+
 UNKNOWN: Final = "unknown"
+#: Record times the store can hold: wall times up to the end of year 9999 (what a
+#: datetime can name), monotonic times whose microseconds fit a signed 64-bit integer.
+MAX_WALL_MS: Final = 253_402_300_799_999
+MAX_MONO_MS: Final = ((1 << 63) - 1) // 1000
 
 Status = Literal["accepted", "accepted_with_findings", "rejected", "unusable"]
 
@@ -85,6 +105,73 @@ _NOT_EVENTS: Final = frozenset(
     {_USAGE, _DECREMENT, RecordType.EPOCH, RecordType.CHECKPOINT, *_SEAT_KINDS}
 )
 _PAYLOAD_MAX: Final = 1000
+
+
+# ------------------------------------------------------------------------ limits
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """The resource bounds of one ingest (docs/spec/report.md "Limits").
+
+    ``max_records * MAX_AMOUNT`` stays below 2^63, so no total of one report can
+    overflow a signed 64-bit integer in Python, SQLite or PostgreSQL. ``receipt_id``
+    makes the one random choice of an ingest injectable (test vectors pin a receipt's
+    bytes); by default it is ``rcpt_`` and 8 random bytes in hex.
+    """
+
+    max_report_bytes: int = 512 << 20
+    max_header_bytes: int = 1 << 20
+    max_records: int = 4_000_000
+    max_findings_per_code: int = 50
+    max_findings: int = 500
+    max_open_leases: int = 100_000
+    receipt_id: Callable[[], str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_records * MAX_AMOUNT >= 1 << 63:
+            raise ValueError("max_records * MAX_AMOUNT must stay below 2^63")
+
+
+def limit_finding(what: str, limit: int, found: int) -> Finding:
+    return Finding(
+        REPORT_LIMIT_EXCEEDED,
+        "critical",
+        f"the report's {what} exceeds the vendor's limit (expected at most {limit:,}, "
+        f"found {found:,}); nothing further was read: a server writes nothing this large, "
+        "export a fresh report or raise the limit in IngestConfig",
+    )
+
+
+def cap_findings(findings: Sequence[Finding], config: IngestConfig) -> list[Finding]:
+    """The first ``max_findings_per_code`` of each code, ``max_findings`` in all, in order.
+
+    What is left out is counted: one ``findings.omitted`` (info) per code says how
+    many were dropped, so a flood shows as a number, never as rows. Critical findings
+    are kept ahead of the others under the total cap, so capping never changes the
+    verdict.
+    """
+    per_code: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    candidates: list[int] = []
+    for n, f in enumerate(findings):
+        per_code[f.code] = per_code.get(f.code, 0) + 1
+        if per_code[f.code] <= config.max_findings_per_code:
+            candidates.append(n)
+        else:
+            dropped[f.code] = dropped.get(f.code, 0) + 1
+    if len(candidates) > config.max_findings:
+        critical = [n for n in candidates if findings[n].severity == "critical"]
+        rest = [n for n in candidates if findings[n].severity != "critical"]
+        chosen = set((critical + rest)[: config.max_findings])
+        for n in candidates:
+            if n not in chosen:
+                dropped[findings[n].code] = dropped.get(findings[n].code, 0) + 1
+        candidates = sorted(chosen)
+    kept = [findings[n] for n in candidates]
+    kept += [
+        Finding(FINDINGS_OMITTED, "info", f"{n:,} further '{code}' findings were not kept")
+        for code, n in sorted(dropped.items())
+    ]
+    return kept
 
 
 # ------------------------------------------------------------------------ outcome
@@ -256,7 +343,8 @@ class IngestCore:
 
     Feed ``(record, acked)`` from :meth:`ReportVerifier.records` to :meth:`add`; take
     full batches with :meth:`take_usage` / :meth:`take_seats`; seat records whose lease
-    was checked out in an earlier report wait in :attr:`unresolved` until the shell
+    was checked out in an earlier report (or so long ago in this one that its owner
+    was let go, see ``max_open_leases``) wait in :attr:`unresolved` until the shell
     looks the lease up (:meth:`resolve`).
     """
 
@@ -265,6 +353,7 @@ class IngestCore:
     license_ids: frozenset[str]
     default_license: str
     clock: ClockChecker
+    config: IngestConfig = field(default_factory=IngestConfig)
     usage: list[UsageInsert] = field(default_factory=list)
     seats: list[SeatInsert] = field(default_factory=list)
     events: list[EventInsert] = field(default_factory=list)
@@ -281,6 +370,10 @@ class IngestCore:
 
     def add(self, record: Record, acked: bool) -> None:
         self.records += 1
+        if not (0 <= record.wall_ms <= MAX_WALL_MS and 0 <= record.mono_ms <= MAX_MONO_MS):
+            if not acked:
+                self._bad(record, "its wall or monotonic time is outside any real clock")
+            return
         self.clock.feed(record, acked)
         t = record.type
         if acked:
@@ -322,7 +415,11 @@ class IngestCore:
         if value is None:
             return self.default_license
         lic = str(value)
-        if lic not in self.license_ids and lic not in self._foreign:
+        if (
+            lic not in self.license_ids
+            and lic not in self._foreign
+            and len(self._foreign) < self.config.max_findings_per_code
+        ):
             self._foreign.add(lic)
             self.findings.append(
                 Finding(
@@ -335,7 +432,7 @@ class IngestCore:
 
     def _bad(self, record: Record, why: str) -> None:
         self._bad_payloads += 1
-        if self._bad_payloads <= 50:
+        if self._bad_payloads <= self.config.max_findings_per_code:
             self.findings.append(
                 Finding(
                     RECORD_PAYLOAD_INVALID,
@@ -354,9 +451,9 @@ class IngestCore:
             usage is None
             or not usage.meter
             or len(usage.meter) > 64
-            or not 0 <= usage.amount < 2**62
+            or not 0 <= usage.amount <= MAX_AMOUNT
         ):
-            self._bad(record, "expected a meter name and an amount of 0 to 2^62 units")
+            self._bad(record, f"expected a meter name and an amount of 0 to {MAX_AMOUNT:,} units")
             return
         meter, amount = usage.meter, usage.amount
         self.usage.append(
@@ -394,6 +491,10 @@ class IngestCore:
             if isinstance(seat, SeatCheckout) and seat.lease_id is not None:
                 lease = seat.lease_id[:64]
                 self._leases[lease] = owner
+                if len(self._leases) > self.config.max_open_leases:
+                    # Memory stays bounded: the oldest owner is let go; its release, if
+                    # any, is resolved from the checkout row in the store.
+                    del self._leases[next(iter(self._leases))]
         else:
             if not isinstance(seat, SeatRenew | SeatRelease):
                 if store:
@@ -461,13 +562,17 @@ class IngestCore:
 
 # ------------------------------------------------------------------ the verdict
 def report_findings(
-    result: ReportResult, license_findings: Sequence[Finding], core: IngestCore
+    result: ReportResult, license_findings: Sequence[Finding], core: IngestCore, *, read: bool
 ) -> list[Finding]:
-    """Everything the report itself shows, in output order, before clones and anomalies."""
+    """Everything the report itself shows, in output order, before clones and anomalies.
+
+    ``read`` is false when the report was refused before its records were read (a
+    limit, its layout, its signature or its signer): it is then not called empty.
+    """
     core.clock.check_created(result.created_ms)
     findings = list(result.findings) + list(license_findings) + core.findings
     findings += core.clock.findings()
-    if result.head is None:
+    if result.head is None and read:
         findings.append(Finding(REPORT_EMPTY, "critical", "the report holds no records"))
     return findings
 

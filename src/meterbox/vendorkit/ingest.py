@@ -39,14 +39,14 @@ import contextlib
 import hashlib
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from meterbox._fs import disk_error, is_disk_full, publish, stage_file
 from meterbox.clock import SystemClock
@@ -60,7 +60,7 @@ from meterbox.ledger import (
     ReportVerifier,
 )
 from meterbox.ledger import findings as F
-from meterbox.licenses import Receipt
+from meterbox.licenses import License, Receipt
 from meterbox.vendorkit._db.store import (
     Activity,
     FindingRow,
@@ -72,18 +72,22 @@ from meterbox.vendorkit._db.store import (
     VendorStore,
 )
 from meterbox.vendorkit._ingest_core import (
+    INGEST_ERROR,
     REPORT_REPLAY,
     UNKNOWN,
     CloneCheck,
+    IngestConfig,
     IngestCore,
     IngestOutcome,
     ReceiptContent,
     Status,
     as_finding,
+    cap_findings,
     check_clones,
     check_licenses,
     decide,
     instance_span,
+    limit_finding,
     report_findings,
     reporting_interval,
 )
@@ -98,7 +102,7 @@ from meterbox.vendorkit.anomaly import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
 from meterbox.vendorkit.keys import VendorKeys
 
-__all__ = ["BATCH_ROWS", "IngestContext", "IngestOutcome", "file_digest", "ingest"]
+__all__ = ["BATCH_ROWS", "IngestConfig", "IngestContext", "IngestOutcome", "file_digest", "ingest"]
 
 BATCH_ROWS: Final = 50_000
 #: Findings that mean "this file is not something we can judge", not "this report is bad".
@@ -107,11 +111,7 @@ _UNUSABLE: Final = frozenset({F.REPORT_MALFORMED, F.REPORT_UNKNOWN_VERSION})
 
 @dataclass(frozen=True)
 class IngestContext:
-    """What one ingest works with: the store and its connection, keys, the file, the clock.
-
-    ``receipt_id`` makes the one random choice of an ingest injectable (test vectors
-    pin the receipt's bytes); it defaults to 8 random bytes in hex.
-    """
+    """What one ingest works with: the store and its connection, keys, the file, the clock."""
 
     conn: Connection
     store: VendorStore
@@ -123,14 +123,15 @@ class IngestContext:
     policy: ClockPolicy | None = None
     on_progress: Callable[[int], None] | None = None
     receipt_out: Path | None = None
-    receipt_id: Callable[[], str] | None = None
+    config: IngestConfig = field(default_factory=IngestConfig)
 
     @property
     def now_ms(self) -> int:
         return int(self.vendor_now.timestamp() * 1000)
 
     def new_receipt_id(self) -> str:
-        return self.receipt_id() if self.receipt_id else "rcpt_" + secrets.token_hex(8)
+        make = self.config.receipt_id
+        return make() if make is not None else "rcpt_" + secrets.token_hex(8)
 
 
 def ingest(
@@ -142,7 +143,7 @@ def ingest(
     now: datetime | None = None,
     policy: ClockPolicy | None = None,
     on_progress: Callable[[int], None] | None = None,
-    receipt_id: Callable[[], str] | None = None,
+    config: IngestConfig | None = None,
 ) -> IngestOutcome:
     """Verify and store one report; sign and write a receipt when it is accepted."""
     report_path = Path(report_path)
@@ -182,7 +183,7 @@ def ingest(
                 policy=policy,
                 on_progress=on_progress,
                 receipt_out=receipt_out,
-                receipt_id=receipt_id,
+                config=config or IngestConfig(),
             )
             return _ingest_new(ctx)
     except OperationalError as exc:
@@ -210,20 +211,34 @@ class _Judged:
 
 
 def _ingest_new(ctx: IngestContext) -> IngestOutcome:
-    conn, store = ctx.conn, ctx.store
+    """Cheapest checks first: size, header, signature and signer, then licenses, records."""
+    conn, store, cfg = ctx.conn, ctx.store, ctx.config
+    size = ctx.report_path.stat().st_size
+    verifier = ReportVerifier(
+        ctx.ledger_keys, on_progress=ctx.on_progress, max_header_len=cfg.max_header_bytes
+    )
+    early = _size_findings(size, cfg)
     # Closed by the ``with`` below that verifies the rest of the stream.
     stream = ctx.report_path.open("rb")
-    verifier = ReportVerifier(ctx.ledger_keys, on_progress=ctx.on_progress)
-    header = verifier.read_header(stream)
+    header = None if early else verifier.read_header(stream)
     # A header that fails half-way still names what it could: take that from the result.
     raw_iid = header.instance_id if header else verifier.result.instance_id
     instance_hex = raw_iid.hex()
-    docs = list(header.licenses) if header else verifier.result.licenses
-    issued = [row.license_id for row in store.list_licenses()]
-    licenses, license_findings = check_licenses(docs, ctx.keys.bundle, issued)
-    license_ids = [lic.license_id for lic in licenses]
     inst_row = store.get_instance(instance_hex) if instance_hex else None
     known = _known(inst_row)
+    verifier.known = known
+    authentic = False
+    if header is not None:
+        # Nothing the report says is looked at further until its signer has signed it
+        # all: a forged or altered file costs one hash pass and one signature check.
+        with ctx.report_path.open("rb") as again:
+            authentic = verifier.check_signature(again, size)
+    licenses: list[License] = []
+    license_findings: list[Finding] = []
+    if authentic and header is not None:
+        issued = [row.license_id for row in store.list_licenses()]
+        licenses, license_findings = check_licenses(header.licenses, ctx.keys.bundle, issued)
+    license_ids = [lic.license_id for lic in licenses]
     leases = store.open_leases(instance_hex, conn) if inst_row is not None else set()
     core = IngestCore(
         instance_id=instance_hex,
@@ -233,35 +248,34 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         if license_ids
         else (inst_row.license_id if inst_row else UNKNOWN),
         clock=ClockChecker(vendor_now_ms=ctx.now_ms, policy=ctx.policy, open_leases=leases),
+        config=cfg,
     )
-    verifier.known = known
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
     staged: Path | None = None
     receipt_path: Path | None = None
+    result = verifier.result
     try:
-        with stream:
-            for record, acked in verifier.records():
-                core.add(record, acked)
-                if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
-                    _flush(ctx, core)
-        result = verifier.result
-        if _unusable(result):
-            conn.rollback()
-            return IngestOutcome(
-                "unusable", tuple(result.findings), {}, instance_hex or None, None, ctx.digest
-            )
-        if core.unresolved:
-            core.resolve(
-                store.lease_owners(instance_hex, (u.lease_id for u in core.unresolved), conn)
-            )
-        _flush(ctx, core)
-        every, grace = reporting_interval(licenses)
-        judged = _judge(
-            ctx, core, result, report_findings(result, license_findings, core),
-            license_ids, known, every, grace,
-        )  # fmt: skip
+        try:
+            with stream:
+                if authentic:
+                    early += _stream(ctx, verifier, core)
+            if _unusable(result):
+                conn.rollback()
+                return IngestOutcome(
+                    "unusable", tuple(result.findings), {}, instance_hex or None, None, ctx.digest
+                )
+            _flush(ctx, core)
+            _resolve(ctx, core)
+            _flush(ctx, core)
+            every, grace = reporting_interval(licenses)
+            found = report_findings(result, early + license_findings, core, read=authentic)
+            judged = _judge(ctx, core, result, found, license_ids, known, every, grace)
+        except SQLAlchemyError:
+            raise  # the store, not the report: the caller sees it (disk full, locked, ...)
+        except Exception as exc:  # noqa: BLE001 - a report must never crash ingest
+            judged = _failed(ctx, result, early, exc)
         if judged.status == "rejected":
             conn.rollback()  # drop every row this report wrote; keep only its verdict
         _record(ctx, core, result, judged, inst_row, license_ids)
@@ -292,6 +306,50 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         receipt,
         receipt_path,
     )
+
+
+def _size_findings(size: int, cfg: IngestConfig) -> list[Finding]:
+    """Report.md "Limits": the file's size (the header's is the verifier's first check)."""
+    if size > cfg.max_report_bytes:
+        return [limit_finding("size in bytes", cfg.max_report_bytes, size)]
+    return []
+
+
+def _stream(ctx: IngestContext, verifier: ReportVerifier, core: IngestCore) -> list[Finding]:
+    """Feed every authentic record to the core, storing rows in batches."""
+    cap = ctx.config.max_records
+    for record, acked in verifier.records():
+        if core.records >= cap:
+            return [limit_finding("record count", cap, core.records + 1)]
+        core.add(record, acked)
+        if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
+            _flush(ctx, core)
+        if len(core.unresolved) >= BATCH_ROWS:
+            _flush(ctx, core)
+            _resolve(ctx, core)
+    return []
+
+
+def _failed(
+    ctx: IngestContext, result: ReportResult, early: list[Finding], exc: Exception
+) -> _Judged:
+    """The verdict on a report ingest could not finish: rejected, with what was found."""
+    findings = cap_findings(
+        [
+            *result.findings,
+            *early,
+            Finding(
+                INGEST_ERROR,
+                "critical",
+                f"ingest stopped on this report ({type(exc).__name__}: {str(exc)[:200]}); "
+                "nothing of it was billed: keep the file and report it to the toolkit's "
+                "maintainers",
+            ),
+        ],
+        ctx.config,
+    )
+    pending = Pending(ctx.digest, result.base_seq, -1, result.created_ms, ctx.now_ms, None, 0)
+    return _Judged("rejected", findings, CloneCheck([], []), pending, False, None, b"")
 
 
 def _judge(
@@ -329,6 +387,7 @@ def _judge(
             since_ms=None if core.first_wall is None else core.first_wall - INGEST_WINDOW_MS,
             policy=ctx.policy,
         )
+    findings = cap_findings(findings, ctx.config)
     status = decide(findings)
     receipt: Receipt | None = None
     document = b""
@@ -395,6 +454,13 @@ def _unusable(result: ReportResult) -> bool:
     if not result.instance_id and any(f.code in _UNUSABLE for f in result.findings):
         return True
     return result.records == 0 and F.REPORT_WRONG_VENDOR_KEY in result.codes
+
+
+def _resolve(ctx: IngestContext, core: IngestCore) -> None:
+    """Owners of the leases waiting in the core, from checkouts the store holds."""
+    if core.unresolved:
+        leases = (u.lease_id for u in core.unresolved)
+        core.resolve(ctx.store.lease_owners(core.instance_id, leases, ctx.conn))
 
 
 def _flush(ctx: IngestContext, core: IngestCore) -> None:
@@ -511,13 +577,16 @@ def _record(
     ]
     store.insert_findings(rows, conn)
     span = _us(core.span)
+    # A report refused before its records were read is placed at the time its header
+    # claims, so its findings show in that period's statement; it bills nothing.
+    shown = span or (None if not result.created_ms else _us((result.created_ms,) * 2))
     store.record_report_span(
         ReportSpan(
             digest,
             iid or UNKNOWN,
             tuple(license_ids),
-            None if span is None else span[0],
-            None if span is None else span[1],
+            None if shown is None else shown[0],
+            None if shown is None else shown[1],
             judged.status,
         ),
         conn,

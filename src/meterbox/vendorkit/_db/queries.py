@@ -49,6 +49,9 @@ def usage_sums(
     """Net units (increments minus decrements) per (license, meter) with ts in [start, end).
 
     With ``kind`` (``increment`` or ``decrement``), the plain units of that kind only.
+    The database sums per report, where ingest's bounds keep every sum inside a
+    signed 64-bit integer (``MAX_AMOUNT`` times the records a report may hold); the
+    reports' sums are added here, in Python, where nothing overflows.
     """
     t = usage_table
     ts = micros(t.c.ts)
@@ -60,8 +63,11 @@ def usage_sums(
         query = query.where(ts >= start_us)
     if license_ids is not None:
         query = query.where(t.c.license_id.in_(list(license_ids)))
-    query = query.group_by(t.c.license_id, t.c.meter)
-    return {(lic, meter): int(total or 0) for lic, meter, total in conn.execute(query)}
+    query = query.group_by(t.c.license_id, t.c.meter, t.c.report_digest)
+    out: dict[tuple[str, str], int] = {}
+    for lic, meter, total in conn.execute(query):
+        out[lic, meter] = out.get((lic, meter), 0) + int(total or 0)
+    return out
 
 
 def seat_rows(
@@ -189,7 +195,10 @@ def report_rows(
 def usage_per_minute(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
 ) -> list[tuple[int, int, int, int]]:
-    """(first seq, minute index since the epoch, records, net units) for seqs in [lo, hi]."""
+    """(first seq, minute index since the epoch, records, net units) for seqs in [lo, hi].
+
+    Summed per report in SQL (bounded, see :func:`usage_sums`) and across reports here.
+    """
     u = usage_table
     ts = micros(u.c.ts)
     minute = (ts // _MINUTE_US).label("minute")
@@ -198,10 +207,11 @@ def usage_per_minute(
     ).where(u.c.instance_id == instance_id, u.c.seq >= lo, u.c.seq <= hi)
     if since_us is not None:
         query = query.where(ts >= since_us)
-    return [
-        (int(seq), int(m), int(n), int(amount or 0))
-        for seq, m, n, amount in conn.execute(query.group_by(minute))
-    ]
+    per_minute: dict[int, tuple[int, int, int]] = {}
+    for seq, m, n, amount in conn.execute(query.group_by(minute, u.c.report_digest)):
+        first, count, units = per_minute.get(int(m), (int(seq), 0, 0))
+        per_minute[int(m)] = (min(first, int(seq)), count + int(n), units + int(amount or 0))
+    return [(first, m, n, units) for m, (first, n, units) in sorted(per_minute.items())]
 
 
 def seat_events(
