@@ -910,7 +910,13 @@ def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
         raise FormatError(
             f"{what} has a duplicate key", expected="each key once", found=str(exc)
         ) from None
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except msgpack.StackError:
+        raise FormatError(
+            f"{what} is nested too deeply",
+            expected="a msgpack map of plain values",
+            found="values nested deeper than the decoder's stack limit",
+        ) from None
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
         raise FormatError(
             f"{what} is not valid msgpack", expected="a msgpack map", found=type(exc).__name__
         ) from None

@@ -571,10 +571,19 @@ def report_findings(
     """
     core.clock.check_created(result.created_ms)
     findings = list(result.findings) + list(license_findings) + core.findings
+    if result.created_ms > MAX_WALL_MS:
+        findings.append(
+            limit_finding("creation time (ms since 1970)", MAX_WALL_MS, result.created_ms)
+        )
     findings += core.clock.findings()
     if result.head is None and read:
         findings.append(Finding(REPORT_EMPTY, "critical", "the report holds no records"))
     return findings
+
+
+def created_ms(result: ReportResult) -> int:
+    """The report's creation time as the store may hold it (an absurd one is a finding)."""
+    return min(result.created_ms, MAX_WALL_MS)
 
 
 def instance_span(

@@ -85,6 +85,7 @@ from meterbox.vendorkit._ingest_core import (
     cap_findings,
     check_clones,
     check_licenses,
+    created_ms,
     decide,
     instance_span,
     limit_finding,
@@ -278,7 +279,15 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
             judged = _failed(ctx, result, early, exc)
         if judged.status == "rejected":
             conn.rollback()  # drop every row this report wrote; keep only its verdict
-        _record(ctx, core, result, judged, inst_row, license_ids)
+        try:
+            _record(ctx, core, result, judged, inst_row, license_ids)
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the verdict is kept, in its plainest form
+            conn.rollback()
+            judged = _failed(ctx, ReportResult(), early, exc)
+            bare = IngestCore(instance_hex, ctx.digest, frozenset(), UNKNOWN, core.clock)
+            _record(ctx, bare, ReportResult(), judged, inst_row, [])
         if judged.receipt is not None:
             receipt_path = ctx.receipt_out or ctx.report_path.with_name(
                 ctx.report_path.name + ".receipt"
@@ -348,7 +357,7 @@ def _failed(
         ],
         ctx.config,
     )
-    pending = Pending(ctx.digest, result.base_seq, -1, result.created_ms, ctx.now_ms, None, 0)
+    pending = Pending(ctx.digest, result.base_seq, -1, created_ms(result), ctx.now_ms, None, 0)
     return _Judged("rejected", findings, CloneCheck([], []), pending, False, None, b"")
 
 
@@ -373,7 +382,7 @@ def _judge(
         ctx.digest,
         result.base_seq,
         head.seq if head is not None else -1,
-        result.created_ms,
+        created_ms(result),
         ctx.now_ms,
         every,
         grace,
@@ -579,7 +588,8 @@ def _record(
     span = _us(core.span)
     # A report refused before its records were read is placed at the time its header
     # claims, so its findings show in that period's statement; it bills nothing.
-    shown = span or (None if not result.created_ms else _us((result.created_ms,) * 2))
+    created = created_ms(result)
+    shown = span or (None if not created else _us((created, created)))
     store.record_report_span(
         ReportSpan(
             digest,
