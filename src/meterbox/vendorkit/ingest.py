@@ -61,6 +61,7 @@ from meterbox.ledger import (
 )
 from meterbox.ledger import findings as F
 from meterbox.licenses import License, Receipt
+from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.store import (
     Activity,
     FindingRow,
@@ -70,6 +71,14 @@ from meterbox.vendorkit._db.store import (
     ReportRow,
     ReportSpan,
     VendorStore,
+)
+from meterbox.vendorkit._enforcement import (
+    EnforcementCheck,
+    MeterKey,
+    Prior,
+    SlotKey,
+    iso_ms,
+    period_bounds_us,
 )
 from meterbox.vendorkit._ingest_core import (
     INGEST_ERROR,
@@ -241,6 +250,7 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         licenses, license_findings = check_licenses(header.licenses, ctx.keys.bundle, issued)
     license_ids = [lic.license_id for lic in licenses]
     leases = store.open_leases(instance_hex, conn) if inst_row is not None else set()
+    enforcement = EnforcementCheck({lic.license_id: lic for lic in licenses}, UNKNOWN)
     core = IngestCore(
         instance_id=instance_hex,
         report_digest=ctx.digest,
@@ -251,6 +261,8 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         clock=ClockChecker(vendor_now_ms=ctx.now_ms, policy=ctx.policy, open_leases=leases),
         config=cfg,
     )
+    enforcement.default_license = core.default_license
+    enforcement.start(_prior_state(ctx, instance_hex, leases))
     # End the read transaction the look-ups above began: from here on everything this
     # report writes is one transaction, committed only once the report is judged.
     conn.rollback()
@@ -261,7 +273,7 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         try:
             with stream:
                 if authentic:
-                    early += _stream(ctx, verifier, core)
+                    early += _stream(ctx, verifier, core, enforcement)
             if _unusable(result):
                 conn.rollback()
                 return IngestOutcome(
@@ -270,6 +282,8 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
             _flush(ctx, core)
             _resolve(ctx, core)
             _flush(ctx, core)
+            if authentic:
+                early += enforcement.findings(_prior_sums(ctx, instance_hex, enforcement))
             every, grace = reporting_interval(licenses)
             found = report_findings(result, early + license_findings, core, read=authentic)
             judged = _judge(ctx, core, result, found, license_ids, known, every, grace)
@@ -324,19 +338,62 @@ def _size_findings(size: int, cfg: IngestConfig) -> list[Finding]:
     return []
 
 
-def _stream(ctx: IngestContext, verifier: ReportVerifier, core: IngestCore) -> list[Finding]:
-    """Feed every authentic record to the core, storing rows in batches."""
+def _stream(
+    ctx: IngestContext, verifier: ReportVerifier, core: IngestCore, enforcement: EnforcementCheck
+) -> list[Finding]:
+    """Feed every authentic record to the core and the enforcement check, storing rows."""
     cap = ctx.config.max_records
     for record, acked in verifier.records():
         if core.records >= cap:
             return [limit_finding("record count", cap, core.records + 1)]
         core.add(record, acked)
+        enforcement.feed(record, acked)
         if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
             _flush(ctx, core)
         if len(core.unresolved) >= BATCH_ROWS:
             _flush(ctx, core)
             _resolve(ctx, core)
     return []
+
+
+def _prior_state(ctx: IngestContext, instance_id: str, leases: set[str]) -> Prior:
+    """Leases live and the last receipt imported, from this instance's stored reports."""
+    if not instance_id:
+        return Prior()
+    owners = ctx.store.lease_owners(instance_id, leases, ctx.conn) if leases else {}
+    receipts = queries.instance_events(ctx.conn, instance_id, "receipt.imported", ctx.digest)
+    receipt_ms = None
+    for _seq, _wall, payload in receipts:
+        when = iso_ms(payload.get("t"))
+        if when is not None:
+            receipt_ms = max(receipt_ms or when, when)
+    return Prior(live={lease: (o[0], o[1]) for lease, o in owners.items()}, receipt_ms=receipt_ms)
+
+
+def _prior_sums(ctx: IngestContext, instance_id: str, check: EnforcementCheck) -> Prior:
+    """What earlier reports counted for the meters and data objects this report touched."""
+    meters, slots = check.touched()
+    used: dict[MeterKey, int] = {}
+    for lic, meter, period in meters:
+        used[lic, meter, period] = queries.instance_usage_net(
+            ctx.conn, instance_id, license_id=lic, meter=meter, exclude_digest=ctx.digest,
+            window_us=period_bounds_us(period),
+        )  # fmt: skip
+    topups: dict[MeterKey, int] = {}
+    for _seq, wall_us, p in queries.instance_events(
+        ctx.conn, instance_id, "topup.imported", ctx.digest
+    ):
+        key = check.meter_key(p.get("l"), str(p.get("m")), wall_us // 1000)
+        amount = p.get("a")
+        if key in meters and isinstance(amount, int):
+            topups[key] = topups.get(key, 0) + amount
+    charged: dict[SlotKey, int] = {}
+    for lic, meter, obj in slots:
+        charged[lic, meter, obj] = queries.instance_usage_net(
+            ctx.conn, instance_id, license_id=lic, meter=meter, exclude_digest=ctx.digest,
+            client_id="cl:" + obj if obj else None, data_objects=None if obj else False,
+        )  # fmt: skip
+    return Prior(used=used, topups=topups, charged=charged)
 
 
 def _failed(

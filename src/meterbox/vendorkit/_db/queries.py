@@ -328,3 +328,69 @@ def recent_reports(conn: Connection, limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` reports ingested, newest first, every column by name."""
     query = sa.select(reports_table).order_by(reports_table.c.ingested_at.desc()).limit(limit)
     return [r._asdict() for r in conn.execute(query)]
+
+
+# ------------------------------------------------------------------ enforcement
+def instance_usage_net(
+    conn: Connection,
+    instance_id: str,
+    *,
+    license_id: str,
+    meter: str,
+    exclude_digest: str,
+    window_us: tuple[int | None, int | None] = (None, None),
+    client_id: str | None = None,
+    data_objects: bool | None = None,
+) -> int:
+    """Net units of one instance's (license, meter) stored from other reports.
+
+    Optionally within ``window_us`` [start, end), for one client id, or only for data-object clients
+    (``data_objects=True``, client ids ``cl:<id>``) or only for the others (``False``).
+    Summed per report in SQL (bounded) and across reports here.
+    """
+    u = usage_table
+    ts = micros(u.c.ts)
+    query = sa.select(sa.func.sum(_signed_amount())).where(
+        u.c.instance_id == instance_id,
+        u.c.license_id == license_id,
+        u.c.meter == meter,
+        sa.or_(u.c.report_digest.is_(None), u.c.report_digest != exclude_digest),
+    )
+    start_us, end_us = window_us
+    if start_us is not None:
+        query = query.where(ts >= start_us)
+    if end_us is not None:
+        query = query.where(ts < end_us)
+    if client_id is not None:
+        query = query.where(u.c.client_id == client_id)
+    if data_objects is True:
+        query = query.where(u.c.client_id.like("cl:%"))
+    elif data_objects is False:
+        query = query.where(sa.not_(u.c.client_id.like("cl:%")))
+    query = query.group_by(u.c.report_digest)
+    return sum(int(total or 0) for (total,) in conn.execute(query))
+
+
+def instance_events(
+    conn: Connection, instance_id: str, kind: str, exclude_digest: str
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """(seq, wall_us, payload) of one instance's stored ledger events of one kind."""
+    e = ledger_events_table
+    query = (
+        sa.select(e.c.seq, e.c.wall_us, e.c.payload)
+        .where(
+            e.c.instance_id == instance_id,
+            e.c.kind == kind,
+            sa.or_(e.c.report_digest.is_(None), e.c.report_digest != exclude_digest),
+        )
+        .order_by(e.c.seq)
+    )
+    out: list[tuple[int, int, dict[str, Any]]] = []
+    for seq, wall_us, payload in conn.execute(query):
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append((int(seq), int(wall_us), value))
+    return out

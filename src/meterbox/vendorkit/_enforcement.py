@@ -1,0 +1,345 @@
+"""What the server should have enforced, checked by the vendor from the records alone.
+
+Pure: records and signed licenses in, findings out. The server enforces seats, quotas
+and deadlines from its own state; a customer who edits or deletes that state (or runs
+a patched server) can make it grant what the licenses do not allow. The records are
+sealed as they are written, so the vendor replays the rules over them and names every
+grant the rules forbid (ADR 0016, docs/spec/report.md "Enforcement findings").
+
+=====================================  ========  =========================================
+``enforcement.seats_exceeded``         warning   more leases of a feature live at once
+                                                 than its seats plus overdraft
+``enforcement.usage_over_limit``       warning   a ``refuse`` meter counted more units in
+                                                 a period than its limit plus top-ups
+``enforcement.granted_after_deadline`` warning   usage or a checkout dated after the
+                                                 license expired, or after the report
+                                                 deadline plus grace
+``enforcement.decrement_uncovered``    critical  units given back that were never charged
+                                                 (per meter, and per Cryptolens data
+                                                 object): a refund the bill must not take
+=====================================  ========  =========================================
+
+Why these severities: the first three are grants the site received and used, so the
+report is accepted with findings and every unit is billed; rejecting it would bill
+less than the server granted. An uncovered decrement would lower the bill below what
+was charged, so it rejects the report.
+
+Streaming and bounded: per (license, meter, period) a running sum and its extreme,
+per lease its owner while live; the shell supplies what earlier reports stored
+(:class:`Prior`) once the report has been read, and :meth:`EnforcementCheck.findings`
+combines the two, since a constant offset moves a running maximum by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+from meterbox.errors import FormatError
+from meterbox.ledger import Finding, Record, RecordType
+from meterbox.ledger.records import (
+    ReceiptImported,
+    SeatCheckout,
+    SeatRelease,
+    TopupImported,
+    Usage,
+    parse_payload,
+)
+from meterbox.licenses import License
+from meterbox.vendorkit._ingest_core import MAX_WALL_MS
+
+SEATS_EXCEEDED: Final = "enforcement.seats_exceeded"
+USAGE_OVER_LIMIT: Final = "enforcement.usage_over_limit"
+GRANTED_AFTER_DEADLINE: Final = "enforcement.granted_after_deadline"
+DECREMENT_UNCOVERED: Final = "enforcement.decrement_uncovered"
+
+#: Client ids the Cryptolens layer writes for data-object changes: ``cl:<object id>``
+#: (meterbox.compat.rules.CLIENT_PREFIX); their decrements are judged per object.
+_DATA_OBJECT_PREFIX: Final = "cl:"
+_DAY_MS: Final = 86_400_000
+
+#: (license, meter, period key): the unit limits and top-ups are kept per period.
+MeterKey = tuple[str, str, str]
+#: (license, meter, data object id or ""): what a decrement must be covered by.
+SlotKey = tuple[str, str, str]
+
+
+def period_key(period: str, wall_ms: int) -> str:
+    """The meter period a record falls in: ``total`` or the UTC month (``2026-01``).
+
+    The same keys as the server's meter book (``server/_core/meters.py``).
+    """
+    if period == "total":
+        return "total"
+    return datetime.fromtimestamp(wall_ms / 1000, UTC).strftime("%Y-%m")
+
+
+def period_bounds_us(key: str) -> tuple[int | None, int | None]:
+    """[start, end) of a period key in microseconds; ``total`` is unbounded."""
+    if key == "total":
+        return None, None
+    year, month = (int(x) for x in key.split("-"))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """What the store holds from this instance's earlier reports, for the touched keys."""
+
+    #: Net units counted per (license, meter, period) before this report.
+    used: Mapping[MeterKey, int] = field(default_factory=dict)
+    #: Units of top-ups imported per (license, meter, period) before this report.
+    topups: Mapping[MeterKey, int] = field(default_factory=dict)
+    #: Net units charged per (license, meter, data object or "") before this report.
+    charged: Mapping[SlotKey, int] = field(default_factory=dict)
+    #: (license, feature) of every lease live when this report begins.
+    live: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: The vendor time of the last receipt the server imported before this report (ms).
+    receipt_ms: int | None = None
+
+
+@dataclass
+class _Run:
+    """A running sum and its most extreme value: enough to add an earlier offset later."""
+
+    value: int = 0
+    peak: int = 0
+    peak_seq: int | None = None
+
+    def add(self, delta: int, seq: int, *, lowest: bool = False) -> None:
+        self.value += delta
+        if (self.value < self.peak) if lowest else (self.value > self.peak):
+            self.peak, self.peak_seq = self.value, seq
+
+
+@dataclass
+class EnforcementCheck:
+    """Replays seat, quota and deadline rules over one report's records (no I/O).
+
+    Feed every authentic record in order with :meth:`feed` (records the vendor
+    acknowledged before only update the state: leases and receipts); then ask
+    :meth:`touched` which keys need a :class:`Prior` and call :meth:`findings`.
+    """
+
+    licenses: Mapping[str, License]
+    default_license: str
+    _leases: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _peak_seats: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    _used: dict[MeterKey, _Run] = field(default_factory=dict)
+    _topups: dict[MeterKey, int] = field(default_factory=dict)
+    _charged: dict[SlotKey, _Run] = field(default_factory=dict)
+    _receipt_ms: int | None = None
+    _late: list[tuple[int, str]] = field(default_factory=list)
+    _late_count: int = 0
+
+    # ---------------------------------------------------------------- feeding
+    def feed(self, record: Record, acked: bool) -> None:
+        if not 0 <= record.wall_ms <= MAX_WALL_MS:
+            return  # ingest names a record dated outside any real clock
+        t = record.type
+        try:
+            payload = parse_payload(t, record.payload) if t in _READ else None
+        except FormatError:
+            return  # ingest names an unreadable payload; nothing to enforce on it
+        if isinstance(payload, ReceiptImported):
+            when = iso_ms(payload.vendor_time)
+            if when is not None:
+                self._receipt_ms = max(self._receipt_ms or when, when)
+            return
+        if isinstance(payload, SeatCheckout):
+            self._checkout(record, payload, acked)
+        elif isinstance(payload, SeatRelease):  # release and expire
+            self._leases.pop(payload.lease_id, None)
+        if acked:
+            return
+        if isinstance(payload, TopupImported):
+            key = self.meter_key(payload.license_id, payload.meter, record.wall_ms)
+            if key is not None:
+                # A top-up raises the limit from its import on: it lowers the running
+                # "units over the limit" the same way a decrement would.
+                self._topups[key] = self._topups.get(key, 0) + payload.amount
+                self._used.setdefault(key, _Run()).add(-payload.amount, record.seq)
+        elif isinstance(payload, Usage):
+            self._usage(record, payload, decrement=t is RecordType.USAGE_DECREMENT)
+
+    def _checkout(self, record: Record, seat: SeatCheckout, acked: bool) -> None:
+        lic = seat.license_id or self.default_license
+        if seat.lease_id is not None:
+            self._leases[seat.lease_id] = (lic, seat.feature)
+        if acked:
+            return
+        self._deadline(record, lic, "seat checkout")
+        owner = (lic, seat.feature)
+        live = sum(1 for o in self._leases.values() if o == owner)
+        if live > self._peak_seats.get(owner, (0, 0))[0]:
+            self._peak_seats[owner] = (live, record.seq)
+
+    def _usage(self, record: Record, usage: Usage, *, decrement: bool) -> None:
+        lic = usage.license_id or self.default_license
+        delta = -usage.amount if decrement else usage.amount
+        key = self.meter_key(lic, usage.meter, record.wall_ms)
+        if key is not None:
+            self._used.setdefault(key, _Run()).add(delta, record.seq)
+        client = usage.client_id or ""
+        obj = client[len(_DATA_OBJECT_PREFIX) :] if client.startswith(_DATA_OBJECT_PREFIX) else ""
+        self._charged.setdefault((lic, usage.meter, obj), _Run()).add(
+            delta, record.seq, lowest=True
+        )
+        if not decrement:
+            self._deadline(record, lic, f"usage of {usage.meter}")
+
+    def meter_key(self, license_id: str | None, meter: str, wall_ms: int) -> MeterKey | None:
+        lic = license_id or self.default_license
+        terms = self.licenses.get(lic)
+        m = None if terms is None else terms.meters.get(meter)
+        if m is None:
+            return None
+        return (lic, meter, period_key(m.period, wall_ms))
+
+    def _deadline(self, record: Record, license_id: str, what: str) -> None:
+        terms = self.licenses.get(license_id)
+        if terms is None:
+            return
+        limit = self._limit_ms(terms)
+        if limit is not None and record.wall_ms > limit[0]:
+            self._late_count += 1
+            if len(self._late) < _MAX_NAMED:
+                self._late.append((record.seq, f"{what} at {_fmt(record.wall_ms)}, {limit[1]}"))
+
+    def _limit_ms(self, terms: License) -> tuple[int, str] | None:
+        """The earliest end of granting: expiry, or the receipt deadline plus grace."""
+        ends: list[tuple[int, str]] = []
+        if terms.expires is not None:
+            ends.append(
+                (_ms(terms.expires), f"after the license expired {_fmt(_ms(terms.expires))}")
+            )
+        if terms.report_every_days is not None and self._receipt_ms is not None:
+            due = self._receipt_ms + (terms.report_every_days + terms.grace_days) * _DAY_MS
+            ends.append((due, f"after the report deadline plus grace ({_fmt(due)})"))
+        return min(ends) if ends else None
+
+    # ----------------------------------------------------------------- asking
+    def start(self, prior: Prior) -> None:
+        """Before feeding: leases live and the last receipt, as the store knows them."""
+        self._leases.update(prior.live)
+        self._receipt_ms = prior.receipt_ms
+
+    def touched(self) -> tuple[set[MeterKey], set[SlotKey]]:
+        return set(self._used) | set(self._topups), set(self._charged)
+
+    def findings(self, prior: Prior) -> list[Finding]:
+        out: list[Finding] = []
+        for (lic, feature), (peak, seq) in sorted(self._peak_seats.items()):
+            terms = self.licenses.get(lic)
+            f = None if terms is None else terms.features.get(feature)
+            if f is not None and peak > f.seats + f.overdraft:
+                out.append(
+                    Finding(
+                        SEATS_EXCEEDED,
+                        "warning",
+                        f"license {lic} feature {feature}: {peak} leases were live at once, "
+                        f"the license allows {f.seats} seats plus {f.overdraft} overdraft; the "
+                        "server's seat state was edited or lost (all seat-hours are billed)",
+                        seq,
+                    )
+                )
+        for key, run in sorted(self._used.items()):
+            lic, meter, period = key
+            m = self.licenses[lic].meters[meter]
+            if m.over_limit != "refuse" or m.limit is None:
+                continue
+            allowed = m.limit + prior.topups.get(key, 0)
+            excess = prior.used.get(key, 0) + run.peak - allowed
+            if excess > 0:
+                out.append(
+                    Finding(
+                        USAGE_OVER_LIMIT,
+                        "warning",
+                        f"license {lic} meter {meter} ({period}): {excess:,} units were "
+                        f"counted beyond the limit of {m.limit:,} plus top-ups, on a meter "
+                        "that refuses beyond it; the server's quota state was edited or lost "
+                        "(every unit is billed)",
+                        run.peak_seq,
+                    )
+                )
+        if self._late_count:
+            first_seq, text = self._late[0]
+            more = self._late_count - 1
+            out.append(
+                Finding(
+                    GRANTED_AFTER_DEADLINE,
+                    "warning",
+                    f"{self._late_count:,} grant(s) the license no longer allowed, the first: "
+                    f"{text}" + (f" ({more:,} more)" if more else ""),
+                    first_seq,
+                )
+            )
+        for slot, run in sorted(self._charged.items()):
+            low = prior.charged.get(slot, 0) + run.peak
+            if low < 0:
+                lic, meter, obj = slot
+                where = f"data object {obj}" if obj else f"meter {meter}"
+                out.append(
+                    Finding(
+                        DECREMENT_UNCOVERED,
+                        "critical",
+                        f"license {lic} {where}: {-low:,} units were given back beyond what "
+                        "was charged; the server's usage state was edited, and the report "
+                        "is not billed until the site explains it",
+                        run.peak_seq,
+                    )
+                )
+        return out
+
+
+_READ: Final = frozenset(
+    {
+        RecordType.USAGE,
+        RecordType.USAGE_DECREMENT,
+        RecordType.SEAT_CHECKOUT,
+        RecordType.SEAT_RELEASE,
+        RecordType.SEAT_EXPIRE,
+        RecordType.TOPUP_IMPORTED,
+        RecordType.RECEIPT_IMPORTED,
+    }
+)
+#: Late grants named in the finding's message; the rest are counted.
+_MAX_NAMED: Final = 1
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _fmt(wall_ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(wall_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (OverflowError, ValueError, OSError):
+        return f"{wall_ms} ms"
+
+
+def iso_ms(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return _ms(t if t.tzinfo else t.replace(tzinfo=UTC))
+
+
+__all__ = [
+    "DECREMENT_UNCOVERED",
+    "GRANTED_AFTER_DEADLINE",
+    "SEATS_EXCEEDED",
+    "USAGE_OVER_LIMIT",
+    "EnforcementCheck",
+    "Prior",
+    "iso_ms",
+    "period_bounds_us",
+    "period_key",
+]
