@@ -49,6 +49,7 @@ vectors: $(STAMP)
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ledger.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.licenses.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.cryptolens.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ingest.generate
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
