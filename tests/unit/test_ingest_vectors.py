@@ -1,4 +1,4 @@
-"""The ingest outcome vectors: regenerate byte for byte, and the checked-in reports ingest as pinned.
+"""Ingest outcome vectors: they regenerate byte for byte and the reports ingest as pinned.
 
 tests/vectors/ingest/ pins what the vendor decides for fixed reports, keys, clock and
 randomness: status, findings, totals, head and the receipt's bytes. A change to any of
