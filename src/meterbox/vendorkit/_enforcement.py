@@ -41,14 +41,13 @@ from meterbox.errors import FormatError
 from meterbox.ledger import Finding, Record, RecordType
 from meterbox.ledger.records import (
     ReceiptImported,
-    SeatCheckout,
-    SeatRelease,
     TopupImported,
     Usage,
     parse_payload,
 )
 from meterbox.licenses import License
 from meterbox.vendorkit._ingest_core import MAX_WALL_MS
+from meterbox.vendorkit._rows import LeaseOwner
 
 SEATS_EXCEEDED: Final = "enforcement.seats_exceeded"
 USAGE_OVER_LIMIT: Final = "enforcement.usage_over_limit"
@@ -120,14 +119,18 @@ class _Run:
 class EnforcementCheck:
     """Replays seat, quota and deadline rules over one report's records (no I/O).
 
-    Feed every authentic record in order with :meth:`feed` (records the vendor
-    acknowledged before only update the state: leases and receipts); then ask
-    :meth:`touched` which keys need a :class:`Prior` and call :meth:`findings`.
+    It is the ingest core's :class:`~meterbox.vendorkit._ingest_core.RecordObserver`:
+    the core hands it every authentic record's parsed payload in order (records the
+    vendor acknowledged before only update the state: leases and receipts). Call
+    :meth:`start` first; at the end ask :meth:`touched` which keys need a
+    :class:`Prior` and call :meth:`findings`.
     """
 
     licenses: Mapping[str, License]
     default_license: str
     _leases: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _live: dict[tuple[str, str], int] = field(default_factory=dict)
+    _month: tuple[int, int, str] = (0, -1, "")
     _peak_seats: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _used: dict[MeterKey, _Run] = field(default_factory=dict)
     _topups: dict[MeterKey, int] = field(default_factory=dict)
@@ -137,49 +140,48 @@ class EnforcementCheck:
     _late_count: int = 0
 
     # ---------------------------------------------------------------- feeding
-    def feed(self, record: Record, acked: bool) -> None:
-        if not 0 <= record.wall_ms <= MAX_WALL_MS:
-            return  # ingest names a record dated outside any real clock
+    def event(self, record: Record, *, acked: bool) -> None:
+        """Receipt imports move the deadline; top-ups raise a meter's limit."""
         t = record.type
+        if t not in _READ or not 0 <= record.wall_ms <= MAX_WALL_MS:
+            return
         try:
-            payload = parse_payload(t, record.payload) if t in _READ else None
+            payload = parse_payload(t, record.payload)
         except FormatError:
             return  # ingest names an unreadable payload; nothing to enforce on it
         if isinstance(payload, ReceiptImported):
             when = iso_ms(payload.vendor_time)
             if when is not None:
                 self._receipt_ms = max(self._receipt_ms or when, when)
-            return
-        if isinstance(payload, SeatCheckout):
-            self._checkout(record, payload, acked)
-        elif isinstance(payload, SeatRelease):  # release and expire
-            self._leases.pop(payload.lease_id, None)
-        if acked:
-            return
-        if isinstance(payload, TopupImported):
+        elif isinstance(payload, TopupImported) and not acked:
             key = self.meter_key(payload.license_id, payload.meter, record.wall_ms)
             if key is not None:
                 # A top-up raises the limit from its import on: it lowers the running
                 # "units over the limit" the same way a decrement would.
                 self._topups[key] = self._topups.get(key, 0) + payload.amount
                 self._used.setdefault(key, _Run()).add(-payload.amount, record.seq)
-        elif isinstance(payload, Usage):
-            self._usage(record, payload, decrement=t is RecordType.USAGE_DECREMENT)
 
-    def _checkout(self, record: Record, seat: SeatCheckout, acked: bool) -> None:
-        lic = seat.license_id or self.default_license
-        if seat.lease_id is not None:
-            self._leases[seat.lease_id] = (lic, seat.feature)
+    def checkout(
+        self, record: Record, lease: str | None, owner: LeaseOwner, *, acked: bool
+    ) -> None:
+        key = (owner.license_id, owner.feature)
+        if lease is not None and lease not in self._leases:
+            self._leases[lease] = key
+            self._live[key] = self._live.get(key, 0) + 1
         if acked:
             return
-        self._deadline(record, lic, "seat checkout")
-        owner = (lic, seat.feature)
-        live = sum(1 for o in self._leases.values() if o == owner)
-        if live > self._peak_seats.get(owner, (0, 0))[0]:
-            self._peak_seats[owner] = (live, record.seq)
+        self._deadline(record, owner.license_id, "seat checkout")
+        live = self._live.get(key, 0)
+        if live > self._peak_seats.get(key, (0, 0))[0]:
+            self._peak_seats[key] = (live, record.seq)
 
-    def _usage(self, record: Record, usage: Usage, *, decrement: bool) -> None:
-        lic = usage.license_id or self.default_license
+    def release(self, lease: str) -> None:
+        key = self._leases.pop(lease, None)
+        if key is not None:
+            self._live[key] -= 1
+
+    def usage(self, record: Record, usage: Usage, license_id: str, *, decrement: bool) -> None:
+        lic = license_id
         delta = -usage.amount if decrement else usage.amount
         key = self.meter_key(lic, usage.meter, record.wall_ms)
         if key is not None:
@@ -198,7 +200,15 @@ class EnforcementCheck:
         m = None if terms is None else terms.meters.get(meter)
         if m is None:
             return None
-        return (lic, meter, period_key(m.period, wall_ms))
+        if m.period == "total":
+            return (lic, meter, "total")
+        start, end, month = self._month
+        if not start <= wall_ms < end:
+            month = period_key(m.period, wall_ms)
+            lo, hi = period_bounds_us(month)
+            start, end = (lo or 0) // 1000, (hi or 0) // 1000
+            self._month = (start, end, month)
+        return (lic, meter, month)
 
     def _deadline(self, record: Record, license_id: str, what: str) -> None:
         terms = self.licenses.get(license_id)
@@ -225,7 +235,10 @@ class EnforcementCheck:
     # ----------------------------------------------------------------- asking
     def start(self, prior: Prior) -> None:
         """Before feeding: leases live and the last receipt, as the store knows them."""
-        self._leases.update(prior.live)
+        for lease, key in prior.live.items():
+            if lease not in self._leases:
+                self._leases[lease] = key
+                self._live[key] = self._live.get(key, 0) + 1
         self._receipt_ms = prior.receipt_ms
 
     def touched(self) -> tuple[set[MeterKey], set[SlotKey]]:
@@ -296,17 +309,7 @@ class EnforcementCheck:
         return out
 
 
-_READ: Final = frozenset(
-    {
-        RecordType.USAGE,
-        RecordType.USAGE_DECREMENT,
-        RecordType.SEAT_CHECKOUT,
-        RecordType.SEAT_RELEASE,
-        RecordType.SEAT_EXPIRE,
-        RecordType.TOPUP_IMPORTED,
-        RecordType.RECEIPT_IMPORTED,
-    }
-)
+_READ: Final = frozenset({RecordType.TOPUP_IMPORTED, RecordType.RECEIPT_IMPORTED})
 #: Late grants named in the finding's message; the rest are counted.
 _MAX_NAMED: Final = 1
 

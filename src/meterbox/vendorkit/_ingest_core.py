@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from meterbox.errors import FormatError, VerificationError
 from meterbox.ledger import Finding, Head, Record, RecordType, ReportResult
@@ -337,6 +337,28 @@ def _small_payload(payload: Mapping[str, Any]) -> str:
     return text if len(text) <= _PAYLOAD_MAX else "{}"
 
 
+class RecordObserver(Protocol):
+    """What else watches the records, fed with the payloads the core already parsed.
+
+    The enforcement checks (:mod:`meterbox.vendorkit._enforcement`) are one: parsing
+    each record once keeps a million-record ingest within its time bound.
+    """
+
+    def usage(self, record: Record, usage: Usage, license_id: str, *, decrement: bool) -> None:
+        """A valid usage or decrement record the vendor has not seen before."""
+
+    def checkout(
+        self, record: Record, lease: str | None, owner: LeaseOwner, *, acked: bool
+    ) -> None:
+        """A valid seat checkout (``acked``: the vendor acknowledged it before)."""
+
+    def release(self, lease: str) -> None:
+        """A lease released or expired."""
+
+    def event(self, record: Record, *, acked: bool) -> None:
+        """Any record that is neither usage nor a seat event."""
+
+
 @dataclass
 class IngestCore:
     """Turns verified records into store rows, totals and findings. No I/O.
@@ -354,6 +376,7 @@ class IngestCore:
     default_license: str
     clock: ClockChecker
     config: IngestConfig = field(default_factory=IngestConfig)
+    observer: RecordObserver | None = None
     usage: list[UsageInsert] = field(default_factory=list)
     seats: list[SeatInsert] = field(default_factory=list)
     events: list[EventInsert] = field(default_factory=list)
@@ -378,8 +401,11 @@ class IngestCore:
         t = record.type
         if acked:
             # Keep lease owners of acknowledged checkouts: a later release needs them.
-            if t is RecordType.SEAT_CHECKOUT:
-                self._seat(record, "checkout", store=False)
+            kind = _SEAT_KINDS.get(t)
+            if kind in {"checkout", "release", "expire"}:
+                self._seat(record, kind, store=False)
+            elif kind is None and self.observer is not None:
+                self.observer.event(record, acked=True)
             return
         self.new_records += 1
         wall = record.wall_ms
@@ -390,6 +416,8 @@ class IngestCore:
         if t is _USAGE or t is _DECREMENT:
             self._usage(record, t is _DECREMENT)
         elif t not in _NOT_EVENTS:
+            if self.observer is not None:
+                self.observer.event(record, acked=False)
             try:
                 payload = _small_payload(record.payload)
             except ValueError:  # a non-finite float: keep the record, not its payload
@@ -456,11 +484,14 @@ class IngestCore:
             self._bad(record, f"expected a meter name and an amount of 0 to {MAX_AMOUNT:,} units")
             return
         meter, amount = usage.meter, usage.amount
+        license_id = self._license(usage.license_id)
+        if self.observer is not None:
+            self.observer.usage(record, usage, license_id, decrement=decrement)
         self.usage.append(
             UsageInsert(
                 self.instance_id,
                 record.seq,
-                self._license(usage.license_id),
+                license_id,
                 meter,
                 record.wall_ms * 1000,
                 amount,
@@ -476,55 +507,70 @@ class IngestCore:
             seat = parse_payload(record.type, record.payload)
         except FormatError:
             seat = None
-        lease: str | None = None
-        if isinstance(seat, SeatCheckout | SeatDenied):
-            feature = seat.feature
-            if not feature or len(feature) > 64:
-                seat = None
         if kind in {"checkout", "denied"}:
-            if not isinstance(seat, SeatCheckout | SeatDenied):
-                if store:
-                    self._bad(record, "expected a feature name")
-                return
-            lic = self._license(seat.license_id)
-            owner = LeaseOwner(lic, seat.feature, (seat.client_id or "")[:200])
-            if isinstance(seat, SeatCheckout) and seat.lease_id is not None:
+            found = self._seat_grant(record, seat, store=store)
+        else:
+            found = self._seat_end(record, kind, seat, store=store)
+        if found is None or not store:
+            return
+        owner, lease = found
+        self.seats.append(
+            SeatInsert(
+                self.instance_id,
+                record.seq,
+                owner.license_id,
+                owner.feature[:64],
+                record.wall_ms * 1000,
+                kind,
+                owner.client_id,
+                lease,
+                self.report_digest,
+            )
+        )
+
+    def _seat_grant(
+        self, record: Record, seat: object, *, store: bool
+    ) -> tuple[LeaseOwner, str | None] | None:
+        """A checkout or a denial: who asked, and the lease a checkout opened."""
+        if not isinstance(seat, SeatCheckout | SeatDenied) or not 0 < len(seat.feature) <= 64:
+            if store:
+                self._bad(record, "expected a feature name")
+            return None
+        owner = LeaseOwner(
+            self._license(seat.license_id), seat.feature, (seat.client_id or "")[:200]
+        )
+        lease: str | None = None
+        if isinstance(seat, SeatCheckout):
+            if seat.lease_id is not None:
                 lease = seat.lease_id[:64]
                 self._leases[lease] = owner
                 if len(self._leases) > self.config.max_open_leases:
                     # Memory stays bounded: the oldest owner is let go; its release, if
                     # any, is resolved from the checkout row in the store.
                     del self._leases[next(iter(self._leases))]
-        else:
-            if not isinstance(seat, SeatRenew | SeatRelease):
-                if store:
-                    self._bad(record, "expected a lease id")
-                return
-            lease = seat.lease_id[:64]
-            known = self._leases.get(lease)
-            if kind != "renew":
-                self._leases.pop(lease, None)
-            if known is None:
-                if store:
-                    self.unresolved.append(
-                        PendingSeat(record.seq, record.wall_ms * 1000, kind, lease)
-                    )
-                return
-            owner = known
-        if store:
-            self.seats.append(
-                SeatInsert(
-                    self.instance_id,
-                    record.seq,
-                    owner.license_id,
-                    owner.feature[:64],
-                    record.wall_ms * 1000,
-                    kind,
-                    owner.client_id,
-                    lease,
-                    self.report_digest,
-                )
-            )
+            if self.observer is not None:
+                self.observer.checkout(record, lease, owner, acked=not store)
+        return owner, lease
+
+    def _seat_end(
+        self, record: Record, kind: str, seat: object, *, store: bool
+    ) -> tuple[LeaseOwner, str] | None:
+        """A renewal, release or expiry: the owner of its lease, if known here."""
+        if not isinstance(seat, SeatRenew | SeatRelease):
+            if store:
+                self._bad(record, "expected a lease id")
+            return None
+        lease = seat.lease_id[:64]
+        known = self._leases.get(lease)
+        if kind != "renew":
+            self._leases.pop(lease, None)
+            if self.observer is not None:
+                self.observer.release(lease)
+        if known is None:
+            if store:
+                self.unresolved.append(PendingSeat(record.seq, record.wall_ms * 1000, kind, lease))
+            return None
+        return known, lease
 
     def take_usage(self) -> list[UsageInsert]:
         out, self.usage = self.usage, []

@@ -260,6 +260,7 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         else (inst_row.license_id if inst_row else UNKNOWN),
         clock=ClockChecker(vendor_now_ms=ctx.now_ms, policy=ctx.policy, open_leases=leases),
         config=cfg,
+        observer=enforcement,
     )
     enforcement.default_license = core.default_license
     enforcement.start(_prior_state(ctx, instance_hex, leases))
@@ -273,7 +274,7 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         try:
             with stream:
                 if authentic:
-                    early += _stream(ctx, verifier, core, enforcement)
+                    early += _stream(ctx, verifier, core)
             if _unusable(result):
                 conn.rollback()
                 return IngestOutcome(
@@ -338,16 +339,13 @@ def _size_findings(size: int, cfg: IngestConfig) -> list[Finding]:
     return []
 
 
-def _stream(
-    ctx: IngestContext, verifier: ReportVerifier, core: IngestCore, enforcement: EnforcementCheck
-) -> list[Finding]:
-    """Feed every authentic record to the core and the enforcement check, storing rows."""
+def _stream(ctx: IngestContext, verifier: ReportVerifier, core: IngestCore) -> list[Finding]:
+    """Feed every authentic record to the core (and its observers), storing rows."""
     cap = ctx.config.max_records
     for record, acked in verifier.records():
         if core.records >= cap:
             return [limit_finding("record count", cap, core.records + 1)]
         core.add(record, acked)
-        enforcement.feed(record, acked)
         if len(core.usage) + len(core.seats) + len(core.events) >= BATCH_ROWS:
             _flush(ctx, core)
         if len(core.unresolved) >= BATCH_ROWS:
