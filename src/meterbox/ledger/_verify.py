@@ -69,6 +69,8 @@ RATCHET_SLACK: Final = 64
 #: Findings of one code beyond this many are summarised, so a damaged report
 #: cannot flood the vendor's store.
 MAX_FINDINGS_PER_CODE: Final = 50
+#: Epoch failures after which no further EPOCH record of the report is opened.
+_EPOCH_FAILURES: Final = (F.EPOCH_FORGED, F.EPOCH_UNOPENABLE, F.EPOCH_FOREIGN)
 #: Record types the verifier inspects beyond authentication.
 _CHECKED_TYPES: Final = frozenset({RecordType.GENESIS, RecordType.CHECKPOINT, RecordType.RECOVERY})
 
@@ -602,6 +604,19 @@ class ReportVerifier:
 
     def _epoch(self, walk: _Walk, body: bytes, hdr: Header) -> None:
         """Ledger.md Verify step 6: an EPOCH record opens its epoch, or nothing."""
+        failed = sum(self._counts.get(c, 0) for c in _EPOCH_FAILURES)
+        if failed >= MAX_FINDINGS_PER_CODE:
+            # The report is rejected already; opening more epochs would only spend an
+            # HPKE operation per forged record. The work per byte stays bounded.
+            self._find(
+                F.EPOCH_FORGED,
+                "critical",
+                f"epoch record {hdr.seq} was not opened: {failed} epochs of this report "
+                "already failed",
+                hdr.seq,
+            )
+            walk.cur_epoch, walk.cur_chain, walk.cur_key = hdr.epoch, None, None
+            return
         opened = self._open_epoch(body, hdr, walk.cur_epoch, walk.cur_chain, walk.anchor)
         walk.cur_epoch = hdr.epoch
         if opened is None:
