@@ -189,8 +189,8 @@ def test_a_data_object_decrement_is_covered_only_by_its_own_increments(tmp_path:
     # The Cryptolens attack of issue 14: edit cryptolens.db, then decrement another
     # object: the meter as a whole stays positive, the object does not.
     home, site = _site(tmp_path, meters={"solver": Meter(None)})
-    site.use("solver", 1000, c="cl:7")
-    _decrement(site, 400, client="cl:8")
+    site.use("solver", 1000, c="cryptolens/7")
+    _decrement(site, 400, client="cryptolens/8")
 
     out = _ingest(home, site, "objects")
 

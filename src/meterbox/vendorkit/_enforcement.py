@@ -16,7 +16,8 @@ grant the rules forbid (ADR 0016, docs/spec/report.md "Enforcement findings").
                                                  deadline plus grace
 ``enforcement.decrement_uncovered``    critical  units given back that were never charged
                                                  (per meter, and per Cryptolens data
-                                                 object): a refund the bill must not take
+                                                 object, client ``cryptolens/<id>``): a
+                                                 refund the bill must not take
 =====================================  ========  =========================================
 
 Why these severities: the first three are grants the site received and used, so the
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
+from meterbox.compat.rules import CLIENT_PREFIX
 from meterbox.errors import FormatError
 from meterbox.ledger import Finding, Record, RecordType
 from meterbox.ledger.records import (
@@ -54,9 +56,6 @@ USAGE_OVER_LIMIT: Final = "enforcement.usage_over_limit"
 GRANTED_AFTER_DEADLINE: Final = "enforcement.granted_after_deadline"
 DECREMENT_UNCOVERED: Final = "enforcement.decrement_uncovered"
 
-#: Client ids the Cryptolens layer writes for data-object changes: ``cl:<object id>``
-#: (meterbox.compat.rules.CLIENT_PREFIX); their decrements are judged per object.
-_DATA_OBJECT_PREFIX: Final = "cl:"
 _DAY_MS: Final = 86_400_000
 
 #: (license, meter, period key): the unit limits and top-ups are kept per period.
@@ -73,6 +72,20 @@ def period_key(period: str, wall_ms: int) -> str:
     if period == "total":
         return "total"
     return datetime.fromtimestamp(wall_ms / 1000, UTC).strftime("%Y-%m")
+
+
+def data_object(client_id: str | None) -> str:
+    """The Cryptolens data object a usage record changed, or ``""`` for any other client.
+
+    The Cryptolens layer writes data-object changes with the client id
+    ``CLIENT_PREFIX + <object id>``, as ``meterbox.compat.rules.charged_from_records``
+    reads them; that function caps each give-back as the server does, this check keeps
+    the uncapped running sum so it can name what was given back beyond the charge.
+    """
+    client = client_id or ""
+    if client.startswith(CLIENT_PREFIX) and client[len(CLIENT_PREFIX) :].isdigit():
+        return client[len(CLIENT_PREFIX) :]
+    return ""
 
 
 def period_bounds_us(key: str) -> tuple[int | None, int | None]:
@@ -186,8 +199,7 @@ class EnforcementCheck:
         key = self.meter_key(lic, usage.meter, record.wall_ms)
         if key is not None:
             self._used.setdefault(key, _Run()).add(delta, record.seq)
-        client = usage.client_id or ""
-        obj = client[len(_DATA_OBJECT_PREFIX) :] if client.startswith(_DATA_OBJECT_PREFIX) else ""
+        obj = data_object(usage.client_id)
         self._charged.setdefault((lic, usage.meter, obj), _Run()).add(
             delta, record.seq, lowest=True
         )
@@ -342,6 +354,7 @@ __all__ = [
     "USAGE_OVER_LIMIT",
     "EnforcementCheck",
     "Prior",
+    "data_object",
     "iso_ms",
     "period_bounds_us",
     "period_key",

@@ -50,6 +50,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from meterbox._fs import disk_error, is_disk_full, publish, stage_file
 from meterbox.clock import SystemClock
+from meterbox.compat.rules import CLIENT_PREFIX
 from meterbox.errors import ConfigError
 from meterbox.ledger import (
     ChainState,
@@ -389,7 +390,7 @@ def _prior_sums(ctx: IngestContext, instance_id: str, check: EnforcementCheck) -
     for lic, meter, obj in slots:
         charged[lic, meter, obj] = queries.instance_usage_net(
             ctx.conn, instance_id, license_id=lic, meter=meter, exclude_digest=ctx.digest,
-            client_id="cl:" + obj if obj else None, data_objects=None if obj else False,
+            client_id=CLIENT_PREFIX + obj if obj else None, data_objects=None if obj else False,
         )  # fmt: skip
     return Prior(used=used, topups=topups, charged=charged)
 

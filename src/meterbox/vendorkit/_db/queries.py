@@ -14,6 +14,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from meterbox.compat.rules import CLIENT_PREFIX
 from meterbox.vendorkit._db.schema import (
     findings_table,
     instances_table,
@@ -344,8 +345,9 @@ def instance_usage_net(
 ) -> int:
     """Net units of one instance's (license, meter) stored from other reports.
 
-    Optionally within ``window_us`` [start, end), for one client id, or only for data-object clients
-    (``data_objects=True``, client ids ``cl:<id>``) or only for the others (``False``).
+    Optionally within ``window_us`` [start, end), for one client id, or only for
+    data-object clients (``data_objects=True``, client ids ``cryptolens/<id>``) or only
+    for the others (``False``).
     Summed per report in SQL (bounded) and across reports here.
     """
     u = usage_table
@@ -363,10 +365,11 @@ def instance_usage_net(
         query = query.where(ts < end_us)
     if client_id is not None:
         query = query.where(u.c.client_id == client_id)
+    data_clients = u.c.client_id.like(CLIENT_PREFIX + "%")
     if data_objects is True:
-        query = query.where(u.c.client_id.like("cl:%"))
+        query = query.where(data_clients)
     elif data_objects is False:
-        query = query.where(sa.not_(u.c.client_id.like("cl:%")))
+        query = query.where(sa.not_(data_clients))
     query = query.group_by(u.c.report_digest)
     return sum(int(total or 0) for (total,) in conn.execute(query))
 
