@@ -141,6 +141,9 @@ class EnforcementCheck:
 
     licenses: Mapping[str, License]
     default_license: str
+    #: Leases remembered while live. Beyond this the oldest is let go and no longer
+    #: counted: memory stays bounded, and a finding can be missed but never invented.
+    max_leases: int = 100_000
     _leases: dict[str, tuple[str, str]] = field(default_factory=dict)
     _live: dict[tuple[str, str], int] = field(default_factory=dict)
     _month: tuple[int, int, str] = (0, -1, "")
@@ -181,6 +184,8 @@ class EnforcementCheck:
         if lease is not None and lease not in self._leases:
             self._leases[lease] = key
             self._live[key] = self._live.get(key, 0) + 1
+            if len(self._leases) > self.max_leases:
+                self.release(next(iter(self._leases)))
         if acked:
             return
         self._deadline(record, owner.license_id, "seat checkout")

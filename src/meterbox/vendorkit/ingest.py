@@ -251,7 +251,9 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         licenses, license_findings = check_licenses(header.licenses, ctx.keys.bundle, issued)
     license_ids = [lic.license_id for lic in licenses]
     leases = store.open_leases(instance_hex, conn) if inst_row is not None else set()
-    enforcement = EnforcementCheck({lic.license_id: lic for lic in licenses}, UNKNOWN)
+    enforcement = EnforcementCheck(
+        {lic.license_id: lic for lic in licenses}, UNKNOWN, max_leases=cfg.max_open_leases
+    )
     core = IngestCore(
         instance_id=instance_hex,
         report_digest=ctx.digest,
