@@ -41,7 +41,7 @@ sysdeps:
 test: sysdeps lint types unit
 
 # Each benchmark prints its own figures; fuzz_all.py is the long fuzz run, not a benchmark.
-BENCHMARKS := ledger_bench ledger_vs_seed ingest_1m http_bench exhaustion anomaly_eval
+BENCHMARKS := ledger_bench ledger_vs_seed ingest_1m ingest_hostile http_bench exhaustion anomaly_eval
 
 # Regenerate every checked-in test vector set; each generator sits beside its data and
 # runs from tests/ so that it imports the shared builders as the support package.
@@ -50,6 +50,7 @@ vectors: $(STAMP)
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.licenses.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.cryptolens.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.witness.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ingest.generate
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done

@@ -155,7 +155,10 @@ def test_edited_report_byte_flip(tmp_path: Path) -> None:
     code, out = ingest_json(home, edited)
 
     assert code == 1
-    assert {"record.unauthentic", "report.signature_invalid"} <= codes(out)
+    # The signature is checked before any record is opened: the edit is named once, as
+    # a changed file, and nothing inside it is read (ADR 0016).
+    assert codes(out) == {"report.signature_invalid"}
+    assert out["records"] == 0
     assert _billed(home) == 0
     # The rejection left no trace that would block the honest report.
     code, good = ingest_json(home, report)

@@ -56,7 +56,9 @@ def issue(
     features: dict[str, Feature] | None = None,
     store_url: str | None = None,
     record: bool = True,
+    **terms: Any,
 ) -> bytes:
+    """Sign (and store) a license; ``terms`` are further License fields (expires, ...)."""
     keys = vendor_keys.VendorKeys.load(home)
     signer = keys.signer()
     lic = License(
@@ -69,6 +71,7 @@ def issue(
         meters=meters
         if meters is not None
         else {"solver": Meter(1000, "month"), "exports": Meter(50, "total")},
+        **terms,
     )
     document = lic.sign(signer)
     if record:

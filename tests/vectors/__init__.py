@@ -1,7 +1,7 @@
 """Checked-in test vectors, each set beside the generator that makes it.
 
 ``<set>/generate.py`` rebuilds ``<set>/`` byte for byte; run it from ``tests/`` as
-``python -m vectors.<set>.generate`` (``make vectors`` runs all three). The drift test
+``python -m vectors.<set>.generate`` (``make vectors`` runs them all). The drift test
 of each set imports its generator and compares a fresh build with :func:`data_files`.
 """
 

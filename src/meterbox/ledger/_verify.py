@@ -77,9 +77,22 @@ from meterbox.ledger._seal import Head
 from meterbox.ledger.records import Checkpoint, Genesis, LedgerShortened, Recovery, StateRebuilt
 
 MAX_PENDING_GAPS: Final = 4096
+#: Integers in a report header or trailer and record sequence numbers stay below
+#: 2^63, so every one fits the signed 64-bit columns of the vendor's store.
+MAX_INT: Final = (1 << 63) - 1
+#: A report carries at most this many license files, each at most MAX_LICENSE_LEN bytes
+#: (docs/spec/report.md, "Limits"): checked before any license is verified.
+MAX_REPORT_LICENSES: Final = 256
+MAX_LICENSE_LEN: Final = 64 << 10
+#: Ratchet steps a report may make the verifier take beyond one per frame read so far
+#: (ledger.md "Verify", step 6): each epoch after the known key has its own EPOCH
+#: frame, so an honest report never needs more; a forged epoch number cannot buy more.
+RATCHET_SLACK: Final = 64
 #: Findings of one code beyond this many are summarised, so a damaged report
 #: cannot flood the vendor's store.
 MAX_FINDINGS_PER_CODE: Final = 50
+#: Epoch failures after which no further EPOCH record of the report is opened.
+_EPOCH_FAILURES: Final = (F.EPOCH_FORGED, F.EPOCH_UNOPENABLE, F.EPOCH_FOREIGN)
 #: Record types the verifier inspects beyond authentication.
 _CHECKED_TYPES: Final = frozenset(
     {
@@ -227,8 +240,10 @@ class ReportVerifier:
         known: Known | None = None,
         expect_instance: bytes | None = None,
         on_progress: Callable[[int], None] | None = None,
+        max_header_len: int = MAX_HEADER_LEN,
     ) -> None:
         self._vendor_keys = dict(vendor_keys)
+        self._max_header_len = min(max_header_len, MAX_HEADER_LEN)
         self.known = known
         self._expect_instance = expect_instance
         self._on_progress = on_progress
@@ -239,6 +254,10 @@ class ReportVerifier:
         self._counts: dict[str, int] = {}
         self._criticals = 0
         self._walk: _Walk | None = None
+        #: Ratchet steps taken so far: bounded by the frames read (RATCHET_SLACK).
+        self._ratchet_steps = 0
+        self._header_end = 0
+        self._identity_checked = False
 
     def _find(self, code: str, severity: F.Severity, message: str, seq: int | None = None) -> None:
         n = self._counts.get(code, 0) + 1
@@ -313,13 +332,14 @@ class ReportVerifier:
                 hint="upgrade the vendor toolkit",
             )
         (length,) = U32.unpack(src.read_exact(4, "header"))
-        if length > MAX_HEADER_LEN:
+        if length > self._max_header_len:
             raise FormatError(
                 "report header is too large",
-                expected=f"at most {MAX_HEADER_LEN} bytes",
+                expected=f"at most {self._max_header_len} bytes",
                 found=f"{length} bytes",
             )
         header = _unpack_map(src.read_exact(length, "header"), "report header")
+        self._header_end = 9 + length
         if header.get("v") != version:
             raise UnknownVersionError(
                 "report header version does not match the file version",
@@ -346,13 +366,11 @@ class ReportVerifier:
         r.base_seq = _int(header, "base_seq")
         base_hash = _bytes(header, "base_hash", HASH_LEN)
         frames_len = _int(header, "frames_len")
-        licenses = header.get("licenses", [])
-        if not isinstance(licenses, list) or not all(isinstance(x, bytes) for x in licenses):
-            raise FormatError("report licenses field", expected="a list of bytes", found="other")
+        licenses = _licenses(header.get("licenses", []))
         r.licenses = licenses
         acked = header.get("acked")
         if acked is not None:
-            r.acked_by_server = Head(int(acked[0]), bytes(acked[1]))
+            r.acked_by_server = _acked(acked)
         software = header.get("software")
         extra = header.get("extra")
         return ReportHeader(
@@ -386,7 +404,8 @@ class ReportVerifier:
         header, src = self.header, self._src
         if header is None or src is None or not self._openable:
             return
-        self._check_instance_key()
+        if not self._identity_checked:
+            self._check_instance_key()
         reader = FrameReader(src, limit=header.frames_len)  # type: ignore[arg-type]
         yield from self._frames(reader, header)
         if not self._frames_complete(reader, header.frames_len):
@@ -398,6 +417,75 @@ class ReportVerifier:
         except MeterboxError as exc:
             self._find(F.REPORT_MALFORMED, "critical", exc.render())
         self.result.digest = src.whole.digest()
+
+    # ---------------------------------------- step 1b: signature before content
+    def check_signature(self, stream: BinaryIO, size: int) -> bool:
+        """Check the report's layout, signature and signer before anything else is read.
+
+        Report.md "Verify" step 2a, for a file the caller can read twice: ``stream`` is a
+        second handle on the report at offset 0 and ``size`` its length. The trailer's
+        place follows from the header alone, so this reads 8 bytes there and hashes
+        the rest: no record, license or trailer field is parsed before the instance key
+        named in the header (and, when the vendor knows this instance, the key it
+        acknowledged before) has signed every byte. Findings are the ones the
+        streaming steps give for the same damage; returns whether the report passed.
+        """
+        header = self.header
+        if header is None or self._src is None:
+            raise RuntimeError("check_signature() follows a successful read_header()")
+        n = len(self.result.findings)
+        try:
+            self._check_layout_and_signature(stream, size, header.frames_len)
+        except _Truncated as t:
+            self._find(F.REPORT_TRUNCATED, "critical", f"report ends inside its {t.what}")
+        except MeterboxError as exc:
+            self._find(F.REPORT_MALFORMED, "critical", exc.render())
+        self._check_instance_key()
+        self._identity_checked = True
+        return len(self.result.findings) == n
+
+    def _check_layout_and_signature(self, stream: BinaryIO, size: int, frames_len: int) -> None:
+        trailer_at = self._header_end + frames_len
+        if size < trailer_at + 8 + SIGNATURE_LEN:
+            raise _Truncated(f"records ({size} bytes, the header announces {trailer_at} and more)")
+        stream.seek(trailer_at)
+        head = stream.read(8)
+        if head[:4] != TRAILER_MAGIC:
+            raise FormatError(
+                "report trailer is missing", expected=repr(TRAILER_MAGIC), found=repr(head[:4])
+            )
+        (length,) = U32.unpack(head[4:])
+        if length > MAX_TRAILER_LEN:
+            raise FormatError("report trailer is too large", expected="< 64 KiB", found=str(length))
+        end = trailer_at + 8 + length + SIGNATURE_LEN
+        if size < end:
+            raise _Truncated("trailer")
+        if size > end:
+            raise FormatError(
+                "report has bytes after its signature", expected="end of file", found="more data"
+            )
+        stream.seek(0)
+        digest = hashlib.sha256()
+        left = size - SIGNATURE_LEN
+        while left > 0:
+            chunk = stream.read(min(left, 1 << 20))
+            if not chunk:
+                raise _Truncated("records")
+            digest.update(chunk)
+            left -= len(chunk)
+        signature = stream.read(SIGNATURE_LEN)
+        try:
+            verify_signature(
+                ed25519_public_from_raw(self.result.instance_key),
+                signature,
+                SIGNATURE_DOMAIN + digest.digest(),
+            )
+        except (VerificationError, FormatError):
+            self._find(
+                F.REPORT_SIGNATURE_INVALID,
+                "critical",
+                "the report's signature does not verify: the file was changed after export",
+            )
 
     def _check_instance_key(self) -> None:
         known = self.known
@@ -491,6 +579,12 @@ class ReportVerifier:
         """Ledger.md Verify steps 3-8 for one frame whose chain hash is already taken."""
         try:
             hdr = parse_record_header(raw.body)
+            if hdr.seq > MAX_INT:
+                raise FormatError(
+                    "ledger record sequence number out of range",
+                    expected=f"at most {MAX_INT}",
+                    found=str(hdr.seq),
+                )
         except UnknownVersionError as exc:
             self._find(
                 F.RECORD_UNKNOWN_VERSION, "critical", f"at offset {raw.offset}: {exc.render()}"
@@ -624,6 +718,22 @@ class ReportVerifier:
         """Ledger.md Verify step 6: an EPOCH record opens its epoch, or nothing."""
         if walk.cur_version == VERSION:
             self._unsealed_batch(walk, hdr.seq)
+        failed = sum(self._counts.get(c, 0) for c in _EPOCH_FAILURES)
+        if failed >= MAX_FINDINGS_PER_CODE:
+            # The report is rejected already; opening more epochs would only spend an
+            # HPKE operation per forged record. The work per byte stays bounded.
+            self._find(
+                F.EPOCH_FORGED,
+                "critical",
+                f"epoch record {hdr.seq} was not opened: {failed} epochs of this report "
+                "already failed",
+                hdr.seq,
+            )
+            walk.cur_epoch, walk.cur_chain, walk.cur_key = hdr.epoch, None, None
+            walk.cur_version = hdr.version
+            walk.next_batch, walk.batch_key, walk.batch_open = 0, None, False
+            walk.last_epoch_seq = hdr.seq
+            return
         opened = self._open_epoch(body, hdr, walk.cur_epoch, walk.cur_chain, walk.anchor)
         walk.cur_epoch = hdr.epoch
         walk.cur_version = hdr.version
@@ -858,12 +968,12 @@ class ReportVerifier:
                         f"epoch {hdr.epoch} follows epoch {cur_epoch}",
                         hdr.seq,
                     )
-                return ratchet(cur_chain, hdr.epoch - cur_epoch)
+                return self._ratchet(hdr, cur_chain, hdr.epoch - cur_epoch)
             if anchor is not None:
                 if hdr.epoch >= anchor.epoch:
-                    return ratchet(anchor.key, hdr.epoch - anchor.epoch)
+                    return self._ratchet(hdr, anchor.key, hdr.epoch - anchor.epoch)
                 if not constant_time_equal(
-                    ratchet(chain_key, anchor.epoch - hdr.epoch), anchor.key
+                    self._ratchet(hdr, chain_key, anchor.epoch - hdr.epoch), anchor.key
                 ):
                     # An epoch the vendor already acknowledged, resent before compaction:
                     # it must ratchet forward into the key the vendor holds.
@@ -871,6 +981,24 @@ class ReportVerifier:
         except FormatError:
             return b""
         return None
+
+    def _ratchet(self, hdr: Header, key: bytes, steps: int) -> bytes:
+        """Ratchet ``key`` forward, within the steps the frames read so far allow.
+
+        Every epoch between a known key and this one has its own EPOCH frame in the
+        report, so the distance an epoch may claim is bounded by the frames read; a
+        claim beyond that is answered without deriving a single key.
+        """
+        allowed = self.result.records + RATCHET_SLACK - self._ratchet_steps
+        if steps < 0 or steps > allowed:
+            raise FormatError(
+                f"epoch {hdr.epoch} (record {hdr.seq}) claims a ratchet distance the report "
+                "cannot hold",
+                expected=f"at most {max(allowed, 0)} epochs from the known chain key",
+                found=f"{steps} epochs",
+            )
+        self._ratchet_steps += steps
+        return ratchet(key, steps)
 
     def _finish_gaps(self) -> None:
         walk = self._walk
@@ -967,10 +1095,36 @@ def state_rebuilt_finding(payload: Mapping[str, Any]) -> tuple[F.Severity, str]:
     )
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a map, refusing a key that appears twice (which of the two would count?)."""
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(f"key {str(key)[:32]!r} appears twice")
+        out[key] = value
+    return out
+
+
 def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, object_pairs_hook=_no_duplicates
+        )
+    except _DuplicateKeyError as exc:
+        raise FormatError(
+            f"{what} has a duplicate key", expected="each key once", found=str(exc)
+        ) from None
+    except msgpack.StackError:
+        raise FormatError(
+            f"{what} is nested too deeply",
+            expected="a msgpack map of plain values",
+            found="values nested deeper than the decoder's stack limit",
+        ) from None
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
         raise FormatError(
             f"{what} is not valid msgpack", expected="a msgpack map", found=type(exc).__name__
         ) from None
@@ -990,6 +1144,46 @@ def _bytes(m: Mapping[str, Any], key: str, length: int) -> bytes:
 
 def _int(m: Mapping[str, Any], key: str) -> int:
     value = m[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{key} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
+        raise ValueError(f"{key} must be an integer from 0 to 2^63-1")
     return value
+
+
+def _licenses(value: object) -> list[bytes]:
+    """The header's license list, bounded before any license is looked at."""
+    if not isinstance(value, list) or not all(isinstance(x, bytes) for x in value):
+        raise FormatError("report licenses field", expected="a list of bytes", found="other")
+    if len(value) > MAX_REPORT_LICENSES:
+        raise FormatError(
+            "report header lists too many licenses",
+            expected=f"at most {MAX_REPORT_LICENSES}",
+            found=f"{len(value)} licenses",
+            hint="a server installs a handful of licenses; this report was not written by one",
+        )
+    longest = max((len(x) for x in value), default=0)
+    if longest > MAX_LICENSE_LEN:
+        raise FormatError(
+            "report header carries an oversized license",
+            expected=f"at most {MAX_LICENSE_LEN} bytes per license",
+            found=f"{longest} bytes",
+        )
+    return value
+
+
+def _acked(value: object) -> Head:
+    """The header's ``acked`` head: ``[seq, hash]``, nothing larger."""
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not isinstance(value[0], int)
+        or isinstance(value[0], bool)
+        or not 0 <= value[0] <= MAX_INT
+        or not isinstance(value[1], bytes)
+        or len(value[1]) != HASH_LEN
+    ):
+        raise FormatError(
+            "report header field acked",
+            expected=f"[seq from 0 to 2^63-1, {HASH_LEN}-byte hash] or nil",
+            found=f"{type(value).__name__} {str(value)[:40]}",
+        )
+    return Head(value[0], value[1])

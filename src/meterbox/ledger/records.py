@@ -31,10 +31,10 @@ import msgpack
 from meterbox.errors import FormatError
 from meterbox.ledger._format import RecordType
 
-#: The largest amount of units one record, top-up or data-object change may carry.
-#: Shared by the server's ``/v1/usage``, the Cryptolens-compatible API (whose Int32
-#: range is narrower still) and the vendor's ingest, so what one side accepts the
-#: others accept too, and a sum of a few million of them stays far inside int64.
+#: The largest amount one record may carry (usage, decrement, top-up), shared by the
+#: server, the Cryptolens compatibility layer and the vendor. With at most 4,000,000
+#: records in a report (docs/spec/report.md, "Limits") no per-report sum can leave a
+#: signed 64-bit integer.
 MAX_AMOUNT: Final = 10**12
 
 _Kind = Literal["int", "str", "bytes", "flag", "str_list"]

@@ -14,6 +14,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from meterbox.compat.rules import CLIENT_PREFIX
 from meterbox.vendorkit._db.schema import (
     findings_table,
     instances_table,
@@ -49,6 +50,9 @@ def usage_sums(
     """Net units (increments minus decrements) per (license, meter) with ts in [start, end).
 
     With ``kind`` (``increment`` or ``decrement``), the plain units of that kind only.
+    The database sums per report, where ingest's bounds keep every sum inside a
+    signed 64-bit integer (``MAX_AMOUNT`` times the records a report may hold); the
+    reports' sums are added here, in Python, where nothing overflows.
     """
     t = usage_table
     ts = micros(t.c.ts)
@@ -60,8 +64,11 @@ def usage_sums(
         query = query.where(ts >= start_us)
     if license_ids is not None:
         query = query.where(t.c.license_id.in_(list(license_ids)))
-    query = query.group_by(t.c.license_id, t.c.meter)
-    return {(lic, meter): int(total or 0) for lic, meter, total in conn.execute(query)}
+    query = query.group_by(t.c.license_id, t.c.meter, t.c.report_digest)
+    out: dict[tuple[str, str], int] = {}
+    for lic, meter, total in conn.execute(query):
+        out[lic, meter] = out.get((lic, meter), 0) + int(total or 0)
+    return out
 
 
 def seat_rows(
@@ -189,7 +196,10 @@ def report_rows(
 def usage_per_minute(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
 ) -> list[tuple[int, int, int, int]]:
-    """(first seq, minute index since the epoch, records, net units) for seqs in [lo, hi]."""
+    """(first seq, minute index since the epoch, records, net units) for seqs in [lo, hi].
+
+    Summed per report in SQL (bounded, see :func:`usage_sums`) and across reports here.
+    """
     u = usage_table
     ts = micros(u.c.ts)
     minute = (ts // _MINUTE_US).label("minute")
@@ -198,10 +208,11 @@ def usage_per_minute(
     ).where(u.c.instance_id == instance_id, u.c.seq >= lo, u.c.seq <= hi)
     if since_us is not None:
         query = query.where(ts >= since_us)
-    return [
-        (int(seq), int(m), int(n), int(amount or 0))
-        for seq, m, n, amount in conn.execute(query.group_by(minute))
-    ]
+    per_minute: dict[int, tuple[int, int, int]] = {}
+    for seq, m, n, amount in conn.execute(query.group_by(minute, u.c.report_digest)):
+        first, count, units = per_minute.get(int(m), (int(seq), 0, 0))
+        per_minute[int(m)] = (min(first, int(seq)), count + int(n), units + int(amount or 0))
+    return [(first, m, n, units) for m, (first, n, units) in sorted(per_minute.items())]
 
 
 def seat_events(
@@ -318,3 +329,71 @@ def recent_reports(conn: Connection, limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` reports ingested, newest first, every column by name."""
     query = sa.select(reports_table).order_by(reports_table.c.ingested_at.desc()).limit(limit)
     return [r._asdict() for r in conn.execute(query)]
+
+
+# ------------------------------------------------------------------ enforcement
+def instance_usage_net(
+    conn: Connection,
+    instance_id: str,
+    *,
+    license_id: str,
+    meter: str,
+    exclude_digest: str,
+    window_us: tuple[int | None, int | None] = (None, None),
+    client_id: str | None = None,
+    data_objects: bool | None = None,
+) -> int:
+    """Net units of one instance's (license, meter) stored from other reports.
+
+    Optionally within ``window_us`` [start, end), for one client id, or only for
+    data-object clients (``data_objects=True``, client ids ``cryptolens/<id>``) or only
+    for the others (``False``).
+    Summed per report in SQL (bounded) and across reports here.
+    """
+    u = usage_table
+    ts = micros(u.c.ts)
+    query = sa.select(sa.func.sum(_signed_amount())).where(
+        u.c.instance_id == instance_id,
+        u.c.license_id == license_id,
+        u.c.meter == meter,
+        sa.or_(u.c.report_digest.is_(None), u.c.report_digest != exclude_digest),
+    )
+    start_us, end_us = window_us
+    if start_us is not None:
+        query = query.where(ts >= start_us)
+    if end_us is not None:
+        query = query.where(ts < end_us)
+    if client_id is not None:
+        query = query.where(u.c.client_id == client_id)
+    data_clients = u.c.client_id.like(CLIENT_PREFIX + "%")
+    if data_objects is True:
+        query = query.where(data_clients)
+    elif data_objects is False:
+        query = query.where(sa.not_(data_clients))
+    query = query.group_by(u.c.report_digest)
+    return sum(int(total or 0) for (total,) in conn.execute(query))
+
+
+def instance_events(
+    conn: Connection, instance_id: str, kind: str, exclude_digest: str
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """(seq, wall_us, payload) of one instance's stored ledger events of one kind."""
+    e = ledger_events_table
+    query = (
+        sa.select(e.c.seq, e.c.wall_us, e.c.payload)
+        .where(
+            e.c.instance_id == instance_id,
+            e.c.kind == kind,
+            sa.or_(e.c.report_digest.is_(None), e.c.report_digest != exclude_digest),
+        )
+        .order_by(e.c.seq)
+    )
+    out: list[tuple[int, int, dict[str, Any]]] = []
+    for seq, wall_us, payload in conn.execute(query):
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append((int(seq), int(wall_us), value))
+    return out

@@ -60,18 +60,11 @@ from meterbox.vendorkit._db.schema import (
     tpm_pins_table,
     usage_table,
 )
+from meterbox.vendorkit._rows import EventInsert, SeatInsert, UsageInsert
 
 DB_FILE: Final = "vendor.db"
 #: Lease ids per ``IN (...)`` list: well under every driver's parameter limit.
 _IN_CHUNK: Final = 500
-
-#: ``usage`` row as ingest builds it: instance, seq, license, meter, ts_us, amount,
-#: client, kind, report digest (the order of :data:`USAGE_COLUMNS`).
-UsageTuple = tuple[str, int, str, str, int, int, str, str, str]
-#: ``seat_events`` row: instance, seq, license, feature, ts_us, kind, client, lease, digest.
-SeatTuple = tuple[str, int, str, str, int, str, str, str | None, str]
-#: ``ledger_events`` row: instance, seq, kind, wall_us, mono_us, payload JSON, digest.
-EventTuple = tuple[str, int, str, int, int, str, str]
 
 
 @dataclass(frozen=True)
@@ -528,15 +521,15 @@ class VendorStore:
 
     # -- ledger records, in bulk -------------------------------------------------------
 
-    def insert_usage(self, rows: list[UsageTuple], conn: Connection) -> None:
+    def insert_usage(self, rows: Sequence[UsageInsert], conn: Connection) -> None:
         """Usage rows; a record already stored (same instance and seq) is skipped."""
         _insert_raw(conn, usage_table.name, USAGE_COLUMNS, rows)
 
-    def insert_seat_events(self, rows: list[SeatTuple], conn: Connection) -> None:
+    def insert_seat_events(self, rows: Sequence[SeatInsert], conn: Connection) -> None:
         """Seat event rows; a record already stored is skipped."""
         _insert_raw(conn, seat_events_table.name, SEAT_COLUMNS, rows)
 
-    def insert_ledger_events(self, rows: list[EventTuple], conn: Connection) -> None:
+    def insert_ledger_events(self, rows: Sequence[EventInsert], conn: Connection) -> None:
         """Other ledger records (heartbeats, boots, ...); a record already stored is skipped."""
         _insert_raw(conn, "ledger_events", EVENT_COLUMNS, rows)
 
@@ -634,7 +627,9 @@ class VendorStore:
                 )
 
 
-def _insert_raw(conn: Connection, table: str, columns: Sequence[str], rows: list[Any]) -> None:
+def _insert_raw(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
     """``executemany`` of pre-converted tuples; rows already present are skipped."""
     if not rows:
         return

@@ -500,11 +500,14 @@ def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     return [
         Anomaly(
             REPORT_LATE,
-            "info",
+            # A warning (ADR 0016): past its deadline the server should have stopped
+            # granting, so a late report is worth a look even when it is honest.
+            "warning",
             f"this report arrived {_fmt_ms(interval)} after the previous one; the license "
             f"asks for one every {_fmt_ms(h.report_every_ms)}"
             + (f" plus {_fmt_ms(h.grace_ms)} grace" if h.grace_ms else "")
-            + "; usually an export forgotten, no action unless it recurs",
+            + "; past the deadline the server must refuse new grants (see "
+            "enforcement.granted_after_deadline)",
             h.instance_id,
             report.digest,
             report.head_seq,
