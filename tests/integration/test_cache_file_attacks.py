@@ -119,11 +119,11 @@ def test_resetting_used_quota_in_state_db_still_refuses_a_full_meter(
     assert _severity(result) == {"critical"}
     # Refused requests sealed no usage; the report holds the 10 units acknowledged.
     assert _billed(records, "runs") == 10
-    # The vendor's ingest flags it: a critical finding rejects the report.
+    # The vendor's ingest bills the ledger's units and flags the edit as critical.
     path = site.data.parent / "report.mbr"
     path.write_bytes(report)
     outcome = ingest(site.home, path)
-    assert outcome.status == "rejected"
+    assert outcome.status == "accepted_with_findings"
     assert ("state.rebuilt", "critical") in {(f.code, f.severity) for f in outcome.findings}
 
 

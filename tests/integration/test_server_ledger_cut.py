@@ -47,7 +47,7 @@ def _cut_last_frames(path: Path, n: int) -> None:
         fh.truncate(offsets[-n])
 
 
-def test_a_ledger_cut_while_the_server_was_stopped_is_recorded_and_rejected(
+def test_a_ledger_cut_while_the_server_was_stopped_is_recorded_and_flagged(
     tmp_path: Path,
 ) -> None:
     site = make_data(tmp_path)
@@ -74,14 +74,14 @@ def test_a_ledger_cut_while_the_server_was_stopped_is_recorded_and_rejected(
     # The server's state had applied records the ledger no longer holds: said so too.
     assert shortened[0].payload["k"] > shortened[0].payload["ls"]
     assert "ledger.shortened" in result.codes and result.critical
-    # The vendor's ingest rejects it: nothing is billed from a shortened ledger.
+    # The vendor bills what the ledger holds and flags the cut (critical evidence).
     code, outcome = ingest_json(site.home, report)
     assert "ledger.shortened" in codes(outcome), outcome
-    assert outcome["status"] == "rejected", outcome
+    assert outcome["status"] == "accepted_with_findings", outcome
     assert code != 0
 
 
-def test_a_saved_chain_key_put_back_while_the_server_was_stopped_is_rejected(
+def test_a_saved_chain_key_put_back_while_the_server_was_stopped_is_flagged(
     tmp_path: Path,
 ) -> None:
     site = make_data(tmp_path)
@@ -111,4 +111,4 @@ def test_a_saved_chain_key_put_back_while_the_server_was_stopped_is_rejected(
     assert result.codes & {"ledger.key_state_behind", "ledger.shortened"}
     assert result.critical
     _, outcome = ingest_json(site.home, report)
-    assert outcome["status"] == "rejected", outcome
+    assert outcome["status"] == "accepted_with_findings", outcome

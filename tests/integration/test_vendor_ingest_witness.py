@@ -9,7 +9,7 @@ from meterbox.ledger.records import Witness
 from support.vendor_ingest import codes, ingest_json, issue, make_home, make_site
 
 
-def test_a_witness_the_chain_lacks_rejects_the_report(tmp_path: Path) -> None:
+def test_a_witness_the_chain_lacks_is_critical(tmp_path: Path) -> None:
     home = make_home(tmp_path)
     site = make_site(home, tmp_path / "ledger", [issue(home)])
     site.use("solver", 3)
@@ -20,7 +20,7 @@ def test_a_witness_the_chain_lacks_rejects_the_report(tmp_path: Path) -> None:
     forged = Witness(client_id="ws-1", seq=head.seq, head_hash=bytes(32))
     site.writer.append(RecordType.WITNESS, forged.to_map())
     code, out = ingest_json(home, site.export(tmp_path / "r.mbr"))
-    assert code == 1 and out["status"] == "rejected", out
+    assert code == 1 and out["status"] == "accepted_with_findings", out
     assert "witness.head_missing" in codes(out)
 
 

@@ -133,5 +133,7 @@ def ingest_command(
                 "report, or it is sealed to another vendor's key"
             )
         raise typer.Exit(EXIT_INPUT)
-    if outcome.status == "rejected":
+    # A rejected report, or one accepted with critical evidence (ADR 0014): the caller's
+    # script must notice either.
+    if outcome.status == "rejected" or any(f.severity == "critical" for f in outcome.findings):
         raise typer.Exit(EXIT_ERROR)
