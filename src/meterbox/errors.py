@@ -16,7 +16,8 @@ subclass only where its concept is genuinely narrower (and says why there).
     │   └── server.TopupAlreadyAppliedError  the same top-up file imported a second time
     ├── ConfigError                      a flag, setting or file argument that is not usable
     ├── BadRequestError                  a request that is wrong as written (HTTP 400/413)
-    ├── UnauthorizedError                an admin request without the right bearer token
+    ├── UnauthorizedError                a request without the right bearer token or API key
+    │   └── ForbiddenError               a valid API key not allowed this feature or meter
     ├── IdempotencyConflictError         an idempotency key reused for a different request
     ├── UnavailableError                 the server cannot accept records right now (HTTP 503)
     ├── ServerUnreachableError           no server answered (connection error, timeout, 503)
@@ -134,9 +135,19 @@ class BadRequestError(MeterboxError):
 
 
 class UnauthorizedError(MeterboxError):
-    """An admin endpoint was called without a valid admin token."""
+    """A request without a valid credential: the admin token, or a site API key."""
 
     code = "unauthorized"
+
+
+class ForbiddenError(UnauthorizedError):
+    """A valid site API key that is not allowed what it asked for (HTTP 403).
+
+    Narrower than :class:`UnauthorizedError`: the caller is known, so presenting
+    another credential of the same kind will not help; the admin must widen the key.
+    """
+
+    code = "forbidden"
 
 
 class IdempotencyConflictError(MeterboxError):

@@ -23,7 +23,7 @@ import math
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -31,6 +31,7 @@ from typing import Literal
 from meterbox.client.errors import (
     BadRequestError,
     ConfigError,
+    ForbiddenError,
     IdempotencyConflictError,
     LeaseLost,
     LicenseExpired,
@@ -51,6 +52,8 @@ MAX_IDEMPOTENCY_KEY = 128
 ENV_URL = "METERBOX_URL"
 #: Environment variable naming the spool file.
 ENV_SPOOL = "METERBOX_SPOOL"
+#: The site API key, when none is passed as ``api_key=`` (or ``--api-key``).
+API_KEY_ENV = "METERBOX_API_KEY"
 
 
 # --------------------------------------------------------------------------- values
@@ -357,6 +360,11 @@ def checkout_request(feature: str, client_id: str, hostname: str | None) -> Requ
     return Request("POST", "/v1/seats/checkout", body)
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers every request of a client carries: its site API key, if it has one."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+
+
 def heartbeat_request(lease_id: str) -> Request:
     return Request("POST", "/v1/seats/heartbeat", {"lease_id": lease_id})
 
@@ -539,6 +547,7 @@ _BY_CODE: dict[str, type[MeterboxError]] = {
     "bad_request": BadRequestError,
     "too_large": BadRequestError,
     "unauthorized": UnauthorizedError,
+    "forbidden": ForbiddenError,
     "report_overdue": ReportOverdue,
     "license_expired": LicenseExpired,
     "quota_exceeded": QuotaExceeded,
@@ -626,8 +635,9 @@ def classify_delivery(outcome: Outcome) -> Delivery:
     """What a usage POST's outcome means for the event.
 
     Transient: no answer, any 5xx (the record may or may not be durable; resending
-    with the same idempotency key is safe), or a 2xx whose body does not parse
-    (same reasoning). Rejected: any 4xx, which resending cannot change.
+    with the same idempotency key is safe), a 2xx whose body does not parse
+    (same reasoning), or 401 (no valid API key yet). Rejected: any other 4xx, which
+    resending cannot change.
     """
     if isinstance(outcome, Unreachable):
         return Transient(outcome.reason)
@@ -638,6 +648,10 @@ def classify_delivery(outcome: Outcome) -> Delivery:
             return Transient(str(exc))
     if outcome.status >= 500:
         return Transient(f"HTTP {outcome.status} from {outcome.url}")
+    if outcome.status == 401:
+        # A missing, unknown or revoked API key is the site's configuration, fixed by
+        # giving the client a key; the usage stays spooled until then, not dead-lettered.
+        return Transient(f"HTTP 401 from {outcome.url}: {error_from_reply(outcome).problem}")
     return Rejected(error_from_reply(outcome))
 
 
@@ -728,6 +742,8 @@ class ClientConfig:
     retry: RetryConfig
     renew_fraction: float
     flush_interval: float | None
+    #: The site API key (``mbk_...``) sent as ``Authorization: Bearer``; kept out of repr.
+    api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def build(  # noqa: PLR0913 - one parameter per Client keyword, validated together
@@ -743,6 +759,7 @@ class ClientConfig:
         flush_interval: float | None,
         environ: Mapping[str, str],
         home: Path,
+        api_key: str | None = None,
     ) -> ClientConfig:
         if not 0.05 <= renew_fraction <= 0.9:
             raise ConfigError(
@@ -765,7 +782,16 @@ class ClientConfig:
                 found=repr(flush_interval),
                 hint="Use e.g. flush_interval=10.0",
             )
+        key = api_key if api_key is not None else environ.get(API_KEY_ENV) or None
+        if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
+            raise ConfigError(
+                "The API key is not usable",
+                expected="the key as `meterbox server keys create` printed it, 'mbk_...'",
+                found=f"a value of {len(key)} characters with spaces or control characters",
+                hint=f"Pass api_key= or set {API_KEY_ENV} to the key alone",
+            )
         return cls(
+            api_key=key,
             urls=resolve_urls(url, environ),
             spool_path=Path(spool) if spool is not None else default_spool_path(environ, home),
             client_id=client_id or default_client_id(),

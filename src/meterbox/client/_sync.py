@@ -36,6 +36,7 @@ from meterbox.client._core import (
     RetryConfig,
     Unreachable,
     UsageEvent,
+    auth_headers,
     balances_request,
     checkout_request,
     classify_renewal,
@@ -81,6 +82,7 @@ class Client:
         spool: str | Path | Spool | None = None,
         client_id: str | None = None,
         hostname: str | None = None,
+        api_key: str | None = None,
         timeout: float = 5.0,
         retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
@@ -102,8 +104,11 @@ class Client:
             flush_interval=flush_interval,
             environ=os.environ if environ is None else environ,
             home=Path.home(),
+            api_key=api_key,
         )
-        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            timeout=timeout, transport=transport, headers=auth_headers(self.config.api_key)
+        )
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
         self._renew_wait = renew_wait

@@ -12,7 +12,8 @@ one from :mod:`meterbox.errors`, re-exported so SDK users import from one place.
     │   └── SpoolError             the local spool file cannot be opened or written
     ├── ConfigError                no server URL, bad spool path, bad option
     ├── BadRequestError                 the request itself is wrong (local check or HTTP 400/413)
-    ├── UnauthorizedError               HTTP 401 on an admin endpoint
+    ├── UnauthorizedError               HTTP 401: no valid site API key (or admin token)
+    │   └── ForbiddenError              HTTP 403 forbidden: the key does not allow it
     ├── IdempotencyConflictError        HTTP 409: key reused with a different request
     ├── ServerUnreachableError          no server answered (connection error, timeout, 503)
     └── LicenseDenied
@@ -34,6 +35,7 @@ from __future__ import annotations
 from meterbox.errors import (
     BadRequestError,
     ConfigError,
+    ForbiddenError,
     IdempotencyConflictError,
     LeaseNotFound,
     LicenseDenied,
@@ -53,6 +55,7 @@ from meterbox.errors import (
 __all__ = [
     "BadRequestError",
     "ConfigError",
+    "ForbiddenError",
     "IdempotencyConflictError",
     "LeaseLost",
     "LeaseNotFound",

@@ -5,6 +5,13 @@ and map :class:`meterbox.errors.MeterboxError` codes to HTTP statuses with the
 documented error body ``{"error": {"code", "message", "hint"}}``. Admin endpoints
 need ``Authorization: Bearer <admin token>``, compared in constant time and never
 logged. A background task culls expired leases every ``ServiceConfig.cull_interval`` s.
+
+Seat and usage endpoints take a site API key as ``Authorization: Bearer mbk_...``
+(:mod:`meterbox.server._core.access`). With ``require_api_key`` (the default when
+the server listens beyond loopback) a request without one is refused with 401; a key
+that is presented is always checked, so a revoked key stops working on loopback too.
+Lease ids are returned only to the holder: the public seat listing names holders,
+never their ids, and renewing or releasing a lease needs the key that took it.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from meterbox import __version__
 from meterbox._fs import disk_error
 from meterbox.errors import MeterboxError
 from meterbox.server import _metrics as metrics
+from meterbox.server._core.access import ApiKey, KeyRing
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
+from meterbox.server._keys import KeyStore
 from meterbox.server._service import LicenseService
 
 #: Export: produce the report file. Import: take a file, return what was imported.
@@ -87,13 +96,61 @@ class ReleaseOut(BaseModel):
     released: bool
 
 
+class HolderOut(BaseModel):
+    """Who holds a seat, as anyone may see it: never the lease id, which is the holder's secret."""
+
+    client_id: str
+    hostname: str | None
+    since: datetime
+    expires_at: datetime
+    overdraft: bool
+
+
 class FeatureOut(BaseModel):
     feature: str
     seats: int
     overdraft: int
     in_use: int
     denials: int
-    leases: list[LeaseOut]
+    holders: list[HolderOut]
+
+
+class AdminLeaseOut(LeaseOut):
+    license_id: str
+    hostname: str | None
+    issued_at: datetime
+    key_id: str | None
+
+
+class AdminSeatsOut(BaseModel):
+    leases: list[AdminLeaseOut]
+
+
+class KeyIn(_In):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    group: Annotated[str | None, Field(default=None, min_length=1, max_length=64)] = None
+    features: Annotated[list[str] | None, Field(default=None, max_length=100)] = None
+    meters: Annotated[list[str] | None, Field(default=None, max_length=100)] = None
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    group: str | None
+    features: list[str] | None
+    meters: list[str] | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    #: The secret, shown in this answer only; the server keeps its SHA-256 digest.
+    token: str
+
+
+class KeysOut(BaseModel):
+    required: bool
+    keys: list[KeyOut]
 
 
 class SeatsOut(BaseModel):
@@ -220,6 +277,12 @@ class _BodyLimit:
 
 _BEARER = HTTPBearer(auto_error=False, description="The admin token of this server.")
 _AdminCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+_KEY_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A site API key (`meterbox server keys create`), 'mbk_...'.",
+)
+_KeyCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_KEY_BEARER)]
 
 
 def build_app(
@@ -230,8 +293,14 @@ def build_app(
     export_report: ExportHandler | None = None,
     import_file: ImportHandler | None = None,
     housekeeping: bool = True,
+    keys: KeyStore | None = None,
+    require_api_key: bool = False,
 ) -> FastAPI:
-    """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters."""
+    """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters.
+
+    ``keys`` are the site's API keys (none: every presented key is refused);
+    ``require_api_key`` refuses seat and usage requests that present no key.
+    """
     if len(admin_token) < 16:
         raise ValueError("admin_token must be at least 16 characters")
     app = FastAPI(
@@ -241,9 +310,11 @@ def build_app(
         description="On-site floating seats and metered usage, every event in a sealed ledger.",
     )
     _add_error_handlers(app)
-    _add_seat_and_usage_routes(app, service)
+    access = _Access(keys, require_api_key)
+    _add_seat_and_usage_routes(app, service, access)
     _add_status_routes(app, service)
     _add_admin_routes(app, service, admin_token.encode(), export_report, import_file)
+    _add_key_routes(app, service, admin_token.encode(), access)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
     return app
@@ -314,40 +385,98 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(code, message, status=exc.status_code)
 
 
-def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
+class _Access:
+    """Who a seat or usage request comes from: its API key, or ``None`` where keys are optional."""
+
+    def __init__(self, keys: KeyStore | None, required: bool) -> None:
+        self.keys = keys
+        self.required = required
+
+    @property
+    def ring(self) -> KeyRing:
+        return self.keys.ring if self.keys is not None else KeyRing()
+
+    def __call__(self, creds: _KeyCreds) -> ApiKey | None:
+        if creds is None:
+            if self.required:
+                raise UnauthorizedError(
+                    "This server needs a site API key for seats and usage",
+                    expected="an 'Authorization: Bearer mbk_...' header",
+                    found="no key",
+                    hint="Pass the key the site administrator gave you (api_key= in the SDK, "
+                    "--api-key or METERBOX_API_KEY on the command line)",
+                )
+            return None
+        # Checked whenever presented, so a revoked key fails even where keys are optional.
+        return self.ring.authenticate(creds.credentials)
+
+
+def _key_id(key: ApiKey | None) -> str | None:
+    return None if key is None else key.key_id
+
+
+def _holder(lease: SeatLease) -> HolderOut:
+    return HolderOut(
+        client_id=lease.client_id,
+        hostname=lease.hostname,
+        since=lease.issued_at,
+        expires_at=lease.expires_at,
+        overdraft=lease.overdraft,
+    )
+
+
+def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _Access) -> None:
+    # A default, not an Annotated alias: with postponed annotations FastAPI resolves
+    # annotation names in the module, where a local alias does not exist.
+    caller = Depends(access)
+
     # ----------------------------------------------------------------- seats
     @app.post(
         "/v1/seats/checkout",
         response_model=LeaseOut,
-        responses=_errors(400, 403, 404, 409, 413, 503),
+        responses=_errors(400, 401, 403, 404, 409, 413, 503),
     )
-    async def checkout(body: CheckoutIn) -> Response:
-        d = await service.checkout(body.feature, body.client_id, body.hostname)
+    async def checkout(body: CheckoutIn, key: ApiKey | None = caller) -> Response:
+        if key is not None:
+            key.allow_feature(body.feature)
+        d = await service.checkout(body.feature, body.client_id, body.hostname, key_id=_key_id(key))
         return _json(_lease_out(d.lease, d.renewed))
 
-    @app.post("/v1/seats/heartbeat", responses=_errors(400, 403, 404, 413, 503))
-    async def heartbeat(body: LeaseIdIn) -> LeaseOut:
-        d = await service.heartbeat(body.lease_id)
+    @app.post("/v1/seats/heartbeat", responses=_errors(400, 401, 403, 404, 413, 503))
+    async def heartbeat(body: LeaseIdIn, key: ApiKey | None = caller) -> LeaseOut:
+        d = await service.heartbeat(body.lease_id, key_id=_key_id(key))
         return _lease_out(d.lease, True)
 
-    @app.post("/v1/seats/release", responses=_errors(400, 413, 503))
-    async def release(body: LeaseIdIn) -> ReleaseOut:
-        return ReleaseOut(released=await service.release(body.lease_id))
+    @app.post("/v1/seats/release", responses=_errors(400, 401, 413, 503))
+    async def release(body: LeaseIdIn, key: ApiKey | None = caller) -> ReleaseOut:
+        return ReleaseOut(released=await service.release(body.lease_id, key_id=_key_id(key)))
 
     @app.get("/v1/seats")
     async def seats() -> SeatsOut:
         view = service.engine.seats_view(service.now())
         return SeatsOut(
             features=[
-                FeatureOut(**{**f, "leases": [_lease_out(x) for x in f["leases"]]}) for f in view
+                FeatureOut(
+                    feature=f["feature"],
+                    seats=f["seats"],
+                    overdraft=f["overdraft"],
+                    in_use=f["in_use"],
+                    denials=f["denials"],
+                    holders=[_holder(x) for x in f["leases"]],
+                )
+                for f in view
             ]
         )
 
     # ----------------------------------------------------------------- usage
     @app.post(
-        "/v1/usage", response_model=UsageOut, responses=_errors(400, 402, 403, 404, 409, 413, 503)
+        "/v1/usage",
+        response_model=UsageOut,
+        responses=_errors(400, 401, 402, 403, 404, 409, 413, 503),
     )
-    async def usage(body: UsageIn) -> Response:
+    async def usage(body: UsageIn, key: ApiKey | None = caller) -> Response:
+        if key is not None:
+            key.allow_meter(body.meter)
         r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
         return _json(
             UsageOut(
@@ -399,13 +528,7 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
         return PlainTextResponse(text, media_type=metrics.CONTENT_TYPE)
 
 
-def _add_admin_routes(
-    app: FastAPI,
-    service: LicenseService,
-    token: bytes,
-    export_report: ExportHandler | None,
-    import_file: ImportHandler | None,
-) -> None:
+def _admin_check(token: bytes) -> Callable[[_AdminCreds], None]:
     def require_admin(creds: _AdminCreds) -> None:
         given = creds.credentials.encode() if creds is not None else b""
         # Constant-time comparison; the token itself is never logged or echoed.
@@ -417,8 +540,68 @@ def _add_admin_routes(
                 hint="Use the token printed by `meterbox server init` (admin.token file)",
             )
 
+    return require_admin
+
+
+def _key_out(key: ApiKey) -> KeyOut:
+    return KeyOut(**key.summary())
+
+
+def _add_key_routes(app: FastAPI, service: LicenseService, token: bytes, access: _Access) -> None:
+    admin = [Depends(_admin_check(token))]
+
+    def store() -> KeyStore:
+        if access.keys is None:
+            raise _not_configured("API key")
+        return access.keys
+
+    @app.get("/v1/admin/keys", dependencies=admin, responses=_errors(401))
+    async def list_keys() -> KeysOut:
+        return KeysOut(required=access.required, keys=[_key_out(k) for k in access.ring])
+
+    @app.post("/v1/admin/keys", dependencies=admin, responses=_errors(400, 401, 503, 507))
+    async def create_key(body: KeyIn) -> NewKeyOut:
+        new = store().create(
+            body.name,
+            service.now(),
+            group=body.group,
+            features=body.features,
+            meters=body.meters,
+        )
+        return NewKeyOut(**new.key.summary(), token=new.token)
+
+    @app.post("/v1/admin/keys/{ref}/revoke", dependencies=admin, responses=_errors(400, 401, 507))
+    async def revoke_key(ref: str) -> KeyOut:
+        return _key_out(store().revoke(ref[:80], service.now()))
+
+    @app.get("/v1/admin/seats", dependencies=admin, responses=_errors(401))
+    async def admin_seats() -> AdminSeatsOut:
+        """Every live lease with its id, for the administrator (removal names ids)."""
+        now = service.now()
+        return AdminSeatsOut(
+            leases=[
+                AdminLeaseOut(
+                    **_lease_out(x).model_dump(),
+                    license_id=x.license_id,
+                    hostname=x.hostname,
+                    issued_at=x.issued_at,
+                    key_id=x.key_id,
+                )
+                for f in service.engine.seats_view(now)
+                for x in f["leases"]
+            ]
+        )
+
+
+def _add_admin_routes(
+    app: FastAPI,
+    service: LicenseService,
+    token: bytes,
+    export_report: ExportHandler | None,
+    import_file: ImportHandler | None,
+) -> None:
     # ----------------------------------------------------------------- admin
-    admin = [Depends(require_admin)]
+    admin = [Depends(_admin_check(token))]
 
     @app.post(
         "/v1/admin/export",

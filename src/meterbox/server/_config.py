@@ -35,6 +35,21 @@ from meterbox.errors import ConfigError
 
 ENV_PREFIX = "METERBOX_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+ApiKeyMode = Literal["auto", "required", "optional"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() in {"localhost", "localhost.", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve to any interface: not loopback.
+        return False
+
 
 # The file's values for the load in progress; a context variable because pydantic-settings
 # builds its sources from the class, not from the call.
@@ -55,6 +70,17 @@ class ServerConfig(BaseSettings):
     force_recover: bool = Field(
         False, description="Cut a torn ledger tail longer than the automatic limit."
     )
+    api_keys: ApiKeyMode = Field(
+        "auto",
+        description="Site API keys for seats and usage: auto (required unless the host is "
+        "loopback), required, or optional.",
+    )
+
+    def keys_required(self) -> bool:
+        """Whether seat and usage requests need a site API key on this listen address."""
+        if self.api_keys != "auto":
+            return self.api_keys == "required"
+        return not is_loopback(self.host)
 
     @classmethod
     def settings_customise_sources(

@@ -49,6 +49,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "bad_request": 400,
     "unauthorized": 401,
     "quota_exceeded": 402,
+    "forbidden": 403,
     "report_overdue": 403,
     "license_expired": 403,
     "unknown_feature": 404,

@@ -15,6 +15,7 @@ from meterbox.server._app import HttpLimitsConfig, build_app
 from meterbox.server._cryptolens import mount_cryptolens
 from meterbox.server._dashboard import build_site_dashboard
 from meterbox.server._instance import ServerInstance, read_admin_token
+from meterbox.server._keys import KeyStore
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep
 
 
@@ -35,8 +36,14 @@ def build_server(
     limits: HttpLimitsConfig | None = None,
     force_recover: bool = False,
     sleep: Sleep = asyncio.sleep,
+    require_api_key: bool = False,
 ) -> BuiltServer:
-    """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService)."""
+    """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService).
+
+    ``require_api_key`` refuses seat and usage requests without a site API key
+    (``server run`` sets it whenever it listens beyond loopback).
+    """
+    keys = KeyStore.open(data)
     instance = ServerInstance.open(
         data, clock=clock, settings=settings, force_recover=force_recover, sleep=sleep
     )
@@ -53,6 +60,8 @@ def build_server(
         limits=limits or HttpLimitsConfig(),
         export_report=export_handler,
         import_file=import_handler,
+        keys=keys,
+        require_api_key=require_api_key,
     )
     try:
         # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.

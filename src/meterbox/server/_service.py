@@ -238,12 +238,18 @@ class LicenseService:
 
     # -------------------------------------------------------------- seats
     async def checkout(
-        self, feature: str, client_id: str, hostname: str | None = None
+        self,
+        feature: str,
+        client_id: str,
+        hostname: str | None = None,
+        *,
+        key_id: str | None = None,
     ) -> SeatDecision:
+        """A seat of ``feature`` for ``client_id``, owned by API key ``key_id``."""
         return await self._checkout(
             feature,
             client_id,
-            lambda now: self.engine.checkout(feature, client_id, now, hostname),
+            lambda now: self.engine.checkout(feature, client_id, now, hostname, key_id=key_id),
         )
 
     async def checkout_on(
@@ -362,11 +368,11 @@ class LicenseService:
         await self._save(changes, seq, now)
         return d
 
-    async def heartbeat(self, lease_id: str) -> SeatDecision:
+    async def heartbeat(self, lease_id: str, *, key_id: str | None = None) -> SeatDecision:
         async with self._lock:
             now = self.now()
             try:
-                decision = self.engine.heartbeat(lease_id, now)
+                decision = self.engine.heartbeat(lease_id, now, key_id=key_id)
             except LeaseNotFound as exc:
                 missing: LeaseNotFound | None = exc
                 unknown = self._write_unknown(lease_id, "renew")
@@ -379,12 +385,15 @@ class LicenseService:
             raise missing
         return await self._finish_seat(decision, task, now, None)
 
-    async def release(self, lease_id: str) -> bool:
+    async def release(self, lease_id: str, *, key_id: str | None = None) -> bool:
         async with self._lock:
             now = self.now()
-            lease = self.engine.release(lease_id)
+            lease = self.engine.release(lease_id, key_id=key_id)
             if lease is None:
-                unknown = self._write_unknown(lease_id, "release")
+                # A lease of another key is answered like an unknown one, but it is not
+                # evidence of a lost checkout, so nothing is recorded for it.
+                held = lease_id in self.engine.seats.leases
+                unknown = None if held else self._write_unknown(lease_id, "release")
             else:
                 task = self._write(SeatRelease(lease_id=lease_id))
         if lease is None:

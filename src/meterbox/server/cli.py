@@ -173,6 +173,14 @@ ForceRecoverOpt = Annotated[
                  "[env METERBOX_FORCE_RECOVER]"),
 ]  # fmt: skip
 
+ApiKeysOpt = Annotated[
+    str | None,
+    typer.Option("--api-keys", metavar="MODE", show_default=False,
+                 help="auto (required unless --host is loopback), required or optional: "
+                 "whether seats and usage need a site API key. "
+                 "[default: auto; env METERBOX_API_KEYS]"),
+]  # fmt: skip
+
 
 def _load_config(flags: dict[str, Any], config: Path | None) -> Any:
     from meterbox.server import _config
@@ -259,6 +267,7 @@ def run(
     config: ConfigOpt = None,
     log_level: LogLevelOpt = None,
     force_recover: ForceRecoverOpt = None,
+    api_keys: ApiKeysOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     flags = {
@@ -269,6 +278,7 @@ def run(
         "tls_key": tls_key,
         "log_level": log_level,
         "force_recover": force_recover,
+        "api_keys": api_keys,
     }
     conf = _load_config(flags, config).config
     with _errors():
@@ -289,9 +299,24 @@ def _serve(conf: Any) -> None:
 
     data: Path = conf.data
     log_config = _setup_logging(conf.log_level)
+    required = conf.keys_required()
     with _errors():
-        built = build_server(data, force_recover=conf.force_recover)
+        built = build_server(data, force_recover=conf.force_recover, require_api_key=required)
     scheme = "https" if conf.tls_cert else "http"
+    # Said on every start, so the admin sees whether a LAN neighbour needs a key.
+    if required:
+        err.print(
+            f"site API keys: required for seats and usage (listening on {conf.host}); "
+            "create them with 'meterbox server keys create'",
+            highlight=False,
+        )
+    else:
+        err.print(
+            f"site API keys: optional (listening on {conf.host}"
+            + (", loopback only" if conf.api_keys == "auto" else "")
+            + "); a presented key is still checked",
+            highlight=False,
+        )
     uv_config = uvicorn.Config(
         built.app,
         host=conf.host,
@@ -330,6 +355,7 @@ def config_cmd(
     config: ConfigOpt = None,
     log_level: LogLevelOpt = None,
     force_recover: ForceRecoverOpt = None,
+    api_keys: ApiKeysOpt = None,
     show: Annotated[
         bool, typer.Option("--show", help="Print every setting, its value and its source.")
     ] = False,
@@ -344,6 +370,7 @@ def config_cmd(
         "tls_key": tls_key,
         "log_level": log_level,
         "force_recover": force_recover,
+        "api_keys": api_keys,
     }
     loaded = _load_config(flags, config)
     rows = loaded.as_rows()
@@ -377,22 +404,34 @@ def _running(data: Path) -> tuple[str, str] | None:
     return str(info["url"]), read_admin_token(data)
 
 
-def _admin(data: Path, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+def _admin(
+    data: Path,
+    method: str,
+    path: str,
+    content: bytes | None = None,
+    content_type: str | None = None,
+) -> httpx.Response:
     running = _running(data)
     assert running is not None
     url, token = running
+    headers = {"Authorization": f"Bearer {token}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     response = httpx.request(
         method,
         f"{url}{path}",
         content=content,
-        headers={"Authorization": f"Bearer {token}"},
+        headers=headers,
         timeout=60,
         verify=False,  # noqa: S501 - the CLI talks to its own server on this machine
     )
     if response.status_code != 200:
         body = response.json().get("error", {})
+        # A request the server found unusable is the caller's input (exit 2), like the
+        # same request refused locally; anything else is the server's state (exit 4).
+        kind = ConfigError if response.status_code == 400 else StateError
         _fail(
-            StateError(
+            kind(
                 body.get("message", "the running server refused the request"),
                 found=f"HTTP {response.status_code}",
             )
@@ -577,3 +616,143 @@ def fingerprint() -> None:
     from meterbox.server._instance import machine_fingerprint
 
     out.print(machine_fingerprint(), highlight=False)
+
+
+# ------------------------------------------------------------------ site API keys
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    epilog=EXIT_CODES_HELP,
+    help="Site API keys: what clients present to check out seats and record usage.",
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _admin_json(data: Path, method: str, path: str, body: Any = None) -> Any:
+    content = None if body is None else json.dumps(body).encode()
+    return _admin(data, method, path, content, "application/json").json()
+
+
+@contextmanager
+def _stopped_keys(data: Path) -> Iterator[Any]:
+    """The key file of a stopped server, held against a server starting meanwhile.
+
+    The state file's lock is the one a running server holds; taking it here means the
+    file is never edited under a server that would overwrite the edit.
+    """
+    from meterbox.server._instance import STATE_DB
+    from meterbox.server._keys import KeyStore
+    from meterbox.server._state import StateStore
+
+    if not (data / STATE_DB).exists() and not (data / "ledger").exists():
+        raise StateError(
+            f"no server instance in {data}",
+            expected=f"a directory set up by 'meterbox server init --data {data}'",
+            found="no ledger there",
+        )
+    store = StateStore(data / STATE_DB)
+    try:
+        yield KeyStore.open(data)
+    finally:
+        store.close()
+
+
+def _key_lines(key: dict[str, Any]) -> list[str]:
+    scope = []
+    for kind in ("features", "meters"):
+        names = key.get(kind)
+        scope.append(f"{kind}: " + ("all" if names is None else ", ".join(names) or "none"))
+    state = f"revoked {utc(key['revoked_at'])}" if key.get("revoked_at") else "active"
+    return [
+        f"{key['key_id']}  {key['name']}  ({state})",
+        f"  group: {key.get('group') or '-'}; created {utc(key.get('created_at'))}",
+        "  " + "; ".join(scope),
+    ]
+
+
+@keys_app.command("create")
+def keys_create(
+    data: DataOption,
+    name: Annotated[str, typer.Option("--name", help="Who or what holds the key, e.g. lab-3.")],
+    group: Annotated[
+        str | None, typer.Option("--group", help="Group the key's holders belong to.")
+    ] = None,
+    feature: Annotated[
+        list[str] | None,
+        typer.Option("--feature", help="Allow only this feature (repeat for more)."),
+    ] = None,
+    meter: Annotated[
+        list[str] | None,
+        typer.Option("--meter", help="Allow only this meter (repeat for more)."),
+    ] = None,
+    no_usage: Annotated[
+        bool, typer.Option("--no-usage", help="Allow no meter at all (seats only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key as JSON.")] = False,
+) -> None:
+    """Create a key; its secret is printed once and only its digest is kept."""
+    meters = [] if no_usage else meter
+    if _running(data):
+        doc = _admin_json(
+            data,
+            "POST",
+            "/v1/admin/keys",
+            {"name": name, "group": group, "features": feature, "meters": meters},
+        )
+    else:
+        from meterbox.clock import SystemClock
+
+        with _errors(), _stopped_keys(data) as keys:
+            new = keys.create(
+                name, SystemClock().now(), group=group, features=feature, meters=meters
+            )
+            doc = {**new.key.summary(), "token": new.token}
+    if as_json:
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    for line in _key_lines(doc):
+        out.print(line, highlight=False)
+    out.print("Key (shown once; give it to the clients as METERBOX_API_KEY):", highlight=False)
+    # Printed raw on its own line so it can be copied whole.
+    sys.stdout.write(doc["token"] + "\n")
+
+
+@keys_app.command("list")
+def keys_list(
+    data: DataOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
+) -> None:
+    """List the keys (never their secrets), revoked ones included."""
+    if _running(data):
+        keys_doc = _admin_json(data, "GET", "/v1/admin/keys")["keys"]
+    else:
+        from meterbox.server._keys import KeyStore
+
+        with _errors():
+            keys_doc = [k.summary() for k in KeyStore.open(data).ring]
+    if as_json:
+        typer.echo(json.dumps(keys_doc, sort_keys=True))
+        return
+    if not keys_doc:
+        out.print("no API keys; create one with 'meterbox server keys create'", highlight=False)
+    for key in keys_doc:
+        for line in _key_lines(key):
+            out.print(line, highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    data: DataOption,
+    ref: Annotated[str, typer.Argument(metavar="KEY", help="Key id or name.")],
+) -> None:
+    """Revoke a key: a running server refuses it from the next request on."""
+    if _running(data):
+        from urllib.parse import quote
+
+        doc = _admin_json(data, "POST", f"/v1/admin/keys/{quote(ref, safe='')}/revoke")
+    else:
+        from meterbox.clock import SystemClock
+
+        with _errors(), _stopped_keys(data) as keys:
+            doc = keys.revoke(ref, SystemClock().now()).summary()
+    out.print(f"revoked {doc['key_id']} ({doc['name']})", highlight=False)

@@ -52,7 +52,7 @@ from meterbox.server._core.policy import (
     LicensePolicy,
     MeterPolicy,
 )
-from meterbox.server._core.seats import SeatBook, SeatDecision, SeatLease
+from meterbox.server._core.seats import SeatBook, SeatDecision, SeatLease, claim
 from meterbox.server._errors import LeaseNotFound, UnknownMeter
 
 #: A license's policy for one feature or one meter.
@@ -206,14 +206,26 @@ class Engine:
 
     # --------------------------------------------------------------- seats
     def checkout(
-        self, feature: str, client_id: str, now: datetime, hostname: str | None = None
+        self,
+        feature: str,
+        client_id: str,
+        now: datetime,
+        hostname: str | None = None,
+        *,
+        key_id: str | None = None,
     ) -> SeatDecision:
         held = self.seats.held_by(feature, client_id, now)
         if held is not None:
-            return self.heartbeat(held.lease_id, now)
+            return self.heartbeat(claim(held, key_id).lease_id, now, key_id=key_id)
         sources = self.feature_sources(feature, now)
         return self.seats.checkout(
-            feature, client_id, now, sources=sources, rng=self.rng, hostname=hostname
+            feature,
+            client_id,
+            now,
+            sources=sources,
+            rng=self.rng,
+            hostname=hostname,
+            key_id=key_id,
         )
 
     def checkout_on(
@@ -275,8 +287,15 @@ class Engine:
         self.seats.leases[lease.lease_id] = lease
         return replace(decision, lease=lease)
 
-    def heartbeat(self, lease_id: str, now: datetime) -> SeatDecision:
+    def heartbeat(self, lease_id: str, now: datetime, *, key_id: str | None = None) -> SeatDecision:
+        """Renew lease ``lease_id``; only the key that checked it out may.
+
+        A lease of another key answers exactly like an unknown id, so a request cannot
+        tell whether an id it guessed or copied exists.
+        """
         lease = self.seats.leases.get(lease_id)
+        if lease is not None and not lease.owned_by(key_id):
+            lease = None
         if lease is None or not lease.live(now):
             raise LeaseNotFound(
                 f"Lease {lease_id!r} is not held",
@@ -299,7 +318,11 @@ class Engine:
             raise err
         return self.seats.renew(lease, now)
 
-    def release(self, lease_id: str) -> SeatLease | None:
+    def release(self, lease_id: str, *, key_id: str | None = None) -> SeatLease | None:
+        """Drop a lease of ``key_id``; ``None`` if it is not held (or held by another key)."""
+        lease = self.seats.leases.get(lease_id)
+        if lease is None or not lease.owned_by(key_id):
+            return None
         return self.seats.release(lease_id)
 
     def expire(self, now: datetime) -> list[SeatLease]:

@@ -6,7 +6,10 @@ Invariants:
   attributed to a license number at most that license's ``seats`` regular leases
   plus ``overdraft`` overdraft leases; the engine only grants within those counts;
 * a client holds at most one live lease per feature: a second checkout renews it;
-* lease ids are random (from the injected ``rng``) and never reused.
+* lease ids are random (from the injected ``rng``) and never reused;
+* a lease belongs to the API key that checked it out (``key_id``, ``None`` for a
+  request without a key): only the same key renews or releases it, and a checkout
+  under another key never returns its id, even for the same client id.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from meterbox.errors import NoSeatAvailable
+from meterbox.errors import ForbiddenError, NoSeatAvailable
 from meterbox.server._core.policy import FeaturePolicy
 
 #: A renewal is written to the ledger only when the last recorded one for the lease is
@@ -39,9 +42,31 @@ class SeatLease:
     hostname: str | None = None
     #: License time of the last ledger record (checkout or renew) for this lease.
     recorded_at: datetime | None = None
+    #: The API key that checked the lease out; ``None`` for a request without a key.
+    key_id: str | None = None
 
     def live(self, now: datetime) -> bool:
         return self.expires_at > now
+
+    def owned_by(self, key_id: str | None) -> bool:
+        return self.key_id == key_id
+
+
+def claim(held: SeatLease, key_id: str | None) -> SeatLease:
+    """``held`` if ``key_id`` owns it; a checkout under another key is refused.
+
+    Client ids are public (the seat listing shows them), so a checkout naming a
+    colleague's client id must not renew the colleague's lease and return its id.
+    """
+    if not held.owned_by(key_id):
+        raise ForbiddenError(
+            f"Client {held.client_id!r} holds a seat of {held.feature!r} under another API key",
+            expected="a checkout with the key that took the seat",
+            found="a different key" if key_id is not None else "no key",
+            hint="Use your own client id (the SDK's default is user@host), "
+            "or the key this client was given",
+        )
+    return held
 
 
 @dataclass(frozen=True)
@@ -114,6 +139,7 @@ class SeatBook:
         sources: Sequence[tuple[str, FeaturePolicy]],
         rng: Callable[[int], bytes],
         hostname: str | None = None,
+        key_id: str | None = None,
     ) -> SeatDecision:
         """Grant a seat from the first source with a free seat, else an overdraft seat.
 
@@ -123,7 +149,7 @@ class SeatBook:
         """
         held = self.held_by(feature, client_id, now)
         if held is not None:
-            return self.renew(held, now)
+            return self.renew(claim(held, key_id), now)
         live = self.live(feature, now)
         for overdraft in (False, True):
             for license_id, policy in sources:
@@ -143,6 +169,7 @@ class SeatBook:
                         overdraft=overdraft,
                         hostname=hostname,
                         recorded_at=now,
+                        key_id=key_id,
                     )
                     self.leases[lease.lease_id] = lease
                     self.note_peak(feature, now)
