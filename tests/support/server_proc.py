@@ -49,6 +49,7 @@ def make_data(
     seats: int = 3,
     overdraft: int = 1,
     meter_limit: int | None = None,
+    extra_features: tuple[str, ...] = (),
 ) -> Data:
     """A vendor home under ``root`` and a server data dir (``data`` or ``root/server``)."""
     home = root / "vendor"
@@ -61,7 +62,10 @@ def make_data(
         product="Solver",
         issued=issued,
         vendor_key_id=keys.current_id.hex(),
-        features={"cad": Feature(seats=seats, overdraft=overdraft, lease_seconds=60)},
+        features={
+            name: Feature(seats=seats, overdraft=overdraft, lease_seconds=60)
+            for name in ("cad", *extra_features)
+        },
         meters={"runs": Meter(limit=meter_limit)},
         expires=issued + timedelta(days=365),
     )
@@ -80,15 +84,19 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m meterbox server run --data D --port P`, output appended to ``log``."""
 
-    def __init__(self, data: Path, log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data: Path, log: Path, port: int | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.data, self.log = data, log
+        #: More `server run` arguments, e.g. ("--host", "0.0.0.0").
+        self.extra = extra
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> None:
         args = [sys.executable, "-m", "meterbox", "server", "run", "--data", str(self.data),
-                "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+                "--port", str(self.port), "--log-level", "warning", *self.extra]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERBOX_")}
         with self.log.open("ab") as f:
             self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)
