@@ -30,6 +30,7 @@ subclass only where its concept is genuinely narrower (and says why there).
         ├── UnknownFeature
         ├── UnknownMeter                 the meter is named by no installed license
         ├── LeaseNotFound                the lease expired, was released, or never existed
+        │   ├── LeaseRemoved             the site administrator removed the lease (HTTP 410)
         │   └── client.LeaseLost         a lease the client held is gone on the server
         ├── compat.UnknownLicenseKey, compat.LicenseKeyBlocked, compat.MachineNotAllowed,
         └── compat.SignMethodRequired, compat.UnknownDataObject
@@ -184,6 +185,16 @@ class LeaseNotFound(LicenseDenied):
     """The seat lease expired, was released, or never existed."""
 
     code = "lease_not_found"
+
+
+class LeaseRemoved(LeaseNotFound):
+    """The site administrator removed the lease; the message says who, when and why.
+
+    Narrower than :class:`LeaseNotFound` because the holder should not simply check
+    out again in a loop: someone decided the seat was needed elsewhere.
+    """
+
+    code = "lease_removed"
 
 
 class NoSeatAvailable(LicenseDenied):

@@ -554,6 +554,7 @@ _BY_CODE: dict[str, type[MeterboxError]] = {
     "unknown_feature": UnknownFeature,
     "unknown_meter": UnknownMeter,
     "lease_not_found": LeaseLost,
+    "lease_removed": LeaseLost,
     "no_seat": NoSeatAvailable,
     "idempotency_conflict": IdempotencyConflictError,
     "unavailable": ServerUnreachableError,
@@ -711,12 +712,17 @@ def classify_renewal(outcome: Outcome) -> RenewalStep:
         return RenewLater(f"HTTP {outcome.status} from {outcome.url}")
     err = error_from_reply(outcome)
     if isinstance(err, LeaseLost):
+        removed = error_code(outcome) == "lease_removed"
         return Lost(
             LeaseLost(
-                "The seat's lease is gone from the server",
+                "The site administrator removed this seat"
+                if removed
+                else "The seat's lease is gone from the server",
                 expected="the lease to be renewed by a heartbeat",
                 found=f"{err.problem}",
-                hint="Check out the seat again; the server may have restarted without "
+                hint="Ask the site administrator before checking the seat out again"
+                if removed
+                else "Check out the seat again; the server may have restarted without "
                 "state or the lease expired while the server was unreachable",
             )
         )

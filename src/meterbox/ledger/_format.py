@@ -74,6 +74,8 @@ class RecordType(enum.IntEnum):
     SEAT_UNKNOWN = 23
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
+    # 29-32 are reserved for license suspension, revocation and seat borrowing.
+    SEAT_REMOVED = 28
 
     @property
     def kind(self) -> str:

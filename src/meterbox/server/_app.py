@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterbox import __version__
 from meterbox._fs import disk_error
-from meterbox.errors import MeterboxError
+from meterbox.errors import BadRequestError, MeterboxError
 from meterbox.server import _metrics as metrics
 from meterbox.server._core.access import ApiKey, KeyRing
 from meterbox.server._core.seats import SeatLease
@@ -124,6 +124,21 @@ class AdminLeaseOut(LeaseOut):
 
 class AdminSeatsOut(BaseModel):
     leases: list[AdminLeaseOut]
+
+
+class RemoveIn(_In):
+    """Which leases to remove: exactly one of ``lease_id``, ``client_id``, ``hostname``."""
+
+    lease_id: Annotated[str | None, Field(default=None, min_length=1, max_length=64)] = None
+    client_id: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+    hostname: Annotated[str | None, Field(default=None, min_length=1, max_length=255)] = None
+    #: Who removes them, recorded in the ledger (e.g. ``alice via cli``).
+    by: Annotated[str, Field(min_length=1, max_length=100)]
+    reason: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+
+
+class RemovedOut(BaseModel):
+    removed: list[AdminLeaseOut]
 
 
 class KeyIn(_In):
@@ -579,18 +594,38 @@ def _add_key_routes(app: FastAPI, service: LicenseService, token: bytes, access:
         """Every live lease with its id, for the administrator (removal names ids)."""
         now = service.now()
         return AdminSeatsOut(
-            leases=[
-                AdminLeaseOut(
-                    **_lease_out(x).model_dump(),
-                    license_id=x.license_id,
-                    hostname=x.hostname,
-                    issued_at=x.issued_at,
-                    key_id=x.key_id,
-                )
-                for f in service.engine.seats_view(now)
-                for x in f["leases"]
-            ]
+            leases=[_admin_lease(x) for f in service.engine.seats_view(now) for x in f["leases"]]
         )
+
+    @app.post("/v1/admin/seats/remove", dependencies=admin, responses=_errors(400, 401, 413, 503))
+    async def remove_seats(body: RemoveIn) -> RemovedOut:
+        """Take live leases away; each is a ``seat.removed`` record naming ``by``."""
+        chosen = [x for x in (body.lease_id, body.client_id, body.hostname) if x is not None]
+        if len(chosen) != 1:
+            raise BadRequestError(
+                "A removal names exactly one selector",
+                expected="one of lease_id, client_id or hostname",
+                found=f"{len(chosen)} of them",
+                hint="Remove by lease id (see GET /v1/admin/seats), client id or host name",
+            )
+        removed = await service.remove(
+            body.by,
+            lease_id=body.lease_id,
+            client_id=body.client_id,
+            hostname=body.hostname,
+            reason=body.reason,
+        )
+        return RemovedOut(removed=[_admin_lease(r.lease) for r in removed])
+
+
+def _admin_lease(x: SeatLease) -> AdminLeaseOut:
+    return AdminLeaseOut(
+        **_lease_out(x).model_dump(),
+        license_id=x.license_id,
+        hostname=x.hostname,
+        issued_at=x.issued_at,
+        key_id=x.key_id,
+    )
 
 
 def _add_admin_routes(

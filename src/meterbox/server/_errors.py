@@ -56,6 +56,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "unknown_meter": 404,
     "lease_not_found": 404,
     "not_found": 404,
+    "lease_removed": 410,
     "no_seat": 409,
     "idempotency_conflict": 409,
     "topup_already_applied": 409,

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
-from meterbox.errors import NoSeatAvailable
+from meterbox.errors import LeaseRemoved, NoSeatAvailable
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
@@ -38,6 +38,7 @@ from meterbox.ledger.records import (
     SeatDenied,
     SeatExpire,
     SeatRelease,
+    SeatRemoved,
     SeatRenew,
     SeatUnknown,
     TopupImported,
@@ -61,7 +62,7 @@ from meterbox.server._core.clock import DEFAULT_STEP_THRESHOLD, LicenseClock
 from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
-from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
+from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
 from meterbox.server._errors import LeaseNotFound, UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
@@ -373,6 +374,9 @@ class LicenseService:
             now = self.now()
             try:
                 decision = self.engine.heartbeat(lease_id, now, key_id=key_id)
+            except LeaseRemoved:
+                # Known and removed on purpose: told why, and no evidence of a lost lease.
+                raise
             except LeaseNotFound as exc:
                 missing: LeaseNotFound | None = exc
                 unknown = self._write_unknown(lease_id, "renew")
@@ -392,7 +396,7 @@ class LicenseService:
             if lease is None:
                 # A lease of another key is answered like an unknown one, but it is not
                 # evidence of a lost checkout, so nothing is recorded for it.
-                held = lease_id in self.engine.seats.leases
+                held = self.engine.is_known_lease(lease_id)
                 unknown = None if held else self._write_unknown(lease_id, "release")
             else:
                 task = self._write(SeatRelease(lease_id=lease_id))
@@ -408,6 +412,54 @@ class LicenseService:
         self.counters["releases"] += 1
         await self._save([LeasePut(lease, ended=True)], seq, now)
         return True
+
+    async def remove(
+        self,
+        removed_by: str,
+        *,
+        lease_id: str | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+        reason: str | None = None,
+    ) -> list[Removal]:
+        """The administrator removes live leases: recorded (``seat.removed``), then answered.
+
+        A removal whose record the ledger refuses is taken back (the lease is live again)
+        and :class:`UnavailableError` raised, like any other decision.
+        """
+        async with self._lock:
+            now = self.now()
+            removals = self.engine.remove(
+                now,
+                removed_by,
+                lease_id=lease_id,
+                client_id=client_id,
+                hostname=hostname,
+                reason=reason,
+            )
+            tasks = [
+                self._write(
+                    SeatRemoved(lease_id=r.lease.lease_id, removed_by=removed_by, reason=reason)
+                )
+                for r in removals
+            ]
+        seq = None
+        done: list[Removal] = []
+        failed: UnavailableError | None = None
+        for removal, task in zip(removals, tasks, strict=True):
+            try:
+                seq = await self._durable(task)
+            except UnavailableError as exc:
+                failed = exc
+                async with self._lock:
+                    self.engine.seats.undo_remove(removal)
+            else:
+                done.append(removal)
+        self.counters["removals"] = self.counters.get("removals", 0) + len(done)
+        await self._save([LeasePut(r.lease, ended=True) for r in done], seq, now)
+        if failed is not None:
+            raise failed
+        return done
 
     # -------------------------------------------------------------- usage
     async def usage(

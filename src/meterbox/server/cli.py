@@ -756,3 +756,83 @@ def keys_revoke(
         with _errors(), _stopped_keys(data) as keys:
             doc = keys.revoke(ref, SystemClock().now()).summary()
     out.print(f"revoked {doc['key_id']} ({doc['name']})", highlight=False)
+
+
+# ------------------------------------------------------------------ seat removal
+def _default_remover() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+
+
+@app.command("remove")
+def remove_cmd(
+    data: DataOption,
+    lease: Annotated[str | None, typer.Option("--lease", metavar="ID", help="One lease.")] = None,
+    client: Annotated[
+        str | None, typer.Option("--client", metavar="ID", help="Every seat of a client id.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", metavar="H", help="Every seat held from a host.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why; the holder is told, the ledger keeps it.")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Who removes it, for the ledger. [default: your login]"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the removed leases.")] = False,
+) -> None:
+    """Remove seats now: recorded in the ledger; the holder's next heartbeat is told why."""
+    chosen = [x for x in (lease, client, host) if x is not None]
+    if len(chosen) != 1:
+        _fail(
+            ConfigError(
+                "name the seats to remove",
+                expected="exactly one of --lease ID, --client ID or --host H",
+                found=f"{len(chosen)} of them",
+                hint="see the holders with 'meterbox server status'; lease ids with --json",
+            )
+        )
+    who = f"{by or _default_remover()} via cli"
+    body = {"lease_id": lease, "client_id": client, "hostname": host, "by": who, "reason": reason}
+    if _running(data):
+        removed = _admin_json(data, "POST", "/v1/admin/seats/remove", body)["removed"]
+    else:
+        from meterbox.server._instance import ServerInstance
+
+        with _errors():
+            inst = ServerInstance.open(data)
+            try:
+                done = asyncio.run(
+                    inst.service.remove(
+                        who, lease_id=lease, client_id=client, hostname=host, reason=reason
+                    )
+                )
+            finally:
+                inst.close()
+        removed = [
+            {
+                "lease_id": r.lease.lease_id,
+                "feature": r.lease.feature,
+                "client_id": r.lease.client_id,
+                "hostname": r.lease.hostname,
+            }
+            for r in done
+        ]
+    if as_json:
+        typer.echo(json.dumps(removed, sort_keys=True, default=str))
+    if not removed:
+        err.print("no live seat matched; nothing was removed", highlight=False)
+        raise typer.Exit(1)
+    if not as_json:
+        for x in removed:
+            out.print(
+                f"removed {x['feature']} seat of {x['client_id']} "
+                f"({x.get('hostname') or 'no host'}), lease {x['lease_id']}",
+                highlight=False,
+            )

@@ -141,6 +141,8 @@ _SEAT_KINDS: Final = {
     RecordType.SEAT_RENEW: "renew",
     RecordType.SEAT_RELEASE: "release",
     RecordType.SEAT_EXPIRE: "expire",
+    # A lease the site administrator removed: it ends there, like a release.
+    RecordType.SEAT_REMOVED: "remove",
     RecordType.SEAT_DENIED: "denied",
 }
 #: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from meterbox.errors import (
     ConfigError,
+    LeaseRemoved,
     LicenseDenied,
     LicenseExpired,
     ReportOverdue,
@@ -52,7 +53,7 @@ from meterbox.server._core.policy import (
     LicensePolicy,
     MeterPolicy,
 )
-from meterbox.server._core.seats import SeatBook, SeatDecision, SeatLease, claim
+from meterbox.server._core.seats import Removal, SeatBook, SeatDecision, SeatLease, claim
 from meterbox.server._errors import LeaseNotFound, UnknownMeter
 
 #: A license's policy for one feature or one meter.
@@ -296,6 +297,14 @@ class Engine:
         lease = self.seats.leases.get(lease_id)
         if lease is not None and not lease.owned_by(key_id):
             lease = None
+        removal = self.seats.removed.get(lease_id)
+        if lease is None and removal is not None and removal.lease.owned_by(key_id):
+            raise LeaseRemoved(
+                f"Lease {lease_id!r} of feature {removal.lease.feature!r} was " + removal.explain(),
+                expected="a live lease id from a checkout",
+                found="a lease the site administrator removed",
+                hint="Ask the site administrator before checking the seat out again",
+            )
         if lease is None or not lease.live(now):
             raise LeaseNotFound(
                 f"Lease {lease_id!r} is not held",
@@ -325,8 +334,30 @@ class Engine:
             return None
         return self.seats.release(lease_id)
 
+    def is_known_lease(self, lease_id: str) -> bool:
+        """Whether the server holds (or removed) ``lease_id``: not evidence of a lost checkout."""
+        return lease_id in self.seats.leases or lease_id in self.seats.removed
+
     def expire(self, now: datetime) -> list[SeatLease]:
         return self.seats.expire(now)
+
+    def remove(
+        self,
+        now: datetime,
+        removed_by: str,
+        *,
+        lease_id: str | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+        reason: str | None = None,
+    ) -> list[Removal]:
+        """The administrator takes away the live leases with that id, client or host.
+
+        Exactly one selector is given. The holders' next heartbeat is refused with
+        :class:`LeaseRemoved` naming ``removed_by`` and ``reason``; nothing else changes.
+        """
+        leases = self.seats.matching(now, lease_id=lease_id, client_id=client_id, hostname=hostname)
+        return self.seats.remove(leases, removed_by, now, reason)
 
     def note_peaks(self, now: datetime) -> list[tuple[str, datetime, int]]:
         raised = [self.seats.note_peak(f, now) for f in sorted(self.feature_names())]

@@ -27,6 +27,8 @@ from meterbox.server._core.policy import FeaturePolicy
 RENEW_RECORD_FRACTION = 0.5
 
 LEASE_ID_BYTES = 16
+#: Removed leases remembered so their holder's next heartbeat is told why (oldest dropped).
+MAX_REMOVALS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,20 @@ class SeatDecision:
         return "seat.renew" if self.renewed else "seat.checkout"
 
 
+@dataclass(frozen=True)
+class Removal:
+    """Why a lease is gone: the site administrator took it away."""
+
+    lease: SeatLease
+    removed_by: str
+    at: datetime
+    reason: str | None = None
+
+    def explain(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        return f"removed by {self.removed_by} at {self.at.isoformat()}{why}"
+
+
 def hour_of(t: datetime) -> datetime:
     return t.replace(minute=0, second=0, microsecond=0)
 
@@ -102,6 +118,8 @@ class SeatBook:
         peaks: dict[tuple[str, datetime], int] | None = None,
     ) -> None:
         self.leases: dict[str, SeatLease] = {lease.lease_id: lease for lease in leases}
+        #: Leases the administrator removed, by id, oldest first (kept in memory only).
+        self.removed: dict[str, Removal] = {}
         self.denials: dict[str, int] = dict(denials or {})
         self.peaks: dict[tuple[str, datetime], int] = dict(peaks or {})
 
@@ -193,6 +211,49 @@ class SeatBook:
     def release(self, lease_id: str) -> SeatLease | None:
         """Drop a lease; ``None`` if it is not held (release is idempotent)."""
         return self.leases.pop(lease_id, None)
+
+    def matching(
+        self,
+        now: datetime,
+        *,
+        lease_id: str | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+    ) -> list[SeatLease]:
+        """The live leases with that id, client id or host name (exactly one is given)."""
+        given = [x for x in (lease_id, client_id, hostname) if x is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of lease_id, client_id, hostname")
+        found = [
+            x
+            for x in self.leases.values()
+            if x.live(now)
+            and (
+                x.lease_id == lease_id
+                or (client_id is not None and x.client_id == client_id)
+                or (hostname is not None and x.hostname == hostname)
+            )
+        ]
+        return sorted(found, key=lambda x: (x.issued_at, x.lease_id))
+
+    def remove(
+        self, leases: Iterable[SeatLease], removed_by: str, now: datetime, reason: str | None
+    ) -> list[Removal]:
+        """Take ``leases`` away and remember why, for their holders' next heartbeat."""
+        out = []
+        for lease in leases:
+            if self.leases.pop(lease.lease_id, None) is None:
+                continue
+            removal = Removal(lease, removed_by, now, reason)
+            self.removed[lease.lease_id] = removal
+            out.append(removal)
+        while len(self.removed) > MAX_REMOVALS_KEPT:
+            del self.removed[next(iter(self.removed))]
+        return out
+
+    def undo_remove(self, removal: Removal) -> None:
+        self.removed.pop(removal.lease.lease_id, None)
+        self.leases[removal.lease.lease_id] = removal.lease
 
     def expire(self, now: datetime) -> list[SeatLease]:
         """Remove and return every lease whose expiry is at or before ``now``."""
