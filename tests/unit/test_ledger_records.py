@@ -204,14 +204,15 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    # SEAT_UNKNOWN and the Cryptolens machine records came after the vectors were fixed
-    # (they stay byte-identical); their payload round trips are covered by the property
-    # tests over PAYLOAD_TYPES, test_machine_records_keep_their_keys, and the SDK tests
-    # that read them back from real reports.
+    # SEAT_UNKNOWN, the Cryptolens machine records and SEAT_REMOVED came after the
+    # vectors were fixed (they stay byte-identical); their payload round trips are
+    # covered by the property tests over PAYLOAD_TYPES, test_machine_records_keep_their_keys,
+    # test_seat_removed_keeps_its_keys, and the tests that read them back from real reports.
     newer = {
         RecordType.SEAT_UNKNOWN,
         RecordType.MACHINE_ACTIVATED,
         RecordType.MACHINE_DEACTIVATED,
+        RecordType.SEAT_REMOVED,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -222,3 +223,14 @@ def test_machine_records_keep_their_keys() -> None:
     assert parse_payload(RecordType.MACHINE_ACTIVATED, up.to_map()) == up
     down = parse_payload(RecordType.MACHINE_DEACTIVATED, {"l": "lic", "c": "m", "n": 0})
     assert down == MachineDeactivated(license_id="lic", machine_code="m", activations=0)
+
+
+def test_seat_removed_keeps_its_keys() -> None:
+    from meterbox.ledger import SeatRelease, SeatRemoved
+
+    gone = SeatRemoved(lease_id="L1", removed_by="alice via cli", reason="needed")
+    assert gone.to_map() == {"i": "L1", "b": "alice via cli", "r": "needed"}
+    assert SeatRemoved.from_map(gone.to_map()) == gone
+    # Readers of seat intervals treat it as a release.
+    assert isinstance(gone, SeatRelease)
+    assert SeatRemoved(lease_id="L1", removed_by="x").to_map() == {"i": "L1", "b": "x"}
