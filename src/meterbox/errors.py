@@ -23,6 +23,7 @@ subclass only where its concept is genuinely narrower (and says why there).
     ├── ServerUnreachableError           no server answered (connection error, timeout, 503)
     └── LicenseDenied                    a licensing decision: the request is refused
         ├── NoSeatAvailable
+        ├── PolicyDenied                 the site's seat options refuse this requester (HTTP 403)
         ├── QuotaExceeded
         │   └── compat.BoundExceeded     the change would cross the caller's Bound
         ├── ReportOverdue
@@ -203,6 +204,14 @@ class NoSeatAvailable(LicenseDenied):
     #: offers the feature, because that is the seat the client would have been given.
     #: ``None`` only when no license was tried.
     license_id: str | None = None
+
+
+class PolicyDenied(LicenseDenied):
+    """The site's options file refuses the requester a seat (excluded, at its maximum,
+    or the free seats are reserved for others). The site's decision, not the license's:
+    counted apart from ``no_seat`` and not recorded as a denial for the vendor."""
+
+    code = "policy_denied"
 
 
 class QuotaExceeded(LicenseDenied):

@@ -79,6 +79,7 @@ class AsyncClient:
         client_id: str | None = None,
         hostname: str | None = None,
         api_key: str | None = None,
+        user: str | None = None,
         timeout: float = 5.0,
         retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
@@ -101,6 +102,7 @@ class AsyncClient:
             environ=os.environ if environ is None else environ,
             home=Path.home(),
             api_key=api_key,
+            user=user,
         )
         self._http = httpx.AsyncClient(
             timeout=timeout, transport=transport, headers=auth_headers(self.config.api_key)
@@ -161,7 +163,9 @@ class AsyncClient:
         return lease
 
     async def _checkout_at(self, feature: str) -> tuple[Lease, str]:
-        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+        req = checkout_request(
+            feature, self.config.client_id, self.config.hostname, self.config.user
+        )
         reply = await self._call(req)
         return parse_lease(reply), reply.url
 

@@ -37,6 +37,7 @@ from meterbox.client.errors import (
     LicenseExpired,
     MeterboxError,
     NoSeatAvailable,
+    PolicyDenied,
     ProtocolError,
     QuotaExceeded,
     ReportOverdue,
@@ -346,7 +347,9 @@ def validate_usage(meter: str, amount: int, idempotency_key: str | None) -> None
         )
 
 
-def checkout_request(feature: str, client_id: str, hostname: str | None) -> Request:
+def checkout_request(
+    feature: str, client_id: str, hostname: str | None, user: str | None = None
+) -> Request:
     if not feature:
         raise BadRequestError(
             "Feature name is empty",
@@ -357,6 +360,8 @@ def checkout_request(feature: str, client_id: str, hostname: str | None) -> Requ
     body: dict[str, object] = {"feature": feature, "client_id": client_id}
     if hostname is not None:
         body["hostname"] = hostname
+    if user is not None:
+        body["user"] = user
     return Request("POST", "/v1/seats/checkout", body)
 
 
@@ -556,6 +561,7 @@ _BY_CODE: dict[str, type[MeterboxError]] = {
     "lease_not_found": LeaseLost,
     "lease_removed": LeaseLost,
     "no_seat": NoSeatAvailable,
+    "policy_denied": PolicyDenied,
     "idempotency_conflict": IdempotencyConflictError,
     "unavailable": ServerUnreachableError,
 }
@@ -750,6 +756,8 @@ class ClientConfig:
     flush_interval: float | None
     #: The site API key (``mbk_...``) sent as ``Authorization: Bearer``; kept out of repr.
     api_key: str | None = field(default=None, repr=False)
+    #: The user declared with checkouts, for the site's seat options (asserted, not proven).
+    user: str | None = None
 
     @classmethod
     def build(  # noqa: PLR0913 - one parameter per Client keyword, validated together
@@ -766,6 +774,7 @@ class ClientConfig:
         environ: Mapping[str, str],
         home: Path,
         api_key: str | None = None,
+        user: str | None = None,
     ) -> ClientConfig:
         if not 0.05 <= renew_fraction <= 0.9:
             raise ConfigError(
@@ -798,6 +807,7 @@ class ClientConfig:
             )
         return cls(
             api_key=key,
+            user=user if user is not None else _login_name(),
             urls=resolve_urls(url, environ),
             spool_path=Path(spool) if spool is not None else default_spool_path(environ, home),
             client_id=client_id or default_client_id(),

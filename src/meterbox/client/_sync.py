@@ -83,6 +83,7 @@ class Client:
         client_id: str | None = None,
         hostname: str | None = None,
         api_key: str | None = None,
+        user: str | None = None,
         timeout: float = 5.0,
         retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
@@ -105,6 +106,7 @@ class Client:
             environ=os.environ if environ is None else environ,
             home=Path.home(),
             api_key=api_key,
+            user=user,
         )
         self._http = httpx.Client(
             timeout=timeout, transport=transport, headers=auth_headers(self.config.api_key)
@@ -170,11 +172,15 @@ class Client:
 
     def checkout(self, feature: str) -> Lease:
         """Check out one seat; the caller must heartbeat and release it. Prefer :meth:`seat`."""
-        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+        req = checkout_request(
+            feature, self.config.client_id, self.config.hostname, self.config.user
+        )
         return parse_lease(self._call(req))
 
     def _checkout_at(self, feature: str) -> tuple[Lease, str]:
-        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+        req = checkout_request(
+            feature, self.config.client_id, self.config.hostname, self.config.user
+        )
         reply = self._call(req)
         return parse_lease(reply), reply.url
 

@@ -18,6 +18,7 @@ one from :mod:`meterbox.errors`, re-exported so SDK users import from one place.
     ├── ServerUnreachableError          no server answered (connection error, timeout, 503)
     └── LicenseDenied
         ├── NoSeatAvailable        HTTP 409 no_seat          (meterbox.errors)
+        ├── PolicyDenied           HTTP 403 policy_denied    (meterbox.errors)
         ├── QuotaExceeded          HTTP 402 quota_exceeded   (meterbox.errors)
         ├── ReportOverdue          HTTP 403 report_overdue   (meterbox.errors)
         ├── LicenseExpired         HTTP 403 license_expired  (meterbox.errors)
@@ -42,6 +43,7 @@ from meterbox.errors import (
     LicenseExpired,
     MeterboxError,
     NoSeatAvailable,
+    PolicyDenied,
     ProtocolError,
     QuotaExceeded,
     ReportOverdue,
@@ -63,6 +65,7 @@ __all__ = [
     "LicenseExpired",
     "MeterboxError",
     "NoSeatAvailable",
+    "PolicyDenied",
     "ProtocolError",
     "QuotaExceeded",
     "ReportOverdue",

@@ -38,6 +38,7 @@ from meterbox._fs import disk_error
 from meterbox.errors import BadRequestError, MeterboxError
 from meterbox.server import _metrics as metrics
 from meterbox.server._core.access import ApiKey, KeyRing
+from meterbox.server._core.options import SeatOptions
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
 from meterbox.server._keys import KeyStore
@@ -69,6 +70,8 @@ class CheckoutIn(_In):
     feature: Annotated[str, _NAME]
     client_id: Annotated[str, _CLIENT]
     hostname: Annotated[str | None, Field(default=None, max_length=255)] = None
+    #: The user the client declares, for the site's seat options (asserted, not proven).
+    user: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
 
 
 class LeaseIdIn(_In):
@@ -112,6 +115,8 @@ class FeatureOut(BaseModel):
     overdraft: int
     in_use: int
     denials: int
+    #: Checkouts the site's options file refused (counted apart from ``denials``).
+    policy_denials: int
     holders: list[HolderOut]
 
 
@@ -300,7 +305,7 @@ _KEY_BEARER = HTTPBearer(
 _KeyCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_KEY_BEARER)]
 
 
-def build_app(
+def build_app(  # noqa: PLR0913 - keyword-only wiring of the optional handlers
     service: LicenseService,
     *,
     admin_token: str,
@@ -310,11 +315,13 @@ def build_app(
     housekeeping: bool = True,
     keys: KeyStore | None = None,
     require_api_key: bool = False,
+    reload_options: Callable[[], SeatOptions] | None = None,
 ) -> FastAPI:
     """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters.
 
     ``keys`` are the site's API keys (none: every presented key is refused);
-    ``require_api_key`` refuses seat and usage requests that present no key.
+    ``require_api_key`` refuses seat and usage requests that present no key;
+    ``reload_options`` reads the site's options file again (``/v1/admin/options/reload``).
     """
     if len(admin_token) < 16:
         raise ValueError("admin_token must be at least 16 characters")
@@ -330,6 +337,7 @@ def build_app(
     _add_status_routes(app, service)
     _add_admin_routes(app, service, admin_token.encode(), export_report, import_file)
     _add_key_routes(app, service, admin_token.encode(), access)
+    _add_options_route(app, service, admin_token.encode(), reload_options)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
     return app
@@ -454,7 +462,14 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _A
     async def checkout(body: CheckoutIn, key: ApiKey | None = caller) -> Response:
         if key is not None:
             key.allow_feature(body.feature)
-        d = await service.checkout(body.feature, body.client_id, body.hostname, key_id=_key_id(key))
+        d = await service.checkout(
+            body.feature,
+            body.client_id,
+            body.hostname,
+            key_id=_key_id(key),
+            user=body.user,
+            group=None if key is None else key.group,
+        )
         return _json(_lease_out(d.lease, d.renewed))
 
     @app.post("/v1/seats/heartbeat", responses=_errors(400, 401, 403, 404, 413, 503))
@@ -477,6 +492,7 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _A
                     overdraft=f["overdraft"],
                     in_use=f["in_use"],
                     denials=f["denials"],
+                    policy_denials=f["policy_denials"],
                     holders=[_holder(x) for x in f["leases"]],
                 )
                 for f in view
@@ -616,6 +632,36 @@ def _add_key_routes(app: FastAPI, service: LicenseService, token: bytes, access:
             reason=body.reason,
         )
         return RemovedOut(removed=[_admin_lease(r.lease) for r in removed])
+
+
+def options_summary(options: SeatOptions) -> dict[str, Any]:
+    return {
+        "source": options.source,
+        "features": {
+            name: {"reserve": len(f.reserve), "max": len(f.max) + len(f.max_per)}
+            for name, f in sorted(options.features.items())
+        },
+    }
+
+
+def _add_options_route(
+    app: FastAPI,
+    service: LicenseService,
+    token: bytes,
+    reload_options: Callable[[], SeatOptions] | None,
+) -> None:
+    @app.post(
+        "/v1/admin/options/reload",
+        dependencies=[Depends(_admin_check(token))],
+        responses=_errors(400, 401),
+    )
+    async def reload() -> dict[str, Any]:
+        """Read the options file again; a bad file keeps the rules in force (400 says why)."""
+        if reload_options is None:
+            raise _not_configured("options file")
+        options = reload_options()
+        service.engine.options = options
+        return options_summary(options)
 
 
 def _admin_lease(x: SeatLease) -> AdminLeaseOut:

@@ -50,6 +50,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "unauthorized": 401,
     "quota_exceeded": 402,
     "forbidden": 403,
+    "policy_denied": 403,
     "report_overdue": 403,
     "license_expired": 403,
     "unknown_feature": 404,

@@ -17,6 +17,7 @@ from meterbox.server._dashboard import build_site_dashboard
 from meterbox.server._instance import ServerInstance, read_admin_token
 from meterbox.server._keys import KeyStore
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep
+from meterbox.server._site_options import read_options
 
 
 @dataclass
@@ -44,9 +45,12 @@ def build_server(
     (``server run`` sets it whenever it listens beyond loopback).
     """
     keys = KeyStore.open(data)
+    options = read_options(data)  # a bad options file refuses the start, before the ledger
     instance = ServerInstance.open(
         data, clock=clock, settings=settings, force_recover=force_recover, sleep=sleep
     )
+
+    instance.service.engine.options = options
 
     async def export_handler(_: LicenseService) -> bytes:
         return instance.export_bytes()
@@ -62,6 +66,7 @@ def build_server(
         import_file=import_handler,
         keys=keys,
         require_api_key=require_api_key,
+        reload_options=lambda: read_options(data),
     )
     try:
         # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.

@@ -245,12 +245,20 @@ class LicenseService:
         hostname: str | None = None,
         *,
         key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> SeatDecision:
-        """A seat of ``feature`` for ``client_id``, owned by API key ``key_id``."""
+        """A seat of ``feature`` for ``client_id``, owned by API key ``key_id``.
+
+        ``user`` (declared by the client) and ``group`` (of the key) are what the site's
+        options file decides on; a policy refusal is answered without a ledger record.
+        """
         return await self._checkout(
             feature,
             client_id,
-            lambda now: self.engine.checkout(feature, client_id, now, hostname, key_id=key_id),
+            lambda now: self.engine.checkout(
+                feature, client_id, now, hostname, key_id=key_id, user=user, group=group
+            ),
         )
 
     async def checkout_on(

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, feature TEXT NOT NULL, client_id TEXT NOT NULL,
     license_id TEXT NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
     lease_seconds INTEGER NOT NULL, overdraft INTEGER NOT NULL, hostname TEXT,
-    recorded_at INTEGER, ended INTEGER NOT NULL DEFAULT 0, key_id TEXT);
+    recorded_at INTEGER, ended INTEGER NOT NULL DEFAULT 0, key_id TEXT, user TEXT,
+    grp TEXT);
 CREATE TABLE IF NOT EXISTS denials (feature TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS peaks (
     feature TEXT NOT NULL, hour INTEGER NOT NULL, peak INTEGER NOT NULL,
@@ -194,11 +195,13 @@ class StateStore:
             ) from exc
 
     def _add_lease_key_column(self) -> None:
-        # Schema 1 files written before leases carried their API key gain the column
-        # (NULL: no key, as those leases were checked out); the schema version stays.
+        # Schema 1 files written before leases carried their API key, user and group
+        # gain the columns (NULL: none, as those leases were checked out); the schema
+        # version stays.
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
-        if "key_id" not in columns:
-            self._db.execute("ALTER TABLE leases ADD COLUMN key_id TEXT")
+        for name in ("key_id", "user", "grp"):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE leases ADD COLUMN {name} TEXT")
 
     def _open_read_only(self) -> None:
         # For queries on a stopped server (``meterbox server status``): no lock file,
@@ -311,8 +314,8 @@ class StateStore:
             x = c.lease
             db.execute(
                 "INSERT INTO leases(lease_id, feature, client_id, license_id, issued_at, "
-                "expires_at, lease_seconds, overdraft, hostname, recorded_at, ended, key_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lease_id) DO UPDATE SET "
+                "expires_at, lease_seconds, overdraft, hostname, recorded_at, ended, key_id, user, "
+                "grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lease_id) DO UPDATE SET "
                 "expires_at = max(expires_at, excluded.expires_at), "
                 "recorded_at = max(coalesce(recorded_at, 0), coalesce(excluded.recorded_at, 0)), "
                 "ended = max(ended, excluded.ended)",
@@ -329,6 +332,8 @@ class StateStore:
                     None if x.recorded_at is None else to_us(x.recorded_at),
                     int(c.ended),
                     x.key_id,
+                    x.user,
+                    x.group,
                 ),
             )
         elif isinstance(c, UsageDelta):
@@ -437,10 +442,10 @@ class StateStore:
                 snap.last_receipt = ReceiptInfo(from_us(r["t"]), int(r["seq"]), r["id"])
             # A read-only open of a file from before the key column reads NULL for it.
             columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
-            key_col = "key_id" if "key_id" in columns else "NULL"
+            extra = ", ".join(c if c in columns else "NULL" for c in ("key_id", "user", "grp"))
             for row in db.execute(
-                "SELECT lease_id, feature, client_id, license_id, issued_at, expires_at, "  # noqa: S608 - key_col is one of two constants
-                f"lease_seconds, overdraft, hostname, recorded_at, {key_col} FROM leases "
+                "SELECT lease_id, feature, client_id, license_id, issued_at, expires_at, "  # noqa: S608 - extra names columns or NULL, constants
+                f"lease_seconds, overdraft, hostname, recorded_at, {extra} FROM leases "
                 "WHERE ended = 0"
             ):
                 snap.leases.append(
@@ -456,6 +461,8 @@ class StateStore:
                         hostname=row[8],
                         recorded_at=None if row[9] is None else from_us(row[9]),
                         key_id=row[10],
+                        user=row[11],
+                        group=row[12],
                     )
                 )
             snap.denials = {f: int(n) for f, n in db.execute("SELECT feature, count FROM denials")}

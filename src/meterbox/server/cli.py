@@ -337,12 +337,35 @@ def _serve(conf: Any) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    _reload_on_sighup(data, built)
     write_run_file(data, f"{scheme}://{conf.host}:{conf.port}")
     try:
         server.run()
     finally:
         built.close()
         (data / RUN_FILE).unlink(missing_ok=True)
+
+
+def _reload_on_sighup(data: Path, built: Any) -> None:
+    """SIGHUP reads the options file again, as ``meterbox server reload`` does."""
+    import signal
+
+    from meterbox.server._site_options import read_options
+
+    def reload(signum: int, frame: object) -> None:
+        del signum, frame
+        try:
+            options = read_options(data)
+        except MeterboxError as exc:
+            logging.getLogger("meterbox.server").error(  # noqa: TRY400 - the message is the whole story
+                "options not reloaded: %s", exc.render()
+            )
+            return
+        # One attribute assignment: a checkout reads the options once, old or new.
+        built.instance.service.engine.options = options
+        logging.getLogger("meterbox.server").info("options reloaded from %s", options.source)
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 @app.command("config")
@@ -836,3 +859,28 @@ def remove_cmd(
                 f"({x.get('hostname') or 'no host'}), lease {x['lease_id']}",
                 highlight=False,
             )
+
+
+# ------------------------------------------------------------------ seat options
+@app.command("reload")
+def reload_cmd(data: DataOption) -> None:
+    """Read DATA/options.toml again (like SIGHUP); a bad file keeps the rules in force."""
+    from meterbox.server._site_options import read_options
+
+    # Checked here first, so a typo is reported with its line before the server sees it.
+    with _errors():
+        options = read_options(data)
+    if _running(data):
+        summary = _admin_json(data, "POST", "/v1/admin/options/reload")
+    else:
+        from meterbox.server._app import options_summary
+
+        summary = options_summary(options)
+        err.print("the server is not running; these options apply when it starts", highlight=False)
+    if not summary["features"]:
+        out.print(f"no seat options ({summary['source']})", highlight=False)
+    for name, counts in summary["features"].items():
+        out.print(
+            f"{name}: {counts['reserve']} reservation(s), {counts['max']} maximum(s)",
+            highlight=False,
+        )

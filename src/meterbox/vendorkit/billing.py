@@ -336,8 +336,9 @@ def lease_intervals(
 
     A checkout (or a renewal of a lease the vendor never saw checked out, whose checkout
     was compacted away before the vendor held it) opens a lease; a release, an expiry
-    or a removal by the site administrator closes it. A lease still open ends at ``report_times[instance]`` (milliseconds), or
-    at its instance's latest seat event if that report time is unknown.
+    or a removal by the site administrator closes it. A lease still open ends at
+    ``report_times[instance]`` (milliseconds), or at its instance's latest seat event
+    if that report time is unknown.
     """
     by_instance: dict[str, list[SeatEventIn]] = {}
     denials: list[SeatEventIn] = []

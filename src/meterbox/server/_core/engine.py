@@ -35,6 +35,7 @@ from meterbox.errors import (
     LeaseRemoved,
     LicenseDenied,
     LicenseExpired,
+    PolicyDenied,
     ReportOverdue,
     UnknownFeature,
 )
@@ -47,6 +48,7 @@ from meterbox.server._core.meters import (
     period_key,
     period_start,
 )
+from meterbox.server._core.options import Identity, SeatOptions
 from meterbox.server._core.policy import (
     MAX_REQUESTED_LEASE_SECONDS,
     FeaturePolicy,
@@ -112,6 +114,8 @@ class Engine:
         self.meters = meters if meters is not None else MeterBook()
         self.last_receipt = last_receipt
         self.idempotency_ttl = idempotency_ttl
+        #: The site's seat options file (reservations, maximums, include/exclude).
+        self.options = SeatOptions()
 
     # ------------------------------------------------------------ licenses
     def install(self, lic: LicensePolicy) -> None:
@@ -214,11 +218,29 @@ class Engine:
         hostname: str | None = None,
         *,
         key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> SeatDecision:
+        """A new seat, or the client's own lease renewed.
+
+        A new seat must pass the site's options (:meth:`SeatOptions.admit`) first; a
+        refusal is :class:`PolicyDenied`, counted in ``seats.policy_denials``.
+        """
         held = self.seats.held_by(feature, client_id, now)
         if held is not None:
             return self.heartbeat(claim(held, key_id).lease_id, now, key_id=key_id)
         sources = self.feature_sources(feature, now)
+        capacity = sum(p.seats + p.overdraft for _, p in sources)
+        try:
+            self.options.admit(
+                feature,
+                Identity(user=user, host=hostname, group=group),
+                self.seats.live(feature, now),
+                capacity,
+            )
+        except PolicyDenied:
+            self.seats.policy_denials[feature] = self.seats.policy_denials.get(feature, 0) + 1
+            raise
         return self.seats.checkout(
             feature,
             client_id,
@@ -227,6 +249,8 @@ class Engine:
             rng=self.rng,
             hostname=hostname,
             key_id=key_id,
+            user=user,
+            group=group,
         )
 
     def checkout_on(
@@ -508,6 +532,7 @@ class Engine:
                     "overdraft": sum(lic.features[feature].overdraft for lic in usable),
                     "in_use": len(live),
                     "denials": self.seats.denials.get(feature, 0),
+                    "policy_denials": self.seats.policy_denials.get(feature, 0),
                     "leases": live,
                 }
             )

@@ -46,6 +46,9 @@ class SeatLease:
     recorded_at: datetime | None = None
     #: The API key that checked the lease out; ``None`` for a request without a key.
     key_id: str | None = None
+    #: The user the client declared, and the group of its API key (for the options file).
+    user: str | None = None
+    group: str | None = None
 
     def live(self, now: datetime) -> bool:
         return self.expires_at > now
@@ -121,6 +124,8 @@ class SeatBook:
         #: Leases the administrator removed, by id, oldest first (kept in memory only).
         self.removed: dict[str, Removal] = {}
         self.denials: dict[str, int] = dict(denials or {})
+        #: Checkouts the site's options refused, per feature (in memory; not the vendor's).
+        self.policy_denials: dict[str, int] = {}
         self.peaks: dict[tuple[str, datetime], int] = dict(peaks or {})
 
     # ----------------------------------------------------------------- queries
@@ -148,7 +153,7 @@ class SeatBook:
         self.leases[lease.lease_id] = renewed
         return SeatDecision(lease=renewed, renewed=True, record=record, previous=lease)
 
-    def checkout(
+    def checkout(  # noqa: PLR0913 - the lease's fields, passed through from one checkout
         self,
         feature: str,
         client_id: str,
@@ -158,6 +163,8 @@ class SeatBook:
         rng: Callable[[int], bytes],
         hostname: str | None = None,
         key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> SeatDecision:
         """Grant a seat from the first source with a free seat, else an overdraft seat.
 
@@ -188,6 +195,8 @@ class SeatBook:
                         hostname=hostname,
                         recorded_at=now,
                         key_id=key_id,
+                        user=user,
+                        group=group,
                     )
                     self.leases[lease.lease_id] = lease
                     self.note_peak(feature, now)
