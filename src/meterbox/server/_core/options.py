@@ -224,27 +224,28 @@ class _Reader:
                 return found
         return 0
 
-    def fail(self, path: tuple[Any, ...], problem: str, expected: str, found: str) -> ConfigError:
+    def fail(
+        self,
+        path: tuple[Any, ...],
+        problem: str,
+        expected: str,
+        found: str,
+        hint: str = "Fix that line (docs/spec/options.md), then run 'meterbox server reload'",
+    ) -> ConfigError:
         return ConfigError(
             problem,
             expected=expected,
             found=f"{found} at {self.source}:{self.line(*path)}",
-            hint="Fix that line (docs/spec/options.md), then run 'meterbox server reload'",
+            hint=hint,
         )
 
     def unknown(self, path: tuple[Any, ...], key: str, known: Sequence[str]) -> ConfigError:
         import difflib
 
         near = difflib.get_close_matches(key, known, n=1)
-        err = self.fail(
-            (*path, key),
-            f"Unknown key {key!r} in the options file",
-            "one of " + ", ".join(known),
-            repr(key),
-        )
-        if near:
-            err.hint = f"did you mean {near[0]!r}?"
-        return err
+        args = ((*path, key), f"Unknown key {key!r} in the options file",
+                "one of " + ", ".join(known), repr(key))  # fmt: skip
+        return self.fail(*args, hint=f"did you mean {near[0]!r}?") if near else self.fail(*args)
 
     def count(self, path: tuple[Any, ...], value: object, *, low: int) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
