@@ -47,6 +47,8 @@ from meterbox.client.errors import (
     UnknownMeter,
 )
 
+#: Longest a checkout may wait in the server's queue (docs/api.md, wait_seconds).
+MAX_WAIT_SECONDS = 3600
 #: Longest idempotency key the server accepts (docs/api.md, POST /v1/usage).
 MAX_IDEMPOTENCY_KEY = 128
 #: Environment variable naming the server URL(s), comma-separated for failover.
@@ -67,6 +69,8 @@ class Request:
     method: Literal["GET", "POST"]
     path: str
     body: Mapping[str, object] | None = None
+    #: Seconds the server may hold the request (a queued checkout), on top of the timeout.
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -348,7 +352,11 @@ def validate_usage(meter: str, amount: int, idempotency_key: str | None) -> None
 
 
 def checkout_request(
-    feature: str, client_id: str, hostname: str | None, user: str | None = None
+    feature: str,
+    client_id: str,
+    hostname: str | None,
+    user: str | None = None,
+    wait: float | None = None,
 ) -> Request:
     if not feature:
         raise BadRequestError(
@@ -362,6 +370,16 @@ def checkout_request(
         body["hostname"] = hostname
     if user is not None:
         body["user"] = user
+    if wait:
+        if not 0 < wait <= MAX_WAIT_SECONDS:
+            raise BadRequestError(
+                "The checkout's wait is not usable",
+                expected=f"0 < wait <= {MAX_WAIT_SECONDS} seconds",
+                found=repr(wait),
+                hint="Pass wait=None to be refused at once when no seat is free",
+            )
+        body["wait_seconds"] = math.ceil(wait)
+        return Request("POST", "/v1/seats/checkout", body, wait=float(math.ceil(wait)))
     return Request("POST", "/v1/seats/checkout", body)
 
 

@@ -134,7 +134,9 @@ class Client:
 
     def _attempt(self, url: str, req: Request) -> Outcome:
         try:
-            resp = self._http.request(req.method, url + req.path, json=req.body)
+            # A queued checkout is held by the server for up to its wait: allow for it.
+            timeout = self.config.timeout + req.wait if req.wait else httpx.USE_CLIENT_DEFAULT
+            resp = self._http.request(req.method, url + req.path, json=req.body, timeout=timeout)
         except httpx.TransportError as exc:
             return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
         return Reply(url, resp.status_code, decode_body(resp.content))
@@ -170,16 +172,16 @@ class Client:
 
     # -- seats
 
-    def checkout(self, feature: str) -> Lease:
-        """Check out one seat; the caller must heartbeat and release it. Prefer :meth:`seat`."""
+    def checkout(self, feature: str, *, wait: float | None = None) -> Lease:
+        """Check out one seat (queueing up to ``wait`` s for one); prefer :meth:`seat`."""
         req = checkout_request(
-            feature, self.config.client_id, self.config.hostname, self.config.user
+            feature, self.config.client_id, self.config.hostname, self.config.user, wait
         )
         return parse_lease(self._call(req))
 
-    def _checkout_at(self, feature: str) -> tuple[Lease, str]:
+    def _checkout_at(self, feature: str, wait: float | None = None) -> tuple[Lease, str]:
         req = checkout_request(
-            feature, self.config.client_id, self.config.hostname, self.config.user
+            feature, self.config.client_id, self.config.hostname, self.config.user, wait
         )
         reply = self._call(req)
         return parse_lease(reply), reply.url
@@ -192,9 +194,21 @@ class Client:
         """Release a lease; False if it was already gone (releasing is idempotent)."""
         return parse_released(self._call(release_request(lease_id), prefer))
 
-    def seat(self, feature: str, *, on_lost: Callable[[MeterboxError], None] | None = None) -> Seat:
-        """A seat for ``feature``, checked out by ``with`` and renewed in the background."""
-        return Seat(self, feature, on_lost)
+    def seat(
+        self,
+        feature: str,
+        *,
+        on_lost: Callable[[MeterboxError], None] | None = None,
+        wait: float | None = None,
+    ) -> Seat:
+        """A seat for ``feature``, checked out by ``with`` and renewed in the background.
+
+        ``wait`` queues the checkout (FIFO per feature) for up to that many seconds when
+        no seat is free, instead of raising :class:`NoSeatAvailable` at once.
+        """
+        seat = Seat(self, feature, on_lost)
+        seat.wait = wait
+        return seat
 
     # -- usage
 
@@ -276,6 +290,9 @@ class Seat:
     :class:`LeaseLost`, and so does leaving the ``with`` block normally.
     """
 
+    #: Seconds the checkout may wait in the server's queue (None: refused at once).
+    wait: float | None = None
+
     def __init__(
         self,
         client: Client,
@@ -333,7 +350,7 @@ class Seat:
     # -- lifecycle
 
     def acquire(self) -> Seat:
-        self._lease, self._server = self._client._checkout_at(self.feature)
+        self._lease, self._server = self._client._checkout_at(self.feature, self.wait)
         self._client._seats[id(self)] = self
         _exit.hold(self)
         self._thread = threading.Thread(

@@ -95,9 +95,13 @@ def checkout(
     client_id: ClientIdOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole lease.")] = False,
     api_key: ApiKeyOpt = None,
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", metavar="SECONDS", help="Queue up to this long for a free seat."),
+    ] = None,
 ) -> None:
     """Check out a seat and print its lease id. Heartbeat or release it yourself."""
-    lease = _run(url, None, client_id, lambda c: c.checkout(feature), api_key)
+    lease = _run(url, None, client_id, lambda c: c.checkout(feature, wait=wait), api_key)
     if as_json:
         _print(asdict(lease))
     else:

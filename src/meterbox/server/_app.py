@@ -57,6 +57,8 @@ class HttpLimitsConfig:
 
 
 # --------------------------------------------------------------------- models
+#: Longest a checkout may wait in a feature's queue (one request held open that long).
+MAX_WAIT_SECONDS = 3600
 _NAME = Field(min_length=1, max_length=64)
 _CLIENT = Field(min_length=1, max_length=200)
 _LEASE_ID = Field(min_length=1, max_length=64)
@@ -72,6 +74,8 @@ class CheckoutIn(_In):
     hostname: Annotated[str | None, Field(default=None, max_length=255)] = None
     #: The user the client declares, for the site's seat options (asserted, not proven).
     user: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+    #: Wait up to this many seconds in the feature's FIFO queue instead of a 409 at once.
+    wait_seconds: Annotated[int, Field(default=0, ge=0, le=MAX_WAIT_SECONDS)] = 0
 
 
 class LeaseIdIn(_In):
@@ -109,6 +113,12 @@ class HolderOut(BaseModel):
     overdraft: bool
 
 
+class QueuedOut(BaseModel):
+    position: int
+    client_id: str
+    since: datetime
+
+
 class FeatureOut(BaseModel):
     feature: str
     seats: int
@@ -118,6 +128,8 @@ class FeatureOut(BaseModel):
     #: Checkouts the site's options file refused (counted apart from ``denials``).
     policy_denials: int
     holders: list[HolderOut]
+    #: Checkouts waiting for a seat, first in line first.
+    queue: list[QueuedOut]
 
 
 class AdminLeaseOut(LeaseOut):
@@ -459,17 +471,30 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _A
         response_model=LeaseOut,
         responses=_errors(400, 401, 403, 404, 409, 413, 503),
     )
-    async def checkout(body: CheckoutIn, key: ApiKey | None = caller) -> Response:
+    async def checkout(body: CheckoutIn, request: Request, key: ApiKey | None = caller) -> Response:
         if key is not None:
             key.allow_feature(body.feature)
-        d = await service.checkout(
-            body.feature,
-            body.client_id,
-            body.hostname,
-            key_id=_key_id(key),
-            user=body.user,
-            group=None if key is None else key.group,
-        )
+        group = None if key is None else key.group
+        if body.wait_seconds:
+            d = await service.checkout_waiting(
+                body.feature,
+                body.client_id,
+                body.wait_seconds,
+                hostname=body.hostname,
+                key_id=_key_id(key),
+                user=body.user,
+                group=group,
+                gone=request.is_disconnected,
+            )
+        else:
+            d = await service.checkout(
+                body.feature,
+                body.client_id,
+                body.hostname,
+                key_id=_key_id(key),
+                user=body.user,
+                group=group,
+            )
         return _json(_lease_out(d.lease, d.renewed))
 
     @app.post("/v1/seats/heartbeat", responses=_errors(400, 401, 403, 404, 413, 503))
@@ -494,6 +519,7 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _A
                     denials=f["denials"],
                     policy_denials=f["policy_denials"],
                     holders=[_holder(x) for x in f["leases"]],
+                    queue=[QueuedOut(**q) for q in service.queue_view(f["feature"])],
                 )
                 for f in view
             ]

@@ -17,6 +17,7 @@ the answer waits for step 2, nothing is acknowledged before it is durable.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -106,6 +107,19 @@ def _unavailable(exc: BaseException) -> UnavailableError:
     )
 
 
+#: Seconds between a queued checkout's retries (and checks that its client is still there).
+QUEUE_POLL = 0.5
+
+
+@dataclass
+class Waiter:
+    """A checkout waiting in a feature's queue."""
+
+    client_id: str
+    since: datetime
+    event: asyncio.Event
+
+
 class LicenseService:
     """One running license server: engine + state store + event sink + clock."""
 
@@ -134,6 +148,8 @@ class LicenseService:
         #: Changes whose state commit failed (a full disk), committed before the next ones.
         self._unsaved: list[Change] = []
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
+        #: Checkouts waiting for a seat, per feature, first come first served.
+        self._queues: dict[str, collections.deque[Waiter]] = {}
         self._side: list[asyncio.Future[int]] = []
         self.clock_steps = 0
         self.counters: dict[str, int] = {
@@ -291,14 +307,32 @@ class LicenseService:
         )
 
     async def _checkout(
-        self, feature: str, client_id: str, decide: Callable[[datetime], SeatDecision]
+        self,
+        feature: str,
+        client_id: str,
+        decide: Callable[[datetime], SeatDecision],
+        *,
+        ticket: Waiter | None = None,
+        record_denial: bool = True,
     ) -> SeatDecision:
-        """Decide a checkout under the lock, then record and persist the lease or the denial."""
+        """Decide a checkout under the lock, then record and persist the lease or the denial.
+
+        While clients wait in the feature's queue, a new seat goes to the queue's head
+        (``ticket``) only: anyone else is told how many wait ahead. ``record_denial=False``
+        answers a refusal without a ``seat.denied`` record (a waiter's retries; its one
+        denial is recorded when its wait ends).
+        """
         async with self._lock:
             now = self.now()
+            denials = self.engine.seats.denials.get(feature, 0)
             try:
+                self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
             except NoSeatAvailable as exc:
+                if not record_denial:
+                    # A waiter's retry: not a denial (yet), in memory either.
+                    self.engine.seats.denials[feature] = denials
+                    raise
                 denial: NoSeatAvailable | None = exc
                 denied = self._write(
                     SeatDenied(feature=feature, client_id=client_id, license_id=exc.license_id)
@@ -314,6 +348,105 @@ class LicenseService:
             # The engine's explanation, answered once the denial is on record.
             raise denial
         return await self._finish_seat(decision, task, now, peak)
+
+    # --------------------------------------------------------------- queue
+    def _queue_check(
+        self, feature: str, client_id: str, ticket: Waiter | None, now: datetime
+    ) -> None:
+        """Refuse a new seat to anyone but the queue's head while clients wait (FIFO)."""
+        queue = self._queues.get(feature)
+        if not queue or queue[0] is ticket:
+            return
+        if self.engine.seats.held_by(feature, client_id, now) is not None:
+            return  # a renewal of the client's own lease never waits
+        ahead = len(queue) if ticket is None else queue.index(ticket)
+        sources = self.engine.feature_sources(feature, now)
+        denied = NoSeatAvailable(
+            f"{ahead} client(s) wait for a seat of {feature!r} ahead of this request",
+            expected="a free seat and no client queued ahead",
+            found=f"{ahead} queued; the first is {queue[0].client_id!r}",
+            hint="Check out with wait_seconds to queue (FIFO), or retry later",
+        )
+        denied.license_id = sources[0][0] if sources else None
+        raise denied
+
+    def _wake(self, feature: str) -> None:
+        """A seat of ``feature`` may have come free: the queue's head tries again now."""
+        queue = self._queues.get(feature)
+        if queue:
+            queue[0].event.set()
+
+    def queue_view(self, feature: str) -> list[dict[str, Any]]:
+        """Who waits for ``feature``, in order (client ids and since when)."""
+        return [
+            {"position": i + 1, "client_id": w.client_id, "since": w.since.isoformat()}
+            for i, w in enumerate(self._queues.get(feature, ()))
+        ]
+
+    async def checkout_waiting(
+        self,
+        feature: str,
+        client_id: str,
+        wait_seconds: float,
+        *,
+        hostname: str | None = None,
+        key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> SeatDecision:
+        """:meth:`checkout`, queueing up to ``wait_seconds`` (FIFO per feature) for a seat.
+
+        The head of the queue retries whenever a seat of the feature is released,
+        expires or is removed, and at least every :data:`QUEUE_POLL` s; ``gone`` is
+        asked as often and a waiter whose client has disconnected leaves the queue.
+        Policy refusals are not waited on. One ``seat.denied`` record is written when
+        the wait ends without a seat.
+        """
+
+        def decide(now: datetime) -> SeatDecision:
+            return self.engine.checkout(
+                feature, client_id, now, hostname, key_id=key_id, user=user, group=group
+            )
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait_seconds)
+        ticket = Waiter(client_id, self.now(), asyncio.Event())
+        queue = self._queues.setdefault(feature, collections.deque())
+        queue.append(ticket)
+        try:
+            while True:
+                if queue[0] is ticket:
+                    try:
+                        return await self._checkout(
+                            feature, client_id, decide, ticket=ticket, record_denial=False
+                        )
+                    except NoSeatAvailable:
+                        pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                ticket.event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ticket.event.wait(), min(remaining, QUEUE_POLL))
+                if gone is not None and await gone():
+                    raise asyncio.CancelledError
+        finally:
+            queue.remove(ticket)
+            if not queue:
+                self._queues.pop(feature, None)
+            else:
+                queue[0].event.set()
+        # The wait is over: one last try, as the head, whose refusal is recorded.
+        self._queues.setdefault(feature, collections.deque()).appendleft(ticket)
+        try:
+            return await self._checkout(feature, client_id, decide, ticket=ticket)
+        finally:
+            self._queues[feature].remove(ticket)
+            if not self._queues[feature]:
+                del self._queues[feature]
+            else:
+                self._queues[feature][0].event.set()
 
     def _write_unknown(self, lease_id: str, operation: str) -> asyncio.Future[int] | None:
         """Record a renewal or release of a lease this server does not hold.
@@ -418,6 +551,7 @@ class LicenseService:
                 self.engine.seats.leases[lease.lease_id] = lease
             raise
         self.counters["releases"] += 1
+        self._wake(lease.feature)
         await self._save([LeasePut(lease, ended=True)], seq, now)
         return True
 
@@ -464,6 +598,8 @@ class LicenseService:
             else:
                 done.append(removal)
         self.counters["removals"] = self.counters.get("removals", 0) + len(done)
+        for feature in {r.lease.feature for r in done}:
+            self._wake(feature)
         await self._save([LeasePut(r.lease, ended=True) for r in done], seq, now)
         if failed is not None:
             raise failed
@@ -630,6 +766,8 @@ class LicenseService:
                 # An expiry is a fact of time, not a grant: it stands even unrecorded.
                 log.warning("could not record a lease expiry: %s", exc)
         self.counters["expiries"] += len(expired)
+        for feature in {x.feature for x in expired}:
+            self._wake(feature)
         changes: list[Change] = [LeasePut(x, ended=True) for x in expired]
         changes += [PeakMax(*p) for p in peaks]
         await self._save(changes, seq, now)
@@ -725,4 +863,4 @@ def status_view(
     }
 
 
-__all__ = ["LicenseService", "ServiceConfig", "Sleep", "status_view"]
+__all__ = ["QUEUE_POLL", "LicenseService", "ServiceConfig", "Sleep", "Waiter", "status_view"]
