@@ -70,6 +70,9 @@ class ServerConfig(BaseSettings):
     force_recover: bool = Field(
         False, description="Cut a torn ledger tail longer than the automatic limit."
     )
+    activity_log: Path | None = Field(
+        None, description="The admin's activity log file (default DATA/activity.jsonl)."
+    )
     api_keys: ApiKeyMode = Field(
         "auto",
         description="Site API keys for seats and usage: auto (required unless the host is "
@@ -169,7 +172,7 @@ def read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
                 hint=f"did you mean {near[0]!r}?" if near else "remove or rename the key",
             )
     base = path.parent
-    for key in ("data", "tls_cert", "tls_key"):
+    for key in ("data", "tls_cert", "tls_key", "activity_log"):
         if isinstance(values.get(key), str):
             values[key] = str(base / Path(values[key]).expanduser())
     return values, lines

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from meterbox.clock import Clock
+from meterbox.server._activity import ACTIVITY_FILE, ActivityLog
 from meterbox.server._app import HttpLimitsConfig, build_app
 from meterbox.server._cryptolens import mount_cryptolens
 from meterbox.server._dashboard import build_site_dashboard
@@ -26,7 +27,26 @@ class BuiltServer:
     instance: ServerInstance
 
     def close(self) -> None:
+        if self.instance.service.activity is not None:
+            self.instance.service.activity.close()
         self.instance.close()
+
+
+def _note_licenses(service: LicenseService) -> None:
+    """The activity log says which licenses this run serves, and until when."""
+    if service.activity is None:
+        return
+    now = service.now()
+    for lic in service.engine.ordered():
+        deadline = service.engine.report_deadline(lic)
+        service.activity.write(
+            now,
+            "license",
+            license_id=lic.license_id,
+            expires=lic.expires.isoformat() if lic.expires else None,
+            report_deadline=deadline.isoformat() if deadline else None,
+            features=sorted(lic.features),
+        )
 
 
 def build_server(
@@ -38,11 +58,13 @@ def build_server(
     force_recover: bool = False,
     sleep: Sleep = asyncio.sleep,
     require_api_key: bool = False,
+    activity_log: Path | None = None,
 ) -> BuiltServer:
     """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService).
 
     ``require_api_key`` refuses seat and usage requests without a site API key
-    (``server run`` sets it whenever it listens beyond loopback).
+    (``server run`` sets it whenever it listens beyond loopback); ``activity_log`` is
+    the admin's activity log file (default ``DATA/activity.jsonl``).
     """
     keys = KeyStore.open(data)
     options = read_options(data)  # a bad options file refuses the start, before the ledger
@@ -51,6 +73,9 @@ def build_server(
     )
 
     instance.service.engine.options = options
+    activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
+    instance.service.activity = activity
+    _note_licenses(instance.service)
 
     async def export_handler(_: LicenseService) -> bytes:
         return instance.export_bytes()

@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
-from meterbox.errors import LeaseRemoved, NoSeatAvailable
+from meterbox.errors import LeaseRemoved, NoSeatAvailable, PolicyDenied
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
@@ -44,6 +44,7 @@ from meterbox.ledger.records import (
     SeatUnknown,
     TopupImported,
 )
+from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._core.changes import (
     Change,
@@ -150,6 +151,8 @@ class LicenseService:
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
         #: Checkouts waiting for a seat, per feature, first come first served.
         self._queues: dict[str, collections.deque[Waiter]] = {}
+        #: The site admin's activity log (who had which seat); None writes none.
+        self.activity: ActivityLog | None = None
         self._side: list[asyncio.Future[int]] = []
         self.clock_steps = 0
         self.counters: dict[str, int] = {
@@ -275,6 +278,7 @@ class LicenseService:
             lambda now: self.engine.checkout(
                 feature, client_id, now, hostname, key_id=key_id, user=user, group=group
             ),
+            who={"user": user, "host": hostname, "group": group},
         )
 
     async def checkout_on(
@@ -314,6 +318,7 @@ class LicenseService:
         *,
         ticket: Waiter | None = None,
         record_denial: bool = True,
+        who: dict[str, str | None] | None = None,
     ) -> SeatDecision:
         """Decide a checkout under the lock, then record and persist the lease or the denial.
 
@@ -328,6 +333,16 @@ class LicenseService:
             try:
                 self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
+            except PolicyDenied as exc:
+                self._note(
+                    now,
+                    "deny",
+                    feature=feature,
+                    client_id=client_id,
+                    reason=f"policy: {exc.found}",
+                    **(who or {}),
+                )
+                raise
             except NoSeatAvailable as exc:
                 if not record_denial:
                     # A waiter's retry: not a denial (yet), in memory either.
@@ -344,10 +359,26 @@ class LicenseService:
                 task = self._write_seat(decision)
         if denial is not None:
             seq = await self._durable(denied)
+            self._note(
+                now,
+                "deny",
+                feature=feature,
+                client_id=client_id,
+                reason=f"no seat: {denial.found}",
+                **(who or {}),
+            )
             await self._save([DenialAdd(feature)], seq, now)
             # The engine's explanation, answered once the denial is on record.
             raise denial
         return await self._finish_seat(decision, task, now, peak)
+
+    def _note(
+        self, now: datetime, event: str, lease: SeatLease | None = None, /, **fields: Any
+    ) -> None:
+        """One line in the activity log (after the ledger has the record, where there is one)."""
+        if self.activity is not None:
+            extra = lease_fields(lease) if lease is not None else {}
+            self.activity.write(now, event, **{**extra, **fields})
 
     # --------------------------------------------------------------- queue
     def _queue_check(
@@ -414,15 +445,28 @@ class LicenseService:
         ticket = Waiter(client_id, self.now(), asyncio.Event())
         queue = self._queues.setdefault(feature, collections.deque())
         queue.append(ticket)
+        who = {"user": user, "host": hostname, "group": group}
+        self._note(
+            ticket.since,
+            "queue.wait",
+            feature=feature,
+            client_id=client_id,
+            position=len(queue),
+            **who,
+        )
+        outcome = "timeout"
         try:
             while True:
                 if queue[0] is ticket:
                     try:
-                        return await self._checkout(
+                        got = await self._checkout(
                             feature, client_id, decide, ticket=ticket, record_denial=False
                         )
                     except NoSeatAvailable:
                         pass
+                    else:
+                        outcome = "seat"
+                        return got
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -430,8 +474,12 @@ class LicenseService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ticket.event.wait(), min(remaining, QUEUE_POLL))
                 if gone is not None and await gone():
+                    outcome = "gone"
                     raise asyncio.CancelledError
         finally:
+            self._note(
+                self.now(), "queue.leave", feature=feature, client_id=client_id, reason=outcome
+            )
             queue.remove(ticket)
             if not queue:
                 self._queues.pop(feature, None)
@@ -440,7 +488,7 @@ class LicenseService:
         # The wait is over: one last try, as the head, whose refusal is recorded.
         self._queues.setdefault(feature, collections.deque()).appendleft(ticket)
         try:
-            return await self._checkout(feature, client_id, decide, ticket=ticket)
+            return await self._checkout(feature, client_id, decide, ticket=ticket, who=who)
         finally:
             self._queues[feature].remove(ticket)
             if not self._queues[feature]:
@@ -504,6 +552,14 @@ class LicenseService:
                     self.engine.undo_seat(d)
                 raise
         self.counters["renewals" if d.renewed else "checkouts"] += 1
+        if task is not None:
+            # Renewals as the ledger coalesces them: one line per recorded renewal.
+            self._note(
+                now,
+                "renew" if d.renewed else "checkout",
+                d.lease,
+                expires=d.lease.expires_at.isoformat(),
+            )
         changes: list[Change] = [LeasePut(d.lease)]
         if peak is not None:
             changes.append(PeakMax(*peak))
@@ -551,6 +607,7 @@ class LicenseService:
                 self.engine.seats.leases[lease.lease_id] = lease
             raise
         self.counters["releases"] += 1
+        self._note(now, "release", lease)
         self._wake(lease.feature)
         await self._save([LeasePut(lease, ended=True)], seq, now)
         return True
@@ -598,6 +655,8 @@ class LicenseService:
             else:
                 done.append(removal)
         self.counters["removals"] = self.counters.get("removals", 0) + len(done)
+        for r in done:
+            self._note(now, "remove", r.lease, by=removed_by, reason=reason)
         for feature in {r.lease.feature for r in done}:
             self._wake(feature)
         await self._save([LeasePut(r.lease, ended=True) for r in done], seq, now)
@@ -766,6 +825,8 @@ class LicenseService:
                 # An expiry is a fact of time, not a grant: it stands even unrecorded.
                 log.warning("could not record a lease expiry: %s", exc)
         self.counters["expiries"] += len(expired)
+        for x in expired:
+            self._note(now, "expire", x)
         for feature in {x.feature for x in expired}:
             self._wake(feature)
         changes: list[Change] = [LeasePut(x, ended=True) for x in expired]

@@ -301,7 +301,12 @@ def _serve(conf: Any) -> None:
     log_config = _setup_logging(conf.log_level)
     required = conf.keys_required()
     with _errors():
-        built = build_server(data, force_recover=conf.force_recover, require_api_key=required)
+        built = build_server(
+            data,
+            force_recover=conf.force_recover,
+            require_api_key=required,
+            activity_log=conf.activity_log,
+        )
     scheme = "https" if conf.tls_cert else "http"
     # Said on every start, so the admin sees whether a LAN neighbour needs a key.
     if required:
@@ -884,3 +889,85 @@ def reload_cmd(data: DataOption) -> None:
             f"{name}: {counts['reserve']} reservation(s), {counts['max']} maximum(s)",
             highlight=False,
         )
+
+
+# ------------------------------------------------------------------ activity log
+def _when_opt(value: str | None, flag: str) -> Any:
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(
+            ConfigError(
+                f"{flag} is not a time",
+                expected="an ISO-8601 time, e.g. 2026-03-01T09:00Z or 2026-03-01",
+                found=repr(value),
+            )
+        )
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@app.command("activity")
+def activity_cmd(
+    data: DataOption,
+    since: Annotated[str | None, typer.Option("--since", help="From this time (ISO-8601).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Before this time.")] = None,
+    feature: Annotated[str | None, typer.Option("--feature", help="One feature.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="One declared user.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="One host.")] = None,
+    client: Annotated[str | None, typer.Option("--client", help="One client id.")] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(
+            "--event",
+            help="checkout, renew, release, expire, remove, deny, "
+            "queue.wait, queue.leave or license.",
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json (lines) or csv.")] = "table",
+    file: Annotated[
+        Path | None, typer.Option("--file", help="The log file, if not DATA/activity.jsonl.")
+    ] = None,
+) -> None:
+    """Who had which seat: the activity log, filtered (not the billing source of truth)."""
+    from meterbox.server import _activity
+
+    if fmt not in ("table", "json", "csv"):
+        _fail(ConfigError("unknown --format", expected="table, json or csv", found=repr(fmt)))
+    path = file or data / _activity.ACTIVITY_FILE
+    if not _activity.files(path):
+        _fail(
+            StateError(
+                "no activity log",
+                expected=f"{path} (written by 'meterbox server run')",
+                found="no such file",
+                hint="pass --file if the server writes it elsewhere (activity_log setting)",
+            )
+        )
+    entries = _activity.select(
+        _activity.read(path),
+        since=_when_opt(since, "--since"),
+        until=_when_opt(until, "--until"),
+        feature=feature,
+        user=user,
+        host=host,
+        client_id=client,
+        event=event,
+    )
+    if fmt == "json":
+        for e in entries:
+            typer.echo(json.dumps(e, sort_keys=True))
+        return
+    if fmt == "csv":
+        sys.stdout.write(_activity.to_csv(entries))
+        return
+    for e in entries:
+        who = e.get("client_id") or e.get("license_id") or ""
+        where = e.get("host") or e.get("user") or ""
+        line = f"{utc(e['time'])} {e['event']:<11} {e.get('feature') or '':<10} {who} {where}"
+        out.print(line.rstrip()[:80], highlight=False)
+        if e.get("reason"):
+            out.print(f"  {str(e['reason'])[:76]}", highlight=False)
