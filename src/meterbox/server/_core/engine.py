@@ -230,17 +230,18 @@ class Engine:
         if held is not None:
             return self.heartbeat(claim(held, key_id).lease_id, now, key_id=key_id)
         sources = self.feature_sources(feature, now)
-        capacity = sum(p.seats + p.overdraft for _, p in sources)
-        try:
-            self.options.admit(
-                feature,
-                Identity(user=user, host=hostname, group=group),
-                self.seats.live(feature, now),
-                capacity,
-            )
-        except PolicyDenied:
-            self.seats.policy_denials[feature] = self.seats.policy_denials.get(feature, 0) + 1
-            raise
+        if feature in self.options.features:
+            capacity = sum(p.seats + p.overdraft for _, p in sources)
+            try:
+                self.options.admit(
+                    feature,
+                    Identity(user=user, host=hostname, group=group),
+                    self.seats.live(feature, now),
+                    capacity,
+                )
+            except PolicyDenied:
+                self.seats.policy_denials[feature] = self.seats.policy_denials.get(feature, 0) + 1
+                raise
         return self.seats.checkout(
             feature,
             client_id,

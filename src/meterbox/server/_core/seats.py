@@ -15,9 +15,11 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from meterbox.errors import ForbiddenError, NoSeatAvailable
 from meterbox.server._core.policy import FeaturePolicy
@@ -111,6 +113,76 @@ def new_lease_id(rng: Callable[[int], bytes]) -> str:
     return base64.urlsafe_b64encode(rng(LEASE_ID_BYTES)).rstrip(b"=").decode("ascii")
 
 
+class LeaseTable(dict[str, SeatLease]):
+    """Leases by id, with the indexes a checkout needs kept up to date on every change.
+
+    A checkout used to scan every lease (the client's own lease, the seats taken per
+    license); with thousands of live leases that scan was most of a checkout's time.
+    Per feature the table keeps the leases, the count per (license, overdraft), the
+    lease ids per client, and a heap of expiries: while the feature's earliest expiry
+    is in the future (:meth:`exact`), the counts are exactly the live leases and no scan
+    is needed; otherwise (leases that ran out and are not culled yet) callers scan.
+    Every write goes through ``[]=``, ``del`` and ``pop``, which the indexes follow.
+    """
+
+    def __init__(self, leases: Iterable[SeatLease] = ()) -> None:
+        super().__init__()
+        self.by_feature: dict[str, dict[str, SeatLease]] = {}
+        self.by_client: dict[tuple[str, str], set[str]] = {}
+        self.taken: dict[tuple[str, str, bool], int] = {}
+        self._expiries: dict[str, list[tuple[datetime, str]]] = {}
+        for lease in leases:
+            self[lease.lease_id] = lease
+
+    def _unindex(self, lease: SeatLease) -> None:
+        self.by_feature[lease.feature].pop(lease.lease_id, None)
+        ids = self.by_client.get((lease.feature, lease.client_id))
+        if ids is not None:
+            ids.discard(lease.lease_id)
+            if not ids:
+                del self.by_client[(lease.feature, lease.client_id)]
+        key = (lease.feature, lease.license_id, lease.overdraft)
+        self.taken[key] -= 1
+
+    def __setitem__(self, lease_id: str, lease: SeatLease) -> None:
+        old = self.get(lease_id)
+        if old is not None:
+            self._unindex(old)
+        super().__setitem__(lease_id, lease)
+        self.by_feature.setdefault(lease.feature, {})[lease_id] = lease
+        self.by_client.setdefault((lease.feature, lease.client_id), set()).add(lease_id)
+        key = (lease.feature, lease.license_id, lease.overdraft)
+        self.taken[key] = self.taken.get(key, 0) + 1
+        heapq.heappush(self._expiries.setdefault(lease.feature, []), (lease.expires_at, lease_id))
+
+    def __delitem__(self, lease_id: str) -> None:
+        self._unindex(self[lease_id])
+        super().__delitem__(lease_id)
+
+    def pop(self, lease_id: str, default: Any = None) -> Any:
+        """``dict.pop`` that keeps the indexes (a missing id gives ``default``)."""
+        lease = self.get(lease_id)
+        if lease is None:
+            return default
+        del self[lease_id]
+        return lease
+
+    def exact(self, feature: str, now: datetime) -> bool:
+        """Whether every indexed lease of ``feature`` is live at ``now`` (counts are exact)."""
+        heap = self._expiries.get(feature)
+        while heap:
+            expires, lease_id = heap[0]
+            lease = self.get(lease_id)
+            if lease is None or lease.expires_at != expires:
+                heapq.heappop(heap)  # released, renewed or expired since it was pushed
+                continue
+            return expires > now
+        return True
+
+    def count(self, feature: str) -> int:
+        return len(self.by_feature.get(feature, ()))
+
+
 class SeatBook:
     """All leases, denial counts and hourly peaks."""
 
@@ -120,7 +192,7 @@ class SeatBook:
         denials: dict[str, int] | None = None,
         peaks: dict[tuple[str, datetime], int] | None = None,
     ) -> None:
-        self.leases: dict[str, SeatLease] = {lease.lease_id: lease for lease in leases}
+        self.leases = LeaseTable(leases)
         #: Leases the administrator removed, by id, oldest first (kept in memory only).
         self.removed: dict[str, Removal] = {}
         self.denials: dict[str, int] = dict(denials or {})
@@ -130,15 +202,28 @@ class SeatBook:
 
     # ----------------------------------------------------------------- queries
     def live(self, feature: str, now: datetime) -> list[SeatLease]:
-        return [
-            lease for lease in self.leases.values() if lease.feature == feature and lease.live(now)
-        ]
+        return [x for x in self.leases.by_feature.get(feature, {}).values() if x.live(now)]
+
+    def in_use(self, feature: str, now: datetime) -> int:
+        if self.leases.exact(feature, now):
+            return self.leases.count(feature)
+        return len(self.live(feature, now))
 
     def held_by(self, feature: str, client_id: str, now: datetime) -> SeatLease | None:
-        for lease in self.leases.values():
-            if lease.feature == feature and lease.client_id == client_id and lease.live(now):
+        for lease_id in sorted(self.leases.by_client.get((feature, client_id), ())):
+            lease = self.leases[lease_id]
+            if lease.live(now):
                 return lease
         return None
+
+    def _taken(self, feature: str, license_id: str, overdraft: bool, now: datetime) -> int:
+        if self.leases.exact(feature, now):
+            return self.leases.taken.get((feature, license_id, overdraft), 0)
+        return sum(
+            1
+            for x in self.live(feature, now)
+            if x.license_id == license_id and x.overdraft == overdraft
+        )
 
     # ----------------------------------------------------------------- changes
     def renew(self, lease: SeatLease, now: datetime) -> SeatDecision:
@@ -175,14 +260,10 @@ class SeatBook:
         held = self.held_by(feature, client_id, now)
         if held is not None:
             return self.renew(claim(held, key_id), now)
-        live = self.live(feature, now)
         for overdraft in (False, True):
             for license_id, policy in sources:
                 cap = policy.overdraft if overdraft else policy.seats
-                taken = sum(
-                    1 for x in live if x.license_id == license_id and x.overdraft == overdraft
-                )
-                if taken < cap:
+                if self._taken(feature, license_id, overdraft, now) < cap:
                     lease = SeatLease(
                         lease_id=new_lease_id(rng),
                         feature=feature,
@@ -202,6 +283,7 @@ class SeatBook:
                     self.note_peak(feature, now)
                     return SeatDecision(lease=lease, renewed=False, record=True)
         self.denials[feature] = self.denials.get(feature, 0) + 1
+        live = self.live(feature, now)
         seats = sum(p.seats for _, p in sources)
         overdraft_seats = sum(p.overdraft for _, p in sources)
         earliest = min((x.expires_at for x in live), default=None)
@@ -219,7 +301,8 @@ class SeatBook:
 
     def release(self, lease_id: str) -> SeatLease | None:
         """Drop a lease; ``None`` if it is not held (release is idempotent)."""
-        return self.leases.pop(lease_id, None)
+        lease: SeatLease | None = self.leases.pop(lease_id, None)
+        return lease
 
     def matching(
         self,
@@ -274,7 +357,7 @@ class SeatBook:
     def note_peak(self, feature: str, now: datetime) -> tuple[str, datetime, int] | None:
         """Raise this hour's peak for ``feature`` to the seats now in use; return it if raised."""
         key = (feature, hour_of(now))
-        in_use = len(self.live(feature, now))
+        in_use = self.in_use(feature, now)
         if in_use > self.peaks.get(key, 0):
             self.peaks[key] = in_use
             return (feature, key[1], in_use)
