@@ -12,7 +12,9 @@ measures, after a warm-up:
    latency from the request's *scheduled* time, so a stalled server is not hidden
    (no coordinated omission);
 3. seat checkouts per second: ``wrk`` with 32 connections, each request a new client
-   id, so each is a fresh lease written to the ledger.
+   id, so each is a fresh lease written to the ledger;
+4. ``GET /healthz`` per second, the same server's plain-request rate, so the usage and
+   checkout rates are also printed as ratios to it.
 
 Every 200 answer to ``/v1/usage`` is sent only after the record is durable
 (fdatasync); the script checks at the end that the server's balance equals the
@@ -61,6 +63,9 @@ function request()
   counter = counter + 1
   local id = "w" .. tid .. "-" .. counter
   local body
+  if field == "healthz" then
+    return wrk.format("GET", path, nil, nil)
+  end
   if field == "usage" then
     body = '{"meter":"runs","amount":1,"client_id":"bench","idempotency_key":"' .. id .. '"}'
   else
@@ -171,6 +176,7 @@ def main() -> None:
                 constant_rate("127.0.0.1", server.port, args.rate, args.seconds, args.connections)
             )
             seats = run_wrk(url, "/v1/seats/checkout", "seat", args.seconds, args.connections, tmp)
+            health = run_wrk(url, "/healthz", "healthz", args.seconds, args.connections, tmp)
             with httpx.Client(base_url=url) as c:
                 used = sum(m["used"] for m in c.get("/v1/usage/balances").json()["meters"])
         finally:
@@ -194,6 +200,15 @@ def main() -> None:
         f"| seat checkouts (new lease each), wrk {args.connections} conns, {args.seconds} s | "
         f"{seats['rate']:,.0f} /s ({seats['status_errors']} non-2xx); "
         f"p50 {seats['p50_us'] / 1000:.1f} ms, p99 {seats['p99_us'] / 1000:.1f} ms | - |"
+    )
+    print(
+        f"| GET /healthz, wrk {args.connections} conns, {args.seconds} s | "
+        f"{health['rate']:,.0f} /s ({health['status_errors']} non-2xx); "
+        f"p50 {health['p50_us'] / 1000:.1f} ms | - |"
+    )
+    print(
+        f"\nratios to /healthz in this run: usage {usage['rate'] / health['rate']:.2f}, "
+        f"checkouts {seats['rate'] / health['rate']:.2f} (target >= 0.5)"
     )
     print(f"\nbalance check: server counts {used:,} units; this run acknowledged at least "
           f"{acked:,} in the measured phases (plus the warm-up)")  # fmt: skip

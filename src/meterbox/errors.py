@@ -16,12 +16,14 @@ subclass only where its concept is genuinely narrower (and says why there).
     │   └── server.TopupAlreadyAppliedError  the same top-up file imported a second time
     ├── ConfigError                      a flag, setting or file argument that is not usable
     ├── BadRequestError                  a request that is wrong as written (HTTP 400/413)
-    ├── UnauthorizedError                an admin request without the right bearer token
+    ├── UnauthorizedError                a request without the right bearer token or API key
+    │   └── ForbiddenError               a valid API key not allowed this feature or meter
     ├── IdempotencyConflictError         an idempotency key reused for a different request
     ├── UnavailableError                 the server cannot accept records right now (HTTP 503)
     ├── ServerUnreachableError           no server answered (connection error, timeout, 503)
     └── LicenseDenied                    a licensing decision: the request is refused
         ├── NoSeatAvailable
+        ├── PolicyDenied                 the site's seat options refuse this requester (HTTP 403)
         ├── QuotaExceeded
         │   └── compat.BoundExceeded     the change would cross the caller's Bound
         ├── ReportOverdue
@@ -29,6 +31,7 @@ subclass only where its concept is genuinely narrower (and says why there).
         ├── UnknownFeature
         ├── UnknownMeter                 the meter is named by no installed license
         ├── LeaseNotFound                the lease expired, was released, or never existed
+        │   ├── LeaseRemoved             the site administrator removed the lease (HTTP 410)
         │   └── client.LeaseLost         a lease the client held is gone on the server
         ├── compat.UnknownLicenseKey, compat.LicenseKeyBlocked, compat.MachineNotAllowed,
         └── compat.SignMethodRequired, compat.UnknownDataObject
@@ -134,9 +137,19 @@ class BadRequestError(MeterboxError):
 
 
 class UnauthorizedError(MeterboxError):
-    """An admin endpoint was called without a valid admin token."""
+    """A request without a valid credential: the admin token, or a site API key."""
 
     code = "unauthorized"
+
+
+class ForbiddenError(UnauthorizedError):
+    """A valid site API key that is not allowed what it asked for (HTTP 403).
+
+    Narrower than :class:`UnauthorizedError`: the caller is known, so presenting
+    another credential of the same kind will not help; the admin must widen the key.
+    """
+
+    code = "forbidden"
 
 
 class IdempotencyConflictError(MeterboxError):
@@ -175,12 +188,30 @@ class LeaseNotFound(LicenseDenied):
     code = "lease_not_found"
 
 
+class LeaseRemoved(LeaseNotFound):
+    """The site administrator removed the lease; the message says who, when and why.
+
+    Narrower than :class:`LeaseNotFound` because the holder should not simply check
+    out again in a loop: someone decided the seat was needed elsewhere.
+    """
+
+    code = "lease_removed"
+
+
 class NoSeatAvailable(LicenseDenied):
     code = "no_seat"
     #: The license the denial belongs to: the first, highest-priority license that
     #: offers the feature, because that is the seat the client would have been given.
     #: ``None`` only when no license was tried.
     license_id: str | None = None
+
+
+class PolicyDenied(LicenseDenied):
+    """The site's options file refuses the requester a seat (excluded, at its maximum,
+    or the free seats are reserved for others). The site's decision, not the license's:
+    counted apart from ``no_seat`` and not recorded as a denial for the vendor."""
+
+    code = "policy_denied"
 
 
 class QuotaExceeded(LicenseDenied):

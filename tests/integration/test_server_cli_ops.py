@@ -130,6 +130,7 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
     conf.write_text(
         'data = "srv"\nhost = "0.0.0.0"\nport = 9443\ntls_cert = "c.pem"\n'
         'tls_key = "k.pem"\nlog_level = "debug"\nforce_recover = true\nlog_format = "text"\n'
+        'activity_log = "act.jsonl"\napi_keys = "required"\n'
     )
     result = runner.invoke(app, ["server", "config", "--config", str(conf), "--json"])
     assert result.exit_code == 0, result.output
@@ -138,6 +139,8 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
     assert doc["port"]["value"] == 9443
     assert doc["force_recover"] == {"value": True, "source": f"file {conf}:7"}
     assert doc["log_format"] == {"value": "text", "source": f"file {conf}:8"}
+    assert doc["activity_log"]["value"] == str(tmp_path / "act.jsonl")
+    assert doc["api_keys"] == {"value": "required", "source": f"file {conf}:10"}
     assert {v["source"].split(":")[0] for v in doc.values()} == {f"file {conf}"}
 
 

@@ -173,8 +173,11 @@ def test_leases_survive_a_restart_and_expire_by_culling(tmp_path: Path) -> None:
     s = Server(tmp_path, lease_seconds=8)
     try:
         with httpx.Client(base_url=s.url) as c:
-            held = c.get("/v1/seats").json()["features"][0]["leases"]
-            assert [x["lease_id"] for x in held] == [lease["lease_id"]]
+            held = c.get("/v1/seats").json()["features"][0]["holders"]
+            assert [x["client_id"] for x in held] == ["host/1"]
+            assert c.post("/v1/seats/heartbeat", json={"lease_id": lease["lease_id"]}).json()[
+                "renewed"
+            ]
             deadline = time.monotonic() + 30
             while "meterbox_expiries_total 1" not in c.get("/metrics").text:
                 assert time.monotonic() < deadline, "the culler never removed the lease"

@@ -54,6 +54,7 @@ def make_data(
     require_tpm: bool = False,
     report_every_days: int | None = None,
     expires_in: timedelta = timedelta(days=365),
+    extra_features: tuple[str, ...] = (),
 ) -> Data:
     """A vendor home under ``root`` and a server data dir (``data`` or ``root/server``).
 
@@ -69,7 +70,10 @@ def make_data(
         product="Solver",
         issued=issued,
         vendor_key_id=keys.current_id.hex(),
-        features={"cad": Feature(seats=seats, overdraft=overdraft, lease_seconds=60)},
+        features={
+            name: Feature(seats=seats, overdraft=overdraft, lease_seconds=60)
+            for name in ("cad", *extra_features)
+        },
         meters={"runs": Meter(limit=meter_limit)},
         expires=issued + expires_in,
         require_tpm=require_tpm,
@@ -98,11 +102,18 @@ class ServerProcess:
     """`python -m meterbox server run --data D --port P`, output appended to ``log``."""
 
     def __init__(
-        self, data: Path, log: Path, port: int | None = None, *, args: tuple[str, ...] = ()
+        self,
+        data: Path,
+        log: Path,
+        port: int | None = None,
+        extra: tuple[str, ...] = (),
+        *,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.data, self.log = data, log
-        #: Extra options of `server run`; a later --log-level wins over the default one.
-        self.args = args
+        #: Extra options of `server run`, e.g. ("--host", "0.0.0.0"); a later --log-level
+        #: wins over the default one.
+        self.args = (*extra, *args)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None

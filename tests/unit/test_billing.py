@@ -419,3 +419,16 @@ def test_property_every_bill_line_matches_a_reference_computation(
 
 def datetime_hour(hour_index: int) -> str:
     return datetime.fromtimestamp(hour_index * 3600, UTC).strftime("%Y-%m-%dT%H:00Z")
+
+
+def test_a_seat_removed_by_the_site_admin_is_billed_up_to_its_removal() -> None:
+    from meterbox.vendorkit.billing import SeatEventIn, lease_intervals
+
+    events = [
+        SeatEventIn("i1", 1, "L", "cad", 1_000, "checkout", "a"),
+        SeatEventIn("i1", 2, "L", "cad", 61_000, "remove", "a"),
+        SeatEventIn("i1", 3, "L", "cad", 90_000, "renew", "b"),
+    ]
+    intervals, _ = lease_intervals(events, {"i1": 3_600_000})
+    removed = next(x for x in intervals if x.lease_id == "a")
+    assert (removed.start_ms, removed.end_ms) == (1_000, 61_000)

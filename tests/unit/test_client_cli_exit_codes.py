@@ -30,11 +30,17 @@ def serve(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[Callable[[httpx.Request], httpx.Response]], None]:
     def install(handler: Callable[[httpx.Request], httpx.Response]) -> None:
-        def make(urls: list[str] | None, spool: Path | None, client_id: str | None) -> Client:
+        def make(
+            urls: list[str] | None,
+            spool: Path | None,
+            client_id: str | None,
+            api_key: str | None,
+        ) -> Client:
             return Client(
                 urls or None,
                 spool=spool,
                 client_id=client_id,
+                api_key=api_key,
                 transport=httpx.MockTransport(handler),
             )
 

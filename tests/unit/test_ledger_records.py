@@ -243,10 +243,10 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    # SEAT_UNKNOWN, the Cryptolens machine and the witness records came after the vectors
-    # were fixed (they stay byte-identical); their payload round trips are covered by the
-    # property tests over PAYLOAD_TYPES, test_*_records_keep_their_keys, and the tests
-    # that read them back from real reports.
+    # SEAT_UNKNOWN, the Cryptolens machine, witness, TPM, state and SEAT_REMOVED records
+    # came after the vectors were fixed (they stay byte-identical); their payload round
+    # trips are covered by the property tests over PAYLOAD_TYPES, the
+    # test_*_keep_their_keys tests, and the tests that read them back from real reports.
     # LEDGER_SHORTENED is written only after an attack; it is in invalid/shortened-ledger.
     newer = {
         RecordType.LEDGER_SHORTENED,
@@ -259,6 +259,7 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.TPM_ROLLBACK,
         RecordType.STATE,
         RecordType.STATE_REBUILT,
+        RecordType.SEAT_REMOVED,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -282,3 +283,14 @@ def test_witness_records_keep_their_keys() -> None:
     assert lost.to_map() == {"s": 90, "h": b"\x02" * 32, "t": 60, "r": "ahead"}
     assert RecordType.WITNESS_MISMATCH.kind == "witness.mismatch"
     assert parse_payload(RecordType.WITNESS_MISMATCH, lost.to_map()) == lost
+
+
+def test_seat_removed_keeps_its_keys() -> None:
+    from meterbox.ledger import SeatRelease, SeatRemoved
+
+    gone = SeatRemoved(lease_id="L1", removed_by="alice via cli", reason="needed")
+    assert gone.to_map() == {"i": "L1", "b": "alice via cli", "r": "needed"}
+    assert SeatRemoved.from_map(gone.to_map()) == gone
+    # Readers of seat intervals treat it as a release.
+    assert isinstance(gone, SeatRelease)
+    assert SeatRemoved(lease_id="L1", removed_by="x").to_map() == {"i": "L1", "b": "x"}

@@ -38,6 +38,7 @@ from meterbox.client._core import (
     RetryConfig,
     Unreachable,
     UsageEvent,
+    auth_headers,
     balances_request,
     checkout_request,
     classify_renewal,
@@ -78,6 +79,8 @@ class AsyncClient:
         spool: str | Path | Spool | None = None,
         client_id: str | None = None,
         hostname: str | None = None,
+        api_key: str | None = None,
+        user: str | None = None,
         timeout: float = 5.0,
         retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
@@ -99,8 +102,12 @@ class AsyncClient:
             flush_interval=flush_interval,
             environ=os.environ if environ is None else environ,
             home=Path.home(),
+            api_key=api_key,
+            user=user,
         )
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            timeout=timeout, transport=transport, headers=auth_headers(self.config.api_key)
+        )
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
         self._renew_sleep = renew_sleep
@@ -119,8 +126,10 @@ class AsyncClient:
     async def _attempt(self, url: str, req: Request) -> Outcome:
         headers = witness_headers(self._spool_for_witness, url, req)
         try:
+            # A queued checkout is held by the server for up to its wait: allow for it.
+            timeout = self.config.timeout + req.wait if req.wait else httpx.USE_CLIENT_DEFAULT
             resp = await self._http.request(
-                req.method, url + req.path, json=req.body, headers=headers
+                req.method, url + req.path, json=req.body, headers=headers, timeout=timeout
             )
         except httpx.TransportError as exc:
             return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
@@ -158,13 +167,15 @@ class AsyncClient:
 
     # -- seats
 
-    async def checkout(self, feature: str) -> Lease:
-        """Check out one seat; the caller must heartbeat and release it. Prefer :meth:`seat`."""
-        lease, _ = await self._checkout_at(feature)
+    async def checkout(self, feature: str, *, wait: float | None = None) -> Lease:
+        """Check out one seat (queueing up to ``wait`` s); prefer :meth:`seat`."""
+        lease, _ = await self._checkout_at(feature, wait)
         return lease
 
-    async def _checkout_at(self, feature: str) -> tuple[Lease, str]:
-        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+    async def _checkout_at(self, feature: str, wait: float | None = None) -> tuple[Lease, str]:
+        req = checkout_request(
+            feature, self.config.client_id, self.config.hostname, self.config.user, wait
+        )
         reply = await self._call(req)
         return parse_lease(reply), reply.url
 
@@ -175,10 +186,20 @@ class AsyncClient:
         return parse_released(await self._call(release_request(lease_id), prefer))
 
     def seat(
-        self, feature: str, *, on_lost: Callable[[MeterboxError], None] | None = None
+        self,
+        feature: str,
+        *,
+        on_lost: Callable[[MeterboxError], None] | None = None,
+        wait: float | None = None,
     ) -> AsyncSeat:
-        """A seat for ``feature``: ``async with client.seat("cad") as seat:``."""
-        return AsyncSeat(self, feature, on_lost)
+        """A seat for ``feature``: ``async with client.seat("cad", wait=600) as seat:``.
+
+        ``wait`` queues the checkout (FIFO per feature) for up to that many seconds when
+        no seat is free, instead of raising :class:`NoSeatAvailable` at once.
+        """
+        seat = AsyncSeat(self, feature, on_lost)
+        seat.wait = wait
+        return seat
 
     # -- usage
 
@@ -256,6 +277,9 @@ class AsyncClient:
 class AsyncSeat:
     """One floating seat renewed by an asyncio task; see :class:`meterbox.client.Seat`."""
 
+    #: Seconds the checkout may wait in the server's queue (None: refused at once).
+    wait: float | None = None
+
     def __init__(
         self,
         client: AsyncClient,
@@ -306,7 +330,7 @@ class AsyncSeat:
             raise self._lost
 
     async def acquire(self) -> AsyncSeat:
-        self._lease, self._server = await self._client._checkout_at(self.feature)
+        self._lease, self._server = await self._client._checkout_at(self.feature, self.wait)
         self._client._seats[id(self)] = self
         _exit.hold(self)
         self._task = asyncio.create_task(self._renew_loop())

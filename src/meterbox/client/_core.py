@@ -23,7 +23,7 @@ import math
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -31,11 +31,13 @@ from typing import Literal
 from meterbox.client.errors import (
     BadRequestError,
     ConfigError,
+    ForbiddenError,
     IdempotencyConflictError,
     LeaseLost,
     LicenseExpired,
     MeterboxError,
     NoSeatAvailable,
+    PolicyDenied,
     ProtocolError,
     QuotaExceeded,
     ReportOverdue,
@@ -45,12 +47,16 @@ from meterbox.client.errors import (
     UnknownMeter,
 )
 
+#: Longest a checkout may wait in the server's queue (docs/api.md, wait_seconds).
+MAX_WAIT_SECONDS = 3600
 #: Longest idempotency key the server accepts (docs/api.md, POST /v1/usage).
 MAX_IDEMPOTENCY_KEY = 128
 #: Environment variable naming the server URL(s), comma-separated for failover.
 ENV_URL = "METERBOX_URL"
 #: Environment variable naming the spool file.
 ENV_SPOOL = "METERBOX_SPOOL"
+#: The site API key, when none is passed as ``api_key=`` (or ``--api-key``).
+API_KEY_ENV = "METERBOX_API_KEY"
 
 
 # --------------------------------------------------------------------------- values
@@ -63,6 +69,8 @@ class Request:
     method: Literal["GET", "POST"]
     path: str
     body: Mapping[str, object] | None = None
+    #: Seconds the server may hold the request (a queued checkout), on top of the timeout.
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -343,7 +351,13 @@ def validate_usage(meter: str, amount: int, idempotency_key: str | None) -> None
         )
 
 
-def checkout_request(feature: str, client_id: str, hostname: str | None) -> Request:
+def checkout_request(
+    feature: str,
+    client_id: str,
+    hostname: str | None,
+    user: str | None = None,
+    wait: float | None = None,
+) -> Request:
     if not feature:
         raise BadRequestError(
             "Feature name is empty",
@@ -354,7 +368,24 @@ def checkout_request(feature: str, client_id: str, hostname: str | None) -> Requ
     body: dict[str, object] = {"feature": feature, "client_id": client_id}
     if hostname is not None:
         body["hostname"] = hostname
+    if user is not None:
+        body["user"] = user
+    if wait:
+        if not 0 < wait <= MAX_WAIT_SECONDS:
+            raise BadRequestError(
+                "The checkout's wait is not usable",
+                expected=f"0 < wait <= {MAX_WAIT_SECONDS} seconds",
+                found=repr(wait),
+                hint="Pass wait=None to be refused at once when no seat is free",
+            )
+        body["wait_seconds"] = math.ceil(wait)
+        return Request("POST", "/v1/seats/checkout", body, wait=float(math.ceil(wait)))
     return Request("POST", "/v1/seats/checkout", body)
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The headers every request of a client carries: its site API key, if it has one."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
 
 
 def heartbeat_request(lease_id: str) -> Request:
@@ -539,13 +570,16 @@ _BY_CODE: dict[str, type[MeterboxError]] = {
     "bad_request": BadRequestError,
     "too_large": BadRequestError,
     "unauthorized": UnauthorizedError,
+    "forbidden": ForbiddenError,
     "report_overdue": ReportOverdue,
     "license_expired": LicenseExpired,
     "quota_exceeded": QuotaExceeded,
     "unknown_feature": UnknownFeature,
     "unknown_meter": UnknownMeter,
     "lease_not_found": LeaseLost,
+    "lease_removed": LeaseLost,
     "no_seat": NoSeatAvailable,
+    "policy_denied": PolicyDenied,
     "idempotency_conflict": IdempotencyConflictError,
     "unavailable": ServerUnreachableError,
 }
@@ -626,8 +660,9 @@ def classify_delivery(outcome: Outcome) -> Delivery:
     """What a usage POST's outcome means for the event.
 
     Transient: no answer, any 5xx (the record may or may not be durable; resending
-    with the same idempotency key is safe), or a 2xx whose body does not parse
-    (same reasoning). Rejected: any 4xx, which resending cannot change.
+    with the same idempotency key is safe), a 2xx whose body does not parse
+    (same reasoning), or 401 (no valid API key yet). Rejected: any other 4xx, which
+    resending cannot change.
     """
     if isinstance(outcome, Unreachable):
         return Transient(outcome.reason)
@@ -638,6 +673,10 @@ def classify_delivery(outcome: Outcome) -> Delivery:
             return Transient(str(exc))
     if outcome.status >= 500:
         return Transient(f"HTTP {outcome.status} from {outcome.url}")
+    if outcome.status == 401:
+        # A missing, unknown or revoked API key is the site's configuration, fixed by
+        # giving the client a key; the usage stays spooled until then, not dead-lettered.
+        return Transient(f"HTTP 401 from {outcome.url}: {error_from_reply(outcome).problem}")
     return Rejected(error_from_reply(outcome))
 
 
@@ -697,12 +736,17 @@ def classify_renewal(outcome: Outcome) -> RenewalStep:
         return RenewLater(f"HTTP {outcome.status} from {outcome.url}")
     err = error_from_reply(outcome)
     if isinstance(err, LeaseLost):
+        removed = error_code(outcome) == "lease_removed"
         return Lost(
             LeaseLost(
-                "The seat's lease is gone from the server",
+                "The site administrator removed this seat"
+                if removed
+                else "The seat's lease is gone from the server",
                 expected="the lease to be renewed by a heartbeat",
                 found=f"{err.problem}",
-                hint="Check out the seat again; the server may have restarted without "
+                hint="Ask the site administrator before checking the seat out again"
+                if removed
+                else "Check out the seat again; the server may have restarted without "
                 "state or the lease expired while the server was unreachable",
             )
         )
@@ -728,6 +772,10 @@ class ClientConfig:
     retry: RetryConfig
     renew_fraction: float
     flush_interval: float | None
+    #: The site API key (``mbk_...``) sent as ``Authorization: Bearer``; kept out of repr.
+    api_key: str | None = field(default=None, repr=False)
+    #: The user declared with checkouts, for the site's seat options (asserted, not proven).
+    user: str | None = None
 
     @classmethod
     def build(  # noqa: PLR0913 - one parameter per Client keyword, validated together
@@ -743,6 +791,8 @@ class ClientConfig:
         flush_interval: float | None,
         environ: Mapping[str, str],
         home: Path,
+        api_key: str | None = None,
+        user: str | None = None,
     ) -> ClientConfig:
         if not 0.05 <= renew_fraction <= 0.9:
             raise ConfigError(
@@ -765,7 +815,17 @@ class ClientConfig:
                 found=repr(flush_interval),
                 hint="Use e.g. flush_interval=10.0",
             )
+        key = api_key if api_key is not None else environ.get(API_KEY_ENV) or None
+        if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
+            raise ConfigError(
+                "The API key is not usable",
+                expected="the key as `meterbox server keys create` printed it, 'mbk_...'",
+                found=f"a value of {len(key)} characters with spaces or control characters",
+                hint=f"Pass api_key= or set {API_KEY_ENV} to the key alone",
+            )
         return cls(
+            api_key=key,
+            user=user if user is not None else _login_name(),
             urls=resolve_urls(url, environ),
             spool_path=Path(spool) if spool is not None else default_spool_path(environ, home),
             client_id=client_id or default_client_id(),

@@ -36,6 +36,7 @@ from meterbox.client._core import (
     RetryConfig,
     Unreachable,
     UsageEvent,
+    auth_headers,
     balances_request,
     checkout_request,
     classify_renewal,
@@ -82,6 +83,8 @@ class Client:
         spool: str | Path | Spool | None = None,
         client_id: str | None = None,
         hostname: str | None = None,
+        api_key: str | None = None,
+        user: str | None = None,
         timeout: float = 5.0,
         retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
@@ -103,8 +106,12 @@ class Client:
             flush_interval=flush_interval,
             environ=os.environ if environ is None else environ,
             home=Path.home(),
+            api_key=api_key,
+            user=user,
         )
-        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            timeout=timeout, transport=transport, headers=auth_headers(self.config.api_key)
+        )
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
         self._renew_wait = renew_wait
@@ -129,7 +136,11 @@ class Client:
     def _attempt(self, url: str, req: Request) -> Outcome:
         headers = witness_headers(self._spool_for_witness, url, req)
         try:
-            resp = self._http.request(req.method, url + req.path, json=req.body, headers=headers)
+            # A queued checkout is held by the server for up to its wait: allow for it.
+            timeout = self.config.timeout + req.wait if req.wait else httpx.USE_CLIENT_DEFAULT
+            resp = self._http.request(
+                req.method, url + req.path, json=req.body, headers=headers, timeout=timeout
+            )
         except httpx.TransportError as exc:
             return Unreachable(url, f"{url}: {type(exc).__name__}: {exc}")
         keep_head(self._spool_for_witness, url, resp.headers, self._seconds())
@@ -172,13 +183,17 @@ class Client:
 
     # -- seats
 
-    def checkout(self, feature: str) -> Lease:
-        """Check out one seat; the caller must heartbeat and release it. Prefer :meth:`seat`."""
-        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+    def checkout(self, feature: str, *, wait: float | None = None) -> Lease:
+        """Check out one seat (queueing up to ``wait`` s for one); prefer :meth:`seat`."""
+        req = checkout_request(
+            feature, self.config.client_id, self.config.hostname, self.config.user, wait
+        )
         return parse_lease(self._call(req))
 
-    def _checkout_at(self, feature: str) -> tuple[Lease, str]:
-        req = checkout_request(feature, self.config.client_id, self.config.hostname)
+    def _checkout_at(self, feature: str, wait: float | None = None) -> tuple[Lease, str]:
+        req = checkout_request(
+            feature, self.config.client_id, self.config.hostname, self.config.user, wait
+        )
         reply = self._call(req)
         return parse_lease(reply), reply.url
 
@@ -190,9 +205,21 @@ class Client:
         """Release a lease; False if it was already gone (releasing is idempotent)."""
         return parse_released(self._call(release_request(lease_id), prefer))
 
-    def seat(self, feature: str, *, on_lost: Callable[[MeterboxError], None] | None = None) -> Seat:
-        """A seat for ``feature``, checked out by ``with`` and renewed in the background."""
-        return Seat(self, feature, on_lost)
+    def seat(
+        self,
+        feature: str,
+        *,
+        on_lost: Callable[[MeterboxError], None] | None = None,
+        wait: float | None = None,
+    ) -> Seat:
+        """A seat for ``feature``, checked out by ``with`` and renewed in the background.
+
+        ``wait`` queues the checkout (FIFO per feature) for up to that many seconds when
+        no seat is free, instead of raising :class:`NoSeatAvailable` at once.
+        """
+        seat = Seat(self, feature, on_lost)
+        seat.wait = wait
+        return seat
 
     # -- usage
 
@@ -274,6 +301,9 @@ class Seat:
     :class:`LeaseLost`, and so does leaving the ``with`` block normally.
     """
 
+    #: Seconds the checkout may wait in the server's queue (None: refused at once).
+    wait: float | None = None
+
     def __init__(
         self,
         client: Client,
@@ -331,7 +361,7 @@ class Seat:
     # -- lifecycle
 
     def acquire(self) -> Seat:
-        self._lease, self._server = self._client._checkout_at(self.feature)
+        self._lease, self._server = self._client._checkout_at(self.feature, self.wait)
         self._client._seats[id(self)] = self
         _exit.hold(self)
         self._thread = threading.Thread(

@@ -53,16 +53,28 @@ ClientIdOpt = Annotated[
     ),
 ]
 
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="METERBOX_API_KEY",
+        show_envvar=False,
+        help="Site API key from the server's administrator. Default: $METERBOX_API_KEY.",
+    ),
+]
 
-def make_client(urls: list[str] | None, spool: Path | None, client_id: str | None) -> Client:
+
+def make_client(
+    urls: list[str] | None, spool: Path | None, client_id: str | None, api_key: str | None
+) -> Client:
     """Build the client for one command (tests replace this to inject a transport)."""
-    return Client(urls or None, spool=spool, client_id=client_id)
+    return Client(urls or None, spool=spool, client_id=client_id, api_key=api_key)
 
 
 def _run(urls: list[str] | None, spool: Path | None, client_id: str | None,
-         action: Callable[[Client], T]) -> T:  # fmt: skip
+         action: Callable[[Client], T], api_key: str | None = None) -> T:  # fmt: skip
     try:
-        with make_client(urls, spool, client_id) as client:
+        with make_client(urls, spool, client_id, api_key) as client:
             return action(client)
     except MeterboxError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -98,9 +110,14 @@ def checkout(
     url: UrlOpt = None,
     client_id: ClientIdOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole lease.")] = False,
+    api_key: ApiKeyOpt = None,
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", metavar="SECONDS", help="Queue up to this long for a free seat."),
+    ] = None,
 ) -> None:
     """Check out a seat and print its lease id. Heartbeat or release it yourself."""
-    lease = _run(url, None, client_id, lambda c: c.checkout(feature))
+    lease = _run(url, None, client_id, lambda c: c.checkout(feature, wait=wait), api_key)
     if as_json:
         _print(asdict(lease))
     else:
@@ -113,9 +130,10 @@ def heartbeat(
     lease_id: Annotated[str, typer.Argument(help="Lease id printed by checkout.")],
     url: UrlOpt = None,
     as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
-    """Renew a lease. Exit 1 if the lease is gone."""
-    lease = _run(url, None, None, lambda c: c.heartbeat(lease_id))
+    """Renew a lease (with the key that checked it out). Exit 1 if the lease is gone."""
+    lease = _run(url, None, None, lambda c: c.heartbeat(lease_id), api_key)
     _print(asdict(lease))
 
 
@@ -124,9 +142,10 @@ def release(
     lease_id: Annotated[str, typer.Argument(help="Lease id printed by checkout.")],
     url: UrlOpt = None,
     as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Release a lease (releasing twice is fine)."""
-    released = _run(url, None, None, lambda c: c.release(lease_id))
+    released = _run(url, None, None, lambda c: c.release(lease_id), api_key)
     _print({"released": released})
 
 
@@ -142,9 +161,12 @@ def record(
     spool: SpoolOpt = None,
     client_id: ClientIdOpt = None,
     as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Record usage; if the server is unreachable, spool it and still exit 0."""
-    result = _run(url, spool, client_id, lambda c: c.record(meter, amount, idempotency_key=key))
+    result = _run(
+        url, spool, client_id, lambda c: c.record(meter, amount, idempotency_key=key), api_key
+    )
     if result.spooled:
         typer.echo(
             "server unreachable: usage spooled; it is delivered by a later record "
@@ -168,9 +190,14 @@ def balance(
 
 
 @app.command()
-def flush(url: UrlOpt = None, spool: SpoolOpt = None, as_json: JsonOpt = False) -> None:
+def flush(
+    url: UrlOpt = None,
+    spool: SpoolOpt = None,
+    as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
+) -> None:
     """Deliver spooled usage now. Exit 5 if events remain because no server answered."""
-    result = _run(url, spool, None, lambda c: c.flush())
+    result = _run(url, spool, None, lambda c: c.flush(), api_key)
     _print(
         {
             "delivered": result.delivered,

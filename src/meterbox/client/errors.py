@@ -12,11 +12,13 @@ one from :mod:`meterbox.errors`, re-exported so SDK users import from one place.
     │   └── SpoolError             the local spool file cannot be opened or written
     ├── ConfigError                no server URL, bad spool path, bad option
     ├── BadRequestError                 the request itself is wrong (local check or HTTP 400/413)
-    ├── UnauthorizedError               HTTP 401 on an admin endpoint
+    ├── UnauthorizedError               HTTP 401: no valid site API key (or admin token)
+    │   └── ForbiddenError              HTTP 403 forbidden: the key does not allow it
     ├── IdempotencyConflictError        HTTP 409: key reused with a different request
     ├── ServerUnreachableError          no server answered (connection error, timeout, 503)
     └── LicenseDenied
         ├── NoSeatAvailable        HTTP 409 no_seat          (meterbox.errors)
+        ├── PolicyDenied           HTTP 403 policy_denied    (meterbox.errors)
         ├── QuotaExceeded          HTTP 402 quota_exceeded   (meterbox.errors)
         ├── ReportOverdue          HTTP 403 report_overdue   (meterbox.errors)
         ├── LicenseExpired         HTTP 403 license_expired  (meterbox.errors)
@@ -34,12 +36,14 @@ from __future__ import annotations
 from meterbox.errors import (
     BadRequestError,
     ConfigError,
+    ForbiddenError,
     IdempotencyConflictError,
     LeaseNotFound,
     LicenseDenied,
     LicenseExpired,
     MeterboxError,
     NoSeatAvailable,
+    PolicyDenied,
     ProtocolError,
     QuotaExceeded,
     ReportOverdue,
@@ -53,6 +57,7 @@ from meterbox.errors import (
 __all__ = [
     "BadRequestError",
     "ConfigError",
+    "ForbiddenError",
     "IdempotencyConflictError",
     "LeaseLost",
     "LeaseNotFound",
@@ -60,6 +65,7 @@ __all__ = [
     "LicenseExpired",
     "MeterboxError",
     "NoSeatAvailable",
+    "PolicyDenied",
     "ProtocolError",
     "QuotaExceeded",
     "ReportOverdue",

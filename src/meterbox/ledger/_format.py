@@ -100,7 +100,8 @@ class RecordType(enum.IntEnum):
     WITNESS_MISMATCH = 25
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
-    # 28-32 are reserved for other server and witness records.
+    SEAT_REMOVED = 28
+    # 29-32 are reserved for license suspension, revocation and seat borrowing.
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
 

@@ -199,6 +199,20 @@ class SeatExpire(SeatRelease):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SeatRemoved(SeatRelease):
+    """A lease the site administrator took away (``seat.removed``).
+
+    A subclass of :class:`SeatRelease`: for everything that reads seat intervals the
+    lease ends here, as if released; ``removed_by`` says who ended it.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_REMOVED
+    #: Who removed it, as the administrator's tool states it (e.g. ``alice via cli``).
+    removed_by: str = _req("b", "str")
+    reason: str | None = _opt("r", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SeatUnknown(_Payload):
     """A client renewed or released a lease the server does not hold (``seat.unknown``).
 
@@ -736,6 +750,7 @@ RecordPayload = (
     | SeatRenew
     | SeatRelease
     | SeatExpire
+    | SeatRemoved
     | SeatUnknown
     | SeatDenied
     | Heartbeat
@@ -769,6 +784,7 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         SeatRenew,
         SeatRelease,
         SeatExpire,
+        SeatRemoved,
         SeatUnknown,
         SeatDenied,
         Heartbeat,

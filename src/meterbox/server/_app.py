@@ -5,6 +5,13 @@ and map :class:`meterbox.errors.MeterboxError` codes to HTTP statuses with the
 documented error body ``{"error": {"code", "message", "hint"}}``. Admin endpoints
 need ``Authorization: Bearer <admin token>``, compared in constant time and never
 logged. A background task culls expired leases every ``ServiceConfig.cull_interval`` s.
+
+Seat and usage endpoints take a site API key as ``Authorization: Bearer mbk_...``
+(:mod:`meterbox.server._core.access`). With ``require_api_key`` (the default when
+the server listens beyond loopback) a request without one is refused with 401; a key
+that is presented is always checked, so a revoked key stops working on loopback too.
+Lease ids are returned only to the holder: the public seat listing names holders,
+never their ids, and renewing or releasing a lease needs the key that took it.
 """
 
 from __future__ import annotations
@@ -32,8 +39,11 @@ from meterbox.errors import BadRequestError, FormatError, MeterboxError
 from meterbox.ledger.records import MAX_AMOUNT
 from meterbox.server import _metrics as metrics
 from meterbox.server._apidocs import add_api_docs
+from meterbox.server._core.access import ApiKey, KeyRing
+from meterbox.server._core.options import SeatOptions
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import HTTP_STATUS, UnauthorizedError, http_status
+from meterbox.server._keys import KeyStore
 from meterbox.server._service import LicenseService
 from meterbox.witness import HEAD_HEADER, WITNESS_HEADER, WitnessHead, parse_head
 
@@ -50,6 +60,8 @@ class HttpLimitsConfig:
 
 
 # --------------------------------------------------------------------- models
+#: Longest a checkout may wait in a feature's queue (one request held open that long).
+MAX_WAIT_SECONDS = 3600
 _NAME = Field(min_length=1, max_length=64)
 _CLIENT = Field(min_length=1, max_length=200)
 _LEASE_ID = Field(min_length=1, max_length=64)
@@ -63,6 +75,10 @@ class CheckoutIn(_In):
     feature: Annotated[str, _NAME]
     client_id: Annotated[str, _CLIENT]
     hostname: Annotated[str | None, Field(default=None, max_length=255)] = None
+    #: The user the client declares, for the site's seat options (asserted, not proven).
+    user: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+    #: Wait up to this many seconds in the feature's FIFO queue instead of a 409 at once.
+    wait_seconds: Annotated[int, Field(default=0, ge=0, le=MAX_WAIT_SECONDS)] = 0
 
 
 class LeaseIdIn(_In):
@@ -90,13 +106,86 @@ class ReleaseOut(BaseModel):
     released: bool
 
 
+class HolderOut(BaseModel):
+    """Who holds a seat, as anyone may see it: never the lease id, which is the holder's secret."""
+
+    client_id: str
+    hostname: str | None
+    since: datetime
+    expires_at: datetime
+    overdraft: bool
+
+
+class QueuedOut(BaseModel):
+    position: int
+    client_id: str
+    since: datetime
+
+
 class FeatureOut(BaseModel):
     feature: str
     seats: int
     overdraft: int
     in_use: int
     denials: int
-    leases: list[LeaseOut]
+    #: Checkouts the site's options file refused (counted apart from ``denials``).
+    policy_denials: int
+    holders: list[HolderOut]
+    #: Checkouts waiting for a seat, first in line first.
+    queue: list[QueuedOut]
+
+
+class AdminLeaseOut(LeaseOut):
+    license_id: str
+    hostname: str | None
+    issued_at: datetime
+    key_id: str | None
+
+
+class AdminSeatsOut(BaseModel):
+    leases: list[AdminLeaseOut]
+
+
+class RemoveIn(_In):
+    """Which leases to remove: exactly one of ``lease_id``, ``client_id``, ``hostname``."""
+
+    lease_id: Annotated[str | None, Field(default=None, min_length=1, max_length=64)] = None
+    client_id: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+    hostname: Annotated[str | None, Field(default=None, min_length=1, max_length=255)] = None
+    #: Who removes them, recorded in the ledger (e.g. ``alice via cli``).
+    by: Annotated[str, Field(min_length=1, max_length=100)]
+    reason: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+
+
+class RemovedOut(BaseModel):
+    removed: list[AdminLeaseOut]
+
+
+class KeyIn(_In):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    group: Annotated[str | None, Field(default=None, min_length=1, max_length=64)] = None
+    features: Annotated[list[str] | None, Field(default=None, max_length=100)] = None
+    meters: Annotated[list[str] | None, Field(default=None, max_length=100)] = None
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    group: str | None
+    features: list[str] | None
+    meters: list[str] | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    #: The secret, shown in this answer only; the server keeps its SHA-256 digest.
+    token: str
+
+
+class KeysOut(BaseModel):
+    required: bool
+    keys: list[KeyOut]
 
 
 class SeatsOut(BaseModel):
@@ -260,9 +349,15 @@ def _with_head(service: LicenseService, response: Response) -> Response:
 
 _BEARER = HTTPBearer(auto_error=False, description="The admin token of this server.")
 _AdminCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+_KEY_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A site API key (`meterbox server keys create`), 'mbk_...'.",
+)
+_KeyCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_KEY_BEARER)]
 
 
-def build_app(
+def build_app(  # noqa: PLR0913 - keyword-only wiring of the optional handlers
     service: LicenseService,
     *,
     admin_token: str,
@@ -270,8 +365,16 @@ def build_app(
     export_report: ExportHandler | None = None,
     import_file: ImportHandler | None = None,
     housekeeping: bool = True,
+    keys: KeyStore | None = None,
+    require_api_key: bool = False,
+    reload_options: Callable[[], SeatOptions] | None = None,
 ) -> FastAPI:
-    """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters."""
+    """Build the HTTP app for ``service``. ``admin_token`` must be at least 16 characters.
+
+    ``keys`` are the site's API keys (none: every presented key is refused);
+    ``require_api_key`` refuses seat and usage requests that present no key;
+    ``reload_options`` reads the site's options file again (``/v1/admin/options/reload``).
+    """
     if len(admin_token) < 16:
         raise ValueError("admin_token must be at least 16 characters")
     app = FastAPI(
@@ -285,9 +388,12 @@ def build_app(
     )
     add_api_docs(app)
     _add_error_handlers(app)
-    _add_seat_and_usage_routes(app, service)
+    access = _Access(keys, require_api_key)
+    _add_seat_and_usage_routes(app, service, access)
     _add_status_routes(app, service)
     _add_admin_routes(app, service, admin_token.encode(), export_report, import_file)
+    _add_key_routes(app, service, admin_token.encode(), access)
+    _add_options_route(app, service, admin_token.encode(), reload_options)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
     return app
@@ -358,17 +464,85 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(code, message, status=exc.status_code)
 
 
-def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
+class _Access:
+    """Who a seat or usage request comes from: its API key, or ``None`` where keys are optional."""
+
+    def __init__(self, keys: KeyStore | None, required: bool) -> None:
+        self.keys = keys
+        self.required = required
+
+    @property
+    def ring(self) -> KeyRing:
+        return self.keys.ring if self.keys is not None else KeyRing()
+
+    def __call__(self, creds: _KeyCreds) -> ApiKey | None:
+        if creds is None:
+            if self.required:
+                raise UnauthorizedError(
+                    "This server needs a site API key for seats and usage",
+                    expected="an 'Authorization: Bearer mbk_...' header",
+                    found="no key",
+                    hint="Pass the key the site administrator gave you (api_key= in the SDK, "
+                    "--api-key or METERBOX_API_KEY on the command line)",
+                )
+            return None
+        # Checked whenever presented, so a revoked key fails even where keys are optional.
+        return self.ring.authenticate(creds.credentials)
+
+
+def _key_id(key: ApiKey | None) -> str | None:
+    return None if key is None else key.key_id
+
+
+def _holder(lease: SeatLease) -> HolderOut:
+    return HolderOut(
+        client_id=lease.client_id,
+        hostname=lease.hostname,
+        since=lease.issued_at,
+        expires_at=lease.expires_at,
+        overdraft=lease.overdraft,
+    )
+
+
+def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _Access) -> None:
+    # A default, not an Annotated alias: with postponed annotations FastAPI resolves
+    # annotation names in the module, where a local alias does not exist.
+    caller = Depends(access)
+
     # ----------------------------------------------------------------- seats
     @app.post(
         "/v1/seats/checkout",
         response_model=LeaseOut,
-        responses=_errors(400, 403, 404, 409, 413, 503),
+        responses=_errors(400, 401, 403, 404, 409, 413, 503),
     )
-    async def checkout(body: CheckoutIn, witness: _Witnessed) -> Response:
+    async def checkout(
+        body: CheckoutIn, request: Request, witness: _Witnessed, key: ApiKey | None = caller
+    ) -> Response:
+        if key is not None:
+            key.allow_feature(body.feature)
         if witness is not None:
             await service.witness(body.client_id, witness)
-        d = await service.checkout(body.feature, body.client_id, body.hostname)
+        group = None if key is None else key.group
+        if body.wait_seconds:
+            d = await service.checkout_waiting(
+                body.feature,
+                body.client_id,
+                body.wait_seconds,
+                hostname=body.hostname,
+                key_id=_key_id(key),
+                user=body.user,
+                group=group,
+                gone=request.is_disconnected,
+            )
+        else:
+            d = await service.checkout(
+                body.feature,
+                body.client_id,
+                body.hostname,
+                key_id=_key_id(key),
+                user=body.user,
+                group=group,
+            )
         return _with_head(service, _json(_lease_out(d.lease, d.renewed)))
 
     async def lease_witness(lease_id: str, witness: WitnessHead | None) -> None:
@@ -379,17 +553,21 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
     @app.post(
         "/v1/seats/heartbeat",
         response_model=LeaseOut,
-        responses=_errors(400, 403, 404, 413, 503),
+        responses=_errors(400, 401, 403, 404, 410, 413, 503),
     )
-    async def heartbeat(body: LeaseIdIn, witness: _Witnessed) -> Response:
+    async def heartbeat(
+        body: LeaseIdIn, witness: _Witnessed, key: ApiKey | None = caller
+    ) -> Response:
         await lease_witness(body.lease_id, witness)
-        d = await service.heartbeat(body.lease_id)
+        d = await service.heartbeat(body.lease_id, key_id=_key_id(key))
         return _with_head(service, _json(_lease_out(d.lease, True)))
 
-    @app.post("/v1/seats/release", response_model=ReleaseOut, responses=_errors(400, 413, 503))
-    async def release(body: LeaseIdIn, witness: _Witnessed) -> Response:
+    @app.post("/v1/seats/release", response_model=ReleaseOut, responses=_errors(400, 401, 413, 503))
+    async def release(
+        body: LeaseIdIn, witness: _Witnessed, key: ApiKey | None = caller
+    ) -> Response:
         await lease_witness(body.lease_id, witness)
-        released = await service.release(body.lease_id)
+        released = await service.release(body.lease_id, key_id=_key_id(key))
         return _with_head(service, _json(ReleaseOut(released=released)))
 
     @app.get("/v1/seats")
@@ -397,15 +575,29 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService) -> None:
         view = service.engine.seats_view(service.now())
         return SeatsOut(
             features=[
-                FeatureOut(**{**f, "leases": [_lease_out(x) for x in f["leases"]]}) for f in view
+                FeatureOut(
+                    feature=f["feature"],
+                    seats=f["seats"],
+                    overdraft=f["overdraft"],
+                    in_use=f["in_use"],
+                    denials=f["denials"],
+                    policy_denials=f["policy_denials"],
+                    holders=[_holder(x) for x in f["leases"]],
+                    queue=[QueuedOut(**q) for q in service.queue_view(f["feature"])],
+                )
+                for f in view
             ]
         )
 
     # ----------------------------------------------------------------- usage
     @app.post(
-        "/v1/usage", response_model=UsageOut, responses=_errors(400, 402, 403, 404, 409, 413, 503)
+        "/v1/usage",
+        response_model=UsageOut,
+        responses=_errors(400, 401, 402, 403, 404, 409, 413, 503),
     )
-    async def usage(body: UsageIn, witness: _Witnessed) -> Response:
+    async def usage(body: UsageIn, witness: _Witnessed, key: ApiKey | None = caller) -> Response:
+        if key is not None:
+            key.allow_meter(body.meter)
         if witness is not None:
             await service.witness(body.client_id, witness)
         r = await service.usage(body.meter, body.amount, body.client_id, body.idempotency_key)
@@ -470,13 +662,7 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
         return Response(body, media_type=content_type)
 
 
-def _add_admin_routes(
-    app: FastAPI,
-    service: LicenseService,
-    token: bytes,
-    export_report: ExportHandler | None,
-    import_file: ImportHandler | None,
-) -> None:
+def _admin_check(token: bytes) -> Callable[[_AdminCreds], None]:
     def require_admin(creds: _AdminCreds) -> None:
         given = creds.credentials.encode() if creds is not None else b""
         # Constant-time comparison; the token itself is never logged or echoed.
@@ -488,8 +674,118 @@ def _add_admin_routes(
                 hint="Use the token printed by `meterbox server init` (admin.token file)",
             )
 
+    return require_admin
+
+
+def _key_out(key: ApiKey) -> KeyOut:
+    return KeyOut(**key.summary())
+
+
+def _add_key_routes(app: FastAPI, service: LicenseService, token: bytes, access: _Access) -> None:
+    admin = [Depends(_admin_check(token))]
+
+    def store() -> KeyStore:
+        if access.keys is None:
+            raise _not_configured("API key")
+        return access.keys
+
+    @app.get("/v1/admin/keys", dependencies=admin, responses=_errors(401))
+    async def list_keys() -> KeysOut:
+        return KeysOut(required=access.required, keys=[_key_out(k) for k in access.ring])
+
+    @app.post("/v1/admin/keys", dependencies=admin, responses=_errors(400, 401, 503, 507))
+    async def create_key(body: KeyIn) -> NewKeyOut:
+        new = store().create(
+            body.name,
+            service.now(),
+            group=body.group,
+            features=body.features,
+            meters=body.meters,
+        )
+        return NewKeyOut(**new.key.summary(), token=new.token)
+
+    @app.post("/v1/admin/keys/{ref}/revoke", dependencies=admin, responses=_errors(400, 401, 507))
+    async def revoke_key(ref: str) -> KeyOut:
+        return _key_out(store().revoke(ref[:80], service.now()))
+
+    @app.get("/v1/admin/seats", dependencies=admin, responses=_errors(401))
+    async def admin_seats() -> AdminSeatsOut:
+        """Every live lease with its id, for the administrator (removal names ids)."""
+        now = service.now()
+        return AdminSeatsOut(
+            leases=[_admin_lease(x) for f in service.engine.seats_view(now) for x in f["leases"]]
+        )
+
+    @app.post("/v1/admin/seats/remove", dependencies=admin, responses=_errors(400, 401, 413, 503))
+    async def remove_seats(body: RemoveIn) -> RemovedOut:
+        """Take live leases away; each is a ``seat.removed`` record naming ``by``."""
+        chosen = [x for x in (body.lease_id, body.client_id, body.hostname) if x is not None]
+        if len(chosen) != 1:
+            raise BadRequestError(
+                "A removal names exactly one selector",
+                expected="one of lease_id, client_id or hostname",
+                found=f"{len(chosen)} of them",
+                hint="Remove by lease id (see GET /v1/admin/seats), client id or host name",
+            )
+        removed = await service.remove(
+            body.by,
+            lease_id=body.lease_id,
+            client_id=body.client_id,
+            hostname=body.hostname,
+            reason=body.reason,
+        )
+        return RemovedOut(removed=[_admin_lease(r.lease) for r in removed])
+
+
+def options_summary(options: SeatOptions) -> dict[str, Any]:
+    return {
+        "source": options.source,
+        "features": {
+            name: {"reserve": len(f.reserve), "max": len(f.max) + len(f.max_per)}
+            for name, f in sorted(options.features.items())
+        },
+    }
+
+
+def _add_options_route(
+    app: FastAPI,
+    service: LicenseService,
+    token: bytes,
+    reload_options: Callable[[], SeatOptions] | None,
+) -> None:
+    @app.post(
+        "/v1/admin/options/reload",
+        dependencies=[Depends(_admin_check(token))],
+        responses=_errors(400, 401),
+    )
+    async def reload() -> dict[str, Any]:
+        """Read the options file again; a bad file keeps the rules in force (400 says why)."""
+        if reload_options is None:
+            raise _not_configured("options file")
+        options = reload_options()
+        service.engine.options = options
+        return options_summary(options)
+
+
+def _admin_lease(x: SeatLease) -> AdminLeaseOut:
+    return AdminLeaseOut(
+        **_lease_out(x).model_dump(),
+        license_id=x.license_id,
+        hostname=x.hostname,
+        issued_at=x.issued_at,
+        key_id=x.key_id,
+    )
+
+
+def _add_admin_routes(
+    app: FastAPI,
+    service: LicenseService,
+    token: bytes,
+    export_report: ExportHandler | None,
+    import_file: ImportHandler | None,
+) -> None:
     # ----------------------------------------------------------------- admin
-    admin = [Depends(require_admin)]
+    admin = [Depends(_admin_check(token))]
 
     @app.post(
         "/v1/admin/export",

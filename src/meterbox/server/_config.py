@@ -37,6 +37,22 @@ ENV_PREFIX = "METERBOX_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["json", "text"]
 
+ApiKeyMode = Literal["auto", "required", "optional"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() in {"localhost", "localhost.", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve to any interface: not loopback.
+        return False
+
+
 # The file's values for the load in progress; a context variable because pydantic-settings
 # builds its sources from the class, not from the call.
 _FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("_FILE_VALUES", default={})  # noqa: B039 - never mutated
@@ -59,6 +75,20 @@ class ServerConfig(BaseSettings):
     force_recover: bool = Field(
         False, description="Cut a torn ledger tail longer than the automatic limit."
     )
+    activity_log: Path | None = Field(
+        None, description="The admin's activity log file (default DATA/activity.jsonl)."
+    )
+    api_keys: ApiKeyMode = Field(
+        "auto",
+        description="Site API keys for seats and usage: auto (required unless the host is "
+        "loopback), required, or optional.",
+    )
+
+    def keys_required(self) -> bool:
+        """Whether seat and usage requests need a site API key on this listen address."""
+        if self.api_keys != "auto":
+            return self.api_keys == "required"
+        return not is_loopback(self.host)
 
     @classmethod
     def settings_customise_sources(
@@ -147,7 +177,7 @@ def read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
                 hint=f"did you mean {near[0]!r}?" if near else "remove or rename the key",
             )
     base = path.parent
-    for key in ("data", "tls_cert", "tls_key"):
+    for key in ("data", "tls_cert", "tls_key", "activity_log"):
         if isinstance(values.get(key), str):
             values[key] = str(base / Path(values[key]).expanduser())
     return values, lines

@@ -11,11 +11,14 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from meterbox.clock import Clock
+from meterbox.server._activity import ACTIVITY_FILE, ActivityLog
 from meterbox.server._app import HttpLimitsConfig, build_app
 from meterbox.server._cryptolens import mount_cryptolens
 from meterbox.server._dashboard import build_site_dashboard
 from meterbox.server._instance import ServerInstance, read_admin_token
+from meterbox.server._keys import KeyStore
 from meterbox.server._service import LicenseService, ServiceConfig, Sleep
+from meterbox.server._site_options import read_options
 
 
 @dataclass
@@ -24,7 +27,26 @@ class BuiltServer:
     instance: ServerInstance
 
     def close(self) -> None:
+        if self.instance.service.activity is not None:
+            self.instance.service.activity.close()
         self.instance.close()
+
+
+def _note_licenses(service: LicenseService) -> None:
+    """The activity log says which licenses this run serves, and until when."""
+    if service.activity is None:
+        return
+    now = service.now()
+    for lic in service.engine.ordered():
+        deadline = service.engine.report_deadline(lic)
+        service.activity.write(
+            now,
+            "license",
+            license_id=lic.license_id,
+            expires=lic.expires.isoformat() if lic.expires else None,
+            report_deadline=deadline.isoformat() if deadline else None,
+            features=sorted(lic.features),
+        )
 
 
 def build_server(
@@ -35,11 +57,25 @@ def build_server(
     limits: HttpLimitsConfig | None = None,
     force_recover: bool = False,
     sleep: Sleep = asyncio.sleep,
+    require_api_key: bool = False,
+    activity_log: Path | None = None,
 ) -> BuiltServer:
-    """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService)."""
+    """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService).
+
+    ``require_api_key`` refuses seat and usage requests without a site API key
+    (``server run`` sets it whenever it listens beyond loopback); ``activity_log`` is
+    the admin's activity log file (default ``DATA/activity.jsonl``).
+    """
+    keys = KeyStore.open(data)
+    options = read_options(data)  # a bad options file refuses the start, before the ledger
     instance = ServerInstance.open(
         data, clock=clock, settings=settings, force_recover=force_recover, sleep=sleep
     )
+
+    instance.service.engine.options = options
+    activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
+    instance.service.activity = activity
+    _note_licenses(instance.service)
 
     async def export_handler(_: LicenseService) -> bytes:
         return instance.export_bytes()
@@ -53,6 +89,9 @@ def build_server(
         limits=limits or HttpLimitsConfig(),
         export_report=export_handler,
         import_file=import_handler,
+        keys=keys,
+        require_api_key=require_api_key,
+        reload_options=lambda: read_options(data),
     )
     try:
         # Cryptolens SDKs call /api/...; everything else reaches the meterbox app.

@@ -17,6 +17,7 @@ the answer waits for step 2, nothing is acknowledged before it is durable.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -29,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
-from meterbox.errors import FormatError, NoSeatAvailable
+from meterbox.errors import FormatError, LeaseRemoved, NoSeatAvailable, PolicyDenied
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
@@ -39,10 +40,12 @@ from meterbox.ledger.records import (
     SeatDenied,
     SeatExpire,
     SeatRelease,
+    SeatRemoved,
     SeatRenew,
     SeatUnknown,
     TopupImported,
 )
+from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._core.changes import (
     Change,
@@ -62,7 +65,7 @@ from meterbox.server._core.clock import DEFAULT_STEP_THRESHOLD, LicenseClock
 from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
-from meterbox.server._core.seats import SeatDecision, SeatLease, hour_of
+from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
 from meterbox.server._errors import LeaseNotFound, UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
@@ -108,6 +111,19 @@ def _unavailable(exc: BaseException) -> UnavailableError:
     )
 
 
+#: Seconds between a queued checkout's retries (and checks that its client is still there).
+QUEUE_POLL = 0.5
+
+
+@dataclass
+class Waiter:
+    """A checkout waiting in a feature's queue."""
+
+    client_id: str
+    since: datetime
+    event: asyncio.Event
+
+
 class LicenseService:
     """One running license server: engine + state store + event sink + clock."""
 
@@ -136,6 +152,10 @@ class LicenseService:
         #: Changes whose state commit failed (a full disk), committed before the next ones.
         self._unsaved: list[Change] = []
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
+        #: Checkouts waiting for a seat, per feature, first come first served.
+        self._queues: dict[str, collections.deque[Waiter]] = {}
+        #: The site admin's activity log (who had which seat); None writes none.
+        self.activity: ActivityLog | None = None
         self._side: list[asyncio.Future[int]] = []
         self.clock_steps = 0
         self.counters: dict[str, int] = {
@@ -259,12 +279,27 @@ class LicenseService:
 
     # -------------------------------------------------------------- seats
     async def checkout(
-        self, feature: str, client_id: str, hostname: str | None = None
+        self,
+        feature: str,
+        client_id: str,
+        hostname: str | None = None,
+        *,
+        key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> SeatDecision:
+        """A seat of ``feature`` for ``client_id``, owned by API key ``key_id``.
+
+        ``user`` (declared by the client) and ``group`` (of the key) are what the site's
+        options file decides on; a policy refusal is answered without a ledger record.
+        """
         return await self._checkout(
             feature,
             client_id,
-            lambda now: self.engine.checkout(feature, client_id, now, hostname),
+            lambda now: self.engine.checkout(
+                feature, client_id, now, hostname, key_id=key_id, user=user, group=group
+            ),
+            who={"user": user, "host": hostname, "group": group},
         )
 
     async def checkout_on(
@@ -297,14 +332,43 @@ class LicenseService:
         )
 
     async def _checkout(
-        self, feature: str, client_id: str, decide: Callable[[datetime], SeatDecision]
+        self,
+        feature: str,
+        client_id: str,
+        decide: Callable[[datetime], SeatDecision],
+        *,
+        ticket: Waiter | None = None,
+        record_denial: bool = True,
+        who: dict[str, str | None] | None = None,
     ) -> SeatDecision:
-        """Decide a checkout under the lock, then record and persist the lease or the denial."""
+        """Decide a checkout under the lock, then record and persist the lease or the denial.
+
+        While clients wait in the feature's queue, a new seat goes to the queue's head
+        (``ticket``) only: anyone else is told how many wait ahead. ``record_denial=False``
+        answers a refusal without a ``seat.denied`` record (a waiter's retries; its one
+        denial is recorded when its wait ends).
+        """
         async with self._lock:
             now = self.now()
+            denials = self.engine.seats.denials.get(feature, 0)
             try:
+                self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
+            except PolicyDenied as exc:
+                self._note(
+                    now,
+                    "deny",
+                    feature=feature,
+                    client_id=client_id,
+                    reason=f"policy: {exc.found}",
+                    **(who or {}),
+                )
+                raise
             except NoSeatAvailable as exc:
+                if not record_denial:
+                    # A waiter's retry: not a denial (yet), in memory either.
+                    self.engine.seats.denials[feature] = denials
+                    raise
                 denial: NoSeatAvailable | None = exc
                 denied = self._write(
                     SeatDenied(feature=feature, client_id=client_id, license_id=exc.license_id)
@@ -316,10 +380,142 @@ class LicenseService:
                 task = self._write_seat(decision)
         if denial is not None:
             seq = await self._durable(denied)
+            self._note(
+                now,
+                "deny",
+                feature=feature,
+                client_id=client_id,
+                reason=f"no seat: {denial.found}",
+                **(who or {}),
+            )
             await self._save([DenialAdd(feature)], seq, now)
             # The engine's explanation, answered once the denial is on record.
             raise denial
         return await self._finish_seat(decision, task, now, peak)
+
+    def _note(
+        self, now: datetime, event: str, lease: SeatLease | None = None, /, **fields: Any
+    ) -> None:
+        """One line in the activity log (after the ledger has the record, where there is one)."""
+        if self.activity is not None:
+            extra = lease_fields(lease) if lease is not None else {}
+            self.activity.write(now, event, **{**extra, **fields})
+
+    # --------------------------------------------------------------- queue
+    def _queue_check(
+        self, feature: str, client_id: str, ticket: Waiter | None, now: datetime
+    ) -> None:
+        """Refuse a new seat to anyone but the queue's head while clients wait (FIFO)."""
+        queue = self._queues.get(feature)
+        if not queue or queue[0] is ticket:
+            return
+        if self.engine.seats.held_by(feature, client_id, now) is not None:
+            return  # a renewal of the client's own lease never waits
+        ahead = len(queue) if ticket is None else queue.index(ticket)
+        sources = self.engine.feature_sources(feature, now)
+        denied = NoSeatAvailable(
+            f"{ahead} client(s) wait for a seat of {feature!r} ahead of this request",
+            expected="a free seat and no client queued ahead",
+            found=f"{ahead} queued; the first is {queue[0].client_id!r}",
+            hint="Check out with wait_seconds to queue (FIFO), or retry later",
+        )
+        denied.license_id = sources[0][0] if sources else None
+        raise denied
+
+    def _wake(self, feature: str) -> None:
+        """A seat of ``feature`` may have come free: the queue's head tries again now."""
+        queue = self._queues.get(feature)
+        if queue:
+            queue[0].event.set()
+
+    def queue_view(self, feature: str) -> list[dict[str, Any]]:
+        """Who waits for ``feature``, in order (client ids and since when)."""
+        return [
+            {"position": i + 1, "client_id": w.client_id, "since": w.since.isoformat()}
+            for i, w in enumerate(self._queues.get(feature, ()))
+        ]
+
+    async def checkout_waiting(
+        self,
+        feature: str,
+        client_id: str,
+        wait_seconds: float,
+        *,
+        hostname: str | None = None,
+        key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> SeatDecision:
+        """:meth:`checkout`, queueing up to ``wait_seconds`` (FIFO per feature) for a seat.
+
+        The head of the queue retries whenever a seat of the feature is released,
+        expires or is removed, and at least every :data:`QUEUE_POLL` s; ``gone`` is
+        asked as often and a waiter whose client has disconnected leaves the queue.
+        Policy refusals are not waited on. One ``seat.denied`` record is written when
+        the wait ends without a seat.
+        """
+
+        def decide(now: datetime) -> SeatDecision:
+            return self.engine.checkout(
+                feature, client_id, now, hostname, key_id=key_id, user=user, group=group
+            )
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, wait_seconds)
+        ticket = Waiter(client_id, self.now(), asyncio.Event())
+        queue = self._queues.setdefault(feature, collections.deque())
+        queue.append(ticket)
+        who = {"user": user, "host": hostname, "group": group}
+        self._note(
+            ticket.since,
+            "queue.wait",
+            feature=feature,
+            client_id=client_id,
+            position=len(queue),
+            **who,
+        )
+        outcome = "timeout"
+        try:
+            while True:
+                if queue[0] is ticket:
+                    try:
+                        got = await self._checkout(
+                            feature, client_id, decide, ticket=ticket, record_denial=False
+                        )
+                    except NoSeatAvailable:
+                        pass
+                    else:
+                        outcome = "seat"
+                        return got
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                ticket.event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ticket.event.wait(), min(remaining, QUEUE_POLL))
+                if gone is not None and await gone():
+                    outcome = "gone"
+                    raise asyncio.CancelledError
+        finally:
+            self._note(
+                self.now(), "queue.leave", feature=feature, client_id=client_id, reason=outcome
+            )
+            queue.remove(ticket)
+            if not queue:
+                self._queues.pop(feature, None)
+            else:
+                queue[0].event.set()
+        # The wait is over: one last try, as the head, whose refusal is recorded.
+        self._queues.setdefault(feature, collections.deque()).appendleft(ticket)
+        try:
+            return await self._checkout(feature, client_id, decide, ticket=ticket, who=who)
+        finally:
+            self._queues[feature].remove(ticket)
+            if not self._queues[feature]:
+                del self._queues[feature]
+            else:
+                self._queues[feature][0].event.set()
 
     def _write_unknown(self, lease_id: str, operation: str) -> asyncio.Future[int] | None:
         """Record a renewal or release of a lease this server does not hold.
@@ -377,17 +573,28 @@ class LicenseService:
                     self.engine.undo_seat(d)
                 raise
         self.counters["renewals" if d.renewed else "checkouts"] += 1
+        if task is not None:
+            # Renewals as the ledger coalesces them: one line per recorded renewal.
+            self._note(
+                now,
+                "renew" if d.renewed else "checkout",
+                d.lease,
+                expires=d.lease.expires_at.isoformat(),
+            )
         changes: list[Change] = [LeasePut(d.lease)]
         if peak is not None:
             changes.append(PeakMax(*peak))
         await self._save(changes, seq, now)
         return d
 
-    async def heartbeat(self, lease_id: str) -> SeatDecision:
+    async def heartbeat(self, lease_id: str, *, key_id: str | None = None) -> SeatDecision:
         async with self._lock:
             now = self.now()
             try:
-                decision = self.engine.heartbeat(lease_id, now)
+                decision = self.engine.heartbeat(lease_id, now, key_id=key_id)
+            except LeaseRemoved:
+                # Known and removed on purpose: told why, and no evidence of a lost lease.
+                raise
             except LeaseNotFound as exc:
                 missing: LeaseNotFound | None = exc
                 unknown = self._write_unknown(lease_id, "renew")
@@ -400,12 +607,15 @@ class LicenseService:
             raise missing
         return await self._finish_seat(decision, task, now, None)
 
-    async def release(self, lease_id: str) -> bool:
+    async def release(self, lease_id: str, *, key_id: str | None = None) -> bool:
         async with self._lock:
             now = self.now()
-            lease = self.engine.release(lease_id)
+            lease = self.engine.release(lease_id, key_id=key_id)
             if lease is None:
-                unknown = self._write_unknown(lease_id, "release")
+                # A lease of another key is answered like an unknown one, but it is not
+                # evidence of a lost checkout, so nothing is recorded for it.
+                held = self.engine.is_known_lease(lease_id)
+                unknown = None if held else self._write_unknown(lease_id, "release")
             else:
                 task = self._write(SeatRelease(lease_id=lease_id))
         if lease is None:
@@ -418,8 +628,62 @@ class LicenseService:
                 self.engine.seats.leases[lease.lease_id] = lease
             raise
         self.counters["releases"] += 1
+        self._note(now, "release", lease)
+        self._wake(lease.feature)
         await self._save([LeasePut(lease, ended=True)], seq, now)
         return True
+
+    async def remove(
+        self,
+        removed_by: str,
+        *,
+        lease_id: str | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+        reason: str | None = None,
+    ) -> list[Removal]:
+        """The administrator removes live leases: recorded (``seat.removed``), then answered.
+
+        A removal whose record the ledger refuses is taken back (the lease is live again)
+        and :class:`UnavailableError` raised, like any other decision.
+        """
+        async with self._lock:
+            now = self.now()
+            removals = self.engine.remove(
+                now,
+                removed_by,
+                lease_id=lease_id,
+                client_id=client_id,
+                hostname=hostname,
+                reason=reason,
+            )
+            tasks = [
+                self._write(
+                    SeatRemoved(lease_id=r.lease.lease_id, removed_by=removed_by, reason=reason)
+                )
+                for r in removals
+            ]
+        seq = None
+        done: list[Removal] = []
+        failed: UnavailableError | None = None
+        for removal, task in zip(removals, tasks, strict=True):
+            try:
+                seq = await self._durable(task)
+            except UnavailableError as exc:
+                failed = exc
+                async with self._lock:
+                    self.engine.seats.undo_remove(removal)
+            else:
+                done.append(removal)
+        self.counters["removals"] = self.counters.get("removals", 0) + len(done)
+        for r in done:
+            self._note(now, "remove", r.lease, by=removed_by, reason=reason)
+        for feature in {r.lease.feature for r in done}:
+            self._wake(feature)
+        await self._save([LeasePut(r.lease, ended=True) for r in done], seq, now)
+        if failed is not None:
+            raise failed
+        return done
 
     # -------------------------------------------------------------- usage
     async def usage(
@@ -582,6 +846,10 @@ class LicenseService:
                 # An expiry is a fact of time, not a grant: it stands even unrecorded.
                 log.warning("could not record a lease expiry: %s", exc)
         self.counters["expiries"] += len(expired)
+        for x in expired:
+            self._note(now, "expire", x)
+        for feature in {x.feature for x in expired}:
+            self._wake(feature)
         changes: list[Change] = [LeasePut(x, ended=True) for x in expired]
         changes += [PeakMax(*p) for p in peaks]
         await self._save(changes, seq, now)
@@ -777,4 +1045,4 @@ def status_view(
     }
 
 
-__all__ = ["LicenseService", "ServiceConfig", "Sleep", "status_view"]
+__all__ = ["QUEUE_POLL", "LicenseService", "ServiceConfig", "Sleep", "Waiter", "status_view"]

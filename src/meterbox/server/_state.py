@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, feature TEXT NOT NULL, client_id TEXT NOT NULL,
     license_id TEXT NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
     lease_seconds INTEGER NOT NULL, overdraft INTEGER NOT NULL, hostname TEXT,
-    recorded_at INTEGER, ended INTEGER NOT NULL DEFAULT 0);
+    recorded_at INTEGER, ended INTEGER NOT NULL DEFAULT 0, key_id TEXT, user TEXT,
+    grp TEXT);
 CREATE TABLE IF NOT EXISTS denials (feature TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS peaks (
     feature TEXT NOT NULL, hour INTEGER NOT NULL, peak INTEGER NOT NULL,
@@ -163,6 +164,7 @@ class StateStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._add_lease_key_column()
             version = self._meta("schema_version")
             if version is None:
                 self._set_meta_now("schema_version", str(SCHEMA_VERSION))
@@ -191,6 +193,15 @@ class StateStore:
                 found=str(exc),
                 hint="Restore the file from backup or point the server at a new directory",
             ) from exc
+
+    def _add_lease_key_column(self) -> None:
+        # Schema 1 files written before leases carried their API key, user and group
+        # gain the columns (NULL: none, as those leases were checked out); the schema
+        # version stays.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
+        for name in ("key_id", "user", "grp"):
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE leases ADD COLUMN {name} TEXT")
 
     def _open_read_only(self) -> None:
         # For queries on a stopped server (``meterbox server status``): no lock file,
@@ -303,8 +314,8 @@ class StateStore:
             x = c.lease
             db.execute(
                 "INSERT INTO leases(lease_id, feature, client_id, license_id, issued_at, "
-                "expires_at, lease_seconds, overdraft, hostname, recorded_at, ended) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lease_id) DO UPDATE SET "
+                "expires_at, lease_seconds, overdraft, hostname, recorded_at, ended, key_id, user, "
+                "grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lease_id) DO UPDATE SET "
                 "expires_at = max(expires_at, excluded.expires_at), "
                 "recorded_at = max(coalesce(recorded_at, 0), coalesce(excluded.recorded_at, 0)), "
                 "ended = max(ended, excluded.ended)",
@@ -320,6 +331,9 @@ class StateStore:
                     x.hostname,
                     None if x.recorded_at is None else to_us(x.recorded_at),
                     int(c.ended),
+                    x.key_id,
+                    x.user,
+                    x.group,
                 ),
             )
         elif isinstance(c, UsageDelta):
@@ -485,9 +499,13 @@ class StateStore:
             if (v := self._meta("last_receipt")) is not None:
                 r = json.loads(v)
                 snap.last_receipt = ReceiptInfo(from_us(r["t"]), int(r["seq"]), r["id"])
+            # A read-only open of a file from before the key column reads NULL for it.
+            columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
+            extra = ", ".join(c if c in columns else "NULL" for c in ("key_id", "user", "grp"))
             for row in db.execute(
-                "SELECT lease_id, feature, client_id, license_id, issued_at, expires_at, "
-                "lease_seconds, overdraft, hostname, recorded_at FROM leases WHERE ended = 0"
+                "SELECT lease_id, feature, client_id, license_id, issued_at, expires_at, "  # noqa: S608 - extra names columns or NULL, constants
+                f"lease_seconds, overdraft, hostname, recorded_at, {extra} FROM leases "
+                "WHERE ended = 0"
             ):
                 snap.leases.append(
                     SeatLease(
@@ -501,6 +519,9 @@ class StateStore:
                         overdraft=bool(row[7]),
                         hostname=row[8],
                         recorded_at=None if row[9] is None else from_us(row[9]),
+                        key_id=row[10],
+                        user=row[11],
+                        group=row[12],
                     )
                 )
             snap.denials = {f: int(n) for f, n in db.execute("SELECT feature, count FROM denials")}

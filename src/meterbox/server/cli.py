@@ -171,6 +171,14 @@ ForceRecoverOpt = Annotated[
                  "[env METERBOX_FORCE_RECOVER]"),
 ]  # fmt: skip
 
+ApiKeysOpt = Annotated[
+    str | None,
+    typer.Option("--api-keys", metavar="MODE", show_default=False,
+                 help="auto (required unless --host is loopback), required or optional: "
+                 "whether seats and usage need a site API key. "
+                 "[default: auto; env METERBOX_API_KEYS]"),
+]  # fmt: skip
+
 
 def _load_config(flags: dict[str, Any], config: Path | None) -> Any:
     from meterbox.server import _config
@@ -258,6 +266,7 @@ def run(
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
+    api_keys: ApiKeysOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     flags = {
@@ -269,6 +278,7 @@ def run(
         "log_level": log_level,
         "log_format": log_format,
         "force_recover": force_recover,
+        "api_keys": api_keys,
     }
     conf = _load_config(flags, config).config
     with _errors():
@@ -294,9 +304,29 @@ def _serve(conf: Any) -> None:
     # Configured before anything logs; uvicorn is told not to configure it again, and its
     # access log (which would include query strings) is replaced by AccessLog.
     logging.config.dictConfig(log_config(conf.log_level, conf.log_format))
+    required = conf.keys_required()
     with _errors():
-        built = build_server(data, force_recover=conf.force_recover)
+        built = build_server(
+            data,
+            force_recover=conf.force_recover,
+            require_api_key=required,
+            activity_log=conf.activity_log,
+        )
     scheme = "https" if conf.tls_cert else "http"
+    # Said on every start, so the admin sees whether a LAN neighbour needs a key.
+    if required:
+        err.print(
+            f"site API keys: required for seats and usage (listening on {conf.host}); "
+            "create them with 'meterbox server keys create'",
+            highlight=False,
+        )
+    else:
+        err.print(
+            f"site API keys: optional (listening on {conf.host}"
+            + (", loopback only" if conf.api_keys == "auto" else "")
+            + "); a presented key is still checked",
+            highlight=False,
+        )
     uv_config = uvicorn.Config(
         AccessLog(built.app),
         host=conf.host,
@@ -318,12 +348,34 @@ def _serve(conf: Any) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    _reload_on_sighup(data, built)
     write_run_file(data, f"{scheme}://{conf.host}:{conf.port}")
     try:
         server.run()
     finally:
         built.close()
         (data / RUN_FILE).unlink(missing_ok=True)
+
+
+def _reload_on_sighup(data: Path, built: Any) -> None:
+    """SIGHUP reads the options file again, as ``meterbox server reload`` does."""
+    import logging
+    import signal
+
+    from meterbox.server._site_options import read_options
+
+    def reload(signum: int, frame: object) -> None:
+        del signum, frame
+        try:
+            options = read_options(data)
+        except MeterboxError as exc:
+            logging.getLogger("meterbox.server").error("options not reloaded: %s", exc.render())
+            return
+        # One attribute assignment: a checkout reads the options once, old or new.
+        built.instance.service.engine.options = options
+        logging.getLogger("meterbox.server").info("options reloaded from %s", options.source)
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 @app.command("config")
@@ -337,6 +389,7 @@ def config_cmd(
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
+    api_keys: ApiKeysOpt = None,
     show: Annotated[
         bool, typer.Option("--show", help="Print every setting, its value and its source.")
     ] = False,
@@ -352,6 +405,7 @@ def config_cmd(
         "log_level": log_level,
         "log_format": log_format,
         "force_recover": force_recover,
+        "api_keys": api_keys,
     }
     loaded = _load_config(flags, config)
     rows = loaded.as_rows()
@@ -385,22 +439,34 @@ def _running(data: Path) -> tuple[str, str] | None:
     return str(info["url"]), read_admin_token(data)
 
 
-def _admin(data: Path, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+def _admin(
+    data: Path,
+    method: str,
+    path: str,
+    content: bytes | None = None,
+    content_type: str | None = None,
+) -> httpx.Response:
     running = _running(data)
     assert running is not None
     url, token = running
+    headers = {"Authorization": f"Bearer {token}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     response = httpx.request(
         method,
         f"{url}{path}",
         content=content,
-        headers={"Authorization": f"Bearer {token}"},
+        headers=headers,
         timeout=60,
         verify=False,  # noqa: S501 - the CLI talks to its own server on this machine
     )
     if response.status_code != 200:
         body = response.json().get("error", {})
+        # A request the server found unusable is the caller's input (exit 2), like the
+        # same request refused locally; anything else is the server's state (exit 4).
+        kind = ConfigError if response.status_code == 400 else StateError
         _fail(
-            StateError(
+            kind(
                 body.get("message", "the running server refused the request"),
                 found=f"HTTP {response.status_code}",
             )
@@ -596,3 +662,330 @@ def fingerprint(as_json: JsonOpt = False) -> None:
         _print_json({"fingerprint": machine_fingerprint()})
         return
     out.print(machine_fingerprint(), highlight=False)
+
+
+# ------------------------------------------------------------------ site API keys
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    epilog=EXIT_CODES_HELP,
+    help="Site API keys: what clients present to check out seats and record usage.",
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _admin_json(data: Path, method: str, path: str, body: Any = None) -> Any:
+    content = None if body is None else json.dumps(body).encode()
+    return _admin(data, method, path, content, "application/json").json()
+
+
+@contextmanager
+def _stopped_keys(data: Path) -> Iterator[Any]:
+    """The key file of a stopped server, held against a server starting meanwhile.
+
+    The state file's lock is the one a running server holds; taking it here means the
+    file is never edited under a server that would overwrite the edit.
+    """
+    from meterbox.server._instance import STATE_DB
+    from meterbox.server._keys import KeyStore
+    from meterbox.server._state import StateStore
+
+    if not (data / STATE_DB).exists() and not (data / "ledger").exists():
+        raise StateError(
+            f"no server instance in {data}",
+            expected=f"a directory set up by 'meterbox server init --data {data}'",
+            found="no ledger there",
+        )
+    store = StateStore(data / STATE_DB)
+    try:
+        yield KeyStore.open(data)
+    finally:
+        store.close()
+
+
+def _key_lines(key: dict[str, Any]) -> list[str]:
+    scope = []
+    for kind in ("features", "meters"):
+        names = key.get(kind)
+        scope.append(f"{kind}: " + ("all" if names is None else ", ".join(names) or "none"))
+    state = f"revoked {utc(key['revoked_at'])}" if key.get("revoked_at") else "active"
+    return [
+        f"{key['key_id']}  {key['name']}  ({state})",
+        f"  group: {key.get('group') or '-'}; created {utc(key.get('created_at'))}",
+        "  " + "; ".join(scope),
+    ]
+
+
+@keys_app.command("create")
+def keys_create(
+    data: DataOption,
+    name: Annotated[str, typer.Option("--name", help="Who or what holds the key, e.g. lab-3.")],
+    group: Annotated[
+        str | None, typer.Option("--group", help="Group the key's holders belong to.")
+    ] = None,
+    feature: Annotated[
+        list[str] | None,
+        typer.Option("--feature", help="Allow only this feature (repeat for more)."),
+    ] = None,
+    meter: Annotated[
+        list[str] | None,
+        typer.Option("--meter", help="Allow only this meter (repeat for more)."),
+    ] = None,
+    no_usage: Annotated[
+        bool, typer.Option("--no-usage", help="Allow no meter at all (seats only).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key as JSON.")] = False,
+) -> None:
+    """Create a key; its secret is printed once and only its digest is kept."""
+    meters = [] if no_usage else meter
+    if _running(data):
+        doc = _admin_json(
+            data,
+            "POST",
+            "/v1/admin/keys",
+            {"name": name, "group": group, "features": feature, "meters": meters},
+        )
+    else:
+        from meterbox.clock import SystemClock
+
+        with _errors(), _stopped_keys(data) as keys:
+            new = keys.create(
+                name, SystemClock().now(), group=group, features=feature, meters=meters
+            )
+            doc = {**new.key.summary(), "token": new.token}
+    if as_json:
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    for line in _key_lines(doc):
+        out.print(line, highlight=False)
+    out.print("Key (shown once; give it to the clients as METERBOX_API_KEY):", highlight=False)
+    # Printed raw on its own line so it can be copied whole.
+    sys.stdout.write(doc["token"] + "\n")
+
+
+@keys_app.command("list")
+def keys_list(
+    data: DataOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False,
+) -> None:
+    """List the keys (never their secrets), revoked ones included."""
+    if _running(data):
+        keys_doc = _admin_json(data, "GET", "/v1/admin/keys")["keys"]
+    else:
+        from meterbox.server._keys import KeyStore
+
+        with _errors():
+            keys_doc = [k.summary() for k in KeyStore.open(data).ring]
+    if as_json:
+        typer.echo(json.dumps(keys_doc, sort_keys=True))
+        return
+    if not keys_doc:
+        out.print("no API keys; create one with 'meterbox server keys create'", highlight=False)
+    for key in keys_doc:
+        for line in _key_lines(key):
+            out.print(line, highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    data: DataOption,
+    ref: Annotated[str, typer.Argument(metavar="KEY", help="Key id or name.")],
+) -> None:
+    """Revoke a key: a running server refuses it from the next request on."""
+    if _running(data):
+        from urllib.parse import quote
+
+        doc = _admin_json(data, "POST", f"/v1/admin/keys/{quote(ref, safe='')}/revoke")
+    else:
+        from meterbox.clock import SystemClock
+
+        with _errors(), _stopped_keys(data) as keys:
+            doc = keys.revoke(ref, SystemClock().now()).summary()
+    out.print(f"revoked {doc['key_id']} ({doc['name']})", highlight=False)
+
+
+# ------------------------------------------------------------------ seat removal
+def _default_remover() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+
+
+@app.command("remove")
+def remove_cmd(
+    data: DataOption,
+    lease: Annotated[str | None, typer.Option("--lease", metavar="ID", help="One lease.")] = None,
+    client: Annotated[
+        str | None, typer.Option("--client", metavar="ID", help="Every seat of a client id.")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", metavar="H", help="Every seat held from a host.")
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why; the holder is told, the ledger keeps it.")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Who removes it, for the ledger. [default: your login]"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the removed leases.")] = False,
+) -> None:
+    """Remove seats now: recorded in the ledger; the holder's next heartbeat is told why."""
+    chosen = [x for x in (lease, client, host) if x is not None]
+    if len(chosen) != 1:
+        _fail(
+            ConfigError(
+                "name the seats to remove",
+                expected="exactly one of --lease ID, --client ID or --host H",
+                found=f"{len(chosen)} of them",
+                hint="see the holders with 'meterbox server status'; lease ids with --json",
+            )
+        )
+    who = f"{by or _default_remover()} via cli"
+    body = {"lease_id": lease, "client_id": client, "hostname": host, "by": who, "reason": reason}
+    if _running(data):
+        removed = _admin_json(data, "POST", "/v1/admin/seats/remove", body)["removed"]
+    else:
+        from meterbox.server._instance import ServerInstance
+
+        with _errors():
+            inst = ServerInstance.open(data)
+            try:
+                done = asyncio.run(
+                    inst.service.remove(
+                        who, lease_id=lease, client_id=client, hostname=host, reason=reason
+                    )
+                )
+            finally:
+                inst.close()
+        removed = [
+            {
+                "lease_id": r.lease.lease_id,
+                "feature": r.lease.feature,
+                "client_id": r.lease.client_id,
+                "hostname": r.lease.hostname,
+            }
+            for r in done
+        ]
+    if as_json:
+        typer.echo(json.dumps(removed, sort_keys=True, default=str))
+    if not removed:
+        err.print("no live seat matched; nothing was removed", highlight=False)
+        raise typer.Exit(1)
+    if not as_json:
+        for x in removed:
+            out.print(
+                f"removed {x['feature']} seat of {x['client_id']} "
+                f"({x.get('hostname') or 'no host'}), lease {x['lease_id']}",
+                highlight=False,
+            )
+
+
+# ------------------------------------------------------------------ seat options
+@app.command("reload")
+def reload_cmd(data: DataOption) -> None:
+    """Read DATA/options.toml again (like SIGHUP); a bad file keeps the rules in force."""
+    from meterbox.server._site_options import read_options
+
+    # Checked here first, so a typo is reported with its line before the server sees it.
+    with _errors():
+        options = read_options(data)
+    if _running(data):
+        summary = _admin_json(data, "POST", "/v1/admin/options/reload")
+    else:
+        from meterbox.server._app import options_summary
+
+        summary = options_summary(options)
+        err.print("the server is not running; these options apply when it starts", highlight=False)
+    if not summary["features"]:
+        out.print(f"no seat options ({summary['source']})", highlight=False)
+    for name, counts in summary["features"].items():
+        out.print(
+            f"{name}: {counts['reserve']} reservation(s), {counts['max']} maximum(s)",
+            highlight=False,
+        )
+
+
+# ------------------------------------------------------------------ activity log
+def _when_opt(value: str | None, flag: str) -> Any:
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(
+            ConfigError(
+                f"{flag} is not a time",
+                expected="an ISO-8601 time, e.g. 2026-03-01T09:00Z or 2026-03-01",
+                found=repr(value),
+            )
+        )
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@app.command("activity")
+def activity_cmd(
+    data: DataOption,
+    since: Annotated[str | None, typer.Option("--since", help="From this time (ISO-8601).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Before this time.")] = None,
+    feature: Annotated[str | None, typer.Option("--feature", help="One feature.")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="One declared user.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="One host.")] = None,
+    client: Annotated[str | None, typer.Option("--client", help="One client id.")] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(
+            "--event",
+            help="checkout, renew, release, expire, remove, deny, "
+            "queue.wait, queue.leave or license.",
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json (lines) or csv.")] = "table",
+    file: Annotated[
+        Path | None, typer.Option("--file", help="The log file, if not DATA/activity.jsonl.")
+    ] = None,
+) -> None:
+    """Who had which seat: the activity log, filtered (not the billing source of truth)."""
+    from meterbox.server import _activity
+
+    if fmt not in ("table", "json", "csv"):
+        _fail(ConfigError("unknown --format", expected="table, json or csv", found=repr(fmt)))
+    path = file or data / _activity.ACTIVITY_FILE
+    if not _activity.files(path):
+        _fail(
+            StateError(
+                "no activity log",
+                expected=f"{path} (written by 'meterbox server run')",
+                found="no such file",
+                hint="pass --file if the server writes it elsewhere (activity_log setting)",
+            )
+        )
+    entries = _activity.select(
+        _activity.read(path),
+        since=_when_opt(since, "--since"),
+        until=_when_opt(until, "--until"),
+        feature=feature,
+        user=user,
+        host=host,
+        client_id=client,
+        event=event,
+    )
+    if fmt == "json":
+        for e in entries:
+            typer.echo(json.dumps(e, sort_keys=True))
+        return
+    if fmt == "csv":
+        sys.stdout.write(_activity.to_csv(entries))
+        return
+    for e in entries:
+        who = e.get("client_id") or e.get("license_id") or ""
+        where = e.get("host") or e.get("user") or ""
+        line = f"{utc(e['time'])} {e['event']:<11} {e.get('feature') or '':<10} {who} {where}"
+        out.print(line.rstrip()[:80], highlight=False)
+        if e.get("reason"):
+            out.print(f"  {str(e['reason'])[:76]}", highlight=False)

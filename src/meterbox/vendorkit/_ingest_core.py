@@ -98,6 +98,8 @@ _SEAT_KINDS: Final = {
     RecordType.SEAT_RENEW: "renew",
     RecordType.SEAT_RELEASE: "release",
     RecordType.SEAT_EXPIRE: "expire",
+    # A lease the site administrator removed: it ends there, like a release.
+    RecordType.SEAT_REMOVED: "remove",
     RecordType.SEAT_DENIED: "denied",
 }
 #: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:
@@ -432,7 +434,7 @@ class IngestCore:
         if acked:
             # Keep lease owners of acknowledged checkouts: a later release needs them.
             kind = _SEAT_KINDS.get(t)
-            if kind in {"checkout", "release", "expire"}:
+            if kind in {"checkout", "release", "expire", "remove"}:
                 self._seat(record, kind, store=False)
             elif kind is None and self.observer is not None:
                 self.observer.event(record, acked=True)

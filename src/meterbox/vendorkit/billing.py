@@ -121,7 +121,7 @@ class SeatEventIn:
     license_id: str
     feature: str
     ts_ms: int
-    kind: str  # checkout | renew | release | expire | denied
+    kind: str  # checkout | renew | release | expire | remove | denied
     lease_id: str | None
 
 
@@ -381,9 +381,10 @@ def lease_intervals(
     """Every lease's interval, replayed per instance in seq order; and the denials.
 
     A checkout (or a renewal of a lease the vendor never saw checked out, whose checkout
-    was compacted away before the vendor held it) opens a lease; a release or expiry
-    closes it. A lease still open ends at ``report_times[instance]`` (milliseconds), or
-    at its instance's latest seat event if that report time is unknown.
+    was compacted away before the vendor held it) opens a lease; a release, an expiry
+    or a removal by the site administrator closes it. A lease still open ends at
+    ``report_times[instance]`` (milliseconds), or at its instance's latest seat event
+    if that report time is unknown.
     """
     by_instance: dict[str, list[SeatEventIn]] = {}
     denials: list[SeatEventIn] = []
@@ -400,7 +401,7 @@ def lease_intervals(
             lease = e.lease_id or f"#{e.seq}"
             if e.kind in ("checkout", "renew"):
                 open_.setdefault(lease, e)
-            elif e.kind in ("release", "expire") and lease in open_:
+            elif e.kind in ("release", "expire", "remove") and lease in open_:
                 first = open_.pop(lease)
                 out.append(
                     LeaseInterval(

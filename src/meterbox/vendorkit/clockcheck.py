@@ -111,7 +111,9 @@ MAX_PER_CODE: Final = 50
 
 _RUN_STARTS: Final = frozenset({RecordType.GENESIS, RecordType.BOOT, RecordType.RECOVERY})
 _LEASE_OPEN: Final = frozenset({RecordType.SEAT_CHECKOUT, RecordType.SEAT_RENEW})
-_LEASE_CLOSE: Final = frozenset({RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE})
+_LEASE_CLOSE: Final = frozenset(
+    {RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE, RecordType.SEAT_REMOVED}
+)
 #: Types whose payload :meth:`ClockChecker.feed` reads.
 _READ_TYPES: Final = (
     _LEASE_OPEN | _LEASE_CLOSE | {RecordType.HEARTBEAT, RecordType.RECEIPT_IMPORTED}

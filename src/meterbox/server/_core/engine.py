@@ -32,8 +32,10 @@ from typing import Any, TypeVar
 
 from meterbox.errors import (
     ConfigError,
+    LeaseRemoved,
     LicenseDenied,
     LicenseExpired,
+    PolicyDenied,
     ReportOverdue,
     UnknownFeature,
 )
@@ -47,13 +49,14 @@ from meterbox.server._core.meters import (
     period_key,
     period_start,
 )
+from meterbox.server._core.options import Identity, SeatOptions
 from meterbox.server._core.policy import (
     MAX_REQUESTED_LEASE_SECONDS,
     FeaturePolicy,
     LicensePolicy,
     MeterPolicy,
 )
-from meterbox.server._core.seats import SeatBook, SeatDecision, SeatLease
+from meterbox.server._core.seats import Removal, SeatBook, SeatDecision, SeatLease, claim
 from meterbox.server._errors import LeaseNotFound, UnknownMeter
 
 #: A license's policy for one feature or one meter.
@@ -112,6 +115,8 @@ class Engine:
         self.meters = meters if meters is not None else MeterBook()
         self.last_receipt = last_receipt
         self.idempotency_ttl = idempotency_ttl
+        #: The site's seat options file (reservations, maximums, include/exclude).
+        self.options = SeatOptions()
 
     # ------------------------------------------------------------ licenses
     def install(self, lic: LicensePolicy) -> None:
@@ -218,14 +223,47 @@ class Engine:
 
     # --------------------------------------------------------------- seats
     def checkout(
-        self, feature: str, client_id: str, now: datetime, hostname: str | None = None
+        self,
+        feature: str,
+        client_id: str,
+        now: datetime,
+        hostname: str | None = None,
+        *,
+        key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
     ) -> SeatDecision:
+        """A new seat, or the client's own lease renewed.
+
+        A new seat must pass the site's options (:meth:`SeatOptions.admit`) first; a
+        refusal is :class:`PolicyDenied`, counted in ``seats.policy_denials``.
+        """
         held = self.seats.held_by(feature, client_id, now)
         if held is not None:
-            return self.heartbeat(held.lease_id, now)
+            return self.heartbeat(claim(held, key_id).lease_id, now, key_id=key_id)
         sources = self.feature_sources(feature, now)
+        if feature in self.options.features:
+            capacity = sum(p.seats + p.overdraft for _, p in sources)
+            try:
+                self.options.admit(
+                    feature,
+                    Identity(user=user, host=hostname, group=group),
+                    self.seats.live(feature, now),
+                    capacity,
+                )
+            except PolicyDenied:
+                self.seats.policy_denials[feature] = self.seats.policy_denials.get(feature, 0) + 1
+                raise
         return self.seats.checkout(
-            feature, client_id, now, sources=sources, rng=self.rng, hostname=hostname
+            feature,
+            client_id,
+            now,
+            sources=sources,
+            rng=self.rng,
+            hostname=hostname,
+            key_id=key_id,
+            user=user,
+            group=group,
         )
 
     def checkout_on(
@@ -287,8 +325,23 @@ class Engine:
         self.seats.leases[lease.lease_id] = lease
         return replace(decision, lease=lease)
 
-    def heartbeat(self, lease_id: str, now: datetime) -> SeatDecision:
+    def heartbeat(self, lease_id: str, now: datetime, *, key_id: str | None = None) -> SeatDecision:
+        """Renew lease ``lease_id``; only the key that checked it out may.
+
+        A lease of another key answers exactly like an unknown id, so a request cannot
+        tell whether an id it guessed or copied exists.
+        """
         lease = self.seats.leases.get(lease_id)
+        if lease is not None and not lease.owned_by(key_id):
+            lease = None
+        removal = self.seats.removed.get(lease_id)
+        if lease is None and removal is not None and removal.lease.owned_by(key_id):
+            raise LeaseRemoved(
+                f"Lease {lease_id!r} of feature {removal.lease.feature!r} was " + removal.explain(),
+                expected="a live lease id from a checkout",
+                found="a lease the site administrator removed",
+                hint="Ask the site administrator before checking the seat out again",
+            )
         if lease is None or not lease.live(now):
             raise LeaseNotFound(
                 f"Lease {lease_id!r} is not held",
@@ -311,11 +364,37 @@ class Engine:
             raise err
         return self.seats.renew(lease, now)
 
-    def release(self, lease_id: str) -> SeatLease | None:
+    def release(self, lease_id: str, *, key_id: str | None = None) -> SeatLease | None:
+        """Drop a lease of ``key_id``; ``None`` if it is not held (or held by another key)."""
+        lease = self.seats.leases.get(lease_id)
+        if lease is None or not lease.owned_by(key_id):
+            return None
         return self.seats.release(lease_id)
+
+    def is_known_lease(self, lease_id: str) -> bool:
+        """Whether the server holds (or removed) ``lease_id``: not evidence of a lost checkout."""
+        return lease_id in self.seats.leases or lease_id in self.seats.removed
 
     def expire(self, now: datetime) -> list[SeatLease]:
         return self.seats.expire(now)
+
+    def remove(
+        self,
+        now: datetime,
+        removed_by: str,
+        *,
+        lease_id: str | None = None,
+        client_id: str | None = None,
+        hostname: str | None = None,
+        reason: str | None = None,
+    ) -> list[Removal]:
+        """The administrator takes away the live leases with that id, client or host.
+
+        Exactly one selector is given. The holders' next heartbeat is refused with
+        :class:`LeaseRemoved` naming ``removed_by`` and ``reason``; nothing else changes.
+        """
+        leases = self.seats.matching(now, lease_id=lease_id, client_id=client_id, hostname=hostname)
+        return self.seats.remove(leases, removed_by, now, reason)
 
     def note_peaks(self, now: datetime) -> list[tuple[str, datetime, int]]:
         raised = [self.seats.note_peak(f, now) for f in sorted(self.feature_names())]
@@ -469,6 +548,7 @@ class Engine:
                     "overdraft": sum(lic.features[feature].overdraft for lic in usable),
                     "in_use": len(live),
                     "denials": self.seats.denials.get(feature, 0),
+                    "policy_denials": self.seats.policy_denials.get(feature, 0),
                     "leases": live,
                 }
             )

@@ -224,7 +224,7 @@ class LedgerState:
                 v.leases[r.lease_id] = FoldLease(
                     **{**lease.__dict__, "expires_ms": max(lease.expires_ms, r.expires * _MS)}
                 )
-        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE):
+        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE, RecordType.SEAT_REMOVED):
             v.leases.pop(SeatRelease.from_map(payload).lease_id, None)
         elif rtype == RecordType.RECEIPT_IMPORTED:
             rec = ReceiptImported.from_map(payload)

@@ -164,7 +164,11 @@ class _SiteDashboard:
         _, session = self.session_of(request)
         if session is None:
             return Response("session expired", status_code=401, headers=SECURITY_HEADERS)
-        return self.page("_seats.html", **seats_context(self.instance, self.service.now()))
+        return self.page(
+            "_seats.html",
+            csrf=session.csrf,
+            **seats_context(self.instance, self.service.now()),
+        )
 
     async def login_form(self, request: Request) -> Response:
         _, session = self.session_of(request)
@@ -261,6 +265,33 @@ class _SiteDashboard:
                 session.flash.append(("ok", _imported(result, filename)))
         return RedirectResponse("/#import", status_code=303, headers=SECURITY_HEADERS)
 
+    async def remove(self, request: Request) -> Response:
+        """The Remove button of a seat: recorded as removed by the dashboard's admin."""
+        _, session = self.session_of(request)
+        if session is None:
+            return self.to_login(request)
+        async with request.form(max_files=0, max_fields=4, max_part_size=4096) as form:
+            if not csrf_ok(session, form.get("csrf")):
+                return self.forbidden()
+            lease_id = form.get("lease_id")
+        if not isinstance(lease_id, str) or not 0 < len(lease_id) <= 64:
+            session.flash.append(("error", "Nothing removed: the form named no lease."))
+        else:
+            try:
+                removed = await self.service.remove("admin via dashboard", lease_id=lease_id)
+            except MeterboxError as exc:
+                session.flash.append(("error", f"Nothing removed: {exc.render()}"))
+            else:
+                if removed:
+                    x = removed[0].lease
+                    session.flash.append(
+                        ("ok", f"Removed the {x.feature} seat of {x.client_id}; its next "
+                         "heartbeat is told why.")
+                    )  # fmt: skip
+                else:
+                    session.flash.append(("error", "Nothing removed: that seat is no longer held."))
+        return RedirectResponse("/#seats", status_code=303, headers=SECURITY_HEADERS)
+
     def routes(self) -> Starlette:
         """The dashboard's own Starlette app (only dashboard paths reach it)."""
         return Starlette(
@@ -272,6 +303,7 @@ class _SiteDashboard:
                 Route("/ui/seats", self.seats_fragment, methods=["GET"]),
                 Route("/ui/export", self.export, methods=["POST"]),
                 Route("/ui/import", self.import_, methods=["POST"]),
+                Route("/ui/remove", self.remove, methods=["POST"]),
                 Mount("/ui/static", dashboard_static("meterbox.server._dashboard"), name="static"),
             ],
         )

@@ -564,7 +564,7 @@ class VendorStore:
             sa.select(t.c.lease_id, t.c.kind)
             .where(
                 t.c.instance_id == instance_id,
-                t.c.kind.in_(("checkout", "release", "expire")),
+                t.c.kind.in_(("checkout", "release", "expire", "remove")),
                 t.c.lease_id.is_not(None),
             )
             .order_by(t.c.seq)

@@ -52,7 +52,14 @@ INGEST_REPORTS: Final = 12
 #: Wall time before the judged report's first record that ingest reads.
 INGEST_WINDOW_MS: Final = 8 * 7 * DAY_MS
 
-_SEAT_KINDS: Final = {"checkout": CHECKOUT, "renew": RENEW, "release": RELEASE, "expire": EXPIRE}
+# A removal by the site administrator ends a lease like a release.
+_SEAT_KINDS: Final = {
+    "checkout": CHECKOUT,
+    "renew": RENEW,
+    "release": RELEASE,
+    "remove": RELEASE,
+    "expire": EXPIRE,
+}
 #: Report statuses that are not accepted history.
 _REJECTED: Final = frozenset({"rejected", "unusable"})
 
