@@ -369,7 +369,8 @@ def _reload_on_sighup(data: Path, built: Any) -> None:
         try:
             options = read_options(data)
         except MeterboxError as exc:
-            logging.getLogger("meterbox.server").error("options not reloaded: %s", exc.render())
+            log = logging.getLogger("meterbox.server")
+            log.error("options not reloaded: %s", exc.render())  # noqa: TRY400 - the message is the whole story
             return
         # One attribute assignment: a checkout reads the options once, old or new.
         built.instance.service.engine.options = options
