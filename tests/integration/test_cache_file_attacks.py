@@ -149,8 +149,9 @@ def test_an_extra_lease_in_state_db_is_only_a_warning_and_is_dropped(
     server.stop()
     with closing(sqlite3.connect(site.data / "state.db")) as db:
         db.execute(
-            "INSERT INTO leases VALUES ('forged', 'cad', 'x', 'lic-site', 0, ?, 60, 0, NULL, "
-            "NULL, 0)",
+            "INSERT INTO leases (lease_id, feature, client_id, license_id, issued_at, "
+            "expires_at, lease_seconds, overdraft, hostname, recorded_at, ended) "
+            "VALUES ('forged', 'cad', 'x', 'lic-site', 0, ?, 60, 0, NULL, NULL, 0)",
             (2**52,),
         )
         db.commit()
