@@ -54,7 +54,7 @@ from meterbox.server._service import ServiceConfig
 from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.anomaly import Event, InstanceHistory, ReportView, event_from_record
-from meterbox.vendorkit.clockcheck import ClockPolicy
+from meterbox.vendorkit.clockcheck import ClockCheckConfig
 from meterbox.vendorkit.ingest import ingest
 
 MIN = 60_000
@@ -67,7 +67,7 @@ RENEW_TICKS = 3
 START_MS = 1_767_571_200_000
 #: Licenses are issued a week before the site starts.
 ISSUED = datetime(2025, 12, 29, tzinfo=UTC)
-POLICY = ClockPolicy(heartbeat_interval_ms=TICK_MS)
+POLICY = ClockCheckConfig(heartbeat_interval_ms=TICK_MS)
 FEATURE = "cad"
 
 #: Attack classes. Each starts in the judged period (the last report period).

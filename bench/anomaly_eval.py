@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _server_sim import ATTACKS, LEGIT, POLICY, SiteSim, Vendor, histories, site_profile
-from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, Thresholds, detect
+from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, ThresholdsConfig, detect
 
 #: Seeds used while developing and calibrating.
 DEV_SEEDS: tuple[int, ...] = tuple(range(100, 112))
@@ -56,7 +56,7 @@ DEV_SEEDS: tuple[int, ...] = tuple(range(100, 112))
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(9000, 9012))
 #: The CI run's seed (held out as well).
 CI_SEED = 9504
-THRESHOLDS = Thresholds(clock=POLICY)
+THRESHOLDS = ThresholdsConfig(clock=POLICY)
 #: Ingest findings that need no detector (the ledger, the licenses, clones by activity).
 INGEST_PREFIXES = ("ledger.", "report.", "license.", "record.")
 ALARM = frozenset({"warning", "critical"})
@@ -143,7 +143,7 @@ def prefix(h: InstanceHistory, n: int) -> InstanceHistory:
 
 
 def judge(
-    h: InstanceHistory, index: int, peers: Sequence[InstanceHistory], th: Thresholds
+    h: InstanceHistory, index: int, peers: Sequence[InstanceHistory], th: ThresholdsConfig
 ) -> list[Anomaly]:
     """Findings for report ``index`` as the vendor sees it at ingest: history up to it."""
     cut = h.reports[index].received_ms
@@ -219,7 +219,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, c - h), min(1.0, c + h)
 
 
-def score(run: CaseRun, tally: Tally, th: Thresholds = THRESHOLDS) -> None:
+def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None:
     main = run.main
     period = "weekly" if run.report_days == 7 else "monthly"
     if run.case == "clean":

@@ -21,7 +21,7 @@ from meterbox.ledger import RecordType
 from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect
 from meterbox.vendorkit.anomaly import _rules as R
 from meterbox.vendorkit.anomaly._features import UNKNOWN_LEASE
-from meterbox.vendorkit.clockcheck import ClockPolicy
+from meterbox.vendorkit.clockcheck import ClockCheckConfig
 
 SITE = SiteProfile(
     name="evidence",
@@ -37,7 +37,7 @@ SITE = SiteProfile(
     restart_per_week=0.0,
     rough_ntp=False,
 )
-TH = R.Thresholds(clock=ClockPolicy(heartbeat_interval_ms=10 * 60_000))
+TH = R.ThresholdsConfig(clock=ClockCheckConfig(heartbeat_interval_ms=10 * 60_000))
 
 
 @pytest.fixture(scope="module")

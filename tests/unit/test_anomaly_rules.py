@@ -11,17 +11,17 @@ from meterbox.vendorkit.anomaly import (
     Event,
     InstanceHistory,
     ReportView,
-    Thresholds,
+    ThresholdsConfig,
 )
 from meterbox.vendorkit.anomaly import _rules as R
-from meterbox.vendorkit.clockcheck import ClockPolicy
+from meterbox.vendorkit.clockcheck import ClockCheckConfig
 
 T0 = 1_767_571_200_000  # Monday 00:00 UTC
 MIN = 60_000
 HOUR = 60 * MIN
 DAY = 24 * HOUR
 #: The builder beats every 10 minutes, so the clock checks are told so.
-TH = Thresholds(clock=ClockPolicy(heartbeat_interval_ms=10 * MIN))
+TH = ThresholdsConfig(clock=ClockCheckConfig(heartbeat_interval_ms=10 * MIN))
 
 
 class Builder:

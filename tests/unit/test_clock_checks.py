@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterbox.ledger import Record, RecordType
-from meterbox.vendorkit.clockcheck import ClockPolicy, check_records
+from meterbox.vendorkit.clockcheck import ClockCheckConfig, check_records
 
 NOW = 1_768_867_200_000  # vendor clock: 2026-01-20 00:00 UTC
 T0 = NOW - 86_400_000  # site records start a day earlier
@@ -190,7 +190,10 @@ def test_property_clocks_that_move_together_raise_nothing(steps: list[int]) -> N
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(min_value=ClockPolicy().max_step_ms + 1, max_value=20 * 60 * MIN), st.booleans())
+@given(
+    st.integers(min_value=ClockCheckConfig().max_step_ms + 1, max_value=20 * 60 * MIN),
+    st.booleans(),
+)
 def test_property_any_unrecorded_step_beyond_threshold_is_found(step: int, back: bool) -> None:
     t = honest()  # ends 23 hours before the vendor's clock: no step here reaches the future
     t.wall += -step if back else step

@@ -151,8 +151,8 @@ def receipt_vendor_ms(payload: Mapping[str, Any]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ClockPolicy:
-    """Thresholds of the clock checks, in milliseconds."""
+class ClockCheckConfig:
+    """ThresholdsConfig of the clock checks, in milliseconds."""
 
     #: Wall-vs-monotonic disagreement inside one run that counts as a step. Five
     #: minutes: three times tighter than RLM's 15-minute TIMEJUMP, and still far above
@@ -230,10 +230,10 @@ class ClockChecker:
         self,
         *,
         vendor_now_ms: int,
-        policy: ClockPolicy | None = None,
+        policy: ClockCheckConfig | None = None,
         open_leases: Iterable[str] = (),
     ) -> None:
-        self.policy = policy or ClockPolicy()
+        self.policy = policy or ClockCheckConfig()
         self._now = vendor_now_ms
         self._findings: list[Finding] = []
         self._counts: dict[str, int] = {}
@@ -505,7 +505,7 @@ def check_records(
     *,
     vendor_now_ms: int,
     created_ms: int | None = None,
-    policy: ClockPolicy | None = None,
+    policy: ClockCheckConfig | None = None,
     open_leases: Iterable[str] = (),
 ) -> list[Finding]:
     """Run every check over ``(record, acked)`` pairs and return the findings."""

@@ -110,11 +110,11 @@ from meterbox.vendorkit.anomaly import (
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
     Pending,
-    Thresholds,
+    ThresholdsConfig,
     detect,
 )
 from meterbox.vendorkit.anomaly import instance_history as stored_history
-from meterbox.vendorkit.clockcheck import ClockChecker, ClockPolicy
+from meterbox.vendorkit.clockcheck import ClockCheckConfig, ClockChecker
 from meterbox.vendorkit.keys import VendorKeys
 
 __all__ = ["BATCH_ROWS", "IngestConfig", "IngestContext", "IngestOutcome", "file_digest", "ingest"]
@@ -135,7 +135,7 @@ class IngestContext:
     report_path: Path
     digest: str
     vendor_now: datetime
-    policy: ClockPolicy | None = None
+    policy: ClockCheckConfig | None = None
     on_progress: Callable[[int], None] | None = None
     receipt_out: Path | None = None
     config: IngestConfig = field(default_factory=IngestConfig)
@@ -156,7 +156,7 @@ def ingest(
     store_url: str | None = None,
     receipt_out: Path | None = None,
     now: datetime | None = None,
-    policy: ClockPolicy | None = None,
+    policy: ClockCheckConfig | None = None,
     on_progress: Callable[[int], None] | None = None,
     config: IngestConfig | None = None,
 ) -> IngestOutcome:
@@ -630,7 +630,7 @@ def anomaly_findings(
     pending: Pending,
     *,
     since_ms: int | None = None,
-    policy: ClockPolicy | None = None,
+    policy: ClockCheckConfig | None = None,
 ) -> list[Finding]:
     """The anomaly detectors over the instance's stored history, judging ``pending``.
 
@@ -648,7 +648,7 @@ def anomaly_findings(
         max_reports=INGEST_REPORTS,
         since_ms=since_ms,
     )
-    th = Thresholds() if policy is None else Thresholds(clock=policy)
+    th = ThresholdsConfig() if policy is None else ThresholdsConfig(clock=policy)
     return [as_finding(a) for a in detect(history, thresholds=th, clock=False)]
 
 

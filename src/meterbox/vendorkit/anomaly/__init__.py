@@ -7,7 +7,7 @@ Public API::
                                             earlier names of the clock codes
     InstanceHistory, ReportView, Event      the pure detector inputs
     event_from_record                       a verified ledger record, reduced
-    Thresholds, LearnedConfig               every tunable
+    ThresholdsConfig, LearnedConfig               every tunable
     instance_history, Pending,              stored histories and the rows ingest adds to
     INGEST_REPORTS, INGEST_WINDOW_MS        them (for meterbox.vendorkit.ingest)
 
@@ -25,7 +25,7 @@ from meterbox.vendorkit.anomaly._features import (
     Event,
     InstanceHistory,
     ReportView,
-    Thresholds,
+    ThresholdsConfig,
     event_from_record,
 )
 from meterbox.vendorkit.anomaly._learned import LearnedConfig
@@ -52,7 +52,7 @@ __all__ = [
     "Pending",
     "RENAMED",
     "ReportView",
-    "Thresholds",
+    "ThresholdsConfig",
     "detect",
     "event_from_record",
     "histories",
@@ -65,7 +65,7 @@ def detect(
     peers: Sequence[InstanceHistory] = (),
     customer: Sequence[InstanceHistory] = (),
     *,
-    thresholds: Thresholds | None = None,
+    thresholds: ThresholdsConfig | None = None,
     learned_config: LearnedConfig | None = None,
     use_learned: bool = True,
     clock: bool = True,

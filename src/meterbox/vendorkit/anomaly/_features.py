@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from meterbox.vendorkit.clockcheck import ClockPolicy, clock_step_ms, receipt_vendor_ms
+from meterbox.vendorkit.clockcheck import ClockCheckConfig, clock_step_ms, receipt_vendor_ms
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -108,12 +108,12 @@ class InstanceHistory:
 
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
+class ThresholdsConfig:
     """Every tunable of the detectors, in one place (defaults in docs/adr/0007)."""
 
     #: The clock and heartbeat checks (:mod:`meterbox.vendorkit.clockcheck`, the one
     #: implementation ingest uses too). Its heartbeat interval must be the server's.
-    clock: ClockPolicy = field(default_factory=ClockPolicy)
+    clock: ClockCheckConfig = field(default_factory=ClockCheckConfig)
     #: Usage stopping: a silence (seats out, server running, no usage) longer than
     #: this many times the longest of any slice of history, and at least
     #: ``silence_min_ms``, is reported.

@@ -47,7 +47,7 @@ from meterbox.vendorkit.anomaly._features import (
     Event,
     InstanceHistory,
     ReportView,
-    Thresholds,
+    ThresholdsConfig,
     hour_of_week,
     hourly,
 )
@@ -130,7 +130,7 @@ class Anomaly:
         return out
 
 
-Rule = Callable[[InstanceHistory, Thresholds], list[Anomaly]]
+Rule = Callable[[InstanceHistory, ThresholdsConfig], list[Anomaly]]
 
 #: Event kinds as ledger record types, for the clock checks.
 _RECORD_TYPES: Final = {t.kind: t for t in RecordType}
@@ -199,7 +199,7 @@ def _elapsed(a: Event, b: Event) -> int:
 
 
 # ---------------------------------------------------------------------- rules
-def clock_checks(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def clock_checks(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """Clock and heartbeat evidence in the judged report, by the checks ingest runs.
 
     Accepted history is fed as acknowledged (context only: the last record, leases
@@ -274,7 +274,7 @@ _WEAK: Final = frozenset(
 )
 
 
-def clock_severity(code: str, size_ms: int | None, th: Thresholds) -> Severity:
+def clock_severity(code: str, size_ms: int | None, th: ThresholdsConfig) -> Severity:
     """``info`` for the weak signals honest sites produce, ``warning`` for real jumps."""
     if code in _WEAK:
         return "info"
@@ -349,7 +349,7 @@ def _observe(checker: clockcheck.ClockChecker, e: Event, *, acked: bool) -> None
     )
 
 
-def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def lease_unknown(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """A release, renewal or expiry of a lease the instance's history never checked out.
 
     The server records every checkout before it hands the lease out, so a lease it
@@ -392,7 +392,7 @@ def lease_unknown(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     ]
 
 
-def usage_stopped(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def usage_stopped(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """Seats checked out, the server running, and no usage for far longer than ever before.
 
     A *silence* is wall time during which at least one seat was checked out, the
@@ -467,7 +467,7 @@ def _longest_silence(
     return best, leases
 
 
-def _enough_history(h: InstanceHistory, th: Thresholds) -> bool:
+def _enough_history(h: InstanceHistory, th: ThresholdsConfig) -> bool:
     return len(h.reports) - 1 >= th.min_history_reports
 
 
@@ -488,7 +488,7 @@ def _slices(events: Sequence[Event], slice_ms: int) -> list[list[Event]]:
     return out
 
 
-def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def report_late(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """A report received later than the license's interval (plus grace) after the last."""
     if h.report_every_ms is None or len(h.reports) < 2:
         return []
@@ -517,7 +517,7 @@ def report_late(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
     ]
 
 
-def usage_rate(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """Units per seat-hour far below this instance's own accepted history: in total,
     and for each meter on its own (``anomaly.meter_rate``).
 
@@ -596,7 +596,7 @@ def _judge_rate(
     units: int,
     sum_sq: int,
     seat_hours: float,
-    th: Thresholds,
+    th: ThresholdsConfig,
     z_limit: float,
 ) -> _RateDrop | None:
     past = [math.log(r) for r in history_rates if r > 0]
@@ -687,7 +687,7 @@ def _rate_sample(events: Sequence[Event], open_leases: frozenset[str] = frozense
     )
 
 
-def downtime(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def downtime(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """Server stops that cost the customer's usual working time, judged by how they ended.
 
     For every restart in the judged report (a BOOT or RECOVERY record), the downtime
@@ -832,7 +832,7 @@ def _expected_units(per_hour: Sequence[float], start: int, end: int) -> float:
     return total
 
 
-def before_issue(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
+def before_issue(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     """Records of the judged report dated well before the license was issued.
 
     An honest server cannot record anything for a license before the vendor issued
@@ -866,7 +866,7 @@ def before_issue(h: InstanceHistory, th: Thresholds) -> list[Anomaly]:
 
 
 def clones(
-    judged: InstanceHistory, others: Sequence[InstanceHistory], th: Thresholds
+    judged: InstanceHistory, others: Sequence[InstanceHistory], th: ThresholdsConfig
 ) -> list[Anomaly]:
     """Another instance of the same license active over the same time as the judged report.
 
@@ -924,7 +924,7 @@ INSTANCE_RULES: Final[tuple[Rule, ...]] = (
 def run_rules(
     judged: InstanceHistory,
     license_peers: Sequence[InstanceHistory] = (),
-    th: Thresholds | None = None,
+    th: ThresholdsConfig | None = None,
     *,
     clock: bool = True,
 ) -> list[Anomaly]:
@@ -933,7 +933,7 @@ def run_rules(
     ``clock=False`` leaves out :func:`clock_checks`: ingest has already run the same
     checks over every record of the report as it streamed in.
     """
-    th = th or Thresholds()
+    th = th or ThresholdsConfig()
     out: list[Anomaly] = []
     for rule in INSTANCE_RULES:
         if rule is clock_checks and not clock:
