@@ -226,7 +226,9 @@ def test_directory_copied_to_another_tpm_is_critical(
         run.use(2)
         _, outcome = run.report()
     codes = _tpm_codes(outcome)
-    assert outcome.status == "accepted_with_findings", outcome.to_json()
+    # The foreign TPM alone is evidence (billed and flagged); the missing attestation of
+    # an enrolled instance rejects the report.
+    assert outcome.status == "rejected", outcome.to_json()
     assert codes.get("tpm.ledger.foreign") == "critical", codes
     # Without its TPM the copy cannot attest: an enrolled instance must.
     assert codes.get("tpm.missing") == "critical", codes

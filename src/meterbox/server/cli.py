@@ -313,19 +313,20 @@ def _serve(conf: Any) -> None:
             activity_log=conf.activity_log,
         )
     scheme = "https" if conf.tls_cert else "http"
-    # Said on every start, so the admin sees whether a LAN neighbour needs a key.
+    # Said on every start, as a log record (so JSON logs stay JSON) at a level the
+    # default --log-level shows: the admin sees whether a LAN neighbour needs a key.
+    log = logging.getLogger("meterbox.server")
     if required:
-        err.print(
-            f"site API keys: required for seats and usage (listening on {conf.host}); "
+        log.warning(
+            "site API keys: required for seats and usage (listening on %s); "
             "create them with 'meterbox server keys create'",
-            highlight=False,
+            conf.host,
         )
     else:
-        err.print(
-            f"site API keys: optional (listening on {conf.host}"
-            + (", loopback only" if conf.api_keys == "auto" else "")
-            + "); a presented key is still checked",
-            highlight=False,
+        log.warning(
+            "site API keys: optional (listening on %s%s); a presented key is still checked",
+            conf.host,
+            ", loopback only" if conf.api_keys == "auto" else "",
         )
     uv_config = uvicorn.Config(
         AccessLog(built.app),

@@ -152,15 +152,18 @@ def cap_findings(findings: Sequence[Finding], config: IngestConfig) -> list[Find
     are kept ahead of the others under the total cap, so capping never changes the
     verdict.
     """
-    per_code: dict[str, int] = {}
+    by_code: dict[str, list[int]] = {}
+    for n, f in enumerate(findings):
+        by_code.setdefault(f.code, []).append(n)
     dropped: dict[str, int] = {}
     candidates: list[int] = []
-    for n, f in enumerate(findings):
-        per_code[f.code] = per_code.get(f.code, 0) + 1
-        if per_code[f.code] <= config.max_findings_per_code:
-            candidates.append(n)
-        else:
-            dropped[f.code] = dropped.get(f.code, 0) + 1
+    for code, indices in by_code.items():
+        # Critical ones first within a code too: a flood of warnings never hides one.
+        ranked = sorted(indices, key=lambda n: findings[n].severity != "critical")
+        candidates += ranked[: config.max_findings_per_code]
+        if len(ranked) > config.max_findings_per_code:
+            dropped[code] = len(ranked) - config.max_findings_per_code
+    candidates.sort()
     if len(candidates) > config.max_findings:
         critical = [n for n in candidates if findings[n].severity == "critical"]
         rest = [n for n in candidates if findings[n].severity != "critical"]

@@ -110,7 +110,10 @@ def hour_of(t: datetime) -> datetime:
 
 
 def new_lease_id(rng: Callable[[int], bytes]) -> str:
-    return base64.urlsafe_b64encode(rng(LEASE_ID_BYTES)).rstrip(b"=").decode("ascii")
+    lease_id = base64.urlsafe_b64encode(rng(LEASE_ID_BYTES)).rstrip(b"=").decode("ascii")
+    # Never a leading "-": a lease id is passed on command lines, where it would read as
+    # an option (``meterbox client release -abc...``).
+    return "_" + lease_id[1:] if lease_id.startswith("-") else lease_id
 
 
 class LeaseTable(dict[str, SeatLease]):
