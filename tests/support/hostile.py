@@ -166,43 +166,29 @@ def unsigned_edit(w: World) -> Case:
     )  # fmt: skip
 
 
-def huge_counts(w: World) -> Case:
-    """frames_len = 2^62: a header promising more bytes than any file holds."""
+def _header_field(w: World, name: str, key: str, value: object, codes: set[str]) -> Case:
+    """A header whose ``key`` is set to ``value``, signed again: rejected with ``codes``."""
 
     def edit(h: dict[str, Any]) -> bytes:
-        h["frames_len"] = 1 << 62
+        h[key] = value
         return msgpack.packb(h, use_bin_type=True)
 
-    return Case(
-        "huge_counts", _resealed(w, "huge_counts", edit), "rejected",
-        frozenset({"report.truncated"}),
-    )  # fmt: skip
+    return Case(name, _resealed(w, name, edit), "rejected", frozenset(codes))
+
+
+def huge_counts(w: World) -> Case:
+    """frames_len = 2^62: a header promising more bytes than any file holds."""
+    return _header_field(w, "huge_counts", "frames_len", 1 << 62, {"report.truncated"})
 
 
 def huge_acked(w: World) -> Case:
     """acked = [1, 2^62]: once made the verifier allocate 2^62 bytes."""
-
-    def edit(h: dict[str, Any]) -> bytes:
-        h["acked"] = [1, 1 << 62]
-        return msgpack.packb(h, use_bin_type=True)
-
-    return Case(
-        "huge_acked", _resealed(w, "huge_acked", edit), "rejected",
-        frozenset({"report.malformed"}),
-    )  # fmt: skip
+    return _header_field(w, "huge_acked", "acked", [1, 1 << 62], {"report.malformed"})
 
 
 def huge_created(w: World) -> Case:
     """created_ms = 2^62, signed: a creation time whose microseconds overflow 64 bits."""
-
-    def edit(h: dict[str, Any]) -> bytes:
-        h["created_ms"] = 1 << 62
-        return msgpack.packb(h, use_bin_type=True)
-
-    return Case(
-        "huge_created", _resealed(w, "huge_created", edit), "rejected",
-        frozenset({"report.limit_exceeded"}),
-    )  # fmt: skip
+    return _header_field(w, "huge_created", "created_ms", 1 << 62, {"report.limit_exceeded"})
 
 
 def deep_nesting(w: World) -> Case:
