@@ -51,6 +51,7 @@ vectors: $(STAMP)
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.cryptolens.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.witness.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ingest.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.suspension.generate
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done

@@ -28,6 +28,8 @@ subclass only where its concept is genuinely narrower (and says why there).
         │   └── compat.BoundExceeded     the change would cross the caller's Bound
         ├── ReportOverdue
         ├── LicenseExpired
+        ├── LicenseSuspended             the vendor suspended the license (HTTP 403)
+        ├── LicenseRevoked               the vendor revoked the license (HTTP 403)
         ├── UnknownFeature
         ├── UnknownMeter                 the meter is named by no installed license
         ├── LeaseNotFound                the lease expired, was released, or never existed
@@ -224,6 +226,20 @@ class ReportOverdue(LicenseDenied):
 
 class LicenseExpired(LicenseDenied):
     code = "license_expired"
+
+
+class LicenseSuspended(LicenseDenied):
+    """The vendor suspended the license (a signed notice imported at the site): nothing
+    new is granted until the vendor resumes it. Its own class because, unlike an expiry
+    or an overdue report, the site cannot clear it: only the vendor can."""
+
+    code = "license_suspended"
+
+
+class LicenseRevoked(LicenseDenied):
+    """The vendor revoked the license for good; only a new license file grants again."""
+
+    code = "license_revoked"
 
 
 class UnknownFeature(LicenseDenied):

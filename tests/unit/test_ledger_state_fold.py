@@ -39,13 +39,29 @@ _usage = st.builds(
     st.booleans(),
 )
 _checkout = st.builds(
-    lambda i, lid, e: (
+    lambda i, lid, e, k: (
         RecordType.SEAT_CHECKOUT,
-        {"i": i, "f": "cad", "c": "ws", "l": lid, "e": e},
+        {"i": i, "f": "cad", "c": "ws", "l": lid, "e": e} | ({"k": k} if k else {}),
     ),
     st.sampled_from(LEASES),
     st.sampled_from(LICENSES),
     st.integers(1_767_225_000, 1_767_225_900),
+    st.sampled_from(("", "0a1b2c3d", "deadbeef")),
+)
+_removed = st.builds(
+    lambda i, why: (RecordType.SEAT_REMOVED, {"i": i, "b": "admin via cli"} | why),
+    st.sampled_from(LEASES),
+    st.sampled_from(({}, {"r": "needed elsewhere"})),
+)
+_notice = st.builds(
+    lambda lid, kind, q, n: (
+        RecordType.LICENSE_REVOKED if kind == "revoke" else RecordType.LICENSE_SUSPENDED,
+        {"l": lid, "n": f"ntc-{n}", "q": q} | ({"x": 1} if kind == "resume" else {}),
+    ),
+    st.sampled_from(LICENSES),
+    st.sampled_from(("suspend", "suspend", "resume", "resume", "revoke")),
+    st.integers(1, 12),
+    st.integers(0, 99),
 )
 _renew = st.builds(
     lambda i, e: (RecordType.SEAT_RENEW, {"i": i, "e": e}),
@@ -83,7 +99,9 @@ _machine = st.builds(
 _other = st.just((RecordType.HEARTBEAT, {"n": 1}))
 events = st.lists(
     st.tuples(
-        st.one_of(_usage, _checkout, _renew, _end, _topup, _receipt, _machine, _other),
+        st.one_of(
+            _usage, _checkout, _renew, _end, _removed, _notice, _topup, _receipt, _machine, _other
+        ),
         st.integers(0, 5_000),
     ),
     max_size=60,
@@ -100,6 +118,8 @@ def _enforced(view: StateView, floor_ms: int) -> dict[str, Any]:
         "charged": {k: n for k, n in view.charged.items() if n},
         "machines": view.machines,
         "receipt": view.receipt,
+        "standings": view.standings,
+        "removed": {k: r for k, r in view.removed.items() if r.lease.expires_ms > floor_ms},
     }
 
 

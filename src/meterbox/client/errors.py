@@ -22,6 +22,8 @@ one from :mod:`meterbox.errors`, re-exported so SDK users import from one place.
         ├── QuotaExceeded          HTTP 402 quota_exceeded   (meterbox.errors)
         ├── ReportOverdue          HTTP 403 report_overdue   (meterbox.errors)
         ├── LicenseExpired         HTTP 403 license_expired  (meterbox.errors)
+        ├── LicenseSuspended       HTTP 403 license_suspended (meterbox.errors)
+        ├── LicenseRevoked         HTTP 403 license_revoked  (meterbox.errors)
         ├── UnknownFeature         HTTP 404 unknown_feature  (meterbox.errors)
         ├── UnknownMeter           HTTP 404 unknown_meter    (meterbox.errors)
         └── LeaseNotFound                                    (meterbox.errors)
@@ -41,6 +43,8 @@ from meterbox.errors import (
     LeaseNotFound,
     LicenseDenied,
     LicenseExpired,
+    LicenseRevoked,
+    LicenseSuspended,
     MeterboxError,
     NoSeatAvailable,
     PolicyDenied,
@@ -63,6 +67,8 @@ __all__ = [
     "LeaseNotFound",
     "LicenseDenied",
     "LicenseExpired",
+    "LicenseRevoked",
+    "LicenseSuspended",
     "MeterboxError",
     "NoSeatAvailable",
     "PolicyDenied",

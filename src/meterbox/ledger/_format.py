@@ -101,7 +101,11 @@ class RecordType(enum.IntEnum):
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
     SEAT_REMOVED = 28
-    # 29-32 are reserved for license suspension, revocation and seat borrowing.
+    #: A vendor notice suspended (or, flagged, resumed) a license.
+    LICENSE_SUSPENDED = 29
+    #: A vendor notice revoked a license for good.
+    LICENSE_REVOKED = 30
+    # 31 and 32 are reserved for seat borrowing.
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
 

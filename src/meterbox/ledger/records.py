@@ -171,6 +171,10 @@ class SeatCheckout(_Payload):
     expires: int | None = _opt("e", "int")
     #: A seat beyond the license's count, allowed as overdraft.
     overdraft: bool = _opt("o", "flag")
+    #: The id (public part) of the site API key that checked the lease out: only that
+    #: key may renew or release it. Absent for leases taken without a key and in
+    #: records written before it was added.
+    key_id: str | None = _opt("k", "str")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -383,6 +387,36 @@ class TopupImported(_Payload):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _NoticeApplied(_Payload):
+    """A vendor license notice the server verified and applied (docs/spec/suspension.md)."""
+
+    license_id: str = _req("l", "str")
+    notice_id: str = _req("n", "str")
+    #: The notice's sequence number among the notices of its license.
+    sequence: int = _req("q", "int")
+    reason: str | None = _opt("r", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LicenseSuspended(_NoticeApplied):
+    """A license suspended by a vendor notice (``license.suspended``); ``resumed``: un-suspended.
+
+    One record type for both directions: a resume is the end of a suspension, and the
+    fold reads the pair as one state that flips, ordered by ``sequence``.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.LICENSE_SUSPENDED
+    resumed: bool = _opt("x", "flag")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LicenseRevoked(_NoticeApplied):
+    """A license revoked for good by a vendor notice (``license.revoked``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.LICENSE_REVOKED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LicenseInstalled(_Payload):
     """A license file installed on the server (``license.installed``)."""
 
@@ -460,6 +494,14 @@ STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
     "d": ("str", "str", "int", "int"),
     # license id, machine code (node-locked activations)
     "ma": ("str", "str"),
+    # lease id, API key id: the owner of each live lease taken with a key
+    "sk": ("str", "str"),
+    # license id, notice sequence, standing (suspended, active or revoked), notice id,
+    # reason ("" for none), applied at (Unix ms)
+    "ls": ("str", "int", "str", "str", "str", "int"),
+    # a removed lease as in "s", then its API key id ("" for none), who removed it,
+    # why ("" for none) and when (Unix ms)
+    "rm": ("str", "str", "str", "str", "int", "int", "int", "int", "str", "str", "str", "int"),
 }
 #: Scalar keys of a STATE payload and their kinds.
 STATE_SCALARS: Final[dict[str, str]] = {
@@ -477,6 +519,9 @@ TopupRow = tuple[str, str, str, int, str, int]
 LeaseRow = tuple[str, str, str, str, int, int, int, int]
 ChargedRow = tuple[str, str, int, int]
 MachineRow = tuple[str, str]
+LeaseKeyRow = tuple[str, str]
+StandingRow = tuple[str, int, str, str, str, int]
+RemovalRow = tuple[str, str, str, str, int, int, int, int, str, str, str, int]
 
 
 def _rows(key: str, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], ...]:
@@ -522,6 +567,9 @@ class State:
     leases: tuple[LeaseRow, ...] = ()
     charged: tuple[ChargedRow, ...] = ()
     machines: tuple[MachineRow, ...] = ()
+    lease_keys: tuple[LeaseKeyRow, ...] = ()
+    standings: tuple[StandingRow, ...] = ()
+    removals: tuple[RemovalRow, ...] = ()
     clock_floor_ms: int = 0
     head_seq: int = -1
     receipt_ms: int | None = None
@@ -536,6 +584,9 @@ class State:
         ("s", "leases"),
         ("d", "charged"),
         ("ma", "machines"),
+        ("sk", "lease_keys"),
+        ("ls", "standings"),
+        ("rm", "removals"),
     )
 
     def __post_init__(self) -> None:
@@ -760,6 +811,8 @@ RecordPayload = (
     | LedgerShortened
     | ReceiptImported
     | TopupImported
+    | LicenseSuspended
+    | LicenseRevoked
     | LicenseInstalled
     | MachineActivated
     | MachineDeactivated
@@ -794,6 +847,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         LedgerShortened,
         ReceiptImported,
         TopupImported,
+        LicenseSuspended,
+        LicenseRevoked,
         LicenseInstalled,
         MachineActivated,
         MachineDeactivated,

@@ -1,6 +1,6 @@
-"""Signed documents exchanged between vendor and site: licenses, top-ups, receipts.
+"""Signed documents exchanged between vendor and site: licenses, top-ups, receipts, notices.
 
-All three share one envelope (Ed25519 over the exact payload bytes, see
+All four share one envelope (Ed25519 over the exact payload bytes, see
 docs/spec/license.md) and are verified against a :class:`VendorPublicBundle`.
 Each is an immutable dataclass, valid by construction, with ``sign(signer) -> bytes``
 and ``from_bytes(data, bundle)``; :func:`open_document` verifies any of them.
@@ -41,10 +41,12 @@ from meterbox.licenses._license import (
     Meter,
     check_features_template,
 )
+from meterbox.licenses._notice import ACTIONS, NOTICE_FORMAT, LicenseNotice
 from meterbox.licenses._receipt import RECEIPT_FORMAT, Receipt
 from meterbox.licenses._topup import TOPUP_FORMAT, Topup
 
 __all__ = [
+    "ACTIONS",
     "BUNDLE_FORMAT",
     "CHARGES",
     "DEFAULT_LEASE_SECONDS",
@@ -58,6 +60,7 @@ __all__ = [
     "LICENSE_FORMAT_V3",
     "MAX_LEASE_SECONDS",
     "MIN_LEASE_SECONDS",
+    "NOTICE_FORMAT",
     "RECEIPT_FORMAT",
     "TOPUP_FORMAT",
     "CryptolensSection",
@@ -66,6 +69,7 @@ __all__ = [
     "Feature",
     "Fields",
     "License",
+    "LicenseNotice",
     "Meter",
     "Receipt",
     "Topup",
@@ -80,21 +84,25 @@ __all__ = [
 ]
 
 
-def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | Receipt:
-    """Verify a license, top-up or receipt file, whichever it is."""
+def open_document(
+    data: bytes, bundle: VendorPublicBundle
+) -> License | Topup | Receipt | LicenseNotice:
+    """Verify a license, top-up, receipt or license notice file, whichever it is."""
     fmt = _peek_format(data)
     name = fmt.split("/")[0]
     for cls, expected in (
         (License, LICENSE_FORMAT_V2),
         (Topup, TOPUP_FORMAT),
         (Receipt, RECEIPT_FORMAT),
+        (LicenseNotice, NOTICE_FORMAT),
     ):
         if name == expected.split("/")[0]:
             # from_bytes re-checks the version and everything else from the start.
             return cls.from_bytes(data, bundle)
     raise _FormatError(
         "file is not a meterbox signed document",
-        expected=f"format {LICENSE_FORMAT} or /2, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
+        expected=f"format {LICENSE_FORMAT} or /2, {TOPUP_FORMAT}, {RECEIPT_FORMAT} "
+        f"or {NOTICE_FORMAT}",
         found=repr(fmt),
-        hint="Import license, top-up or receipt files written by `meterbox vendor`",
+        hint="Import license, top-up, receipt or notice files written by `meterbox vendor`",
     )

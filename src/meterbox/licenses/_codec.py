@@ -154,10 +154,14 @@ def check_text(value: object, what: str, *, allow_empty: bool = False) -> str:
             expected="text",
             found=repr(value)[:80],
         )
-    if len(value) > MAX_TEXT or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    # Lone surrogates are refused too: they have no UTF-8 encoding, so a document
+    # holding one could not be signed (or would fail to encode far from its cause).
+    if len(value) > MAX_TEXT or any(
+        ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in value
+    ):
         raise FormatError(
             f"{what} is not plain text",
-            expected=f"at most {MAX_TEXT} characters without control characters",
+            expected=f"at most {MAX_TEXT} characters without control characters or lone surrogates",
             found=f"{len(value)} characters",
         )
     return value

@@ -7,7 +7,9 @@ server modules import their errors from one place. Only one concept is the
 server's own::
 
     meterbox.errors.StateError
-    └── TopupAlreadyAppliedError    the same top-up file was imported a second time
+    ├── TopupAlreadyAppliedError    the same top-up file was imported a second time
+    ├── NoticeOutOfOrder            a license notice not newer than the last one applied
+    └── LicenseAlreadyRevoked       a license notice for a license already revoked
 
 Every class carries a stable ``code``; :data:`HTTP_STATUS` maps codes to the HTTP
 status documented in ``docs/api.md``.
@@ -30,6 +32,8 @@ __all__ = [
     "HTTP_STATUS",
     "IdempotencyConflictError",
     "LeaseNotFound",
+    "LicenseAlreadyRevoked",
+    "NoticeOutOfOrder",
     "TopupAlreadyAppliedError",
     "UnauthorizedError",
     "UnavailableError",
@@ -42,6 +46,22 @@ class TopupAlreadyAppliedError(StateError):
     """A top-up whose id the server has already applied; applying it twice would pay twice."""
 
     code = "topup_already_applied"
+
+
+class NoticeOutOfOrder(StateError):
+    """A license notice whose sequence is not above the last one applied for its license.
+
+    Its own class because it is not damaged state: it is an old (or the same) notice,
+    which must change nothing, so a replayed ``suspend`` never re-suspends.
+    """
+
+    code = "notice_out_of_order"
+
+
+class LicenseAlreadyRevoked(StateError):
+    """A license notice for a license already revoked: revocation is final."""
+
+    code = "license_already_revoked"
 
 
 #: HTTP status for each error code the server can answer with.
@@ -61,6 +81,10 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "no_seat": 409,
     "idempotency_conflict": 409,
     "topup_already_applied": 409,
+    "notice_out_of_order": 409,
+    "license_already_revoked": 409,
+    "license_suspended": 403,
+    "license_revoked": 403,
     "too_large": 413,
     "unavailable": 503,
     "insufficient_storage": 507,

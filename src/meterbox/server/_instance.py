@@ -56,7 +56,14 @@ from meterbox.ledger import (
     read_head,
     recent_heads,
 )
-from meterbox.licenses import License, Receipt, Topup, VendorPublicBundle, open_document
+from meterbox.licenses import (
+    License,
+    LicenseNotice,
+    Receipt,
+    Topup,
+    VendorPublicBundle,
+    open_document,
+)
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.ledgerstate import LedgerState, from_ms
 from meterbox.server._core.policy import policy_from_license
@@ -476,6 +483,10 @@ class ServerInstance:
             writer.close()
             store.close()
             raise
+        # The vendor's notices and the removals (who, why) come from the ledger itself,
+        # never from a cache the site could edit (ADR 0029).
+        service.engine.standings = fold.standings()
+        service.engine.seats.removed.update(fold.removals())
         instance = cls(data, writer, store, service, bundle, licenses, clock, tpm)
         instance.fold = fold
         instance.rebuilt = rebuilt
@@ -524,10 +535,12 @@ class ServerInstance:
 
     # ------------------------------------------------------------------ import
     async def import_bytes(self, blob: bytes) -> dict[str, Any]:
-        """Import a receipt, top-up or license. Anything else is refused; nothing changes."""
+        """Import a receipt, top-up, license notice or license. Anything else is refused."""
         doc = _open_importable(blob, self.bundle)
         if isinstance(doc, Receipt):
             return await self._import_receipt(doc, blob)
+        if isinstance(doc, LicenseNotice):
+            return await self._import_notice(doc)
         if isinstance(doc, Topup):
             known = {lic.license_id for lic, _ in self.licenses}
             if doc.license_id not in known:
@@ -540,6 +553,33 @@ class ServerInstance:
             await self._advance("import")
             return {"imported": "topup", "topup_id": doc.topup_id, "units": doc.units}
         return await self._import_license(doc, blob)
+
+    async def _import_notice(self, notice: LicenseNotice) -> dict[str, Any]:
+        known = {lic.license_id for lic, _ in self.licenses}
+        if notice.license_id not in known:
+            raise VerificationError(
+                "license notice is for a license this server does not hold",
+                expected="one of " + ", ".join(sorted(known)),
+                found=notice.license_id,
+                hint="import the notice on the server that holds the license",
+            )
+        standing, removals = await self.service.import_notice(
+            license_id=notice.license_id,
+            notice_id=notice.notice_id,
+            action=notice.action,
+            sequence=notice.sequence,
+            reason=notice.reason,
+        )
+        await self._advance("import")
+        return {
+            "imported": "notice",
+            "notice_id": notice.notice_id,
+            "license_id": notice.license_id,
+            "action": notice.action,
+            "sequence": notice.sequence,
+            "standing": standing.status,
+            "leases_ended": len(removals),
+        }
 
     async def _import_receipt(self, receipt: Receipt, blob: bytes) -> dict[str, Any]:
         if receipt.instance_id != self.writer.instance_id.hex():
@@ -617,7 +657,9 @@ class ServerInstance:
         return {"imported": "license", "license_id": lic.license_id}
 
 
-def _open_importable(blob: bytes, bundle: VendorPublicBundle) -> License | Topup | Receipt:
+def _open_importable(
+    blob: bytes, bundle: VendorPublicBundle
+) -> License | Topup | Receipt | LicenseNotice:
     if len(blob) > MAX_IMPORT_BYTES:
         raise FormatError(
             "file is too large to import",

@@ -34,6 +34,8 @@ from meterbox.errors import FormatError, LeaseRemoved, NoSeatAvailable, PolicyDe
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
+    LicenseRevoked,
+    LicenseSuspended,
     ReceiptImported,
     RecordPayload,
     SeatCheckout,
@@ -66,6 +68,7 @@ from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
+from meterbox.server._core.standing import Standing
 from meterbox.server._errors import LeaseNotFound, UnavailableError
 from meterbox.server._sinks import EventSink, HasHead
 from meterbox.server._state import StateStore
@@ -554,6 +557,7 @@ class LicenseService:
                 license_id=lease.license_id,
                 expires=_epoch(lease.expires_at),
                 overdraft=lease.overdraft,
+                key_id=lease.key_id,
             )
         )
 
@@ -771,6 +775,82 @@ class LicenseService:
             raise
         await self._save([TopupPut(topup)], seq, now)
         return topup
+
+    async def import_notice(
+        self,
+        *,
+        license_id: str,
+        notice_id: str,
+        action: str,
+        sequence: int,
+        reason: str | None = None,
+    ) -> tuple[Standing, list[Removal]]:
+        """Apply a verified vendor notice: effective at once, recorded, then answered.
+
+        A suspension or revocation ends the license's live leases (``seat.removed`` by
+        ``vendor``); their holders' next heartbeat is refused naming the notice. If the
+        notice's own record cannot be written, everything is taken back (503).
+        """
+        async with self._lock:
+            now = self.now()
+            previous = self.engine.standings.get(license_id)
+            standing, removals = self.engine.apply_notice(
+                license_id=license_id,
+                notice_id=notice_id,
+                action=action,
+                sequence=sequence,
+                reason=reason,
+                now=now,
+            )
+            record: LicenseSuspended | LicenseRevoked = (
+                LicenseRevoked(
+                    license_id=license_id, notice_id=notice_id, sequence=sequence, reason=reason
+                )
+                if action == "revoke"
+                else LicenseSuspended(
+                    license_id=license_id,
+                    notice_id=notice_id,
+                    sequence=sequence,
+                    reason=reason,
+                    resumed=action == "resume",
+                )
+            )
+            task = self._write(record)
+            ended = [
+                self._write(
+                    SeatRemoved(lease_id=r.lease.lease_id, removed_by=r.removed_by, reason=r.reason)
+                )
+                for r in removals
+            ]
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.undo_notice(license_id, previous, removals)
+            for t in ended:
+                with contextlib.suppress(Exception):
+                    await t
+            raise
+        for t in ended:
+            try:
+                seq = await self._durable(t)
+            except UnavailableError as exc:
+                # The notice is on record: the license grants nothing whatever happens
+                # to this lease, so the removal stands even unrecorded.
+                log.warning("could not record a lease ended by a license notice: %s", exc)
+        self._note(
+            now,
+            "notice",
+            license_id=license_id,
+            notice_id=notice_id,
+            action=action,
+            sequence=sequence,
+            reason=reason,
+        )
+        for r in removals:
+            self._note(now, "remove", r.lease, by=r.removed_by, reason=r.reason)
+        await self._save([LeasePut(r.lease, ended=True) for r in removals], seq, now)
+        return standing, removals
 
     async def import_receipt(self, receipt: ReceiptInfo) -> bool:
         """Take a verified receipt into account: moves the report deadline and the clock floor."""

@@ -609,7 +609,7 @@ def import_cmd(
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Import a receipt, top-up or renewed license. Anything else is refused."""
+    """Import a receipt, top-up, license notice or renewed license. Anything else is refused."""
     try:
         blob = file.read_bytes()
     except OSError as exc:

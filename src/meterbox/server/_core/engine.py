@@ -16,6 +16,8 @@ Rules that span licenses (see docs/adr/0003-server-state.md):
 * usage is charged whole to the first license whose remaining quota covers it;
   if none does, to the first license whose meter allows going over (flagged);
   otherwise it is refused;
+* a license the vendor suspended or revoked (a signed notice, docs/spec/suspension.md)
+  grants nothing at all, before any other check; its leases were ended at the import;
 * a license is usable while it is not expired and its report deadline (last
   receipt's vendor time, or the license's issue time, plus ``report_every_days`` plus
   ``grace_days``) has not passed. An unusable license grants no new seat, no
@@ -35,8 +37,11 @@ from meterbox.errors import (
     LeaseRemoved,
     LicenseDenied,
     LicenseExpired,
+    LicenseRevoked,
+    LicenseSuspended,
     PolicyDenied,
     ReportOverdue,
+    StateError,
     UnknownFeature,
 )
 from meterbox.ledger.records import MAX_AMOUNT
@@ -57,6 +62,8 @@ from meterbox.server._core.policy import (
     MeterPolicy,
 )
 from meterbox.server._core.seats import Removal, SeatBook, SeatDecision, SeatLease, claim
+from meterbox.server._core.standing import Standing
+from meterbox.server._core.standing import apply as apply_notice
 from meterbox.server._errors import LeaseNotFound, UnknownMeter
 
 #: A license's policy for one feature or one meter.
@@ -117,6 +124,8 @@ class Engine:
         self.idempotency_ttl = idempotency_ttl
         #: The site's seat options file (reservations, maximums, include/exclude).
         self.options = SeatOptions()
+        #: The vendor's notices per license (absent: never suspended or revoked).
+        self.standings: dict[str, Standing] = {}
 
     # ------------------------------------------------------------ licenses
     def install(self, lic: LicensePolicy) -> None:
@@ -150,8 +159,28 @@ class Engine:
         due = self.report_due(lic)
         return None if due is None else due + timedelta(days=lic.grace_days)
 
+    def standing_error(self, license_id: str) -> LicenseDenied | None:
+        """The refusal a suspended or revoked license answers with, or ``None``."""
+        standing = self.standings.get(license_id)
+        if standing is None or standing.grants:
+            return None
+        revoked = standing.status == "revoked"
+        cls = LicenseRevoked if revoked else LicenseSuspended
+        return cls(
+            f"License {license_id!r} was {standing.explain()}",
+            expected="a license in good standing with its vendor",
+            found=f"a {'revocation' if revoked else 'suspension'} notice imported at "
+            f"{standing.at.isoformat()}",
+            hint="Contact the vendor; a new license file is needed"
+            if revoked
+            else "Contact the vendor: the license grants again once they send a resume notice",
+        )
+
     def blocked(self, lic: LicensePolicy, now: datetime) -> LicenseDenied | None:
         """Why ``lic`` grants nothing new at ``now``, or ``None`` if it is usable."""
+        standing = self.standing_error(lic.license_id)
+        if standing is not None:
+            return standing
         if lic.expires is not None and now >= lic.expires:
             return LicenseExpired(
                 f"License {lic.license_id!r} has expired",
@@ -336,6 +365,10 @@ class Engine:
             lease = None
         removal = self.seats.removed.get(lease_id)
         if lease is None and removal is not None and removal.lease.owned_by(key_id):
+            # Ended by a vendor notice that still stands: the holder is told that.
+            standing = self.standing_error(removal.lease.license_id)
+            if standing is not None:
+                raise standing
             raise LeaseRemoved(
                 f"Lease {lease_id!r} of feature {removal.lease.feature!r} was " + removal.explain(),
                 expected="a live lease id from a checkout",
@@ -395,6 +428,58 @@ class Engine:
         """
         leases = self.seats.matching(now, lease_id=lease_id, client_id=client_id, hostname=hostname)
         return self.seats.remove(leases, removed_by, now, reason)
+
+    def apply_notice(
+        self,
+        *,
+        license_id: str,
+        notice_id: str,
+        action: str,
+        sequence: int,
+        reason: str | None,
+        now: datetime,
+    ) -> tuple[Standing, list[Removal]]:
+        """Apply a vendor notice (:func:`~meterbox.server._core.standing.apply`).
+
+        A suspension or revocation ends every live lease of the license at once (a
+        removal by ``vendor``, so the holder's next heartbeat is told why); a resume
+        ends nothing. :meth:`undo_notice` takes it all back.
+        """
+        if license_id not in self.licenses:
+            raise StateError(
+                f"License notice {notice_id} is for license {license_id!r}, which is not installed",
+                expected="one of " + (", ".join(sorted(self.licenses)) or "(none)"),
+                found=repr(license_id),
+                hint="Import the notice on the server that holds the license",
+            )
+        standing = apply_notice(
+            self.standings.get(license_id),
+            license_id=license_id,
+            notice_id=notice_id,
+            action=action,
+            sequence=sequence,
+            reason=reason,
+            at=now,
+        )
+        self.standings[license_id] = standing
+        if standing.grants:
+            return standing, []
+        leases = [
+            x for x in self.seats.leases.values() if x.license_id == license_id and x.live(now)
+        ]
+        why = f"license {standing.status} by notice {notice_id}" + (f": {reason}" if reason else "")
+        return standing, self.seats.remove(leases, "vendor", now, why)
+
+    def undo_notice(
+        self, license_id: str, previous: Standing | None, removals: Iterable[Removal]
+    ) -> None:
+        """Take back :meth:`apply_notice` whose ledger record could not be written."""
+        if previous is None:
+            self.standings.pop(license_id, None)
+        else:
+            self.standings[license_id] = previous
+        for r in removals:
+            self.seats.undo_remove(r)
 
     def note_peaks(self, now: datetime) -> list[tuple[str, datetime, int]]:
         raised = [self.seats.note_peak(f, now) for f in sorted(self.feature_names())]

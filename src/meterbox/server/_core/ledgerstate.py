@@ -7,7 +7,11 @@ holds is therefore a function of the ledger alone:
 
 * usage per (license, meter, period), give-backs capped at what was used, as the
   engine decides them;
-* applied top-ups; live leases (checkout, renewals, release or expiry);
+* applied top-ups; live leases (checkout, renewals, release or expiry) and the API
+  key that owns each; removals (who, why) of leases that would still be live, so a
+  removed holder is told why after a restart;
+* each license's standing under the vendor's notices (suspended, resumed, revoked),
+  by :func:`meterbox.server._core.standing.apply`, the rule the engine applies;
 * the last receipt (vendor time and acknowledged seq), which moves the report
   deadline; the clock floor (the latest record time folded);
 * per Cryptolens data object, the units it charged (give-backs capped, as
@@ -36,10 +40,13 @@ from meterbox.errors import FormatError
 from meterbox.ledger import RecordType
 from meterbox.ledger.records import (
     MAX_REBUILT_ITEMS,
+    LicenseRevoked,
+    LicenseSuspended,
     MachineActivated,
     ReceiptImported,
     SeatCheckout,
     SeatRelease,
+    SeatRemoved,
     SeatRenew,
     State,
     TopupImported,
@@ -47,7 +54,10 @@ from meterbox.ledger.records import (
 )
 from meterbox.server._core.meters import AppliedTopup, period_key
 from meterbox.server._core.policy import LicensePolicy
-from meterbox.server._core.seats import SeatLease
+from meterbox.server._core.seats import Removal, SeatLease
+from meterbox.server._core.standing import STATUSES, Standing
+from meterbox.server._core.standing import apply as apply_notice
+from meterbox.server._errors import LicenseAlreadyRevoked, NoticeOutOfOrder
 
 _MS: Final = 1000
 _USAGE_TYPES: Final = frozenset({RecordType.USAGE, RecordType.USAGE_DECREMENT})
@@ -71,6 +81,18 @@ class FoldLease:
     expires_ms: int
     lease_seconds: int
     overdraft: bool
+    #: The API key that checked the lease out (None: none, or a record from before keys).
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FoldRemoval:
+    """A lease the administrator (or a vendor notice) ended, and who and why."""
+
+    lease: FoldLease
+    removed_by: str
+    reason: str | None
+    at_ms: int
 
 
 @dataclass
@@ -82,6 +104,9 @@ class StateView:
     leases: dict[str, FoldLease] = field(default_factory=dict)
     charged: dict[tuple[str, str, int], int] = field(default_factory=dict)
     machines: set[tuple[str, str]] = field(default_factory=set)
+    #: license id -> (notice sequence, status, notice id, reason or "", applied at ms)
+    standings: dict[str, tuple[int, str, str, str, int]] = field(default_factory=dict)
+    removed: dict[str, FoldRemoval] = field(default_factory=dict)
     clock_floor_ms: int = 0
     head_seq: int = -1
     #: (vendor time ms, acknowledged seq, receipt id)
@@ -132,18 +157,37 @@ class LedgerState:
     def snapshot(self) -> State:
         v = self.view
         floor = v.clock_floor_ms
+        # Removals of leases that have run out by now are told as "ran out": drop them.
+        v.removed = {k: r for k, r in v.removed.items() if r.lease.expires_ms > floor}
         return State(
             usage=tuple((k[0], k[1], k[2], n) for k, n in sorted(v.usage.items()) if n),
             topups=tuple((tid, *t) for tid, t in sorted(v.topups.items())),
             leases=tuple(
-                (x.lease_id, x.feature, x.client_id, x.license_id, x.issued_ms, x.expires_ms)
-                + (x.lease_seconds, int(x.overdraft))
+                _lease_row(x)
                 for _, x in sorted(v.leases.items())
                 # A lease past its expiry grants nothing; its expiry record may follow.
                 if x.expires_ms > floor
             ),
             charged=tuple((k[0], k[1], k[2], n) for k, n in sorted(v.charged.items()) if n),
             machines=tuple(sorted(v.machines)),
+            lease_keys=tuple(
+                (x.lease_id, x.key_id)
+                for _, x in sorted(v.leases.items())
+                if x.expires_ms > floor and x.key_id is not None
+            ),
+            standings=tuple((lid, *t) for lid, t in sorted(v.standings.items())),
+            # A removal matters while the lease would have been live: its holder may
+            # still heartbeat. After that the holder is told the lease ran out.
+            removals=tuple(
+                (
+                    *_lease_row(r.lease),
+                    r.lease.key_id or "",
+                    r.removed_by,
+                    r.reason or "",
+                    r.at_ms,
+                )
+                for _, r in sorted(v.removed.items())
+            ),
             clock_floor_ms=floor,
             head_seq=v.head_seq,
             receipt_ms=None if v.receipt is None else v.receipt[0],
@@ -212,6 +256,7 @@ class LedgerState:
                 expires,
                 max(1, (expires - wall_ms + _MS // 2) // _MS),
                 c.overdraft,
+                c.key_id,
             )
         elif rtype == RecordType.SEAT_RENEW:
             r = SeatRenew.from_map(payload)
@@ -224,8 +269,15 @@ class LedgerState:
                 v.leases[r.lease_id] = FoldLease(
                     **{**lease.__dict__, "expires_ms": max(lease.expires_ms, r.expires * _MS)}
                 )
-        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE, RecordType.SEAT_REMOVED):
+        elif rtype == RecordType.SEAT_REMOVED:
+            rm = SeatRemoved.from_map(payload)
+            gone = v.leases.pop(rm.lease_id, None)
+            if gone is not None:
+                v.removed[rm.lease_id] = FoldRemoval(gone, rm.removed_by, rm.reason, wall_ms)
+        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE):
             v.leases.pop(SeatRelease.from_map(payload).lease_id, None)
+        elif rtype in (RecordType.LICENSE_SUSPENDED, RecordType.LICENSE_REVOKED):
+            self._apply_notice(rtype, payload, wall_ms)
         elif rtype == RecordType.RECEIPT_IMPORTED:
             rec = ReceiptImported.from_map(payload)
             at = rec.vendor_ms
@@ -237,6 +289,34 @@ class LedgerState:
         elif rtype == RecordType.MACHINE_DEACTIVATED:
             m = MachineActivated.from_map(payload)
             v.machines.discard((m.license_id, m.machine_code))
+
+    def _apply_notice(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
+        v = self.view
+        if rtype == RecordType.LICENSE_REVOKED:
+            n: LicenseSuspended | LicenseRevoked = LicenseRevoked.from_map(payload)
+            action = "revoke"
+        else:
+            n = LicenseSuspended.from_map(payload)
+            action = "resume" if n.resumed else "suspend"
+        try:
+            after = apply_notice(
+                _standing(n.license_id, v.standings.get(n.license_id)),
+                license_id=n.license_id,
+                notice_id=n.notice_id,
+                action=action,
+                sequence=n.sequence,
+                reason=n.reason,
+                at=_dt(wall_ms),
+            )
+        except (NoticeOutOfOrder, LicenseAlreadyRevoked):
+            return  # the engine refuses these too: never a record the server writes
+        v.standings[n.license_id] = (
+            after.sequence,
+            after.status,
+            after.notice_id,
+            after.reason or "",
+            wall_ms,
+        )
 
     def _period(self, license_id: str, meter: str, wall_ms: int) -> str:
         """The period key of a record of ``meter`` at ``wall_ms`` (months cached by day)."""
@@ -272,9 +352,38 @@ class LedgerState:
                 lease_seconds=x.lease_seconds,
                 overdraft=x.overdraft,
                 recorded_at=_dt(x.issued_ms),
+                key_id=x.key_id,
             )
             for x in self.view.leases.values()
         ]
+
+    def standings(self) -> dict[str, Standing]:
+        """Each license's standing under the vendor's notices, as the ledger has them."""
+        out = {}
+        for lid, row in self.view.standings.items():
+            standing = _standing(lid, row)
+            assert standing is not None
+            out[lid] = standing
+        return out
+
+    def removals(self) -> dict[str, Removal]:
+        """Why each recently removed lease is gone, oldest first (for its next heartbeat)."""
+        out = {}
+        for lid, r in sorted(self.view.removed.items(), key=lambda kv: kv[1].at_ms):
+            x = r.lease
+            lease = SeatLease(
+                lease_id=x.lease_id,
+                feature=x.feature,
+                client_id=x.client_id,
+                license_id=x.license_id,
+                issued_at=_dt(x.issued_ms),
+                expires_at=_dt(x.expires_ms),
+                lease_seconds=x.lease_seconds,
+                overdraft=x.overdraft,
+                key_id=x.key_id,
+            )
+            out[lid] = Removal(lease, r.removed_by, _dt(r.at_ms), r.reason)
+        return out
 
     def topups(self) -> list[AppliedTopup]:
         return [
@@ -283,13 +392,50 @@ class LedgerState:
         ]
 
 
+def _lease_row(x: FoldLease) -> tuple[str, str, str, str, int, int, int, int]:
+    return (
+        x.lease_id,
+        x.feature,
+        x.client_id,
+        x.license_id,
+        x.issued_ms,
+        x.expires_ms,
+        x.lease_seconds,
+        int(x.overdraft),
+    )
+
+
+def _standing(license_id: str, row: tuple[int, str, str, str, int] | None) -> Standing | None:
+    if row is None:
+        return None
+    seq, status, notice_id, reason, at_ms = row
+    if status not in STATUSES:
+        raise FormatError(
+            f"the standing of license {license_id!r} is unknown",
+            expected=" or ".join(STATUSES),
+            found=repr(status)[:40],
+        )
+    return Standing(license_id, seq, status, notice_id, reason or None, _dt(at_ms))
+
+
 def view_from_state(state: State) -> StateView:
+    keys = dict(state.lease_keys)
     return StateView(
         usage={(lid, m, p): n for lid, m, p, n in state.usage},
         topups={tid: (lid, m, a, p, at) for tid, lid, m, a, p, at in state.topups},
         leases={
-            r[0]: FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+            r[0]: FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), keys.get(r[0]))
             for r in state.leases
+        },
+        standings={r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in state.standings},
+        removed={
+            r[0]: FoldRemoval(
+                FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8] or None),
+                r[9],
+                r[10] or None,
+                r[11],
+            )
+            for r in state.removals
         },
         charged={(lid, m, o): n for lid, m, o, n in state.charged},
         machines={(lid, c) for lid, c in state.machines},
@@ -350,6 +496,13 @@ def compare(truth: StateView, cache: StateView, now_ms: int, *, seats: bool = Tr
             less.append(f"lease {lid} ({x.license_id}/{x.feature}): live in the ledger only")
         for lid in sorted(live_c - set(truth.leases)):
             more.append(f"lease {lid}: live in the cache only")
+        for lid in sorted(live_t & live_c):
+            owner, cached = truth.leases[lid].key_id, cache.leases[lid].key_id
+            # A lease stripped of its key could be renewed or released by anyone.
+            if owner is not None and cached != owner:
+                less.append(
+                    f"lease {lid}: owned by key {owner} in the ledger, {cached} in the cache"
+                )
         if truth.receipt != cache.receipt:
             t_ms = truth.receipt[0] if truth.receipt else -1
             c_ms = cache.receipt[0] if cache.receipt else -1

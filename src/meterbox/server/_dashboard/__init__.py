@@ -320,4 +320,11 @@ def _imported(result: dict[str, Any], filename: str | None) -> str:
         )
     if what == "topup":
         return f"Top-up {result.get('topup_id')} imported{source}: {result.get('units'):,} units."
+    if what == "notice":
+        ended = int(result.get("leases_ended", 0))
+        return (
+            f"Notice {result.get('notice_id')} imported{source}: license "
+            f"{result.get('license_id')} is now {result.get('standing')}"
+            + (f"; {ended} seat(s) in use were ended." if ended else ".")
+        )
     return f"License {result.get('license_id')} installed{source}."

@@ -90,6 +90,21 @@ topups_table = sa.Table(
     sa.Column("issued", UTCMicros, nullable=False),
     sa.Column("document", sa.LargeBinary, nullable=False),
 )
+#: The license notices (suspend, resume, revoke) the vendor issued, numbered per license
+#: (docs/spec/suspension.md). A table added within schema 2: ``create_all`` adds it to
+#: an existing store, and no other table changes.
+notices_table = sa.Table(
+    "license_notices",
+    metadata,
+    sa.Column("notice_id", sa.String(64), primary_key=True),
+    sa.Column("license_id", sa.String(64), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(1000), nullable=True),
+    sa.Column("issued", UTCMicros, nullable=False),
+    sa.Column("document", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("license_id", "sequence", name="license_notices_sequence"),
+)
 instances_table = sa.Table(
     "instances",
     metadata,

@@ -23,7 +23,7 @@ data.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from meterbox._fs import disk_error, is_disk_full
 from meterbox.errors import ConfigError, StateError
-from meterbox.licenses import License, Topup
+from meterbox.licenses import License, LicenseNotice, Topup
 from meterbox.tpm import TpmPins
 from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.schema import (
@@ -50,6 +50,7 @@ from meterbox.vendorkit._db.schema import (
     instances_table,
     licenses_table,
     metadata,
+    notices_table,
     receipts_table,
     report_meta_table,
     report_spans_table,
@@ -84,6 +85,17 @@ class TopupRow:
     license_id: str
     meter: str
     units: int
+    issued: datetime
+    document: bytes
+
+
+@dataclass(frozen=True)
+class NoticeRow:
+    notice_id: str
+    license_id: str
+    sequence: int
+    action: str
+    reason: str | None
     issued: datetime
     document: bytes
 
@@ -363,6 +375,72 @@ class VendorStore:
             query = query.where(topups_table.c.license_id == license_id)
         with self.engine.connect() as conn:
             return [TopupRow(**r._asdict()) for r in conn.execute(query)]
+
+    # -- license notices -------------------------------------------------------------
+
+    def list_notices(self, license_id: str | None = None) -> list[NoticeRow]:
+        query = sa.select(notices_table).order_by(
+            notices_table.c.license_id, notices_table.c.sequence
+        )
+        if license_id is not None:
+            query = query.where(notices_table.c.license_id == license_id)
+        with self.engine.connect() as conn:
+            return [NoticeRow(**r._asdict()) for r in conn.execute(query)]
+
+    def add_notice(
+        self,
+        build: Callable[[int], tuple[LicenseNotice, bytes]],
+        license_id: str,
+    ) -> tuple[LicenseNotice, bytes]:
+        """Number, sign (``build(sequence) -> (notice, document)``) and store a notice.
+
+        The sequence is one above the license's last, taken in the same transaction as
+        the insert; two vendors racing for one number get a unique-constraint error for
+        the second, never two notices with one number. A revoked license gets none.
+        """
+        if self.get_license(license_id) is None:
+            raise StateError(
+                "license notice names a license the vendor store does not hold",
+                expected="a license issued from this store",
+                found=license_id,
+                hint="List licenses with `meterbox vendor licenses`",
+            )
+        try:
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    sa.select(notices_table.c.sequence, notices_table.c.action)
+                    .where(notices_table.c.license_id == license_id)
+                    .order_by(notices_table.c.sequence.desc())
+                    .limit(1)
+                ).first()
+                if rows is not None and rows.action == "revoke":
+                    raise StateError(
+                        f"license {license_id} was revoked; revocation is final",
+                        expected="a license that is not revoked",
+                        found=f"notice {rows.sequence} revoked it",
+                        hint="Issue a new license with `meterbox vendor issue` instead",
+                    )
+                notice, document = build(1 if rows is None else int(rows.sequence) + 1)
+                conn.execute(
+                    notices_table.insert(),
+                    {
+                        "notice_id": notice.notice_id,
+                        "license_id": notice.license_id,
+                        "sequence": notice.sequence,
+                        "action": notice.action,
+                        "reason": notice.reason,
+                        "issued": notice.issued,
+                        "document": document,
+                    },
+                )
+        except IntegrityError:
+            raise StateError(
+                "another license notice took the same number",
+                expected="one notice at a time per license",
+                found=f"a concurrent notice for {license_id}",
+                hint="Run the command again",
+            ) from None
+        return notice, document
 
     # -- instances, reports, receipts ------------------------------------------------
 

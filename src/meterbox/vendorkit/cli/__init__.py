@@ -17,7 +17,7 @@ from meterbox.vendorkit.cli._common import app
 # onto ``app``, and the import order is the order of ``meterbox vendor --help``, so
 # the sorter must leave it alone.
 # isort: off
-from meterbox.vendorkit.cli import _keys, _issue  # noqa: F401
+from meterbox.vendorkit.cli import _keys, _issue, _notices  # noqa: F401
 from meterbox.vendorkit.cli import _ingest, _bill  # noqa: F401
 from meterbox.vendorkit.cli import _dashboard, _anomalies, _findings  # noqa: F401
 # isort: on

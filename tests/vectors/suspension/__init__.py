@@ -1,0 +1,1 @@
+"""The license notice (suspension) vectors and their generator (``generate.py``)."""
