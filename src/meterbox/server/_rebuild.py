@@ -36,7 +36,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meterbox.ledger import LedgerWriter, RecordType
@@ -85,6 +85,7 @@ def view_of_snapshot(snap: StateSnapshot) -> StateView:
                 ms(x.expires_at),
                 x.lease_seconds,
                 x.overdraft,
+                x.key_id,
             )
             for x in snap.leases
         },
@@ -185,6 +186,9 @@ def check_state_db(
 
 def _later(fold_lease: SeatLease, cached: SeatLease) -> SeatLease:
     if cached.expires_at > fold_lease.expires_at and cached.license_id == fold_lease.license_id:
+        # The later expiry only: the owner is the ledger's, whatever the cache says.
+        if fold_lease.key_id is not None:
+            return replace(cached, key_id=fold_lease.key_id)
         return cached
     return fold_lease
 
