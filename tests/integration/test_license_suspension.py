@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from tests.support.server_proc import LICENSE_ID, Data, ServerProcess, make_data
 
 from meterbox.client import Client
@@ -33,6 +34,7 @@ from meterbox.ledger import (
 from meterbox.ledger import RecordType, SeatRemoved, parse_payload
 from meterbox.licenses import License, LicenseNotice
 from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit._db.schema import ledger_events_table, seat_events_table
 from meterbox.vendorkit._db.store import VendorStore
 
 
@@ -197,6 +199,23 @@ def test_suspend_resume_revoke_against_the_running_server(
     ]
     assert ended[0].reason is not None and "suspended by notice" in ended[0].reason
     assert ended[1].reason is not None and "revoked by notice" in ended[1].reason
+    # The vendor's ingest accepts the report and keeps the notices and the ended seats.
+    outcome = json.loads(
+        cli("vendor", "ingest", str(report), "--home", str(site.home), "--json").stdout
+    )
+    assert outcome["status"] in ("accepted", "accepted_with_findings"), outcome
+    with VendorStore.open(None, home=site.home) as db, db.engine.connect() as conn:
+        events = conn.execute(
+            sa.select(ledger_events_table.c.kind, ledger_events_table.c.payload)
+            .where(ledger_events_table.c.kind.like("license.%"))
+            .order_by(ledger_events_table.c.seq)
+        ).all()
+        removed = conn.execute(
+            sa.select(seat_events_table.c.lease_id).where(seat_events_table.c.kind == "remove")
+        ).all()
+    kinds = [(k, json.loads(p)["q"]) for k, p in events if k != "license.installed"]
+    assert kinds == [("license.suspended", 1), ("license.suspended", 2), ("license.revoked", 3)]
+    assert sorted(r[0] for r in removed) == sorted([held.lease_id, bob_lease.lease_id])
 
 
 def test_a_notice_for_another_license_or_from_another_vendor_changes_nothing(
