@@ -64,6 +64,18 @@ def _is_ui(path: str) -> bool:
     return path in _UI_EXACT or path.startswith(_UI_PREFIX)
 
 
+#: Paths that belong to the API (and its docs): a miss there stays the API's JSON 404.
+_API_PREFIXES: Final = ("/v1/", "/api/", "/docs", "/redoc", "/openapi.json", "/healthz", "/metrics")
+
+
+def _is_page_request(scope: Scope) -> bool:
+    """A browser asking for a page outside the API: a miss gets the dashboard's own 404."""
+    if scope["method"] != "GET" or scope["path"].startswith(_API_PREFIXES):
+        return False
+    accept = dict(scope.get("headers") or ()).get(b"accept", b"")
+    return b"text/html" in accept
+
+
 def _env() -> Environment:
     env = Environment(
         loader=dashboard_loader("meterbox.server._dashboard"),
@@ -92,7 +104,7 @@ class _Router:
         self.after_write = after_write
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _is_ui(scope["path"]):
+        if scope["type"] == "http" and (_is_ui(scope["path"]) or _is_page_request(scope)):
             await self.ui(scope, receive, send)
             return
         await self.api(scope, receive, send)
@@ -292,9 +304,20 @@ class _SiteDashboard:
                     session.flash.append(("error", "Nothing removed: that seat is no longer held."))
         return RedirectResponse("/#seats", status_code=303, headers=SECURITY_HEADERS)
 
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        del exc
+        return self.page(
+            "error.html",
+            http_status=404,
+            heading="Page not found",
+            message="There is no dashboard page at this address. "
+            "Use the links above, or go back to the dashboard.",
+        )
+
     def routes(self) -> Starlette:
         """The dashboard's own Starlette app (only dashboard paths reach it)."""
         return Starlette(
+            exception_handlers={404: self.not_found},
             routes=[
                 Route("/", self.index, methods=["GET"]),
                 Route("/login", self.login_form, methods=["GET"]),

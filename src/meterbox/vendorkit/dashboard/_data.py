@@ -164,9 +164,15 @@ def all_findings(src: Source) -> list[dict[str, Any]]:
 
 
 def daily_usage(
-    src: Source, start: date, end: date
+    src: Source, start: date, end: date, *, today: date | None = None
 ) -> dict[str, dict[str, list[tuple[date, int]]]]:
-    """Net units per UTC day, per meter and license, for ``start <= day < end``."""
+    """Net units per UTC day, per meter and license, for ``start <= day < end``.
+
+    Days after ``today`` are left out: a day that has not happened is no day of zero use,
+    and a chart must not draw it as one.
+    """
+    if today is not None:
+        end = min(end, today + timedelta(days=1))
     lo = datetime(start.year, start.month, start.day, tzinfo=UTC)
     hi = datetime(end.year, end.month, end.day, tzinfo=UTC)
     with src.open() as store:

@@ -13,7 +13,8 @@ a loopback port on the vendor's machine can already read ``vendor.db``.
 from __future__ import annotations
 
 import ipaddress
-from datetime import date, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from jinja2 import Environment, select_autoescape
@@ -72,6 +73,24 @@ def _period(request: Request, now: datetime) -> Period:
     return Period.parse(text)
 
 
+def _not_found(
+    page: Callable[..., HTMLResponse],
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The styled 404 page, for any address the dashboard does not serve."""
+
+    async def not_found(_: Request, exc: Exception) -> Response:
+        del exc
+        return page(
+            "error.html",
+            http_status=404,
+            nav="",
+            heading="Page not found",
+            message="There is no page at this address. Use the links above, or go to the overview.",
+        )
+
+    return not_found
+
+
 def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starlette:
     """Build the dashboard for the vendor data at ``src``; ``clock`` gives the current period."""
     env = _env()
@@ -109,7 +128,7 @@ def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starle
             return problem(exc)
         start = date(period.year, period.month, 1)
         end = (start + timedelta(days=32)).replace(day=1)
-        daily = _data.daily_usage(src, start, end)
+        daily = _data.daily_usage(src, start, end, today=now().astimezone(UTC).date())
         charts = []
         for meter, per_license in daily.items():
             series = [
@@ -169,6 +188,7 @@ def build_vendor_dashboard(src: Source, *, clock: Clock | None = None) -> Starle
         )
 
     return Starlette(
+        exception_handlers={404: _not_found(page)},
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/reports/{digest:str}", report, methods=["GET"]),
