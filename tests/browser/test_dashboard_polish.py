@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 from meterbox.vendorkit.dashboard._data import Source, daily_usage
 from meterbox.vendorkit.dashboard.app import build_vendor_dashboard
 from meterbox.vendorkit.ingest import ingest
-from support.browser import ServerThread, Site, screenshot_path
+from support.browser import ServerThread, Site, screenshot_path, vendor
 
 pytestmark = pytest.mark.browser
 
@@ -96,6 +96,42 @@ def test_the_site_dashboard_has_a_styled_404_and_the_api_keeps_its_json(
         assert api.status_code == 404
         assert api.headers["content-type"].startswith("application/json")
         assert api.json()["error"]["code"] == "not_found"
+
+
+def test_a_suspension_imported_through_the_form_is_said_on_the_seats_panel(
+    browser: Browser, site: Site, tmp_path: Path
+) -> None:
+    licenses = vendor("licenses", "--home", str(site.vendor_home), "--json")
+    [license_id] = re.findall(r'"license_id": "(lic_[0-9a-f]+)"', licenses)
+    files = {}
+    for action in ("suspend", "resume"):
+        files[action] = tmp_path / f"{action}.ntc"
+        vendor(
+            action, "--home", str(site.vendor_home), "--license", license_id,
+            "--reason", "invoice 2025-014 unpaid", "-o", str(files[action]),
+        )  # fmt: skip
+    context = browser.new_context(viewport=NARROW)
+    page = context.new_page()
+    login(page, site)
+    upload = page.get_by_label("Receipt, top-up, notice or license file")
+    upload.set_input_files(files["suspend"])
+    page.get_by_role("button", name="Import").click()
+    flash = page.get_by_test_id("flash")
+    expect(flash).to_contain_text(f"license {license_id} is now suspended")
+    expect(page.get_by_test_id("in-use-cad")).to_have_text("no seats granted")
+    expect(page.get_by_test_id("refused-cad")).to_contain_text("invoice 2025-014 unpaid")
+    reads_as_words(page, "the dashboard of a suspended license")
+    no_horizontal_scroll(page, "the dashboard of a suspended license")
+    page.get_by_label("Receipt, top-up, notice or license file").set_input_files(files["resume"])
+    page.get_by_role("button", name="Import").click()
+    expect(flash).to_contain_text(f"license {license_id} is now active")
+    expect(page.get_by_test_id("in-use-cad")).to_have_text("0 of 2 in use")
+    # The same suspension again is refused, in words.
+    page.get_by_label("Receipt, top-up, notice or license file").set_input_files(files["suspend"])
+    page.get_by_role("button", name="Import").click()
+    expect(flash).to_contain_text("not newer than the last notice")
+    expect(page.get_by_test_id("in-use-cad")).to_have_text("0 of 2 in use")
+    context.close()
 
 
 @pytest.fixture

@@ -110,7 +110,8 @@ def test_export_download_verifies_and_the_receipt_imports_through_the_form(
     assert outcome.receipt_path is not None
 
     expect(page.get_by_test_id("last-receipt")).to_have_text("none yet")
-    page.get_by_label("Receipt, top-up or license file").set_input_files(outcome.receipt_path)
+    upload = page.get_by_label("Receipt, top-up, notice or license file")
+    upload.set_input_files(outcome.receipt_path)
     page.get_by_role("button", name="Import").click()
     expect(page.get_by_test_id("flash")).to_contain_text("Receipt")
     expect(page.get_by_test_id("flash")).to_contain_text("imported")
@@ -120,7 +121,7 @@ def test_export_download_verifies_and_the_receipt_imports_through_the_form(
     # A file that is not a vendor document is refused with an explanation; nothing changes.
     bogus = tmp_path / "bogus.bin"
     bogus.write_bytes(b"certainly not a receipt")
-    page.get_by_label("Receipt, top-up or license file").set_input_files(bogus)
+    page.get_by_label("Receipt, top-up, notice or license file").set_input_files(bogus)
     page.get_by_role("button", name="Import").click()
     expect(page.get_by_test_id("flash")).to_contain_text("Nothing imported from bogus.bin")
     context.close()

@@ -626,9 +626,13 @@ class Engine:
             offering = [lic for lic in self.ordered() if feature in lic.features]
             usable = [lic for lic in offering if self.blocked(lic, now) is None]
             live = sorted(self.seats.live(feature, now), key=lambda x: (x.issued_at, x.lease_id))
+            # Why nothing is granted when no license offering the feature is usable
+            # (suspended, revoked, expired, report overdue): said, not shown as 0 of 0.
+            err = self.blocked(offering[0], now) if offering and not usable else None
             out.append(
                 {
                     "feature": feature,
+                    "refused": None if err is None else err.problem,
                     "seats": sum(lic.features[feature].seats for lic in usable),
                     "overdraft": sum(lic.features[feature].overdraft for lic in usable),
                     "in_use": len(live),

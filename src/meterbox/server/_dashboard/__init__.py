@@ -266,7 +266,10 @@ class _SiteDashboard:
             filename = upload.filename if isinstance(upload, UploadFile) else None
         if not blob:
             session.flash.append(
-                ("error", "Nothing imported: choose a receipt, top-up or license file first.")
+                (
+                    "error",
+                    "Nothing imported: choose a receipt, top-up, notice or license file first.",
+                )
             )
         else:
             try:
