@@ -237,3 +237,19 @@ def test_a_notice_for_another_license_or_from_another_vendor_changes_nothing(
     assert refused.returncode != 0
     with Client(server.url, client_id="c@ws", spool=tmp_path / "c.db") as c:
         assert c.checkout("cad").client_id == "c@ws"
+
+
+def test_deleting_or_editing_the_state_files_does_not_lift_a_suspension(
+    site: Data, server: ServerProcess, tmp_path: Path
+) -> None:
+    site_import(site, notice(site, tmp_path, "suspend", "audit pending"))
+    server.stop()
+    # The standing is not in state.db at all: it comes from the ledger. Delete the file,
+    # and every other cache, and start again.
+    for name in ("state.db", "state.db-wal", "state.db-shm", "cryptolens.db"):
+        (site.data / name).unlink(missing_ok=True)
+    server.start()
+    status, code, message = error_of(
+        httpx.post(f"{server.url}/v1/seats/checkout", json={"feature": "cad", "client_id": "x"})
+    )
+    assert (status, code) == (403, "license_suspended") and "audit pending" in message
