@@ -816,21 +816,21 @@ class LicenseService:
                 )
             )
             task = self._write(record)
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.undo_notice(license_id, previous, removals)
+            raise
+        # Only once the notice is on record: a removal must never be in the ledger
+        # without the notice that caused it.
+        async with self._lock:
             ended = [
                 self._write(
                     SeatRemoved(lease_id=r.lease.lease_id, removed_by=r.removed_by, reason=r.reason)
                 )
                 for r in removals
             ]
-        try:
-            seq = await self._durable(task)
-        except UnavailableError:
-            async with self._lock:
-                self.engine.undo_notice(license_id, previous, removals)
-            for t in ended:
-                with contextlib.suppress(Exception):
-                    await t
-            raise
         for t in ended:
             try:
                 seq = await self._durable(t)
