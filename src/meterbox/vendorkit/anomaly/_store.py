@@ -13,10 +13,11 @@ Invariants:
 
 * rejected reports are not history: their rows were rolled back, and their report rows
   are skipped;
-* cost is bounded: usage reaches the detectors summed per minute (an :class:`Event`
-  with ``count``), so a million-record report is at most one event per minute of its
-  span; ingest reads at most :data:`INGEST_REPORTS` reports and records dated at most
-  :data:`INGEST_WINDOW_MS` before the judged report's earliest new record;
+* cost is bounded: usage reaches the detectors summed per minute and meter (an
+  :class:`Event` with ``count`` and ``meter``), so a million-record report is at most
+  one event per minute of its span and meter; ingest reads at most
+  :data:`INGEST_REPORTS` reports and records dated at most :data:`INGEST_WINDOW_MS`
+  before the judged report's earliest new record;
 * the store keeps microseconds; the detectors work in milliseconds, so every time is
   divided by 1000 here, exactly once;
 * leases checked out before the window and ended inside it are named in
@@ -194,8 +195,8 @@ def _events(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
 ) -> list[Event]:
     out = [
-        Event(seq, USAGE, minute * 60_000, amount=amount, count=n)
-        for seq, minute, n, amount in q.usage_per_minute(conn, instance_id, lo, hi, since_us)
+        Event(seq, USAGE, minute * 60_000, amount=amount, count=n, meter=meter)
+        for seq, minute, meter, n, amount in q.usage_per_minute(conn, instance_id, lo, hi, since_us)
     ]
     for seq, t_us, kind, lease in q.seat_events(conn, instance_id, lo, hi, since_us):
         mapped = _SEAT_KINDS.get(kind)
