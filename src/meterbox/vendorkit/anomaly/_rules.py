@@ -638,9 +638,14 @@ def _judge_rate(
     if n < th.min_history_slices:
         return None
     base = statistics.median(past)
-    mad_sd = 1.4826 * statistics.median(abs(x - base) for x in past)
+    # The larger of the robust and the classical spread: with a few samples the MAD
+    # often lands on two near-equal slices and reports almost no spread (a 3-seat
+    # site whose weeks swing by 25 % showed a MAD of 1 %), while an outlier slice
+    # inflates the classical one. Taking the larger costs sensitivity, never a false
+    # alarm, which is the order the false-alarm budget asks for (ADR 0027).
+    spread = max(1.4826 * statistics.median(abs(x - base) for x in past), statistics.stdev(past))
     k = th.rate_prior_weight
-    drift_var = (k * th.rate_sigma_prior**2 + n * mad_sd**2) / (k + n)
+    drift_var = (k * th.rate_sigma_prior**2 + n * spread**2) / (k + n)
     if units > 0:
         log_now, sample_var = math.log(units / seat_hours), max(sum_sq / units**2, 0.0)
     else:
