@@ -26,6 +26,11 @@ their figures published in docs/benchmarks.md. The CI run
 
     .venv/bin/python bench/anomaly_eval.py simulate --seeds held-out --out /tmp/ho
     .venv/bin/python bench/anomaly_eval.py judge /tmp/ho --json figures.json
+
+Calibration (ADR 0027) reads development case files only, and refuses held-out ones:
+
+    .venv/bin/python bench/anomaly_eval.py simulate --seeds dev --out /tmp/dev
+    .venv/bin/python bench/anomaly_eval.py calibrate /tmp/dev
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _server_sim import ATTACKS, LEGIT, POLICY, SiteSim, Vendor, histories, site_profile
 from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, ThresholdsConfig, detect
+from meterbox.vendorkit.anomaly._rules import weak_usage_drop
 
 #: Seeds used while developing and calibrating.
 DEV_SEEDS: tuple[int, ...] = tuple(range(100, 112))
@@ -281,6 +287,82 @@ def evaluate(seeds: Sequence[int], cases: Sequence[str]) -> Tally:
     return tally
 
 
+# --------------------------------------------------------------- calibration
+#: The false-alarm budget: clean reports with a warning or critical finding.
+BUDGET = 0.02
+
+
+@dataclass
+class Calibration:
+    """What honest development reports score, per detector (ADR 0027)."""
+
+    reports: int = 0
+    #: Reports carrying each code, per severity.
+    seen: dict[str, Counter[str]] = field(default_factory=dict)
+    #: Each scored code's scores on honest reports (z, cost in days, ms moved, ...).
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    #: Honest reports whose usage is weakly below history (one strand of the triple).
+    weak_drops: int = 0
+
+    def add(self, h: InstanceHistory, found: Sequence[Anomaly], th: ThresholdsConfig) -> None:
+        self.reports += 1
+        for a in found:
+            self.seen.setdefault(a.code, Counter())[a.severity] += 1
+            if a.score is not None:
+                self.scores.setdefault(a.code, []).append(a.score)
+        if weak_usage_drop(h, th) is not None:
+            self.weak_drops += 1
+
+    def as_dict(self) -> dict[str, object]:
+        n = self.reports
+        rows: dict[str, object] = {}
+        for code, sev in sorted(self.seen.items()):
+            k = sev["warning"] + sev["critical"]
+            lo, hi = wilson(k, n)
+            sc = self.scores.get(code, [])
+            rows[code] = {
+                "info": sev["info"],
+                "alarm": k,
+                "alarm_ci95": [round(lo, 4), round(hi, 4)],
+                "score_min": round(min(sc), 3) if sc else None,
+                "score_max": round(max(sc), 3) if sc else None,
+            }
+        lo, hi = wilson(self.weak_drops, n)
+        return {
+            "honest_reports": n,
+            "budget": BUDGET,
+            "codes": rows,
+            "weak_usage_drop": {"k": self.weak_drops, "ci95": [round(lo, 4), round(hi, 4)]},
+        }
+
+
+def calibrate_dir(directory: Path, th: ThresholdsConfig = THRESHOLDS) -> Calibration:
+    """Score every honest report (clean, and each legitimate case's judged report).
+
+    Development seeds only: a held-out seed here would leak it into the thresholds.
+    """
+    cal = Calibration()
+    for path in sorted(directory.glob("seed-*.pkl")):
+        seed = int(path.stem[5:])
+        if seed not in DEV_SEEDS:
+            raise SystemExit(
+                f"calibrate reads development seeds only ({DEV_SEEDS[0]}-{DEV_SEEDS[-1]}); "
+                f"found {path.name}. Move held-out case files elsewhere and run again"
+            )
+        for run in load_runs(path):
+            if run.case != "clean" and run.case not in LEGIT:
+                continue
+            main = run.main
+            indices = (
+                range(MIN_HISTORY, len(main.reports))
+                if run.case == "clean"
+                else [len(main.reports) - 1]
+            )
+            for i in indices:
+                cal.add(prefix(main, i + 1), judge(main, i, run.others, th), th)
+    return cal
+
+
 def _fast_tmp() -> str | None:
     shm = Path("/dev/shm")
     return str(shm) if shm.is_dir() else None
@@ -318,9 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     jd.add_argument("dir", type=Path)
     jd.add_argument("--json", type=Path)
     jd.add_argument("--markdown", action="store_true")
+    cal = sub.add_parser("calibrate", help="honest development reports' scores per detector")
+    cal.add_argument("dir", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "simulate":
         simulate(_seeds(args.seeds), args.out, args.cases, progress=args.progress)
+        return 0
+    if args.cmd == "calibrate":
+        print(json.dumps(calibrate_dir(args.dir).as_dict(), indent=2, sort_keys=True))
         return 0
     t0 = time.monotonic()
     figures = judge_dir(args.dir).as_dict()

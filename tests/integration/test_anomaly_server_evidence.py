@@ -120,3 +120,27 @@ def test_whole_small_meter_dropped_is_a_meter_rate_warning(base: SiteSim, tmp_pa
     main, _ = run(base, "drop_meter", tmp_path)
     found = [a for a in last(main) if a.code == R.METER_RATE]
     assert found and "'export'" in found[0].message
+
+
+def test_ingest_judges_each_meter_from_the_store(base: SiteSim, tmp_path: Path) -> None:
+    """The vendor store keeps each usage record's meter; ingest's detectors read it."""
+    sim = base.fork("drop_meter", tmp_path / "drop_meter").run()
+    main, *_ = histories(sim)
+    at_ingest = sim.ingest_findings[main.reports[-1].digest[:16]]
+    assert (R.METER_RATE, "warning") in at_ingest, at_ingest
+    # Every report before the attack was judged at ingest too, and none per meter.
+    earlier = [sim.ingest_findings[r.digest[:16]] for r in main.reports[:-1]]
+    assert all(R.METER_RATE not in {c for c, _ in f} for f in earlier)
+
+
+def test_restored_copy_with_lost_work_is_combined_evidence_and_a_power_cut_is_not(
+    base: SiteSim, tmp_path: Path
+) -> None:
+    """Lost checkouts and a working day lost together are critical; a power cut stays info."""
+    main, _ = run(base, "snapshot_stopped_seats", tmp_path)
+    found = last(main)
+    warned = {a.code for a in found if a.severity == "warning"}
+    assert R.LEASE_UNKNOWN in warned and warned & {R.DOWNTIME, R.USAGE_RATE}, warned
+    assert [a.severity for a in found if a.code == R.COMBINED] == ["critical"]
+    cut, _ = run(base, "power_cut", tmp_path)
+    assert R.COMBINED not in {a.code for a in last(cut)}

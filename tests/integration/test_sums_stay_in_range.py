@@ -51,4 +51,4 @@ def test_three_reports_at_the_per_report_bound_sum_exactly(store: VendorStore) -
         minutes = queries.usage_per_minute(conn, INSTANCE, 0, 10, None)
 
     assert sums == {("lic_a", "solver"): 3 * PER_REPORT}
-    assert [(m[2], m[3]) for m in minutes] == [(3, 3 * PER_REPORT)]
+    assert [(m[2], m[3], m[4]) for m in minutes] == [("solver", 3, 3 * PER_REPORT)]

@@ -19,6 +19,7 @@ from meterbox.ledger import LedgerWriter
 from meterbox.licenses import Feature, License, Meter
 from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit.anomaly import INGEST_MIN_REPORTS, INGEST_WINDOW_MS, instance_history
 from support.vendor_ingest import (
     SITE_START_MS,
     Site,
@@ -180,3 +181,31 @@ def test_interval_override_and_license_interval_for_lateness(
     assert anomalies(home, store_url) == []
     # ... and an override of the interval is still honoured (1 day: still on time).
     assert anomalies(home, store_url, "--report-every-days", "1") == []
+
+
+def test_ingest_window_keeps_four_reports_of_a_monthly_reporter(
+    tmp_path: Path, store_url: str
+) -> None:
+    """Eight weeks hold two monthly reports; the window keeps four, as for a weekly one."""
+
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
+    for n in range(6):
+        busy_hour(site, f"L{n}")
+        ingest_ok(home, site.export(tmp_path / f"r{n}.mbr"), store_url)
+        site.clock.advance(days(30))  # a month between reports
+    first_wall = site.clock.wall_ms()
+    busy_hour(site, "L6")
+    ingest_ok(home, site.export(tmp_path / "r6.mbr"), store_url)
+    with VendorStore.open(store_url, home=home) as s, s.engine.connect() as conn:
+        iid = site.writer.instance_id.hex()
+        since = first_wall - INGEST_WINDOW_MS
+        by_time = instance_history(conn, iid, license_id="lic_acme", since_ms=since)
+        kept = instance_history(
+            conn, iid, license_id="lic_acme", since_ms=since, min_reports=INGEST_MIN_REPORTS
+        )
+    with_usage = [sum(e.kind == "usage" for e in r.events) > 0 for r in kept.reports[:-1]]
+    # By time alone, the reports before the last two lose their records.
+    assert sum(sum(e.kind == "usage" for e in r.events) > 0 for r in by_time.reports[:-1]) <= 2
+    assert with_usage[-INGEST_MIN_REPORTS:] == [True] * INGEST_MIN_REPORTS
+    assert with_usage[:-INGEST_MIN_REPORTS] == [False] * (6 - INGEST_MIN_REPORTS)

@@ -9,6 +9,7 @@ Public API::
     Known, ChainState  what the vendor acknowledged before (for extension checks)
     Finding            one problem, with a stable code (see _findings)
     RecordType, Record, Head, LedgerConfig
+    ClockSteps         the wall-clock steps a writer sealed (count and last step)
     read_head          a ledger's head, read without writing (queries on a stopped server)
     recent_heads       the chain hashes of a ledger's last records (heads a witness may name)
     hash_at            the chain hash of one record of a ledger, recomputed from its frames
@@ -26,7 +27,7 @@ from meterbox.ledger._recovery import Recovery
 from meterbox.ledger._report import ExportInfo, export_report
 from meterbox.ledger._seal import Head
 from meterbox.ledger._verify import ChainState, Known, ReportHeader, ReportResult, ReportVerifier
-from meterbox.ledger._writer import Appended, LedgerConfig, LedgerWriter
+from meterbox.ledger._writer import Appended, ClockSteps, LedgerConfig, LedgerWriter
 from meterbox.ledger.records import (
     Boot,
     Checkpoint,
@@ -66,6 +67,7 @@ __all__ = [
     "ChainState",
     "Checkpoint",
     "ClockStep",
+    "ClockSteps",
     "ExportInfo",
     "Finding",
     "Genesis",

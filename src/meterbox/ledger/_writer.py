@@ -111,6 +111,22 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockSteps:
+    """The wall-clock steps this writer sealed as CLOCK_STEP records since it opened.
+
+    The writer is the server's one clock-step detector (it compares wall time with
+    monotonic time before every batch, ``LedgerConfig.clock_step_threshold_ms``); the
+    operator's views (metric, status, log) read this instead of detecting again.
+    """
+
+    count: int = 0
+    #: The last step's size (wall minus monotonic moved by this much), in ms.
+    last_delta_ms: int | None = None
+    #: The wall time (ms since the epoch) just after the last step.
+    last_wall_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     seq: int
     head: Head
@@ -172,6 +188,7 @@ class LedgerWriter:
         self._since_checkpoint = 0
         self._epoch_started_mono = clock.mono_ms()
         self._clock_offset = clock.wall_ms() - clock.mono_ms()
+        self._clock_steps = ClockSteps()
         #: Set when a failed batch could not be cut back: no further write is allowed.
         self._stopped: StateError | None = None
         self.recovery: Recovery | None = None
@@ -411,6 +428,11 @@ class LedgerWriter:
     def head(self) -> Head:
         """The last durable head."""
         return self._durable_head
+
+    @property
+    def clock_steps(self) -> ClockSteps:
+        """The clock steps sealed since open (replaced whole, so safe to read from any thread)."""
+        return self._clock_steps
 
     @property
     def instance_id(self) -> bytes:
@@ -672,6 +694,7 @@ class LedgerWriter:
         delta = offset - self._clock_offset
         if abs(delta) >= self.config.clock_step_threshold_ms:
             self._clock_offset = offset
+            self._clock_steps = ClockSteps(self._clock_steps.count + 1, delta, wall)
             yield pending(
                 RecordType.CLOCK_STEP,
                 ClockStep(delta_ms=delta, wall_ms=wall, mono_ms=mono).to_map(),

@@ -26,11 +26,12 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
 from meterbox.errors import FormatError, LeaseRemoved, NoSeatAvailable, PolicyDenied
+from meterbox.ledger import ClockSteps
 from meterbox.ledger.records import (
     Heartbeat,
     LicenseInstalled,
@@ -63,14 +64,14 @@ from meterbox.server._core.changes import (
     TopupPut,
     UsageDelta,
 )
-from meterbox.server._core.clock import DEFAULT_STEP_THRESHOLD, LicenseClock
+from meterbox.server._core.clock import LicenseClock
 from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
 from meterbox.server._core.standing import Standing
 from meterbox.server._errors import LeaseNotFound, UnavailableError
-from meterbox.server._sinks import EventSink, HasHead
+from meterbox.server._sinks import EventSink, HasClockSteps, HasHead
 from meterbox.server._state import StateStore
 from meterbox.server._witness import MISMATCHES, Verdict, WitnessDesk
 from meterbox.witness import WitnessHead
@@ -95,8 +96,10 @@ class ServiceConfig:
     heartbeat_interval: float = 60.0
     #: Seconds between prunes of idempotency keys older than the engine's TTL.
     prune_interval: float = 600.0
-    #: Wall-vs-monotonic difference, in seconds, reported as a clock step.
-    step_threshold: float = DEFAULT_STEP_THRESHOLD
+
+
+#: What a sink without a sealed ledger reports: no detector, no step.
+_NO_STEPS = ClockSteps()
 
 
 def _epoch(t: datetime) -> int:
@@ -160,7 +163,9 @@ class LicenseService:
         #: The site admin's activity log (who had which seat); None writes none.
         self.activity: ActivityLog | None = None
         self._side: list[asyncio.Future[int]] = []
-        self.clock_steps = 0
+        #: The ledger writer's step count when :meth:`now` last looked (for the log).
+        self._steps_logged = 0
+        self._has_steps: bool | None = None
         self.counters: dict[str, int] = {
             "checkouts": 0,
             "renewals": 0,
@@ -208,7 +213,7 @@ class LicenseService:
         )
         if snap.last_receipt is not None:
             floor = max(floor, snap.last_receipt.vendor_time)
-        license_clock = LicenseClock(floor=floor, step_threshold=settings.step_threshold)
+        license_clock = LicenseClock(floor=floor)
         assert snap.instance_id is not None
         return cls(
             engine,
@@ -223,15 +228,32 @@ class LicenseService:
 
     # -------------------------------------------------------------- clock
     def now(self) -> datetime:
-        """License time; a detected wall-clock step is queued as a ``clock.step`` record."""
-        reading = self.license_clock.observe(self._clock.now(), self._clock.mono_ms() / 1000)
-        if reading.step is not None:
-            self.clock_steps += 1
-            # The ledger writer records the step itself (CLOCK_STEP is evidence the
-            # ledger gathers, never a record the server may write).
-            step_ms = round(reading.step.delta_seconds * 1000)
-            log.warning("wall clock stepped by %d ms", step_ms, extra={"step_ms": step_ms})
-        return reading.now
+        """License time (never earlier than any time handed out before)."""
+        now = self.license_clock.observe(self._clock.now(), self._clock.mono_ms() / 1000)
+        steps = self.clock_step_info()
+        if steps.count != self._steps_logged:
+            self._steps_logged = steps.count
+            log.warning(
+                "wall clock stepped by %d ms",
+                steps.last_delta_ms,
+                extra={"step_ms": steps.last_delta_ms},
+            )
+        return now
+
+    def clock_step_info(self) -> ClockSteps:
+        """The wall-clock steps the ledger sealed since start (its writer is the one detector).
+
+        A sink without a sealed ledger (the test sink) detects none.
+        """
+        # Checked once, like the head: a runtime protocol check on every call costs more.
+        if self._has_steps is None:
+            self._has_steps = isinstance(self.sink, HasClockSteps)
+        return self.sink.clock_steps() if self._has_steps else _NO_STEPS  # type: ignore[attr-defined]
+
+    @property
+    def clock_steps(self) -> int:
+        """How many wall-clock steps the ledger sealed as CLOCK_STEP records since start."""
+        return self.clock_step_info().count
 
     # --------------------------------------------------------- plumbing
     def _flush_state(self, batches: list[list[Change]]) -> list[None]:
@@ -1073,7 +1095,7 @@ class LicenseService:
 
     def status(self) -> dict[str, Any]:
         view = status_view(
-            self.engine, self.now(), self.instance_id, self.ledger_head(), self.clock_steps
+            self.engine, self.now(), self.instance_id, self.ledger_head(), self.clock_step_info()
         )
         view["witness"] = self.witnesses.status()
         return view
@@ -1098,11 +1120,12 @@ def status_view(
     now: datetime,
     instance_id: str,
     seq_head: tuple[int, str] | None,
-    clock_steps: int = 0,
+    clock_steps: ClockSteps | None = None,
 ) -> dict[str, Any]:
     """The ``/v1/status`` document; pure, so a stopped server's status is the same shape."""
     seats = engine.seats_view(now)
     receipt = engine.last_receipt
+    steps = clock_steps or _NO_STEPS
     return {
         "instance_id": instance_id,
         "license_time": now.isoformat(),
@@ -1121,7 +1144,13 @@ def status_view(
             }
             for b in engine.balances(now)
         },
-        "clock_steps": clock_steps,
+        "clock_steps": steps.count,
+        "last_clock_step": None
+        if steps.last_delta_ms is None or steps.last_wall_ms is None
+        else {
+            "delta_ms": steps.last_delta_ms,
+            "at": datetime.fromtimestamp(steps.last_wall_ms / 1000, UTC).isoformat(),
+        },
     }
 
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgpack
 
 from meterbox.errors import FormatError
-from meterbox.ledger import hash_at
+from meterbox.ledger import ClockSteps, hash_at
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._errors import UnavailableError
 
@@ -48,11 +48,21 @@ class HasHead(Protocol):
         ...
 
 
+@runtime_checkable
+class HasClockSteps(Protocol):
+    def clock_steps(self) -> ClockSteps:
+        """The wall-clock steps the ledger writer sealed since it opened."""
+        ...
+
+
 class _Writer(Protocol):
     def submit(self, record_type: Any, payload: dict[str, Any]) -> Future[Any]: ...
 
     @property
     def head(self) -> Any: ...
+
+    @property
+    def clock_steps(self) -> ClockSteps: ...
 
     def snapshot(self) -> contextlib.AbstractContextManager[Any]: ...
 
@@ -88,6 +98,10 @@ class LedgerEventSink:
         order and makes it durable with its batch. Close the writer to flush it.
         """
         return self._writer.submit(self._record_type(kind), payload)
+
+    def clock_steps(self) -> ClockSteps:
+        """The writer's own clock-step evidence: the count and last step it sealed."""
+        return self._writer.clock_steps
 
     def head_info(self) -> tuple[int, str]:
         head = self._writer.head

@@ -107,6 +107,7 @@ from meterbox.vendorkit._ingest_core import (
 from meterbox.vendorkit._tpm_check import TpmReportCheck
 from meterbox.vendorkit._witness import WitnessCheck
 from meterbox.vendorkit.anomaly import (
+    INGEST_MIN_REPORTS,
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
     Pending,
@@ -636,7 +637,8 @@ def anomaly_findings(
 
     Runs inside the ingest transaction, after the report's rows are written. Bounded:
     the last :data:`INGEST_REPORTS` reports, records dated from ``since_ms`` (ingest
-    passes :data:`INGEST_WINDOW_MS` before the report's earliest new record), usage
+    passes :data:`INGEST_WINDOW_MS` before the report's earliest new record) or of the
+    last :data:`INGEST_MIN_REPORTS` accepted reports, whichever reaches further, usage
     summed per minute. Clock checks are left out (ingest ran them on every
     record); so are clone checks (:func:`check_clones` decides those, critically).
     """
@@ -647,6 +649,7 @@ def anomaly_findings(
         pending=pending,
         max_reports=INGEST_REPORTS,
         since_ms=since_ms,
+        min_reports=INGEST_MIN_REPORTS,
     )
     th = ThresholdsConfig() if policy is None else ThresholdsConfig(clock=policy)
     return [as_finding(a) for a in detect(history, thresholds=th, clock=False)]

@@ -195,24 +195,30 @@ def report_rows(
 
 def usage_per_minute(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
-) -> list[tuple[int, int, int, int]]:
-    """(first seq, minute index since the epoch, records, net units) for seqs in [lo, hi].
+) -> list[tuple[int, int, str, int, int]]:
+    """(first seq, minute index since the epoch, meter, records, net units), seqs in [lo, hi].
 
-    Summed per report in SQL (bounded, see :func:`usage_sums`) and across reports here.
+    One row per minute and meter, so the detectors judge each meter against its own
+    history (a whole small meter dropped is not hidden in the total). Summed per
+    report in SQL (bounded, see :func:`usage_sums`) and across reports here.
     """
     u = usage_table
     ts = micros(u.c.ts)
     minute = (ts // _MINUTE_US).label("minute")
     query = sa.select(
-        sa.func.min(u.c.seq), minute, sa.func.count(), sa.func.sum(_signed_amount())
+        sa.func.min(u.c.seq), minute, u.c.meter, sa.func.count(), sa.func.sum(_signed_amount())
     ).where(u.c.instance_id == instance_id, u.c.seq >= lo, u.c.seq <= hi)
     if since_us is not None:
         query = query.where(ts >= since_us)
-    per_minute: dict[int, tuple[int, int, int]] = {}
-    for seq, m, n, amount in conn.execute(query.group_by(minute, u.c.report_digest)):
-        first, count, units = per_minute.get(int(m), (int(seq), 0, 0))
-        per_minute[int(m)] = (min(first, int(seq)), count + int(n), units + int(amount or 0))
-    return [(first, m, n, units) for m, (first, n, units) in sorted(per_minute.items())]
+    per_minute: dict[tuple[int, str], tuple[int, int, int]] = {}
+    grouped = query.group_by(minute, u.c.meter, u.c.report_digest)
+    for seq, m, meter, n, amount in conn.execute(grouped):
+        key = (int(m), str(meter))
+        first, count, units = per_minute.get(key, (int(seq), 0, 0))
+        per_minute[key] = (min(first, int(seq)), count + int(n), units + int(amount or 0))
+    return [
+        (first, m, meter, n, units) for (m, meter), (first, n, units) in sorted(per_minute.items())
+    ]
 
 
 def seat_events(

@@ -9,7 +9,8 @@ Public API::
     event_from_record                       a verified ledger record, reduced
     ThresholdsConfig, LearnedConfig               every tunable
     instance_history, Pending,              stored histories and the rows ingest adds to
-    INGEST_REPORTS, INGEST_WINDOW_MS        them (for meterbox.vendorkit.ingest)
+    INGEST_REPORTS, INGEST_WINDOW_MS,       them (for meterbox.vendorkit.ingest)
+    INGEST_MIN_REPORTS
 
 Cryptography proves what happened before the last receipt; after it, and against a
 customer who controls the machine, these detectors find *evidence*: silences, clock
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from meterbox.vendorkit.anomaly._combine import combined as _combined
 from meterbox.vendorkit.anomaly._features import (
     DAY_MS,
     Event,
@@ -33,6 +35,7 @@ from meterbox.vendorkit.anomaly._learned import learned as _learned_detector
 from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly
 from meterbox.vendorkit.anomaly._rules import run_rules as _run_rules
 from meterbox.vendorkit.anomaly._store import (
+    INGEST_MIN_REPORTS,
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
     Pending,
@@ -43,6 +46,7 @@ from meterbox.vendorkit.anomaly._store import (
 __all__ = [
     "CODES",
     "DAY_MS",
+    "INGEST_MIN_REPORTS",
     "INGEST_REPORTS",
     "INGEST_WINDOW_MS",
     "Anomaly",
@@ -70,14 +74,18 @@ def detect(
     use_learned: bool = True,
     clock: bool = True,
 ) -> list[Anomaly]:
-    """Rules, then the learned detector, over the last report of ``judged``.
+    """Rules, combined evidence, then the learned detector, over the last report of ``judged``.
 
     ``peers``: other instances of the same license (clone check). ``customer``: other
     instances of the same customer, whose accepted days train the learned detector.
     ``clock=False`` leaves out the clock and heartbeat checks (ingest runs them itself,
     over every record, as the report streams in).
     """
-    out = _run_rules(judged, peers, thresholds, clock=clock)
+    th = thresholds or ThresholdsConfig()
+    out = _run_rules(judged, peers, th, clock=clock)
+    # Combined evidence reads the rules' findings; the learned detector's outliers are
+    # no strand of it (an unusual day is not a kind of evidence of its own).
+    out.extend(_combined(judged, out, th))
     if use_learned:
         out.extend(_learned_detector(judged, customer, learned_config))
     return out

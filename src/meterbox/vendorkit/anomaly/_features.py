@@ -134,6 +134,10 @@ class ThresholdsConfig:
     #: Accepted history is cut into slices this long for the usage baselines, so a
     #: monthly reporter has as many baseline samples as a weekly one.
     slice_ms: int = 7 * DAY_MS
+    #: A weak drop of usage per seat-hour (this many deviations and this relative drop)
+    #: is no finding on its own; it counts only towards :data:`COMBINED` evidence.
+    weak_rate_z: float = 2.0
+    weak_rate_floor: float = 0.15
     #: Accepted reports needed before history-based rules speak (and slices of
     #: accepted history, whichever is the stronger requirement).
     min_history_reports: int = 2

@@ -63,6 +63,7 @@ LEARNED: Final = "anomaly.learned"
 DOWNTIME: Final = "anomaly.downtime"
 BEFORE_ISSUE: Final = "anomaly.before_issue"
 METER_RATE: Final = "anomaly.meter_rate"
+COMBINED: Final = "anomaly.combined"
 
 #: Clock rules that lived here before the single implementation in
 #: :mod:`meterbox.vendorkit.clockcheck`: old code -> the code that reports it now.
@@ -93,6 +94,8 @@ CODES: Final[dict[str, str]] = {
     BEFORE_ISSUE: "records are dated before the license was issued (a clock set back, "
     "typically on a fresh copy of the server)",
     METER_RATE: "one meter's usage per seat-hour fell out of line with its own history",
+    COMBINED: "independent kinds of evidence in one report (stops, usage, clock, lost "
+    "records) that no routine operation produces together",
     **{old: f"{clockcheck.CODES[new]} (now reported as {new})" for old, new in RENAMED.items()},
 }
 
@@ -544,19 +547,10 @@ def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     only.
     """
     report = _judged(h)
-    if report is None or not _enough_history(h, th):
+    rates = _rate_inputs(h, th)
+    if report is None or rates is None:
         return []
-    past_events = [e for r in h.reports[:-1] for e in r.events]
-    now = _rate_sample(report.events, _context(h).open_leases)
-    if now.seat_hours < th.rate_min_seat_hours:
-        return []
-    past = [
-        x
-        for x in _slice_samples(past_events, th.slice_ms)
-        if x.seat_hours >= th.rate_min_seat_hours
-    ][-th.rate_window :]
-    if len(past) < th.min_history_slices:
-        return []
+    past, now = rates
     out: list[Anomaly] = []
     total = _judge_rate(
         [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
@@ -583,6 +577,45 @@ def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     return out
 
 
+def _rate_inputs(
+    h: InstanceHistory, th: ThresholdsConfig
+) -> tuple[list[_RateSample], _RateSample] | None:
+    """The baseline slices and the judged report's sample, or None if too little to judge."""
+    report = _judged(h)
+    if report is None or not _enough_history(h, th):
+        return None
+    past_events = [e for r in h.reports[:-1] for e in r.events]
+    now = _rate_sample(report.events, _context(h).open_leases)
+    if now.seat_hours < th.rate_min_seat_hours:
+        return None
+    past = [
+        x
+        for x in _slice_samples(past_events, th.slice_ms)
+        if x.seat_hours >= th.rate_min_seat_hours
+    ][-th.rate_window :]
+    if len(past) < th.min_history_slices:
+        return None
+    return past, now
+
+
+def weak_usage_drop(h: InstanceHistory, th: ThresholdsConfig) -> float | None:
+    """The relative drop of total usage per seat-hour when it is weakly out of line.
+
+    ``weak_rate_z`` deviations and ``weak_rate_floor`` instead of the rule's own
+    thresholds: about one honest week in forty is this low, so it is no finding on
+    its own, only one strand of combined evidence (:mod:`._combine`).
+    """
+    rates = _rate_inputs(h, th)
+    if rates is None:
+        return None
+    past, now = rates
+    found = _judge_rate(
+        [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
+        now.seat_hours, th, th.weak_rate_z, th.weak_rate_floor,
+    )  # fmt: skip
+    return None if found is None else found.drop
+
+
 @dataclass(frozen=True, slots=True)
 class _RateDrop:
     rate: float
@@ -598,15 +631,21 @@ def _judge_rate(
     seat_hours: float,
     th: ThresholdsConfig,
     z_limit: float,
+    floor: float | None = None,
 ) -> _RateDrop | None:
     past = [math.log(r) for r in history_rates if r > 0]
     n = len(past)
     if n < th.min_history_slices:
         return None
     base = statistics.median(past)
-    mad_sd = 1.4826 * statistics.median(abs(x - base) for x in past)
+    # The larger of the robust and the classical spread: with a few samples the MAD
+    # often lands on two near-equal slices and reports almost no spread (a 3-seat
+    # site whose weeks swing by 25 % showed a MAD of 1 %), while an outlier slice
+    # inflates the classical one. Taking the larger costs sensitivity, never a false
+    # alarm, which is the order the false-alarm budget asks for (ADR 0027).
+    spread = max(1.4826 * statistics.median(abs(x - base) for x in past), statistics.stdev(past))
     k = th.rate_prior_weight
-    drift_var = (k * th.rate_sigma_prior**2 + n * mad_sd**2) / (k + n)
+    drift_var = (k * th.rate_sigma_prior**2 + n * spread**2) / (k + n)
     if units > 0:
         log_now, sample_var = math.log(units / seat_hours), max(sum_sq / units**2, 0.0)
     else:
@@ -615,7 +654,7 @@ def _judge_rate(
     sd = math.sqrt(drift_var * (1 + math.pi / (2 * n)) + sample_var)
     z = (log_now - base) / sd
     drop = 1 - math.exp(log_now - base)
-    if z > -z_limit or drop < th.rate_floor:
+    if z > -z_limit or drop < (th.rate_floor if floor is None else floor):
         return None
     return _RateDrop(max(0.0, units) / seat_hours, math.exp(base), drop, z)
 

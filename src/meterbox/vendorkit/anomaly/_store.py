@@ -13,10 +13,11 @@ Invariants:
 
 * rejected reports are not history: their rows were rolled back, and their report rows
   are skipped;
-* cost is bounded: usage reaches the detectors summed per minute (an :class:`Event`
-  with ``count``), so a million-record report is at most one event per minute of its
-  span; ingest reads at most :data:`INGEST_REPORTS` reports and records dated at most
-  :data:`INGEST_WINDOW_MS` before the judged report's earliest new record;
+* cost is bounded: usage reaches the detectors summed per minute and meter (an
+  :class:`Event` with ``count`` and ``meter``), so a million-record report is at most
+  one event per minute of its span and meter; ingest reads at most
+  :data:`INGEST_REPORTS` reports and records dated at most :data:`INGEST_WINDOW_MS`
+  before the judged report's earliest new record;
 * the store keeps microseconds; the detectors work in milliseconds, so every time is
   divided by 1000 here, exactly once;
 * leases checked out before the window and ended inside it are named in
@@ -49,8 +50,12 @@ from meterbox.vendorkit.anomaly._features import (
 
 #: Reports before the judged one that ingest reads (a quarter of weekly reports).
 INGEST_REPORTS: Final = 12
-#: Wall time before the judged report's first record that ingest reads.
+#: Wall time before the judged report's first record that ingest reads...
 INGEST_WINDOW_MS: Final = 8 * 7 * DAY_MS
+#: ...or, when longer, the records of this many accepted reports before it: a monthly
+#: reporter's eight weeks hold only two reports, and history rules want as many
+#: reports as a weekly reporter's (time bounds the weekly case, count the monthly).
+INGEST_MIN_REPORTS: Final = 4
 
 # A removal by the site administrator ends a lease like a release.
 _SEAT_KINDS: Final = {
@@ -110,7 +115,7 @@ def _report_rows(conn: Connection, instance_id: str) -> list[_Row]:
     return out
 
 
-def instance_history(
+def instance_history(  # noqa: PLR0913 - keyword-only bounds of one read
     conn: Connection,
     instance_id: str,
     *,
@@ -119,11 +124,13 @@ def instance_history(
     pending: Pending | None = None,
     max_reports: int | None = None,
     since_ms: int | None = None,
+    min_reports: int = 0,
     report_every_ms: int | None = None,
 ) -> InstanceHistory:
     """One instance's accepted reports (the last ``max_reports``, plus ``pending``).
 
-    ``since_ms`` drops records dated (site wall clock) before it; ``report_every_ms``
+    ``since_ms`` drops records dated (site wall clock) before it, but never records of
+    the last ``min_reports`` accepted reports before the judged one; ``report_every_ms``
     overrides the interval the licenses stated.
     """
     rows = _report_rows(conn, instance_id)
@@ -146,6 +153,8 @@ def instance_history(
         rows = rows[-(max_reports + 1) :]
     if not rows:
         return InstanceHistory(instance_id, license_id, customer, report_every_ms)
+    if since_ms is not None and min_reports > 0:
+        since_ms = _keep_reports(rows[:-1], since_ms, min_reports)
     lo = min(r.from_seq for r in rows)
     hi = max(r.head_seq for r in rows)
     since_us = None if since_ms is None else since_ms * 1000
@@ -190,12 +199,24 @@ def instance_history(
     )
 
 
+def _keep_reports(prior: list[_Row], since_ms: int, n: int) -> int | None:
+    """``since_ms`` lowered so the last ``n`` of ``prior`` keep every record.
+
+    A report's records follow the export of the report before it, so the window starts
+    at that export's creation time (site clock); ``None`` (no bound) when fewer than
+    ``n`` reports precede.
+    """
+    if len(prior) <= n:
+        return None
+    return min(since_ms, prior[-n - 1].created_ms)
+
+
 def _events(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
 ) -> list[Event]:
     out = [
-        Event(seq, USAGE, minute * 60_000, amount=amount, count=n)
-        for seq, minute, n, amount in q.usage_per_minute(conn, instance_id, lo, hi, since_us)
+        Event(seq, USAGE, minute * 60_000, amount=amount, count=n, meter=meter)
+        for seq, minute, meter, n, amount in q.usage_per_minute(conn, instance_id, lo, hi, since_us)
     ]
     for seq, t_us, kind, lease in q.seat_events(conn, instance_id, lo, hi, since_us):
         mapped = _SEAT_KINDS.get(kind)
