@@ -18,8 +18,17 @@ import pytest
 
 from meterbox.clock import ManualClock
 from meterbox.ledger import Appended, LedgerConfig, LedgerWriter, RecordType
-from support.crash import check_ledger, report_count
-from support.crashmodel import Fault, FaultHook, HarnessReport, Recorder, crash_images
+from meterbox.ledger._format import EPOCH_BODY_LEN
+from meterbox.server._core.ledgerstate import LedgerState
+from support.crash import check_ledger, ledger_records, report_count
+from support.crashmodel import (
+    CrashPoint,
+    Fault,
+    FaultHook,
+    HarnessReport,
+    Recorder,
+    crash_images,
+)
 from support.ledger import make_ledger, usage
 
 #: The acceptance asks for a few hundred distinct images per durable path.
@@ -230,18 +239,89 @@ def _batches(
     return refused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the recovery scan cannot authenticate an EPOCH record's HPKE seal, so an "
-    "EPOCH record whose last sector was zero-filled passes it (ADR 0010, known defect); "
-    "when this passes, remove this mark and support.crash.known_epoch_seal_loss",
-)
-def test_an_epoch_record_with_a_zero_filled_last_sector_is_cut_at_recovery(
-    mem_path: Path,
+#: Where a sector boundary falls inside the roll's EPOCH frame: past its length
+#: prefix, in its HPKE part, so the frame's length reaches the disk before its end.
+_SECTOR = 512
+_BOUNDARY_INTO_EPOCH = 100
+
+
+def _ledger_before_a_sector_boundary(
+    mem_path: Path, name: str, folded: bool
+) -> tuple[Path, ManualClock, list[tuple[int, str]]]:
+    """A closed ledger of three acknowledged records whose end lies
+    ``_BOUNDARY_INTO_EPOCH`` bytes before a sector boundary: the next open's EPOCH
+    record then straddles it. Returns the root, the clock and the (seq, key) acked.
+
+    The first record is padded until the file ends there (msgpack length headers make
+    the size step unevenly, so this measures rather than computes)."""
+    target, pad = _SECTOR - _BOUNDARY_INTO_EPOCH, 0
+    for attempt in range(8):
+        root, clock = _ledger(mem_path, f"{name}-{attempt}")
+        residue, acked = _fill(root, clock, folded, pad)
+        delta = (target - residue + _SECTOR // 2) % _SECTOR - _SECTOR // 2
+        if delta == 0:
+            return root, clock, acked
+        pad = (pad + delta) % _SECTOR
+    raise AssertionError("could not place the epoch roll across a sector boundary")
+
+
+def _fill(
+    root: Path, clock: ManualClock, folded: bool, pad: int
+) -> tuple[int, list[tuple[int, str]]]:
+    writer = LedgerWriter.open(root / "l", clock=clock, folder=LedgerState() if folded else None)
+    acked = []
+    for i in range(3):
+        clock.advance(1000)
+        acked.append((writer.append(RecordType.USAGE, sized(i, pad if i == 0 else 0)).seq,
+                      usage(i)["k"]))  # fmt: skip
+    writer.close()
+    return (root / "l" / "ledger.mbl").stat().st_size % _SECTOR, acked
+
+
+@pytest.mark.parametrize("folded", [False, True], ids=["epoch-alone", "epoch-and-state"])
+def test_a_torn_epoch_record_is_cut_at_recovery_with_what_followed_it(
+    mem_path: Path, folded: bool
 ) -> None:
-    root, clock = _ledger(mem_path, "epoch-seal")
+    """The images of an open's epoch roll, with acknowledged records before it.
+
+    Without a folder the EPOCH record is a write of its own; with one (the server's
+    case) its STATE run goes out in the same write. The roll's EPOCH record straddles
+    a sector boundary, so some images hold its full length but not its last sector
+    (zero-filled, or left as it was). Each of them must be cut at the EPOCH record:
+    its epoch seal fails at the restart (ADR 0030). The restart's RECOVERY record
+    then says nothing acknowledged was cut, and the vendor sees no critical finding.
+    """
+    root, clock, acked = _ledger_before_a_sector_boundary(mem_path, "epoch-seal", folded)
+    ledger = root / "l" / "ledger.mbl"
+    roll_at = ledger.stat().st_size
     with Recorder(root) as rec:
-        LedgerWriter.open(root / "l", clock=clock).close()
-    report = crash_images(rec, check_ledger("l"), workdir=mem_path)
+        for seq, key in acked:
+            rec.note(("ack", seq, key))
+        LedgerWriter.open(root / "l", clock=clock, folder=LedgerState() if folded else None).close()
+    epoch_frame = ledger.read_bytes()[roll_at : roll_at + 2 + EPOCH_BODY_LEN]
+    assert epoch_frame[3] == RecordType.EPOCH
+    damaged: list[str] = []
+
+    def check(image: Path, point: CrashPoint) -> None:
+        on_disk = (image / "l" / "ledger.mbl").read_bytes()[roll_at : roll_at + len(epoch_frame)]
+        torn = len(on_disk) == len(epoch_frame) and on_disk[:2] == epoch_frame[:2]
+        torn = torn and on_disk != epoch_frame
+        have, critical, recoveries = ledger_records(image / "l", acked[-1][0])
+        for seq, key in acked:
+            assert have.get(seq) == key, f"acknowledged seq {seq} is gone"
+        assert not critical, critical
+        for r in recoveries:
+            assert r["a"] == 0 and r["s"] >= r["k"], r
+        if torn:
+            # The whole write is cut, at the EPOCH record: with a folder, its STATE run
+            # goes too. What is kept ends with the SHUTDOWN of the last run.
+            cuts = [(r["o"], r["s"]) for r in recoveries]
+            assert cuts == [(roll_at, acked[-1][0] + 1)], cuts
+            damaged.append(point.variant)
+
+    report = crash_images(rec, check, workdir=mem_path)
+    report_count("epoch roll, torn EPOCH record", report, "folded" if folded else "alone")
     assert not report.failures, report.summary()
     assert not report.known, report.summary()
+    # The images of the defect exist here, and every one of them was cut (above).
+    assert any("zerotail" in v for v in damaged), (damaged, report.summary())

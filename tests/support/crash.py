@@ -20,7 +20,7 @@ from meterbox.ledger import Head, LedgerWriter, RecordType, ReportVerifier, expo
 from meterbox.licenses import Feature, License, Meter, Receipt
 from meterbox.server._instance import ServerInstance
 from meterbox.vendorkit import keys as vendor_keys
-from support.crashmodel import CrashPoint, HarnessReport, KnownDefect
+from support.crashmodel import CrashPoint, HarnessReport
 from support.ledger import VENDOR, VENDOR_ID
 
 
@@ -56,18 +56,6 @@ def ledger_records(
     return have, critical, recoveries
 
 
-#: Critical codes an EPOCH record gives when the vendor-sealed part of it (or a
-#: field bound to that seal) never reached the disk while its length did.
-_EPOCH_SEAL_CODES = frozenset({"epoch.unopenable", "report.wrong_vendor_key"})
-
-#: The name the harness prints for that defect. The recovery scan authenticates
-#: records with the server's chain key but cannot open an EPOCH record's HPKE seal
-#: (only the vendor can), so an EPOCH record whose last sector was zero-filled by a
-#: power loss passes the scan and reaches the vendor as a critical finding. No
-#: acknowledged record is lost; the checker still checks every one on such images.
-EPOCH_SEAL_LOST = "EPOCH record's sealed part zero-filled by the power loss passes recovery"
-
-
 def expected_critical_removed(critical: list[str], point: CrashPoint) -> list[str]:
     """``critical`` without what the image itself should cause.
 
@@ -78,16 +66,6 @@ def expected_critical_removed(critical: list[str], point: CrashPoint) -> list[st
     if ":main-only" in point.variant:
         return [c for c in critical if c != "state.rebuilt"]
     return critical
-
-
-def known_epoch_seal_loss(critical: list[str], point: CrashPoint) -> bool:
-    """True when ``critical`` is exactly the unauthenticated-EPOCH defect on a
-    zero-filled image (see :data:`EPOCH_SEAL_LOST`)."""
-    # An EPOCH record and its STATE batch go out in one write (ADR 0014), so a torn
-    # write can also leave the EPOCH record's last sector old while the STATE after it
-    # is new: the same defect, on ``torn`` images too.
-    damaged = "zerotail" in point.variant or "torn" in point.variant
-    return damaged and bool(critical) and set(critical) <= _EPOCH_SEAL_CODES
 
 
 def check_ledger(subdir: str, *, min_seq: int = -1) -> Any:
@@ -109,9 +87,9 @@ def check_ledger(subdir: str, *, min_seq: int = -1) -> Any:
         for r in told:
             assert r["a"] == 0, f"recovery record says {r['a']} acknowledged records were cut"
             assert r["s"] >= r["k"], r
+        # A torn EPOCH record fails its epoch seal at the restart and is cut with what
+        # followed it (ADR 0030): no image may reach the vendor as epoch.unopenable.
         critical = expected_critical_removed(critical, point)
-        if known_epoch_seal_loss(critical, point):
-            raise KnownDefect(f"{EPOCH_SEAL_LOST}: {critical}")
         assert not critical, critical
 
     return check

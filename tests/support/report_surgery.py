@@ -55,8 +55,8 @@ def frame_offsets(data: bytes) -> list[tuple[int, int]]:
 
 
 def frame_seq(frame: bytes) -> int:
-    """The seq of a frame, in either record version (v2 adds batch and flags before it)."""
-    return int(struct.unpack_from(">Q", frame, 2 + (11 if frame[2] == 2 else 6))[0])
+    """The seq of a frame, in any record version (v2 and v3 add batch and flags before it)."""
+    return int(struct.unpack_from(">Q", frame, 2 + (11 if frame[2] in (2, 3) else 6))[0])
 
 
 def join(

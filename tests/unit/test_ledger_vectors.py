@@ -29,13 +29,19 @@ VENDOR_KEYS = {
         bytes.fromhex(_KEYS["vendor"]["x25519_private"])
     )
 }
-#: Vectors of record version 1, made before version 2 and kept as they were: reports of
-#: servers not yet upgraded must keep verifying. The generator makes version 2 only.
+#: Vectors of record versions 1 and 2, made by the writers of those versions and kept as
+#: they were: reports of servers not yet upgraded must keep verifying. The generator
+#: makes version 3 only.
 V1 = VECTORS / "v1"
+V2 = VECTORS / "v2"
 VALID = sorted((VECTORS / "valid").glob("*.json"))
 INVALID = sorted((VECTORS / "invalid").glob("*.json"))
 VALID_V1 = sorted((V1 / "valid").glob("*.json"))
 INVALID_V1 = sorted((V1 / "invalid").glob("*.json"))
+VALID_V2 = sorted((V2 / "valid").glob("*.json"))
+INVALID_V2 = sorted((V2 / "invalid").glob("*.json"))
+VALID_OLD = VALID_V1 + VALID_V2
+INVALID_OLD = INVALID_V1 + INVALID_V2
 
 
 def _json_safe(value: Any) -> Any:
@@ -83,15 +89,25 @@ def test_vector_set_covers_the_specified_cases() -> None:
     assert {"minimal", "full", "continued"} <= {p.stem for p in VALID}
 
 
-def test_version_1_vectors_are_kept() -> None:
-    assert {p.stem for p in VALID_V1} == {p.stem for p in VALID}
-    assert {p.stem for p in INVALID_V1} <= {p.stem for p in INVALID}
-    for path in VALID_V1:
+@pytest.mark.parametrize(("old", "version"), [(V1, 1), (V2, 2)], ids=["v1", "v2"])
+def test_vectors_of_earlier_record_versions_are_kept(old: Path, version: int) -> None:
+    valid = sorted((old / "valid").glob("*.json"))
+    assert {p.stem for p in valid} == {p.stem for p in VALID}
+    assert {p.stem for p in (old / "invalid").glob("*.json")} <= {p.stem for p in INVALID}
+    for path in valid:
         frames = split((path.parent / json.loads(path.read_bytes())["report"]).read_bytes())
-        assert {f[2] for f in frames.frames} == {1}, path.name
+        assert {f[2] for f in frames.frames} == {version}, path.name
 
 
-@pytest.mark.parametrize("path", VALID + VALID_V1, ids=lambda p: f"{p.parent.parent.name}-{p.stem}")
+def test_current_vectors_are_of_record_version_3() -> None:
+    for path in VALID:
+        frames = split((path.parent / json.loads(path.read_bytes())["report"]).read_bytes())
+        assert {f[2] for f in frames.frames} == {3}, path.name
+
+
+@pytest.mark.parametrize(
+    "path", VALID + VALID_OLD, ids=lambda p: f"{p.parent.parent.name}-{p.stem}"
+)
 def test_valid_vector_verifies_to_its_records(path: Path) -> None:
     case, data = _load(path)
     verifier = ReportVerifier(VENDOR_KEYS, known=_known(case["known"]))
@@ -121,7 +137,7 @@ def test_valid_vector_verifies_to_its_records(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", INVALID + INVALID_V1, ids=lambda p: f"{p.parent.parent.name}-{p.stem}"
+    "path", INVALID + INVALID_OLD, ids=lambda p: f"{p.parent.parent.name}-{p.stem}"
 )
 def test_invalid_vector_gives_its_findings(path: Path) -> None:
     case, data = _load(path)
@@ -147,7 +163,7 @@ def test_minimal_ledger_file_holds_the_frames_of_its_report() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    which=st.sampled_from([str(p.relative_to(VECTORS)) for p in VALID + VALID_V1]),
+    which=st.sampled_from([str(p.relative_to(VECTORS)) for p in VALID + VALID_OLD]),
     pos=st.integers(min_value=0),
     xor=st.integers(min_value=1, max_value=255),
 )
@@ -163,7 +179,7 @@ def test_any_byte_change_to_a_valid_vector_is_critical(which: str, pos: int, xor
 
 def test_vectors_regenerate_byte_for_byte() -> None:
     fresh = generate.build()
-    checked_in = {k: v for k, v in data_files(VECTORS).items() if not k.startswith("v1/")}
+    checked_in = {k: v for k, v in data_files(VECTORS).items() if not k.startswith(("v1/", "v2/"))}
     assert sorted(fresh) == sorted(checked_in)
     for rel, data in fresh.items():
         assert data == checked_in[rel], f"{rel} drifted; rerun python -m vectors.ledger.generate"

@@ -1,18 +1,20 @@
-"""Byte layout of ledger records (docs/spec/ledger.md, record versions 1 and 2). Pure.
+"""Byte layout of ledger records (docs/spec/ledger.md, record versions 1 to 3). Pure.
 
 A record on disk is a *frame*: a big-endian ``u16`` body length, then the body::
 
     v1: u8 version (1) | u8 type | u32 epoch | u64 seq | i64 wall_ms | u64 mono_ms | sealed
-    v2: u8 version (2) | u8 type | u32 epoch | u32 batch | u8 flags | u64 seq
+    v2, v3: u8 version | u8 type | u32 epoch | u32 batch | u8 flags | u64 seq
         | i64 wall_ms | u64 mono_ms | sealed [| u8[16] batch seal when flags bit 0]
 
 Version 2 numbers the group-commit batches of an epoch, and the last record of each
-batch carries a seal (HMAC) under that batch's ratcheting key: see ``_keys``. The
-writer produces version 2 only; readers accept both. The body header (30 bytes in v1,
-35 in v2) is authenticated: AEAD associated data, or HPKE info for
-epoch records. ``sealed`` is AES-256-GCM of the msgpack payload for every record type
-except EPOCH, whose ``sealed`` carries the epoch's plaintext parameters and the
-HPKE-sealed chain key. The chain hash ``h_i = SHA-256(h_{i-1} || frame_i)`` is never
+batch carries a seal (HMAC) under that batch's ratcheting key: see ``_keys``. Version 3
+is version 2 with an epoch seal (HMAC) at the end of every EPOCH record, so the server
+can authenticate an EPOCH record at recovery (ADR 0030). The writer produces version 3
+only; readers accept all three. The body header (30 bytes in v1, 35 in v2 and v3) is
+authenticated: AEAD associated data, or HPKE info for epoch records. ``sealed`` is
+AES-256-GCM of the msgpack payload for every record type except EPOCH, whose ``sealed``
+carries the epoch's plaintext parameters and the HPKE-sealed chain key (then, in v3,
+the epoch seal). The chain hash ``h_i = SHA-256(h_{i-1} || frame_i)`` is never
 stored per record; it is recomputed, and checkpoints, reports and receipts commit to it.
 """
 
@@ -30,10 +32,13 @@ from meterbox.crypto import HASH_LEN, KEY_ID_LEN, TAG_LEN, sha256
 from meterbox.errors import FormatError, UnknownVersionError
 
 #: The record version this writer produces.
-VERSION: Final = 2
+VERSION: Final = 3
 VERSION_1: Final = 1
+VERSION_2: Final = 2
 #: Record versions a reader accepts.
-VERSIONS: Final = frozenset({VERSION_1, VERSION})
+VERSIONS: Final = frozenset({VERSION_1, VERSION_2, VERSION})
+#: Record versions whose epochs are sealed in numbered batches (the 35-byte header).
+BATCHED_VERSIONS: Final = frozenset({VERSION_2, VERSION})
 HEADER_V1 = struct.Struct(">BBIQqQ")
 HEADER_V1_LEN: Final = HEADER_V1.size  # 30
 HEADER_V2 = struct.Struct(">BBIIBQqQ")
@@ -53,15 +58,24 @@ INSTANCE_ID_LEN: Final = 16
 BOOT_ID_LEN: Final = 16
 SALT_LEN: Final = 16
 HPKE_SEALED_LEN: Final = 32 + 32 + TAG_LEN  # enc || AES-256-GCM(chain key)
+#: Length of the epoch seal (truncated HMAC-SHA256) that ends a version 3 EPOCH record.
+EPOCH_SEAL_LEN: Final = 16
 EPOCH_PLAIN = struct.Struct(f">{INSTANCE_ID_LEN}s{BOOT_ID_LEN}s{KEY_ID_LEN}s{SALT_LEN}s")
-EPOCH_BODY_LEN: Final = HEADER_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN  # 171 (v2)
 EPOCH_BODY_V1_LEN: Final = HEADER_V1_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN  # 166
+EPOCH_BODY_V2_LEN: Final = HEADER_V2_LEN + EPOCH_PLAIN.size + HPKE_SEALED_LEN  # 171
+EPOCH_BODY_LEN: Final = EPOCH_BODY_V2_LEN + EPOCH_SEAL_LEN  # 187 (v3)
+#: EPOCH body length by record version.
+EPOCH_BODY_LENS: Final = {
+    VERSION_1: EPOCH_BODY_V1_LEN,
+    VERSION_2: EPOCH_BODY_V2_LEN,
+    VERSION: EPOCH_BODY_LEN,
+}
 
 #: The chain hash before the first record of a ledger.
 GENESIS_DOMAIN: Final = b"meterbox-ledger/1 genesis\x00"
 
 FILE_MAGIC: Final = b"MBXL"
-#: The file layout (header, then frames) is unchanged by record version 2.
+#: The file layout (header, then frames) is unchanged by record versions 2 and 3.
 FILE_VERSION: Final = 1
 FILE_HEADER = struct.Struct(f">4sB{INSTANCE_ID_LEN}sQ{HASH_LEN}s")
 FILE_HEADER_LEN: Final = FILE_HEADER.size
@@ -152,12 +166,13 @@ INTERNAL_TYPES: Final = frozenset(
 
 
 _new_tuple = tuple.__new__
+_BATCHED_FIRST_BYTES: Final = frozenset(bytes([v]) for v in BATCHED_VERSIONS)
 
 
 class Header(NamedTuple):
     """The authenticated header of every record (a tuple: the verifier's hot path).
 
-    ``batch`` and ``flags`` exist in version 2 only; a version 1 header reads them as 0.
+    ``batch`` and ``flags`` exist from version 2 on; a version 1 header reads them as 0.
     """
 
     version: int
@@ -181,9 +196,9 @@ class Header(NamedTuple):
 
     @classmethod
     def unpack(cls, body: bytes) -> Header:
-        # Version 2 is recognised by its first byte; anything else is read with the
-        # version 1 layout, so an unknown version is still named by its version byte.
-        if body[:1] == b"\x02":
+        # Versions 2 and 3 are recognised by their first byte; anything else is read with
+        # the version 1 layout, so an unknown version is still named by its version byte.
+        if body[:1] in _BATCHED_FIRST_BYTES:
             if len(body) < HEADER_V2_LEN:
                 raise FormatError(
                     "ledger record is shorter than its header",

@@ -15,14 +15,15 @@ from meterbox.errors import FormatError, UnknownVersionError
 from meterbox.ledger._format import (
     BATCH_SEAL_LEN,
     BY_VALUE,
-    EPOCH_BODY_LEN,
-    EPOCH_BODY_V1_LEN,
+    EPOCH_BODY_LENS,
     EPOCH_PLAIN,
+    EPOCH_SEAL_LEN,
     FLAG_CLOSES_BATCH,
     HEADER_V1_LEN,
     HEADER_V2_LEN,
     LEN_PREFIX,
     LEN_PREFIX_LEN,
+    VERSION,
     VERSION_1,
     VERSIONS,
     EpochPlain,
@@ -116,8 +117,12 @@ class Record:
 class EpochRecord:
     header: Header
     plain: EpochPlain
+    #: The header and the plaintext fields: the HPKE info binds them.
     bound: bytes
+    #: The HPKE output: ``enc`` and the sealed chain key.
     sealed: bytes
+    #: The epoch seal (record version 3), ``b""`` in earlier versions.
+    seal: bytes = b""
 
 
 def parse_header(body: bytes) -> Header:
@@ -125,7 +130,7 @@ def parse_header(body: bytes) -> Header:
     if header.version not in VERSIONS:
         raise UnknownVersionError(
             "unknown ledger record version",
-            expected="version 1 or 2",
+            expected="version 1, 2 or 3",
             found=f"version {header.version}",
             hint="upgrade meterbox to read this ledger",
         )
@@ -161,16 +166,19 @@ def parse_header(body: bytes) -> Header:
 
 
 def parse_epoch(body: bytes, header: Header) -> EpochRecord:
-    want = EPOCH_BODY_V1_LEN if header.version == VERSION_1 else EPOCH_BODY_LEN
+    want = EPOCH_BODY_LENS[header.version]
     if len(body) != want:
         raise FormatError(
             "ledger epoch record has the wrong length",
-            expected=f"{want} bytes",
+            expected=f"{want} bytes for record version {header.version}",
             found=f"{len(body)} bytes",
         )
     size = header.size
     split = size + EPOCH_PLAIN.size
     plain = EpochPlain.unpack(body[size:split])
+    if header.version == VERSION:
+        end = len(body) - EPOCH_SEAL_LEN
+        return EpochRecord(header, plain, body[:split], body[split:end], body[end:])
     return EpochRecord(header, plain, body[:split], body[split:])
 
 
@@ -196,3 +204,8 @@ def open_record(body: bytes, header: Header, key: AeadKey) -> Record:
 def unsealed_frame(data: bytes) -> tuple[bytes, bytes]:
     """A batch-closing frame split into the bytes its seal covers and the seal."""
     return data[:-BATCH_SEAL_LEN], data[-BATCH_SEAL_LEN:]
+
+
+def unsealed_epoch_frame(data: bytes) -> bytes:
+    """The bytes a version 3 EPOCH frame's epoch seal covers: all but the seal."""
+    return data[:-EPOCH_SEAL_LEN]

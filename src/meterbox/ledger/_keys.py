@@ -19,6 +19,15 @@ its state), ``c_{e+1}`` (to open the next epoch) and the current ``b_{e,j}``; it
 keeps ``c_e``. None of them yields an earlier ``b_{e,i}``: whoever reads the key state
 can re-encrypt records of the epoch, but cannot seal an earlier batch again, and the
 vendor (who derives every ``b_{e,j}`` from the ``c_e`` it opens) sees the difference.
+
+Record version 3 seals the EPOCH record itself, under a key of its own::
+
+    k_seal_e   = HKDF(c_e, EPOCH_SEAL_KEY_INFO || salt_e)
+    epoch_seal = HMAC-SHA256(k_seal_e, EPOCH_SEAL_INFO || h_prev || EPOCH frame sans seal)[:16]
+
+The server's recovery scan reaches ``c_e`` of every epoch after its key state's (by
+ratcheting the ``c_{e+1}`` it holds), so it can tell a torn EPOCH record from a whole
+one without the vendor's private key (ADR 0030).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ MAX_RATCHET_STEPS: Final = 70_000
 BATCH_ROOT_INFO: Final = b"meterbox-ledger/2 batch root\x00"
 BATCH_RATCHET_INFO: Final = b"meterbox-ledger/2 batch ratchet"
 BATCH_SEAL_INFO: Final = b"meterbox-ledger/2 batch seal\x00"
+EPOCH_SEAL_KEY_INFO: Final = b"meterbox-ledger/3 epoch seal key\x00"
+EPOCH_SEAL_INFO: Final = b"meterbox-ledger/3 epoch seal\x00"
 #: Largest number of batch steps taken at once (an epoch holds at most
 #: ``epoch_max_records`` records, so at most that many batches, by default 65 536).
 MAX_BATCH_STEPS: Final = 1 << 17
@@ -95,3 +106,9 @@ def next_batch_key(batch_key: bytes, steps: int = 1) -> bytes:
 def batch_seal(batch_key: bytes, prev_hash: bytes, unsealed_frame: bytes) -> bytes:
     """The seal a batch's last frame ends with: over the chain so far and that frame."""
     return hmac_sha256(batch_key, BATCH_SEAL_INFO, prev_hash, unsealed_frame)[:16]
+
+
+def epoch_seal(chain_key: bytes, salt: bytes, prev_hash: bytes, unsealed_frame: bytes) -> bytes:
+    """The seal a version 3 EPOCH frame ends with: over the chain so far and that frame."""
+    seal_key = hkdf(chain_key, EPOCH_SEAL_KEY_INFO + salt)
+    return hmac_sha256(seal_key, EPOCH_SEAL_INFO, prev_hash, unsealed_frame)[:16]

@@ -5,8 +5,10 @@ Every frame must parse and carry the next seq. Records of the key state's epoch 
 later epochs are authenticated with their record keys (so they can be replayed); earlier
 epochs are checked for sequence only, their keys erased. After the key state's point
 (the head when it was written) frames must form whole write units -- a batch ending in
-a seal that verifies under the batch key, or an EPOCH record -- and the scan stops at
-the first frame that fails: what lies after the last whole unit is a torn tail.
+a seal that verifies under the batch key, or an EPOCH record whose epoch seal verifies
+under the chain key the key state ratchets to (record version 3, ADR 0030) -- and the
+scan stops at the first frame that fails: what lies after the last whole unit is a torn
+tail. A torn EPOCH record is therefore cut with the STATE run written after it.
 
 :func:`shortened` then compares the ledger with what the key state names: a ledger that
 ends before that point, or differs at it, was shortened; more than one unit after it
@@ -23,8 +25,10 @@ from meterbox.crypto import AeadKey, constant_time_equal
 from meterbox.errors import FormatError, MeterboxError, StateError
 from meterbox.ledger._fold import EpochFold
 from meterbox.ledger._format import (
+    BATCHED_VERSIONS,
     FILE_HEADER_LEN,
     VERSION,
+    VERSION_2,
     FileHeader,
     Header,
     RecordType,
@@ -37,12 +41,14 @@ from meterbox.ledger._frames import (
     open_record,
     parse_epoch,
     parse_header,
+    unsealed_epoch_frame,
     unsealed_frame,
 )
 from meterbox.ledger._keys import (
     MAX_RATCHET_STEPS,
     batch_root,
     batch_seal,
+    epoch_seal,
     next_batch_key,
     ratchet,
     record_key,
@@ -125,6 +131,8 @@ class _Walk:
         self.next_seq = header.base_seq
         self.head = header.base_hash
         self.last_epoch = -1
+        #: The record version of the last EPOCH record read (0 before the first).
+        self.epoch_version = 0
         self.epochs: list[EpochStart] = []
         self.keys: dict[int, _EpochKeys] = {
             ks.epoch: _EpochKeys(AeadKey(ks.record_key), ks.batch, ks.batch_key)
@@ -179,10 +187,10 @@ class _Walk:
             return record, True
         # After the key state's point the batch seal must verify with the batch key.
         assert keys is not None and keys.batch_key is not None
-        if hdr.version != VERSION or hdr.batch < keys.batch:
+        if hdr.version not in BATCHED_VERSIONS or hdr.batch < keys.batch:
             raise FormatError(
                 "record after the key state's point is out of its batch order",
-                expected=f"version {VERSION}, batch {keys.batch} or later",
+                expected=f"version {VERSION_2} or {VERSION}, batch {keys.batch} or later",
                 found=f"version {hdr.version}, batch {hdr.batch}",
             )
         if hdr.batch > keys.batch:
@@ -213,6 +221,8 @@ class _Walk:
                     found=f"epoch {hdr.epoch}",
                 )
             ck = ratchet(ks.next_epoch_key, hdr.epoch - ks.epoch - 1)
+            if beyond:
+                self._check_epoch_seal(raw, hdr, ck, ep.plain.salt, ep.seal)
             self.keys[hdr.epoch] = _EpochKeys(
                 record_key(ck, ep.plain.salt), 0, batch_root(ck, ep.plain.salt)
             )
@@ -224,6 +234,33 @@ class _Walk:
             )
         self.epochs.append(EpochStart(hdr.seq, raw.offset, self.head))
         self.last_epoch = hdr.epoch
+        self.epoch_version = hdr.version
+
+    def _check_epoch_seal(
+        self, raw: RawFrame, hdr: Header, chain_key: bytes, salt: bytes, seal: bytes
+    ) -> None:
+        """An EPOCH record after the key state's point must be whole (ADR 0030).
+
+        Only a record of version 3 can be checked: a version 2 one is taken as it is
+        while the file's epochs are of version 2 (the last roll of a writer from before
+        version 3), never after a version 3 epoch.
+        """
+        if hdr.version == VERSION_2 and self.epoch_version <= VERSION_2:
+            return
+        if hdr.version != VERSION:
+            raise FormatError(
+                "EPOCH record after the key state's point has an old record version",
+                expected=f"version {VERSION} (the file's epochs are of version "
+                f"{self.epoch_version})",
+                found=f"version {hdr.version}",
+            )
+        expected = epoch_seal(chain_key, salt, self.head, unsealed_epoch_frame(raw.data))
+        if not constant_time_equal(expected, seal):
+            raise FormatError(
+                "epoch seal does not verify",
+                expected=f"the seal of the EPOCH record of epoch {hdr.epoch}",
+                found="another value (the record was not written whole)",
+            )
 
     def accept(self, raw: RawFrame) -> None:
         self.head = chain(self.head, raw.data)

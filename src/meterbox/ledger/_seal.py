@@ -9,7 +9,9 @@ Invariants kept by :class:`Sealer`:
   cannot seal that batch again.
 - the epoch's chain key ``c_e`` is never held after its EPOCH record is produced: the
   sealer keeps ``c_{e+1}`` (for the next EPOCH record), the epoch's record key and the
-  current batch key (docs/spec/ledger.md, "Keys").
+  current batch key (docs/spec/ledger.md, "Keys");
+- every EPOCH record ends with its epoch seal (record version 3), made from ``c_e``
+  before it is dropped, so a torn EPOCH record fails the server's own recovery scan.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from meterbox.crypto import TAG_LEN, AeadKey
 from meterbox.errors import FormatError, StateError
 from meterbox.ledger._format import (
     BATCH_SEAL_LEN,
+    EPOCH_SEAL_LEN,
     FLAG_CLOSES_BATCH,
     HEADER_V2,
     LEN_PREFIX,
@@ -41,6 +44,7 @@ from meterbox.ledger._format import (
 from meterbox.ledger._keys import (
     batch_root,
     batch_seal,
+    epoch_seal,
     next_batch_key,
     ratchet,
     record_key_raw,
@@ -138,13 +142,15 @@ class Sealer:
         header = Header(VERSION, RecordType.EPOCH, self.epoch, self.next_seq, wall_ms, mono_ms)
         bound = header.pack() + plain.pack()
         sealed = seal_chain_key(self.vendor_key, chain_key, bound)
+        unsealed = LEN_PREFIX.pack(len(bound) + len(sealed) + EPOCH_SEAL_LEN) + bound + sealed
+        tag = epoch_seal(chain_key, salt, self.head_hash, unsealed)
         self.record_key_bytes = record_key_raw(chain_key, salt)
         self._record_key = AeadKey(self.record_key_bytes)
         self.batch, self.batch_key = 0, batch_root(chain_key, salt)
         # c_e is dropped here: only its one-way successors stay.
         self.next_epoch_key = ratchet(chain_key)
         self.records_in_epoch = 0
-        return self._emit(bound + sealed)
+        return self._emit(bound + sealed + tag)
 
     def seal_batch(
         self,

@@ -38,6 +38,7 @@ from meterbox.errors import FormatError, MeterboxError, UnknownVersionError, Ver
 from meterbox.ledger import _findings as F
 from meterbox.ledger._findings import Finding
 from meterbox.ledger._format import (
+    BATCHED_VERSIONS,
     FLAG_CLOSES_BATCH,
     INSTANCE_ID_LEN,
     VERSION,
@@ -51,6 +52,7 @@ from meterbox.ledger._frames import (
     Record,
     open_record,
     parse_epoch,
+    unsealed_epoch_frame,
     unsealed_frame,
 )
 from meterbox.ledger._frames import parse_header as parse_record_header
@@ -58,6 +60,7 @@ from meterbox.ledger._keys import (
     MAX_BATCH_STEPS,
     batch_root,
     batch_seal,
+    epoch_seal,
     next_batch_key,
     open_chain_key,
     ratchet,
@@ -213,7 +216,7 @@ class _Walk:
     cur_key: AeadKey | None = None
     #: The record version of the current epoch (its EPOCH record's).
     cur_version: int = 0
-    #: Version 2 epochs: the batch the next record belongs to, and its key.
+    #: Version 2 and 3 epochs: the batch the next record belongs to, and its key.
     next_batch: int = 0
     batch_key: bytes | None = None
     #: A record of ``next_batch`` was seen, and no seal has closed it yet.
@@ -596,17 +599,17 @@ class ReportVerifier:
         self._check_sequence(walk, hdr.seq, raw.data)
         self._check_acked_head(walk, hdr.seq)
         if hdr.type == RecordType.EPOCH:
-            self._epoch(walk, raw.body, hdr)
+            self._epoch(walk, raw, hdr, before)
             return None
         record = self._open(walk, raw.body, hdr)
-        if walk.cur_version == VERSION and hdr.epoch == walk.cur_epoch:
+        if walk.cur_version in BATCHED_VERSIONS and hdr.epoch == walk.cur_epoch:
             self._check_batch(walk, raw, hdr, before)
         if record is not None and record.type in _CHECKED_TYPES:
             self._check_record(record, before)
         return record
 
     def _check_batch(self, walk: _Walk, raw: RawFrame, hdr: Header, before: bytes) -> None:
-        """Ledger.md Verify step 7a: batches of a version 2 epoch, in order, each sealed."""
+        """Ledger.md Verify step 7a: batches of a version 2 or 3 epoch, in order, each sealed."""
         contiguous = hdr.seq == walk.last_epoch_seq + 1
         walk.last_epoch_seq = hdr.seq
         if walk.batch_key is None:
@@ -651,7 +654,7 @@ class ReportVerifier:
         walk.batch_open = False
 
     def _unsealed_batch(self, walk: _Walk, next_seq: int | None) -> None:
-        """A version 2 epoch ends (a new EPOCH, or the report's end) inside a batch."""
+        """A version 2 or 3 epoch ends (a new EPOCH, or the report's end) inside a batch."""
         contiguous = next_seq is None or next_seq == walk.last_epoch_seq + 1
         if walk.batch_open and walk.batch_key is not None and contiguous:
             self._find(
@@ -714,9 +717,9 @@ class ReportVerifier:
                 seq,
             )
 
-    def _epoch(self, walk: _Walk, body: bytes, hdr: Header) -> None:
+    def _epoch(self, walk: _Walk, raw: RawFrame, hdr: Header, before: bytes) -> None:
         """Ledger.md Verify step 6: an EPOCH record opens its epoch, or nothing."""
-        if walk.cur_version == VERSION:
+        if walk.cur_version in BATCHED_VERSIONS:
             self._unsealed_batch(walk, hdr.seq)
         failed = sum(self._counts.get(c, 0) for c in _EPOCH_FAILURES)
         if failed >= MAX_FINDINGS_PER_CODE:
@@ -734,7 +737,10 @@ class ReportVerifier:
             walk.next_batch, walk.batch_key, walk.batch_open = 0, None, False
             walk.last_epoch_seq = hdr.seq
             return
-        opened = self._open_epoch(body, hdr, walk.cur_epoch, walk.cur_chain, walk.anchor)
+        # Like a batch seal, the epoch seal covers the chain before it: checked only
+        # while that chain is the one received whole (see _check_batch).
+        prev = before if self._criticals == 0 and not walk.chain_broken else None
+        opened = self._open_epoch(raw, hdr, walk.cur_epoch, walk.cur_chain, walk.anchor, prev)
         walk.cur_epoch = hdr.epoch
         walk.cur_version = hdr.version
         walk.next_batch, walk.batch_key, walk.batch_open = 0, None, False
@@ -743,7 +749,7 @@ class ReportVerifier:
             walk.cur_chain, walk.cur_key = None, None
         else:
             walk.cur_chain, walk.cur_key, salt = opened
-            if hdr.version == VERSION:
+            if hdr.version in BATCHED_VERSIONS:
                 walk.batch_key = batch_root(walk.cur_chain, salt)
             self.result.chain = ChainState(hdr.epoch, walk.cur_chain)
 
@@ -788,7 +794,7 @@ class ReportVerifier:
         """Ledger.md Verify step 10 (the head and rollback; gaps follow the frames)."""
         known = self.known
         last_seq = walk.last_seq
-        if walk.cur_version == VERSION:
+        if walk.cur_version in BATCHED_VERSIONS:
             self._unsealed_batch(walk, None)
         self.result.head = Head(last_seq, walk.prev) if last_seq >= 0 else None
         if known is not None and last_seq < known.head.seq:
@@ -897,15 +903,18 @@ class ReportVerifier:
 
     def _open_epoch(
         self,
-        body: bytes,
+        raw: RawFrame,
         hdr: Header,
         cur_epoch: int | None,
         cur_chain: bytes | None,
         anchor: ChainState | None,
+        prev: bytes | None,
     ) -> tuple[bytes, AeadKey, bytes] | None:
+        """Open the epoch's chain key; ``prev`` is the chain hash its seal covers, if
+        the seal is to be checked (record version 3)."""
         r = self.result
         try:
-            ep = parse_epoch(body, hdr)
+            ep = parse_epoch(raw.body, hdr)
         except FormatError as exc:
             self._find(F.RECORD_MALFORMED, "critical", f"epoch record {hdr.seq}: {exc.render()}")
             return None
@@ -945,6 +954,23 @@ class ReportVerifier:
                 "critical",
                 f"epoch {hdr.epoch} (record {hdr.seq}) was not derived from the ledger's "
                 "chain key: forged, for example with only the vendor's public key",
+                hdr.seq,
+            )
+            return None
+        # Last, so that a foreign or forged epoch is named as such: what is left to fail
+        # here is the seal itself (an earlier change of the chain stops seal checks).
+        if (
+            hdr.version == VERSION
+            and prev is not None
+            and not constant_time_equal(
+                epoch_seal(chain_key, ep.plain.salt, prev, unsealed_epoch_frame(raw.data)), ep.seal
+            )
+        ):
+            self._find(
+                F.EPOCH_UNOPENABLE,
+                "critical",
+                f"epoch record {hdr.seq} opens with the vendor key but fails its epoch seal: "
+                "the seal was changed",
                 hdr.seq,
             )
             return None

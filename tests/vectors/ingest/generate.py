@@ -14,6 +14,10 @@ Layout, one directory per scenario:
 - ``<scenario>/outcome.json``         per report: status, findings (code, severity,
   seq), totals, head, records, and the receipt file name
 
+``v2/<scenario>/`` holds the same scenarios as the server of ledger record version 2
+wrote them; they are kept, not regenerated, so the vendor's outcome for reports of
+servers not yet upgraded stays pinned.
+
 Usage, from ``tests/`` (``make vectors``): ``python -m vectors.ingest.generate [--out DIR]``.
 The drift test (tests/unit/test_ingest_vectors.py) rebuilds them and compares bytes,
 and ingests the checked-in reports to compare outcomes.

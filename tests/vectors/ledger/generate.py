@@ -24,6 +24,12 @@ Layout written under ``--out`` (default: this directory, tests/vectors/ledger/):
 - ``invalid/<name>.report``     reports that verify with findings
 - ``invalid/<name>.json``       the exact findings (code, severity, seq) expected
 
+The generator writes record version 3 (the writer's). The vectors of record versions 1
+and 2 in ``v1/`` and ``v2/`` were made by the writers of those versions and are kept as
+they were, not regenerated: reports of servers not yet upgraded must keep verifying.
+``v2/site/`` is a whole server ledger directory written by the version 2 writer, which
+this writer must open and continue.
+
 The generator checks every vector against the real verifier before writing and
 stops if a vector does not produce the codes declared for it here.
 
@@ -77,7 +83,7 @@ from meterbox.ledger import (
     export_report,
 )
 from meterbox.ledger._fold import LedgerFolder
-from meterbox.ledger._format import FILE_HEADER_LEN
+from meterbox.ledger._format import EPOCH_BODY_LEN, FILE_HEADER_LEN
 from meterbox.ledger.records import StateRebuilt
 from meterbox.server._core.ledgerstate import LedgerState
 from support.ledger import (
@@ -723,7 +729,80 @@ def _build(tmp: Path) -> dict[str, bytes]:
         {F.BATCH_FORGED},
     )
     r.writer.close()
+
+    _epoch_seal_vectors(v, tmp)
     return dict(sorted(v.files.items()))
+
+
+def _epoch_seal_vectors(v: Vectors, tmp: Path) -> None:
+    """Record version 3: the epoch seal (ADR 0030)."""
+    from meterbox.ledger import findings as F
+
+    # recovered-torn-epoch: a power loss during the roll at restart left the EPOCH record
+    # and the STATE run written with it, but the EPOCH record's last 16 bytes (its epoch
+    # seal) as zeros. The next open finds the seal wrong, cuts the write, and records it.
+    t = new_ledger(tmp / "torn-epoch", seed=31)
+    t.writer.close()
+    t.reopen(seed=311, folder=LedgerState())
+    t.usage(3)
+    t.writer.close()
+    ledger_file = t.directory / "ledger.mbl"
+    before = ledger_file.read_bytes()
+    saved = {name: (t.directory / name).read_bytes() for name in ("chain.key", "ledger.mbl")}
+    t.reopen(seed=312, folder=LedgerState())
+    t.writer.close()
+    after = ledger_file.read_bytes()
+    torn = bytearray(_epoch_write(after, len(before)))
+    torn[EPOCH_FRAME_LEN - 16 : EPOCH_FRAME_LEN] = bytes(16)
+    for name, data in saved.items():
+        (t.directory / name).write_bytes(data)
+    with open(ledger_file, "ab") as fh:
+        fh.write(bytes(torn))
+    t.reopen(seed=313, folder=LedgerState())
+    cut = t.writer.recovery
+    if cut is None or (cut.cut_offset, cut.cut_bytes) != (len(before), len(torn)):
+        raise SystemExit(f"recovered-torn-epoch: the open did not cut the torn write: {cut}")
+    t.usage(1, start=3)
+    v.invalid(
+        "recovered-torn-epoch",
+        "a power loss during a restart's epoch roll left the EPOCH record with its epoch "
+        "seal zeroed and the STATE run after it whole; the next open cut both and recorded "
+        "RECOVERY: a warning only",
+        t.export(),
+        {F.LEDGER_RECOVERED},
+    )
+    t.writer.close()
+
+    # changed-epoch-seal: one bit of an EPOCH record's seal flipped, the report re-signed:
+    # the HPKE seal still opens, the epoch seal does not verify.
+    u = new_ledger(tmp / "epoch-seal", seed=37, config=LedgerConfig(epoch_max_records=3))
+    u.usage(5)
+    parts = split(u.export())
+    at = next(i for i, fr in enumerate(parts.frames) if i and fr[3] == RecordType.EPOCH)
+    changed = bytearray(parts.frames[at])
+    changed[-1] ^= 0x01
+    frames = [*parts.frames[:at], bytes(changed), *parts.frames[at + 1 :]]
+    v.invalid(
+        "changed-epoch-seal",
+        f"the last bit of the epoch seal of record {frame_seq(parts.frames[at])} (an EPOCH "
+        "record) flipped; re-signed with the instance key",
+        join(Parts(parts.header, frames, parts.trailer), u.writer.instance_key),
+        {F.EPOCH_UNOPENABLE},
+    )
+    u.writer.close()
+
+
+#: A version 3 EPOCH frame: the 2-byte length and a 187-byte body.
+EPOCH_FRAME_LEN = 2 + EPOCH_BODY_LEN
+
+
+def _epoch_write(ledger: bytes, offset: int) -> bytes:
+    """The write an open made at ``offset``: its EPOCH frame and the STATE run after it."""
+    assert ledger[offset + 3] == RecordType.EPOCH
+    end = offset + EPOCH_FRAME_LEN
+    while end < len(ledger) and ledger[end + 3] == RecordType.STATE:
+        end += 2 + int.from_bytes(ledger[end : end + 2], "big")
+    return ledger[offset:end]
 
 
 def frame_offsets_of_file(data: bytes) -> list[int]:
@@ -737,6 +816,7 @@ def frame_offsets_of_file(data: bytes) -> list[int]:
 
 def write(out: Path) -> None:
     files = build()
+    # v1/ and v2/ are kept as the older writers made them; only these are rebuilt.
     for sub in ("valid", "invalid"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)
