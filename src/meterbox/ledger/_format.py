@@ -101,7 +101,11 @@ class RecordType(enum.IntEnum):
     MACHINE_ACTIVATED = 26
     MACHINE_DEACTIVATED = 27
     SEAT_REMOVED = 28
-    # 29-32 are reserved for license suspension, revocation and seat borrowing.
+    # 29 and 30 are reserved for license suspension and revocation.
+    #: A seat taken for use away from the server, until its borrow token expires.
+    SEAT_BORROWED = 31
+    #: A borrowed seat given back before its expiry.
+    SEAT_RETURNED = 32
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
 

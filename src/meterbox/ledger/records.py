@@ -213,6 +213,30 @@ class SeatRemoved(SeatRelease):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SeatBorrowed(SeatCheckout):
+    """A seat borrowed for use with no server (``seat.borrowed``).
+
+    A subclass of :class:`SeatCheckout`: for everything that reads seat intervals the
+    lease starts here and runs to ``expires`` (the borrow token's expiry) unless a
+    :class:`SeatReturned` ends it earlier. ``machine`` is the SHA-256 (hex) of the
+    machine code the borrow token is bound to, never the code itself.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_BORROWED
+    machine: str = _req("h", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatReturned(SeatRelease):
+    """A borrowed seat given back before its expiry (``seat.returned``).
+
+    A subclass of :class:`SeatRelease`; same fields.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_RETURNED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SeatUnknown(_Payload):
     """A client renewed or released a lease the server does not hold (``seat.unknown``).
 
@@ -460,6 +484,8 @@ STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
     "d": ("str", "str", "int", "int"),
     # license id, machine code (node-locked activations)
     "ma": ("str", "str"),
+    # lease id, machine digest: the leases of "s" that are borrowed (seat.borrowed)
+    "sb": ("str", "str"),
 }
 #: Scalar keys of a STATE payload and their kinds.
 STATE_SCALARS: Final[dict[str, str]] = {
@@ -477,6 +503,7 @@ TopupRow = tuple[str, str, str, int, str, int]
 LeaseRow = tuple[str, str, str, str, int, int, int, int]
 ChargedRow = tuple[str, str, int, int]
 MachineRow = tuple[str, str]
+BorrowRow = tuple[str, str]
 
 
 def _rows(key: str, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], ...]:
@@ -522,6 +549,7 @@ class State:
     leases: tuple[LeaseRow, ...] = ()
     charged: tuple[ChargedRow, ...] = ()
     machines: tuple[MachineRow, ...] = ()
+    borrowed: tuple[BorrowRow, ...] = ()
     clock_floor_ms: int = 0
     head_seq: int = -1
     receipt_ms: int | None = None
@@ -536,6 +564,7 @@ class State:
         ("s", "leases"),
         ("d", "charged"),
         ("ma", "machines"),
+        ("sb", "borrowed"),
     )
 
     def __post_init__(self) -> None:
@@ -751,6 +780,8 @@ RecordPayload = (
     | SeatRelease
     | SeatExpire
     | SeatRemoved
+    | SeatBorrowed
+    | SeatReturned
     | SeatUnknown
     | SeatDenied
     | Heartbeat
@@ -785,6 +816,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         SeatRelease,
         SeatExpire,
         SeatRemoved,
+        SeatBorrowed,
+        SeatReturned,
         SeatUnknown,
         SeatDenied,
         Heartbeat,

@@ -13,6 +13,12 @@ version) and :class:`meterbox.errors.VerificationError` (signature or key proble
 from __future__ import annotations
 
 from meterbox.errors import FormatError as _FormatError
+from meterbox.licenses._borrow import (
+    BORROW_FORMAT,
+    BorrowToken,
+    instance_key_id,
+    machine_digest,
+)
 from meterbox.licenses._bundle import (
     BUNDLE_FORMAT,
     VendorPublicBundle,
@@ -31,7 +37,9 @@ from meterbox.licenses._license import (
     LICENSE_FORMAT,
     LICENSE_FORMAT_V2,
     LICENSE_FORMAT_V3,
+    LICENSE_FORMAT_V4,
     LICENSE_FORMATS,
+    MAX_BORROW_HOURS,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
     CryptolensSection,
@@ -45,6 +53,7 @@ from meterbox.licenses._receipt import RECEIPT_FORMAT, Receipt
 from meterbox.licenses._topup import TOPUP_FORMAT, Topup
 
 __all__ = [
+    "BORROW_FORMAT",
     "BUNDLE_FORMAT",
     "CHARGES",
     "DEFAULT_LEASE_SECONDS",
@@ -56,10 +65,13 @@ __all__ = [
     "LICENSE_FORMATS",
     "LICENSE_FORMAT_V2",
     "LICENSE_FORMAT_V3",
+    "LICENSE_FORMAT_V4",
+    "MAX_BORROW_HOURS",
     "MAX_LEASE_SECONDS",
     "MIN_LEASE_SECONDS",
     "RECEIPT_FORMAT",
     "TOPUP_FORMAT",
+    "BorrowToken",
     "CryptolensSection",
     "DataObject",
     "DocumentSigner",
@@ -75,6 +87,8 @@ __all__ = [
     "check_features_template",
     "derive_key_id",
     "format_time",
+    "instance_key_id",
+    "machine_digest",
     "open_document",
     "strict_loads",
 ]

@@ -85,6 +85,7 @@ def view_of_snapshot(snap: StateSnapshot) -> StateView:
                 ms(x.expires_at),
                 x.lease_seconds,
                 x.overdraft,
+                x.machine,
             )
             for x in snap.leases
         },

@@ -7,7 +7,8 @@ holds is therefore a function of the ledger alone:
 
 * usage per (license, meter, period), give-backs capped at what was used, as the
   engine decides them;
-* applied top-ups; live leases (checkout, renewals, release or expiry);
+* applied top-ups; live leases (checkout, renewals, release or expiry), borrowed
+  leases among them (borrow, then return or expiry) with their machine digest;
 * the last receipt (vendor time and acknowledged seq), which moves the report
   deadline; the clock floor (the latest record time folded);
 * per Cryptolens data object, the units it charged (give-backs capped, as
@@ -38,6 +39,7 @@ from meterbox.ledger.records import (
     MAX_REBUILT_ITEMS,
     MachineActivated,
     ReceiptImported,
+    SeatBorrowed,
     SeatCheckout,
     SeatRelease,
     SeatRenew,
@@ -51,6 +53,14 @@ from meterbox.server._core.seats import SeatLease
 
 _MS: Final = 1000
 _USAGE_TYPES: Final = frozenset({RecordType.USAGE, RecordType.USAGE_DECREMENT})
+_LEASE_ENDS: Final = frozenset(
+    {
+        RecordType.SEAT_RELEASE,
+        RecordType.SEAT_EXPIRE,
+        RecordType.SEAT_REMOVED,
+        RecordType.SEAT_RETURNED,
+    }
+)
 
 
 def _dt(ms: int) -> datetime:
@@ -71,6 +81,8 @@ class FoldLease:
     expires_ms: int
     lease_seconds: int
     overdraft: bool
+    #: Borrowed leases only: the machine digest of the borrow token.
+    machine: str | None = None
 
 
 @dataclass
@@ -144,6 +156,11 @@ class LedgerState:
             ),
             charged=tuple((k[0], k[1], k[2], n) for k, n in sorted(v.charged.items()) if n),
             machines=tuple(sorted(v.machines)),
+            borrowed=tuple(
+                (x.lease_id, x.machine)
+                for _, x in sorted(v.leases.items())
+                if x.machine is not None and x.expires_ms > floor
+            ),
             clock_floor_ms=floor,
             head_seq=v.head_seq,
             receipt_ms=None if v.receipt is None else v.receipt[0],
@@ -198,8 +215,12 @@ class LedgerState:
             lid = t.license_id or ""
             period = self._period(lid, t.meter, wall_ms)
             v.topups.setdefault(t.topup_id, (lid, t.meter, t.amount, period, wall_ms))
-        elif rtype == RecordType.SEAT_CHECKOUT:
-            c = SeatCheckout.from_map(payload)
+        elif rtype in (RecordType.SEAT_CHECKOUT, RecordType.SEAT_BORROWED):
+            c: SeatCheckout = (
+                SeatBorrowed.from_map(payload)
+                if rtype == RecordType.SEAT_BORROWED
+                else SeatCheckout.from_map(payload)
+            )
             if c.lease_id is None or c.license_id is None or c.expires is None:
                 return
             expires = c.expires * _MS
@@ -212,6 +233,7 @@ class LedgerState:
                 expires,
                 max(1, (expires - wall_ms + _MS // 2) // _MS),
                 c.overdraft,
+                c.machine if isinstance(c, SeatBorrowed) else None,
             )
         elif rtype == RecordType.SEAT_RENEW:
             r = SeatRenew.from_map(payload)
@@ -220,11 +242,17 @@ class LedgerState:
             # the record's wall time, before its expiry); a renewal of a lease already
             # past its expiry is not one the server wrote, and a STATE leaves such a
             # lease out, so ignoring it keeps the fold the same across epochs.
-            if lease is not None and r.expires is not None and lease.expires_ms > wall_ms:
+            # A borrowed lease is never renewed: its token's expiry is fixed.
+            if (
+                lease is not None
+                and lease.machine is None
+                and r.expires is not None
+                and lease.expires_ms > wall_ms
+            ):
                 v.leases[r.lease_id] = FoldLease(
                     **{**lease.__dict__, "expires_ms": max(lease.expires_ms, r.expires * _MS)}
                 )
-        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE, RecordType.SEAT_REMOVED):
+        elif rtype in _LEASE_ENDS:
             v.leases.pop(SeatRelease.from_map(payload).lease_id, None)
         elif rtype == RecordType.RECEIPT_IMPORTED:
             rec = ReceiptImported.from_map(payload)
@@ -272,6 +300,7 @@ class LedgerState:
                 lease_seconds=x.lease_seconds,
                 overdraft=x.overdraft,
                 recorded_at=_dt(x.issued_ms),
+                machine=x.machine,
             )
             for x in self.view.leases.values()
         ]
@@ -284,11 +313,14 @@ class LedgerState:
 
 
 def view_from_state(state: State) -> StateView:
+    borrowed = dict(state.borrowed)
     return StateView(
         usage={(lid, m, p): n for lid, m, p, n in state.usage},
         topups={tid: (lid, m, a, p, at) for tid, lid, m, a, p, at in state.topups},
         leases={
-            r[0]: FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+            r[0]: FoldLease(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), borrowed.get(r[0])
+            )
             for r in state.leases
         },
         charged={(lid, m, o): n for lid, m, o, n in state.charged},
@@ -350,6 +382,11 @@ def compare(truth: StateView, cache: StateView, now_ms: int, *, seats: bool = Tr
             less.append(f"lease {lid} ({x.license_id}/{x.feature}): live in the ledger only")
         for lid in sorted(live_c - set(truth.leases)):
             more.append(f"lease {lid}: live in the cache only")
+        for lid in sorted(live_t & live_c):
+            # A borrow the cache forgot could be released (and borrowed again) without
+            # its machine: in the customer's favour.
+            if truth.leases[lid].machine != cache.leases[lid].machine:
+                less.append(f"lease {lid}: borrowed in the ledger, not so in the cache")
         if truth.receipt != cache.receipt:
             t_ms = truth.receipt[0] if truth.receipt else -1
             c_ms = cache.receipt[0] if cache.receipt else -1
