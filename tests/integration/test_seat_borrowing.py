@@ -79,6 +79,10 @@ def test_a_borrow_counts_survives_restarts_and_kill9_and_an_early_return_frees_i
     assert (view["in_use"], view["borrowed"]) == (1, 1)
     holder = view["holders"][0]  # type: ignore[index]
     assert holder["borrowed"] is True and "lease_id" not in holder
+    text = cli("server", "status", "--data", str(site.data))
+    assert "cad: 1 (1 borrowed)" in text.stdout, text.stdout + text.stderr
+    as_json = json.loads(cli("server", "status", "--data", str(site.data), "--json").stdout)
+    assert as_json["seats_borrowed"] == {"cad": 1}
 
     def lose_state() -> None:
         # The cache gone: the server rebuilds it from the ledger's fold (ADR 0014).
@@ -107,6 +111,12 @@ def test_a_borrow_counts_survives_restarts_and_kill9_and_an_early_return_frees_i
         assert (seats(server.url)["in_use"], seats(server.url)["borrowed"]) == (0, 0)
         # The freed seat is there for the next client at once.
         assert not client(server.url, tmp_path / "b", "bob@desk").checkout("cad").overdraft
+
+    events = [json.loads(line) for line in (site.data / "activity.jsonl").read_text().splitlines()]
+    lent_lines = [e for e in events if e["event"] == "borrow"]
+    assert len(lent_lines) == 1 and lent_lines[0]["lease"] == got.lease_id[:8]
+    assert lent_lines[0]["expires"].startswith(got.expires_at.isoformat()[:19])
+    assert [e["client_id"] for e in events if e["event"] == "return"] == ["alice@laptop"]
 
     report = tmp_path / "report.mbr"
     assert cli("server", "export", "--data", str(site.data), "-o", str(report)).returncode == 0
