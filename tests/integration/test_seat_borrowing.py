@@ -176,6 +176,23 @@ def test_a_copied_token_gets_no_second_seat_and_cannot_be_returned_elsewhere(
     assert (seats(server.url)["in_use"], seats(server.url)["borrowed"]) == (1, 1)
 
 
+def test_the_administrator_cannot_remove_a_borrowed_seat_to_lend_it_again(
+    site: Data, server: ServerProcess, tmp_path: Path
+) -> None:
+    with client(server.url, tmp_path / "a") as alice:
+        alice.borrow("cad", hours=8, machine_code=LAPTOP)
+    admin = {"Authorization": f"Bearer {site.token}"}
+    # The token stays valid offline whatever the server does, so freeing its seat would
+    # give the site a seat more than the license: the removal matches no borrowed seat.
+    r = httpx.post(
+        f"{server.url}/v1/admin/seats/remove",
+        json={"client_id": "alice@laptop", "by": "root"},
+        headers=admin,
+    )
+    assert r.status_code == 200 and r.json()["removed"] == [], r.text
+    assert (seats(server.url)["in_use"], seats(server.url)["borrowed"]) == (1, 1)
+
+
 def test_borrows_take_regular_seats_only_and_stay_within_the_license(
     server: ServerProcess, tmp_path: Path
 ) -> None:
