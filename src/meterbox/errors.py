@@ -24,6 +24,7 @@ subclass only where its concept is genuinely narrower (and says why there).
     └── LicenseDenied                    a licensing decision: the request is refused
         ├── NoSeatAvailable
         ├── PolicyDenied                 the site's seat options refuse this requester (HTTP 403)
+        ├── BorrowRefused                a borrow or return the license or the lease does not allow
         ├── QuotaExceeded
         │   └── compat.BoundExceeded     the change would cross the caller's Bound
         ├── ReportOverdue
@@ -214,6 +215,15 @@ class PolicyDenied(LicenseDenied):
     counted apart from ``no_seat`` and not recorded as a denial for the vendor."""
 
     code = "policy_denied"
+
+
+class BorrowRefused(LicenseDenied):
+    """A seat cannot be borrowed (or returned) as asked: the license allows no borrowing
+    or not that long, the client holds a borrow on another machine, or a return names
+    another machine. Narrower than :class:`LicenseDenied` because retrying the same
+    request will not help, unlike :class:`NoSeatAvailable`."""
+
+    code = "borrow_refused"
 
 
 class QuotaExceeded(LicenseDenied):

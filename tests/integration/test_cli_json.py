@@ -53,7 +53,7 @@ def test_vendor_commands_print_documented_json(tmp_path: Path) -> None:
     assert entry["license"] == lic and entry["topups"] == {"runs": 50}
 
     bill = _json("vendor", "bill", "--home", str(home), "--period", "2026-01")
-    assert bill["format"] == "meterbox-bill/2" and bill["charges"] is None
+    assert bill["format"] == "meterbox-bill/3" and bill["charges"] is None
     for command in ("findings", "anomalies"):
         result = runner.invoke(app, ["vendor", command, "--home", str(home), "--json"])
         assert result.exit_code == 0, result.output

@@ -118,6 +118,31 @@ def test_lease_live_at_export_is_held_to_the_report_time_and_continues(tmp_path:
     assert (line["seat_ms"], line["live_leases"]) == (70 * 60_000, 0)
 
 
+def test_borrowed_seat_hours_are_on_the_bill(tmp_path: Path) -> None:
+    # A borrow is seat time like a checkout, shown apart as borrowed_ms; its return ends
+    # it early. An ordinary lease beside it counts in seat_ms only.
+    home = make_home(tmp_path)
+    site = make_site(home, tmp_path / "ledger", [issue(home)])
+    site.borrow("B1", hours=48, step_ms=0)
+    site.checkout("L1", step_ms=0)
+    site.clock.advance(30 * 60_000)
+    site.release("L1", step_ms=0)
+    site.clock.advance(5 * 3_600_000 - 30 * 60_000)
+    site.give_back("B1", step_ms=0)
+    code, out = ingest_json(home, site.export(tmp_path / "r1.mbr"))
+    assert code == 0, out
+    code, text = _bill(home, "--period", "2026-01", "--format", "json")
+    assert code == 0, text
+    bill = json.loads(text)
+    assert bill["format"] == "meterbox-bill/3"
+    [line] = bill["seat_lines"]
+    hour = 3_600_000
+    assert (line["seat_ms"], line["borrowed_ms"]) == (5 * hour + hour // 2, 5 * hour)
+    assert (line["peak"], line["live_leases"]) == (2, 0)
+    code, table = _bill(home, "--period", "2026-01")
+    assert code == 0 and "borrowed-h" in table and "5.00" in table
+
+
 PRICES = """\
 format = "meterbox-prices/1"
 currency = "EUR"

@@ -55,6 +55,7 @@ def make_data(
     report_every_days: int | None = None,
     expires_in: timedelta = timedelta(days=365),
     extra_features: tuple[str, ...] = (),
+    max_borrow_hours: int = 0,
 ) -> Data:
     """A vendor home under ``root`` and a server data dir (``data`` or ``root/server``).
 
@@ -78,6 +79,7 @@ def make_data(
         expires=issued + expires_in,
         require_tpm=require_tpm,
         report_every_days=report_every_days,
+        max_borrow_hours=max_borrow_hours,
     )
     lic_file = root / "site.lic"
     lic_file.write_bytes(lic.sign(keys.signer()))

@@ -103,6 +103,17 @@ class Site:
         payload = {"i": lease, "f": feature, "c": "client-1", "l": self.license_id, "e": 0}
         return self.writer.append(RecordType.SEAT_CHECKOUT, payload).seq
 
+    def borrow(self, lease: str, hours: int, machine: str = "ab" * 32, step_ms: int = 1000) -> int:
+        self.clock.advance(step_ms)
+        expires = (self.clock.wall_ms() + hours * 3_600_000) // 1000
+        payload = {"i": lease, "f": "cad", "c": "client-1", "l": self.license_id}
+        payload |= {"e": expires, "h": machine}
+        return self.writer.append(RecordType.SEAT_BORROWED, payload).seq
+
+    def give_back(self, lease: str, step_ms: int = 1000) -> int:
+        self.clock.advance(step_ms)
+        return self.writer.append(RecordType.SEAT_RETURNED, {"i": lease}).seq
+
     def release(self, lease: str, step_ms: int = 1000) -> int:
         self.clock.advance(step_ms)
         return self.writer.append(RecordType.SEAT_RELEASE, {"i": lease}).seq

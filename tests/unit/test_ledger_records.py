@@ -239,8 +239,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
                     record.payload, ordered=ordered
                 ), (path.name, record.seq)
                 seen.add(record.type)
-    # SEAT_UNKNOWN, the Cryptolens machine, witness, TPM, state, SEAT_REMOVED and license
-    # notice records
+    # SEAT_UNKNOWN, the Cryptolens machine, witness, TPM, state, SEAT_REMOVED, license
+    # notice and borrow records
     # came after the vectors were fixed (they stay byte-identical); their payload round
     # trips are covered by the property tests over PAYLOAD_TYPES, the
     # test_*_keep_their_keys tests, and the tests that read them back from real reports.
@@ -259,6 +259,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.SEAT_REMOVED,
         RecordType.LICENSE_SUSPENDED,
         RecordType.LICENSE_REVOKED,
+        RecordType.SEAT_BORROWED,
+        RecordType.SEAT_RETURNED,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -317,3 +319,21 @@ def test_seat_removed_keeps_its_keys() -> None:
     # Readers of seat intervals treat it as a release.
     assert isinstance(gone, SeatRelease)
     assert SeatRemoved(lease_id="L1", removed_by="x").to_map() == {"i": "L1", "b": "x"}
+
+
+def test_borrow_records_keep_their_keys() -> None:
+    from meterbox.ledger import SeatBorrowed, SeatCheckout, SeatRelease, SeatReturned
+
+    lent = SeatBorrowed(
+        lease_id="L1", feature="cad", client_id="a@h", license_id="lic", expires=99, machine="ab"
+    )
+    assert lent.to_map() == {"i": "L1", "f": "cad", "c": "a@h", "l": "lic", "e": 99, "h": "ab"}
+    assert parse_payload(RecordType.SEAT_BORROWED, lent.to_map()) == lent
+    assert RecordType.SEAT_BORROWED.kind == "seat.borrowed"
+    assert (RecordType.SEAT_BORROWED.value, RecordType.SEAT_RETURNED.value) == (31, 32)
+    # Readers of seat intervals treat them as a checkout and a release.
+    assert isinstance(lent, SeatCheckout)
+    back = parse_payload(RecordType.SEAT_RETURNED, {"i": "L1"})
+    assert back == SeatReturned(lease_id="L1") and isinstance(back, SeatRelease)
+    with pytest.raises(FormatError, match="lacks 'h'"):
+        parse_payload(RecordType.SEAT_BORROWED, {"f": "cad"})

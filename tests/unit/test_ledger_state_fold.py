@@ -63,6 +63,16 @@ _notice = st.builds(
     st.integers(1, 12),
     st.integers(0, 99),
 )
+_borrow = st.builds(
+    lambda i, lid, e, h: (
+        RecordType.SEAT_BORROWED,
+        {"i": i, "f": "cad", "c": "laptop", "l": lid, "e": e, "h": h},
+    ),
+    st.sampled_from(LEASES),
+    st.sampled_from(LICENSES),
+    st.integers(1_767_225_000, 1_767_300_000),
+    st.sampled_from(("aa" * 32, "bb" * 32)),
+)
 _renew = st.builds(
     lambda i, e: (RecordType.SEAT_RENEW, {"i": i, "e": e}),
     st.sampled_from(LEASES),
@@ -70,7 +80,7 @@ _renew = st.builds(
 )
 _end = st.builds(
     lambda t, i: (t, {"i": i}),
-    st.sampled_from((RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE)),
+    st.sampled_from((RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE, RecordType.SEAT_RETURNED)),
     st.sampled_from(LEASES),
 )
 _topup = st.builds(
@@ -100,7 +110,17 @@ _other = st.just((RecordType.HEARTBEAT, {"n": 1}))
 events = st.lists(
     st.tuples(
         st.one_of(
-            _usage, _checkout, _renew, _end, _removed, _notice, _topup, _receipt, _machine, _other
+            _usage,
+            _checkout,
+            _borrow,
+            _renew,
+            _end,
+            _removed,
+            _notice,
+            _topup,
+            _receipt,
+            _machine,
+            _other,
         ),
         st.integers(0, 5_000),
     ),

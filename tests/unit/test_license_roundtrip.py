@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from meterbox.errors import MeterboxError
 from meterbox.licenses import (
+    MAX_BORROW_HOURS,
     CryptolensSection,
     DataObject,
     Feature,
@@ -108,6 +109,7 @@ def licenses(draw: st.DrawFn) -> License:
         site_fingerprint=draw(st.none() | texts),
         cryptolens=cryptolens,
         require_tpm=draw(st.booleans()),
+        max_borrow_hours=draw(st.sampled_from([0, 0, 1, 336, MAX_BORROW_HOURS])),
     )
 
 

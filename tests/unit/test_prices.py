@@ -202,7 +202,7 @@ def test_charges_in_a_statement_follow_the_documented_rules() -> None:
     assert lines["lic_a", "cad"].amount_minor == 375
     assert st_.charges.total_minor == 475
     data = st_.to_json()
-    assert data["format"] == "meterbox-bill/2"
+    assert data["format"] == "meterbox-bill/3"
     assert data["charges"]["totals"] == [{"customer": "ACME", "amount_minor": 475}]
 
 

@@ -1,5 +1,6 @@
 """The seat options file: parser (clear errors with lines, hypothesis round trips) and the
-engine's invariants under random checkouts, releases, expiries and removals."""
+engine's invariants under random checkouts, releases, expiries, removals, borrows and
+returns."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterbox.errors import ConfigError, NoSeatAvailable, PolicyDenied
+from meterbox.errors import BorrowRefused, ConfigError, NoSeatAvailable, PolicyDenied
 from meterbox.server._core.engine import Engine
 from meterbox.server._core.options import (
     KINDS,
@@ -26,6 +27,8 @@ from meterbox.server._core.options import (
 from meterbox.server._core.policy import FeaturePolicy, LicensePolicy
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+#: The license's borrow limit in these tests, in hours.
+MAX_BORROW = 48
 
 EXAMPLE = """\
 version = 1
@@ -57,6 +60,7 @@ def engine(seats: int, overdraft: int, options: str) -> Engine:
         product="cad",
         issued=T0 - timedelta(days=1),
         features={"cad": FeaturePolicy(seats=seats, overdraft=overdraft, lease_seconds=60)},
+        max_borrow_hours=MAX_BORROW,
     )
     e = Engine([policy], init_time=T0, rng=counter_rng())
     e.options = parse_options(options)
@@ -230,6 +234,15 @@ ops = st.lists(
         st.tuples(st.just("release"), st.integers(0, 40)),
         st.tuples(st.just("remove"), st.integers(0, 11)),
         st.tuples(st.just("advance"), st.integers(1, 90)),
+        st.tuples(
+            st.just("borrow"),
+            st.integers(0, 11),
+            st.sampled_from(GROUPS),
+            st.integers(1, MAX_BORROW + 12),
+            st.integers(0, 1),
+        ),
+        st.tuples(st.just("return"), st.integers(0, 40), st.integers(0, 1)),
+        st.tuples(st.just("advance_hours"), st.integers(1, 30)),
     ),
     max_size=60,
 )
@@ -262,14 +275,36 @@ def test_live_seats_stay_within_the_license_and_reservations_go_to_their_groups(
                 # Granted only where the seats held open for other groups stayed free.
                 assert len(live) + open_for_others < capacity
         elif step[0] == "release" and issued:
-            e.release(issued[step[1] % len(issued)])
+            with contextlib.suppress(BorrowRefused):  # a borrowed seat is only returned
+                e.release(issued[step[1] % len(issued)])
         elif step[0] == "remove":
             e.remove(now, "admin", client_id=f"c{step[1]}")
         elif step[0] == "advance":
             now += timedelta(seconds=step[1])
             e.expire(now)
+        elif step[0] == "borrow":
+            _, client, group, hours, machine = step
+            live = e.seats.live("cad", now)
+            try:
+                b = e.borrow(
+                    "cad", f"c{client}", now, hours=hours, machine=f"m{machine}", group=group
+                )
+            except (PolicyDenied, NoSeatAvailable, BorrowRefused):
+                continue
+            assert hours <= MAX_BORROW and not b.lease.overdraft
+            if b.record:
+                issued.append(b.lease.lease_id)
+        elif step[0] == "return" and issued:
+            with contextlib.suppress(BorrowRefused):  # not a borrow, or another machine
+                e.return_borrow(issued[step[1] % len(issued)], f"m{step[2]}", now)
+        elif step[0] == "advance_hours":
+            now += timedelta(hours=step[1])
+            e.expire(now)
         live = e.seats.live("cad", now)
         assert len(live) <= capacity
+        # Borrows take regular seats only, and a client holds at most one lease.
+        assert sum(x.borrowed for x in live) <= seats
+        assert len({x.client_id for x in live}) == len(live)
         holders = [lease_identity(x) for x in live]
         assert sum(h.group == "interns" for h in holders) <= 2
         for user in {h.user for h in holders}:

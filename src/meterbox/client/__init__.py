@@ -19,6 +19,7 @@ _HOMES: dict[str, tuple[str, str]] = {
     "AsyncClient": ("meterbox.client._async", "AsyncClient"),
     "AsyncSeat": ("meterbox.client._async", "AsyncSeat"),
     "Balance": ("meterbox.client._core", "Balance"),
+    "Borrow": ("meterbox.client._borrow", "Borrow"),
     "DeadLetter": ("meterbox.client._core", "DeadLetter"),
     "FlushResult": ("meterbox.client._core", "FlushResult"),
     "Lease": ("meterbox.client._core", "Lease"),
@@ -31,6 +32,7 @@ _HOMES: dict[str, tuple[str, str]] = {
     "Client": ("meterbox.client._sync", "Client"),
     "Seat": ("meterbox.client._sync", "Seat"),
     "BadRequestError": ("meterbox.client.errors", "BadRequestError"),
+    "BorrowRefused": ("meterbox.client.errors", "BorrowRefused"),
     "IdempotencyConflictError": ("meterbox.client.errors", "IdempotencyConflictError"),
     "LeaseLost": ("meterbox.client.errors", "LeaseLost"),
     "LicenseExpired": ("meterbox.client.errors", "LicenseExpired"),
@@ -46,6 +48,7 @@ _HOMES: dict[str, tuple[str, str]] = {
 
 if TYPE_CHECKING:
     from meterbox.client._async import AsyncClient, AsyncSeat
+    from meterbox.client._borrow import Borrow
     from meterbox.client._core import (
         Balance,
         DeadLetter,
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     from meterbox.client._sync import Client, Seat
     from meterbox.client.errors import (
         BadRequestError,
+        BorrowRefused,
         IdempotencyConflictError,
         LeaseLost,
         LicenseExpired,
@@ -94,6 +98,8 @@ __all__ = [
     "AsyncSeat",
     "BadRequestError",
     "Balance",
+    "Borrow",
+    "BorrowRefused",
     "Client",
     "DeadLetter",
     "FlushResult",

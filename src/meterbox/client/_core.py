@@ -30,6 +30,7 @@ from typing import Literal
 
 from meterbox.client.errors import (
     BadRequestError,
+    BorrowRefused,
     ConfigError,
     ForbiddenError,
     IdempotencyConflictError,
@@ -584,6 +585,7 @@ _BY_CODE: dict[str, type[MeterboxError]] = {
     "lease_removed": LeaseLost,
     "no_seat": NoSeatAvailable,
     "policy_denied": PolicyDenied,
+    "borrow_refused": BorrowRefused,
     "idempotency_conflict": IdempotencyConflictError,
     "unavailable": ServerUnreachableError,
 }

@@ -214,3 +214,62 @@ def flush(
     if result.pending:
         typer.echo(f"{result.pending} event(s) still spooled: {result.stopped}", err=True)
         raise typer.Exit(EXIT_UNREACHABLE)
+
+
+def _borrow_json(borrow: Any) -> dict[str, Any]:
+    t = borrow.token
+    return {
+        "lease_id": t.lease_id,
+        "feature": t.feature,
+        "license_id": t.license_id,
+        "client_id": t.client_id,
+        "issued": t.issued,
+        "expires": t.expires,
+    }
+
+
+@app.command()
+def borrow(
+    feature: Annotated[str, typer.Argument(help="Feature to borrow, e.g. cad.")],
+    hours: Annotated[
+        int, typer.Option("--hours", min=1, help="How long to keep the seat with no server.")
+    ],
+    url: UrlOpt = None,
+    spool: SpoolOpt = None,
+    client_id: ClientIdOpt = None,
+    as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Borrow a seat for use with no server, up to the license's max_borrow_hours.
+
+    The borrow token is kept beside the spool (borrows/FEATURE.borrow) and is usable on
+    this machine only; `meterbox client borrowed FEATURE` checks it offline.
+    """
+    got = _run(url, spool, client_id, lambda c: c.borrow(feature, hours=hours), api_key)
+    _print(_borrow_json(got))
+    typer.echo(f"borrowed until {_json_default(got.expires_at)}; works offline here", err=True)
+
+
+@app.command()
+def borrowed(
+    feature: Annotated[str, typer.Argument(help="Feature borrowed, e.g. cad.")],
+    spool: SpoolOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this machine's borrowed seat offline (no server). Exit 1 once it has expired."""
+    # No request is sent: the URL only satisfies the client's configuration.
+    got = _run(["http://offline.invalid"], spool, None, lambda c: c.borrowed(feature))
+    _print(_borrow_json(got))
+
+
+@app.command("return")
+def return_(
+    feature: Annotated[str, typer.Argument(help="Feature borrowed, e.g. cad.")],
+    url: UrlOpt = None,
+    spool: SpoolOpt = None,
+    as_json: JsonOpt = False,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Give a borrowed seat back early; its token on this machine is deleted."""
+    returned = _run(url, spool, None, lambda c: c.return_borrow(feature), api_key)
+    _print({"returned": returned})

@@ -19,6 +19,7 @@ one from :mod:`meterbox.errors`, re-exported so SDK users import from one place.
     └── LicenseDenied
         ├── NoSeatAvailable        HTTP 409 no_seat          (meterbox.errors)
         ├── PolicyDenied           HTTP 403 policy_denied    (meterbox.errors)
+        ├── BorrowRefused          HTTP 409 borrow_refused   (meterbox.errors)
         ├── QuotaExceeded          HTTP 402 quota_exceeded   (meterbox.errors)
         ├── ReportOverdue          HTTP 403 report_overdue   (meterbox.errors)
         ├── LicenseExpired         HTTP 403 license_expired  (meterbox.errors)
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 from meterbox.errors import (
     BadRequestError,
+    BorrowRefused,
     ConfigError,
     ForbiddenError,
     IdempotencyConflictError,
@@ -60,6 +62,7 @@ from meterbox.errors import (
 
 __all__ = [
     "BadRequestError",
+    "BorrowRefused",
     "ConfigError",
     "ForbiddenError",
     "IdempotencyConflictError",

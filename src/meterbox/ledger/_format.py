@@ -119,7 +119,10 @@ class RecordType(enum.IntEnum):
     LICENSE_SUSPENDED = 29
     #: A vendor notice revoked a license for good.
     LICENSE_REVOKED = 30
-    # 31 and 32 are reserved for seat borrowing.
+    #: A seat taken for use away from the server, until its borrow token expires.
+    SEAT_BORROWED = 31
+    #: A borrowed seat given back before its expiry.
+    SEAT_RETURNED = 32
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
 

@@ -217,6 +217,30 @@ class SeatRemoved(SeatRelease):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SeatBorrowed(SeatCheckout):
+    """A seat borrowed for use with no server (``seat.borrowed``).
+
+    A subclass of :class:`SeatCheckout`: for everything that reads seat intervals the
+    lease starts here and runs to ``expires`` (the borrow token's expiry) unless a
+    :class:`SeatReturned` ends it earlier. ``machine`` is the SHA-256 (hex) of the
+    machine code the borrow token is bound to, never the code itself.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_BORROWED
+    machine: str = _req("h", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeatReturned(SeatRelease):
+    """A borrowed seat given back before its expiry (``seat.returned``).
+
+    A subclass of :class:`SeatRelease`; same fields.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.SEAT_RETURNED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SeatUnknown(_Payload):
     """A client renewed or released a lease the server does not hold (``seat.unknown``).
 
@@ -502,6 +526,8 @@ STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
     # a removed lease as in "s", then its API key id ("" for none), who removed it,
     # why ("" for none) and when (Unix ms)
     "rm": ("str", "str", "str", "str", "int", "int", "int", "int", "str", "str", "str", "int"),
+    # lease id, machine digest: the leases of "s" that are borrowed (seat.borrowed)
+    "sb": ("str", "str"),
 }
 #: Scalar keys of a STATE payload and their kinds.
 STATE_SCALARS: Final[dict[str, str]] = {
@@ -522,6 +548,7 @@ MachineRow = tuple[str, str]
 LeaseKeyRow = tuple[str, str]
 StandingRow = tuple[str, int, str, str, str, int]
 RemovalRow = tuple[str, str, str, str, int, int, int, int, str, str, str, int]
+BorrowRow = tuple[str, str]
 
 
 def _rows(key: str, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], ...]:
@@ -570,6 +597,7 @@ class State:
     lease_keys: tuple[LeaseKeyRow, ...] = ()
     standings: tuple[StandingRow, ...] = ()
     removals: tuple[RemovalRow, ...] = ()
+    borrowed: tuple[BorrowRow, ...] = ()
     clock_floor_ms: int = 0
     head_seq: int = -1
     receipt_ms: int | None = None
@@ -587,6 +615,7 @@ class State:
         ("sk", "lease_keys"),
         ("ls", "standings"),
         ("rm", "removals"),
+        ("sb", "borrowed"),
     )
 
     def __post_init__(self) -> None:
@@ -802,6 +831,8 @@ RecordPayload = (
     | SeatRelease
     | SeatExpire
     | SeatRemoved
+    | SeatBorrowed
+    | SeatReturned
     | SeatUnknown
     | SeatDenied
     | Heartbeat
@@ -838,6 +869,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         SeatRelease,
         SeatExpire,
         SeatRemoved,
+        SeatBorrowed,
+        SeatReturned,
         SeatUnknown,
         SeatDenied,
         Heartbeat,

@@ -13,6 +13,12 @@ version) and :class:`meterbox.errors.VerificationError` (signature or key proble
 from __future__ import annotations
 
 from meterbox.errors import FormatError as _FormatError
+from meterbox.licenses._borrow import (
+    BORROW_FORMAT,
+    BorrowToken,
+    instance_key_id,
+    machine_digest,
+)
 from meterbox.licenses._bundle import (
     BUNDLE_FORMAT,
     VendorPublicBundle,
@@ -31,7 +37,9 @@ from meterbox.licenses._license import (
     LICENSE_FORMAT,
     LICENSE_FORMAT_V2,
     LICENSE_FORMAT_V3,
+    LICENSE_FORMAT_V4,
     LICENSE_FORMATS,
+    MAX_BORROW_HOURS,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
     CryptolensSection,
@@ -47,6 +55,7 @@ from meterbox.licenses._topup import TOPUP_FORMAT, Topup
 
 __all__ = [
     "ACTIONS",
+    "BORROW_FORMAT",
     "BUNDLE_FORMAT",
     "CHARGES",
     "DEFAULT_LEASE_SECONDS",
@@ -58,11 +67,14 @@ __all__ = [
     "LICENSE_FORMATS",
     "LICENSE_FORMAT_V2",
     "LICENSE_FORMAT_V3",
+    "LICENSE_FORMAT_V4",
+    "MAX_BORROW_HOURS",
     "MAX_LEASE_SECONDS",
     "MIN_LEASE_SECONDS",
     "NOTICE_FORMAT",
     "RECEIPT_FORMAT",
     "TOPUP_FORMAT",
+    "BorrowToken",
     "CryptolensSection",
     "DataObject",
     "DocumentSigner",
@@ -79,6 +91,8 @@ __all__ = [
     "check_features_template",
     "derive_key_id",
     "format_time",
+    "instance_key_id",
+    "machine_digest",
     "open_document",
     "strict_loads",
 ]

@@ -18,11 +18,11 @@ Every failure is a :class:`FormatError` or a :class:`VerificationError`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meterbox import crypto
 from meterbox.errors import FormatError
@@ -113,6 +113,10 @@ class Opened:
     version: int = 1
 
 
+#: Finds the public key a document's ``key_id`` names; raises VerificationError if none.
+KeyLookup = Callable[[bytes], Ed25519PublicKey]
+
+
 def unseal(
     data: bytes, expected_format: str | tuple[str, ...], bundle: VendorPublicBundle
 ) -> Opened:
@@ -121,6 +125,14 @@ def unseal(
     ``expected_format`` may list several versions of one format (oldest first); the
     document may be in any of them, and the signature is checked over the version it
     names.
+    """
+    return unseal_with(data, expected_format, lambda kid: bundle.by_id(kid).signing_key())
+
+
+def unseal_with(data: bytes, expected_format: str | tuple[str, ...], lookup: KeyLookup) -> Opened:
+    """:func:`unseal` with the signing key found by ``lookup`` (not a vendor bundle).
+
+    For documents a server signs with its instance key (borrow tokens, docs/spec/borrow.md).
     """
     accepted = (expected_format,) if isinstance(expected_format, str) else expected_format
     _check_size(data)
@@ -180,8 +192,5 @@ def unseal(
         )
 
     key_id = bytes.fromhex(key_hex)
-    public = bundle.by_id(key_id)
-    crypto.verify_signature(
-        public.signing_key(), signature, signed_message(found_fmt, payload_bytes)
-    )
+    crypto.verify_signature(lookup(key_id), signature, signed_message(found_fmt, payload_bytes))
     return Opened(strict_loads(payload_bytes, f"{want_name} payload"), key_id, version)

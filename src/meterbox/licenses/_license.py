@@ -43,8 +43,12 @@ LICENSE_FORMAT: Final = "meterbox-license/1"
 LICENSE_FORMAT_V2: Final = "meterbox-license/2"
 #: Version 3 adds ``require_tpm`` (docs/adr/0011-tpm-anchor.md).
 LICENSE_FORMAT_V3: Final = "meterbox-license/3"
+#: Version 4 adds ``max_borrow_hours`` (docs/adr/0028-seat-borrowing.md).
+LICENSE_FORMAT_V4: Final = "meterbox-license/4"
 #: Every license format this code reads, oldest first.
-LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2, LICENSE_FORMAT_V3)
+LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2, LICENSE_FORMAT_V3, LICENSE_FORMAT_V4)
+#: Longest borrow a license may allow: 366 days, in hours.
+MAX_BORROW_HOURS: Final = 366 * 24
 #: Keygen Relay's lease; short enough that a killed client frees its seat within a minute.
 DEFAULT_LEASE_SECONDS: Final = 60
 MIN_LEASE_SECONDS: Final = 5
@@ -410,9 +414,12 @@ class License:
     cryptolens: CryptolensSection | None = None
     #: The server must run anchored to a TPM, and every report must carry an attestation.
     require_tpm: bool = False
+    #: Longest a client may borrow a seat for use with no server; 0: no borrowing.
+    max_borrow_hours: int = 0
 
     def __post_init__(self) -> None:
         check_name(self.license_id, "license_id")
+        check_int(self.max_borrow_hours, "max_borrow_hours", maximum=MAX_BORROW_HOURS)
         if not isinstance(self.require_tpm, bool):
             raise FormatError(
                 "require_tpm has the wrong type",
@@ -476,6 +483,8 @@ class License:
     @property
     def format_version(self) -> int:
         """The lowest license format version that expresses this license."""
+        if self.max_borrow_hours:
+            return 4
         if self.require_tpm:
             return 3
         return 2 if self.cryptolens is not None and self.cryptolens.needs_v2 else 1
@@ -495,7 +504,14 @@ class License:
             "grace_days": self.grace_days,
             "site_fingerprint": self.site_fingerprint,
             "cryptolens": None if self.cryptolens is None else self.cryptolens.to_json(version),
-        } | ({"require_tpm": True} if version >= 3 else {})
+        } | self._late_fields(version)
+
+    def _late_fields(self, version: int) -> dict[str, Any]:
+        """Fields later versions add: version 3 ``require_tpm`` (always true there),
+        version 4 ``require_tpm`` (either value) and ``max_borrow_hours``."""
+        if version >= 4:
+            return {"require_tpm": self.require_tpm, "max_borrow_hours": self.max_borrow_hours}
+        return {"require_tpm": True} if version == 3 else {}
 
     @classmethod
     def from_payload(cls, value: object, version: int | None = None) -> License:
@@ -508,7 +524,7 @@ class License:
             section = value.get("cryptolens") if isinstance(value, dict) else None
             version = 2 if isinstance(section, dict) and "max_machines" in section else 1
             if isinstance(value, dict) and "require_tpm" in value:
-                version = 3
+                version = 4 if "max_borrow_hours" in value else 3
         f = Fields(value, "license")
         license_id = f.name("license_id")
         customer = f.text("customer")
@@ -529,6 +545,11 @@ class License:
         cl_raw = f.raw("cryptolens")
         cryptolens = None if cl_raw is None else CryptolensSection.from_json(cl_raw, version)
         require_tpm = f.boolean("require_tpm") if version >= 3 else False
+        max_borrow = (
+            f.integer("max_borrow_hours", minimum=1, maximum=MAX_BORROW_HOURS)
+            if version >= 4
+            else 0
+        )
         f.done()
         lic = cls(
             license_id=license_id,
@@ -544,6 +565,7 @@ class License:
             site_fingerprint=site,
             cryptolens=cryptolens,
             require_tpm=require_tpm,
+            max_borrow_hours=max_borrow,
         )
         if lic.format_version != version:
             raise FormatError(

@@ -35,8 +35,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterbox import __version__
 from meterbox._fs import disk_error
+from meterbox.crypto import b64e, ed25519_raw_public
 from meterbox.errors import BadRequestError, FormatError, MeterboxError
 from meterbox.ledger.records import MAX_AMOUNT
+from meterbox.licenses import MAX_BORROW_HOURS
 from meterbox.server import _metrics as metrics
 from meterbox.server._apidocs import add_api_docs
 from meterbox.server._core.access import ApiKey, KeyRing
@@ -85,6 +87,41 @@ class LeaseIdIn(_In):
     lease_id: Annotated[str, _LEASE_ID]
 
 
+_MACHINE = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class BorrowIn(_In):
+    """A seat to take away: ``machine`` is the SDK's machine digest, never the code."""
+
+    feature: Annotated[str, _NAME]
+    client_id: Annotated[str, _CLIENT]
+    hours: Annotated[int, Field(ge=1, le=MAX_BORROW_HOURS)]
+    machine: Annotated[str, _MACHINE]
+    hostname: Annotated[str | None, Field(default=None, max_length=255)] = None
+    user: Annotated[str | None, Field(default=None, min_length=1, max_length=200)] = None
+
+
+class ReturnIn(_In):
+    lease_id: Annotated[str, _LEASE_ID]
+    machine: Annotated[str, _MACHINE]
+
+
+class BorrowOut(BaseModel):
+    lease_id: str
+    feature: str
+    client_id: str
+    license_id: str
+    expires_at: datetime
+    #: The borrow token (docs/spec/borrow.md), one JSON line; the SDK keeps it verbatim.
+    token: str
+    #: The server's instance public key (raw Ed25519, base64) that signed the token.
+    instance_key: str
+
+
+class ReturnOut(BaseModel):
+    returned: bool
+
+
 class UsageIn(_In):
     meter: Annotated[str, _NAME]
     amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
@@ -114,6 +151,8 @@ class HolderOut(BaseModel):
     since: datetime
     expires_at: datetime
     overdraft: bool
+    #: A seat borrowed for use with no server, until ``expires_at`` or its return.
+    borrowed: bool = False
 
 
 class QueuedOut(BaseModel):
@@ -127,6 +166,8 @@ class FeatureOut(BaseModel):
     seats: int
     overdraft: int
     in_use: int
+    #: Seats among ``in_use`` borrowed for use away from the server.
+    borrowed: int
     denials: int
     #: Checkouts the site's options file refused (counted apart from ``denials``).
     policy_denials: int
@@ -390,6 +431,7 @@ def build_app(  # noqa: PLR0913 - keyword-only wiring of the optional handlers
     _add_error_handlers(app)
     access = _Access(keys, require_api_key)
     _add_seat_and_usage_routes(app, service, access)
+    _add_borrow_routes(app, service, access)
     _add_status_routes(app, service)
     _add_admin_routes(app, service, admin_token.encode(), export_report, import_file)
     _add_key_routes(app, service, admin_token.encode(), access)
@@ -501,6 +543,7 @@ def _holder(lease: SeatLease) -> HolderOut:
         since=lease.issued_at,
         expires_at=lease.expires_at,
         overdraft=lease.overdraft,
+        borrowed=lease.borrowed,
     )
 
 
@@ -580,6 +623,7 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _A
                     seats=f["seats"],
                     overdraft=f["overdraft"],
                     in_use=f["in_use"],
+                    borrowed=f["borrowed"],
                     denials=f["denials"],
                     policy_denials=f["policy_denials"],
                     holders=[_holder(x) for x in f["leases"]],
@@ -623,6 +667,49 @@ def _add_seat_and_usage_routes(app: FastAPI, service: LicenseService, access: _A
     @app.get("/v1/usage/balances")
     async def balances() -> BalancesOut:
         return BalancesOut(meters=[BalanceOut(**b) for b in service.engine.balances(service.now())])
+
+
+def _add_borrow_routes(app: FastAPI, service: LicenseService, access: _Access) -> None:
+    caller = Depends(access)
+
+    @app.post(
+        "/v1/seats/borrow",
+        response_model=BorrowOut,
+        responses=_errors(400, 401, 403, 404, 409, 413, 503),
+    )
+    async def borrow(body: BorrowIn, key: ApiKey | None = caller) -> Response:
+        if key is not None:
+            key.allow_feature(body.feature)
+        lease, token = await service.borrow(
+            body.feature,
+            body.client_id,
+            body.hours,
+            body.machine,
+            hostname=body.hostname,
+            key_id=_key_id(key),
+            user=body.user,
+            group=None if key is None else key.group,
+        )
+        signer = service.borrow_signer
+        assert signer is not None
+        return _json(
+            BorrowOut(
+                lease_id=lease.lease_id,
+                feature=lease.feature,
+                client_id=lease.client_id,
+                license_id=lease.license_id,
+                expires_at=lease.expires_at,
+                token=token.decode("ascii"),
+                instance_key=b64e(ed25519_raw_public(signer.private_key.public_key())),
+            )
+        )
+
+    @app.post(
+        "/v1/seats/return", response_model=ReturnOut, responses=_errors(400, 401, 409, 413, 503)
+    )
+    async def return_borrow(body: ReturnIn, key: ApiKey | None = caller) -> Response:
+        returned = await service.return_borrow(body.lease_id, body.machine, key_id=_key_id(key))
+        return _json(ReturnOut(returned=returned))
 
 
 def _add_status_routes(app: FastAPI, service: LicenseService) -> None:

@@ -79,6 +79,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "not_found": 404,
     "lease_removed": 410,
     "no_seat": 409,
+    "borrow_refused": 409,
     "idempotency_conflict": 409,
     "topup_already_applied": 409,
     "notice_out_of_order": 409,

@@ -39,6 +39,7 @@ from typing import Any, Final
 from meterbox._fs import atomic_write, check_private_dir, disk_error, fsync_dir
 from meterbox.clock import Clock, SystemClock
 from meterbox.compat.signer import CryptolensSigner
+from meterbox.crypto import ed25519_raw_public
 from meterbox.errors import (
     ConfigError,
     DiskFullError,
@@ -57,11 +58,13 @@ from meterbox.ledger import (
     recent_heads,
 )
 from meterbox.licenses import (
+    DocumentSigner,
     License,
     LicenseNotice,
     Receipt,
     Topup,
     VendorPublicBundle,
+    instance_key_id,
     open_document,
 )
 from meterbox.server._core.engine import ReceiptInfo
@@ -472,6 +475,12 @@ class ServerInstance:
                 clock=clock,
                 sleep=sleep,
                 ledger_floor=from_ms(fold.view.clock_floor_ms),
+            )
+            # Borrow tokens are signed by the instance key, which signs this server's
+            # reports too: the vendor knows it from the first report (ADR 0028).
+            service.borrow_signer = DocumentSigner(
+                instance_key_id(ed25519_raw_public(writer.instance_key.public_key())),
+                writer.instance_key,
             )
             with writer.snapshot() as frames:
                 # The heads a witness may name, so judging one rarely reads the file.

@@ -85,7 +85,8 @@ def view_of_snapshot(snap: StateSnapshot) -> StateView:
                 ms(x.expires_at),
                 x.lease_seconds,
                 x.overdraft,
-                x.key_id,
+                key_id=x.key_id,
+                machine=x.machine,
             )
             for x in snap.leases
         },

@@ -39,15 +39,18 @@ from meterbox.ledger.records import (
     LicenseSuspended,
     ReceiptImported,
     RecordPayload,
+    SeatBorrowed,
     SeatCheckout,
     SeatDenied,
     SeatExpire,
     SeatRelease,
     SeatRemoved,
     SeatRenew,
+    SeatReturned,
     SeatUnknown,
     TopupImported,
 )
+from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._core.changes import (
@@ -65,7 +68,7 @@ from meterbox.server._core.changes import (
     UsageDelta,
 )
 from meterbox.server._core.clock import LicenseClock
-from meterbox.server._core.engine import Engine, ReceiptInfo, UsageDecision
+from meterbox.server._core.engine import BorrowDecision, Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
@@ -162,6 +165,9 @@ class LicenseService:
         self._queues: dict[str, collections.deque[Waiter]] = {}
         #: The site admin's activity log (who had which seat); None writes none.
         self.activity: ActivityLog | None = None
+        #: Signs borrow tokens: the ledger's instance key (set by the instance that opens
+        #: the ledger); without it the server lends no seats.
+        self.borrow_signer: DocumentSigner | None = None
         self._side: list[asyncio.Future[int]] = []
         #: The ledger writer's step count when :meth:`now` last looked (for the log).
         self._steps_logged = 0
@@ -632,6 +638,166 @@ class LicenseService:
             # Answered as before, once the evidence is on record: check out again.
             raise missing
         return await self._finish_seat(decision, task, now, None)
+
+    # ------------------------------------------------------------ borrowing
+    async def borrow(
+        self,
+        feature: str,
+        client_id: str,
+        hours: int,
+        machine: str,
+        *,
+        hostname: str | None = None,
+        key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> tuple[SeatLease, bytes]:
+        """Lend a seat for ``hours`` to the machine with digest ``machine``; return the token.
+
+        Recorded (``seat.borrowed``, after a ``seat.release`` of the client's ordinary
+        lease it replaces) and durable before the token is handed out; taken back if the
+        ledger refuses. A repeated borrow from the same machine writes nothing and gets
+        its token again.
+        """
+        signer = self.borrow_signer
+        if signer is None:
+            raise UnavailableError(
+                "This server cannot sign borrow tokens",
+                expected="a server opened on its ledger (its instance key signs tokens)",
+                found="no instance key",
+                hint="Borrow from the running license server",
+            )
+        async with self._lock:
+            now = self.now()
+            who = {"user": user, "host": hostname, "group": group}
+            try:
+                self._queue_check(feature, client_id, None, now)
+                d = self.engine.borrow(
+                    feature,
+                    client_id,
+                    now,
+                    hours=hours,
+                    machine=machine,
+                    hostname=hostname,
+                    key_id=key_id,
+                    user=user,
+                    group=group,
+                )
+            except PolicyDenied as exc:
+                self._note(
+                    now,
+                    "deny",
+                    feature=feature,
+                    client_id=client_id,
+                    reason=f"policy: {exc.found}",
+                    **who,
+                )
+                raise
+            except NoSeatAvailable as exc:
+                denial: NoSeatAvailable | None = exc
+                denied = self._write(
+                    SeatDenied(feature=feature, client_id=client_id, license_id=exc.license_id)
+                )
+            else:
+                denial = None
+                tasks = self._write_borrow(d)
+        if denial is not None:
+            seq = await self._durable(denied)
+            self._note(
+                now,
+                "deny",
+                feature=feature,
+                client_id=client_id,
+                reason=f"no seat to borrow: {denial.found}",
+                **who,
+            )
+            await self._save([DenialAdd(feature)], seq, now)
+            raise denial
+        await self._finish_borrow(d, tasks, now)
+        return d.lease, self.borrow_token(d.lease).sign(signer)
+
+    def _write_borrow(self, d: BorrowDecision) -> list[asyncio.Future[int]]:
+        tasks = []
+        if d.replaced is not None:
+            tasks.append(self._write(SeatRelease(lease_id=d.replaced.lease_id)))
+        if d.record:
+            x = d.lease
+            assert x.machine is not None
+            tasks.append(
+                self._write(
+                    SeatBorrowed(
+                        lease_id=x.lease_id,
+                        feature=x.feature,
+                        client_id=x.client_id,
+                        license_id=x.license_id,
+                        expires=_epoch(x.expires_at),
+                        machine=x.machine,
+                    )
+                )
+            )
+        return tasks
+
+    async def _finish_borrow(
+        self, d: BorrowDecision, tasks: list[asyncio.Future[int]], now: datetime
+    ) -> None:
+        seq = None
+        try:
+            for task in tasks:
+                seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.undo_borrow(d)
+            raise
+        if not d.record:
+            return
+        self.counters["borrows"] = self.counters.get("borrows", 0) + 1
+        if d.replaced is not None:
+            self._note(now, "release", d.replaced, reason="replaced by a borrow")
+        self._note(now, "borrow", d.lease, expires=d.lease.expires_at.isoformat())
+        changes: list[Change] = [LeasePut(d.lease)]
+        if d.replaced is not None:
+            changes.append(LeasePut(d.replaced, ended=True))
+        hour = hour_of(now)
+        peak = self.engine.seats.peaks.get((d.lease.feature, hour))
+        if peak is not None:
+            changes.append(PeakMax(d.lease.feature, hour, peak))
+        await self._save(changes, seq, now)
+
+    def borrow_token(self, lease: SeatLease) -> BorrowToken:
+        """The token of a borrowed lease (the same lease always gives the same token)."""
+        assert lease.machine is not None
+        return BorrowToken(
+            lease_id=lease.lease_id,
+            feature=lease.feature,
+            license_id=lease.license_id,
+            client_id=lease.client_id,
+            instance_id=self.instance_id,
+            machine=lease.machine,
+            issued=lease.issued_at.replace(microsecond=0),
+            expires=lease.expires_at,
+        )
+
+    async def return_borrow(
+        self, lease_id: str, machine: str, *, key_id: str | None = None
+    ) -> bool:
+        """End a borrow early (``seat.returned``); False if it is not held (idempotent)."""
+        async with self._lock:
+            now = self.now()
+            lease = self.engine.return_borrow(lease_id, machine, now, key_id=key_id)
+            if lease is None:
+                return False
+            task = self._write(SeatReturned(lease_id=lease_id))
+        try:
+            seq = await self._durable(task)
+        except UnavailableError:
+            async with self._lock:
+                self.engine.seats.leases[lease.lease_id] = lease
+            raise
+        self.counters["returns"] = self.counters.get("returns", 0) + 1
+        self._note(now, "return", lease)
+        self._wake(lease.feature)
+        await self._save([LeasePut(lease, ended=True)], seq, now)
+        return True
 
     async def release(self, lease_id: str, *, key_id: str | None = None) -> bool:
         async with self._lock:
@@ -1136,6 +1302,7 @@ def status_view(
         "last_receipt": receipt.to_json() if receipt else None,
         "report_due": engine.report_status(now),
         "seats_in_use": {f["feature"]: f["in_use"] for f in seats},
+        "seats_borrowed": {f["feature"]: f["borrowed"] for f in seats},
         "quota": {
             f"{b['license_id']}/{b['meter']}": {
                 "used": b["used"],

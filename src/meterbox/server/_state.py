@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS leases (
     license_id TEXT NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
     lease_seconds INTEGER NOT NULL, overdraft INTEGER NOT NULL, hostname TEXT,
     recorded_at INTEGER, ended INTEGER NOT NULL DEFAULT 0, key_id TEXT, user TEXT,
-    grp TEXT);
+    grp TEXT, machine TEXT);
 CREATE TABLE IF NOT EXISTS denials (feature TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS peaks (
     feature TEXT NOT NULL, hour INTEGER NOT NULL, peak INTEGER NOT NULL,
@@ -199,7 +199,7 @@ class StateStore:
         # gain the columns (NULL: none, as those leases were checked out); the schema
         # version stays.
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
-        for name in ("key_id", "user", "grp"):
+        for name in ("key_id", "user", "grp", "machine"):
             if name not in columns:
                 self._db.execute(f"ALTER TABLE leases ADD COLUMN {name} TEXT")
 
@@ -315,7 +315,8 @@ class StateStore:
             db.execute(
                 "INSERT INTO leases(lease_id, feature, client_id, license_id, issued_at, "
                 "expires_at, lease_seconds, overdraft, hostname, recorded_at, ended, key_id, user, "
-                "grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lease_id) DO UPDATE SET "
+                "grp, machine) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lease_id) "
+                "DO UPDATE SET "
                 "expires_at = max(expires_at, excluded.expires_at), "
                 "recorded_at = max(coalesce(recorded_at, 0), coalesce(excluded.recorded_at, 0)), "
                 "ended = max(ended, excluded.ended)",
@@ -334,6 +335,7 @@ class StateStore:
                     x.key_id,
                     x.user,
                     x.group,
+                    x.machine,
                 ),
             )
         elif isinstance(c, UsageDelta):
@@ -501,7 +503,9 @@ class StateStore:
                 snap.last_receipt = ReceiptInfo(from_us(r["t"]), int(r["seq"]), r["id"])
             # A read-only open of a file from before the key column reads NULL for it.
             columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
-            extra = ", ".join(c if c in columns else "NULL" for c in ("key_id", "user", "grp"))
+            extra = ", ".join(
+                c if c in columns else "NULL" for c in ("key_id", "user", "grp", "machine")
+            )
             for row in db.execute(
                 "SELECT lease_id, feature, client_id, license_id, issued_at, expires_at, "  # noqa: S608 - extra names columns or NULL, constants
                 f"lease_seconds, overdraft, hostname, recorded_at, {extra} FROM leases "
@@ -522,6 +526,7 @@ class StateStore:
                         key_id=row[10],
                         user=row[11],
                         group=row[12],
+                        machine=row[13],
                     )
                 )
             snap.denials = {f: int(n) for f, n in db.execute("SELECT feature, count FROM denials")}

@@ -536,8 +536,12 @@ def status_lines(info: dict[str, Any]) -> list[tuple[str, str]]:
         state = "OVERDUE: export and send a report" if due.get("overdue") else "not overdue"
         lines.append(("report by", f"{utc(due.get('deadline'))} ({state})"))
     seats = info.get("seats_in_use") or {}
+    borrowed = info.get("seats_borrowed") or {}
     for feature, in_use in sorted(seats.items()):
-        lines.append(("seats in use", f"{feature}: {in_use}"))
+        lent = borrowed.get(feature, 0)
+        lines.append(
+            ("seats in use", f"{feature}: {in_use}" + (f" ({lent} borrowed)" if lent else ""))
+        )
     if not seats:
         lines.append(("seats in use", "no floating features"))
     for name, q in sorted((info.get("quota") or {}).items()):

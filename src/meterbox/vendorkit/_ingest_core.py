@@ -100,6 +100,10 @@ _SEAT_KINDS: Final = {
     RecordType.SEAT_EXPIRE: "expire",
     # A lease the site administrator removed: it ends there, like a release.
     RecordType.SEAT_REMOVED: "remove",
+    # A seat lent for use with no server: it opens like a checkout and ends at its
+    # return (like a release) or its expiry; billing shows its time apart.
+    RecordType.SEAT_BORROWED: "borrow",
+    RecordType.SEAT_RETURNED: "return",
     RecordType.SEAT_DENIED: "denied",
 }
 #: Record types kept in neither the usage nor the seat table, nor in ``ledger_events``:
@@ -437,7 +441,7 @@ class IngestCore:
         if acked:
             # Keep lease owners of acknowledged checkouts: a later release needs them.
             kind = _SEAT_KINDS.get(t)
-            if kind in {"checkout", "release", "expire", "remove"}:
+            if kind in {"checkout", "borrow", "release", "expire", "remove", "return"}:
                 self._seat(record, kind, store=False)
             elif kind is None and self.observer is not None:
                 self.observer.event(record, acked=True)
@@ -542,7 +546,7 @@ class IngestCore:
             seat = parse_payload(record.type, record.payload)
         except FormatError:
             seat = None
-        if kind in {"checkout", "denied"}:
+        if kind in {"checkout", "borrow", "denied"}:
             found = self._seat_grant(record, seat, store=store)
         else:
             found = self._seat_end(record, kind, seat, store=store)

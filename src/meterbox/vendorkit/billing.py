@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from meterbox.vendorkit.prices import Charges, PriceList
 
 #: The statement's version (docs/spec/bill.md); the JSON carries it as ``format``.
-BILL_FORMAT: Final = "meterbox-bill/2"
+BILL_FORMAT: Final = "meterbox-bill/3"
 HOUR_MS: Final = 3_600_000
 _PERIOD_RE: Final = re.compile(r"(\d{4})-(\d{2})")
 
@@ -121,7 +121,7 @@ class SeatEventIn:
     license_id: str
     feature: str
     ts_ms: int
-    kind: str  # checkout | renew | release | expire | remove | denied
+    kind: str  # checkout | borrow | renew | release | expire | remove | return | denied
     lease_id: str | None
 
 
@@ -177,6 +177,8 @@ class SeatLine:
     denials: int
     #: Leases with no release or expiry on record yet, shown up to their report's time.
     live_leases: int
+    #: The part of ``seat_ms`` held by borrowed seats (used with no server).
+    borrowed_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +375,8 @@ class LeaseInterval:
     start_ms: int
     end_ms: int
     live: bool
+    #: Opened by a borrow (``seat.borrowed``) rather than a checkout.
+    borrowed: bool = False
 
 
 def lease_intervals(
@@ -399,9 +403,9 @@ def lease_intervals(
         open_: dict[str, SeatEventIn] = {}
         for e in evs:
             lease = e.lease_id or f"#{e.seq}"
-            if e.kind in ("checkout", "renew"):
+            if e.kind in ("checkout", "borrow", "renew"):
                 open_.setdefault(lease, e)
-            elif e.kind in ("release", "expire", "remove") and lease in open_:
+            elif e.kind in ("release", "expire", "remove", "return") and lease in open_:
                 first = open_.pop(lease)
                 out.append(
                     LeaseInterval(
@@ -412,13 +416,23 @@ def lease_intervals(
                         first.ts_ms,
                         max(first.ts_ms, e.ts_ms),
                         False,
+                        first.kind == "borrow",
                     )
                 )
         until = report_times.get(inst, max(e.ts_ms for e in evs))
         for lease, first in open_.items():
             end = max(first.ts_ms, until)
             out.append(
-                LeaseInterval(inst, lease, first.license_id, first.feature, first.ts_ms, end, True)
+                LeaseInterval(
+                    inst,
+                    lease,
+                    first.license_id,
+                    first.feature,
+                    first.ts_ms,
+                    end,
+                    True,
+                    first.kind == "borrow",
+                )
             )
     out.sort(key=lambda x: (x.license_id, x.feature, x.start_ms, x.instance_id, x.lease_id))
     return out, denials
@@ -480,6 +494,7 @@ def seat_usage(
                 max(hourly.values(), default=0),
                 denials.get(key, 0),
                 sum(1 for i in held if i.live),
+                sum(min(i.end_ms, end) - max(i.start_ms, start) for i in held if i.borrowed),
             )
         )
     return peaks_out, lines

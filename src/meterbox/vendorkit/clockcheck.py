@@ -110,9 +110,16 @@ CODES: Final[dict[str, str]] = {
 MAX_PER_CODE: Final = 50
 
 _RUN_STARTS: Final = frozenset({RecordType.GENESIS, RecordType.BOOT, RecordType.RECOVERY})
-_LEASE_OPEN: Final = frozenset({RecordType.SEAT_CHECKOUT, RecordType.SEAT_RENEW})
+_LEASE_OPEN: Final = frozenset(
+    {RecordType.SEAT_CHECKOUT, RecordType.SEAT_RENEW, RecordType.SEAT_BORROWED}
+)
 _LEASE_CLOSE: Final = frozenset(
-    {RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE, RecordType.SEAT_REMOVED}
+    {
+        RecordType.SEAT_RELEASE,
+        RecordType.SEAT_EXPIRE,
+        RecordType.SEAT_REMOVED,
+        RecordType.SEAT_RETURNED,
+    }
 )
 #: Types whose payload :meth:`ClockChecker.feed` reads.
 _READ_TYPES: Final = (

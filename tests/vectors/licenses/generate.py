@@ -107,6 +107,8 @@ def build() -> dict[str, bytes]:
     )
     # Format 3: a license that requires a TPM-anchored server (docs/adr/0011).
     require_tpm = License(**{**_fields(basic), "require_tpm": True})
+    # Format 4: seats may be borrowed for up to two weeks (docs/adr/0028).
+    borrowing = License(**{**_fields(basic), "max_borrow_hours": 336})
     topup = Topup("top_00112233445566cc", basic.license_id, "solver-runs", 500, CLOCK)
     receipt = Receipt(
         receipt_id="rcpt_00112233445566dd",
@@ -141,6 +143,12 @@ def build() -> dict[str, bytes]:
             "vendor.pub",
             require_tpm.sign(KEY_A.signer()),
             require_tpm.to_payload(),
+        ),
+        (
+            "valid/license-borrow-v4.lic",
+            "vendor.pub",
+            borrowing.sign(KEY_A.signer()),
+            borrowing.to_payload(),
         ),
         ("valid/topup.top", "vendor.pub", topup.sign(KEY_A.signer()), topup.to_payload()),
         ("valid/receipt.rcpt", "vendor.pub", receipt.sign(KEY_A.signer()), receipt.to_payload()),
@@ -179,9 +187,36 @@ def build() -> dict[str, bytes]:
             "FormatError",
         ),
         (
-            "invalid/unknown-version-4.lic",
+            "invalid/unknown-version-5.lic",
+            "license",
+            seal("meterbox-license/5", borrowing.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # A version-4 envelope around a version-3 payload: max_borrow_hours is
+            # required in version 4.
+            "invalid/v4-without-max-borrow-hours.lic",
             "license",
             seal("meterbox-license/4", require_tpm.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # max_borrow_hours 0 under version 4: a license without borrowing is written
+            # in a lower version, so version 4 requires at least one hour.
+            "invalid/v4-zero-borrow-hours.lic",
+            "license",
+            seal(
+                "meterbox-license/4",
+                {**require_tpm.to_payload(), "require_tpm": False, "max_borrow_hours": 0},
+                KEY_A.signer(),
+            ),
+            "FormatError",
+        ),
+        (
+            # max_borrow_hours under version 3: the version-3 reader refuses the extra key.
+            "invalid/borrow-as-v3.lic",
+            "license",
+            seal("meterbox-license/3", borrowing.to_payload(), KEY_A.signer()),
             "FormatError",
         ),
         (

@@ -33,12 +33,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from meterbox.errors import (
+    BorrowRefused,
     ConfigError,
     LeaseRemoved,
     LicenseDenied,
     LicenseExpired,
     LicenseRevoked,
     LicenseSuspended,
+    NoSeatAvailable,
     PolicyDenied,
     ReportOverdue,
     StateError,
@@ -86,6 +88,16 @@ class ReceiptInfo:
             "seq": self.seq,
             "receipt_id": self.receipt_id,
         }
+
+
+@dataclass(frozen=True)
+class BorrowDecision:
+    """A borrow: the borrowed lease, the client's ordinary lease it replaced, and whether
+    it is new (``record``; a repeated borrow from the same machine is answered again)."""
+
+    lease: SeatLease
+    replaced: SeatLease | None
+    record: bool
 
 
 @dataclass(frozen=True)
@@ -271,18 +283,7 @@ class Engine:
         if held is not None:
             return self.heartbeat(claim(held, key_id).lease_id, now, key_id=key_id)
         sources = self.feature_sources(feature, now)
-        if feature in self.options.features:
-            capacity = sum(p.seats + p.overdraft for _, p in sources)
-            try:
-                self.options.admit(
-                    feature,
-                    Identity(user=user, host=hostname, group=group),
-                    self.seats.live(feature, now),
-                    capacity,
-                )
-            except PolicyDenied:
-                self.seats.policy_denials[feature] = self.seats.policy_denials.get(feature, 0) + 1
-                raise
+        self._admit(feature, now, hostname, user, group)
         return self.seats.checkout(
             feature,
             client_id,
@@ -294,6 +295,168 @@ class Engine:
             user=user,
             group=group,
         )
+
+    def borrow(  # noqa: PLR0913 - the borrowed lease's fields, passed through from one request
+        self,
+        feature: str,
+        client_id: str,
+        now: datetime,
+        *,
+        hours: int,
+        machine: str,
+        hostname: str | None = None,
+        key_id: str | None = None,
+        user: str | None = None,
+        group: str | None = None,
+    ) -> BorrowDecision:
+        """A seat of ``feature`` borrowed for ``hours`` by the machine with digest ``machine``.
+
+        Only licenses whose ``max_borrow_hours`` covers ``hours`` lend seats, and only
+        regular seats (an overdraft seat is a short-term allowance, not one to take away
+        for days). A live borrow of this client from the same machine is answered again
+        unchanged (a retry gets the same token); one from another machine is refused. A
+        live ordinary lease of the client is handed over: it ends and the borrow takes
+        its place in one decision, so the client never holds two seats. The site's
+        options decide a borrow exactly as a checkout.
+        """
+        held = self.seats.held_by(feature, client_id, now)
+        if held is not None:
+            claim(held, key_id)
+            if held.borrowed:
+                if held.machine != machine:
+                    raise BorrowRefused(
+                        f"Client {client_id!r} has borrowed a seat of {feature!r} on another "
+                        "machine",
+                        expected="a borrow from the machine that holds it, or none held",
+                        found=f"a borrow until {held.expires_at.isoformat()} on another machine",
+                        hint="Return the seat from the machine that borrowed it, or wait for "
+                        "it to expire",
+                    )
+                return BorrowDecision(lease=held, replaced=None, record=False)
+        lic_hours = self._borrow_hours(feature, now)
+        if not 1 <= hours <= lic_hours:
+            raise BorrowRefused(
+                f"A seat of {feature!r} cannot be borrowed for {hours} hours",
+                expected=f"1 to {lic_hours} hours (the longest any installed license allows)"
+                if lic_hours
+                else "a license that allows borrowing (max_borrow_hours)",
+                found=f"{hours} hours",
+                hint="Ask for a shorter borrow"
+                if lic_hours
+                else "Ask the vendor for a license with max_borrow_hours",
+            )
+        sources = [
+            (lic.license_id, lic.features[feature])
+            for lic in self.ordered()
+            if feature in lic.features
+            and lic.max_borrow_hours >= hours
+            and self.blocked(lic, now) is None
+        ]
+        if held is not None:
+            self.seats.release(held.lease_id)
+        self._admit(feature, now, hostname, user, group, undo=held)
+        template = SeatLease(
+            lease_id="",
+            feature=feature,
+            client_id=client_id,
+            license_id="",
+            issued_at=now,
+            expires_at=now,
+            lease_seconds=0,
+            hostname=hostname,
+            recorded_at=now,
+            key_id=key_id,
+            user=user,
+            group=group,
+            machine=machine,
+        )
+        try:
+            lease = self.seats.grant(
+                template,
+                now,
+                sources=sources,
+                rng=self.rng,
+                seconds=hours * 3600,
+                overdraft_allowed=False,
+            )
+        except NoSeatAvailable:
+            if held is not None:
+                self.seats.leases[held.lease_id] = held
+            raise
+        # Whole seconds: the ledger record, the state and the token name one expiry.
+        lease = replace(lease, expires_at=lease.expires_at.replace(microsecond=0))
+        self.seats.leases[lease.lease_id] = lease
+        return BorrowDecision(lease=lease, replaced=held, record=True)
+
+    def _borrow_hours(self, feature: str, now: datetime) -> int:
+        """The longest borrow of ``feature`` any usable license allows (0: none)."""
+        usable = self._usable(now, feature, lambda lic: feature in lic.features)
+        if not usable and feature not in self.feature_names():
+            self.feature_sources(feature, now)  # raises UnknownFeature
+        return max((lic.max_borrow_hours for lic in usable), default=0)
+
+    def _admit(
+        self,
+        feature: str,
+        now: datetime,
+        hostname: str | None,
+        user: str | None,
+        group: str | None,
+        *,
+        undo: SeatLease | None = None,
+    ) -> None:
+        """The site's options on a new seat; ``undo`` is put back if they refuse."""
+        if feature not in self.options.features:
+            return
+        sources = self.feature_sources(feature, now)
+        capacity = sum(p.seats + p.overdraft for _, p in sources)
+        try:
+            self.options.admit(
+                feature,
+                Identity(user=user, host=hostname, group=group),
+                self.seats.live(feature, now),
+                capacity,
+            )
+        except PolicyDenied:
+            self.seats.policy_denials[feature] = self.seats.policy_denials.get(feature, 0) + 1
+            if undo is not None:
+                self.seats.leases[undo.lease_id] = undo
+            raise
+
+    def return_borrow(
+        self, lease_id: str, machine: str, now: datetime, *, key_id: str | None = None
+    ) -> SeatLease | None:
+        """End borrowed lease ``lease_id`` early; ``None`` if it is not held (idempotent).
+
+        Only the key that borrowed it, from the machine it was borrowed on, may return it:
+        the token stays on that machine, and a return from anywhere else would free a
+        seat whose token is still usable there.
+        """
+        lease = self.seats.leases.get(lease_id)
+        if lease is None or not lease.owned_by(key_id) or not lease.live(now):
+            return None
+        if not lease.borrowed:
+            raise BorrowRefused(
+                f"Lease {lease_id!r} is not a borrowed seat",
+                expected="the lease id of a borrow",
+                found="an ordinary lease",
+                hint="Release an ordinary lease with /v1/seats/release",
+            )
+        if lease.machine != machine:
+            raise BorrowRefused(
+                f"Borrowed seat {lease_id!r} was borrowed on another machine",
+                expected="a return from the machine that holds the borrow token",
+                found="another machine code",
+                hint="Return the seat from the machine that borrowed it",
+            )
+        return self.seats.release(lease_id)
+
+    def undo_borrow(self, decision: BorrowDecision) -> None:
+        """Take back a borrow whose ledger records could not be written."""
+        if decision.record:
+            self.seats.leases.pop(decision.lease.lease_id, None)
+        if decision.replaced is not None:
+            self.seats.leases[decision.replaced.lease_id] = decision.replaced
 
     def checkout_on(
         self,
@@ -398,10 +561,20 @@ class Engine:
         return self.seats.renew(lease, now)
 
     def release(self, lease_id: str, *, key_id: str | None = None) -> SeatLease | None:
-        """Drop a lease of ``key_id``; ``None`` if it is not held (or held by another key)."""
+        """Drop a lease of ``key_id``; ``None`` if it is not held (or held by another key).
+
+        A borrowed lease is not released this way (:meth:`return_borrow` checks the machine).
+        """
         lease = self.seats.leases.get(lease_id)
         if lease is None or not lease.owned_by(key_id):
             return None
+        if lease.borrowed:
+            raise BorrowRefused(
+                f"Lease {lease_id!r} is a borrowed seat",
+                expected="an ordinary lease to release",
+                found=f"a borrow until {lease.expires_at.isoformat()}",
+                hint="Return a borrowed seat from its machine (`meterbox client return`)",
+            )
         return self.seats.release(lease_id)
 
     def is_known_lease(self, lease_id: str) -> bool:
@@ -636,6 +809,7 @@ class Engine:
                     "seats": sum(lic.features[feature].seats for lic in usable),
                     "overdraft": sum(lic.features[feature].overdraft for lic in usable),
                     "in_use": len(live),
+                    "borrowed": sum(1 for x in live if x.borrowed),
                     "denials": self.seats.denials.get(feature, 0),
                     "policy_denials": self.seats.policy_denials.get(feature, 0),
                     "leases": live,
@@ -679,6 +853,7 @@ class Engine:
 
 
 __all__ = [
+    "BorrowDecision",
     "Engine",
     "SeatLease",
     "ReceiptInfo",

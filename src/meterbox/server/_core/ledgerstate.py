@@ -8,8 +8,9 @@ holds is therefore a function of the ledger alone:
 * usage per (license, meter, period), give-backs capped at what was used, as the
   engine decides them;
 * applied top-ups; live leases (checkout, renewals, release or expiry) and the API
-  key that owns each; removals (who, why) of leases that would still be live, so a
-  removed holder is told why after a restart;
+  key that owns each, borrowed leases among them (borrow, then return or expiry)
+  with their machine digest; removals (who, why) of leases that would still be live,
+  so a removed holder is told why after a restart;
 * each license's standing under the vendor's notices (suspended, resumed, revoked),
   by :func:`meterbox.server._core.standing.apply`, the rule the engine applies;
 * the last receipt (vendor time and acknowledged seq), which moves the report
@@ -44,6 +45,7 @@ from meterbox.ledger.records import (
     LicenseSuspended,
     MachineActivated,
     ReceiptImported,
+    SeatBorrowed,
     SeatCheckout,
     SeatRelease,
     SeatRemoved,
@@ -61,6 +63,14 @@ from meterbox.server._errors import LicenseAlreadyRevoked, NoticeOutOfOrder
 
 _MS: Final = 1000
 _USAGE_TYPES: Final = frozenset({RecordType.USAGE, RecordType.USAGE_DECREMENT})
+_LEASE_ENDS: Final = frozenset(
+    {
+        RecordType.SEAT_RELEASE,
+        RecordType.SEAT_EXPIRE,
+        RecordType.SEAT_REMOVED,
+        RecordType.SEAT_RETURNED,
+    }
+)
 
 
 def _dt(ms: int) -> datetime:
@@ -83,6 +93,8 @@ class FoldLease:
     overdraft: bool
     #: The API key that checked the lease out (None: none, or a record from before keys).
     key_id: str | None = None
+    #: Borrowed leases only: the machine digest of the borrow token.
+    machine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,11 @@ class LedgerState:
                 )
                 for _, r in sorted(v.removed.items())
             ),
+            borrowed=tuple(
+                (x.lease_id, x.machine)
+                for _, x in sorted(v.leases.items())
+                if x.machine is not None and x.expires_ms > floor
+            ),
             clock_floor_ms=floor,
             head_seq=v.head_seq,
             receipt_ms=None if v.receipt is None else v.receipt[0],
@@ -242,8 +259,12 @@ class LedgerState:
             lid = t.license_id or ""
             period = self._period(lid, t.meter, wall_ms)
             v.topups.setdefault(t.topup_id, (lid, t.meter, t.amount, period, wall_ms))
-        elif rtype == RecordType.SEAT_CHECKOUT:
-            c = SeatCheckout.from_map(payload)
+        elif rtype in (RecordType.SEAT_CHECKOUT, RecordType.SEAT_BORROWED):
+            c: SeatCheckout = (
+                SeatBorrowed.from_map(payload)
+                if rtype == RecordType.SEAT_BORROWED
+                else SeatCheckout.from_map(payload)
+            )
             if c.lease_id is None or c.license_id is None or c.expires is None:
                 return
             expires = c.expires * _MS
@@ -257,6 +278,7 @@ class LedgerState:
                 max(1, (expires - wall_ms + _MS // 2) // _MS),
                 c.overdraft,
                 c.key_id,
+                c.machine if isinstance(c, SeatBorrowed) else None,
             )
         elif rtype == RecordType.SEAT_RENEW:
             r = SeatRenew.from_map(payload)
@@ -265,7 +287,13 @@ class LedgerState:
             # the record's wall time, before its expiry); a renewal of a lease already
             # past its expiry is not one the server wrote, and a STATE leaves such a
             # lease out, so ignoring it keeps the fold the same across epochs.
-            if lease is not None and r.expires is not None and lease.expires_ms > wall_ms:
+            # A borrowed lease is never renewed: its token's expiry is fixed.
+            if (
+                lease is not None
+                and lease.machine is None
+                and r.expires is not None
+                and lease.expires_ms > wall_ms
+            ):
                 v.leases[r.lease_id] = FoldLease(
                     **{**lease.__dict__, "expires_ms": max(lease.expires_ms, r.expires * _MS)}
                 )
@@ -274,7 +302,7 @@ class LedgerState:
             gone = v.leases.pop(rm.lease_id, None)
             if gone is not None:
                 v.removed[rm.lease_id] = FoldRemoval(gone, rm.removed_by, rm.reason, wall_ms)
-        elif rtype in (RecordType.SEAT_RELEASE, RecordType.SEAT_EXPIRE):
+        elif rtype in _LEASE_ENDS:
             v.leases.pop(SeatRelease.from_map(payload).lease_id, None)
         elif rtype in (RecordType.LICENSE_SUSPENDED, RecordType.LICENSE_REVOKED):
             self._apply_notice(rtype, payload, wall_ms)
@@ -353,6 +381,7 @@ class LedgerState:
                 overdraft=x.overdraft,
                 recorded_at=_dt(x.issued_ms),
                 key_id=x.key_id,
+                machine=x.machine,
             )
             for x in self.view.leases.values()
         ]
@@ -420,11 +449,23 @@ def _standing(license_id: str, row: tuple[int, str, str, str, int] | None) -> St
 
 def view_from_state(state: State) -> StateView:
     keys = dict(state.lease_keys)
+    borrowed = dict(state.borrowed)
     return StateView(
         usage={(lid, m, p): n for lid, m, p, n in state.usage},
         topups={tid: (lid, m, a, p, at) for tid, lid, m, a, p, at in state.topups},
         leases={
-            r[0]: FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), keys.get(r[0]))
+            r[0]: FoldLease(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                bool(r[7]),
+                key_id=keys.get(r[0]),
+                machine=borrowed.get(r[0]),
+            )
             for r in state.leases
         },
         standings={r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in state.standings},
@@ -466,6 +507,21 @@ class Difference:
         return (*lines[: MAX_REBUILT_ITEMS - 1], f"... and {rest} more")
 
 
+def _lease_differences(lid: str, truth: FoldLease, cache: FoldLease) -> list[str]:
+    """What a cached live lease lacks that the ledger's has: each in the customer's favour."""
+    out: list[str] = []
+    # A lease stripped of its key could be renewed or released by anyone.
+    if truth.key_id is not None and cache.key_id != truth.key_id:
+        out.append(
+            f"lease {lid}: owned by key {truth.key_id} in the ledger, {cache.key_id} in the cache"
+        )
+    # A borrow the cache forgot could be released (and borrowed again) without its
+    # machine.
+    if truth.machine != cache.machine:
+        out.append(f"lease {lid}: borrowed in the ledger, not so in the cache")
+    return out
+
+
 def compare(truth: StateView, cache: StateView, now_ms: int, *, seats: bool = True) -> Difference:
     """What ``cache`` claims that ``truth`` (the fold) does not, split by who it favours.
 
@@ -497,12 +553,7 @@ def compare(truth: StateView, cache: StateView, now_ms: int, *, seats: bool = Tr
         for lid in sorted(live_c - set(truth.leases)):
             more.append(f"lease {lid}: live in the cache only")
         for lid in sorted(live_t & live_c):
-            owner, cached = truth.leases[lid].key_id, cache.leases[lid].key_id
-            # A lease stripped of its key could be renewed or released by anyone.
-            if owner is not None and cached != owner:
-                less.append(
-                    f"lease {lid}: owned by key {owner} in the ledger, {cached} in the cache"
-                )
+            less.extend(_lease_differences(lid, truth.leases[lid], cache.leases[lid]))
         if truth.receipt != cache.receipt:
             t_ms = truth.receipt[0] if truth.receipt else -1
             c_ms = cache.receipt[0] if cache.receipt else -1

@@ -106,9 +106,17 @@ class LicensePolicy:
     meters: Mapping[str, MeterPolicy] = field(default_factory=dict)
     report_every_days: int | None = None
     grace_days: int = 0
+    #: Longest a seat of this license may be borrowed for use with no server; 0: never.
+    max_borrow_hours: int = 0
 
     def __post_init__(self) -> None:
         _aware("issued", self.issued)
+        if self.max_borrow_hours < 0:
+            raise ConfigError(
+                "Borrow limit must not be negative",
+                expected="max_borrow_hours >= 0",
+                found=str(self.max_borrow_hours),
+            )
         _aware("expires", self.expires)
         if self.report_every_days is not None and self.report_every_days < 1:
             raise ConfigError(
@@ -134,6 +142,7 @@ class LicensePolicy:
             "expires": self.expires.isoformat() if self.expires else None,
             "report_every_days": self.report_every_days,
             "grace_days": self.grace_days,
+            "max_borrow_hours": self.max_borrow_hours,
             "features": {
                 name: {"seats": f.seats, "overdraft": f.overdraft, "lease_seconds": f.lease_seconds}
                 for name, f in sorted(self.features.items())
@@ -150,7 +159,8 @@ def policy_from_license(lic: Any) -> LicensePolicy:
 
     Written against attribute names only (``license_id``, ``customer``, ``product``,
     ``issued``, ``expires``, ``features[name].seats/overdraft/lease_seconds``,
-    ``meters[name].limit/period/over_limit``, ``report_every_days``, ``grace_days``)
+    ``meters[name].limit/period/over_limit``, ``report_every_days``, ``grace_days``,
+    ``max_borrow_hours``)
     so the server does not import the license parser.
     """
     return LicensePolicy(
@@ -171,4 +181,5 @@ def policy_from_license(lic: Any) -> LicensePolicy:
         },
         report_every_days=lic.report_every_days,
         grace_days=int(lic.grace_days),
+        max_borrow_hours=int(getattr(lic, "max_borrow_hours", 0)),
     )

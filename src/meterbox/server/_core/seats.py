@@ -9,7 +9,11 @@ Invariants:
 * lease ids are random (from the injected ``rng``) and never reused;
 * a lease belongs to the API key that checked it out (``key_id``, ``None`` for a
   request without a key): only the same key renews or releases it, and a checkout
-  under another key never returns its id, even for the same client id.
+  under another key never returns its id, even for the same client id;
+* a borrowed lease (``machine`` set, docs/adr/0028-seat-borrowing.md) takes a regular
+  seat, never an overdraft one; it is never renewed or released, only returned (by the
+  same key, from the same machine) or expired; and the administrator cannot remove it,
+  because the borrow token stays valid offline until its expiry whatever the server does.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ class SeatLease:
     #: The user the client declared, and the group of its API key (for the options file).
     user: str | None = None
     group: str | None = None
+    #: Borrowed seats only: the digest of the machine the borrow token is bound to.
+    machine: str | None = None
+
+    @property
+    def borrowed(self) -> bool:
+        return self.machine is not None
 
     def live(self, now: datetime) -> bool:
         return self.expires_at > now
@@ -230,7 +240,12 @@ class SeatBook:
 
     # ----------------------------------------------------------------- changes
     def renew(self, lease: SeatLease, now: datetime) -> SeatDecision:
-        """Extend a live lease by its length from ``now``; coalesce ledger records."""
+        """Extend a live lease by its length from ``now``; coalesce ledger records.
+
+        A borrowed lease is answered as it is: it runs to its token's expiry, no longer.
+        """
+        if lease.borrowed:
+            return SeatDecision(lease=lease, renewed=True, record=False)
         half = timedelta(seconds=lease.lease_seconds * RENEW_RECORD_FRACTION)
         record = lease.recorded_at is None or now - lease.recorded_at >= half
         renewed = replace(
@@ -263,28 +278,59 @@ class SeatBook:
         held = self.held_by(feature, client_id, now)
         if held is not None:
             return self.renew(claim(held, key_id), now)
-        for overdraft in (False, True):
+        template = SeatLease(
+            lease_id="",
+            feature=feature,
+            client_id=client_id,
+            license_id="",
+            issued_at=now,
+            expires_at=now,
+            lease_seconds=0,
+            hostname=hostname,
+            recorded_at=now,
+            key_id=key_id,
+            user=user,
+            group=group,
+        )
+        return SeatDecision(
+            lease=self.grant(template, now, sources=sources, rng=rng), renewed=False, record=True
+        )
+
+    def grant(
+        self,
+        template: SeatLease,
+        now: datetime,
+        *,
+        sources: Sequence[tuple[str, FeaturePolicy]],
+        rng: Callable[[int], bytes],
+        seconds: int | None = None,
+        overdraft_allowed: bool = True,
+    ) -> SeatLease:
+        """A new lease like ``template`` from the first source with a free seat.
+
+        It gets a fresh id, its license, and a length of ``seconds`` (the license's lease
+        length when ``None``). Without ``overdraft_allowed`` only regular seats are
+        tried (borrows). Raises :class:`NoSeatAvailable` and counts a denial otherwise.
+        """
+        feature = template.feature
+        for overdraft in (False, True) if overdraft_allowed else (False,):
             for license_id, policy in sources:
                 cap = policy.overdraft if overdraft else policy.seats
                 if self._taken(feature, license_id, overdraft, now) < cap:
-                    lease = SeatLease(
+                    length = policy.lease_seconds if seconds is None else seconds
+                    lease = replace(
+                        template,
                         lease_id=new_lease_id(rng),
-                        feature=feature,
-                        client_id=client_id,
                         license_id=license_id,
                         issued_at=now,
-                        expires_at=now + timedelta(seconds=policy.lease_seconds),
-                        lease_seconds=policy.lease_seconds,
+                        expires_at=now + timedelta(seconds=length),
+                        lease_seconds=length,
                         overdraft=overdraft,
-                        hostname=hostname,
                         recorded_at=now,
-                        key_id=key_id,
-                        user=user,
-                        group=group,
                     )
                     self.leases[lease.lease_id] = lease
                     self.note_peak(feature, now)
-                    return SeatDecision(lease=lease, renewed=False, record=True)
+                    return lease
         self.denials[feature] = self.denials.get(feature, 0) + 1
         live = self.live(feature, now)
         seats = sum(p.seats for _, p in sources)
@@ -315,7 +361,11 @@ class SeatBook:
         client_id: str | None = None,
         hostname: str | None = None,
     ) -> list[SeatLease]:
-        """The live leases with that id, client id or host name (exactly one is given)."""
+        """The live leases with that id, client id or host name (exactly one is given).
+
+        Borrowed leases are never among them: their tokens stay valid offline, so
+        removing one would free a seat that is still in use.
+        """
         given = [x for x in (lease_id, client_id, hostname) if x is not None]
         if len(given) != 1:
             raise ValueError("exactly one of lease_id, client_id, hostname")
@@ -323,6 +373,7 @@ class SeatBook:
             x
             for x in self.leases.values()
             if x.live(now)
+            and not x.borrowed
             and (
                 x.lease_id == lease_id
                 or (client_id is not None and x.client_id == client_id)

@@ -294,7 +294,7 @@ def checked_out_before(
         chunk = ids[start : start + _IN_CHUNK]
         query = sa.select(t.c.lease_id).where(
             t.c.instance_id == instance_id,
-            t.c.kind == "checkout",
+            t.c.kind.in_(("checkout", "borrow")),
             t.c.seq < before_seq,
             t.c.lease_id.in_(chunk),
         )

@@ -642,14 +642,14 @@ class VendorStore:
             sa.select(t.c.lease_id, t.c.kind)
             .where(
                 t.c.instance_id == instance_id,
-                t.c.kind.in_(("checkout", "release", "expire", "remove")),
+                t.c.kind.in_(("checkout", "borrow", "release", "expire", "remove", "return")),
                 t.c.lease_id.is_not(None),
             )
             .order_by(t.c.seq)
         )
         leases: set[str] = set()
         for lease, kind in conn.execute(query):
-            if kind == "checkout":
+            if kind in ("checkout", "borrow"):
                 leases.add(lease)
             else:
                 leases.discard(lease)
@@ -665,7 +665,9 @@ class VendorStore:
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             query = sa.select(t.c.lease_id, t.c.license_id, t.c.feature, t.c.client_id).where(
-                t.c.instance_id == instance_id, t.c.kind == "checkout", t.c.lease_id.in_(chunk)
+                t.c.instance_id == instance_id,
+                t.c.kind.in_(("checkout", "borrow")),
+                t.c.lease_id.in_(chunk),
             )
             for lease, lic, feature, client in conn.execute(query):
                 out[lease] = (lic, feature, client)

@@ -41,6 +41,9 @@ RECEIPT: Final = "receipt.imported"
 RECOVERY: Final = "recovery"
 #: A renewal or release of a lease the server did not hold (payload ``i``, ``o``).
 UNKNOWN_LEASE: Final = "seat.unknown"
+#: Seat records read as the plain kinds: a borrow holds a seat like a checkout, and its
+#: early return ends it like a release.
+_SEAT_ALIASES: Final = {"seat.borrowed": CHECKOUT, "seat.returned": RELEASE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ class ThresholdsConfig:
 def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: Any) -> Event:
     """Reduce one verified ledger record (``kind`` as :attr:`RecordType.kind`)."""
     p: Mapping[str, Any] = payload if isinstance(payload, Mapping) else {}
+    kind = _SEAT_ALIASES.get(kind, kind)
     if kind in (USAGE, DECREMENT):
         a = p.get("a", 0)
         amount = a if isinstance(a, int) and not isinstance(a, bool) else 0

@@ -64,6 +64,9 @@ _SEAT_KINDS: Final = {
     "release": RELEASE,
     "remove": RELEASE,
     "expire": EXPIRE,
+    # A borrowed seat is seat time like a checkout; its early return ends it.
+    "borrow": CHECKOUT,
+    "return": RELEASE,
 }
 #: Report statuses that are not accepted history.
 _REJECTED: Final = frozenset({"rejected", "unusable"})

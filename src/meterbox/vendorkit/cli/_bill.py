@@ -114,7 +114,7 @@ def _print_statement(st: Statement) -> None:
     out.print(table)
     if st.seat_lines:
         seats = Table(title="seats (hourly peaks: --format json)")
-        for col in ("license", "feature", "seat-hours", "peak", "denials", "live"):
+        for col in ("license", "feature", "seat-hours", "borrowed-h", "peak", "denials", "live"):
             seats.add_column(
                 col,
                 justify="left" if col in ("license", "feature") else "right",
@@ -123,8 +123,15 @@ def _print_statement(st: Statement) -> None:
         for x in st.seat_lines:
             # Display only: the statement keeps seat time as exact milliseconds.
             hours = f"{x.seat_ms / 3_600_000:.2f}"
+            lent = f"{x.borrowed_ms / 3_600_000:.2f}"
             seats.add_row(
-                x.license_id, x.feature, hours, str(x.peak), str(x.denials), str(x.live_leases)
+                x.license_id,
+                x.feature,
+                hours,
+                lent,
+                str(x.peak),
+                str(x.denials),
+                str(x.live_leases),
             )
         out.print(seats)
     if st.findings:

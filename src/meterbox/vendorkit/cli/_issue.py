@@ -182,6 +182,15 @@ def issue_command(
             "(license format 3).",
         ),
     ] = False,
+    max_borrow_hours: Annotated[
+        int,
+        typer.Option(
+            "--max-borrow-hours",
+            min=0,
+            help="Longest a client may borrow a seat for use with no server, in hours "
+            "(0: no borrowing; more than 0 writes license format 4).",
+        ),
+    ] = 0,
     cryptolens_product_id: Annotated[
         int | None, typer.Option("--cryptolens-product-id", help="Enables the Cryptolens API.")
     ] = None,
@@ -350,6 +359,7 @@ def issue_command(
                 site_fingerprint=site,
                 cryptolens=cryptolens,
                 require_tpm=require_tpm,
+                max_borrow_hours=max_borrow_hours,
             )
         except FormatError as exc:
             raise ConfigError(

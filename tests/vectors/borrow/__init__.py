@@ -1,0 +1,1 @@
+"""The borrow-token vectors and their generator (``generate.py``)."""
