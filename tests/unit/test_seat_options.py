@@ -291,7 +291,8 @@ def test_live_seats_stay_within_the_license_and_reservations_go_to_their_groups(
                 )
             except (PolicyDenied, NoSeatAvailable, BorrowRefused):
                 continue
-            assert hours <= MAX_BORROW and not b.lease.overdraft
+            # A repeat from the same machine is answered with the borrow it holds.
+            assert (hours <= MAX_BORROW or not b.record) and not b.lease.overdraft
             if b.record:
                 issued.append(b.lease.lease_id)
         elif step[0] == "return" and issued:
@@ -307,5 +308,6 @@ def test_live_seats_stay_within_the_license_and_reservations_go_to_their_groups(
         assert len({x.client_id for x in live}) == len(live)
         holders = [lease_identity(x) for x in live]
         assert sum(h.group == "interns" for h in holders) <= 2
-        for user in {h.user for h in holders}:
+        # A client that declares no user is limited by no per-user maximum.
+        for user in {h.user for h in holders} - {None}:
             assert sum(h.user == user for h in holders) <= 2
