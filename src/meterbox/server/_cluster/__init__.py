@@ -5,6 +5,8 @@ service talks to a :class:`Coordinator`; :class:`SingleNode` (the default) keeps
 embedded single-server behaviour, :class:`EtcdCoordinator` shares seats through etcd.
 """
 
+from meterbox.server._cluster._coordinator import RETRY_AFTER_S, EtcdCoordinator
+from meterbox.server._cluster._etcd import Etcd
 from meterbox.server._cluster._protocol import (
     ClusterUnavailableError,
     ClusterView,
@@ -13,12 +15,28 @@ from meterbox.server._cluster._protocol import (
     SeatPool,
     SingleNode,
 )
+from meterbox.server._cluster._url import Endpoint, format_cluster_url, parse_cluster_url
+
+
+def coordinator_for(cluster: str | None, *, url: str, timeout: float = 1.0) -> Coordinator:
+    """:class:`SingleNode` without a cluster setting, else an etcd coordinator for it."""
+    if not cluster:
+        return SingleNode(url)
+    return EtcdCoordinator(Etcd(parse_cluster_url(cluster), timeout=timeout), url=url)
+
 
 __all__ = [
+    "RETRY_AFTER_S",
     "ClusterUnavailableError",
     "ClusterView",
     "Coordinator",
+    "Endpoint",
+    "Etcd",
+    "EtcdCoordinator",
     "Member",
     "SeatPool",
     "SingleNode",
+    "coordinator_for",
+    "format_cluster_url",
+    "parse_cluster_url",
 ]

@@ -110,8 +110,13 @@ class Coordinator(Protocol):
         """Hold one shared seat for a new ``lease``; the lease as granted (pool may change)."""
         ...
 
-    async def renew_seat(self, lease: SeatLease) -> None:
-        """Keep the shared seat of ``lease`` held for its new length."""
+    async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
+        """Keep the shared seat of ``lease`` held for its new length.
+
+        A lease whose seat this node does not hold (it restarted while etcd was down)
+        takes a free seat of ``pools`` again; when none is free it raises
+        :class:`~meterbox.errors.LeaseNotFound` and the service ends the lease.
+        """
         ...
 
     async def release_seat(self, lease_id: str) -> None:
@@ -159,7 +164,7 @@ class SingleNode:
     async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
         return lease
 
-    async def renew_seat(self, lease: SeatLease) -> None:
+    async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
         return None
 
     async def release_seat(self, lease_id: str) -> None:
