@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from meterbox.ledger import RecordType
 from support.cluster import (
     FEATURE,
     LEASE_SECONDS,
@@ -156,6 +157,15 @@ def test_a_node_cut_off_from_etcd_answers_503_at_once_and_resumes(
     assert not load.errors, load.errors
     check_ledgers(nodes)
     assert refused_after < 3.0
+    # The cut-off node's own ledger says when it stopped granting and when it resumed.
+    events = [
+        (r.type, r.payload["k"])
+        for r in nodes[2].export()
+        if r.type in (RecordType.CLUSTER_MEMBER, RecordType.CLUSTER_QUORUM)
+    ]
+    assert events[0] == (RecordType.CLUSTER_MEMBER, "joined"), events
+    lost = events.index((RecordType.CLUSTER_QUORUM, "lost"))
+    assert (RecordType.CLUSTER_QUORUM, "regained") in events[lost:], events
 
 
 def test_everything_restarted(cluster_nodes: list[ClusterNode], etcd_cluster: EtcdCluster) -> None:

@@ -260,6 +260,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.STATE,
         RecordType.STATE_REBUILT,
         RecordType.SEAT_REMOVED,
+        RecordType.CLUSTER_MEMBER,
+        RecordType.CLUSTER_QUORUM,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -294,3 +296,19 @@ def test_seat_removed_keeps_its_keys() -> None:
     # Readers of seat intervals treat it as a release.
     assert isinstance(gone, SeatRelease)
     assert SeatRemoved(lease_id="L1", removed_by="x").to_map() == {"i": "L1", "b": "x"}
+
+
+def test_cluster_records_keep_their_keys() -> None:
+    from meterbox.ledger import ClusterMember, ClusterQuorum
+
+    joined = ClusterMember(event="joined", node="n1", cluster_id="123", members=("n1", "n2"))
+    assert joined.to_map() == {"k": "joined", "n": "n1", "x": "123", "m": ["n1", "n2"]}
+    assert RecordType.CLUSTER_MEMBER == 35 and RecordType.CLUSTER_MEMBER.kind == "cluster.member"
+    assert parse_payload(RecordType.CLUSTER_MEMBER, joined.to_map()) == joined
+    assert ClusterMember(event="left", node="n1").to_map() == {"k": "left", "n": "n1"}
+    lost = ClusterQuorum(event="lost", detail="127.0.0.1:2379: ConnectionTimeoutError")
+    assert lost.to_map() == {"k": "lost", "d": "127.0.0.1:2379: ConnectionTimeoutError"}
+    assert RecordType.CLUSTER_QUORUM == 38 and RecordType.CLUSTER_QUORUM.kind == "cluster.quorum"
+    assert parse_payload(RecordType.CLUSTER_QUORUM, {"k": "regained"}) == ClusterQuorum(
+        event="regained"
+    )

@@ -416,7 +416,7 @@ def _lifespan(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await service.cluster.stop()
+            await service.leave_cluster()
             await service.aclose()
 
     return lifespan

@@ -32,6 +32,8 @@ from typing import Any
 from meterbox.clock import Clock, SystemClock
 from meterbox.errors import FormatError, LeaseRemoved, NoSeatAvailable, PolicyDenied
 from meterbox.ledger.records import (
+    ClusterMember,
+    ClusterQuorum,
     Heartbeat,
     LicenseInstalled,
     ReceiptImported,
@@ -468,6 +470,22 @@ class LicenseService:
             except UnavailableError as exc:  # the seat's etcd lease runs out on its own
                 log.warning("could not give back the shared seat of %s: %s", lease_id, exc)
 
+    def _quorum_changed(self, quorum: bool, problem: str | None) -> None:
+        event = "regained" if quorum else "lost"
+        self._evidence(ClusterQuorum(event=event, detail=None if quorum else problem))
+
+    def _evidence(self, record: RecordPayload) -> None:
+        """Queue a record that no answer waits for (cluster membership and quorum)."""
+        task = self._write(record)
+        self._witness_tasks.add(task)
+        task.add_done_callback(self._witness_written)
+
+    async def leave_cluster(self) -> None:
+        """Record that this node leaves its cluster, then leave (at a graceful stop)."""
+        if self.cluster.shared:
+            self._evidence(ClusterMember(event="left", node=self.instance_id))
+        await self.cluster.stop()
+
     async def _end_lost(self, lease: SeatLease, now: datetime) -> None:
         """End a lease whose shared seat is gone (called under the lock; rare)."""
         if self.engine.seats.leases.pop(lease.lease_id, None) is None:
@@ -479,11 +497,22 @@ class LicenseService:
 
     async def start_cluster(self) -> None:
         """Join the cluster; hold shared seats again for leases live since before a restart."""
-        await self.cluster.start(
-            self.instance_id, [lic.license_id for lic in self.engine.ordered()]
-        )
+        license_ids = [lic.license_id for lic in self.engine.ordered()]
+        await self.cluster.start(self.instance_id, license_ids)
         if not self.cluster.shared:
             return
+        self.cluster.on_quorum_change(self._quorum_changed)
+        view = self.cluster.view()
+        self._evidence(
+            ClusterMember(
+                event="joined",
+                node=self.instance_id,
+                cluster_id=view.extra.get("cluster_id"),
+                members=tuple(sorted(m.node for m in view.members)),
+            )
+        )
+        if not view.quorum:
+            self._quorum_changed(False, view.problem)
         async with self._lock:
             now = self.now()
             live = [x for x in self.engine.seats.leases.values() if x.live(now)]

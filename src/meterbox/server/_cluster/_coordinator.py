@@ -28,7 +28,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -38,6 +38,7 @@ from meterbox.server._cluster._protocol import (
     ClusterUnavailableError,
     ClusterView,
     Member,
+    QuorumListener,
     SeatPool,
 )
 from meterbox.server._core.seats import SeatLease
@@ -55,9 +56,6 @@ SESSION_TTL_S = 3
 RETRY_AFTER_S = 1
 #: Transaction attempts for one checkout before the node answers 503 (contention).
 MAX_CLAIM_ROUNDS = 8
-
-#: Called on a quorum change: (has quorum, why lost or None).
-QuorumListener = Callable[[bool, str | None], None]
 
 
 def _seg(text: str) -> str:
@@ -96,7 +94,6 @@ class EtcdCoordinator:
         url: str,
         tick: float = TICK_S,
         session_ttl: int = SESSION_TTL_S,
-        on_quorum: QuorumListener | None = None,
     ) -> None:
         self.etcd = etcd
         self.url = url
@@ -111,7 +108,8 @@ class EtcdCoordinator:
         self._last_ok = 0.0
         self._members: tuple[Member, ...] = ()
         self._task: asyncio.Task[None] | None = None
-        self.on_quorum = on_quorum
+        self.on_quorum: QuorumListener | None = None
+        self.cluster_id: str | None = None
         self.counters = {"claims": 0, "claim_conflicts": 0, "quorum_losses": 0}
 
     # ---------------------------------------------------------------- protocol
@@ -135,8 +133,12 @@ class EtcdCoordinator:
             extra={
                 "endpoints": [str(e) for e in self.etcd.endpoints],
                 "seats_held": len(self._held),
+                "cluster_id": self.cluster_id,
             },
         )
+
+    def on_quorum_change(self, listener: QuorumListener) -> None:
+        self.on_quorum = listener
 
     def require_quorum(self) -> None:
         if not self._quorum:
@@ -310,6 +312,8 @@ class EtcdCoordinator:
 
     def _beat(self) -> tuple[Member, ...]:
         """Refresh this node's session and read the member list; both need quorum."""
+        if self.cluster_id is None:
+            self.cluster_id = self.etcd.cluster_id() or None
         if not self._session or self.etcd.keepalive(self._session) <= 0:
             self._session = self.etcd.grant(self._session_ttl)
             doc = json.dumps({"node": self.node, "url": self.url}).encode()

@@ -19,12 +19,15 @@ without ``--cluster`` behaves exactly as before (and needs no etcd).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from meterbox.server._core.seats import SeatLease
 from meterbox.server._errors import ClusterUnavailableError
+
+#: Called on a quorum change: (has quorum now, why it was lost or None).
+QuorumListener = Callable[[bool, str | None], None]
 
 __all__ = [
     "ClusterUnavailableError",
@@ -98,6 +101,10 @@ class Coordinator(Protocol):
 
     def view(self) -> ClusterView: ...
 
+    def on_quorum_change(self, listener: QuorumListener) -> None:
+        """Have ``listener`` called (in the event loop) whenever quorum is lost or regained."""
+        ...
+
     def require_quorum(self) -> None:
         """Raise :class:`ClusterUnavailableError` unless new grants may be made now."""
         ...
@@ -151,6 +158,9 @@ class SingleNode:
         return ClusterView(
             mode="single", node=self.node, members=(Member(self.node, self.url),), quorum=True
         )
+
+    def on_quorum_change(self, listener: QuorumListener) -> None:
+        return None  # a single server never loses quorum
 
     def require_quorum(self) -> None:
         return None
