@@ -46,7 +46,7 @@ def _resumed(load: Load, since: float) -> float:
         with load.lock:
             after = [g for g in load.grants_at if g >= since]
         if after:
-            return min(after) - since
+            return float(min(after) - since)
         time.sleep(0.05)
     raise AssertionError(f"no seat granted within {RESUME_S} s of the drill")
 

@@ -303,12 +303,14 @@ def test_cluster_records_keep_their_keys() -> None:
 
     joined = ClusterMember(event="joined", node="n1", cluster_id="123", members=("n1", "n2"))
     assert joined.to_map() == {"k": "joined", "n": "n1", "x": "123", "m": ["n1", "n2"]}
-    assert RecordType.CLUSTER_MEMBER == 35 and RecordType.CLUSTER_MEMBER.kind == "cluster.member"
+    assert RecordType.CLUSTER_MEMBER.value == 35
+    assert RecordType.CLUSTER_MEMBER.kind == "cluster.member"
     assert parse_payload(RecordType.CLUSTER_MEMBER, joined.to_map()) == joined
     assert ClusterMember(event="left", node="n1").to_map() == {"k": "left", "n": "n1"}
     lost = ClusterQuorum(event="lost", detail="127.0.0.1:2379: ConnectionTimeoutError")
     assert lost.to_map() == {"k": "lost", "d": "127.0.0.1:2379: ConnectionTimeoutError"}
-    assert RecordType.CLUSTER_QUORUM == 38 and RecordType.CLUSTER_QUORUM.kind == "cluster.quorum"
+    assert RecordType.CLUSTER_QUORUM.value == 38
+    assert RecordType.CLUSTER_QUORUM.kind == "cluster.quorum"
     assert parse_payload(RecordType.CLUSTER_QUORUM, {"k": "regained"}) == ClusterQuorum(
         event="regained"
     )
