@@ -261,6 +261,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.LICENSE_REVOKED,
         RecordType.SEAT_BORROWED,
         RecordType.SEAT_RETURNED,
+        RecordType.CLUSTER_MEMBER,
+        RecordType.CLUSTER_QUORUM,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -337,3 +339,21 @@ def test_borrow_records_keep_their_keys() -> None:
     assert back == SeatReturned(lease_id="L1") and isinstance(back, SeatRelease)
     with pytest.raises(FormatError, match="lacks 'h'"):
         parse_payload(RecordType.SEAT_BORROWED, {"f": "cad"})
+
+
+def test_cluster_records_keep_their_keys() -> None:
+    from meterbox.ledger import ClusterMember, ClusterQuorum
+
+    joined = ClusterMember(event="joined", node="n1", cluster_id="123", members=("n1", "n2"))
+    assert joined.to_map() == {"k": "joined", "n": "n1", "x": "123", "m": ["n1", "n2"]}
+    assert RecordType.CLUSTER_MEMBER.value == 35
+    assert RecordType.CLUSTER_MEMBER.kind == "cluster.member"
+    assert parse_payload(RecordType.CLUSTER_MEMBER, joined.to_map()) == joined
+    assert ClusterMember(event="left", node="n1").to_map() == {"k": "left", "n": "n1"}
+    lost = ClusterQuorum(event="lost", detail="127.0.0.1:2379: ConnectionTimeoutError")
+    assert lost.to_map() == {"k": "lost", "d": "127.0.0.1:2379: ConnectionTimeoutError"}
+    assert RecordType.CLUSTER_QUORUM.value == 38
+    assert RecordType.CLUSTER_QUORUM.kind == "cluster.quorum"
+    assert parse_payload(RecordType.CLUSTER_QUORUM, {"k": "regained"}) == ClusterQuorum(
+        event="regained"
+    )

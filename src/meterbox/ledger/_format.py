@@ -125,6 +125,11 @@ class RecordType(enum.IntEnum):
     SEAT_RETURNED = 32
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
+    #: A cluster node joined or left its cluster (docs/adr/0024).
+    CLUSTER_MEMBER = 35
+    # 36-37 are reserved for cluster quota blocks.
+    #: A cluster node lost or regained etcd quorum (docs/adr/0024).
+    CLUSTER_QUORUM = 38
 
     @property
     def kind(self) -> str:

@@ -268,6 +268,35 @@ class SeatDenied(_Payload):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterMember(_Payload):
+    """This node joined or left a cluster of servers sharing seats (``cluster.member``)."""
+
+    record_type: ClassVar[RecordType] = RecordType.CLUSTER_MEMBER
+    #: ``joined`` or ``left``.
+    event: str = _req("k", "str")
+    #: This node's instance id.
+    node: str = _req("n", "str")
+    #: The etcd cluster's id as etcd reports it (decimal), when it answered.
+    cluster_id: str | None = _opt("x", "str")
+    #: Instance ids of the members this node saw (itself included), sorted.
+    members: tuple[str, ...] | None = _opt("m", "str_list")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterQuorum(_Payload):
+    """This node lost or regained etcd quorum (``cluster.quorum``).
+
+    Between a ``lost`` and the next ``regained`` the node granted no new seat or usage.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.CLUSTER_QUORUM
+    #: ``lost`` or ``regained``.
+    event: str = _req("k", "str")
+    #: What etcd answered (or did not), for ``lost``.
+    detail: str | None = _opt("d", "str")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(_Payload):
     """The server is alive (``heartbeat``)."""
 
@@ -851,6 +880,8 @@ RecordPayload = (
     | WitnessMismatch
     | TpmAnchor
     | TpmRollback
+    | ClusterMember
+    | ClusterQuorum
     | State
     | StateRebuilt
     | Genesis
@@ -889,6 +920,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         WitnessMismatch,
         TpmAnchor,
         TpmRollback,
+        ClusterMember,
+        ClusterQuorum,
         State,
         StateRebuilt,
         Genesis,

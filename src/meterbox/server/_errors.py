@@ -10,6 +10,8 @@ server's own::
     ├── TopupAlreadyAppliedError    the same top-up file was imported a second time
     ├── NoticeOutOfOrder            a license notice not newer than the last one applied
     └── LicenseAlreadyRevoked       a license notice for a license already revoked
+    meterbox.errors.UnavailableError
+    └── ClusterUnavailableError     a cluster node without etcd quorum grants nothing
 
 Every class carries a stable ``code``; :data:`HTTP_STATUS` maps codes to the HTTP
 status documented in ``docs/api.md``.
@@ -30,6 +32,7 @@ from meterbox.errors import (
 
 __all__ = [
     "HTTP_STATUS",
+    "ClusterUnavailableError",
     "IdempotencyConflictError",
     "LeaseNotFound",
     "LicenseAlreadyRevoked",
@@ -64,6 +67,15 @@ class LicenseAlreadyRevoked(StateError):
     code = "license_already_revoked"
 
 
+class ClusterUnavailableError(UnavailableError):
+    """A cluster node that cannot reach etcd quorum: new seats and usage wait (503).
+
+    Answered with ``Retry-After`` so that clients fail over to another node at once.
+    """
+
+    code = "cluster_unavailable"
+
+
 #: HTTP status for each error code the server can answer with.
 HTTP_STATUS: Final[dict[str, int]] = {
     "bad_request": 400,
@@ -88,6 +100,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "license_revoked": 403,
     "too_large": 413,
     "unavailable": 503,
+    "cluster_unavailable": 503,
     "insufficient_storage": 507,
 }
 

@@ -30,9 +30,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meterbox.clock import Clock, SystemClock
-from meterbox.errors import FormatError, LeaseRemoved, NoSeatAvailable, PolicyDenied
+from meterbox.errors import (
+    BorrowRefused,
+    FormatError,
+    LeaseRemoved,
+    NoSeatAvailable,
+    PolicyDenied,
+)
 from meterbox.ledger import ClockSteps
 from meterbox.ledger.records import (
+    ClusterMember,
+    ClusterQuorum,
     Heartbeat,
     LicenseInstalled,
     LicenseRevoked,
@@ -53,6 +61,7 @@ from meterbox.ledger.records import (
 from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
+from meterbox.server._cluster import Coordinator, SeatPool, SingleNode
 from meterbox.server._core.changes import (
     Change,
     ClockFloor,
@@ -168,6 +177,8 @@ class LicenseService:
         #: Signs borrow tokens: the ledger's instance key (set by the instance that opens
         #: the ledger); without it the server lends no seats.
         self.borrow_signer: DocumentSigner | None = None
+        #: Who else shares this server's seats: nobody by default (docs/adr/0024).
+        self.cluster: Coordinator = SingleNode()
         self._side: list[asyncio.Future[int]] = []
         #: The ledger writer's step count when :meth:`now` last looked (for the log).
         self._steps_logged = 0
@@ -348,6 +359,18 @@ class LicenseService:
         Recorded, persisted and undone exactly like :meth:`checkout` (see
         :meth:`Engine.checkout_on` for the rules).
         """
+
+        def pools(now: datetime) -> list[SeatPool]:
+            lic = self.engine.licenses.get(license_id)
+            policy = lic.features.get(feature) if lic is not None else None
+            if policy is None:
+                return []
+            cap = policy.overdraft if overdraft_cap is None else max(overdraft_cap, 0)
+            return [
+                SeatPool(license_id, feature, False, policy.seats),
+                SeatPool(license_id, feature, True, min(cap, policy.overdraft)),
+            ]
+
         return await self._checkout(
             feature,
             client_id,
@@ -360,6 +383,7 @@ class LicenseService:
                 overdraft_cap=overdraft_cap,
                 hostname=hostname,
             ),
+            pools=pools,
         )
 
     async def _checkout(
@@ -371,6 +395,7 @@ class LicenseService:
         ticket: Waiter | None = None,
         record_denial: bool = True,
         who: dict[str, str | None] | None = None,
+        pools: Callable[[datetime], list[SeatPool]] | None = None,
     ) -> SeatDecision:
         """Decide a checkout under the lock, then record and persist the lease or the denial.
 
@@ -385,6 +410,9 @@ class LicenseService:
             try:
                 self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
+                if self.cluster.shared:
+                    shared = pools(now) if pools else self._pools_of(feature, now)
+                    decision = await self._hold_shared(decision, now, shared)
             except PolicyDenied as exc:
                 self._note(
                     now,
@@ -423,6 +451,117 @@ class LicenseService:
             # The engine's explanation, answered once the denial is on record.
             raise denial
         return await self._finish_seat(decision, task, now, peak)
+
+    # ------------------------------------------------------------ cluster
+    def _pools_of(self, feature: str, now: datetime) -> list[SeatPool]:
+        """The shared pools a checkout may take, in the engine's order (regular seats first)."""
+        sources = self.engine.feature_sources(feature, now)
+        return [
+            SeatPool(license_id, feature, overdraft, p.overdraft if overdraft else p.seats)
+            for overdraft in (False, True)
+            for license_id, p in sources
+        ]
+
+    async def _hold_shared(
+        self, decision: SeatDecision, now: datetime, pools: list[SeatPool]
+    ) -> SeatDecision:
+        """Make the engine's seat decision hold across the cluster, or take it back.
+
+        Called under the lock, before the record is written. Every renewal is recorded
+        in a cluster: another node's grant relies on this node's ledger showing exactly
+        when each of its leases ends (docs/adr/0024).
+        """
+        lease = decision.lease
+        try:
+            if decision.renewed:
+                await self.cluster.renew_seat(lease, pools)
+            else:
+                lease = await self.cluster.claim_seat(lease, pools)
+        except LeaseNotFound:
+            # The lease lost its shared seat: it ends here, on record, so that the
+            # client's next checkout takes a seat the cluster agrees on.
+            self.engine.undo_seat(decision)
+            await self._end_lost(decision.lease, now)
+            raise
+        except NoSeatAvailable:
+            self.engine.undo_seat(decision)
+            feature = decision.lease.feature
+            self.engine.seats.denials[feature] = self.engine.seats.denials.get(feature, 0) + 1
+            raise
+        except BaseException:
+            self.engine.undo_seat(decision)
+            raise
+        if decision.renewed and not decision.record:
+            lease = replace(lease, recorded_at=now)
+        if lease != decision.lease:
+            self.engine.seats.leases[lease.lease_id] = lease
+        return replace(decision, lease=lease, record=True)
+
+    async def _free_shared(self, lease_ids: Iterable[str]) -> None:
+        """Give shared seats back once their end is on record; etcd's lease is the fallback."""
+        if not self.cluster.shared:
+            return
+        for lease_id in lease_ids:
+            try:
+                await self.cluster.release_seat(lease_id)
+            except UnavailableError as exc:  # the seat's etcd lease runs out on its own
+                log.warning("could not give back the shared seat of %s: %s", lease_id, exc)
+
+    def _quorum_changed(self, quorum: bool, problem: str | None) -> None:
+        event = "regained" if quorum else "lost"
+        self._evidence(ClusterQuorum(event=event, detail=None if quorum else problem))
+
+    def _evidence(self, record: RecordPayload) -> None:
+        """Queue a record that no answer waits for (cluster membership and quorum)."""
+        task = self._write(record)
+        self._witness_tasks.add(task)
+        task.add_done_callback(self._witness_written)
+
+    async def leave_cluster(self) -> None:
+        """Record that this node leaves its cluster, then leave (at a graceful stop)."""
+        if self.cluster.shared:
+            self._evidence(ClusterMember(event="left", node=self.instance_id))
+        await self.cluster.stop()
+
+    async def _end_lost(self, lease: SeatLease, now: datetime) -> None:
+        """End a lease whose shared seat is gone (called under the lock; rare)."""
+        if self.engine.seats.leases.pop(lease.lease_id, None) is None:
+            return
+        seq = await self._durable(self._write(SeatExpire(lease_id=lease.lease_id)))
+        self.counters["expiries"] += 1
+        self._note(now, "expire", lease, reason="its shared seat ran out in etcd")
+        await self._save([LeasePut(lease, ended=True)], seq, now)
+
+    async def start_cluster(self) -> None:
+        """Join the cluster; hold shared seats again for leases live since before a restart."""
+        license_ids = [lic.license_id for lic in self.engine.ordered()]
+        await self.cluster.start(self.instance_id, license_ids)
+        if not self.cluster.shared:
+            return
+        self.cluster.on_quorum_change(self._quorum_changed)
+        view = self.cluster.view()
+        self._evidence(
+            ClusterMember(
+                event="joined",
+                node=self.instance_id,
+                cluster_id=view.extra.get("cluster_id"),
+                members=tuple(sorted(m.node for m in view.members)),
+            )
+        )
+        if not view.quorum:
+            self._quorum_changed(False, view.problem)
+        async with self._lock:
+            now = self.now()
+            live = [x for x in self.engine.seats.leases.values() if x.live(now)]
+            try:
+                lost = await self.cluster.adopt_seats(live)
+            except UnavailableError as exc:
+                # Their slots outlive them in etcd; a renewal takes a seat again.
+                log.warning("could not adopt %d shared seats at start: %s", len(live), exc)
+                return
+            for lease in lost:
+                log.warning("lease %s lost its shared seat while down", lease.lease_id)
+                await self._end_lost(lease, now)
 
     def _note(
         self, now: datetime, event: str, lease: SeatLease | None = None, /, **fields: Any
@@ -632,6 +771,9 @@ class LicenseService:
                 unknown = self._write_unknown(lease_id, "renew")
             else:
                 missing = None
+                if self.cluster.shared:
+                    pools = self._pools_of(decision.lease.feature, now)
+                    decision = await self._hold_shared(decision, now, pools)
                 task = self._write_seat(decision)
         if missing is not None:
             await self._record_unknown(unknown, now)
@@ -666,6 +808,15 @@ class LicenseService:
                 expected="a server opened on its ledger (its instance key signs tokens)",
                 found="no instance key",
                 hint="Borrow from the running license server",
+            )
+        if self.cluster.shared:
+            # A borrowed seat would need a shared slot that outlives every etcd lease
+            # for days; until the cluster lends slots that way, a cluster does not lend.
+            raise BorrowRefused(
+                "A server in a cluster does not lend seats yet",
+                expected="a single-node server (no --cluster) for borrowing",
+                found="this node shares its seats through etcd",
+                hint="Borrow from a single-node server, or check seats out as usual",
             )
         async with self._lock:
             now = self.now()
@@ -821,6 +972,7 @@ class LicenseService:
             raise
         self.counters["releases"] += 1
         self._note(now, "release", lease)
+        await self._free_shared([lease_id])
         self._wake(lease.feature)
         await self._save([LeasePut(lease, ended=True)], seq, now)
         return True
@@ -870,6 +1022,7 @@ class LicenseService:
         self.counters["removals"] = self.counters.get("removals", 0) + len(done)
         for r in done:
             self._note(now, "remove", r.lease, by=removed_by, reason=reason)
+        await self._free_shared(r.lease.lease_id for r in done)
         for feature in {r.lease.feature for r in done}:
             self._wake(feature)
         await self._save([LeasePut(r.lease, ended=True) for r in done], seq, now)
@@ -889,6 +1042,7 @@ class LicenseService:
         license_id: str | None = None,
     ) -> UsageResult:
         async with self._lock:
+            self.cluster.require_quorum()
             now = self.now()
             decision = self.engine.record_usage(
                 meter,
@@ -1116,6 +1270,7 @@ class LicenseService:
         self.counters["expiries"] += len(expired)
         for x in expired:
             self._note(now, "expire", x)
+        await self._free_shared(x.lease_id for x in expired)
         for feature in {x.feature for x in expired}:
             self._wake(feature)
         changes: list[Change] = [LeasePut(x, ended=True) for x in expired]
