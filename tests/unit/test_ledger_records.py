@@ -26,6 +26,8 @@ from meterbox.ledger.records import (
     Heartbeat,
     MachineActivated,
     MachineDeactivated,
+    QuotaBlockReturned,
+    QuotaBlockTaken,
     ReceiptImported,
     SeatCheckout,
     SeatExpire,
@@ -260,6 +262,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.STATE,
         RecordType.STATE_REBUILT,
         RecordType.SEAT_REMOVED,
+        RecordType.QUOTA_BLOCK_TAKEN,
+        RecordType.QUOTA_BLOCK_RETURNED,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -294,3 +298,35 @@ def test_seat_removed_keeps_its_keys() -> None:
     # Readers of seat intervals treat it as a release.
     assert isinstance(gone, SeatRelease)
     assert SeatRemoved(lease_id="L1", removed_by="x").to_map() == {"i": "L1", "b": "x"}
+
+
+def test_quota_block_records_keep_their_keys() -> None:
+    taken = QuotaBlockTaken(
+        block_id="b1", license_id="lic", meter="runs", period="total", size=50, revision=7
+    )
+    assert taken.to_map() == {"b": "b1", "l": "lic", "m": "runs", "p": "total", "n": 50, "r": 7}
+    assert list(taken.to_map()) == ["b", "l", "m", "p", "n", "r"]
+    assert parse_payload(RecordType.QUOTA_BLOCK_TAKEN, taken.to_map()) == taken
+    back = QuotaBlockReturned(
+        block_id="b1",
+        license_id="lic",
+        meter="runs",
+        period="2026-12",
+        used=20,
+        returned=30,
+        reason="expired",
+    )
+    assert back.to_map() == {
+        "b": "b1",
+        "l": "lic",
+        "m": "runs",
+        "p": "2026-12",
+        "u": 20,
+        "n": 30,
+        "r": "expired",
+    }
+    assert parse_payload(RecordType.QUOTA_BLOCK_RETURNED, back.to_map()) == back
+    assert RecordType.QUOTA_BLOCK_TAKEN.kind == "quota.block.taken"
+    assert RecordType.from_kind("quota.block.returned") is RecordType.QUOTA_BLOCK_RETURNED
+    with pytest.raises(FormatError, match="lacks 'u'"):
+        parse_payload(RecordType.QUOTA_BLOCK_RETURNED, {"b": "b1", "l": "l", "m": "m", "p": "t"})

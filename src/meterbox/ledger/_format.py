@@ -104,6 +104,11 @@ class RecordType(enum.IntEnum):
     # 29-32 are reserved for license suspension, revocation and seat borrowing.
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
+    # 35 is reserved for cluster membership.
+    #: A cluster node took a block of a meter's shared quota (docs/adr/0025).
+    QUOTA_BLOCK_TAKEN = 36
+    #: A cluster node gave a quota block back, or reconciled one that expired.
+    QUOTA_BLOCK_RETURNED = 37
 
     @property
     def kind(self) -> str:
