@@ -452,6 +452,12 @@ class ClusterQuota:
         key = self.pool_key(pool)
         for _ in range(_MAX_CAS_ROUNDS):
             value, rev = self._pool_or_new(pool, limit)
+            mine = value.block(block_id)
+            if mine is not None:
+                # An earlier attempt committed though its answer was lost (the request was
+                # sent again to another member, whose compare then failed on our own change).
+                self._opened(pool, block_id, mine.size, None)
+                return True
             size = block_size(
                 wanted=wanted,
                 free=value.free,
@@ -467,24 +473,27 @@ class ClusterQuota:
             ]
             revision = self._cas(pool, [same_revision(key, rev)], ops, block_id, present=True)
             if revision is not None:
-                self.book.opened(block_id, pool, size)
-                lic, meter, period = pool
-                self._submit(
-                    QuotaBlockTaken(
-                        block_id=block_id,
-                        license_id=lic,
-                        meter=meter,
-                        period=period,
-                        size=size,
-                        revision=revision if revision > 0 else None,
-                    )
-                )
+                self._opened(pool, block_id, size, revision or None)
                 return True
         raise QuotaUnavailableError(
             "The shared quota is too busy",
             expected=f"a block taken within {_MAX_CAS_ROUNDS} attempts",
             found="every attempt lost to another node's change",
             hint="Retry; raise the block size if this repeats under normal load",
+        )
+
+    def _opened(self, pool: PoolKey, block_id: str, size: int, revision: int | None) -> None:
+        self.book.opened(block_id, pool, size)
+        lic, meter, period = pool
+        self._submit(
+            QuotaBlockTaken(
+                block_id=block_id,
+                license_id=lic,
+                meter=meter,
+                period=period,
+                size=size,
+                revision=revision,
+            )
         )
 
     def _cas(
@@ -596,12 +605,16 @@ class ClusterQuota:
         """Raise the pool by a top-up once for the whole cluster; False if already applied."""
         with self._lock:
             marker = self.topup_key(pool[0], topup_id)
-            stamp = json.dumps({"node": self.node, "pool": list(pool), "amount": amount}).encode()
+            stamp = json.dumps(
+                {"node": self.node, "pool": list(pool), "amount": amount, "n": uuid.uuid4().hex}
+            ).encode()
             key = self.pool_key(pool)
             for _ in range(_MAX_CAS_ROUNDS):
                 self.round_trips += 1
-                if self._etcd.get(marker) is not None:
-                    return False
+                seen = self._etcd.get(marker)
+                if seen is not None:
+                    # Ours when an earlier attempt committed but its answer was lost.
+                    return seen[0] == stamp
                 value, rev = self._pool_or_new(pool, limit)
                 ops = [put(key, value.topup(amount).to_bytes()), put(marker, stamp)]
                 self.round_trips += 1
