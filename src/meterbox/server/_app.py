@@ -39,6 +39,7 @@ from meterbox.errors import BadRequestError, FormatError, MeterboxError
 from meterbox.ledger.records import MAX_AMOUNT
 from meterbox.server import _metrics as metrics
 from meterbox.server._apidocs import add_api_docs
+from meterbox.server._cluster import RETRY_AFTER_S as CLUSTER_RETRY_AFTER_S
 from meterbox.server._core.access import ApiKey, KeyRing
 from meterbox.server._core.options import SeatOptions
 from meterbox.server._core.seats import SeatLease
@@ -227,6 +228,8 @@ class LicensesOut(BaseModel):
 
 class HealthOut(BaseModel):
     ok: bool
+    #: Only in a cluster: GET /v1/cluster's answer (quorum, members, problem).
+    cluster: dict[str, Any] | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -404,6 +407,7 @@ def _lifespan(
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start_cluster()
         task = asyncio.create_task(service.run_housekeeping()) if housekeeping else None
         try:
             yield
@@ -412,6 +416,7 @@ def _lifespan(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await service.cluster.stop()
             await service.aclose()
 
     return lifespan
@@ -424,6 +429,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         response = _error(code, exc.render(), exc.hint)
         if exc.code == "unauthorized":
             response.headers["WWW-Authenticate"] = "Bearer"
+        if exc.code == "cluster_unavailable":
+            # Clients fail over to another node now, and come back here after this.
+            response.headers["Retry-After"] = str(CLUSTER_RETRY_AFTER_S)
         return response
 
     @app.exception_handler(OSError)
@@ -635,9 +643,28 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
     async def status() -> dict[str, Any]:
         return service.status()
 
-    @app.get("/healthz")
-    async def healthz() -> HealthOut:
-        return HealthOut(ok=True)
+    @app.get("/healthz", response_model=HealthOut, response_model_exclude_none=True)
+    async def healthz() -> Response:
+        if not service.cluster.shared:
+            return Response(
+                HealthOut(ok=True).model_dump_json(exclude_none=True), media_type="application/json"
+            )
+        view = service.cluster.view()
+        body = HealthOut(ok=view.quorum, cluster=view.to_json())
+        return JSONResponse(
+            body.model_dump(exclude_none=True),
+            status_code=200 if view.quorum else 503,
+            headers=None if view.quorum else {"Retry-After": str(CLUSTER_RETRY_AFTER_S)},
+        )
+
+    @app.get("/v1/cluster")
+    async def cluster(request: Request) -> dict[str, Any]:
+        view = service.cluster.view().to_json()
+        if not service.cluster.shared:
+            # The one member is this server, at the URL it was reached at unless configured.
+            for m in view["members"]:
+                m["url"] = m["url"] or str(request.base_url).rstrip("/")
+        return view
 
     def snapshot() -> metrics.Snapshot:
         now = service.now()

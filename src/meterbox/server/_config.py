@@ -17,13 +17,14 @@ import difflib
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -31,7 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from meterbox.errors import ConfigError
+from meterbox.errors import ConfigError, MeterboxError
 
 ENV_PREFIX = "METERBOX_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -83,6 +84,49 @@ class ServerConfig(BaseSettings):
         description="Site API keys for seats and usage: auto (required unless the host is "
         "loopback), required, or optional.",
     )
+    cluster: str | None = Field(
+        None,
+        description="Share seats with other servers through etcd: "
+        "etcd://host:port,host:port,... (unset: a single server).",
+    )
+    advertise_url: str | None = Field(
+        None,
+        description="The base URL other nodes and clients reach this server at "
+        "(default: from host and port).",
+    )
+
+    @field_validator("cluster")
+    @classmethod
+    def _check_cluster(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        from meterbox.server._cluster import format_cluster_url, parse_cluster_url
+
+        try:
+            return format_cluster_url(parse_cluster_url(value))
+        except MeterboxError as exc:
+            raise ValueError(exc.render()) from None
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _check_advertise_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError(
+                f"expected an http(s) base URL such as https://node1.example:8080, "
+                f"found {value[:80]!r}"
+            )
+        return value.rstrip("/")
+
+    def base_url(self) -> str:
+        """The URL this server advertises: advertise_url, else one made of host and port."""
+        if self.advertise_url:
+            return self.advertise_url
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     def keys_required(self) -> bool:
         """Whether seat and usage requests need a site API key on this listen address."""

@@ -8,6 +8,8 @@ server's own::
 
     meterbox.errors.StateError
     └── TopupAlreadyAppliedError    the same top-up file was imported a second time
+    meterbox.errors.UnavailableError
+    └── ClusterUnavailableError     a cluster node without etcd quorum grants nothing
 
 Every class carries a stable ``code``; :data:`HTTP_STATUS` maps codes to the HTTP
 status documented in ``docs/api.md``.
@@ -28,6 +30,7 @@ from meterbox.errors import (
 
 __all__ = [
     "HTTP_STATUS",
+    "ClusterUnavailableError",
     "IdempotencyConflictError",
     "LeaseNotFound",
     "TopupAlreadyAppliedError",
@@ -42,6 +45,15 @@ class TopupAlreadyAppliedError(StateError):
     """A top-up whose id the server has already applied; applying it twice would pay twice."""
 
     code = "topup_already_applied"
+
+
+class ClusterUnavailableError(UnavailableError):
+    """A cluster node that cannot reach etcd quorum: new seats and usage wait (503).
+
+    Answered with ``Retry-After`` so that clients fail over to another node at once.
+    """
+
+    code = "cluster_unavailable"
 
 
 #: HTTP status for each error code the server can answer with.
@@ -63,6 +75,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "topup_already_applied": 409,
     "too_large": 413,
     "unavailable": 503,
+    "cluster_unavailable": 503,
     "insufficient_storage": 507,
 }
 

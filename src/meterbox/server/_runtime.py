@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 from meterbox.clock import Clock
 from meterbox.server._activity import ACTIVITY_FILE, ActivityLog
 from meterbox.server._app import HttpLimitsConfig, build_app
+from meterbox.server._cluster import coordinator_for
 from meterbox.server._cryptolens import mount_cryptolens
 from meterbox.server._dashboard import build_site_dashboard
 from meterbox.server._instance import ServerInstance, read_admin_token
@@ -49,7 +50,7 @@ def _note_licenses(service: LicenseService) -> None:
         )
 
 
-def build_server(
+def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
     data: Path,
     *,
     clock: Clock | None = None,
@@ -59,12 +60,16 @@ def build_server(
     sleep: Sleep = asyncio.sleep,
     require_api_key: bool = False,
     activity_log: Path | None = None,
+    cluster: str | None = None,
+    advertise_url: str = "",
 ) -> BuiltServer:
     """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService).
 
     ``require_api_key`` refuses seat and usage requests without a site API key
     (``server run`` sets it whenever it listens beyond loopback); ``activity_log`` is
-    the admin's activity log file (default ``DATA/activity.jsonl``).
+    the admin's activity log file (default ``DATA/activity.jsonl``); ``cluster`` is
+    ``etcd://...`` to share seats with other nodes (docs/adr/0024), ``advertise_url``
+    this node's base URL as ``GET /v1/cluster`` lists it.
     """
     keys = KeyStore.open(data)
     options = read_options(data)  # a bad options file refuses the start, before the ledger
@@ -73,6 +78,7 @@ def build_server(
     )
 
     instance.service.engine.options = options
+    instance.service.cluster = coordinator_for(cluster, url=advertise_url)
     activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
     instance.service.activity = activity
     _note_licenses(instance.service)

@@ -47,6 +47,7 @@ from meterbox.ledger.records import (
 )
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
+from meterbox.server._cluster import Coordinator, SeatPool, SingleNode
 from meterbox.server._core.changes import (
     Change,
     ClockFloor,
@@ -156,6 +157,8 @@ class LicenseService:
         self._queues: dict[str, collections.deque[Waiter]] = {}
         #: The site admin's activity log (who had which seat); None writes none.
         self.activity: ActivityLog | None = None
+        #: Who else shares this server's seats: nobody by default (docs/adr/0024).
+        self.cluster: Coordinator = SingleNode()
         self._side: list[asyncio.Future[int]] = []
         self.clock_steps = 0
         self.counters: dict[str, int] = {
@@ -317,6 +320,18 @@ class LicenseService:
         Recorded, persisted and undone exactly like :meth:`checkout` (see
         :meth:`Engine.checkout_on` for the rules).
         """
+
+        def pools(now: datetime) -> list[SeatPool]:
+            lic = self.engine.licenses.get(license_id)
+            policy = lic.features.get(feature) if lic is not None else None
+            if policy is None:
+                return []
+            cap = policy.overdraft if overdraft_cap is None else max(overdraft_cap, 0)
+            return [
+                SeatPool(license_id, feature, False, policy.seats),
+                SeatPool(license_id, feature, True, min(cap, policy.overdraft)),
+            ]
+
         return await self._checkout(
             feature,
             client_id,
@@ -329,6 +344,7 @@ class LicenseService:
                 overdraft_cap=overdraft_cap,
                 hostname=hostname,
             ),
+            pools=pools,
         )
 
     async def _checkout(
@@ -340,6 +356,7 @@ class LicenseService:
         ticket: Waiter | None = None,
         record_denial: bool = True,
         who: dict[str, str | None] | None = None,
+        pools: Callable[[datetime], list[SeatPool]] | None = None,
     ) -> SeatDecision:
         """Decide a checkout under the lock, then record and persist the lease or the denial.
 
@@ -354,6 +371,9 @@ class LicenseService:
             try:
                 self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
+                if self.cluster.shared:
+                    shared = pools(now) if pools else self._pools_of(feature, now)
+                    decision = await self._hold_shared(decision, now, shared)
             except PolicyDenied as exc:
                 self._note(
                     now,
@@ -392,6 +412,90 @@ class LicenseService:
             # The engine's explanation, answered once the denial is on record.
             raise denial
         return await self._finish_seat(decision, task, now, peak)
+
+    # ------------------------------------------------------------ cluster
+    def _pools_of(self, feature: str, now: datetime) -> list[SeatPool]:
+        """The shared pools a checkout may take, in the engine's order (regular seats first)."""
+        sources = self.engine.feature_sources(feature, now)
+        return [
+            SeatPool(license_id, feature, overdraft, p.overdraft if overdraft else p.seats)
+            for overdraft in (False, True)
+            for license_id, p in sources
+        ]
+
+    async def _hold_shared(
+        self, decision: SeatDecision, now: datetime, pools: list[SeatPool]
+    ) -> SeatDecision:
+        """Make the engine's seat decision hold across the cluster, or take it back.
+
+        Called under the lock, before the record is written. Every renewal is recorded
+        in a cluster: another node's grant relies on this node's ledger showing exactly
+        when each of its leases ends (docs/adr/0024).
+        """
+        lease = decision.lease
+        try:
+            if decision.renewed:
+                await self.cluster.renew_seat(lease, pools)
+            else:
+                lease = await self.cluster.claim_seat(lease, pools)
+        except LeaseNotFound:
+            # The lease lost its shared seat: it ends here, on record, so that the
+            # client's next checkout takes a seat the cluster agrees on.
+            self.engine.undo_seat(decision)
+            await self._end_lost(decision.lease, now)
+            raise
+        except NoSeatAvailable:
+            self.engine.undo_seat(decision)
+            feature = decision.lease.feature
+            self.engine.seats.denials[feature] = self.engine.seats.denials.get(feature, 0) + 1
+            raise
+        except BaseException:
+            self.engine.undo_seat(decision)
+            raise
+        if decision.renewed and not decision.record:
+            lease = replace(lease, recorded_at=now)
+        if lease != decision.lease:
+            self.engine.seats.leases[lease.lease_id] = lease
+        return replace(decision, lease=lease, record=True)
+
+    async def _free_shared(self, lease_ids: Iterable[str]) -> None:
+        """Give shared seats back once their end is on record; etcd's lease is the fallback."""
+        if not self.cluster.shared:
+            return
+        for lease_id in lease_ids:
+            try:
+                await self.cluster.release_seat(lease_id)
+            except UnavailableError as exc:  # the seat's etcd lease runs out on its own
+                log.warning("could not give back the shared seat of %s: %s", lease_id, exc)
+
+    async def _end_lost(self, lease: SeatLease, now: datetime) -> None:
+        """End a lease whose shared seat is gone (called under the lock; rare)."""
+        if self.engine.seats.leases.pop(lease.lease_id, None) is None:
+            return
+        seq = await self._durable(self._write(SeatExpire(lease_id=lease.lease_id)))
+        self.counters["expiries"] += 1
+        self._note(now, "expire", lease, reason="its shared seat ran out in etcd")
+        await self._save([LeasePut(lease, ended=True)], seq, now)
+
+    async def start_cluster(self) -> None:
+        """Join the cluster; hold shared seats again for leases live since before a restart."""
+        await self.cluster.start(
+            self.instance_id, [lic.license_id for lic in self.engine.ordered()]
+        )
+        if not self.cluster.shared:
+            return
+        async with self._lock:
+            now = self.now()
+            live = [x for x in self.engine.seats.leases.values() if x.live(now)]
+            try:
+                lost = await self.cluster.adopt_seats(live)
+            except UnavailableError as exc:
+                # Their slots outlive them in etcd; a renewal takes a seat again.
+                log.warning("could not adopt %d shared seats at start: %s", len(live), exc)
+                return
+            for lease in lost:
+                log.warning("lease %s lost its shared seat while down", lease.lease_id)
+                await self._end_lost(lease, now)
 
     def _note(
         self, now: datetime, event: str, lease: SeatLease | None = None, /, **fields: Any
@@ -600,6 +704,9 @@ class LicenseService:
                 unknown = self._write_unknown(lease_id, "renew")
             else:
                 missing = None
+                if self.cluster.shared:
+                    pools = self._pools_of(decision.lease.feature, now)
+                    decision = await self._hold_shared(decision, now, pools)
                 task = self._write_seat(decision)
         if missing is not None:
             await self._record_unknown(unknown, now)
@@ -629,6 +736,7 @@ class LicenseService:
             raise
         self.counters["releases"] += 1
         self._note(now, "release", lease)
+        await self._free_shared([lease_id])
         self._wake(lease.feature)
         await self._save([LeasePut(lease, ended=True)], seq, now)
         return True
@@ -678,6 +786,7 @@ class LicenseService:
         self.counters["removals"] = self.counters.get("removals", 0) + len(done)
         for r in done:
             self._note(now, "remove", r.lease, by=removed_by, reason=reason)
+        await self._free_shared(r.lease.lease_id for r in done)
         for feature in {r.lease.feature for r in done}:
             self._wake(feature)
         await self._save([LeasePut(r.lease, ended=True) for r in done], seq, now)
@@ -697,6 +806,7 @@ class LicenseService:
         license_id: str | None = None,
     ) -> UsageResult:
         async with self._lock:
+            self.cluster.require_quorum()
             now = self.now()
             decision = self.engine.record_usage(
                 meter,
@@ -848,6 +958,7 @@ class LicenseService:
         self.counters["expiries"] += len(expired)
         for x in expired:
             self._note(now, "expire", x)
+        await self._free_shared(x.lease_id for x in expired)
         for feature in {x.feature for x in expired}:
             self._wake(feature)
         changes: list[Change] = [LeasePut(x, ended=True) for x in expired]

@@ -179,6 +179,20 @@ ApiKeysOpt = Annotated[
                  "[default: auto; env METERBOX_API_KEYS]"),
 ]  # fmt: skip
 
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", metavar="URL", show_default=False,
+                 help="Share seats with other servers through etcd: "
+                 "etcd://host:port,host:port,... [default: a single server; "
+                 "env METERBOX_CLUSTER]"),
+]  # fmt: skip
+AdvertiseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--advertise-url", metavar="URL", show_default=False,
+                 help="Base URL other nodes and clients reach this server at "
+                 "[default: from --host and --port; env METERBOX_ADVERTISE_URL]"),
+]  # fmt: skip
+
 
 def _load_config(flags: dict[str, Any], config: Path | None) -> Any:
     from meterbox.server import _config
@@ -267,6 +281,8 @@ def run(
     log_format: LogFormatOpt = None,
     force_recover: ForceRecoverOpt = None,
     api_keys: ApiKeysOpt = None,
+    cluster: ClusterOpt = None,
+    advertise_url: AdvertiseUrlOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     flags = {
@@ -279,6 +295,8 @@ def run(
         "log_format": log_format,
         "force_recover": force_recover,
         "api_keys": api_keys,
+        "cluster": cluster,
+        "advertise_url": advertise_url,
     }
     conf = _load_config(flags, config).config
     with _errors():
@@ -311,6 +329,8 @@ def _serve(conf: Any) -> None:
             force_recover=conf.force_recover,
             require_api_key=required,
             activity_log=conf.activity_log,
+            cluster=conf.cluster,
+            advertise_url=conf.base_url(),
         )
     scheme = "https" if conf.tls_cert else "http"
     # Said on every start, as a log record (so JSON logs stay JSON) at a level the

@@ -1,0 +1,354 @@
+"""Seats shared through etcd: fixed slot keys, one etcd lease per seat, quorum watch.
+
+Keys (``<lic>`` and ``<feature>`` percent-encoded)::
+
+    /meterbox/<lic>/seats/<feature>/regular/<n>    n = 0 .. seats-1
+    /meterbox/<lic>/seats/<feature>/overdraft/<n>  n = 0 .. overdraft-1
+    /meterbox/<lic>/members/<node>                 the node is up (its session lease)
+    /meterbox/<lic>/nodes/<node>                   the node has served this license
+
+Invariant: a lease is granted only after an etcd transaction created one of its
+pool's slot keys (``create_revision == 0``). Each slot key exists at most once, and
+only ``capacity`` slot keys exist per pool, so whatever the interleaving of nodes the
+seats held never exceed seats + overdraft. A slot key carries its own etcd lease of
+``lease_seconds + GRACE_S``, refreshed on every renewal, and is deleted once the
+lease's end is on this node's ledger; a node that dies leaves its slots to run out
+with their etcd leases, never before the lease would have ended on its own ledger.
+
+Quorum: every :data:`TICK_S` the node refreshes its session lease and reads the
+member list linearizably; any failure, or any failed etcd call of a grant, makes
+:meth:`EtcdCoordinator.require_quorum` refuse at once until a tick succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from meterbox.errors import LeaseNotFound, NoSeatAvailable
+from meterbox.server._cluster._etcd import Etcd, EtcdDown
+from meterbox.server._cluster._protocol import (
+    ClusterUnavailableError,
+    ClusterView,
+    Member,
+    SeatPool,
+)
+from meterbox.server._core.seats import SeatLease
+
+log = logging.getLogger("meterbox.server.cluster")
+
+ROOT = "/meterbox/"
+#: Seconds a seat's etcd lease outlives the lease it stands for (clock and call slack).
+GRACE_S = 2
+#: Seconds between quorum checks; a node notices a lost quorum within TICK_S + timeout.
+TICK_S = 0.5
+#: TTL of the node's session lease (its membership key).
+SESSION_TTL_S = 3
+#: Retry-After of a 503 answered for lack of quorum.
+RETRY_AFTER_S = 1
+#: Transaction attempts for one checkout before the node answers 503 (contention).
+MAX_CLAIM_ROUNDS = 8
+
+#: Called on a quorum change: (has quorum, why lost or None).
+QuorumListener = Callable[[bool, str | None], None]
+
+
+def _seg(text: str) -> str:
+    return urllib.parse.quote(text, safe="")
+
+
+def pool_prefix(pool_license: str, feature: str, overdraft: bool) -> str:
+    kind = "overdraft" if overdraft else "regular"
+    return f"{ROOT}{_seg(pool_license)}/seats/{_seg(feature)}/{kind}/"
+
+
+@dataclass(frozen=True)
+class _Held:
+    key: str
+    etcd_lease: int
+    ttl: int
+
+
+def unavailable(problem: str) -> ClusterUnavailableError:
+    return ClusterUnavailableError(
+        "This node cannot reach etcd quorum, so it grants no new seats or usage",
+        expected="a majority of the etcd cluster answering",
+        found=problem,
+        hint="Retry on another node of the cluster (GET /v1/cluster lists them); "
+        "this node resumes once etcd answers again",
+    )
+
+
+class EtcdCoordinator:
+    """:class:`~meterbox.server._cluster.Coordinator` over etcd; see the module docstring."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        *,
+        url: str,
+        tick: float = TICK_S,
+        session_ttl: int = SESSION_TTL_S,
+        on_quorum: QuorumListener | None = None,
+    ) -> None:
+        self.etcd = etcd
+        self.url = url
+        self.node = ""
+        self.license_ids: tuple[str, ...] = ()
+        self._tick = tick
+        self._session_ttl = session_ttl
+        self._session = 0
+        self._held: dict[str, _Held] = {}
+        self._quorum = False
+        self._problem: str | None = "not started"
+        self._last_ok = 0.0
+        self._members: tuple[Member, ...] = ()
+        self._task: asyncio.Task[None] | None = None
+        self.on_quorum = on_quorum
+        self.counters = {"claims": 0, "claim_conflicts": 0, "quorum_losses": 0}
+
+    # ---------------------------------------------------------------- protocol
+    @property
+    def mode(self) -> Literal["single", "etcd"]:
+        return "etcd"
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def view(self) -> ClusterView:
+        members = self._members or (Member(self.node, self.url, self._quorum),)
+        return ClusterView(
+            mode="etcd",
+            node=self.node,
+            members=members,
+            quorum=self._quorum,
+            problem=None if self._quorum else self._problem,
+            since_quorum_s=time.monotonic() - self._last_ok if self._last_ok else None,
+            extra={
+                "endpoints": [str(e) for e in self.etcd.endpoints],
+                "seats_held": len(self._held),
+            },
+        )
+
+    def require_quorum(self) -> None:
+        if not self._quorum:
+            raise unavailable(self._problem or "no quorum")
+
+    async def start(self, node: str, license_ids: Iterable[str]) -> None:
+        self.node = node
+        self.license_ids = tuple(license_ids)
+        await self._round()  # a first answer (or its absence) before the first request
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session:
+            with contextlib.suppress(EtcdDown):
+                await asyncio.to_thread(self.etcd.revoke, self._session)
+
+    async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+        self.require_quorum()
+        try:
+            return await asyncio.to_thread(self._claim, lease, pools)
+        except EtcdDown as exc:
+            self._lost(str(exc))
+            raise unavailable(str(exc)) from exc
+
+    async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
+        self.require_quorum()
+        try:
+            await asyncio.to_thread(self._renew, lease, pools)
+        except EtcdDown as exc:
+            self._lost(str(exc))
+            raise unavailable(str(exc)) from exc
+
+    def _renew(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
+        held = self._held.get(lease.lease_id)
+        fits = held is not None and lease.lease_seconds + GRACE_S <= held.ttl
+        if held is not None and fits and self.etcd.keepalive(held.etcd_lease) > 0:
+            return
+        # Either the seat's etcd lease ran out (the node was cut off longer than the
+        # lease: another node may hold that slot now) or this node does not hold it.
+        # Not held here (adoption failed, or a longer lease than the slot's TTL): the
+        # old slot, if any, runs out with its etcd lease; the lease takes a fresh one.
+        own = [
+            p for p in pools if (p.license_id, p.overdraft) == (lease.license_id, lease.overdraft)
+        ]
+        try:
+            self._claim(lease, own)
+        except NoSeatAvailable:
+            self._held.pop(lease.lease_id, None)
+            raise _no_shared_seat(lease) from None
+        if held is not None:
+            with contextlib.suppress(EtcdDown):
+                self.etcd.revoke(held.etcd_lease)
+
+    async def release_seat(self, lease_id: str) -> None:
+        held = self._held.pop(lease_id, None)
+        if held is None:
+            return
+        try:
+            await asyncio.to_thread(self.etcd.revoke, held.etcd_lease)
+        except EtcdDown as exc:
+            log.warning("seat of %s left to run out in etcd: %s", lease_id, exc)
+
+    async def adopt_seats(self, leases: Sequence[SeatLease]) -> list[SeatLease]:
+        if not leases:
+            return []
+        self.require_quorum()
+        try:
+            return await asyncio.to_thread(self._adopt, leases)
+        except EtcdDown as exc:
+            self._lost(str(exc))
+            raise unavailable(str(exc)) from exc
+
+    # ---------------------------------------------------------------- seats
+    def _claim(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+        ttl = lease.lease_seconds + GRACE_S
+        etcd_lease = self.etcd.grant(ttl)
+        value = json.dumps(
+            {"node": self.node, "lease": lease.lease_id, "client": lease.client_id},
+            separators=(",", ":"),
+        ).encode()
+        try:
+            for pool in pools:
+                if pool.capacity <= 0:
+                    continue
+                key = self._claim_in(pool, value, etcd_lease)
+                if key is not None:
+                    self._held[lease.lease_id] = _Held(key, etcd_lease, ttl)
+                    self.counters["claims"] += 1
+                    return replace(lease, license_id=pool.license_id, overdraft=pool.overdraft)
+        except BaseException:
+            with contextlib.suppress(EtcdDown):
+                self.etcd.revoke(etcd_lease)
+            raise
+        self.etcd.revoke(etcd_lease)
+        raise _cluster_full(lease, pools)
+
+    def _claim_in(self, pool: SeatPool, value: bytes, etcd_lease: int) -> str | None:
+        prefix = pool_prefix(pool.license_id, pool.feature, pool.overdraft)
+        for _ in range(MAX_CLAIM_ROUNDS):
+            taken = {kv.key for kv in self.etcd.range_prefix(prefix, keys_only=True)}
+            free = [prefix + str(n) for n in range(pool.capacity) if prefix + str(n) not in taken]
+            if not free:
+                return None
+            for key in free:
+                if self.etcd.create(key, value, etcd_lease):
+                    return key
+                self.counters["claim_conflicts"] += 1
+        raise EtcdDown(f"{MAX_CLAIM_ROUNDS} rounds of checkouts racing for {prefix}")
+
+    def _adopt(self, leases: Sequence[SeatLease]) -> list[SeatLease]:
+        lost = []
+        slots: dict[str, dict[str, tuple[str, int]]] = {}
+        for lease in leases:
+            prefix = pool_prefix(lease.license_id, lease.feature, lease.overdraft)
+            if prefix not in slots:
+                slots[prefix] = {}
+                for kv in self.etcd.range_prefix(prefix):
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        doc = json.loads(kv.value)
+                        if doc["node"] == self.node:
+                            slots[prefix][str(doc["lease"])] = (kv.key, kv.lease)
+            found = slots[prefix].get(lease.lease_id)
+            if found is None or not found[1]:
+                lost.append(lease)
+                continue
+            remaining, granted = self.etcd.time_to_live(found[1])
+            if remaining <= 0:
+                lost.append(lease)
+                continue
+            self._held[lease.lease_id] = _Held(found[0], found[1], granted)
+        return lost
+
+    # ---------------------------------------------------------------- quorum
+    def _lost(self, problem: str) -> None:
+        if self._quorum:
+            self.counters["quorum_losses"] += 1
+            log.warning("etcd quorum lost: %s", problem)
+            if self.on_quorum is not None:
+                self.on_quorum(False, problem)
+        self._quorum = False
+        self._problem = problem
+
+    def _regained(self) -> None:
+        if not self._quorum:
+            log.warning("etcd quorum regained")
+            if self.on_quorum is not None:
+                self.on_quorum(True, None)
+        self._quorum = True
+        self._problem = None
+        self._last_ok = time.monotonic()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            await self._round()
+
+    async def _round(self) -> None:
+        try:
+            members = await asyncio.to_thread(self._beat)
+        except EtcdDown as exc:
+            self._lost(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the watch must outlive any one answer
+            self._lost(f"{type(exc).__name__}: {exc}")
+        else:
+            self._members = members
+            self._regained()
+
+    def _beat(self) -> tuple[Member, ...]:
+        """Refresh this node's session and read the member list; both need quorum."""
+        if not self._session or self.etcd.keepalive(self._session) <= 0:
+            self._session = self.etcd.grant(self._session_ttl)
+            doc = json.dumps({"node": self.node, "url": self.url}).encode()
+            for lic in self.license_ids:
+                self.etcd.put(f"{ROOT}{_seg(lic)}/members/{_seg(self.node)}", doc, self._session)
+                self.etcd.put(f"{ROOT}{_seg(lic)}/nodes/{_seg(self.node)}", doc)
+        alive: set[str] = set()
+        known: dict[str, str] = {self.node: self.url}
+        for lic in self.license_ids:
+            for kv in self.etcd.range_prefix(f"{ROOT}{_seg(lic)}/members/"):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    doc = json.loads(kv.value)
+                    alive.add(str(doc["node"]))
+                    known[str(doc["node"])] = str(doc["url"])
+            for kv in self.etcd.range_prefix(f"{ROOT}{_seg(lic)}/nodes/"):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    doc = json.loads(kv.value)
+                    known.setdefault(str(doc["node"]), str(doc["url"]))
+        alive.add(self.node)
+        return tuple(Member(n, known[n], n in alive) for n in sorted(known))
+
+
+def _no_shared_seat(lease: SeatLease) -> LeaseNotFound:
+    return LeaseNotFound(
+        f"Lease {lease.lease_id!r} no longer holds a seat of the cluster",
+        expected="a lease whose shared seat is still held in etcd",
+        found="its etcd lease ran out while this node could not renew it",
+        hint="Check out a seat again",
+    )
+
+
+def _cluster_full(lease: SeatLease, pools: Sequence[SeatPool]) -> NoSeatAvailable:
+    seats = sum(p.capacity for p in pools if not p.overdraft)
+    overdraft = sum(p.capacity for p in pools if p.overdraft)
+    denied = NoSeatAvailable(
+        f"No seat is free for feature {lease.feature!r} in the cluster",
+        expected=f"a free seat among {seats} seats and {overdraft} overdraft seats",
+        found="all held by the nodes of the cluster",
+        hint="Retry after a lease is released or runs out, or ask the vendor for more seats",
+    )
+    denied.license_id = pools[0].license_id if pools else lease.license_id
+    return denied

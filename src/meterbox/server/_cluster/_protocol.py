@@ -1,0 +1,174 @@
+"""What the license service asks of a cluster, and the single-node answer.
+
+The service decides every grant with its own engine, under its own lock, exactly as a
+single server does. A :class:`Coordinator` is asked, inside that same lock and before
+the ledger record is written, to make the decision hold across all nodes:
+
+* :meth:`Coordinator.claim_seat` for a new lease (it may move the lease to another
+  pool, e.g. to an overdraft seat when the shared regular seats are all held, or refuse
+  with :class:`~meterbox.errors.NoSeatAvailable`);
+* :meth:`Coordinator.renew_seat` before a renewal is granted;
+* :meth:`Coordinator.release_seat` once a release, expiry or removal is on record.
+
+Every method raises :class:`ClusterUnavailableError` when the cluster cannot vouch for
+the answer (no quorum): the service then answers 503 and grants nothing.
+
+:class:`SingleNode` is the embedded default: its seat checks are no-ops, so a server
+without ``--cluster`` behaves exactly as before (and needs no etcd).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from meterbox.server._core.seats import SeatLease
+from meterbox.server._errors import ClusterUnavailableError
+
+__all__ = [
+    "ClusterUnavailableError",
+    "ClusterView",
+    "Coordinator",
+    "Member",
+    "SeatPool",
+    "SingleNode",
+]
+
+
+@dataclass(frozen=True)
+class SeatPool:
+    """Seats of one feature of one license: the regular ones or the overdraft ones."""
+
+    license_id: str
+    feature: str
+    overdraft: bool
+    capacity: int
+
+
+@dataclass(frozen=True)
+class Member:
+    node: str
+    url: str
+    alive: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "url": self.url, "alive": self.alive}
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What ``GET /v1/cluster`` answers (docs/api.md), and /healthz's ``cluster``."""
+
+    mode: Literal["single", "etcd"]
+    node: str
+    members: tuple[Member, ...]
+    quorum: bool
+    #: Why quorum is lost (the last etcd error), for /healthz and the dashboard.
+    problem: str | None = None
+    #: Seconds since the last answer that proved quorum; ``None`` in single mode.
+    since_quorum_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "node": self.node,
+            "members": [m.to_json() for m in self.members],
+            "quorum": self.quorum,
+        }
+        if self.problem is not None:
+            out["problem"] = self.problem
+        if self.since_quorum_s is not None:
+            out["since_quorum_s"] = round(self.since_quorum_s, 3)
+        out.update(self.extra)
+        return out
+
+
+class Coordinator(Protocol):
+    """The cluster as the license service sees it (see the module docstring)."""
+
+    @property
+    def mode(self) -> Literal["single", "etcd"]: ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes share this node's seats (every renewal is then recorded)."""
+        ...
+
+    def view(self) -> ClusterView: ...
+
+    def require_quorum(self) -> None:
+        """Raise :class:`ClusterUnavailableError` unless new grants may be made now."""
+        ...
+
+    async def start(self, node: str, license_ids: Iterable[str]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+        """Hold one shared seat for a new ``lease``; the lease as granted (pool may change)."""
+        ...
+
+    async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
+        """Keep the shared seat of ``lease`` held for its new length.
+
+        A lease whose seat this node does not hold (it restarted while etcd was down)
+        takes a free seat of ``pools`` again; when none is free it raises
+        :class:`~meterbox.errors.LeaseNotFound` and the service ends the lease.
+        """
+        ...
+
+    async def release_seat(self, lease_id: str) -> None:
+        """Give the shared seat of a lease back (its end is already on record)."""
+        ...
+
+    async def adopt_seats(self, leases: Sequence[SeatLease]) -> list[SeatLease]:
+        """Hold shared seats again for leases this node had before a restart.
+
+        Returns the leases it could not hold (another node took their seat while this
+        one was down); the service ends those on record.
+        """
+        ...
+
+
+class SingleNode:
+    """The embedded default: one server, its own lock is the only coordination needed."""
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url
+        self.node = ""
+
+    @property
+    def mode(self) -> Literal["single", "etcd"]:
+        return "single"
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    def view(self) -> ClusterView:
+        return ClusterView(
+            mode="single", node=self.node, members=(Member(self.node, self.url),), quorum=True
+        )
+
+    def require_quorum(self) -> None:
+        return None
+
+    async def start(self, node: str, license_ids: Iterable[str]) -> None:
+        self.node = node
+
+    async def stop(self) -> None:
+        return None
+
+    async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+        return lease
+
+    async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
+        return None
+
+    async def release_seat(self, lease_id: str) -> None:
+        return None
+
+    async def adopt_seats(self, leases: Sequence[SeatLease]) -> list[SeatLease]:
+        return []
