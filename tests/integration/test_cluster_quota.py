@@ -40,14 +40,15 @@ from meterbox.ledger.records import (
     RecordPayload,
     Usage,
 )
+from meterbox.server._cluster import Etcd, parse_cluster_url
 from meterbox.server._cluster._quota import (
     ClusterQuota,
-    Etcd,
     EtcdNodeLease,
     QuotaConfig,
-    QuotaUnavailableError,
+    QuotaStore,
 )
 from meterbox.server._cluster._quota_core import NodeBook, Pool
+from meterbox.server._errors import ClusterUnavailableError
 from support.etcd import EtcdCluster
 from support.ledger import VENDOR, VENDOR_ID
 
@@ -82,7 +83,7 @@ def start_node(
     book: NodeBook | None = None,
     writer: LedgerWriter | None = None,
 ) -> Node:
-    etcd = Etcd(cluster.endpoints, timeout_s=1.5)
+    etcd = QuotaStore(Etcd(parse_cluster_url(cluster.cluster_url), timeout=1.5))
     lease = EtcdNodeLease(etcd, ttl_s=3).start()
     path = base / name
     if writer is None:
@@ -171,7 +172,7 @@ def test_concurrent_usage_on_three_nodes_never_grants_more_than_the_limit(
                 amount = rnd.randint(1, 4)
                 try:
                     ok = charge(node, amount, limit=limit)
-                except QuotaUnavailableError:
+                except ClusterUnavailableError:
                     continue  # an etcd member went away mid-request: the client retries
                 if ok:
                     granted[i] += amount
@@ -259,7 +260,7 @@ def test_three_node_processes_share_the_limit_exactly(
     assert granted <= limit
     from_ledgers = sum(unflagged_units(ledger_records(tmp_path / f"p{i}")) for i in range(3))
     assert from_ledgers == granted
-    etcd = Etcd(etcd_cluster.endpoints)
+    etcd = QuotaStore(Etcd(parse_cluster_url(etcd_cluster.cluster_url)))
     raw = etcd.get(ClusterQuota.pool_key(POOL))
     assert raw is not None
     value = Pool.from_bytes(raw[0])
@@ -287,7 +288,7 @@ def test_a_node_killed_holding_a_block_is_reconciled_from_its_ledger(
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert json.loads(line) == {"granted": 10, "denied": 0}
-    etcd = Etcd(etcd_cluster.endpoints)
+    etcd = QuotaStore(Etcd(parse_cluster_url(etcd_cluster.cluster_url)))
     raw = etcd.get(ClusterQuota.pool_key(POOL))
     assert raw is not None
     (block,) = Pool.from_bytes(raw[0]).held_by("dead")

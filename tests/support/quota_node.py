@@ -21,13 +21,14 @@ from meterbox.clock import SystemClock
 from meterbox.errors import QuotaExceeded
 from meterbox.ledger import Appended, LedgerWriter
 from meterbox.ledger.records import RecordPayload, Usage
+from meterbox.server._cluster import Etcd, parse_cluster_url
 from meterbox.server._cluster._quota import (
     ClusterQuota,
-    Etcd,
     EtcdNodeLease,
     QuotaConfig,
-    QuotaUnavailableError,
+    QuotaStore,
 )
+from meterbox.server._errors import ClusterUnavailableError
 from support.ledger import VENDOR, VENDOR_ID
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--hold", action="store_true")
     args = p.parse_args(argv)
 
-    etcd = Etcd(args.endpoints.split(","))
+    etcd = QuotaStore(Etcd(parse_cluster_url("etcd://" + args.endpoints)))
     lease = EtcdNodeLease(etcd, ttl_s=args.lease_ttl).start()
     writer = open_ledger(args.ledger)
 
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
             quota.charge(
                 pool, limit=args.limit, over_limit="refuse", record=record
             ).appended.result()
-        except (QuotaExceeded, QuotaUnavailableError):
+        except (QuotaExceeded, ClusterUnavailableError):
             denied += 1
             continue
         granted += 1

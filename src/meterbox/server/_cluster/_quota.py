@@ -23,19 +23,15 @@ it committed is visible.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 from urllib.parse import quote, unquote
-
-import etcd3gw
-from etcd3gw import exceptions as etcd_errors
 
 from meterbox.errors import FormatError, MeterboxError, QuotaExceeded
 from meterbox.ledger.records import (
@@ -44,6 +40,8 @@ from meterbox.ledger.records import (
     Usage,
     UsageDecrement,
 )
+from meterbox.server._cluster._coordinator import unavailable
+from meterbox.server._cluster._etcd import Etcd, EtcdDown, b64, prefix_end, unb64
 from meterbox.server._cluster._quota_core import (
     NodeBook,
     Pool,
@@ -53,15 +51,10 @@ from meterbox.server._cluster._quota_core import (
     block_size,
     settlement,
 )
+from meterbox.server._errors import ClusterUnavailableError
 
 #: Retries of one compare-and-swap lost to other nodes before the request gives up.
 _MAX_CAS_ROUNDS: Final = 200
-
-
-class QuotaUnavailableError(MeterboxError):
-    """etcd did not answer, or this node's lease is not known to be alive: no usage now."""
-
-    code = "cluster_unavailable"
 
 
 class ClusterConflictError(MeterboxError):
@@ -103,117 +96,80 @@ class NodeLease(Protocol):
 
 
 # ------------------------------------------------------------------- etcd access
-def _b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode()
+class QuotaStore:
+    """The few etcd requests quota blocks need, over the cluster's one etcd client.
 
+    Every failure of :class:`Etcd` (no member answered, or etcd answered with an error)
+    is :class:`ClusterUnavailableError`: the node cannot vouch for a grant.
+    """
 
-def _unb64(data: str) -> bytes:
-    return base64.b64decode(data)
-
-
-def _prefix_end(prefix: str) -> str:
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1
-    return _b64(bytes(raw))
-
-
-class Etcd:
-    """The etcd members of a cluster through their HTTP gateway; the next one on failure."""
-
-    def __init__(self, endpoints: Sequence[str], timeout_s: float = 2.0) -> None:
-        if not endpoints:
-            raise FormatError("etcd endpoints", expected="at least one host:port", found="none")
-        self._clients = []
-        for ep in endpoints:
-            host, _, port = ep.rpartition(":")
-            self._clients.append(
-                etcd3gw.client(host=host, port=int(port), timeout=timeout_s, api_path="/v3/")
-            )
-        self._current = 0
-        self._lock = threading.Lock()
+    def __init__(self, etcd: Etcd) -> None:
+        self.etcd = etcd
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the current member, moving on to the next on a connection failure."""
-        errors: list[str] = []
-        for _ in range(len(self._clients)):
-            with self._lock:
-                client = self._clients[self._current]
-            try:
-                result: dict[str, Any] = client.post(client.get_url(path), json=body)
-            except (etcd_errors.ConnectionFailedError, etcd_errors.ConnectionTimeoutError) as exc:
-                errors.append(f"{client.host}:{client.port}: {type(exc).__name__}")
-                with self._lock:
-                    if self._clients[self._current] is client:
-                        self._current = (self._current + 1) % len(self._clients)
-                continue
-            except etcd_errors.Etcd3Exception as exc:
-                raise QuotaUnavailableError(
-                    "etcd refused a quota request",
-                    expected="an answer from the etcd cluster",
-                    found=f"{type(exc).__name__}: {exc.detail_text}",
-                    hint="Check that the etcd cluster has quorum (etcdctl endpoint health)",
-                ) from None
-            return result
-        raise QuotaUnavailableError(
-            "No etcd member answered",
-            expected="at least one etcd member of the cluster reachable, with quorum",
-            found="; ".join(errors),
-            hint="Retry on another meterbox node; check the etcd members",
-        )
+        try:
+            return self.etcd.call(path, body)
+        except EtcdDown as exc:
+            raise unavailable(str(exc)) from None
 
     def get(self, key: str) -> tuple[bytes, int] | None:
         """Value and ``mod_revision`` of ``key`` (linearizable read), or None."""
-        out = self.post("/kv/range", {"key": _b64(key)})
-        kvs = out.get("kvs") or []
+        kvs = self.post("kv/range", {"key": b64(key)}).get("kvs") or []
         if not kvs:
             return None
-        return _unb64(kvs[0].get("value", "")), int(kvs[0]["mod_revision"])
+        return unb64(kvs[0].get("value", "")), int(kvs[0]["mod_revision"])
 
     def get_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
-        out = self.post("/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+        out = self.post("kv/range", {"key": b64(prefix), "range_end": prefix_end(prefix)})
         return [
-            (_unb64(kv["key"]).decode(), _unb64(kv.get("value", "")), int(kv["mod_revision"]))
+            (unb64(kv["key"]).decode(), unb64(kv.get("value", "")), int(kv["mod_revision"]))
             for kv in out.get("kvs") or []
         ]
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> int | None:
-        """Run ``success`` if every compare holds; the new revision, or None if one failed."""
-        out = self.post("/kv/txn", {"compare": compare, "success": success})
+        """Run ``success`` if every compare holds; the new revision, or None if one failed.
+
+        :class:`Etcd` sends a request again to the next member when one fails, so a
+        transaction may have committed although this answer says its compare failed
+        (the second send compared against the first's change): callers check.
+        """
+        out = self.post("kv/txn", {"compare": compare, "success": success, "failure": []})
         if not out.get("succeeded"):
             return None
         return int(out["header"]["revision"])
 
     def grant(self, ttl_s: int) -> int:
-        return int(self.post("/lease/grant", {"TTL": ttl_s, "ID": 0})["ID"])
+        return int(self.post("lease/grant", {"TTL": ttl_s, "ID": 0})["ID"])
 
     def keepalive(self, lease_id: int) -> int:
         """The lease's new TTL; 0 or less when etcd no longer knows the lease."""
-        return int(self.post("/lease/keepalive", {"ID": lease_id}).get("result", {}).get("TTL", -1))
+        return int(self.post("lease/keepalive", {"ID": lease_id}).get("result", {}).get("TTL", -1))
 
 
 def put(key: str, value: bytes, lease: int | None = None) -> dict[str, Any]:
-    req: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    req: dict[str, Any] = {"key": b64(key), "value": b64(value)}
     if lease is not None:
         req["lease"] = lease
     return {"request_put": req}
 
 
 def delete(key: str) -> dict[str, Any]:
-    return {"request_delete_range": {"key": _b64(key)}}
+    return {"request_delete_range": {"key": b64(key)}}
 
 
 def same_revision(key: str, mod_revision: int | None) -> dict[str, Any]:
     """Compare: ``key`` unchanged since read (absent when ``mod_revision`` is None)."""
     if mod_revision is None:
-        return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}
+        return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}
 
 
 class EtcdNodeLease:
     """A node lease kept alive by a thread; replaced by a new one if etcd lost it."""
 
-    def __init__(self, etcd: Etcd, ttl_s: int = 5, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, etcd: QuotaStore, ttl_s: int = 5, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._etcd = etcd
         self._ttl = ttl_s
         self._clock = clock
@@ -259,7 +215,7 @@ class EtcdNodeLease:
                     self._generation += 1
                     self._alive_until = sent + self._ttl
                 return
-        except QuotaUnavailableError:
+        except ClusterUnavailableError:
             return
         with self._lock:
             self._alive_until = sent + ttl
@@ -297,7 +253,7 @@ class ClusterQuota:
 
     def __init__(
         self,
-        etcd: Etcd,
+        etcd: QuotaStore,
         *,
         node: str,
         lease: NodeLease,
@@ -434,7 +390,7 @@ class ClusterQuota:
 
     def _check_lease(self) -> None:
         if not self._lease.fresh():
-            raise QuotaUnavailableError(
+            raise ClusterUnavailableError(
                 "This node's etcd lease is not known to be alive",
                 expected="a lease kept alive within its TTL",
                 found=f"lease {self._lease.lease_id:x} not refreshed in time",
@@ -475,7 +431,7 @@ class ClusterQuota:
             if revision is not None:
                 self._opened(pool, block_id, size, revision or None)
                 return True
-        raise QuotaUnavailableError(
+        raise ClusterUnavailableError(
             "The shared quota is too busy",
             expected=f"a block taken within {_MAX_CAS_ROUNDS} attempts",
             found="every attempt lost to another node's change",
@@ -513,7 +469,7 @@ class ClusterQuota:
         self.round_trips += 1
         try:
             return self._etcd.txn(compare, ops)
-        except QuotaUnavailableError:
+        except ClusterUnavailableError:
             # If etcd cannot be read either, the error stands: the outcome stays unknown
             # and the next start settles from the ledger.
             found = self.read_pool(pool)
@@ -540,7 +496,7 @@ class ClusterQuota:
             ]
             if self._cas(pool, [same_revision(key, rev)], ops, s.block.block_id, present=False):
                 return
-        raise QuotaUnavailableError(
+        raise ClusterUnavailableError(
             "The shared quota is too busy to give a block back",
             expected=f"the block settled within {_MAX_CAS_ROUNDS} attempts",
             found="every attempt lost to another node's change",
@@ -620,14 +576,14 @@ class ClusterQuota:
                 self.round_trips += 1
                 try:
                     ok = self._etcd.txn([same_revision(key, rev), same_revision(marker, None)], ops)
-                except QuotaUnavailableError:
+                except ClusterUnavailableError:
                     got = self._etcd.get(marker)
                     if got is not None and got[0] == stamp:
                         return True
                     raise
                 if ok is not None:
                     return True
-            raise QuotaUnavailableError(
+            raise ClusterUnavailableError(
                 "The shared quota is too busy to apply a top-up",
                 expected=f"the top-up applied within {_MAX_CAS_ROUNDS} attempts",
                 found="every attempt lost to another node's change",
