@@ -402,3 +402,66 @@ def test_nodes_that_disagree_about_the_limit_are_refused(nodes: list[Node]) -> N
     with pytest.raises(Exception, match="disagree about the limit") as info:
         charge(nodes[1], 1, limit=11)
     assert "same license" in str(info.value)
+
+
+def test_a_node_whose_lease_was_lost_settles_its_blocks_before_granting_again(
+    nodes: list[Node],
+) -> None:
+    node = nodes[0]
+    for _ in range(5):
+        assert charge(node, 1, limit=100)
+    (block,) = pool_value(node).held_by(node.name)
+    old_lease = node.lease.lease_id
+    # etcd forgets the lease (as after a partition longer than its TTL): the block's
+    # live key goes with it, and the next keepalive finds the lease gone.
+    node.quota._etcd.post("kv/lease/revoke", {"ID": old_lease})
+    assert node.quota._etcd.get(ClusterQuota.live_key(POOL, block.block_id)) is None
+    node.lease.refresh()
+    assert node.lease.lease_id != old_lease and node.lease.generation == 1
+    assert charge(node, 1, limit=100)
+    value = pool_value(node)
+    assert value.consumed == 5
+    (new_block,) = value.held_by(node.name)
+    assert new_block.block_id != block.block_id
+    node.close()
+    returned = [r for r in ledger_records(node.path) if isinstance(r, QuotaBlockReturned)]
+    assert [(r.block_id, r.used, r.reason) for r in returned] == [(block.block_id, 5, "expired")]
+
+
+def test_a_node_whose_lease_is_not_known_alive_grants_nothing(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    now = [0.0]
+    store = QuotaStore(Etcd(parse_cluster_url(etcd_cluster.cluster_url)))
+    lease = EtcdNodeLease(store, ttl_s=3, clock=lambda: now[0])
+    quota = ClusterQuota(
+        store, node="n", lease=lease, submit=lambda r: Future(), license_ids=[LICENSE]
+    )
+    record = Usage(meter=METER, amount=1, license_id=LICENSE)
+    quota.charge(POOL, limit=10, over_limit="refuse", record=record)
+    now[0] = 2.5  # no keepalive answered for 2.5 s of a 3 s lease
+    with pytest.raises(ClusterUnavailableError, match="lease is not known to be alive"):
+        quota.charge(POOL, limit=10, over_limit="refuse", record=record)
+    lease.refresh()
+    quota.charge(POOL, limit=10, over_limit="refuse", record=record)
+
+
+def test_a_new_period_settles_the_last_one_s_blocks_first(nodes: list[Node]) -> None:
+    node = nodes[0]
+    november, december = (LICENSE, METER, "2026-11"), (LICENSE, METER, "2026-12")
+    for pool in (november, november, december):
+        rec = Usage(meter=METER, amount=1, license_id=LICENSE)
+        node.quota.charge(pool, limit=100, over_limit="refuse", record=rec).appended.result()
+    old = node.quota.read_pool(november)
+    new = node.quota.read_pool(december)
+    assert old is not None and new is not None
+    assert (old[0].consumed, old[0].blocks) == (2, ())
+    assert new[0].consumed == 0 and len(new[0].held_by(node.name)) == 1
+    node.close()
+    records = ledger_records(node.path)
+    assert [(r.period, r.used, r.reason) for r in records if isinstance(r, QuotaBlockReturned)] == [
+        ("2026-11", 2, "unused")
+    ]
+    # The ledger folds to the same book: December's block open with 1 used.
+    book = NodeBook.fold(records)
+    assert [(b.pool, b.used) for b in book.open.values()] == [(december, 1)]
