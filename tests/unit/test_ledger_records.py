@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from meterbox.ledger.records import (
     WitnessMismatch,
     parse_payload,
 )
+from support.ledger import VENDOR, VENDOR_ID, export, make_ledger, verify
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "ledger"
 
@@ -330,3 +332,41 @@ def test_quota_block_records_keep_their_keys() -> None:
     assert RecordType.from_kind("quota.block.returned") is RecordType.QUOTA_BLOCK_RETURNED
     with pytest.raises(FormatError, match="lacks 'u'"):
         parse_payload(RecordType.QUOTA_BLOCK_RETURNED, {"b": "b1", "l": "l", "m": "m", "p": "t"})
+
+
+def test_quota_block_records_verify_in_a_report_without_findings(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "ledger")
+    written = [
+        QuotaBlockTaken(
+            block_id="b", license_id="lic_test", meter="solver", period="total", size=4
+        ),
+        Usage(meter="solver", amount=3, license_id="lic_test"),
+        QuotaBlockReturned(
+            block_id="b",
+            license_id="lic_test",
+            meter="solver",
+            period="total",
+            used=3,
+            returned=1,
+            reason="unused",
+        ),
+    ]
+    for r in written:
+        built.clock.advance(1000)
+        built.writer.append(r.record_type, r.to_map())
+    data = export(built)
+    assert verify(data).findings == []
+    read = [
+        parse_payload(RecordType(r.type), r.payload)
+        for r, _ in ReportVerifier({VENDOR_ID: VENDOR}).records(io.BytesIO(data))
+        if r.type
+        in {
+            t.value
+            for t in (
+                RecordType.QUOTA_BLOCK_TAKEN,
+                RecordType.USAGE,
+                RecordType.QUOTA_BLOCK_RETURNED,
+            )
+        }
+    ]
+    assert read == written
