@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from meterbox.ledger import Record, RecordType
 from meterbox.licenses import Feature, License, Meter
@@ -210,3 +211,31 @@ class Load:
                 # If the node is gone, the seat runs out with its etcd lease.
                 with contextlib.suppress(httpx.HTTPError):
                     c.post(f"{url}/v1/seats/release", json={"lease_id": lease_id})
+
+
+@pytest.fixture
+def cluster_nodes(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[list[ClusterNode]]:
+    site = make_cluster_site(tmp_path)
+    # Node 2 talks to etcd member 2 only, so a drill can cut it off from etcd alone.
+    wiring = [(0, 1, 2), (1, 2, 0), (2,)]
+    started = [
+        ClusterNode(d, tmp_path, etcd_cluster, w) for d, w in zip(site.nodes, wiring, strict=True)
+    ]
+    try:
+        for n in started:
+            n.start()
+        yield started
+    finally:
+        for n in started:
+            n.stop()
+
+
+def check_ledgers(nodes: Sequence[ClusterNode]) -> int:
+    """Export and verify every node's ledger; the most seats held at once over all of them."""
+    intervals = []
+    for n in nodes:
+        intervals += seat_intervals(n.url, n.export())
+    most, at = most_held_at_once(intervals)
+    held = [i for i in intervals if i.start_ms <= at < i.end_ms]
+    assert most <= SEATS + OVERDRAFT, (most, at, held)
+    return most
