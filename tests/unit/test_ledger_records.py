@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from meterbox.ledger.records import (
     LicenseSuspended,
     MachineActivated,
     MachineDeactivated,
+    QuotaBlockReturned,
+    QuotaBlockTaken,
     ReceiptImported,
     SeatCheckout,
     SeatExpire,
@@ -40,6 +43,7 @@ from meterbox.ledger.records import (
     WitnessMismatch,
     parse_payload,
 )
+from support.ledger import VENDOR, VENDOR_ID, export, make_ledger, verify
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "ledger"
 
@@ -263,6 +267,8 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.SEAT_RETURNED,
         RecordType.CLUSTER_MEMBER,
         RecordType.CLUSTER_QUORUM,
+        RecordType.QUOTA_BLOCK_TAKEN,
+        RecordType.QUOTA_BLOCK_RETURNED,
     }
     assert set(PAYLOAD_TYPES) - seen <= {RecordType.CLOCK_STEP, RecordType.RECOVERY} | newer
 
@@ -357,3 +363,73 @@ def test_cluster_records_keep_their_keys() -> None:
     assert parse_payload(RecordType.CLUSTER_QUORUM, {"k": "regained"}) == ClusterQuorum(
         event="regained"
     )
+
+
+def test_quota_block_records_keep_their_keys() -> None:
+    taken = QuotaBlockTaken(
+        block_id="b1", license_id="lic", meter="runs", period="total", size=50, revision=7
+    )
+    assert taken.to_map() == {"b": "b1", "l": "lic", "m": "runs", "p": "total", "n": 50, "r": 7}
+    assert list(taken.to_map()) == ["b", "l", "m", "p", "n", "r"]
+    assert parse_payload(RecordType.QUOTA_BLOCK_TAKEN, taken.to_map()) == taken
+    back = QuotaBlockReturned(
+        block_id="b1",
+        license_id="lic",
+        meter="runs",
+        period="2026-12",
+        used=20,
+        returned=30,
+        reason="expired",
+    )
+    assert back.to_map() == {
+        "b": "b1",
+        "l": "lic",
+        "m": "runs",
+        "p": "2026-12",
+        "u": 20,
+        "n": 30,
+        "r": "expired",
+    }
+    assert parse_payload(RecordType.QUOTA_BLOCK_RETURNED, back.to_map()) == back
+    assert RecordType.QUOTA_BLOCK_TAKEN.kind == "quota.block.taken"
+    assert RecordType.from_kind("quota.block.returned") is RecordType.QUOTA_BLOCK_RETURNED
+    with pytest.raises(FormatError, match="lacks 'u'"):
+        parse_payload(RecordType.QUOTA_BLOCK_RETURNED, {"b": "b1", "l": "l", "m": "m", "p": "t"})
+
+
+def test_quota_block_records_verify_in_a_report_without_findings(tmp_path: Path) -> None:
+    built = make_ledger(tmp_path / "ledger")
+    written = [
+        QuotaBlockTaken(
+            block_id="b", license_id="lic_test", meter="solver", period="total", size=4
+        ),
+        Usage(meter="solver", amount=3, license_id="lic_test"),
+        QuotaBlockReturned(
+            block_id="b",
+            license_id="lic_test",
+            meter="solver",
+            period="total",
+            used=3,
+            returned=1,
+            reason="unused",
+        ),
+    ]
+    for r in written:
+        built.clock.advance(1000)
+        built.writer.append(r.record_type, r.to_map())
+    data = export(built)
+    assert verify(data).findings == []
+    read = [
+        parse_payload(RecordType(r.type), r.payload)
+        for r, _ in ReportVerifier({VENDOR_ID: VENDOR}).records(io.BytesIO(data))
+        if r.type
+        in {
+            t.value
+            for t in (
+                RecordType.QUOTA_BLOCK_TAKEN,
+                RecordType.USAGE,
+                RecordType.QUOTA_BLOCK_RETURNED,
+            )
+        }
+    ]
+    assert read == written

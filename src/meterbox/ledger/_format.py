@@ -127,7 +127,10 @@ class RecordType(enum.IntEnum):
     TPM_ROLLBACK = 34
     #: A cluster node joined or left its cluster (docs/adr/0024).
     CLUSTER_MEMBER = 35
-    # 36-37 are reserved for cluster quota blocks.
+    #: A cluster node took a block of a meter's shared quota (docs/adr/0025).
+    QUOTA_BLOCK_TAKEN = 36
+    #: A cluster node gave a quota block back, or reconciled one that expired.
+    QUOTA_BLOCK_RETURNED = 37
     #: A cluster node lost or regained etcd quorum (docs/adr/0024).
     CLUSTER_QUORUM = 38
 

@@ -533,6 +533,48 @@ class TpmRollback(_Payload):
     detail: str | None = _opt("d", "str")
 
 
+# --------------------------------------------------------------- quota
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaBlockTaken(_Payload):
+    """A cluster node reserved ``size`` units of a meter's shared quota (``quota.block.taken``).
+
+    Written after the etcd transaction that reserved the block succeeded and before any
+    unit of it is granted (docs/adr/0025): usage the node grants afterwards for the same
+    (license, meter, period), unflagged, is drawn from its blocks oldest first.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.QUOTA_BLOCK_TAKEN
+    block_id: str = _req("b", "str")
+    license_id: str = _req("l", "str")
+    meter: str = _req("m", "str")
+    #: The meter's period key: ``total`` or ``YYYY-MM``.
+    period: str = _req("p", "str")
+    size: int = _req("n", "int")
+    #: The etcd revision of the transaction that reserved the block.
+    revision: int | None = _opt("r", "int")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaBlockReturned(_Payload):
+    """A node settled a quota block (``quota.block.returned``): ``used`` consumed, the rest back.
+
+    ``reason`` is ``unused`` (given back while the node held it), ``expired`` (the node's
+    etcd lease ran out while it held the block; settled from this ledger when the node came
+    back) or ``lost`` (the node restarted holding it and settled it from this ledger).
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.QUOTA_BLOCK_RETURNED
+    block_id: str = _req("b", "str")
+    license_id: str = _req("l", "str")
+    meter: str = _req("m", "str")
+    period: str = _req("p", "str")
+    #: Units of the block the node granted (they count as consumed).
+    used: int = _req("u", "int")
+    #: Units that went back to the shared quota.
+    returned: int = _req("n", "int")
+    reason: str = _req("r", "str")
+
+
 # ------------------------------------------------------------- the state
 #: Column kinds of each row list of a STATE payload, by key (docs/spec/ledger.md).
 STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
@@ -882,6 +924,8 @@ RecordPayload = (
     | TpmRollback
     | ClusterMember
     | ClusterQuorum
+    | QuotaBlockTaken
+    | QuotaBlockReturned
     | State
     | StateRebuilt
     | Genesis
@@ -922,6 +966,8 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         TpmRollback,
         ClusterMember,
         ClusterQuorum,
+        QuotaBlockTaken,
+        QuotaBlockReturned,
         State,
         StateRebuilt,
         Genesis,
