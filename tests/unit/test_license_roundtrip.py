@@ -108,6 +108,7 @@ def licenses(draw: st.DrawFn) -> License:
         site_fingerprint=draw(st.none() | texts),
         cryptolens=cryptolens,
         require_tpm=draw(st.booleans()),
+        cluster_size=draw(st.just(1) | st.integers(1, 256)),
     )
 
 

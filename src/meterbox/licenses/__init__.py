@@ -31,7 +31,9 @@ from meterbox.licenses._license import (
     LICENSE_FORMAT,
     LICENSE_FORMAT_V2,
     LICENSE_FORMAT_V3,
+    LICENSE_FORMAT_V4,
     LICENSE_FORMATS,
+    MAX_CLUSTER_SIZE,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
     CryptolensSection,
@@ -56,6 +58,8 @@ __all__ = [
     "LICENSE_FORMATS",
     "LICENSE_FORMAT_V2",
     "LICENSE_FORMAT_V3",
+    "LICENSE_FORMAT_V4",
+    "MAX_CLUSTER_SIZE",
     "MAX_LEASE_SECONDS",
     "MIN_LEASE_SECONDS",
     "RECEIPT_FORMAT",
@@ -94,7 +98,7 @@ def open_document(data: bytes, bundle: VendorPublicBundle) -> License | Topup | 
             return cls.from_bytes(data, bundle)
     raise _FormatError(
         "file is not a meterbox signed document",
-        expected=f"format {LICENSE_FORMAT} or /2, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
+        expected=f"format {LICENSE_FORMAT} to /4, {TOPUP_FORMAT} or {RECEIPT_FORMAT}",
         found=repr(fmt),
         hint="Import license, top-up or receipt files written by `meterbox vendor`",
     )

@@ -1,4 +1,4 @@
-"""The license document (formats ``meterbox-license/1`` and ``/2``): what a site may use.
+"""The license document (formats ``meterbox-license/1`` to ``/4``): what a site may use.
 
 A :class:`License` is immutable and valid by construction: every constructor argument
 is checked in ``__post_init__``, and ``from_payload`` only ever builds one through the
@@ -11,7 +11,9 @@ activation, deactivation policy, unmetered data objects and credit countdowns). 
 license is always written in the lowest version that can express it, so a license
 that uses none of the version-2 fields stays a version-1 file that older servers
 read; a version-2 file that version 1 could express is refused, so that one license
-has exactly one encoding.
+has exactly one encoding. Version 3 adds ``require_tpm``; version 4 adds
+``cluster_size`` (several server instances serving one license, ADR 0026) and carries
+``require_tpm`` as a plain boolean.
 """
 
 from __future__ import annotations
@@ -43,8 +45,14 @@ LICENSE_FORMAT: Final = "meterbox-license/1"
 LICENSE_FORMAT_V2: Final = "meterbox-license/2"
 #: Version 3 adds ``require_tpm`` (docs/adr/0011-tpm-anchor.md).
 LICENSE_FORMAT_V3: Final = "meterbox-license/3"
+#: Version 4 adds ``cluster_size`` (docs/adr/0026-cluster-licences-and-client-failover.md).
+LICENSE_FORMAT_V4: Final = "meterbox-license/4"
 #: Every license format this code reads, oldest first.
-LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2, LICENSE_FORMAT_V3)
+LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2, LICENSE_FORMAT_V3, LICENSE_FORMAT_V4)
+#: How many server instances (cluster nodes) one license may run on at once. A bound
+#: keeps the vendor's per-license work (one ledger per member) small; an etcd cluster
+#: serves far fewer meterbox nodes than this in practice.
+MAX_CLUSTER_SIZE: Final = 256
 #: Keygen Relay's lease; short enough that a killed client frees its seat within a minute.
 DEFAULT_LEASE_SECONDS: Final = 60
 MIN_LEASE_SECONDS: Final = 5
@@ -410,6 +418,9 @@ class License:
     cryptolens: CryptolensSection | None = None
     #: The server must run anchored to a TPM, and every report must carry an attestation.
     require_tpm: bool = False
+    #: How many server instances may serve this license together (a cluster): the
+    #: vendor expects up to this many instance ledgers and calls only one more a clone.
+    cluster_size: int = 1
 
     def __post_init__(self) -> None:
         check_name(self.license_id, "license_id")
@@ -419,6 +430,7 @@ class License:
                 expected="a boolean",
                 found=type(self.require_tpm).__name__,
             )
+        check_int(self.cluster_size, "cluster_size", minimum=1, maximum=MAX_CLUSTER_SIZE)
         check_text(self.customer, "customer")
         check_text(self.product, "product")
         object.__setattr__(self, "issued", check_utc(self.issued, "issued"))
@@ -476,26 +488,32 @@ class License:
     @property
     def format_version(self) -> int:
         """The lowest license format version that expresses this license."""
+        if self.cluster_size > 1:
+            return 4
         if self.require_tpm:
             return 3
         return 2 if self.cryptolens is not None and self.cryptolens.needs_v2 else 1
 
     def to_payload(self) -> dict[str, Any]:
         version = self.format_version
-        return {
-            "license_id": self.license_id,
-            "customer": self.customer,
-            "product": self.product,
-            "issued": format_time(self.issued),
-            "expires": None if self.expires is None else format_time(self.expires),
-            "vendor_key_id": self.vendor_key_id,
-            "features": {n: f.to_json() for n, f in self.features.items()},
-            "meters": {n: m.to_json() for n, m in self.meters.items()},
-            "report_every_days": self.report_every_days,
-            "grace_days": self.grace_days,
-            "site_fingerprint": self.site_fingerprint,
-            "cryptolens": None if self.cryptolens is None else self.cryptolens.to_json(version),
-        } | ({"require_tpm": True} if version >= 3 else {})
+        return (
+            {
+                "license_id": self.license_id,
+                "customer": self.customer,
+                "product": self.product,
+                "issued": format_time(self.issued),
+                "expires": None if self.expires is None else format_time(self.expires),
+                "vendor_key_id": self.vendor_key_id,
+                "features": {n: f.to_json() for n, f in self.features.items()},
+                "meters": {n: m.to_json() for n, m in self.meters.items()},
+                "report_every_days": self.report_every_days,
+                "grace_days": self.grace_days,
+                "site_fingerprint": self.site_fingerprint,
+                "cryptolens": None if self.cryptolens is None else self.cryptolens.to_json(version),
+            }
+            | ({"require_tpm": self.require_tpm} if version >= 3 else {})
+            | ({"cluster_size": self.cluster_size} if version >= 4 else {})
+        )
 
     @classmethod
     def from_payload(cls, value: object, version: int | None = None) -> License:
@@ -509,6 +527,8 @@ class License:
             version = 2 if isinstance(section, dict) and "max_machines" in section else 1
             if isinstance(value, dict) and "require_tpm" in value:
                 version = 3
+            if isinstance(value, dict) and "cluster_size" in value:
+                version = 4
         f = Fields(value, "license")
         license_id = f.name("license_id")
         customer = f.text("customer")
@@ -529,6 +549,9 @@ class License:
         cl_raw = f.raw("cryptolens")
         cryptolens = None if cl_raw is None else CryptolensSection.from_json(cl_raw, version)
         require_tpm = f.boolean("require_tpm") if version >= 3 else False
+        cluster_size = (
+            f.integer("cluster_size", minimum=1, maximum=MAX_CLUSTER_SIZE) if version >= 4 else 1
+        )
         f.done()
         lic = cls(
             license_id=license_id,
@@ -544,6 +567,7 @@ class License:
             site_fingerprint=site,
             cryptolens=cryptolens,
             require_tpm=require_tpm,
+            cluster_size=cluster_size,
         )
         if lic.format_version != version:
             raise FormatError(

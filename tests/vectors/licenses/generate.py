@@ -107,6 +107,8 @@ def build() -> dict[str, bytes]:
     )
     # Format 3: a license that requires a TPM-anchored server (docs/adr/0011).
     require_tpm = License(**{**_fields(basic), "require_tpm": True})
+    # Format 4: a license three cluster nodes serve together (docs/adr/0026).
+    cluster = License(**{**_fields(basic), "license_id": "lic_00112233445566ff", "cluster_size": 3})
     topup = Topup("top_00112233445566cc", basic.license_id, "solver-runs", 500, CLOCK)
     receipt = Receipt(
         receipt_id="rcpt_00112233445566dd",
@@ -141,6 +143,12 @@ def build() -> dict[str, bytes]:
             "vendor.pub",
             require_tpm.sign(KEY_A.signer()),
             require_tpm.to_payload(),
+        ),
+        (
+            "valid/license-cluster-v4.lic",
+            "vendor.pub",
+            cluster.sign(KEY_A.signer()),
+            cluster.to_payload(),
         ),
         ("valid/topup.top", "vendor.pub", topup.sign(KEY_A.signer()), topup.to_payload()),
         ("valid/receipt.rcpt", "vendor.pub", receipt.sign(KEY_A.signer()), receipt.to_payload()),
@@ -179,9 +187,38 @@ def build() -> dict[str, bytes]:
             "FormatError",
         ),
         (
-            "invalid/unknown-version-4.lic",
+            "invalid/unknown-version-5.lic",
             "license",
-            seal("meterbox-license/4", require_tpm.to_payload(), KEY_A.signer()),
+            seal("meterbox-license/5", cluster.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # A version-4 envelope around a license one server serves: cluster_size 1
+            # is the default, and such a license is written in a lower version.
+            "invalid/v4-cluster-size-1.lic",
+            "license",
+            seal(
+                "meterbox-license/4",
+                {**basic.to_payload(), "require_tpm": False, "cluster_size": 1},
+                KEY_A.signer(),
+            ),
+            "FormatError",
+        ),
+        (
+            # cluster_size under version 3: the version-3 reader refuses the extra key.
+            "invalid/cluster-size-as-v3.lic",
+            "license",
+            seal(
+                "meterbox-license/3",
+                {**cluster.to_payload(), "require_tpm": True},
+                KEY_A.signer(),
+            ),
+            "FormatError",
+        ),
+        (
+            "invalid/cluster-size-0.lic",
+            "license",
+            seal("meterbox-license/4", {**cluster.to_payload(), "cluster_size": 0}, KEY_A.signer()),
             "FormatError",
         ),
         (
