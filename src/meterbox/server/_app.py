@@ -39,6 +39,7 @@ from meterbox.errors import BadRequestError, FormatError, MeterboxError
 from meterbox.ledger.records import MAX_AMOUNT
 from meterbox.server import _metrics as metrics
 from meterbox.server._apidocs import add_api_docs
+from meterbox.server._cluster_view import add_cluster_view
 from meterbox.server._core.access import ApiKey, KeyRing
 from meterbox.server._core.options import SeatOptions
 from meterbox.server._core.seats import SeatLease
@@ -391,6 +392,7 @@ def build_app(  # noqa: PLR0913 - keyword-only wiring of the optional handlers
     access = _Access(keys, require_api_key)
     _add_seat_and_usage_routes(app, service, access)
     _add_status_routes(app, service)
+    add_cluster_view(app, service)
     _add_admin_routes(app, service, admin_token.encode(), export_report, import_file)
     _add_key_routes(app, service, admin_token.encode(), access)
     _add_options_route(app, service, admin_token.encode(), reload_options)
