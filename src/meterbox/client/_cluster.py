@@ -1,7 +1,7 @@
 """Cluster discovery and seat failover decisions, without I/O (ADR 0026).
 
 Discovery: any one server answers ``GET /v1/cluster`` with the members it knows
-(docs/api.md); :func:`parse_cluster` checks that answer strictly and
+(ADR 0026); :func:`parse_cluster` checks that answer strictly and
 :func:`member_urls` puts the configured URLs first, then the discovered live members,
 then the members reported dead, each once.
 

@@ -1,6 +1,6 @@
 """``GET /v1/cluster``: which nodes serve this site, so a client can find them from one.
 
-The JSON contract (docs/api.md, ADR 0026)::
+The JSON contract (ADR 0026)::
 
     {"mode": "single" | "etcd", "node": "<instance id>",
      "members": [{"node": "<instance id>", "url": "<advertised base URL>", "alive": true}],
