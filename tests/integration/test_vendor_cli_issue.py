@@ -285,3 +285,33 @@ def test_issue_require_tpm_signs_a_format_3_license(home: Path, tmp_path: Path) 
     assert code == 0, text
     # Without the flag nothing changes: the license stays in the oldest format it fits.
     assert License.from_bytes(plain.read_bytes(), _bundle(home)).format_version == 1
+
+
+def test_issue_cluster_size_signs_a_format_4_license_and_lists_it(
+    home: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cluster.lic"
+    base = ("issue", "--home", str(home), "--customer", "C", "--product", "P", "--seats", "cad=4")
+    code, text = _run(*base, "--cluster-size", "3", "-o", str(out))
+    assert code == 0, text
+    assert "Cluster of 3 server instances" in text
+    lic = License.from_bytes(out.read_bytes(), _bundle(home))
+    assert (lic.cluster_size, lic.format_version) == (3, 4)
+    code, text = _run("licenses", "--home", str(home), "--json")
+    assert code == 0, text
+    assert '"cluster_size": 3' in text
+
+
+@pytest.mark.parametrize("size", ["0", "257", "-1"])
+def test_issue_refuses_a_cluster_size_out_of_range(home: Path, tmp_path: Path, size: str) -> None:
+    out = tmp_path / "x.lic"
+    code, text = _run(
+        "issue", "--home", str(home), "--customer", "C", "--product", "P", "--seats", "cad=1",
+        "--cluster-size", size, "-o", str(out),
+    )  # fmt: skip
+    assert code == 2, text
+    assert "--cluster-size" in text
+    assert "1 to 256 server instances" in text
+    assert not out.exists()
+    with VendorStore.open(None, home=home) as db:
+        assert db.list_licenses() == []

@@ -110,6 +110,7 @@ def licenses(draw: st.DrawFn) -> License:
         cryptolens=cryptolens,
         require_tpm=draw(st.booleans()),
         max_borrow_hours=draw(st.sampled_from([0, 0, 1, 336, MAX_BORROW_HOURS])),
+        cluster_size=draw(st.just(1) | st.integers(1, 256)),
     )
 
 

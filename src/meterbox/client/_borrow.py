@@ -36,11 +36,11 @@ from meterbox.licenses import (
     MAX_BORROW_HOURS,
     BorrowToken,
     Fields,
+    check_lease_id,
     instance_key_id,
     machine_digest,
     strict_loads,
 )
-from meterbox.licenses._borrow import check_lease_id
 
 #: Overrides the machine code (containers, tests): the value is used as it is.
 MACHINE_CODE_ENV: Final = "METERBOX_MACHINE_CODE"

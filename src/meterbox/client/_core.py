@@ -588,6 +588,7 @@ _BY_CODE: dict[str, type[MeterboxError]] = {
     "borrow_refused": BorrowRefused,
     "idempotency_conflict": IdempotencyConflictError,
     "unavailable": ServerUnreachableError,
+    "cluster_unavailable": ServerUnreachableError,
 }
 
 
@@ -597,6 +598,10 @@ def error_code(reply: Reply) -> str | None:
         err = body.get("error")
         if isinstance(err, dict) and isinstance(err.get("code"), str):
             return str(err["code"])
+        # A cluster node without etcd quorum answers {"error": "cluster_unavailable",
+        # "problem": ..., "hint": ...} (docs/api.md).
+        if isinstance(err, str):
+            return err
     return None
 
 
@@ -606,6 +611,8 @@ def error_from_reply(reply: Reply) -> MeterboxError:
     message = ""
     if isinstance(reply.body, dict) and isinstance(reply.body.get("error"), dict):
         message = str(reply.body["error"].get("message", ""))
+    elif isinstance(reply.body, dict) and isinstance(reply.body.get("problem"), str):
+        message = str(reply.body["problem"])
     cls = _BY_CODE.get(code or "")
     if cls is None:
         if reply.status == 503:
@@ -782,6 +789,9 @@ class ClientConfig:
     api_key: str | None = field(default=None, repr=False)
     #: The user declared with checkouts, for the site's seat options (asserted, not proven).
     user: str | None = None
+    #: Ask the servers for the other cluster members (``GET /v1/cluster``) and fail
+    #: over to them too (ADR 0026).
+    discover: bool = False
 
     @classmethod
     def build(  # noqa: PLR0913 - one parameter per Client keyword, validated together
@@ -799,6 +809,7 @@ class ClientConfig:
         home: Path,
         api_key: str | None = None,
         user: str | None = None,
+        discover: bool = False,
     ) -> ClientConfig:
         if not 0.05 <= renew_fraction <= 0.9:
             raise ConfigError(
@@ -840,4 +851,5 @@ class ClientConfig:
             retry=retry or RetryConfig(),
             renew_fraction=renew_fraction,
             flush_interval=flush_interval,
+            discover=discover,
         )

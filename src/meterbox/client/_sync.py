@@ -21,6 +21,16 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 
 from meterbox.client import _exit
+from meterbox.client._cluster import (
+    DISCOVERY_MIN_GAP,
+    DISCOVERY_TTL,
+    ClusterView,
+    Reacquire,
+    after_renewal,
+    cluster_request,
+    member_urls,
+    parse_cluster,
+)
 from meterbox.client._core import (
     Balance,
     ClientConfig,
@@ -55,7 +65,13 @@ from meterbox.client._core import (
 from meterbox.client._flows import flush_flow, record_flow
 from meterbox.client._spool import Spool
 from meterbox.client._witness import keep_head, witness_headers
-from meterbox.client.errors import BadRequestError, LeaseLost, MeterboxError, ServerUnreachableError
+from meterbox.client.errors import (
+    BadRequestError,
+    LeaseLost,
+    MeterboxError,
+    ProtocolError,
+    ServerUnreachableError,
+)
 from meterbox.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -88,6 +104,7 @@ class Client:
         hostname: str | None = None,
         api_key: str | None = None,
         user: str | None = None,
+        discover: bool = False,
         timeout: float = 5.0,
         retry: RetryConfig | None = None,
         renew_fraction: float = 1 / 3,
@@ -111,12 +128,18 @@ class Client:
             home=Path.home(),
             api_key=api_key,
             user=user,
+            discover=discover,
         )
         self._http = httpx.Client(
             timeout=timeout, transport=transport, headers=auth_headers(self.config.api_key)
         )
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
+        #: The last cluster view a server gave (discovery), when it was asked for (mono
+        #: seconds), and whether a request failed over since.
+        self._view: ClusterView | None = None
+        self._view_at: float | None = None
+        self._failed_over = False
         self._renew_wait = renew_wait
         self._spool: Spool | None = spool if isinstance(spool, Spool) else None
         self._owns_spool = not isinstance(spool, Spool)
@@ -155,16 +178,59 @@ class Client:
         spool = self._spool
         return spool if spool is not None else self.spool
 
+    def _mono(self) -> float:
+        return self._clock.mono_ms() / 1000
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The servers requests go to, in order: configured, then discovered members."""
+        return member_urls(self.config.urls, self._view)
+
+    @property
+    def cluster(self) -> ClusterView | None:
+        """The cluster view the last discovery got (None: not asked, or no answer)."""
+        return self._view
+
+    def discover(self) -> ClusterView | None:
+        """Ask the known servers, in order, which members their cluster has.
+
+        The first valid answer is kept; a server without ``/v1/cluster`` (an older
+        one) or an invalid answer is skipped. Called by requests when ``discover`` is
+        on: at the first, every ``DISCOVERY_TTL`` seconds, and after a failover.
+        """
+        self._view_at, self._failed_over = self._mono(), False
+        for url in self.urls:
+            outcome = self._attempt(url, cluster_request())
+            if isinstance(outcome, Reply) and outcome.status == 200:
+                try:
+                    self._view = parse_cluster(outcome)
+                except ProtocolError as exc:
+                    log.warning("cluster discovery: %s", exc)
+                    continue
+                return self._view
+        return self._view
+
+    def _discovery_due(self) -> bool:
+        if not self.config.discover:
+            return False
+        if self._view_at is None:
+            return True
+        age = self._mono() - self._view_at
+        return age > DISCOVERY_TTL or (self._failed_over and age > DISCOVERY_MIN_GAP)
+
     def _send(self, req: Request, prefer: str | None = None) -> Outcome:
+        if self._discovery_due():
+            self.discover()
         outcome: Outcome = Unreachable("", "no server configured")
-        for url in failover_order(self.config.urls, prefer):
+        for url in failover_order(self.urls, prefer):
             outcome = self._attempt(url, req)
             if not fails_over(outcome):
                 return outcome
+            self._failed_over = True
         return outcome
 
     def _call(self, req: Request, prefer: str | None = None) -> Reply:
-        return expect_ok(self._send(req, prefer), self.config.urls)
+        return expect_ok(self._send(req, prefer), self.urls)
 
     def _drive(self, flow: Generator[Request, object, T]) -> T:
         try:
@@ -214,14 +280,19 @@ class Client:
         *,
         on_lost: Callable[[MeterboxError], None] | None = None,
         wait: float | None = None,
+        reacquire: bool = False,
     ) -> Seat:
         """A seat for ``feature``, checked out by ``with`` and renewed in the background.
 
         ``wait`` queues the checkout (FIFO per feature) for up to that many seconds when
         no seat is free, instead of raising :class:`NoSeatAvailable` at once.
+        ``reacquire`` checks out a new seat, on any server that answers, once the old
+        lease is provably gone (its server said so, or no server renewed it for a whole
+        lease term; see :mod:`meterbox.client._cluster`): never two at once.
         """
         seat = Seat(self, feature, on_lost)
         seat.wait = wait
+        seat.reacquire = reacquire
         return seat
 
     # -- borrowing (docs/adr/0028-seat-borrowing.md)
@@ -385,6 +456,10 @@ class Seat:
 
     #: Seconds the checkout may wait in the server's queue (None: refused at once).
     wait: float | None = None
+    #: Check out a new seat once the old lease is provably gone (ADR 0026).
+    reacquire: bool = False
+    #: How many times the seat was checked out again after its lease was gone.
+    reacquired: int = 0
 
     def __init__(
         self,
@@ -491,20 +566,68 @@ class Seat:
         lease = self.lease
         fraction = self._client.config.renew_fraction
         delay = renewal_interval(lease.lease_seconds, fraction)
+        renewed_at = self._client._mono()
         while not self._client._renew_wait(self._stop, delay):
             outcome = self._client._send(heartbeat_request(lease.lease_id), self._server)
             if self._stop.is_set():
                 return
-            step = classify_renewal(outcome)
+            step = after_renewal(
+                classify_renewal(outcome),
+                outcome,
+                owner=self._server,
+                view=self._client.cluster,
+                since_renewed=self._client._mono() - renewed_at,
+                lease_seconds=lease.lease_seconds,
+                reacquire=self.reacquire,
+            )
             if isinstance(step, Renewed):
                 lease = self._lease = step.lease
+                # In a cluster that shares leases another node may renew it: follow it.
+                self._server = outcome.url
+                renewed_at = self._client._mono()
+                delay = renewal_interval(lease.lease_seconds, fraction)
+            elif isinstance(step, Reacquire):
+                if not self._take_again(step.reason):
+                    return
+                lease, renewed_at = self.lease, self._client._mono()
                 delay = renewal_interval(lease.lease_seconds, fraction)
             elif isinstance(step, Lost):
-                self._lost = step.error
-                log.warning("seat %s lost: %s", lease.lease_id, step.error)
-                if self._on_lost is not None:
-                    self._on_lost(step.error)
+                self._lose(step.error)
                 return
             else:
                 log.info("heartbeat for %s failed, retrying: %s", lease.lease_id, step.reason)
                 delay = retry_interval(lease.lease_seconds, fraction)
+
+    def _lose(self, error: MeterboxError) -> None:
+        self._lost = error
+        log.warning("seat %s lost: %s", self.lease_id, error)
+        if self._on_lost is not None:
+            self._on_lost(error)
+
+    def _take_again(self, reason: str) -> bool:
+        """Check out a new seat for a lease that is gone; False when the seat is lost.
+
+        No server answering keeps the seat waiting (the next attempt comes after a
+        retry interval); a refusal (no seat free, license expired, ...) loses it.
+        """
+        old = self.lease_id
+        while not self._stop.is_set():
+            try:
+                lease, server = self._client._checkout_at(self.feature)
+            except ServerUnreachableError as exc:
+                log.info("seat %s: no server can check out again yet: %s", old, exc)
+                wait = retry_interval(self.lease.lease_seconds, self._client.config.renew_fraction)
+                if self._client._renew_wait(self._stop, wait):
+                    return False
+                continue
+            except MeterboxError as exc:
+                self._lose(exc)
+                return False
+            with self._state:
+                self._lease, self._server = lease, server
+                self.reacquired += 1
+            log.warning(
+                "seat %s gone (%s): checked out %s on %s", old, reason, lease.lease_id, server
+            )
+            return True
+        return False

@@ -16,6 +16,7 @@ from meterbox.errors import FormatError as _FormatError
 from meterbox.licenses._borrow import (
     BORROW_FORMAT,
     BorrowToken,
+    check_lease_id,
     instance_key_id,
     machine_digest,
 )
@@ -40,6 +41,7 @@ from meterbox.licenses._license import (
     LICENSE_FORMAT_V4,
     LICENSE_FORMATS,
     MAX_BORROW_HOURS,
+    MAX_CLUSTER_SIZE,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
     CryptolensSection,
@@ -69,6 +71,7 @@ __all__ = [
     "LICENSE_FORMAT_V3",
     "LICENSE_FORMAT_V4",
     "MAX_BORROW_HOURS",
+    "MAX_CLUSTER_SIZE",
     "MAX_LEASE_SECONDS",
     "MIN_LEASE_SECONDS",
     "NOTICE_FORMAT",
@@ -88,6 +91,7 @@ __all__ = [
     "VendorPublicBundle",
     "VendorPublicKey",
     "canonical_json",
+    "check_lease_id",
     "check_features_template",
     "derive_key_id",
     "format_time",
@@ -115,7 +119,7 @@ def open_document(
             return cls.from_bytes(data, bundle)
     raise _FormatError(
         "file is not a meterbox signed document",
-        expected=f"format {LICENSE_FORMAT} or /2, {TOPUP_FORMAT}, {RECEIPT_FORMAT} "
+        expected=f"format {LICENSE_FORMAT} to /4, {TOPUP_FORMAT}, {RECEIPT_FORMAT} "
         f"or {NOTICE_FORMAT}",
         found=repr(fmt),
         hint="Import license, top-up, receipt or notice files written by `meterbox vendor`",

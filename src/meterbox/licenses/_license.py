@@ -1,4 +1,4 @@
-"""The license document (formats ``meterbox-license/1`` and ``/2``): what a site may use.
+"""The license document (formats ``meterbox-license/1`` to ``/4``): what a site may use.
 
 A :class:`License` is immutable and valid by construction: every constructor argument
 is checked in ``__post_init__``, and ``from_payload`` only ever builds one through the
@@ -11,7 +11,10 @@ activation, deactivation policy, unmetered data objects and credit countdowns). 
 license is always written in the lowest version that can express it, so a license
 that uses none of the version-2 fields stays a version-1 file that older servers
 read; a version-2 file that version 1 could express is refused, so that one license
-has exactly one encoding.
+has exactly one encoding. Version 3 adds ``require_tpm``; version 4 adds
+``max_borrow_hours`` (seat borrowing, ADR 0028) and ``cluster_size`` (several server
+instances serving one license, ADR 0026), and carries ``require_tpm`` as a plain
+boolean; a license is written in version 4 when it borrows or is a cluster.
 """
 
 from __future__ import annotations
@@ -43,12 +46,17 @@ LICENSE_FORMAT: Final = "meterbox-license/1"
 LICENSE_FORMAT_V2: Final = "meterbox-license/2"
 #: Version 3 adds ``require_tpm`` (docs/adr/0011-tpm-anchor.md).
 LICENSE_FORMAT_V3: Final = "meterbox-license/3"
-#: Version 4 adds ``max_borrow_hours`` (docs/adr/0028-seat-borrowing.md).
+#: Version 4 adds ``max_borrow_hours`` (docs/adr/0028-seat-borrowing.md) and
+#: ``cluster_size`` (docs/adr/0026-cluster-licences-and-client-failover.md).
 LICENSE_FORMAT_V4: Final = "meterbox-license/4"
 #: Every license format this code reads, oldest first.
 LICENSE_FORMATS: Final = (LICENSE_FORMAT, LICENSE_FORMAT_V2, LICENSE_FORMAT_V3, LICENSE_FORMAT_V4)
 #: Longest borrow a license may allow: 366 days, in hours.
 MAX_BORROW_HOURS: Final = 366 * 24
+#: How many server instances (cluster nodes) one license may run on at once. A bound
+#: keeps the vendor's per-license work (one ledger per member) small; an etcd cluster
+#: serves far fewer meterbox nodes than this in practice.
+MAX_CLUSTER_SIZE: Final = 256
 #: Keygen Relay's lease; short enough that a killed client frees its seat within a minute.
 DEFAULT_LEASE_SECONDS: Final = 60
 MIN_LEASE_SECONDS: Final = 5
@@ -416,6 +424,9 @@ class License:
     require_tpm: bool = False
     #: Longest a client may borrow a seat for use with no server; 0: no borrowing.
     max_borrow_hours: int = 0
+    #: How many server instances may serve this license together (a cluster): the
+    #: vendor expects up to this many instance ledgers and calls only one more a clone.
+    cluster_size: int = 1
 
     def __post_init__(self) -> None:
         check_name(self.license_id, "license_id")
@@ -426,6 +437,7 @@ class License:
                 expected="a boolean",
                 found=type(self.require_tpm).__name__,
             )
+        check_int(self.cluster_size, "cluster_size", minimum=1, maximum=MAX_CLUSTER_SIZE)
         check_text(self.customer, "customer")
         check_text(self.product, "product")
         object.__setattr__(self, "issued", check_utc(self.issued, "issued"))
@@ -483,7 +495,7 @@ class License:
     @property
     def format_version(self) -> int:
         """The lowest license format version that expresses this license."""
-        if self.max_borrow_hours:
+        if self.max_borrow_hours or self.cluster_size > 1:
             return 4
         if self.require_tpm:
             return 3
@@ -508,9 +520,14 @@ class License:
 
     def _late_fields(self, version: int) -> dict[str, Any]:
         """Fields later versions add: version 3 ``require_tpm`` (always true there),
-        version 4 ``require_tpm`` (either value) and ``max_borrow_hours``."""
+        version 4 ``require_tpm`` (either value), ``max_borrow_hours`` and
+        ``cluster_size``."""
         if version >= 4:
-            return {"require_tpm": self.require_tpm, "max_borrow_hours": self.max_borrow_hours}
+            return {
+                "require_tpm": self.require_tpm,
+                "max_borrow_hours": self.max_borrow_hours,
+                "cluster_size": self.cluster_size,
+            }
         return {"require_tpm": True} if version == 3 else {}
 
     @classmethod
@@ -524,7 +541,9 @@ class License:
             section = value.get("cryptolens") if isinstance(value, dict) else None
             version = 2 if isinstance(section, dict) and "max_machines" in section else 1
             if isinstance(value, dict) and "require_tpm" in value:
-                version = 4 if "max_borrow_hours" in value else 3
+                version = 3
+            if isinstance(value, dict) and ("cluster_size" in value or "max_borrow_hours" in value):
+                version = 4
         f = Fields(value, "license")
         license_id = f.name("license_id")
         customer = f.text("customer")
@@ -545,10 +564,9 @@ class License:
         cl_raw = f.raw("cryptolens")
         cryptolens = None if cl_raw is None else CryptolensSection.from_json(cl_raw, version)
         require_tpm = f.boolean("require_tpm") if version >= 3 else False
-        max_borrow = (
-            f.integer("max_borrow_hours", minimum=1, maximum=MAX_BORROW_HOURS)
-            if version >= 4
-            else 0
+        max_borrow = f.integer("max_borrow_hours", maximum=MAX_BORROW_HOURS) if version >= 4 else 0
+        cluster_size = (
+            f.integer("cluster_size", minimum=1, maximum=MAX_CLUSTER_SIZE) if version >= 4 else 1
         )
         f.done()
         lic = cls(
@@ -566,6 +584,7 @@ class License:
             cryptolens=cryptolens,
             require_tpm=require_tpm,
             max_borrow_hours=max_borrow,
+            cluster_size=cluster_size,
         )
         if lic.format_version != version:
             raise FormatError(

@@ -16,8 +16,9 @@ Finding codes decided here (stable, see also :mod:`meterbox.vendorkit.clockcheck
                                             this vendor's keys (forged or another vendor's)
 ``license.unknown``               warning   a valid license this vendor store did not issue
 ``license.cloned``                critical  another instance of the same license was active
-                                            at the same time (two servers, one license);
-                                            the other instance is flagged with a warning
+                                            at the same time (two servers, one license),
+                                            or, for a cluster licence of N, an N+1th;
+                                            the other instances are flagged with a warning
 ``license.instance_replaced``     warning   a new instance for a license whose earlier
                                             instance stopped before this one started
 ``record.payload_invalid``        critical  an authentic usage or seat record whose payload
@@ -65,6 +66,7 @@ from meterbox.ledger.records import (
     parse_payload,
 )
 from meterbox.licenses import License, Receipt, VendorPublicBundle
+from meterbox.vendorkit._cluster import peak_concurrent
 from meterbox.vendorkit._db.store import Activity
 from meterbox.vendorkit._rows import EventInsert, LeaseOwner, PendingSeat, SeatInsert, UsageInsert
 from meterbox.vendorkit.anomaly import Anomaly
@@ -308,44 +310,32 @@ def check_clones(
     license_ids: Iterable[str],
     span: tuple[int, int] | None,
     others: Iterable[Activity],
+    cluster_sizes: Mapping[str, int] | None = None,
 ) -> CloneCheck:
     """Compare this instance's activity span with every other instance of its licenses.
 
     ``span`` is (first, last) wall time, in microseconds, of this instance including
-    this report.
-    Overlapping spans are a clone (critical here, a warning for the other instance);
-    disjoint spans a replacement (warning).
+    this report. ``cluster_sizes`` maps a license to how many instances may serve it
+    at once (its ``cluster_size``, 1 when absent).
+    Overlapping spans are a clone (critical here, a warning for the other instance)
+    once more instances than the license's cluster size are active at one instant
+    (for a single-server license: any overlap); the overlapping instances within
+    that size are cluster members and not named. Disjoint spans are a replacement
+    (warning).
     """
     wanted = set(license_ids)
+    sizes = cluster_sizes or {}
     findings: list[Finding] = []
     flagged: list[tuple[str, Finding]] = []
     if span is None:
         return CloneCheck(findings, flagged)
     first, last = span
+    overlapping: dict[str, list[Activity]] = {}
     for other in others:
         if other.instance_id == instance_id or other.license_id not in wanted:
             continue
         if first <= other.last_wall_us and other.first_wall_us <= last:
-            findings.append(
-                Finding(
-                    LICENSE_CLONED,
-                    "critical",
-                    f"license {other.license_id} is also in use by server instance "
-                    f"{other.instance_id}, active at the same time: two servers share one "
-                    "license",
-                )
-            )
-            flagged.append(
-                (
-                    other.instance_id,
-                    Finding(
-                        LICENSE_CLONED,
-                        "warning",
-                        f"instance {instance_id} reported license {other.license_id} for a "
-                        "time this instance was also active",
-                    ),
-                )
-            )
+            overlapping.setdefault(other.license_id, []).append(other)
         else:
             findings.append(
                 Finding(
@@ -357,6 +347,37 @@ def check_clones(
                         "ended before this instance started"
                         if other.last_wall_us < first
                         else "started after this instance's last record"
+                    ),
+                )
+            )
+    for license_id, active in overlapping.items():
+        size = sizes.get(license_id, 1)
+        peak = peak_concurrent(span, ((a.first_wall_us, a.last_wall_us) for a in active))
+        if peak <= size:
+            continue
+        shared = (
+            f"{peak} servers share a license for a cluster of {size}"
+            if size > 1
+            else "two servers share one license"
+        )
+        members = f" ({peak} active at once, {size} allowed)" if size > 1 else ""
+        for other in active:
+            findings.append(
+                Finding(
+                    LICENSE_CLONED,
+                    "critical",
+                    f"license {license_id} is also in use by server instance "
+                    f"{other.instance_id}, active at the same time: {shared}",
+                )
+            )
+            flagged.append(
+                (
+                    other.instance_id,
+                    Finding(
+                        LICENSE_CLONED,
+                        "warning",
+                        f"instance {instance_id} reported license {license_id} for a "
+                        f"time this instance was also active{members}",
                     ),
                 )
             )

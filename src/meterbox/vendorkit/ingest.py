@@ -64,6 +64,13 @@ from meterbox.ledger import (
 from meterbox.ledger import findings as F
 from meterbox.licenses import License, Receipt
 from meterbox.tpm import TpmPins
+from meterbox.vendorkit._cluster import (
+    MemberReport,
+    max_lease_us,
+    member_states,
+    seat_findings,
+    silent_findings,
+)
 from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.store import (
     Activity,
@@ -76,6 +83,7 @@ from meterbox.vendorkit._db.store import (
     VendorStore,
 )
 from meterbox.vendorkit._enforcement import (
+    SEATS_EXCEEDED,
     EnforcementCheck,
     MeterKey,
     Prior,
@@ -296,7 +304,7 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
                 early += _record_checks(ctx, header, result, enforcement, witnesses, tpm)
             every, grace = reporting_interval(licenses)
             found = report_findings(result, early + license_findings, core, read=authentic)
-            judged = _judge(ctx, core, result, found, license_ids, known, every, grace)
+            judged = _judge(ctx, core, result, found, licenses, known, every, grace)
         except SQLAlchemyError:
             raise  # the store, not the report: the caller sees it (disk full, locked, ...)
         except Exception as exc:  # noqa: BLE001 - a report must never crash ingest
@@ -477,17 +485,21 @@ def _judge(
     core: IngestCore,
     result: ReportResult,
     findings: list[Finding],
-    license_ids: list[str],
+    licenses: list[License],
     known: Known | None,
     every: int | None,
     grace: int,
 ) -> _Judged:
-    """Clones, anomalies, the status and the signed receipt, inside the transaction."""
+    """Clones, clusters, anomalies, the status and the signed receipt, inside the
+    transaction."""
     conn, instance_hex = ctx.conn, core.instance_id
+    license_ids = [lic.license_id for lic in licenses]
     activity = ctx.store.activity_for_licenses(license_ids, conn)
     span = instance_span(_us(core.span), instance_hex, activity)
-    clones = check_clones(instance_hex, license_ids, span, activity)
+    sizes = {lic.license_id: lic.cluster_size for lic in licenses}
+    clones = check_clones(instance_hex, license_ids, span, activity, sizes)
     findings += clones.findings
+    findings += _cluster_findings(ctx, core, result, licenses, findings)
     head = result.head
     pending = Pending(
         ctx.digest,
@@ -526,6 +538,56 @@ def _judge(
         document = receipt.sign(ctx.keys.signer())
     ledger_ok = not result.critical and head is not None
     return _Judged(status, findings, clones, pending, ledger_ok, receipt, document)
+
+
+def _cluster_findings(
+    ctx: IngestContext,
+    core: IngestCore,
+    result: ReportResult,
+    licenses: list[License],
+    so_far: list[Finding],
+) -> list[Finding]:
+    """For cluster licences (ADR 0026): members that stopped reporting, and seats
+    counted across every member's stored seat rows over this report's span."""
+    out: list[Finding] = []
+    span = _us(core.span)
+    for lic in licenses:
+        if lic.cluster_size <= 1:
+            continue
+        out += silent_findings(
+            lic,
+            member_states(lic, _members(ctx, lic, core.instance_id, result), ctx.now_ms * 1000),
+            core.instance_id,
+        )
+        if span is None or not lic.features:
+            continue
+        rows = queries.seat_rows(
+            ctx.conn,
+            start_us=span[0] - max_lease_us(lic),
+            end_us=span[1] + 1,
+            license_ids=[lic.license_id],
+        )
+        # This node's own excess is already named by the enforcement check; the
+        # cluster's count adds only what no single node shows.
+        named = {f.message.split(":")[0] for f in so_far if f.code == SEATS_EXCEEDED}
+        out += [f for f in seat_findings(lic, rows, span) if f.message.split(":")[0] not in named]
+    return out
+
+
+def _members(
+    ctx: IngestContext, lic: License, reporter: str, result: ReportResult
+) -> list[MemberReport]:
+    """The instances of a cluster licence the vendor accepted reports from, and this one
+    (its last report is the one being ingested)."""
+    members = {
+        iid: MemberReport(iid, last, acked)
+        for iid, last, acked in queries.member_reports(ctx.conn, lic.license_id)
+    }
+    head = result.head
+    members[reporter] = MemberReport(
+        reporter, created_ms(result) * 1000, None if head is None else head.seq
+    )
+    return list(members.values())
 
 
 # ------------------------------------------------------------------ helpers

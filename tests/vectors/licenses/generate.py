@@ -109,6 +109,8 @@ def build() -> dict[str, bytes]:
     require_tpm = License(**{**_fields(basic), "require_tpm": True})
     # Format 4: seats may be borrowed for up to two weeks (docs/adr/0028).
     borrowing = License(**{**_fields(basic), "max_borrow_hours": 336})
+    # Format 4: a license three cluster nodes serve together (docs/adr/0026).
+    cluster = License(**{**_fields(basic), "license_id": "lic_00112233445566ff", "cluster_size": 3})
     topup = Topup("top_00112233445566cc", basic.license_id, "solver-runs", 500, CLOCK)
     receipt = Receipt(
         receipt_id="rcpt_00112233445566dd",
@@ -150,6 +152,12 @@ def build() -> dict[str, bytes]:
             borrowing.sign(KEY_A.signer()),
             borrowing.to_payload(),
         ),
+        (
+            "valid/license-cluster-v4.lic",
+            "vendor.pub",
+            cluster.sign(KEY_A.signer()),
+            cluster.to_payload(),
+        ),
         ("valid/topup.top", "vendor.pub", topup.sign(KEY_A.signer()), topup.to_payload()),
         ("valid/receipt.rcpt", "vendor.pub", receipt.sign(KEY_A.signer()), receipt.to_payload()),
         # An old document still verifies after rotation: old keys stay in the bundle.
@@ -189,27 +197,49 @@ def build() -> dict[str, bytes]:
         (
             "invalid/unknown-version-5.lic",
             "license",
-            seal("meterbox-license/5", borrowing.to_payload(), KEY_A.signer()),
+            seal("meterbox-license/5", cluster.to_payload(), KEY_A.signer()),
             "FormatError",
         ),
         (
-            # A version-4 envelope around a version-3 payload: max_borrow_hours is
-            # required in version 4.
+            # A version-4 envelope around a version-3 payload: max_borrow_hours and
+            # cluster_size are required in version 4.
             "invalid/v4-without-max-borrow-hours.lic",
             "license",
             seal("meterbox-license/4", require_tpm.to_payload(), KEY_A.signer()),
             "FormatError",
         ),
         (
-            # max_borrow_hours 0 under version 4: a license without borrowing is written
-            # in a lower version, so version 4 requires at least one hour.
-            "invalid/v4-zero-borrow-hours.lic",
+            # A version-4 envelope around a license that neither lends seats nor runs on
+            # a cluster: such a license is written in a lower version.
+            "invalid/v4-needs-neither.lic",
             "license",
             seal(
                 "meterbox-license/4",
-                {**require_tpm.to_payload(), "require_tpm": False, "max_borrow_hours": 0},
+                {
+                    **basic.to_payload(),
+                    "require_tpm": False,
+                    "max_borrow_hours": 0,
+                    "cluster_size": 1,
+                },
                 KEY_A.signer(),
             ),
+            "FormatError",
+        ),
+        (
+            # cluster_size under version 3: the version-3 reader refuses the extra key.
+            "invalid/cluster-size-as-v3.lic",
+            "license",
+            seal(
+                "meterbox-license/3",
+                {**cluster.to_payload(), "require_tpm": True},
+                KEY_A.signer(),
+            ),
+            "FormatError",
+        ),
+        (
+            "invalid/cluster-size-0.lic",
+            "license",
+            seal("meterbox-license/4", {**cluster.to_payload(), "cluster_size": 0}, KEY_A.signer()),
             "FormatError",
         ),
         (

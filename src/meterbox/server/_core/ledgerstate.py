@@ -301,7 +301,10 @@ class LedgerState:
             rm = SeatRemoved.from_map(payload)
             gone = v.leases.pop(rm.lease_id, None)
             if gone is not None:
-                v.removed[rm.lease_id] = FoldRemoval(gone, rm.removed_by, rm.reason, wall_ms)
+                # A removal keeps what its holder is told (the STATE row carries no
+                # borrow machine; the engine never removes a borrowed lease anyway).
+                kept = FoldLease(**{**gone.__dict__, "machine": None})
+                v.removed[rm.lease_id] = FoldRemoval(kept, rm.removed_by, rm.reason, wall_ms)
         elif rtype in _LEASE_ENDS:
             v.leases.pop(SeatRelease.from_map(payload).lease_id, None)
         elif rtype in (RecordType.LICENSE_SUSPENDED, RecordType.LICENSE_REVOKED):

@@ -72,14 +72,17 @@ def usage_sums(
 
 
 def seat_rows(
-    conn: Connection, *, end_us: int, license_ids: Sequence[str] | None
+    conn: Connection, *, end_us: int, license_ids: Sequence[str] | None, start_us: int | None = None
 ) -> list[tuple[str, int, str, str, int, str, str | None]]:
-    """(instance, seq, license, feature, ts_us, kind, lease) up to ``end``, by instance, seq."""
+    """(instance, seq, license, feature, ts_us, kind, lease) in [``start``, ``end``), by
+    instance, seq."""
     t = seat_events_table
     ts = micros(t.c.ts)
     query = sa.select(
         t.c.instance_id, t.c.seq, t.c.license_id, t.c.feature, ts, t.c.kind, t.c.lease_id
     ).where(ts < end_us)
+    if start_us is not None:
+        query = query.where(ts >= start_us)
     if license_ids is not None:
         query = query.where(t.c.license_id.in_(list(license_ids)))
     query = query.order_by(t.c.instance_id, t.c.seq)
@@ -308,6 +311,23 @@ def license_owners(conn: Connection, customer: str | None) -> dict[str, str]:
     if customer is not None:
         query = query.where(licenses_table.c.customer == customer)
     return {r.license_id: r.customer for r in conn.execute(query)}
+
+
+def members_of(conn: Connection, license_id: str) -> list[tuple[str, int | None]]:
+    """(instance, acked seq) of every instance with an accepted report of ``license_id``."""
+    t = instances_table
+    query = (
+        sa.select(t.c.instance_id, t.c.acked_seq)
+        .where(t.c.license_id == license_id)
+        .order_by(t.c.instance_id)
+    )
+    return [(r[0], None if r[1] is None else int(r[1])) for r in conn.execute(query)]
+
+
+def member_reports(conn: Connection, license_id: str) -> list[tuple[str, int | None, int | None]]:
+    """(instance, creation us of its latest accepted report, acked seq) per member."""
+    times = latest_report_times(conn)
+    return [(iid, times.get(iid), acked) for iid, acked in members_of(conn, license_id)]
 
 
 def instances_of(conn: Connection, license_ids: Iterable[str]) -> list[tuple[str, str]]:

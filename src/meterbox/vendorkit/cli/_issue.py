@@ -20,6 +20,7 @@ from rich.table import Table
 from meterbox.errors import ConfigError, FormatError, StateError
 from meterbox.licenses import (
     DEFAULT_LEASE_SECONDS,
+    MAX_CLUSTER_SIZE,
     MAX_LEASE_SECONDS,
     MIN_LEASE_SECONDS,
     Feature,
@@ -28,6 +29,7 @@ from meterbox.licenses import (
     Topup,
 )
 from meterbox.vendorkit import keys as vendor_keys
+from meterbox.vendorkit._cluster import MemberReport, MemberState, member_states
 from meterbox.vendorkit._cryptolens_options import CryptolensOptions, build_section
 from meterbox.vendorkit._cryptolens_options import describe as describe_cryptolens
 from meterbox.vendorkit.cli._common import (
@@ -191,6 +193,14 @@ def issue_command(
             "(0: no borrowing; more than 0 writes license format 4).",
         ),
     ] = 0,
+    cluster_size: Annotated[
+        int,
+        typer.Option(
+            "--cluster-size",
+            help="How many server instances (cluster nodes) serve this license together; "
+            "each reports its own ledger (license format 4 when above 1).",
+        ),
+    ] = 1,
     cryptolens_product_id: Annotated[
         int | None, typer.Option("--cryptolens-product-id", help="Enables the Cryptolens API.")
     ] = None,
@@ -306,22 +316,7 @@ def issue_command(
             expires_at = parse_date(expires)
             if expires_at <= now:
                 raise bad_flag("--expires", "a date in the future", expires, "Pick a later date")
-        if report_every is not None and report_every < 1:
-            raise bad_flag(
-                "--report-every",
-                "a number of days >= 1",
-                str(report_every),
-                "For example --report-every 30",
-            )
-        if grace < 0:
-            raise bad_flag("--grace", "a number of days >= 0", str(grace), "For example --grace 7")
-        if not MIN_LEASE_SECONDS <= lease <= MAX_LEASE_SECONDS:
-            raise bad_flag(
-                "--lease",
-                f"{MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS} seconds",
-                str(lease),
-                "The default is 60",
-            )
+        _check_numbers(report_every, grace, lease, cluster_size)
         cryptolens = build_section(
             CryptolensOptions(
                 product_id=cryptolens_product_id,
@@ -360,6 +355,7 @@ def issue_command(
                 cryptolens=cryptolens,
                 require_tpm=require_tpm,
                 max_borrow_hours=max_borrow_hours,
+                cluster_size=cluster_size,
             )
         except FormatError as exc:
             raise ConfigError(
@@ -449,15 +445,19 @@ def licenses_command(
     """List issued licenses."""
     with cli_errors():
         keys = vendor_keys.VendorKeys.load(home)
+        from meterbox.vendorkit._db import queries
         from meterbox.vendorkit._db.store import VendorStore
 
         with VendorStore.open(store, home=home) as db:
             rows = db.list_licenses(customer)
             topups = db.list_topups()
             machines = db.machine_activations()
+            with db.engine.connect() as conn:
+                reports = {r.license_id: queries.member_reports(conn, r.license_id) for r in rows}
+        now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
         columns = (
             "license", "customer", "product", "issued", "expires", "features", "meters",
-            "cryptolens", "machines",
+            "cryptolens", "machines", "nodes",
         )  # fmt: skip
         lines: list[tuple[str, ...]] = []
         docs: list[dict[str, object]] = []
@@ -467,12 +467,14 @@ def licenses_command(
             for t in topups:
                 if t.license_id == lic.license_id:
                     added[t.meter] = added.get(t.meter, 0) + t.units
+            states = member_states(lic, [MemberReport(*m) for m in reports[lic.license_id]], now_us)
             docs.append(
                 {
                     # The signed payload, as docs/spec/license.md defines its keys.
                     "license": lic.to_payload(),
                     "topups": dict(sorted(added.items())),
                     "machines_activated": len(machines.get(lic.license_id, ())),
+                    "nodes": [_node_json(s) for s in states],
                 }
             )
             if as_json:
@@ -499,6 +501,7 @@ def licenses_command(
                     describe_cryptolens(lic),
                     # Node-locked activations the ingested reports show, against the limit.
                     _machines(lic, len(machines.get(lic.license_id, ()))),
+                    _nodes(lic, states),
                 )
             )
         if as_json:
@@ -526,6 +529,53 @@ def licenses_command(
                 console.print(f"{col + ':':<12}{value}", overflow="fold")
 
 
+def _check_numbers(report_every: int | None, grace: int, lease: int, cluster_size: int) -> None:
+    """The numeric flags of `vendor issue`, each refused with what it accepts."""
+    if report_every is not None and report_every < 1:
+        raise bad_flag(
+            "--report-every",
+            "a number of days >= 1",
+            str(report_every),
+            "For example --report-every 30",
+        )
+    if grace < 0:
+        raise bad_flag("--grace", "a number of days >= 0", str(grace), "For example --grace 7")
+    if not 1 <= cluster_size <= MAX_CLUSTER_SIZE:
+        raise bad_flag(
+            "--cluster-size",
+            f"1 to {MAX_CLUSTER_SIZE} server instances",
+            str(cluster_size),
+            "For a three-node cluster pass --cluster-size 3; one server needs no flag",
+        )
+    if not MIN_LEASE_SECONDS <= lease <= MAX_LEASE_SECONDS:
+        raise bad_flag(
+            "--lease",
+            f"{MIN_LEASE_SECONDS} to {MAX_LEASE_SECONDS} seconds",
+            str(lease),
+            "The default is 60",
+        )
+
+
+def _nodes(lic: License, states: list[MemberState]) -> str:
+    """``reporting/cluster size`` and the silent members (ADR 0026), e.g. ``2/3, 1 silent``."""
+    silent = [s.instance_id[:8] for s in states if s.silent]
+    text = f"{len(states)}/{lic.cluster_size}"
+    return text + (f", silent: {' '.join(silent)}" if silent else "")
+
+
+def _node_json(state: MemberState) -> dict[str, object]:
+    last = state.last_report_us
+    return {
+        "instance_id": state.instance_id,
+        "last_report": None
+        if last is None
+        else datetime.fromtimestamp(last / 1_000_000, UTC).isoformat(),
+        "acked_seq": state.acked_seq,
+        "silent": state.silent,
+        "why": state.why or None,
+    }
+
+
 #: Terminal columns from which `vendor licenses` draws one table instead of blocks.
 _WIDE_TABLE = 140
 
@@ -547,6 +597,11 @@ def _print_issued(lic: License, output: Path, *, as_json: bool) -> None:
         print_json({"license": lic.to_payload(), "file": str(output)})
         return
     out().print(f"Issued {lic.license_id} for {lic.customer} -> {output}")
+    if lic.cluster_size > 1:
+        out().print(
+            f"Cluster of {lic.cluster_size} server instances: each node is `server init`'d "
+            "with this license and reports its own ledger"
+        )
     if lic.cryptolens is not None:
         # The two values an application built on a Cryptolens SDK is configured with.
         out().print(f"Cryptolens product id {lic.cryptolens.product_id}, key {lic.cryptolens.key}")
