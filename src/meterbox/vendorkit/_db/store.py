@@ -630,8 +630,19 @@ class VendorStore:
 def _insert_raw(
     conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """``executemany`` of pre-converted tuples; rows already present are skipped."""
+    """Bulk insert of pre-converted tuples; rows already present are skipped.
+
+    SQLite: one ``executemany``. PostgreSQL: ``COPY`` into a temporary staging table of
+    the same shape, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: COPY
+    moves rows without a statement each, which makes a million-record ingest about
+    twice as fast as psycopg's pipelined ``executemany`` (docs/benchmarks.md, "Report
+    ingest"). The staging table is emptied after each batch and lives in the
+    caller's transaction, so a rejected report's rollback drops it with the rest.
+    """
     if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _copy_raw(conn, table, columns, rows)
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (
@@ -639,6 +650,28 @@ def _insert_raw(
         f"VALUES ({', '.join([mark] * len(columns))}) ON CONFLICT DO NOTHING"
     )
     conn.exec_driver_sql(sql, rows)
+
+
+def _copy_raw(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    # Table and column names come from the fixed schema, never from data.
+    names = ", ".join(columns)
+    stage = f"stage_{table}"
+    driver: Any = conn.connection.driver_connection
+    with driver.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "  # noqa: S608
+            "ON CONFLICT DO NOTHING"
+        )
+        cur.execute(f"TRUNCATE {stage}")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
