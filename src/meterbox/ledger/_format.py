@@ -104,6 +104,8 @@ class RecordType(enum.IntEnum):
     # 29-32 are reserved for license suspension, revocation and seat borrowing.
     TPM_ANCHOR = 33
     TPM_ROLLBACK = 34
+    # 35-38 are taken by work in progress elsewhere; 39 is the TPM's re-enrolment.
+    TPM_REENROLLED = 39
 
     @property
     def kind(self) -> str:

@@ -57,6 +57,7 @@ from meterbox.vendorkit._db.schema import (
     schema_table,
     seat_events_table,
     topups_table,
+    tpm_ek_cas_table,
     tpm_pins_table,
     usage_table,
 )
@@ -416,6 +417,26 @@ class VendorStore:
         stmt = self._insert(tpm_pins_table).values(**values)
         update = {k: stmt.excluded[k] for k in values if k != "instance_id"}
         conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update))
+
+    def add_tpm_ca(self, sha256: str, subject: str, der: bytes, added_us: int) -> bool:
+        """Trust one TPM manufacturer CA certificate; False when it was trusted already."""
+        with self.engine.begin() as conn:
+            stmt = (
+                self._insert(tpm_ek_cas_table)
+                .values(sha256=sha256, subject=subject, der=der, added_us=added_us)
+                .on_conflict_do_nothing()
+                .returning(tpm_ek_cas_table.c.sha256)
+            )
+            return conn.execute(stmt).first() is not None
+
+    def tpm_cas(self, conn: Connection | None = None) -> list[tuple[str, str, bytes]]:
+        """The trusted TPM manufacturer CAs as (sha256, subject, DER), oldest first."""
+        t = tpm_ek_cas_table
+        query = sa.select(t.c.sha256, t.c.subject, t.c.der).order_by(t.c.added_us, t.c.sha256)
+        if conn is not None:
+            return [(r.sha256, r.subject, bytes(r.der)) for r in conn.execute(query)]
+        with self.engine.connect() as own:
+            return [(r.sha256, r.subject, bytes(r.der)) for r in own.execute(query)]
 
     def report_known(self, report_digest: str, conn: Connection) -> bool:
         """Whether a report file with this SHA-256 was ingested before."""
