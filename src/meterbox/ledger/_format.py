@@ -133,6 +133,8 @@ class RecordType(enum.IntEnum):
     QUOTA_BLOCK_RETURNED = 37
     #: A cluster node lost or regained etcd quorum (docs/adr/0024).
     CLUSTER_QUORUM = 38
+    #: The instance moved to another TPM on purpose (docs/adr/0031).
+    TPM_REENROLLED = 39
 
     @property
     def kind(self) -> str:

@@ -575,6 +575,35 @@ class QuotaBlockReturned(_Payload):
     reason: str = _req("r", "str")
 
 
+# --------------------------------------------------------------- TPM re-enrolment
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TpmReenrolled(_Payload):
+    """The instance moved to another TPM on purpose (``tpm.reenrolled``; ADR 0031).
+
+    Written by ``meterbox server tpm reenrol`` with the server stopped: the TPM the
+    instance was anchored to until now and the one it is anchored to from here on.
+    The vendor shows it as a warning and pins the new TPM only through this record;
+    anchors after it continue from ``new_counter`` on the counter named ``new_nv_name``.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.TPM_REENROLLED
+    #: Hex TPM Names of the old endorsement key, attestation key and counter index.
+    old_ek_name: str = _req("oe", "str")
+    old_ak_name: str = _req("oa", "str")
+    old_nv_name: str = _req("on", "str")
+    #: The last counter value the ledger committed to on the old TPM.
+    old_counter: int = _req("oc", "int")
+    new_ek_name: str = _req("ne", "str")
+    new_ak_name: str = _req("na", "str")
+    new_nv_name: str = _req("nn", "str")
+    #: The new counter's value when it was enrolled: the next anchor is one above it.
+    new_counter: int = _req("nc", "int")
+    #: Whether the new counter index can be deleted by the owner (see ADR 0011).
+    owner_deletable: bool = _opt("od", "flag")
+    #: The operator's reason, as given on the command line.
+    reason: str | None = _opt("r", "str")
+
+
 # ------------------------------------------------------------- the state
 #: Column kinds of each row list of a STATE payload, by key (docs/spec/ledger.md).
 STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
@@ -926,6 +955,7 @@ RecordPayload = (
     | ClusterQuorum
     | QuotaBlockTaken
     | QuotaBlockReturned
+    | TpmReenrolled
     | State
     | StateRebuilt
     | Genesis
@@ -968,6 +998,7 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         ClusterQuorum,
         QuotaBlockTaken,
         QuotaBlockReturned,
+        TpmReenrolled,
         State,
         StateRebuilt,
         Genesis,

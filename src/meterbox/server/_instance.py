@@ -386,7 +386,11 @@ class ServerInstance:
         settings: ServiceConfig | None = None,
         force_recover: bool = False,
         sleep: Sleep = asyncio.sleep,
+        attach_tpm: bool = True,
     ) -> ServerInstance:
+        """Open the instance in ``data``; ``attach_tpm=False`` leaves the TPM alone (for
+        ``server tpm reenrol``, which records the move to another TPM before the next
+        open checks it), and then serves nothing a license requiring a TPM covers."""
         clock = clock or SystemClock()
         if not (data / LEDGER_DIR).exists():
             raise StateError(
@@ -429,8 +433,9 @@ class ServerInstance:
         try:
             # The TPM check comes before serving: a rollback is on record before any
             # request of this run, and a license that requires a TPM is enforced here.
-            tpm = TpmGuard.open(data, writer)
-            require_tpm_guard([lic for lic, _ in licenses], tpm)
+            if attach_tpm:
+                tpm = TpmGuard.open(data, writer)
+                require_tpm_guard([lic for lic, _ in licenses], tpm)
             store.initialize(
                 init_time=clock.now(),
                 instance_id=writer.instance_id.hex(),

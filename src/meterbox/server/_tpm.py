@@ -36,7 +36,7 @@ from typing import Any, Final, Protocol
 
 from meterbox._fs import atomic_write
 from meterbox.errors import ConfigError, FormatError, MeterboxError, StateError, VerificationError
-from meterbox.ledger import Appended, Head, RecordType, TpmRollback
+from meterbox.ledger import Appended, Head, RecordType, TpmReenrolled, TpmRollback
 from meterbox.ledger import TpmAnchor as TpmAnchorRecord
 from meterbox.licenses import License
 from meterbox.server._sinks import LedgerEventSink
@@ -105,8 +105,9 @@ def prepare_tpm(mode: TpmMode, tcti: str) -> TpmSetup:
         )
 
 
-def write_tpm_config(data: Path, setup: TpmSetup) -> None:
-    config = {
+def write_tpm_config(data: Path, setup: TpmSetup, *, keep: dict[str, object] | None = None) -> None:
+    """Write tpm.json for ``setup``; ``keep`` carries the operator's tunables over."""
+    config: dict[str, object] = {
         "v": CONFIG_VERSION,
         "mode": setup.mode.value,
         "tcti": setup.tcti,
@@ -114,6 +115,8 @@ def write_tpm_config(data: Path, setup: TpmSetup) -> None:
         "identity": setup.identity,
         "counter_at_init": setup.counter,
     }
+    if keep is not None and "advance_every_s" in keep:
+        config["advance_every_s"] = keep["advance_every_s"]
     atomic_write(data / TPM_CONFIG, (json.dumps(config, indent=1) + "\n").encode())
 
 
@@ -529,6 +532,110 @@ class AnchoredSink:
 
     def head_info(self) -> tuple[int, str]:
         return self._inner.head_info()
+
+
+# -------------------------------------------------------------- re-enrolment
+def plan_reenrolment(
+    old: dict[str, object] | None,
+    note: AnchorNote | None,
+    new: TpmSetup,
+    reason: str | None,
+) -> TpmReenrolled:
+    """Pure: the TPM_REENROLLED record moving from tpm.json's TPM to ``new``, or refuse.
+
+    The old counter is the last value the anchor note committed (the value the ledger's
+    last anchor holds), or the value at init when there is no note yet.
+    """
+    identity = old.get("identity") if old is not None else None
+    if not isinstance(identity, dict) or identity.get("tpm") != "tpm2":
+        raise ConfigError(
+            "this instance has no TPM to re-enrol from",
+            expected="an instance initialised with a TPM (tpm.json naming one)",
+            found="no tpm.json" if old is None else "tpm.json without a TPM identity",
+            hint="an instance initialised with --tpm off stays without a TPM; "
+            "initialise a new instance with --tpm require",
+        )
+    if new.counter is None or new.identity.get("tpm") != "tpm2":
+        raise ConfigError(
+            "no TPM to re-enrol on",
+            expected="a TPM 2.0 answering at --tpm-tcti",
+            found=new.reason,
+            hint="check the TCTI and that this user may open the TPM",
+        )
+    if identity.get("ek_name") == new.identity.get("ek_name"):
+        raise ConfigError(
+            "the TPM at --tpm-tcti is the one the instance is enrolled with",
+            expected="a different TPM (a replaced chip, a new vTPM)",
+            found=f"EK {str(identity.get('ek_name'))[:20]}... again",
+            hint="nothing to re-enrol; start the server as usual",
+        )
+    at_init = old.get("counter_at_init") if old is not None else None
+    old_counter = note.committed if note is not None else at_init
+    if not isinstance(old_counter, int) or isinstance(old_counter, bool):
+        old_counter = 0
+    return TpmReenrolled(
+        old_ek_name=str(identity.get("ek_name", "")),
+        old_ak_name=str(identity.get("ak_name", "")),
+        old_nv_name=str(identity.get("nv_name", "")),
+        old_counter=old_counter,
+        new_ek_name=str(new.identity["ek_name"]),
+        new_ak_name=str(new.identity["ak_name"]),
+        new_nv_name=str(new.identity["nv_name"]),
+        new_counter=new.counter,
+        owner_deletable=bool(new.identity.get("owner_deletable")),
+        reason=reason[:200] if reason else None,
+    )
+
+
+def prepare_reenrolment(data: Path, tcti: str) -> TpmSetup:
+    """Set up the new TPM for :func:`reenrol_tpm`, after checking it is another TPM.
+
+    Nothing in ``data`` changes. The endorsement key is compared first: on the TPM the
+    instance already uses, setting up a counter again would only fail on its authValue,
+    with a message that hides the real mistake.
+    """
+    old = read_tpm_config(data)
+    identity = old.get("identity") if old is not None else None
+    if isinstance(identity, dict) and identity.get("tpm") == "tpm2":
+        probe = _probe(tcti)
+        if probe.found:
+            from meterbox.tpm import TpmDevice
+
+            with TpmDevice(tcti) as device:
+                ek_name = device.endorsement_key().name.hex()
+            if ek_name == identity.get("ek_name"):
+                raise ConfigError(
+                    "the TPM at --tpm-tcti is the one the instance is enrolled with",
+                    expected="a different TPM (a replaced chip, a new vTPM)",
+                    found=f"EK {ek_name[:20]}... again",
+                    hint="nothing to re-enrol; start the server as usual",
+                )
+    return prepare_tpm(TpmMode.REQUIRE, tcti)
+
+
+def reenrol_tpm(
+    data: Path, writer: _Appender, new: TpmSetup, reason: str | None
+) -> tuple[TpmReenrolled, Appended]:
+    """Move the instance in ``data`` (server stopped, TPM not attached) to ``new``.
+
+    Order: the record first (durable), then tpm.json, then the anchor note, so the
+    ledger holds the move before anything points at the new TPM. The next open then
+    finds the new TPM in step with the note and advances from ``new.counter``.
+    """
+    old = read_tpm_config(data)
+    try:
+        note: AnchorNote | None = AnchorNote.from_bytes((data / ANCHOR_NOTE).read_bytes())
+    except (OSError, FormatError):
+        note = None
+    record = plan_reenrolment(old, note, new, reason)
+    appended = writer.append(RecordType.TPM_REENROLLED, record.to_map())
+    write_tpm_config(data, new, keep=old)
+    atomic_write(
+        data / ANCHOR_NOTE,
+        AnchorNote(record.new_counter, None, appended.seq, appended.head.hash.hex()).to_bytes(),
+        mode=0o600,
+    )
+    return record, appended
 
 
 def require_tpm_guard(licenses: Sequence[License], guard: TpmGuard | None) -> None:

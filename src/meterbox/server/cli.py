@@ -1,4 +1,5 @@
-"""`meterbox server` commands: init, run, status, export, import, cryptolens-key, fingerprint.
+"""`meterbox server` commands: init, run, status, export, import, cryptolens-key, fingerprint,
+keys, tpm reenrol.
 
 ``run`` and ``config`` take their settings from flags, then METERBOX_* environment
 variables, then a TOML file given with ``--config`` (keys named like the long flags, e.g.
@@ -698,6 +699,63 @@ keys_app = typer.Typer(
     help="Site API keys: what clients present to check out seats and record usage.",
 )
 app.add_typer(keys_app, name="keys")
+
+
+tpm_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="The instance's TPM anchor (the server must be stopped).",
+)
+app.add_typer(tpm_app, name="tpm")
+
+
+@tpm_app.command("reenrol")
+def tpm_reenrol(
+    data: DataOption,
+    tpm_tcti: Annotated[
+        str,
+        typer.Option("--tpm-tcti", envvar="METERBOX_TPM_TCTI", help="TCTI of the new TPM."),
+    ] = "device:/dev/tpmrm0",
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Why the TPM changed; the vendor sees it."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Anchor the instance to a new TPM (replaced chip, new host or vTPM), on record.
+
+    Writes a TPM_REENROLLED record naming the old and the new TPM: the vendor sees a
+    warning and pins the new TPM from it. Without it a new TPM is a foreign one.
+    """
+    from meterbox.server._instance import ServerInstance
+    from meterbox.server._tpm import prepare_reenrolment, reenrol_tpm
+
+    if _running(data):
+        _fail(
+            StateError(
+                "the server is running",
+                expected="a stopped server (re-enrolment rewrites its TPM configuration)",
+                found=f"a server answering for {data}",
+                hint="stop it, run 'meterbox server tpm reenrol', then start it again",
+            )
+        )
+    with _errors():
+        # The new TPM is set up before anything in the directory changes: a TPM that
+        # does not answer leaves the instance exactly as it was.
+        setup = prepare_reenrolment(data, tpm_tcti)
+        inst = ServerInstance.open(data, attach_tpm=False)
+        try:
+            record, appended = reenrol_tpm(data, inst.writer, setup, reason)
+        finally:
+            inst.close()
+    if as_json:
+        _print_json({"seq": appended.seq, **record.to_map()})
+        return
+    out.print(
+        f"Re-enrolled on the TPM at {tpm_tcti}: EK {record.new_ek_name[:16]}... "
+        f"(was {record.old_ek_name[:16]}...), counter {record.new_counter}, "
+        f"ledger seq {appended.seq}. The vendor sees the change in the next report."
+    )
 
 
 def _admin_json(data: Path, method: str, path: str, body: Any = None) -> Any:

@@ -17,6 +17,8 @@ Public API (everything else is private):
   (docs/spec/tpm-attestation.md).
 - :func:`make_credential_challenge`, :func:`check_credential_proof` (vendor) and
   :meth:`TpmAnchor.activate_credential` (server): binding the pinned AK to the EK.
+- :func:`parse_ca_file`, :class:`TpmCa`: the TPM manufacturer CAs the vendor trusts for
+  EK certificates (``vendor tpm-ca add``).
 - :class:`TpmMode`, :func:`decide_mode`, :func:`judge_counter`, :func:`judge_identity`:
   pure decisions for ``server init --tpm`` and for opening a ledger.
 """
@@ -32,6 +34,7 @@ from meterbox.tpm._credential import (
     credential_proof,
     make_credential_challenge,
 )
+from meterbox.tpm._ekca import TpmCa, parse_ca_file
 from meterbox.tpm._policy import (
     DEFAULT_AK_HANDLE,
     DEFAULT_NV_INDEX,
@@ -87,6 +90,7 @@ __all__ = [
     "CredentialChallenge",
     "NullAnchor",
     "TpmAnchor",
+    "TpmCa",
     "TpmCounterRollback",
     "TpmDecision",
     "TpmDevice",
@@ -105,6 +109,7 @@ __all__ = [
     "judge_counter",
     "judge_identity",
     "make_credential_challenge",
+    "parse_ca_file",
     "qualifying_data",
     "report_nonce",
     "verify_attestation",

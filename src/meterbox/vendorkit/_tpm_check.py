@@ -18,21 +18,49 @@ What is checked (docs/adr/0011-tpm-anchor.md, docs/spec/tpm-attestation.md):
   was defeated (``tpm.counter.gap``); a step back, or an anchor naming another counter
   index, is ``tpm.ledger.foreign``. The first anchor continues from the counter the
   genesis recorded, or from the counter the vendor pinned at the last accepted report.
+* TPM_REENROLLED (``meterbox server tpm reenrol``): ``tpm.reenrolled``, a warning; from
+  that record on, anchors continue from its new counter on its new counter index, and
+  the attestation is checked against the new TPM it names instead of the pins. This is
+  the only way the pins move to another TPM: without the record a new TPM stays
+  ``tpm.quote.foreign`` / ``tpm.ledger.foreign``. A record whose old TPM is not the
+  pinned one, or whose old counter is not where the anchors got to, is critical
+  (``tpm.anchor.invalid``, ``tpm.counter.gap``).
 * The attestation: :func:`meterbox.tpm.verify_attestation` against the pins, bound to
   the report's head and to :func:`meterbox.tpm.report_nonce` of the last receipt, with
   the last anchor as the ledger's counter. An instance whose genesis records a TPM must
   attest in every report, as must one whose license requires a TPM.
+* The EK certificate, when the vendor configured manufacturer CAs (``vendor tpm-ca
+  add``): ``tpm.ek.untrusted`` (a certificate that does not chain to one) and
+  ``tpm.ek.missing`` (no certificate) are critical, and reject the report, when a
+  license requires a TPM, and warnings otherwise (docs/adr/0031).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from cryptography import x509
+
 from meterbox.errors import FormatError
-from meterbox.ledger import Finding, Head, Record, RecordType, TpmAnchor, TpmRollback
-from meterbox.tpm import TpmFinding, TpmPins, report_nonce, verify_attestation
+from meterbox.ledger import (
+    Finding,
+    Head,
+    Record,
+    RecordType,
+    TpmAnchor,
+    TpmReenrolled,
+    TpmRollback,
+)
+from meterbox.ledger._findings import Severity
+from meterbox.tpm import (
+    TpmFinding,
+    TpmPins,
+    VerifiedAttestation,
+    report_nonce,
+    verify_attestation,
+)
 
 LEDGER_ROLLBACK: Final = "tpm.ledger.rollback"
 LEDGER_FOREIGN: Final = "tpm.ledger.foreign"
@@ -40,6 +68,9 @@ UNAVAILABLE: Final = "tpm.unavailable"
 COUNTER_GAP: Final = "tpm.counter.gap"
 ANCHOR_INVALID: Final = "tpm.anchor.invalid"
 QUOTE_OK: Final = "tpm.quote.ok"
+REENROLLED: Final = "tpm.reenrolled"
+EK_UNTRUSTED: Final = "tpm.ek.untrusted"
+EK_MISSING: Final = "tpm.ek.missing"
 
 _ROLLBACK_KINDS: Final = {
     "rollback": (LEDGER_ROLLBACK, "the TPM counter was above the ledger's: an older copy"),
@@ -61,6 +92,8 @@ class TpmReportCheck:
     pins_after: TpmPins | None = None
     #: Whether the genesis records a TPM (then every report must attest).
     genesis_tpm: bool = False
+    #: The TPM manufacturer CAs the vendor trusts (empty: EK certificates not checked).
+    ek_roots: Sequence[x509.Certificate] = ()
     _prev: int | None = None
     _nv_name: str | None = None
     _last_anchor: int | None = None
@@ -84,6 +117,8 @@ class TpmReportCheck:
             self._rollback(record)
         elif t is RecordType.TPM_ANCHOR:
             self._anchor(record)
+        elif t is RecordType.TPM_REENROLLED:
+            self._reenrolled(record)
 
     def _genesis(self, payload: Mapping[str, Any]) -> None:
         entry = payload.get("tpm")
@@ -157,6 +192,79 @@ class TpmReportCheck:
         self._prev = anchor.counter
         self._last_anchor = anchor.counter
 
+    def _reenrolled(self, record: Record) -> None:
+        try:
+            moved = TpmReenrolled.from_map(record.payload)
+            names = [
+                bytes.fromhex(h) for h in (moved.new_ak_name, moved.new_ek_name, moved.new_nv_name)
+            ]
+        except (FormatError, ValueError) as exc:
+            self._find(ANCHOR_INVALID, "critical", f"a tpm.reenrolled record: {exc}", record.seq)
+            return
+        pinned = self.pins.ak_name
+        if pinned is not None and moved.old_ak_name != pinned.hex():
+            self._find(
+                ANCHOR_INVALID,
+                "critical",
+                f"a re-enrolment away from attestation key {moved.old_ak_name[:20]}..., "
+                f"which is not the pinned {pinned.hex()[:20]}...",
+                record.seq,
+            )
+            return
+        if self._prev is not None and moved.old_counter != self._prev:
+            self._find(
+                COUNTER_GAP,
+                "critical",
+                f"the re-enrolment left the old TPM at counter {moved.old_counter}, but this "
+                f"ledger's anchors reached {self._prev}: the directory re-enrolled is not "
+                "the one the vendor followed",
+                record.seq,
+            )
+        self._find(
+            REENROLLED,
+            "warning",
+            f"the instance was re-enrolled on another TPM (EK {moved.old_ek_name[:16]}... -> "
+            f"{moved.new_ek_name[:16]}...) at counter {moved.new_counter}"
+            + (f": {moved.reason}" if moved.reason else "")
+            + "; confirm with the customer that the TPM was replaced",
+            record.seq,
+        )
+        # From here on the new TPM is the one to check: the attestation is verified
+        # against it and anchors continue from its counter.
+        self.pins = TpmPins(names[0], names[1], names[2], moved.new_counter)
+        self._nv_name = moved.new_nv_name
+        self._prev = moved.new_counter
+        self._last_anchor = moved.new_counter
+
+    def _ek_findings(self, verified: VerifiedAttestation) -> list[Finding]:
+        """tpm.ek.*: judged only when the vendor configured manufacturer CAs."""
+        if not self.ek_roots or verified.ek_certified is True:
+            return []
+        severity: Severity = "critical" if self.required else "warning"
+        consequence = (
+            "a license requires a TPM, so the report is rejected"
+            if self.required
+            else "no license requires a TPM, so the report is accepted"
+        )
+        if verified.ek_certified is None:
+            return [
+                Finding(
+                    EK_MISSING,
+                    severity,
+                    "the TPM has no endorsement certificate to check against the configured "
+                    f"manufacturer CAs (a vTPM often has none); {consequence}",
+                )
+            ]
+        return [
+            Finding(
+                EK_UNTRUSTED,
+                severity,
+                f"{verified.ek_cert_problem or 'the EK certificate is not trusted'}; "
+                f"{consequence}; add the manufacturer's CA with 'vendor tpm-ca add' if "
+                "the TPM is genuine",
+            )
+        ]
+
     def finish(self, extra: Mapping[str, Any], head: Head | None, acked: Head | None,
                instance_id: bytes) -> list[Finding]:  # fmt: skip
         """Verify the report's attestation; every finding of this check, in order."""
@@ -174,6 +282,7 @@ class TpmReportCheck:
                 required=self.required or self.genesis_tpm,
                 ledger_counter=ledger_counter if bundle else None,
                 nonce=report_nonce(instance_id, None if acked is None else acked.hash),
+                ek_roots=self.ek_roots,
             )
         except TpmFinding as exc:
             self.findings.append(Finding(exc.code, "critical", str(exc)))
@@ -181,7 +290,9 @@ class TpmReportCheck:
         if verified is not None:
             self.pins_after = verified.pins
             what = "enrolled the TPM" if verified.enrolled_now else "verified"
+            ek = " (EK certified by a configured manufacturer CA)" if verified.ek_certified else ""
             self.findings.append(
-                Finding(QUOTE_OK, "info", f"TPM attestation {what}: counter {verified.counter}")
+                Finding(QUOTE_OK, "info", f"TPM attestation {what}: counter {verified.counter}{ek}")
             )
+            self.findings.extend(self._ek_findings(verified))
         return self.findings

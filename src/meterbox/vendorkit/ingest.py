@@ -44,6 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -362,9 +363,10 @@ def _chain_checks(
 ) -> tuple[WitnessCheck, TpmReportCheck]:
     """The checks that follow the records against what the vendor knows already."""
     pins = ctx.store.tpm_pins(instance_hex, ctx.conn) if instance_hex else TpmPins()
+    roots = [x509.load_der_x509_certificate(der) for _, _, der in ctx.store.tpm_cas(ctx.conn)]
     return (
         WitnessCheck(known.head if known is not None else None),
-        TpmReportCheck(pins, any(x.require_tpm for x in licenses)),
+        TpmReportCheck(pins, any(x.require_tpm for x in licenses), ek_roots=roots),
     )
 
 

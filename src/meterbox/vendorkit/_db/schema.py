@@ -245,6 +245,19 @@ tpm_pins_table = sa.Table(
     sa.Column("last_counter", sa.BigInteger, nullable=False),
 )
 
+#: The TPM manufacturer CA certificates the vendor trusts for EK certificates
+#: (``vendor tpm-ca add``; docs/adr/0031-ek-certificates-and-reenrolment.md). Added to
+#: schema version 2 by ``create_all``, like ``tpm_pins``: a store without it gets it on
+#: open, and an empty table means "no CA set configured".
+tpm_ek_cas_table = sa.Table(
+    "tpm_ek_cas",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("der", sa.LargeBinary, nullable=False),
+    sa.Column("added_us", sa.BigInteger, nullable=False),
+)
+
 USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)
 SEAT_COLUMNS: Final = tuple(c.name for c in seat_events_table.columns)
 EVENT_COLUMNS: Final = tuple(c.name for c in ledger_events_table.columns)
