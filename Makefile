@@ -52,6 +52,7 @@ vectors: $(STAMP)
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.witness.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.ingest.generate
 	cd tests && $(CURDIR)/$(BIN)/python -m vectors.suspension.generate
+	cd tests && $(CURDIR)/$(BIN)/python -m vectors.borrow.generate
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; done
