@@ -252,3 +252,31 @@ def test_a_license_without_borrowing_refuses_and_the_cli_borrows_and_returns(
         assert seats(s.url)["in_use"] == 0
     finally:
         s.stop()
+
+
+def test_the_async_client_borrows_checks_offline_and_returns(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from meterbox.client import AsyncClient
+
+    home = tmp_path / "async"
+
+    async def borrow_and_return() -> tuple[str, str, bool]:
+        async with AsyncClient(
+            server.url, spool=home / "spool.db", client_id="carol@laptop"
+        ) as carol:
+            got = await carol.borrow("cad", hours=24, machine_code=LAPTOP)
+            # Offline: verified from the kept token, with no request.
+            again = carol.borrowed("cad", machine_code=LAPTOP)
+            held = seats(server.url)["borrowed"]
+            back = await carol.return_borrow("cad", machine_code=LAPTOP)
+            return got.lease_id, again.lease_id, bool(held == 1 and back)
+
+    lent, checked, returned = asyncio.run(borrow_and_return())
+    assert lent == checked and returned
+    assert seats(server.url)["borrowed"] == 0
+    # The token is gone with the return: nothing verifies offline any more.
+    with pytest.raises(StateError, match="No borrowed seat"):
+        client("http://127.0.0.1:9", home).borrowed("cad", machine_code=LAPTOP)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
@@ -75,6 +75,9 @@ from meterbox.client.errors import (
     ServerUnreachableError,
 )
 from meterbox.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from meterbox.client._borrow import Borrow, BorrowStore
 
 log = logging.getLogger("meterbox.client")
 T = TypeVar("T")
@@ -269,6 +272,78 @@ class AsyncClient:
         seat.wait = wait
         seat.reacquire = reacquire
         return seat
+
+    # -- borrowing (the same requests and checks as Client's; docs/adr/0028)
+
+    def _borrow_store(self) -> BorrowStore:
+        from meterbox.client._borrow import BorrowStore
+
+        return BorrowStore(self.config.spool_path.parent / "borrows")
+
+    async def borrow(
+        self,
+        feature: str,
+        *,
+        hours: int,
+        machine_code: str | None = None,
+        instance_key: bytes | str | None = None,
+    ) -> Borrow:
+        """Borrow a seat of ``feature`` for ``hours``, to use with no server until it expires.
+
+        As :meth:`meterbox.client.Client.borrow`: the token is verified at once and kept
+        in the borrow directory; :meth:`borrowed` verifies it again offline.
+        """
+        from meterbox.client._borrow import borrow_request, parse_borrow, public_key
+        from meterbox.client._borrow import machine_code as local_code
+
+        code = machine_code or local_code()
+        store = self._borrow_store()
+        pinned = public_key(instance_key)[1] if instance_key is not None else store.pinned()
+        req = borrow_request(
+            feature, self.config.client_id, hours, code, self.config.hostname, self.config.user
+        )
+        borrow = parse_borrow(await self._call(req), pinned, code, self._clock.now())
+        store.save(borrow)
+        return borrow
+
+    def borrowed(
+        self,
+        feature: str,
+        *,
+        machine_code: str | None = None,
+        instance_key: bytes | str | None = None,
+        now: datetime | None = None,
+    ) -> Borrow:
+        """The seat of ``feature`` this machine borrowed, verified offline (no request)."""
+        from meterbox.client._borrow import machine_code as local_code
+        from meterbox.client._borrow import verify_offline
+
+        return verify_offline(
+            self._borrow_store(),
+            feature,
+            code=machine_code or local_code(),
+            now=now or self._clock.now(),
+            instance_key=instance_key,
+        )
+
+    async def return_borrow(self, feature: str, *, machine_code: str | None = None) -> bool:
+        """Give a borrowed seat back early; its token is deleted (as ``Client.return_borrow``)."""
+        from meterbox.client._borrow import lease_id_of, parse_returned, return_request
+        from meterbox.client._borrow import machine_code as local_code
+
+        store = self._borrow_store()
+        data = store.load(feature)
+        if data is None:
+            raise BadRequestError(
+                f"No borrowed seat of {feature!r} on this machine",
+                expected=f"a borrow token in {store.directory}",
+                found="none",
+                hint="Borrow a seat first, or check the feature name",
+            )
+        reply = await self._call(return_request(lease_id_of(data), machine_code or local_code()))
+        returned = parse_returned(reply)
+        store.forget(feature)
+        return returned
 
     # -- usage
 
