@@ -49,7 +49,8 @@ def test_vendor_commands_print_documented_json(tmp_path: Path) -> None:
 
     listed = _json("vendor", "licenses", "--home", str(home))
     [entry] = listed["licenses"]
-    assert set(entry) == {"license", "topups", "machines_activated"}
+    assert set(entry) == {"license", "topups", "machines_activated", "nodes"}
+    assert entry["nodes"] == []  # no report ingested yet
     assert entry["license"] == lic and entry["topups"] == {"runs": 50}
 
     bill = _json("vendor", "bill", "--home", str(home), "--period", "2026-01")

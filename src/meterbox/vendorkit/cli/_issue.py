@@ -27,6 +27,7 @@ from meterbox.licenses import (
     License,
     Meter,
     Topup,
+    format_time,
 )
 from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit._cluster import MemberReport, MemberState, member_states
@@ -569,7 +570,7 @@ def _node_json(state: MemberState) -> dict[str, object]:
         "instance_id": state.instance_id,
         "last_report": None
         if last is None
-        else datetime.fromtimestamp(last / 1_000_000, UTC).isoformat(),
+        else format_time(datetime.fromtimestamp(last / 1_000_000, UTC)),
         "acked_seq": state.acked_seq,
         "silent": state.silent,
         "why": state.why or None,
