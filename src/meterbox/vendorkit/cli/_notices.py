@@ -101,73 +101,40 @@ def _issue(
     out().print(f"Import it at the site: meterbox server import {output}", highlight=False)
 
 
-@app.command("suspend")
-def suspend_command(
-    *,
-    home: HomeOption,
-    license_id: LicenseOption,
-    output: OutputOption,
-    reason: ReasonOption = None,
-    store: StoreOption = None,
-    force: ForceOption = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Issue a signed notice suspending a license (reversible with `resume`)."""
-    _issue(
-        "suspend",
-        home=home,
-        license_id=license_id,
-        output=output,
-        reason=reason,
-        store=store,
-        force=force,
-        as_json=as_json,
-    )
+#: The three notices and what each command's help says.
+_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("suspend", "Issue a signed notice suspending a license (reversible with `resume`)."),
+    ("resume", "Issue a signed notice ending a license's suspension."),
+    ("revoke", "Issue a signed notice revoking a license for good (no later notice applies)."),
+)
 
 
-@app.command("resume")
-def resume_command(
-    *,
-    home: HomeOption,
-    license_id: LicenseOption,
-    output: OutputOption,
-    reason: ReasonOption = None,
-    store: StoreOption = None,
-    force: ForceOption = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Issue a signed notice ending a license's suspension."""
-    _issue(
-        "resume",
-        home=home,
-        license_id=license_id,
-        output=output,
-        reason=reason,
-        store=store,
-        force=force,
-        as_json=as_json,
-    )
+def _register(action: str, doc: str) -> None:
+    def command(
+        *,
+        home: HomeOption,
+        license_id: LicenseOption,
+        output: OutputOption,
+        reason: ReasonOption = None,
+        store: StoreOption = None,
+        force: ForceOption = False,
+        as_json: JsonOption = False,
+    ) -> None:
+        _issue(
+            action,
+            home=home,
+            license_id=license_id,
+            output=output,
+            reason=reason,
+            store=store,
+            force=force,
+            as_json=as_json,
+        )
+
+    command.__doc__ = doc
+    command.__name__ = f"{action}_command"
+    app.command(action)(command)
 
 
-@app.command("revoke")
-def revoke_command(
-    *,
-    home: HomeOption,
-    license_id: LicenseOption,
-    output: OutputOption,
-    reason: ReasonOption = None,
-    store: StoreOption = None,
-    force: ForceOption = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Issue a signed notice revoking a license for good (no later notice applies)."""
-    _issue(
-        "revoke",
-        home=home,
-        license_id=license_id,
-        output=output,
-        reason=reason,
-        store=store,
-        force=force,
-        as_json=as_json,
-    )
+for _action, _doc in _COMMANDS:
+    _register(_action, _doc)

@@ -15,8 +15,6 @@ import typer
 
 from meterbox.clock import SystemClock
 from meterbox.errors import ConfigError
-from meterbox.tpm import parse_ca_file
-from meterbox.vendorkit._db import VendorStore, to_micros
 from meterbox.vendorkit.cli._common import (
     HomeOption,
     JsonOption,
@@ -56,6 +54,10 @@ def add_command(
 ) -> None:
     """Trust the CA certificates in FILE for TPM endorsement-key certificates."""
     with cli_errors():
+        # Imported here: `vendor --help` must not pull in the store or the TPM stack.
+        from meterbox.tpm import parse_ca_file
+        from meterbox.vendorkit._db import VendorStore, to_micros
+
         cas = parse_ca_file(_read(file))
         now = to_micros(SystemClock().now())
         with VendorStore.open(store, home=home) as db:
@@ -76,6 +78,8 @@ def add_command(
 @tpm_ca_app.command("list")
 def list_command(home: HomeOption, store: StoreOption = None, as_json: JsonOption = False) -> None:
     """The trusted TPM manufacturer CAs."""
+    from meterbox.vendorkit._db import VendorStore
+
     with cli_errors():
         with VendorStore.open(store, home=home) as db:
             cas = db.tpm_cas()
