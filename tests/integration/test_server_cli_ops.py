@@ -131,6 +131,8 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
         'data = "srv"\nhost = "0.0.0.0"\nport = 9443\ntls_cert = "c.pem"\n'
         'tls_key = "k.pem"\nlog_level = "debug"\nforce_recover = true\nlog_format = "text"\n'
         'activity_log = "act.jsonl"\napi_keys = "required"\n'
+        'cluster = "etcd://127.0.0.1:2379,127.0.0.2:2379"\n'
+        'advertise_url = "https://lic1.example:8443"\n'
     )
     result = runner.invoke(app, ["server", "config", "--config", str(conf), "--json"])
     assert result.exit_code == 0, result.output
@@ -141,6 +143,11 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
     assert doc["log_format"] == {"value": "text", "source": f"file {conf}:8"}
     assert doc["activity_log"]["value"] == str(tmp_path / "act.jsonl")
     assert doc["api_keys"] == {"value": "required", "source": f"file {conf}:10"}
+    assert doc["cluster"]["source"] == f"file {conf}:11"
+    assert doc["advertise_url"] == {
+        "value": "https://lic1.example:8443",
+        "source": f"file {conf}:12",
+    }
     assert {v["source"].split(":")[0] for v in doc.values()} == {f"file {conf}"}
 
 
