@@ -82,7 +82,7 @@ def tokens(draw: st.DrawFn) -> BorrowToken:
         feature=draw(_NAME),
         license_id=draw(_NAME),
         client_id=draw(
-            st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f"), min_size=1)
+            st.text(st.characters(min_codepoint=0x20, exclude_categories=("Cc", "Cs")), min_size=1)
         ),
         instance_id=draw(st.binary(min_size=16, max_size=16)).hex(),
         machine=machine_digest(draw(st.text(min_size=1, max_size=40))),

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from cryptography import x509
 
@@ -53,7 +53,6 @@ from meterbox.ledger import (
     TpmReenrolled,
     TpmRollback,
 )
-from meterbox.ledger._findings import Severity
 from meterbox.tpm import (
     TpmFinding,
     TpmPins,
@@ -240,7 +239,7 @@ class TpmReportCheck:
         """tpm.ek.*: judged only when the vendor configured manufacturer CAs."""
         if not self.ek_roots or verified.ek_certified is True:
             return []
-        severity: Severity = "critical" if self.required else "warning"
+        severity: Literal["critical", "warning"] = "critical" if self.required else "warning"
         consequence = (
             "a license requires a TPM, so the report is rejected"
             if self.required
