@@ -137,15 +137,23 @@ def _settle(url: str, book: Ledger) -> None:
             assert c.post("/v1/seats/release", json={"lease_id": lease_id}).status_code == 200
         book.unreleased.clear()
         book.holding.clear()
-        for client in sorted(book.unsure):
-            # A checkout granted but never answered renews here, then is released.
-            r = c.post("/v1/seats/checkout", json={"feature": "cad", "client_id": client})
-            assert r.status_code == 200, r.text
-            lease_id = r.json()["lease_id"]
-            _grant(book, client, lease_id)
-            book.holding.pop(client)
-            assert c.post("/v1/seats/release", json={"lease_id": lease_id}).status_code == 200
-            book.unreleased.pop(client)
+        # A checkout granted but never answered renews here, then is released. Those
+        # granted may hold every seat while another unsure client was not granted: it
+        # gets its seat once they are released, so go round until all are settled.
+        waiting = sorted(book.unsure)
+        for _ in range(SEATS + OVERDRAFT + 1):
+            for client in list(waiting):
+                r = c.post("/v1/seats/checkout", json={"feature": "cad", "client_id": client})
+                if r.status_code == 409:
+                    continue
+                assert r.status_code == 200, r.text
+                lease_id = r.json()["lease_id"]
+                _grant(book, client, lease_id)
+                book.holding.pop(client)
+                assert c.post("/v1/seats/release", json={"lease_id": lease_id}).status_code == 200
+                book.unreleased.pop(client)
+                waiting.remove(client)
+        assert not waiting, f"no seat for {waiting} after every other lease was released"
         book.unsure.clear()
 
 
