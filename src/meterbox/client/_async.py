@@ -328,20 +328,12 @@ class AsyncClient:
 
     async def return_borrow(self, feature: str, *, machine_code: str | None = None) -> bool:
         """Give a borrowed seat back early; its token is deleted (as ``Client.return_borrow``)."""
-        from meterbox.client._borrow import lease_id_of, parse_returned, return_request
         from meterbox.client._borrow import machine_code as local_code
+        from meterbox.client._borrow import parse_returned, return_for
 
         store = self._borrow_store()
-        data = store.load(feature)
-        if data is None:
-            raise BadRequestError(
-                f"No borrowed seat of {feature!r} on this machine",
-                expected=f"a borrow token in {store.directory}",
-                found="none",
-                hint="Borrow a seat first, or check the feature name",
-            )
-        reply = await self._call(return_request(lease_id_of(data), machine_code or local_code()))
-        returned = parse_returned(reply)
+        req = return_for(store, feature, machine_code or local_code())
+        returned = parse_returned(await self._call(req))
         store.forget(feature)
         return returned
 

@@ -124,6 +124,19 @@ def return_request(lease_id: str, code: str) -> Request:
     )
 
 
+def return_for(store: BorrowStore, feature: str, code: str) -> Request:
+    """The request that gives back the borrow of ``feature`` kept in ``store``."""
+    data = store.load(feature)
+    if data is None:
+        raise BadRequestError(
+            f"No borrowed seat of {feature!r} on this machine",
+            expected=f"a borrow token in {store.directory}",
+            found="none",
+            hint="Borrow a seat first, or check the feature name",
+        )
+    return return_request(lease_id_of(data), code)
+
+
 def public_key(raw_or_b64: bytes | str) -> tuple[Ed25519PublicKey, bytes]:
     """An instance key given as 32 raw bytes or their base64; also its raw bytes."""
     raw = crypto.b64d(raw_or_b64, "instance key") if isinstance(raw_or_b64, str) else raw_or_b64
