@@ -131,8 +131,9 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
         'data = "srv"\nhost = "0.0.0.0"\nport = 9443\ntls_cert = "c.pem"\n'
         'tls_key = "k.pem"\nlog_level = "debug"\nforce_recover = true\nlog_format = "text"\n'
         'activity_log = "act.jsonl"\napi_keys = "required"\n'
-        'cluster = "etcd://127.0.0.1:2379,127.0.0.2:2379"\n'
+        'cluster = "etcds://127.0.0.1:2379,127.0.0.2:2379"\n'
         'advertise_url = "https://lic1.example:8443"\n'
+        'cluster_ca = "etcd-ca.pem"\ncluster_cert = "node.pem"\ncluster_key = "node-key.pem"\n'
     )
     result = runner.invoke(app, ["server", "config", "--config", str(conf), "--json"])
     assert result.exit_code == 0, result.output
@@ -147,6 +148,15 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
     assert doc["advertise_url"] == {
         "value": "https://lic1.example:8443",
         "source": f"file {conf}:12",
+    }
+    assert doc["cluster"]["value"] == "etcds://127.0.0.1:2379,127.0.0.2:2379"
+    assert doc["cluster_ca"] == {
+        "value": str(tmp_path / "etcd-ca.pem"),
+        "source": f"file {conf}:13",
+    }
+    assert doc["cluster_key"] == {
+        "value": str(tmp_path / "node-key.pem"),
+        "source": f"file {conf}:15",
     }
     assert {v["source"].split(":")[0] for v in doc.values()} == {f"file {conf}"}
 

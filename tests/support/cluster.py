@@ -79,8 +79,13 @@ class ClusterNode(ServerProcess):
     def __init__(self, site: Data, root: Path, etcd: EtcdCluster, etcd_members: Sequence[int]):
         super().__init__(site.data, root / f"{site.data.name}.log")
         self.site = site
-        cluster = "etcd://" + ",".join(etcd.members[i].endpoint for i in etcd_members)
+        scheme = "etcds://" if etcd.tls else "etcd://"
+        cluster = scheme + ",".join(etcd.members[i].endpoint for i in etcd_members)
         self.args = ("--cluster", cluster, "--advertise-url", self.url)
+        if etcd.tls is not None:
+            tls = etcd.tls
+            self.args += ("--cluster-ca", str(tls.ca), "--cluster-cert", str(tls.client_cert),
+                          "--cluster-key", str(tls.client_key))  # fmt: skip
 
     def export(self) -> list[Record]:
         r = httpx.post(

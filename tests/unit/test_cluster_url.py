@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meterbox.errors import ConfigError
-from meterbox.server._cluster import Endpoint, format_cluster_url, parse_cluster_url
+from meterbox.server._cluster import (
+    Endpoint,
+    format_cluster_url,
+    parse_cluster_url,
+    uses_tls,
+)
 from meterbox.server._config import load
 
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
@@ -21,10 +26,12 @@ _host = st.one_of(
 _endpoint = st.builds(Endpoint, _host, st.integers(1, 65535))
 
 
-@given(st.lists(_endpoint, min_size=1, max_size=15, unique=True))
-def test_endpoint_lists_round_trip(endpoints: list[Endpoint]) -> None:
-    text = format_cluster_url(tuple(endpoints))
+@given(st.lists(_endpoint, min_size=1, max_size=15, unique=True), st.booleans())
+def test_endpoint_lists_round_trip(endpoints: list[Endpoint], tls: bool) -> None:
+    text = format_cluster_url(tuple(endpoints), tls=tls)
+    assert text.startswith("etcds://" if tls else "etcd://")
     assert parse_cluster_url(text) == tuple(endpoints)
+    assert uses_tls(text) is tls
 
 
 def test_the_default_port_is_etcd_s() -> None:
@@ -34,7 +41,10 @@ def test_the_default_port_is_etcd_s() -> None:
 @pytest.mark.parametrize(
     ("value", "found"),
     [
-        ("http://h1:2379", "does not start with etcd://"),
+        ("http://h1:2379", "does not start with etcd:// or etcds://"),
+        ("etcds://", "no endpoint after etcds://"),
+        ("etcdss://h1", "does not start with"),
+        ("https://h1:2379", "does not start with"),
         ("etcd://", "no endpoint"),
         ("etcd://h1:2379/v3", "a path"),
         ("etcd://user@h1", "a path, query, user"),
@@ -56,13 +66,15 @@ def test_a_bad_value_says_what_was_expected_and_found(value: str, found: str) ->
     assert found in str(exc.value)
 
 
-@given(st.text(max_size=60))
+@given(st.one_of(st.text(max_size=60), st.text(max_size=60).map("etcds://".__add__)))
 def test_any_text_parses_or_raises_config_error(value: str) -> None:
     try:
         endpoints = parse_cluster_url(value)
     except ConfigError:
         return
-    assert endpoints and parse_cluster_url(format_cluster_url(endpoints)) == endpoints
+    again = format_cluster_url(endpoints, tls=uses_tls(value))
+    assert endpoints and parse_cluster_url(again) == endpoints
+    assert uses_tls(again) == value.startswith("etcds://")
 
 
 def test_cluster_and_advertise_url_come_from_flags_env_and_file(
@@ -79,6 +91,12 @@ def test_cluster_and_advertise_url_come_from_flags_env_and_file(
     assert env.config.cluster == "etcd://c:2379"
     assert env.sources["cluster"] == "env METERBOX_CLUSTER"
     assert env.config.base_url() == "http://127.0.0.1:8080"
+    monkeypatch.setenv("METERBOX_CLUSTER", "etcds://c,d:2380")
+    monkeypatch.setenv("METERBOX_CLUSTER_CA", "/etc/meterbox/etcd-ca.pem")
+    tls = load({"data": tmp_path}, None)
+    assert tls.config.cluster == "etcds://c:2379,d:2380"
+    assert tls.config.cluster_ca == Path("/etc/meterbox/etcd-ca.pem")
+    assert tls.sources["cluster_ca"] == "env METERBOX_CLUSTER_CA"
 
 
 @pytest.mark.parametrize(

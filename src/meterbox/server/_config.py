@@ -87,8 +87,15 @@ class ServerConfig(BaseSettings):
     cluster: str | None = Field(
         None,
         description="Share seats with other servers through etcd: "
-        "etcd://host:port,host:port,... (unset: a single server).",
+        "etcd://host:port,host:port,... or etcds://... for TLS (unset: a single server).",
     )
+    cluster_ca: Path | None = Field(
+        None, description="PEM CA bundle that signed the etcd members' certificates (etcds://)."
+    )
+    cluster_cert: Path | None = Field(
+        None, description="PEM client certificate this node presents to etcd (etcds://)."
+    )
+    cluster_key: Path | None = Field(None, description="PEM private key of cluster_cert.")
     advertise_url: str | None = Field(
         None,
         description="The base URL other nodes and clients reach this server at "
@@ -100,10 +107,10 @@ class ServerConfig(BaseSettings):
     def _check_cluster(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        from meterbox.server._cluster import format_cluster_url, parse_cluster_url
+        from meterbox.server._cluster import format_cluster_url, parse_cluster_url, uses_tls
 
         try:
-            return format_cluster_url(parse_cluster_url(value))
+            return format_cluster_url(parse_cluster_url(value), tls=uses_tls(value))
         except MeterboxError as exc:
             raise ValueError(exc.render()) from None
 
@@ -221,7 +228,8 @@ def read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
                 hint=f"did you mean {near[0]!r}?" if near else "remove or rename the key",
             )
     base = path.parent
-    for key in ("data", "tls_cert", "tls_key", "activity_log"):
+    for key in ("data", "tls_cert", "tls_key", "activity_log", "cluster_ca", "cluster_cert",
+                "cluster_key"):  # fmt: skip
         if isinstance(values.get(key), str):
             values[key] = str(base / Path(values[key]).expanduser())
     return values, lines

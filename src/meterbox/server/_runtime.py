@@ -62,6 +62,7 @@ def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
     activity_log: Path | None = None,
     cluster: str | None = None,
     advertise_url: str = "",
+    cluster_tls: tuple[Path | None, Path | None, Path | None] = (None, None, None),
 ) -> BuiltServer:
     """The app serving ``data``; ``sleep`` paces the housekeeping loop (see LicenseService).
 
@@ -69,8 +70,12 @@ def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
     (``server run`` sets it whenever it listens beyond loopback); ``activity_log`` is
     the admin's activity log file (default ``DATA/activity.jsonl``); ``cluster`` is
     ``etcd://...`` to share seats with other nodes (docs/adr/0024), ``advertise_url``
-    this node's base URL as ``GET /v1/cluster`` lists it.
+    this node's base URL as ``GET /v1/cluster`` lists it, ``cluster_tls`` the CA bundle,
+    client certificate and key for ``etcds://`` (docs/adr/0035). The cluster settings
+    are checked, and etcd asked, before the ledger is opened.
     """
+    ca, cert, key = cluster_tls
+    coordinator = coordinator_for(cluster, url=advertise_url, ca=ca, cert=cert, key=key)
     keys = KeyStore.open(data)
     options = read_options(data)  # a bad options file refuses the start, before the ledger
     instance = ServerInstance.open(
@@ -78,7 +83,7 @@ def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
     )
 
     instance.service.engine.options = options
-    instance.service.cluster = coordinator_for(cluster, url=advertise_url)
+    instance.service.cluster = coordinator
     activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
     instance.service.activity = activity
     _note_licenses(instance.service)

@@ -187,6 +187,23 @@ ClusterOpt = Annotated[
                  "etcd://host:port,host:port,... [default: a single server; "
                  "env METERBOX_CLUSTER]"),
 ]  # fmt: skip
+ClusterCaOpt = Annotated[
+    Path | None,
+    typer.Option("--cluster-ca", metavar="PEM", show_default=False,
+                 help="CA bundle that signed the etcd members' certificates "
+                 "(etcds:// only). [env METERBOX_CLUSTER_CA]"),
+]  # fmt: skip
+ClusterCertOpt = Annotated[
+    Path | None,
+    typer.Option("--cluster-cert", metavar="PEM", show_default=False,
+                 help="Client certificate this node presents to etcd (etcds:// only). "
+                 "[env METERBOX_CLUSTER_CERT]"),
+]  # fmt: skip
+ClusterKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--cluster-key", metavar="PEM", show_default=False,
+                 help="Private key of --cluster-cert. [env METERBOX_CLUSTER_KEY]"),
+]  # fmt: skip
 AdvertiseUrlOpt = Annotated[
     str | None,
     typer.Option("--advertise-url", metavar="URL", show_default=False,
@@ -283,6 +300,9 @@ def run(
     force_recover: ForceRecoverOpt = None,
     api_keys: ApiKeysOpt = None,
     cluster: ClusterOpt = None,
+    cluster_ca: ClusterCaOpt = None,
+    cluster_cert: ClusterCertOpt = None,
+    cluster_key: ClusterKeyOpt = None,
     advertise_url: AdvertiseUrlOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
@@ -297,6 +317,9 @@ def run(
         "force_recover": force_recover,
         "api_keys": api_keys,
         "cluster": cluster,
+        "cluster_ca": cluster_ca,
+        "cluster_cert": cluster_cert,
+        "cluster_key": cluster_key,
         "advertise_url": advertise_url,
     }
     conf = _load_config(flags, config).config
@@ -332,6 +355,7 @@ def _serve(conf: Any) -> None:
             activity_log=conf.activity_log,
             cluster=conf.cluster,
             advertise_url=conf.base_url(),
+            cluster_tls=(conf.cluster_ca, conf.cluster_cert, conf.cluster_key),
         )
     scheme = "https" if conf.tls_cert else "http"
     # Said on every start, as a log record (so JSON logs stay JSON) at a level the

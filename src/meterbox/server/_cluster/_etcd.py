@@ -8,19 +8,36 @@ whatever the cause, the caller cannot vouch for a grant.
 
 Calls are blocking (``requests``); the coordinator runs them in worker threads, so
 each thread gets its own HTTP sessions.
+
+TLS (``etcds://``, docs/adr/0035): each session verifies the members' certificates
+against the configured CA bundle (host name checked) and presents the client
+certificate. The sessions ignore the environment (``trust_env = False``): with it,
+``requests`` lets ``REQUESTS_CA_BUNDLE`` override the session's CA bundle and
+``HTTPS_PROXY`` route etcd traffic through a proxy. :meth:`Etcd.probe` asks every
+member once at start-up and raises :class:`~meterbox.errors.ConfigError` for a
+certificate or protocol mismatch, so a misconfigured node refuses to start instead
+of running without quorum.
+
+Every call's duration is recorded per operation (:class:`CallTimes`) for
+``meterbox_cluster_etcd_request_seconds``.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import etcd3gw
+import requests
 from etcd3gw import exceptions as etcd_exceptions
 
+from meterbox.errors import ConfigError
+from meterbox.server._cluster._tls import EtcdTls
 from meterbox.server._cluster._url import Endpoint
 
 #: etcd 3.4 serves its gateway under /v3/ (and the older /v3beta/).
@@ -29,6 +46,111 @@ API_PATH = "/v3/"
 
 class EtcdDown(Exception):
     """No endpoint gave a usable answer; ``str()`` says what the last one did."""
+
+
+#: Upper bounds (seconds) of the request-time histogram's buckets; +Inf is implied.
+BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class CallTimes:
+    """Cumulative histogram of call durations per operation (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, operation: str, seconds: float) -> None:
+        with self._lock:
+            counts = self._counts.setdefault(operation, [0] * (len(BUCKETS) + 1))
+            counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+            self._sums[operation] = self._sums.get(operation, 0.0) + seconds
+
+    def snapshot(self) -> dict[str, tuple[list[int], float]]:
+        """operation -> (cumulative counts per bucket including +Inf, sum of seconds)."""
+        with self._lock:
+            out = {}
+            for op, counts in self._counts.items():
+                cumulative, total = [], 0
+                for c in counts:
+                    total += c
+                    cumulative.append(total)
+                out[op] = (cumulative, self._sums[op])
+            return out
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The ``requests`` error etcd3gw re-raised as its own (it keeps it as context)."""
+    return exc.__cause__ or exc.__context__
+
+
+def _tls_failure(endpoint: Endpoint, detail: str, tls: EtcdTls | None) -> ConfigError:
+    if tls is None:
+        return ConfigError(
+            f"etcd member {endpoint} closed the connection before answering",
+            expected="an etcd member serving plain HTTP on its client URL (etcd://)",
+            found=detail[:300],
+            hint="if etcd serves TLS (--cert-file), write the cluster URL as etcds://... "
+            "and set cluster_ca, cluster_cert and cluster_key",
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        if "Hostname mismatch" in detail or "IP address mismatch" in detail:
+            expected = f"a certificate for {endpoint.host} (in its subject alternative names)"
+            hint = (
+                "list the members by the names or addresses their certificates carry, "
+                "or reissue the member certificates with this name"
+            )
+        else:
+            expected = f"a server certificate signed by a CA in {tls.ca}"
+            hint = (
+                "set cluster_ca to the CA that signed the etcd members' --cert-file "
+                "(etcd's --trusted-ca-file)"
+            )
+        return ConfigError(
+            f"etcd member {endpoint} presented a certificate this node does not trust",
+            expected=expected,
+            found=detail[:300],
+            hint=hint,
+        )
+    if "WRONG_VERSION_NUMBER" in detail or "wrong version number" in detail:
+        return ConfigError(
+            f"etcd member {endpoint} does not speak TLS",
+            expected="an etcd member serving TLS on its client URL (etcds://)",
+            found=detail[:300],
+            hint="write the cluster URL as etcd://... for a plain-HTTP etcd, or give the "
+            "member --cert-file and --key-file",
+        )
+    return ConfigError(
+        f"etcd member {endpoint} refused this node's TLS connection",
+        expected=(
+            f"a client certificate signed by a CA etcd trusts (cluster_cert {tls.cert})"
+            if tls.cert
+            else "a client certificate (etcd runs with --client-cert-auth)"
+        ),
+        found=detail[:300],
+        hint="set cluster_cert and cluster_key to a client certificate signed by etcd's "
+        "--trusted-ca-file CA",
+    )
+
+
+#: What a plain-HTTP request to a TLS port ends in (etcd closes or answers 400).
+_CLOSED: Final = (
+    "RemoteDisconnected",
+    "Connection aborted",
+    "BadStatusLine",
+    "HTTP request to an HTTPS server",
+)
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """(kind, detail) of a failed call: ``tls``, ``closed`` or ``down``."""
+    cause = _cause(exc)
+    detail = str(cause) if cause is not None else str(exc)
+    if isinstance(cause, requests.exceptions.SSLError):
+        return "tls", detail
+    if any(s in detail for s in _CLOSED):
+        return "closed", detail
+    return "down", detail
 
 
 def b64(data: str | bytes) -> str:
@@ -69,28 +191,78 @@ def _kv(obj: dict[str, Any]) -> KV:
 class Etcd:
     """Several etcd members; see the module docstring."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], *, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        timeout: float = 1.0,
+        tls: EtcdTls | None = None,
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint")
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self.tls = tls
+        self.times = CallTimes()
         self._current = 0
         self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # see the module docstring
+        if self.tls is not None:
+            session.verify = str(self.tls.ca)
+            session.cert = self.tls.client_cert
+        return session
+
+    def _client(self, e: Endpoint) -> etcd3gw.Etcd3Client:
+        return etcd3gw.Etcd3Client(
+            host=e.host,
+            port=e.port,
+            protocol="https" if self.tls else "http",
+            timeout=self.timeout,
+            api_path=API_PATH,
+            session=self._session(),
+        )
 
     def _clients(self) -> list[etcd3gw.Etcd3Client]:
         clients: list[etcd3gw.Etcd3Client] | None = getattr(self._local, "clients", None)
         if clients is None:
-            clients = [
-                etcd3gw.Etcd3Client(
-                    host=e.host, port=e.port, timeout=self.timeout, api_path=API_PATH
-                )
-                for e in self.endpoints
-            ]
+            clients = [self._client(e) for e in self.endpoints]
             self._local.clients = clients
         return clients
 
+    def probe(self) -> dict[Endpoint, str | None]:
+        """Ask every member once: endpoint -> None (answered) or why it did not.
+
+        A member that is down is only reported (the node starts without quorum and
+        waits); a certificate or protocol mismatch raises :class:`ConfigError`.
+        """
+        out: dict[Endpoint, str | None] = {}
+        for endpoint in self.endpoints:
+            client = self._client(endpoint)
+            try:
+                client.post(client.get_url("maintenance/status"), json={})
+            except etcd_exceptions.Etcd3Exception as exc:
+                kind, detail = _failure(exc)
+                if kind in ("tls", "closed"):
+                    raise _tls_failure(endpoint, detail, self.tls) from None
+                out[endpoint] = detail[:300] or type(exc).__name__
+            else:
+                out[endpoint] = None
+            finally:
+                client.session.close()
+        return out
+
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers."""
+        began = time.perf_counter()
+        try:
+            return self._call(path, body)
+        finally:
+            self.times.observe(path, time.perf_counter() - began)
+
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         clients = self._clients()
         last = "no endpoint tried"
         start = self._current
@@ -103,7 +275,9 @@ class Etcd:
                 etcd_exceptions.ConnectionFailedError,
                 etcd_exceptions.ConnectionTimeoutError,
             ) as exc:
-                last = f"{self.endpoints[index]}: {type(exc).__name__}"
+                kind, detail = _failure(exc)
+                why = f"TLS: {detail[:200]}" if kind == "tls" else type(exc).__name__
+                last = f"{self.endpoints[index]}: {why}"
                 continue
             except etcd_exceptions.Etcd3Exception as exc:
                 # etcd answered with an error (e.g. no leader): another member may do better.

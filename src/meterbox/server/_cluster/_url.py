@@ -1,12 +1,14 @@
-"""The ``--cluster`` value: ``etcd://host:port,host:port,...`` (pure parsing, no I/O).
+"""The ``--cluster`` value: ``etcd[s]://host:port,host:port,...`` (pure parsing, no I/O).
 
-Grammar (docs/adr/0024)::
+Grammar (docs/adr/0024, docs/adr/0035)::
 
-    cluster  = "etcd://" endpoint *("," endpoint)
+    cluster  = ("etcd://" / "etcds://") endpoint *("," endpoint)
     endpoint = host [":" port]          ; port 1..65535, default 2379
     host     = DNS name | IPv4 | "[" IPv6 "]"
 
 At most :data:`MAX_ENDPOINTS` endpoints; no path, user, query or duplicates.
+``etcds://`` speaks HTTPS to every member (verified server certificates, optionally a
+client certificate); ``etcd://`` plain HTTP. One list never mixes the two.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Final
 from meterbox.errors import ConfigError
 
 SCHEME: Final = "etcd://"
+TLS_SCHEME: Final = "etcds://"
 DEFAULT_PORT: Final = 2379
 MAX_ENDPOINTS: Final = 15
 _NAME = re.compile(
@@ -40,7 +43,7 @@ class Endpoint:
 def _bad(found: str) -> ConfigError:
     return ConfigError(
         "The cluster setting is not an etcd endpoint list",
-        expected=f"etcd://host:port[,host:port...], e.g. {_EXAMPLE}",
+        expected=f"etcd://host:port[,host:port...] (or etcds:// for TLS), e.g. {_EXAMPLE}",
         found=found,
         hint="Set --cluster, the TOML key cluster or METERBOX_CLUSTER to the etcd "
         "members' client addresses; leave it unset for a single server",
@@ -71,13 +74,22 @@ def _endpoint(text: str) -> Endpoint:
     return Endpoint(host, int(port_text))
 
 
+def uses_tls(value: str) -> bool:
+    """Whether a cluster value (already parsed once) asks for TLS: ``etcds://``."""
+    return value.startswith(TLS_SCHEME)
+
+
 def parse_cluster_url(value: str) -> tuple[Endpoint, ...]:
     """The endpoints of ``value``; :class:`ConfigError` naming what is wrong otherwise."""
-    if not value.startswith(SCHEME):
-        raise _bad(f"{value[:80]!r} (does not start with {SCHEME})")
-    body = value[len(SCHEME) :]
+    if value.startswith(TLS_SCHEME):
+        scheme = TLS_SCHEME
+    elif value.startswith(SCHEME):
+        scheme = SCHEME
+    else:
+        raise _bad(f"{value[:80]!r} (does not start with {SCHEME} or {TLS_SCHEME})")
+    body = value[len(scheme) :]
     if not body:
-        raise _bad("no endpoint after etcd://")
+        raise _bad(f"no endpoint after {scheme}")
     if any(c in body for c in "/?#@ "):
         raise _bad(f"{body[:80]!r} (a path, query, user or space; only host:port is allowed)")
     parts = body.split(",")
@@ -89,5 +101,5 @@ def parse_cluster_url(value: str) -> tuple[Endpoint, ...]:
     return endpoints
 
 
-def format_cluster_url(endpoints: tuple[Endpoint, ...]) -> str:
-    return SCHEME + ",".join(str(e) for e in endpoints)
+def format_cluster_url(endpoints: tuple[Endpoint, ...], *, tls: bool = False) -> str:
+    return (TLS_SCHEME if tls else SCHEME) + ",".join(str(e) for e in endpoints)
