@@ -66,6 +66,8 @@ def test_metrics_parse_with_the_right_types_names_and_values(server: ServerProce
     assert build.labels["version"] == __version__
     assert samples["process_resident_memory_bytes", ()] > 0
     assert "python_info" in families
+    # A single server has no cluster to report on.
+    assert not [n for n in families if n.startswith("meterbox_cluster_")]
 
     for name, family in families.items():
         if not name.startswith("meterbox_"):

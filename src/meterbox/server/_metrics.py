@@ -26,11 +26,17 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from meterbox import __version__
+from meterbox.server._cluster import ClusterStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,8 @@ class Snapshot:
     report_overdue: bool
     peaks: Mapping[tuple[str, datetime], int]
     now: datetime
+    #: A cluster node's etcd view; None for a single server (no meterbox_cluster_*).
+    cluster: ClusterStats | None = None
 
 
 def _gauge(name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
@@ -118,7 +126,47 @@ def families(snap: Snapshot) -> list[Metric]:
             value=int(snap.report_overdue),
         )
     )
+    if snap.cluster is not None:
+        out += cluster_families(snap.cluster)
     return out
+
+
+def cluster_families(stats: ClusterStats) -> list[Metric]:
+    """``meterbox_cluster_*`` of one node (pure; docs/api.md)."""
+    requests = HistogramMetricFamily(
+        "meterbox_cluster_etcd_request_seconds",
+        "Duration of this node's etcd calls, failover to other members included.",
+        labels=["operation"],
+    )
+    for op, (counts, total) in sorted(stats.etcd_seconds.items()):
+        bounds = [repr(b) for b in stats.buckets] + ["+Inf"]
+        requests.add_metric([op], list(zip(bounds, counts, strict=True)), total)
+    held = _gauge(
+        "meterbox_cluster_seats_held",
+        "Seats held in etcd by all nodes per license and feature (counted every 5 s).",
+        ["license", "feature"],
+    )
+    for (lic, feature), n in sorted(stats.seats_held.items()):
+        held.add_metric([lic, feature], n)
+    return [
+        GaugeMetricFamily(
+            "meterbox_cluster_quorum",
+            "1 while this node reaches etcd quorum (it grants seats and usage), else 0.",
+            value=int(stats.quorum),
+        ),
+        GaugeMetricFamily(
+            "meterbox_cluster_members",
+            "Nodes seen alive in the last membership read (0 without quorum).",
+            value=stats.members,
+        ),
+        CounterMetricFamily(
+            "meterbox_cluster_quorum_lost",
+            "Times this node lost etcd quorum since it started.",
+            value=stats.quorum_lost_total,
+        ),
+        requests,
+        held,
+    ]
 
 
 class _ServerCollector(Collector):

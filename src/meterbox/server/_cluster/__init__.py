@@ -11,6 +11,7 @@ from pathlib import Path
 from meterbox.server._cluster._coordinator import RETRY_AFTER_S, EtcdCoordinator
 from meterbox.server._cluster._etcd import Etcd
 from meterbox.server._cluster._protocol import (
+    ClusterStats,
     ClusterUnavailableError,
     ClusterView,
     Coordinator,
@@ -58,6 +59,7 @@ def coordinator_for(
 
 __all__ = [
     "RETRY_AFTER_S",
+    "ClusterStats",
     "ClusterUnavailableError",
     "ClusterView",
     "Coordinator",

@@ -33,8 +33,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from meterbox.errors import LeaseNotFound, NoSeatAvailable
-from meterbox.server._cluster._etcd import Etcd, EtcdDown
+from meterbox.server._cluster._etcd import BUCKETS, Etcd, EtcdDown
 from meterbox.server._cluster._protocol import (
+    ClusterStats,
     ClusterUnavailableError,
     ClusterView,
     Member,
@@ -54,6 +55,8 @@ TICK_S = 0.5
 SESSION_TTL_S = 3
 #: Retry-After of a 503 answered for lack of quorum.
 RETRY_AFTER_S = 1
+#: Ticks between counts of the seats held cluster-wide (one keys-only read per license).
+SEAT_COUNT_TICKS = 10
 #: Transaction attempts for one checkout before the node answers 503 (contention).
 MAX_CLAIM_ROUNDS = 8
 
@@ -111,6 +114,10 @@ class EtcdCoordinator:
         self.on_quorum: QuorumListener | None = None
         self.cluster_id: str | None = None
         self.counters = {"claims": 0, "claim_conflicts": 0, "quorum_losses": 0}
+        #: node -> monotonic time this node last saw it alive in etcd.
+        self._seen: dict[str, float] = {}
+        self._beats = 0
+        self._seats_held: dict[tuple[str, str], int] = {}
 
     # ---------------------------------------------------------------- protocol
     @property
@@ -122,7 +129,11 @@ class EtcdCoordinator:
         return True
 
     def view(self) -> ClusterView:
-        members = self._members or (Member(self.node, self.url, self._quorum),)
+        now = time.monotonic()
+        members = tuple(
+            replace(m, seen_ago_s=now - self._seen[m.node] if m.node in self._seen else None)
+            for m in self._members or (Member(self.node, self.url, self._quorum),)
+        )
         return ClusterView(
             mode="etcd",
             node=self.node,
@@ -135,6 +146,16 @@ class EtcdCoordinator:
                 "seats_held": len(self._held),
                 "cluster_id": self.cluster_id,
             },
+        )
+
+    def stats(self) -> ClusterStats:
+        return ClusterStats(
+            quorum=self._quorum,
+            members=sum(1 for m in self._members if m.alive) if self._quorum else 0,
+            quorum_lost_total=self.counters["quorum_losses"],
+            etcd_seconds=self.etcd.times.snapshot(),
+            buckets=BUCKETS,
+            seats_held=dict(self._seats_held),
         )
 
     def on_quorum_change(self, listener: QuorumListener) -> None:
@@ -308,6 +329,10 @@ class EtcdCoordinator:
             self._lost(f"{type(exc).__name__}: {exc}")
         else:
             self._members = members
+            now = time.monotonic()
+            for m in members:
+                if m.alive:
+                    self._seen[m.node] = now
             self._regained()
 
     def _beat(self) -> tuple[Member, ...]:
@@ -333,7 +358,20 @@ class EtcdCoordinator:
                     doc = json.loads(kv.value)
                     known.setdefault(str(doc["node"]), str(doc["url"]))
         alive.add(self.node)
+        if self._beats % SEAT_COUNT_TICKS == 0:
+            self._seats_held = self._count_seats()
+        self._beats += 1
         return tuple(Member(n, known[n], n in alive) for n in sorted(known))
+
+    def _count_seats(self) -> dict[tuple[str, str], int]:
+        """Slot keys held per (license, feature) by every node: one keys-only read each."""
+        held: dict[tuple[str, str], int] = {}
+        for lic in self.license_ids:
+            prefix = f"{ROOT}{_seg(lic)}/seats/"
+            for kv in self.etcd.range_prefix(prefix, keys_only=True):
+                feature = urllib.parse.unquote(kv.key[len(prefix) :].split("/", 1)[0])
+                held[lic, feature] = held.get((lic, feature), 0) + 1
+        return held
 
 
 def _no_shared_seat(lease: SeatLease) -> LeaseNotFound:

@@ -31,6 +31,7 @@ QuorumListener = Callable[[bool, str | None], None]
 
 __all__ = [
     "ClusterUnavailableError",
+    "ClusterStats",
     "ClusterView",
     "Coordinator",
     "Member",
@@ -54,9 +55,29 @@ class Member:
     node: str
     url: str
     alive: bool = True
+    #: Seconds since this node last saw the member alive; None if it never did.
+    seen_ago_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "url": self.url, "alive": self.alive}
+        out: dict[str, Any] = {"node": self.node, "url": self.url, "alive": self.alive}
+        if self.seen_ago_s is not None:
+            out["seen_ago_s"] = round(self.seen_ago_s, 1)
+        return out
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """What ``/metrics`` reports of a cluster node (docs/api.md, meterbox_cluster_*)."""
+
+    quorum: bool
+    #: Members seen alive in the last membership read (this node included).
+    members: int
+    quorum_lost_total: int
+    #: etcd operation -> (cumulative counts per bucket of ``buckets`` and +Inf, seconds).
+    etcd_seconds: dict[str, tuple[list[int], float]]
+    buckets: tuple[float, ...]
+    #: (license, feature) -> slot keys held in etcd by all nodes, at the last count.
+    seats_held: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,10 @@ class Coordinator(Protocol):
         ...
 
     def view(self) -> ClusterView: ...
+
+    def stats(self) -> ClusterStats | None:
+        """The node's cluster metrics; None for a single server (no cluster metrics)."""
+        ...
 
     def on_quorum_change(self, listener: QuorumListener) -> None:
         """Have ``listener`` called (in the event loop) whenever quorum is lost or regained."""
@@ -158,6 +183,9 @@ class SingleNode:
         return ClusterView(
             mode="single", node=self.node, members=(Member(self.node, self.url),), quorum=True
         )
+
+    def stats(self) -> ClusterStats | None:
+        return None
 
     def on_quorum_change(self, listener: QuorumListener) -> None:
         return None  # a single server never loses quorum
