@@ -39,7 +39,7 @@ from meterbox._web import dashboard_loader, dashboard_static
 from meterbox.errors import MeterboxError
 from meterbox.server._dashboard._auth import COOKIE, Session, Sessions, csrf_ok
 from meterbox.server._dashboard._history import HISTORY_DB, UsageHistory
-from meterbox.server._dashboard._views import seats_context, site_context
+from meterbox.server._dashboard._views import cluster_context, seats_context, site_context
 from meterbox.server._instance import MAX_IMPORT_BYTES, ServerInstance, read_admin_token
 
 __all__ = ["SECURITY_HEADERS", "build_site_dashboard"]
@@ -181,6 +181,12 @@ class _SiteDashboard:
             csrf=session.csrf,
             **seats_context(self.instance, self.service.now()),
         )
+
+    async def cluster_fragment(self, request: Request) -> Response:
+        _, session = self.session_of(request)
+        if session is None:
+            return Response("session expired", status_code=401, headers=SECURITY_HEADERS)
+        return self.page("_cluster.html", **cluster_context(self.instance))
 
     async def login_form(self, request: Request) -> Response:
         _, session = self.session_of(request)
@@ -327,6 +333,7 @@ class _SiteDashboard:
                 Route("/login", self.login, methods=["POST"]),
                 Route("/logout", self.logout, methods=["POST"]),
                 Route("/ui/seats", self.seats_fragment, methods=["GET"]),
+                Route("/ui/cluster", self.cluster_fragment, methods=["GET"]),
                 Route("/ui/export", self.export, methods=["POST"]),
                 Route("/ui/import", self.import_, methods=["POST"]),
                 Route("/ui/remove", self.remove, methods=["POST"]),

@@ -92,6 +92,34 @@ def seats_context(instance: ServerInstance, now: datetime) -> dict[str, Any]:
     return {"features": features, "now": now, "total_in_use": sum(f["in_use"] for f in features)}
 
 
+def cluster_context(instance: ServerInstance) -> dict[str, Any]:
+    """The cluster panel (polled every 2 s); ``cluster`` is None for a single server."""
+    coordinator = instance.service.cluster
+    if not coordinator.shared:
+        return {"cluster": None}
+    view = coordinator.view()
+    members = [
+        {
+            "node": m.node,
+            "url": m.url,
+            "alive": m.alive,
+            "this": m.node == view.node,
+            "seen_ago_s": m.seen_ago_s,
+        }
+        for m in view.members
+    ]
+    return {
+        "cluster": {
+            "quorum": view.quorum,
+            "problem": view.problem,
+            "since_quorum_s": view.since_quorum_s,
+            "members": members,
+            "alive": sum(1 for m in members if m["alive"]),
+            "endpoints": view.extra.get("endpoints", []),
+        }
+    }
+
+
 def peaks_chart(instance: ServerInstance, now: datetime, hours: int = 24) -> list[dict[str, Any]]:
     """Peak concurrent seats per hour over the last ``hours`` hours, per feature."""
     peaks = instance.service.engine.seats.peaks
@@ -138,6 +166,7 @@ def site_context(instance: ServerInstance, history: UsageHistory) -> dict[str, A
         )
     return {
         **seats_context(instance, now),
+        **cluster_context(instance),
         "status": status,
         "meters": meters,
         "peaks": peaks_chart(instance, now),
