@@ -247,6 +247,14 @@ class Etcd:
                 kind, detail = _failure(exc)
                 if kind in ("tls", "closed"):
                     raise _tls_failure(endpoint, detail, self.tls) from None
+                if isinstance(exc, etcd_exceptions.Etcd3Exception) and "Not Found" in detail:
+                    raise ConfigError(
+                        f"etcd member {endpoint} does not serve its HTTP/JSON gateway",
+                        expected=f"answers under {API_PATH} (etcd's grpc-gateway)",
+                        found=f"404 {detail[:200]}",
+                        hint="add 'enable-grpc-gateway: true' to the member's config file "
+                        "(etcd 3.4 enables it by default only on the command line)",
+                    ) from None
                 out[endpoint] = detail[:300] or type(exc).__name__
             else:
                 out[endpoint] = None
