@@ -19,7 +19,7 @@ import pytest
 from meterbox.errors import ConfigError
 from meterbox.server._cluster import Etcd, etcd_tls, parse_cluster_url
 from meterbox.server._config import load
-from support.etcd import ETCD_BINARY, EtcdTls, _free_ports
+from support.etcd import ETCD_BINARY, EtcdTls, Pki, _free_ports
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,8 +62,12 @@ def _wait_answering(etcd: Etcd, proc: subprocess.Popen[bytes], log: Path) -> Non
         time.sleep(0.2)
 
 
-def _start(tmp_path: Path, *, gateway: bool = True) -> tuple[EtcdTls, int, subprocess.Popen[bytes]]:
-    tls = EtcdTls.create(tmp_path / "pki", ["node1"])
+def _start(
+    tmp_path: Path, *, gateway: bool = True, hosts: tuple[str, ...] = ("127.0.0.1",)
+) -> tuple[EtcdTls, int, subprocess.Popen[bytes]]:
+    pki = Pki.create(tmp_path / "pki")
+    cert, key = pki.issue("meterbox-node", server=False)
+    tls = EtcdTls(pki, {"node1": pki.issue("node1", server=True, hosts=hosts)}, cert, key)
     client, peer = _free_ports(2)
     conf = _member_config(tmp_path, tls, client, peer, gateway=gateway)
     with (tmp_path / "etcd.log").open("wb") as log:
@@ -120,3 +124,27 @@ def test_the_shipped_node_config_is_a_tls_cluster_configuration() -> None:
     assert conf.cluster_ca == Path("/etc/meterbox/site-ca.pem")
     assert conf.cluster_cert is not None and conf.cluster_key is not None
     assert loaded.sources["cluster_key"].startswith("file ")
+
+
+def test_a_member_certificate_for_another_name_refuses_the_node_s_start(tmp_path: Path) -> None:
+    # The member's certificate (from the right CA) names etcd1.example only; the node
+    # lists the member as 127.0.0.1, which the certificate does not carry.
+    tls, client, proc = _start(tmp_path, hosts=("etcd1.example",))
+    try:
+        good = etcd_tls(tls=True, ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
+        etcd = Etcd(parse_cluster_url(f"etcds://127.0.0.1:{client}"), timeout=2, tls=good)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                problems = etcd.probe()
+            except ConfigError as exc:
+                message = str(exc)
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, problems
+            time.sleep(0.2)
+        assert "presented a certificate this node does not trust" in message
+        assert "Expected a certificate for 127.0.0.1" in message
+        assert "IP address mismatch" in message
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -172,3 +172,20 @@ def test_a_missing_ca_file_refuses_the_start(
     )
     assert "The cluster_ca file cannot be read" in out, out
     assert "No such file or directory" in out, out
+
+
+def test_tls_to_a_plain_etcd_refuses_the_start(
+    tmp_path: Path, etcd_cluster: EtcdCluster, one_site: Data
+) -> None:
+    pki = Pki.create(tmp_path / "pki")
+    cert, key = pki.issue("node", server=False)
+    tls_url = etcd_cluster.cluster_url.replace("etcd://", "etcds://")
+    out = _refused_start(
+        one_site,
+        tmp_path / "tls-to-plain.log",
+        ["--cluster", tls_url, "--cluster-ca", str(pki.ca),
+         "--cluster-cert", str(cert), "--cluster-key", str(key)],
+    )  # fmt: skip
+    assert "does not speak TLS" in out, out
+    assert "the member answers plain HTTP" in out, out
+    assert "Write the cluster URL as etcd://" in out, out

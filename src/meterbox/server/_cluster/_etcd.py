@@ -84,7 +84,9 @@ def _cause(exc: BaseException) -> BaseException | None:
     return exc.__cause__ or exc.__context__
 
 
-def _tls_failure(endpoint: Endpoint, detail: str, tls: EtcdTls | None) -> ConfigError:
+def _tls_failure(
+    endpoint: Endpoint, detail: str, tls: EtcdTls | None, *, plain_port: bool = False
+) -> ConfigError:
     if tls is None:
         return ConfigError(
             f"etcd member {endpoint} closed the connection before answering",
@@ -112,7 +114,7 @@ def _tls_failure(endpoint: Endpoint, detail: str, tls: EtcdTls | None) -> Config
             found=detail[:300],
             hint=hint,
         )
-    if "WRONG_VERSION_NUMBER" in detail or "wrong version number" in detail:
+    if plain_port or "WRONG_VERSION_NUMBER" in detail or "wrong version number" in detail:
         return ConfigError(
             f"etcd member {endpoint} does not speak TLS",
             expected="an etcd member serving TLS on its client URL (etcds://)",
@@ -245,6 +247,11 @@ class Etcd:
                 client.post(client.get_url("maintenance/status"), json={})
             except etcd_exceptions.Etcd3Exception as exc:
                 kind, detail = _failure(exc)
+                if kind == "tls" and self._answers_plain(endpoint):
+                    # etcd closes a TLS hello on a plain port without a word: ask in
+                    # plain HTTP to tell that from a refused client certificate.
+                    detail = f"{detail}; the member answers plain HTTP"
+                    raise _tls_failure(endpoint, detail, self.tls, plain_port=True) from None
                 if kind in ("tls", "closed"):
                     raise _tls_failure(endpoint, detail, self.tls) from None
                 if isinstance(exc, etcd_exceptions.Etcd3Exception) and "Not Found" in detail:
@@ -261,6 +268,17 @@ class Etcd:
             finally:
                 client.session.close()
         return out
+
+    def _answers_plain(self, endpoint: Endpoint) -> bool:
+        plain = Etcd([endpoint], timeout=self.timeout)
+        client = plain._client(endpoint)
+        try:
+            client.post(client.get_url("maintenance/status"), json={})
+        except etcd_exceptions.Etcd3Exception:
+            return False
+        finally:
+            client.session.close()
+        return True
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers."""
