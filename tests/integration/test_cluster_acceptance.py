@@ -15,6 +15,11 @@ After each drill, from every node's exported and verified ledger:
 * clients were granted seats again within 5 s of the drill;
 * the vendor ingests every node's report with the real toolkit into a real SQLite store,
   and the bill's units equal the acknowledged units.
+
+The partition drill can fail on "counted twice": a usage request that times out after
+its node committed it is spooled and later delivered to another node, and idempotency
+keys are remembered per node, so both ledgers hold it. That is the gap cluster-wide
+idempotency keys close; the assertion stays strict so it shows until they do.
 """
 
 from __future__ import annotations
@@ -349,8 +354,8 @@ def test_partition_of_one_host(cluster: Cluster, tmp_path: Path) -> None:
             time.sleep(0.2)
 
     assert in_namespace(net.host(2), isolated_answer) == 503
-    # And no client in the client namespace reaches it at all.
-    with pytest.raises(httpx.ConnectError):
+    # And no client in the client namespace reaches it at all (no ARP answer: a timeout).
+    with pytest.raises((httpx.ConnectError, httpx.ConnectTimeout)):
         in_namespace(net.client, lambda: httpx.get(f"{cluster.nodes[2].url}/healthz", timeout=1))
     time.sleep(1)
     net.heal(2)
