@@ -4,7 +4,8 @@
 # tpm2-tools (a software TPM 2.0 for the TPM anchor tests), libtss2-dev with pkg-config
 # (the headers tpm2-pytss is built against; run this before `pip install -e .`), and
 # Node.js with npm (for the Cryptolens Node SDK tests), etcd-server (etcd 3.4 at
-# /usr/bin/etcd, for the cluster tests' three-member etcd cluster), then the unmodified npm
+# /usr/bin/etcd, for the cluster tests' three-member etcd cluster), iproute2 (`ip`, for the
+# cluster acceptance drills' network namespaces), then the unmodified npm
 # `cryptolens` package into tests/node/node_modules from the committed lock file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/etcd ] || need+=(etcd-server)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

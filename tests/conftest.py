@@ -4,7 +4,13 @@ pytest puts ``tests/`` on ``sys.path`` (``pythonpath`` in pyproject.toml), so th
 helpers load as the ``support`` package; its fixture modules are registered here.
 """
 
-pytest_plugins = ["support.postgres", "support.tpm", "support.etcd", "support.cluster"]
+pytest_plugins = [
+    "support.postgres",
+    "support.tpm",
+    "support.etcd",
+    "support.cluster",
+    "support.netns",
+]
 
 # Speed is measured by the benchmarks under bench/, never by unit tests: on a shared,
 # loaded machine hypothesis's per-example deadline only turns slowness into flaky failures.
