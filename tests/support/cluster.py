@@ -32,6 +32,8 @@ from support.server_proc import Data, ServerProcess
 LICENSE_ID = "lic-cluster"
 FEATURE = "cad"
 SEATS, OVERDRAFT = 3, 1
+#: A ``refuse`` meter whose limit is shared by the whole cluster (quota blocks).
+QUOTA_METER, QUOTA_LIMIT = "jobs", 300
 #: Short leases, so a killed node's seats run out within a test.
 LEASE_SECONDS = 6
 
@@ -53,7 +55,7 @@ def make_cluster_site(root: Path, nodes: int = 3) -> ClusterSite:
         issued=issued,
         vendor_key_id=keys.current_id.hex(),
         features={FEATURE: Feature(seats=SEATS, overdraft=OVERDRAFT, lease_seconds=LEASE_SECONDS)},
-        meters={"runs": Meter(limit=None)},
+        meters={"runs": Meter(limit=None), QUOTA_METER: Meter(limit=QUOTA_LIMIT)},
         expires=issued + timedelta(days=365),
     )
     lic_file = root / "site.lic"

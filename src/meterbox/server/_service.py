@@ -61,7 +61,8 @@ from meterbox.ledger.records import (
 from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
-from meterbox.server._cluster import Coordinator, SeatPool, SingleNode
+from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
+from meterbox.server._cluster._usage import NowaitSink, SharedMeters
 from meterbox.server._core.changes import (
     Change,
     ClockFloor,
@@ -78,7 +79,13 @@ from meterbox.server._core.changes import (
 )
 from meterbox.server._core.clock import LicenseClock
 from meterbox.server._core.engine import BorrowDecision, Engine, ReceiptInfo, UsageDecision
-from meterbox.server._core.meters import AppliedTopup, IdemEntry, UsageResult, fingerprint
+from meterbox.server._core.meters import (
+    AppliedTopup,
+    IdemEntry,
+    UsageResult,
+    fingerprint,
+    period_key,
+)
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
 from meterbox.server._core.standing import Standing
@@ -179,6 +186,8 @@ class LicenseService:
         self.borrow_signer: DocumentSigner | None = None
         #: Who else shares this server's seats: nobody by default (docs/adr/0024).
         self.cluster: Coordinator = SingleNode()
+        #: Metered usage charged against the cluster's shared pools (None: single node).
+        self.shared_meters: SharedMeters | None = None
         self._side: list[asyncio.Future[int]] = []
         #: The ledger writer's step count when :meth:`now` last looked (for the log).
         self._steps_logged = 0
@@ -519,6 +528,8 @@ class LicenseService:
 
     async def leave_cluster(self) -> None:
         """Record that this node leaves its cluster, then leave (at a graceful stop)."""
+        if self.shared_meters is not None:
+            await self.shared_meters.give_back()
         if self.cluster.shared:
             self._evidence(ClusterMember(event="left", node=self.instance_id))
         await self.cluster.stop()
@@ -550,6 +561,15 @@ class LicenseService:
         )
         if not view.quorum:
             self._quorum_changed(False, view.problem)
+        if isinstance(self.cluster, EtcdCoordinator) and isinstance(self.sink, NowaitSink):
+            self.shared_meters = SharedMeters.start(
+                self.cluster,
+                self.sink,
+                node=self.instance_id,
+                license_ids=license_ids,
+                members=len(view.members),
+            )
+            await self.shared_meters.reconcile()
         async with self._lock:
             now = self.now()
             live = [x for x in self.engine.seats.leases.values() if x.live(now)]
@@ -1057,7 +1077,7 @@ class LicenseService:
                 waiter = self._inflight.get(idempotency_key or "")
             else:
                 waiter = None
-                task = self._write(decision.result.record())
+                decision, task = await self._charge(decision)
                 if idempotency_key is not None:
                     self._inflight[idempotency_key] = asyncio.get_running_loop().create_future()
         if decision.replay:
@@ -1069,6 +1089,19 @@ class LicenseService:
             return decision.result
         return await self._finish_usage(decision, task, now, idempotency_key)
 
+    async def _charge(self, d: UsageDecision) -> tuple[UsageDecision, asyncio.Future[int]]:
+        """Write the usage record; in a cluster, charge the shared pool first (ADR 0032)."""
+        r = d.result
+        policy = self.engine.licenses[r.license_id].meters.get(r.meter)
+        if self.shared_meters is None or policy is None or policy.limit is None:
+            return d, self._write(r.record())
+        try:
+            result, task = await self.shared_meters.charge(r, policy)
+        except BaseException:
+            self.engine.undo_usage(d)
+            raise
+        return replace(d, result=result), task
+
     async def _finish_usage(
         self, decision: UsageDecision, task: asyncio.Future[int], now: datetime, key: str | None
     ) -> UsageResult:
@@ -1078,6 +1111,8 @@ class LicenseService:
         except UnavailableError as exc:
             async with self._lock:
                 self.engine.undo_usage(decision)
+                if self.shared_meters is not None:
+                    self.shared_meters.undo(decision.result)
             if waiter is not None:
                 self._inflight.pop(key or "", None)
                 waiter.set_exception(exc)
@@ -1116,6 +1151,10 @@ class LicenseService:
                 self.engine.undo_topup(topup)
             raise
         await self._save([TopupPut(topup)], seq, now)
+        policy = self.engine.licenses[license_id].meters.get(meter)
+        if self.shared_meters is not None and policy is not None:
+            pool = (license_id, meter, period_key(policy.period, now))
+            await self.shared_meters.topup(pool, policy, topup_id, amount)
         return topup
 
     async def import_notice(

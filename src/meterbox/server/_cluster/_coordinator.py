@@ -105,6 +105,10 @@ class EtcdCoordinator:
         self._tick = tick
         self._session_ttl = session_ttl
         self._session = 0
+        #: Goes up each time etcd forgot the session lease and a new one was granted.
+        self._generation = 0
+        #: Monotonic time until which etcd is known to keep the session lease alive.
+        self._alive_until = 0.0
         self._held: dict[str, _Held] = {}
         self._quorum = False
         self._problem: str | None = "not started"
@@ -157,6 +161,25 @@ class EtcdCoordinator:
             buckets=BUCKETS,
             seats_held=dict(self._seats_held),
         )
+
+    # ------------------------------------------------ the session lease (NodeLease)
+    # Quota blocks hang their live keys on this same lease (docs/adr/0032): one etcd
+    # lease per node, so a node that dies loses its membership and its blocks together.
+    @property
+    def lease_id(self) -> int:
+        return self._session
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def fresh(self) -> bool:
+        """True while etcd is known to keep the session lease alive.
+
+        A margin of one tick: etcd may count the TTL from slightly before this node
+        saw the keepalive's answer.
+        """
+        return bool(self._session) and time.monotonic() < self._alive_until - self._tick
 
     def on_quorum_change(self, listener: QuorumListener) -> None:
         self.on_quorum = listener
@@ -339,12 +362,19 @@ class EtcdCoordinator:
         """Refresh this node's session and read the member list; both need quorum."""
         if self.cluster_id is None:
             self.cluster_id = self.etcd.cluster_id() or None
-        if not self._session or self.etcd.keepalive(self._session) <= 0:
+        sent = time.monotonic()
+        ttl = self.etcd.keepalive(self._session) if self._session else 0
+        if ttl <= 0:
+            if self._session:
+                # Every key on the old lease (membership, quota blocks' live keys) is gone.
+                self._generation += 1
             self._session = self.etcd.grant(self._session_ttl)
+            ttl = self._session_ttl
             doc = json.dumps({"node": self.node, "url": self.url}).encode()
             for lic in self.license_ids:
                 self.etcd.put(f"{ROOT}{_seg(lic)}/members/{_seg(self.node)}", doc, self._session)
                 self.etcd.put(f"{ROOT}{_seg(lic)}/nodes/{_seg(self.node)}", doc)
+        self._alive_until = sent + ttl
         alive: set[str] = set()
         known: dict[str, str] = {self.node: self.url}
         for lic in self.license_ids:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 from urllib.parse import quote, unquote
 
-from meterbox.errors import FormatError, MeterboxError, QuotaExceeded
+from meterbox.errors import FormatError, QuotaExceeded
 from meterbox.ledger.records import (
     QuotaBlockTaken,
     RecordPayload,
@@ -57,10 +57,13 @@ from meterbox.server._errors import ClusterUnavailableError
 _MAX_CAS_ROUNDS: Final = 200
 
 
-class ClusterConflictError(MeterboxError):
-    """Cluster nodes disagree about a meter (its limit), or a pool value is unreadable."""
+class ClusterConflictError(ClusterUnavailableError):
+    """Cluster nodes disagree about a meter (its limit), or a pool value is unreadable.
 
-    code = "cluster_conflict"
+    A node cannot vouch for a grant then, so it answers as without quorum (503
+    ``cluster_unavailable`` with Retry-After): the client keeps the usage in its spool
+    and retries, on this node or another, and nothing it was acknowledged is lost.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +254,7 @@ class ClusterQuota:
     which is what lets :meth:`NodeBook.fold` rebuild the same draws after a crash.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only wiring
         self,
         etcd: QuotaStore,
         *,
@@ -262,6 +265,7 @@ class ClusterQuota:
         config: QuotaConfig | None = None,
         book: NodeBook | None = None,
         new_block_id: Callable[[], str] | None = None,
+        unknown_blocks_used: bool = False,
     ) -> None:
         self._etcd = etcd
         self.node = node
@@ -273,6 +277,10 @@ class ClusterQuota:
         self._new_id = new_block_id or (lambda: f"{node}.{uuid.uuid4().hex[:16]}")
         self._lock = threading.Lock()
         self._generation = lease.generation
+        #: Settle a block the pool lists for this node but the book does not know as
+        #: fully used (a node restarted without folding its ledger into the book):
+        #: conservative, so the cluster stays at or below the limit.
+        self._unknown_used = unknown_blocks_used
         #: etcd requests made, for the block-size measurement (bench/quota_block_bench.py).
         self.round_trips = 0
 
@@ -387,6 +395,11 @@ class ClusterQuota:
             found=state,
             hint="Ask the vendor for a top-up file and import it on any cluster node",
         )
+
+    def reconcile_before_next_charge(self) -> None:
+        """Settle this node's blocks (as after a lost lease) before the next charge."""
+        with self._lock:
+            self._generation = -1
 
     def _check_lease(self) -> None:
         if not self._lease.fresh():
@@ -529,7 +542,9 @@ class ClusterQuota:
         lost. What the node granted from each block counts as consumed, the rest returns.
         """
         with self._lock:
-            return self._reconcile_locked(reason)
+            done = self._reconcile_locked(reason)
+            self._generation = self._lease.generation
+            return done
 
     def _reconcile_locked(self, reason: SettleReason) -> list[Settlement]:
         done: list[Settlement] = []
@@ -548,6 +563,10 @@ class ClusterQuota:
                 live = self.live_blocks(pool)
                 for block in mine:
                     why: SettleReason = reason if block.block_id in live else "expired"
+                    known = block.block_id in self.book.open or block.block_id in self.book.settled
+                    if self._unknown_used and not known:
+                        self.book.opened(block.block_id, pool, block.size)
+                        self.book.open[block.block_id].used = block.size
                     s = settlement(pool, block, self.book, why)
                     self._settle(pool, s)
                     done.append(s)
