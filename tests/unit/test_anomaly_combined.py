@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from meterbox.vendorkit import clockcheck as C
-from meterbox.vendorkit.anomaly import ReportView, detect
+from meterbox.vendorkit.anomaly import ReportView, detect, strands
 from meterbox.vendorkit.anomaly import _rules as R
 from meterbox.vendorkit.anomaly._combine import FAMILIES, combined
 from support.anomaly_events import (
@@ -107,3 +107,46 @@ def test_the_triple_with_one_strand_already_a_warning_is_critical() -> None:
     by_code = {a.code: a.severity for a in found}
     assert by_code[R.USAGE_RATE] == "warning"
     assert by_code[R.COMBINED] == "critical"
+
+
+def test_ingest_s_own_clock_and_heartbeat_findings_are_strands_of_combined_evidence() -> None:
+    """Ingest runs the clock and heartbeat checks itself (``clock=False`` here); without
+    their findings the weak triple has one strand only, with them it is the warning."""
+    b = Builder()
+    past = [week_with_seats(b, usage_every=m * MIN, seats=1) for m in (15, 14, 16, 15)]
+    now = _stop_turn_clock_and_hide(b, every_min=20, clock_ms=20 * MIN)
+    h = history([*past, now])
+    alone = detect(h, thresholds=TH, use_learned=False, clock=False)
+    assert R.COMBINED not in {a.code for a in alone}
+    # What ingest's checks found of this report, as ingest hands them on.
+    ingest_found = [
+        (C.CLOCK_STEP_RECORDED, "info", "a recorded step", 7),
+        (C.HEARTBEAT_UNCLEAN_RESTART, "info", "no shutdown record", 3),
+        ("ledger.recovered", "warning", "not a strand", None),
+        (C.CLOCK_DRIFT, "info", "honest drift is no strand", None),
+    ]
+    evidence = strands(ingest_found, "inst-a")
+    assert [a.code for a in evidence] == [C.CLOCK_STEP_RECORDED, C.HEARTBEAT_UNCLEAN_RESTART]
+    found = detect(h, thresholds=TH, use_learned=False, clock=False, evidence=evidence)
+    by_code = {a.code: a.severity for a in found}
+    assert by_code[R.COMBINED] == "warning"
+    # The strands themselves are not reported a second time.
+    assert C.CLOCK_STEP_RECORDED not in by_code and C.HEARTBEAT_UNCLEAN_RESTART not in by_code
+    # A strand that is a warning on its own makes the triple critical.
+    loud = strands([(C.CLOCK_STEP_RECORDED, "warning", "m", 7), ingest_found[1]], "inst-a")
+    found = detect(h, thresholds=TH, use_learned=False, clock=False, evidence=loud)
+    assert {a.code: a.severity for a in found}[R.COMBINED] == "critical"
+
+
+def test_strands_keep_only_family_codes_with_a_known_severity() -> None:
+    got = strands(
+        [
+            (C.CLOCK_STEP_RECORDED, "loud", "unknown severity", 1),
+            ("witness.mismatch", "critical", "no family", 2),
+            (R.DOWNTIME, "warning", "downtime", 3),
+        ],
+        "inst-b",
+    )
+    assert [(a.code, a.severity, a.instance_id, a.seq) for a in got] == [
+        (R.DOWNTIME, "warning", "inst-b", 3)
+    ]

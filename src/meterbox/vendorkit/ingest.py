@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -122,6 +122,7 @@ from meterbox.vendorkit.anomaly import (
     Pending,
     ThresholdsConfig,
     detect,
+    strands,
 )
 from meterbox.vendorkit.anomaly import instance_history as stored_history
 from meterbox.vendorkit.clockcheck import ClockCheckConfig, ClockChecker
@@ -520,6 +521,7 @@ def _judge(
             pending,
             since_ms=None if core.first_wall is None else core.first_wall - INGEST_WINDOW_MS,
             policy=ctx.policy,
+            so_far=findings,
         )
     findings = cap_findings(findings, ctx.config)
     status = decide(findings)
@@ -696,6 +698,7 @@ def anomaly_findings(
     *,
     since_ms: int | None = None,
     policy: ClockCheckConfig | None = None,
+    so_far: Sequence[Finding] = (),
 ) -> list[Finding]:
     """The anomaly detectors over the instance's stored history, judging ``pending``.
 
@@ -705,6 +708,8 @@ def anomaly_findings(
     last :data:`INGEST_MIN_REPORTS` accepted reports, whichever reaches further, usage
     summed per minute. Clock checks are left out (ingest ran them on every
     record); so are clone checks (:func:`check_clones` decides those, critically).
+    ``so_far``: the findings ingest has made of this report; the clock and heartbeat
+    ones are strands of combined evidence (ADR 0027 addendum).
     """
     history = stored_history(
         conn,
@@ -716,7 +721,9 @@ def anomaly_findings(
         min_reports=INGEST_MIN_REPORTS,
     )
     th = ThresholdsConfig() if policy is None else ThresholdsConfig(clock=policy)
-    return [as_finding(a) for a in detect(history, thresholds=th, clock=False)]
+    evidence = strands(((f.code, f.severity, f.message, f.seq) for f in so_far), instance_id)
+    found = detect(history, thresholds=th, clock=False, evidence=evidence)
+    return [as_finding(a) for a in found]
 
 
 def _record(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from meterbox.vendorkit.anomaly._combine import combined as _combined
+from meterbox.vendorkit.anomaly._combine import strands
 from meterbox.vendorkit.anomaly._features import (
     DAY_MS,
     Event,
@@ -60,6 +61,7 @@ __all__ = [
     "detect",
     "event_from_record",
     "histories",
+    "strands",
     "instance_history",
 ]
 
@@ -73,19 +75,22 @@ def detect(
     learned_config: LearnedConfig | None = None,
     use_learned: bool = True,
     clock: bool = True,
+    evidence: Sequence[Anomaly] = (),
 ) -> list[Anomaly]:
     """Rules, combined evidence, then the learned detector, over the last report of ``judged``.
 
     ``peers``: other instances of the same license (clone check). ``customer``: other
     instances of the same customer, whose accepted days train the learned detector.
     ``clock=False`` leaves out the clock and heartbeat checks (ingest runs them itself,
-    over every record, as the report streams in).
+    over every record, as the report streams in). ``evidence``: the findings ingest's own
+    checks made of this report (its clock and heartbeat checks); combined evidence reads
+    them beside the rules' findings, and they are not returned again.
     """
     th = thresholds or ThresholdsConfig()
     out = _run_rules(judged, peers, th, clock=clock)
     # Combined evidence reads the rules' findings; the learned detector's outliers are
     # no strand of it (an unusual day is not a kind of evidence of its own).
-    out.extend(_combined(judged, out, th))
+    out.extend(_combined(judged, [*out, *evidence], th))
     if use_learned:
         out.extend(_learned_detector(judged, customer, learned_config))
     return out

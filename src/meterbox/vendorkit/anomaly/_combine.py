@@ -24,7 +24,7 @@ Pure: takes the findings the rules already made and the history they judged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from meterbox.vendorkit import clockcheck
@@ -38,6 +38,7 @@ from meterbox.vendorkit.anomaly._rules import (
     USAGE_RATE,
     USAGE_STOPPED,
     Anomaly,
+    Severity,
     weak_usage_drop,
 )
 
@@ -59,6 +60,27 @@ FAMILIES: Final[dict[str, frozenset[str]]] = {
 #: Codes that are a stop without a shutdown while seats were out.
 _UNCLEAN: Final = frozenset({clockcheck.HEARTBEAT_UNCLEAN_RESTART, DOWNTIME})
 _ALARM: Final = frozenset({"warning", "critical"})
+_SEVERITIES: Final[dict[str, Severity]] = {
+    "info": "info",
+    "warning": "warning",
+    "critical": "critical",
+}
+
+
+def strands(
+    findings: Iterable[tuple[str, str, str, int | None]], instance_id: str
+) -> list[Anomaly]:
+    """The findings of another check (code, severity, message, seq) that are a strand of
+    combined evidence, as anomalies of ``instance_id``; the others are left out.
+
+    Ingest runs the clock and heartbeat checks itself, over every record as the report
+    streams; this is how combined evidence sees what they found.
+    """
+    return [
+        Anomaly(code, sev, message, instance_id, seq=seq)
+        for code, severity, message, seq in findings
+        if _family(code) is not None and (sev := _SEVERITIES.get(severity)) is not None
+    ]
 
 
 def _family(code: str) -> str | None:
