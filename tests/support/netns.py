@@ -189,6 +189,9 @@ class NsEtcd(_Proc):
                 "meterbox-netns",
                 "--initial-cluster-state",
                 state,
+                # A member back from a partition asks before it campaigns, so its higher
+                # term does not depose a healthy leader (deploy/cluster/etcd.conf.yml too).
+                "--pre-vote",
                 # etcd's own recommended ratio (election timeout = 10 x heartbeat), kept short.
                 "--heartbeat-interval",
                 "100",
