@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import etcd3gw
 import pytest
 from etcd3gw import exceptions as etcd_exceptions
@@ -20,9 +22,22 @@ def test_a_write_on_one_member_reads_back_on_another(etcd_cluster: EtcdCluster) 
     assert len(_client(etcd_cluster, 1).members()) == 3
 
 
+#: etcd's election timeout in the test cluster is 1 s; a new leader is elected well within.
+ELECTION_S = 10.0
+
+
 def test_two_of_three_members_still_commit(etcd_cluster: EtcdCluster) -> None:
     etcd_cluster.kill(0)
-    assert _client(etcd_cluster, 1, timeout=10).put("/smoke/b", "2")
+    # If member 0 led, the other two elect a new leader first; until then a write is
+    # refused (503 "leader changed" / "no leader"). Two members must commit after that.
+    deadline = time.monotonic() + ELECTION_S
+    while True:
+        try:
+            assert _client(etcd_cluster, 1, timeout=10).put("/smoke/b", "2")
+            break
+        except etcd_exceptions.Etcd3Exception:
+            assert time.monotonic() < deadline, "two of three members never committed"
+            time.sleep(0.2)
     etcd_cluster.restart(0)
     assert _client(etcd_cluster, 0).get("/smoke/b") == [b"2"]
 
