@@ -150,13 +150,17 @@ def limit_finding(what: str, limit: int, found: int) -> Finding:
     )
 
 
+#: Which findings a cap keeps first: the ones that decide the verdict.
+_GRAVITY: Final = {"critical": 0, "warning": 1, "info": 2}
+
+
 def cap_findings(findings: Sequence[Finding], config: IngestConfig) -> list[Finding]:
     """The first ``max_findings_per_code`` of each code, ``max_findings`` in all, in order.
 
     What is left out is counted: one ``findings.omitted`` (info) per code says how
     many were dropped, so a flood shows as a number, never as rows. Critical findings
-    are kept ahead of the others under the total cap, so capping never changes the
-    verdict.
+    are kept ahead of warnings and warnings ahead of infos, within a code and under the
+    total cap, so capping never changes the verdict.
     """
     by_code: dict[str, list[int]] = {}
     for n, f in enumerate(findings):
@@ -164,16 +168,16 @@ def cap_findings(findings: Sequence[Finding], config: IngestConfig) -> list[Find
     dropped: dict[str, int] = {}
     candidates: list[int] = []
     for code, indices in by_code.items():
-        # Critical ones first within a code too: a flood of warnings never hides one.
-        ranked = sorted(indices, key=lambda n: findings[n].severity != "critical")
+        # The gravest first within a code too: a flood of warnings never hides a
+        # critical one, nor a flood of infos a warning.
+        ranked = sorted(indices, key=lambda n: _GRAVITY.get(findings[n].severity, 2))
         candidates += ranked[: config.max_findings_per_code]
         if len(ranked) > config.max_findings_per_code:
             dropped[code] = len(ranked) - config.max_findings_per_code
     candidates.sort()
     if len(candidates) > config.max_findings:
-        critical = [n for n in candidates if findings[n].severity == "critical"]
-        rest = [n for n in candidates if findings[n].severity != "critical"]
-        chosen = set((critical + rest)[: config.max_findings])
+        ranked = sorted(candidates, key=lambda n: _GRAVITY.get(findings[n].severity, 2))
+        chosen = set(ranked[: config.max_findings])
         for n in candidates:
             if n not in chosen:
                 dropped[findings[n].code] = dropped.get(findings[n].code, 0) + 1
