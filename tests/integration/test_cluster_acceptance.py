@@ -32,7 +32,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -41,15 +41,11 @@ import pytest
 from meterbox.client import Client, RetryConfig
 from meterbox.client.errors import MeterboxError, NoSeatAvailable, ServerUnreachableError
 from meterbox.ledger import Record, RecordType
-from meterbox.licenses import Feature, License, Meter
-from meterbox.server._instance import init_server
-from meterbox.tpm import DEFAULT_TCTI, TpmMode
+from meterbox.licenses import Meter
 from meterbox.vendorkit import VendorStore
-from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.ingest import ingest
-from support.cluster import most_held_at_once, seat_intervals
+from support.cluster import ClusterSite, make_cluster_site, most_held_at_once, seat_intervals
 from support.netns import HOSTS, NetnsSite, NsNode, enter, in_namespace
-from support.server_proc import Data
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,52 +61,23 @@ RESUME_S = 5.0
 CLIENTS = 6
 
 
-@dataclass(frozen=True)
-class Site:
-    home: Path
-    nodes: tuple[Data, ...]
-
-
-def _make_site(root: Path) -> Site:
+def _make_site(root: Path) -> ClusterSite:
     """A vendor home with the licence in its store, and one data directory per host."""
-    home = root / "vendor"
-    keys = vendor_keys.init(home)
-    issued = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    lic = License(
+    return make_cluster_site(
+        root,
+        HOSTS,
         license_id=LICENSE_ID,
-        customer="ACME Labs",
-        product="Solver",
-        issued=issued,
-        vendor_key_id=keys.current_id.hex(),
-        features={FEATURE: Feature(seats=SEATS, overdraft=OVERDRAFT, lease_seconds=LEASE_SECONDS)},
         meters={METER: Meter(limit=METER_LIMIT)},
-        expires=issued + timedelta(days=365),
         cluster_size=HOSTS,
+        store=True,
+        name="host",
     )
-    document = lic.sign(keys.signer())
-    with VendorStore.open(None, home=home) as db:
-        db.add_license(lic, document)
-    lic_file = root / "site.lic"
-    lic_file.write_bytes(document)
-    out = []
-    for i in range(HOSTS):
-        data = root / f"data{i}"
-        init_server(
-            data,
-            vendor_pub=home / "vendor.pub",
-            license_files=[lic_file],
-            fingerprint=f"host{i}",
-            tpm=TpmMode.OFF,
-            tpm_tcti=DEFAULT_TCTI,
-        )
-        out.append(Data(home, data, (data / "admin.token").read_text().strip()))
-    return Site(home, tuple(out))
 
 
 @dataclass
 class Cluster:
     net: NetnsSite
-    site: Site
+    site: ClusterSite
     nodes: list[NsNode]
 
     @property

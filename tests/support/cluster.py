@@ -25,6 +25,7 @@ from meterbox.ledger import Record, RecordType
 from meterbox.licenses import Feature, License, Meter
 from meterbox.server._instance import init_server
 from meterbox.tpm import DEFAULT_TCTI, TpmMode
+from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
 from support.etcd import EtcdCluster
 from support.server_proc import Data, ServerProcess
@@ -44,30 +45,51 @@ class ClusterSite:
     nodes: tuple[Data, ...]
 
 
-def make_cluster_site(root: Path, nodes: int = 3) -> ClusterSite:
+def make_cluster_site(
+    root: Path,
+    nodes: int = 3,
+    *,
+    license_id: str = LICENSE_ID,
+    meters: dict[str, Meter] | None = None,
+    cluster_size: int = 1,
+    store: bool = False,
+    name: str = "node",
+) -> ClusterSite:
+    """A vendor home and ``nodes`` initialised data directories ``root/<name><i>``.
+
+    ``store``: the license is also added to the vendor's store, so every node's report
+    can be ingested against it.
+    """
     home = root / "vendor"
     keys = vendor_keys.init(home)
     issued = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     lic = License(
-        license_id=LICENSE_ID,
+        license_id=license_id,
         customer="ACME Labs",
         product="Solver",
         issued=issued,
         vendor_key_id=keys.current_id.hex(),
         features={FEATURE: Feature(seats=SEATS, overdraft=OVERDRAFT, lease_seconds=LEASE_SECONDS)},
-        meters={"runs": Meter(limit=None), QUOTA_METER: Meter(limit=QUOTA_LIMIT)},
+        meters=meters
+        if meters is not None
+        else {"runs": Meter(limit=None), QUOTA_METER: Meter(limit=QUOTA_LIMIT)},
         expires=issued + timedelta(days=365),
+        cluster_size=cluster_size,
     )
+    document = lic.sign(keys.signer())
+    if store:
+        with VendorStore.open(None, home=home) as db:
+            db.add_license(lic, document)
     lic_file = root / "site.lic"
-    lic_file.write_bytes(lic.sign(keys.signer()))
+    lic_file.write_bytes(document)
     out = []
     for i in range(nodes):
-        data = root / f"node{i}"
+        data = root / f"{name}{i}"
         init_server(
             data,
             vendor_pub=home / "vendor.pub",
             license_files=[lic_file],
-            fingerprint=f"node{i}",
+            fingerprint=f"{name}{i}",
             tpm=TpmMode.OFF,
             tpm_tcti=DEFAULT_TCTI,
         )
