@@ -28,9 +28,9 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from meterbox.errors import LeaseNotFound, NoSeatAvailable
 from meterbox.server._cluster._etcd import BUCKETS, Etcd, EtcdDown
@@ -46,6 +46,8 @@ from meterbox.server._core.seats import SeatLease
 
 log = logging.getLogger("meterbox.server.cluster")
 
+_T = TypeVar("_T")
+
 ROOT = "/meterbox/"
 #: Seconds a seat's etcd lease outlives the lease it stands for (clock and call slack).
 GRACE_S = 2
@@ -59,6 +61,9 @@ RETRY_AFTER_S = 1
 SEAT_COUNT_TICKS = 10
 #: Transaction attempts for one checkout before the node answers 503 (contention).
 MAX_CLAIM_ROUNDS = 8
+#: Seconds one seat operation or quorum check may spend on etcd, all calls and members
+#: together: a cut-off node answers 503 within this, not a timeout per call and member.
+OP_BUDGET_S = 2.0
 
 
 def _seg(text: str) -> str:
@@ -206,7 +211,7 @@ class EtcdCoordinator:
     async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
         self.require_quorum()
         try:
-            return await asyncio.to_thread(self._claim, lease, pools)
+            return await asyncio.to_thread(self.bounded, self._claim, lease, pools)
         except EtcdDown as exc:
             self._lost(str(exc))
             raise unavailable(str(exc)) from exc
@@ -214,7 +219,7 @@ class EtcdCoordinator:
     async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
         self.require_quorum()
         try:
-            await asyncio.to_thread(self._renew, lease, pools)
+            await asyncio.to_thread(self.bounded, self._renew, lease, pools)
         except EtcdDown as exc:
             self._lost(str(exc))
             raise unavailable(str(exc)) from exc
@@ -245,7 +250,7 @@ class EtcdCoordinator:
         if held is None:
             return
         try:
-            await asyncio.to_thread(self.etcd.revoke, held.etcd_lease)
+            await asyncio.to_thread(self.bounded, self.etcd.revoke, held.etcd_lease)
         except EtcdDown as exc:
             log.warning("seat of %s left to run out in etcd: %s", lease_id, exc)
 
@@ -254,12 +259,17 @@ class EtcdCoordinator:
             return []
         self.require_quorum()
         try:
-            return await asyncio.to_thread(self._adopt, leases)
+            return await asyncio.to_thread(self.bounded, self._adopt, leases)
         except EtcdDown as exc:
             self._lost(str(exc))
             raise unavailable(str(exc)) from exc
 
     # ---------------------------------------------------------------- seats
+    def bounded(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` (in a worker thread) with every etcd call inside ``OP_BUDGET_S``."""
+        with self.etcd.deadline(OP_BUDGET_S):
+            return fn(*args)
+
     def _claim(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
         ttl = lease.lease_seconds + GRACE_S
         etcd_lease = self.etcd.grant(ttl)
@@ -345,7 +355,7 @@ class EtcdCoordinator:
 
     async def _round(self) -> None:
         try:
-            members = await asyncio.to_thread(self._beat)
+            members = await asyncio.to_thread(self.bounded, self._beat)
         except EtcdDown as exc:
             self._lost(str(exc))
         except Exception as exc:  # noqa: BLE001 - the watch must outlive any one answer

@@ -18,6 +18,12 @@ member once at start-up and raises :class:`~meterbox.errors.ConfigError` for a
 certificate or protocol mismatch, so a misconfigured node refuses to start instead
 of running without quorum.
 
+A thread may bound a whole operation (several calls) with :meth:`Etcd.deadline`:
+inside it each request's timeout is cut to what is left, and a call started after the
+deadline raises :class:`EtcdDown` without a request. A cut-off node thereby answers
+503 within one budget however many calls a checkout needs and however many members
+stop answering, instead of one timeout per call and per member.
+
 Every call's duration is recorded per operation (:class:`CallTimes`) for
 ``meterbox_cluster_etcd_request_seconds``.
 """
@@ -26,9 +32,10 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -247,7 +254,9 @@ class Etcd:
                 client.post(client.get_url("maintenance/status"), json={})
             except etcd_exceptions.Etcd3Exception as exc:
                 kind, detail = _failure(exc)
-                if kind == "tls" and self._answers_plain(endpoint):
+                # A plain port may end the TLS hello with an SSL error or with a reset
+                # connection, depending on timing: either way, ask it in plain HTTP.
+                if kind in ("tls", "closed") and self._answers_plain(endpoint):
                     # etcd closes a TLS hello on a plain port without a word: ask in
                     # plain HTTP to tell that from a refused client certificate.
                     detail = f"{detail}; the member answers plain HTTP"
@@ -280,6 +289,20 @@ class Etcd:
             client.session.close()
         return True
 
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every call this thread makes inside the block ends within ``seconds`` from now.
+
+        Nested blocks keep the earlier deadline.
+        """
+        before: float | None = getattr(self._local, "deadline", None)
+        end = time.monotonic() + seconds
+        self._local.deadline = end if before is None else min(before, end)
+        try:
+            yield
+        finally:
+            self._local.deadline = before
+
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>`` on the first endpoint that answers."""
         began = time.perf_counter()
@@ -292,9 +315,16 @@ class Etcd:
         clients = self._clients()
         last = "no endpoint tried"
         start = self._current
+        deadline: float | None = getattr(self._local, "deadline", None)
         for i in range(len(clients)):
             index = (start + i) % len(clients)
             client = clients[index]
+            client.timeout = self.timeout
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EtcdDown(f"no answer within the operation's time budget ({last})")
+                client.timeout = min(self.timeout, left)
             try:
                 out = client.post(client.get_url(path), json=body)
             except (

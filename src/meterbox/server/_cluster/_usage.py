@@ -20,11 +20,12 @@ lost to enforcement; billing comes from the ledgers and is exact.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from meterbox.ledger.records import RecordPayload, UsageDecrement
 from meterbox.server._cluster._coordinator import EtcdCoordinator
@@ -35,6 +36,8 @@ from meterbox.server._core.policy import MeterPolicy
 from meterbox.server._errors import ClusterUnavailableError
 
 log = logging.getLogger("meterbox.server.cluster")
+
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -49,8 +52,15 @@ async def _seq(fut: Future[Any]) -> int:
 class SharedMeters:
     """A node's metered usage in a cluster: the async face of :class:`ClusterQuota`."""
 
-    def __init__(self, quota: ClusterQuota) -> None:
+    def __init__(self, quota: ClusterQuota, coordinator: EtcdCoordinator | None = None) -> None:
         self.quota = quota
+        #: Bounds each charge's etcd calls to one budget (OP_BUDGET_S) when given.
+        self._coordinator = coordinator
+
+    def _bounded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self._coordinator is None:
+            return fn(*args, **kwargs)
+        return self._coordinator.bounded(functools.partial(fn, *args, **kwargs))
 
     @classmethod
     def start(
@@ -78,7 +88,7 @@ class SharedMeters:
         # Settle what the pools list for this node at its first charge (or now, below):
         # the same path as after a lost lease.
         quota.reconcile_before_next_charge()
-        return cls(quota)
+        return cls(quota, coordinator)
 
     async def reconcile(self) -> None:
         try:
@@ -96,9 +106,10 @@ class SharedMeters:
         pool: PoolKey = (result.license_id, result.meter, result.period)
         record = result.record()
         if isinstance(record, UsageDecrement):
-            fut = await asyncio.to_thread(self.quota.decrement, pool, record)
+            fut = await asyncio.to_thread(self._bounded, self.quota.decrement, pool, record)
             return result, asyncio.ensure_future(_seq(fut))
         charged = await asyncio.to_thread(
+            self._bounded,
             self.quota.charge,
             pool,
             limit=policy.limit,
@@ -119,7 +130,12 @@ class SharedMeters:
         if policy.limit is None:
             return False
         return await asyncio.to_thread(
-            self.quota.topup, pool, limit=policy.limit, topup_id=topup_id, amount=amount
+            self._bounded,
+            self.quota.topup,
+            pool,
+            limit=policy.limit,
+            topup_id=topup_id,
+            amount=amount,
         )
 
     async def give_back(self) -> None:
