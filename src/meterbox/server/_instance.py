@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -67,6 +68,9 @@ from meterbox.licenses import (
     instance_key_id,
     open_document,
 )
+from meterbox.server._cluster import EtcdCoordinator
+from meterbox.server._cluster._etcd import EtcdDown
+from meterbox.server._cluster._imports import ClusterImports, Kind
 from meterbox.server._core.engine import ReceiptInfo
 from meterbox.server._core.ledgerstate import LedgerState, from_ms
 from meterbox.server._core.policy import policy_from_license
@@ -92,6 +96,8 @@ from meterbox.server._tpm import (
     write_tpm_config,
 )
 from meterbox.tpm import DEFAULT_TCTI, TpmMode, report_nonce
+
+log = logging.getLogger("meterbox.server")
 
 LEDGER_DIR: Final = "ledger"
 #: Where init builds the ledger; renaming it to LEDGER_DIR is init's commit point.
@@ -374,6 +380,8 @@ class ServerInstance:
         self.clock = clock
         #: The ledger's fold: the truth every cache is checked against (set by open).
         self.fold = LedgerState()
+        #: Top-ups and notices imported here that etcd did not take yet (cluster only).
+        self._unpublished: list[tuple[str, Kind, str, bytes, int]] = []
         #: The caches this open found wrong and rebuilt from the ledger.
         self.rebuilt: list[Rebuilt] = []
 
@@ -548,13 +556,20 @@ class ServerInstance:
             await asyncio.to_thread(self.tpm.advance, reason)
 
     # ------------------------------------------------------------------ import
-    async def import_bytes(self, blob: bytes) -> dict[str, Any]:
-        """Import a receipt, top-up, license notice or license. Anything else is refused."""
+    async def import_bytes(self, blob: bytes, *, publish: bool = True) -> dict[str, Any]:
+        """Import a receipt, top-up, license notice or license. Anything else is refused.
+
+        In a cluster a top-up or notice is also published for the other nodes
+        (``_cluster/_imports.py``); ``publish=False`` is a node applying a published one.
+        """
         doc = _open_importable(blob, self.bundle)
         if isinstance(doc, Receipt):
             return await self._import_receipt(doc, blob)
         if isinstance(doc, LicenseNotice):
-            return await self._import_notice(doc)
+            result = await self._import_notice(doc)
+            return result | await self._publish(
+                doc.license_id, "notice", doc.notice_id, blob, doc.sequence, publish
+            )
         if isinstance(doc, Topup):
             known = {lic.license_id for lic, _ in self.licenses}
             if doc.license_id not in known:
@@ -565,8 +580,81 @@ class ServerInstance:
                 )
             await self.service.import_topup(doc.topup_id, doc.license_id, doc.meter, doc.units)
             await self._advance("import")
-            return {"imported": "topup", "topup_id": doc.topup_id, "units": doc.units}
+            out: dict[str, Any] = {"imported": "topup", "topup_id": doc.topup_id}
+            out["units"] = doc.units
+            return out | await self._publish(
+                doc.license_id, "topup", doc.topup_id, blob, 0, publish
+            )
         return await self._import_license(doc, blob)
+
+    # ------------------------------------------------------------- cluster
+    def _cluster_imports(self) -> tuple[EtcdCoordinator, ClusterImports] | None:
+        coordinator = self.service.cluster
+        if not isinstance(coordinator, EtcdCoordinator):
+            return None
+        return coordinator, ClusterImports(coordinator.etcd)
+
+    async def _publish(
+        self, license_id: str, kind: Kind, doc_id: str, blob: bytes, sequence: int, publish: bool
+    ) -> dict[str, Any]:
+        """Hand an imported top-up or notice to the other nodes; what the answer says."""
+        found = self._cluster_imports()
+        if found is None or not publish:
+            return {}
+        coordinator, imports = found
+        try:
+            await asyncio.to_thread(
+                coordinator.bounded, imports.publish, license_id, kind, doc_id, blob, sequence
+            )
+        except EtcdDown as exc:
+            # Applied here and on record; the other nodes get it once it is published.
+            self._unpublished.append((license_id, kind, doc_id, blob, sequence))
+            return {"cluster": f"not yet published to the other nodes ({exc}); retried every round"}
+        return {"cluster": "published to the other nodes"}
+
+    async def sync_cluster(self) -> int:
+        """Publish what could not be published yet; apply what other nodes published.
+
+        Called every housekeeping round in a cluster. Returns how many documents this
+        node applied. A document that does not apply here is logged and left (every node
+        holds the same licenses, so that is a damaged or foreign document, never a
+        reason to stop serving).
+        """
+        found = self._cluster_imports()
+        if found is None:
+            return 0
+        coordinator, imports = found
+        while self._unpublished:
+            lic, kind, doc_id, blob, sequence = self._unpublished[0]
+            try:
+                await asyncio.to_thread(
+                    coordinator.bounded, imports.publish, lic, kind, doc_id, blob, sequence
+                )
+            except EtcdDown:
+                break
+            self._unpublished.pop(0)
+        license_ids = [lic.license_id for lic, _ in self.licenses]
+        try:
+            published = await asyncio.to_thread(coordinator.bounded, imports.published, license_ids)
+        except EtcdDown as exc:
+            log.debug("cluster imports not read this round: %s", exc)
+            return 0
+        applied = 0
+        engine = self.service.engine
+        for doc in published:
+            if doc.kind == "topup" and doc.doc_id in engine.meters.topups:
+                continue
+            standing = engine.standings.get(doc.license_id)
+            if doc.kind == "notice" and standing is not None and doc.sequence <= standing.sequence:
+                continue
+            try:
+                await self.import_bytes(doc.blob, publish=False)
+            except MeterboxError as exc:
+                log.warning("a %s another node published did not apply here: %s", doc.kind, exc)
+                continue
+            log.warning("applied %s %s published by another node", doc.kind, doc.doc_id)
+            applied += 1
+        return applied
 
     async def _import_notice(self, notice: LicenseNotice) -> dict[str, Any]:
         known = {lic.license_id for lic, _ in self.licenses}

@@ -186,6 +186,9 @@ class LicenseService:
         self.borrow_signer: DocumentSigner | None = None
         #: Who else shares this server's seats: nobody by default (docs/adr/0024).
         self.cluster: Coordinator = SingleNode()
+        #: Run every housekeeping round in a cluster: hand imported documents between
+        #: the nodes (``ServerInstance.sync_cluster``).
+        self.cluster_sync: Callable[[], Awaitable[object]] | None = None
         #: Metered usage charged against the cluster's shared pools (None: single node).
         self.shared_meters: SharedMeters | None = None
         self._side: list[asyncio.Future[int]] = []
@@ -1346,6 +1349,8 @@ class LicenseService:
             await self._sleep(self.settings.cull_interval)
             try:
                 await self.cull()
+                if self.cluster_sync is not None and self.cluster.shared:
+                    await self.cluster_sync()
                 mono = self._clock.mono_ms() / 1000
                 if mono - last_beat >= self.settings.heartbeat_interval:
                     last_beat = mono
