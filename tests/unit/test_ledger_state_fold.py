@@ -107,6 +107,24 @@ _machine = st.builds(
     st.sampled_from(("m1", "m2", "")),
 )
 _other = st.just((RecordType.HEARTBEAT, {"n": 1}))
+# Quota blocks of a cluster node: taken, drawn on by the usage records above (license
+# lic-a, meter runs), returned. The fold must carry the open ones across epochs.
+_block_taken = st.builds(
+    lambda b, n: (
+        RecordType.QUOTA_BLOCK_TAKEN,
+        {"b": f"blk-{b}", "l": "lic-a", "m": "runs", "p": "2026-01", "n": n},
+    ),
+    st.integers(0, 5),
+    st.integers(1, 3000),
+)
+_block_returned = st.builds(
+    lambda b, u: (
+        RecordType.QUOTA_BLOCK_RETURNED,
+        {"b": f"blk-{b}", "l": "lic-a", "m": "runs", "p": "2026-01", "u": u, "n": 0, "r": "unused"},
+    ),
+    st.integers(0, 5),
+    st.integers(0, 100),
+)
 events = st.lists(
     st.tuples(
         st.one_of(
@@ -121,6 +139,8 @@ events = st.lists(
             _receipt,
             _machine,
             _other,
+            _block_taken,
+            _block_returned,
         ),
         st.integers(0, 5_000),
     ),
@@ -140,6 +160,7 @@ def _enforced(view: StateView, floor_ms: int) -> dict[str, Any]:
         "receipt": view.receipt,
         "standings": view.standings,
         "removed": {k: r for k, r in view.removed.items() if r.lease.expires_ms > floor_ms},
+        "quota": {k: (b.pool, b.size, b.used) for k, b in view.quota.open.items()},
     }
 
 
@@ -246,3 +267,41 @@ def test_compare_names_what_favours_the_customer() -> None:
     assert any("usage lic/runs/total: cache 0, ledger 1000" in x for x in diff.less)
     assert any("top-up t1" in x for x in diff.less)
     assert not compare(truth, truth, 0)
+
+
+_draw = st.builds(
+    lambda a, dec: (
+        RecordType.USAGE_DECREMENT if dec else RecordType.USAGE,
+        {"m": "runs", "a": a, "c": "app", "l": "lic-a"},
+    ),
+    st.integers(1, 400),
+    st.sampled_from((False, False, False, True)),
+)
+quota_events = st.lists(
+    st.tuples(st.one_of(_block_taken, _block_returned, _draw, _draw, _other), st.integers(0, 50)),
+    max_size=50,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=quota_events, epoch_max=st.integers(2, 12))
+def test_a_cluster_node_s_quota_blocks_survive_every_epoch_and_reopen(
+    events: list[tuple[tuple[RecordType, dict[str, Any]], int]], epoch_max: int
+) -> None:
+    """The blocks a node holds and what it granted from each, after a restart, are
+    what the live fold had: the STATE row ``qb`` carries them across epochs."""
+    config = LedgerConfig(epoch_max_records=epoch_max, checkpoint_every=7)
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "l"
+        live = LedgerState()
+        built = make_ledger(directory, config=config)
+        built.writer.close()
+        writer = LedgerWriter.open(directory, clock=built.clock, config=config, folder=live)
+        for (rtype, payload), step in events:
+            built.clock.advance(step)
+            writer.append(rtype, payload)
+        expected = {k: (b.pool, b.size, b.used) for k, b in live.view.quota.open.items()}
+        writer.close()
+        again = LedgerState()
+        LedgerWriter.open(directory, clock=built.clock, config=config, folder=again).close()
+    assert {k: (b.pool, b.size, b.used) for k, b in again.view.quota.open.items()} == expected

@@ -92,7 +92,9 @@ def test_vector_set_covers_the_specified_cases() -> None:
 @pytest.mark.parametrize(("old", "version"), [(V1, 1), (V2, 2)], ids=["v1", "v2"])
 def test_vectors_of_earlier_record_versions_are_kept(old: Path, version: int) -> None:
     valid = sorted((old / "valid").glob("*.json"))
-    assert {p.stem for p in valid} == {p.stem for p in VALID}
+    # Every case of an earlier version is kept; cases added since (state-quota, revision
+    # 1.10) exist only for the version that writes them.
+    assert {p.stem for p in VALID} - {p.stem for p in valid} == {"state-quota"}
     assert {p.stem for p in (old / "invalid").glob("*.json")} <= {p.stem for p in INVALID}
     for path in valid:
         frames = split((path.parent / json.loads(path.read_bytes())["report"]).read_bytes())

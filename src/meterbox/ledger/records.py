@@ -628,6 +628,9 @@ STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
     "rm": ("str", "str", "str", "str", "int", "int", "int", "int", "str", "str", "str", "int"),
     # lease id, machine digest: the leases of "s" that are borrowed (seat.borrowed)
     "sb": ("str", "str"),
+    # block id, license id, meter, period, size, units granted from it: the quota
+    # blocks this cluster node holds (quota.block_taken not yet returned)
+    "qb": ("str", "str", "str", "str", "int", "int"),
 }
 #: Scalar keys of a STATE payload and their kinds.
 STATE_SCALARS: Final[dict[str, str]] = {
@@ -649,6 +652,7 @@ LeaseKeyRow = tuple[str, str]
 StandingRow = tuple[str, int, str, str, str, int]
 RemovalRow = tuple[str, str, str, str, int, int, int, int, str, str, str, int]
 BorrowRow = tuple[str, str]
+QuotaBlockRow = tuple[str, str, str, str, int, int]
 
 
 def _rows(key: str, data: Mapping[str, Any]) -> tuple[tuple[Any, ...], ...]:
@@ -698,6 +702,7 @@ class State:
     standings: tuple[StandingRow, ...] = ()
     removals: tuple[RemovalRow, ...] = ()
     borrowed: tuple[BorrowRow, ...] = ()
+    quota_blocks: tuple[QuotaBlockRow, ...] = ()
     clock_floor_ms: int = 0
     head_seq: int = -1
     receipt_ms: int | None = None
@@ -716,6 +721,7 @@ class State:
         ("ls", "standings"),
         ("rm", "removals"),
         ("sb", "borrowed"),
+        ("qb", "quota_blocks"),
     )
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
     instance.service.engine.options = options
     instance.service.cluster = coordinator
     instance.service.cluster_sync = instance.sync_cluster
+    instance.service.quota_book = lambda: copy.deepcopy(instance.fold.view.quota)
     activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
     instance.service.activity = activity
     _note_licenses(instance.service)

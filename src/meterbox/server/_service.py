@@ -62,6 +62,7 @@ from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
+from meterbox.server._cluster._quota_core import NodeBook
 from meterbox.server._cluster._usage import NowaitSink, SharedMeters
 from meterbox.server._core.changes import (
     Change,
@@ -189,6 +190,9 @@ class LicenseService:
         #: Run every housekeeping round in a cluster: hand imported documents between
         #: the nodes (``ServerInstance.sync_cluster``).
         self.cluster_sync: Callable[[], Awaitable[object]] | None = None
+        #: The quota blocks this node held, as its ledger's fold has them (a copy), so
+        #: that a restarted node settles each at what it granted (ADR 0032).
+        self.quota_book: Callable[[], NodeBook] | None = None
         #: Metered usage charged against the cluster's shared pools (None: single node).
         self.shared_meters: SharedMeters | None = None
         self._side: list[asyncio.Future[int]] = []
@@ -571,6 +575,7 @@ class LicenseService:
                 node=self.instance_id,
                 license_ids=license_ids,
                 members=len(view.members),
+                book=self.quota_book() if self.quota_book is not None else None,
             )
             await self.shared_meters.reconcile()
         async with self._lock:

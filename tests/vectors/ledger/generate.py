@@ -484,6 +484,25 @@ def _build(tmp: Path) -> dict[str, bytes]:
     )
     st.writer.close()
 
+    # state-quota (revision 1.10): a cluster node's open quota block and the units it
+    # granted from it, carried by the next epoch's STATE record (key qb).
+    sq = new_ledger(tmp / "state-quota", seed=17, config=LedgerConfig(epoch_max_records=4))
+    sq.writer.close()
+    sq.reopen(seed=171, folder=LedgerState())
+    sq.add(
+        RecordType.QUOTA_BLOCK_TAKEN,
+        {"b": "node0.00112233445566ff", "l": LICENSE_ID, "m": "solver-runs", "p": "total",
+         "n": 64},
+    )  # fmt: skip
+    sq.usage(5)
+    v.valid(
+        "state-quota",
+        "revision 1.10: an epoch's STATE record carries the node's open quota block (qb)",
+        sq.export(),
+        sq,
+    )
+    sq.writer.close()
+
     # usage: six usage records; the source of the tampered vectors below.
     u = new_ledger(tmp / "usage", seed=7)
     u.usage(6)

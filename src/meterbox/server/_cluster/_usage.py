@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from meterbox.ledger.records import RecordPayload, UsageDecrement
 from meterbox.server._cluster._coordinator import EtcdCoordinator
 from meterbox.server._cluster._quota import ClusterQuota, QuotaConfig, QuotaStore
-from meterbox.server._cluster._quota_core import PoolKey
+from meterbox.server._cluster._quota_core import NodeBook, PoolKey
 from meterbox.server._core.meters import UsageResult
 from meterbox.server._core.policy import MeterPolicy
 from meterbox.server._errors import ClusterUnavailableError
@@ -72,7 +72,11 @@ class SharedMeters:
         license_ids: Iterable[str],
         members: int,
         config: QuotaConfig | None = None,
+        book: NodeBook | None = None,
     ) -> SharedMeters:
+        """``book``: the blocks the node's ledger says it holds (the fold's copy); blocks
+        the pools list for this node that the book does not know count as fully used."""
+
         def submit(record: RecordPayload) -> Future[Any]:
             return sink.record_nowait(record.record_type.kind, record.to_map())
 
@@ -83,6 +87,7 @@ class SharedMeters:
             submit=submit,
             license_ids=license_ids,
             config=config or QuotaConfig(members=max(1, members)),
+            book=book,
             unknown_blocks_used=True,
         )
         # Settle what the pools list for this node at its first charge (or now, below):

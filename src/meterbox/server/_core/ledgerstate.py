@@ -15,6 +15,9 @@ holds is therefore a function of the ledger alone:
   by :func:`meterbox.server._core.standing.apply`, the rule the engine applies;
 * the last receipt (vendor time and acknowledged seq), which moves the report
   deadline; the clock floor (the latest record time folded);
+* in a cluster, the quota blocks this node holds and the units it granted from each
+  (:class:`~meterbox.server._cluster._quota_core.NodeBook`, the rule the live quota
+  path runs), so a node that restarts settles them at what it really granted;
 * per Cryptolens data object, the units it charged (give-backs capped, as
   :func:`meterbox.compat.rules.charged_from_records` computes them), and the
   node-locked activations.
@@ -53,7 +56,9 @@ from meterbox.ledger.records import (
     State,
     TopupImported,
     Usage,
+    parse_payload,
 )
+from meterbox.server._cluster._quota_core import NodeBook, OpenBlock
 from meterbox.server._core.meters import AppliedTopup, period_key
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import Removal, SeatLease
@@ -63,6 +68,7 @@ from meterbox.server._errors import LicenseAlreadyRevoked, NoticeOutOfOrder
 
 _MS: Final = 1000
 _USAGE_TYPES: Final = frozenset({RecordType.USAGE, RecordType.USAGE_DECREMENT})
+_QUOTA_TYPES: Final = frozenset({RecordType.QUOTA_BLOCK_TAKEN, RecordType.QUOTA_BLOCK_RETURNED})
 _LEASE_ENDS: Final = frozenset(
     {
         RecordType.SEAT_RELEASE,
@@ -123,6 +129,8 @@ class StateView:
     head_seq: int = -1
     #: (vendor time ms, acknowledged seq, receipt id)
     receipt: tuple[int, int, str] | None = None
+    #: The quota blocks this node holds (a cluster node; empty on a single server).
+    quota: NodeBook = field(default_factory=NodeBook)
 
 
 class LedgerState:
@@ -205,6 +213,10 @@ class LedgerState:
                 for _, x in sorted(v.leases.items())
                 if x.machine is not None and x.expires_ms > floor
             ),
+            # In the book's order (oldest first): usage draws on the oldest block first.
+            quota_blocks=tuple(
+                (b.block_id, *b.pool, b.size, b.used) for b in v.quota.open.values()
+            ),
             clock_floor_ms=floor,
             head_seq=v.head_seq,
             receipt_ms=None if v.receipt is None else v.receipt[0],
@@ -223,8 +235,10 @@ class LedgerState:
         # An authentic record this fold cannot read changes no enforcement state: the
         # server never writes such a record, so there is nothing it decided. (try/except,
         # not contextlib.suppress: this runs for every record the server commits.)
-        try:  # noqa: SIM105
+        try:
             self._apply(rtype, payload, wall_ms)
+            if rtype in _QUOTA_TYPES or (rtype in _USAGE_TYPES and v.quota.open):
+                self._apply_quota(rtype, payload)
         except FormatError:
             pass
 
@@ -249,6 +263,14 @@ class LedgerState:
                 key = (lid, name, int(obj))
                 charged = v.charged.get(key, 0)
                 v.charged[key] = charged - min(amount, charged) if decrement else charged + amount
+
+    def _apply_quota(self, rtype: RecordType, payload: Mapping[str, Any]) -> None:
+        # Called for usage only while this node holds blocks (a cluster node; never a
+        # single server, so its hot path parses nothing more).
+        quota = self.view.quota
+        quota.apply(parse_payload(rtype, payload))
+        # Settled blocks are not carried by STATE either; the fold keeps open ones.
+        quota.settled.clear()
 
     def _apply(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int) -> None:
         v = self.view
@@ -472,6 +494,9 @@ def view_from_state(state: State) -> StateView:
             for r in state.leases
         },
         standings={r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in state.standings},
+        quota=NodeBook(
+            open={r[0]: OpenBlock(r[0], (r[1], r[2], r[3]), r[4], r[5]) for r in state.quota_blocks}
+        ),
         removed={
             r[0]: FoldRemoval(
                 FoldLease(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8] or None),
