@@ -121,16 +121,15 @@ class SharedKeys:
             return self._lease
 
     def _flush(self, items: list[tuple[str, bytes]]) -> list[None]:
+        # A node that knows it has no quorum does not wait on etcd's timeouts again.
+        self.coordinator.require_quorum()
         try:
-            try:
-                self.etcd.put_all(items, self._current_lease())
-            except EtcdDown:
-                # etcd may have forgotten the lease (restored, or compacted away while
-                # this node was cut off): once more on a fresh one.
-                with self._lease_lock:
-                    self._lease = 0
-                self.etcd.put_all(items, self._current_lease())
+            self.etcd.put_all(items, self._current_lease())
         except EtcdDown as exc:
+            # etcd may have forgotten the lease (restored from a snapshot, or the node
+            # was cut off longer than it lives): the next batch takes a fresh one.
+            with self._lease_lock:
+                self._lease = 0
             self.coordinator._lost(str(exc))
             raise unavailable(str(exc)) from exc
         self.counters["published"] += len(items)
