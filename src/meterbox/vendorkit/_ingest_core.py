@@ -24,6 +24,11 @@ Finding codes decided here (stable, see also :mod:`meterbox.vendorkit.clockcheck
 ``record.payload_invalid``        critical  an authentic usage or seat record whose payload
                                             is not what the server writes
 ``usage.unknown_license``         warning   records name a license the report does not carry
+``usage.redelivered``             info      usage events already recorded under the same
+                                            idempotency key (another node): stored, not
+                                            billed again (:mod:`._redelivery`, ADR 0033)
+``usage.redelivered_mismatch``    warning   the same key with another meter, kind or
+                                            amount: billed once, as first stored
 ``report.limit_exceeded``         critical  the report is larger than a bound of
                                             :class:`IngestConfig` (file, header, records)
 ``ingest.error``                  critical  ingest failed on this report; nothing of it was

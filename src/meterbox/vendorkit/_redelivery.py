@@ -20,9 +20,11 @@ The rule (:func:`decide`), for usage rows that carry an idempotency key (field `
    the same, as first stored;
 4. rows without a key are each billed, as before.
 
-:func:`decide` is applied chunk by chunk over a report's rows, each chunk seeing the
-copies billed so far (earlier reports and earlier chunks): the outcome is the same as
-one call over the whole report (the property tests check it).
+A row whose event has no other copy in the store is billed by the store in one
+statement (the rule's trivial case: nearly every row, and no row in Python per row).
+:func:`decide` is applied to the rest chunk by chunk, each chunk seeing the copies
+billed so far (earlier reports and earlier chunks): the outcome is the same as one
+call over the whole report (the property tests check it).
 """
 
 from __future__ import annotations

@@ -308,7 +308,9 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
             _flush(ctx, core)
             _resolve(ctx, core)
             _flush(ctx, core)
-            early += _redeliveries(ctx)
+            if authentic and instance_hex:
+                acked = inst_row.acked_seq if inst_row and inst_row.acked_seq is not None else -1
+                early += _redeliveries(ctx, instance_hex, acked)
             if authentic:
                 early += _record_checks(ctx, header, result, enforcement, witnesses, tpm)
             every, grace = reporting_interval(licenses)
@@ -357,26 +359,25 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
     )
 
 
-def _redeliveries(ctx: IngestContext) -> list[Finding]:
+def _redeliveries(ctx: IngestContext, instance_id: str, after_seq: int) -> list[Finding]:
     """Bill the first copy of each keyed usage event of this report (docs/adr/0033).
 
-    In chunks of :data:`BATCH_ROWS` rows, so memory stays bounded; each chunk sees the
-    copies billed by earlier reports and earlier chunks.
+    A row whose event has no other copy in the store is billed by one statement (the
+    rule's trivial case, nearly every row); the others go through
+    :func:`~meterbox.vendorkit._redelivery.decide` in chunks of :data:`BATCH_ROWS`
+    rows, so memory stays bounded, each chunk seeing the copies billed so far.
     """
     store, conn = ctx.store, ctx.conn
+    store.bill_sole_copies(instance_id, ctx.digest, after_seq, conn)
     tally = Tally()
-    after = -1
+    after = after_seq
     while True:
-        rows = store.keyed_usage_of_report(ctx.digest, after, BATCH_ROWS, conn)
+        rows = store.keyed_usage_of_report(instance_id, ctx.digest, after, BATCH_ROWS, conn)
         if not rows:
             break
         after = rows[-1].seq
         decision = decide_redelivery(store.billed_copies((r.event for r in rows), conn), rows)
-        by_instance: dict[str, list[int]] = {}
-        for r in decision.bill:
-            by_instance.setdefault(r.instance_id, []).append(r.seq)
-        for instance, seqs in by_instance.items():
-            store.bill_rows(instance, seqs, conn)
+        store.bill_rows(instance_id, [r.seq for r in decision.bill], conn)
         tally.add(decision.redelivered)
     return tally.findings()
 

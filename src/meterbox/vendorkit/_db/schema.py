@@ -168,10 +168,8 @@ usage_billed_key_index = sa.Index(
     sqlite_where=_billed_keyed,
     postgresql_where=_billed_keyed,
 )
-#: The keyed rows of one report, found again by ingest's redelivery step.
-usage_report_key_index = sa.Index(
-    "usage_report_key", usage_table.c.report_digest, usage_table.c.idem_key
-)
+#: Every copy of one event: what ingest's redelivery step looks up per row.
+usage_key_index = sa.Index("usage_key", usage_table.c.license_id, usage_table.c.idem_key)
 seat_events_table = sa.Table(
     "seat_events",
     metadata,

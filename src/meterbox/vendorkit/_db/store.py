@@ -61,7 +61,7 @@ from meterbox.vendorkit._db.schema import (
     tpm_ek_cas_table,
     tpm_pins_table,
     usage_billed_key_index,
-    usage_report_key_index,
+    usage_key_index,
     usage_table,
 )
 from meterbox.vendorkit._redelivery import KeyedUsage
@@ -232,7 +232,7 @@ def migrate_2_to_3(conn: Connection) -> None:
     for name in ("idem_key", "billed"):
         column = sa.schema.CreateColumn(usage_table.c[name]).compile(dialect=dialect)
         conn.exec_driver_sql(f"ALTER TABLE {usage_table.name} ADD COLUMN {column}")
-    for index in (usage_billed_key_index, usage_report_key_index):
+    for index in (usage_billed_key_index, usage_key_index):
         conn.execute(sa.schema.CreateIndex(index))
     conn.execute(sa.update(schema_table).values(version=3))
 
@@ -687,8 +687,35 @@ class VendorStore:
 
     # -- usage events redelivered to another node (docs/adr/0033) ----------------------
 
+    def bill_sole_copies(
+        self, instance_id: str, report_digest: str, after_seq: int, conn: Connection
+    ) -> None:
+        """Bill, in one statement, the keyed rows of one report whose event has no other
+        row anywhere in the store: the trivial case of the redelivery rule, and nearly
+        every row. The other keyed rows are left for :meth:`keyed_usage_of_report`.
+        """
+        u = usage_table
+        o = usage_table.alias("other")
+        other_copy = sa.exists().where(
+            o.c.license_id == u.c.license_id,
+            o.c.idem_key == u.c.idem_key,
+            sa.or_(o.c.instance_id != u.c.instance_id, o.c.seq != u.c.seq),
+        )
+        conn.execute(
+            sa.update(u)
+            .where(
+                u.c.instance_id == instance_id,
+                u.c.seq > after_seq,
+                u.c.report_digest == report_digest,
+                u.c.idem_key.is_not(None),
+                u.c.billed == sa.false(),
+                ~other_copy,
+            )
+            .values(billed=True)
+        )
+
     def keyed_usage_of_report(
-        self, report_digest: str, after_seq: int, limit: int, conn: Connection
+        self, instance_id: str, report_digest: str, after_seq: int, limit: int, conn: Connection
     ) -> list[KeyedUsage]:
         """Up to ``limit`` unbilled keyed rows of one report after ``after_seq``, by seq."""
         t = usage_table
@@ -703,10 +730,11 @@ class VendorStore:
                 t.c.amount,
             )
             .where(
+                t.c.instance_id == instance_id,
+                t.c.seq > after_seq,
                 t.c.report_digest == report_digest,
                 t.c.idem_key.is_not(None),
                 t.c.billed == sa.false(),
-                t.c.seq > after_seq,
             )
             .order_by(t.c.seq)
             .limit(limit)
