@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Final
 
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._cluster._coordinator import ROOT, EtcdCoordinator, _seg, unavailable
@@ -168,6 +168,3 @@ class SharedKeys:
         elif found.node != self.node:
             self.counters["remote_hits"] += 1
         return found
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.counters)
