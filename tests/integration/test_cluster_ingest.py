@@ -13,9 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from meterbox.ledger import LedgerWriter
 from meterbox.licenses import Feature, Meter
-from meterbox.vendorkit import VendorStore
+from meterbox.vendorkit import Period, VendorStore, bill
 from meterbox.vendorkit.ingest import IngestOutcome, ingest
 from support.vendor_ingest import (
     SITE_START_MS,
@@ -48,6 +50,7 @@ def _nodes(
     cluster_size: int = 3,
     seats: int = 5,
     starts: list[int] | None = None,
+    store_url: str | None = None,
     **terms: Any,
 ) -> tuple[Path, list[Site]]:
     """A vendor, a cluster licence, and ``n`` nodes started 100 ms apart (or at ``starts``)."""
@@ -58,6 +61,7 @@ def _nodes(
         features={"cad": Feature(seats, lease_seconds=60)},
         meters={"solver": Meter(None)},
         cluster_size=cluster_size,
+        store_url=store_url,
         **terms,
     )
     at = starts or [SITE_START_MS + i * 100 for i in range(n)]
@@ -240,3 +244,101 @@ def test_a_member_that_stopped_reporting_is_a_finding_and_shown_in_the_listing(
     assert [iid for iid, n in rows.items() if n["silent"]] == [nodes[2].writer.instance_id.hex()]
     assert "past the deadline" in rows[nodes[2].writer.instance_id.hex()]["why"]
     assert all(n["last_report"] for n in rows.values())
+
+
+# ------------------------------------------- an event redelivered to a second node (ADR 0033)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+def _usage_rows(home: Path, url: str | None) -> list[tuple[str, int, str | None, bool]]:
+    with VendorStore.open(url, home=home) as db, db.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT instance_id, amount, idem_key, billed FROM usage ORDER BY instance_id, seq"
+        )
+        return [(str(i), int(a), k, bool(b)) for i, a, k, b in rows]
+
+
+def _used(home: Path, url: str | None) -> int:
+    statement = bill(home, Period(2026, 1), store_url=url)
+    return sum(m.used for m in statement.meters if m.license_id == LIC)
+
+
+def test_an_event_on_two_ledgers_is_billed_once(tmp_path: Path, store_url: str | None) -> None:
+    # Node A committed the event and died before answering; the client resent it to B
+    # with the same key and B recorded it too: both ledgers hold it.
+    home, (a, b) = _nodes(tmp_path, n=2, store_url=store_url)
+    a.use("solver", 7, k="evt-1")
+    a.use("solver", 3)  # no key: counted on its own, as always
+    b.use("solver", 7, k="evt-1")
+    b.use("solver", 2, k="evt-2")
+    a.heartbeat()
+    b.heartbeat()
+
+    first = ingest(home, a.export(tmp_path / "a.mbr"), store_url=store_url, now=VENDOR_NOW)
+    second = ingest(home, b.export(tmp_path / "b.mbr"), store_url=store_url, now=VENDOR_NOW)
+
+    assert first.accepted and second.accepted, (first.findings, second.findings)
+    assert "usage.redelivered" not in _codes(first)
+    found = [f for f in second.findings if f.code == "usage.redelivered"]
+    assert [f.severity for f in found] == ["info"]
+    assert "1 usage events (7 units)" in found[0].message
+    assert str(first.instance_id)[:16] in found[0].message
+    # Each ledger's receipt acknowledges what that node recorded.
+    assert (first.totals, second.totals) == ({"solver": 10}, {"solver": 9})
+    # Both copies are stored (evidence), one is billed: 7 + 3 + 2.
+    rows = _usage_rows(home, store_url)
+    assert sorted((amount, key, billed) for _, amount, key, billed in rows) == [
+        (2, "evt-2", True),
+        (3, None, True),
+        (7, "evt-1", False),
+        (7, "evt-1", True),
+    ]
+    assert _used(home, store_url) == 12
+    statement = bill(home, Period(2026, 1), store_url=store_url)
+    assert "usage.redelivered" in {f.code for f in statement.findings}
+
+
+def test_a_key_reused_with_another_amount_is_billed_once_as_first_stored(
+    tmp_path: Path,
+) -> None:
+    home, (a, b) = _nodes(tmp_path, n=2)
+    a.use("solver", 5, k="evt-1")
+    b.use("solver", 50, k="evt-1")
+    a.heartbeat()
+    b.heartbeat()
+    # B's report reaches the vendor first: its copy is the one billed.
+    second = _ingest(home, b, tmp_path / "b.mbr")
+    first = _ingest(home, a, tmp_path / "a.mbr")
+
+    assert second.accepted and first.accepted
+    warning = next(f for f in first.findings if f.code == "usage.redelivered_mismatch")
+    assert warning.severity == "warning"
+    assert "(increment solver 5) vs billed" in warning.message
+    assert "increment solver 50" in warning.message
+    assert "usage.redelivered" not in _codes(first)
+    assert _used(home, None) == 50
+
+
+def test_a_later_report_of_the_same_nodes_keeps_the_bill(tmp_path: Path) -> None:
+    home, (a, b) = _nodes(tmp_path, n=2)
+    a.use("solver", 4, k="evt-1")
+    b.use("solver", 4, k="evt-1")
+    a.heartbeat()
+    b.heartbeat()
+    _ingest(home, a, tmp_path / "a1.mbr")
+    _ingest(home, b, tmp_path / "b1.mbr")
+    # Without the receipts imported the next reports repeat every record.
+    a.use("solver", 1, k="evt-2")
+    b.use("solver", 1, k="evt-2")
+    later_b = _ingest(home, b, tmp_path / "b2.mbr")
+    later_a = _ingest(home, a, tmp_path / "a2.mbr")
+    assert later_b.accepted and later_a.accepted
+    assert "usage.redelivered" not in _codes(later_b)
+    assert "1 usage events (1 units)" in next(
+        f.message for f in later_a.findings if f.code == "usage.redelivered"
+    )
+    assert _used(home, None) == 5

@@ -14,13 +14,20 @@ from meterbox.cli import app as root_app
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import Feature, License, Meter, Topup
 from meterbox.vendorkit import Period, VendorStore, bill, ingest_report
-from meterbox.vendorkit._db.schema import SCHEMA_VERSION, schema_table, to_micros
+from meterbox.vendorkit._db.schema import (
+    SCHEMA_VERSION,
+    metadata,
+    schema_table,
+    to_micros,
+    usage_table,
+)
 from meterbox.vendorkit._db.store import (
     FindingRow,
     InstanceRow,
     ReportRow,
     normalise_url,
 )
+from meterbox.vendorkit._rows import UsageInsert
 from meterbox.vendorkit.keys import VendorKeyPair
 from support.vendor_ingest import VENDOR_NOW, issue, make_home, make_site
 
@@ -55,11 +62,9 @@ def _license(license_id: str, customer: str) -> tuple[License, bytes]:
     return lic, lic.sign(PAIR.signer())
 
 
-def _usage(
-    seq: int, license_id: str = "lic_a", amount: int = 1
-) -> tuple[str, int, str, str, int, int, str, str, str]:
+def _usage(seq: int, license_id: str = "lic_a", amount: int = 1) -> UsageInsert:
     ts = to_micros(T0 + timedelta(minutes=seq))
-    return (INSTANCE, seq, license_id, "runs", ts, amount, "c1", "increment", "ee" * 32)
+    return UsageInsert(INSTANCE, seq, license_id, "runs", ts, amount, "c1", "increment", "ee" * 32)
 
 
 def _count(store: VendorStore, table: str) -> int:
@@ -267,7 +272,9 @@ def test_url_normalisation() -> None:
 
 def test_million_usage_rows_are_stored_in_batches_on_sqlite(tmp_path: Path) -> None:
     rows = [
-        (INSTANCE, i, "lic_a", "runs", to_micros(T0) + i * 1_000_000, 1, "c1", "increment", "d")
+        UsageInsert(
+            INSTANCE, i, "lic_a", "runs", to_micros(T0) + i * 1_000_000, 1, "c1", "increment", "d"
+        )
         for i in range(1_000_000)
     ]
     # How fast is measured by bench/ingest_1m.py (docs/benchmarks.md), not here.
@@ -289,3 +296,59 @@ def test_cli_names_the_way_out_of_a_millisecond_schema_store(tmp_path: Path) -> 
     assert result.exit_code == 4, result.output
     assert "earlier meterbox" in result.stderr
     assert "no migration" in result.stderr
+
+
+def _schema_2_store(url: str) -> None:
+    """A store as schema 2 wrote it: ``usage`` without ``idem_key`` and ``billed``."""
+    md = sa.MetaData()
+    for table in metadata.sorted_tables:
+        if table.name != "usage":
+            table.to_metadata(md)
+    sa.Table(
+        "usage",
+        md,
+        *(
+            sa.Column(c.name, c.type, nullable=c.nullable)
+            for c in usage_table.columns
+            if c.name not in ("idem_key", "billed")
+        ),
+        sa.PrimaryKeyConstraint("instance_id", "seq", name="usage_instance_seq"),
+        sa.Index("usage_license_ts", "license_id", "ts"),
+    )
+    engine = sa.create_engine(normalise_url(url, None))
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(schema_table.insert().values(id=1, version=2))
+        conn.exec_driver_sql(
+            "INSERT INTO usage (instance_id, seq, license_id, meter, ts, amount, client_id, "
+            f"kind, report_digest) VALUES ('{INSTANCE}', 1, 'lic_a', 'runs', "
+            f"{to_micros(T0)}, 5, 'c1', 'increment', 'd2')"
+        )
+    engine.dispose()
+
+
+def test_a_schema_2_store_is_migrated_and_bills_as_before(store_url: str) -> None:
+    _schema_2_store(store_url)
+
+    with VendorStore.open(store_url) as s:
+        with s.engine.connect() as conn:
+            assert conn.execute(sa.select(schema_table.c.version)).scalar_one() == SCHEMA_VERSION
+        (row,) = s.usage_between(T0, T0 + timedelta(days=1))
+        assert (row.amount, row.idem_key, row.billed) == (5, None, True)
+        # The new unique index holds: a second billed row of one key is refused.
+        keyed = [
+            _usage(2)._replace(idem_key="k1", billed=False),
+            _usage(3)._replace(instance_id="cd" * 16, idem_key="k1", billed=False),
+        ]
+        with s.engine.begin() as conn:
+            s.insert_usage(keyed, conn)
+            s.bill_rows(INSTANCE, [2], conn)
+        with s.engine.connect() as conn:
+            assert list(s.billed_copies([("lic_a", "k1")], conn)) == [("lic_a", "k1")]
+        with pytest.raises(sa.exc.IntegrityError), s.engine.begin() as conn:
+            s.bill_rows("cd" * 16, [3], conn)
+        everything = s.usage_between(T0, T0 + timedelta(days=1), billed_only=False)
+        assert [(r.seq, r.billed) for r in everything] == [(1, True), (2, True), (3, False)]
+    # Opening again finds version 3 and changes nothing.
+    with VendorStore.open(store_url) as s:
+        assert len(s.usage_between(T0, T0 + timedelta(days=1))) == 2

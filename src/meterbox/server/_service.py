@@ -62,6 +62,7 @@ from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
+from meterbox.server._cluster._idem import SharedKeys, answer
 from meterbox.server._cluster._quota_core import NodeBook
 from meterbox.server._cluster._usage import NowaitSink, SharedMeters
 from meterbox.server._core.changes import (
@@ -195,6 +196,8 @@ class LicenseService:
         self.quota_book: Callable[[], NodeBook] | None = None
         #: Metered usage charged against the cluster's shared pools (None: single node).
         self.shared_meters: SharedMeters | None = None
+        #: Idempotency keys shared with the other nodes (None: single node, ADR 0033).
+        self.shared_keys: SharedKeys | None = None
         self._side: list[asyncio.Future[int]] = []
         #: The ledger writer's step count when :meth:`now` last looked (for the log).
         self._steps_logged = 0
@@ -568,6 +571,12 @@ class LicenseService:
         )
         if not view.quorum:
             self._quorum_changed(False, view.problem)
+        if isinstance(self.cluster, EtcdCoordinator):
+            self.shared_keys = SharedKeys(
+                self.cluster,
+                node=self.instance_id,
+                ttl_s=int(self.engine.idempotency_ttl.total_seconds()),
+            )
         if isinstance(self.cluster, EtcdCoordinator) and isinstance(self.sink, NowaitSink):
             self.shared_meters = SharedMeters.start(
                 self.cluster,
@@ -1069,6 +1078,13 @@ class LicenseService:
         decrement: bool = False,
         license_id: str | None = None,
     ) -> UsageResult:
+        if idempotency_key is not None and self.shared_keys is not None:
+            kind = "usage.decrement" if decrement else "usage"
+            fp = fingerprint(kind, meter, amount, client_id)
+            remote = await self._recorded_elsewhere(meter, idempotency_key, fp, license_id)
+            if remote is not None:
+                self.counters["usage_replays"] += 1
+                return remote
         async with self._lock:
             self.cluster.require_quorum()
             now = self.now()
@@ -1096,6 +1112,51 @@ class LicenseService:
                 return replace(first, replayed=True)
             return decision.result
         return await self._finish_usage(decision, task, now, idempotency_key)
+
+    async def _recorded_elsewhere(
+        self, meter: str, key: str, fp: str, license_id: str | None
+    ) -> UsageResult | None:
+        """Another node's answer for a key this node does not know (ADR 0033), or None.
+
+        Looked up outside the service lock: one etcd read, and the engine decides as
+        always when no node published the key. Raises 503 without quorum.
+        """
+        assert self.shared_keys is not None
+        if key in self.engine.meters.idempotency or key in self._inflight:
+            return None  # this node's own key: the engine answers (or refuses) it
+        self.cluster.require_quorum()
+        lics = (
+            [license_id]
+            if license_id is not None
+            else [lid for lid, lic in self.engine.licenses.items() if meter in lic.meters]
+        )
+        published = await self.shared_keys.lookup(lics, meter, key)
+        if published is None or published.node == self.instance_id:
+            # Published by this node before a restart that lost its state: its ledger
+            # replay restores the key, so the engine answers it.
+            return None
+        return answer(published, fp, key)
+
+    async def _publish_key(self, result: UsageResult) -> None:
+        """Publish a durable usage event's key before answering (ADR 0033).
+
+        A failure is logged and the answer still given: the event is on this node's
+        ledger and its key known here, and a 503 would only send the client to another
+        node that cannot know the key either. The vendor bills a copy recorded there once.
+        """
+        assert self.shared_keys is not None
+        fp = fingerprint(result.kind, result.meter, result.amount, result.client_id)
+        try:
+            await self.shared_keys.publish(result, fp)
+        except UnavailableError as exc:
+            self.counters["idem_publish_failures"] = (
+                self.counters.get("idem_publish_failures", 0) + 1
+            )
+            log.warning(
+                "idempotency key %s not published to the cluster: %s",
+                result.idempotency_key,
+                exc,
+            )
 
     async def _charge(self, d: UsageDecision) -> tuple[UsageDecision, asyncio.Future[int]]:
         """Write the usage record; in a cluster, charge the shared pool first (ADR 0032)."""
@@ -1129,6 +1190,9 @@ class LicenseService:
         async with self._lock:
             result = self.engine.complete_usage(decision, seq)
         self.counters["usage_records"] += 1
+        if key is not None and self.shared_keys is not None:
+            # Before the state commit: a retry after a failed one (503) then finds it.
+            await self._publish_key(result)
         r = result
         changes: list[Change] = [UsageDelta(r.license_id, r.meter, r.period, decision.delta)]
         if key is not None:

@@ -24,6 +24,11 @@ Finding codes decided here (stable, see also :mod:`meterbox.vendorkit.clockcheck
 ``record.payload_invalid``        critical  an authentic usage or seat record whose payload
                                             is not what the server writes
 ``usage.unknown_license``         warning   records name a license the report does not carry
+``usage.redelivered``             info      usage events already recorded under the same
+                                            idempotency key (another node): stored, not
+                                            billed again (:mod:`._redelivery`, ADR 0033)
+``usage.redelivered_mismatch``    warning   the same key with another meter, kind or
+                                            amount: billed once, as first stored
 ``report.limit_exceeded``         critical  the report is larger than a bound of
                                             :class:`IngestConfig` (file, header, records)
 ``ingest.error``                  critical  ingest failed on this report; nothing of it was
@@ -67,6 +72,7 @@ from meterbox.ledger.records import (
 )
 from meterbox.licenses import License, Receipt, VendorPublicBundle
 from meterbox.vendorkit._cluster import peak_concurrent
+from meterbox.vendorkit._db.schema import MAX_IDEM_KEY
 from meterbox.vendorkit._db.store import Activity
 from meterbox.vendorkit._rows import EventInsert, LeaseOwner, PendingSeat, SeatInsert, UsageInsert
 from meterbox.vendorkit.anomaly import Anomaly
@@ -549,6 +555,10 @@ class IngestCore:
             return
         meter, amount = usage.meter, usage.amount
         license_id = self._license(usage.license_id)
+        key = usage.idempotency_key
+        # A key longer than any server accepts is not one a client sent: billed on its own.
+        if key is not None and not 0 < len(key) <= MAX_IDEM_KEY:
+            key = None
         if self.observer is not None:
             self.observer.usage(record, usage, license_id, decrement=decrement)
         self.usage.append(
@@ -562,6 +572,10 @@ class IngestCore:
                 (usage.client_id or "")[:200],
                 "decrement" if decrement else "increment",
                 self.report_digest,
+                key,
+                # A keyed row is billed once the report is streamed, if it is the
+                # first copy of its event (meterbox.vendorkit._redelivery).
+                key is None,
             )
         )
         self.totals[meter] = self.totals.get(meter, 0) + (-amount if decrement else amount)

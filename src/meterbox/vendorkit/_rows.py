@@ -22,6 +22,11 @@ class UsageInsert(NamedTuple):
     client_id: str
     kind: str
     report_digest: str
+    #: The record's idempotency key (``k``), or None.
+    idem_key: str | None = None
+    #: Whether this row is billed; ingest stores keyed rows unbilled and bills the first
+    #: copy of each key once the report is streamed (docs/adr/0033).
+    billed: bool = True
 
 
 class SeatInsert(NamedTuple):

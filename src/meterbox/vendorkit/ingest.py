@@ -13,6 +13,10 @@ Invariants:
 * the same record is never billed twice: rows are unique on (instance, seq) and
   inserted with ``ON CONFLICT DO NOTHING``, and records at or before the acknowledged
   head are not even offered; totals count only records after that head;
+* one usage event is billed once across every instance of a license: a row with an
+  idempotency key is billed only if no copy of ``(license, key)`` is billed yet
+  (:mod:`meterbox.vendorkit._redelivery`, ``usage.redelivered`` /
+  ``usage.redelivered_mismatch``); the other copies are stored unbilled;
 * the same report file is never ingested twice: its SHA-256 is looked up first and a
   replay is rejected (``report.replay``) before anything else happens;
 * a receipt is signed only for an accepted report, and only after the store holds
@@ -113,6 +117,8 @@ from meterbox.vendorkit._ingest_core import (
     report_findings,
     reporting_interval,
 )
+from meterbox.vendorkit._redelivery import Tally
+from meterbox.vendorkit._redelivery import decide as decide_redelivery
 from meterbox.vendorkit._tpm_check import TpmReportCheck
 from meterbox.vendorkit._witness import WitnessCheck
 from meterbox.vendorkit.anomaly import (
@@ -302,6 +308,9 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
             _flush(ctx, core)
             _resolve(ctx, core)
             _flush(ctx, core)
+            if authentic and instance_hex:
+                acked = inst_row.acked_seq if inst_row and inst_row.acked_seq is not None else -1
+                early += _redeliveries(ctx, instance_hex, acked)
             if authentic:
                 early += _record_checks(ctx, header, result, enforcement, witnesses, tpm)
             every, grace = reporting_interval(licenses)
@@ -348,6 +357,29 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
         receipt,
         receipt_path,
     )
+
+
+def _redeliveries(ctx: IngestContext, instance_id: str, after_seq: int) -> list[Finding]:
+    """Bill the first copy of each keyed usage event of this report (docs/adr/0033).
+
+    A row whose event has no other copy in the store is billed by one statement (the
+    rule's trivial case, nearly every row); the others go through
+    :func:`~meterbox.vendorkit._redelivery.decide` in chunks of :data:`BATCH_ROWS`
+    rows, so memory stays bounded, each chunk seeing the copies billed so far.
+    """
+    store, conn = ctx.store, ctx.conn
+    store.bill_sole_copies(instance_id, ctx.digest, after_seq, conn)
+    tally = Tally()
+    after = after_seq
+    while True:
+        rows = store.keyed_usage_of_report(instance_id, ctx.digest, after, BATCH_ROWS, conn)
+        if not rows:
+            break
+        after = rows[-1].seq
+        decision = decide_redelivery(store.billed_copies((r.event for r in rows), conn), rows)
+        store.bill_rows(instance_id, [r.seq for r in decision.bill], conn)
+        tally.add(decision.redelivered)
+    return tally.findings()
 
 
 def _settle(ctx: IngestContext, judged: _Judged, tpm: TpmReportCheck, instance_hex: str) -> None:

@@ -51,6 +51,10 @@ from meterbox.server._cluster._url import Endpoint
 API_PATH = "/v3/"
 
 
+#: Operations per transaction: etcd's default ``--max-txn-ops``.
+MAX_TXN_OPS: Final = 128
+
+
 class EtcdDown(Exception):
     """No endpoint gave a usable answer; ``str()`` says what the last one did."""
 
@@ -363,6 +367,29 @@ class Etcd:
             "failure": [],
         }
         return bool(self.call("kv/txn", txn).get("succeeded", False))
+
+    def put_all(self, items: Sequence[tuple[str, bytes]], lease: int) -> None:
+        """Put every ``(key, value)`` on ``lease``: one transaction per :data:`MAX_TXN_OPS`."""
+        for start in range(0, len(items), MAX_TXN_OPS):
+            puts = [
+                {"request_put": {"key": b64(k), "value": b64(v), "lease": lease}}
+                for k, v in items[start : start + MAX_TXN_OPS]
+            ]
+            self.call("kv/txn", {"compare": [], "success": puts, "failure": []})
+
+    def get_first(self, keys: Sequence[str]) -> KV | None:
+        """The first of ``keys`` that exists, read in one (linearizable) transaction."""
+        found: KV | None = None
+        for start in range(0, len(keys), MAX_TXN_OPS):
+            ranges = [{"request_range": {"key": b64(k)}} for k in keys[start : start + MAX_TXN_OPS]]
+            out = self.call("kv/txn", {"compare": [], "success": ranges, "failure": []})
+            for response in out.get("responses", []):
+                kvs = response.get("response_range", {}).get("kvs") or []
+                if kvs and found is None:
+                    found = _kv(kvs[0])
+            if found is not None:
+                return found
+        return found
 
     def put(self, key: str, value: bytes, lease: int = 0) -> None:
         body: dict[str, Any] = {"key": b64(key), "value": b64(value)}

@@ -47,7 +47,7 @@ def usage_sums(
     license_ids: Sequence[str] | None,
     kind: str | None = None,
 ) -> dict[tuple[str, str], int]:
-    """Net units (increments minus decrements) per (license, meter) with ts in [start, end).
+    """Net billed units (increments minus decrements) per (license, meter), ts in [start, end).
 
     With ``kind`` (``increment`` or ``decrement``), the plain units of that kind only.
     The database sums per report, where ingest's bounds keep every sum inside a
@@ -57,7 +57,10 @@ def usage_sums(
     t = usage_table
     ts = micros(t.c.ts)
     amount = _signed_amount() if kind is None else t.c.amount
-    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(amount)).where(ts < end_us)
+    # Only the billed copy of a usage event redelivered to another node (docs/adr/0033).
+    query = sa.select(t.c.license_id, t.c.meter, sa.func.sum(amount)).where(
+        ts < end_us, t.c.billed == sa.true()
+    )
     if kind is not None:
         query = query.where(t.c.kind == kind)
     if start_us is not None:

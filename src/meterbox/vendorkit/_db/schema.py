@@ -10,6 +10,11 @@ Invariants:
 * ``usage``, ``seat_events`` and ``ledger_events`` are unique on ``(instance_id, seq)``
   and written with ``ON CONFLICT DO NOTHING``: the same ledger record is never stored,
   so never billed, twice;
+* a usage event is billed once per ``(license_id, idem_key)`` across every instance:
+  ``usage.billed`` is true for at most one row of a key (a partial unique index), and a
+  copy of the event redelivered to another node of a cluster is stored with
+  ``billed`` false (docs/adr/0033-cluster-idempotency-keys.md). Rows without a key are
+  each billed;
 * ``reports`` are unique on the report file's SHA-256, so a replayed file is
   recognised before anything is billed;
 * ``meterbox_schema`` holds :data:`SCHEMA_VERSION`; a store of any other version is
@@ -24,8 +29,13 @@ from typing import Final
 import sqlalchemy as sa
 
 #: Version 1 kept ingest's four bookkeeping tables outside the version, in
-#: milliseconds. Version 2 is one schema in microseconds.
-SCHEMA_VERSION: Final = 2
+#: milliseconds. Version 2 is one schema in microseconds. Version 3 adds the usage
+#: event's idempotency key and whether the row is the billed copy of its event
+#: (``usage.idem_key``, ``usage.billed``); a version 2 store is migrated on open
+#: (:func:`meterbox.vendorkit._db.store.migrate_2_to_3`).
+SCHEMA_VERSION: Final = 3
+#: Longest idempotency key a server accepts (docs/api.md, POST /v1/usage).
+MAX_IDEM_KEY: Final = 128
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO: Final = timedelta(microseconds=1)
@@ -141,9 +151,25 @@ usage_table = sa.Table(
     sa.Column("client_id", sa.String(200), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("report_digest", sa.String(64), nullable=True),
+    # Schema 3: the record's idempotency key (field ``k``), and whether this row is the
+    # one copy of its event that is billed. Added at the end, as ALTER TABLE adds them.
+    sa.Column("idem_key", sa.String(MAX_IDEM_KEY), nullable=True),
+    sa.Column("billed", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.PrimaryKeyConstraint("instance_id", "seq", name="usage_instance_seq"),
     sa.Index("usage_license_ts", "license_id", "ts"),
 )
+_billed_keyed = sa.and_(usage_table.c.billed == sa.true(), usage_table.c.idem_key.is_not(None))
+#: At most one billed row per (license, key): the store itself refuses a second.
+usage_billed_key_index = sa.Index(
+    "usage_billed_key",
+    usage_table.c.license_id,
+    usage_table.c.idem_key,
+    unique=True,
+    sqlite_where=_billed_keyed,
+    postgresql_where=_billed_keyed,
+)
+#: Every copy of one event: what ingest's redelivery step looks up per row.
+usage_key_index = sa.Index("usage_key", usage_table.c.license_id, usage_table.c.idem_key)
 seat_events_table = sa.Table(
     "seat_events",
     metadata,

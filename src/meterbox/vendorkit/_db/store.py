@@ -60,8 +60,11 @@ from meterbox.vendorkit._db.schema import (
     topups_table,
     tpm_ek_cas_table,
     tpm_pins_table,
+    usage_billed_key_index,
+    usage_key_index,
     usage_table,
 )
+from meterbox.vendorkit._redelivery import KeyedUsage
 from meterbox.vendorkit._rows import EventInsert, SeatInsert, UsageInsert
 
 DB_FILE: Final = "vendor.db"
@@ -136,6 +139,8 @@ class UsageRow:
     client_id: str
     kind: str = "increment"
     report_digest: str | None = None
+    idem_key: str | None = None
+    billed: bool = True
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,22 @@ def normalise_url(url: str | None, home: Path | None) -> str:
     )
 
 
+def migrate_2_to_3(conn: Connection) -> None:
+    """Schema 2 to 3: usage rows get ``idem_key`` (NULL) and ``billed`` (true).
+
+    Rows stored before the migration carry no key: each stays billed, exactly as
+    schema 2 billed it. Runs inside the caller's transaction with the version update,
+    so a store is either wholly version 2 or wholly version 3.
+    """
+    dialect = conn.dialect
+    for name in ("idem_key", "billed"):
+        column = sa.schema.CreateColumn(usage_table.c[name]).compile(dialect=dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {usage_table.name} ADD COLUMN {column}")
+    for index in (usage_billed_key_index, usage_key_index):
+        conn.execute(sa.schema.CreateIndex(index))
+    conn.execute(sa.update(schema_table).values(version=3))
+
+
 def _version_error(version: int) -> StateError:
     if version < SCHEMA_VERSION:
         return StateError(
@@ -283,10 +304,13 @@ class VendorStore:
     def _ensure_schema(self) -> None:
         # The version is read before create_all: a store of another version must be
         # refused exactly as it is, without tables of this version added to it.
-        with self.engine.connect() as conn:
+        # A version this meterbox migrates from is migrated first, in one transaction.
+        with self.engine.begin() as conn:
             if sa.inspect(conn).has_table(schema_table.name):
                 version = conn.execute(sa.select(schema_table.c.version)).scalar_one_or_none()
-                if version is not None and version != SCHEMA_VERSION:
+                if version == 2:
+                    migrate_2_to_3(conn)
+                elif version is not None and version != SCHEMA_VERSION:
                     raise _version_error(int(version))
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
@@ -639,10 +663,17 @@ class VendorStore:
         *,
         customer: str | None = None,
         license_id: str | None = None,
+        billed_only: bool = True,
     ) -> list[UsageRow]:
-        """Usage with ``start <= ts < end`` ordered by (instance, seq)."""
+        """Usage with ``start <= ts < end`` ordered by (instance, seq).
+
+        Only the billed rows unless ``billed_only`` is false: a usage event redelivered
+        to a second node of a cluster is one event (docs/adr/0033).
+        """
         t = usage_table
         query = sa.select(t).where(t.c.ts >= start, t.c.ts < end)
+        if billed_only:
+            query = query.where(t.c.billed == sa.true())
         if license_id is not None:
             query = query.where(t.c.license_id == license_id)
         if customer is not None:
@@ -653,6 +684,107 @@ class VendorStore:
         query = query.order_by(t.c.instance_id, t.c.seq)
         with self.engine.connect() as conn:
             return [UsageRow(**r._asdict()) for r in conn.execute(query)]
+
+    # -- usage events redelivered to another node (docs/adr/0033) ----------------------
+
+    def bill_sole_copies(
+        self, instance_id: str, report_digest: str, after_seq: int, conn: Connection
+    ) -> None:
+        """Bill, in one statement, the keyed rows of one report whose event has no other
+        row anywhere in the store: the trivial case of the redelivery rule, and nearly
+        every row. The other keyed rows are left for :meth:`keyed_usage_of_report`.
+        """
+        u = usage_table
+        o = usage_table.alias("other")
+        other_copy = sa.exists().where(
+            o.c.license_id == u.c.license_id,
+            o.c.idem_key == u.c.idem_key,
+            sa.or_(o.c.instance_id != u.c.instance_id, o.c.seq != u.c.seq),
+        )
+        conn.execute(
+            sa.update(u)
+            .where(
+                u.c.instance_id == instance_id,
+                u.c.seq > after_seq,
+                u.c.report_digest == report_digest,
+                u.c.idem_key.is_not(None),
+                u.c.billed == sa.false(),
+                ~other_copy,
+            )
+            .values(billed=True)
+        )
+
+    def keyed_usage_of_report(
+        self, instance_id: str, report_digest: str, after_seq: int, limit: int, conn: Connection
+    ) -> list[KeyedUsage]:
+        """Up to ``limit`` unbilled keyed rows of one report after ``after_seq``, by seq."""
+        t = usage_table
+        query = (
+            sa.select(
+                t.c.instance_id,
+                t.c.seq,
+                t.c.license_id,
+                t.c.idem_key,
+                t.c.meter,
+                t.c.kind,
+                t.c.amount,
+            )
+            .where(
+                t.c.instance_id == instance_id,
+                t.c.seq > after_seq,
+                t.c.report_digest == report_digest,
+                t.c.idem_key.is_not(None),
+                t.c.billed == sa.false(),
+            )
+            .order_by(t.c.seq)
+            .limit(limit)
+        )
+        return [_keyed(r) for r in conn.execute(query)]
+
+    def billed_copies(
+        self, keys: Iterable[tuple[str, str]], conn: Connection
+    ) -> dict[tuple[str, str], KeyedUsage]:
+        """(license, key) -> the billed row of that event, for the keys that have one."""
+        wanted = sorted(set(keys))
+        t = usage_table
+        out: dict[tuple[str, str], KeyedUsage] = {}
+        by_license: dict[str, list[str]] = {}
+        for lic, key in wanted:
+            by_license.setdefault(lic, []).append(key)
+        for lic, idem_keys in by_license.items():
+            for start in range(0, len(idem_keys), _IN_CHUNK):
+                query = sa.select(
+                    t.c.instance_id,
+                    t.c.seq,
+                    t.c.license_id,
+                    t.c.idem_key,
+                    t.c.meter,
+                    t.c.kind,
+                    t.c.amount,
+                ).where(
+                    t.c.billed == sa.true(),
+                    t.c.license_id == lic,
+                    t.c.idem_key.in_(idem_keys[start : start + _IN_CHUNK]),
+                )
+                for r in conn.execute(query):
+                    copy = _keyed(r)
+                    out[copy.license_id, copy.key] = copy
+        return out
+
+    def bill_rows(self, instance_id: str, seqs: Sequence[int], conn: Connection) -> None:
+        """Mark rows of one instance as the billed copy of their event.
+
+        The partial unique index refuses a second billed row of one (license, key):
+        an ingest that tried would fail and roll back, never bill twice.
+        """
+        t = usage_table
+        for start in range(0, len(seqs), _IN_CHUNK):
+            chunk = list(seqs[start : start + _IN_CHUNK])
+            conn.execute(
+                sa.update(t)
+                .where(t.c.instance_id == instance_id, t.c.seq.in_(chunk))
+                .values(billed=True)
+            )
 
     # -- what ingest looks up ----------------------------------------------------------
 
@@ -726,6 +858,18 @@ class VendorStore:
                         last_wall_us=max(old[1], a.last_wall_us),
                     )
                 )
+
+
+def _keyed(r: Any) -> KeyedUsage:
+    return KeyedUsage(
+        str(r.instance_id),
+        int(r.seq),
+        str(r.license_id),
+        str(r.idem_key),
+        str(r.meter),
+        str(r.kind),
+        int(r.amount),
+    )
 
 
 def _insert_raw(
