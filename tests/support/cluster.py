@@ -54,8 +54,12 @@ def make_cluster_site(
     cluster_size: int = 1,
     store: bool = False,
     name: str = "node",
+    seats: int = SEATS,
+    overdraft: int = OVERDRAFT,
 ) -> ClusterSite:
     """A vendor home and ``nodes`` initialised data directories ``root/<name><i>``.
+
+    ``seats`` and ``overdraft``: of the license's one feature, :data:`FEATURE`.
 
     ``store``: the license is also added to the vendor's store, so every node's report
     can be ingested against it.
@@ -69,7 +73,7 @@ def make_cluster_site(
         product="Solver",
         issued=issued,
         vendor_key_id=keys.current_id.hex(),
-        features={FEATURE: Feature(seats=SEATS, overdraft=OVERDRAFT, lease_seconds=LEASE_SECONDS)},
+        features={FEATURE: Feature(seats=seats, overdraft=overdraft, lease_seconds=LEASE_SECONDS)},
         meters=meters
         if meters is not None
         else {"runs": Meter(limit=None), QUOTA_METER: Meter(limit=QUOTA_LIMIT)},

@@ -183,6 +183,7 @@ class LicenseService:
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
         #: Checkouts waiting for a seat, per feature, first come first served.
         self._queues: dict[str, collections.deque[Waiter]] = {}
+        self._joining = asyncio.Lock()
         #: The site admin's activity log (who had which seat); None writes none.
         self.activity: ActivityLog | None = None
         #: Signs borrow tokens: the ledger's instance key (set by the instance that opens
@@ -425,7 +426,10 @@ class LicenseService:
             now = self.now()
             denials = self.engine.seats.denials.get(feature, 0)
             try:
-                self._queue_check(feature, client_id, ticket, now)
+                if self.cluster.shared:
+                    await self._shared_queue_check(feature, client_id, ticket, now)
+                else:
+                    self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
                 if self.cluster.shared:
                     shared = pools(now) if pools else self._pools_of(feature, now)
@@ -657,6 +661,33 @@ class LicenseService:
         denied.license_id = sources[0][0] if sources else None
         raise denied
 
+    async def _shared_queue_check(
+        self, feature: str, client_id: str, ticket: Waiter | None, now: datetime
+    ) -> None:
+        """:meth:`_queue_check` over the cluster's queue: every node's waiters count.
+
+        Asked before the engine's decision, so a request is told how many wait ahead of
+        it even where the seat book would refuse first; the claim's transaction keeps
+        the order (docs/adr/0034).
+        """
+        if self.engine.seats.held_by(feature, client_id, now) is not None:
+            return  # a renewal of the client's own lease never waits
+        sources = self.engine.feature_sources(feature, now)
+        if not sources:
+            return
+        entry = ticket.entry if ticket is not None else None
+        ahead = await self.cluster.places_ahead(sources[0][0], feature, entry)
+        if not ahead:
+            return
+        denied = NoSeatAvailable(
+            f"{ahead} client(s) wait for a seat of {feature!r} ahead of this request",
+            expected="a free seat and no client queued ahead on any node of the cluster",
+            found=f"{ahead} queued in the cluster",
+            hint="Check out with wait_seconds to queue (FIFO across the cluster), or retry later",
+        )
+        denied.license_id = sources[0][0]
+        raise denied
+
     def _wake(self, feature: str) -> None:
         """A seat of ``feature`` may have come free: the queue's head tries again now."""
         queue = self._queues.get(feature)
@@ -699,15 +730,17 @@ class LicenseService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_seconds)
         ticket = Waiter(client_id, self.now(), asyncio.Event())
-        queue = self._queues.setdefault(feature, collections.deque())
-        queue.append(ticket)
         identity = Identity(user=user, host=hostname, group=group)
-        if self.cluster.shared:
-            try:
-                ticket.entry = await self._enqueue_shared(feature, client_id)
-            except BaseException:
-                self._leave_queue(feature, ticket)
-                raise
+        # One waiter at a time joins, so the node's own order is the cluster's order.
+        async with self._joining:
+            queue = self._queues.setdefault(feature, collections.deque())
+            queue.append(ticket)
+            if self.cluster.shared:
+                try:
+                    ticket.entry = await self._enqueue_shared(feature, client_id)
+                except BaseException:
+                    self._leave_queue(feature, ticket)
+                    raise
         who = {"user": user, "host": hostname, "group": group}
         self._note(
             ticket.since,

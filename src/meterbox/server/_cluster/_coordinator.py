@@ -263,6 +263,16 @@ class EtcdCoordinator:
             raise unavailable(str(exc)) from exc
         return QueueEntry(key, revision) if revision else None
 
+    async def places_ahead(self, license_id: str, feature: str, entry: QueueEntry | None) -> int:
+        self.require_quorum()
+        try:
+            kvs, _ = await asyncio.to_thread(self.etcd.range_at, queue_prefix(license_id, feature))
+        except EtcdDown as exc:
+            self._lost(str(exc))
+            raise unavailable(str(exc)) from exc
+        mine = Waiter(entry.key, entry.create_revision) if entry is not None else None
+        return places_ahead([Waiter(kv.key, kv.create_revision) for kv in kvs], mine)
+
     async def dequeue(self, entry: QueueEntry | None) -> None:
         if entry is None:
             return

@@ -177,6 +177,10 @@ class Coordinator(Protocol):
         """Take a waiter out of the cluster's queue (its node's death does it too)."""
         ...
 
+    async def places_ahead(self, license_id: str, feature: str, entry: QueueEntry | None) -> int:
+        """How many wait for ``feature`` ahead of ``entry`` (of everyone: all), on all nodes."""
+        ...
+
     async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
         """Keep the shared seat of ``lease`` held for its new length.
 
@@ -249,6 +253,9 @@ class SingleNode:
 
     async def dequeue(self, entry: QueueEntry | None) -> None:
         return None
+
+    async def places_ahead(self, license_id: str, feature: str, entry: QueueEntry | None) -> int:
+        return 0
 
     async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
         return None
