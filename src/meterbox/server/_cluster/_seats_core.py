@@ -27,8 +27,9 @@ from typing import Any, Final, Literal
 
 from meterbox.server._core.seats import SeatLease
 
-#: Longest name a slot value may carry (the options file's names are at most 200).
-MAX_NAME: Final = 200
+#: Longest string a slot value may carry (client ids, hosts and users the API takes are
+#: shorter; the options file's names are at most 200).
+MAX_NAME: Final = 1024
 _FIELDS: Final = ("node", "lease", "client", "user", "host", "group", "issued_ms")
 _OPTIONAL: Final = ("user", "host", "group")
 
