@@ -27,8 +27,11 @@ import httpx
 import pytest
 
 from meterbox.ledger import RecordType
+from meterbox.server._cluster._etcd import Etcd
+from meterbox.server._cluster._url import Endpoint
 from support.cluster import (
     FEATURE,
+    LICENSE_ID,
     ClusterNode,
     make_cluster_site,
     most_held_at_once,
@@ -240,27 +243,47 @@ class Waiting(threading.Thread):
         self.done_at = time.monotonic()
 
 
-def waiting(url: str, client_id: str, wait_seconds: int) -> Waiting:
+#: The cluster's queue of the feature in etcd (docs/adr/0034).
+QUEUE = f"/meterbox/{LICENSE_ID}/queue/{FEATURE}/"
+
+
+def etcd_of(cluster: EtcdCluster) -> Etcd:
+    return Etcd([Endpoint("127.0.0.1", m.client_port) for m in cluster.members], timeout=5)
+
+
+def queued(etcd: Etcd) -> list[str]:
+    """The waiter keys in etcd, oldest first."""
+    kvs, _ = etcd.range_at(QUEUE)
+    return [kv.key for kv in sorted(kvs, key=lambda kv: kv.create_revision)]
+
+
+def waiting(url: str, client_id: str, wait_seconds: int, etcd: Etcd) -> Waiting:
+    """A waiter started, returned once its key is in the cluster's queue."""
+    before = len(queued(etcd))
     w = Waiting(url, client_id, wait_seconds)
     w.start()
-    time.sleep(1.0)  # in the queue (its key created) before the next one
-    assert w.is_alive(), w.answer.text if w.answer else w.error
+    deadline = time.monotonic() + 20
+    while len(queued(etcd)) <= before:
+        assert w.is_alive(), w.answer.text if w.answer else w.error
+        assert time.monotonic() < deadline, f"{client_id} never reached the cluster's queue"
+        time.sleep(0.05)
     return w
 
 
 def test_the_first_to_queue_on_any_node_gets_the_next_seat_freed_on_any_node(
-    start_nodes: StartNodes,
+    start_nodes: StartNodes, etcd_cluster: EtcdCluster
 ) -> None:
     (n1, n2, n3), _ = start_nodes(seats=1)
+    etcd = etcd_of(etcd_cluster)
     held = checkout(n3.url, "holder")
     assert held.status_code == 200, held.text
     with kept(n3.url, held.json()["lease_id"]):
-        a = waiting(n1.url, "A", 40)
+        a = waiting(n1.url, "A", 40, etcd)
         # A waits on node 1: a short wait on node 2 ends told one client is ahead.
         short = checkout(n2.url, "B-short", wait_seconds=2)
         assert code(short) == "no_seat", short.text
         assert "1 client(s) wait for a seat" in short.json()["error"]["message"]
-        b = waiting(n2.url, "B", 40)
+        b = waiting(n2.url, "B", 40, etcd)
         now = checkout(n3.url, "C")
         assert code(now) == "no_seat"
         assert "2 client(s) wait for a seat" in now.json()["error"]["message"]
@@ -275,9 +298,10 @@ def test_the_first_to_queue_on_any_node_gets_the_next_seat_freed_on_any_node(
     assert b.answer is not None and b.answer.status_code == 200, b.answer or b.error
     b_lease = b.answer.json()["lease_id"]
     with kept(n2.url, b_lease):
-        d = waiting(n1.url, "D", 60)
+        d = waiting(n1.url, "D", 60, etcd)
         told = checkout(n3.url, "E")
         assert "1 client(s) wait for a seat" in told.json()["error"]["message"]
+        assert len(queued(etcd)) == 1
         n1.kill9()
     # D's node is gone: its waiter key goes with the node's session lease, and the
     # freed seat is not kept for a client nobody serves any more.
@@ -290,4 +314,5 @@ def test_the_first_to_queue_on_any_node_gets_the_next_seat_freed_on_any_node(
         assert "wait for a seat" in r.json()["error"]["message"], r.text
         assert time.monotonic() < deadline, "the dead node's waiter stayed in the queue"
         time.sleep(0.5)
+    assert queued(etcd) == []
     assert d.error is not None or d.answer is None or d.answer.status_code != 200

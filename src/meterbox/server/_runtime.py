@@ -84,6 +84,7 @@ def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
 
     instance.service.engine.options = options
     instance.service.cluster = coordinator
+    instance.service.engine.options_on_claim = coordinator.shared
     activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
     instance.service.activity = activity
     _note_licenses(instance.service)
