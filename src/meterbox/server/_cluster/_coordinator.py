@@ -6,6 +6,7 @@ Keys (``<lic>`` and ``<feature>`` percent-encoded)::
     /meterbox/<lic>/seats/<feature>/overdraft/<n>  n = 0 .. overdraft-1
     /meterbox/<lic>/members/<node>                 the node is up (its session lease)
     /meterbox/<lic>/nodes/<node>                   the node has served this license
+    /meterbox/<lic>/queue/<feature>/<node>/<id>    a waiter (its node's session lease)
 
 Invariant: a lease is granted only after an etcd transaction created one of its
 pool's slot keys (``create_revision == 0``). Each slot key exists at most once, and
@@ -14,6 +15,11 @@ seats held never exceed seats + overdraft. A slot key carries its own etcd lease
 ``lease_seconds + GRACE_S``, refreshed on every renewal, and is deleted once the
 lease's end is on this node's ledger; a node that dies leaves its slots to run out
 with their etcd leases, never before the lease would have ended on its own ledger.
+
+Options and queue (docs/adr/0034): a slot key's value names its holder
+(:mod:`._seats_core`); a new seat's claim decides the site's options over every
+holder of the feature and the queue's order over every waiter, and its transaction
+creates the slot only if neither changed since they were read.
 
 Quorum: every :data:`TICK_S` the node refreshes its session lease and reads the
 member list linearizably; any failure, or any failed etcd call of a grant, makes
