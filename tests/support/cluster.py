@@ -59,6 +59,8 @@ def make_cluster_site(
 ) -> ClusterSite:
     """A vendor home and ``nodes`` initialised data directories ``root/<name><i>``.
 
+    ``seats`` and ``overdraft``: of the license's one feature, :data:`FEATURE`.
+
     ``store``: the license is also added to the vendor's store, so every node's report
     can be ingested against it.
     """

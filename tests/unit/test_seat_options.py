@@ -311,3 +311,27 @@ def test_live_seats_stay_within_the_license_and_reservations_go_to_their_groups(
         # A client that declares no user is limited by no per-user maximum.
         for user in {h.user for h in holders} - {None}:
             assert sum(h.user == user for h in holders) <= 2
+
+
+def test_a_cluster_node_refuses_only_what_no_holders_could_admit() -> None:
+    """With ``options_on_claim`` the node's own leases are not the cluster's (ADR 0034).
+
+    What no set of holders could make admissible is still refused at once; everything
+    that depends on who holds seats is left to the claim over every node's seats.
+    """
+    e = engine(3, 0, EXAMPLE)
+    e.options_on_claim = True
+    with pytest.raises(PolicyDenied, match="excluded"):
+        e.checkout("cad", "m", T0, user="mallory", group="cfd")
+    with pytest.raises(PolicyDenied, match="only groups"):
+        e.checkout("cad", "o", T0, user="olga", group="sales")
+    # The node's own lease of ann's would refuse her second one on a single server;
+    # here the claim decides, over all nodes' holders.
+    e.checkout("cad", "a1", T0, user="ann", group="design")
+    e.checkout("cad", "a2", T0, user="ann", group="design")
+    assert len(e.seats.live("cad", T0)) == 2
+    # Reservations that leave outsiders nothing are refused whatever anyone holds.
+    tight = engine(2, 0, EXAMPLE)
+    tight.options_on_claim = True
+    with pytest.raises(PolicyDenied, match="reserved for group 'cfd'"):
+        tight.checkout("cad", "d", T0, user="dora", group="design")

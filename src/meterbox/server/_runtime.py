@@ -87,6 +87,7 @@ def build_server(  # noqa: PLR0913 - keyword-only wiring of the optional parts
     instance.service.cluster = coordinator
     instance.service.cluster_sync = instance.sync_cluster
     instance.service.quota_book = lambda: copy.deepcopy(instance.fold.view.quota)
+    instance.service.engine.options_on_claim = coordinator.shared
     activity = ActivityLog(activity_log or data / ACTIVITY_FILE)
     instance.service.activity = activity
     _note_licenses(instance.service)

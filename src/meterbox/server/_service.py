@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +63,7 @@ from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
 from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
 from meterbox.server._cluster._idem import SharedKeys, answer
+from meterbox.server._cluster._protocol import Admit, QueueEntry
 from meterbox.server._cluster._quota_core import NodeBook
 from meterbox.server._cluster._usage import NowaitSink, SharedMeters
 from meterbox.server._core.changes import (
@@ -88,6 +89,7 @@ from meterbox.server._core.meters import (
     fingerprint,
     period_key,
 )
+from meterbox.server._core.options import Identity
 from meterbox.server._core.policy import LicensePolicy
 from meterbox.server._core.seats import Removal, SeatDecision, SeatLease, hour_of
 from meterbox.server._core.standing import Standing
@@ -149,6 +151,8 @@ class Waiter:
     client_id: str
     since: datetime
     event: asyncio.Event
+    #: Its key in the cluster's queue of the feature (docs/adr/0034); None on one server.
+    entry: QueueEntry | None = None
 
 
 class LicenseService:
@@ -181,6 +185,7 @@ class LicenseService:
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
         #: Checkouts waiting for a seat, per feature, first come first served.
         self._queues: dict[str, collections.deque[Waiter]] = {}
+        self._joining = asyncio.Lock()
         #: The site admin's activity log (who had which seat); None writes none.
         self.activity: ActivityLog | None = None
         #: Signs borrow tokens: the ledger's instance key (set by the instance that opens
@@ -361,6 +366,7 @@ class LicenseService:
                 feature, client_id, now, hostname, key_id=key_id, user=user, group=group
             ),
             who={"user": user, "host": hostname, "group": group},
+            identity=Identity(user=user, host=hostname, group=group),
         )
 
     async def checkout_on(
@@ -415,23 +421,35 @@ class LicenseService:
         record_denial: bool = True,
         who: dict[str, str | None] | None = None,
         pools: Callable[[datetime], list[SeatPool]] | None = None,
+        identity: Identity | None = None,
     ) -> SeatDecision:
         """Decide a checkout under the lock, then record and persist the lease or the denial.
 
         While clients wait in the feature's queue, a new seat goes to the queue's head
         (``ticket``) only: anyone else is told how many wait ahead. ``record_denial=False``
         answers a refusal without a ``seat.denied`` record (a waiter's retries; its one
-        denial is recorded when its wait ends).
+        denial is recorded when its wait ends). In a cluster the options file's rules for
+        ``identity`` and the queue's order are decided again over every node's seats and
+        waiters when the shared seat is claimed (docs/adr/0034).
         """
         async with self._lock:
             now = self.now()
             denials = self.engine.seats.denials.get(feature, 0)
             try:
-                self._queue_check(feature, client_id, ticket, now)
+                if self.cluster.shared:
+                    await self._shared_queue_check(feature, client_id, ticket, now)
+                else:
+                    self._queue_check(feature, client_id, ticket, now)
                 decision = decide(now)
                 if self.cluster.shared:
                     shared = pools(now) if pools else self._pools_of(feature, now)
-                    decision = await self._hold_shared(decision, now, shared)
+                    decision = await self._hold_shared(
+                        decision,
+                        now,
+                        shared,
+                        admit=self._cluster_admit(feature, identity, now),
+                        waiter=ticket.entry if ticket is not None else None,
+                    )
             except PolicyDenied as exc:
                 self._note(
                     now,
@@ -481,8 +499,32 @@ class LicenseService:
             for license_id, p in sources
         ]
 
+    def _cluster_admit(
+        self, feature: str, identity: Identity | None, now: datetime
+    ) -> Admit | None:
+        """The site's options for ``identity``, to be decided over the cluster's seats.
+
+        None when the options file has no rules for the feature (or the checkout is not
+        on behalf of anyone the file could name), so such claims compare nothing more.
+        """
+        if identity is None or feature not in self.engine.options.features:
+            return None
+        options = self.engine.options
+        capacity = sum(p.seats + p.overdraft for _, p in self.engine.feature_sources(feature, now))
+
+        def admit(live: Sequence[SeatLease]) -> None:
+            options.admit(feature, identity, live, capacity)
+
+        return admit
+
     async def _hold_shared(
-        self, decision: SeatDecision, now: datetime, pools: list[SeatPool]
+        self,
+        decision: SeatDecision,
+        now: datetime,
+        pools: list[SeatPool],
+        *,
+        admit: Admit | None = None,
+        waiter: QueueEntry | None = None,
     ) -> SeatDecision:
         """Make the engine's seat decision hold across the cluster, or take it back.
 
@@ -495,7 +537,7 @@ class LicenseService:
             if decision.renewed:
                 await self.cluster.renew_seat(lease, pools)
             else:
-                lease = await self.cluster.claim_seat(lease, pools)
+                lease = await self.cluster.claim_seat(lease, pools, admit=admit, waiter=waiter)
         except LeaseNotFound:
             # The lease lost its shared seat: it ends here, on record, so that the
             # client's next checkout takes a seat the cluster agrees on.
@@ -506,6 +548,13 @@ class LicenseService:
             self.engine.undo_seat(decision)
             feature = decision.lease.feature
             self.engine.seats.denials[feature] = self.engine.seats.denials.get(feature, 0) + 1
+            raise
+        except PolicyDenied:
+            # The options refuse once every node's seats are counted (docs/adr/0034).
+            self.engine.undo_seat(decision)
+            feature = decision.lease.feature
+            denied = self.engine.seats.policy_denials
+            denied[feature] = denied.get(feature, 0) + 1
             raise
         except BaseException:
             self.engine.undo_seat(decision)
@@ -629,6 +678,33 @@ class LicenseService:
         denied.license_id = sources[0][0] if sources else None
         raise denied
 
+    async def _shared_queue_check(
+        self, feature: str, client_id: str, ticket: Waiter | None, now: datetime
+    ) -> None:
+        """:meth:`_queue_check` over the cluster's queue: every node's waiters count.
+
+        Asked before the engine's decision, so a request is told how many wait ahead of
+        it even where the seat book would refuse first; the claim's transaction keeps
+        the order (docs/adr/0034).
+        """
+        if self.engine.seats.held_by(feature, client_id, now) is not None:
+            return  # a renewal of the client's own lease never waits
+        sources = self.engine.feature_sources(feature, now)
+        if not sources:
+            return
+        entry = ticket.entry if ticket is not None else None
+        ahead = await self.cluster.places_ahead(sources[0][0], feature, entry)
+        if not ahead:
+            return
+        denied = NoSeatAvailable(
+            f"{ahead} client(s) wait for a seat of {feature!r} ahead of this request",
+            expected="a free seat and no client queued ahead on any node of the cluster",
+            found=f"{ahead} queued in the cluster",
+            hint="Check out with wait_seconds to queue (FIFO across the cluster), or retry later",
+        )
+        denied.license_id = sources[0][0]
+        raise denied
+
     def _wake(self, feature: str) -> None:
         """A seat of ``feature`` may have come free: the queue's head tries again now."""
         queue = self._queues.get(feature)
@@ -671,8 +747,17 @@ class LicenseService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_seconds)
         ticket = Waiter(client_id, self.now(), asyncio.Event())
-        queue = self._queues.setdefault(feature, collections.deque())
-        queue.append(ticket)
+        identity = Identity(user=user, host=hostname, group=group)
+        # One waiter at a time joins, so the node's own order is the cluster's order.
+        async with self._joining:
+            queue = self._queues.setdefault(feature, collections.deque())
+            queue.append(ticket)
+            if self.cluster.shared:
+                try:
+                    ticket.entry = await self._enqueue_shared(feature, client_id)
+                except BaseException:
+                    self._leave_queue(feature, ticket)
+                    raise
         who = {"user": user, "host": hostname, "group": group}
         self._note(
             ticket.since,
@@ -683,12 +768,18 @@ class LicenseService:
             **who,
         )
         outcome = "timeout"
+        last_try = False
         try:
             while True:
                 if queue[0] is ticket:
                     try:
                         got = await self._checkout(
-                            feature, client_id, decide, ticket=ticket, record_denial=False
+                            feature,
+                            client_id,
+                            decide,
+                            ticket=ticket,
+                            record_denial=False,
+                            identity=identity,
                         )
                     except NoSeatAvailable:
                         pass
@@ -697,6 +788,7 @@ class LicenseService:
                         return got
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    last_try = True
                     break
                 ticket.event.clear()
                 with contextlib.suppress(TimeoutError):
@@ -708,21 +800,36 @@ class LicenseService:
             self._note(
                 self.now(), "queue.leave", feature=feature, client_id=client_id, reason=outcome
             )
-            queue.remove(ticket)
-            if not queue:
-                self._queues.pop(feature, None)
-            else:
-                queue[0].event.set()
-        # The wait is over: one last try, as the head, whose refusal is recorded.
+            self._leave_queue(feature, ticket)
+            if not last_try:
+                await self.cluster.dequeue(ticket.entry)
+        # The wait is over: one last try, as the head, whose refusal is recorded. In a
+        # cluster the ticket keeps its place in the shared queue for this try.
         self._queues.setdefault(feature, collections.deque()).appendleft(ticket)
         try:
-            return await self._checkout(feature, client_id, decide, ticket=ticket, who=who)
+            return await self._checkout(
+                feature, client_id, decide, ticket=ticket, who=who, identity=identity
+            )
         finally:
-            self._queues[feature].remove(ticket)
-            if not self._queues[feature]:
-                del self._queues[feature]
-            else:
-                self._queues[feature][0].event.set()
+            self._leave_queue(feature, ticket)
+            await self.cluster.dequeue(ticket.entry)
+
+    async def _enqueue_shared(self, feature: str, client_id: str) -> QueueEntry | None:
+        """The waiter's key in the cluster's queue, under the feature's first license."""
+        pools = self._pools_of(feature, self.now())
+        if not pools:
+            return None
+        return await self.cluster.enqueue(pools[0].license_id, feature, client_id)
+
+    def _leave_queue(self, feature: str, ticket: Waiter) -> None:
+        queue = self._queues.get(feature)
+        if queue is None or ticket not in queue:
+            return
+        queue.remove(ticket)
+        if not queue:
+            del self._queues[feature]
+        else:
+            queue[0].event.set()
 
     def _write_unknown(self, lease_id: str, operation: str) -> asyncio.Future[int] | None:
         """Record a renewal or release of a lease this server does not hold.

@@ -6,6 +6,7 @@ Keys (``<lic>`` and ``<feature>`` percent-encoded)::
     /meterbox/<lic>/seats/<feature>/overdraft/<n>  n = 0 .. overdraft-1
     /meterbox/<lic>/members/<node>                 the node is up (its session lease)
     /meterbox/<lic>/nodes/<node>                   the node has served this license
+    /meterbox/<lic>/queue/<feature>/<node>/<id>    a waiter (its node's session lease)
 
 Invariant: a lease is granted only after an etcd transaction created one of its
 pool's slot keys (``create_revision == 0``). Each slot key exists at most once, and
@@ -14,6 +15,11 @@ seats held never exceed seats + overdraft. A slot key carries its own etcd lease
 ``lease_seconds + GRACE_S``, refreshed on every renewal, and is deleted once the
 lease's end is on this node's ledger; a node that dies leaves its slots to run out
 with their etcd leases, never before the lease would have ended on its own ledger.
+
+Options and queue (docs/adr/0034): a slot key's value names its holder
+(:mod:`._seats_core`); a new seat's claim decides the site's options over every
+holder of the feature and the queue's order over every waiter, and its transaction
+creates the slot only if neither changed since they were read.
 
 Quorum: every :data:`TICK_S` the node refreshes its session lease and reads the
 member list linearizably; any failure, or any failed etcd call of a grant, makes
@@ -33,14 +39,32 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 from meterbox.errors import LeaseNotFound, NoSeatAvailable
-from meterbox.server._cluster._etcd import BUCKETS, Etcd, EtcdDown
+from meterbox.server._cluster._etcd import (
+    BUCKETS,
+    Etcd,
+    EtcdDown,
+    none_older_under,
+    none_under,
+    unchanged_since,
+)
 from meterbox.server._cluster._protocol import (
+    Admit,
     ClusterStats,
     ClusterUnavailableError,
     ClusterView,
     Member,
+    QueueEntry,
     QuorumListener,
     SeatPool,
+)
+from meterbox.server._cluster._seats_core import (
+    SlotHolder,
+    Waiter,
+    holder_of,
+    holders_as_leases,
+    places_ahead,
+    queue_guard,
+    slot_value,
 )
 from meterbox.server._core.seats import SeatLease
 
@@ -68,6 +92,16 @@ OP_BUDGET_S = 2.0
 
 def _seg(text: str) -> str:
     return urllib.parse.quote(text, safe="")
+
+
+def feature_prefix(pool_license: str, feature: str) -> str:
+    """Every slot key of one feature of one license (regular and overdraft)."""
+    return f"{ROOT}{_seg(pool_license)}/seats/{_seg(feature)}/"
+
+
+def queue_prefix(queue_license: str, feature: str) -> str:
+    """The cluster's queue for ``feature``, under its first license (docs/adr/0034)."""
+    return f"{ROOT}{_seg(queue_license)}/queue/{_seg(feature)}/"
 
 
 def pool_prefix(pool_license: str, feature: str, overdraft: bool) -> str:
@@ -127,6 +161,7 @@ class EtcdCoordinator:
         self._seen: dict[str, float] = {}
         self._beats = 0
         self._seats_held: dict[tuple[str, str], int] = {}
+        self._waiters = 0
 
     # ---------------------------------------------------------------- protocol
     @property
@@ -208,13 +243,58 @@ class EtcdCoordinator:
             with contextlib.suppress(EtcdDown):
                 await asyncio.to_thread(self.etcd.revoke, self._session)
 
-    async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+    async def claim_seat(
+        self,
+        lease: SeatLease,
+        pools: Sequence[SeatPool],
+        *,
+        admit: Admit | None = None,
+        waiter: QueueEntry | None = None,
+    ) -> SeatLease:
         self.require_quorum()
         try:
-            return await asyncio.to_thread(self.bounded, self._claim, lease, pools)
+            return await asyncio.to_thread(
+                self.bounded, self._claim, lease, pools, admit, waiter, queued=True
+            )
         except EtcdDown as exc:
             self._lost(str(exc))
             raise unavailable(str(exc)) from exc
+
+    async def enqueue(self, license_id: str, feature: str, client_id: str) -> QueueEntry | None:
+        self.require_quorum()
+        self._waiters += 1
+        key = (
+            f"{queue_prefix(license_id, feature)}{_seg(self.node)}/{self._session}-{self._waiters}"
+        )
+        value = json.dumps({"node": self.node, "client": client_id}).encode()
+        try:
+            revision = await asyncio.to_thread(
+                self.bounded, self.etcd.create_guarded, key, value, self._session, ()
+            )
+        except EtcdDown as exc:
+            self._lost(str(exc))
+            raise unavailable(str(exc)) from exc
+        return QueueEntry(key, revision) if revision else None
+
+    async def places_ahead(self, license_id: str, feature: str, entry: QueueEntry | None) -> int:
+        self.require_quorum()
+        try:
+            kvs, _ = await asyncio.to_thread(
+                self.bounded, self.etcd.range_at, queue_prefix(license_id, feature)
+            )
+        except EtcdDown as exc:
+            self._lost(str(exc))
+            raise unavailable(str(exc)) from exc
+        mine = Waiter(entry.key, entry.create_revision) if entry is not None else None
+        return places_ahead([Waiter(kv.key, kv.create_revision) for kv in kvs], mine)
+
+    async def dequeue(self, entry: QueueEntry | None) -> None:
+        if entry is None:
+            return
+        try:
+            await asyncio.to_thread(self.bounded, self.etcd.delete, entry.key)
+        except EtcdDown as exc:  # the key goes with the node's session lease
+            log.warning("waiter %s left in the queue until its session ends: %s", entry.key, exc)
 
     async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
         self.require_quorum()
@@ -237,7 +317,7 @@ class EtcdCoordinator:
             p for p in pools if (p.license_id, p.overdraft) == (lease.license_id, lease.overdraft)
         ]
         try:
-            self._claim(lease, own)
+            self._claim(lease, own, None, None, queued=False)
         except NoSeatAvailable:
             self._held.pop(lease.lease_id, None)
             raise _no_shared_seat(lease) from None
@@ -265,46 +345,109 @@ class EtcdCoordinator:
             raise unavailable(str(exc)) from exc
 
     # ---------------------------------------------------------------- seats
-    def bounded(self, fn: Callable[..., _T], *args: Any) -> _T:
+    def bounded(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run ``fn`` (in a worker thread) with every etcd call inside ``OP_BUDGET_S``."""
         with self.etcd.deadline(OP_BUDGET_S):
-            return fn(*args)
+            return fn(*args, **kwargs)
 
-    def _claim(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+    def _claim(
+        self,
+        lease: SeatLease,
+        pools: Sequence[SeatPool],
+        admit: Admit | None,
+        waiter: QueueEntry | None,
+        *,
+        queued: bool,
+    ) -> SeatLease:
+        """Create one free slot key for ``lease`` (see :meth:`_claim_slot`)."""
         ttl = lease.lease_seconds + GRACE_S
         etcd_lease = self.etcd.grant(ttl)
-        value = json.dumps(
-            {"node": self.node, "lease": lease.lease_id, "client": lease.client_id},
-            separators=(",", ":"),
-        ).encode()
+        value = slot_value(SlotHolder.of(self.node, lease))
         try:
-            for pool in pools:
-                if pool.capacity <= 0:
-                    continue
-                key = self._claim_in(pool, value, etcd_lease)
-                if key is not None:
-                    self._held[lease.lease_id] = _Held(key, etcd_lease, ttl)
-                    self.counters["claims"] += 1
-                    return replace(lease, license_id=pool.license_id, overdraft=pool.overdraft)
+            got = self._claim_slot(lease, pools, value, etcd_lease, admit, waiter, queued=queued)
         except BaseException:
             with contextlib.suppress(EtcdDown):
                 self.etcd.revoke(etcd_lease)
             raise
-        self.etcd.revoke(etcd_lease)
-        raise _cluster_full(lease, pools)
+        if got is None:
+            self.etcd.revoke(etcd_lease)
+            raise _cluster_full(lease, pools)
+        key, pool = got
+        self._held[lease.lease_id] = _Held(key, etcd_lease, ttl)
+        self.counters["claims"] += 1
+        return replace(lease, license_id=pool.license_id, overdraft=pool.overdraft)
 
-    def _claim_in(self, pool: SeatPool, value: bytes, etcd_lease: int) -> str | None:
-        prefix = pool_prefix(pool.license_id, pool.feature, pool.overdraft)
+    def _claim_slot(
+        self,
+        lease: SeatLease,
+        pools: Sequence[SeatPool],
+        value: bytes,
+        etcd_lease: int,
+        admit: Admit | None,
+        waiter: QueueEntry | None,
+        *,
+        queued: bool,
+    ) -> tuple[str, SeatPool] | None:
+        """The slot key created for ``lease`` and its pool; None when every slot is held.
+
+        Each round reads the feature's slots (every license of ``pools``) and, for a
+        new checkout (``queued``), its queue; decides the options (``admit``) over all
+        holders and the queue's order; then creates the first free slot in one
+        transaction that also compares that the slots read are unchanged (only with
+        ``admit``: a maximum or reservation depends on them) and that the queue still
+        lets this lease go first. A failed transaction means another node moved in
+        between: the round starts over.
+        """
+        usable = [p for p in pools if p.capacity > 0]
+        if not usable:
+            return None
+        prefixes = sorted({feature_prefix(p.license_id, p.feature) for p in usable})
+        queue = queue_prefix(pools[0].license_id, lease.feature)
         for _ in range(MAX_CLAIM_ROUNDS):
-            taken = {kv.key for kv in self.etcd.range_prefix(prefix, keys_only=True)}
-            free = [prefix + str(n) for n in range(pool.capacity) if prefix + str(n) not in taken]
+            guards: list[dict[str, Any]] = []
+            taken: set[str] = set()
+            holders: list[SlotHolder] = []
+            for prefix in prefixes:
+                kvs, revision = self.etcd.range_at(prefix)
+                taken.update(kv.key for kv in kvs)
+                holders += [holder_of(kv.key, kv.value) for kv in kvs]
+                if admit is not None:
+                    guards.append(unchanged_since(prefix, revision))
+            if queued:
+                kvs, _ = self.etcd.range_at(queue)
+                waiters = [Waiter(kv.key, kv.create_revision) for kv in kvs]
+                mine = Waiter(waiter.key, waiter.create_revision) if waiter else None
+                guard = queue_guard(waiters, mine)
+                if guard is None:
+                    raise _queued(lease, pools, places_ahead(waiters, mine))
+                guards.append(
+                    none_under(queue)
+                    if guard.kind == "empty"
+                    else none_older_under(queue, guard.create_revision)
+                )
+            if admit is not None:
+                admit(
+                    holders_as_leases(
+                        lease.feature, (h for h in holders if h.lease != lease.lease_id)
+                    )
+                )
+            free = [
+                (prefix + str(n), pool)
+                for pool in usable
+                for prefix in [pool_prefix(pool.license_id, pool.feature, pool.overdraft)]
+                for n in range(pool.capacity)
+                if prefix + str(n) not in taken
+            ]
             if not free:
                 return None
-            for key in free:
-                if self.etcd.create(key, value, etcd_lease):
-                    return key
+            # With ``admit`` a lost race changes the slots read, so the next round reads
+            # again; without, the next free slot is tried at once (the queue's guard
+            # fails all of them alike if a waiter came).
+            for key, pool in free if admit is None else free[:1]:
+                if self.etcd.create_guarded(key, value, etcd_lease, guards):
+                    return key, pool
                 self.counters["claim_conflicts"] += 1
-        raise EtcdDown(f"{MAX_CLAIM_ROUNDS} rounds of checkouts racing for {prefix}")
+        raise EtcdDown(f"{MAX_CLAIM_ROUNDS} rounds of checkouts racing for {prefixes[0]}")
 
     def _adopt(self, leases: Sequence[SeatLease]) -> list[SeatLease]:
         lost = []
@@ -314,10 +457,9 @@ class EtcdCoordinator:
             if prefix not in slots:
                 slots[prefix] = {}
                 for kv in self.etcd.range_prefix(prefix):
-                    with contextlib.suppress(ValueError, KeyError, TypeError):
-                        doc = json.loads(kv.value)
-                        if doc["node"] == self.node:
-                            slots[prefix][str(doc["lease"])] = (kv.key, kv.lease)
+                    holder = holder_of(kv.key, kv.value)
+                    if holder.node == self.node:
+                        slots[prefix][holder.lease] = (kv.key, kv.lease)
             found = slots[prefix].get(lease.lease_id)
             if found is None or not found[1]:
                 lost.append(lease)
@@ -421,6 +563,17 @@ def _no_shared_seat(lease: SeatLease) -> LeaseNotFound:
         found="its etcd lease ran out while this node could not renew it",
         hint="Check out a seat again",
     )
+
+
+def _queued(lease: SeatLease, pools: Sequence[SeatPool], ahead: int) -> NoSeatAvailable:
+    denied = NoSeatAvailable(
+        f"{ahead} client(s) wait for a seat of {lease.feature!r} ahead of this request",
+        expected="a free seat and no client queued ahead on any node of the cluster",
+        found=f"{ahead} queued in the cluster",
+        hint="Check out with wait_seconds to queue (FIFO across the cluster), or retry later",
+    )
+    denied.license_id = pools[0].license_id if pools else lease.license_id
+    return denied
 
 
 def _cluster_full(lease: SeatLease, pools: Sequence[SeatPool]) -> NoSeatAvailable:

@@ -182,6 +182,42 @@ def prefix_end(prefix: str) -> str:
     return b64(bytes(raw))
 
 
+def unchanged_since(prefix: str, revision: int) -> dict[str, Any]:
+    """Guard: no key under ``prefix`` was created or changed after ``revision``.
+
+    A deleted key passes: etcd compares only the keys that exist at the transaction.
+    """
+    return {
+        "key": b64(prefix),
+        "range_end": prefix_end(prefix),
+        "result": "LESS",
+        "target": "MOD",
+        "mod_revision": revision + 1,
+    }
+
+
+def none_under(prefix: str) -> dict[str, Any]:
+    """Guard: no key exists under ``prefix`` (etcd compares an empty range as revision 0)."""
+    return {
+        "key": b64(prefix),
+        "range_end": prefix_end(prefix),
+        "result": "LESS",
+        "target": "CREATE",
+        "create_revision": 1,
+    }
+
+
+def none_older_under(prefix: str, create_revision: int) -> dict[str, Any]:
+    """Guard: every key under ``prefix`` was created at or after ``create_revision``."""
+    return {
+        "key": b64(prefix),
+        "range_end": prefix_end(prefix),
+        "result": "GREATER",
+        "target": "CREATE",
+        "create_revision": create_revision - 1,
+    }
+
+
 @dataclass(frozen=True)
 class KV:
     key: str
@@ -356,6 +392,34 @@ class Etcd:
             {"key": b64(prefix), "range_end": prefix_end(prefix), "keys_only": keys_only},
         )
         return [_kv(x) for x in out.get("kvs", [])]
+
+    def range_at(self, prefix: str) -> tuple[list[KV], int]:
+        """Every key under ``prefix`` with values, and the store revision of the read."""
+        out = self.call("kv/range", {"key": b64(prefix), "range_end": prefix_end(prefix)})
+        revision = int(out.get("header", {}).get("revision", 0))
+        return [_kv(x) for x in out.get("kvs", [])], revision
+
+    def create_guarded(
+        self, key: str, value: bytes, lease: int, guards: Sequence[dict[str, Any]]
+    ) -> int:
+        """Put ``key`` only if it does not exist and every guard holds (one transaction).
+
+        The guards come from :func:`unchanged_since`, :func:`none_under` and
+        :func:`none_older_under`. Returns the revision of the put, or 0 if nothing was
+        written.
+        """
+        txn = {
+            "compare": [
+                {"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+                *guards,
+            ],
+            "success": [{"request_put": {"key": b64(key), "value": b64(value), "lease": lease}}],
+            "failure": [],
+        }
+        out = self.call("kv/txn", txn)
+        if not out.get("succeeded", False):
+            return 0
+        return int(out.get("header", {}).get("revision", 0))
 
     def create(self, key: str, value: bytes, lease: int) -> bool:
         """Put ``key`` only if it does not exist (a transaction); whether it was created."""

@@ -28,13 +28,18 @@ from meterbox.server._errors import ClusterUnavailableError
 
 #: Called on a quorum change: (has quorum now, why it was lost or None).
 QuorumListener = Callable[[bool, str | None], None]
+#: The site's options on a new seat, given the live leases of the whole cluster: raises
+#: :class:`~meterbox.errors.PolicyDenied` to refuse (docs/adr/0034).
+Admit = Callable[[Sequence[SeatLease]], None]
 
 __all__ = [
+    "Admit",
     "ClusterUnavailableError",
     "ClusterStats",
     "ClusterView",
     "Coordinator",
     "Member",
+    "QueueEntry",
     "SeatPool",
     "SingleNode",
 ]
@@ -48,6 +53,14 @@ class SeatPool:
     feature: str
     overdraft: bool
     capacity: int
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A waiter's key in the cluster's queue of a feature, and when etcd created it."""
+
+    key: str
+    create_revision: int
 
 
 @dataclass(frozen=True)
@@ -138,8 +151,34 @@ class Coordinator(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
-        """Hold one shared seat for a new ``lease``; the lease as granted (pool may change)."""
+    async def claim_seat(
+        self,
+        lease: SeatLease,
+        pools: Sequence[SeatPool],
+        *,
+        admit: Admit | None = None,
+        waiter: QueueEntry | None = None,
+    ) -> SeatLease:
+        """Hold one shared seat for a new ``lease``; the lease as granted (pool may change).
+
+        ``admit`` decides the site's options over every node's leases of the feature,
+        and the seat is held only if no other node's seat came or changed meanwhile.
+        The seat goes to ``waiter`` (the lease's entry in the cluster's queue) or, with
+        none, only while nobody waits; otherwise
+        :class:`~meterbox.errors.NoSeatAvailable` says how many wait ahead.
+        """
+        ...
+
+    async def enqueue(self, license_id: str, feature: str, client_id: str) -> QueueEntry | None:
+        """Put a waiter at the end of the cluster's queue for ``feature`` (None: no cluster)."""
+        ...
+
+    async def dequeue(self, entry: QueueEntry | None) -> None:
+        """Take a waiter out of the cluster's queue (its node's death does it too)."""
+        ...
+
+    async def places_ahead(self, license_id: str, feature: str, entry: QueueEntry | None) -> int:
+        """How many wait for ``feature`` ahead of ``entry`` (of everyone: all), on all nodes."""
         ...
 
     async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
@@ -199,8 +238,24 @@ class SingleNode:
     async def stop(self) -> None:
         return None
 
-    async def claim_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> SeatLease:
+    async def claim_seat(
+        self,
+        lease: SeatLease,
+        pools: Sequence[SeatPool],
+        *,
+        admit: Admit | None = None,
+        waiter: QueueEntry | None = None,
+    ) -> SeatLease:
         return lease
+
+    async def enqueue(self, license_id: str, feature: str, client_id: str) -> QueueEntry | None:
+        return None
+
+    async def dequeue(self, entry: QueueEntry | None) -> None:
+        return None
+
+    async def places_ahead(self, license_id: str, feature: str, entry: QueueEntry | None) -> int:
+        return 0
 
     async def renew_seat(self, lease: SeatLease, pools: Sequence[SeatPool]) -> None:
         return None

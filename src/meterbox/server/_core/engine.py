@@ -136,6 +136,12 @@ class Engine:
         self.idempotency_ttl = idempotency_ttl
         #: The site's seat options file (reservations, maximums, include/exclude).
         self.options = SeatOptions()
+        #: True in a cluster: the options are decided over every node's seats where the
+        #: shared seat is claimed (docs/adr/0034). Here they are decided over no leases
+        #: at all, which refuses only what no holders could make admissible (exclude and
+        #: include lists, a maximum of 0, reservations that leave nothing): this node's
+        #: own leases are a partial view that would call a full cluster "reserved".
+        self.options_on_claim = False
         #: The vendor's notices per license (absent: never suspended or revoked).
         self.standings: dict[str, Standing] = {}
 
@@ -414,7 +420,7 @@ class Engine:
             self.options.admit(
                 feature,
                 Identity(user=user, host=hostname, group=group),
-                self.seats.live(feature, now),
+                [] if self.options_on_claim else self.seats.live(feature, now),
                 capacity,
             )
         except PolicyDenied:
