@@ -13,6 +13,8 @@ Data directory layout (mode 0700)::
     DATA/tpm.json         the TPM chosen at init and the counter's authValue (0600)
     DATA/tpm-anchor.json  the last counter value committed to the ledger, and a
                           pending one (docs/adr/0011-tpm-anchor.md, "Wiring")
+    DATA/tpm-reenrol.json a re-enrolment in progress: the new TPM's counter authValue
+                          and tpm.json, until the move is finished (0600, ADR 0036)
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
 ``import`` therefore go through the running server's admin API when it runs, and
@@ -84,9 +86,11 @@ from meterbox.server._service import LicenseService, ServiceConfig, Sleep, statu
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 from meterbox.server._tpm import (
+    REENROL_INTENT,
     AnchoredSink,
     TpmGuard,
     TpmSetup,
+    finish_reenrolment,
     prepare_tpm,
     require_tpm_guard,
     write_tpm_config,
@@ -419,6 +423,9 @@ class ServerInstance:
                 fallback.charged, fallback.machines = cached.charged, cached.machines
             fold = LedgerState({p.license_id: p for p in policies}, fallback=fallback)
             fold.watch(snap.last_seq)
+            # A re-enrolment cut short after its record: the head before this open's own
+            # records says whether the record is sealed (docs/adr/0036).
+            before_open = read_head(data / LEDGER_DIR) if (data / REENROL_INTENT).exists() else None
             writer = LedgerWriter.open(
                 data / LEDGER_DIR,
                 clock=clock,
@@ -431,6 +438,8 @@ class ServerInstance:
             raise
         tpm: TpmGuard | None = None
         try:
+            if before_open is not None:
+                finish_reenrolment(data, before_open)
             # The TPM check comes before serving: a rollback is on record before any
             # request of this run, and a license that requires a TPM is enforced here.
             if attach_tpm:
