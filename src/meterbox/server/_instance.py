@@ -55,6 +55,7 @@ from meterbox.ledger import (
     Head,
     LedgerWriter,
     RecordType,
+    TpmCredential,
     export_report,
     read_head,
     recent_heads,
@@ -90,6 +91,7 @@ from meterbox.server._tpm import (
     AnchoredSink,
     TpmGuard,
     TpmSetup,
+    answer_challenge,
     finish_reenrolment,
     prepare_tpm,
     require_tpm_guard,
@@ -647,6 +649,11 @@ class ServerInstance:
         await self.service.import_receipt(
             ReceiptInfo(receipt.vendor_time, receipt.head_seq, receipt.receipt_id)
         )
+        answered = None
+        if receipt.tpm_challenge is not None and not again:
+            # The proof is sealed before the import's anchor, so the next report's
+            # attestation covers it (docs/adr/0036).
+            answered = await asyncio.to_thread(self._answer_challenge, receipt)
         if not again:
             await self._advance("import")
         try:
@@ -661,12 +668,24 @@ class ServerInstance:
                 found=exc.problem + (f" ({exc.found})" if exc.found else ""),
                 hint="free disk space and import the same receipt again to compact",
             ) from exc
-        return {
+        out: dict[str, Any] = {
             "imported": "receipt",
             "receipt_id": receipt.receipt_id,
             "head_seq": head.seq,
             "compacted_bytes": removed,
         }
+        if answered is not None:
+            out["tpm_credential"] = "answered" if answered.proof is not None else answered.error
+        return out
+
+    def _answer_challenge(self, receipt: Receipt) -> TpmCredential:
+        assert receipt.tpm_challenge is not None
+        if self.tpm is None:
+            answer = answer_challenge(None, receipt.receipt_id, receipt.tpm_challenge)
+        else:
+            answer = self.tpm.answer_challenge(receipt.receipt_id, receipt.tpm_challenge)
+        self.writer.append(RecordType.TPM_CREDENTIAL, answer.to_map())
+        return answer
 
     async def _import_license(self, lic: License, blob: bytes) -> dict[str, Any]:
         _check_license_for_site(lic, machine_fingerprint())

@@ -36,12 +36,20 @@ from typing import Any, Final, Protocol
 
 from meterbox._fs import atomic_write, fsync_dir
 from meterbox.errors import ConfigError, FormatError, MeterboxError, StateError, VerificationError
-from meterbox.ledger import Appended, Head, RecordType, TpmReenrolled, TpmRollback
+from meterbox.ledger import (
+    Appended,
+    Head,
+    RecordType,
+    TpmCredential,
+    TpmReenrolled,
+    TpmRollback,
+)
 from meterbox.ledger import TpmAnchor as TpmAnchorRecord
 from meterbox.licenses import License
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.tpm import (
     CounterVerdict,
+    CredentialChallenge,
     TpmAnchor,
     TpmMode,
     TpmProbe,
@@ -480,6 +488,11 @@ class TpmGuard:
     def attest_locked(self, head: bytes, nonce: bytes) -> bytes:
         return self._anchor.attest(head, nonce)
 
+    def answer_challenge(self, receipt_id: str, challenge: bytes) -> TpmCredential:
+        """Answer a receipt's challenge with this TPM (see :func:`answer_challenge`)."""
+        with self.lock:
+            return answer_challenge(self._anchor, receipt_id, challenge)
+
     # ----------------------------------------------------------- activity
     def note_activity(self) -> bool:
         """A batch committed; True when an activity or epoch advance is due now."""
@@ -516,6 +529,32 @@ class TpmGuard:
 
 class _Foreign(Exception):
     pass
+
+
+# ----------------------------------------------------------- credential challenge
+def answer_challenge(anchor: TpmAnchor | None, receipt_id: str, challenge: bytes) -> TpmCredential:
+    """The TPM_CREDENTIAL payload answering a receipt's ``tpm_challenge``.
+
+    Never raises for the challenge's sake: a challenge the server cannot answer (no TPM
+    attached, a malformed one, one for another attestation key, a TPM that refuses) is
+    sealed with the reason instead, since the receipt itself stands and the vendor is
+    the one to judge (docs/adr/0036).
+    """
+    try:
+        ak_name = CredentialChallenge.from_bytes(challenge).ak_name.hex()
+    except FormatError as exc:
+        return TpmCredential(receipt_id=receipt_id, ak_name="", error=exc.problem[:200])
+    if anchor is None:
+        return TpmCredential(
+            receipt_id=receipt_id,
+            ak_name=ak_name,
+            error="no TPM is attached to this server (see the TPM_ROLLBACK records at open)",
+        )
+    try:
+        proof = anchor.activate_credential(challenge)
+    except MeterboxError as exc:
+        return TpmCredential(receipt_id=receipt_id, ak_name=ak_name, error=exc.problem[:200])
+    return TpmCredential(receipt_id=receipt_id, ak_name=ak_name, proof=proof)
 
 
 class AnchoredSink:
