@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from meterbox.cli import app as root_app
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import Feature, License, Meter, Topup
+from meterbox.tpm import TpmPins
 from meterbox.vendorkit import Period, VendorStore, bill, ingest_report
 from meterbox.vendorkit._db.schema import SCHEMA_VERSION, schema_table, to_micros
 from meterbox.vendorkit._db.store import (
@@ -21,6 +22,7 @@ from meterbox.vendorkit._db.store import (
     ReportRow,
     normalise_url,
 )
+from meterbox.vendorkit._tpm_check import CredentialState
 from meterbox.vendorkit.keys import VendorKeyPair
 from support.vendor_ingest import VENDOR_NOW, issue, make_home, make_site
 
@@ -232,6 +234,24 @@ def test_newer_schema_version_is_refused(store_url: str) -> None:
     with pytest.raises(StateError, match="unknown schema version") as info:
         VendorStore.open(store_url)
     assert info.value.found == "version 99"
+
+
+def test_version_2_store_is_migrated_to_3_keeping_its_rows(store_url: str) -> None:
+    """Schema 3 adds tpm_credentials (ADR 0036): a version-2 store gets it, rows kept."""
+    with VendorStore.open(store_url) as s, s.engine.begin() as conn:
+        s.put_tpm_pins(INSTANCE, TpmPins(b"\x0b\x01", b"\x0b\x02", b"\x0b\x03", 7), conn)
+        conn.execute(sa.update(schema_table).values(version=2))
+        conn.exec_driver_sql("DROP TABLE tpm_credentials")
+    with VendorStore.open(store_url) as s, s.engine.begin() as conn:
+        assert conn.execute(sa.select(schema_table.c.version)).scalar_one() == SCHEMA_VERSION == 3
+        assert s.tpm_pins(INSTANCE, conn).last_counter == 7
+        assert s.tpm_credential(INSTANCE, conn) is None
+        state = CredentialState(b"\x0b\x01", b"\x11" * 32, b"challenge", reports=1)
+        s.put_tpm_credential(INSTANCE, state, 5, conn)
+        assert s.tpm_credential(INSTANCE, conn) == state
+        proven = CredentialState(b"\x0b\x01", None, None, proven=True)
+        s.put_tpm_credential(INSTANCE, proven, 6, conn)
+        assert s.tpm_credential(INSTANCE, conn) == proven
 
 
 def test_store_of_the_millisecond_schema_is_refused_untouched(store_url: str) -> None:

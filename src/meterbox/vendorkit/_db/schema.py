@@ -24,8 +24,11 @@ from typing import Final
 import sqlalchemy as sa
 
 #: Version 1 kept ingest's four bookkeeping tables outside the version, in
-#: milliseconds. Version 2 is one schema in microseconds.
-SCHEMA_VERSION: Final = 2
+#: milliseconds. Version 2 is one schema in microseconds. Version 3 adds
+#: ``tpm_credentials`` (docs/adr/0036); a version-2 store is migrated at open.
+SCHEMA_VERSION: Final = 3
+#: Versions a store is migrated from at open (every change since is an added table).
+MIGRATES_FROM: Final = frozenset({2})
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO: Final = timedelta(microseconds=1)
@@ -256,6 +259,22 @@ tpm_ek_cas_table = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("der", sa.LargeBinary, nullable=False),
     sa.Column("added_us", sa.BigInteger, nullable=False),
+)
+
+#: Per instance the TPM credential challenge outstanding for its pinned attestation key
+#: (the secret sealed to its EK and the challenge the receipts carry), or the key proven
+#: (``proven``, secret and challenge cleared); docs/adr/0036-tpm-credential-challenge.md.
+#: ``reports`` counts the reports ingested since the challenge without an answer.
+tpm_credentials_table = sa.Table(
+    "tpm_credentials",
+    metadata,
+    sa.Column("instance_id", sa.String(64), primary_key=True),
+    sa.Column("ak_name", sa.String(140), nullable=False),
+    sa.Column("secret", sa.LargeBinary, nullable=True),
+    sa.Column("challenge", sa.LargeBinary, nullable=True),
+    sa.Column("reports", sa.Integer, nullable=False),
+    sa.Column("proven", sa.Boolean, nullable=False),
+    sa.Column("updated_us", sa.BigInteger, nullable=False),
 )
 
 USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)
