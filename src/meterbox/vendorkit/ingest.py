@@ -386,12 +386,15 @@ def _chain_checks(
     )
 
 
+#: The secret a credential challenge seals (docs/spec/tpm-attestation.md: 32 bytes).
+_CREDENTIAL_SECRET_LEN = 32
+
+
 def _new_challenge(ek_public: bytes, ak_name: bytes) -> tuple[bytes, bytes]:
     """A fresh secret and the credential challenge sealing it to the EK for ``ak_name``."""
     from meterbox.tpm import make_credential_challenge
-    from meterbox.tpm._credential import SECRET_LEN
 
-    secret = secrets.token_bytes(SECRET_LEN)
+    secret = secrets.token_bytes(_CREDENTIAL_SECRET_LEN)
     return secret, make_credential_challenge(ek_public, ak_name, secret)
 
 
