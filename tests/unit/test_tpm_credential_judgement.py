@@ -123,3 +123,20 @@ def test_credential_records_round_trip(ak: bytes, receipt_id: str, proof: bytes 
     record = TpmCredential(receipt_id=receipt_id, ak_name=ak.hex(), proof=proof,
                            error=None if proof else "no TPM")  # fmt: skip
     assert TpmCredential.from_map(record.to_map()) == record
+
+
+def test_a_server_that_cannot_answer_seals_why() -> None:
+    """The server side without a TPM: the record says why, it never drops a challenge."""
+    from meterbox.server._tpm import answer_challenge
+    from meterbox.tpm import CredentialChallenge
+
+    junk = answer_challenge(None, "rcpt_1", b"not a challenge")
+    assert (junk.ak_name, junk.proof) == ("", None)
+    assert junk.error is not None and "malformed" in junk.error
+    challenge = CredentialChallenge(AK, b"blob", b"secret").to_bytes()
+    none = answer_challenge(None, "rcpt_1", challenge)
+    assert (none.ak_name, none.proof) == (AK.hex(), None)
+    assert none.error is not None and "no TPM is attached" in none.error
+    # The vendor reads either as "could not answer".
+    verdict = _judge(_outstanding(), [none], required=False)
+    assert [(f.code, f.severity) for f in verdict.findings] == [("tpm.ak.unproven", "warning")]
