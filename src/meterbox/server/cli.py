@@ -780,7 +780,7 @@ def tpm_reenrol(
                 return
             out.print(
                 f"Finished the re-enrolment an earlier run recorded: EK {intent.ek_name[:16]}... "
-                f"at {intent.tcti}. Nothing new is recorded; start the server as usual."
+                f"at {intent.tcti}. No second re-enrolment is recorded; start the server as usual."
             )
             return
         # The new TPM is set up before anything in the directory changes: a TPM that
