@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from meterbox.cli import app as root_app
 from meterbox.errors import ConfigError, StateError
 from meterbox.licenses import Feature, License, Meter, Topup
+from meterbox.tpm import TpmPins
 from meterbox.vendorkit import Period, VendorStore, bill, ingest_report
 from meterbox.vendorkit._db.schema import (
     SCHEMA_VERSION,
@@ -28,6 +29,7 @@ from meterbox.vendorkit._db.store import (
     normalise_url,
 )
 from meterbox.vendorkit._rows import UsageInsert
+from meterbox.vendorkit._tpm_check import CredentialState
 from meterbox.vendorkit.keys import VendorKeyPair
 from support.vendor_ingest import VENDOR_NOW, issue, make_home, make_site
 
@@ -239,6 +241,24 @@ def test_newer_schema_version_is_refused(store_url: str) -> None:
     assert info.value.found == "version 99"
 
 
+def test_version_3_store_is_migrated_to_4_keeping_its_rows(store_url: str) -> None:
+    """Schema 4 adds tpm_credentials (ADR 0036): a version-3 store gets it, rows kept."""
+    with VendorStore.open(store_url) as s, s.engine.begin() as conn:
+        s.put_tpm_pins(INSTANCE, TpmPins(b"\x0b\x01", b"\x0b\x02", b"\x0b\x03", 7), conn)
+        conn.execute(sa.update(schema_table).values(version=3))
+        conn.exec_driver_sql("DROP TABLE tpm_credentials")
+    with VendorStore.open(store_url) as s, s.engine.begin() as conn:
+        assert conn.execute(sa.select(schema_table.c.version)).scalar_one() == SCHEMA_VERSION == 4
+        assert s.tpm_pins(INSTANCE, conn).last_counter == 7
+        assert s.tpm_credential(INSTANCE, conn) is None
+        state = CredentialState(b"\x0b\x01", b"\x11" * 32, b"challenge", reports=1)
+        s.put_tpm_credential(INSTANCE, state, 5, conn)
+        assert s.tpm_credential(INSTANCE, conn) == state
+        proven = CredentialState(b"\x0b\x01", None, None, proven=True)
+        s.put_tpm_credential(INSTANCE, proven, 6, conn)
+        assert s.tpm_credential(INSTANCE, conn) == proven
+
+
 def test_store_of_the_millisecond_schema_is_refused_untouched(store_url: str) -> None:
     # What version 1 wrote: its version row and ingest's tables in milliseconds.
     engine = sa.create_engine(normalise_url(store_url, None))
@@ -299,10 +319,11 @@ def test_cli_names_the_way_out_of_a_millisecond_schema_store(tmp_path: Path) -> 
 
 
 def _schema_2_store(url: str) -> None:
-    """A store as schema 2 wrote it: ``usage`` without ``idem_key`` and ``billed``."""
+    """A store as schema 2 wrote it: ``usage`` without ``idem_key`` and ``billed``, and
+    no ``tpm_credentials`` (schema 4)."""
     md = sa.MetaData()
     for table in metadata.sorted_tables:
-        if table.name != "usage":
+        if table.name not in ("usage", "tpm_credentials"):
             table.to_metadata(md)
     sa.Table(
         "usage",
@@ -349,6 +370,6 @@ def test_a_schema_2_store_is_migrated_and_bills_as_before(store_url: str) -> Non
             s.bill_rows("cd" * 16, [3], conn)
         everything = s.usage_between(T0, T0 + timedelta(days=1), billed_only=False)
         assert [(r.seq, r.billed) for r in everything] == [(1, True), (2, True), (3, False)]
-    # Opening again finds version 3 and changes nothing.
+    # Opening again finds version 4 and changes nothing.
     with VendorStore.open(store_url) as s:
         assert len(s.usage_between(T0, T0 + timedelta(days=1))) == 2

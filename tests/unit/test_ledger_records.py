@@ -259,6 +259,7 @@ def test_vector_payloads_repack_to_their_exact_bytes() -> None:
         RecordType.TPM_ANCHOR,
         RecordType.TPM_ROLLBACK,
         RecordType.TPM_REENROLLED,
+        RecordType.TPM_CREDENTIAL,
         RecordType.STATE,
         RecordType.STATE_REBUILT,
         RecordType.SEAT_REMOVED,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 from datetime import UTC, datetime, timedelta
 
@@ -132,6 +133,8 @@ def receipts(draw: st.DrawFn) -> Receipt:
         totals=draw(st.dictionaries(names, st.integers(0, 2**40), max_size=3)),
         status=draw(st.sampled_from(["accepted", "accepted_with_findings"])),
         finding_codes=tuple(draw(st.lists(names, max_size=3))),
+        # Version 2 (docs/adr/0036): a TPM credential challenge for the server to answer.
+        tpm_challenge=draw(st.none() | st.binary(min_size=1, max_size=600)),
     )
 
 
@@ -145,6 +148,10 @@ def test_document_round_trips_through_sign_and_verify(doc: License | Topup | Rec
     assert type(doc).from_bytes(data, BUNDLE) == doc
     assert open_document(data, BUNDLE) == doc
     assert type(doc).from_payload(doc.to_payload()) == doc
+    if isinstance(doc, Receipt):
+        # Written in the lowest version that expresses it: version 1 unless it challenges.
+        assert json.loads(data)["format"] == f"meterbox-receipt/{doc.format_version}"
+        assert (doc.format_version == 2) is (doc.tpm_challenge is not None)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])

@@ -135,6 +135,8 @@ class RecordType(enum.IntEnum):
     CLUSTER_QUORUM = 38
     #: The instance moved to another TPM on purpose (docs/adr/0031).
     TPM_REENROLLED = 39
+    #: The server's answer to a vendor's TPM credential challenge (docs/adr/0036).
+    TPM_CREDENTIAL = 40
 
     @property
     def kind(self) -> str:

@@ -604,6 +604,29 @@ class TpmReenrolled(_Payload):
     reason: str | None = _opt("r", "str")
 
 
+# --------------------------------------------------------- TPM credential proof
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TpmCredential(_Payload):
+    """The answer to the TPM credential challenge a receipt carried (``tpm.credential``).
+
+    Written when a ``meterbox-receipt/2`` is imported: ``proof`` is what
+    TPM2_ActivateCredential released, bound to the AK Name (docs/spec/tpm-attestation.md),
+    or ``error`` says why the server could not answer (no TPM attached, a challenge for
+    another attestation key, the TPM refused). The vendor judges either at the next
+    ingest (docs/adr/0036); the server never decides that its own answer is good.
+    """
+
+    record_type: ClassVar[RecordType] = RecordType.TPM_CREDENTIAL
+    #: The receipt whose challenge this answers.
+    receipt_id: str = _req("ri", "str")
+    #: Hex TPM Name of the attestation key the challenge named.
+    ak_name: str = _req("a", "str")
+    #: The 32-byte proof, when the TPM released the secret.
+    proof: bytes | None = _opt("p", "bytes")
+    #: Why there is no proof (at most 200 characters).
+    error: str | None = _opt("e", "str")
+
+
 # ------------------------------------------------------------- the state
 #: Column kinds of each row list of a STATE payload, by key (docs/spec/ledger.md).
 STATE_ROWS: Final[dict[str, tuple[str, ...]]] = {
@@ -962,6 +985,7 @@ RecordPayload = (
     | QuotaBlockTaken
     | QuotaBlockReturned
     | TpmReenrolled
+    | TpmCredential
     | State
     | StateRebuilt
     | Genesis
@@ -1005,6 +1029,7 @@ PAYLOAD_TYPES: Final[dict[RecordType, type[RecordPayload]]] = {
         QuotaBlockTaken,
         QuotaBlockReturned,
         TpmReenrolled,
+        TpmCredential,
         State,
         StateRebuilt,
         Genesis,

@@ -119,7 +119,7 @@ def open_document(
             return cls.from_bytes(data, bundle)
     raise _FormatError(
         "file is not a meterbox signed document",
-        expected=f"format {LICENSE_FORMAT} to /4, {TOPUP_FORMAT}, {RECEIPT_FORMAT} "
+        expected=f"format {LICENSE_FORMAT} to /4, {TOPUP_FORMAT}, {RECEIPT_FORMAT} to /2 "
         f"or {NOTICE_FORMAT}",
         found=repr(fmt),
         hint="Import license, top-up, receipt or notice files written by `meterbox vendor`",

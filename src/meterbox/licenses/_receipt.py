@@ -1,10 +1,16 @@
-"""The receipt document (format ``meterbox-receipt/1``): the vendor's acknowledgement.
+"""The receipt document (format ``meterbox-receipt/1`` or ``/2``): the vendor's acknowledgement.
 
 A receipt says "the vendor has seen this instance's ledger up to ``head_seq`` whose
 record hash is ``head_hash``", covering the report whose SHA-256 is ``report_digest``.
 Once a server imports it, nothing at or before ``head_seq`` can change undetectably.
 Invariants: ``previous_head_seq`` (the head of the receipt before, ``None`` for the
 first) is not after ``head_seq``; status is one of two values.
+
+Version 2 adds ``tpm_challenge``: a TPM credential challenge
+(``meterbox-tpm-credential/1``) the server answers with its TPM (docs/adr/0036). A
+receipt is written in the lowest version that expresses it, so one without a challenge
+stays a version-1 file older servers import; a version-2 file without one is refused,
+so that a receipt has exactly one encoding.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from meterbox.licenses._envelope import DocumentSigner, seal, unseal
 from meterbox.licenses._license import MAX_UNITS
 
 RECEIPT_FORMAT: Final = "meterbox-receipt/1"
+RECEIPT_FORMAT_V2: Final = "meterbox-receipt/2"
+RECEIPT_FORMATS: Final = (RECEIPT_FORMAT, RECEIPT_FORMAT_V2)
+#: A credential challenge is a few hundred bytes (docs/spec/tpm-attestation.md).
+MAX_TPM_CHALLENGE: Final = 4096
 RECEIPT_STATUSES: Final = ("accepted", "accepted_with_findings")
 INSTANCE_ID_LEN: Final = 16
 _MAX_SEQ: Final = 2**63 - 1
@@ -51,6 +61,8 @@ class Receipt:
     totals: Mapping[str, int] = field(default_factory=dict)
     status: str = "accepted"
     finding_codes: tuple[str, ...] = ()
+    #: Version 2: the TPM credential challenge for the instance's attestation key.
+    tpm_challenge: bytes | None = None
 
     def __post_init__(self) -> None:
         check_name(self.receipt_id, "receipt_id")
@@ -84,9 +96,23 @@ class Receipt:
         for code in codes:
             check_name(code, "finding code")
         object.__setattr__(self, "finding_codes", codes)
+        if self.tpm_challenge is not None and (
+            not isinstance(self.tpm_challenge, bytes)
+            or not 0 < len(self.tpm_challenge) <= MAX_TPM_CHALLENGE
+        ):
+            raise FormatError(
+                "receipt tpm_challenge is malformed",
+                expected=f"1 to {MAX_TPM_CHALLENGE} bytes of a meterbox-tpm-credential/1 challenge",
+                found=repr(self.tpm_challenge)[:80],
+            )
+
+    @property
+    def format_version(self) -> int:
+        """The lowest receipt format version that expresses this receipt."""
+        return 2 if self.tpm_challenge is not None else 1
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "receipt_id": self.receipt_id,
             "instance_id": self.instance_id,
             "license_ids": list(self.license_ids),
@@ -99,10 +125,31 @@ class Receipt:
             "status": self.status,
             "finding_codes": list(self.finding_codes),
         }
+        if self.tpm_challenge is not None:
+            payload["tpm_challenge"] = crypto.b64e(self.tpm_challenge)
+        return payload
 
     @classmethod
-    def from_payload(cls, value: object) -> Receipt:
+    def from_payload(cls, value: object, version: int | None = None) -> Receipt:
+        """Build a receipt from the payload of a format-``version`` document.
+
+        Without ``version`` (a payload kept apart from its envelope) it is read from the
+        payload: version 2 when it carries ``tpm_challenge``.
+        """
+        if version is None:
+            version = 2 if isinstance(value, dict) and "tpm_challenge" in value else 1
         f = Fields(value, "receipt")
+        challenge: bytes | None = None
+        if version >= 2:
+            text = f.text("tpm_challenge")
+            challenge = crypto.b64d(text, "receipt tpm_challenge")
+            if crypto.b64e(challenge) != text:
+                raise FormatError(
+                    "receipt tpm_challenge is not canonical base64",
+                    expected=crypto.b64e(challenge)[:40],
+                    found=text[:40],
+                    hint="the receipt was altered after it was signed, or not written by meterbox",
+                )
         out = cls(
             receipt_id=f.name("receipt_id"),
             instance_id=f.hex("instance_id", nbytes=INSTANCE_ID_LEN),
@@ -120,13 +167,15 @@ class Receipt:
             },
             status=f.choice("status", RECEIPT_STATUSES),
             finding_codes=tuple(check_name(c, "finding code") for c in f.array("finding_codes")),
+            tpm_challenge=challenge,
         )
         f.done()
         return out
 
     def sign(self, signer: DocumentSigner) -> bytes:
-        return seal(RECEIPT_FORMAT, self.to_payload(), signer)
+        return seal(RECEIPT_FORMATS[self.format_version - 1], self.to_payload(), signer)
 
     @classmethod
     def from_bytes(cls, data: bytes, bundle: VendorPublicBundle) -> Receipt:
-        return cls.from_payload(unseal(data, RECEIPT_FORMAT, bundle).payload)
+        opened = unseal(data, RECEIPT_FORMATS, bundle)
+        return cls.from_payload(opened.payload, opened.version)

@@ -13,6 +13,8 @@ Data directory layout (mode 0700)::
     DATA/tpm.json         the TPM chosen at init and the counter's authValue (0600)
     DATA/tpm-anchor.json  the last counter value committed to the ledger, and a
                           pending one (docs/adr/0011-tpm-anchor.md, "Wiring")
+    DATA/tpm-reenrol.json a re-enrolment in progress: the new TPM's counter authValue
+                          and tpm.json, until the move is finished (0600, ADR 0036)
 
 The ledger is opened by one process at a time (flock). ``status``, ``export`` and
 ``import`` therefore go through the running server's admin API when it runs, and
@@ -54,6 +56,7 @@ from meterbox.ledger import (
     Head,
     LedgerWriter,
     RecordType,
+    TpmCredential,
     export_report,
     read_head,
     recent_heads,
@@ -88,9 +91,12 @@ from meterbox.server._service import LicenseService, ServiceConfig, Sleep, statu
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.server._state import StateStore
 from meterbox.server._tpm import (
+    REENROL_INTENT,
     AnchoredSink,
     TpmGuard,
     TpmSetup,
+    answer_challenge,
+    finish_reenrolment,
     prepare_tpm,
     require_tpm_guard,
     write_tpm_config,
@@ -427,6 +433,9 @@ class ServerInstance:
                 fallback.charged, fallback.machines = cached.charged, cached.machines
             fold = LedgerState({p.license_id: p for p in policies}, fallback=fallback)
             fold.watch(snap.last_seq)
+            # A re-enrolment cut short after its record: the head before this open's own
+            # records says whether the record is sealed (docs/adr/0036).
+            before_open = read_head(data / LEDGER_DIR) if (data / REENROL_INTENT).exists() else None
             writer = LedgerWriter.open(
                 data / LEDGER_DIR,
                 clock=clock,
@@ -439,6 +448,8 @@ class ServerInstance:
             raise
         tpm: TpmGuard | None = None
         try:
+            if before_open is not None:
+                finish_reenrolment(data, before_open)
             # The TPM check comes before serving: a rollback is on record before any
             # request of this run, and a license that requires a TPM is enforced here.
             if attach_tpm:
@@ -726,6 +737,11 @@ class ServerInstance:
         await self.service.import_receipt(
             ReceiptInfo(receipt.vendor_time, receipt.head_seq, receipt.receipt_id)
         )
+        answered = None
+        if receipt.tpm_challenge is not None and not again:
+            # The proof is sealed before the import's anchor, so the next report's
+            # attestation covers it (docs/adr/0036).
+            answered = await asyncio.to_thread(self._answer_challenge, receipt)
         if not again:
             await self._advance("import")
         try:
@@ -740,12 +756,24 @@ class ServerInstance:
                 found=exc.problem + (f" ({exc.found})" if exc.found else ""),
                 hint="free disk space and import the same receipt again to compact",
             ) from exc
-        return {
+        out: dict[str, Any] = {
             "imported": "receipt",
             "receipt_id": receipt.receipt_id,
             "head_seq": head.seq,
             "compacted_bytes": removed,
         }
+        if answered is not None:
+            out["tpm_credential"] = "answered" if answered.proof is not None else answered.error
+        return out
+
+    def _answer_challenge(self, receipt: Receipt) -> TpmCredential:
+        assert receipt.tpm_challenge is not None
+        if self.tpm is None:
+            answer = answer_challenge(None, receipt.receipt_id, receipt.tpm_challenge)
+        else:
+            answer = self.tpm.answer_challenge(receipt.receipt_id, receipt.tpm_challenge)
+        self.writer.append(RecordType.TPM_CREDENTIAL, answer.to_map())
+        return answer
 
     async def _import_license(self, lic: License, blob: bytes) -> dict[str, Any]:
         _check_license_for_site(lic, machine_fingerprint())

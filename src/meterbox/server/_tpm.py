@@ -34,14 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from meterbox._fs import atomic_write
+from meterbox._fs import atomic_write, fsync_dir
 from meterbox.errors import ConfigError, FormatError, MeterboxError, StateError, VerificationError
-from meterbox.ledger import Appended, Head, RecordType, TpmReenrolled, TpmRollback
+from meterbox.ledger import (
+    Appended,
+    Head,
+    RecordType,
+    TpmCredential,
+    TpmReenrolled,
+    TpmRollback,
+)
 from meterbox.ledger import TpmAnchor as TpmAnchorRecord
 from meterbox.licenses import License
 from meterbox.server._sinks import LedgerEventSink
 from meterbox.tpm import (
     CounterVerdict,
+    CredentialChallenge,
     TpmAnchor,
     TpmMode,
     TpmProbe,
@@ -90,12 +98,14 @@ def _probe(tcti: str) -> TpmProbe:
     return TpmDevice.probe(tcti)
 
 
-def prepare_tpm(mode: TpmMode, tcti: str) -> TpmSetup:
+def prepare_tpm(mode: TpmMode, tcti: str, *, counter_auth: bytes | None = None) -> TpmSetup:
+    """Probe and set up the TPM at ``tcti``; ``counter_auth`` adopts a counter an earlier,
+    interrupted re-enrolment defined with it (a fresh authValue otherwise)."""
     probe = None if mode is TpmMode.OFF else _probe(tcti)
     decision = decide_mode(mode, probe)
     if not decision.use_tpm or decision.tcti is None:
         return TpmSetup(mode, None, decision.reason, None, {"tpm": "none"}, None)
-    auth = secrets.token_bytes(_AUTH_LEN)
+    auth = counter_auth if counter_auth is not None else secrets.token_bytes(_AUTH_LEN)
     from meterbox.tpm import TpmDevice
 
     with TpmDevice(decision.tcti) as device:
@@ -107,6 +117,15 @@ def prepare_tpm(mode: TpmMode, tcti: str) -> TpmSetup:
 
 def write_tpm_config(data: Path, setup: TpmSetup, *, keep: dict[str, object] | None = None) -> None:
     """Write tpm.json for ``setup``; ``keep`` carries the operator's tunables over."""
+    _write_config(data, tpm_config(setup, keep=keep))
+
+
+def _write_config(data: Path, config: dict[str, object]) -> None:
+    atomic_write(data / TPM_CONFIG, (json.dumps(config, indent=1) + "\n").encode())
+
+
+def tpm_config(setup: TpmSetup, *, keep: dict[str, object] | None = None) -> dict[str, object]:
+    """The tpm.json contents for ``setup`` (``keep``: the operator's tunables carried over)."""
     config: dict[str, object] = {
         "v": CONFIG_VERSION,
         "mode": setup.mode.value,
@@ -117,7 +136,7 @@ def write_tpm_config(data: Path, setup: TpmSetup, *, keep: dict[str, object] | N
     }
     if keep is not None and "advance_every_s" in keep:
         config["advance_every_s"] = keep["advance_every_s"]
-    atomic_write(data / TPM_CONFIG, (json.dumps(config, indent=1) + "\n").encode())
+    return config
 
 
 # ----------------------------------------------------------------- the running anchor
@@ -285,6 +304,9 @@ class _Appender(Protocol):
 
     @property
     def epoch(self) -> int: ...
+
+    @property
+    def head(self) -> Head: ...
 
 
 class TpmGuard:
@@ -466,6 +488,11 @@ class TpmGuard:
     def attest_locked(self, head: bytes, nonce: bytes) -> bytes:
         return self._anchor.attest(head, nonce)
 
+    def answer_challenge(self, receipt_id: str, challenge: bytes) -> TpmCredential:
+        """Answer a receipt's challenge with this TPM (see :func:`answer_challenge`)."""
+        with self.lock:
+            return answer_challenge(self._anchor, receipt_id, challenge)
+
     # ----------------------------------------------------------- activity
     def note_activity(self) -> bool:
         """A batch committed; True when an activity or epoch advance is due now."""
@@ -502,6 +529,32 @@ class TpmGuard:
 
 class _Foreign(Exception):
     pass
+
+
+# ----------------------------------------------------------- credential challenge
+def answer_challenge(anchor: TpmAnchor | None, receipt_id: str, challenge: bytes) -> TpmCredential:
+    """The TPM_CREDENTIAL payload answering a receipt's ``tpm_challenge``.
+
+    Never raises for the challenge's sake: a challenge the server cannot answer (no TPM
+    attached, a malformed one, one for another attestation key, a TPM that refuses) is
+    sealed with the reason instead, since the receipt itself stands and the vendor is
+    the one to judge (docs/adr/0036).
+    """
+    try:
+        ak_name = CredentialChallenge.from_bytes(challenge).ak_name.hex()
+    except FormatError as exc:
+        return TpmCredential(receipt_id=receipt_id, ak_name="", error=exc.problem[:200])
+    if anchor is None:
+        return TpmCredential(
+            receipt_id=receipt_id,
+            ak_name=ak_name,
+            error="no TPM is attached to this server (see the TPM_ROLLBACK records at open)",
+        )
+    try:
+        proof = anchor.activate_credential(challenge)
+    except MeterboxError as exc:
+        return TpmCredential(receipt_id=receipt_id, ak_name=ak_name, error=exc.problem[:200])
+    return TpmCredential(receipt_id=receipt_id, ak_name=ak_name, proof=proof)
 
 
 class AnchoredSink:
@@ -587,15 +640,124 @@ def plan_reenrolment(
     )
 
 
+#: The re-enrolment in progress (0600: it holds the new counter's authValue until tpm.json
+#: does). docs/adr/0036-tpm-credential-challenge.md, "Re-enrolment crash window".
+REENROL_INTENT: Final = "tpm-reenrol.json"
+INTENT_VERSION: Final = 1
+
+
+@dataclass(frozen=True)
+class ReenrolIntent:
+    """What ``tpm-reenrol.json`` says: the new TPM and, once the record is about to be
+    sealed, the whole tpm.json to write and the ledger head just before the record.
+
+    Written in two steps: ``(ek_name, tcti, counter_auth)`` before the new TPM's counter
+    is defined (a crash then loses no authValue: a re-run adopts the counter with it),
+    then ``config`` and ``before`` right before TPM_REENROLLED is appended. A ledger whose
+    head is past ``before`` holds the record (the record is the only write unit appended
+    after it, and a unit is durable whole or cut whole), so the move is finished from
+    ``config`` instead of being sealed a second time.
+    """
+
+    ek_name: str
+    tcti: str
+    counter_auth: bytes
+    config: dict[str, object] | None = None
+    before: Head | None = None
+
+    def to_bytes(self) -> bytes:
+        return (
+            json.dumps(
+                {
+                    "v": INTENT_VERSION,
+                    "ek_name": self.ek_name,
+                    "tcti": self.tcti,
+                    "counter_auth": self.counter_auth.hex(),
+                    "config": self.config,
+                    "before": None
+                    if self.before is None
+                    else {"seq": self.before.seq, "head": self.before.hash.hex()},
+                },
+                indent=1,
+            )
+            + "\n"
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReenrolIntent:
+        try:
+            raw = json.loads(data)
+            if not isinstance(raw, dict) or raw.get("v") != INTENT_VERSION:
+                raise ValueError(f"not a version-{INTENT_VERSION} intent")
+            if set(raw) != {"v", "ek_name", "tcti", "counter_auth", "config", "before"}:
+                raise ValueError(f"keys {sorted(raw)}")
+            ek_name, tcti, auth = raw["ek_name"], raw["tcti"], raw["counter_auth"]
+            if not all(isinstance(v, str) for v in (ek_name, tcti, auth)):
+                raise ValueError("ek_name, tcti and counter_auth must be strings")
+            counter_auth = bytes.fromhex(auth)
+            if len(counter_auth) != _AUTH_LEN:
+                raise ValueError(f"counter_auth is {len(counter_auth)} bytes, not {_AUTH_LEN}")
+            config = raw["config"]
+            if config is not None:
+                identity = config.get("identity") if isinstance(config, dict) else None
+                if not isinstance(identity, dict) or identity.get("ek_name") != ek_name:
+                    raise ValueError("config does not name the intent's endorsement key")
+                if config.get("v") != CONFIG_VERSION:
+                    raise ValueError("config is not a version-1 tpm.json")
+            before = raw["before"]
+            head: Head | None = None
+            if before is not None:
+                if not isinstance(before, dict) or set(before) != {"seq", "head"}:
+                    raise ValueError("before is not {seq, head}")
+                seq, digest = before["seq"], before["head"]
+                if not isinstance(seq, int) or isinstance(seq, bool) or seq < -1:
+                    raise ValueError("before.seq is not an integer >= -1")
+                if not isinstance(digest, str) or len(digest) != 64:
+                    raise ValueError("before.head is not 64 hex digits")
+                head = Head(seq, bytes.fromhex(digest))
+            if (config is None) != (head is None):
+                raise ValueError("config and before are written together")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FormatError(
+                f"the re-enrolment note {REENROL_INTENT} is unreadable",
+                expected=f'{{"v": {INTENT_VERSION}, "ek_name": hex, "tcti": str, '
+                '"counter_auth": hex, "config": tpm.json|null, "before": {seq, head}|null}',
+                found=str(exc)[:120],
+                hint=f"restore {REENROL_INTENT} from a backup, or delete it and run "
+                "'meterbox server tpm reenrol' again (on a TPM whose counter index is free)",
+            ) from None
+        return cls(ek_name, tcti, counter_auth, config, head)
+
+
+def read_reenrol_intent(data: Path) -> ReenrolIntent | None:
+    try:
+        raw = (data / REENROL_INTENT).read_bytes()
+    except FileNotFoundError:
+        return None
+    return ReenrolIntent.from_bytes(raw)
+
+
+def _write_intent(data: Path, intent: ReenrolIntent) -> None:
+    atomic_write(data / REENROL_INTENT, intent.to_bytes(), mode=0o600)
+
+
+def sealed_reenrolment(intent: ReenrolIntent | None, head: Head) -> bool:
+    """Pure: whether the ledger ending at ``head`` holds the intent's TPM_REENROLLED."""
+    return intent is not None and intent.before is not None and head.seq > intent.before.seq
+
+
 def prepare_reenrolment(data: Path, tcti: str) -> TpmSetup:
     """Set up the new TPM for :func:`reenrol_tpm`, after checking it is another TPM.
 
-    Nothing in ``data`` changes. The endorsement key is compared first: on the TPM the
-    instance already uses, setting up a counter again would only fail on its authValue,
-    with a message that hides the real mistake.
+    The endorsement key is compared first: on the TPM the instance already uses, setting
+    up a counter again would only fail on its authValue, with a message that hides the
+    real mistake. Then the counter's authValue is noted in ``tpm-reenrol.json`` (or taken
+    from it, when an interrupted run on this TPM left one) before the counter is defined;
+    a TPM that does not answer or is refused leaves the directory as it was.
     """
     old = read_tpm_config(data)
     identity = old.get("identity") if old is not None else None
+    auth: bytes | None = None
     if isinstance(identity, dict) and identity.get("tpm") == "tpm2":
         probe = _probe(tcti)
         if probe.found:
@@ -610,7 +772,13 @@ def prepare_reenrolment(data: Path, tcti: str) -> TpmSetup:
                     found=f"EK {ek_name[:20]}... again",
                     hint="nothing to re-enrol; start the server as usual",
                 )
-    return prepare_tpm(TpmMode.REQUIRE, tcti)
+            earlier = read_reenrol_intent(data)
+            if earlier is not None and earlier.ek_name == ek_name:
+                auth = earlier.counter_auth
+            else:
+                auth = secrets.token_bytes(_AUTH_LEN)
+                _write_intent(data, ReenrolIntent(ek_name, tcti, auth))
+    return prepare_tpm(TpmMode.REQUIRE, tcti, counter_auth=auth)
 
 
 def reenrol_tpm(
@@ -618,9 +786,10 @@ def reenrol_tpm(
 ) -> tuple[TpmReenrolled, Appended]:
     """Move the instance in ``data`` (server stopped, TPM not attached) to ``new``.
 
-    Order: the record first (durable), then tpm.json, then the anchor note, so the
-    ledger holds the move before anything points at the new TPM. The next open then
-    finds the new TPM in step with the note and advances from ``new.counter``.
+    Order: the intent (new tpm.json and the head before the record), the record
+    (durable), tpm.json, the anchor note, then the intent goes. The ledger holds the move
+    before anything points at the new TPM, and a crash anywhere after the record is
+    finished by :func:`finish_reenrolment` at the next open or re-run, never sealed twice.
     """
     old = read_tpm_config(data)
     try:
@@ -628,14 +797,66 @@ def reenrol_tpm(
     except (OSError, FormatError):
         note = None
     record = plan_reenrolment(old, note, new, reason)
-    appended = writer.append(RecordType.TPM_REENROLLED, record.to_map())
-    write_tpm_config(data, new, keep=old)
-    atomic_write(
-        data / ANCHOR_NOTE,
-        AnchorNote(record.new_counter, None, appended.seq, appended.head.hash.hex()).to_bytes(),
-        mode=0o600,
+    if new.counter_auth is None or new.tcti is None:
+        raise ConfigError(
+            "no TPM to re-enrol on",
+            expected="a TPM 2.0 counter set up at --tpm-tcti",
+            found=new.reason,
+            hint="check the TCTI and that this user may open the TPM",
+        )
+    intent = ReenrolIntent(
+        record.new_ek_name,
+        new.tcti,
+        new.counter_auth,
+        tpm_config(new, keep=old),
+        writer.head,
     )
+    _write_intent(data, intent)
+    appended = _seal_reenrolment(writer, record)
+    _finish(data, intent, appended.head)
     return record, appended
+
+
+def _seal_reenrolment(writer: _Appender, record: TpmReenrolled) -> Appended:
+    return writer.append(RecordType.TPM_REENROLLED, record.to_map())
+
+
+def _finish(data: Path, intent: ReenrolIntent, point: Head) -> None:
+    """tpm.json, then the anchor note at ``point`` (a ledger point at or after the record),
+    then the intent goes. Idempotent: every step rewrites what the intent says."""
+    assert intent.config is not None
+    _write_config(data, intent.config)
+    counter = intent.config.get("counter_at_init")
+    value = counter if isinstance(counter, int) else 0
+    _write_reenrol_note(data, AnchorNote(value, None, point.seq, point.hash.hex()))
+    _drop_intent(data)
+
+
+def _write_reenrol_note(data: Path, note: AnchorNote) -> None:
+    atomic_write(data / ANCHOR_NOTE, note.to_bytes(), mode=0o600)
+
+
+def _drop_intent(data: Path) -> None:
+    (data / REENROL_INTENT).unlink(missing_ok=True)
+    fsync_dir(data)
+
+
+def finish_reenrolment(data: Path, head: Head) -> ReenrolIntent | None:
+    """Finish a re-enrolment a crash interrupted after its record was sealed.
+
+    ``head`` is the ledger's head before this open wrote anything (:func:`read_head`).
+    Returns the intent finished, or None when there is none or its record was never
+    sealed (the intent then stays, so a re-run adopts the counter it defined).
+    """
+    intent = read_reenrol_intent(data)
+    if intent is None or not sealed_reenrolment(intent, head):
+        return None
+    _finish(data, intent, head)
+    _log.warning(
+        "finished the re-enrolment on the TPM with EK %s... sealed before a crash",
+        intent.ek_name[:16],
+    )
+    return intent
 
 
 def require_tpm_guard(licenses: Sequence[License], guard: TpmGuard | None) -> None:

@@ -751,8 +751,14 @@ def tpm_reenrol(
     Writes a TPM_REENROLLED record naming the old and the new TPM: the vendor sees a
     warning and pins the new TPM from it. Without it a new TPM is a foreign one.
     """
-    from meterbox.server._instance import ServerInstance
-    from meterbox.server._tpm import prepare_reenrolment, reenrol_tpm
+    from meterbox.ledger import read_head
+    from meterbox.server._instance import LEDGER_DIR, ServerInstance
+    from meterbox.server._tpm import (
+        prepare_reenrolment,
+        read_reenrol_intent,
+        reenrol_tpm,
+        sealed_reenrolment,
+    )
 
     if _running(data):
         _fail(
@@ -764,6 +770,19 @@ def tpm_reenrol(
             )
         )
     with _errors():
+        intent = read_reenrol_intent(data)
+        if intent is not None and sealed_reenrolment(intent, read_head(data / LEDGER_DIR)):
+            # An earlier run sealed its record and was cut short: opening the instance
+            # finishes that move; sealing another would tell the vendor of two.
+            ServerInstance.open(data, attach_tpm=False).close()
+            if as_json:
+                _print_json({"finished": True, "ek_name": intent.ek_name, "tcti": intent.tcti})
+                return
+            out.print(
+                f"Finished the re-enrolment an earlier run recorded: EK {intent.ek_name[:16]}... "
+                f"at {intent.tcti}. No second re-enrolment is recorded; start the server as usual."
+            )
+            return
         # The new TPM is set up before anything in the directory changes: a TPM that
         # does not answer leaves the instance exactly as it was.
         setup = prepare_reenrolment(data, tpm_tcti)

@@ -750,6 +750,8 @@ class ReceiptContent:
     totals: Mapping[str, int]
     status: Status
     findings: Sequence[Finding]
+    #: A TPM credential challenge for the instance's AK (makes the receipt version 2).
+    tpm_challenge: bytes | None = None
 
     def receipt(self, receipt_id: str, vendor_time: datetime) -> Receipt:
         return Receipt(
@@ -764,4 +766,5 @@ class ReceiptContent:
             totals=dict(self.totals),
             status=self.status,
             finding_codes=tuple(sorted({f.code for f in self.findings})),
+            tpm_challenge=self.tpm_challenge,
         )

@@ -33,6 +33,14 @@ What is checked (docs/adr/0011-tpm-anchor.md, docs/spec/tpm-attestation.md):
   add``): ``tpm.ek.untrusted`` (a certificate that does not chain to one) and
   ``tpm.ek.missing`` (no certificate) are critical, and reject the report, when a
   license requires a TPM, and warnings otherwise (docs/adr/0031).
+* The credential challenge (docs/adr/0036): an attested AK not yet proven gets a
+  challenge sealed to the bundle's EK in the receipt (:func:`judge_credential`, with
+  the vendor's state in ``tpm_credentials``); the server's TPM_CREDENTIAL answer
+  proves it (no finding), a wrong proof or one for another key is critical
+  (``tpm.ak.forged``), no answer yet is ``tpm.ak.outstanding`` (info) and no answer
+  after :data:`UNPROVEN_AFTER_REPORTS` reports, or an answer saying the TPM could not
+  release the secret, is ``tpm.ak.unproven``: critical when a license requires a TPM,
+  a warning otherwise.
 """
 
 from __future__ import annotations
@@ -50,10 +58,12 @@ from meterbox.ledger import (
     Record,
     RecordType,
     TpmAnchor,
+    TpmCredential,
     TpmReenrolled,
     TpmRollback,
 )
 from meterbox.tpm import (
+    AttestationBundle,
     TpmFinding,
     TpmPins,
     VerifiedAttestation,
@@ -70,6 +80,13 @@ QUOTE_OK: Final = "tpm.quote.ok"
 REENROLLED: Final = "tpm.reenrolled"
 EK_UNTRUSTED: Final = "tpm.ek.untrusted"
 EK_MISSING: Final = "tpm.ek.missing"
+AK_FORGED: Final = "tpm.ak.forged"
+AK_UNPROVEN: Final = "tpm.ak.unproven"
+AK_OUTSTANDING: Final = "tpm.ak.outstanding"
+#: Reports ingested after the one whose receipt challenged the AK, none answering, before
+#: the AK counts as unproven: the site may export before it imports a receipt, and a
+#: receipt may be lost once.
+UNPROVEN_AFTER_REPORTS: Final = 3
 
 _ROLLBACK_KINDS: Final = {
     "rollback": (LEDGER_ROLLBACK, "the TPM counter was above the ledger's: an older copy"),
@@ -78,6 +95,133 @@ _ROLLBACK_KINDS: Final = {
     "foreign": (LEDGER_FOREIGN, "the data directory was opened on another TPM"),
 }
 _FINDINGS_MAX: Final = 20
+
+
+@dataclass(frozen=True)
+class CredentialState:
+    """What the vendor keeps per instance (``tpm_credentials``): the AK challenged, and
+    either the secret and challenge still outstanding or ``proven``."""
+
+    ak_name: bytes
+    secret: bytes | None
+    challenge: bytes | None
+    reports: int = 0
+    proven: bool = False
+
+
+@dataclass(frozen=True)
+class CredentialVerdict:
+    findings: tuple[Finding, ...]
+    #: The state to store when the report is accepted.
+    state: CredentialState | None
+    #: The challenge the receipt carries (None: nothing outstanding).
+    challenge: bytes | None
+
+
+def judge_credential(
+    state: CredentialState | None,
+    answers: Sequence[tuple[int, TpmCredential]],
+    *,
+    ak_name: bytes,
+    ek_public: bytes,
+    required: bool,
+    new_challenge: Any,
+) -> CredentialVerdict:
+    """Pure: the credential findings of one report whose attestation verified for ``ak_name``.
+
+    ``answers`` are the report's new TPM_CREDENTIAL records (seq, payload);
+    ``new_challenge(ek_public, ak_name) -> (secret, challenge)`` makes a challenge (the
+    shell passes :func:`meterbox.tpm.make_credential_challenge` over a CSPRNG secret).
+    Answers are judged against the challenge outstanding before this report; an AK that
+    changed since (a re-enrolment) is challenged afresh.
+    """
+    from meterbox.tpm import check_credential_proof
+
+    found: list[Finding] = []
+    severity: Literal["critical", "warning"] = "critical" if required else "warning"
+    outstanding = state is not None and not state.proven and state.secret is not None
+    proven_now = False
+    for seq, answer in answers:
+        if state is None or answer.ak_name != state.ak_name.hex():
+            found.append(
+                Finding(
+                    AK_FORGED,
+                    "critical",
+                    f"a credential answer for attestation key {answer.ak_name[:20]}..., to "
+                    "which this vendor sent this instance no challenge (a proof copied from "
+                    "another instance or another TPM)",
+                    seq,
+                )
+            )
+            continue
+        if not outstanding:
+            continue  # a proven key answered again (a receipt imported twice): nothing new
+        assert state.secret is not None
+        if answer.proof is None:
+            found.append(
+                Finding(
+                    AK_UNPROVEN,
+                    severity,
+                    "the server could not answer the TPM credential challenge: "
+                    f"{answer.error or 'no reason given'}; the attestation key is not shown "
+                    "to be in the TPM whose EK the reports name",
+                    seq,
+                )
+            )
+            continue
+        try:
+            check_credential_proof(state.secret, state.ak_name, answer.proof)
+        except TpmFinding as exc:
+            found.append(
+                Finding(
+                    AK_FORGED,
+                    "critical",
+                    f"the credential answer does not prove the attestation key: {exc.problem}; "
+                    "the key is not in the TPM whose EK certificate the reports carry",
+                    seq,
+                )
+            )
+            continue
+        proven_now = True
+    if any(f.code == AK_FORGED for f in found):
+        # Keep the challenge outstanding: a forged answer proves nothing.
+        again = state.challenge if state is not None and outstanding else None
+        return CredentialVerdict(tuple(found), state, again)
+    if state is not None and (proven_now or state.proven):
+        state = CredentialState(state.ak_name, None, None, 0, True)
+    if state is None or state.ak_name != ak_name:
+        secret, challenge = new_challenge(ek_public, ak_name)
+        return CredentialVerdict(
+            tuple(found), CredentialState(ak_name, secret, challenge), challenge
+        )
+    if state.proven:
+        return CredentialVerdict(tuple(found), state, None)
+    reports = state.reports + 1
+    if not found:
+        if reports >= UNPROVEN_AFTER_REPORTS:
+            found.append(
+                Finding(
+                    AK_UNPROVEN,
+                    severity,
+                    f"{reports} reports since the TPM credential challenge and no answer: the "
+                    "attestation key is not shown to be in the TPM whose EK the reports name "
+                    "(import the latest receipt on the server, or the key is not in that TPM)",
+                )
+            )
+        else:
+            found.append(
+                Finding(
+                    AK_OUTSTANDING,
+                    "info",
+                    "the TPM credential challenge is not answered yet (the site imports the "
+                    "receipt carrying it, and its next report answers)",
+                )
+            )
+    return CredentialVerdict(
+        tuple(found),
+        CredentialState(state.ak_name, state.secret, state.challenge, reports),
+        state.challenge,
+    )
 
 
 @dataclass
@@ -93,6 +237,13 @@ class TpmReportCheck:
     genesis_tpm: bool = False
     #: The TPM manufacturer CAs the vendor trusts (empty: EK certificates not checked).
     ek_roots: Sequence[x509.Certificate] = ()
+    #: The credential challenge outstanding for (or the proof of) the pinned AK.
+    credential: CredentialState | None = None
+    #: ``(ek_public, ak_name) -> (secret, challenge)``; None: no credential check.
+    new_challenge: Any = None
+    #: What :func:`judge_credential` decided (set by :meth:`finish`).
+    credential_after: CredentialVerdict | None = None
+    _answers: list[tuple[int, TpmCredential]] = field(default_factory=list)
     _prev: int | None = None
     _nv_name: str | None = None
     _last_anchor: int | None = None
@@ -118,6 +269,11 @@ class TpmReportCheck:
             self._anchor(record)
         elif t is RecordType.TPM_REENROLLED:
             self._reenrolled(record)
+        elif t is RecordType.TPM_CREDENTIAL:
+            try:
+                self._answers.append((record.seq, TpmCredential.from_map(record.payload)))
+            except FormatError as exc:
+                self._find(AK_FORGED, "critical", f"a tpm.credential record: {exc}", record.seq)
 
     def _genesis(self, payload: Mapping[str, Any]) -> None:
         entry = payload.get("tpm")
@@ -294,4 +450,16 @@ class TpmReportCheck:
                 Finding(QUOTE_OK, "info", f"TPM attestation {what}: counter {verified.counter}{ek}")
             )
             self.findings.extend(self._ek_findings(verified))
+            if self.new_challenge is not None and verified.pins.ak_name is not None:
+                assert bundle is not None
+                verdict = judge_credential(
+                    self.credential,
+                    self._answers,
+                    ak_name=verified.pins.ak_name,
+                    ek_public=AttestationBundle.from_bytes(bundle).ek_public,
+                    required=self.required,
+                    new_challenge=self.new_challenge,
+                )
+                self.credential_after = verdict
+                self.findings.extend(verdict.findings)
         return self.findings

@@ -315,7 +315,9 @@ def _ingest_new(ctx: IngestContext) -> IngestOutcome:
                 early += _record_checks(ctx, header, result, enforcement, witnesses, tpm)
             every, grace = reporting_interval(licenses)
             found = report_findings(result, early + license_findings, core, read=authentic)
-            judged = _judge(ctx, core, result, found, licenses, known, every, grace)
+            judged = _judge(
+                ctx, core, result, found, licenses, known, (every, grace), tpm_challenge(tpm)
+            )
         except SQLAlchemyError:
             raise  # the store, not the report: the caller sees it (disk full, locked, ...)
         except Exception as exc:  # noqa: BLE001 - a report must never crash ingest
@@ -387,8 +389,14 @@ def _settle(ctx: IngestContext, judged: _Judged, tpm: TpmReportCheck, instance_h
     report's TPM."""
     if judged.status == "rejected":
         ctx.conn.rollback()
-    elif tpm.pins_after is not None:
+        return
+    if tpm.pins_after is not None:
         ctx.store.put_tpm_pins(instance_hex, tpm.pins_after, ctx.conn)
+    verdict = tpm.credential_after
+    if verdict is not None and verdict.state is not None and judged.receipt is not None:
+        # The state moves only with a receipt: a challenge is outstanding once a receipt
+        # carries it, and an unanswered report counts once it is acknowledged.
+        ctx.store.put_tpm_credential(instance_hex, verdict.state, ctx.now_ms * 1000, ctx.conn)
 
 
 def _chain_checks(
@@ -397,10 +405,35 @@ def _chain_checks(
     """The checks that follow the records against what the vendor knows already."""
     pins = ctx.store.tpm_pins(instance_hex, ctx.conn) if instance_hex else TpmPins()
     roots = [x509.load_der_x509_certificate(der) for _, _, der in ctx.store.tpm_cas(ctx.conn)]
+    credential = ctx.store.tpm_credential(instance_hex, ctx.conn) if instance_hex else None
     return (
         WitnessCheck(known.head if known is not None else None),
-        TpmReportCheck(pins, any(x.require_tpm for x in licenses), ek_roots=roots),
+        TpmReportCheck(
+            pins,
+            any(x.require_tpm for x in licenses),
+            ek_roots=roots,
+            credential=credential,
+            new_challenge=_new_challenge,
+        ),
     )
+
+
+#: The secret a credential challenge seals (docs/spec/tpm-attestation.md: 32 bytes).
+_CREDENTIAL_SECRET_LEN = 32
+
+
+def _new_challenge(ek_public: bytes, ak_name: bytes) -> tuple[bytes, bytes]:
+    """A fresh secret and the credential challenge sealing it to the EK for ``ak_name``."""
+    from meterbox.tpm import make_credential_challenge
+
+    secret = secrets.token_bytes(_CREDENTIAL_SECRET_LEN)
+    return secret, make_credential_challenge(ek_public, ak_name, secret)
+
+
+def tpm_challenge(tpm: TpmReportCheck) -> bytes | None:
+    """The challenge the receipt for this report carries (docs/adr/0036)."""
+    verdict = tpm.credential_after
+    return None if verdict is None else verdict.challenge
 
 
 def _record_checks(
@@ -522,11 +555,13 @@ def _judge(
     findings: list[Finding],
     licenses: list[License],
     known: Known | None,
-    every: int | None,
-    grace: int,
+    interval: tuple[int | None, int],
+    challenge: bytes | None = None,
 ) -> _Judged:
     """Clones, clusters, anomalies, the status and the signed receipt, inside the
-    transaction."""
+    transaction. ``interval``: the licenses' report interval and grace, in days;
+    ``challenge``: the TPM credential challenge the receipt carries."""
+    every, grace = interval
     conn, instance_hex = ctx.conn, core.instance_id
     license_ids = [lic.license_id for lic in licenses]
     activity = ctx.store.activity_for_licenses(license_ids, conn)
@@ -569,6 +604,7 @@ def _judge(
             totals=core.receipt_totals(),
             status=status,
             findings=findings,
+            tpm_challenge=challenge,
         )
         receipt = content.receipt(ctx.new_receipt_id(), ctx.vendor_now)
         document = receipt.sign(ctx.keys.signer())

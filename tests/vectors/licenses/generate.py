@@ -11,6 +11,7 @@ Usage, from ``tests/`` (``make vectors`` regenerates every vector set):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,6 +126,7 @@ def build() -> dict[str, bytes]:
         status="accepted_with_findings",
         finding_codes=("clock_step",),
     )
+    receipt_v2 = dataclasses.replace(receipt, tpm_challenge=bytes(range(64)))
 
     valid = [
         ("valid/license.lic", "vendor.pub", basic.sign(KEY_A.signer()), basic.to_payload()),
@@ -160,6 +162,13 @@ def build() -> dict[str, bytes]:
         ),
         ("valid/topup.top", "vendor.pub", topup.sign(KEY_A.signer()), topup.to_payload()),
         ("valid/receipt.rcpt", "vendor.pub", receipt.sign(KEY_A.signer()), receipt.to_payload()),
+        # Format 2: a receipt carrying a TPM credential challenge (docs/adr/0036).
+        (
+            "valid/receipt-tpm-challenge-v2.rcpt",
+            "vendor.pub",
+            receipt_v2.sign(KEY_A.signer()),
+            receipt_v2.to_payload(),
+        ),
         # An old document still verifies after rotation: old keys stay in the bundle.
         (
             "valid/license-old-key.lic",
@@ -303,6 +312,20 @@ def build() -> dict[str, bytes]:
             "invalid/zero-units.top",
             "topup",
             seal("meterbox-topup/1", {**topup.to_payload(), "units": 0}, KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # One encoding per receipt: version 2 without its field is refused.
+            "invalid/v2-without-challenge.rcpt",
+            "receipt",
+            seal("meterbox-receipt/2", receipt.to_payload(), KEY_A.signer()),
+            "FormatError",
+        ),
+        (
+            # A version-1 reader knows no tpm_challenge: the field is refused, not dropped.
+            "invalid/v1-with-challenge.rcpt",
+            "receipt",
+            seal("meterbox-receipt/1", receipt_v2.to_payload(), KEY_A.signer()),
             "FormatError",
         ),
         (

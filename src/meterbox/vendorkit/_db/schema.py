@@ -31,9 +31,12 @@ import sqlalchemy as sa
 #: Version 1 kept ingest's four bookkeeping tables outside the version, in
 #: milliseconds. Version 2 is one schema in microseconds. Version 3 adds the usage
 #: event's idempotency key and whether the row is the billed copy of its event
-#: (``usage.idem_key``, ``usage.billed``); a version 2 store is migrated on open
-#: (:func:`meterbox.vendorkit._db.store.migrate_2_to_3`).
-SCHEMA_VERSION: Final = 3
+#: (``usage.idem_key``, ``usage.billed``; a version 2 store is migrated on open by
+#: :func:`meterbox.vendorkit._db.store.migrate_2_to_3`). Version 4 adds
+#: ``tpm_credentials`` (docs/adr/0036), created at open for a version 2 or 3 store.
+SCHEMA_VERSION: Final = 4
+#: Versions a store is migrated from at open.
+MIGRATES_FROM: Final = frozenset({2, 3})
 #: Longest idempotency key a server accepts (docs/api.md, POST /v1/usage).
 MAX_IDEM_KEY: Final = 128
 
@@ -282,6 +285,22 @@ tpm_ek_cas_table = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("der", sa.LargeBinary, nullable=False),
     sa.Column("added_us", sa.BigInteger, nullable=False),
+)
+
+#: Per instance the TPM credential challenge outstanding for its pinned attestation key
+#: (the secret sealed to its EK and the challenge the receipts carry), or the key proven
+#: (``proven``, secret and challenge cleared); docs/adr/0036-tpm-credential-challenge.md.
+#: ``reports`` counts the reports ingested since the challenge without an answer.
+tpm_credentials_table = sa.Table(
+    "tpm_credentials",
+    metadata,
+    sa.Column("instance_id", sa.String(64), primary_key=True),
+    sa.Column("ak_name", sa.String(140), nullable=False),
+    sa.Column("secret", sa.LargeBinary, nullable=True),
+    sa.Column("challenge", sa.LargeBinary, nullable=True),
+    sa.Column("reports", sa.Integer, nullable=False),
+    sa.Column("proven", sa.Boolean, nullable=False),
+    sa.Column("updated_us", sa.BigInteger, nullable=False),
 )
 
 USAGE_COLUMNS: Final = tuple(c.name for c in usage_table.columns)

@@ -42,6 +42,7 @@ from meterbox.tpm import TpmPins
 from meterbox.vendorkit._db import queries
 from meterbox.vendorkit._db.schema import (
     EVENT_COLUMNS,
+    MIGRATES_FROM,
     SCHEMA_VERSION,
     SEAT_COLUMNS,
     USAGE_COLUMNS,
@@ -58,6 +59,7 @@ from meterbox.vendorkit._db.schema import (
     schema_table,
     seat_events_table,
     topups_table,
+    tpm_credentials_table,
     tpm_ek_cas_table,
     tpm_pins_table,
     usage_billed_key_index,
@@ -66,6 +68,7 @@ from meterbox.vendorkit._db.schema import (
 )
 from meterbox.vendorkit._redelivery import KeyedUsage
 from meterbox.vendorkit._rows import EventInsert, SeatInsert, UsageInsert
+from meterbox.vendorkit._tpm_check import CredentialState
 
 DB_FILE: Final = "vendor.db"
 #: Lease ids per ``IN (...)`` list: well under every driver's parameter limit.
@@ -310,10 +313,22 @@ class VendorStore:
                 version = conn.execute(sa.select(schema_table.c.version)).scalar_one_or_none()
                 if version == 2:
                     migrate_2_to_3(conn)
-                elif version is not None and version != SCHEMA_VERSION:
+                    version = 3
+                if (
+                    version is not None
+                    and version != SCHEMA_VERSION
+                    and version not in MIGRATES_FROM
+                ):
                     raise _version_error(int(version))
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
+            # Migration 3 -> 4 adds tpm_credentials, which create_all just made; the
+            # version moves only after the table exists (docs/adr/0019, ADR 0036).
+            conn.execute(
+                schema_table.update()
+                .where(schema_table.c.version.in_(sorted(MIGRATES_FROM)))
+                .values(version=SCHEMA_VERSION)
+            )
             version = conn.execute(sa.select(schema_table.c.version)).scalar_one_or_none()
             if version is None:
                 try:
@@ -517,6 +532,36 @@ class VendorStore:
             "last_counter": pins.last_counter or 0,
         }
         stmt = self._insert(tpm_pins_table).values(**values)
+        update = {k: stmt.excluded[k] for k in values if k != "instance_id"}
+        conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update))
+
+    def tpm_credential(self, instance_id: str, conn: Connection) -> CredentialState | None:
+        """The credential challenge outstanding for (or the proof of) an instance's AK."""
+        t = tpm_credentials_table
+        row = conn.execute(sa.select(t).where(t.c.instance_id == instance_id)).first()
+        if row is None:
+            return None
+        return CredentialState(
+            ak_name=bytes.fromhex(row.ak_name),
+            secret=None if row.secret is None else bytes(row.secret),
+            challenge=None if row.challenge is None else bytes(row.challenge),
+            reports=int(row.reports),
+            proven=bool(row.proven),
+        )
+
+    def put_tpm_credential(
+        self, instance_id: str, state: CredentialState, updated_us: int, conn: Connection
+    ) -> None:
+        values = {
+            "instance_id": instance_id,
+            "ak_name": state.ak_name.hex(),
+            "secret": state.secret,
+            "challenge": state.challenge,
+            "reports": state.reports,
+            "proven": state.proven,
+            "updated_us": updated_us,
+        }
+        stmt = self._insert(tpm_credentials_table).values(**values)
         update = {k: stmt.excluded[k] for k in values if k != "instance_id"}
         conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update))
 
