@@ -56,6 +56,7 @@ from meterbox.vendorkit import keys as vendor_keys
 from meterbox.vendorkit.anomaly import Event, InstanceHistory, ReportView, event_from_record
 from meterbox.vendorkit.clockcheck import ClockCheckConfig
 from meterbox.vendorkit.ingest import ingest
+from meterbox.witness import WitnessHead
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -65,8 +66,10 @@ TICK_MS = 10 * MIN
 RENEW_TICKS = 3
 #: Monday 2026-01-05 00:00 UTC: every history starts on a Monday.
 START_MS = 1_767_571_200_000
-#: Licenses are issued a week before the site starts.
-ISSUED = datetime(2025, 12, 29, tzinfo=UTC)
+#: Licenses are issued the day before the site starts. The first report interval runs
+#: from the license's issue time (no receipt yet), so a site's first report, one
+#: period after it starts, must fall inside that interval and its grace.
+ISSUED = datetime(2026, 1, 4, tzinfo=UTC)
 POLICY = ClockCheckConfig(heartbeat_interval_ms=TICK_MS)
 FEATURE = "cad"
 
@@ -202,6 +205,9 @@ class Client:
     lease: str | None = None
     #: Units metered but not yet flushed, per meter.
     pending: dict[str, int] = field(default_factory=dict)
+    #: The latest ledger head each server handed this client (``Meterbox-Head``), kept
+    #: and handed back with the next request as the client SDK does (docs/spec/witness.md).
+    heads: dict[str, WitnessHead] = field(default_factory=dict)
 
 
 @dataclass
@@ -524,38 +530,67 @@ class SiteSim:
         # Clients renew their hour-long leases every half hour.
         renew = tick_no % RENEW_TICKS == 0
         await asyncio.gather(
-            *(self._leave(svc, c) for c in leaving),
-            *(self._come(svc, c) for c in coming),
-            *(self._stay(svc, c, flush, renew) for c in staying),
+            *(self._leave(server, c) for c in leaving),
+            *(self._come(server, c) for c in coming),
+            *(self._stay(server, c, flush, renew) for c in staying),
         )
         await svc.cull()
         await svc.write_heartbeat()
 
-    async def _leave(self, svc: Any, c: Client) -> None:
-        await self._send(svc, c)
+    async def _leave(self, server: Server, c: Client) -> None:
+        await self._send(server, c)
         lease, c.lease = c.lease, None
+        svc = await self._witness(server, c)
         with contextlib.suppress(MeterboxError):
             await svc.release(lease or "")
+            self._keep_head(server, c)
 
-    async def _come(self, svc: Any, c: Client) -> None:
+    async def _come(self, server: Server, c: Client) -> None:
+        svc = await self._witness(server, c)
         try:
             d = await svc.checkout(FEATURE, c.client_id)
             c.lease = d.lease.lease_id
+            self._keep_head(server, c)
         except MeterboxError:
             c.lease = None
 
-    async def _stay(self, svc: Any, c: Client, flush: bool, renew: bool) -> None:
+    async def _stay(self, server: Server, c: Client, flush: bool, renew: bool) -> None:
         try:
             if renew:
+                svc = await self._witness(server, c)
                 await svc.heartbeat(c.lease or "")
+                self._keep_head(server, c)
         except MeterboxError:
             # The server does not know the lease (it ran out, or was lost with a
             # restored snapshot): the client checks out again.
-            await self._come(svc, c)
+            await self._come(server, c)
             if c.lease is None:
                 return
         if flush:
-            await self._send(svc, c)
+            await self._send(server, c)
+
+    async def _witness(self, server: Server, c: Client) -> Any:
+        """Hand back the head ``server`` last gave ``c`` (the ``Meterbox-Witness`` header).
+
+        The HTTP layer judges the witness before the request itself, whatever the
+        request's outcome; the service is returned for the request.
+        """
+        assert server.inst is not None
+        svc = server.inst.service
+        head = c.heads.get(server.data.name)
+        if head is not None:
+            await svc.witness(c.client_id, head)
+        return svc
+
+    def _keep_head(self, server: Server, c: Client) -> None:
+        """Keep the head an acknowledgement carried, if newer (as the client's spool does)."""
+        assert server.inst is not None
+        head = server.inst.service.head_to_hand_out()
+        if head is None:
+            return
+        held = c.heads.get(server.data.name)
+        if held is None or held.instance_id != head.instance_id or head.seq > held.seq:
+            c.heads[server.data.name] = head
 
     def _share(self, server: Server) -> float:
         return 1.0
@@ -573,13 +608,15 @@ class SiteSim:
                 units = int(jobs + self.rng.poisson(jobs * (m.size - 1))) if m.size > 1 else jobs
                 c.pending[m.name] = c.pending.get(m.name, 0) + units
 
-    async def _send(self, svc: Any, c: Client) -> None:
+    async def _send(self, server: Server, c: Client) -> None:
         """Flush the client's batch: one usage record per meter with work pending."""
         pending, c.pending = c.pending, {}
         for meter, units in sorted(pending.items()):
             reported = self._reported(meter, units)
             if reported > 0:
+                svc = await self._witness(server, c)
                 await svc.usage(meter, reported, c.client_id)
+                self._keep_head(server, c)
 
     def _reported(self, meter: str, units: int) -> int:
         scale = self.meter_scale.get(meter, 1.0)
@@ -749,7 +786,18 @@ class SiteSim:
         snap = self.root / "snapshot"
         stopped = "stopped" in k
         idle = k.endswith("idle")
-        self.plan["restore_at"] = at + int(rng.integers(1, 4)) * DAY
+        restore_at = at + int(rng.integers(1, 4)) * DAY
+        if self.profile.schedule != "always":
+            # Restored in work hours, as the case says: a day that falls on the weekend
+            # is taken back to the Friday, or on to the Monday when that Friday is the
+            # copy's own day (going forward could leave the judged period).
+            shift = 12 * HOUR if self.profile.schedule == "night" else 0
+            step = -DAY
+            while self._weekday(restore_at - shift) >= 5:
+                restore_at += step
+                if restore_at < at + DAY:
+                    restore_at, step = at + 3 * DAY, DAY
+        self.plan["restore_at"] = restore_at
         if not idle or "snap" not in self.plan:
             # An idle copy is taken earlier, the last moment no seat was out (see
             # _case_tick); a site that is never idle is copied now, seats out.
@@ -790,9 +838,7 @@ class SiteSim:
             plan["stopped"] = True
             if k == "maintenance_weekend":
                 # Users are asked to log off first; their clients release their seats.
-                assert main.inst is not None
-                svc = main.inst.service
-                await asyncio.gather(*(self._leave(svc, c) for c in self.clients if c.lease))
+                await asyncio.gather(*(self._leave(main, c) for c in self.clients if c.lease))
             main.stop(clean=plan.get("clean", True))
             down = plan["start_at"] - self.now
             self._down(main, down)

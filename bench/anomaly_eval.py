@@ -63,8 +63,9 @@ HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(9000, 9012))
 #: The CI run's seed (held out as well).
 CI_SEED = 9504
 THRESHOLDS = ThresholdsConfig(clock=POLICY)
-#: Ingest findings that need no detector (the ledger, the licenses, clones by activity).
-INGEST_PREFIXES = ("ledger.", "report.", "license.", "record.")
+#: Ingest findings that need no detector (the ledger, the licenses, clones by activity,
+#: heads the clients witnessed that the chain lacks).
+INGEST_PREFIXES = ("ledger.", "report.", "license.", "record.", "witness.")
 ALARM = frozenset({"warning", "critical"})
 #: Reports of accepted history a report needs before its clean verdict is counted.
 MIN_HISTORY = 2

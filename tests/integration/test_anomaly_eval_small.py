@@ -25,6 +25,8 @@ LEGITIMATE = ("clean", "power_cut", "maintenance_weekend", "ntp_step")
 #: Attacks whose evidence the server writes whenever the attack is as large as generated.
 STRONG = (
     "snapshot_live_seats",
+    # No seat out at the copy: its clients' ledger heads are the evidence (witness).
+    "snapshot_stopped_idle",
     "stop_kill",
     "clock_back_live",
     "clock_forward_stopped",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from meterbox.vendorkit import clockcheck as C
 from meterbox.vendorkit.anomaly import (
     CODES,
@@ -443,6 +446,34 @@ def test_every_meter_steady_gives_no_meter_finding() -> None:
     b = Builder()
     reports = [metered_week(b, {"solve": 20, "export": 1}) for _ in range(5)]
     assert R.usage_rate(history(reports), TH) == []
+
+
+def test_one_meter_at_half_while_the_other_goes_on_is_a_meter_mix_finding() -> None:
+    b = Builder()
+    past = [metered_week(b, {"solve": 20, "export": 4}) for _ in range(4)]
+    now = metered_week(b, {"solve": 10, "export": 4})
+    found = R.meter_mix(history([*past, now]), TH)
+    assert [(a.code, a.severity) for a in found] == [(R.METER_MIX, "warning")]
+    assert "'solve'" in found[0].message and "Ask the customer" in found[0].message
+
+
+@settings(max_examples=15, deadline=None)
+@given(scale=st.sampled_from([0.25, 0.5, 0.8, 1.0, 1.5, 3.0]))
+def test_every_meter_moving_together_is_no_meter_mix_finding(scale: float) -> None:
+    """Less (or more) work of every kind keeps each meter's share: no mix finding."""
+    b = Builder()
+    past = [metered_week(b, {"solve": 20, "export": 4}) for _ in range(4)]
+    now = metered_week(b, {"solve": round(20 * scale), "export": round(4 * scale)})
+    assert R.meter_mix(history([*past, now]), TH) == []
+
+
+def test_meter_mix_needs_two_meters_and_history() -> None:
+    b = Builder()
+    one = [metered_week(b, {"solve": 20}) for _ in range(4)]
+    assert R.meter_mix(history([*one, metered_week(b, {"solve": 10})]), TH) == []
+    b = Builder()
+    short = [metered_week(b, {"solve": 20, "export": 4}) for _ in range(2)]
+    assert R.meter_mix(history([*short, metered_week(b, {"solve": 10, "export": 4})]), TH) == []
 
 
 # ----------------------------------------------------------- clock severities

@@ -34,6 +34,7 @@ from meterbox.vendorkit.anomaly._rules import (
     COMBINED,
     DOWNTIME,
     LEASE_UNKNOWN,
+    METER_MIX,
     METER_RATE,
     USAGE_RATE,
     USAGE_STOPPED,
@@ -50,7 +51,7 @@ _LOST: Final = "lost records"
 #: Evidence families: codes that tell the same story count once.
 FAMILIES: Final[dict[str, frozenset[str]]] = {
     _RUNS: frozenset({clockcheck.HEARTBEAT_UNCLEAN_RESTART, clockcheck.HEARTBEAT_GAP, DOWNTIME}),
-    _USAGE: frozenset({USAGE_RATE, METER_RATE, USAGE_STOPPED}),
+    _USAGE: frozenset({USAGE_RATE, METER_RATE, METER_MIX, USAGE_STOPPED}),
     _CLOCK: frozenset(
         {c for c in clockcheck.CODES if c.startswith("clock.") and c != clockcheck.CLOCK_DRIFT}
         | {BEFORE_ISSUE}

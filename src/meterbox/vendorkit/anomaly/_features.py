@@ -130,6 +130,10 @@ class ThresholdsConfig:
     #: how many reports it weighs: a few reports' spread alone is too noisy to trust.
     rate_sigma_prior: float = 0.10
     rate_prior_weight: float = 4.0
+    #: Prior for the week-to-week standard deviation of a meter's log share against
+    #: the site's other meters (:data:`~._rules.METER_MIX`), beyond sampling noise;
+    #: weighed like ``rate_sigma_prior``.
+    mix_sigma_prior: float = 0.15
     #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
     rate_min_seat_hours: float = 20.0
     #: The most recent slices of accepted history the baseline is taken from.

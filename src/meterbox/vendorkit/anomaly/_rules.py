@@ -63,6 +63,7 @@ LEARNED: Final = "anomaly.learned"
 DOWNTIME: Final = "anomaly.downtime"
 BEFORE_ISSUE: Final = "anomaly.before_issue"
 METER_RATE: Final = "anomaly.meter_rate"
+METER_MIX: Final = "anomaly.meter_mix"
 COMBINED: Final = "anomaly.combined"
 
 #: Clock rules that lived here before the single implementation in
@@ -94,6 +95,8 @@ CODES: Final[dict[str, str]] = {
     BEFORE_ISSUE: "records are dated before the license was issued (a clock set back, "
     "typically on a fresh copy of the server)",
     METER_RATE: "one meter's usage per seat-hour fell out of line with its own history",
+    METER_MIX: "one meter's share of usage, against the site's other meters, fell out of "
+    "line with its own history",
     COMBINED: "independent kinds of evidence in one report (stops, usage, clock, lost "
     "records) that no routine operation produces together",
     **{old: f"{clockcheck.CODES[new]} (now reported as {new})" for old, new in RENAMED.items()},
@@ -638,12 +641,7 @@ def _judge_rate(
     if n < th.min_history_slices:
         return None
     base = statistics.median(past)
-    # The larger of the robust and the classical spread: with a few samples the MAD
-    # often lands on two near-equal slices and reports almost no spread (a 3-seat
-    # site whose weeks swing by 25 % showed a MAD of 1 %), while an outlier slice
-    # inflates the classical one. Taking the larger costs sensitivity, never a false
-    # alarm, which is the order the false-alarm budget asks for (ADR 0027).
-    spread = max(1.4826 * statistics.median(abs(x - base) for x in past), statistics.stdev(past))
+    spread = _spread(past, base)
     k = th.rate_prior_weight
     drift_var = (k * th.rate_sigma_prior**2 + n * spread**2) / (k + n)
     if units > 0:
@@ -657,6 +655,116 @@ def _judge_rate(
     if z > -z_limit or drop < (th.rate_floor if floor is None else floor):
         return None
     return _RateDrop(max(0.0, units) / seat_hours, math.exp(base), drop, z)
+
+
+def _spread(past: Sequence[float], base: float) -> float:
+    """The larger of the robust and the classical spread of ``past`` around ``base``.
+
+    With a few samples the MAD often lands on two near-equal slices and reports almost
+    no spread (a 3-seat site whose weeks swing by 25 % showed a MAD of 1 %), while an
+    outlier slice inflates the classical one. Taking the larger costs sensitivity,
+    never a false alarm, which is the order the false-alarm budget asks for (ADR 0027).
+    """
+    return max(1.4826 * statistics.median(abs(x - base) for x in past), statistics.stdev(past))
+
+
+def meter_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
+    """One meter's usage far below its usual share against the site's other meters.
+
+    Clients that report one meter at a fraction leave the others as they were, so the
+    meter's ratio to the rest of the site's usage falls by that fraction. Week-to-week
+    swings of the whole workload and of seat-hours (which dominate a small site's
+    usage per seat-hour, :data:`METER_RATE`) move every meter together and cancel in
+    the ratio; what is left is each meter's sampling noise and the drift of the mix.
+
+    Judged in log space like the usage rate: the baseline is the median of the log
+    ratio ``log(units of the meter / units of the other meters)`` over the slices of
+    accepted history (:func:`usage_rate`'s slices and window) in which both were used.
+    The spread has the same three parts as the rate's, each with a floor:
+
+    * the mix's slice-to-slice drift: the slices' spread *net of their own sampling
+      noise* (which the median's uncertainty below already counts), pooled with a
+      prior of ``mix_sigma_prior`` worth ``rate_prior_weight`` slices, so a history
+      that happens to look steady never shrinks the drift below what the prior allows;
+    * the median's own uncertainty (``pi / 2n`` times drift plus sampling variance);
+    * the judged report's sampling noise of both sums (compound Poisson: the relative
+      variance of a sum of amounts ``a`` is at most ``sum(a^2) / sum(a)^2``).
+
+    A finding needs a drop of the ratio beyond ``rate_z`` of that spread, raised for the
+    number of meters judged (Bonferroni, as for :data:`METER_RATE`), and beyond
+    ``rate_floor``. A meter not used at all in the judged report is
+    :data:`METER_RATE`'s finding (its rate is judged without a ratio's noise).
+    """
+    report = _judged(h)
+    rates = _rate_inputs(h, th)
+    if report is None or rates is None:
+        return []
+    past, now = rates
+    meters = sorted(m for m in {k for x in past for k in x.per_meter} if m)
+    if len(meters) < 2:
+        return []
+    z_limit = _z_for(_tail(th.rate_z) / len(meters))
+    out: list[Anomaly] = []
+    for m in meters:
+        hist: list[tuple[float, float]] = []
+        for x in past:
+            mine, rest = _split(x.per_meter, m)
+            if mine[0] > 0 and rest[0] > 0:
+                hist.append((math.log(mine[0] / rest[0]), _rel_var(mine) + _rel_var(rest)))
+        n = len(hist)
+        mine, rest = _split(now.per_meter, m)
+        if n < th.min_history_slices or mine[0] <= 0 or rest[0] <= 0:
+            continue
+        logs = [x for x, _ in hist]
+        base = statistics.median(logs)
+        noise = statistics.fmean(v for _, v in hist)
+        drift = max(0.0, _spread(logs, base) ** 2 - noise)
+        k = th.rate_prior_weight
+        drift_var = (k * th.mix_sigma_prior**2 + n * drift) / (k + n)
+        now_var = _rel_var(mine) + _rel_var(rest)
+        sd = math.sqrt(drift_var + (drift_var + noise) * math.pi / (2 * n) + now_var)
+        log_now = math.log(mine[0] / rest[0])
+        z = (log_now - base) / sd
+        drop = 1 - math.exp(log_now - base)
+        if z > -z_limit or drop < th.rate_floor:
+            continue
+        share, usual = mine[0] / (mine[0] + rest[0]), math.exp(base) / (1 + math.exp(base))
+        out.append(
+            Anomaly(
+                METER_MIX,
+                "warning",
+                f"meter {m!r} is {share * 100:.0f}% of this report's usage, against a usual "
+                f"{usual * 100:.0f}%: {drop * 100:.0f}% less of it for the same amount of the "
+                f"site's other meters ({abs(z):.1f} standard deviations of its week-to-week "
+                "variation, sampling noise included), while those meters went on as "
+                "before. Clients that report one meter at a fraction look like this. "
+                "Legitimate causes look like a change in the kind of work (fewer jobs of "
+                "this kind) that persists in later reports. Ask the customer whether "
+                "their work on this meter changed, and which client versions they run",
+                h.instance_id,
+                report.digest,
+                report.head_seq,
+                None,
+                score=z,
+                drivers=(("share", share), ("usual_share", usual)),
+            )
+        )
+    return out
+
+
+def _split(
+    per_meter: dict[str, tuple[int, int]], meter: str
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(units, sum of squares) of ``meter`` and of every other named meter together."""
+    mine = per_meter.get(meter, (0, 0))
+    rest = [v for k, v in per_meter.items() if k and k != meter]
+    return mine, (sum(u for u, _ in rest), sum(q for _, q in rest))
+
+
+def _rel_var(units_sq: tuple[int, int]) -> float:
+    """Relative sampling variance of a sum of amounts (compound Poisson upper bound)."""
+    units, sq = units_sq
+    return sq / units**2 if units > 0 else 1.0
 
 
 def _tail(z: float) -> float:
@@ -955,6 +1063,7 @@ INSTANCE_RULES: Final[tuple[Rule, ...]] = (
     lease_unknown,
     report_late,
     usage_rate,
+    meter_mix,
     downtime,
     before_issue,
 )
