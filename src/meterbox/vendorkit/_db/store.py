@@ -765,15 +765,7 @@ class VendorStore:
         """Up to ``limit`` unbilled keyed rows of one report after ``after_seq``, by seq."""
         t = usage_table
         query = (
-            sa.select(
-                t.c.instance_id,
-                t.c.seq,
-                t.c.license_id,
-                t.c.idem_key,
-                t.c.meter,
-                t.c.kind,
-                t.c.amount,
-            )
+            sa.select(*_KEYED_COLUMNS)
             .where(
                 t.c.instance_id == instance_id,
                 t.c.seq > after_seq,
@@ -798,15 +790,7 @@ class VendorStore:
             by_license.setdefault(lic, []).append(key)
         for lic, idem_keys in by_license.items():
             for start in range(0, len(idem_keys), _IN_CHUNK):
-                query = sa.select(
-                    t.c.instance_id,
-                    t.c.seq,
-                    t.c.license_id,
-                    t.c.idem_key,
-                    t.c.meter,
-                    t.c.kind,
-                    t.c.amount,
-                ).where(
+                query = sa.select(*_KEYED_COLUMNS).where(
                     t.c.billed == sa.true(),
                     t.c.license_id == lic,
                     t.c.idem_key.in_(idem_keys[start : start + _IN_CHUNK]),
@@ -903,6 +887,13 @@ class VendorStore:
                         last_wall_us=max(old[1], a.last_wall_us),
                     )
                 )
+
+
+#: The columns :func:`_keyed` reads, in its order.
+_KEYED_COLUMNS: Final = tuple(
+    usage_table.c[name]
+    for name in ("instance_id", "seq", "license_id", "idem_key", "meter", "kind", "amount")
+)
 
 
 def _keyed(r: Any) -> KeyedUsage:
