@@ -64,6 +64,7 @@ from meterbox.server._batch import GroupCommitter
 from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
 from meterbox.server._cluster._idem import SharedKeys, answer
 from meterbox.server._cluster._protocol import Admit, QueueEntry
+from meterbox.server._cluster._quota import NEAR_LIMIT_IDLE_S, QuotaConfig
 from meterbox.server._cluster._quota_core import NodeBook
 from meterbox.server._cluster._usage import NowaitSink, SharedMeters
 from meterbox.server._core.changes import (
@@ -119,6 +120,9 @@ class ServiceConfig:
     heartbeat_interval: float = 60.0
     #: Seconds between prunes of idempotency keys older than the engine's TTL.
     prune_interval: float = 600.0
+    #: Seconds after which a cluster node gives back a quota block nothing drew on
+    #: (setting ``cluster_quota_idle_s``, docs/adr/0032); checked every ``cull_interval``.
+    quota_idle_s: float = 30.0
 
 
 #: What a sink without a sealed ledger reports: no detector, no step.
@@ -633,6 +637,11 @@ class LicenseService:
                 node=self.instance_id,
                 license_ids=license_ids,
                 members=len(view.members),
+                config=QuotaConfig(
+                    members=max(1, len(view.members)),
+                    idle_s=self.settings.quota_idle_s,
+                    near_limit_idle_s=min(NEAR_LIMIT_IDLE_S, self.settings.quota_idle_s),
+                ),
                 book=self.quota_book() if self.quota_book is not None else None,
             )
             await self.shared_meters.reconcile()
@@ -1525,6 +1534,8 @@ class LicenseService:
             await self._sleep(self.settings.cull_interval)
             try:
                 await self.cull()
+                if self.shared_meters is not None:
+                    await self.shared_meters.housekeep()
                 if self.cluster_sync is not None and self.cluster.shared:
                     await self.cluster_sync()
                 mono = self._clock.mono_ms() / 1000

@@ -143,6 +143,26 @@ class SharedMeters:
             amount=amount,
         )
 
+    async def housekeep(self) -> int:
+        """Give back the blocks nothing drew on for ``idle_s`` (a housekeeping round).
+
+        Each block is settled in its own worker-thread call inside one etcd time budget
+        (OP_BUDGET_S); an etcd failure leaves the rest for the next round.
+        """
+        settled = 0
+        try:
+            while await asyncio.to_thread(self._bounded, self.quota.give_back_idle):
+                settled += 1
+        except ClusterUnavailableError as exc:
+            log.warning("idle quota blocks left for the next round: %s", exc)
+        if settled:
+            log.info("gave back %d idle quota blocks", settled)
+        return settled
+
+    def held(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(license, meter) -> (units in this node's open blocks, units not granted yet)."""
+        return self.quota.held()
+
     async def give_back(self) -> None:
         """Settle this node's open blocks (at a graceful stop): the unused units go back."""
         try:
