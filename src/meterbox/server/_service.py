@@ -61,7 +61,13 @@ from meterbox.ledger.records import (
 from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
-from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
+from meterbox.server._cluster import (
+    ClusterStats,
+    Coordinator,
+    EtcdCoordinator,
+    SeatPool,
+    SingleNode,
+)
 from meterbox.server._cluster._idem import SharedKeys, answer
 from meterbox.server._cluster._protocol import Admit, QueueEntry
 from meterbox.server._cluster._quota import NEAR_LIMIT_IDLE_S, QuotaConfig
@@ -588,6 +594,22 @@ class LicenseService:
         task = self._write(record)
         self._witness_tasks.add(task)
         task.add_done_callback(self._witness_written)
+
+    def cluster_stats(self) -> ClusterStats | None:
+        """The cluster metrics: the coordinator's, with shared keys and quota blocks."""
+        stats = self.cluster.stats()
+        if stats is None:
+            return None
+        keys = self.shared_keys.counters if self.shared_keys is not None else {}
+        meters = self.shared_meters
+        return replace(
+            stats,
+            idem_published=keys.get("published", 0),
+            idem_remote_hits=keys.get("remote_hits", 0),
+            idem_publish_failures=self.counters.get("idem_publish_failures", 0),
+            quota_held=meters.held() if meters is not None else {},
+            quota_idle_returns=meters.quota.idle_returns if meters is not None else 0,
+        )
 
     async def leave_cluster(self) -> None:
         """Record that this node leaves its cluster, then leave (at a graceful stop)."""

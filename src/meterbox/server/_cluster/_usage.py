@@ -15,6 +15,10 @@ drew on before a restart are counted as fully used (returned 0): the units they
 granted are in this node's ledger, and counting them all keeps the cluster at or below
 the limit whatever the node had granted. At most one block per pool and restart is
 lost to enforcement; billing comes from the ledgers and is exact.
+
+Every housekeeping round (:meth:`SharedMeters.housekeep`) gives back the blocks nothing
+drew on for ``QuotaConfig.idle_s`` (sooner near the limit), so an idle node does not
+keep units another node is refused for (ADR 0032, addendum).
 """
 
 from __future__ import annotations
