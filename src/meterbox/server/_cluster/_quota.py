@@ -593,7 +593,9 @@ class ClusterQuota:
                 self._free(pool, s)
                 self._unfreed.pop(block_id, None)
                 return True
-            if not self.book.open:
+            if not self.book.open or not self._lease.fresh():
+                # Without a live lease nothing is settled here: the next charge (or the
+                # next round) reconciles, and a warning every round would add nothing.
                 return False
             self._check_lease()
             ids = idle_blocks(
