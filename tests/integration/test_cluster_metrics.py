@@ -3,7 +3,9 @@
 Node 2 talks to etcd member 2 only (support.cluster wiring), so pausing that member
 cuts node 2 off from quorum while nodes 0 and 1 keep it: the scrape of node 2 must
 then say quorum 0 and count one loss, and say quorum 1 again once the member is back.
-A single server exports no cluster metrics at all.
+A single server exports no cluster metrics at all. A usage request resent to another
+node shows as a key published on the first and a remote hit on the second, and the
+first node's open quota block as units held.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.cluster import FEATURE, LICENSE_ID, ClusterNode
+from support.cluster import FEATURE, LICENSE_ID, QUOTA_METER, ClusterNode
 from support.etcd import EtcdCluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,3 +94,36 @@ def test_a_scrape_shows_quorum_members_etcd_times_and_seats_held(
 
 def _le(text: str) -> float:
     return float("inf") if text == "+Inf" else float(text)
+
+
+def test_a_scrape_shows_shared_keys_and_the_quota_held_in_blocks(
+    cluster_nodes: list[ClusterNode],
+) -> None:
+    a, b, _ = cluster_nodes
+    body = {"meter": QUOTA_METER, "amount": 3, "client_id": "m", "idempotency_key": "k-1"}
+    first = httpx.post(f"{a.url}/v1/usage", json=body, timeout=10)
+    assert first.status_code == 200, first.text
+    # The same request resent to node B: answered from the key node A published.
+    again = httpx.post(f"{b.url}/v1/usage", json=body, timeout=10)
+    assert again.status_code == 200, again.text
+    own, other = _scrape(a.url), _scrape(b.url)
+    assert own["meterbox_cluster_idem_keys_published_total", ()] == 1
+    assert own["meterbox_cluster_idem_remote_hits_total", ()] == 0
+    assert other["meterbox_cluster_idem_remote_hits_total", ()] == 1
+    assert other["meterbox_usage_replays_total", ()] == 1
+    assert other["meterbox_cluster_idem_keys_published_total", ()] == 0
+    assert own["meterbox_cluster_idem_publish_failures_total", ()] == 0
+    # Node A holds one block of the meter and granted 3 units from it; B holds none.
+    pool = (("license", LICENSE_ID), ("meter", QUOTA_METER))
+    held = own["meterbox_cluster_quota_held_units", pool]
+    assert held >= 3
+    assert own["meterbox_cluster_quota_unused_units", pool] == held - 3
+    assert ("meterbox_cluster_quota_held_units", pool) not in other
+    assert own["meterbox_cluster_quota_idle_returns_total", ()] == 0
+    types = {f.name: f.type for f in text_string_to_metric_families(
+        httpx.get(f"{a.url}/metrics", timeout=10).text)}  # fmt: skip
+    assert types["meterbox_cluster_quota_held_units"] == "gauge"
+    assert types["meterbox_cluster_quota_unused_units"] == "gauge"
+    assert types["meterbox_cluster_idem_keys_published"] == "counter"
+    assert types["meterbox_cluster_idem_remote_hits"] == "counter"
+    assert types["meterbox_cluster_idem_publish_failures"] == "counter"

@@ -83,6 +83,7 @@ def start_node(
     block_size: int = 16,
     book: NodeBook | None = None,
     writer: LedgerWriter | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Node:
     etcd = QuotaStore(Etcd(parse_cluster_url(cluster.cluster_url), timeout=1.5))
     lease = EtcdNodeLease(etcd, ttl_s=3).start()
@@ -107,6 +108,7 @@ def start_node(
         license_ids=[LICENSE],
         config=QuotaConfig(block_size=block_size, members=3),
         book=book,
+        clock=clock,
     )
     return Node(name, path, writer, lease, quota)
 
@@ -483,3 +485,45 @@ def test_a_new_period_settles_the_last_one_s_blocks_first(nodes: list[Node]) -> 
     # The ledger folds to the same book: December's block open with 1 used.
     book = NodeBook.fold(records)
     assert [(b.pool, b.used) for b in book.open.values()] == [(december, 1)]
+
+
+def test_a_block_nothing_drew_on_goes_back_and_sooner_near_the_limit(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    now = [0.0]
+    node = start_node(etcd_cluster, tmp_path, "idle", clock=lambda: now[0])
+    try:
+        assert charge(node, 3, limit=1000)
+        (block,) = pool_value(node).held_by(node.name)
+        now[0] = 29.0
+        assert not node.quota.give_back_idle()  # 29 s of the default 30
+        assert charge(node, 1, limit=1000)  # a draw restarts the block's clock
+        now[0] = 58.0
+        assert not node.quota.give_back_idle()
+        now[0] = 59.0
+        assert node.quota.held() == {(LICENSE, METER): (block.size, block.size - 4)}
+        assert node.quota.give_back_idle()
+        assert not node.quota.give_back_idle()
+        value = pool_value(node)
+        assert (value.consumed, value.blocks) == (4, ())
+        assert node.quota.held() == {}
+        assert node.quota._etcd.get(ClusterQuota.live_key(POOL, block.block_id)) is None
+        # A pool left with less than a block free: its block goes back after 5 s.
+        jobs = (LICENSE, "jobs", "total")
+        rec = Usage(meter="jobs", amount=1, license_id=LICENSE)
+        node.quota.charge(jobs, limit=5, over_limit="refuse", record=rec).appended.result()
+        found = node.quota.read_pool(jobs)
+        assert found is not None
+        (small,) = found[0].held_by(node.name)
+        now[0] = 63.9
+        assert not node.quota.give_back_idle()
+        now[0] = 64.0
+        assert node.quota.give_back_idle()
+        assert node.quota.idle_returns == 2
+    finally:
+        node.close()
+    returned = [r for r in ledger_records(node.path) if isinstance(r, QuotaBlockReturned)]
+    assert [(r.block_id, r.used, r.returned, r.reason) for r in returned] == [
+        (block.block_id, 4, block.size - 4, "unused"),
+        (small.block_id, 1, small.size - 1, "unused"),
+    ]

@@ -3,19 +3,23 @@
 Every figure is summed from the nodes' exported, verified ledgers (docs/adr/0032):
 clients on all nodes at once never get more units granted than the limit, and exactly
 the limit when they ask for more; a node killed with SIGKILL while it holds a block
-settles it when it comes back, and the cluster still stays within the limit.
+settles it when it comes back, and the cluster still stays within the limit; a node
+that went idle gives its block back, so another node can grant up to the limit.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import httpx
 import pytest
 
 from meterbox.ledger import Record, RecordType
-from support.cluster import QUOTA_LIMIT, QUOTA_METER, ClusterNode
+from support.cluster import QUOTA_LIMIT, QUOTA_METER, ClusterNode, make_cluster_site
+from support.etcd import EtcdCluster
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -98,3 +102,60 @@ def test_node_killed_holding_a_block_settles_it_and_the_limit_holds(
     ]
     assert settled, "the restarted node settled no block it held before it died"
     assert all(r.payload["n"] > 0 or r.payload["u"] > 0 for r in settled), settled
+
+
+#: Seconds without a draw after which a node gives its block back (a short test value).
+IDLE_S = 2.0
+#: Housekeeping checks idle blocks every cull_interval (5 s): two rounds, and a margin.
+IDLE_WAIT_S = IDLE_S + 2 * 5.0 + 1.0
+
+
+@pytest.fixture
+def idle_nodes(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[list[ClusterNode]]:
+    site = make_cluster_site(tmp_path)
+    nodes = [ClusterNode(d, tmp_path, etcd_cluster, (0, 1, 2)) for d in site.nodes]
+    for n in nodes:
+        n.args += ("--cluster-quota-idle-s", str(IDLE_S))
+    try:
+        for n in nodes:
+            n.start()
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _use(url: str, amount: int, key: str) -> int:
+    r = httpx.post(
+        f"{url}/v1/usage",
+        json={"meter": QUOTA_METER, "amount": amount, "client_id": "c", "idempotency_key": key},
+        timeout=10,
+    )
+    assert r.status_code in (200, 402), r.text
+    return r.status_code
+
+
+def test_an_idle_node_gives_its_block_back_and_another_node_reaches_the_limit(
+    idle_nodes: list[ClusterNode],
+) -> None:
+    a, b, _ = idle_nodes
+    # Node A grants 5 units: it takes a block much larger than that, then goes idle.
+    assert [_use(a.url, 1, f"a-{i}") for i in range(5)] == [200] * 5
+    time.sleep(IDLE_WAIT_S)
+    # Node B asks for the rest in steps of 5, then for more: the rest only is granted.
+    rest = QUOTA_LIMIT - 5
+    answers = [_use(b.url, 5, f"b-{i}") for i in range(rest // 5)]
+    more = [_use(b.url, 1, f"b-more-{i}") for i in range(3)]
+    per_node = [granted(n.export()) for n in idle_nodes]
+    # Exactly the limit, counted from every node's verified ledger: A's unused units
+    # reached B (without the give-back B stops at the limit minus A's block).
+    assert per_node[:2] == [5, rest], (per_node, answers.count(402))
+    assert sum(per_node) == QUOTA_LIMIT, per_node
+    assert answers == [200] * (rest // 5) and more == [402] * 3
+    returned = [
+        r
+        for r in a.export()
+        if r.type == RecordType.QUOTA_BLOCK_RETURNED and r.payload["r"] == "unused"
+    ]
+    assert returned, "the idle node gave no block back"
+    assert sum(r.payload["u"] for r in returned) == 5, [r.payload for r in returned]

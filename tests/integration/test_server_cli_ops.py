@@ -134,6 +134,7 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
         'cluster = "etcds://127.0.0.1:2379,127.0.0.2:2379"\n'
         'advertise_url = "https://lic1.example:8443"\n'
         'cluster_ca = "etcd-ca.pem"\ncluster_cert = "node.pem"\ncluster_key = "node-key.pem"\n'
+        "cluster_quota_idle_s = 12.5\n"
     )
     result = runner.invoke(app, ["server", "config", "--config", str(conf), "--json"])
     assert result.exit_code == 0, result.output
@@ -158,6 +159,7 @@ def test_every_setting_can_come_from_the_file_and_says_so(tmp_path: Path) -> Non
         "value": str(tmp_path / "node-key.pem"),
         "source": f"file {conf}:15",
     }
+    assert doc["cluster_quota_idle_s"] == {"value": 12.5, "source": f"file {conf}:16"}
     assert {v["source"].split(":")[0] for v in doc.values()} == {f"file {conf}"}
 
 

@@ -99,11 +99,31 @@ def test_cluster_and_advertise_url_come_from_flags_env_and_file(
     assert tls.sources["cluster_ca"] == "env METERBOX_CLUSTER_CA"
 
 
+def test_the_quota_idle_time_comes_from_flags_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load({"data": tmp_path}, None, environ={}).config.cluster_quota_idle_s == 30.0
+    conf = tmp_path / "server.toml"
+    conf.write_text("cluster_quota_idle_s = 2.5\n")
+    from_file = load({"data": tmp_path}, conf, environ={})
+    assert from_file.config.cluster_quota_idle_s == 2.5
+    assert from_file.sources["cluster_quota_idle_s"] == f"file {conf}:1"
+    monkeypatch.setenv("METERBOX_CLUSTER_QUOTA_IDLE_S", "7")
+    env = load({"data": tmp_path}, conf)
+    assert (env.config.cluster_quota_idle_s, env.sources["cluster_quota_idle_s"]) == (
+        7.0,
+        "env METERBOX_CLUSTER_QUOTA_IDLE_S",
+    )
+    flag = load({"data": tmp_path, "cluster_quota_idle_s": 1.0}, conf)
+    assert flag.sources["cluster_quota_idle_s"] == "flag --cluster-quota-idle-s"
+
+
 @pytest.mark.parametrize(
     ("key", "value", "found"),
     [
         ("cluster", "etcd://h1:0", "Found 'etcd://h1:0' from flag --cluster"),
         ("advertise_url", "ftp://x", "Found 'ftp://x' from flag --advertise-url"),
+        ("cluster_quota_idle_s", 0, "Found 0 from flag --cluster-quota-idle-s"),
     ],
 )
 def test_a_bad_setting_refuses_the_start(tmp_path: Path, key: str, value: str, found: str) -> None:

@@ -1,6 +1,7 @@
 """Quota block accounting (server/_cluster/_quota_core.py): the pool value and its parser,
-block sizing, and a state machine over every interleaving of take, use, give back, a node
-dying with its blocks (its lease expires) and its reconciliation from its own ledger."""
+block sizing, the idle give-back decision, and a state machine over every interleaving of
+take, use, give back (at a stop or when idle), a node dying with its blocks (its lease
+expires) and its reconciliation from its own ledger."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from meterbox.server._cluster._quota_core import (
     NodeBook,
     Pool,
     block_size,
+    idle_blocks,
     settlement,
 )
 
@@ -128,6 +130,52 @@ def test_the_last_units_are_shared_out_not_stranded() -> None:
     assert block_size(wanted=1, free=30, preferred=64, members=3) == 5
 
 
+def _book(*blocks: tuple[str, tuple[str, str, str]]) -> NodeBook:
+    book = NodeBook()
+    for block_id, pool in blocks:
+        book.opened(block_id, pool, 10)
+    return book
+
+
+def test_a_block_not_drawn_on_for_idle_s_is_given_back() -> None:
+    other = ("lic-1", "jobs", "total")
+    book = _book(("a", POOL), ("b", POOL), ("c", other))
+    drawn = {"a": 100.0, "b": 125.0, "c": 128.0}
+    kw = {"idle_s": 30.0, "near_limit_idle_s": 5.0}
+    assert idle_blocks(book, drawn, 129.0, **kw) == []
+    assert idle_blocks(book, drawn, 130.0, **kw) == ["a"]
+    # Near its limit, a pool's blocks go back after near_limit_idle_s; others wait.
+    assert idle_blocks(book, drawn, 130.0, near_limit=[POOL], **kw) == ["a", "b"]
+    assert idle_blocks(book, drawn, 133.0, near_limit=[other], **kw) == ["a", "c"]
+    # A block the shell never stamped is idle; a settled one is not open any more.
+    assert idle_blocks(book, {}, 0.0, **kw) == ["a", "b", "c"]
+    book.closed("a", 4)
+    assert idle_blocks(book, drawn, 1000.0, **kw) == ["b", "c"]
+
+
+@given(
+    ages=st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=6),
+    near=st.sets(st.integers(0, 5)),
+    idle_s=st.floats(1, 60),
+    near_s=st.floats(0.1, 1),
+)
+def test_idle_blocks_are_exactly_those_past_their_wait(
+    ages: list[float], near: set[int], idle_s: float, near_s: float
+) -> None:
+    pools = [("lic", "m", str(i)) for i in range(len(ages))]
+    book = _book(*((f"b{i}", p) for i, p in enumerate(pools)))
+    now = 1000.0
+    drawn = {f"b{i}": now - age for i, age in enumerate(ages)}
+    near_pools = {pools[i] for i in near if i < len(pools)}
+    got = idle_blocks(
+        book, drawn, now, idle_s=idle_s, near_limit_idle_s=near_s * idle_s, near_limit=near_pools
+    )
+    for i in range(len(ages)):
+        wait = near_s * idle_s if pools[i] in near_pools else idle_s
+        assert (f"b{i}" in got) == (now - drawn[f"b{i}"] >= wait)
+    assert got == [b for b in book.open if b in got]  # oldest first
+
+
 # --------------------------------------------------------------- the state machine
 LIMIT = 60
 NODES = ("n0", "n1", "n2")
@@ -141,6 +189,8 @@ class ModelNode:
     #: A pool value and revision read earlier: a later take compares against it.
     snapshot: tuple[Pool, int] | None = None
     taken: int = 0
+    #: Block id -> model time of its last draw (or take): the idle decision's input.
+    last_drawn: dict[str, float] = field(default_factory=dict)
 
 
 class QuotaInterleavings(RuleBasedStateMachine):
@@ -154,6 +204,8 @@ class QuotaInterleavings(RuleBasedStateMachine):
         self.nodes = {n: ModelNode() for n in NODES}
         #: Units granted minus units given back, over all nodes' ledgers.
         self.net = 0
+        #: Model seconds (monotonic), advanced by :meth:`tick`.
+        self.now = 0.0
 
     def _cas(self, expected_rev: int, new: Pool) -> bool:
         if expected_rev != self.rev:
@@ -199,6 +251,7 @@ class QuotaInterleavings(RuleBasedStateMachine):
             self._die(node)
             return
         n.book.opened(block_id, POOL, size)
+        n.last_drawn[block_id] = self.now
         n.ledger.append(
             QuotaBlockTaken(
                 block_id=block_id, license_id=POOL[0], meter=POOL[1], period=POOL[2], size=size
@@ -208,9 +261,17 @@ class QuotaInterleavings(RuleBasedStateMachine):
     @rule(node=st.sampled_from(NODES), amount=st.integers(1, 9))
     def use(self, node: str, amount: int) -> None:
         n = self.nodes[node]
+        before = {b.block_id: b.used for b in n.book.blocks_of(POOL)}
         if n.alive and n.book.draw(POOL, amount):
             n.ledger.append(Usage(meter=POOL[1], amount=amount, license_id=POOL[0]))
             self.net += amount
+            for b in n.book.blocks_of(POOL):
+                if b.used != before[b.block_id]:
+                    n.last_drawn[b.block_id] = self.now
+
+    @rule(seconds=st.floats(0, 40, allow_nan=False))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
 
     @rule(node=st.sampled_from(NODES), amount=st.integers(1, 9))
     def over(self, node: str, amount: int) -> None:
@@ -231,7 +292,38 @@ class QuotaInterleavings(RuleBasedStateMachine):
         n = self.nodes[node]
         if not n.alive or not n.book.open:
             return
-        block_id = next(iter(n.book.open))
+        self._settle(node, next(iter(n.book.open)), crash_before_etcd)
+
+    @rule(
+        node=st.sampled_from(NODES),
+        near_limit=st.booleans(),
+        crash_before_etcd=st.booleans(),
+    )
+    def give_back_idle(self, node: str, near_limit: bool, crash_before_etcd: bool) -> None:
+        """The housekeeping round: every block the idle decision picks is settled unused."""
+        n = self.nodes[node]
+        if not n.alive:
+            return
+        ids = idle_blocks(
+            n.book,
+            n.last_drawn,
+            self.now,
+            idle_s=30.0,
+            near_limit_idle_s=5.0,
+            near_limit=[POOL] if near_limit else [],
+        )
+        free = self.pool.free
+        left = sum(n.book.open[b].left for b in ids)
+        for block_id in ids:
+            self._settle(node, block_id, crash_before_etcd)
+            if not n.alive:
+                return
+        # What the idle blocks did not grant is free again, for any node.
+        assert self.pool.free == free + left
+        assert all(b not in n.book.open for b in ids)
+
+    def _settle(self, node: str, block_id: str, crash_before_etcd: bool) -> None:
+        n = self.nodes[node]
         block = self.pool.block(block_id)
         assert block is not None, "an open block is in the pool until it is settled"
         s = settlement(POOL, block, n.book, "unused")
@@ -248,6 +340,7 @@ class QuotaInterleavings(RuleBasedStateMachine):
         # the pool keeps the blocks counted.
         n = self.nodes[node]
         n.alive, n.book, n.snapshot = False, NodeBook(), None
+        n.last_drawn = {}
 
     @rule(node=st.sampled_from(NODES))
     def die(self, node: str) -> None:

@@ -765,7 +765,7 @@ def _add_status_routes(app: FastAPI, service: LicenseService) -> None:
             report_overdue=bool(service.engine.report_status(now)["overdue"]),
             peaks=service.engine.seats.peaks,
             now=now,
-            cluster=service.cluster.stats(),
+            cluster=service.cluster_stats(),
         )
 
     # One registry per server: two servers in one process never share metrics.

@@ -101,6 +101,12 @@ class ServerConfig(BaseSettings):
         description="The base URL other nodes and clients reach this server at "
         "(default: from host and port).",
     )
+    cluster_quota_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds after which a cluster node gives back a quota block nothing "
+        "drew on, so other nodes can grant its units (sooner, 5 s at most, near the limit).",
+    )
 
     @field_validator("cluster")
     @classmethod

@@ -148,6 +148,33 @@ def cluster_families(stats: ClusterStats) -> list[Metric]:
     )
     for (lic, feature), n in sorted(stats.seats_held.items()):
         held.add_metric([lic, feature], n)
+    blocks = _gauge(
+        "meterbox_cluster_quota_held_units",
+        "Units of shared quota this node holds in open blocks per license and meter.",
+        ["license", "meter"],
+    )
+    unused = _gauge(
+        "meterbox_cluster_quota_unused_units",
+        "Units of this node's open quota blocks not granted yet per license and meter.",
+        ["license", "meter"],
+    )
+    for (lic, meter), (size, left) in sorted(stats.quota_held.items()):
+        blocks.add_metric([lic, meter], size)
+        unused.add_metric([lic, meter], left)
+    counters = [
+        CounterMetricFamily(name, doc, value=value)
+        for name, doc, value in (
+            ("meterbox_cluster_idem_keys_published",
+             "Idempotency keys this node published to etcd.", stats.idem_published),
+            ("meterbox_cluster_idem_remote_hits",
+             "Resent usage answered from a key another node published.", stats.idem_remote_hits),
+            ("meterbox_cluster_idem_publish_failures",
+             "Usage answered although its key could not be published.",
+             stats.idem_publish_failures),
+            ("meterbox_cluster_quota_idle_returns",
+             "Quota blocks given back because nothing drew on them.", stats.quota_idle_returns),
+        )
+    ]  # fmt: skip
     return [
         GaugeMetricFamily(
             "meterbox_cluster_quorum",
@@ -166,6 +193,9 @@ def cluster_families(stats: ClusterStats) -> list[Metric]:
         ),
         requests,
         held,
+        blocks,
+        unused,
+        *counters,
     ]
 
 

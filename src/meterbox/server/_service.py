@@ -61,9 +61,16 @@ from meterbox.ledger.records import (
 from meterbox.licenses import BorrowToken, DocumentSigner
 from meterbox.server._activity import ActivityLog, lease_fields
 from meterbox.server._batch import GroupCommitter
-from meterbox.server._cluster import Coordinator, EtcdCoordinator, SeatPool, SingleNode
+from meterbox.server._cluster import (
+    ClusterStats,
+    Coordinator,
+    EtcdCoordinator,
+    SeatPool,
+    SingleNode,
+)
 from meterbox.server._cluster._idem import SharedKeys, answer
 from meterbox.server._cluster._protocol import Admit, QueueEntry
+from meterbox.server._cluster._quota import NEAR_LIMIT_IDLE_S, QuotaConfig
 from meterbox.server._cluster._quota_core import NodeBook
 from meterbox.server._cluster._usage import NowaitSink, SharedMeters
 from meterbox.server._core.changes import (
@@ -119,6 +126,9 @@ class ServiceConfig:
     heartbeat_interval: float = 60.0
     #: Seconds between prunes of idempotency keys older than the engine's TTL.
     prune_interval: float = 600.0
+    #: Seconds after which a cluster node gives back a quota block nothing drew on
+    #: (setting ``cluster_quota_idle_s``, docs/adr/0032); checked every ``cull_interval``.
+    quota_idle_s: float = 30.0
 
 
 #: What a sink without a sealed ledger reports: no detector, no step.
@@ -585,6 +595,22 @@ class LicenseService:
         self._witness_tasks.add(task)
         task.add_done_callback(self._witness_written)
 
+    def cluster_stats(self) -> ClusterStats | None:
+        """The cluster metrics: the coordinator's, with shared keys and quota blocks."""
+        stats = self.cluster.stats()
+        if stats is None:
+            return None
+        keys = self.shared_keys.counters if self.shared_keys is not None else {}
+        meters = self.shared_meters
+        return replace(
+            stats,
+            idem_published=keys.get("published", 0),
+            idem_remote_hits=keys.get("remote_hits", 0),
+            idem_publish_failures=self.counters.get("idem_publish_failures", 0),
+            quota_held=meters.held() if meters is not None else {},
+            quota_idle_returns=meters.quota.idle_returns if meters is not None else 0,
+        )
+
     async def leave_cluster(self) -> None:
         """Record that this node leaves its cluster, then leave (at a graceful stop)."""
         if self.shared_meters is not None:
@@ -633,6 +659,11 @@ class LicenseService:
                 node=self.instance_id,
                 license_ids=license_ids,
                 members=len(view.members),
+                config=QuotaConfig(
+                    members=max(1, len(view.members)),
+                    idle_s=self.settings.quota_idle_s,
+                    near_limit_idle_s=min(NEAR_LIMIT_IDLE_S, self.settings.quota_idle_s),
+                ),
                 book=self.quota_book() if self.quota_book is not None else None,
             )
             await self.shared_meters.reconcile()
@@ -1525,6 +1556,8 @@ class LicenseService:
             await self._sleep(self.settings.cull_interval)
             try:
                 await self.cull()
+                if self.shared_meters is not None:
+                    await self.shared_meters.housekeep()
                 if self.cluster_sync is not None and self.cluster.shared:
                     await self.cluster_sync()
                 mono = self._clock.mono_ms() / 1000

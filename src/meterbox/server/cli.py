@@ -211,6 +211,13 @@ AdvertiseUrlOpt = Annotated[
                  "[default: from --host and --port; env METERBOX_ADVERTISE_URL]"),
 ]  # fmt: skip
 
+QuotaIdleOpt = Annotated[
+    float | None,
+    typer.Option("--cluster-quota-idle-s", metavar="SECONDS", show_default=False,
+                 help="Give back a quota block nothing drew on for this long "
+                 "[default: 30; env METERBOX_CLUSTER_QUOTA_IDLE_S]"),
+]  # fmt: skip
+
 
 def _load_config(flags: dict[str, Any], config: Path | None) -> Any:
     from meterbox.server import _config
@@ -304,6 +311,7 @@ def run(
     cluster_cert: ClusterCertOpt = None,
     cluster_key: ClusterKeyOpt = None,
     advertise_url: AdvertiseUrlOpt = None,
+    cluster_quota_idle_s: QuotaIdleOpt = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then finish in-flight requests, sync and stop."""
     flags = {
@@ -321,6 +329,7 @@ def run(
         "cluster_cert": cluster_cert,
         "cluster_key": cluster_key,
         "advertise_url": advertise_url,
+        "cluster_quota_idle_s": cluster_quota_idle_s,
     }
     conf = _load_config(flags, config).config
     with _errors():
@@ -340,6 +349,7 @@ def _serve(conf: Any) -> None:
     from meterbox.server._instance import RUN_FILE, write_run_file
     from meterbox.server._logging import AccessLog, log_config
     from meterbox.server._runtime import build_server
+    from meterbox.server._service import ServiceConfig
     from meterbox.server._uvicorn import GracefulServer, HeaderTimeoutProtocol
 
     data: Path = conf.data
@@ -356,6 +366,7 @@ def _serve(conf: Any) -> None:
             cluster=conf.cluster,
             advertise_url=conf.base_url(),
             cluster_tls=(conf.cluster_ca, conf.cluster_cert, conf.cluster_key),
+            settings=ServiceConfig(quota_idle_s=conf.cluster_quota_idle_s),
         )
     scheme = "https" if conf.tls_cert else "http"
     # Said on every start, as a log record (so JSON logs stay JSON) at a level the

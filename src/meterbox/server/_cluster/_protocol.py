@@ -91,6 +91,15 @@ class ClusterStats:
     buckets: tuple[float, ...]
     #: (license, feature) -> slot keys held in etcd by all nodes, at the last count.
     seats_held: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Shared idempotency keys (ADR 0033): published, answered from another node's entry,
+    #: and publications that failed (the answer was given anyway).
+    idem_published: int = 0
+    idem_remote_hits: int = 0
+    idem_publish_failures: int = 0
+    #: (license, meter) -> (units in this node's open quota blocks, units not granted yet).
+    quota_held: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    #: Quota blocks this node gave back because nothing drew on them (ADR 0032).
+    quota_idle_returns: int = 0
 
 
 @dataclass(frozen=True)

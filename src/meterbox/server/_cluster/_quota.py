@@ -49,12 +49,17 @@ from meterbox.server._cluster._quota_core import (
     Settlement,
     SettleReason,
     block_size,
+    idle_blocks,
     settlement,
 )
 from meterbox.server._errors import ClusterUnavailableError
 
 #: Retries of one compare-and-swap lost to other nodes before the request gives up.
 _MAX_CAS_ROUNDS: Final = 200
+
+#: Seconds without a draw after which a block of a pool near its limit is given back
+#: (at most ``idle_s``): the pool had less than one block free when last seen.
+NEAR_LIMIT_IDLE_S: Final = 5.0
 
 
 class ClusterConflictError(ClusterUnavailableError):
@@ -73,6 +78,10 @@ class QuotaConfig:
     block_size: int = 64
     #: Nodes the license declares; the fair share of a pool's last units divides by it.
     members: int = 3
+    #: Seconds without a draw after which a block is given back (ADR 0032, idle give-back).
+    idle_s: float = 30.0
+    #: The same, for a pool that had less than one block free when this node last saw it.
+    near_limit_idle_s: float = NEAR_LIMIT_IDLE_S
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.members < 1:
@@ -80,6 +89,13 @@ class QuotaConfig:
                 "quota block configuration",
                 expected="block_size >= 1 and members >= 1",
                 found=f"block_size {self.block_size}, members {self.members}",
+            )
+        if not 0 < self.near_limit_idle_s <= self.idle_s:
+            raise FormatError(
+                "quota block idle times",
+                expected="0 < near_limit_idle_s <= idle_s (seconds)",
+                found=f"idle_s {self.idle_s}, near_limit_idle_s {self.near_limit_idle_s}",
+                hint="Set cluster_quota_idle_s to a positive number of seconds",
             )
 
 
@@ -266,6 +282,7 @@ class ClusterQuota:
         book: NodeBook | None = None,
         new_block_id: Callable[[], str] | None = None,
         unknown_blocks_used: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._etcd = etcd
         self.node = node
@@ -283,6 +300,15 @@ class ClusterQuota:
         self._unknown_used = unknown_blocks_used
         #: etcd requests made, for the block-size measurement (bench/quota_block_bench.py).
         self.round_trips = 0
+        self._clock = clock
+        #: Block id -> when it was last drawn on (or taken), on ``clock``: the idle decision.
+        self._last_drawn: dict[str, float] = {}
+        #: Pools that had less than one preferred block free when this node last saw them.
+        self._near_limit: set[PoolKey] = set()
+        #: Blocks settled in the ledger whose release in etcd failed: freed at the next round.
+        self._unfreed: dict[str, tuple[PoolKey, Settlement]] = {}
+        #: Blocks given back because they were idle, since start.
+        self.idle_returns = 0
 
     # ----------------------------------------------------------------- keys
     @staticmethod
@@ -365,6 +391,9 @@ class ClusterQuota:
             ids = tuple(
                 b.block_id for b in self.book.blocks_of(pool) if b.used != before[b.block_id]
             )
+            now = self._clock()
+            for block_id in ids:
+                self._last_drawn[block_id] = now
             return Charged(False, ids, self._submit(replace(record, flagged=False)))
 
     def decrement(self, pool: PoolKey, record: UsageDecrement) -> Future[Any]:
@@ -434,7 +463,12 @@ class ClusterQuota:
                 members=self.config.members,
             )
             if size == 0:
+                self._near_limit.add(pool)
                 return False
+            if value.free - size < self.config.block_size:
+                self._near_limit.add(pool)
+            else:
+                self._near_limit.discard(pool)
             taken = value.take(block_id, self.node, size)
             ops = [
                 put(key, taken.to_bytes()),
@@ -453,6 +487,7 @@ class ClusterQuota:
 
     def _opened(self, pool: PoolKey, block_id: str, size: int, revision: int | None) -> None:
         self.book.opened(block_id, pool, size)
+        self._last_drawn[block_id] = self._clock()
         lic, meter, period = pool
         self._submit(
             QuotaBlockTaken(
@@ -497,6 +532,17 @@ class ClusterQuota:
         if s.record is not None:
             self._submit(s.record).result()
         self.book.closed(s.block.block_id, s.used)
+        self._last_drawn.pop(s.block.block_id, None)
+        try:
+            self._free(pool, s)
+        except ClusterUnavailableError:
+            # Durable as settled: etcd frees it at the next housekeeping round (or start).
+            self._unfreed[s.block.block_id] = (pool, s)
+            raise
+        self._unfreed.pop(s.block.block_id, None)
+
+    def _free(self, pool: PoolKey, s: Settlement) -> None:
+        """Remove a settled block from the pool: its used units consumed, the rest free."""
         key = self.pool_key(pool)
         for _ in range(_MAX_CAS_ROUNDS):
             found = self.read_pool(pool)
@@ -523,6 +569,7 @@ class ClusterQuota:
         if block is None:
             # etcd no longer lists it (settled by an earlier run): only the book closes it.
             self.book.closed(block_id, held.used)
+            self._last_drawn.pop(block_id, None)
             return
         self._settle(held.pool, settlement(held.pool, block, self.book, reason))
 
@@ -533,6 +580,57 @@ class ClusterQuota:
             for block_id in ids:
                 self._settle_open(block_id, "unused")
             return len(ids)
+
+    def give_back_idle(self) -> bool:
+        """Settle one idle block (or free one settled earlier); False when none is left.
+
+        One block per call, so that each call fits in one etcd time budget
+        (``EtcdCoordinator.bounded``); the caller repeats while this returns True.
+        """
+        with self._lock:
+            if self._unfreed:
+                block_id, (pool, s) = next(iter(self._unfreed.items()))
+                self._free(pool, s)
+                self._unfreed.pop(block_id, None)
+                return True
+            if not self.book.open or not self._lease.fresh():
+                # Without a live lease nothing is settled here: the next charge (or the
+                # next round) reconciles, and a warning every round would add nothing.
+                return False
+            self._check_lease()
+            ids = idle_blocks(
+                self.book,
+                self._last_drawn,
+                self._clock(),
+                idle_s=self.config.idle_s,
+                near_limit_idle_s=self.config.near_limit_idle_s,
+                near_limit=self._near_limit,
+            )
+            if not ids:
+                return False
+            self._settle_open(ids[0], "unused")
+            self.idle_returns += 1
+            return True
+
+    def held(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(license, meter) -> (units held in this node's open blocks, units not granted yet).
+
+        Read without the lock (a scrape must not wait on an etcd call): a copy of the book
+        as it is at one instant of the interpreter.
+        """
+        for _ in range(5):
+            try:
+                blocks = [(b.pool, b.size, b.left) for b in list(self.book.open.values())]
+                break
+            except RuntimeError:  # the book changed size while it was copied
+                continue
+        else:
+            return {}
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for (lic, meter, _), size, left in blocks:
+            size0, left0 = out.get((lic, meter), (0, 0))
+            out[lic, meter] = (size0 + size, left0 + left)
+        return out
 
     def reconcile(self, reason: SettleReason = "lost") -> list[Settlement]:
         """Settle every block the pools list for this node, from this node's ledger.
@@ -573,6 +671,8 @@ class ClusterQuota:
         # Blocks the book still holds that no pool lists were settled in etcd already.
         for block_id, held in list(self.book.open.items()):
             self.book.closed(block_id, held.used)
+        self._last_drawn.clear()
+        self._unfreed.clear()
         return done
 
     # ---------------------------------------------------------------- top-ups

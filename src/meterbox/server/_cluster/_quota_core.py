@@ -18,13 +18,16 @@ expiry and reconciliation, ``tests/unit/test_quota_core.py``):
   block: that counts as consumed and the rest goes back (:func:`settlement`);
 * a block whose node died stays counted until its node settles it from its ledger: the
   units it granted are only in that ledger, so freeing the block earlier could grant
-  more than the limit. The other nodes go on with the rest of the pool.
+  more than the limit. The other nodes go on with the rest of the pool;
+* a block nothing drew on for a while is given back as ``unused`` (:func:`idle_blocks`),
+  through the same settlement as a graceful stop, so an idle node does not keep units
+  another node is refused for.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
@@ -365,3 +368,30 @@ def settlement(pool_key: PoolKey, block: Block, book: NodeBook, reason: SettleRe
             reason=reason,
         )
     return Settlement(block, pool_key, used, record)
+
+
+def idle_blocks(
+    book: NodeBook,
+    last_drawn: Mapping[str, float],
+    now: float,
+    *,
+    idle_s: float,
+    near_limit_idle_s: float,
+    near_limit: Collection[PoolKey] = (),
+) -> list[str]:
+    """The open blocks to give back because nothing drew on them for a while (ADR 0032).
+
+    A block is idle once ``idle_s`` seconds passed since its last draw (or since it was
+    taken, if never drawn on); sooner, after ``near_limit_idle_s``, when its pool is in
+    ``near_limit`` (the pool had less than a block free when last seen, so another node
+    may be refused for want of the units this block holds). A block ``last_drawn`` does
+    not know counts as idle: the shell stamps every block it opens. Oldest first, the
+    book's order, so a settlement interrupted half-way leaves the newest blocks open.
+    """
+    out = []
+    for b in book.open.values():
+        wait = near_limit_idle_s if b.pool in near_limit else idle_s
+        at = last_drawn.get(b.block_id)
+        if at is None or now - at >= wait:
+            out.append(b.block_id)
+    return out

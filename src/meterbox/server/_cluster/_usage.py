@@ -15,6 +15,10 @@ drew on before a restart are counted as fully used (returned 0): the units they
 granted are in this node's ledger, and counting them all keeps the cluster at or below
 the limit whatever the node had granted. At most one block per pool and restart is
 lost to enforcement; billing comes from the ledgers and is exact.
+
+Every housekeeping round (:meth:`SharedMeters.housekeep`) gives back the blocks nothing
+drew on for ``QuotaConfig.idle_s`` (sooner near the limit), so an idle node does not
+keep units another node is refused for (ADR 0032, addendum).
 """
 
 from __future__ import annotations
@@ -142,6 +146,26 @@ class SharedMeters:
             topup_id=topup_id,
             amount=amount,
         )
+
+    async def housekeep(self) -> int:
+        """Give back the blocks nothing drew on for ``idle_s`` (a housekeeping round).
+
+        Each block is settled in its own worker-thread call inside one etcd time budget
+        (OP_BUDGET_S); an etcd failure leaves the rest for the next round.
+        """
+        settled = 0
+        try:
+            while await asyncio.to_thread(self._bounded, self.quota.give_back_idle):
+                settled += 1
+        except ClusterUnavailableError as exc:
+            log.warning("idle quota blocks left for the next round: %s", exc)
+        if settled:
+            log.info("gave back %d idle quota blocks", settled)
+        return settled
+
+    def held(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(license, meter) -> (units in this node's open blocks, units not granted yet)."""
+        return self.quota.held()
 
     async def give_back(self) -> None:
         """Settle this node's open blocks (at a graceful stop): the unused units go back."""
