@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,7 +35,6 @@ from support.cluster import (
     QUOTA_LIMIT,
     QUOTA_METER,
     ClusterNode,
-    make_cluster_site,
 )
 from support.etcd import EtcdCluster
 
@@ -43,16 +42,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[list[ClusterNode]]:
-    site = make_cluster_site(tmp_path, store=True, cluster_size=3)
-    started = [ClusterNode(d, tmp_path, etcd_cluster, (0, 1, 2)) for d in site.nodes]
-    try:
-        for n in started:
-            n.start()
-        yield started
-    finally:
-        for n in started:
-            n.stop()
+def nodes(cluster_licence_nodes: list[ClusterNode]) -> list[ClusterNode]:
+    return cluster_licence_nodes
 
 
 def vendor(node: ClusterNode, tmp_path: Path, *args: str) -> bytes:

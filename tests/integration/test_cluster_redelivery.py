@@ -14,7 +14,6 @@ event, with the same idempotency key, to node B:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from meterbox.server._cluster import Etcd, parse_cluster_url
 from meterbox.server._cluster._idem import idem_path
 from meterbox.vendorkit import Period, VendorStore, bill
 from meterbox.vendorkit.ingest import IngestOutcome, ingest
-from support.cluster import LICENSE_ID, ClusterNode, make_cluster_site
+from support.cluster import LICENSE_ID, ClusterNode
 from support.etcd import EtcdCluster
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,16 +35,8 @@ METER = "runs"
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[list[ClusterNode]]:
-    site = make_cluster_site(tmp_path, cluster_size=3, store=True)
-    started = [ClusterNode(d, tmp_path, etcd_cluster, (0, 1, 2)) for d in site.nodes]
-    try:
-        for n in started:
-            n.start()
-        yield started
-    finally:
-        for n in started:
-            n.stop()
+def nodes(cluster_licence_nodes: list[ClusterNode]) -> list[ClusterNode]:
+    return cluster_licence_nodes
 
 
 def _use(node: ClusterNode, key: str, amount: int) -> httpx.Response:

@@ -263,6 +263,21 @@ def cluster_nodes(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[list[Cl
             n.stop()
 
 
+@pytest.fixture
+def cluster_licence_nodes(tmp_path: Path, etcd_cluster: EtcdCluster) -> Iterator[list[ClusterNode]]:
+    """Three nodes of a license issued for a three-node cluster and held in the vendor's
+    store (so every node's report can be ingested), each talking to every etcd member."""
+    site = make_cluster_site(tmp_path, cluster_size=3, store=True)
+    started = [ClusterNode(d, tmp_path, etcd_cluster, (0, 1, 2)) for d in site.nodes]
+    try:
+        for n in started:
+            n.start()
+        yield started
+    finally:
+        for n in started:
+            n.stop()
+
+
 def check_ledgers(nodes: Sequence[ClusterNode]) -> int:
     """Export and verify every node's ledger; the most seats held at once over all of them."""
     intervals = []

@@ -388,6 +388,8 @@ class ServerInstance:
         self.fold = LedgerState()
         #: Top-ups and notices imported here that etcd did not take yet (cluster only).
         self._unpublished: list[tuple[str, Kind, str, bytes, int]] = []
+        #: Published documents that failed verification here (damaged, foreign): not retried.
+        self._refused: set[tuple[str, Kind, str, int, bytes]] = set()
         #: The caches this open found wrong and rebuilt from the ledger.
         self.rebuilt: list[Rebuilt] = []
 
@@ -658,9 +660,16 @@ class ServerInstance:
             standing = engine.standings.get(doc.license_id)
             if doc.kind == "notice" and standing is not None and doc.sequence <= standing.sequence:
                 continue
+            seen = (doc.license_id, doc.kind, doc.doc_id, doc.sequence, doc.blob)
+            if seen in self._refused:
+                continue  # said once; the same bytes are refused the same way each round
             try:
                 await self.import_bytes(doc.blob, publish=False)
             except MeterboxError as exc:
+                if isinstance(exc, VerificationError | FormatError):
+                    # Not the vendor's document, or not one at all: the same bytes fail
+                    # the same way every round. Anything else is tried again next round.
+                    self._refused.add(seen)
                 log.warning("a %s another node published did not apply here: %s", doc.kind, exc)
                 continue
             log.warning("applied %s %s published by another node", doc.kind, doc.doc_id)
