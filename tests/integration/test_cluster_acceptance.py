@@ -11,7 +11,7 @@ After each drill, from every node's exported and verified ledger:
 * the seats held at any instant over all ledgers never exceed seats + overdraft;
 * the usage the clients were acknowledged (a 2xx, directly or when their spool was
   flushed), keyed by idempotency key, is exactly what the ledgers hold: none lost, none
-  invented, none counted twice;
+  invented, none twice on one node, none billed twice;
 * clients were granted seats again within 5 s of the drill;
 * the vendor ingests every node's report with the real toolkit into a real SQLite store,
   and the bill's units equal the acknowledged units, each key once.
@@ -21,9 +21,12 @@ A usage request whose node committed it but whose answer never reached the clien
 node publishes each usage batch's keys to etcd before answering, and a node asked for a
 key it does not know looks it up first, so the resend is answered with the first node's
 outcome (docs/adr/0033). A node that dies between its ledger commit and its
-publication leaves the key unknown: the other node records the event too, and the
-kill -9, partition and restart drills accept a key on two ledgers only when every copy
-is on a different node (one node holding a key twice is still a failure). The bill
+publication leaves the key unknown: the other node records the event too. So does a
+publication that outlasts the client's timeout: when the killed etcd member was the
+leader, writes wait for the election (about a second, up to the 2 s etcd budget) while
+the client (1 s timeout) has already resent the event to a node whose lookup came
+first. Every drill therefore accepts a key on two ledgers only when every copy is on a
+different node (one node holding a key twice is still a failure). The bill
 counts each key once whatever the ledgers hold: it must equal the acknowledged units
 exactly, and the vendor's ingest reports every second copy (``usage.redelivered``).
 """
@@ -231,13 +234,11 @@ def _verified(cluster: Cluster) -> list[tuple[int, bytes, list[Record]]]:
     return out
 
 
-def _check(
-    cluster: Cluster, load: Load, tmp_path: Path, *, redelivery: bool = False
-) -> dict[str, int]:
+def _check(cluster: Cluster, load: Load, tmp_path: Path) -> dict[str, int]:
     """Every acceptance condition after a drill; returns figures for the failure message.
 
-    ``redelivery``: the drill can lose an answer after the commit (see the module
-    docstring): a key may be on several nodes' ledgers, once on each; it is billed once.
+    Any drill can lose an answer after the commit (see the module docstring): a key may
+    be on several nodes' ledgers, once on each; it is billed once.
     """
     assert not load.errors, load.errors[:10]
     ledgers = _verified(cluster)
@@ -245,7 +246,7 @@ def _check(
     intervals = [iv for i, _, recs in ledgers for iv in seat_intervals(f"node{i}", recs)]
     most, at = most_held_at_once(intervals)
     assert most <= SEATS + OVERDRAFT, (most, at, [iv for iv in intervals if iv.start_ms <= at])
-    # Usage: every acknowledged key on record exactly once, and nothing else.
+    # Usage: every acknowledged key on record (at most once per node), and nothing else.
     held: collections.Counter[str] = collections.Counter()
     on_node: collections.Counter[tuple[int, str]] = collections.Counter()
     units: dict[str, int] = {}
@@ -260,14 +261,11 @@ def _check(
     assert not same_node, f"events recorded twice by one node: {same_node}"
     twice = {k: n for k, n in held.items() if n > 1}
     redelivered = sum((n - 1) * units[k] for k, n in twice.items())
-    if redelivery:
-        print(f"redelivered on a second node: {len(twice)} events, {redelivered} units")
-        twice = {}
+    print(f"redelivered on a second node: {len(twice)} events, {redelivered} units")
     lost = sorted(set(load.acked) - set(held))
     unasked = sorted(set(held) - set(load.acked))
     assert not lost, f"{len(lost)} acknowledged events on no ledger: {lost[:10]}"
     assert not unasked, f"{len(unasked)} events on record that no client was answered: {unasked}"
-    assert not twice, f"events recorded on more than one node or twice: {twice}"
     assert units == load.acked
     acked_units = sum(load.acked.values())
     # The vendor's bill from every node's report: each acknowledged key once.
@@ -317,7 +315,7 @@ def test_kill_9_of_a_node(cluster: Cluster, tmp_path: Path) -> None:
     cluster.net.start_node(cluster.nodes[0])
     time.sleep(2)
     load.finish()
-    _check(cluster, load, tmp_path, redelivery=True)
+    _check(cluster, load, tmp_path)
 
 
 def test_kill_of_an_etcd_member(cluster: Cluster, tmp_path: Path) -> None:
@@ -376,7 +374,7 @@ def test_partition_of_one_host(cluster: Cluster, tmp_path: Path) -> None:
         time.sleep(0.2)
     time.sleep(2)
     load.finish()
-    _check(cluster, load, tmp_path, redelivery=True)
+    _check(cluster, load, tmp_path)
     # The cut-off node's own ledger says it lost quorum and regained it.
     records = cluster.site.nodes[2].verify(cluster.export(2))[0]
     events = [(r.type, r.payload["k"]) for r in records if r.type == RecordType.CLUSTER_QUORUM]
@@ -401,4 +399,4 @@ def test_restart_of_everything(cluster: Cluster, tmp_path: Path) -> None:
     load.resumed_within(back)
     time.sleep(3)
     load.finish()
-    _check(cluster, load, tmp_path, redelivery=True)
+    _check(cluster, load, tmp_path)
