@@ -79,6 +79,9 @@ ATTACKS = (
     "snapshot_live_idle",  # the same, copied at night with no seat out, restored in work hours
     "snapshot_stopped_seats",  # copy while stopped cleanly with seats out, restore later
     "snapshot_stopped_idle",  # copied while stopped with no seat out, restored in work hours
+    # The same, restored at the first moment after that no seat is out either: nothing
+    # but the clients' ledger heads can show it (threat model W1).
+    "snapshot_stopped_quiet",
     "stop_clean",  # stop the server cleanly during work, work on unmetered, start later
     "stop_kill",  # the same with kill -9
     "clock_forward_stopped",  # stop, set the clock days forward, start
@@ -785,7 +788,7 @@ class SiteSim:
         main, rng, at = self.main, self.rng, self.plan["at"]
         snap = self.root / "snapshot"
         stopped = "stopped" in k
-        idle = k.endswith("idle")
+        idle = _idle_copy(k)
         restore_at = at + int(rng.integers(1, 4)) * DAY
         if self.profile.schedule != "always":
             # Restored in work hours, as the case says: a day that falls on the weekend
@@ -818,8 +821,7 @@ class SiteSim:
             k = self.case
             # An idle snapshot is taken within the day before the case, at the first
             # moment no seat is out (a nightly backup, say).
-            idle_copy = k.startswith("snapshot_") and k.endswith("idle")
-            due = idle_copy and "snap" not in self.plan and self.now >= self.plan["at"] - DAY
+            due = _idle_copy(k) and "snap" not in self.plan and self.now >= self.plan["at"] - DAY
             if due and self.main.up and not any(c.lease for c in self.clients):
                 self._take_snapshot(self.main, self.root / "snapshot", "stopped" in k)
             return
@@ -843,7 +845,15 @@ class SiteSim:
             down = plan["start_at"] - self.now
             self._down(main, down)
             main.open()
-        if "restore_at" in plan and self.now >= plan["restore_at"] and not plan.get("restored"):
+        restore = "restore_at" in plan and self.now >= plan["restore_at"]
+        restore = restore and not plan.get("restored")
+        if restore and k == "snapshot_stopped_quiet":
+            # Wait for a moment no seat is out (the evening, say); a site that never has
+            # one within a day is restored then anyway, seats out (plan["quiet"] says).
+            quiet = not any(c.lease for c in self.clients)
+            restore = quiet or self.now >= plan["restore_at"] + DAY
+            plan["quiet"] = quiet
+        if restore:
             plan["restored"] = True
             snap = plan["snap"]
             main.stop(clean=False)
@@ -854,6 +864,11 @@ class SiteSim:
 
 
 ISSUED_MS = int(ISSUED.timestamp() * 1000)
+
+
+def _idle_copy(case: str) -> bool:
+    """Whether ``case`` copies the directory at a moment no seat is out."""
+    return case in ("snapshot_live_idle", "snapshot_stopped_idle", "snapshot_stopped_quiet")
 
 
 def history(server: Server, license_id: str, customer: str, report_days: int) -> InstanceHistory:

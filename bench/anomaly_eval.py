@@ -85,6 +85,8 @@ class CaseRun:
     others: list[InstanceHistory]
     attacked: set[int]
     ingest: dict[str, list[tuple[str, str]]]
+    #: snapshot_stopped_quiet: whether the restore found no seat out (None elsewhere).
+    quiet: bool | None = None
 
 
 def simulate(seeds: Iterable[int], out: Path, cases: Sequence[str], *, progress: bool) -> None:
@@ -126,6 +128,7 @@ def simulate_site(seed: int, cases: Sequence[str], *, progress: bool = False) ->
                     hs[1:],
                     set(sim.attacked),
                     dict(sim.ingest_findings),
+                    sim.plan.get("quiet"),
                 )
             )
             shutil.rmtree(root / case)

@@ -27,6 +27,8 @@ STRONG = (
     "snapshot_live_seats",
     # No seat out at the copy: its clients' ledger heads are the evidence (witness).
     "snapshot_stopped_idle",
+    # ... nor at the restore: the heads alone.
+    "snapshot_stopped_quiet",
     "stop_kill",
     "clock_back_live",
     "clock_forward_stopped",

@@ -164,6 +164,26 @@ def test_restored_idle_copy_meets_the_ledger_heads_its_clients_hold(
     assert any(e.kind == RecordType.WITNESS_MISMATCH.kind for e in main.reports[-1].events)
 
 
+def test_copy_restored_with_no_seat_out_is_found_by_the_clients_heads_alone(
+    base: SiteSim, tmp_path: Path
+) -> None:
+    """Copied with no seat out, restored with no seat out: no checkout is lost.
+
+    Nothing the restored ledger holds shows the copy (no unknown lease, a clean stop
+    and a boot, as after planned maintenance); the clients given heads since the copy
+    hand them back, and that is critical at ingest.
+    """
+    sim = base.fork("snapshot_stopped_quiet", tmp_path / "quiet").run()
+    assert sim.plan["restored"] and sim.plan["quiet"] is True, sim.plan
+    main, *_ = histories(sim)
+    judged = [sim.ingest_findings[main.reports[i].digest[:16]] for i in sorted(sim.attacked)]
+    assert any(("witness.mismatch", "critical") in f for f in judged), judged
+    found = {a.code for a in last(main)}
+    assert R.LEASE_UNKNOWN not in found, found
+    kinds = [e.kind for e in main.reports[-1].events]
+    assert RecordType.WITNESS_MISMATCH.kind in kinds
+
+
 def test_honest_stops_meet_only_heads_their_ledger_has(base: SiteSim, tmp_path: Path) -> None:
     """A power cut (kill -9) and a maintenance weekend keep every head they handed out."""
     for case in ("power_cut", "maintenance_weekend"):
