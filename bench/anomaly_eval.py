@@ -58,8 +58,11 @@ from meterbox.vendorkit.anomaly._rules import weak_usage_drop
 
 #: Seeds used while developing and calibrating.
 DEV_SEEDS: tuple[int, ...] = tuple(range(100, 112))
-#: Seeds never looked at while tuning; run once per change.
+#: Seeds never looked at while tuning; run once per change. 9000-9011 run every case;
+#: 9012-9047 (declared later, for tighter false-alarm bounds) the clean and
+#: legitimate ones, which are the cheap ones to simulate.
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(9000, 9012))
+HELD_OUT_HONEST_SEEDS: tuple[int, ...] = tuple(range(9012, 9048))
 #: The CI run's seed (held out as well).
 CI_SEED = 9504
 THRESHOLDS = ThresholdsConfig(clock=POLICY)
@@ -396,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sim = sub.add_parser("simulate")
-    sim.add_argument("--seeds", default="dev", help="dev | held-out | FIRST-LAST")
+    sim.add_argument("--seeds", default="dev", help="dev | held-out | held-out-honest | FIRST-LAST")
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--cases", nargs="*", default=[*LEGIT, *ATTACKS])
     sim.add_argument("--progress", action="store_true")
@@ -429,6 +432,8 @@ def _seeds(spec: str) -> Sequence[int]:
         return DEV_SEEDS
     if spec == "held-out":
         return HELD_OUT_SEEDS
+    if spec == "held-out-honest":
+        return HELD_OUT_HONEST_SEEDS
     lo, _, hi = spec.partition("-")
     return range(int(lo), int(hi or lo) + 1)
 
