@@ -500,6 +500,13 @@ class LedgerWriter:
                 return
 
     def _commit(self, batch: list[tuple[RecordType, dict[str, Any], Future[Appended]]]) -> None:
+        # Mark every future running first: from here no caller can cancel it (an asyncio
+        # wrapper cancelled with its request would otherwise cancel it under us, and
+        # acknowledging a cancelled future raises, killing this thread). A future
+        # cancelled before this point is still written: the caller has already changed
+        # its state for the record, and the ledger must hold what the state holds.
+        for _, _, fut in batch:
+            fut.set_running_or_notify_cancel()
         with self._io_lock:
             try:
                 self._maybe_roll()
@@ -513,7 +520,8 @@ class LedgerWriter:
                     try:
                         item = pending(rtype, payload, wall_ms=wall, mono_ms=self._clock.mono_ms())
                     except (FormatError, TypeError, ValueError) as exc:
-                        fut.set_exception(
+                        _fail(
+                            fut,
                             exc
                             if isinstance(exc, FormatError)
                             else FormatError(
@@ -533,7 +541,7 @@ class LedgerWriter:
                         # its own, sealed, durable and acknowledged before the next part.
                         done = self._write_batch(items, futs, checkpoint=False, maps=maps)
                         for f, appended in done:
-                            f.set_result(appended)
+                            _ack(f, appended)
                         items, futs, maps, done, pending_bytes = [], [], [], [], 0
                 checkpoint = self._since_checkpoint >= self.config.checkpoint_every
                 done = self._write_batch(items, futs, checkpoint=checkpoint, maps=maps)
@@ -556,7 +564,7 @@ class LedgerWriter:
                         fut.set_exception(error)
                 return
             for fut, appended in done:
-                fut.set_result(appended)
+                _ack(fut, appended)
 
     def _write_batch(
         self,
@@ -952,3 +960,14 @@ class _SealerState:
             self.head_hash,
             self.records_in_epoch,
         )
+
+
+def _ack(fut: Future[Appended], appended: Appended) -> None:
+    """Resolve a committed record's future; a caller that gave up is not told."""
+    if not fut.cancelled():
+        fut.set_result(appended)
+
+
+def _fail(fut: Future[Appended], exc: BaseException) -> None:
+    if not fut.cancelled():
+        fut.set_exception(exc)
