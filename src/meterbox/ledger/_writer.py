@@ -528,7 +528,7 @@ class LedgerWriter:
                                 "ledger payload cannot be encoded",
                                 expected="a map of strings, integers, bytes and lists",
                                 found=str(exc),
-                            )
+                            ),
                         )
                         continue
                     items.append(item)
