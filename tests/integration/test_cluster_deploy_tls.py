@@ -96,20 +96,24 @@ def test_the_shipped_etcd_config_serves_tls_to_nodes_with_a_client_certificate(
         proc.wait(timeout=20)
 
 
+def _refusal(tls: EtcdTls, client: int, proc: subprocess.Popen[bytes]) -> str:
+    """Probe the member with the node's good TLS settings until the check refuses it."""
+    good = etcd_tls(tls=True, ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
+    etcd = Etcd(parse_cluster_url(f"etcds://127.0.0.1:{client}"), timeout=2, tls=good)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            problems = etcd.probe()
+        except ConfigError as exc:
+            return str(exc)
+        assert proc.poll() is None and time.monotonic() < deadline, problems
+        time.sleep(0.2)
+
+
 def test_an_etcd_config_without_the_gateway_refuses_the_node_s_start(tmp_path: Path) -> None:
     tls, client, proc = _start(tmp_path, gateway=False)
     try:
-        good = etcd_tls(tls=True, ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
-        etcd = Etcd(parse_cluster_url(f"etcds://127.0.0.1:{client}"), timeout=2, tls=good)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                problems = etcd.probe()
-            except ConfigError as exc:
-                message = str(exc)
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, problems
-            time.sleep(0.2)
+        message = _refusal(tls, client, proc)
         assert "does not serve its HTTP/JSON gateway" in message
         assert "enable-grpc-gateway: true" in message
     finally:
@@ -131,17 +135,7 @@ def test_a_member_certificate_for_another_name_refuses_the_node_s_start(tmp_path
     # lists the member as 127.0.0.1, which the certificate does not carry.
     tls, client, proc = _start(tmp_path, hosts=("etcd1.example",))
     try:
-        good = etcd_tls(tls=True, ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
-        etcd = Etcd(parse_cluster_url(f"etcds://127.0.0.1:{client}"), timeout=2, tls=good)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                problems = etcd.probe()
-            except ConfigError as exc:
-                message = str(exc)
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, problems
-            time.sleep(0.2)
+        message = _refusal(tls, client, proc)
         assert "presented a certificate this node does not trust" in message
         assert "Expected a certificate for 127.0.0.1" in message
         assert "IP address mismatch" in message
