@@ -45,6 +45,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,11 +186,29 @@ class Tally:
     codes: dict[str, Counter[str]] = field(default_factory=dict)
     info_codes: dict[str, Counter[str]] = field(default_factory=dict)
     by_period: dict[str, list[int]] = field(default_factory=dict)
+    #: snapshot_stopped_quiet: (the restore found no seat out, the case was flagged).
+    quiet: list[tuple[bool, bool]] = field(default_factory=list)
 
     def add(self, case: str, hit: bool, codes: set[str], info: set[str]) -> None:
         self.cases.setdefault(case, []).append(hit)
         self.codes.setdefault(case, Counter()).update(codes)
         self.info_codes.setdefault(case, Counter()).update(info)
+
+    def merge(self, other: Tally) -> None:
+        """Add ``other``'s counts to these (sites judged apart, one table)."""
+        self.clean_judged += other.clean_judged
+        self.clean_flagged += other.clean_flagged
+        self.clean_codes.update(other.clean_codes)
+        for case, hits in other.cases.items():
+            self.cases.setdefault(case, []).extend(hits)
+        for name, mine in (("codes", self.codes), ("info_codes", self.info_codes)):
+            for case, counts in getattr(other, name).items():
+                mine.setdefault(case, Counter()).update(counts)
+        for period, (k, n) in other.by_period.items():
+            slot = self.by_period.setdefault(period, [0, 0])
+            slot[0] += k
+            slot[1] += n
+        self.quiet.extend(other.quiet)
 
     def rate(self, case: str) -> float:
         hits = self.cases.get(case, [])
@@ -218,6 +237,11 @@ class Tally:
             "attacks": {c: row(v) for c, v in self.cases.items() if c in ATTACKS},
             "codes": {c: dict(v) for c, v in self.codes.items()},
             "info_codes": {c: dict(v) for c, v in self.info_codes.items()},
+            "quiet_restores": {
+                "n": len(self.quiet),
+                "no_seat_out": sum(q for q, _ in self.quiet),
+                "no_seat_out_flagged": sum(q and hit for q, hit in self.quiet),
+            },
         }
 
 
@@ -258,6 +282,8 @@ def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None
             found = judge(other, i, [main], th)
             codes |= alarms(found) | ingest_alarms(run, other.reports[i].digest)
     tally.add(run.case, bool(codes), codes, info)
+    if run.quiet is not None:
+        tally.quiet.append((run.quiet, bool(codes)))
 
 
 class _Unpickler(pickle.Unpickler):
@@ -276,12 +302,41 @@ def load_runs(path: Path) -> list[CaseRun]:
     return runs
 
 
-def judge_dir(directory: Path, cases: Sequence[str] | None = None) -> Tally:
+def case_files(directories: Sequence[Path]) -> list[Path]:
+    """Every site's case file under ``directories``, in seed order; a seed twice is refused."""
+    files: dict[str, Path] = {}
+    for d in directories:
+        for path in d.glob("seed-*.pkl"):
+            if path.name in files:
+                raise SystemExit(
+                    f"{path.name} is in both {files[path.name].parent} and {d}: a site is "
+                    "judged once. Remove one of them and run again"
+                )
+            files[path.name] = path
+    return [files[name] for name in sorted(files)]
+
+
+def judge_file(path: Path, cases: Sequence[str] | None = None) -> Tally:
     tally = Tally()
-    for path in sorted(directory.glob("seed-*.pkl")):
-        for run in load_runs(path):
-            if cases is None or run.case in cases:
-                score(run, tally)
+    for run in load_runs(path):
+        if cases is None or run.case in cases:
+            score(run, tally)
+    return tally
+
+
+def judge_dirs(
+    directories: Sequence[Path], cases: Sequence[str] | None = None, *, jobs: int = 1
+) -> Tally:
+    """Judge every site under ``directories`` (``jobs`` sites at a time) into one tally."""
+    files = case_files(directories)
+    tally = Tally()
+    if jobs <= 1:
+        for path in files:
+            tally.merge(judge_file(path, cases))
+        return tally
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for part in pool.map(judge_file, files, [cases] * len(files)):
+            tally.merge(part)
     return tally
 
 
@@ -404,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--cases", nargs="*", default=[*LEGIT, *ATTACKS])
     sim.add_argument("--progress", action="store_true")
     jd = sub.add_parser("judge")
-    jd.add_argument("dir", type=Path)
+    jd.add_argument("dir", type=Path, nargs="+", help="directories of case files")
+    jd.add_argument("--jobs", type=int, default=1, help="sites judged at once")
     jd.add_argument("--json", type=Path)
     jd.add_argument("--markdown", action="store_true")
     cal = sub.add_parser("calibrate", help="honest development reports' scores per detector")
@@ -417,9 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(calibrate_dir(args.dir).as_dict(), indent=2, sort_keys=True))
         return 0
     t0 = time.monotonic()
-    figures = judge_dir(args.dir).as_dict()
+    figures = judge_dirs(args.dir, jobs=args.jobs).as_dict()
     figures["seconds"] = round(time.monotonic() - t0, 1)
-    figures["seeds"] = sorted(int(p.stem[5:]) for p in args.dir.glob("seed-*.pkl"))
+    figures["seeds"] = sorted(int(p.stem[5:]) for p in case_files(args.dir))
     text = json.dumps(figures, indent=2, sort_keys=True)
     print(markdown(figures) if args.markdown else text)
     if args.json:
