@@ -300,12 +300,71 @@ def test_usage_rate_doubling_is_not_under_reporting() -> None:
 
 
 def test_usage_rate_small_drop_on_a_flat_history_is_within_the_floor() -> None:
-    # Flat history has almost no spread, so a 25 % drop is many deviations out; the
+    # Flat history has almost no spread, so a 14 % drop is many deviations out; the
     # relative floor keeps such a customer from being flagged for ordinary variation.
     b = Builder()
-    past = [week_with_seats(b, usage_every=15 * MIN) for _ in range(4)]
-    now = week_with_seats(b, usage_every=20 * MIN)
+    past = [week_with_seats(b, usage_every=15 * MIN) for _ in range(8)]
+    now = week_with_seats(b, usage_every=int(17.5 * MIN))
     assert R.usage_rate(history([*past, now]), TH) == []
+    # A month of it is no different: the floor holds over a span of reports too.
+    month = [*past, now, *(week_with_seats(b, usage_every=int(17.5 * MIN)) for _ in range(3))]
+    assert R.usage_rate(history(month), TH) == []
+
+
+def month_with_seats(b: Builder, *, usage_every: int, seats: int = 2) -> ReportView:
+    """Four weeks in one report (a monthly reporter), leases open throughout."""
+    for i in range(seats):
+        b.add("seat.checkout", lease=f"m{b.seq}-{i}")
+    b.run(28 * DAY, seats=seats, usage_every=usage_every)
+    for lease in [e.lease for e in b.events if e.kind == "seat.checkout"]:
+        b.add("seat.release", lease=lease)
+    return b.report()
+
+
+#: Weeks of honest history that swing by about 8 %, as the generator's sites do.
+SWINGING = (15.0, 13.8, 16.2, 15.0, 14.0, 16.5, 15.3, 13.9)
+
+
+def test_a_week_of_30_percent_less_is_within_an_honest_swing() -> None:
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+    now = week_with_seats(b, usage_every=int(15 / 0.7 * MIN))
+    assert R.usage_rate(history([*past, now]), TH) == []
+
+
+def test_a_month_of_30_percent_less_is_out_of_line_for_a_monthly_reporter() -> None:
+    # The same drop over one monthly report: a month's average drifts less than a
+    # week's, so the span is judged with the drift of a span of its length.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+    month = month_with_seats(b, usage_every=int(15 / 0.7 * MIN))
+    found = R.usage_rate(history([*past, month]), TH)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "over the last" not in found[0].message
+
+
+def test_four_weekly_reports_of_30_percent_less_are_out_of_line_together() -> None:
+    # Patched clients stay patched: the weekly reporter's month of reports is judged
+    # as one span once it has them, and the finding says so.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+    low = [week_with_seats(b, usage_every=int(15 / 0.7 * MIN)) for _ in range(4)]
+    assert R.usage_rate(history([*past, low[0]]), TH) == []
+    spans = [R.usage_rate(history([*past, *low[:n]]), TH) for n in range(2, 5)]
+    found = next(f for f in spans if f)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "over the last" in found[0].message
+    # Once out of line, every later report of the month stays so.
+    assert all(spans[spans.index(found) :])
+
+
+def test_a_span_ending_in_an_honest_week_after_a_low_one_is_not_a_drop() -> None:
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+    low = week_with_seats(b, usage_every=int(15 / 0.8 * MIN))
+    back = [week_with_seats(b, usage_every=int(m * MIN)) for m in (15.0, 14.5, 15.5)]
+    for n in range(1, 4):
+        assert R.usage_rate(history([*past, low, *back[:n]]), TH) == [], n
 
 
 def test_usage_rate_half_drop_against_a_noisy_history_is_not_flagged() -> None:
@@ -389,6 +448,48 @@ def test_planned_stop_is_at_most_info_and_a_short_power_cut_is_not_a_warning() -
     b.run(DAY, seats=1, usage_every=15 * MIN)
     found = R.downtime(history([*past, b.report()]), TH)
     assert found and {a.severity for a in found} == {"info"}
+
+
+def test_server_killed_in_the_afternoon_and_back_at_night_is_a_downtime_warning() -> None:
+    # Three working hours lost: no more than a long power cut costs, but the server was
+    # left down for twelve hours; users who cannot work get an honest crash fixed.
+    b = Builder()
+    past = [working_week(b) for _ in range(3)]
+    b.run(DAY + 13 * HOUR)  # Tuesday 13:00 (T0 is a Monday 00:00)
+    b.add("seat.checkout", lease="y")
+    b.run(HOUR, seats=1, usage_every=15 * MIN)
+    stop_and_restart(b, 12 * HOUR, clean=False)  # killed at 14:00, back at 02:00
+    b.run(2 * DAY, seats=1, usage_every=15 * MIN)
+    found = R.downtime(history([*past, b.report()]), TH)
+    assert [(a.code, a.severity) for a in found] == [(R.DOWNTIME, "warning")]
+    assert "why it stayed down" in found[0].message
+    assert 0.25 <= (found[0].score or 0) < TH.downtime_warn_days
+
+
+def test_power_cut_of_three_working_hours_and_a_friday_night_crash_stay_info() -> None:
+    b = Builder()
+    past = [working_week(b) for _ in range(3)]
+    b.run(DAY + 10 * HOUR)
+    b.add("seat.checkout", lease="y")
+    b.run(HOUR, seats=1, usage_every=15 * MIN)
+    stop_and_restart(b, 3 * HOUR, clean=False)  # a power cut, 11:00 to 14:00
+    b.run(3 * DAY + 2 * HOUR, seats=1, usage_every=15 * MIN)  # to Friday 16:00
+    stop_and_restart(b, 64 * HOUR, clean=False)  # crashed, found on Monday 08:00
+    b.run(DAY, seats=1, usage_every=15 * MIN)
+    found = R.downtime(history([*past, b.report()]), TH)
+    assert found and {a.severity for a in found} == {"info"}, [a.message for a in found]
+
+
+def working_week(b: Builder) -> ReportView:
+    """A week of an office site: a seat and usage from 08:00 to 17:00 on weekdays."""
+    for _day in range(5):
+        b.run(8 * HOUR)
+        lease = b.add("seat.checkout", lease=f"d{b.seq}").lease
+        b.run(9 * HOUR, seats=1, usage_every=15 * MIN)
+        b.add("seat.release", lease=lease)
+        b.run(7 * HOUR)
+    b.run(2 * DAY)
+    return b.report()
 
 
 def test_downtime_needs_two_weeks_of_history() -> None:

@@ -125,7 +125,7 @@ class ThresholdsConfig:
     #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
     rate_z: float = 3.5
     #: Relative drop of usage per seat-hour that always counts as normal variation.
-    rate_floor: float = 0.3
+    rate_floor: float = 0.2
     #: Prior for the week-to-week standard deviation of log usage per seat-hour, and
     #: how many reports it weighs: a few reports' spread alone is too noisy to trust.
     rate_sigma_prior: float = 0.10
@@ -141,6 +141,16 @@ class ThresholdsConfig:
     #: Accepted history is cut into slices this long for the usage baselines, so a
     #: monthly reporter has as many baseline samples as a weekly one.
     slice_ms: int = 7 * DAY_MS
+    #: How much each further slice of a judged span counts as an independent sample of
+    #: the slice-to-slice drift: a span of ``m`` slices drifts with variance
+    #: ``drift / (1 + (m - 1) * rate_slice_independence)``. 1 would take weeks as
+    #: independent (a month then drifts half as much as a week); 0 would take a month
+    #: to drift as much as one week. Half way allows for weeks that run alike.
+    rate_slice_independence: float = 0.5
+    #: The judged report is also judged together with the reports before it, this many
+    #: in all, against the slices before them: clients patched to under-report stay
+    #: patched, and a month of a drop says more than a week (ADR 0037).
+    rate_pool_reports: int = 4
     #: A weak drop of usage per seat-hour (this many deviations and this relative drop)
     #: is no finding on its own; it counts only towards :data:`COMBINED` evidence.
     weak_rate_z: float = 2.0
@@ -156,6 +166,11 @@ class ThresholdsConfig:
     downtime_warn_days: float = 0.6
     #: Downtime of any kind (a planned stop too) worth an info line, in the same unit.
     downtime_info_days: float = 0.25
+    #: An unplanned stop longer than this that cost ``downtime_info_days`` or more of
+    #: work is a warning on its own: users cannot work while
+    #: the server is down, so an honest crash or power cut is restarted within hours
+    #: (ADR 0037).
+    downtime_long_ms: int = 6 * HOUR_MS
     #: Clock evidence smaller than this stays info (NTP corrections, a wrong time zone
     #: fixed by hand); larger steps, back or forward, are warnings.
     clock_warn_ms: int = 2 * HOUR_MS

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from meterbox.ledger import Finding, RecordType
@@ -536,7 +536,9 @@ def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
 
     * slice-to-slice drift: the slices' robust spread (1.4826 MAD), pooled with a
       prior of ``rate_sigma_prior`` worth ``rate_prior_weight`` slices, because the MAD
-      of a few samples alone is often half or twice the truth;
+      of a few samples alone is often half or twice the truth; a judged span of ``m``
+      slices (a monthly report, about four) averages its slices' drift, counted as
+      ``1 + (m - 1) * rate_slice_independence`` independent slices;
     * the median's own uncertainty (``pi / 2n`` times the drift variance);
     * the judged report's sampling noise: for a sum of usage amounts ``a``, the relative
       variance is about ``sum(a^2) / sum(a)^2`` (compound Poisson; never below one
@@ -544,23 +546,41 @@ def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
 
     A finding needs both a drop beyond ``rate_z`` of that spread and a relative drop
     beyond ``rate_floor``. Only drops count: the threat is usage that goes unreported.
-    Per meter, the threshold is raised for the number of meters judged (Bonferroni),
+    When the judged report alone shows none, the last ``rate_pool_reports`` reports are
+    judged as one span against the slices before them: a drop that persists (clients
+    patched to under-report stay patched) is out of line sooner over two reports than
+    over one. Per meter, the threshold is raised for the number of meters judged (Bonferroni),
     so a site with three meters raises no more false alarms than a site with one;
     a meter whose records name no meter (a store that sums meters) is judged in total
     only.
     """
     report = _judged(h)
-    rates = _rate_inputs(h, th)
-    if report is None or rates is None:
+    if report is None:
+        return []
+    out: list[Anomaly] = []
+    for pool in range(1, max(1, th.rate_pool_reports) + 1):
+        out = _usage_rate_over(h, report, pool, th)
+        if out:
+            break
+    return out
+
+
+def _usage_rate_over(
+    h: InstanceHistory, report: ReportView, pool: int, th: ThresholdsConfig
+) -> list[Anomaly]:
+    """:func:`usage_rate`'s findings for the last ``pool`` reports judged as one span."""
+    rates = _rate_inputs(h, th, pool)
+    if rates is None:
         return []
     past, now = rates
+    span = "" if pool == 1 else f" over the last {pool} reports"
     out: list[Anomaly] = []
     total = _judge_rate(
         [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
-        now.seat_hours, th, th.rate_z,
+        now.seat_hours, th, th.rate_z, slices=now.slices,
     )  # fmt: skip
     if total is not None:
-        out.append(_rate_finding(h, report, USAGE_RATE, "usage", now.seat_hours, total))
+        out.append(_rate_finding(h, report, USAGE_RATE, "usage", now.seat_hours, total, span))
     meters = sorted(m for m in {k for x in past for k in x.per_meter} if m)
     if len(meters) > 1:
         # Bonferroni over the meters: the z of a one-sided tail probability / n.
@@ -572,23 +592,32 @@ def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
             if len(hist) < th.min_history_slices:
                 continue
             units, sq = now.per_meter.get(m, (0, 0))
-            found = _judge_rate(hist, units, sq, now.seat_hours, th, z)
+            found = _judge_rate(hist, units, sq, now.seat_hours, th, z, slices=now.slices)
             if found is not None:
                 out.append(
-                    _rate_finding(h, report, METER_RATE, f"meter {m!r}", now.seat_hours, found)
+                    _rate_finding(
+                        h, report, METER_RATE, f"meter {m!r}", now.seat_hours, found, span
+                    )
                 )
     return out
 
 
 def _rate_inputs(
-    h: InstanceHistory, th: ThresholdsConfig
+    h: InstanceHistory, th: ThresholdsConfig, pool: int = 1
 ) -> tuple[list[_RateSample], _RateSample] | None:
-    """The baseline slices and the judged report's sample, or None if too little to judge."""
-    report = _judged(h)
-    if report is None or not _enough_history(h, th):
+    """The baseline slices and the sample of the last ``pool`` reports together, or None
+    if too little to judge (each of those reports must be one the history can judge)."""
+    if not h.reports or len(h.reports) - pool < th.min_history_reports:
         return None
-    past_events = [e for r in h.reports[:-1] for e in r.events]
-    now = _rate_sample(report.events, _context(h).open_leases)
+    before = replace(h, reports=h.reports[:-pool])
+    judged = h.reports[-pool:]
+    if pool > 1 and any(not r.events for r in judged):
+        return None
+    past_events = [e for r in before.reports for e in r.events]
+    now_events = [e for r in judged for e in r.events]
+    now = _rate_sample(
+        now_events, _context(replace(h, reports=h.reports[: len(h.reports) - pool + 1])).open_leases
+    )
     if now.seat_hours < th.rate_min_seat_hours:
         return None
     past = [
@@ -598,7 +627,16 @@ def _rate_inputs(
     ][-th.rate_window :]
     if len(past) < th.min_history_slices:
         return None
-    return past, now
+    return past, replace(now, slices=_span_slices(now_events, th.slice_ms))
+
+
+def _span_slices(events: Sequence[Event], slice_ms: int) -> float:
+    """How many slices of wall time ``events`` span (at least one)."""
+    if not events:
+        return 1.0
+    first = min(e.wall_ms for e in events)
+    last = max(e.wall_ms for e in events)
+    return max(1.0, (last - first) / slice_ms)
 
 
 def weak_usage_drop(h: InstanceHistory, th: ThresholdsConfig) -> float | None:
@@ -614,7 +652,7 @@ def weak_usage_drop(h: InstanceHistory, th: ThresholdsConfig) -> float | None:
     past, now = rates
     found = _judge_rate(
         [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
-        now.seat_hours, th, th.weak_rate_z, th.weak_rate_floor,
+        now.seat_hours, th, th.weak_rate_z, th.weak_rate_floor, slices=now.slices,
     )  # fmt: skip
     return None if found is None else found.drop
 
@@ -635,7 +673,10 @@ def _judge_rate(
     th: ThresholdsConfig,
     z_limit: float,
     floor: float | None = None,
+    *,
+    slices: float = 1.0,
 ) -> _RateDrop | None:
+    """The drop of a span of ``slices`` slices against slices of history, if out of line."""
     past = [math.log(r) for r in history_rates if r > 0]
     n = len(past)
     if n < th.min_history_slices:
@@ -649,7 +690,8 @@ def _judge_rate(
     else:
         # No (net) usage at all: count it as half a unit, as noisy as a single record.
         log_now, sample_var = math.log(0.5 / seat_hours), 1.0
-    sd = math.sqrt(drift_var * (1 + math.pi / (2 * n)) + sample_var)
+    independent = 1 + (slices - 1) * th.rate_slice_independence
+    sd = math.sqrt(drift_var * (1 / independent + math.pi / (2 * n)) + sample_var)
     z = (log_now - base) / sd
     drop = 1 - math.exp(log_now - base)
     if z > -z_limit or drop < (th.rate_floor if floor is None else floor):
@@ -776,12 +818,18 @@ def _z_for(p: float) -> float:
 
 
 def _rate_finding(
-    h: InstanceHistory, report: ReportView, code: str, what: str, seat_hours: float, d: _RateDrop
+    h: InstanceHistory,
+    report: ReportView,
+    code: str,
+    what: str,
+    seat_hours: float,
+    d: _RateDrop,
+    span: str = "",
 ) -> Anomaly:
     return Anomaly(
         code,
         "warning",
-        f"{what} per seat-hour is {d.rate:.2f}, {d.drop * 100:.0f}% lower than this "
+        f"{what} per seat-hour{span} is {d.rate:.2f}, {d.drop * 100:.0f}% lower than this "
         f"instance's usual {d.usual:.2f} over {seat_hours:.0f} seat-hours "
         f"({abs(d.z):.1f} standard deviations of its week-to-week variation): usage may be "
         "under-reported. Legitimate causes look like a change of work (a new project, "
@@ -804,6 +852,8 @@ class _RateSample:
     sum_sq: int
     seat_hours: float
     per_meter: dict[str, tuple[int, int]]
+    #: How many slices of wall time the span covers (a monthly report about four).
+    slices: float = 1.0
 
 
 def _slice_samples(events: Sequence[Event], slice_ms: int) -> list[_RateSample]:
@@ -848,7 +898,10 @@ def downtime(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
 
     * ``warning``: unplanned stops of this report cost ``downtime_warn_days`` or more
       in total (a power cut of three working hours costs about 0.4 days; suppressing
-      usage by stopping the server for a working day costs about 1);
+      usage by stopping the server for a working day costs about 1), or one unplanned
+      stop lasted ``downtime_long_ms`` or more and cost ``downtime_info_days`` (a server
+      left down from the afternoon to the night: users who cannot work get an honest
+      crash restarted within hours);
     * ``info``: any stop costing ``downtime_info_days`` or more.
     """
     report = _judged(h)
@@ -882,9 +935,14 @@ def downtime(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
         prev = e
     unplanned = [x for x in stops if not x[3]]
     lost = sum(x[2] for x in unplanned)
+    left_down = [
+        x
+        for x in unplanned
+        if x[1].wall_ms - x[0].wall_ms >= th.downtime_long_ms and x[2] >= th.downtime_info_days
+    ]
     out: list[Anomaly] = []
-    if lost >= th.downtime_warn_days:
-        worst = max(unplanned, key=lambda x: x[2])
+    if lost >= th.downtime_warn_days or left_down:
+        worst = max(left_down or unplanned, key=lambda x: x[2])
         a, b, cost, _, seats = worst
         out.append(
             Anomaly(
@@ -896,9 +954,10 @@ def downtime(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
                 f"site usually does {cost:.1f} days' worth of work in those hours "
                 f"({len(unplanned)} such stop(s) in this report, {lost:.1f} days in all). "
                 "Work done meanwhile was not metered. Legitimate causes look like a power "
-                "cut or hardware failure: short, rare, with users idle meanwhile. Ask the "
-                "customer what stopped the server, whether users kept working, and "
-                "whether the server's data was restored from a backup",
+                "cut or hardware failure: short (users who cannot work get the server "
+                "restarted within hours), rare, with users idle meanwhile. Ask the "
+                "customer what stopped the server, why it stayed down, whether users kept "
+                "working, and whether the server's data was restored from a backup",
                 h.instance_id,
                 report.digest,
                 b.seq,
