@@ -111,6 +111,11 @@ LEGIT = (
 ALL_CASES = (*LEGIT, *ATTACKS)
 #: Extra report periods the clean continuation of a site lives, by reporting interval.
 CLEAN_EXTRA_PERIODS = {7: 4, 30: 1}
+#: Further report periods clients patched to scale their amounts run for, by
+#: reporting interval in days: the vendor judges a month of their reports (ADR 0037).
+#: A weekly reporter's first week of 30 % less is within its honest week-to-week
+#: swing; a month of it is not.
+PATCHED_EXTRA_PERIODS = {7: 3, 30: 0}
 
 
 @dataclass(frozen=True)
@@ -343,8 +348,11 @@ class SiteSim:
             child.end += CLEAN_EXTRA_PERIODS[self.profile.report_days] * self.period_ms
         if case.startswith(("under_report_", "drop_meter", "selective_meter")):
             # Patched clients are installed once and report less from then on: the
-            # judged period is under-reported from its start.
+            # judged period is under-reported from its start; clients that scale
+            # every amount are seen for a month (four weekly reports, one monthly).
             child.plan["at"] = child.now
+        if case.startswith("under_report_"):
+            child.end += PATCHED_EXTRA_PERIODS[self.profile.report_days] * self.period_ms
         return child
 
     def stop_all(self) -> None:

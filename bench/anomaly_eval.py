@@ -13,7 +13,9 @@ What is counted (a report is *flagged* when it carries a finding of severity
   of the clean case that has at least three accepted reports before it;
 * per legitimate case: flagged judged reports / histories;
 * per attack class: histories in which a report written after the attack began (of
-  the attacked server, or any report of a second server) is flagged / histories.
+  the attacked server, or any report of a second server) is flagged / histories; and
+  the same for the first such report alone (``attacks_first_report``: clients patched
+  to scale their amounts run for a month of reports, ADR 0037).
 
 Findings are those of :func:`meterbox.vendorkit.anomaly.detect` over the records as
 the vendor verified them, plus ingest's own ledger, license and clone findings
@@ -188,6 +190,9 @@ class Tally:
     by_period: dict[str, list[int]] = field(default_factory=dict)
     #: snapshot_stopped_quiet: (the restore found no seat out, the case was flagged).
     quiet: list[tuple[bool, bool]] = field(default_factory=list)
+    #: Per case: flagged by the first report written after the attack began (or a
+    #: second server's report the vendor had by then).
+    first: dict[str, list[bool]] = field(default_factory=dict)
 
     def add(self, case: str, hit: bool, codes: set[str], info: set[str]) -> None:
         self.cases.setdefault(case, []).append(hit)
@@ -209,6 +214,8 @@ class Tally:
             slot[0] += k
             slot[1] += n
         self.quiet.extend(other.quiet)
+        for case, hits in other.first.items():
+            self.first.setdefault(case, []).extend(hits)
 
     def rate(self, case: str) -> float:
         hits = self.cases.get(case, [])
@@ -235,6 +242,7 @@ class Tally:
             },
             "legit": {c: row(v) for c, v in self.cases.items() if c in LEGIT},
             "attacks": {c: row(v) for c, v in self.cases.items() if c in ATTACKS},
+            "attacks_first_report": {c: row(v) for c, v in self.first.items() if c in ATTACKS},
             "codes": {c: dict(v) for c, v in self.codes.items()},
             "info_codes": {c: dict(v) for c, v in self.info_codes.items()},
             "quiet_restores": {
@@ -273,15 +281,22 @@ def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None
     judged = sorted(run.attacked) or [len(main.reports) - 1]
     codes: set[str] = set()
     info: set[str] = set()
+    first_cut = main.reports[judged[0]].received_ms
+    first = False
     for i in judged:
         found = judge(main, i, run.others, th)
-        codes |= alarms(found) | ingest_alarms(run, main.reports[i].digest)
+        here = alarms(found) | ingest_alarms(run, main.reports[i].digest)
+        first |= i == judged[0] and bool(here)
+        codes |= here
         info |= {a.code for a in found if a.severity == "info"}
     for other in run.others:
         for i in range(len(other.reports)):
             found = judge(other, i, [main], th)
-            codes |= alarms(found) | ingest_alarms(run, other.reports[i].digest)
+            here = alarms(found) | ingest_alarms(run, other.reports[i].digest)
+            first |= other.reports[i].received_ms <= first_cut and bool(here)
+            codes |= here
     tally.add(run.case, bool(codes), codes, info)
+    tally.first.setdefault(run.case, []).append(first)
     if run.quiet is not None:
         tally.quiet.append((run.quiet, bool(codes)))
 
@@ -445,6 +460,14 @@ def markdown(figures: dict[str, object]) -> str:
         for case, r in rows.items():
             lines.append(
                 f"| {case} | {r['k']} / {r['n']} | {r['rate'] * 100:.0f} % | "
+                f"{r['ci95'][0] * 100:.0f}-{r['ci95'][1] * 100:.0f} % |"
+            )
+    first = figures.get("attacks_first_report")
+    if isinstance(first, dict) and first:
+        lines += ["", "| attack | found by its first report | 95 % CI |", "|---|---|---|"]
+        for case, r in first.items():
+            lines.append(
+                f"| {case} | {r['k']} / {r['n']} | "
                 f"{r['ci95'][0] * 100:.0f}-{r['ci95'][1] * 100:.0f} % |"
             )
     return "\n".join(lines)
