@@ -122,8 +122,9 @@ class ThresholdsConfig:
     #: ``silence_min_ms``, is reported.
     silence_factor: float = 2.0
     silence_min_ms: int = 4 * HOUR_MS
-    #: Drop of log usage per seat-hour, in standard deviations, that is out of line.
-    rate_z: float = 3.5
+    #: Drop of log usage per seat-hour, in standard deviations, that is out of line
+    #: (fitted on the development seeds, ADR 0037).
+    rate_z: float = 3.0
     #: Relative drop of usage per seat-hour that always counts as normal variation.
     rate_floor: float = 0.2
     #: Prior for the week-to-week standard deviation of log usage per seat-hour, and
