@@ -168,9 +168,8 @@ class ThresholdsConfig:
     #: Downtime of any kind (a planned stop too) worth an info line, in the same unit.
     downtime_info_days: float = 0.25
     #: An unplanned stop longer than this that cost ``downtime_info_days`` or more of
-    #: work is a warning on its own: users cannot work while
-    #: the server is down, so an honest crash or power cut is restarted within hours
-    #: (ADR 0037).
+    #: work is a warning on its own: users cannot work while the server is down, so an
+    #: honest crash or power cut is restarted within hours (ADR 0037).
     downtime_long_ms: int = 6 * HOUR_MS
     #: Clock evidence smaller than this stays info (NTP corrections, a wrong time zone
     #: fixed by hand); larger steps, back or forward, are warnings.

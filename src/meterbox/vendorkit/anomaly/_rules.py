@@ -609,15 +609,14 @@ def _rate_inputs(
     if too little to judge (each of those reports must be one the history can judge)."""
     if not h.reports or len(h.reports) - pool < th.min_history_reports:
         return None
-    before = replace(h, reports=h.reports[:-pool])
     judged = h.reports[-pool:]
     if pool > 1 and any(not r.events for r in judged):
         return None
-    past_events = [e for r in before.reports for e in r.events]
+    past_events = [e for r in h.reports[:-pool] for e in r.events]
     now_events = [e for r in judged for e in r.events]
-    now = _rate_sample(
-        now_events, _context(replace(h, reports=h.reports[: len(h.reports) - pool + 1])).open_leases
-    )
+    # Leases open when the span begins: the context of a history ending at its first report.
+    first = replace(h, reports=h.reports[: len(h.reports) - pool + 1])
+    now = _rate_sample(now_events, _context(first).open_leases)
     if now.seat_hours < th.rate_min_seat_hours:
         return None
     past = [
