@@ -56,7 +56,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _server_sim import ATTACKS, LEGIT, POLICY, SiteSim, Vendor, histories, site_profile
-from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, ThresholdsConfig, detect
+from meterbox.vendorkit.anomaly import (
+    Anomaly,
+    InstanceHistory,
+    ThresholdsConfig,
+    detect,
+    ingest_view,
+)
 from meterbox.vendorkit.anomaly._rules import weak_usage_drop
 
 #: Seeds used while developing and calibrating.
@@ -73,6 +79,11 @@ THRESHOLDS = ThresholdsConfig(clock=POLICY)
 #: heads the clients witnessed that the chain lacks).
 INGEST_PREFIXES = ("ledger.", "report.", "license.", "record.", "witness.")
 ALARM = frozenset({"warning", "critical"})
+#: Reports of accepted history before the judged period, by reporting interval in
+#: days: as many as the ingest window holds (ADR 0038: eight weeks of weekly reports;
+#: a monthly reporter's window holds eight reports, of which four months are lived
+#: here, to keep a 50-seat site's simulation within minutes).
+HISTORY_PERIODS = {7: 8, 30: 4}
 #: Reports of accepted history a report needs before its clean verdict is counted.
 MIN_HISTORY = 2
 
@@ -108,7 +119,7 @@ def simulate(seeds: Iterable[int], out: Path, cases: Sequence[str], *, progress:
 
 def simulate_site(seed: int, cases: Sequence[str], *, progress: bool = False) -> list[CaseRun]:
     prof = site_profile(np.random.default_rng(seed), f"site{seed}")
-    periods = 5 if prof.report_days == 7 else 3
+    periods = HISTORY_PERIODS[prof.report_days] + 1
     runs: list[CaseRun] = []
     with tempfile.TemporaryDirectory(dir=_fast_tmp()) as tmp:
         root = Path(tmp)
@@ -161,10 +172,15 @@ def prefix(h: InstanceHistory, n: int) -> InstanceHistory:
 def judge(
     h: InstanceHistory, index: int, peers: Sequence[InstanceHistory], th: ThresholdsConfig
 ) -> list[Anomaly]:
-    """Findings for report ``index`` as the vendor sees it at ingest: history up to it."""
+    """Findings for report ``index`` as the vendor sees it at ingest.
+
+    The history up to it, cut to the window ingest reads from its store
+    (:func:`ingest_view`, ADR 0038), so what is measured is what ingest judges.
+    """
     cut = h.reports[index].received_ms
     visible = [prefix(p, sum(1 for r in p.reports if r.received_ms <= cut)) for p in peers]
-    return detect(prefix(h, index + 1), [p for p in visible if p.reports], thresholds=th)
+    judged = ingest_view(prefix(h, index + 1))
+    return detect(judged, [p for p in visible if p.reports], thresholds=th)
 
 
 def alarms(found: Iterable[Anomaly]) -> set[str]:

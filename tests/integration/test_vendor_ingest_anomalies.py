@@ -19,7 +19,13 @@ from meterbox.ledger import LedgerWriter
 from meterbox.licenses import Feature, License, Meter
 from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit import keys as vendor_keys
-from meterbox.vendorkit.anomaly import INGEST_MIN_REPORTS, INGEST_WINDOW_MS, instance_history
+from meterbox.vendorkit.anomaly import (
+    INGEST_MIN_REPORTS,
+    INGEST_REPORTS,
+    INGEST_WINDOW_MS,
+    ingest_view,
+    instance_history,
+)
 from support.vendor_ingest import (
     SITE_START_MS,
     Site,
@@ -183,29 +189,45 @@ def test_interval_override_and_license_interval_for_lateness(
     assert anomalies(home, store_url, "--report-every-days", "1") == []
 
 
-def test_ingest_window_keeps_four_reports_of_a_monthly_reporter(
-    tmp_path: Path, store_url: str
+@pytest.mark.parametrize(("every_days", "reports"), [(30, 11), (7, 12)])
+def test_ingest_reads_the_window_the_evaluation_cuts(
+    tmp_path: Path, store_url: str, every_days: int, reports: int
 ) -> None:
-    """Eight weeks hold two monthly reports; the window keeps four, as for a weekly one."""
+    """The store's bounded read is the pure window of the whole history (one truth).
 
+    A monthly reporter's eight weeks hold two reports; the window keeps the last
+    INGEST_MIN_REPORTS whole, as eight weeks do for a weekly one. A lease checked out
+    before the window and released in the judged report is known, never lost.
+    """
     home = make_home(tmp_path)
     site = make_site(home, tmp_path / "ledger", [issue_weekly(home, store_url)])
-    for n in range(6):
+    site.checkout("held")
+    for n in range(reports - 1):
         busy_hour(site, f"L{n}")
         ingest_ok(home, site.export(tmp_path / f"r{n}.mbr"), store_url)
-        site.clock.advance(days(30))  # a month between reports
+        site.clock.advance(days(every_days))
     first_wall = site.clock.wall_ms()
-    busy_hour(site, "L6")
-    ingest_ok(home, site.export(tmp_path / "r6.mbr"), store_url)
+    busy_hour(site, "last")
+    site.release("held")
+    last = ingest_ok(home, site.export(tmp_path / "last.mbr"), store_url)
+    assert "anomaly.lease_unknown" not in codes(last)
     with VendorStore.open(store_url, home=home) as s, s.engine.connect() as conn:
         iid = site.writer.instance_id.hex()
-        since = first_wall - INGEST_WINDOW_MS
-        by_time = instance_history(conn, iid, license_id="lic_acme", since_ms=since)
-        kept = instance_history(
-            conn, iid, license_id="lic_acme", since_ms=since, min_reports=INGEST_MIN_REPORTS
+        whole = instance_history(conn, iid, license_id="lic_acme")
+        read = instance_history(
+            conn, iid, license_id="lic_acme", window=True, first_wall_ms=first_wall
         )
-    with_usage = [sum(e.kind == "usage" for e in r.events) > 0 for r in kept.reports[:-1]]
-    # By time alone, the reports before the last two lose their records.
-    assert sum(sum(e.kind == "usage" for e in r.events) > 0 for r in by_time.reports[:-1]) <= 2
-    assert with_usage[-INGEST_MIN_REPORTS:] == [True] * INGEST_MIN_REPORTS
-    assert with_usage[:-INGEST_MIN_REPORTS] == [False] * (6 - INGEST_MIN_REPORTS)
+    assert read == ingest_view(whole, first_wall)
+    assert len(read.reports) == min(reports, INGEST_REPORTS + 1)
+    with_usage = [any(e.kind == "usage" for e in r.events) for r in read.reports]
+    # The last INGEST_MIN_REPORTS before the judged one keep their records, older
+    # ones lose them (for the monthly reporter eight weeks alone would keep two).
+    kept = INGEST_MIN_REPORTS + 1
+    assert with_usage[-kept:] == [True] * kept
+    assert with_usage[:-kept] == [False] * (len(read.reports) - kept)
+    assert (
+        min(e.wall_ms for r in read.reports for e in r.events)
+        >= min(first_wall - INGEST_WINDOW_MS, read.reports[-kept - 1].created_ms) - MIN
+    )
+    assert "held" in read.known_leases
+    assert "held" not in whole.known_leases

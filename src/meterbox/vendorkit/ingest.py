@@ -122,9 +122,6 @@ from meterbox.vendorkit._redelivery import decide as decide_redelivery
 from meterbox.vendorkit._tpm_check import TpmReportCheck
 from meterbox.vendorkit._witness import WitnessCheck
 from meterbox.vendorkit.anomaly import (
-    INGEST_MIN_REPORTS,
-    INGEST_REPORTS,
-    INGEST_WINDOW_MS,
     Pending,
     ThresholdsConfig,
     detect,
@@ -586,7 +583,7 @@ def _judge(
             instance_hex,
             core.default_license,
             pending,
-            since_ms=None if core.first_wall is None else core.first_wall - INGEST_WINDOW_MS,
+            first_wall_ms=core.first_wall,
             policy=ctx.policy,
             so_far=findings,
         )
@@ -764,18 +761,17 @@ def anomaly_findings(
     license_id: str,
     pending: Pending,
     *,
-    since_ms: int | None = None,
+    first_wall_ms: int | None = None,
     policy: ClockCheckConfig | None = None,
     so_far: Sequence[Finding] = (),
 ) -> list[Finding]:
     """The anomaly detectors over the instance's stored history, judging ``pending``.
 
-    Runs inside the ingest transaction, after the report's rows are written. Bounded:
-    the last :data:`INGEST_REPORTS` reports, records dated from ``since_ms`` (ingest
-    passes :data:`INGEST_WINDOW_MS` before the report's earliest new record) or of the
-    last :data:`INGEST_MIN_REPORTS` accepted reports, whichever reaches further, usage
-    summed per minute. Clock checks are left out (ingest ran them on every
-    record); so are clone checks (:func:`check_clones` decides those, critically).
+    Runs inside the ingest transaction, after the report's rows are written. Bounded by
+    the ingest window (``meterbox.vendorkit.anomaly._window``, ADR 0038) around
+    ``first_wall_ms``, the report's earliest new record; usage summed per minute.
+    Clock checks are left out (ingest ran them on every record); so are clone checks
+    (:func:`check_clones` decides those, critically).
     ``so_far``: the findings ingest has made of this report; the clock and heartbeat
     ones are strands of combined evidence (ADR 0027 addendum).
     """
@@ -784,9 +780,8 @@ def anomaly_findings(
         instance_id,
         license_id=license_id,
         pending=pending,
-        max_reports=INGEST_REPORTS,
-        since_ms=since_ms,
-        min_reports=INGEST_MIN_REPORTS,
+        window=True,
+        first_wall_ms=first_wall_ms,
     )
     th = ThresholdsConfig() if policy is None else ThresholdsConfig(clock=policy)
     evidence = strands(((f.code, f.severity, f.message, f.seq) for f in so_far), instance_id)

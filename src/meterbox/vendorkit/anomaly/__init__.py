@@ -9,8 +9,10 @@ Public API::
     event_from_record                       a verified ledger record, reduced
     ThresholdsConfig, LearnedConfig               every tunable
     instance_history, Pending,              stored histories and the rows ingest adds to
-    INGEST_REPORTS, INGEST_WINDOW_MS,       them (for meterbox.vendorkit.ingest)
-    INGEST_MIN_REPORTS
+                                            them (for meterbox.vendorkit.ingest)
+    ingest_view, window_since,              the history ingest judges a report against
+    INGEST_REPORTS, INGEST_WINDOW_MS,       (one truth for ingest's read and the
+    INGEST_MIN_REPORTS                      evaluation's cut, ADR 0038)
 
 Cryptography proves what happened before the last receipt; after it, and against a
 customer who controls the machine, these detectors find *evidence*: silences, clock
@@ -35,13 +37,13 @@ from meterbox.vendorkit.anomaly._learned import LearnedConfig
 from meterbox.vendorkit.anomaly._learned import learned as _learned_detector
 from meterbox.vendorkit.anomaly._rules import CODES, RENAMED, Anomaly
 from meterbox.vendorkit.anomaly._rules import run_rules as _run_rules
-from meterbox.vendorkit.anomaly._store import (
+from meterbox.vendorkit.anomaly._store import Pending, histories, instance_history
+from meterbox.vendorkit.anomaly._window import (
     INGEST_MIN_REPORTS,
     INGEST_REPORTS,
     INGEST_WINDOW_MS,
-    Pending,
-    histories,
-    instance_history,
+    ingest_view,
+    window_since,
 )
 
 __all__ = [
@@ -62,7 +64,9 @@ __all__ = [
     "event_from_record",
     "histories",
     "strands",
+    "ingest_view",
     "instance_history",
+    "window_since",
 ]
 
 

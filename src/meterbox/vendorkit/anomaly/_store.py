@@ -15,9 +15,8 @@ Invariants:
   are skipped;
 * cost is bounded: usage reaches the detectors summed per minute and meter (an
   :class:`Event` with ``count`` and ``meter``), so a million-record report is at most
-  one event per minute of its span and meter; ingest reads at most
-  :data:`INGEST_REPORTS` reports and records dated at most :data:`INGEST_WINDOW_MS`
-  before the judged report's earliest new record;
+  one event per minute of its span and meter; ingest reads only the window of
+  :mod:`meterbox.vendorkit.anomaly._window` (one truth with the evaluation);
 * the store keeps microseconds; the detectors work in milliseconds, so every time is
   divided by 1000 here, exactly once;
 * leases checked out before the window and ended inside it are named in
@@ -47,15 +46,7 @@ from meterbox.vendorkit.anomaly._features import (
     ReportView,
     event_from_record,
 )
-
-#: Reports before the judged one that ingest reads (a quarter of weekly reports).
-INGEST_REPORTS: Final = 12
-#: Wall time before the judged report's first record that ingest reads...
-INGEST_WINDOW_MS: Final = 8 * 7 * DAY_MS
-#: ...or, when longer, the records of this many accepted reports before it: a monthly
-#: reporter's eight weeks hold only two reports, and history rules want as many
-#: reports as a weekly reporter's (time bounds the weekly case, count the monthly).
-INGEST_MIN_REPORTS: Final = 4
+from meterbox.vendorkit.anomaly._window import INGEST_REPORTS, window_since
 
 # A removal by the site administrator ends a lease like a release.
 _SEAT_KINDS: Final = {
@@ -118,29 +109,30 @@ def _report_rows(conn: Connection, instance_id: str) -> list[_Row]:
     return out
 
 
-def instance_history(  # noqa: PLR0913 - keyword-only bounds of one read
+def instance_history(
     conn: Connection,
     instance_id: str,
     *,
     license_id: str,
     customer: str = "",
     pending: Pending | None = None,
-    max_reports: int | None = None,
-    since_ms: int | None = None,
-    min_reports: int = 0,
+    window: bool = False,
+    first_wall_ms: int | None = None,
     report_every_ms: int | None = None,
 ) -> InstanceHistory:
-    """One instance's accepted reports (the last ``max_reports``, plus ``pending``).
+    """One instance's accepted reports (plus ``pending``, judged last).
 
-    ``since_ms`` drops records dated (site wall clock) before it, but never records of
-    the last ``min_reports`` accepted reports before the judged one; ``report_every_ms``
-    overrides the interval the licenses stated.
+    ``window``: read only what ingest judges the last report against
+    (:mod:`meterbox.vendorkit.anomaly._window`: the last
+    :data:`~meterbox.vendorkit.anomaly._window.INGEST_REPORTS` reports, records from
+    :func:`~meterbox.vendorkit.anomaly._window.window_since` of ``first_wall_ms``, the
+    judged report's earliest new record); the same history as
+    :func:`~meterbox.vendorkit.anomaly._window.ingest_view` of the whole one.
+    ``report_every_ms`` overrides the interval the licenses stated.
     """
     rows = _report_rows(conn, instance_id)
     if pending is not None:
         rows = [r for r in rows if r.digest != pending.digest]
-        if max_reports is not None:
-            rows = rows[-max_reports:]
         rows.append(
             _Row(
                 pending.digest,
@@ -152,12 +144,12 @@ def instance_history(  # noqa: PLR0913 - keyword-only bounds of one read
                 pending.grace_days,
             )
         )
-    elif max_reports is not None:
-        rows = rows[-(max_reports + 1) :]
     if not rows:
         return InstanceHistory(instance_id, license_id, customer, report_every_ms)
-    if since_ms is not None and min_reports > 0:
-        since_ms = _keep_reports(rows[:-1], since_ms, min_reports)
+    since_ms = None
+    if window:
+        rows = rows[-(INGEST_REPORTS + 1) :]
+        since_ms = window_since(first_wall_ms, [r.created_ms for r in rows[:-1]])
     lo = min(r.from_seq for r in rows)
     hi = max(r.head_seq for r in rows)
     since_us = None if since_ms is None else since_ms * 1000
@@ -200,18 +192,6 @@ def instance_history(  # noqa: PLR0913 - keyword-only bounds of one read
             q.checked_out_before(conn, instance_id, ended, ordered[0].seq if ordered else lo)
         ),
     )
-
-
-def _keep_reports(prior: list[_Row], since_ms: int, n: int) -> int | None:
-    """``since_ms`` lowered so the last ``n`` of ``prior`` keep every record.
-
-    A report's records follow the export of the report before it, so the window starts
-    at that export's creation time (site clock); ``None`` (no bound) when fewer than
-    ``n`` reports precede.
-    """
-    if len(prior) <= n:
-        return None
-    return min(since_ms, prior[-n - 1].created_ms)
 
 
 def _events(
