@@ -48,7 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,16 +158,7 @@ def simulate_site(seed: int, cases: Sequence[str], *, progress: bool = False) ->
 
 # ------------------------------------------------------------------- judging
 def prefix(h: InstanceHistory, n: int) -> InstanceHistory:
-    return InstanceHistory(
-        h.instance_id,
-        h.license_id,
-        h.customer,
-        h.report_every_ms,
-        h.grace_ms,
-        h.reports[:n],
-        h.known_leases,
-        h.license_issued_ms,
-    )
+    return replace(h, reports=h.reports[:n])
 
 
 def judge(

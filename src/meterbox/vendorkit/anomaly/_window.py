@@ -24,6 +24,7 @@ The bounds (ADR 0038):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Final
 
 from meterbox.vendorkit.anomaly._features import (
@@ -96,13 +97,4 @@ def ingest_view(h: InstanceHistory, first_wall_ms: int | None = None) -> Instanc
     first_seq = min((e.seq for e in events), default=min(r.from_seq for r in kept))
     ended = {e.lease for e in events if e.kind in (RENEW, RELEASE, EXPIRE) and e.lease}
     before = {e.lease for e in h.events if e.kind == CHECKOUT and e.seq < first_seq}
-    return InstanceHistory(
-        h.instance_id,
-        h.license_id,
-        h.customer,
-        h.report_every_ms,
-        h.grace_ms,
-        kept,
-        frozenset(ended & (before | h.known_leases)),
-        h.license_issued_ms,
-    )
+    return replace(h, reports=kept, known_leases=frozenset(ended & (before | h.known_leases)))

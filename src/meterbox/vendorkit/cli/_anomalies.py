@@ -9,6 +9,7 @@ reporting interval comes from the licenses the reports carried (stored at ingest
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,22 +26,14 @@ if TYPE_CHECKING:
 def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
     """Judge every report of every history, each with only what came before it."""
     # The detectors pull in the numerical libraries; `meterbox vendor --help` must not.
-    from meterbox.vendorkit.anomaly import InstanceHistory, detect
+    from meterbox.vendorkit.anomaly import detect
 
     out: list[Anomaly] = []
     for h in hists:
         peers = [p for p in hists if p.license_id == h.license_id and p is not h]
         same_customer = [p for p in hists if p.customer == h.customer and p is not h]
         for i in range(len(h.reports)):
-            prefix = InstanceHistory(
-                h.instance_id,
-                h.license_id,
-                h.customer,
-                h.report_every_ms,
-                h.grace_ms,
-                h.reports[: i + 1],
-                h.known_leases,
-            )
+            prefix = replace(h, reports=h.reports[: i + 1])
             cut = h.reports[i].received_ms
             out.extend(
                 detect(
@@ -53,17 +46,8 @@ def scan(hists: list[InstanceHistory]) -> list[Anomaly]:
 
 
 def _until(h: InstanceHistory, cut: int) -> InstanceHistory:
-    from meterbox.vendorkit.anomaly import InstanceHistory
-
-    return InstanceHistory(
-        h.instance_id,
-        h.license_id,
-        h.customer,
-        h.report_every_ms,
-        h.grace_ms,
-        tuple(r for r in h.reports if r.received_ms <= cut),
-        h.known_leases,
-    )
+    """``h`` as the vendor had it at ``cut``: the reports received by then."""
+    return replace(h, reports=tuple(r for r in h.reports if r.received_ms <= cut))
 
 
 @app.command("anomalies")
