@@ -34,7 +34,6 @@ from meterbox.vendorkit.anomaly._features import (
     RELEASE,
     RENEW,
     InstanceHistory,
-    ReportView,
 )
 
 #: Reports before the judged one that ingest reads (a quarter of weekly reports).
@@ -81,16 +80,7 @@ def ingest_view(h: InstanceHistory, first_wall_ms: int | None = None) -> Instanc
         first_wall_ms = min((e.wall_ms for e in judged.events), default=None)
     since = window_since(first_wall_ms, [r.created_ms for r in rows[:-1]])
     kept = tuple(
-        r
-        if since is None
-        else ReportView(
-            r.digest,
-            r.created_ms,
-            r.received_ms,
-            r.from_seq,
-            r.head_seq,
-            tuple(e for e in r.events if e.wall_ms >= since),
-        )
+        r if since is None else replace(r, events=tuple(e for e in r.events if e.wall_ms >= since))
         for r in rows
     )
     events = [e for r in kept for e in r.events]
