@@ -72,6 +72,10 @@ START_MS = 1_767_571_200_000
 ISSUED = datetime(2026, 1, 4, tzinfo=UTC)
 POLICY = ClockCheckConfig(heartbeat_interval_ms=TICK_MS)
 FEATURE = "cad"
+#: Feature names of sites whose teams use different features (one team per feature).
+FEATURES = ("cad", "sim", "cam")
+#: A team's use of its feature winds down over this long (people leave one by one).
+WIND_DOWN_MS = 8 * WEEK
 
 #: Attack classes. Each starts in the judged period (the last report period).
 ATTACKS = (
@@ -95,6 +99,8 @@ ATTACKS = (
     "under_report_50",
     "drop_meter",  # the smallest meter is never reported
     "selective_meter_50",  # one meter (the largest) reported at half
+    # A second copy that never reports; every user of one feature moves to it.
+    "clone_silent_feature",
 )
 
 #: Legitimate operations applied in the judged period (besides the background ones).
@@ -107,10 +113,28 @@ LEGIT = (
     "holiday",  # a week of closure, server left running
     "project_end",  # two thirds of the users leave for good
     "seasonal_growth",  # workload grows 40-80 % over the period
+    # One team's use of its feature winds down over WIND_DOWN_MS: its users leave one
+    # by one and do not come back (a project ends); sites with one feature have none.
+    "feature_wind_down",
 )
 ALL_CASES = (*LEGIT, *ATTACKS)
+#: Cases that need a site whose teams use two or more features.
+FEATURE_CASES = frozenset({"feature_wind_down", "clone_silent_feature"})
+#: Each case's random stream is its place here: cases added later come last, so every
+#: earlier case of a site draws what it drew before.
+STREAMS = (
+    *(c for c in ALL_CASES if c not in FEATURE_CASES),
+    "feature_wind_down",
+    "clone_silent_feature",
+)
 #: Extra report periods the clean continuation of a site lives, by reporting interval.
 CLEAN_EXTRA_PERIODS = {7: 4, 30: 1}
+#: Further report periods a feature case runs for, by reporting interval: the users
+#: who moved are seen gone for a month; a wind-down is seen to its end.
+FEATURE_EXTRA_PERIODS = {
+    "clone_silent_feature": {7: 3, 30: 1},
+    "feature_wind_down": {7: 8, 30: 2},
+}
 #: Further report periods clients patched to scale their amounts run for, by
 #: reporting interval in days: the vendor judges a month of their reports (ADR 0037).
 #: A weekly reporter's first week of 30 % less is within its honest week-to-week
@@ -141,6 +165,29 @@ class SiteProfile:
     batch_ticks: int
     restart_per_week: float
     rough_ntp: bool
+    #: (feature, team size) when the site's teams use different features; empty: every
+    #: seat is of :data:`FEATURE`.
+    features: tuple[tuple[str, int], ...] = ()
+
+    def feature_of(self, client: int) -> str:
+        """The feature client number ``client`` uses (teams in order)."""
+        for name, size in self.features:
+            if client < size:
+                return name
+            client -= size
+        return FEATURE
+
+
+def _teams(rng: np.random.Generator, seats: int) -> tuple[tuple[str, int], ...]:
+    """Two or three teams, each on its own feature, at 60 % of sites; at least one user each."""
+    if rng.random() >= 0.6:
+        return ()
+    n = 2 if seats < 3 or rng.random() < 0.6 else 3
+    raw = rng.dirichlet([2.0] * n) * (seats - n)
+    sizes = [1 + int(x) for x in raw]
+    for i in np.argsort(-(raw - np.floor(raw)))[: seats - sum(sizes)]:
+        sizes[int(i)] += 1
+    return tuple(zip(FEATURES, sizes, strict=False))
 
 
 def site_profile(rng: np.random.Generator, name: str) -> SiteProfile:
@@ -163,6 +210,8 @@ def site_profile(rng: np.random.Generator, name: str) -> SiteProfile:
         batch_ticks=int(rng.choice([3, 6, 12])),
         restart_per_week=float(rng.uniform(0.0, 0.5)),
         rough_ntp=bool(rng.random() < 0.3),
+        # Drawn last, so every other trait of a seed's site is what it was before.
+        features=_teams(rng, max(2, min(50, seats))),
     )
 
 
@@ -192,7 +241,10 @@ class Vendor:
             product="Solver",
             issued=ISSUED,
             vendor_key_id=signer.key_id.hex(),
-            features={FEATURE: Feature(profile.seats + 2, lease_seconds=3600)},
+            features={
+                name: Feature(size + 2, lease_seconds=3600)
+                for name, size in profile.features or ((FEATURE, profile.seats),)
+            },
             meters={m.name: Meter(None, "total") for m in profile.meters},
             report_every_days=profile.report_days,
             grace_days=3,
@@ -210,7 +262,11 @@ class Vendor:
 @dataclass
 class Client:
     client_id: str
+    feature: str = FEATURE
     lease: str | None = None
+    #: Moved to a second copy of the server (an attack), or left the site for good.
+    moved: bool = False
+    gone: bool = False
     #: Units metered but not yet flushed, per meter.
     pending: dict[str, int] = field(default_factory=dict)
     #: The latest ledger head each server handed this client (``Meterbox-Head``), kept
@@ -288,7 +344,7 @@ class SiteSim:
         self.periods = periods
         self.judged_from = START_MS + (periods - 1) * self.period_ms
         self.end = START_MS + periods * self.period_ms
-        self.clients = [Client(f"host-{i}") for i in range(profile.seats)]
+        self.clients = [Client(f"host-{i}", profile.feature_of(i)) for i in range(profile.seats)]
         self.main = self._new_server("main", self.now)
         self.others: list[Server] = []
         self.workload = 1.0
@@ -320,7 +376,7 @@ class SiteSim:
         child = copy.copy(self)
         child.root = root
         child.case = case
-        child.rng = np.random.default_rng([self.seed, ALL_CASES.index(case)])
+        child.rng = np.random.default_rng([self.seed, STREAMS.index(case)])
         child.clients = copy.deepcopy(self.clients)
         child.meter_scale = dict(self.meter_scale)
         child.holiday_days = set(self.holiday_days)
@@ -353,6 +409,9 @@ class SiteSim:
             child.plan["at"] = child.now
         if case.startswith("under_report_"):
             child.end += PATCHED_EXTRA_PERIODS[self.profile.report_days] * self.period_ms
+        if case in FEATURE_CASES:
+            extra = FEATURE_EXTRA_PERIODS[case][self.profile.report_days]
+            child.end += extra * self.period_ms
         return child
 
     def stop_all(self) -> None:
@@ -559,7 +618,7 @@ class SiteSim:
     async def _come(self, server: Server, c: Client) -> None:
         svc = await self._witness(server, c)
         try:
-            d = await svc.checkout(FEATURE, c.client_id)
+            d = await svc.checkout(c.feature, c.client_id)
             c.lease = d.lease.lease_id
             self._keep_head(server, c)
         except MeterboxError:
@@ -607,9 +666,9 @@ class SiteSim:
         return 1.0
 
     def _belongs(self, c: Client, server: Server) -> bool:
-        if server is self.main:
-            return not getattr(c, "moved", False)
-        return bool(getattr(c, "moved", False))
+        if c.gone:
+            return False
+        return c.moved != (server is self.main)
 
     def _work(self, c: Client) -> None:
         hours = TICK_MS / HOUR
@@ -742,6 +801,10 @@ class SiteSim:
             self.users = 1 / 3
         elif k == "seasonal_growth":
             self.plan["grow"] = float(rng.uniform(0.4, 0.8))
+        elif k == "feature_wind_down":
+            ending = self._pick_feature()
+            team = [i for i, c in enumerate(self.clients) if c.feature == ending]
+            self.plan["leave"] = sorted((at + int(rng.integers(0, WIND_DOWN_MS)), i) for i in team)
         else:
             await self._begin_attack()
 
@@ -774,6 +837,15 @@ class SiteSim:
             clone = self._new_server("clone", main.clock.wall_ms(), copy_of=main.data)
             self._move_half()
             self.others.append(clone)
+        elif k == "clone_silent_feature":
+            clone = self._new_server("clone", main.clock.wall_ms(), copy_of=main.data)
+            moving = self._pick_feature()
+            for c in self.clients:
+                if c.feature == moving:
+                    c.moved = True
+                    c.lease = None
+                    c.pending.clear()
+            self.others.append(clone)
         elif k == "clone_fresh_backdated":
             back = int(rng.integers(30, 200)) * DAY
             clone = self._new_server("fresh", ISSUED_MS - back)
@@ -791,9 +863,15 @@ class SiteSim:
             big = max(self.profile.meters, key=lambda m: m.rate)
             self.meter_scale[big.name] = 0.5
 
+    def _pick_feature(self) -> str:
+        """The feature a feature case is about: one of the site's, at random."""
+        names = [name for name, _ in self.profile.features]
+        self.plan["feature"] = names[int(self.rng.integers(0, len(names)))]
+        return str(self.plan["feature"])
+
     def _move_half(self) -> None:
         for c in self.clients[::2]:
-            c.moved = True  # type: ignore[attr-defined]
+            c.moved = True
             c.lease = None
             c.pending.clear()
 
@@ -839,6 +917,12 @@ class SiteSim:
                 self._take_snapshot(self.main, self.root / "snapshot", "stopped" in k)
             return
         k, plan, main = self.case, self.plan, self.main
+        while plan.get("leave") and self.now >= plan["leave"][0][0]:
+            # One more of the team leaves for good: logs off first, if at work.
+            c = self.clients[plan["leave"].pop(0)[1]]
+            if c.lease is not None and main.up and self._belongs(c, main):
+                await self._leave(main, c)
+            c.gone = True
         if "ntp_fix" in plan and self.now >= plan["ntp_fix"][0]:
             self._step_clock(main, plan.pop("ntp_fix")[1])
         if "grow" in plan:
@@ -904,6 +988,7 @@ def histories(sim: SiteSim) -> Iterator[InstanceHistory]:
 
 __all__ = [
     "ATTACKS",
+    "FEATURE_CASES",
     "LEGIT",
     "SiteProfile",
     "SiteSim",

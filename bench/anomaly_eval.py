@@ -55,7 +55,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server_sim import ATTACKS, LEGIT, POLICY, SiteSim, Vendor, histories, site_profile
+from _server_sim import (
+    ATTACKS,
+    FEATURE_CASES,
+    LEGIT,
+    POLICY,
+    SiteSim,
+    Vendor,
+    histories,
+    site_profile,
+)
 from meterbox.vendorkit.anomaly import (
     Anomaly,
     InstanceHistory,
@@ -105,6 +114,10 @@ class CaseRun:
     ingest: dict[str, list[tuple[str, str]]]
     #: snapshot_stopped_quiet: whether the restore found no seat out (None elsewhere).
     quiet: bool | None = None
+    #: Team sizes, one per feature, of a site whose teams use different features.
+    teams: tuple[int, ...] = ()
+    #: A feature case: the size of the team whose feature it is about.
+    team: int | None = None
 
 
 def simulate(seeds: Iterable[int], out: Path, cases: Sequence[str], *, progress: bool) -> None:
@@ -131,6 +144,8 @@ def simulate_site(seed: int, cases: Sequence[str], *, progress: bool = False) ->
         if progress:
             print(f"seed {seed} {prof} history {time.monotonic() - t0:.0f}s", file=sys.stderr)
         for case in cases:
+            if case in FEATURE_CASES and len(prof.features) < 2:
+                continue  # a site with one feature has no team of its own to lose
             t0 = time.monotonic()
             sim = base.fork(case, root / case).run()
             hs = list(histories(sim))
@@ -147,6 +162,8 @@ def simulate_site(seed: int, cases: Sequence[str], *, progress: bool = False) ->
                     set(sim.attacked),
                     dict(sim.ingest_findings),
                     sim.plan.get("quiet"),
+                    tuple(size for _, size in prof.features),
+                    dict(prof.features).get(sim.plan.get("feature", "")),
                 )
             )
             shutil.rmtree(root / case)
@@ -201,6 +218,8 @@ class Tally:
     #: Per case: flagged by the first report written after the attack began (or a
     #: second server's report the vendor had by then).
     first: dict[str, list[bool]] = field(default_factory=dict)
+    #: Feature cases: (size of the team whose feature it is about, flagged).
+    teams: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
 
     def add(self, case: str, hit: bool, codes: set[str], info: set[str]) -> None:
         self.cases.setdefault(case, []).append(hit)
@@ -224,6 +243,8 @@ class Tally:
         self.quiet.extend(other.quiet)
         for case, hits in other.first.items():
             self.first.setdefault(case, []).extend(hits)
+        for case, rows in other.teams.items():
+            self.teams.setdefault(case, []).extend(rows)
 
     def rate(self, case: str) -> float:
         hits = self.cases.get(case, [])
@@ -253,6 +274,13 @@ class Tally:
             "attacks_first_report": {c: row(v) for c, v in self.first.items() if c in ATTACKS},
             "codes": {c: dict(v) for c, v in self.codes.items()},
             "info_codes": {c: dict(v) for c, v in self.info_codes.items()},
+            "by_team_size": {
+                case: {
+                    label: row([hit for size, hit in rows if lo <= size <= hi])
+                    for label, lo, hi in (("1", 1, 1), ("2-3", 2, 3), ("4+", 4, 10**6))
+                }
+                for case, rows in self.teams.items()
+            },
             "quiet_restores": {
                 "n": len(self.quiet),
                 "no_seat_out": sum(q for q, _ in self.quiet),
@@ -278,14 +306,14 @@ def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None
     if run.case == "clean":
         for i in range(MIN_HISTORY, len(main.reports)):
             found = judge(main, i, run.others, th)
-            codes = alarms(found) | ingest_alarms(run, main.reports[i].digest)
+            flagged = alarms(found) | ingest_alarms(run, main.reports[i].digest)
             tally.clean_judged += 1
             slot = tally.by_period.setdefault(period, [0, 0])
             slot[1] += 1
-            if codes:
+            if flagged:
                 tally.clean_flagged += 1
                 slot[0] += 1
-                tally.clean_codes.update(codes)
+                tally.clean_codes.update(flagged)
     judged = sorted(run.attacked) or [len(main.reports) - 1]
     codes: set[str] = set()
     info: set[str] = set()
@@ -307,6 +335,8 @@ def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None
     tally.first.setdefault(run.case, []).append(first)
     if run.quiet is not None:
         tally.quiet.append((run.quiet, bool(codes)))
+    if run.team is not None:
+        tally.teams.setdefault(run.case, []).append((run.team, bool(codes)))
 
 
 class _Unpickler(pickle.Unpickler):

@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from _server_sim import MeterProfile, SiteProfile, SiteSim, Vendor, histories
 from meterbox.ledger import RecordType
-from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect
+from meterbox.vendorkit import VendorStore
+from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect, instance_history
 from meterbox.vendorkit.anomaly import _rules as R
-from meterbox.vendorkit.anomaly._features import UNKNOWN_LEASE
+from meterbox.vendorkit.anomaly._features import UNKNOWN_LEASE, lease_spans, seat_time_in
 from meterbox.vendorkit.clockcheck import ClockCheckConfig
 
 SITE = SiteProfile(
@@ -225,3 +226,73 @@ def test_one_meter_reported_at_half_is_a_meter_mix_warning(
         h = dataclasses.replace(clean, reports=clean.reports[: i + 1])
         assert R.meter_mix(h, TH) == [], i
         assert alarms(last(h)) == set(), i
+
+
+#: Twenty-four seats, two teams of twelve, each on its own feature: a team of a few
+#: people stopping looks like their week off (ADR 0039).
+TEAMS_SITE = dataclasses.replace(SITE, name="teams", seats=24, features=(("cad", 12), ("sim", 12)))
+
+
+@pytest.fixture(scope="module")
+def teams_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
+    root = tmp_path_factory.mktemp("teams")
+    sim = SiteSim(root / "base", Vendor.create(root), TEAMS_SITE, 13, periods=5)
+    sim.run_history()
+    yield sim
+    sim.stop_all()
+
+
+def test_the_server_names_each_checkouts_feature_and_the_store_keeps_it(
+    teams_base: SiteSim, tmp_path: Path
+) -> None:
+    """Seat time per feature, from the verified records and from the vendor store, agree."""
+    sim = teams_base.fork("clean", tmp_path / "clean").run()
+    main, *_ = histories(sim)
+    seen = {e.feature for e in main.events if e.kind == "seat.checkout"}
+    assert seen == {"cad", "sim"}
+    store = VendorStore.open(sim.vendor.store_url)
+    try:
+        with store.engine.connect() as conn:
+            stored = instance_history(conn, main.instance_id, license_id=sim.license_id)
+    finally:
+        store.close()
+    ours = seat_time_in(lease_spans(list(main.events))[0])
+    theirs = seat_time_in(lease_spans(list(stored.events))[0])
+    assert {f: t.ms for f, t in ours.items()} == {f: t.ms for f, t in theirs.items()}
+    for i in range(2, len(main.reports)):
+        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        assert [a for a in R.feature_mix(h, TH) if a.severity != "info"] == [], i
+
+
+def test_one_features_users_moved_to_a_silent_copy_is_a_feature_mix_warning(
+    teams_base: SiteSim, tmp_path: Path
+) -> None:
+    """Every user of one feature works on a copy that never reports: that feature's seat
+    time leaves the reports at once, the other team's stays; ingest finds it too."""
+    sim = teams_base.fork("clone_silent_feature", tmp_path / "moved").run()
+    main, *_ = histories(sim)
+    moved = sim.plan["feature"]
+    hits = []
+    for i in sorted(sim.attacked):
+        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        hits += [a for a in R.feature_mix(h, TH) if a.severity == "warning"]
+    assert hits and f"{moved!r}" in hits[0].message and "Ask the customer" in hits[0].message
+    assert any(
+        (R.FEATURE_MIX, "warning") in sim.ingest_findings[main.reports[i].digest[:16]]
+        for i in sim.attacked
+    )
+
+
+def test_a_team_winding_down_its_feature_over_weeks_raises_no_warning(
+    teams_base: SiteSim, tmp_path: Path
+) -> None:
+    """Twelve users leave one by one over eight weeks: the share falls, never stops at once."""
+    sim = teams_base.fork("feature_wind_down", tmp_path / "wind").run()
+    main, *_ = histories(sim)
+    assert not [c for c in sim.clients if c.feature == sim.plan["feature"] and not c.gone]
+    for i in sorted(sim.attacked):
+        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        warned = [a for a in R.feature_mix(h, TH) if a.severity != "info"]
+        assert warned == [], (i, warned)
+        at_ingest = sim.ingest_findings[main.reports[i].digest[:16]]
+        assert (R.FEATURE_MIX, "warning") not in at_ingest, (i, at_ingest)

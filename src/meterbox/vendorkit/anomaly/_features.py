@@ -16,7 +16,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from meterbox.vendorkit.clockcheck import ClockCheckConfig, clock_step_ms, receipt_vendor_ms
@@ -65,6 +65,8 @@ class Event:
     count: int = 1
     #: The meter of a usage record ("" when the source summed meters together).
     meter: str = ""
+    #: The feature a checkout took a seat of ("" elsewhere, or when not stated).
+    feature: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,9 @@ class ThresholdsConfig:
     #: the site's other meters (:data:`~._rules.METER_MIX`), beyond sampling noise;
     #: weighed like ``rate_sigma_prior``.
     mix_sigma_prior: float = 0.15
+    #: The same for a feature's log share of the site's seat time against its other
+    #: features (:data:`~._rules.FEATURE_MIX`): teams' weeks vary more than jobs' mix.
+    feature_sigma_prior: float = 0.20
     #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
     rate_min_seat_hours: float = 20.0
     #: The most recent slices of accepted history the baseline is taken from.
@@ -197,7 +202,15 @@ def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: 
         )
     if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE, UNKNOWN_LEASE):
         lease = p.get("i", "")
-        return Event(seq, kind, wall_ms, mono_ms, lease=lease if isinstance(lease, str) else "")
+        f = p.get("f", "") if kind == CHECKOUT else ""
+        return Event(
+            seq,
+            kind,
+            wall_ms,
+            mono_ms,
+            lease=lease if isinstance(lease, str) else "",
+            feature=f if isinstance(f, str) else "",
+        )
     if kind == HEARTBEAT:
         n = p.get("n", -1)
         return Event(seq, kind, wall_ms, mono_ms, in_use=n if isinstance(n, int) else -1)
@@ -249,6 +262,79 @@ def hourly(events: Sequence[Event], open_leases: Iterable[str] = ()) -> tuple[Ho
         elif e.kind in (RELEASE, EXPIRE):
             live.pop(e.lease, None)
     return out, set(live)
+
+
+@dataclass(frozen=True, slots=True)
+class SeatTime:
+    """Seat time of one feature over one span: its sum, the sum of its sessions' squares
+    (each lease's time within the span is one session), how many sessions, and the most
+    seats held at once (about how many people use the feature)."""
+
+    ms: int = 0
+    sq: int = 0
+    sessions: int = 0
+    peak: int = 0
+
+    def plus(self, piece_ms: int) -> SeatTime:
+        return SeatTime(
+            self.ms + piece_ms, self.sq + piece_ms * piece_ms, self.sessions + 1, self.peak
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSpan:
+    """The wall time one lease held a seat of ``feature``: [start_ms, end_ms]."""
+
+    feature: str
+    start_ms: int
+    end_ms: int
+
+
+def lease_spans(
+    events: Sequence[Event], open_leases: Mapping[str, str] | None = None
+) -> tuple[list[LeaseSpan], dict[str, str]]:
+    """Every lease's seat time over ``events``; returns the leases still open (lease: feature).
+
+    A lease counts from its checkout (or the first record, for ``open_leases``, leases
+    open when the span begins, each with its feature) to its release or expiry, or to the
+    last record; time follows the latest wall time seen, as :func:`hourly` does, so a
+    clock set back adds no seat time. Leases whose feature is not known count under "".
+    """
+    start = events[0].wall_ms if events else 0
+    live = {k: (f, start) for k, f in (open_leases or {}).items()}
+    out: list[LeaseSpan] = []
+    last = start
+    for e in events:
+        last = max(last, e.wall_ms)
+        if e.kind == CHECKOUT:
+            live.setdefault(e.lease, (e.feature, last))
+        elif e.kind in (RELEASE, EXPIRE) and e.lease in live:
+            f, since = live.pop(e.lease)
+            out.append(LeaseSpan(f, since, last))
+    out.extend(LeaseSpan(f, since, last) for f, since in live.values())
+    return out, {k: f for k, (f, _) in live.items()}
+
+
+def seat_time_in(
+    spans: Iterable[LeaseSpan], start_ms: int | None = None, end_ms: int | None = None
+) -> dict[str, SeatTime]:
+    """Seat time per feature within [start_ms, end_ms) (unbounded where None): each
+    lease's time inside it is one session."""
+    out: dict[str, SeatTime] = {}
+    edges: dict[str, list[tuple[int, int]]] = {}
+    for s in spans:
+        a = s.start_ms if start_ms is None else max(s.start_ms, start_ms)
+        b = s.end_ms if end_ms is None else min(s.end_ms, end_ms)
+        if b > a:
+            out[s.feature] = out.get(s.feature, SeatTime()).plus(b - a)
+            edges.setdefault(s.feature, []).extend(((a, 1), (b, -1)))
+    for f, marks in edges.items():
+        held = peak = 0
+        for _, step in sorted(marks):  # a seat released at t is free for one taken at t
+            held += step
+            peak = max(peak, held)
+        out[f] = replace(out[f], peak=peak)
+    return out
 
 
 def _add_seat_time(acc: dict[int, int], start: int, end: int, seats: int) -> None:

@@ -46,10 +46,14 @@ from meterbox.vendorkit.anomaly._features import (
     WEEK_HOURS,
     Event,
     InstanceHistory,
+    LeaseSpan,
     ReportView,
+    SeatTime,
     ThresholdsConfig,
     hour_of_week,
     hourly,
+    lease_spans,
+    seat_time_in,
 )
 
 Severity = Literal["critical", "warning", "info"]
@@ -64,6 +68,7 @@ DOWNTIME: Final = "anomaly.downtime"
 BEFORE_ISSUE: Final = "anomaly.before_issue"
 METER_RATE: Final = "anomaly.meter_rate"
 METER_MIX: Final = "anomaly.meter_mix"
+FEATURE_MIX: Final = "anomaly.feature_mix"
 COMBINED: Final = "anomaly.combined"
 
 #: Clock rules that lived here before the single implementation in
@@ -97,6 +102,8 @@ CODES: Final[dict[str, str]] = {
     METER_RATE: "one meter's usage per seat-hour fell out of line with its own history",
     METER_MIX: "one meter's share of usage, against the site's other meters, fell out of "
     "line with its own history",
+    FEATURE_MIX: "one feature's share of seat time, against the site's other features, "
+    "fell at once out of line with its own history",
     COMBINED: "independent kinds of evidence in one report (stops, usage, clock, lost "
     "records) that no routine operation produces together",
     **{old: f"{clockcheck.CODES[new]} (now reported as {new})" for old, new in RENAMED.items()},
@@ -752,23 +759,14 @@ def meter_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
             mine, rest = _split(x.per_meter, m)
             if mine[0] > 0 and rest[0] > 0:
                 hist.append((math.log(mine[0] / rest[0]), _rel_var(mine) + _rel_var(rest)))
-        n = len(hist)
         mine, rest = _split(now.per_meter, m)
-        if n < th.min_history_slices or mine[0] <= 0 or rest[0] <= 0:
+        if len(hist) < th.min_history_slices or mine[0] <= 0 or rest[0] <= 0:
             continue
-        logs = [x for x, _ in hist]
-        base = statistics.median(logs)
-        noise = statistics.fmean(v for _, v in hist)
-        drift = max(0.0, _spread(logs, base) ** 2 - noise)
-        k = th.rate_prior_weight
-        drift_var = (k * th.mix_sigma_prior**2 + n * drift) / (k + n)
         now_var = _rel_var(mine) + _rel_var(rest)
-        sd = math.sqrt(drift_var + (drift_var + noise) * math.pi / (2 * n) + now_var)
-        log_now = math.log(mine[0] / rest[0])
-        z = (log_now - base) / sd
-        drop = 1 - math.exp(log_now - base)
-        if z > -z_limit or drop < th.rate_floor:
+        mix = _mix_drop(hist, math.log(mine[0] / rest[0]), now_var, th.mix_sigma_prior, th)
+        if mix.z > -z_limit or mix.drop < th.rate_floor:
             continue
+        base, z, drop = mix.base, mix.z, mix.drop
         share, usual = mine[0] / (mine[0] + rest[0]), math.exp(base) / (1 + math.exp(base))
         out.append(
             Anomaly(
@@ -791,6 +789,330 @@ def meter_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
             )
         )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Mix:
+    """A share judged against its history: the baseline log ratio, the deviations and
+    relative drop of the judged one, and the variance of the mix's drift."""
+
+    base: float
+    z: float
+    drop: float
+    drift_var: float
+
+
+def _mix_drop(
+    hist: Sequence[tuple[float, float]],
+    log_now: float,
+    now_var: float,
+    sigma_prior: float,
+    th: ThresholdsConfig,
+) -> _Mix:
+    """A log ratio against slices of history, each ``(log ratio, its sampling variance)``.
+
+    The spread has three parts, each with a floor: the slices' drift net of their own
+    sampling noise, pooled with ``sigma_prior`` worth ``rate_prior_weight`` slices; the
+    median's own uncertainty (``pi / 2n`` times drift plus sampling variance); and the
+    judged ratio's sampling variance ``now_var``.
+    """
+    n = len(hist)
+    logs = [x for x, _ in hist]
+    base = statistics.median(logs)
+    noise = statistics.fmean(v for _, v in hist)
+    drift = max(0.0, _spread(logs, base) ** 2 - noise)
+    k = th.rate_prior_weight
+    drift_var = (k * sigma_prior**2 + n * drift) / (k + n)
+    sd = math.sqrt(drift_var + (drift_var + noise) * math.pi / (2 * n) + now_var)
+    return _Mix(base, (log_now - base) / sd, 1 - math.exp(log_now - base), drift_var)
+
+
+def feature_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
+    """One feature's share of the site's seat time far below its usual share, at once.
+
+    Users of one feature moved to a copy of the server that does not report take that
+    feature's seat time out of the reports while the site's other features go on: the
+    feature's ratio to the rest of the site's seat time falls, whatever the site's
+    workload did that week (which moves every feature together and cancels in the ratio).
+
+    Judged like :func:`meter_mix` (:func:`_mix_drop`: the median log ratio over slices
+    of history, here ``slice_ms`` of wall time counted back from the judged report's
+    first record, with drift pooled with ``feature_sigma_prior``), with seat time in
+    place of usage: its sampling unit is a session (one lease's time in the span), so
+    the relative variance of a feature's seat time is ``sum(session^2) /
+    sum(session)^2``. A feature with no seat time in a span counts half a session of its
+    usual length, as noisy as one session. The threshold is raised for the number of
+    features judged (Bonferroni).
+
+    The finding is a ``warning`` only when the feature's use stopped at once
+    (:func:`_stopped_at_once`); otherwise it is ``info``: a share that fell over weeks,
+    or fell to less, is what a team winding down its use leaves (people leave one by
+    one, a project ends), and a move done in steps, or of part of a team, leaves that
+    same trace, which the threat model says.
+    """
+    report = _judged(h)
+    if report is None or not report.events or len(h.reports) - 1 < th.min_history_reports:
+        return []
+    spans, _ = lease_spans(list(h.events), dict.fromkeys(h.known_leases, ""))
+    start = min(e.wall_ms for r in h.reports[:-1] for e in r.events) if h.reports[0].events else 0
+    r0 = min(e.wall_ms for e in report.events)
+    now = seat_time_in(spans, r0)
+    if _seat_hours(now) < th.rate_min_seat_hours:
+        return []
+    past: list[dict[str, SeatTime]] = []
+    ends: list[int] = []
+    end = r0
+    while end - th.slice_ms >= start and len(past) < th.rate_window:
+        x = seat_time_in(spans, end - th.slice_ms, end)
+        if _seat_hours(x) >= th.rate_min_seat_hours:
+            past.insert(0, x)
+            ends.insert(0, end)
+        end -= th.slice_ms
+    features = sorted(f for f in {k for x in past for k in x} if f)
+    if len(features) < 2 or len(past) < max(th.min_history_slices, 2):
+        return []
+    z_limit = _z_for(_tail(th.rate_z) / len(features))
+    out: list[Anomaly] = []
+    for f in features:
+        base = _FeatureBase.of(f, past, ends)
+        now_ratio = base.ratio(now)
+        if len(base.hist) < th.min_history_slices or now_ratio is None:
+            continue
+        mix = base.judge(now_ratio, th)
+        if mix.z > -z_limit or mix.drop < th.rate_floor:
+            continue
+        last = max(e.wall_ms for e in report.events)
+        at_once = _stopped_at_once(spans, base, r0, last, mix.drift_var, z_limit, th)
+        out.append(_feature_finding(h, report, f, now, mix, at_once=at_once))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _FeatureBase:
+    """One feature's baseline: the slices of history, when each ends, and per slice
+    the feature's (log ratio, variance) against the other features (None if undefined)."""
+
+    feature: str
+    past: list[dict[str, SeatTime]]
+    ends: list[int]
+    ratios: list[tuple[float, float] | None]
+
+    @classmethod
+    def of(cls, feature: str, past: list[dict[str, SeatTime]], ends: list[int]) -> _FeatureBase:
+        return cls(feature, past, ends, [_seat_ratio(x, feature) for x in past])
+
+    @property
+    def hist(self) -> list[tuple[float, float]]:
+        return [r for r in self.ratios if r is not None]
+
+    def ratio(self, times: dict[str, SeatTime]) -> tuple[float, float] | None:
+        return _seat_ratio(times, self.feature, hist_of=self.past)
+
+    def judge(self, ratio: tuple[float, float], th: ThresholdsConfig) -> _Mix:
+        return _mix_drop(self.hist, *ratio, th.feature_sigma_prior, th)
+
+    def falling(self, until_ms: int, th: ThresholdsConfig) -> bool:
+        """Whether the history up to ``until_ms`` trends down, in the feature's share
+        or in its own seat time: the weighted least-squares slope over the slices is
+        ``weak_rate_z`` below zero (:func:`_trend_z`). A team winding down shows it
+        over weeks; a flat history that steps down does not (the slice the step began
+        in is left out by ``until_ms``). Its own seat time counts too, because a share
+        against a small other feature is too noisy to show what a large team's hours
+        show."""
+        share, own = [], []
+        for i, (times, ratio, end) in enumerate(
+            zip(self.past, self.ratios, self.ends, strict=True)
+        ):
+            if end > until_ms:
+                continue
+            if ratio is not None:
+                share.append((float(i), *ratio))
+            t = times.get(self.feature, SeatTime())
+            if t.ms > 0:
+                own.append((float(i), math.log(t.ms), t.sq / t.ms**2))
+        return min(_trend_z(share, th), _trend_z(own, th)) <= -th.weak_rate_z
+
+    def in_line(self, ratio: tuple[float, float], th: ThresholdsConfig) -> bool:
+        """Not below the baseline by more than the prior drift and the span's own
+        sampling noise allow (``weak_rate_z``): neither below the median of every slice
+        nor below that of the older half. The history's spread is left out, and the
+        older half is there, because a wind-down inside the history widens the one and
+        lowers the median, and would pass its own weeks as in line."""
+        logs = [x for x, _ in self.hist]
+        sd = math.sqrt(th.feature_sigma_prior**2 + ratio[1])
+        older = logs[: max(1, len(logs) // 2)]
+        base = max(statistics.median(logs), statistics.median(older))
+        return (ratio[0] - base) / sd > -th.weak_rate_z
+
+
+def _stopped_at_once(
+    spans: Sequence[LeaseSpan],
+    base: _FeatureBase,
+    r0: int,
+    r1: int,
+    drift_var: float,
+    z_limit: float,
+    th: ThresholdsConfig,
+) -> bool:
+    """Whether the feature's use stopped at once and stayed stopped to the report's end.
+
+    An *after* span runs from a cut to the end of the judged report: the report's start,
+    or (a monthly report) each ``slice_ms`` into it that leaves a whole slice after.
+    The use stopped at once when, for some cut,
+
+    * the feature has no seat time at all in the after span, and that is out of line
+      against the baseline (``z_limit``; no use counts half of one person's usual
+      week, with half a person's variance: a small team's week off is not a stop);
+    * a *before* span of two slices, ending at the cut or one slice earlier (the week
+      of a move is half gone), was in line with the baseline
+      (:meth:`_FeatureBase.in_line`), the history up to it does not trend down
+      (:meth:`_FeatureBase.falling`), and the after span is out of line against it
+      too (``z_limit`` of both spans' noise and the history's drift).
+
+    A fall to less, however steep, is no stop: a team winding down loses several
+    people in one week often enough (three of six within a fortnight of an eight-week
+    wind-down, about one time in two), and users moved to a copy take all of theirs.
+    """
+    two = 2 * th.slice_ms
+    cut = r0
+    while cut == r0 or r1 - cut >= th.slice_ms:
+        times = seat_time_in(spans, cut)
+        after = base.ratio(times)
+        stopped = times.get(base.feature, SeatTime()).ms == 0
+        if stopped and after is not None and _out_of_line(base.judge(after, th), z_limit, th):
+            for gap in (0, th.slice_ms):
+                before = base.ratio(seat_time_in(spans, cut - gap - two, cut - gap))
+                if before is None or not base.in_line(before, th) or base.falling(cut - gap, th):
+                    continue
+                if _z_between(before, after, drift_var) <= -z_limit:
+                    return True
+        cut += th.slice_ms
+    return False
+
+
+def _out_of_line(mix: _Mix, z_limit: float, th: ThresholdsConfig) -> bool:
+    return mix.z <= -z_limit and mix.drop >= th.rate_floor
+
+
+def _trend_z(points: Sequence[tuple[float, float, float]], th: ThresholdsConfig) -> float:
+    """The slope of ``(slice index, log value, sampling variance)`` points, in standard
+    deviations (weighted least squares, each point's variance its own plus the prior
+    drift ``feature_sigma_prior``); 0 with fewer than three points."""
+    if len(points) < 3:
+        return 0.0
+    w = [1 / (th.feature_sigma_prior**2 + v) for _, _, v in points]
+    sw = sum(w)
+    mx = sum(wi * x for wi, (x, _, _) in zip(w, points, strict=True)) / sw
+    my = sum(wi * y for wi, (_, y, _) in zip(w, points, strict=True)) / sw
+    sxx = sum(wi * (x - mx) ** 2 for wi, (x, _, _) in zip(w, points, strict=True))
+    sxy = sum(wi * (x - mx) * (y - my) for wi, (x, y, _) in zip(w, points, strict=True))
+    return sxy / math.sqrt(sxx)
+
+
+def _z_between(a: tuple[float, float], b: tuple[float, float], drift_var: float) -> float:
+    """Deviations of log ratio ``b`` from ``a``, each with its sampling variance."""
+    return (b[0] - a[0]) / math.sqrt(drift_var + a[1] + b[1])
+
+
+def _seat_hours(times: dict[str, SeatTime]) -> float:
+    return sum(t.ms for t in times.values()) / HOUR_MS
+
+
+def _sum_seat_time(spans: Sequence[dict[str, SeatTime]]) -> dict[str, SeatTime]:
+    """Seat time per feature over consecutive spans (the most seats at once of any)."""
+    out: dict[str, SeatTime] = {}
+    for times in spans:
+        for f, t in times.items():
+            o = out.get(f, SeatTime())
+            out[f] = SeatTime(
+                o.ms + t.ms, o.sq + t.sq, o.sessions + t.sessions, max(o.peak, t.peak)
+            )
+    return out
+
+
+#: The relative variance of one person's week of seat time (a week off, a busy week).
+_PERSON_VAR: Final = 0.25
+
+
+def _seat_var(t: SeatTime) -> float:
+    """Relative sampling variance of seat time: its sessions', and never less than its
+    people's (people come and go, not sessions: ``_PERSON_VAR`` over the most seats
+    held at once, about how many people use the feature)."""
+    return max(t.sq / t.ms**2, _PERSON_VAR / max(1, t.peak))
+
+
+def _seat_ratio(
+    times: dict[str, SeatTime], feature: str, hist_of: Sequence[dict[str, SeatTime]] = ()
+) -> tuple[float, float] | None:
+    """(log of ``feature``'s seat time over the other named features', its sampling
+    variance), or None if the other features had none. With ``hist_of`` (the history),
+    a feature with no seat time counts half of one person's usual week, with the
+    variance of half a person (:func:`_seat_var`'s floor)."""
+    others = [v for k, v in times.items() if k and k != feature]
+    rest = SeatTime(
+        sum(t.ms for t in others),
+        sum(t.sq for t in others),
+        sum(t.sessions for t in others),
+        sum(t.peak for t in others),
+    )
+    if rest.ms <= 0:
+        return None
+    mine = times.get(feature, SeatTime())
+    if mine.ms > 0:
+        return math.log(mine.ms / rest.ms), _seat_var(mine) + _seat_var(rest)
+    weeks = [x[feature] for x in hist_of if x.get(feature, SeatTime()).ms > 0]
+    if not weeks:
+        return None
+    per_person = statistics.fmean(t.ms / max(1, t.peak) for t in weeks)
+    return math.log(0.5 * per_person / rest.ms), _PERSON_VAR / 0.5 + _seat_var(rest)
+
+
+def _feature_finding(
+    h: InstanceHistory,
+    report: ReportView,
+    feature: str,
+    now: dict[str, SeatTime],
+    mix: _Mix,
+    *,
+    at_once: bool,
+) -> Anomaly:
+    total = sum(t.ms for k, t in now.items() if k)
+    share = now.get(feature, SeatTime()).ms / total if total else 0.0
+    usual = math.exp(mix.base) / (1 + math.exp(mix.base))
+    seen = (
+        f"feature {feature!r} took {share * 100:.0f}% of this report's seat time, against a usual "
+        f"{usual * 100:.0f}%: {mix.drop * 100:.0f}% less of it for the same seat time of the "
+        f"site's other features ({abs(mix.z):.1f} standard deviations of its week-to-week "
+        "variation, sampling noise included)"
+    )
+    if at_once:
+        severity: Severity = "warning"
+        message = (
+            f"{seen}, and its use stopped at once: no seat of it was taken since, while "
+            "the weeks before were in line. Users of one feature moved to a copy of the "
+            "server that does not report look like this. Legitimate causes look like a "
+            "team that stopped using the feature all together (a project ended, the team "
+            "moved on), which the customer will know of. Ask the customer whether work on "
+            "this feature stopped, and whether another server serves its users"
+        )
+    else:
+        severity = "info"
+        message = (
+            f"{seen}; it was already lower in the two weeks before, so it has fallen over "
+            "weeks, as a team winding down its use of the feature does. If the customer "
+            "expects no such change, ask whether another server serves its users"
+        )
+    return Anomaly(
+        FEATURE_MIX,
+        severity,
+        message,
+        h.instance_id,
+        report.digest,
+        report.head_seq,
+        None,
+        score=mix.z,
+        drivers=(("share", share), ("usual_share", usual)),
+    )
 
 
 def _split(
@@ -1122,6 +1444,7 @@ INSTANCE_RULES: Final[tuple[Rule, ...]] = (
     report_late,
     usage_rate,
     meter_mix,
+    feature_mix,
     downtime,
     before_issue,
 )

@@ -1,0 +1,136 @@
+"""Per-feature baselines: seat time per feature, and ``anomaly.feature_mix``'s step test.
+
+The records the real server writes for this rule are tested in
+tests/integration/test_anomaly_server_evidence.py; these histories are exact and small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meterbox.vendorkit.anomaly import Event
+from meterbox.vendorkit.anomaly import _rules as R
+from meterbox.vendorkit.anomaly._features import (
+    CHECKOUT,
+    EXPIRE,
+    HEARTBEAT,
+    RELEASE,
+    hourly,
+    lease_spans,
+    seat_time_in,
+)
+from support.anomaly_events import DAY, HOUR, TH, Builder, history
+
+
+def team_week(b: Builder, teams: Mapping[str, int]) -> object:
+    """Five working days on which each team's users hold a seat of their feature 9-17 h."""
+    for day in range(7):
+        b.run(9 * HOUR)
+        leases = []
+        if day < 5:
+            for feature, users in teams.items():
+                for u in range(users):
+                    lease = f"{feature}-{u}-{b.seq}"
+                    b.add(CHECKOUT, lease=lease, feature=feature)
+                    leases.append(lease)
+        b.run(8 * HOUR, seats=len(leases))
+        for lease in leases:
+            b.add(RELEASE, lease=lease)
+        b.run(7 * HOUR)
+    return b.report()
+
+
+def weeks(*teams: Mapping[str, int]) -> list[object]:
+    b = Builder()
+    return [team_week(b, t) for t in teams]
+
+
+def mix(reports: list[object]) -> list[R.Anomaly]:
+    return R.feature_mix(history(reports), TH)  # type: ignore[arg-type]
+
+
+STEADY = {"cad": 20, "sim": 20}
+
+
+def test_a_feature_gone_at_once_is_a_warning() -> None:
+    found = mix(weeks(*[STEADY] * 6, {"cad": 20, "sim": 0}))
+    assert [(a.code, a.severity) for a in found] == [(R.FEATURE_MIX, "warning")], found
+    assert "'sim'" in found[0].message and "stopped at once" in found[0].message
+    assert "Ask the customer" in found[0].message
+
+
+def test_a_team_of_two_stopping_is_no_warning() -> None:
+    """Two people's week off looks like a stop: the zero counts as half a person."""
+    found = mix(weeks(*[{"cad": 20, "sim": 2}] * 6, {"cad": 20, "sim": 0}))
+    assert "warning" not in {a.severity for a in found}, found
+
+
+def test_most_of_a_feature_gone_at_once_is_info_only() -> None:
+    """A fall to a quarter is no stop: a team winding down loses several people in one
+    week often enough, so only a feature whose use stopped is a warning."""
+    found = mix(weeks(*[STEADY] * 6, {"cad": 20, "sim": 5}))
+    assert [(a.code, a.severity) for a in found] == [(R.FEATURE_MIX, "info")], found
+
+
+def test_a_feature_winding_down_over_eight_weeks_stays_info() -> None:
+    """Twenty users leave over eight weeks, a few each week: never a step, often info."""
+    teams = [STEADY] * 6 + [{"cad": 20, "sim": n} for n in (18, 15, 13, 10, 8, 5, 3, 0, 0)]
+    reports = weeks(*teams)
+    seen = []
+    for i in range(7, len(reports) + 1):
+        seen += [(a.code, a.severity) for a in mix(reports[:i])]
+    assert (R.FEATURE_MIX, "info") in seen
+    assert (R.FEATURE_MIX, "warning") not in seen, seen
+
+
+def test_a_team_gone_after_a_wind_down_is_no_warning_either() -> None:
+    """A feature already at a tenth stops: the weeks before were not in line."""
+    teams = [STEADY] * 6 + [{"cad": 20, "sim": n} for n in (10, 4, 2, 0)]
+    found = mix(weeks(*teams))
+    assert "warning" not in {a.severity for a in found}, found
+
+
+def test_steady_features_and_a_busier_site_raise_nothing() -> None:
+    assert mix(weeks(*[STEADY] * 7)) == []
+    # The whole site at half (a holiday week): both features together, no change of mix.
+    assert mix(weeks(*[STEADY] * 6, {"cad": 10, "sim": 10})) == []
+
+
+def test_a_site_with_one_feature_is_not_judged() -> None:
+    assert mix(weeks(*[{"cad": 20}] * 6, {"cad": 2})) == []
+
+
+def test_too_little_history_is_not_judged() -> None:
+    assert mix(weeks(STEADY, STEADY, {"cad": 20, "sim": 0})) == []
+
+
+_kinds = st.sampled_from([CHECKOUT, RELEASE, EXPIRE, HEARTBEAT])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(_kinds, st.integers(0, 5), st.integers(-2 * HOUR, 3 * HOUR), st.integers(0, 2)),
+        max_size=40,
+    ),
+    st.sets(st.integers(0, 5), max_size=3),
+)
+def test_seat_time_per_feature_adds_up_to_the_site_seat_time(
+    steps: list[tuple[str, int, int, int]], open_at_start: set[int]
+) -> None:
+    """Whatever the order of records and the clock does, the features' seat time sums to
+    the seat time the usage rate divides by (one truth of what a seat-hour is)."""
+    t, events = 10 * DAY, []
+    for seq, (kind, lease, dt, feature) in enumerate(steps):
+        t += dt
+        events.append(Event(seq, kind, t, lease=f"l{lease}", feature=("cad", "sim", "")[feature]))
+    opened = {f"l{k}": "cad" for k in open_at_start}
+    spans, still = lease_spans(events, opened)
+    times = seat_time_in(spans)
+    hours, live = hourly(events, opened)
+    assert sum(x.ms for x in times.values()) == sum(hours.seat_ms.values())
+    assert set(still) == live
+    assert all(x.ms >= 0 and x.sq >= 0 and x.sessions >= 0 for x in times.values())
