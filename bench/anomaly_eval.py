@@ -82,6 +82,11 @@ DEV_SEEDS: tuple[int, ...] = tuple(range(100, 112))
 #: legitimate ones, which are the cheap ones to simulate.
 HELD_OUT_SEEDS: tuple[int, ...] = tuple(range(9000, 9012))
 HELD_OUT_HONEST_SEEDS: tuple[int, ...] = tuple(range(9012, 9074))
+#: The feature cases (ADR 0039) need sites whose teams use different features (about
+#: 60 % of sites): development on those of 100-135 (112-135 declared for them), held
+#: out on those of 9000-9047 (``simulate --teams-only``).
+DEV_TEAM_SEEDS: tuple[int, ...] = tuple(range(100, 136))
+HELD_OUT_TEAM_SEEDS: tuple[int, ...] = tuple(range(9000, 9048))
 #: The CI run's seed (held out as well).
 CI_SEED = 9504
 THRESHOLDS = ThresholdsConfig(clock=POLICY)
@@ -120,12 +125,22 @@ class CaseRun:
     team: int | None = None
 
 
-def simulate(seeds: Iterable[int], out: Path, cases: Sequence[str], *, progress: bool) -> None:
-    """Simulate every case of every seed's site and pickle the histories under ``out``."""
+def simulate(
+    seeds: Iterable[int],
+    out: Path,
+    cases: Sequence[str],
+    *,
+    progress: bool,
+    teams_only: bool = False,
+) -> None:
+    """Simulate every case of every seed's site and pickle the histories under ``out``
+    (``teams_only``: only sites whose teams use two or more features)."""
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         target = out / f"seed-{seed}.pkl"
         if target.exists():
+            continue
+        if teams_only and len(site_profile(np.random.default_rng(seed), "").features) < 2:
             continue
         runs = simulate_site(seed, cases, progress=progress)
         target.write_bytes(pickle.dumps(runs))
@@ -459,7 +474,7 @@ def calibrate_dir(directory: Path, th: ThresholdsConfig = THRESHOLDS) -> Calibra
     cal = Calibration()
     for path in sorted(directory.glob("seed-*.pkl")):
         seed = int(path.stem[5:])
-        if seed not in DEV_SEEDS:
+        if seed not in DEV_SEEDS and seed not in DEV_TEAM_SEEDS:
             raise SystemExit(
                 f"calibrate reads development seeds only ({DEV_SEEDS[0]}-{DEV_SEEDS[-1]}); "
                 f"found {path.name}. Move held-out case files elsewhere and run again"
@@ -515,10 +530,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sim = sub.add_parser("simulate")
-    sim.add_argument("--seeds", default="dev", help="dev | held-out | held-out-honest | FIRST-LAST")
+    sim.add_argument(
+        "--seeds",
+        default="dev",
+        help="dev | held-out | held-out-honest | dev-teams | held-out-teams | FIRST-LAST",
+    )
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--cases", nargs="*", default=[*LEGIT, *ATTACKS])
     sim.add_argument("--progress", action="store_true")
+    sim.add_argument(
+        "--teams-only", action="store_true", help="only sites with two or more features"
+    )
     jd = sub.add_parser("judge")
     jd.add_argument("dir", type=Path, nargs="+", help="directories of case files")
     jd.add_argument("--jobs", type=int, default=1, help="sites judged at once")
@@ -528,7 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("dir", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "simulate":
-        simulate(_seeds(args.seeds), args.out, args.cases, progress=args.progress)
+        simulate(
+            _seeds(args.seeds),
+            args.out,
+            args.cases,
+            progress=args.progress,
+            teams_only=args.teams_only,
+        )
         return 0
     if args.cmd == "calibrate":
         print(json.dumps(calibrate_dir(args.dir).as_dict(), indent=2, sort_keys=True))
@@ -551,6 +579,10 @@ def _seeds(spec: str) -> Sequence[int]:
         return HELD_OUT_SEEDS
     if spec == "held-out-honest":
         return HELD_OUT_HONEST_SEEDS
+    if spec == "dev-teams":
+        return DEV_TEAM_SEEDS
+    if spec == "held-out-teams":
+        return HELD_OUT_TEAM_SEEDS
     lo, _, hi = spec.partition("-")
     return range(int(lo), int(hi or lo) + 1)
 
