@@ -20,7 +20,8 @@ Sites differ in everything the detectors must not mistake for fraud: 2-50 seats;
 office, night-shift and round-the-clock schedules; one to three meters of very
 different size, metered in bursts (clients flush a batch every 10-60 minutes); weekly
 or monthly reporting; weekly workload drift and seasonal growth; holidays; planned
-restarts; rough NTP that steps the clock by seconds to minutes.
+restarts; rough NTP that steps the clock by seconds to minutes; at 60 % of sites, two
+or three teams, each checking out seats of its own feature.
 
 Attacks and legitimate operations are applied the way a customer would apply them:
 stopping (cleanly or by kill -9) and restarting the server, copying and restoring its
