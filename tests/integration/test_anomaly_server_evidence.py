@@ -42,13 +42,20 @@ SITE = SiteProfile(
 TH = R.ThresholdsConfig(clock=ClockCheckConfig(heartbeat_interval_ms=10 * 60_000))
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
-    root = tmp_path_factory.mktemp("evidence")
-    sim = SiteSim(root / "base", Vendor.create(root), SITE, 7, periods=4)
+def lived(
+    factory: pytest.TempPathFactory, site: SiteProfile, seed: int, periods: int
+) -> Iterator[SiteSim]:
+    """A site that has lived its accepted history, stopped after the module's tests."""
+    root = factory.mktemp(site.name)
+    sim = SiteSim(root / "base", Vendor.create(root), site, seed, periods=periods)
     sim.run_history()
     yield sim
     sim.stop_all()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
+    yield from lived(tmp_path_factory, SITE, 7, 4)
 
 
 def run(base: SiteSim, case: str, tmp_path: Path) -> tuple[InstanceHistory, list[InstanceHistory]]:
@@ -205,11 +212,7 @@ MIX_SITE = dataclasses.replace(SITE, name="mix", seats=12)
 
 @pytest.fixture(scope="module")
 def mix_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
-    root = tmp_path_factory.mktemp("mix")
-    sim = SiteSim(root / "base", Vendor.create(root), MIX_SITE, 11, periods=4)
-    sim.run_history()
-    yield sim
-    sim.stop_all()
+    yield from lived(tmp_path_factory, MIX_SITE, 11, 4)
 
 
 def test_one_meter_reported_at_half_is_a_meter_mix_warning(
@@ -235,11 +238,7 @@ TEAMS_SITE = dataclasses.replace(SITE, name="teams", seats=24, features=(("cad",
 
 @pytest.fixture(scope="module")
 def teams_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
-    root = tmp_path_factory.mktemp("teams")
-    sim = SiteSim(root / "base", Vendor.create(root), TEAMS_SITE, 13, periods=5)
-    sim.run_history()
-    yield sim
-    sim.stop_all()
+    yield from lived(tmp_path_factory, TEAMS_SITE, 13, 5)
 
 
 def test_the_server_names_each_checkouts_feature_and_the_store_keeps_it(

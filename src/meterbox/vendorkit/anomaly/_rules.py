@@ -764,7 +764,7 @@ def meter_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
             continue
         now_var = _rel_var(mine) + _rel_var(rest)
         mix = _mix_drop(hist, math.log(mine[0] / rest[0]), now_var, th.mix_sigma_prior, th)
-        if mix.z > -z_limit or mix.drop < th.rate_floor:
+        if not _out_of_line(mix, z_limit, th):
             continue
         base, z, drop = mix.base, mix.z, mix.drop
         share, usual = mine[0] / (mine[0] + rest[0]), math.exp(base) / (1 + math.exp(base))
@@ -879,7 +879,7 @@ def feature_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
         if len(base.hist) < th.min_history_slices or now_ratio is None:
             continue
         mix = base.judge(now_ratio, th)
-        if mix.z > -z_limit or mix.drop < th.rate_floor:
+        if not _out_of_line(mix, z_limit, th):
             continue
         last = max(e.wall_ms for e in report.events)
         at_once = _stopped_at_once(spans, base, r0, last, mix.drift_var, z_limit, th)
@@ -1016,18 +1016,6 @@ def _z_between(a: tuple[float, float], b: tuple[float, float], drift_var: float)
 
 def _seat_hours(times: dict[str, SeatTime]) -> float:
     return sum(t.ms for t in times.values()) / HOUR_MS
-
-
-def _sum_seat_time(spans: Sequence[dict[str, SeatTime]]) -> dict[str, SeatTime]:
-    """Seat time per feature over consecutive spans (the most seats at once of any)."""
-    out: dict[str, SeatTime] = {}
-    for times in spans:
-        for f, t in times.items():
-            o = out.get(f, SeatTime())
-            out[f] = SeatTime(
-                o.ms + t.ms, o.sq + t.sq, o.sessions + t.sessions, max(o.peak, t.peak)
-            )
-    return out
 
 
 #: The relative variance of one person's week of seat time (a week off, a busy week).
