@@ -295,3 +295,54 @@ def test_a_team_winding_down_its_feature_over_weeks_raises_no_warning(
         assert warned == [], (i, warned)
         at_ingest = sim.ingest_findings[main.reports[i].digest[:16]]
         assert (R.FEATURE_MIX, "warning") not in at_ingest, (i, at_ingest)
+
+
+#: Sixteen seats: a team of twelve and a team of four, each on its own feature.
+SMALL_TEAM_SITE = dataclasses.replace(
+    SITE, name="small-team", seats=16, features=(("cad", 12), ("sim", 4))
+)
+
+
+@pytest.fixture(scope="module")
+def small_team_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteSim]:
+    yield from lived(tmp_path_factory, SMALL_TEAM_SITE, 13, 5)
+
+
+def test_a_team_of_four_moved_in_mid_week_is_warned_once(
+    small_team_base: SiteSim, tmp_path: Path
+) -> None:
+    """The four users of 'sim' move to a silent copy during a week: that week still
+    holds some of their use, so the stop is judged from their last seat (ADR 0040) by the
+    next report; the reports after it carry it as info, one stop, one warning."""
+    sim = small_team_base.fork("clone_silent_feature", tmp_path / "moved").run()
+    assert sim.plan["feature"] == "sim", sim.plan  # this seed moves the small team
+    main, *_ = histories(sim)
+    per_report = []
+    for i in sorted(sim.attacked):
+        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        per_report.append(
+            [a for a in R.feature_mix(h, TH) if a.severity != "info" or "still" in a.message]
+        )
+    first = sorted(sim.attacked)[0]
+    assert any(e.feature == "sim" for e in main.reports[first].events), "the move was mid-week"
+    warned = [
+        i for i, found in enumerate(per_report) if any(a.severity == "warning" for a in found)
+    ]
+    assert len(warned) == 1, per_report
+    assert "'sim'" in per_report[warned[0]][0].message
+    assert "stopped at once" in per_report[warned[0]][0].message
+    for later in per_report[warned[0] + 1 :]:
+        assert [a.severity for a in later] == ["info"], later
+        assert "still no seat of feature 'sim'" in later[0].message
+    at_ingest = [sim.ingest_findings[main.reports[i].digest[:16]] for i in sorted(sim.attacked)]
+    assert sum((R.FEATURE_MIX, "warning") in f for f in at_ingest) == 1, at_ingest
+
+
+def test_a_team_of_four_working_on_raises_no_feature_warning(
+    small_team_base: SiteSim, tmp_path: Path
+) -> None:
+    sim = small_team_base.fork("clean", tmp_path / "clean").run()
+    main, *_ = histories(sim)
+    for i in range(2, len(main.reports)):
+        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        assert [a for a in R.feature_mix(h, TH) if a.severity != "info"] == [], i

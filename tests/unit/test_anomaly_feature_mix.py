@@ -25,13 +25,18 @@ from meterbox.vendorkit.anomaly._features import (
 from support.anomaly_events import DAY, HOUR, TH, Builder, history
 
 
-def team_week(b: Builder, teams: Mapping[str, int]) -> object:
-    """Five working days on which each team's users hold a seat of their feature 9-17 h."""
+def team_week(
+    b: Builder, teams: Mapping[str, int], days: Mapping[str, int] | None = None
+) -> object:
+    """Five working days on which each team's users hold a seat of their feature 9-17 h
+    (``days``: a feature used on its first few working days only)."""
     for day in range(7):
         b.run(9 * HOUR)
         leases = []
         if day < 5:
             for feature, users in teams.items():
+                if days is not None and day >= days.get(feature, 5):
+                    continue
                 for u in range(users):
                     lease = f"{feature}-{u}-{b.seq}"
                     b.add(CHECKOUT, lease=lease, feature=feature)
@@ -66,6 +71,45 @@ def test_a_team_of_two_stopping_is_no_warning() -> None:
     """Two people's week off looks like a stop: the zero counts as half a person."""
     found = mix(weeks(*[{"cad": 20, "sim": 2}] * 6, {"cad": 20, "sim": 0}))
     assert "warning" not in {a.severity for a in found}, found
+
+
+def test_a_stop_in_the_middle_of_a_week_is_warned_by_the_next_report() -> None:
+    """The week the use stopped in is judged from the stop, not from the week's start:
+    its two days of use are neither a week in use nor an outlier in the baseline."""
+    b = Builder()
+    reports = [team_week(b, STEADY) for _ in range(6)]
+    reports.append(team_week(b, STEADY, days={"sim": 2}))
+    assert "warning" not in {a.severity for a in mix(reports)}
+    reports.append(team_week(b, {"cad": 20, "sim": 0}))
+    found = mix(reports)
+    assert [(a.code, a.severity) for a in found] == [(R.FEATURE_MIX, "warning")], found
+    assert "12.3 days" in found[0].message, found[0].message
+
+
+def test_one_stop_is_one_warning_and_info_after() -> None:
+    reports = weeks(*[STEADY] * 6, *[{"cad": 20, "sim": 0}] * 3)
+    assert [a.severity for a in mix(reports[:7])] == ["warning"]
+    for i in (8, 9):
+        found = mix(reports[:i])
+        assert [a.severity for a in found] == ["info"], (i, found)
+        assert "still no seat of feature 'sim'" in found[0].message
+
+
+def test_a_person_who_left_is_never_a_warning() -> None:
+    """One user's feature unused for two months: a person who left or is away looks like
+    this; no use counts half a person's week over at most a month."""
+    reports = weeks(*[{"cad": 20, "sim": 1}] * 6, *[{"cad": 20, "sim": 0}] * 8)
+    for i in range(7, len(reports) + 1):
+        assert "warning" not in {a.severity for a in mix(reports[:i])}, i
+
+
+def test_a_team_of_two_off_for_a_month_is_a_warning() -> None:
+    """Two people's week off is no stop; both away for a month, while the rest of the
+    site works, is one to ask about."""
+    reports = weeks(*[{"cad": 20, "sim": 2}] * 6, *[{"cad": 20, "sim": 0}] * 5)
+    severities = [{a.severity for a in mix(reports[:i])} for i in range(7, len(reports) + 1)]
+    assert "warning" not in severities[0] | severities[1], severities
+    assert "warning" in set().union(*severities), severities
 
 
 def test_most_of_a_feature_gone_at_once_is_info_only() -> None:

@@ -140,6 +140,11 @@ class ThresholdsConfig:
     #: The same for a feature's log share of the site's seat time against its other
     #: features (:data:`~._rules.FEATURE_MIX`): teams' weeks vary more than jobs' mix.
     feature_sigma_prior: float = 0.20
+    #: The longest span with no use of a feature that a stop's evidence counts
+    #: (:data:`~._rules.FEATURE_MIX`): no use counts half a person's week over the whole
+    #: span, so evidence would grow without bound; over a month a person who left, or a
+    #: team of two off for a month, is as far as it goes.
+    feature_idle_max_ms: int = 28 * DAY_MS
     #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
     rate_min_seat_hours: float = 20.0
     #: The most recent slices of accepted history the baseline is taken from.

@@ -23,6 +23,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from meterbox.ledger import Finding, RecordType
@@ -828,7 +829,7 @@ def _mix_drop(
 
 
 def feature_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
-    """One feature's share of the site's seat time far below its usual share, at once.
+    """One feature's share of the site's seat time far below its usual share.
 
     Users of one feature moved to a copy of the server that does not report take that
     feature's seat time out of the reports while the site's other features go on: the
@@ -840,15 +841,16 @@ def feature_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     first record, with drift pooled with ``feature_sigma_prior``), with seat time in
     place of usage: its sampling unit is a session (one lease's time in the span), so
     the relative variance of a feature's seat time is ``sum(session^2) /
-    sum(session)^2``. A feature with no seat time in a span counts half a session of its
-    usual length, as noisy as one session. The threshold is raised for the number of
-    features judged (Bonferroni).
+    sum(session)^2``, floored by its people's (:func:`_seat_var`). A feature with no
+    seat time in a span counts half of one person's usual week, as noisy as half a
+    person. The threshold is raised for the number of features judged (Bonferroni).
 
-    The finding is a ``warning`` only when the feature's use stopped at once
-    (:func:`_stopped_at_once`); otherwise it is ``info``: a share that fell over weeks,
-    or fell to less, is what a team winding down its use leaves (people leave one by
-    one, a project ends), and a move done in steps, or of part of a team, leaves that
-    same trace, which the threat model says.
+    The finding is a ``warning`` when the feature's use stopped at once
+    (:func:`_stop`): judged from the moment its last seat was freed, so the week the
+    use stopped in does not hide the stop in the baseline; otherwise a share out of line
+    is ``info``: a share that fell over weeks, or fell to less, is what a team winding
+    down its use leaves (people leave one by one, a project ends), and a move done in
+    steps, or of part of a team, leaves that same trace, which the threat model says.
     """
     report = _judged(h)
     if report is None or not report.events or len(h.reports) - 1 < th.min_history_reports:
@@ -856,35 +858,49 @@ def feature_mix(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
     spans, _ = lease_spans(list(h.events), dict.fromkeys(h.known_leases, ""))
     start = min(e.wall_ms for r in h.reports[:-1] for e in r.events) if h.reports[0].events else 0
     r0 = min(e.wall_ms for e in report.events)
+    r1 = max(e.wall_ms for e in report.events)
     now = seat_time_in(spans, r0)
     if _seat_hours(now) < th.rate_min_seat_hours:
         return []
+    past, ends = _seat_slices(spans, start, r0, th)
+    features = sorted(f for f in {k for x in past for k in x} if f)
+    if len(features) < 2 or len(past) < max(th.min_history_slices, 2):
+        return []
+    z_limit = _z_for(_tail(th.rate_z) / len(features))
+    prev_end = h.reports[-2].last_wall_ms
+    out: list[Anomaly] = []
+    for f in features:
+        stop = _stop(spans, f, start, r1, z_limit, th)
+        if stop is not None:
+            again = _stopped_before(stop, spans, f, start, prev_end, z_limit, th)
+            out.append(_stop_finding(h, report, f, stop, again=again))
+            continue
+        base = _FeatureBase.of(f, past, ends)
+        now_ratio = base.ratio(now)
+        if len(base.hist) < th.min_history_slices or now_ratio is None:
+            continue
+        mix = base.judge(now_ratio, th)
+        if _out_of_line(mix, z_limit, th):
+            out.append(_feature_finding(h, report, f, now, mix))
+    return out
+
+
+def _seat_slices(
+    spans: Sequence[LeaseSpan], start: int, until: int, th: ThresholdsConfig
+) -> tuple[list[dict[str, SeatTime]], list[int]]:
+    """Up to ``rate_window`` slices of ``slice_ms`` counted back from ``until`` to
+    ``start``, each with at least ``rate_min_seat_hours`` of seat time: seat time per
+    feature, and when each slice ends (oldest first)."""
     past: list[dict[str, SeatTime]] = []
     ends: list[int] = []
-    end = r0
+    end = until
     while end - th.slice_ms >= start and len(past) < th.rate_window:
         x = seat_time_in(spans, end - th.slice_ms, end)
         if _seat_hours(x) >= th.rate_min_seat_hours:
             past.insert(0, x)
             ends.insert(0, end)
         end -= th.slice_ms
-    features = sorted(f for f in {k for x in past for k in x} if f)
-    if len(features) < 2 or len(past) < max(th.min_history_slices, 2):
-        return []
-    z_limit = _z_for(_tail(th.rate_z) / len(features))
-    out: list[Anomaly] = []
-    for f in features:
-        base = _FeatureBase.of(f, past, ends)
-        now_ratio = base.ratio(now)
-        if len(base.hist) < th.min_history_slices or now_ratio is None:
-            continue
-        mix = base.judge(now_ratio, th)
-        if not _out_of_line(mix, z_limit, th):
-            continue
-        last = max(e.wall_ms for e in report.events)
-        at_once = _stopped_at_once(spans, base, r0, last, mix.drift_var, z_limit, th)
-        out.append(_feature_finding(h, report, f, now, mix, at_once=at_once))
-    return out
+    return past, ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -911,20 +927,14 @@ class _FeatureBase:
     def judge(self, ratio: tuple[float, float], th: ThresholdsConfig) -> _Mix:
         return _mix_drop(self.hist, *ratio, th.feature_sigma_prior, th)
 
-    def falling(self, until_ms: int, th: ThresholdsConfig) -> bool:
-        """Whether the history up to ``until_ms`` trends down, in the feature's share
-        or in its own seat time: the weighted least-squares slope over the slices is
-        ``weak_rate_z`` below zero (:func:`_trend_z`). A team winding down shows it
-        over weeks; a flat history that steps down does not (the slice the step began
-        in is left out by ``until_ms``). Its own seat time counts too, because a share
-        against a small other feature is too noisy to show what a large team's hours
-        show."""
+    def falling(self, th: ThresholdsConfig) -> bool:
+        """Whether the history trends down, in the feature's share or in its own seat
+        time: the weighted least-squares slope over the slices is ``weak_rate_z`` below
+        zero (:func:`_trend_z`). A team winding down shows it over weeks; a flat history
+        that stops does not. Its own seat time counts too, because a share against a
+        small other feature is too noisy to show what a large team's hours show."""
         share, own = [], []
-        for i, (times, ratio, end) in enumerate(
-            zip(self.past, self.ratios, self.ends, strict=True)
-        ):
-            if end > until_ms:
-                continue
+        for i, (times, ratio) in enumerate(zip(self.past, self.ratios, strict=True)):
             if ratio is not None:
                 share.append((float(i), *ratio))
             t = times.get(self.feature, SeatTime())
@@ -945,49 +955,90 @@ class _FeatureBase:
         return (ratio[0] - base) / sd > -th.weak_rate_z
 
 
-def _stopped_at_once(
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    """A feature's use that stopped at once: when its last seat was freed, how long
+    nothing of it was used to the report's end, its share in the two slices before and
+    its usual share, and the step's size in standard deviations."""
+
+    at_ms: int
+    idle_ms: int
+    before_share: float
+    usual_share: float
+    z: float
+
+
+def _stop(
     spans: Sequence[LeaseSpan],
-    base: _FeatureBase,
-    r0: int,
+    feature: str,
+    start: int,
     r1: int,
-    drift_var: float,
     z_limit: float,
     th: ThresholdsConfig,
-) -> bool:
-    """Whether the feature's use stopped at once and stayed stopped to the report's end.
+) -> _Stop | None:
+    """The feature's use stopped at once and stayed stopped to ``r1``, the report's end.
 
-    An *after* span runs from a cut to the end of the judged report: the report's start,
-    or (a monthly report) each ``slice_ms`` into it that leaves a whole slice after.
-    The use stopped at once when, for some cut,
+    The stop is the moment the feature's last seat was freed, at least ``slice_ms``
+    before ``r1``; the baseline is the slices counted back from it, so the part of a
+    week used before the stop is no outlier in its own baseline, and the idle span runs
+    from it to ``r1``, counted up to ``feature_idle_max_ms``. It stopped at once when
 
-    * the feature has no seat time at all in the after span, and that is out of line
-      against the baseline (``z_limit``; no use counts half of one person's usual
-      week, with half a person's variance: a small team's week off is not a stop);
-    * a *before* span of two slices, ending at the cut or one slice earlier (the week
-      of a move is half gone), was in line with the baseline
-      (:meth:`_FeatureBase.in_line`), the history up to it does not trend down
-      (:meth:`_FeatureBase.falling`), and the after span is out of line against it
-      too (``z_limit`` of both spans' noise and the history's drift).
+    * the idle span, with no seat of the feature at all, is out of line against the
+      baseline (``z_limit``; no use counts half of one person's usual week over the
+      whole span, with half a person's variance: a small team's week off is not a stop,
+      and a person who left is not one however long ago);
+    * the two slices before the stop were in line with the baseline
+      (:meth:`_FeatureBase.in_line`), the baseline does not trend down
+      (:meth:`_FeatureBase.falling`), and the idle span is out of line against those
+      two slices too (``z_limit`` of both spans' noise and the history's drift).
 
     A fall to less, however steep, is no stop: a team winding down loses several
     people in one week often enough (three of six within a fortnight of an eight-week
     wind-down, about one time in two), and users moved to a copy take all of theirs.
     """
-    two = 2 * th.slice_ms
-    cut = r0
-    while cut == r0 or r1 - cut >= th.slice_ms:
-        times = seat_time_in(spans, cut)
-        after = base.ratio(times)
-        stopped = times.get(base.feature, SeatTime()).ms == 0
-        if stopped and after is not None and _out_of_line(base.judge(after, th), z_limit, th):
-            for gap in (0, th.slice_ms):
-                before = base.ratio(seat_time_in(spans, cut - gap - two, cut - gap))
-                if before is None or not base.in_line(before, th) or base.falling(cut - gap, th):
-                    continue
-                if _z_between(before, after, drift_var) <= -z_limit:
-                    return True
-        cut += th.slice_ms
-    return False
+    at = max((s.end_ms for s in spans if s.feature == feature), default=None)
+    if at is None or r1 - at < th.slice_ms:
+        return None
+    past, ends = _seat_slices(spans, start, at, th)
+    base = _FeatureBase.of(feature, past, ends)
+    if len(base.hist) < max(th.min_history_slices, 2):
+        return None
+    idle = seat_time_in(spans, at, min(r1, at + th.feature_idle_max_ms))
+    after = base.ratio(idle)
+    if after is None or _seat_hours(idle) < th.rate_min_seat_hours:
+        return None
+    mix = base.judge(after, th)
+    if not _out_of_line(mix, z_limit, th):
+        return None
+    before = base.ratio(seat_time_in(spans, at - 2 * th.slice_ms, at))
+    if before is None or not base.in_line(before, th) or base.falling(th):
+        return None
+    z = _z_between(before, after, mix.drift_var)
+    if z > -z_limit:
+        return None
+    return _Stop(at, r1 - at, _share(before[0]), _share(mix.base), z)
+
+
+def _stopped_before(
+    stop: _Stop,
+    spans: Sequence[LeaseSpan],
+    feature: str,
+    start: int,
+    prev_end: int | None,
+    z_limit: float,
+    th: ThresholdsConfig,
+) -> bool:
+    """Whether the previous report already showed this stop (one stop, one warning):
+    judged at that report's end, with the seat time known then."""
+    if prev_end is None or prev_end - stop.at_ms < th.slice_ms:
+        return False
+    seen = [s for s in spans if s.start_ms < prev_end]
+    return _stop(seen, feature, start, prev_end, z_limit, th) is not None
+
+
+def _share(log_ratio: float) -> float:
+    """A feature's share of seat time from its log ratio to the other features'."""
+    return math.exp(log_ratio) / (1 + math.exp(log_ratio))
 
 
 def _out_of_line(mix: _Mix, z_limit: float, th: ThresholdsConfig) -> bool:
@@ -1061,38 +1112,22 @@ def _feature_finding(
     feature: str,
     now: dict[str, SeatTime],
     mix: _Mix,
-    *,
-    at_once: bool,
 ) -> Anomaly:
     total = sum(t.ms for k, t in now.items() if k)
     share = now.get(feature, SeatTime()).ms / total if total else 0.0
-    usual = math.exp(mix.base) / (1 + math.exp(mix.base))
-    seen = (
-        f"feature {feature!r} took {share * 100:.0f}% of this report's seat time, against a usual "
-        f"{usual * 100:.0f}%: {mix.drop * 100:.0f}% less of it for the same seat time of the "
-        f"site's other features ({abs(mix.z):.1f} standard deviations of its week-to-week "
-        "variation, sampling noise included)"
+    usual = _share(mix.base)
+    message = (
+        f"feature {feature!r} took {share * 100:.0f}% of this report's seat time, against a "
+        f"usual {usual * 100:.0f}%: {mix.drop * 100:.0f}% less of it for the same seat time "
+        f"of the site's other features ({abs(mix.z):.1f} standard deviations of its "
+        "week-to-week variation, sampling noise included). Its use did not stop at once "
+        "after weeks in line: it fell over weeks, or to less, as a team winding down its "
+        "use of the feature leaves. If the customer expects no such change, ask whether "
+        "another server serves its users"
     )
-    if at_once:
-        severity: Severity = "warning"
-        message = (
-            f"{seen}, and its use stopped at once: no seat of it was taken since, while "
-            "the weeks before were in line. Users of one feature moved to a copy of the "
-            "server that does not report look like this. Legitimate causes look like a "
-            "team that stopped using the feature all together (a project ended, the team "
-            "moved on), which the customer will know of. Ask the customer whether work on "
-            "this feature stopped, and whether another server serves its users"
-        )
-    else:
-        severity = "info"
-        message = (
-            f"{seen}; it was already lower in the two weeks before, so it has fallen over "
-            "weeks, as a team winding down its use of the feature does. If the customer "
-            "expects no such change, ask whether another server serves its users"
-        )
     return Anomaly(
         FEATURE_MIX,
-        severity,
+        "info",
         message,
         h.instance_id,
         report.digest,
@@ -1100,6 +1135,50 @@ def _feature_finding(
         None,
         score=mix.z,
         drivers=(("share", share), ("usual_share", usual)),
+    )
+
+
+def _stop_finding(
+    h: InstanceHistory, report: ReportView, feature: str, stop: _Stop, *, again: bool
+) -> Anomaly:
+    """The stop's warning; ``info`` when the previous report already showed it."""
+    at = datetime.fromtimestamp(stop.at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if again:
+        return Anomaly(
+            FEATURE_MIX,
+            "info",
+            f"still no seat of feature {feature!r} taken since {at} "
+            f"({_fmt_ms(stop.idle_ms)}), the stop the previous report was warned of",
+            h.instance_id,
+            report.digest,
+            report.head_seq,
+            None,
+            score=stop.z,
+            drivers=(("before_share", stop.before_share), ("usual_share", stop.usual_share)),
+        )
+    message = (
+        f"the use of feature {feature!r} stopped at once: no seat of it was taken for "
+        f"{_fmt_ms(stop.idle_ms)} since its last seat was freed at {at}, while the site's "
+        "other features went on; in the "
+        f"two weeks before it took {stop.before_share * 100:.0f}% of the site's seat "
+        f"time, against a usual {stop.usual_share * 100:.0f}%, and had not been falling "
+        f"({abs(stop.z):.1f} standard deviations of its week-to-week variation, sampling "
+        "noise included). Users of one feature moved to a copy of the server that does "
+        "not report look like this. Legitimate causes look like a team that stopped "
+        "using the feature all together (a project ended, the team moved on or is away), "
+        "which the customer will know of. Ask the customer whether work on this feature "
+        "stopped on that day, and whether another server serves its users"
+    )
+    return Anomaly(
+        FEATURE_MIX,
+        "warning",
+        message,
+        h.instance_id,
+        report.digest,
+        report.head_seq,
+        None,
+        score=stop.z,
+        drivers=(("before_share", stop.before_share), ("usual_share", stop.usual_share)),
     )
 
 
