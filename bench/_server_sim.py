@@ -570,7 +570,11 @@ class SiteSim:
 
     def _drift_monotonic(self, server: Server, ms: int) -> None:
         # ManualClock has no way to slow monotonic time alone; the bench reaches in.
-        server.clock._mono -= ms
+        # Monotonic time never runs back past the server's boot: a step due sooner after
+        # a boot than it is long waits for the next one (before, such a step took
+        # monotonic time below zero, which no real clock does and the ledger refuses).
+        if server.clock._mono - ms > 1_000 + server.boots:
+            server.clock._mono -= ms
 
     def _step_clock(self, server: Server, ms: int) -> None:
         server.clock.step_wall(ms)

@@ -84,6 +84,16 @@ def pending(rtype: RecordType, payload: dict[str, Any], *, wall_ms: int, mono_ms
             expected="a non-epoch record type",
             found="EPOCH",
         )
+    if not -(2**63) <= wall_ms < 2**63 or not 0 <= mono_ms < 2**64:
+        # The header holds wall time as a signed and monotonic time as an unsigned
+        # 64-bit count of milliseconds (docs/spec/ledger.md); a clock outside them is
+        # broken, and only this record fails.
+        raise FormatError(
+            "the record's time cannot be written",
+            expected="wall time within a signed and monotonic time within an unsigned "
+            "64-bit count of milliseconds (monotonic time never below zero)",
+            found=f"wall {wall_ms} ms, monotonic {mono_ms} ms; check the host's clock",
+        )
     return Pending(rtype, pack_payload(payload), wall_ms, mono_ms)
 
 
