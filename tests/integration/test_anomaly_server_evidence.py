@@ -22,7 +22,12 @@ from meterbox.ledger import RecordType
 from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect, instance_history
 from meterbox.vendorkit.anomaly import _rules as R
-from meterbox.vendorkit.anomaly._features import UNKNOWN_LEASE, lease_spans, seat_time_in
+from meterbox.vendorkit.anomaly._features import (
+    UNKNOWN_LEASE,
+    clients_in,
+    lease_spans,
+    seat_time_in,
+)
 from meterbox.vendorkit.clockcheck import ClockCheckConfig
 
 SITE = SiteProfile(
@@ -258,6 +263,16 @@ def test_the_server_names_each_checkouts_feature_and_the_store_keeps_it(
     ours = seat_time_in(lease_spans(list(main.events))[0])
     theirs = seat_time_in(lease_spans(list(stored.events))[0])
     assert {f: t.ms for f, t in ours.items()} == {f: t.ms for f, t in theirs.items()}
+    # Each checkout's client too: the people of each team, from either source.
+    ledger_spans, store_spans = (
+        lease_spans(list(main.events))[0],
+        lease_spans(list(stored.events))[0],
+    )
+    lo, hi = main.reports[0].first_wall_ms or 0, main.reports[-1].last_wall_ms or 0
+    for f in ("cad", "sim"):
+        people = clients_in(ledger_spans, f, lo, hi + 1)
+        assert len(people) == 12, (f, people)
+        assert clients_in(store_spans, f, lo, hi + 1) == people
     for i in range(2, len(main.reports)):
         h = dataclasses.replace(main, reports=main.reports[: i + 1])
         assert [a for a in R.feature_mix(h, TH) if a.severity != "info"] == [], i

@@ -229,16 +229,19 @@ def usage_per_minute(
 
 def seat_events(
     conn: Connection, instance_id: str, lo: int, hi: int, since_us: int | None
-) -> list[tuple[int, int, str, str | None, str]]:
-    """(seq, ts_us, kind, lease, feature) of one instance's seat events with seqs in [lo, hi]."""
+) -> list[tuple[int, int, str, str | None, str, str]]:
+    """(seq, ts_us, kind, lease, feature, client) of one instance's seat events with seqs
+    in [lo, hi]."""
     s = seat_events_table
     ts = micros(s.c.ts)
-    query = sa.select(s.c.seq, ts, s.c.kind, s.c.lease_id, s.c.feature).where(
+    query = sa.select(s.c.seq, ts, s.c.kind, s.c.lease_id, s.c.feature, s.c.client_id).where(
         s.c.instance_id == instance_id, s.c.seq >= lo, s.c.seq <= hi
     )
     if since_us is not None:
         query = query.where(ts >= since_us)
-    return [(int(seq), int(t), kind, lease, f) for seq, t, kind, lease, f in conn.execute(query)]
+    return [
+        (int(seq), int(t), kind, lease, f, c) for seq, t, kind, lease, f, c in conn.execute(query)
+    ]
 
 
 def ledger_events(

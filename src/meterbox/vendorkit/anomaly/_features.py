@@ -67,6 +67,8 @@ class Event:
     meter: str = ""
     #: The feature a checkout took a seat of ("" elsewhere, or when not stated).
     feature: str = ""
+    #: The client a checkout took the seat for (its ``c``; "" elsewhere or unstated).
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,7 @@ def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: 
     if kind in (CHECKOUT, RENEW, RELEASE, EXPIRE, UNKNOWN_LEASE):
         lease = p.get("i", "")
         f = p.get("f", "") if kind == CHECKOUT else ""
+        c = p.get("c", "") if kind == CHECKOUT else ""
         return Event(
             seq,
             kind,
@@ -215,6 +218,7 @@ def event_from_record(seq: int, kind: str, wall_ms: int, mono_ms: int, payload: 
             mono_ms,
             lease=lease if isinstance(lease, str) else "",
             feature=f if isinstance(f, str) else "",
+            client=c if isinstance(c, str) else "",
         )
     if kind == HEARTBEAT:
         n = p.get("n", -1)
@@ -288,11 +292,12 @@ class SeatTime:
 
 @dataclass(frozen=True, slots=True)
 class LeaseSpan:
-    """The wall time one lease held a seat of ``feature``: [start_ms, end_ms]."""
+    """The wall time one lease held a seat of ``feature`` for ``client``: [start_ms, end_ms]."""
 
     feature: str
     start_ms: int
     end_ms: int
+    client: str = ""
 
 
 def lease_spans(
@@ -306,18 +311,18 @@ def lease_spans(
     clock set back adds no seat time. Leases whose feature is not known count under "".
     """
     start = events[0].wall_ms if events else 0
-    live = {k: (f, start) for k, f in (open_leases or {}).items()}
+    live = {k: (f, start, "") for k, f in (open_leases or {}).items()}
     out: list[LeaseSpan] = []
     last = start
     for e in events:
         last = max(last, e.wall_ms)
         if e.kind == CHECKOUT:
-            live.setdefault(e.lease, (e.feature, last))
+            live.setdefault(e.lease, (e.feature, last, e.client))
         elif e.kind in (RELEASE, EXPIRE) and e.lease in live:
-            f, since = live.pop(e.lease)
-            out.append(LeaseSpan(f, since, last))
-    out.extend(LeaseSpan(f, since, last) for f, since in live.values())
-    return out, {k: f for k, (f, _) in live.items()}
+            f, since, c = live.pop(e.lease)
+            out.append(LeaseSpan(f, since, last, c))
+    out.extend(LeaseSpan(f, since, last, c) for f, since, c in live.values())
+    return out, {k: f for k, (f, _, _) in live.items()}
 
 
 def seat_time_in(
@@ -340,6 +345,16 @@ def seat_time_in(
             peak = max(peak, held)
         out[f] = replace(out[f], peak=peak)
     return out
+
+
+def clients_in(spans: Iterable[LeaseSpan], feature: str, start_ms: int, end_ms: int) -> set[str]:
+    """The named clients that held a seat of ``feature`` for some time within
+    [start_ms, end_ms) (the leases :func:`seat_time_in` counts there)."""
+    return {
+        s.client
+        for s in spans
+        if s.feature == feature and s.client and max(s.start_ms, start_ms) < min(s.end_ms, end_ms)
+    }
 
 
 def _add_seat_time(acc: dict[int, int], start: int, end: int, seats: int) -> None:

@@ -51,6 +51,7 @@ from meterbox.vendorkit.anomaly._features import (
     ReportView,
     SeatTime,
     ThresholdsConfig,
+    clients_in,
     hour_of_week,
     hourly,
     lease_spans,
@@ -988,7 +989,8 @@ def _stop(
       whole span, with half a person's variance: a small team's week off is not a stop,
       and a person who left is not one however long ago);
     * the two slices before the stop were in line with the baseline
-      (:meth:`_FeatureBase.in_line`), the baseline does not trend down
+      (:meth:`_FeatureBase.in_line`), every regular client of the feature was seen in
+      them (:func:`_regulars_stayed`), the baseline does not trend down
       (:meth:`_FeatureBase.falling`), and the idle span is out of line against those
       two slices too (``z_limit`` of both spans' noise and the history's drift).
 
@@ -1013,10 +1015,36 @@ def _stop(
     before = base.ratio(seat_time_in(spans, at - 2 * th.slice_ms, at))
     if before is None or not base.in_line(before, th) or base.falling(th):
         return None
+    if not _regulars_stayed(spans, base, at, th):
+        return None
     z = _z_between(before, after, mix.drift_var)
     if z > -z_limit:
         return None
     return _Stop(at, r1 - at, _share(before[0]), _share(mix.base), z)
+
+
+def _regulars_stayed(
+    spans: Sequence[LeaseSpan], base: _FeatureBase, at: int, th: ThresholdsConfig
+) -> bool:
+    """Whether every regular client of the feature held a seat of it in the two slices
+    before the stop: a regular is a named client seen in at least half of the baseline's
+    slices before those two (all of them, if fewer than two are older).
+
+    People leave a team one by one, so the last of a winding-down team stop with the
+    others already gone; users moved to a copy leave together, each seen to the last
+    fortnight. A count of people is what seat time cannot give a small team: four
+    people's weeks vary by a quarter, yet one of the four missing is plain. Clients
+    that are not named (older sources) are no evidence either way."""
+    two = at - 2 * th.slice_ms
+    ends = [e for e in base.ends if e <= two]
+    if len(ends) < 2:
+        ends = list(base.ends)
+    seen: dict[str, int] = {}
+    for end in ends:
+        for c in clients_in(spans, base.feature, end - th.slice_ms, end):
+            seen[c] = seen.get(c, 0) + 1
+    regulars = {c for c, n in seen.items() if 2 * n >= len(ends)}
+    return regulars <= clients_in(spans, base.feature, two, at)
 
 
 def _stopped_before(

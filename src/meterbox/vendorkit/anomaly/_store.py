@@ -201,12 +201,14 @@ def _events(
         Event(seq, USAGE, minute * 60_000, amount=amount, count=n, meter=meter)
         for seq, minute, meter, n, amount in q.usage_per_minute(conn, instance_id, lo, hi, since_us)
     ]
-    for seq, t_us, kind, lease, feature in q.seat_events(conn, instance_id, lo, hi, since_us):
+    for seq, t_us, kind, lease, feature, client in q.seat_events(
+        conn, instance_id, lo, hi, since_us
+    ):
         mapped = _SEAT_KINDS.get(kind)
         if mapped is not None:
-            # The feature as the ledger states it: on the record that takes the seat.
-            f = feature if mapped == CHECKOUT else ""
-            out.append(Event(seq, mapped, t_us // 1000, lease=lease or "", feature=f))
+            # Feature and client as the ledger states them: on the record taking the seat.
+            f, c = (feature, client) if mapped == CHECKOUT else ("", "")
+            out.append(Event(seq, mapped, t_us // 1000, lease=lease or "", feature=f, client=c))
     for seq, kind, wall, mono, payload in q.ledger_events(conn, instance_id, lo, hi, since_us):
         out.append(event_from_record(seq, kind, wall // 1000, mono // 1000, _payload(payload)))
     return out
