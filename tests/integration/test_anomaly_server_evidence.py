@@ -69,6 +69,11 @@ def run(base: SiteSim, case: str, tmp_path: Path) -> tuple[InstanceHistory, list
     return main, others
 
 
+def upto(h: InstanceHistory, i: int) -> InstanceHistory:
+    """The history as the vendor held it when report ``i`` was judged."""
+    return dataclasses.replace(h, reports=h.reports[: i + 1])
+
+
 def last(h: InstanceHistory, peers: list[InstanceHistory] | None = None) -> list[Anomaly]:
     return detect(h, peers or [], thresholds=TH)
 
@@ -231,7 +236,7 @@ def test_one_meter_reported_at_half_is_a_meter_mix_warning(
     assert R.METER_MIX in alarms(last(main))
     clean, _ = run(mix_base, "clean", tmp_path)
     for i in range(2, len(clean.reports)):
-        h = dataclasses.replace(clean, reports=clean.reports[: i + 1])
+        h = upto(clean, i)
         assert R.meter_mix(h, TH) == [], i
         assert alarms(last(h)) == set(), i
 
@@ -274,7 +279,7 @@ def test_the_server_names_each_checkouts_feature_and_the_store_keeps_it(
         assert len(people) == 12, (f, people)
         assert clients_in(store_spans, f, lo, hi + 1) == people
     for i in range(2, len(main.reports)):
-        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        h = upto(main, i)
         assert [a for a in R.feature_mix(h, TH) if a.severity != "info"] == [], i
 
 
@@ -288,7 +293,7 @@ def test_one_features_users_moved_to_a_silent_copy_is_a_feature_mix_warning(
     moved = sim.plan["feature"]
     hits = []
     for i in sorted(sim.attacked):
-        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        h = upto(main, i)
         hits += [a for a in R.feature_mix(h, TH) if a.severity == "warning"]
     assert hits and f"{moved!r}" in hits[0].message and "Ask the customer" in hits[0].message
     assert any(
@@ -305,7 +310,7 @@ def test_a_team_winding_down_its_feature_over_weeks_raises_no_warning(
     main, *_ = histories(sim)
     assert not [c for c in sim.clients if c.feature == sim.plan["feature"] and not c.gone]
     for i in sorted(sim.attacked):
-        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        h = upto(main, i)
         warned = [a for a in R.feature_mix(h, TH) if a.severity != "info"]
         assert warned == [], (i, warned)
         at_ingest = sim.ingest_findings[main.reports[i].digest[:16]]
@@ -334,7 +339,7 @@ def test_a_team_of_four_moved_in_mid_week_is_warned_once(
     main, *_ = histories(sim)
     per_report = []
     for i in sorted(sim.attacked):
-        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        h = upto(main, i)
         per_report.append(
             [a for a in R.feature_mix(h, TH) if a.severity != "info" or "still" in a.message]
         )
@@ -359,5 +364,5 @@ def test_a_team_of_four_working_on_raises_no_feature_warning(
     sim = small_team_base.fork("clean", tmp_path / "clean").run()
     main, *_ = histories(sim)
     for i in range(2, len(main.reports)):
-        h = dataclasses.replace(main, reports=main.reports[: i + 1])
+        h = upto(main, i)
         assert [a for a in R.feature_mix(h, TH) if a.severity != "info"] == [], i

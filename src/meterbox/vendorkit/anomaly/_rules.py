@@ -1171,35 +1171,30 @@ def _stop_finding(
 ) -> Anomaly:
     """The stop's warning; ``info`` when the previous report already showed it."""
     at = datetime.fromtimestamp(stop.at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    severity: Severity = "info" if again else "warning"
     if again:
-        return Anomaly(
-            FEATURE_MIX,
-            "info",
+        message = (
             f"still no seat of feature {feature!r} taken since {at} "
-            f"({_fmt_ms(stop.idle_ms)}), the stop the previous report was warned of",
-            h.instance_id,
-            report.digest,
-            report.head_seq,
-            None,
-            score=stop.z,
-            drivers=(("before_share", stop.before_share), ("usual_share", stop.usual_share)),
+            f"({_fmt_ms(stop.idle_ms)}), the stop the previous report was warned of"
         )
-    message = (
-        f"the use of feature {feature!r} stopped at once: no seat of it was taken for "
-        f"{_fmt_ms(stop.idle_ms)} since its last seat was freed at {at}, while the site's "
-        "other features went on; in the "
-        f"two weeks before it took {stop.before_share * 100:.0f}% of the site's seat "
-        f"time, against a usual {stop.usual_share * 100:.0f}%, and had not been falling "
-        f"({abs(stop.z):.1f} standard deviations of its week-to-week variation, sampling "
-        "noise included). Users of one feature moved to a copy of the server that does "
-        "not report look like this. Legitimate causes look like a team that stopped "
-        "using the feature all together (a project ended, the team moved on or is away), "
-        "which the customer will know of. Ask the customer whether work on this feature "
-        "stopped on that day, and whether another server serves its users"
-    )
+    else:
+        message = (
+            f"the use of feature {feature!r} stopped at once: no seat of it was taken for "
+            f"{_fmt_ms(stop.idle_ms)} since its last seat was freed at {at}, while the "
+            f"site's other features went on; in the two weeks before it took "
+            f"{stop.before_share * 100:.0f}% of the site's seat time, against a usual "
+            f"{stop.usual_share * 100:.0f}%, and had not been falling "
+            f"({abs(stop.z):.1f} standard deviations of its week-to-week variation, "
+            "sampling noise included). Users of one feature moved to a copy of the server "
+            "that does not report look like this. Legitimate causes look like a team that "
+            "stopped using the feature all together (a project ended, the team moved on "
+            "or is away), which the customer will know of. Ask the customer whether work "
+            "on this feature stopped on that day, and whether another server serves its "
+            "users"
+        )
     return Anomaly(
         FEATURE_MIX,
-        "warning",
+        severity,
         message,
         h.instance_id,
         report.digest,
