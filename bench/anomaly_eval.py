@@ -307,7 +307,7 @@ class Tally:
             "by_team_size": {
                 case: {
                     label: row([hit for size, hit in rows if lo <= size <= hi])
-                    for label, lo, hi in (("1", 1, 1), ("2-3", 2, 3), ("4+", 4, 10**6))
+                    for label, lo, hi in TEAM_BUCKETS
                 }
                 for case, rows in self.teams.items()
             },
@@ -317,6 +317,10 @@ class Tally:
                 "no_seat_out_flagged": sum(q and hit for q, hit in self.quiet),
             },
         }
+
+
+#: Team sizes of the feature cases' tables (docs/benchmarks.md), smallest first.
+TEAM_BUCKETS = (("1-2", 1, 2), ("3-5", 3, 5), ("6-9", 6, 9), ("10+", 10, 10**6), ("3+", 3, 10**6))
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -330,13 +334,22 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, c - h), min(1.0, c + h)
 
 
-def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None:
+def score(
+    run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS, only: str | None = None
+) -> None:
+    """Add ``run``'s verdicts to ``tally`` (``only``: count the alarms of the codes that
+    start with it, one rule's verdict, and no other)."""
     main = run.main
+
+    def flags(found: Iterable[Anomaly], digest: str) -> set[str]:
+        codes = alarms(found) | ingest_alarms(run, digest)
+        return codes if only is None else {c for c in codes if c.startswith(only)}
+
     period = "weekly" if run.report_days == 7 else "monthly"
     if run.case == "clean":
         for i in range(MIN_HISTORY, len(main.reports)):
             found = judge(main, i, run.others, th)
-            flagged = alarms(found) | ingest_alarms(run, main.reports[i].digest)
+            flagged = flags(found, main.reports[i].digest)
             tally.clean_judged += 1
             slot = tally.by_period.setdefault(period, [0, 0])
             slot[1] += 1
@@ -351,14 +364,14 @@ def score(run: CaseRun, tally: Tally, th: ThresholdsConfig = THRESHOLDS) -> None
     first = False
     for i in judged:
         found = judge(main, i, run.others, th)
-        here = alarms(found) | ingest_alarms(run, main.reports[i].digest)
+        here = flags(found, main.reports[i].digest)
         first |= i == judged[0] and bool(here)
         codes |= here
         info |= {a.code for a in found if a.severity == "info"}
     for other in run.others:
         for i in range(len(other.reports)):
             found = judge(other, i, [main], th)
-            here = alarms(found) | ingest_alarms(run, other.reports[i].digest)
+            here = flags(found, other.reports[i].digest)
             first |= other.reports[i].received_ms <= first_cut and bool(here)
             codes |= here
     tally.add(run.case, bool(codes), codes, info)
@@ -399,26 +412,30 @@ def case_files(directories: Sequence[Path]) -> list[Path]:
     return [files[name] for name in sorted(files)]
 
 
-def judge_file(path: Path, cases: Sequence[str] | None = None) -> Tally:
+def judge_file(path: Path, cases: Sequence[str] | None = None, only: str | None = None) -> Tally:
     tally = Tally()
     for run in load_runs(path):
         if cases is None or run.case in cases:
-            score(run, tally)
+            score(run, tally, only=only)
     return tally
 
 
 def judge_dirs(
-    directories: Sequence[Path], cases: Sequence[str] | None = None, *, jobs: int = 1
+    directories: Sequence[Path],
+    cases: Sequence[str] | None = None,
+    *,
+    jobs: int = 1,
+    only: str | None = None,
 ) -> Tally:
     """Judge every site under ``directories`` (``jobs`` sites at a time) into one tally."""
     files = case_files(directories)
     tally = Tally()
     if jobs <= 1:
         for path in files:
-            tally.merge(judge_file(path, cases))
+            tally.merge(judge_file(path, cases, only))
         return tally
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for part in pool.map(judge_file, files, [cases] * len(files)):
+        for part in pool.map(judge_file, files, [cases] * len(files), [only] * len(files)):
             tally.merge(part)
     return tally
 
@@ -538,6 +555,15 @@ def markdown(figures: dict[str, object]) -> str:
                 f"| {case} | {r['k']} / {r['n']} | "
                 f"{r['ci95'][0] * 100:.0f}-{r['ci95'][1] * 100:.0f} % |"
             )
+    teams = figures.get("by_team_size")
+    if isinstance(teams, dict) and teams:
+        lines += ["", "| case | team | flagged / histories | 95 % CI |", "|---|---|---|---|"]
+        for case, buckets in teams.items():
+            for label, r in buckets.items():
+                lines.append(
+                    f"| {case} | {label} | {r['k']} / {r['n']} | "
+                    f"{r['ci95'][0] * 100:.0f}-{r['ci95'][1] * 100:.0f} % |"
+                )
     return "\n".join(lines)
 
 
@@ -564,6 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     jd.add_argument("--jobs", type=int, default=1, help="sites judged at once")
     jd.add_argument("--json", type=Path)
     jd.add_argument("--markdown", action="store_true")
+    jd.add_argument(
+        "--only",
+        metavar="PREFIX",
+        help="count only alarms whose code starts with PREFIX (one rule's verdict)",
+    )
     cal = sub.add_parser("calibrate", help="honest development reports' scores per detector")
     cal.add_argument("dir", type=Path)
     args = ap.parse_args(argv)
@@ -583,7 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(calibrate_dir(args.dir).as_dict(), indent=2, sort_keys=True))
         return 0
     t0 = time.monotonic()
-    figures = judge_dirs(args.dir, jobs=args.jobs).as_dict()
+    figures = judge_dirs(args.dir, jobs=args.jobs, only=args.only).as_dict()
+    if args.only:
+        figures["only"] = args.only
     figures["seconds"] = round(time.monotonic() - t0, 1)
     figures["seeds"] = sorted(int(p.stem[5:]) for p in case_files(args.dir))
     text = json.dumps(figures, indent=2, sort_keys=True)
