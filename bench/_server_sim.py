@@ -580,9 +580,9 @@ class SiteSim:
                 server.mono_lag_ms -= lag
 
     def _drift_monotonic(self, server: Server, ms: int) -> None:
-        # Before, the lag was taken off monotonic time at once: a record written just
-        # before it in the same tick (a receipt's import, say) showed monotonic time
-        # running back, which is tampering evidence, not an oscillator's drift.
+        # Spent by :meth:`_advance`, never at once: taken off in one step, a record
+        # written earlier in the same tick (a receipt's import, say) would show
+        # monotonic time running back, which is tampering evidence, not drift.
         server.mono_lag_ms += ms
 
     def _step_clock(self, server: Server, ms: int) -> None:
