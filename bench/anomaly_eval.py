@@ -85,7 +85,9 @@ HELD_OUT_HONEST_SEEDS: tuple[int, ...] = tuple(range(9012, 9074))
 #: The usage attacks (under-reporting by a factor, a meter dropped or halved) are the
 #: statistical classes; 12 histories bound their recall at 76 % only. 9012-9047 run
 #: them as well (declared after ADR 0040, with the usage detectors unchanged since
-#: ADR 0038; their honest cases are in the 9012-9073 run already).
+#: ADR 0038; their honest cases are in the 9012-9073 run already); 9048-9073 with
+#: ADR 0041, before its usage rule was chosen (none of their attacked histories had
+#: been simulated).
 USAGE_ATTACKS: tuple[str, ...] = (
     "under_report_10",
     "under_report_30",
@@ -93,7 +95,7 @@ USAGE_ATTACKS: tuple[str, ...] = (
     "drop_meter",
     "selective_meter_50",
 )
-HELD_OUT_USAGE_SEEDS: tuple[int, ...] = tuple(range(9012, 9048))
+HELD_OUT_USAGE_SEEDS: tuple[int, ...] = tuple(range(9012, 9074))
 #: The feature cases (ADR 0039) need sites whose teams use different features (about
 #: 60 % of sites): development on those of 100-171 (112-135 declared for them,
 #: 136-171 with ADR 0040), held out on those of 9000-9223 (9048-9073 declared with the
