@@ -42,6 +42,7 @@ import json
 import math
 import pickle
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -72,7 +73,7 @@ from meterbox.vendorkit.anomaly import (
     detect,
     ingest_view,
 )
-from meterbox.vendorkit.anomaly._rules import weak_usage_drop
+from meterbox.vendorkit.anomaly._rules import usage_rate_spans, weak_usage_drop
 
 #: Seeds used while developing and calibrating.
 DEV_SEEDS: tuple[int, ...] = tuple(range(100, 112))
@@ -469,15 +470,44 @@ class Calibration:
     scores: dict[str, list[float]] = field(default_factory=dict)
     #: Honest reports whose usage is weakly below history (one strand of the triple).
     weak_drops: int = 0
+    #: Every usage span's score (z, drop, z_limit), by reporting interval and the span's
+    #: reports ("7d/2": two weekly reports): what ADR 0041's thresholds are fitted on.
+    spans: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
 
-    def add(self, h: InstanceHistory, found: Sequence[Anomaly], th: ThresholdsConfig) -> None:
+    def add(
+        self,
+        h: InstanceHistory,
+        found: Sequence[Anomaly],
+        th: ThresholdsConfig,
+        report_days: int = 7,
+    ) -> None:
         self.reports += 1
         for a in found:
             self.seen.setdefault(a.code, Counter())[a.severity] += 1
             if a.score is not None:
                 self.scores.setdefault(a.code, []).append(a.score)
-        if weak_usage_drop(h, th) is not None:
+        view = ingest_view(h)  # what ingest judges (ADR 0038)
+        if weak_usage_drop(view, th) is not None:
             self.weak_drops += 1
+        for sp in usage_rate_spans(view, th):
+            key = f"{report_days}d/{sp.reports}"
+            self.spans.setdefault(key, []).append((sp.z, sp.drop, sp.z_limit))
+
+    def span_rows(self, floor: float) -> dict[str, object]:
+        """Per span kind: the honest scores' spread and lowest value, the lowest with a
+        drop of ``floor`` or more, and how many reach their threshold past the floor."""
+        rows: dict[str, object] = {}
+        for key, got in sorted(self.spans.items()):
+            zs = [z for z, _, _ in got]
+            past_floor = [z for z, drop, _ in got if drop >= floor]
+            rows[key] = {
+                "n": len(zs),
+                "sd": round(statistics.pstdev(zs), 3) if len(zs) > 1 else None,
+                "min": round(min(zs), 3),
+                "min_past_floor": round(min(past_floor), 3) if past_floor else None,
+                "alarms": sum(1 for z, drop, lim in got if drop >= floor and z <= -lim),
+            }
+        return rows
 
     def as_dict(self) -> dict[str, object]:
         n = self.reports
@@ -499,7 +529,18 @@ class Calibration:
             "budget": BUDGET,
             "codes": rows,
             "weak_usage_drop": {"k": self.weak_drops, "ci95": [round(lo, 4), round(hi, 4)]},
+            "usage_spans": self.span_rows(THRESHOLDS.rate_floor),
         }
+
+    def merge(self, other: Calibration) -> None:
+        self.reports += other.reports
+        for code, sev in other.seen.items():
+            self.seen.setdefault(code, Counter()).update(sev)
+        for code, sc in other.scores.items():
+            self.scores.setdefault(code, []).extend(sc)
+        self.weak_drops += other.weak_drops
+        for key, got in other.spans.items():
+            self.spans.setdefault(key, []).extend(got)
 
 
 def calibrate_dir(directory: Path, th: ThresholdsConfig = THRESHOLDS) -> Calibration:
@@ -525,7 +566,7 @@ def calibrate_dir(directory: Path, th: ThresholdsConfig = THRESHOLDS) -> Calibra
                 else [len(main.reports) - 1]
             )
             for i in indices:
-                cal.add(prefix(main, i + 1), judge(main, i, run.others, th), th)
+                cal.add(prefix(main, i + 1), judge(main, i, run.others, th), th, run.report_days)
     return cal
 
 
@@ -600,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="count only alarms whose code starts with PREFIX (one rule's verdict)",
     )
     cal = sub.add_parser("calibrate", help="honest development reports' scores per detector")
-    cal.add_argument("dir", type=Path)
+    cal.add_argument("dir", type=Path, nargs="+", help="directories of case files")
     args = ap.parse_args(argv)
     if args.cmd == "simulate":
         cases = args.cases
@@ -615,7 +656,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.cmd == "calibrate":
-        print(json.dumps(calibrate_dir(args.dir).as_dict(), indent=2, sort_keys=True))
+        total = Calibration()
+        for d in args.dir:
+            total.merge(calibrate_dir(d))
+        print(json.dumps(total.as_dict(), indent=2, sort_keys=True))
         return 0
     t0 = time.monotonic()
     figures = judge_dirs(args.dir, jobs=args.jobs, only=args.only).as_dict()

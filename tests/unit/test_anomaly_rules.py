@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -356,6 +358,54 @@ def test_four_weekly_reports_of_30_percent_less_are_out_of_line_together() -> No
     assert "over the last" in found[0].message
     # Once out of line, every later report of the month stays so.
     assert all(spans[spans.index(found) :])
+
+
+def test_a_month_of_22_percent_less_is_out_of_line_though_no_week_of_it_is() -> None:
+    # ADR 0041: a span of two slices or more is judged at rate_span_z (2.5), a single
+    # week at rate_z (3.0). Four weeks of 22 % less on the swinging history are about
+    # 2.9 deviations together, 2.0 a week.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+    low = [week_with_seats(b, usage_every=int(15 / 0.78 * MIN)) for _ in range(4)]
+    assert R.usage_rate(history([*past, low[0]]), TH) == []
+    found = R.usage_rate(history([*past, *low]), TH)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "over the last" in found[0].message
+    assert 2.5 <= -found[0].score < 3.0
+    # The span's threshold is what finds it: at the single week's, the month is quiet.
+    strict = replace(TH, rate_span_z=TH.rate_z)
+    assert R.usage_rate(history([*past, *low]), strict) == []
+
+
+def test_span_scores_are_what_usage_rate_judges() -> None:
+    # usage_rate_spans scores each span whatever its size (what calibration reads);
+    # usage_rate finds a drop exactly when a span passes its own threshold and the floor.
+    seen = set()
+    for f in (0.1, 0.22, 0.3, 0.5):
+        b = Builder()
+        past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+        low = [week_with_seats(b, usage_every=int(15 / (1 - f) * MIN)) for _ in range(4)]
+        for n in range(1, 5):
+            h = history([*past, *low[:n]])
+            spans = R.usage_rate_spans(h, TH)
+            assert [s.reports for s in spans] == [1, 2, 3, 4]
+            for s in spans:
+                assert s.z_limit == (TH.rate_z if s.reports == 1 else TH.rate_span_z)
+            out = any(s.z <= -s.z_limit and s.drop >= TH.rate_floor for s in spans)
+            assert bool(R.usage_rate(h, TH)) == out, (f, n, spans)
+            seen.add(out)
+    assert seen == {True, False}
+
+
+def test_a_single_week_between_the_span_and_the_week_thresholds_is_quiet() -> None:
+    # 27 % less for one week is about 2.5 deviations: beyond a span's threshold, within
+    # a week's, since honest dips (a quiet or half-empty week) last a week.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
+    now = week_with_seats(b, usage_every=int(15 / 0.73 * MIN))
+    assert R.usage_rate(history([*past, now]), TH) == []
+    loose = replace(TH, rate_z=TH.rate_span_z)
+    assert codes(R.usage_rate(history([*past, now]), loose)) == {R.USAGE_RATE}
 
 
 def test_a_span_ending_in_an_honest_week_after_a_low_one_is_not_a_drop() -> None:

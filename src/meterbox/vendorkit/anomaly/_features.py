@@ -129,6 +129,12 @@ class ThresholdsConfig:
     #: Drop of log usage per seat-hour, in standard deviations, that is out of line
     #: (fitted on the development seeds, ADR 0037).
     rate_z: float = 3.0
+    #: The same for a span of ``rate_span_slices`` slices of wall time or more (two or
+    #: more weekly reports, one monthly report): the honest spans' scores are narrower
+    #: than single weeks' (ADR 0041), and a drop that lasts is what patched clients
+    #: leave, where an honest dip (a quiet or half-empty week) lasts a week.
+    rate_span_z: float = 2.5
+    rate_span_slices: float = 1.5
     #: Relative drop of usage per seat-hour that always counts as normal variation.
     rate_floor: float = 0.2
     #: Prior for the week-to-week standard deviation of log usage per seat-hour, and

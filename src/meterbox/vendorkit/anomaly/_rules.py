@@ -553,8 +553,9 @@ def usage_rate(h: InstanceHistory, th: ThresholdsConfig) -> list[Anomaly]:
       variance is about ``sum(a^2) / sum(a)^2`` (compound Poisson; never below one
       record's worth when nothing was recorded).
 
-    A finding needs both a drop beyond ``rate_z`` of that spread and a relative drop
-    beyond ``rate_floor``. Only drops count: the threat is usage that goes unreported.
+    A finding needs both a drop beyond ``rate_z`` of that spread (``rate_span_z`` for a
+    span of ``rate_span_slices`` slices or more, ADR 0041) and a relative drop beyond
+    ``rate_floor``. Only drops count: the threat is usage that goes unreported.
     When the judged report alone shows none, the last ``rate_pool_reports`` reports are
     judged as one span against the slices before them: a drop that persists (clients
     patched to under-report stay patched) is out of line sooner over two reports than
@@ -584,16 +585,17 @@ def _usage_rate_over(
     past, now = rates
     span = "" if pool == 1 else f" over the last {pool} reports"
     out: list[Anomaly] = []
+    z_limit = _rate_limit(now.slices, th)
     total = _judge_rate(
         [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
-        now.seat_hours, th, th.rate_z, slices=now.slices,
+        now.seat_hours, th, z_limit, slices=now.slices,
     )  # fmt: skip
     if total is not None:
         out.append(_rate_finding(h, report, USAGE_RATE, "usage", now.seat_hours, total, span))
     meters = sorted(m for m in {k for x in past for k in x.per_meter} if m)
     if len(meters) > 1:
         # Bonferroni over the meters: the z of a one-sided tail probability / n.
-        z = _z_for(_tail(th.rate_z) / len(meters))
+        z = _z_for(_tail(z_limit) / len(meters))
         for m in meters:
             hist = [
                 x.per_meter[m][0] / x.seat_hours for x in past if x.per_meter.get(m, (0, 0))[0] > 0
@@ -608,6 +610,49 @@ def _usage_rate_over(
                         h, report, METER_RATE, f"meter {m!r}", now.seat_hours, found, span
                     )
                 )
+    return out
+
+
+def _rate_limit(slices: float, th: ThresholdsConfig) -> float:
+    """The deviations a drop of usage per seat-hour over ``slices`` slices must reach.
+
+    ADR 0041: a span of ``rate_span_slices`` slices or more is judged at
+    ``rate_span_z``, a shorter one at ``rate_z``. Fitted on the development seeds so
+    that both are about 3.5 deviations of the honest reports' own scores, whose spread
+    is narrower for spans (0.6-0.75) than for single weeks (0.83).
+    """
+    return th.rate_span_z if slices >= th.rate_span_slices else th.rate_z
+
+
+@dataclass(frozen=True, slots=True)
+class SpanScore:
+    """One span :func:`usage_rate` judges, scored whatever the outcome (calibration)."""
+
+    #: Reports in the span (1: the judged report alone).
+    reports: int
+    #: Slices of wall time it covers, and the threshold that applies to that length.
+    slices: float
+    z_limit: float
+    #: Relative drop of total usage per seat-hour, and its deviations (negative: lower).
+    drop: float
+    z: float
+
+
+def usage_rate_spans(h: InstanceHistory, th: ThresholdsConfig) -> list[SpanScore]:
+    """Every span of the last 1 to ``rate_pool_reports`` reports that :func:`usage_rate`
+    would judge, with its total usage score (what its thresholds are fitted on)."""
+    out: list[SpanScore] = []
+    for pool in range(1, max(1, th.rate_pool_reports) + 1):
+        rates = _rate_inputs(h, th, pool)
+        if rates is None:
+            continue
+        past, now = rates
+        d = _rate_score(
+            [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
+            now.seat_hours, th, now.slices,
+        )  # fmt: skip
+        if d is not None:
+            out.append(SpanScore(pool, now.slices, _rate_limit(now.slices, th), d.drop, d.z))
     return out
 
 
@@ -685,6 +730,21 @@ def _judge_rate(
     slices: float = 1.0,
 ) -> _RateDrop | None:
     """The drop of a span of ``slices`` slices against slices of history, if out of line."""
+    d = _rate_score(history_rates, units, sum_sq, seat_hours, th, slices)
+    if d is None or d.z > -z_limit or d.drop < (th.rate_floor if floor is None else floor):
+        return None
+    return d
+
+
+def _rate_score(
+    history_rates: Sequence[float],
+    units: int,
+    sum_sq: int,
+    seat_hours: float,
+    th: ThresholdsConfig,
+    slices: float,
+) -> _RateDrop | None:
+    """The drop and its deviations, whatever their size (None with too little history)."""
     past = [math.log(r) for r in history_rates if r > 0]
     n = len(past)
     if n < th.min_history_slices:
@@ -702,8 +762,6 @@ def _judge_rate(
     sd = math.sqrt(drift_var * (1 / independent + math.pi / (2 * n)) + sample_var)
     z = (log_now - base) / sd
     drop = 1 - math.exp(log_now - base)
-    if z > -z_limit or drop < (th.rate_floor if floor is None else floor):
-        return None
     return _RateDrop(max(0.0, units) / seat_hours, math.exp(base), drop, z)
 
 
