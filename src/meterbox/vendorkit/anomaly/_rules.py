@@ -1084,14 +1084,19 @@ def _stop(
 def _regulars_stayed(
     spans: Sequence[LeaseSpan], base: _FeatureBase, at: int, th: ThresholdsConfig
 ) -> bool:
-    """Whether every regular client of the feature held a seat of it in the two slices
-    before the stop: a regular is a named client seen in at least half of the baseline's
-    slices before those two (all of them, if fewer than two are older).
+    """Whether every regular client of the feature was using it up to the stop, as
+    users moved to a copy do: a regular is a named client seen in at least half of
+    the baseline's slices before the two slices before the stop (all of them, if fewer
+    than two are older); each must have held a seat of the feature within those two
+    slices, and no longer before the stop than its own longest absence in those older
+    slices (at least ``feature_absence_floor_ms``).
 
-    People leave a team one by one, so the last of a winding-down team stop with the
-    others already gone; users moved to a copy leave together, each seen to the last
-    fortnight. A count of people is what seat time cannot give a small team: four
-    people's weeks vary by a quarter, yet one of the four missing is plain. Clients
+    People leave a team one by one, so when the last of a winding-down team stop the
+    others are already gone, and for longer than they were ever away; users moved to a
+    copy leave together, each from one of their own working days. A count of people is
+    what seat time cannot give a small team: four people's weeks vary by a quarter, yet
+    one of the four missing is plain, and the first of two to leave, gone three days
+    where a weekend was the most they had been away, is plain too (ADR 0042). Clients
     that are not named (older sources) are no evidence either way."""
     two = at - 2 * th.slice_ms
     ends = [e for e in base.ends if e <= two]
@@ -1102,7 +1107,30 @@ def _regulars_stayed(
         for c in clients_in(spans, base.feature, end - th.slice_ms, end):
             seen[c] = seen.get(c, 0) + 1
     regulars = {c for c, n in seen.items() if 2 * n >= len(ends)}
-    return regulars <= clients_in(spans, base.feature, two, at)
+    held = [s for s in spans if s.feature == base.feature and s.client in regulars]
+    for c in regulars:
+        mine = [(s.start_ms, s.end_ms) for s in held if s.client == c]
+        last = max((e for _, e in mine if e <= at), default=None)
+        if last is None or last < two:
+            return False
+        allowed = max(
+            _longest_absence(mine, ends[0] - th.slice_ms, ends[-1]), th.feature_absence_floor_ms
+        )
+        if at - last > allowed:
+            return False
+    return True
+
+
+def _longest_absence(held: Sequence[tuple[int, int]], start: int, end: int) -> int:
+    """The longest time within [start, end) that none of the spans ``held`` covered,
+    between two of them (the time before the first and after the last is not counted:
+    it is not known where the absence began or ended)."""
+    longest, covered = 0, None
+    for s0, s1 in sorted((max(a, start), min(b, end)) for a, b in held if a < end and b > start):
+        if covered is not None and s0 > covered:
+            longest = max(longest, s0 - covered)
+        covered = s1 if covered is None else max(covered, s1)
+    return longest
 
 
 def _stopped_before(
