@@ -157,6 +157,19 @@ def test_the_first_of_a_small_team_gone_days_before_the_rest_is_no_warning() -> 
     assert "warning" not in severities({"sim-2": 1})
 
 
+def test_a_move_after_one_regulars_day_off_is_still_a_stop() -> None:
+    """The team moves on Monday evening; one of them took that Monday off, so was last
+    seen on Friday: three days, longer than any weekend before, but one working day
+    missed, which is nobody's absence."""
+    teams = {"cad": 20, "sim": 3}
+    b = Builder()
+    reports = [team_week(b, teams) for _ in range(7)]
+    reports.append(team_week(b, teams, days={"sim": 1}, user_days={"sim-2": 0}))
+    reports += [team_week(b, {"cad": 20, "sim": 0}) for _ in range(4)]
+    severities = {a.severity for i in range(8, len(reports) + 1) for a in mix(reports[:i])}
+    assert "warning" in severities, severities
+
+
 def test_most_of_a_feature_gone_at_once_is_info_only() -> None:
     """A fall to a quarter is no stop: a team winding down loses several people in one
     week often enough, so only a feature whose use stopped is a warning."""
