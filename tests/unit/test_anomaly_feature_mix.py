@@ -32,12 +32,10 @@ def team_week(
     days: Mapping[str, int] | None = None,
     *,
     named: bool = True,
-    user_days: Mapping[str, int] | None = None,
 ) -> object:
     """Five working days on which each team's users hold a seat of their feature 9-17 h
-    (``days``: a feature used on its first few working days only; ``user_days``: the
-    same for one client). User ``u`` of a team is client ``feature-u`` (``named``), so
-    a team of ``n`` is its first ``n`` users."""
+    (``days``: a feature used on its first few working days only). User ``u`` of a team
+    is client ``feature-u`` (``named``), so a team of ``n`` is its first ``n`` users."""
     for day in range(7):
         b.run(9 * HOUR)
         leases = []
@@ -46,8 +44,6 @@ def team_week(
                 if days is not None and day >= days.get(feature, 5):
                     continue
                 for u in range(users):
-                    if user_days is not None and day >= user_days.get(f"{feature}-{u}", 5):
-                        continue
                     lease = f"{feature}-{u}-{b.seq}"
                     client = f"{feature}-{u}" if named else ""
                     b.add(CHECKOUT, lease=lease, feature=feature, client=client)
@@ -135,39 +131,6 @@ def test_the_last_of_a_team_stopping_after_one_left_is_no_warning() -> None:
 
     assert "warning" not in severities(weeks(*teams))
     assert "warning" in severities(weeks(*teams, named=False))
-
-
-def test_the_first_of_a_small_team_gone_days_before_the_rest_is_no_warning() -> None:
-    """Three users; one stops on a Monday, the other two on the Wednesday of the next
-    week. Each was seen in the fortnight before the stop, and three people's seat time
-    is too noisy to show one missing for a week; but the first was away nine days where
-    a weekend was the longest before, which users moved to a copy together are not."""
-    teams = {"cad": 20, "sim": 3}
-
-    def severities(leaving: Mapping[str, int]) -> set[str]:
-        b = Builder()
-        reports = [team_week(b, teams) for _ in range(6)]
-        reports.append(team_week(b, teams, user_days=leaving))
-        gone = dict.fromkeys(leaving, 0)
-        reports.append(team_week(b, teams, days={"sim": 3}, user_days=gone))
-        reports += [team_week(b, {"cad": 20, "sim": 0}) for _ in range(4)]
-        return {a.severity for i in range(7, len(reports) + 1) for a in mix(reports[:i])}
-
-    assert "warning" in severities({}), "all three stopping together is a stop"
-    assert "warning" not in severities({"sim-2": 1})
-
-
-def test_a_move_after_one_regulars_day_off_is_still_a_stop() -> None:
-    """The team moves on Monday evening; one of them took that Monday off, so was last
-    seen on Friday: three days, longer than any weekend before, but one working day
-    missed, which is nobody's absence."""
-    teams = {"cad": 20, "sim": 3}
-    b = Builder()
-    reports = [team_week(b, teams) for _ in range(7)]
-    reports.append(team_week(b, teams, days={"sim": 1}, user_days={"sim-2": 0}))
-    reports += [team_week(b, {"cad": 20, "sim": 0}) for _ in range(4)]
-    severities = {a.severity for i in range(8, len(reports) + 1) for a in mix(reports[:i])}
-    assert "warning" in severities, severities
 
 
 def test_most_of_a_feature_gone_at_once_is_info_only() -> None:

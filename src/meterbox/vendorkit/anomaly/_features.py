@@ -153,12 +153,6 @@ class ThresholdsConfig:
     #: span, so evidence would grow without bound; over a month a person who left, or a
     #: team of two off for a month, is as far as it goes.
     feature_idle_max_ms: int = 28 * DAY_MS
-    #: A regular client of a feature whose use stopped must have missed no more of the
-    #: site's working days before the stop than it missed in a row in the baseline, or
-    #: than this many (:data:`~._rules.FEATURE_MIX`, ADR 0042): users moved to a copy
-    #: leave together, each from a working day of their own; a day off is nobody's
-    #: absence.
-    feature_absence_floor_days: int = 1
     #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
     rate_min_seat_hours: float = 20.0
     #: The most recent slices of accepted history the baseline is taken from.

@@ -19,7 +19,6 @@ themselves.
 
 from __future__ import annotations
 
-import bisect
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -1085,22 +1084,15 @@ def _stop(
 def _regulars_stayed(
     spans: Sequence[LeaseSpan], base: _FeatureBase, at: int, th: ThresholdsConfig
 ) -> bool:
-    """Whether every regular client of the feature was using it up to the stop, as
-    users moved to a copy do: a regular is a named client seen in at least half of
-    the baseline's slices before the two slices before the stop (all of them, if fewer
-    than two are older); each must have held a seat of the feature within those two
-    slices, and have missed no more of the site's working days before the stop than
-    it missed in a row in those older slices (at least ``feature_absence_floor_days``).
+    """Whether every regular client of the feature held a seat of it in the two slices
+    before the stop: a regular is a named client seen in at least half of the baseline's
+    slices before those two (all of them, if fewer than two are older).
 
-    People leave a team one by one, so when the last of a winding-down team stop the
-    others are already gone, and for longer than they were ever away; users moved to a
-    copy leave together, each from one of their own working days. A count of people is
-    what seat time cannot give a small team: four people's weeks vary by a quarter, yet
-    one of the four missing is plain, and the first of two to leave, gone three working
-    days where one was the most they had missed, is plain too (ADR 0042). Absences are
-    counted in days the site worked, not in hours, so a weekend a few hours longer than
-    the ones before is no absence at all. Clients that are not named (older sources)
-    are no evidence either way."""
+    People leave a team one by one, so the last of a winding-down team stop with the
+    others already gone; users moved to a copy leave together, each seen to the last
+    fortnight. A count of people is what seat time cannot give a small team: four
+    people's weeks vary by a quarter, yet one of the four missing is plain. Clients
+    that are not named (older sources) are no evidence either way."""
     two = at - 2 * th.slice_ms
     ends = [e for e in base.ends if e <= two]
     if len(ends) < 2:
@@ -1110,46 +1102,7 @@ def _regulars_stayed(
         for c in clients_in(spans, base.feature, end - th.slice_ms, end):
             seen[c] = seen.get(c, 0) + 1
     regulars = {c for c, n in seen.items() if 2 * n >= len(ends)}
-    held = [s for s in spans if s.feature == base.feature and s.client in regulars]
-    worked = _days_worked(spans)
-    for c in regulars:
-        mine = [(s.start_ms, s.end_ms) for s in held if s.client == c]
-        last = max((e for _, e in mine if e <= at), default=None)
-        if last is None or last < two:
-            return False
-        usual = _most_days_missed(mine, worked, ends[0] - th.slice_ms, ends[-1])
-        if _days_missed(worked, last, at) > max(usual, th.feature_absence_floor_days):
-            return False
-    return True
-
-
-def _days_worked(spans: Sequence[LeaseSpan]) -> list[int]:
-    """The UTC days (numbered from the epoch) on which the site held any seat, sorted."""
-    days: set[int] = set()
-    for s in spans:
-        days.update(range(s.start_ms // DAY_MS, s.end_ms // DAY_MS + 1))
-    return sorted(days)
-
-
-def _days_missed(worked: Sequence[int], after: int, before: int) -> int:
-    """How many of the days ``worked`` lie wholly between ``after`` and ``before`` (ms)."""
-    first = -(-after // DAY_MS)
-    last = before // DAY_MS  # the first day that does not end by ``before``
-    return max(0, bisect.bisect_left(worked, last) - bisect.bisect_left(worked, first))
-
-
-def _most_days_missed(
-    held: Sequence[tuple[int, int]], worked: Sequence[int], start: int, end: int
-) -> int:
-    """The most of the days ``worked`` missed in a row between two of the spans ``held``
-    within [start, end) (the time before the first and after the last is not counted:
-    it is not known where that absence began or ended)."""
-    most, covered = 0, None
-    for s0, s1 in sorted((max(a, start), min(b, end)) for a, b in held if a < end and b > start):
-        if covered is not None and s0 > covered:
-            most = max(most, _days_missed(worked, covered, s0))
-        covered = s1 if covered is None else max(covered, s1)
-    return most
+    return regulars <= clients_in(spans, base.feature, two, at)
 
 
 def _stopped_before(
