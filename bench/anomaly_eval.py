@@ -107,7 +107,7 @@ HELD_OUT_USAGE_SEEDS: tuple[int, ...] = tuple(range(9012, 9074))
 #: wind-down's rate is bounded by about 100 histories; ``simulate --teams-only``).
 #: 9298-9397 after ADR 0041's honest run (9224-9297), whose 39 wind-downs bound that
 #: case's rate at 17 % only; with every detector of ADR 0041 unchanged. 9398-9497
-#: for ADR 0042 (a regular's absence before a stop against its own), declared before
+#: for ADR 0042 (rejected: a regular's absence before a stop against its own), declared before
 #: any history of them was simulated: the wind-down and the move to a silent copy.
 #: 9505-9604 for ADR 0042's second form (absence counted in the site's working days),
 #: declared after 9398-9497 showed the first form's cost, before they were simulated.
