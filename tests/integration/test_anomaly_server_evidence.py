@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from _server_sim import MeterProfile, SiteProfile, SiteSim, Vendor, histories
+from _server_sim import DAY, MeterProfile, SiteProfile, SiteSim, Vendor, histories
 from meterbox.ledger import RecordType
 from meterbox.vendorkit import VendorStore
 from meterbox.vendorkit.anomaly import Anomaly, InstanceHistory, detect, instance_history
@@ -366,3 +366,35 @@ def test_a_team_of_four_working_on_raises_no_feature_warning(
     for i in range(2, len(main.reports)):
         h = upto(main, i)
         assert [a for a in R.feature_mix(h, TH) if a.severity != "info"] == [], i
+
+
+def test_the_last_three_of_a_team_of_four_stopping_a_week_after_one_left_is_no_warning(
+    small_team_base: SiteSim, tmp_path: Path
+) -> None:
+    """One of the four users of 'sim' leaves for good; the other three stop a week later.
+    Every regular was seen in the fortnight before the stop, so ADR 0040 alone calls it
+    a stop; the first to leave missed four of the team's working days where one was the
+    most it had missed, so it is a team winding down (ADR 0043)."""
+    sim = small_team_base.fork("feature_wind_down", tmp_path / "last")
+    at = sim.plan["at"]
+    sim.run(at + 1)  # the case has begun: the plan says who leaves when
+    team = [i for i, c in enumerate(sim.clients) if c.feature == "sim"]
+    assert len(team) == 4, team
+    first, *rest = team
+    sim.plan["leave"] = [(at, first), *((at + 7 * DAY, i) for i in rest)]
+    sim.run()
+    main, *_ = histories(sim)
+
+    def warned(th: R.ThresholdsConfig) -> list[tuple[int, Anomaly]]:
+        hits = []
+        for i in sorted(sim.attacked):
+            hits += [(i, a) for a in R.feature_mix(upto(main, i), th) if a.severity == "warning"]
+        return hits
+
+    assert warned(TH) == []
+    # The same history with every regular allowed to have been away: a stop, warned.
+    everyone_away = dataclasses.replace(TH, feature_away_share=1.0)
+    assert [a.message[:40] for _, a in warned(everyone_away)], "ADR 0040 alone finds a stop"
+    for i in sorted(sim.attacked):
+        at_ingest = sim.ingest_findings[main.reports[i].digest[:16]]
+        assert (R.FEATURE_MIX, "warning") not in at_ingest, (i, at_ingest)

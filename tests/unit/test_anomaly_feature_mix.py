@@ -6,7 +6,7 @@ tests/integration/test_anomaly_server_evidence.py; these histories are exact and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +18,8 @@ from meterbox.vendorkit.anomaly._features import (
     EXPIRE,
     HEARTBEAT,
     RELEASE,
+    LeaseSpan,
+    WorkingDays,
     clients_in,
     hourly,
     lease_spans,
@@ -224,3 +226,94 @@ def test_a_feature_has_seat_time_in_a_span_exactly_when_a_client_held_it(
     times = seat_time_in(spans, lo, hi)
     for f in ("cad", "sim"):
         assert bool(clients_in(spans, f, lo, hi)) == (f in times), f
+
+
+def roster_week(b: Builder, roster: Mapping[str, Collection[int]], *, others: int = 20) -> object:
+    """Seven shifts of eight hours, one a day from the builder's hour on: client
+    ``sim-u`` holds a seat of 'sim' on the days (0-6) ``roster`` gives it, and ``others``
+    users of 'cad' hold theirs on the first five."""
+    for day in range(7):
+        leases = []
+        for client, days in [*roster.items(), *((f"cad-{u}", range(5)) for u in range(others))]:
+            if day in days:
+                lease = f"{client}-{b.seq}"
+                b.add(CHECKOUT, lease=lease, feature=client.split("-")[0], client=client)
+                leases.append(lease)
+        b.run(8 * HOUR, seats=len(leases))
+        for lease in leases:
+            b.add(RELEASE, lease=lease)
+        b.run(16 * HOUR)
+    return b.report()
+
+
+WEEKDAYS = range(5)
+
+
+def roster_severities(last: Mapping[str, Collection[int]], *, team: int, hour: int) -> set[str]:
+    """A team of ``team`` on 'sim' works every weekday for six weeks from ``hour``, then
+    the week ``last`` (weekdays for anyone it leaves out), then nobody for three weeks:
+    every severity ``feature_mix`` gives the reports after the sixth."""
+    b = Builder()
+    b.run(hour * HOUR)
+    full = {f"sim-{u}": WEEKDAYS for u in range(team)}
+    reports = [roster_week(b, full) for _ in range(6)]
+    reports.append(roster_week(b, {**full, **last}))
+    reports += [roster_week(b, {}) for _ in range(3)]
+    return {a.severity for i in range(7, len(reports) + 1) for a in mix(reports[:i])}
+
+
+def test_the_last_of_a_team_stopping_days_after_one_left_is_no_warning() -> None:
+    """One of four left on the Tuesday, the other three on the Friday: every regular was
+    seen in the fortnight before the stop (ADR 0040), but the first to leave missed two
+    of the team's working days where none was the most it had missed (ADR 0043)."""
+    assert "warning" not in roster_severities({"sim-3": (0, 1)}, team=4, hour=9)
+    assert "warning" in roster_severities({}, team=4, hour=9)
+    # A day off on the Thursday before the team was moved is nobody's absence.
+    assert "warning" in roster_severities({"sim-3": (0, 1, 2, 4)}, team=4, hour=9)
+    assert "warning" in roster_severities({"sim-3": (0, 1, 2, 3)}, team=4, hour=9)
+
+
+def test_a_night_shift_team_is_judged_in_its_own_working_days() -> None:
+    """Shifts from 22:00 UTC: each shift is one of the team's days, not two halves."""
+    assert "warning" in roster_severities({"sim-3": (0, 1, 2, 4)}, team=4, hour=22)
+    assert "warning" not in roster_severities({"sim-3": (0, 1)}, team=4, hour=22)
+
+
+def test_one_of_a_large_team_away_when_it_was_moved_is_still_a_stop() -> None:
+    """One of sixteen on leave the whole week the team was moved: an eighth of a team's
+    regulars may be away; three of sixteen gone early is a team winding down."""
+    assert "warning" in roster_severities({"sim-0": ()}, team=16, hour=9)
+    away = {f"sim-{u}": () for u in range(3)}
+    assert "warning" not in roster_severities(away, team=16, hour=9)
+
+
+def test_working_days_begin_at_the_hour_least_held() -> None:
+    night = [LeaseSpan("sim", d * DAY + 22 * HOUR, d * DAY + 30 * HOUR, "a") for d in range(5)]
+    days = WorkingDays.of(night, 0, 7 * DAY)
+    assert days.begin_ms == 6 * HOUR
+    assert len(days.worked) == 5  # five shifts, five days
+    # From the end of the first shift to the start of the fourth: two shifts missed.
+    assert days.missed(night[0].end_ms, night[3].start_ms) == 2
+    held = [(s.start_ms, s.end_ms) for i, s in enumerate(night) if i != 2]
+    assert days.most_missed(held, 0, 7 * DAY) == 1
+    assert WorkingDays.of([], 0, DAY) == WorkingDays(0, ())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 20 * DAY), st.integers(0, 2 * DAY)), max_size=12),
+    st.lists(st.integers(-DAY, 22 * DAY), min_size=3, max_size=3),
+)
+def test_days_missed_add_up_over_consecutive_spans(
+    spans: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    """Days wholly between a and c are those wholly between a and b, those wholly
+    between b and c, and at most the one day b falls in; never more than were worked."""
+    days = WorkingDays.of([LeaseSpan("sim", s, s + d, "a") for s, d in spans], 0, 20 * DAY)
+    a, b, c = sorted(cuts)
+    ab, bc, ac = days.missed(a, b), days.missed(b, c), days.missed(a, c)
+    assert min(ab, bc) >= 0
+    assert ab + bc <= ac <= ab + bc + 1
+    assert ac <= len(days.worked)
+    held = [(s, s + d) for s, d in spans]
+    assert days.most_missed(held, 0, 22 * DAY) <= len(days.worked)

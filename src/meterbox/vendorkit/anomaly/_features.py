@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -153,6 +154,17 @@ class ThresholdsConfig:
     #: span, so evidence would grow without bound; over a month a person who left, or a
     #: team of two off for a month, is as far as it goes.
     feature_idle_max_ms: int = 28 * DAY_MS
+    #: A regular client of a feature whose use stopped must have missed no more of its
+    #: team's working days before the stop than it missed in a row in the baseline, or
+    #: than this many (:data:`~._rules.FEATURE_MIX`, ADR 0043): users moved to a copy
+    #: leave together, each from a working day of their own; a day off is nobody's
+    #: absence.
+    feature_absence_floor_days: int = 1
+    #: The share of a stopped feature's regular clients (rounded down) that may have
+    #: missed more of those days than that and the stop still be one (ADR 0043): one
+    #: person in a large team on leave the week the team was moved; none in a team of
+    #: up to seven, where the first to leave is the wind-down's trace.
+    feature_away_share: float = 0.125
     #: Seat-hours a report needs before its usage per seat-hour is judged or trusted.
     rate_min_seat_hours: float = 20.0
     #: The most recent slices of accepted history the baseline is taken from.
@@ -361,6 +373,53 @@ def clients_in(spans: Iterable[LeaseSpan], feature: str, start_ms: int, end_ms: 
         for s in spans
         if s.feature == feature and s.client and max(s.start_ms, start_ms) < min(s.end_ms, end_ms)
     }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingDays:
+    """The days a team worked: days of 24 hours that begin at the hour of day its
+    seats were least held (so a night shift is one day, not two halves of UTC days),
+    numbered from that hour on the epoch's first day, each one on which the team held
+    a seat (ADR 0043)."""
+
+    begin_ms: int
+    worked: tuple[int, ...]
+
+    @classmethod
+    def of(cls, spans: Sequence[LeaseSpan], start_ms: int, end_ms: int) -> WorkingDays:
+        """The team's working days, their hour of day learned from ``spans`` within
+        [start_ms, end_ms) (midnight UTC if they hold no seat time there)."""
+        by_hour = [0] * 24
+        acc: dict[int, int] = {}
+        for s in spans:
+            _add_seat_time(acc, max(s.start_ms, start_ms), min(s.end_ms, end_ms), 1)
+        for h, ms in acc.items():
+            by_hour[h % DAY_MS // HOUR_MS] += ms
+        begin = min(range(24), key=lambda h: (by_hour[h], h)) * HOUR_MS
+        days: set[int] = set()
+        for s in spans:  # a seat freed as a day begins was held the day before
+            last = max(s.end_ms - 1, s.start_ms)
+            days.update(range((s.start_ms - begin) // DAY_MS, (last - begin) // DAY_MS + 1))
+        return cls(begin, tuple(sorted(days)))
+
+    def missed(self, after_ms: int, before_ms: int) -> int:
+        """How many of the days worked lie wholly between ``after_ms`` and ``before_ms``."""
+        first = -(-(after_ms - self.begin_ms) // DAY_MS)
+        last = (before_ms - self.begin_ms) // DAY_MS  # the first day not over by ``before_ms``
+        lo = bisect.bisect_left(self.worked, first)
+        return max(0, bisect.bisect_left(self.worked, last) - lo)
+
+    def most_missed(self, held: Sequence[tuple[int, int]], start_ms: int, end_ms: int) -> int:
+        """The most days worked missed in a row between two of the spans ``held``
+        within [start_ms, end_ms) (the time before the first and after the last is not
+        counted: it is not known where that absence began or ended)."""
+        most, covered = 0, None
+        clipped = sorted((max(a, start_ms), min(b, end_ms)) for a, b in held)
+        for s0, s1 in (x for x in clipped if x[1] > x[0]):
+            if covered is not None and s0 > covered:
+                most = max(most, self.missed(covered, s0))
+            covered = s1 if covered is None else max(covered, s1)
+        return most
 
 
 def _add_seat_time(acc: dict[int, int], start: int, end: int, seats: int) -> None:

@@ -51,6 +51,7 @@ from meterbox.vendorkit.anomaly._features import (
     ReportView,
     SeatTime,
     ThresholdsConfig,
+    WorkingDays,
     clients_in,
     hour_of_week,
     hourly,
@@ -1084,15 +1085,24 @@ def _stop(
 def _regulars_stayed(
     spans: Sequence[LeaseSpan], base: _FeatureBase, at: int, th: ThresholdsConfig
 ) -> bool:
-    """Whether every regular client of the feature held a seat of it in the two slices
-    before the stop: a regular is a named client seen in at least half of the baseline's
-    slices before those two (all of them, if fewer than two are older).
+    """Whether the feature's regular clients stayed to the stop: a regular is a named
+    client seen in at least half of the baseline's slices before the two slices before
+    the stop (all of them, if fewer than two are older). Every regular must have held a
+    seat of the feature within those two slices (ADR 0040), and all but
+    ``feature_away_share`` of them (rounded down) must have missed no more of the
+    team's working days (:class:`WorkingDays`) before the stop than they missed in a
+    row in those older slices, or than ``feature_absence_floor_days`` (ADR 0043).
 
-    People leave a team one by one, so the last of a winding-down team stop with the
-    others already gone; users moved to a copy leave together, each seen to the last
-    fortnight. A count of people is what seat time cannot give a small team: four
-    people's weeks vary by a quarter, yet one of the four missing is plain. Clients
-    that are not named (older sources) are no evidence either way."""
+    People leave a team one by one, so when the last of a winding-down team stop the
+    others are already gone, and for longer than they were ever away; users moved to a
+    copy leave together, each from one of their own working days. A count of people is
+    what seat time cannot give a small team: four people's weeks vary by a quarter, yet
+    one of the four missing is plain, and the first of three to leave, gone three
+    working days where one was the most they had missed, is plain too. Absences are
+    counted in the days the team itself worked, each beginning at the hour its seats
+    were least held, not in hours or UTC days: a weekend a few hours longer than the
+    ones before is no absence, and a night shift is one day. Clients that are not
+    named (older sources) are no evidence either way."""
     two = at - 2 * th.slice_ms
     ends = [e for e in base.ends if e <= two]
     if len(ends) < 2:
@@ -1102,7 +1112,17 @@ def _regulars_stayed(
         for c in clients_in(spans, base.feature, end - th.slice_ms, end):
             seen[c] = seen.get(c, 0) + 1
     regulars = {c for c, n in seen.items() if 2 * n >= len(ends)}
-    return regulars <= clients_in(spans, base.feature, two, at)
+    if not regulars <= clients_in(spans, base.feature, two, at):
+        return False
+    team = [s for s in spans if s.feature == base.feature]
+    days = WorkingDays.of(team, ends[0] - th.slice_ms, ends[-1])
+    away = 0
+    for c in regulars:
+        mine = [(s.start_ms, s.end_ms) for s in team if s.client == c]
+        last = max(e for _, e in mine if e <= at)
+        usual = days.most_missed(mine, ends[0] - th.slice_ms, ends[-1])
+        away += days.missed(last, at) > max(usual, th.feature_absence_floor_days)
+    return away <= int(len(regulars) * th.feature_away_share)
 
 
 def _stopped_before(
