@@ -550,7 +550,7 @@ class SiteSim:
         w = (self.now - START_MS) // WEEK
         if w != self.week:
             self.week = w
-            # Workload mix drifts from week to week, per meter a little differently.
+            # The workload drifts from week to week: one factor for every meter.
             self.workload = float(np.exp(self.rng.normal(0, 0.08)))
             if self.rng.random() < p.restart_per_week:
                 self.planned_restart_at = (
