@@ -40,21 +40,28 @@ def team_week(
     is client ``feature-u`` (``named``), so a team of ``n`` is its first ``n`` users."""
     for day in range(7):
         b.run(9 * HOUR)
-        leases = []
+        holders = []
         if day < 5:
             for feature, users in teams.items():
-                if days is not None and day >= days.get(feature, 5):
-                    continue
-                for u in range(users):
-                    lease = f"{feature}-{u}-{b.seq}"
-                    client = f"{feature}-{u}" if named else ""
-                    b.add(CHECKOUT, lease=lease, feature=feature, client=client)
-                    leases.append(lease)
-        b.run(8 * HOUR, seats=len(leases))
-        for lease in leases:
-            b.add(RELEASE, lease=lease)
+                if days is None or day < days.get(feature, 5):
+                    holders += [(feature, f"{feature}-{u}") for u in range(users)]
+        shift(b, holders, named=named)
         b.run(7 * HOUR)
     return b.report()
+
+
+def shift(b: Builder, holders: list[tuple[str, str]], *, named: bool = True) -> None:
+    """Eight hours in which each (feature, client) of ``holders`` holds one seat of its
+    feature: checked out as the shift begins, released as it ends (the client unnamed
+    unless ``named``)."""
+    leases = []
+    for feature, client in holders:
+        lease = f"{client}-{b.seq}"
+        b.add(CHECKOUT, lease=lease, feature=feature, client=client if named else "")
+        leases.append(lease)
+    b.run(8 * HOUR, seats=len(leases))
+    for lease in leases:
+        b.add(RELEASE, lease=lease)
 
 
 def weeks(*teams: Mapping[str, int], named: bool = True) -> list[object]:
@@ -233,15 +240,8 @@ def roster_week(b: Builder, roster: Mapping[str, Collection[int]], *, others: in
     ``sim-u`` holds a seat of 'sim' on the days (0-6) ``roster`` gives it, and ``others``
     users of 'cad' hold theirs on the first five."""
     for day in range(7):
-        leases = []
-        for client, days in [*roster.items(), *((f"cad-{u}", range(5)) for u in range(others))]:
-            if day in days:
-                lease = f"{client}-{b.seq}"
-                b.add(CHECKOUT, lease=lease, feature=client.split("-")[0], client=client)
-                leases.append(lease)
-        b.run(8 * HOUR, seats=len(leases))
-        for lease in leases:
-            b.add(RELEASE, lease=lease)
+        holders = [*roster.items(), *((f"cad-{u}", range(5)) for u in range(others))]
+        shift(b, [(c.split("-")[0], c) for c, days in holders if day in days])
         b.run(16 * HOUR)
     return b.report()
 
