@@ -133,7 +133,11 @@ changes = st.lists(
         ),
         st.builds(DenialAdd, st.sampled_from(["cad", "cam"]), st.integers(1, 3)),
         st.builds(PeakMax, st.just("cad"), st.just(T0), st.integers(0, 9)),
-        st.builds(SeqMax, st.integers(0, 1000)),
+        st.builds(
+            SeqMax,
+            st.integers(0, 1000),
+            st.lists(st.integers(0, 1100), max_size=4).map(lambda xs: tuple(sorted(set(xs)))),
+        ),
         st.builds(lambda s: ClockFloor(T0 + timedelta(seconds=s)), st.integers(0, 99)),
     ),
     max_size=25,
@@ -162,6 +166,35 @@ def test_batches_give_the_same_state_in_any_order(
         s.denials,
         s.peaks,
         s.last_seq,
+        s.seq_ahead,
         s.clock_floor,
     )
     assert key(a) == key(b)
+
+
+def test_the_seqs_committed_ahead_of_the_watermark_are_kept_above_it(tmp_path: Path) -> None:
+    """ADR 0044: ``seq_ahead`` holds only seqs above ``last_seq``; a rebuild clears it."""
+    with StateStore(tmp_path / "s.db") as store:
+        store.initialize(init_time=T0, instance_id="abc")
+        store.apply([SeqMax(9, (11, 12))])
+        assert (store.load().last_seq, store.load().seq_ahead) == (9, {11, 12})
+        store.apply([SeqMax(11, (12, 14))])
+        assert (store.load().last_seq, store.load().seq_ahead) == (11, {12, 14})
+        store.apply([SeqMax(10)])  # an older commit's watermark lowers nothing
+        assert (store.load().last_seq, store.load().seq_ahead) == (11, {12, 14})
+        store.apply([SeqMax(14)])
+        assert (store.load().last_seq, store.load().seq_ahead) == (14, frozenset())
+        store.apply([SeqMax(14, (20,))])
+        store.replace_enforced(usage={}, leases=[], topups=[], receipt=None, last_seq=30)
+        assert (store.load().last_seq, store.load().seq_ahead) == (30, frozenset())
+
+
+def test_a_damaged_seq_ahead_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with StateStore(path) as store:
+        store.initialize(init_time=T0, instance_id="abc")
+        store.apply([SeqMax(3, (5,))])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '5,x' WHERE key = 'seq_ahead'")
+    with StateStore(path) as store, pytest.raises(StateError, match="damaged"):
+        store.load()

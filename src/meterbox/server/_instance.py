@@ -35,6 +35,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -434,7 +435,7 @@ class ServerInstance:
             if cached is not None:
                 fallback.charged, fallback.machines = cached.charged, cached.machines
             fold = LedgerState({p.license_id: p for p in policies}, fallback=fallback)
-            fold.watch(snap.last_seq)
+            fold.watch(snap.last_seq, snap.seq_ahead)
             # A re-enrolment cut short after its record: the head before this open's own
             # records says whether the record is sealed (docs/adr/0036).
             before_open = read_head(data / LEDGER_DIR) if (data / REENROL_INTENT).exists() else None
@@ -469,6 +470,7 @@ class ServerInstance:
                     usage=snap.usage,
                     idempotency_keys=snap.idempotency.keys(),
                     licenses={p.license_id: p for p in policies},
+                    committed=snap.seq_ahead,
                 )
             )
             now_ms = clock.wall_ms()
@@ -520,6 +522,10 @@ class ServerInstance:
             raise
         # The vendor's notices and the removals (who, why) come from the ledger itself,
         # never from a cache the site could edit (ADR 0029).
+        # Each durable record the state caches is pending until its request's state
+        # commit: the state's last seq never claims one it does not hold (ADR 0044).
+        commits = service.commits
+        fold.on_durable = lambda seq: commits.durable(seq, time.monotonic())
         service.engine.standings = fold.standings()
         service.engine.seats.removed.update(fold.removals())
         instance = cls(data, writer, store, service, bundle, licenses, clock, tpm)

@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -83,11 +84,11 @@ from meterbox.server._core.changes import (
     LicensePut,
     PeakMax,
     ReceiptPut,
-    SeqMax,
     TopupPut,
     UsageDelta,
 )
 from meterbox.server._core.clock import LicenseClock
+from meterbox.server._core.commits import CommitMarks
 from meterbox.server._core.engine import BorrowDecision, Engine, ReceiptInfo, UsageDecision
 from meterbox.server._core.meters import (
     AppliedTopup,
@@ -190,6 +191,13 @@ class LicenseService:
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self._persist = GroupCommitter[list[Change], None](self._flush_state)
+        #: The state's watermark (ADR 0044): the ledger's committer thread tells it of
+        #: durable records (``LedgerState.on_durable``), each request of its commits.
+        self.commits = CommitMarks()
+        #: The seqs each request task made durable and has not committed yet.
+        self._owned: weakref.WeakKeyDictionary[asyncio.Task[Any], list[int]] = (
+            weakref.WeakKeyDictionary()
+        )
         #: Changes whose state commit failed (a full disk), committed before the next ones.
         self._unsaved: list[Change] = []
         self._inflight: dict[str, asyncio.Future[UsageResult]] = {}
@@ -333,6 +341,11 @@ class LicenseService:
         side, self._side = self._side, []
         try:
             seq = await task
+            # Pending until this request's state commit (``_save``) names it.
+            self.commits.durable(seq, time.monotonic())
+            owner = asyncio.current_task()
+            if owner is not None:
+                self._owned.setdefault(owner, []).append(seq)
             for s in side:
                 await s
         except Exception as exc:
@@ -341,9 +354,16 @@ class LicenseService:
         return seq
 
     async def _save(self, changes: list[Change], seq: int | None, now: datetime) -> None:
+        """Commit a request's state changes, with the watermark of every record it made
+        durable (ADR 0044)."""
         extra: list[Change] = [ClockFloor(now)]
+        owner = asyncio.current_task()
+        seqs = self._owned.pop(owner, []) if owner is not None else []
         if seq is not None:
-            extra.append(SeqMax(seq))
+            seqs.append(seq)
+        mark = self.commits.commit(seqs, time.monotonic())
+        if mark is not None:
+            extra.append(mark)
         await self._persist.submit(changes + extra)
 
     def _write(self, record: RecordPayload) -> asyncio.Future[int]:

@@ -91,6 +91,15 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+def parse_seqs(text: str) -> list[int]:
+    """The ``seq_ahead`` meta value: seqs, comma-separated, ascending."""
+    return [int(x) for x in text.split(",") if x]
+
+
+def format_seqs(seqs: Iterable[int]) -> str:
+    return ",".join(str(s) for s in sorted(seqs))
+
+
 @dataclass
 class StateSnapshot:
     """Everything loaded back from the store at start-up."""
@@ -99,6 +108,8 @@ class StateSnapshot:
     instance_id: str | None = None
     clock_floor: datetime | None = None
     last_seq: int = 0
+    #: Seqs above ``last_seq`` whose state change is committed too (ADR 0044).
+    seq_ahead: frozenset[int] = frozenset()
     last_receipt: ReceiptInfo | None = None
     leases: list[SeatLease] = field(default_factory=list)
     denials: dict[str, int] = field(default_factory=dict)
@@ -385,7 +396,7 @@ class StateStore:
                     json.dumps({"t": to_us(r.vendor_time), "seq": r.seq, "id": r.receipt_id}),
                 )
         elif isinstance(c, SeqMax):
-            self._meta_max("last_seq", c.seq)
+            self._seq_max(c)
         elif isinstance(c, ClockFloor):
             self._meta_max("clock_floor", to_us(c.at))
         elif isinstance(c, LicensePut):
@@ -437,6 +448,7 @@ class StateStore:
                         ),
                     )
                 self._set_meta_now("last_seq", str(max(0, last_seq)))
+                db.execute("DELETE FROM meta WHERE key = 'seq_ahead'")
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -456,6 +468,21 @@ class StateStore:
         """Record the ledger head this file was last checked against (``seq:hash``)."""
         with self._lock:
             self._set_meta_now("ledger_head", f"{seq}:{head_hash.hex()}")
+
+    def _seq_max(self, c: SeqMax) -> None:
+        """Raise the watermark; keep the committed seqs above it (ADR 0044)."""
+        current = self._meta("last_seq")
+        last = max(c.seq, int(current)) if current is not None else c.seq
+        if current is None or last > int(current):
+            self._set_meta_now("last_seq", str(last))
+        held = self._meta("seq_ahead")
+        if not held and not c.ahead:
+            return
+        ahead = {s for s in (*parse_seqs(held or ""), *c.ahead) if s > last}
+        if ahead:
+            self._set_meta_now("seq_ahead", format_seqs(ahead))
+        else:
+            self._db.execute("DELETE FROM meta WHERE key = 'seq_ahead'")
 
     def _meta_max(self, key: str, value: int) -> None:
         current = self._meta(key)
@@ -498,6 +525,8 @@ class StateStore:
             if (v := self._meta("clock_floor")) is not None:
                 snap.clock_floor = from_us(int(v))
             snap.last_seq = int(self._meta("last_seq") or 0)
+            ahead = parse_seqs(self._meta("seq_ahead") or "")
+            snap.seq_ahead = frozenset(x for x in ahead if x > snap.last_seq)
             if (v := self._meta("last_receipt")) is not None:
                 r = json.loads(v)
                 snap.last_receipt = ReceiptInfo(from_us(r["t"]), int(r["seq"]), r["id"])

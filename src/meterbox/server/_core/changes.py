@@ -67,7 +67,11 @@ class ReceiptPut:
 
 @dataclass(frozen=True)
 class SeqMax:
+    """The state's watermark: every record at or before ``seq`` is committed (or needs
+    no state change), and so are the records ``ahead`` of it (ADR 0044)."""
+
     seq: int
+    ahead: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ was set back across a month boundary.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -75,6 +75,20 @@ _LEASE_ENDS: Final = frozenset(
         RecordType.SEAT_EXPIRE,
         RecordType.SEAT_REMOVED,
         RecordType.SEAT_RETURNED,
+    }
+)
+
+#: The records whose change ``state.db`` holds (usage, leases, top-ups, the receipt):
+#: each is pending from its ledger commit to its state commit (docs/adr/0044).
+STATE_CACHED: Final = (
+    _USAGE_TYPES
+    | _LEASE_ENDS
+    | {
+        RecordType.SEAT_CHECKOUT,
+        RecordType.SEAT_BORROWED,
+        RecordType.SEAT_RENEW,
+        RecordType.TOPUP_IMPORTED,
+        RecordType.RECEIPT_IMPORTED,
     }
 )
 
@@ -152,6 +166,10 @@ class LedgerState:
         self.restored: State | None = None
         self.partial = False
         self._watch: int | None = None
+        self._ahead: frozenset[int] = frozenset()
+        #: Told the seq of each durable record of a :data:`STATE_CACHED` type, in the
+        #: writer's committer thread, before its writer answers (the server's watermark).
+        self.on_durable: Callable[[int], None] | None = None
         self._months: dict[int, str] = {}
         self.at_watch: StateView | None = None
 
@@ -159,9 +177,11 @@ class LedgerState:
         self.licenses[policy.license_id] = policy
 
     # -------------------------------------------------------- LedgerFolder
-    def watch(self, seq: int) -> None:
-        """Keep a copy of the state as of record ``seq`` (the seq a cache says it reflects)."""
+    def watch(self, seq: int, ahead: Collection[int] = frozenset()) -> None:
+        """Keep a copy of the state as of record ``seq`` (the seq a cache says it reflects)
+        and of the records ``ahead`` of it that the cache holds too (ADR 0044)."""
         self._watch = seq
+        self._ahead = frozenset(s for s in ahead if s > seq)
         self.at_watch = None
 
     def restore(self, state: State | None) -> None:
@@ -227,6 +247,19 @@ class LedgerState:
     def apply(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int, seq: int) -> None:
         if self._watch is not None and self.at_watch is None and seq > self._watch:
             self.at_watch = copy.deepcopy(self.view)
+        if self._ahead and seq in self._ahead and self.at_watch is not None:
+            # A record the cache committed ahead of its watermark: the copy as of the
+            # cache holds it too.
+            view, self.view = self.view, self.at_watch
+            try:
+                self._step(rtype, payload, wall_ms, seq)
+            finally:
+                self.at_watch, self.view = self.view, view
+        self._step(rtype, payload, wall_ms, seq)
+        if self.on_durable is not None and rtype in STATE_CACHED:
+            self.on_durable(seq)
+
+    def _step(self, rtype: RecordType, payload: Mapping[str, Any], wall_ms: int, seq: int) -> None:
         v = self.view
         v.clock_floor_ms = max(v.clock_floor_ms, wall_ms)
         if self.partial and self._fallback is not None and seq <= self._fallback.head_seq:

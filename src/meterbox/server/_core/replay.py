@@ -6,7 +6,9 @@ local counters and idempotency keys do not know: the client was never answered, 
 it retries with the same idempotency key -- and without this replay the retry would
 be recorded a second time. On start-up the server hands every record after the
 state's last sequence number that the ledger can still open (the last epoch) to
-:func:`replay_changes`, and commits the result before serving.
+:func:`replay_changes`, and commits the result before serving. Requests commit to
+the state out of seq order, so that number is a watermark and the state also names
+the seqs after it already committed (ADR 0044); those are skipped.
 
 Only usage is replayed: an unanswered seat checkout or top-up import leaves no
 obligation (the client retries and gets a fresh decision), while usage carries an
@@ -15,7 +17,7 @@ idempotency key the client will present again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 
 from meterbox.errors import FormatError
@@ -32,7 +34,10 @@ def replay_changes(
     usage: Mapping[tuple[str, str, str], int],
     idempotency_keys: Iterable[str],
     licenses: Mapping[str, LicensePolicy],
+    committed: Collection[int] = frozenset(),
 ) -> list[Change]:
+    """``committed``: the seqs after the state's last seq whose change the state holds
+    already (``seq_ahead``, ADR 0044); they are not applied a second time."""
     used = dict(usage)
     known = set(idempotency_keys)
     changes: list[Change] = []
@@ -40,6 +45,8 @@ def replay_changes(
     for record in records:
         last = record.seq
         if record.type not in (RecordType.USAGE, RecordType.USAGE_DECREMENT):
+            continue
+        if record.seq in committed:
             continue
         change = _usage(record, used, known, licenses)
         if change is not None:
