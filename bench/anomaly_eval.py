@@ -112,9 +112,11 @@ HELD_OUT_USAGE_SEEDS: tuple[int, ...] = tuple(range(9012, 9074))
 #: 9505-9604 for ADR 0042's second form (absence counted in the site's working days),
 #: declared after 9398-9497 showed the first form's cost, before they were simulated.
 #: 9605-9704 for ADR 0043 (a regular's absence counted in the hours its own team
-#: worked), declared before any history of them was simulated.
+#: worked), declared before any history of them was simulated. 9705-9804 for ADR 0045
+#: (a single week's drop of usage per seat-hour confirmed by the span after it),
+#: declared before any history of them was simulated.
 DEV_TEAM_SEEDS: tuple[int, ...] = tuple(range(100, 172))
-HELD_OUT_TEAM_SEEDS: tuple[int, ...] = (*range(9000, 9224), *range(9298, 9498), *range(9505, 9705))
+HELD_OUT_TEAM_SEEDS: tuple[int, ...] = (*range(9000, 9224), *range(9298, 9498), *range(9505, 9805))
 #: The CI run's seed (held out as well).
 CI_SEED = 9504
 THRESHOLDS = ThresholdsConfig(clock=POLICY)
