@@ -480,9 +480,10 @@ class Calibration:
     scores: dict[str, list[float]] = field(default_factory=dict)
     #: Honest reports whose usage is weakly below history (one strand of the triple).
     weak_drops: int = 0
-    #: Every usage span's score (z, drop, z_limit), by reporting interval and the span's
-    #: reports ("7d/2": two weekly reports): what ADR 0041's thresholds are fitted on.
-    spans: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    #: Every usage span's score (z, drop, z_limit, floor), by reporting interval and the
+    #: span's reports ("7d/2": two weekly reports): what ADR 0041's thresholds are
+    #: fitted on.
+    spans: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
 
     def add(
         self,
@@ -501,21 +502,21 @@ class Calibration:
             self.weak_drops += 1
         for sp in usage_rate_spans(view, th):
             key = f"{report_days}d/{sp.reports}"
-            self.spans.setdefault(key, []).append((sp.z, sp.drop, sp.z_limit))
+            self.spans.setdefault(key, []).append((sp.z, sp.drop, sp.z_limit, sp.floor))
 
-    def span_rows(self, floor: float) -> dict[str, object]:
+    def span_rows(self) -> dict[str, object]:
         """Per span kind: the honest scores' spread and lowest value, the lowest with a
-        drop of ``floor`` or more, and how many reach their threshold past the floor."""
+        drop of the span's floor or more, and how many reach their threshold past it."""
         rows: dict[str, object] = {}
         for key, got in sorted(self.spans.items()):
-            zs = [z for z, _, _ in got]
-            past_floor = [z for z, drop, _ in got if drop >= floor]
+            zs = [z for z, _, _, _ in got]
+            past_floor = [z for z, drop, _, floor in got if drop >= floor]
             rows[key] = {
                 "n": len(zs),
                 "sd": round(statistics.pstdev(zs), 3) if len(zs) > 1 else None,
                 "min": round(min(zs), 3),
                 "min_past_floor": round(min(past_floor), 3) if past_floor else None,
-                "alarms": sum(1 for z, drop, lim in got if drop >= floor and z <= -lim),
+                "alarms": sum(1 for z, drop, lim, floor in got if drop >= floor and z <= -lim),
             }
         return rows
 
@@ -539,7 +540,7 @@ class Calibration:
             "budget": BUDGET,
             "codes": rows,
             "weak_usage_drop": {"k": self.weak_drops, "ci95": [round(lo, 4), round(hi, 4)]},
-            "usage_spans": self.span_rows(THRESHOLDS.rate_floor),
+            "usage_spans": self.span_rows(),
         }
 
     def merge(self, other: Calibration) -> None:

@@ -22,7 +22,7 @@ def test_every_span_is_scored_and_the_ones_past_their_threshold_are_counted() ->
     cal = Calibration()
     for n in range(3, len(reports) + 1):
         cal.add(history(reports[:n]), [], THRESHOLDS, 7)
-    rows = cal.span_rows(THRESHOLDS.rate_floor)
+    rows = cal.span_rows()
     assert set(rows) == {"7d/1", "7d/2", "7d/3", "7d/4"}
     one, four = rows["7d/1"], rows["7d/4"]
     assert isinstance(one, dict) and isinstance(four, dict)
@@ -43,4 +43,4 @@ def test_calibrations_merge_into_one() -> None:
         both.add(history(reports[:n]), [], THRESHOLDS, 7)
     a.merge(c)
     assert a.reports == both.reports
-    assert a.span_rows(0.2) == both.span_rows(0.2)
+    assert a.span_rows() == both.span_rows()

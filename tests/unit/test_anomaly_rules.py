@@ -391,7 +391,8 @@ def test_span_scores_are_what_usage_rate_judges() -> None:
             assert [s.reports for s in spans] == [1, 2, 3, 4]
             for s in spans:
                 assert s.z_limit == (TH.rate_z if s.reports == 1 else TH.rate_span_z)
-            out = any(s.z <= -s.z_limit and s.drop >= TH.rate_floor for s in spans)
+                assert s.floor == (TH.rate_week_floor if s.reports == 1 else TH.rate_floor)
+            out = any(s.z <= -s.z_limit and s.drop >= s.floor for s in spans)
             assert bool(R.usage_rate(h, TH)) == out, (f, n, spans)
             seen.add(out)
     assert seen == {True, False}
@@ -404,8 +405,41 @@ def test_a_single_week_between_the_span_and_the_week_thresholds_is_quiet() -> No
     past = [week_with_seats(b, usage_every=int(m * MIN)) for m in SWINGING]
     now = week_with_seats(b, usage_every=int(15 / 0.73 * MIN))
     assert R.usage_rate(history([*past, now]), TH) == []
-    loose = replace(TH, rate_z=TH.rate_span_z)
+    loose = replace(TH, rate_z=TH.rate_span_z, rate_week_floor=TH.rate_floor)
     assert codes(R.usage_rate(history([*past, now]), loose)) == {R.USAGE_RATE}
+
+
+#: Weeks of honest history that swing by about 2 %: a round-the-clock site whose
+#: weekly drift is most of its deviations.
+STEADY = (15.0, 15.4, 14.6, 15.2, 14.8, 15.1, 14.9, 15.0)
+
+
+def test_a_single_week_far_out_but_less_than_the_week_floor_waits_for_the_next() -> None:
+    # ADR 0045: 30 % less for one week on a steady site is five deviations out, and an
+    # honest week of such a site dipped that far in the simulation and was back the
+    # week after. A single week needs rate_week_floor (40 %); if the drop lasts, the
+    # next report's span finds it.
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in STEADY]
+    low = [week_with_seats(b, usage_every=int(15 / 0.7 * MIN)) for _ in range(2)]
+    (week,) = [s for s in R.usage_rate_spans(history([*past, low[0]]), TH) if s.reports == 1]
+    assert week.z <= -TH.rate_z and TH.rate_floor <= week.drop < TH.rate_week_floor
+    assert R.usage_rate(history([*past, low[0]]), TH) == []
+    found = R.usage_rate(history([*past, *low]), TH)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "over the last 2 reports" in found[0].message
+    # The week alone at the span's floor would have been a finding.
+    old = replace(TH, rate_week_floor=TH.rate_floor)
+    assert codes(R.usage_rate(history([*past, low[0]]), old)) == {R.USAGE_RATE}
+
+
+def test_a_single_week_of_half_the_usage_is_found_at_once() -> None:
+    b = Builder()
+    past = [week_with_seats(b, usage_every=int(m * MIN)) for m in STEADY]
+    now = week_with_seats(b, usage_every=int(15 / 0.5 * MIN))
+    found = R.usage_rate(history([*past, now]), TH)
+    assert codes(found) == {R.USAGE_RATE}
+    assert "over the last" not in found[0].message
 
 
 def test_a_span_ending_in_an_honest_week_after_a_low_one_is_not_a_drop() -> None:

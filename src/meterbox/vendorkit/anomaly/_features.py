@@ -138,6 +138,11 @@ class ThresholdsConfig:
     rate_span_slices: float = 1.5
     #: Relative drop of usage per seat-hour that always counts as normal variation.
     rate_floor: float = 0.2
+    #: The relative drop a span shorter than ``rate_span_slices`` (one weekly report)
+    #: needs to be a finding by itself (ADR 0045): an honest week dips by up to a
+    #: third and is back the week after; a smaller drop that lasts is found by the
+    #: span of the next report, at ``rate_span_z``.
+    rate_week_floor: float = 0.4
     #: Prior for the week-to-week standard deviation of log usage per seat-hour, and
     #: how many reports it weighs: a few reports' spread alone is too noisy to trust.
     rate_sigma_prior: float = 0.10

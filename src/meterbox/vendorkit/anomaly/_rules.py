@@ -586,10 +586,10 @@ def _usage_rate_over(
     past, now = rates
     span = "" if pool == 1 else f" over the last {pool} reports"
     out: list[Anomaly] = []
-    z_limit = _rate_limit(now.slices, th)
+    z_limit, floor = _rate_limit(now.slices, th), _rate_floor(now.slices, th)
     total = _judge_rate(
         [x.units / x.seat_hours for x in past if x.units > 0], now.units, now.sum_sq,
-        now.seat_hours, th, z_limit, slices=now.slices,
+        now.seat_hours, th, z_limit, floor, slices=now.slices,
     )  # fmt: skip
     if total is not None:
         out.append(_rate_finding(h, report, USAGE_RATE, "usage", now.seat_hours, total, span))
@@ -604,7 +604,7 @@ def _usage_rate_over(
             if len(hist) < th.min_history_slices:
                 continue
             units, sq = now.per_meter.get(m, (0, 0))
-            found = _judge_rate(hist, units, sq, now.seat_hours, th, z, slices=now.slices)
+            found = _judge_rate(hist, units, sq, now.seat_hours, th, z, floor, slices=now.slices)
             if found is not None:
                 out.append(
                     _rate_finding(
@@ -625,15 +625,29 @@ def _rate_limit(slices: float, th: ThresholdsConfig) -> float:
     return th.rate_span_z if slices >= th.rate_span_slices else th.rate_z
 
 
+def _rate_floor(slices: float, th: ThresholdsConfig) -> float:
+    """The relative drop a span of ``slices`` slices must show as well (ADR 0045).
+
+    One weekly report's span needs ``rate_week_floor``: an honest week's dip (a quiet
+    week of a large round-the-clock site, whose deviations are almost all drift) reaches
+    a quarter to a third at three deviations and is gone the week after, while clients
+    patched to under-report stay patched, so a smaller drop that lasts is out of line
+    over the next report's span. Longer spans need ``rate_floor``.
+    """
+    return th.rate_floor if slices >= th.rate_span_slices else th.rate_week_floor
+
+
 @dataclass(frozen=True, slots=True)
 class SpanScore:
     """One span :func:`usage_rate` judges, scored whatever the outcome (calibration)."""
 
     #: Reports in the span (1: the judged report alone).
     reports: int
-    #: Slices of wall time it covers, and the threshold that applies to that length.
+    #: Slices of wall time it covers, and the thresholds that apply to that length:
+    #: deviations and relative drop.
     slices: float
     z_limit: float
+    floor: float
     #: Relative drop of total usage per seat-hour, and its deviations (negative: lower).
     drop: float
     z: float
@@ -653,7 +667,8 @@ def usage_rate_spans(h: InstanceHistory, th: ThresholdsConfig) -> list[SpanScore
             now.seat_hours, th, now.slices,
         )  # fmt: skip
         if d is not None:
-            out.append(SpanScore(pool, now.slices, _rate_limit(now.slices, th), d.drop, d.z))
+            limit, floor = _rate_limit(now.slices, th), _rate_floor(now.slices, th)
+            out.append(SpanScore(pool, now.slices, limit, floor, d.drop, d.z))
     return out
 
 
