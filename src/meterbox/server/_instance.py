@@ -520,12 +520,12 @@ class ServerInstance:
             writer.close()
             store.close()
             raise
-        # The vendor's notices and the removals (who, why) come from the ledger itself,
-        # never from a cache the site could edit (ADR 0029).
         # Each durable record the state caches is pending until its request's state
         # commit: the state's last seq never claims one it does not hold (ADR 0044).
         commits = service.commits
         fold.on_durable = lambda seq: commits.durable(seq, time.monotonic())
+        # The vendor's notices and the removals (who, why) come from the ledger itself,
+        # never from a cache the site could edit (ADR 0029).
         service.engine.standings = fold.standings()
         service.engine.seats.removed.update(fold.removals())
         instance = cls(data, writer, store, service, bundle, licenses, clock, tpm)

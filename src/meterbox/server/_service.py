@@ -341,7 +341,9 @@ class LicenseService:
         side, self._side = self._side, []
         try:
             seq = await task
-            # Pending until this request's state commit (``_save``) names it.
+            # Pending until this request's state commit (``_save``) names it. The ledger
+            # told the marks already (``LedgerState.on_durable``); a sink without a fold
+            # is told here.
             self.commits.durable(seq, time.monotonic())
             owner = asyncio.current_task()
             if owner is not None:
